@@ -1,0 +1,48 @@
+namespace Duet.Core;
+
+/// <summary>
+/// A volume as front ends (NBD, iSCSI, the host protocol) see it: a byte-addressed device
+/// with 512-byte logical blocks. Offsets and lengths are multiples of <see cref="Units.SectorBytes"/>;
+/// implementations validate them and throw <see cref="BlockIoException"/> with a typed kind.
+/// </summary>
+public interface IBlockVolume
+{
+    string Name { get; }
+    long SizeBytes { get; }
+    bool ReadOnly { get; }
+
+    ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken = default);
+
+    /// <summary>With <paramref name="fua"/>, returns only when the data is durable.</summary>
+    ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken = default);
+
+    /// <summary>Makes every completed write durable.</summary>
+    ValueTask FlushAsync(CancellationToken cancellationToken = default);
+
+    ValueTask WriteZeroesAsync(long offset, long length, bool fua, CancellationToken cancellationToken = default);
+
+    /// <summary>Advisory discard: afterwards the range reads as zeros.</summary>
+    ValueTask TrimAsync(long offset, long length, CancellationToken cancellationToken = default);
+
+    /// <summary>Allocation of [offset, offset+length): extents in order, covering at least the first byte.</summary>
+    ValueTask<IReadOnlyList<AllocationExtent>> GetAllocationAsync(long offset, long length, CancellationToken cancellationToken = default);
+}
+
+[Flags]
+public enum AllocationFlags : uint
+{
+    None = 0,
+    /// <summary>Never written since the volume was created (NBD_STATE_HOLE).</summary>
+    Hole = 1,
+    /// <summary>Reads as zeros (NBD_STATE_ZERO).</summary>
+    Zero = 2,
+}
+
+public readonly record struct AllocationExtent(long Length, AllocationFlags Flags);
+
+/// <summary>The volumes a front end can serve, looked up by name.</summary>
+public interface IVolumeCatalog
+{
+    bool TryGetVolume(string name, out IBlockVolume volume);
+    IReadOnlyList<IBlockVolume> Volumes { get; }
+}

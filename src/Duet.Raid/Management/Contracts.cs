@@ -1,0 +1,92 @@
+namespace Duet.Raid.Management;
+
+// The management surface of one Duet controller: what `duet status`, `duet array ...`,
+// `duet volume ...`, `duet spare ...`, `duet drive ...` and `duet scrub ...` ask for.
+// The HTTP API (Duet.Host) serialises these records as JSON (camelCase) unchanged, and
+// the CLI's --json prints them as they come.
+
+public enum ManagementErrorKind
+{
+    /// <summary>The request is malformed or impossible (HTTP 400).</summary>
+    Invalid,
+    /// <summary>A named array, volume or drive does not exist (HTTP 404).</summary>
+    NotFound,
+    /// <summary>The request collides with the current state: name taken, drive in use (HTTP 409).</summary>
+    Conflict,
+}
+
+/// <summary>A refused management request. The message is for a person: it says what is wrong
+/// and, where it can, what to do. A refused request has changed nothing.</summary>
+public sealed class ManagementException(ManagementErrorKind kind, string message) : Exception(message)
+{
+    public ManagementErrorKind Kind { get; } = kind;
+}
+
+/// <param name="Level">0, 1, 5, 6 or 10.</param>
+/// <param name="ChunkKiB">Stripe unit per member; a power of two from 4 to 1024.</param>
+/// <param name="RebuildMiBps">Rebuild rate limit; 0 means unlimited.</param>
+public sealed record CreateArrayRequest(string Name, int Level, IReadOnlyList<string> Drives, int ChunkKiB = 64, int RebuildMiBps = 0);
+
+/// <param name="SizeBytes">Multiple of 4 KiB; 0 takes the largest free extent of the array.</param>
+public sealed record CreateVolumeRequest(string Name, string Array, long SizeBytes);
+
+public sealed record AddDriveRequest(string Name, long SizeBytes);
+
+public sealed record AddSpareRequest(string Drive, string Array);
+
+public sealed record ReplaceDriveRequest(string With);
+
+public sealed record ScrubRequest(bool Repair = true);
+
+/// <param name="Role">"free", "member", "spare" or "foreign" (a superblock of an array this controller does not know).</param>
+/// <param name="State">"ok", "failed", "missing", "stale" (an old member that must be resynced) or "unreadable".</param>
+public sealed record DriveInfo(string Name, long SizeBytes, string Role, string? Array, int? Slot, string State);
+
+/// <param name="State">"active", "rebuilding", "failed", "missing" or "stale".</param>
+public sealed record MemberInfo(int Slot, string? Drive, string State);
+
+public sealed record ProgressInfo(double Fraction, long DoneBytes, long TotalBytes, double RateMiBps, string? TargetDrive);
+
+/// <param name="Findings">One line per problem found, naming the member: "stripe 12 member 3 (d3): checksum mismatch, repaired".</param>
+public sealed record ScrubReport(bool Running, ProgressInfo Progress, long StripesChecked, long ChecksumErrors, long ParityMismatches, long Repaired, long Unrepairable, IReadOnlyList<string> Findings);
+
+/// <param name="State">"optimal", "degraded", "rebuilding" or "failed" (more members lost than the level survives).</param>
+public sealed record ArrayInfo(
+    string Name, string Uuid, int Level, int ChunkKiB, long CapacityBytes, long FreeBytes, string State, long Generation,
+    IReadOnlyList<MemberInfo> Members, IReadOnlyList<string> Spares, ProgressInfo? Rebuild, ScrubReport? Scrub);
+
+public sealed record VolumeInfo(string Name, string Array, long SizeBytes, long OffsetBytes);
+
+public sealed record StatusInfo(IReadOnlyList<ArrayInfo> Arrays, IReadOnlyList<VolumeInfo> Volumes, IReadOnlyList<DriveInfo> Drives);
+
+/// <summary>
+/// Array management for one controller. Every mutating call either completes or throws
+/// <see cref="ManagementException"/> having changed nothing.
+/// </summary>
+public interface IArrayService
+{
+    StatusInfo Status();
+
+    Task<ArrayInfo> CreateArrayAsync(CreateArrayRequest request, CancellationToken cancellationToken = default);
+
+    /// <summary>Refused while the array has volumes.</summary>
+    Task DeleteArrayAsync(string name, CancellationToken cancellationToken = default);
+
+    Task<VolumeInfo> CreateVolumeAsync(CreateVolumeRequest request, CancellationToken cancellationToken = default);
+
+    Task DeleteVolumeAsync(string name, CancellationToken cancellationToken = default);
+
+    /// <summary>Creates a new empty drive (a sparse file in the data directory's drive shelf).</summary>
+    Task<DriveInfo> AddDriveAsync(AddDriveRequest request, CancellationToken cancellationToken = default);
+
+    /// <summary>Makes a free drive a hot spare of an array; a degraded array starts rebuilding onto it at once.</summary>
+    Task AddSpareAsync(AddSpareRequest request, CancellationToken cancellationToken = default);
+
+    /// <summary>Marks a member failed; the array runs degraded and rebuilds onto a spare if it has one.</summary>
+    Task FailDriveAsync(string drive, CancellationToken cancellationToken = default);
+
+    /// <summary>Rebuilds a member's contents onto a free drive, which then takes its slot.</summary>
+    Task ReplaceDriveAsync(string drive, ReplaceDriveRequest request, CancellationToken cancellationToken = default);
+
+    Task StartScrubAsync(string array, ScrubRequest request, CancellationToken cancellationToken = default);
+}

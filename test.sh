@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# ./test.sh — installs what the tests need, builds Duet, runs every test suite, and ends
+# with one line "N passed, N failed". Exit status is non-zero if anything failed.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+
+# Debian packages the tests drive Duet with (real clients and peers).
+packages=(libnbd-bin fio nbdkit qemu-utils libisal2 jq)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "test.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_="sudo"
+    $sudo_ apt-get install -y -q "${missing[@]}" >/tmp/duet-apt.log 2>&1 \
+        || { $sudo_ apt-get update -q >>/tmp/duet-apt.log 2>&1 && $sudo_ apt-get install -y -q "${missing[@]}" >>/tmp/duet-apt.log 2>&1; } \
+        || { cat /tmp/duet-apt.log; echo "test.sh: could not install ${missing[*]}"; exit 1; }
+fi
+
+start=$(date +%s)
+echo "test.sh: building (Release)"
+if ! dotnet build Duet.slnx -c Release -nologo -v quiet >/dev/null 2>&1; then
+    dotnet build Duet.slnx -c Release -nologo 2>&1 | grep -E ' error ' | head -n 40
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+echo "test.sh: build took $(( $(date +%s) - start )) s"
+
+passed=0; failed=0; skipped=0; broken=0
+results=$(mktemp -d)
+# Order: fast unit suites first, then the ones that start real servers and clients.
+suites=(Duet.Core.Tests Duet.Raid.Tests Duet.Nbd.Tests Duet.Interop.Tests)
+for extra in tests/*/; do
+    name=$(basename "$extra")
+    [[ " ${suites[*]} " == *" $name "* ]] || suites+=("$name")
+done
+for suite in "${suites[@]}"; do
+    proj="tests/$suite/$suite.csproj"
+    [ -f "$proj" ] || continue
+    t0=$(date +%s)
+    log="$results/$suite.log"
+    dotnet test "$proj" -c Release --no-build -nologo --logger "console;verbosity=normal" >"$log" 2>&1
+    rc=$?
+    secs=$(( $(date +%s) - t0 ))
+    # vstest's summary block: "Total tests: N" then "Passed: N", "Failed: N", "Skipped: N" lines.
+    line=$(grep -E '^Total tests: [0-9]+' "$log" | tail -n 1)
+    if [ -z "$line" ] && grep -q 'No test is available' "$log"; then
+        echo "suite $suite: no tests yet"
+        continue
+    fi
+    if [ -z "$line" ]; then
+        echo "suite $suite: no result (exit $rc) in ${secs} s"
+        tail -n 40 "$log"
+        broken=$((broken + 1)); failed=$((failed + 1))
+        continue
+    fi
+    count() { awk -v k="$1" '/^Total tests:/ {on=1} on && $1 == k":" {v=$2} END {print v+0}' "$log"; }
+    p=$(count Passed); f=$(count Failed); s=$(count Skipped)
+    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+    echo "suite $suite: $p passed, $f failed, $s skipped in ${secs} s"
+    if [ "$f" -ne 0 ] || [ "$rc" -ne 0 ]; then
+        grep -E '^\s+Failed |Error Message|Assert|Exception' "$log" | head -n 60
+        [ "$f" -eq 0 ] && failed=$((failed + 1))
+    fi
+done
+echo "test.sh: total $(( $(date +%s) - start )) s"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
