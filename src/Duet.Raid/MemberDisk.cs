@@ -1,0 +1,189 @@
+using System.Buffers;
+using Duet.Core;
+using Duet.Drives;
+
+namespace Duet.Raid;
+
+/// <summary>
+/// One member of an array: its drive, its slot, and its checksum tags. Every data block read
+/// through here is checked against its tag; every data block written gets a new tag.
+///
+/// Tag blocks are cached in memory after their first use (4 KiB per 2 MiB of data) and
+/// written through. A tag group's gate serialises the read-modify-write of its tag block;
+/// callers already hold the stripe lock of the blocks they touch, so no two requests
+/// change the same tag at once.
+/// </summary>
+public sealed class MemberDisk
+{
+    sealed class TagGroup
+    {
+        public readonly SemaphoreSlim Gate = new(1, 1);
+        public byte[]? Bytes;
+    }
+
+    readonly TagGroup[] _groups;
+
+    public MemberDisk(IBlockDevice drive, int slot, Guid arrayUuid, long memberBlocks)
+    {
+        Invariant.Assert(MemberLayout.DataBlocksFor(drive.BlockCount) >= memberBlocks);
+        Drive = drive;
+        Slot = slot;
+        Salt = Tag.Salt(arrayUuid, slot);
+        MemberBlocks = memberBlocks;
+        _groups = new TagGroup[(memberBlocks + MemberLayout.TagsPerGroup - 1) / MemberLayout.TagsPerGroup];
+        for (int i = 0; i < _groups.Length; i++) _groups[i] = new TagGroup();
+    }
+
+    public IBlockDevice Drive { get; }
+    public int Slot { get; }
+    public ulong Salt { get; }
+    public long MemberBlocks { get; }
+
+    async ValueTask<byte[]> GroupBytesAsync(long group, CancellationToken ct)
+    {
+        var g = _groups[group];
+        var bytes = Volatile.Read(ref g.Bytes);
+        if (bytes is not null) return bytes;
+        await g.Gate.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            if (g.Bytes is null)
+            {
+                var b = new byte[Units.BlockBytes];
+                await Drive.ReadAsync(MemberLayout.TagLba(group), b, ct).ConfigureAwait(false);
+                Volatile.Write(ref g.Bytes, b);
+            }
+            return g.Bytes;
+        }
+        finally
+        {
+            g.Gate.Release();
+        }
+    }
+
+    /// <summary>The stored tag of a block (0 = never written).</summary>
+    public async ValueTask<ulong> TagOfAsync(long memberBlock, CancellationToken ct = default)
+    {
+        var bytes = await GroupBytesAsync(MemberLayout.GroupOf(memberBlock), ct).ConfigureAwait(false);
+        return Tag.Read(bytes, (int)(memberBlock % MemberLayout.TagsPerGroup));
+    }
+
+    /// <summary>
+    /// Reads <c>destination.Length / 4096</c> data blocks from <paramref name="memberBlock"/> on and checks each
+    /// against its tag. Returns the indexes (relative to the first block) that failed their check, or null.
+    /// A drive error is thrown as <see cref="BlockIoException"/>; a medium error makes the whole range bad.
+    /// </summary>
+    public async ValueTask<List<int>?> ReadAsync(long memberBlock, Memory<byte> destination, CancellationToken ct = default)
+    {
+        int count = destination.Length / Units.BlockBytes;
+        Invariant.Assert(count * Units.BlockBytes == destination.Length);
+        Invariant.Assert(memberBlock >= 0 && memberBlock + count <= MemberBlocks);
+        List<int>? bad = null;
+        int done = 0;
+        while (done < count)
+        {
+            long block = memberBlock + done;
+            int inGroup = (int)Math.Min(count - done, MemberLayout.TagsPerGroup - block % MemberLayout.TagsPerGroup);
+            var slice = destination.Slice(done * Units.BlockBytes, inGroup * Units.BlockBytes);
+            byte[] tags;
+            try
+            {
+                await Drive.ReadAsync(MemberLayout.DataLba(block), slice, ct).ConfigureAwait(false);
+                tags = await GroupBytesAsync(MemberLayout.GroupOf(block), ct).ConfigureAwait(false);
+            }
+            catch (BlockIoException e) when (e.Kind == BlockErrorKind.Medium)
+            {
+                bad ??= [];
+                for (int i = 0; i < inGroup; i++) bad.Add(done + i);
+                done += inGroup;
+                continue;
+            }
+            for (int i = 0; i < inGroup; i++)
+            {
+                long b = block + i;
+                ulong tag = Tag.Read(tags, (int)(b % MemberLayout.TagsPerGroup));
+                if (!Tag.Verify(tag, Salt, b, slice.Span.Slice(i * Units.BlockBytes, Units.BlockBytes)))
+                    (bad ??= []).Add(done + i);
+            }
+            done += inGroup;
+        }
+        return bad;
+    }
+
+    /// <summary>
+    /// Writes data blocks and their tags. With <paramref name="asHole"/> the blocks must be zeros and their
+    /// tags are cleared, so they read back as never written (TRIM).
+    /// </summary>
+    public async ValueTask WriteAsync(long memberBlock, ReadOnlyMemory<byte> source, bool asHole = false, CancellationToken ct = default)
+    {
+        int count = source.Length / Units.BlockBytes;
+        Invariant.Assert(count * Units.BlockBytes == source.Length);
+        Invariant.Assert(memberBlock >= 0 && memberBlock + count <= MemberBlocks);
+        int done = 0;
+        while (done < count)
+        {
+            long block = memberBlock + done;
+            int inGroup = (int)Math.Min(count - done, MemberLayout.TagsPerGroup - block % MemberLayout.TagsPerGroup);
+            var slice = source.Slice(done * Units.BlockBytes, inGroup * Units.BlockBytes);
+            var dataWrite = Drive.WriteAsync(MemberLayout.DataLba(block), slice, false, ct);
+            var tagWrite = UpdateTagsAsync(block, slice, asHole, ct);
+            // Both must finish; a failure of either is the member's failure.
+            try
+            {
+                await dataWrite.ConfigureAwait(false);
+            }
+            finally
+            {
+                await tagWrite.ConfigureAwait(false);
+            }
+            done += inGroup;
+        }
+    }
+
+    async ValueTask UpdateTagsAsync(long firstBlock, ReadOnlyMemory<byte> data, bool asHole, CancellationToken ct)
+    {
+        int count = data.Length / Units.BlockBytes;
+        long group = MemberLayout.GroupOf(firstBlock);
+        // Checksums first, outside the gate: they are the expensive part.
+        ulong[] rented = ArrayPool<ulong>.Shared.Rent(count);
+        try
+        {
+            for (int i = 0; i < count; i++)
+            {
+                var block = data.Span.Slice(i * Units.BlockBytes, Units.BlockBytes);
+                if (asHole)
+                {
+                    Invariant.Assert(!block.ContainsAnyExcept((byte)0));
+                    rented[i] = 0;
+                }
+                else
+                {
+                    rented[i] = Tag.Compute(Salt, firstBlock + i, block);
+                }
+            }
+            var bytes = await GroupBytesAsync(group, ct).ConfigureAwait(false);
+            var g = _groups[group];
+            await g.Gate.WaitAsync(ct).ConfigureAwait(false);
+            try
+            {
+                for (int i = 0; i < count; i++)
+                    Tag.Write(bytes, (int)((firstBlock + i) % MemberLayout.TagsPerGroup), rented[i]);
+                await Drive.WriteAsync(MemberLayout.TagLba(group), bytes, false, ct).ConfigureAwait(false);
+            }
+            finally
+            {
+                g.Gate.Release();
+            }
+        }
+        finally
+        {
+            ArrayPool<ulong>.Shared.Return(rented);
+        }
+    }
+
+    /// <summary>Forgets cached tags (after the drive's content was replaced under us).</summary>
+    public void DropTagCache()
+    {
+        foreach (var g in _groups) Volatile.Write(ref g.Bytes, null);
+    }
+}

@@ -1,0 +1,277 @@
+using Duet.Core;
+using Duet.Raid.Management;
+using Microsoft.Extensions.Logging;
+
+namespace Duet.Raid;
+
+/// <summary>Progress of a long-running pass over the array's stripes.</summary>
+public sealed class PassProgress
+{
+    long _done;
+    public long TotalStripes { get; init; }
+    public long DoneStripes => Volatile.Read(ref _done);
+    internal void Advance() => Interlocked.Increment(ref _done);
+    public long StartedTicks { get; init; }
+    public string? TargetDrive { get; init; }
+}
+
+public sealed class ScrubResult
+{
+    readonly Lock _lock = new();
+    readonly List<string> _findings = [];
+    public long StripesChecked;
+    public long ChecksumErrors;
+    public long ParityMismatches;
+    public long Repaired;
+    public long Unrepairable;
+    public const int MaxFindings = 200;
+
+    public void Add(string finding)
+    {
+        lock (_lock) if (_findings.Count < MaxFindings) _findings.Add(finding);
+    }
+
+    public IReadOnlyList<string> Findings { get { lock (_lock) return _findings.ToList(); } }
+}
+
+public sealed partial class RaidArray
+{
+    /// <summary>
+    /// Rebuilds slot <paramref name="slot"/> onto <paramref name="target"/>, stripe by stripe under the stripe
+    /// locks, while requests go on. Reads use the new member only below the rebuild position; writes
+    /// always reach it. At the end the member is Active. Rate limit in bytes per second of member
+    /// data written (0 = none), paced with the injected clock.
+    /// </summary>
+    public async Task RebuildAsync(int slot, MemberDisk target, long bytesPerSecond, PassProgress progress, CancellationToken ct)
+    {
+        Invariant.Assert(target.Slot == slot);
+        lock (_stateLock)
+        {
+            Invariant.Assert(_status[slot] == MemberStatus.Missing);
+            Volatile.Write(ref _rebuiltStripes[slot], 0);
+            _members[slot] = target;
+            _status[slot] = MemberStatus.Rebuilding;
+        }
+        LogRebuildStarted(Name, slot, target.Drive.Name);
+        long start = _time.GetTimestamp();
+        long bytes = 0;
+        var g = Geometry;
+        for (long s = 0; s < g.Stripes; s++)
+        {
+            ct.ThrowIfCancellationRequested();
+            using (await LockStripeAsync(s, ct).ConfigureAwait(false))
+            {
+                if (Status(slot) != MemberStatus.Rebuilding) throw new BlockIoException(BlockErrorKind.Unavailable, $"array {Name}: rebuild target {target.Drive.Name} failed");
+                await RetryOnMemberFailure(() => RebuildStripeAsync(s, slot, ct)).ConfigureAwait(false);
+                if (Status(slot) != MemberStatus.Rebuilding) throw new BlockIoException(BlockErrorKind.Unavailable, $"array {Name}: rebuild target {target.Drive.Name} failed");
+                Volatile.Write(ref _rebuiltStripes[slot], s + 1);
+            }
+            progress.Advance();
+            bytes += (long)g.ChunkBlocks * Units.BlockBytes;
+            if (bytesPerSecond > 0)
+            {
+                var due = TimeSpan.FromSeconds((double)bytes / bytesPerSecond);
+                var elapsed = _time.GetElapsedTime(start);
+                if (due > elapsed) await DelayAsync(due - elapsed, ct).ConfigureAwait(false);
+            }
+        }
+        await target.Drive.FlushAsync(ct).ConfigureAwait(false);
+        lock (_stateLock) _status[slot] = MemberStatus.Active;
+        LogRebuildDone(Name, slot, target.Drive.Name);
+    }
+
+    async ValueTask RebuildStripeAsync(long stripe, int slot, CancellationToken ct)
+    {
+        var g = Geometry;
+        using var ws = new Workspace(g, stripe, 0, g.ChunkBlocks);
+        if (g.IsMirrored)
+        {
+            int dataIndex = g.RoleOf(stripe, slot).DataIndex;
+            var c = new StripePlanner.ChunkWrite(dataIndex, 0, g.ChunkBlocks, false, false);
+            for (int r = 0; r < g.ChunkBlocks; r++) ws.SetState(slot, r, Workspace.Bad); // never read the target
+            int good = await ReadMirrorChunkForRebuildAsync(ws, stripe, c, slot, ct).ConfigureAwait(false);
+            await WriteMemberAsync(slot, stripe * g.ChunkBlocks, ws.Rows(good, 0, g.ChunkBlocks), false, ct).ConfigureAwait(false);
+            return;
+        }
+        var unsolved = await FillAndSolveAsync(ws, ct).ConfigureAwait(false);
+        if (unsolved.Count > 0)
+        {
+            // Rows with too many losses: write what we have (zeros) so the member is consistent
+            // with itself; the blocks stay unreadable through their tags on the other members.
+            LogRebuildUnrecoverable(Name, stripe, string.Join(",", unsolved));
+        }
+        await WriteMemberAsync(slot, stripe * g.ChunkBlocks, ws.Rows(slot, 0, g.ChunkBlocks), false, ct).ConfigureAwait(false);
+        await RepairAsync(ws, ct).ConfigureAwait(false);
+    }
+
+    async ValueTask<int> ReadMirrorChunkForRebuildAsync(Workspace ws, long stripe, StripePlanner.ChunkWrite c, int exclude, CancellationToken ct)
+    {
+        var copies = Geometry.Copies(c.DataIndex).Where(m => m != exclude && Readable(m, stripe)).ToList();
+        if (copies.Count == 0) throw Unrecoverable(stripe, c.DataIndex, 0);
+        int primary = copies[0];
+        await ReadMemberAsync(ws, primary, 0, Geometry.ChunkBlocks, ct).ConfigureAwait(false);
+        for (int r = 0; r < Geometry.ChunkBlocks; r++)
+        {
+            if (ws.RowState(primary, r) == Workspace.Ok) continue;
+            foreach (int other in copies.Skip(1))
+            {
+                await ReadMemberAsync(ws, other, r, 1, ct).ConfigureAwait(false);
+                if (ws.RowState(other, r) != Workspace.Ok) continue;
+                ws.Block(other, r).CopyTo(ws.Block(primary, r));
+                ws.SetState(primary, r, Workspace.Ok);
+                break;
+            }
+        }
+        return primary;
+    }
+
+    /// <summary>
+    /// Reads every stripe, checks every block against its tag and every row's parity, and (with
+    /// <paramref name="repair"/>) rewrites what is wrong. A block that fails its checksum names its
+    /// member; a parity mismatch with all checksums good means the parity is stale and is recomputed.
+    /// </summary>
+    public async Task ScrubAsync(bool repair, ScrubResult result, PassProgress progress, CancellationToken ct)
+    {
+        var g = Geometry;
+        for (long s = 0; s < g.Stripes; s++)
+        {
+            ct.ThrowIfCancellationRequested();
+            using (await LockStripeAsync(s, ct).ConfigureAwait(false))
+                await RetryOnMemberFailure(() => ScrubStripeAsync(s, repair, result, ct)).ConfigureAwait(false);
+            Interlocked.Increment(ref result.StripesChecked);
+            progress.Advance();
+        }
+    }
+
+    string MemberName(int m) => $"member {m} ({_members[m]?.Drive.Name ?? "missing"})";
+
+    async ValueTask ScrubStripeAsync(long stripe, bool repair, ScrubResult result, CancellationToken ct)
+    {
+        var g = Geometry;
+        using var ws = new Workspace(g, stripe, 0, g.ChunkBlocks);
+        for (int m = 0; m < g.MemberCount; m++) await ReadMemberAsync(ws, m, 0, g.ChunkBlocks, ct).ConfigureAwait(false);
+        var writes = new List<(int, long, ReadOnlyMemory<byte>, bool)>();
+        for (int r = 0; r < g.ChunkBlocks; r++)
+        {
+            for (int m = 0; m < g.MemberCount; m++)
+                if (ws.FoundBad[m][r])
+                {
+                    Interlocked.Increment(ref result.ChecksumErrors);
+                }
+        }
+        if (g.IsMirrored)
+        {
+            for (int i = 0; i < g.DataMembers; i++)
+            {
+                var copies = g.Copies(i).Where(m => Readable(m, stripe)).ToList();
+                for (int r = 0; r < g.ChunkBlocks; r++)
+                {
+                    int good = copies.FirstOrDefault(m => ws.RowState(m, r) == Workspace.Ok, -1);
+                    foreach (int m in copies)
+                    {
+                        if (m == good) continue;
+                        bool bad = ws.RowState(m, r) != Workspace.Ok;
+                        bool differs = !bad && good >= 0 && !ws.Block(m, r).SequenceEqual(ws.Block(good, r));
+                        if (!bad && !differs) continue;
+                        if (differs) Interlocked.Increment(ref result.ParityMismatches);
+                        if (good < 0)
+                        {
+                            Interlocked.Increment(ref result.Unrepairable);
+                            result.Add($"stripe {stripe} row {r} {MemberName(m)}: checksum mismatch on every copy, unrepairable");
+                            continue;
+                        }
+                        string what = bad ? "checksum mismatch" : $"differs from its mirror {MemberName(good)}";
+                        if (repair && Writable(m))
+                        {
+                            ws.Block(good, r).CopyTo(ws.Block(m, r));
+                            writes.Add((m, stripe * g.ChunkBlocks + r, ws.Rows(m, r, 1), false));
+                            Interlocked.Increment(ref result.Repaired);
+                            result.Add($"stripe {stripe} row {r} {MemberName(m)}: {what}, repaired");
+                        }
+                        else result.Add($"stripe {stripe} row {r} {MemberName(m)}: {what}");
+                    }
+                }
+            }
+            await WriteAllAsync(writes, ct).ConfigureAwait(false);
+            return;
+        }
+        if (g.ParityMembers == 0)
+        {
+            for (int m = 0; m < g.MemberCount; m++)
+                for (int r = 0; r < g.ChunkBlocks; r++)
+                    if (ws.FoundBad[m][r])
+                    {
+                        Interlocked.Increment(ref result.Unrepairable);
+                        result.Add($"stripe {stripe} row {r} {MemberName(m)}: checksum mismatch, no redundancy to repair it");
+                    }
+            return;
+        }
+        var bads = new List<(int M, int R)>();
+        for (int m = 0; m < g.MemberCount; m++)
+            for (int r = 0; r < g.ChunkBlocks; r++)
+                if (ws.FoundBad[m][r]) bads.Add((m, r));
+        var unsolved = await FillAndSolveAsync(ws, ct).ConfigureAwait(false);
+        foreach (var (m, r) in bads)
+        {
+            if (unsolved.Contains(r))
+            {
+                Interlocked.Increment(ref result.Unrepairable);
+                result.Add($"stripe {stripe} row {r} {MemberName(m)}: checksum mismatch, unrepairable (too many bad blocks in the row)");
+            }
+            else if (repair && Writable(m))
+            {
+                writes.Add((m, stripe * g.ChunkBlocks + r, ws.Rows(m, r, 1), false));
+                Interlocked.Increment(ref result.Repaired);
+                result.Add($"stripe {stripe} row {r} {MemberName(m)}: checksum mismatch, repaired");
+            }
+            else result.Add($"stripe {stripe} row {r} {MemberName(m)}: checksum mismatch");
+        }
+        // Parity check of every complete row.
+        int p = g.PMember(stripe), q = g.QMember(stripe);
+        var rowData = new ReadOnlyMemory<byte>[g.DataMembers];
+        var pc = new byte[Units.BlockBytes];
+        var qc = new byte[Units.BlockBytes];
+        for (int r = 0; r < g.ChunkBlocks; r++)
+        {
+            if (unsolved.Contains(r)) continue;
+            bool complete = true;
+            for (int m = 0; m < g.MemberCount; m++) complete &= ws.RowState(m, r) == Workspace.Ok && !ws.Reconstructed[m][r];
+            if (!complete) continue;
+            for (int i = 0; i < g.DataMembers; i++) rowData[i] = ws.Rows(g.DataMember(stripe, i), r, 1);
+            if (g.ParityMembers == 2) Parity.Parity.GenPQ(rowData, pc, qc);
+            else Parity.Parity.Xor(rowData, pc);
+            foreach (var (member, computed) in g.ParityMembers == 2 ? new[] { (p, pc), (q, qc) } : new[] { (p, pc) })
+            {
+                if (ws.Block(member, r).SequenceEqual(computed)) continue;
+                Interlocked.Increment(ref result.ParityMismatches);
+                string role = member == p ? "P" : "Q";
+                if (repair && Writable(member))
+                {
+                    computed.CopyTo(ws.Block(member, r));
+                    writes.Add((member, stripe * g.ChunkBlocks + r, ws.Rows(member, r, 1), false));
+                    Interlocked.Increment(ref result.Repaired);
+                    result.Add($"stripe {stripe} row {r} {MemberName(member)}: {role} parity mismatch (every data checksum good), parity rewritten");
+                }
+                else result.Add($"stripe {stripe} row {r} {MemberName(member)}: {role} parity mismatch");
+            }
+        }
+        await WriteAllAsync(writes, ct).ConfigureAwait(false);
+    }
+
+    Task DelayAsync(TimeSpan delay, CancellationToken ct)
+    {
+        var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var timer = _time.CreateTimer(_ => tcs.TrySetResult(), null, delay, Timeout.InfiniteTimeSpan);
+        var reg = ct.Register(() => tcs.TrySetCanceled(ct));
+        return tcs.Task.ContinueWith(t => { timer.Dispose(); reg.Dispose(); return t; }, TaskScheduler.Default).Unwrap();
+    }
+
+    [LoggerMessage(EventId = 1010, Level = LogLevel.Information, Message = "array {Array}: rebuilding member {Slot} onto {Drive}")]
+    partial void LogRebuildStarted(string array, int slot, string drive);
+
+    [LoggerMessage(EventId = 1011, Level = LogLevel.Information, Message = "array {Array}: member {Slot} rebuilt onto {Drive}")]
+    partial void LogRebuildDone(string array, int slot, string drive);
+
+    [LoggerMessage(EventId = 1012, Level = LogLevel.Error, Message = "array {Array}: stripe {Stripe} rows {Rows} could not be reconstructed during rebuild")]
+    partial void LogRebuildUnrecoverable(string array, long stripe, string rows);
+}

@@ -1,0 +1,666 @@
+using System.Buffers;
+using System.Diagnostics;
+using Duet.Core;
+using Duet.Raid.Parity;
+using Microsoft.Extensions.Logging;
+
+namespace Duet.Raid;
+
+public enum MemberStatus
+{
+    Active,
+    /// <summary>Failed or absent: neither read nor written.</summary>
+    Missing,
+    /// <summary>Written always; read only below the rebuild position.</summary>
+    Rebuilding,
+}
+
+/// <summary>A member became unusable during a request; the array goes on without it.</summary>
+internal sealed class MemberFailedException(int slot, Exception inner) : Exception($"member {slot} failed: {inner.Message}", inner)
+{
+    public int Slot { get; } = slot;
+}
+
+/// <summary>
+/// A RAID array: the executor of stripe plans over its members.
+///
+/// Requests address the array in 512-byte sectors and are split per stripe; each stripe is
+/// handled under its stripe lock (one of 1024 striped locks), so a stripe's data, parity and
+/// tags change together and a read never sees a half-written stripe. Parity levels (0/5/6)
+/// follow <see cref="StripePlanner"/>'s plans; mirrors (1/10) write every copy and read one.
+///
+/// Every member block read is checked against its tag. A block that fails (or sits on a
+/// missing member) is reconstructed from the rest of its row and checked again against its
+/// tag; a block found bad on a working member is rewritten with the repaired data. A member
+/// whose drive fails is dropped (<see cref="MemberFailed"/>) and the request carries on
+/// degraded, as long as the level survives the loss.
+/// </summary>
+public sealed partial class RaidArray
+{
+    const int StripeLockCount = 1024;
+    readonly SemaphoreSlim[] _stripeLocks;
+    readonly MemberDisk?[] _members;
+    readonly MemberStatus[] _status;
+    readonly long[] _rebuiltStripes;
+    readonly Lock _stateLock = new();
+    readonly TimeProvider _time;
+    readonly ILogger _logger;
+    int _rotor;
+
+    public RaidArray(string name, Guid uuid, ArrayGeometry geometry, MemberDisk?[] members, MemberStatus[] status,
+        TimeProvider time, ILogger logger)
+    {
+        Invariant.Assert(members.Length == geometry.MemberCount && status.Length == geometry.MemberCount);
+        Name = name;
+        Uuid = uuid;
+        Geometry = geometry;
+        _members = members;
+        _status = status;
+        for (int m = 0; m < members.Length; m++)
+        {
+            Invariant.Assert(members[m] is not null || status[m] == MemberStatus.Missing);
+            Invariant.Assert(members[m] is null || members[m]!.Slot == m);
+        }
+        _rebuiltStripes = new long[geometry.MemberCount];
+        _stripeLocks = new SemaphoreSlim[StripeLockCount];
+        for (int i = 0; i < _stripeLocks.Length; i++) _stripeLocks[i] = new SemaphoreSlim(1, 1);
+        _time = time;
+        _logger = logger;
+    }
+
+    public string Name { get; }
+    public Guid Uuid { get; }
+    public ArrayGeometry Geometry { get; }
+    public long CapacitySectors => Geometry.CapacityBlocks * Units.SectorsPerBlock;
+
+    /// <summary>Raised (synchronously, once per member) when a member is dropped: slot and reason.</summary>
+    public event Action<int, string>? MemberFailed;
+
+    public MemberDisk? Member(int slot) => _members[slot];
+
+    public MemberStatus Status(int slot) { lock (_stateLock) return _status[slot]; }
+
+    public long RebuiltStripes(int slot) => Volatile.Read(ref _rebuiltStripes[slot]);
+
+    /// <summary>Slots that cannot serve reads at all right now.</summary>
+    public IReadOnlyList<int> LostSlots()
+    {
+        lock (_stateLock)
+            return Enumerable.Range(0, Geometry.MemberCount).Where(m => _status[m] != MemberStatus.Active).ToList();
+    }
+
+    public bool IsFailed => !Geometry.IsSurvivable(LostSlots());
+
+    bool Readable(int m, long stripe)
+    {
+        var s = _status[m];
+        return _members[m] is not null && (s == MemberStatus.Active || (s == MemberStatus.Rebuilding && stripe < Volatile.Read(ref _rebuiltStripes[m])));
+    }
+
+    bool Writable(int m) => _members[m] is not null && _status[m] != MemberStatus.Missing;
+
+    /// <summary>Drops a member: it is neither read nor written from now on.</summary>
+    public void FailMember(int slot, string reason)
+    {
+        lock (_stateLock)
+        {
+            if (_status[slot] == MemberStatus.Missing) return;
+            _status[slot] = MemberStatus.Missing;
+        }
+        LogMemberFailed(Name, slot, _members[slot]?.Drive.Name ?? "-", reason);
+        MemberFailed?.Invoke(slot, reason);
+    }
+
+    // ---- requests --------------------------------------------------------------------
+
+    public ValueTask ReadAsync(long sector, Memory<byte> destination, CancellationToken ct = default) =>
+        ForEachStripeAsync(sector, destination.Length, (s, lo, hi, offset) => ReadStripeAsync(s, lo, hi, destination.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), ct));
+
+    public ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct = default) =>
+        ForEachStripeAsync(sector, source.Length, (s, lo, hi, offset) => WriteStripeAsync(s, lo, hi, source.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), false, ct));
+
+    /// <summary>Writes zeros over whole blocks and marks them never-written (TRIM). Block-aligned only.</summary>
+    public ValueTask TrimAsync(long sector, long sectorCount, CancellationToken ct = default)
+    {
+        Invariant.Assert(sector % Units.SectorsPerBlock == 0 && sectorCount % Units.SectorsPerBlock == 0);
+        return ZeroRangeAsync(sector, sectorCount, hole: true, ct);
+    }
+
+    public ValueTask WriteZeroesAsync(long sector, long sectorCount, CancellationToken ct = default) =>
+        ZeroRangeAsync(sector, sectorCount, hole: false, ct);
+
+    async ValueTask ZeroRangeAsync(long sector, long sectorCount, bool hole, CancellationToken ct)
+    {
+        CheckRange(sector, sectorCount);
+        const int StepSectors = 1 << 13; // 4 MiB of zeros at a time
+        var zeros = ArrayPool<byte>.Shared.Rent((int)Math.Min(sectorCount, StepSectors) * Units.SectorBytes);
+        Array.Clear(zeros);
+        try
+        {
+            for (long done = 0; done < sectorCount;)
+            {
+                long n = Math.Min(StepSectors, sectorCount - done);
+                var src = zeros.AsMemory(0, (int)n * Units.SectorBytes);
+                long at = sector + done;
+                await ForEachStripeAsync(at, src.Length, (s, lo, hi, offset) => WriteStripeAsync(s, lo, hi, src.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), hole, ct)).ConfigureAwait(false);
+                done += n;
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(zeros);
+        }
+    }
+
+    public async ValueTask FlushAsync(CancellationToken ct = default)
+    {
+        var tasks = new List<Task>();
+        for (int m = 0; m < _members.Length; m++)
+        {
+            if (!Writable(m)) continue;
+            int slot = m;
+            tasks.Add(Task.Run(async () =>
+            {
+                try { await _members[slot]!.Drive.FlushAsync(ct).ConfigureAwait(false); }
+                catch (BlockIoException e) { FailMember(slot, $"flush failed: {e.Message}"); }
+            }, ct));
+        }
+        await Task.WhenAll(tasks).ConfigureAwait(false);
+        ThrowIfFailed();
+    }
+
+    /// <summary>The tag of the member block behind an array block (0 = never written), or null if unknown.</summary>
+    public async ValueTask<ulong?> DataTagAsync(long arrayBlock, CancellationToken ct = default)
+    {
+        var (stripe, dataIndex, _, memberBlock) = Geometry.Map(arrayBlock);
+        IEnumerable<int> holders = Geometry.IsMirrored ? Geometry.Copies(dataIndex) : [Geometry.DataMember(stripe, dataIndex)];
+        foreach (int m in holders)
+        {
+            if (!Readable(m, stripe)) continue;
+            try { return await _members[m]!.TagOfAsync(memberBlock, ct).ConfigureAwait(false); }
+            catch (BlockIoException) { }
+        }
+        return null;
+    }
+
+    void CheckRange(long sector, long sectorCount)
+    {
+        if (sector < 0 || sectorCount < 0 || sector > CapacitySectors - sectorCount)
+            throw new BlockIoException(BlockErrorKind.OutOfRange, $"array {Name}: sectors {sector}+{sectorCount} are outside its {CapacitySectors} sectors", sector);
+    }
+
+    void ThrowIfFailed()
+    {
+        if (IsFailed)
+            throw new BlockIoException(BlockErrorKind.Io, $"array {Name} has failed: members {string.Join(",", LostSlots())} are lost, more than RAID {(int)Geometry.Level} survives");
+    }
+
+    delegate ValueTask StripeOp(long stripe, long sectorLo, long sectorHi, int byteOffset);
+
+    async ValueTask ForEachStripeAsync(long sector, int byteCount, StripeOp op)
+    {
+        if (byteCount % Units.SectorBytes != 0)
+            throw new BlockIoException(BlockErrorKind.Invalid, $"array {Name}: length {byteCount} is not a multiple of {Units.SectorBytes}", sector);
+        long count = byteCount / Units.SectorBytes;
+        CheckRange(sector, count);
+        if (count == 0) return;
+        long stripeSectors = Geometry.StripeDataBlocks * Units.SectorsPerBlock;
+        long first = sector / stripeSectors, last = (sector + count - 1) / stripeSectors;
+        if (first == last)
+        {
+            long lo = sector - first * stripeSectors;
+            await op(first, lo, lo + count, 0).ConfigureAwait(false);
+            return;
+        }
+        var tasks = new List<Task>((int)(last - first + 1));
+        for (long s = first; s <= last; s++)
+        {
+            long start = Math.Max(sector, s * stripeSectors);
+            long end = Math.Min(sector + count, (s + 1) * stripeSectors);
+            tasks.Add(op(s, start - s * stripeSectors, end - s * stripeSectors, (int)((start - sector) * Units.SectorBytes)).AsTask());
+        }
+        await Task.WhenAll(tasks).ConfigureAwait(false);
+    }
+
+    async ValueTask<IDisposable> LockStripeAsync(long stripe, CancellationToken ct)
+    {
+        var gate = _stripeLocks[stripe % StripeLockCount];
+        await gate.WaitAsync(ct).ConfigureAwait(false);
+        return new Releaser(gate);
+    }
+
+    sealed class Releaser(SemaphoreSlim gate) : IDisposable
+    {
+        int _done;
+        public void Dispose() { if (Interlocked.Exchange(ref _done, 1) == 0) gate.Release(); }
+    }
+
+    /// <summary>Runs a stripe operation, dropping members that fail under it and retrying degraded.</summary>
+    async ValueTask RetryOnMemberFailure(Func<ValueTask> attempt)
+    {
+        for (int tries = 0; ; tries++)
+        {
+            ThrowIfFailed();
+            try
+            {
+                await attempt().ConfigureAwait(false);
+                return;
+            }
+            catch (MemberFailedException e) when (tries < Geometry.MemberCount)
+            {
+                FailMember(e.Slot, e.InnerException?.Message ?? "I/O error");
+            }
+        }
+    }
+
+    // ---- member I/O with failure classification ----------------------------------------
+
+    async ValueTask ReadMemberAsync(Workspace ws, int m, int rowLo, int rowCount, CancellationToken ct)
+    {
+        if (!Readable(m, ws.Stripe))
+        {
+            for (int r = rowLo; r < rowLo + rowCount; r++) ws.SetState(m, r, Workspace.Bad);
+            return;
+        }
+        List<int>? bad;
+        try
+        {
+            bad = await _members[m]!.ReadAsync(ws.Stripe * Geometry.ChunkBlocks + rowLo, ws.Rows(m, rowLo, rowCount), ct).ConfigureAwait(false);
+        }
+        catch (BlockIoException e)
+        {
+            throw new MemberFailedException(m, e);
+        }
+        for (int r = rowLo; r < rowLo + rowCount; r++) ws.SetState(m, r, Workspace.Ok);
+        if (bad is null) return;
+        foreach (int i in bad)
+        {
+            ws.SetState(m, rowLo + i, Workspace.Bad);
+            ws.FoundBad[m][rowLo + i - ws.RowLo] = true;
+            LogBadBlock(Name, ws.Stripe, rowLo + i, m, _members[m]!.Drive.Name);
+        }
+    }
+
+    async ValueTask WriteMemberAsync(int m, long memberBlock, ReadOnlyMemory<byte> data, bool hole, CancellationToken ct)
+    {
+        try
+        {
+            await _members[m]!.WriteAsync(memberBlock, data, hole, ct).ConfigureAwait(false);
+        }
+        catch (BlockIoException e)
+        {
+            throw new MemberFailedException(m, e);
+        }
+    }
+
+    /// <summary>
+    /// Runs member writes together. A member whose write fails is dropped after all have
+    /// finished; the stripe stays consistent without it, so the request still succeeds if the
+    /// level survives.
+    /// </summary>
+    async ValueTask WriteAllAsync(List<(int Member, long Block, ReadOnlyMemory<byte> Data, bool Hole)> writes, CancellationToken ct)
+    {
+        if (writes.Count == 0) return;
+        var tasks = new Task[writes.Count];
+        for (int i = 0; i < writes.Count; i++)
+        {
+            var w = writes[i];
+            tasks[i] = WriteMemberAsync(w.Member, w.Block, w.Data, w.Hole, ct).AsTask();
+        }
+        try
+        {
+            await Task.WhenAll(tasks).ConfigureAwait(false);
+        }
+        catch
+        {
+            foreach (var t in tasks)
+                if (t.Exception?.InnerException is MemberFailedException f) FailMember(f.Slot, f.InnerException?.Message ?? "write failed");
+                else if (t.Exception is not null) throw t.Exception.InnerException!;
+            ThrowIfFailed();
+        }
+    }
+
+    /// <summary>Reads every member's rows that are still Unknown, then solves every row with Bad blocks.
+    /// Returns the rows that could not be solved.</summary>
+    async ValueTask<List<int>> FillAndSolveAsync(Workspace ws, CancellationToken ct)
+    {
+        for (int m = 0; m < Geometry.MemberCount; m++)
+        {
+            int r = ws.RowLo;
+            while (r < ws.RowLo + ws.RowCount)
+            {
+                if (ws.RowState(m, r) != Workspace.Unknown) { r++; continue; }
+                int end = r;
+                while (end < ws.RowLo + ws.RowCount && ws.RowState(m, end) == Workspace.Unknown) end++;
+                await ReadMemberAsync(ws, m, r, end - r, ct).ConfigureAwait(false);
+                r = end;
+            }
+        }
+        var unsolved = new List<int>();
+        for (int r = ws.RowLo; r < ws.RowLo + ws.RowCount; r++)
+            if (!ws.SolveRow(r)) unsolved.Add(r);
+        // A reconstructed data block must match its tag (when its member is present to hold one):
+        // the check that catches stale parity instead of returning wrong data.
+        for (int m = 0; m < Geometry.MemberCount; m++)
+        {
+            if (_members[m] is null) continue;
+            for (int r = ws.RowLo; r < ws.RowLo + ws.RowCount; r++)
+            {
+                if (!ws.Reconstructed[m][r - ws.RowLo] || !ws.FoundBad[m][r - ws.RowLo]) continue;
+                ulong tag;
+                try { tag = await _members[m]!.TagOfAsync(ws.Stripe * Geometry.ChunkBlocks + r, ct).ConfigureAwait(false); }
+                catch (BlockIoException) { continue; }
+                if (!Tag.Verify(tag, _members[m]!.Salt, ws.Stripe * Geometry.ChunkBlocks + r, ws.Block(m, r)) && tag != 0)
+                {
+                    ws.SetState(m, r, Workspace.Bad);
+                    if (!unsolved.Contains(r)) unsolved.Add(r);
+                }
+            }
+        }
+        return unsolved;
+    }
+
+    /// <summary>Rewrites blocks that were found bad on working members with their reconstructed content.</summary>
+    async ValueTask RepairAsync(Workspace ws, CancellationToken ct)
+    {
+        var writes = new List<(int, long, ReadOnlyMemory<byte>, bool)>();
+        for (int m = 0; m < Geometry.MemberCount; m++)
+        {
+            if (!Writable(m)) continue;
+            for (int r = ws.RowLo; r < ws.RowLo + ws.RowCount; r++)
+            {
+                if (!ws.FoundBad[m][r - ws.RowLo] || ws.RowState(m, r) != Workspace.Ok) continue;
+                writes.Add((m, ws.Stripe * Geometry.ChunkBlocks + r, ws.Rows(m, r, 1), false));
+                LogRepaired(Name, ws.Stripe, r, m, _members[m]!.Drive.Name);
+            }
+        }
+        await WriteAllAsync(writes, ct).ConfigureAwait(false);
+    }
+
+    BlockIoException Unrecoverable(long stripe, int dataIndex, int row) =>
+        new(BlockErrorKind.Medium,
+            $"array {Name}: block at stripe {stripe} chunk {dataIndex} row {row} is unreadable and cannot be reconstructed",
+            (stripe * Geometry.StripeDataBlocks + (long)dataIndex * Geometry.ChunkBlocks + row) * Units.SectorsPerBlock);
+
+    // ---- read ----------------------------------------------------------------------------
+
+    async ValueTask ReadStripeAsync(long stripe, long sectorLo, long sectorHi, Memory<byte> destination, CancellationToken ct)
+    {
+        using var _ = await LockStripeAsync(stripe, ct).ConfigureAwait(false);
+        await RetryOnMemberFailure(() => Geometry.IsMirrored
+            ? ReadMirrorStripeAsync(stripe, sectorLo, sectorHi, destination, ct)
+            : ReadParityStripeAsync(stripe, sectorLo, sectorHi, destination, ct)).ConfigureAwait(false);
+    }
+
+    /// <summary>Copies the requested sectors of chunk c from a workspace's blocks into the destination.</summary>
+    void CopyOut(Workspace ws, int member, StripePlanner.ChunkWrite c, long sectorLo, Memory<byte> destination)
+    {
+        long chunkSectors = (long)Geometry.ChunkBlocks * Units.SectorsPerBlock;
+        long chunkStart = c.DataIndex * chunkSectors;
+        for (int r = c.Lo; r < c.Hi; r++)
+        {
+            long blockFirst = chunkStart + (long)r * Units.SectorsPerBlock;
+            long from = Math.Max(blockFirst, sectorLo);
+            long to = Math.Min(blockFirst + Units.SectorsPerBlock, sectorLo + destination.Length / Units.SectorBytes);
+            if (to <= from) continue;
+            ws.Block(member, r).Slice((int)(from - blockFirst) * Units.SectorBytes, (int)(to - from) * Units.SectorBytes)
+                .CopyTo(destination.Span[(int)((from - sectorLo) * Units.SectorBytes)..]);
+        }
+    }
+
+    async ValueTask ReadParityStripeAsync(long stripe, long sectorLo, long sectorHi, Memory<byte> destination, CancellationToken ct)
+    {
+        var chunks = StripePlanner.SplitByChunk(Geometry, sectorLo, sectorHi);
+        int rowLo = chunks.Where(c => !c.IsEmpty).Min(c => c.Lo);
+        int rowHi = chunks.Where(c => !c.IsEmpty).Max(c => c.Hi);
+        using var ws = new Workspace(Geometry, stripe, rowLo, rowHi - rowLo);
+        bool needSolve = false;
+        foreach (var c in chunks)
+        {
+            if (c.IsEmpty) continue;
+            int m = Geometry.DataMember(stripe, c.DataIndex);
+            await ReadMemberAsync(ws, m, c.Lo, c.Rows, ct).ConfigureAwait(false);
+            for (int r = c.Lo; r < c.Hi; r++) needSolve |= ws.RowState(m, r) == Workspace.Bad;
+        }
+        if (needSolve)
+        {
+            var unsolved = await FillAndSolveAsync(ws, ct).ConfigureAwait(false);
+            foreach (var c in chunks)
+            {
+                if (c.IsEmpty) continue;
+                int m = Geometry.DataMember(stripe, c.DataIndex);
+                foreach (int r in unsolved)
+                    if (r >= c.Lo && r < c.Hi && ws.RowState(m, r) == Workspace.Bad) throw Unrecoverable(stripe, c.DataIndex, r);
+            }
+            await RepairAsync(ws, ct).ConfigureAwait(false);
+        }
+        foreach (var c in chunks)
+            if (!c.IsEmpty) CopyOut(ws, Geometry.DataMember(stripe, c.DataIndex), c, sectorLo, destination);
+    }
+
+    async ValueTask ReadMirrorStripeAsync(long stripe, long sectorLo, long sectorHi, Memory<byte> destination, CancellationToken ct)
+    {
+        var chunks = StripePlanner.SplitByChunk(Geometry, sectorLo, sectorHi);
+        int rowLo = chunks.Where(c => !c.IsEmpty).Min(c => c.Lo);
+        int rowHi = chunks.Where(c => !c.IsEmpty).Max(c => c.Hi);
+        using var ws = new Workspace(Geometry, stripe, rowLo, rowHi - rowLo);
+        foreach (var c in chunks)
+        {
+            if (c.IsEmpty) continue;
+            int good = await ReadMirrorChunkAsync(ws, stripe, c, ct).ConfigureAwait(false);
+            CopyOut(ws, good, c, sectorLo, destination);
+        }
+    }
+
+    /// <summary>Reads chunk c's rows from one copy, falling back to the others for bad rows; repairs bad copies.
+    /// Returns the member whose workspace buffer holds the good data for every row.</summary>
+    async ValueTask<int> ReadMirrorChunkAsync(Workspace ws, long stripe, StripePlanner.ChunkWrite c, CancellationToken ct)
+    {
+        var copies = Geometry.Copies(c.DataIndex).Where(m => Readable(m, stripe)).ToList();
+        if (copies.Count == 0) throw Unrecoverable(stripe, c.DataIndex, c.Lo);
+        int start = (int)((uint)Interlocked.Increment(ref _rotor) % (uint)copies.Count);
+        int primary = copies[start];
+        await ReadMemberAsync(ws, primary, c.Lo, c.Rows, ct).ConfigureAwait(false);
+        var repairs = new List<(int, long, ReadOnlyMemory<byte>, bool)>();
+        for (int r = c.Lo; r < c.Hi; r++)
+        {
+            if (ws.RowState(primary, r) == Workspace.Ok) continue;
+            bool found = false;
+            foreach (int other in copies)
+            {
+                if (other == primary) continue;
+                if (ws.RowState(other, r) == Workspace.Unknown) await ReadMemberAsync(ws, other, r, 1, ct).ConfigureAwait(false);
+                if (ws.RowState(other, r) != Workspace.Ok) continue;
+                ws.Block(other, r).CopyTo(ws.Block(primary, r));
+                ws.SetState(primary, r, Workspace.Ok);
+                found = true;
+                break;
+            }
+            if (!found) throw Unrecoverable(stripe, c.DataIndex, r);
+            if (Writable(primary))
+            {
+                repairs.Add((primary, stripe * Geometry.ChunkBlocks + r, ws.Rows(primary, r, 1), false));
+                LogRepaired(Name, stripe, r, primary, _members[primary]!.Drive.Name);
+            }
+        }
+        await WriteAllAsync(repairs, ct).ConfigureAwait(false);
+        return primary;
+    }
+
+    // ---- write ---------------------------------------------------------------------------
+
+    async ValueTask WriteStripeAsync(long stripe, long sectorLo, long sectorHi, ReadOnlyMemory<byte> source, bool hole, CancellationToken ct)
+    {
+        using var _ = await LockStripeAsync(stripe, ct).ConfigureAwait(false);
+        await RetryOnMemberFailure(() => Geometry.IsMirrored
+            ? WriteMirrorStripeAsync(stripe, sectorLo, sectorHi, source, hole, ct)
+            : WriteParityStripeAsync(stripe, sectorLo, sectorHi, source, hole, ct)).ConfigureAwait(false);
+    }
+
+    /// <summary>Fills chunk c's new blocks: whole blocks from the source, partial ones merged into the old block.</summary>
+    void MergeNewData(Workspace oldWs, int oldMember, byte[] newBuf, int bufRowLo, StripePlanner.ChunkWrite c, long sectorLo, ReadOnlySpan<byte> source)
+    {
+        long chunkSectors = (long)Geometry.ChunkBlocks * Units.SectorsPerBlock;
+        long chunkStart = c.DataIndex * chunkSectors;
+        long sectorHi = sectorLo + source.Length / Units.SectorBytes;
+        for (int r = c.Lo; r < c.Hi; r++)
+        {
+            var dst = newBuf.AsSpan((r - bufRowLo) * Units.BlockBytes, Units.BlockBytes);
+            long blockFirst = chunkStart + (long)r * Units.SectorsPerBlock;
+            long from = Math.Max(blockFirst, sectorLo);
+            long to = Math.Min(blockFirst + Units.SectorsPerBlock, sectorHi);
+            if (to - from < Units.SectorsPerBlock)
+            {
+                Invariant.Assert(oldWs.RowState(oldMember, r) == Workspace.Ok);
+                oldWs.Block(oldMember, r).CopyTo(dst);
+            }
+            source.Slice((int)((from - sectorLo) * Units.SectorBytes), (int)((to - from) * Units.SectorBytes))
+                .CopyTo(dst[(int)((from - blockFirst) * Units.SectorBytes)..]);
+        }
+    }
+
+    async ValueTask WriteParityStripeAsync(long stripe, long sectorLo, long sectorHi, ReadOnlyMemory<byte> source, bool hole, CancellationToken ct)
+    {
+        var g = Geometry;
+        var plan = StripePlanner.PlanWrite(g, stripe, sectorLo, sectorHi, m => Readable(m, stripe), Writable);
+        var chunks = StripePlanner.SplitByChunk(g, sectorLo, sectorHi);
+        using var ws = new Workspace(g, stripe, plan.RowLo, plan.RowCount);
+
+        bool needSolve = false;
+        foreach (var read in plan.Reads)
+        {
+            await ReadMemberAsync(ws, read.Member, read.RowLo, read.RowCount, ct).ConfigureAwait(false);
+            for (int r = read.RowLo; r < read.RowLo + read.RowCount; r++) needSolve |= ws.RowState(read.Member, r) == Workspace.Bad;
+        }
+        var strategy = plan.Strategy;
+        if (needSolve)
+        {
+            // A block we needed is unreadable: read every row in full, reconstruct, and write whole rows.
+            var unsolved = await FillAndSolveAsync(ws, ct).ConfigureAwait(false);
+            if (unsolved.Count > 0 && g.ParityMembers > 0)
+                throw new BlockIoException(BlockErrorKind.Medium, $"array {Name}: stripe {stripe} has rows {string.Join(",", unsolved)} beyond repair",
+                    stripe * g.StripeDataBlocks * Units.SectorsPerBlock + sectorLo);
+            if (g.ParityMembers == 0)
+                foreach (var c in chunks)
+                    if (!c.IsEmpty && (c.PartialFirst && ws.RowState(g.DataMember(stripe, c.DataIndex), c.Lo) == Workspace.Bad ||
+                                       c.PartialLast && ws.RowState(g.DataMember(stripe, c.DataIndex), c.Hi - 1) == Workspace.Bad))
+                        throw Unrecoverable(stripe, c.DataIndex, c.PartialFirst ? c.Lo : c.Hi - 1);
+            if (strategy == WriteStrategy.ReadModifyWrite) strategy = WriteStrategy.ReconstructWrite;
+        }
+
+        // New content of every written data block, rows relative to the plan.
+        var newData = new byte[]?[g.DataMembers];
+        try
+        {
+            foreach (var c in chunks)
+            {
+                if (c.IsEmpty) continue;
+                newData[c.DataIndex] = ArrayPool<byte>.Shared.Rent(plan.RowCount * Units.BlockBytes);
+                MergeNewData(ws, g.DataMember(stripe, c.DataIndex), newData[c.DataIndex]!, plan.RowLo, c, sectorLo, source.Span);
+            }
+
+            int p = g.PMember(stripe), q = g.QMember(stripe);
+            bool writeP = p >= 0 && Writable(p), writeQ = q >= 0 && Writable(q);
+            if (g.ParityMembers > 0 && (writeP || writeQ))
+            {
+                if (strategy == WriteStrategy.ReadModifyWrite)
+                {
+                    var delta = new byte[Units.BlockBytes];
+                    foreach (var c in chunks)
+                    {
+                        if (c.IsEmpty) continue;
+                        int m = g.DataMember(stripe, c.DataIndex);
+                        for (int r = c.Lo; r < c.Hi; r++)
+                        {
+                            ws.Block(m, r).CopyTo(delta);
+                            Parity.Parity.XorInto(newData[c.DataIndex].AsSpan((r - plan.RowLo) * Units.BlockBytes, Units.BlockBytes), delta);
+                            if (writeP) Parity.Parity.XorInto(delta, ws.Block(p, r));
+                            if (writeQ) Parity.Parity.MulXorInto(Gf256.Pow2(c.DataIndex), delta, ws.Block(q, r));
+                        }
+                    }
+                }
+                else
+                {
+                    var rowData = new ReadOnlyMemory<byte>[g.DataMembers];
+                    var scratchQ = writeQ ? null : new byte[Units.BlockBytes];
+                    var scratchP = writeP ? null : new byte[Units.BlockBytes];
+                    for (int r = plan.RowLo; r < plan.RowLo + plan.RowCount; r++)
+                    {
+                        for (int i = 0; i < g.DataMembers; i++)
+                        {
+                            var c = chunks[i];
+                            rowData[i] = !c.IsEmpty && r >= c.Lo && r < c.Hi
+                                ? newData[i].AsMemory((r - plan.RowLo) * Units.BlockBytes, Units.BlockBytes)
+                                : ws.Rows(g.DataMember(stripe, i), r, 1);
+                            if (!(!c.IsEmpty && r >= c.Lo && r < c.Hi))
+                                Invariant.Assert(ws.RowState(g.DataMember(stripe, i), r) == Workspace.Ok);
+                        }
+                        var pBlock = writeP ? ws.Block(p, r) : scratchP;
+                        if (g.ParityMembers == 2) Parity.Parity.GenPQ(rowData, pBlock, writeQ ? ws.Block(q, r) : scratchQ);
+                        else Parity.Parity.Xor(rowData, pBlock);
+                    }
+                }
+            }
+
+            var writes = new List<(int, long, ReadOnlyMemory<byte>, bool)>();
+            foreach (var c in chunks)
+            {
+                if (c.IsEmpty) continue;
+                int m = g.DataMember(stripe, c.DataIndex);
+                if (!Writable(m)) continue;
+                writes.Add((m, stripe * g.ChunkBlocks + c.Lo, newData[c.DataIndex].AsMemory((c.Lo - plan.RowLo) * Units.BlockBytes, c.Rows * Units.BlockBytes), hole && !c.PartialFirst && !c.PartialLast));
+            }
+            if (writeP) writes.Add((p, stripe * g.ChunkBlocks + plan.RowLo, ws.Rows(p, plan.RowLo, plan.RowCount), false));
+            if (writeQ) writes.Add((q, stripe * g.ChunkBlocks + plan.RowLo, ws.Rows(q, plan.RowLo, plan.RowCount), false));
+            await WriteAllAsync(writes, ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            foreach (var b in newData) if (b is not null) ArrayPool<byte>.Shared.Return(b);
+        }
+    }
+
+    async ValueTask WriteMirrorStripeAsync(long stripe, long sectorLo, long sectorHi, ReadOnlyMemory<byte> source, bool hole, CancellationToken ct)
+    {
+        var chunks = StripePlanner.SplitByChunk(Geometry, sectorLo, sectorHi);
+        int rowLo = chunks.Where(c => !c.IsEmpty).Min(c => c.Lo);
+        int rowHi = chunks.Where(c => !c.IsEmpty).Max(c => c.Hi);
+        using var ws = new Workspace(Geometry, stripe, rowLo, rowHi - rowLo);
+        var buffers = new List<byte[]>();
+        try
+        {
+            var writes = new List<(int, long, ReadOnlyMemory<byte>, bool)>();
+            foreach (var c in chunks)
+            {
+                if (c.IsEmpty) continue;
+                int oldMember = -1;
+                if (c.PartialFirst || c.PartialLast)
+                {
+                    // Old content of the partial blocks, from any good copy.
+                    var partial = new StripePlanner.ChunkWrite(c.DataIndex, c.Lo, c.Hi, c.PartialFirst, c.PartialLast);
+                    oldMember = await ReadMirrorChunkAsync(ws, stripe, partial, ct).ConfigureAwait(false);
+                }
+                var buf = ArrayPool<byte>.Shared.Rent((rowHi - rowLo) * Units.BlockBytes);
+                buffers.Add(buf);
+                MergeNewData(ws, Math.Max(oldMember, 0), buf, rowLo, c, sectorLo, source.Span);
+                foreach (int m in Geometry.Copies(c.DataIndex))
+                    if (Writable(m))
+                        writes.Add((m, stripe * Geometry.ChunkBlocks + c.Lo, buf.AsMemory((c.Lo - rowLo) * Units.BlockBytes, c.Rows * Units.BlockBytes), hole && !c.PartialFirst && !c.PartialLast));
+            }
+            await WriteAllAsync(writes, ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            foreach (var b in buffers) ArrayPool<byte>.Shared.Return(b);
+        }
+    }
+
+    [LoggerMessage(EventId = 1001, Level = LogLevel.Warning, Message = "array {Array}: member {Slot} ({Drive}) dropped: {Reason}")]
+    partial void LogMemberFailed(string array, int slot, string drive, string reason);
+
+    [LoggerMessage(EventId = 1002, Level = LogLevel.Warning, Message = "array {Array}: stripe {Stripe} row {Row} on member {Slot} ({Drive}) failed its checksum")]
+    partial void LogBadBlock(string array, long stripe, int row, int slot, string drive);
+
+    [LoggerMessage(EventId = 1003, Level = LogLevel.Information, Message = "array {Array}: stripe {Stripe} row {Row} on member {Slot} ({Drive}) rewritten from redundancy")]
+    partial void LogRepaired(string array, long stripe, int row, int slot, string drive);
+}
