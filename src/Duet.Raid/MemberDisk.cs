@@ -102,7 +102,15 @@ public sealed class MemberDisk
             {
                 long b = block + i;
                 ulong tag = Tag.Read(tags, (int)(b % MemberLayout.TagsPerGroup));
-                if (!Tag.Verify(tag, Salt, b, slice.Span.Slice(i * Units.BlockBytes, Units.BlockBytes)))
+                var blockSpan = slice.Span.Slice(i * Units.BlockBytes, Units.BlockBytes);
+                if (tag == 0)
+                {
+                    // Never written since the array was created: logically zeros, whatever bytes a
+                    // reused drive still holds there.
+                    blockSpan.Clear();
+                    continue;
+                }
+                if (!Tag.Verify(tag, Salt, b, blockSpan))
                     (bad ??= []).Add(done + i);
             }
             done += inGroup;
@@ -178,6 +186,18 @@ public sealed class MemberDisk
         finally
         {
             ArrayPool<ulong>.Shared.Return(rented);
+        }
+    }
+
+    /// <summary>Clears every tag of this member's data area: all its blocks read as never written.
+    /// Used when a drive joins a new array, so nothing it held before can pass for data.</summary>
+    public async ValueTask ClearTagsAsync(CancellationToken ct = default)
+    {
+        var zero = new byte[Units.BlockBytes];
+        for (long g = 0; g < _groups.Length; g++)
+        {
+            await Drive.WriteAsync(MemberLayout.TagLba(g), zero, false, ct).ConfigureAwait(false);
+            Volatile.Write(ref _groups[g].Bytes, new byte[Units.BlockBytes]);
         }
     }
 

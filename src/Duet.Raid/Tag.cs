@@ -7,7 +7,8 @@ namespace Duet.Raid;
 /// The 8-byte checksum tag of one 4 KiB member block:
 ///   bytes 0-3  CRC32C over (salt: u64 LE, member block number: u64 LE, the 4096 data bytes)
 ///   bytes 4-7  marker 0x31544744 ("DGT1" little-endian) — the block has been written
-/// All eight bytes zero means "never written": the block must then read as zeros.
+/// All eight bytes zero means "never written": the block reads as zeros whatever the drive
+/// holds there (so a reused drive needs only its tag blocks cleared, not its data).
 /// The salt mixes the array UUID and the member slot, so a block written to the wrong
 /// drive, the wrong place, or left over from another array fails its check.
 /// </summary>

@@ -1,0 +1,342 @@
+using Duet.Core;
+using Microsoft.Extensions.Logging;
+
+namespace Duet.Raid.Management;
+
+public sealed partial class ArrayManager
+{
+    static ManagementException Invalid(string m) => new(ManagementErrorKind.Invalid, m);
+    static ManagementException NotFound(string m) => new(ManagementErrorKind.NotFound, m);
+    static ManagementException Conflict(string m) => new(ManagementErrorKind.Conflict, m);
+
+    async Task<T> Locked<T>(Func<Task<T>> body, CancellationToken ct)
+    {
+        await _mgmt.WaitAsync(ct).ConfigureAwait(false);
+        try { return await body().ConfigureAwait(false); }
+        finally { _mgmt.Release(); }
+    }
+
+    Task Locked(Func<Task> body, CancellationToken ct) => Locked<bool>(async () => { await body().ConfigureAwait(false); return true; }, ct);
+
+    DriveEntry Drive(string name) =>
+        _drives.TryGetValue(name, out var d) ? d : throw NotFound($"no drive named '{name}' (see: duet drive list)");
+
+    ArrayEntry ArrayNamed(string name) =>
+        _arrays.TryGetValue(name, out var a) ? a : throw NotFound($"no array named '{name}' (see: duet array list)");
+
+    static string? InUse(DriveEntry d) =>
+        d.Array is not null ? (d.IsSpare ? $"drive '{d.Name}' is a spare of array '{d.Array.Raid.Name}'" : $"drive '{d.Name}' is a member of array '{d.Array.Raid.Name}'")
+        : d.Problem is not null ? $"drive '{d.Name}' {d.Problem}"
+        : d.Superblock is not null ? $"drive '{d.Name}' holds a superblock of array '{d.Superblock.Name}' (UUID {d.Superblock.ArrayUuid})"
+        : null;
+
+    public Task<ArrayInfo> CreateArrayAsync(CreateArrayRequest r, CancellationToken ct = default) => Locked(async () =>
+    {
+        if (!Superblock.IsValidName(r.Name)) throw Invalid($"array name '{r.Name}' must be 1-32 letters, digits, '-', '_' or '.'");
+        if (_arrays.ContainsKey(r.Name)) throw Conflict($"an array named '{r.Name}' already exists");
+        if (r.Level is not (0 or 1 or 5 or 6 or 10)) throw Invalid($"RAID level {r.Level} is not supported; use 0, 1, 5, 6 or 10");
+        var level = (RaidLevel)r.Level;
+        if (r.ChunkKiB < 4 || r.ChunkKiB > 1024 || (r.ChunkKiB & (r.ChunkKiB - 1)) != 0) throw Invalid($"chunk size {r.ChunkKiB} KiB must be a power of two from 4 to 1024");
+        if (r.RebuildMiBps < 0) throw Invalid("rebuild rate must not be negative");
+        if (r.Drives.Count != r.Drives.Distinct().Count()) throw Invalid("a drive is named twice");
+        int min = ArrayGeometry.MinimumMembers(level);
+        if (r.Drives.Count < min) throw Invalid($"RAID {r.Level} needs at least {min} drives; {r.Drives.Count} given");
+        if (r.Drives.Count > ArrayGeometry.MaxMembers) throw Invalid($"at most {ArrayGeometry.MaxMembers} drives per array; {r.Drives.Count} given");
+        if (level == RaidLevel.Raid10 && r.Drives.Count % 2 != 0) throw Invalid("RAID 10 needs an even number of drives");
+        var drives = r.Drives.Select(Drive).ToList();
+        foreach (var d in drives) if (InUse(d) is { } why) throw Conflict(why);
+        var sizes = drives.Select(d => d.Device.BlockCount).Distinct().ToList();
+        if (sizes.Count > 1)
+            throw Invalid($"drives differ in size ({string.Join(", ", drives.Select(d => $"{d.Name}: {Units.FormatSize(d.Device.BlockCount * Units.BlockBytes)}"))}); an array needs drives of one size");
+        int chunkBlocks = r.ChunkKiB / 4;
+        long memberBlocks = MemberLayout.DataBlocksFor(sizes[0]) / chunkBlocks * chunkBlocks;
+        if (memberBlocks < chunkBlocks) throw Invalid("the drives are too small for one stripe");
+        var geometry = new ArrayGeometry(level, drives.Count, chunkBlocks, memberBlocks);
+        var uuid = Guid.NewGuid();
+        var slots = drives.Select(_ => new SlotEntry(Guid.NewGuid(), SlotState.Active)).ToArray();
+        var sb = new Superblock
+        {
+            ArrayUuid = uuid, DriveUuid = Guid.Empty, Generation = 0, Level = level, MemberCount = drives.Count,
+            ChunkBlocks = chunkBlocks, Slot = 0, MemberBlocks = geometry.MemberBlocks, Clean = false,
+            RebuildMiBps = r.RebuildMiBps, Name = r.Name, Slots = slots,
+        };
+        var disks = new MemberDisk?[drives.Count];
+        for (int i = 0; i < drives.Count; i++)
+        {
+            disks[i] = new MemberDisk(drives[i].Device, i, uuid, geometry.MemberBlocks);
+            await disks[i]!.ClearTagsAsync(ct).ConfigureAwait(false);
+            drives[i].Superblock = sb with { DriveUuid = slots[i].Drive, Slot = i };
+        }
+        var raid = new RaidArray(r.Name, uuid, geometry, disks, Enumerable.Repeat(MemberStatus.Active, drives.Count).ToArray(),
+            _options.Time, _options.LoggerFactory.CreateLogger($"Duet.Raid.Array.{r.Name}"));
+        var entry = new ArrayEntry { Raid = raid, Current = sb, Slots = [.. drives], Spares = [] };
+        foreach (var d in drives) d.Array = entry;
+        raid.MemberFailed += (slot, reason) => OnMemberFailed(entry, slot);
+        _arrays[r.Name] = entry;
+        await PersistAsync(entry, ct).ConfigureAwait(false);
+        LogArrayCreated(r.Name, r.Level, drives.Count, Units.FormatSize(geometry.CapacityBlocks * Units.BlockBytes));
+        return Info(entry);
+    }, ct);
+
+    public Task DeleteArrayAsync(string name, CancellationToken ct = default) => Locked(async () =>
+    {
+        var a = ArrayNamed(name);
+        if (a.Current.Volumes.Count > 0)
+            throw Conflict($"array '{name}' still has volumes ({string.Join(", ", a.Current.Volumes.Select(v => v.Name))}); delete them first");
+        if (a.Rebuild is { IsCompleted: false }) throw Conflict($"array '{name}' is rebuilding; wait for it to finish");
+        if (a.Scrub is { IsCompleted: false }) throw Conflict($"array '{name}' is being scrubbed; wait for it to finish");
+        _arrays.Remove(name);
+        foreach (var d in a.Slots.Concat(a.Spares)) if (d is not null) await WipeAsync(d, ct).ConfigureAwait(false);
+        RefreshVolumes();
+        LogArrayDeleted(name);
+    }, ct);
+
+    public Task<VolumeInfo> CreateVolumeAsync(CreateVolumeRequest r, CancellationToken ct = default) => Locked(async () =>
+    {
+        if (!Superblock.IsValidName(r.Name)) throw Invalid($"volume name '{r.Name}' must be 1-32 letters, digits, '-', '_' or '.'");
+        if (_arrays.Values.Any(a => a.Current.Volumes.Any(v => v.Name == r.Name))) throw Conflict($"a volume named '{r.Name}' already exists");
+        var a = ArrayNamed(r.Array);
+        if (a.Raid.IsFailed) throw Conflict($"array '{r.Array}' has failed; no volume can be created on it");
+        if (r.SizeBytes < 0 || r.SizeBytes % Units.BlockBytes != 0) throw Invalid($"volume size {r.SizeBytes} must be a multiple of 4 KiB");
+        if (a.Current.Volumes.Count >= Superblock.MaxVolumes) throw Conflict($"array '{r.Array}' already has {Superblock.MaxVolumes} volumes");
+        const long Align = 256; // 1 MiB
+        long free = LargestFree(a, Align).Length;
+        long size = r.SizeBytes == 0 ? free * Units.BlockBytes : r.SizeBytes;
+        long blocks = size / Units.BlockBytes;
+        var extent = FirstFit(a, blocks, Align);
+        if (blocks == 0 || extent < 0)
+            throw Invalid($"array '{r.Array}' has no free extent of {Units.FormatSize(size)} (largest free: {Units.FormatSize(free * Units.BlockBytes)})");
+        var v = new VolumeEntry(r.Name, Guid.NewGuid(), extent, blocks);
+        a.Current = a.Current with { Volumes = [.. a.Current.Volumes, v] };
+        await PersistAsync(a, ct).ConfigureAwait(false);
+        RefreshVolumes();
+        LogVolumeCreated(r.Name, r.Array, Units.FormatSize(size));
+        return new VolumeInfo(v.Name, r.Array, v.SizeBlocks * Units.BlockBytes, v.OffsetBlocks * Units.BlockBytes);
+    }, ct);
+
+    static IEnumerable<(long Start, long Length)> FreeExtents(ArrayEntry a, long align)
+    {
+        long cap = a.Raid.Geometry.CapacityBlocks;
+        long cursor = 0;
+        foreach (var v in a.Current.Volumes.OrderBy(v => v.OffsetBlocks))
+        {
+            long s = (cursor + align - 1) / align * align;
+            if (v.OffsetBlocks > s) yield return (s, v.OffsetBlocks - s);
+            cursor = Math.Max(cursor, v.OffsetBlocks + v.SizeBlocks);
+        }
+        long last = (cursor + align - 1) / align * align;
+        if (cap > last) yield return (last, cap - last);
+    }
+
+    static (long Start, long Length) LargestFree(ArrayEntry a, long align) =>
+        FreeExtents(a, align).Aggregate((Start: 0L, Length: 0L), (best, e) => e.Length > best.Length ? e : best);
+
+    static long FirstFit(ArrayEntry a, long blocks, long align) =>
+        FreeExtents(a, align).Where(e => e.Length >= blocks).Select(e => e.Start).DefaultIfEmpty(-1).First();
+
+    public Task DeleteVolumeAsync(string name, CancellationToken ct = default) => Locked(async () =>
+    {
+        var a = _arrays.Values.FirstOrDefault(x => x.Current.Volumes.Any(v => v.Name == name))
+            ?? throw NotFound($"no volume named '{name}' (see: duet volume list)");
+        a.Current = a.Current with { Volumes = a.Current.Volumes.Where(v => v.Name != name).ToList() };
+        await PersistAsync(a, ct).ConfigureAwait(false);
+        RefreshVolumes();
+        LogVolumeDeleted(name);
+    }, ct);
+
+    public Task<DriveInfo> AddDriveAsync(AddDriveRequest r, CancellationToken ct = default) => Locked(() =>
+    {
+        if (!Superblock.IsValidName(r.Name)) throw Invalid($"drive name '{r.Name}' must be 1-32 letters, digits, '-', '_' or '.'");
+        if (_drives.ContainsKey(r.Name)) throw Conflict($"a drive named '{r.Name}' already exists");
+        long min = (long)(MemberLayout.MetadataBlocks + MemberLayout.GroupBlocks) * Units.BlockBytes;
+        if (r.SizeBytes < min || r.SizeBytes % Units.BlockBytes != 0)
+            throw Invalid($"drive size must be a multiple of 4 KiB and at least {Units.FormatSize(min)}");
+        var path = Path.Combine(_shelf, r.Name + ".img");
+        if (File.Exists(path)) throw Conflict($"{path} already exists");
+        var device = _options.CreateDrive(path, r.SizeBytes);
+        var d = new DriveEntry { Name = r.Name, Device = device };
+        _drives[r.Name] = d;
+        return Task.FromResult(DriveInfoOf(d));
+    }, ct);
+
+    public Task AddSpareAsync(AddSpareRequest r, CancellationToken ct = default) => Locked(async () =>
+    {
+        var a = ArrayNamed(r.Array);
+        var d = Drive(r.Drive);
+        if (InUse(d) is { } why) throw Conflict(why);
+        if (MemberLayout.DataBlocksFor(d.Device.BlockCount) < a.Raid.Geometry.MemberBlocks)
+            throw Invalid($"drive '{d.Name}' ({Units.FormatSize(d.Device.BlockCount * Units.BlockBytes)}) is smaller than the members of array '{r.Array}'");
+        if (a.Spares.Count >= Superblock.MaxSpares) throw Conflict($"array '{r.Array}' already has {Superblock.MaxSpares} spares");
+        d.Superblock = a.Current with { DriveUuid = Guid.NewGuid(), Slot = -1 };
+        d.Array = a;
+        d.IsSpare = true;
+        a.Spares.Add(d);
+        await PersistAsync(a, ct).ConfigureAwait(false);
+        await MaybeRebuildOntoSpareAsync(a, ct).ConfigureAwait(false);
+    }, ct);
+
+    (ArrayEntry Array, int Slot) MemberOf(DriveEntry d)
+    {
+        if (d.Array is null) throw Invalid($"drive '{d.Name}' is not a member of any array");
+        if (d.IsSpare) throw Invalid($"drive '{d.Name}' is a spare of array '{d.Array.Raid.Name}', not an active member");
+        int slot = Array.IndexOf(d.Array.Slots, d);
+        Invariant.Assert(slot >= 0);
+        return (d.Array, slot);
+    }
+
+    public Task FailDriveAsync(string drive, CancellationToken ct = default) => Locked(async () =>
+    {
+        var (a, slot) = MemberOf(Drive(drive));
+        if (a.Raid.Status(slot) == MemberStatus.Missing) throw Conflict($"drive '{drive}' has already failed");
+        if (a.RebuildSlot == slot && a.Rebuild is { IsCompleted: false }) { }
+        a.Raid.FailMember(slot, "failed by the operator");
+        // OnMemberFailed persists and starts a spare rebuild once we release the lock.
+        await Task.CompletedTask.ConfigureAwait(false);
+    }, ct);
+
+    public Task ReplaceDriveAsync(string drive, ReplaceDriveRequest r, CancellationToken ct = default) => Locked(async () =>
+    {
+        var old = Drive(drive);
+        var (a, slot) = MemberOf(old);
+        var with = Drive(r.With);
+        if (InUse(with) is { } why) throw Conflict(why);
+        if (MemberLayout.DataBlocksFor(with.Device.BlockCount) < a.Raid.Geometry.MemberBlocks)
+            throw Invalid($"drive '{with.Name}' is smaller than the members of array '{a.Raid.Name}'");
+        if (a.Rebuild is { IsCompleted: false }) throw Conflict($"array '{a.Raid.Name}' is already rebuilding; wait for it to finish");
+        if (a.Raid.Status(slot) != MemberStatus.Missing)
+        {
+            var lost = a.Raid.LostSlots().Append(slot).Distinct().ToList();
+            if (!a.Raid.Geometry.IsSurvivable(lost))
+                throw Conflict($"taking '{drive}' out of array '{a.Raid.Name}' would leave it without enough members; add a spare or let the rebuild finish first");
+            a.Raid.FailMember(slot, $"replaced by {with.Name}");
+        }
+        await StartRebuildAsync(a, slot, with, ct).ConfigureAwait(false);
+    }, ct);
+
+    public Task StartScrubAsync(string array, ScrubRequest r, CancellationToken ct = default) => Locked(() =>
+    {
+        var a = ArrayNamed(array);
+        if (a.Scrub is { IsCompleted: false }) throw Conflict($"array '{array}' is already being scrubbed");
+        if (a.Raid.IsFailed) throw Conflict($"array '{array}' has failed");
+        var result = new ScrubResult();
+        var progress = new PassProgress { TotalStripes = a.Raid.Geometry.Stripes, StartedTicks = _options.Time.GetTimestamp() };
+        a.ScrubResult = result;
+        a.ScrubProgress = progress;
+        LogScrubStarted(array, r.Repair);
+        a.Scrub = a.Raid.ScrubAsync(r.Repair, result, progress, _stopping.Token).ContinueWith(t =>
+        {
+            if (t.IsFaulted) LogBackgroundError(array, $"scrub failed: {t.Exception!.InnerException!.Message}");
+            else LogScrubDone(array, result.StripesChecked, result.ChecksumErrors, result.ParityMismatches, result.Repaired);
+        }, TaskScheduler.Default);
+        return Task.CompletedTask;
+    }, ct);
+
+    /// <summary>Waits for any rebuild and scrub now running (tests, shutdown).</summary>
+    public async Task WaitForBackgroundAsync()
+    {
+        while (true)
+        {
+            var pending = _arrays.Values.SelectMany(a => new[] { a.Rebuild, a.Scrub }).Where(t => t is { IsCompleted: false }).Select(t => t!).ToArray();
+            if (pending.Length == 0) return;
+            try { await Task.WhenAll(pending).ConfigureAwait(false); } catch { }
+        }
+    }
+
+    // ---- status ---------------------------------------------------------------------------
+
+    public StatusInfo Status()
+    {
+        _mgmt.Wait();
+        try
+        {
+            return new StatusInfo(
+                _arrays.Values.OrderBy(a => a.Raid.Name, StringComparer.Ordinal).Select(Info).ToList(),
+                _arrays.Values.SelectMany(a => a.Current.Volumes.Select(v => new VolumeInfo(v.Name, a.Raid.Name, v.SizeBlocks * Units.BlockBytes, v.OffsetBlocks * Units.BlockBytes)))
+                    .OrderBy(v => v.Name, StringComparer.Ordinal).ToList(),
+                _drives.Values.OrderBy(d => d.Name, StringComparer.Ordinal).Select(DriveInfoOf).ToList());
+        }
+        finally { _mgmt.Release(); }
+    }
+
+    ProgressInfo Progress(PassProgress p, long stripeBytes)
+    {
+        double fraction = p.TotalStripes == 0 ? 1 : (double)p.DoneStripes / p.TotalStripes;
+        double seconds = _options.Time.GetElapsedTime(p.StartedTicks).TotalSeconds;
+        long done = p.DoneStripes * stripeBytes;
+        return new ProgressInfo(fraction, done, p.TotalStripes * stripeBytes, seconds > 0 ? done / seconds / (1 << 20) : 0, p.TargetDrive);
+    }
+
+    ArrayInfo Info(ArrayEntry a)
+    {
+        var g = a.Raid.Geometry;
+        var members = new List<MemberInfo>();
+        for (int i = 0; i < g.MemberCount; i++)
+        {
+            var st = a.Raid.Status(i) switch
+            {
+                MemberStatus.Active => "active",
+                MemberStatus.Rebuilding => "rebuilding",
+                _ => a.Slots[i] is null ? "missing" : "failed",
+            };
+            members.Add(new MemberInfo(i, a.Slots[i]?.Name, st));
+        }
+        bool rebuilding = a.Rebuild is { IsCompleted: false };
+        string state = a.Raid.IsFailed ? "failed" : rebuilding ? "rebuilding" : a.Raid.LostSlots().Count > 0 ? "degraded" : "optimal";
+        long chunkBytes = (long)g.ChunkBlocks * Units.BlockBytes;
+        ScrubReport? scrub = null;
+        if (a.ScrubResult is { } sr && a.ScrubProgress is { } sp)
+            scrub = new ScrubReport(a.Scrub is { IsCompleted: false }, Progress(sp, chunkBytes * g.DataMembers), sr.StripesChecked, sr.ChecksumErrors,
+                sr.ParityMismatches, sr.Repaired, sr.Unrepairable, sr.Findings);
+        long used = a.Current.Volumes.Sum(v => v.SizeBlocks);
+        return new ArrayInfo(a.Raid.Name, a.Raid.Uuid.ToString(), (int)g.Level, g.ChunkBlocks * 4, g.CapacityBlocks * Units.BlockBytes,
+            (g.CapacityBlocks - used) * Units.BlockBytes, state, a.Current.Generation, members, a.Spares.Select(s => s.Name).ToList(),
+            rebuilding && a.RebuildProgress is { } rp ? Progress(rp, chunkBytes) : null, scrub);
+    }
+
+    DriveInfo DriveInfoOf(DriveEntry d)
+    {
+        long size = d.Device.BlockCount * Units.BlockBytes;
+        if (d.Array is { } a)
+        {
+            if (d.IsSpare) return new DriveInfo(d.Name, size, "spare", a.Raid.Name, null, "ok");
+            int slot = Array.IndexOf(a.Slots, d);
+            var st = a.Raid.Status(slot) switch { MemberStatus.Active => "ok", MemberStatus.Rebuilding => "rebuilding", _ => "failed" };
+            return new DriveInfo(d.Name, size, "member", a.Raid.Name, slot, st);
+        }
+        if (d.Problem is not null) return new DriveInfo(d.Name, size, "foreign", d.Superblock?.Name, null, d.Problem);
+        return new DriveInfo(d.Name, size, "free", null, null, "ok");
+    }
+
+    [LoggerMessage(EventId = 2001, Level = LogLevel.Warning, Message = "drive {Drive}: {Problem}")]
+    partial void LogDriveUnreadable(string drive, string problem);
+    [LoggerMessage(EventId = 2002, Level = LogLevel.Error, Message = "two arrays are named {Name}; the one with UUID {Uuid} is refused")]
+    partial void LogForeign(string name, string uuid);
+    [LoggerMessage(EventId = 2003, Level = LogLevel.Error, Message = "drive {Drive} {Problem}")]
+    partial void LogMismatch(string drive, string problem);
+    [LoggerMessage(EventId = 2004, Level = LogLevel.Warning, Message = "array {Array}: member {Slot} is missing; running degraded")]
+    partial void LogMemberMissing(string array, int slot);
+    [LoggerMessage(EventId = 2005, Level = LogLevel.Information, Message = "drive {Drive}: superblock older than array {Array}'s (an interrupted update); taken as current")]
+    partial void LogOlderSuperblock(string drive, string array);
+    [LoggerMessage(EventId = 2006, Level = LogLevel.Warning, Message = "array {Array} was not shut down cleanly")]
+    partial void LogUnclean(string array);
+    [LoggerMessage(EventId = 2007, Level = LogLevel.Error, Message = "array {Array} has failed: too many members are lost")]
+    partial void LogArrayFailed(string array);
+    [LoggerMessage(EventId = 2008, Level = LogLevel.Warning, Message = "array {Array}: member {Slot} ({Drive}) is stale; resyncing")]
+    partial void LogResync(string array, int slot, string drive);
+    [LoggerMessage(EventId = 2009, Level = LogLevel.Error, Message = "drive {Drive}: superblock write failed: {Error}")]
+    partial void LogSuperblockWriteFailed(string drive, string error);
+    [LoggerMessage(EventId = 2010, Level = LogLevel.Error, Message = "array {Array}: {Error}")]
+    partial void LogBackgroundError(string array, string error);
+    [LoggerMessage(EventId = 2011, Level = LogLevel.Information, Message = "array {Array} created: RAID {Level} on {Drives} drives, {Capacity}")]
+    partial void LogArrayCreated(string array, int level, int drives, string capacity);
+    [LoggerMessage(EventId = 2012, Level = LogLevel.Information, Message = "array {Array} deleted")]
+    partial void LogArrayDeleted(string array);
+    [LoggerMessage(EventId = 2013, Level = LogLevel.Information, Message = "volume {Volume} created on {Array}: {Size}")]
+    partial void LogVolumeCreated(string volume, string array, string size);
+    [LoggerMessage(EventId = 2014, Level = LogLevel.Information, Message = "volume {Volume} deleted")]
+    partial void LogVolumeDeleted(string volume);
+    [LoggerMessage(EventId = 2015, Level = LogLevel.Information, Message = "array {Array}: scrub started (repair: {Repair})")]
+    partial void LogScrubStarted(string array, bool repair);
+    [LoggerMessage(EventId = 2016, Level = LogLevel.Information, Message = "array {Array}: scrub done: {Stripes} stripes, {Checksum} checksum errors, {Parity} parity mismatches, {Repaired} repaired")]
+    partial void LogScrubDone(string array, long stripes, long checksum, long parity, long repaired);
+}

@@ -1,0 +1,395 @@
+using Duet.Core;
+using Duet.Drives;
+using Microsoft.Extensions.Logging;
+
+namespace Duet.Raid.Management;
+
+public sealed record ArrayManagerOptions
+{
+    /// <summary>Where drive files live: DATA/drives/NAME.img.</summary>
+    public required string DataDirectory { get; init; }
+    public TimeProvider Time { get; init; } = TimeProvider.System;
+    public ILoggerFactory LoggerFactory { get; init; } = Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance;
+    /// <summary>Opens a drive by path; tests and the simulator swap in their own.</summary>
+    public Func<string, IBlockDevice> OpenDrive { get; init; } = FileDrive.Open;
+    public Func<string, long, IBlockDevice> CreateDrive { get; init; } = FileDrive.Create;
+}
+
+/// <summary>
+/// The arrays, volumes and drives of one controller, assembled from the drives' superblocks.
+///
+/// The shelf is the folder DATA/drives: every NAME.img file there is a drive. At start every
+/// superblock is read; drives are grouped by array UUID and each array is assembled from the
+/// superblock with the highest generation. A member that is absent makes the array degraded;
+/// a member that comes back after the array went on without it is *stale* and is resynced by a
+/// rebuild; a drive whose superblock disagrees with its array, or names an array that cannot be
+/// assembled, is *foreign* and is left untouched. Every change of array state is written to the
+/// superblocks of all members and spares with the generation one higher.
+///
+/// Management calls are serialised by one lock; the data path never takes it.
+/// </summary>
+public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsyncDisposable
+{
+    sealed class DriveEntry
+    {
+        public required string Name;
+        public required IBlockDevice Device;
+        public Superblock? Superblock;
+        public string? Problem; // why the drive is foreign or unreadable
+        public ArrayEntry? Array;
+        public bool IsSpare;
+    }
+
+    sealed class ArrayEntry
+    {
+        public required RaidArray Raid;
+        public required Superblock Current;
+        public required DriveEntry?[] Slots;      // the drive in each slot (null: none)
+        public required List<DriveEntry> Spares;
+        public List<VolumeEntry> Volumes => [.. Current.Volumes];
+        public Task? Rebuild;
+        public PassProgress? RebuildProgress;
+        public int RebuildSlot = -1;
+        public Task? Scrub;
+        public ScrubResult? ScrubResult;
+        public PassProgress? ScrubProgress;
+    }
+
+    readonly ArrayManagerOptions _options;
+    readonly string _shelf;
+    readonly SemaphoreSlim _mgmt = new(1, 1);
+    readonly Dictionary<string, DriveEntry> _drives = new(StringComparer.Ordinal);
+    readonly Dictionary<string, ArrayEntry> _arrays = new(StringComparer.Ordinal);
+    readonly CancellationTokenSource _stopping = new();
+    readonly ILogger _logger;
+    volatile IReadOnlyDictionary<string, RaidVolume> _volumes = new Dictionary<string, RaidVolume>();
+
+    ArrayManager(ArrayManagerOptions options)
+    {
+        _options = options;
+        _shelf = Path.Combine(options.DataDirectory, "drives");
+        _logger = options.LoggerFactory.CreateLogger<ArrayManager>();
+    }
+
+    public string ShelfDirectory => _shelf;
+
+    /// <summary>Opens (creating if needed) the data directory and assembles every array found on its drives.</summary>
+    public static async Task<ArrayManager> OpenAsync(ArrayManagerOptions options, CancellationToken ct = default)
+    {
+        var m = new ArrayManager(options);
+        Directory.CreateDirectory(m._shelf);
+        await m.AssembleAsync(ct).ConfigureAwait(false);
+        return m;
+    }
+
+    // ---- IVolumeCatalog --------------------------------------------------------------------
+
+    public bool TryGetVolume(string name, out IBlockVolume volume)
+    {
+        if (_volumes.TryGetValue(name, out var v)) { volume = v; return true; }
+        volume = null!;
+        return false;
+    }
+
+    public IReadOnlyList<IBlockVolume> Volumes => [.. _volumes.Values.OrderBy(v => v.Name, StringComparer.Ordinal)];
+
+    void RefreshVolumes()
+    {
+        var map = new Dictionary<string, RaidVolume>(StringComparer.Ordinal);
+        foreach (var a in _arrays.Values)
+        {
+            if (a.Raid.IsFailed) continue;
+            foreach (var v in a.Current.Volumes) map[v.Name] = new RaidVolume(v.Name, a.Raid, v.OffsetBlocks, v.SizeBlocks);
+        }
+        _volumes = map;
+    }
+
+    // ---- assembly ------------------------------------------------------------------------------
+
+    async Task AssembleAsync(CancellationToken ct)
+    {
+        foreach (var path in Directory.EnumerateFiles(_shelf, "*.img").Order(StringComparer.Ordinal))
+        {
+            var name = Path.GetFileNameWithoutExtension(path);
+            IBlockDevice device;
+            try { device = _options.OpenDrive(path); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                LogDriveUnreadable(name, e.Message);
+                continue;
+            }
+            var entry = new DriveEntry { Name = name, Device = device };
+            _drives[name] = entry;
+            try
+            {
+                entry.Superblock = await ReadSuperblockAsync(device, ct).ConfigureAwait(false);
+            }
+            catch (SuperblockException e)
+            {
+                entry.Problem = e.Message;
+                LogDriveUnreadable(name, e.Message);
+            }
+            catch (BlockIoException e)
+            {
+                entry.Problem = $"superblock unreadable: {e.Message}";
+                LogDriveUnreadable(name, entry.Problem);
+            }
+        }
+
+        foreach (var group in _drives.Values.Where(d => d.Superblock is not null).GroupBy(d => d.Superblock!.ArrayUuid))
+        {
+            var auth = group.MaxBy(d => d.Superblock!.Generation)!.Superblock!;
+            if (_arrays.ContainsKey(auth.Name))
+            {
+                foreach (var d in group) d.Problem = $"belongs to another array also named {auth.Name} (UUID {auth.ArrayUuid}); refused";
+                LogForeign(auth.Name, auth.ArrayUuid.ToString());
+                continue;
+            }
+            await AssembleArrayAsync(auth, group.ToList(), ct).ConfigureAwait(false);
+        }
+        RefreshVolumes();
+    }
+
+    async Task AssembleArrayAsync(Superblock auth, List<DriveEntry> group, CancellationToken ct)
+    {
+        ArrayGeometry geometry;
+        try { geometry = new ArrayGeometry(auth.Level, auth.MemberCount, auth.ChunkBlocks, auth.MemberBlocks); }
+        catch (ArgumentException e)
+        {
+            foreach (var d in group) d.Problem = $"array {auth.Name}: superblock geometry is invalid: {e.Message}";
+            return;
+        }
+        var byUuid = new Dictionary<Guid, DriveEntry>();
+        foreach (var d in group)
+        {
+            var sb = d.Superblock!;
+            if (sb.Level != auth.Level || sb.MemberCount != auth.MemberCount || sb.ChunkBlocks != auth.ChunkBlocks || sb.MemberBlocks != auth.MemberBlocks)
+            {
+                d.Problem = $"claims array {auth.Name} but its superblock says RAID {(int)sb.Level}, {sb.MemberCount} drives, chunk {sb.ChunkBlocks * 4} KiB where the array is RAID {(int)auth.Level}, {auth.MemberCount} drives, chunk {auth.ChunkBlocks * 4} KiB; refused";
+                LogMismatch(d.Name, d.Problem);
+                continue;
+            }
+            if (MemberLayout.DataBlocksFor(d.Device.BlockCount) < auth.MemberBlocks)
+            {
+                d.Problem = $"is smaller than array {auth.Name} needs; refused";
+                continue;
+            }
+            byUuid[sb.DriveUuid] = d;
+        }
+        var slots = new DriveEntry?[geometry.MemberCount];
+        var disks = new MemberDisk?[geometry.MemberCount];
+        var status = new MemberStatus[geometry.MemberCount];
+        var resync = new List<(int Slot, DriveEntry Drive)>();
+        var newSlots = auth.Slots.ToArray();
+        for (int i = 0; i < geometry.MemberCount; i++)
+        {
+            var e = auth.Slots[i];
+            byUuid.TryGetValue(e.Drive, out var d);
+            status[i] = MemberStatus.Missing;
+            if (d is null)
+            {
+                if (e.State is SlotState.Active or SlotState.Rebuilding)
+                {
+                    LogMemberMissing(auth.Name, i);
+                    newSlots[i] = e with { State = SlotState.Failed };
+                }
+                continue;
+            }
+            d.Array = null; // set below when the array exists
+            slots[i] = d;
+            if (e.State == SlotState.Active)
+            {
+                if (d.Superblock!.Generation < auth.Generation) LogOlderSuperblock(d.Name, auth.Name);
+                disks[i] = new MemberDisk(d.Device, i, auth.ArrayUuid, geometry.MemberBlocks);
+                status[i] = MemberStatus.Active;
+            }
+            else
+            {
+                // Failed or interrupted rebuild: the drive's content is stale; resync it.
+                resync.Add((i, d));
+                newSlots[i] = e with { State = SlotState.Failed };
+            }
+        }
+        var raid = new RaidArray(auth.Name, auth.ArrayUuid, geometry, disks, status, _options.Time, _options.LoggerFactory.CreateLogger($"Duet.Raid.Array.{auth.Name}"));
+        var spares = auth.Spares.Select(u => byUuid.GetValueOrDefault(u)).Where(d => d is not null).Select(d => d!).ToList();
+        var entry = new ArrayEntry { Raid = raid, Current = auth with { Slots = newSlots, Clean = false }, Slots = slots, Spares = spares };
+        foreach (var d in slots) if (d is not null) d.Array = entry;
+        foreach (var d in spares) { d.Array = entry; d.IsSpare = true; }
+        foreach (var d in group)
+            if (d.Array is null && d.Problem is null)
+                d.Problem = $"was a member of array {auth.Name} but the array no longer lists it (superblock generation {d.Superblock!.Generation} < {auth.Generation})";
+        _arrays[auth.Name] = entry;
+        raid.MemberFailed += (slot, reason) => OnMemberFailed(entry, slot);
+        if (!auth.Clean) LogUnclean(auth.Name);
+        if (raid.IsFailed) LogArrayFailed(auth.Name);
+        await PersistAsync(entry, ct).ConfigureAwait(false);
+        foreach (var (slot, d) in resync)
+        {
+            if (raid.IsFailed) break;
+            LogResync(auth.Name, slot, d.Name);
+            await StartRebuildAsync(entry, slot, d, ct).ConfigureAwait(false);
+        }
+        await MaybeRebuildOntoSpareAsync(entry, ct).ConfigureAwait(false);
+    }
+
+    sealed class SuperblockException(string message) : Exception(message);
+
+    static async Task<Superblock?> ReadSuperblockAsync(IBlockDevice device, CancellationToken ct)
+    {
+        if (device.BlockCount <= MemberLayout.MetadataBlocks) return null;
+        var buf = new byte[2 * Units.BlockBytes];
+        await device.ReadAsync(MemberLayout.SuperblockLba, buf, ct).ConfigureAwait(false);
+        var a = Superblock.TryDecode(buf.AsSpan(0, Units.BlockBytes), out var errA);
+        var b = Superblock.TryDecode(buf.AsSpan(Units.BlockBytes), out var errB);
+        if (a is null && b is null)
+        {
+            if (errA is null && errB is null) return null; // blank
+            throw new SuperblockException(errA ?? errB!);
+        }
+        if (a is null) return b;
+        if (b is null) return a;
+        return a.Generation >= b.Generation ? a : b;
+    }
+
+    /// <summary>Writes the array's state, generation + 1, to every member and spare that can take it.</summary>
+    async Task PersistAsync(ArrayEntry a, CancellationToken ct)
+    {
+        var raid = a.Raid;
+        var slots = new SlotEntry[raid.Geometry.MemberCount];
+        for (int i = 0; i < slots.Length; i++)
+        {
+            var prior = a.Current.Slots[i];
+            var st = raid.Status(i) switch
+            {
+                MemberStatus.Active => SlotState.Active,
+                MemberStatus.Rebuilding => SlotState.Rebuilding,
+                _ => a.Slots[i] is null && prior.Drive == Guid.Empty ? SlotState.Empty : SlotState.Failed,
+            };
+            slots[i] = new SlotEntry(a.Slots[i]?.Superblock?.DriveUuid ?? prior.Drive, st);
+        }
+        var next = a.Current with
+        {
+            Generation = a.Current.Generation + 1,
+            Slots = slots,
+            Spares = a.Spares.Select(s => s.Superblock!.DriveUuid).ToList(),
+        };
+        a.Current = next;
+        var buf = new byte[Units.BlockBytes];
+        var targets = new List<(DriveEntry Drive, int Slot)>();
+        for (int i = 0; i < slots.Length; i++)
+            if (a.Slots[i] is { } d && raid.Status(i) != MemberStatus.Missing) targets.Add((d, i));
+        foreach (var s in a.Spares) targets.Add((s, -1));
+        foreach (var (d, slot) in targets)
+        {
+            var sb = next with { DriveUuid = d.Superblock!.DriveUuid, Slot = slot };
+            sb.Encode(buf);
+            try
+            {
+                await d.Device.WriteAsync(MemberLayout.SuperblockLba, buf, false, ct).ConfigureAwait(false);
+                await d.Device.WriteAsync(MemberLayout.SuperblockCopyLba, buf, true, ct).ConfigureAwait(false);
+                d.Superblock = sb;
+            }
+            catch (BlockIoException e)
+            {
+                LogSuperblockWriteFailed(d.Name, e.Message);
+                if (slot >= 0) raid.FailMember(slot, $"superblock write failed: {e.Message}");
+            }
+        }
+    }
+
+    void OnMemberFailed(ArrayEntry a, int slot)
+    {
+        // Raised from the data path: persist and look for a spare off that path.
+        _ = Task.Run(async () =>
+        {
+            await _mgmt.WaitAsync(_stopping.Token).ConfigureAwait(false);
+            try
+            {
+                await PersistAsync(a, _stopping.Token).ConfigureAwait(false);
+                if (a.Raid.IsFailed) { LogArrayFailed(a.Raid.Name); RefreshVolumes(); }
+                else await MaybeRebuildOntoSpareAsync(a, _stopping.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) { }
+            catch (Exception e) { LogBackgroundError(a.Raid.Name, e.Message); }
+            finally { _mgmt.Release(); }
+        });
+    }
+
+    async Task MaybeRebuildOntoSpareAsync(ArrayEntry a, CancellationToken ct)
+    {
+        if (a.Rebuild is { IsCompleted: false } || a.Raid.IsFailed) return;
+        int slot = Enumerable.Range(0, a.Raid.Geometry.MemberCount).FirstOrDefault(i => a.Raid.Status(i) == MemberStatus.Missing, -1);
+        if (slot < 0 || a.Spares.Count == 0) return;
+        var spare = a.Spares[0];
+        a.Spares.RemoveAt(0);
+        spare.IsSpare = false;
+        await StartRebuildAsync(a, slot, spare, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Rebuilds a missing slot onto a drive, in the background. Caller holds the management lock.</summary>
+    async Task StartRebuildAsync(ArrayEntry a, int slot, DriveEntry drive, CancellationToken ct)
+    {
+        Invariant.Assert(a.Rebuild is null || a.Rebuild.IsCompleted);
+        var old = a.Slots[slot];
+        if (old is not null && old != drive) { old.Array = null; }
+        var uuid = Guid.NewGuid();
+        var sb = a.Current with { DriveUuid = uuid, Slot = slot };
+        drive.Superblock = sb;
+        drive.Array = a;
+        drive.Problem = null;
+        a.Slots[slot] = drive;
+        var disk = new MemberDisk(drive.Device, slot, a.Raid.Uuid, a.Raid.Geometry.MemberBlocks);
+        disk.DropTagCache();
+        var progress = new PassProgress { TotalStripes = a.Raid.Geometry.Stripes, StartedTicks = _options.Time.GetTimestamp(), TargetDrive = drive.Name };
+        a.RebuildProgress = progress;
+        a.RebuildSlot = slot;
+        long rate = (long)a.Current.RebuildMiBps << 20;
+        var task = a.Raid.RebuildAsync(slot, disk, rate, progress, _stopping.Token);
+        await PersistAsync(a, ct).ConfigureAwait(false);
+        a.Rebuild = task.ContinueWith(async t =>
+        {
+            await _mgmt.WaitAsync().ConfigureAwait(false);
+            try
+            {
+                if (t.IsFaulted) LogBackgroundError(a.Raid.Name, $"rebuild onto {drive.Name} failed: {t.Exception!.InnerException!.Message}");
+                if (!_stopping.IsCancellationRequested) await PersistAsync(a, CancellationToken.None).ConfigureAwait(false);
+                if (old is not null && old != drive && old.Array is null) await WipeAsync(old, CancellationToken.None).ConfigureAwait(false);
+            }
+            finally { _mgmt.Release(); }
+        }, TaskScheduler.Default).Unwrap();
+    }
+
+    static async Task WipeAsync(DriveEntry d, CancellationToken ct)
+    {
+        var zero = new byte[2 * Units.BlockBytes];
+        try { await d.Device.WriteAsync(MemberLayout.SuperblockLba, zero, true, ct).ConfigureAwait(false); }
+        catch (BlockIoException) { }
+        d.Superblock = null;
+        d.Array = null;
+        d.IsSpare = false;
+        d.Problem = null;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _stopping.Cancel();
+        var pending = _arrays.Values.SelectMany(a => new[] { a.Rebuild, a.Scrub }).Where(t => t is not null).Select(t => t!).ToArray();
+        try { await Task.WhenAll(pending).ConfigureAwait(false); } catch { /* cancelled passes */ }
+        await _mgmt.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            foreach (var a in _arrays.Values)
+            {
+                try
+                {
+                    await a.Raid.FlushAsync().ConfigureAwait(false);
+                    a.Current = a.Current with { Clean = true };
+                    await PersistAsync(a, CancellationToken.None).ConfigureAwait(false);
+                }
+                catch (BlockIoException e) { LogBackgroundError(a.Raid.Name, $"clean shutdown failed: {e.Message}"); }
+            }
+            foreach (var d in _drives.Values) await d.Device.DisposeAsync().ConfigureAwait(false);
+        }
+        finally { _mgmt.Release(); }
+    }
+}
