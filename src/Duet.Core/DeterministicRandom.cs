@@ -5,7 +5,7 @@ namespace Duet.Core;
 /// <summary>
 /// The one source of randomness for simulation and fault injection: xoshiro256** (Blackman and
 /// Vigna) seeded through SplitMix64, so a 64-bit seed reproduces every draw exactly, on every
-/// platform and .NET version (unlike <c>System.Random</c>, whose algorithm is not specified).
+/// platform and .NET version (the framework's Random class does not promise its algorithm).
 ///
 /// Not thread-safe: give each component its own stream with <see cref="Fork"/> instead of
 /// sharing one, so that one component's draws never shift another's. Every method consumes a

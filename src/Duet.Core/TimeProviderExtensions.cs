@@ -1,9 +1,10 @@
 namespace Duet.Core;
 
 /// <summary>
-/// Waiting on an injected clock. Core code calls <c>time.DelayAsync(...)</c> instead of
-/// <c>Task.Delay</c>, so that under <see cref="ManualTimeProvider"/> a delay ends exactly when a
-/// test or the simulator advances virtual time past it, and never on its own.
+/// Waiting on an injected clock. Core code calls <c>time.DelayAsync(...)</c> instead of the
+/// framework's delay on the system clock, so that under <see cref="ManualTimeProvider"/> a
+/// delay ends exactly when a test or the simulator advances virtual time past it, and never
+/// on its own.
 /// </summary>
 public static class TimeProviderExtensions
 {
