@@ -220,8 +220,11 @@ public sealed class ManagementHost : IAsyncDisposable
         _ => StatusCodes.Status400BadRequest,
     };
 
+    // Kestrel decodes every escape in the path except %2F (so that it cannot split a
+    // segment); a name is one segment, so a slash in it is decoded here.
     static string Route(HttpContext ctx, string key) =>
-        ctx.Request.RouteValues[key] as string ?? throw new ManagementException(ManagementErrorKind.Invalid, $"missing {key} in the path");
+        (ctx.Request.RouteValues[key] as string)?.Replace("%2F", "/", StringComparison.OrdinalIgnoreCase)
+            ?? throw new ManagementException(ManagementErrorKind.Invalid, $"missing {key} in the path");
 
     // Buffers the (small) body so an empty one can be told apart from a malformed one.
     static async Task<T> ReadBodyAsync<T>(HttpContext ctx, JsonTypeInfo<T> info, T? whenEmpty) where T : class
