@@ -140,7 +140,7 @@ sealed class Output(TextWriter writer, TextWriter error, bool json, bool isTermi
             Writer.WriteLine(indent + text);
             return;
         }
-        const int width = 30;
+        const int width = 20; // leaves room for the text on an 80-column terminal
         var filled = (int)Math.Round(fraction * width);
         Writer.Flush();
         AnsiConsole.MarkupLine($"{indent}[green]{new string('━', filled)}[/][grey]{new string('━', width - filled)}[/] {Markup.Escape(text)}");
