@@ -1,0 +1,185 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Serialization.Metadata;
+using Duet.Host.Management;
+using Duet.Raid.Management;
+using Spectre.Console;
+using DriveInfo = Duet.Raid.Management.DriveInfo; // not System.IO.DriveInfo (implicit usings)
+
+namespace Duet.Cli;
+
+// What the management verbs print. Human output is plain aligned text that greps well;
+// the one concession to terminals is a coloured progress bar in front of rebuild and scrub
+// lines, drawn by Spectre.Console only when stdout is the real, unredirected console.
+sealed class Output(TextWriter writer, TextWriter error, bool json, bool isTerminal)
+{
+    public TextWriter Writer { get; } = writer;
+    public bool Json { get; } = json;
+    public bool IsTerminal { get; } = isTerminal;
+
+    public static Output For(ParseResult pr, bool json)
+    {
+        var configuration = pr.InvocationConfiguration;
+        var isTerminal = ReferenceEquals(configuration.Output, Console.Out)
+            && !Console.IsOutputRedirected
+            && AnsiConsole.Profile.Capabilities.Ansi;
+        return new Output(configuration.Output, configuration.Error, json, isTerminal);
+    }
+
+    public void WriteJson<T>(T value, JsonTypeInfo<T> info) => Writer.WriteLine(JsonSerializer.Serialize(value, info));
+
+    /// <summary>Reports a failure ("duet: message" on stderr, or {"error": ...} on stdout with --json).</summary>
+    public int Fail(string message)
+    {
+        if (Json) WriteJson(new ErrorResponse(message), ManagementJsonContext.Indented.ErrorResponse);
+        else error.WriteLine($"duet: {message}");
+        return Program.ExitFailed;
+    }
+
+    public static void Status(Output o, StatusInfo status)
+    {
+        var w = o.Writer;
+        if (status.Arrays.Count == 0) w.WriteLine("no arrays");
+        foreach (var array in status.Arrays)
+        {
+            o.Array(array);
+            w.WriteLine();
+        }
+
+        if (status.Volumes.Count == 0) w.WriteLine("volumes: none");
+        else
+        {
+            w.WriteLine("volumes:");
+            VolumeTable(w, "  ", status.Volumes);
+        }
+
+        var free = status.Drives.Where(d => d.Role == "free").ToList();
+        w.WriteLine(free.Count == 0 ? "free drives: none" : $"free drives: {string.Join(", ", free.Select(DriveSummary))}");
+        var foreign = status.Drives.Where(d => d.Role == "foreign").ToList();
+        if (foreign.Count > 0) w.WriteLine($"foreign drives (superblock of an unknown array): {string.Join(", ", foreign.Select(DriveSummary))}");
+    }
+
+    public static void ArrayCreated(Output o, ArrayInfo array)
+    {
+        o.Writer.WriteLine($"created array {array.Name}");
+        o.Array(array);
+    }
+
+    public static void Arrays(Output o, IReadOnlyList<ArrayInfo> arrays)
+    {
+        if (arrays.Count == 0)
+        {
+            o.Writer.WriteLine("no arrays");
+            return;
+        }
+        Table(o.Writer, "", ["NAME", "LEVEL", "CAPACITY", "FREE", "STATE", "MEMBERS", "SPARES"], arrays.Select(a => new[]
+        {
+            a.Name, $"RAID {a.Level}", Size(a.CapacityBytes), Size(a.FreeBytes), a.State,
+            string.Join(",", a.Members.Select(m => m.Drive ?? "-")), a.Spares.Count == 0 ? "-" : string.Join(",", a.Spares),
+        }));
+    }
+
+    public static void VolumeCreated(Output o, VolumeInfo volume) =>
+        o.Writer.WriteLine($"created volume {volume.Name}: {Size(volume.SizeBytes)} on array {volume.Array} at offset {Size(volume.OffsetBytes)}");
+
+    public static void Volumes(Output o, IReadOnlyList<VolumeInfo> volumes)
+    {
+        if (volumes.Count == 0) o.Writer.WriteLine("no volumes");
+        else VolumeTable(o.Writer, "", volumes);
+    }
+
+    public static void DriveAdded(Output o, DriveInfo drive) =>
+        o.Writer.WriteLine($"added drive {drive.Name}: {Size(drive.SizeBytes)}, {drive.Role}, {drive.State}");
+
+    public static void Drives(Output o, IReadOnlyList<DriveInfo> drives)
+    {
+        if (drives.Count == 0)
+        {
+            o.Writer.WriteLine("no drives");
+            return;
+        }
+        Table(o.Writer, "", ["NAME", "SIZE", "ROLE", "ARRAY", "SLOT", "STATE"], drives.Select(d => new[]
+        {
+            d.Name, Size(d.SizeBytes), d.Role, d.Array ?? "-", d.Slot?.ToString(CultureInfo.InvariantCulture) ?? "-", d.State,
+        }));
+    }
+
+    void Array(ArrayInfo a)
+    {
+        var w = Writer;
+        w.WriteLine($"array {a.Name}: RAID {a.Level}, {a.State}, {Size(a.CapacityBytes)} ({Size(a.FreeBytes)} free), chunk {a.ChunkKiB} KiB, generation {a.Generation}, uuid {a.Uuid}");
+        Table(w, "  ", ["SLOT", "DRIVE", "STATE"], a.Members.Select(m => new[]
+        {
+            m.Slot.ToString(CultureInfo.InvariantCulture), m.Drive ?? "-", m.State,
+        }));
+        w.WriteLine($"  spares: {(a.Spares.Count == 0 ? "none" : string.Join(", ", a.Spares))}");
+        if (a.Rebuild is { } rebuild) Progress("  ", "rebuild", rebuild);
+        if (a.Scrub is { } scrub)
+        {
+            var counts = $"{scrub.StripesChecked} stripes checked, {scrub.ChecksumErrors} checksum errors, {scrub.ParityMismatches} parity mismatches, {scrub.Repaired} repaired, {scrub.Unrepairable} unrepairable";
+            if (scrub.Running)
+            {
+                Progress("  ", "scrub", scrub.Progress);
+                w.WriteLine($"    {counts} so far");
+            }
+            else w.WriteLine($"  scrub finished: {counts}");
+            foreach (var finding in scrub.Findings) w.WriteLine($"    {finding}");
+        }
+    }
+
+    // "rebuild 42.0% (430 MiB of 1 GiB) onto d8 at 95.2 MiB/s", after a bar on a terminal.
+    void Progress(string indent, string what, ProgressInfo p)
+    {
+        var fraction = double.IsFinite(p.Fraction) ? Math.Clamp(p.Fraction, 0, 1) : 0;
+        var text = string.Create(CultureInfo.InvariantCulture, $"{what} {fraction * 100:0.0}% ({Size(p.DoneBytes)} of {Size(p.TotalBytes)})");
+        if (p.TargetDrive is { } target) text += $" onto {target}";
+        if (double.IsFinite(p.RateMiBps) && p.RateMiBps > 0) text += string.Create(CultureInfo.InvariantCulture, $" at {p.RateMiBps:0.0} MiB/s");
+        if (!IsTerminal)
+        {
+            Writer.WriteLine(indent + text);
+            return;
+        }
+        const int width = 20; // leaves room for the text on an 80-column terminal
+        var filled = (int)Math.Round(fraction * width);
+        Writer.Flush();
+        AnsiConsole.MarkupLine($"{indent}[green]{new string('━', filled)}[/][grey]{new string('━', width - filled)}[/] {Markup.Escape(text)}");
+    }
+
+    static void VolumeTable(TextWriter w, string indent, IReadOnlyList<VolumeInfo> volumes) =>
+        Table(w, indent, ["NAME", "ARRAY", "SIZE", "OFFSET"], volumes.Select(v => new[]
+        {
+            v.Name, v.Array, Size(v.SizeBytes), Size(v.OffsetBytes),
+        }));
+
+    static string DriveSummary(DriveInfo d) => d.State == "ok" ? $"{d.Name} ({Size(d.SizeBytes)})" : $"{d.Name} ({Size(d.SizeBytes)}, {d.State})";
+
+    static void Table(TextWriter w, string indent, string[] headers, IEnumerable<string[]> rows)
+    {
+        var all = new List<string[]> { headers };
+        all.AddRange(rows);
+        var widths = new int[headers.Length];
+        foreach (var row in all)
+            for (int i = 0; i < row.Length; i++) widths[i] = Math.Max(widths[i], row[i].Length);
+        foreach (var row in all)
+        {
+            var cells = row.Select((cell, i) => i == row.Length - 1 ? cell : cell.PadRight(widths[i]));
+            w.WriteLine(indent + string.Join("  ", cells));
+        }
+    }
+
+    /// <summary>Rounded binary size for people: 1 GiB, 1.5 GiB, 430 MiB, 4 KiB, 0 B.</summary>
+    public static string Size(long bytes)
+    {
+        string[] units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+        double v = bytes;
+        int unit = 0;
+        while (Math.Abs(v) >= 1024 && unit < units.Length - 1)
+        {
+            v /= 1024;
+            unit++;
+        }
+        var format = unit == 0 || Math.Abs(v) >= 100 ? "0" : Math.Abs(v) >= 10 ? "0.#" : "0.##";
+        return $"{v.ToString(format, CultureInfo.InvariantCulture)} {units[unit]}";
+    }
+}
