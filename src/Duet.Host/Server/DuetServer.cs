@@ -1,0 +1,108 @@
+using System.Net;
+using Duet.Core;
+using Duet.Host.Management;
+using Duet.Nbd;
+using Duet.Raid.Management;
+using Microsoft.Extensions.Logging;
+
+namespace Duet.Host.Server;
+
+public sealed record DuetServerOptions
+{
+    public required string DataDirectory { get; init; }
+    public IPEndPoint NbdEndpoint { get; init; } = new(IPAddress.Loopback, NbdServerOptions.DefaultPort);
+    /// <summary>On a data directory with no drives, create ARCHITECTURE.md's default layout.</summary>
+    public bool CreateDefaultLayout { get; init; } = true;
+    public int DefaultDriveCount { get; init; } = 8;
+    public long DefaultDriveBytes { get; init; } = Units.GiB(1);
+    public TimeProvider Time { get; init; } = TimeProvider.System;
+}
+
+/// <summary>
+/// The composition root of one controller process: the only place where real files, sockets
+/// and clocks are chosen. It assembles the arrays of a data directory, serves their volumes
+/// over NBD and the management API on DATA/duet.sock.
+/// </summary>
+public sealed partial class DuetServer : IAsyncDisposable
+{
+    readonly ILogger _logger;
+
+    DuetServer(ArrayManager arrays, ManagementHost management, NbdServer nbd, string dataDirectory, bool createdDefault, ILogger logger)
+    {
+        Arrays = arrays;
+        Management = management;
+        Nbd = nbd;
+        DataDirectory = dataDirectory;
+        CreatedDefaultLayout = createdDefault;
+        _logger = logger;
+    }
+
+    public ArrayManager Arrays { get; }
+    public ManagementHost Management { get; }
+    public NbdServer Nbd { get; }
+    public string DataDirectory { get; }
+    public bool CreatedDefaultLayout { get; }
+    public IPEndPoint NbdEndpoint => Nbd.LocalEndPoint;
+
+    public static async Task<DuetServer> StartAsync(DuetServerOptions options, ILoggerFactory loggerFactory, CancellationToken ct = default)
+    {
+        var dir = Path.GetFullPath(options.DataDirectory);
+        Directory.CreateDirectory(dir);
+        var logger = loggerFactory.CreateLogger<DuetServer>();
+        var drivesDir = Path.Combine(dir, "drives");
+        bool fresh = !Directory.Exists(drivesDir) || !Directory.EnumerateFiles(drivesDir, "*.img").Any();
+        var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { DataDirectory = dir, Time = options.Time, LoggerFactory = loggerFactory }, ct).ConfigureAwait(false);
+        ManagementHost? management = null;
+        NbdServer? nbd = null;
+        try
+        {
+            bool created = false;
+            if (fresh && options.CreateDefaultLayout)
+            {
+                await CreateDefaultLayoutAsync(arrays, options, ct).ConfigureAwait(false);
+                created = true;
+            }
+            management = await ManagementHost.StartAsync(arrays, ManagementHost.SocketPathFor(dir), loggerFactory, ct).ConfigureAwait(false);
+            nbd = new NbdServer(arrays, new NbdServerOptions { Endpoint = options.NbdEndpoint, TimeProvider = options.Time }, loggerFactory.CreateLogger<NbdServer>());
+            await nbd.StartAsync(ct).ConfigureAwait(false);
+            var server = new DuetServer(arrays, management, nbd, dir, created, logger);
+            LogStarted(logger, dir, nbd.LocalEndPoint.ToString());
+            return server;
+        }
+        catch
+        {
+            if (nbd is not null) await nbd.DisposeAsync().ConfigureAwait(false);
+            if (management is not null) await management.DisposeAsync().ConfigureAwait(false);
+            await arrays.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>Eight sparse drives as two RAID 6 arrays of four; vol0 fills arr0, vol1 fills arr1.</summary>
+    static async Task CreateDefaultLayoutAsync(ArrayManager arrays, DuetServerOptions o, CancellationToken ct)
+    {
+        int half = o.DefaultDriveCount / 2;
+        for (int i = 0; i < o.DefaultDriveCount; i++)
+            await arrays.AddDriveAsync(new AddDriveRequest($"d{i}", o.DefaultDriveBytes), ct).ConfigureAwait(false);
+        for (int a = 0; a < 2; a++)
+        {
+            var drives = Enumerable.Range(a * half, half).Select(i => $"d{i}").ToList();
+            await arrays.CreateArrayAsync(new CreateArrayRequest($"arr{a}", 6, drives), ct).ConfigureAwait(false);
+            await arrays.CreateVolumeAsync(new CreateVolumeRequest($"vol{a}", $"arr{a}", 0), ct).ConfigureAwait(false);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await Nbd.DisposeAsync().ConfigureAwait(false);
+        await Management.DisposeAsync().ConfigureAwait(false);
+        await Arrays.DisposeAsync().ConfigureAwait(false);
+        LogStopped(_logger, DataDirectory);
+    }
+
+    [LoggerMessage(EventId = 3001, Level = LogLevel.Information, Message = "serving {DataDirectory}; NBD on {Endpoint}")]
+    static partial void LogStarted(ILogger logger, string dataDirectory, string endpoint);
+
+    [LoggerMessage(EventId = 3002, Level = LogLevel.Information, Message = "stopped cleanly; data kept in {DataDirectory}")]
+    static partial void LogStopped(ILogger logger, string dataDirectory);
+}
