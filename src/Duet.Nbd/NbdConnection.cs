@@ -761,7 +761,7 @@ internal sealed class NbdConnection
             }
             catch (BlockIoException e)
             {
-                error = MapError(e.Kind, request.Command);
+                error = NbdErrors.FromBlockError(e.Kind, request.Command);
                 reason = e.Message;
                 NbdLog.VolumeFailed(_logger, Id, request.Command, request.Offset, request.Length, volume.Name, e.Kind, error, e.Message);
             }
@@ -809,18 +809,6 @@ internal sealed class NbdConnection
             ReleaseInFlight();
         }
     }
-
-    /// <summary>Volume errors to NBD errors (docs/internals/nbd.md has the table).</summary>
-    internal static NbdError MapError(BlockErrorKind kind, NbdCommand command) => kind switch
-    {
-        BlockErrorKind.Io => NbdError.Io,
-        BlockErrorKind.Medium => NbdError.Io,
-        BlockErrorKind.Unavailable => NbdError.Io,
-        BlockErrorKind.OutOfRange => command is NbdCommand.Write or NbdCommand.WriteZeroes ? NbdError.NoSpc : NbdError.Inval,
-        BlockErrorKind.Invalid => NbdError.Inval,
-        BlockErrorKind.ReadOnly => NbdError.Perm,
-        _ => NbdError.Io,
-    };
 
     // ------------------------------------------------------------------ replies (under the write lock)
 
