@@ -305,7 +305,7 @@ internal sealed class NbdConnection
 
             default:
                 // STARTTLS, EXTENDED_HEADERS and anything newer: clients probe these and fall back.
-                NbdLog.OptionRejected(_logger, Id, option, NbdOptionReply.ErrUnsupported, "option not supported");
+                NbdLog.OptionUnsupported(_logger, Id, option);
                 await ReplyErrorAsync(option, NbdOptionReply.ErrUnsupported, $"option {(uint)option} is not supported");
                 return OptionOutcome.Continue;
         }

@@ -49,6 +49,9 @@ internal static partial class NbdLog
     [LoggerMessage(19, LogLevel.Warning, "NBD connection {ConnectionId}: non-fixed-newstyle client sent {Option}; closing")]
     public static partial void NotFixedNewstyle(ILogger logger, long connectionId, NbdOption option);
 
+    [LoggerMessage(20, LogLevel.Information, "NBD connection {ConnectionId}: unsupported option {Option} answered NBD_REP_ERR_UNSUP")]
+    public static partial void OptionUnsupported(ILogger logger, long connectionId, NbdOption option);
+
     [LoggerMessage(30, LogLevel.Warning, "NBD connection {ConnectionId}: {Command} offset={Offset} length={Length} flags={Flags} rejected with {Error}: {Reason}")]
     public static partial void RequestRejected(ILogger logger, long connectionId, NbdCommand command, ulong offset, uint length, NbdCommandFlags flags, NbdError error, string reason);
 

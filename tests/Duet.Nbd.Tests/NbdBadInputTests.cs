@@ -70,6 +70,7 @@ public class NbdBadInputTests
         Assert.Equal(NbdOptionReply.ErrTooBig, (await client.OptionAsync(NbdOption.Info, new byte[200_000])).Header.Type);
         Assert.Equal(NbdOptionReply.ErrInvalid, (await client.OptionAsync(NbdOption.SetMetaContext, NbdTestClient.MetaContextData("vol", "base:allocation"))).Header.Type);
         Assert.True(f.Logger.Has(15));
+        Assert.True(f.Logger.Has(20));
         var go = await client.OptionListAsync(NbdOption.Go, NbdTestClient.ExportData("vol"));
         Assert.Equal(NbdOptionReply.Ack, go[^1].Header.Type);
     }
