@@ -72,7 +72,7 @@ public sealed class ArrayManagerTests : IDisposable
         {
             var a = m.Status().Arrays.Single();
             Assert.Equal("degraded", a.State);
-            Assert.Equal("failed", a.Members[2].State);
+            Assert.Equal("missing", a.Members[2].State);
             m.TryGetVolume("vol0", out var vol);
             var back = new byte[data.Length];
             await vol.ReadAsync(0, back);
