@@ -32,7 +32,7 @@ echo "test.sh: build took $(( $(date +%s) - start )) s"
 passed=0; failed=0; skipped=0; broken=0
 results=$(mktemp -d)
 # Order: fast unit suites first, then the ones that start real servers and clients.
-suites=(Duet.Core.Tests Duet.Raid.Tests Duet.Nbd.Tests Duet.Interop.Tests)
+suites=(Duet.Core.Tests Duet.Raid.Tests Duet.Interconnect.Tests Duet.Cache.Tests Duet.Nbd.Tests Duet.Cli.Tests Duet.Interop.Tests)
 for extra in tests/*/; do
     name=$(basename "$extra")
     [[ " ${suites[*]} " == *" $name "* ]] || suites+=("$name")
