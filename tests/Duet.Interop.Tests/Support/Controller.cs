@@ -46,7 +46,7 @@ public sealed class Controller : IAsyncDisposable
     public static async Task<Controller> StartAsync(ITestOutputHelper log)
     {
         var dir = Directory.CreateTempSubdirectory("duet-interop-").FullName;
-        var loggers = LoggerFactory.Create(b => b.AddProvider(new TestOutputLoggerProvider(log)).SetMinimumLevel(LogLevel.Information));
+        var loggers = LoggerFactory.Create(b => b.AddProvider(new TestOutputLoggerProvider(log)).SetMinimumLevel(LogLevel.Information).AddFilter("Microsoft", LogLevel.Warning));
         var server = await DuetServer.StartAsync(new DuetServerOptions
         {
             DataDirectory = dir,
