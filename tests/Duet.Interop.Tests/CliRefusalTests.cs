@@ -52,6 +52,27 @@ public sealed class CliRefusalTests(ITestOutputHelper log)
     }
 
     [Fact]
+    public async Task FailingAMemberThatWouldFailTheArrayIsRefusedAndTheVolumeStaysServed()
+    {
+        await using var c = await Controller.StartAsync(log);
+        const long size = 4L << 20;
+        var input = c.ScratchFile("in.img");
+        var expected = TestData.WriteRandomFile(input, size, seed: 9);
+        await c.NbdcopyIn(input, "vol0");
+        long generation = (await c.Array("arr0")).Generation;
+        await c.CliOk("drive", "fail", "d0");
+        await c.CliOk("drive", "fail", "d1");
+        // Each failure is written to the superblocks just after the CLI returns; wait for both.
+        await c.WaitForArray("arr0", a => a.Members.Count(m => m.State == "failed") == 2 && a.Generation >= generation + 2, "to have recorded two lost members");
+
+        Assert.Contains("without enough members", (await Refused(c, 1, "drive", "fail", "d2")).Err);
+        Assert.Contains("has already failed", (await Refused(c, 1, "drive", "fail", "d1")).Err);
+
+        Assert.Equal("degraded", (await c.Array("arr0")).State);
+        Assert.Equal(expected, await c.NbdcopyOutHash("vol0", size));
+    }
+
+    [Fact]
     public async Task BadArgumentsExit2AndReachNoController()
     {
         await using var c = await Controller.StartAsync(log);
