@@ -159,6 +159,26 @@ public sealed class ArrayManagerTests : IDisposable
     }
 
     [Fact]
+    public async Task FailingOneMemberMoreThanTheLevelSurvivesIsRefused()
+    {
+        await using var m = await OpenAsync();
+        await AddDrivesAsync(m, 4);
+        await m.CreateArrayAsync(new CreateArrayRequest("arr0", 6, ["d0", "d1", "d2", "d3"]));
+        await m.CreateVolumeAsync(new CreateVolumeRequest("vol0", "arr0", 0));
+        await m.FailDriveAsync("d0");
+        await m.FailDriveAsync("d1");
+
+        var e = await Assert.ThrowsAsync<ManagementException>(() => m.FailDriveAsync("d2"));
+
+        Assert.Equal(ManagementErrorKind.Conflict, e.Kind);
+        Assert.Contains("without enough members", e.Message);
+        var a = m.Status().Arrays.Single();
+        Assert.Equal("degraded", a.State);
+        Assert.Equal(["failed", "failed", "active", "active"], a.Members.Select(x => x.State));
+        Assert.True(m.TryGetVolume("vol0", out _));
+    }
+
+    [Fact]
     public async Task AFailedDriveIsRebuiltOntoAHotSpareAndStatusShowsProgress()
     {
         await using var m = await OpenAsync();

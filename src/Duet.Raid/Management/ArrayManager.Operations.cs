@@ -188,7 +188,11 @@ public sealed partial class ArrayManager
     {
         var (a, slot) = MemberOf(Drive(drive));
         if (a.Raid.Status(slot) == MemberStatus.Missing) throw Conflict($"drive '{drive}' has already failed");
-        if (a.RebuildSlot == slot && a.Rebuild is { IsCompleted: false }) { }
+        // The operator's fail leaves the array degraded, never failed (as replace does): losing
+        // one more member than the level survives would take its volumes offline.
+        var lost = a.Raid.LostSlots().Append(slot).Distinct().ToList();
+        if (!a.Raid.Geometry.IsSurvivable(lost))
+            throw Conflict($"failing '{drive}' would leave array '{a.Raid.Name}' without enough members; replace or rebuild a lost member first");
         a.Raid.FailMember(slot, "failed by the operator");
         // OnMemberFailed persists and starts a spare rebuild once we release the lock.
         await Task.CompletedTask.ConfigureAwait(false);

@@ -1,0 +1,185 @@
+using System.Text.Json;
+using Duet.Host.Management;
+using Duet.Interop.Tests.Support;
+using Duet.Raid.Management;
+using Xunit.Abstractions;
+
+namespace Duet.Interop.Tests;
+
+/// <summary>
+/// `duet up` as an operator runs it: a separate process on a data directory (the default
+/// layout, eight sparse 1 GiB drive files), stopped with SIGTERM and started again.
+/// </summary>
+[Trait("Area", "Interop")]
+public sealed class DuetUpProcessTests(ITestOutputHelper log) : IDisposable
+{
+    static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(60);
+    static readonly TimeSpan StopTimeout = TimeSpan.FromSeconds(30);
+    const long Written = 16L << 20;
+
+    readonly string _dir = Directory.CreateTempSubdirectory("duet-up-").FullName;
+    readonly ProcessRunner _run = new(log);
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    string DrivePath(string drive) => Path.Combine(_dir, "drives", drive + ".img");
+
+    static string Dotnet => Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+
+    /// <summary>Starts `dotnet duet.dll up --data DIR --nbd-port PORT` and waits until it says it is ready.</summary>
+    async Task<(BackgroundProcess Process, int Port, string Output)> UpAsync()
+    {
+        int port = TestData.FreePort();
+        var duet = Path.Combine(AppContext.BaseDirectory, "duet.dll");
+        var process = BackgroundProcess.Start(Dotnet, [duet, "up", "--data", _dir, "--nbd-port", $"{port}"], log);
+        try
+        {
+            return (process, port, await process.WaitForOutputAsync("duet: ready", StartTimeout));
+        }
+        catch
+        {
+            await process.DisposeAsync();
+            throw;
+        }
+    }
+
+    static async Task<string> StopAsync(BackgroundProcess process)
+    {
+        process.Terminate();
+        Assert.Equal(0, await process.WaitForExitAsync(StopTimeout));
+        Assert.Contains("duet: stopped", process.Output);
+        return process.Output;
+    }
+
+    async Task<StatusInfo> StatusAsync()
+    {
+        using StringWriter o = new(), e = new();
+        Assert.Equal(0, await Duet.Cli.Program.RunAsync(["status", "--json", "--data", _dir], o, e));
+        return JsonSerializer.Deserialize(o.ToString(), ManagementJsonContext.Default.StatusInfo)!;
+    }
+
+    async Task WriteAsync(int port, string volume, string input) =>
+        await _run.RunOkAsync("nbdcopy", "--requests=32", input, $"nbd://127.0.0.1:{port}/{volume}");
+
+    async Task<string> ReadHashAsync(int port, string volume)
+    {
+        var output = Path.Combine(_dir, "out.img");
+        File.Delete(output);
+        await _run.RunOkAsync("nbdcopy", "--requests=32", $"nbd://127.0.0.1:{port}/{volume}", output);
+        using (var f = new FileStream(output, FileMode.Open, FileAccess.ReadWrite)) f.SetLength(Written);
+        var hash = TestData.HashFile(output);
+        File.Delete(output);
+        return hash;
+    }
+
+    [Fact]
+    public async Task UpPrintsItsEndpointsServesNbdStopsCleanlyOnSigtermAndReassemblesOnTheNextStart()
+    {
+        var input = Path.Combine(_dir, "in.img");
+        var expected = TestData.WriteRandomFile(input, Written, seed: 4);
+
+        var (first, port, output) = await UpAsync();
+        await using (first)
+        {
+            Assert.Contains($"duet: data directory {_dir} (new: created the default layout)", output);
+            Assert.Contains($"duet: management socket {Path.Combine(_dir, "duet.sock")}", output);
+            Assert.Contains($"duet: NBD nbd://127.0.0.1:{port}/vol0", output);
+            Assert.Contains($"duet: NBD nbd://127.0.0.1:{port}/vol1", output);
+            Assert.Contains($"nbdinfo nbd://127.0.0.1:{port}/vol0", output);
+            Assert.Equal(8, Directory.GetFiles(Path.Combine(_dir, "drives"), "*.img").Length);
+
+            using (var doc = JsonDocument.Parse(await _run.RunOkAsync("nbdinfo", "--json", $"nbd://127.0.0.1:{port}/vol0")))
+            {
+                var export = doc.RootElement.GetProperty("exports")[0];
+                Assert.Equal((await StatusAsync()).Volumes.Single(v => v.Name == "vol0").SizeBytes, export.GetProperty("export-size").GetInt64());
+            }
+            await WriteAsync(port, "vol0", input);
+            await StopAsync(first);
+        }
+
+        var (second, port2, output2) = await UpAsync();
+        await using (second)
+        {
+            Assert.DoesNotContain("new: created", output2);
+            Assert.Contains("duet: array arr0: RAID 6, 4 drives", output2);
+            Assert.Contains("duet: array arr1: RAID 6, 4 drives", output2);
+            Assert.DoesNotContain("degraded", output2);
+            Assert.DoesNotContain("not shut down cleanly", output2);
+            Assert.All((await StatusAsync()).Arrays, a => Assert.Equal("optimal", a.State));
+            Assert.Equal(expected, await ReadHashAsync(port2, "vol0"));
+            await StopAsync(second);
+        }
+    }
+
+    [Fact]
+    public async Task UpStartsDegradedWithADriveFileGoneAndAnotherDamagedAndServesBothVolumes()
+    {
+        string in0 = Path.Combine(_dir, "in0.img"), in1 = Path.Combine(_dir, "in1.img");
+        var expected0 = TestData.WriteRandomFile(in0, Written, seed: 5);
+        var expected1 = TestData.WriteRandomFile(in1, Written, seed: 6);
+        var (first, port, _) = await UpAsync();
+        await using (first)
+        {
+            await WriteAsync(port, "vol0", in0);
+            await WriteAsync(port, "vol1", in1);
+            await StopAsync(first);
+        }
+
+        File.Delete(DrivePath("d2"));
+        using (var d5 = new FileStream(DrivePath("d5"), FileMode.Open, FileAccess.Write))
+            d5.Write(Enumerable.Range(0, 8192).Select(i => (byte)(i * 151 + 17)).ToArray());
+
+        var (second, port2, output) = await UpAsync();
+        await using (second)
+        {
+            Assert.Matches(@"duet: array arr0: RAID 6, 4 drives, .*, degraded \(slot 2 - missing\)", output);
+            Assert.Matches(@"duet: array arr1: RAID 6, 4 drives, .*, degraded \(slot 1 - missing\)", output);
+            Assert.Contains($"duet: NBD nbd://127.0.0.1:{port2}/vol0", output);
+            Assert.Contains($"duet: NBD nbd://127.0.0.1:{port2}/vol1", output);
+
+            var status = await StatusAsync();
+            Assert.All(status.Arrays, a => Assert.Equal("degraded", a.State));
+            Assert.DoesNotContain(status.Drives, d => d.Name == "d2");
+            // With no Duet superblock left, d5 is not taken for a member: it is offered as a free drive.
+            Assert.Equal("free", status.Drives.Single(d => d.Name == "d5").Role);
+
+            Assert.Equal(expected0, await ReadHashAsync(port2, "vol0"));
+            Assert.Equal(expected1, await ReadHashAsync(port2, "vol1"));
+
+            // ... and taking it back as a spare rebuilds arr1 onto it.
+            using (StringWriter o = new(), e = new())
+                Assert.Equal(0, await Duet.Cli.Program.RunAsync(["spare", "add", "d5", "--array", "arr1", "--data", _dir], o, e));
+            var arr1 = await TestData.PollAsync(async () => (await StatusAsync()).Arrays.Single(a => a.Name == "arr1"),
+                a => a.State == "optimal", TimeSpan.FromSeconds(120), "arr1 to finish rebuilding onto d5");
+            Assert.Equal("d5", arr1.Members[1].Drive);
+            Assert.Equal(expected1, await ReadHashAsync(port2, "vol1"));
+            await StopAsync(second);
+        }
+    }
+
+    [Fact]
+    public async Task UpStartsDegradedWhenADriveFileIsTruncatedToAnOddSize()
+    {
+        string in1 = Path.Combine(_dir, "in1.img");
+        var expected1 = TestData.WriteRandomFile(in1, Written, seed: 8);
+        var (first, port, _) = await UpAsync();
+        await using (first)
+        {
+            await WriteAsync(port, "vol1", in1);
+            await StopAsync(first);
+        }
+
+        using (var d6 = new FileStream(DrivePath("d6"), FileMode.Open, FileAccess.Write)) d6.SetLength(12345);
+
+        var (second, port2, output) = await UpAsync();
+        await using (second)
+        {
+            Assert.Matches(@"duet: array arr0: RAID 6, 4 drives, .*, optimal", output);
+            Assert.Matches(@"duet: array arr1: RAID 6, 4 drives, .*, degraded \(slot 2 - missing\)", output);
+            Assert.Contains("drive d6: ", output); // the log names the drive it could not use, and why
+            Assert.Contains("is not a positive multiple of 4096", output);
+            Assert.Equal(expected1, await ReadHashAsync(port2, "vol1"));
+            await StopAsync(second);
+        }
+    }
+}
