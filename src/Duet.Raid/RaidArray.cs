@@ -62,6 +62,7 @@ public sealed partial class RaidArray
             Invariant.Assert(members[m] is null || members[m]!.Slot == m);
         }
         _rebuiltStripes = new long[geometry.MemberCount];
+        _failurePersisted = new Task?[geometry.MemberCount];
         _stripeLocks = new SemaphoreSlim[StripeLockCount];
         for (int i = 0; i < _stripeLocks.Length; i++) _stripeLocks[i] = new SemaphoreSlim(1, 1);
         _time = time;
@@ -73,8 +74,13 @@ public sealed partial class RaidArray
     public ArrayGeometry Geometry { get; }
     public long CapacitySectors => Geometry.CapacityBlocks * Units.SectorsPerBlock;
 
-    /// <summary>Raised (synchronously, once per member) when a member is dropped: slot and reason.</summary>
-    public event Action<int, string>? MemberFailed;
+    /// <summary>
+    /// Records a dropped member durably (the array manager writes it to the surviving members'
+    /// superblocks). Every request that ran without the member waits for it before it completes,
+    /// so no write is acknowledged while a restart could still take the stale member for current.
+    /// </summary>
+    public Func<int, string, Task>? PersistMemberFailure { get; set; }
+    readonly Task?[] _failurePersisted;
 
     public MemberDisk? Member(int slot) => _members[slot];
 
@@ -99,16 +105,20 @@ public sealed partial class RaidArray
 
     bool Writable(int m) => _members[m] is not null && _status[m] != MemberStatus.Missing;
 
-    /// <summary>Drops a member: it is neither read nor written from now on.</summary>
-    public void FailMember(int slot, string reason)
+    /// <summary>Drops a member: it is neither read nor written from now on. The task completes when
+    /// the failure is durable (see <see cref="PersistMemberFailure"/>).</summary>
+    public Task FailMember(int slot, string reason)
     {
         lock (_stateLock)
         {
-            if (_status[slot] == MemberStatus.Missing) return;
+            if (_status[slot] == MemberStatus.Missing) return _failurePersisted[slot] ?? Task.CompletedTask;
             _status[slot] = MemberStatus.Missing;
+            _failurePersisted[slot] = null;
         }
         LogMemberFailed(Name, slot, _members[slot]?.Drive.Name ?? "-", reason);
-        MemberFailed?.Invoke(slot, reason);
+        var persisted = PersistMemberFailure?.Invoke(slot, reason) ?? Task.CompletedTask;
+        lock (_stateLock) _failurePersisted[slot] ??= persisted;
+        return persisted;
     }
 
     // ---- requests --------------------------------------------------------------------
@@ -162,7 +172,7 @@ public sealed partial class RaidArray
             tasks.Add(Task.Run(async () =>
             {
                 try { await _members[slot]!.Drive.FlushAsync(ct).ConfigureAwait(false); }
-                catch (BlockIoException e) { FailMember(slot, $"flush failed: {e.Message}"); }
+                catch (BlockIoException e) { await FailMember(slot, $"flush failed: {e.Message}").ConfigureAwait(false); }
             }, ct));
         }
         await Task.WhenAll(tasks).ConfigureAwait(false);
@@ -248,7 +258,7 @@ public sealed partial class RaidArray
             }
             catch (MemberFailedException e) when (tries < Geometry.MemberCount)
             {
-                FailMember(e.Slot, e.InnerException?.Message ?? "I/O error");
+                await FailMember(e.Slot, e.InnerException?.Message ?? "I/O error").ConfigureAwait(false);
             }
         }
     }
@@ -313,9 +323,11 @@ public sealed partial class RaidArray
         }
         catch
         {
+            var persisted = new List<Task>();
             foreach (var t in tasks)
-                if (t.Exception?.InnerException is MemberFailedException f) FailMember(f.Slot, f.InnerException?.Message ?? "write failed");
+                if (t.Exception?.InnerException is MemberFailedException f) persisted.Add(FailMember(f.Slot, f.InnerException?.Message ?? "write failed"));
                 else if (t.Exception is not null) throw t.Exception.InnerException!;
+            await Task.WhenAll(persisted).ConfigureAwait(false);
             ThrowIfFailed();
         }
     }

@@ -84,7 +84,7 @@ public class RaidEngineTests
     {
         var h = new ArrayHarness(level, members, seed: 31 + lost.Sum());
         await h.RandomWritesAsync(200);
-        foreach (int m in lost) h.Array.FailMember(m, "test");
+        foreach (int m in lost) await h.Array.FailMember(m, "test");
         await h.VerifyAllAsync();
         // Degraded writes keep working and read back.
         await h.RandomWritesAsync(100);
@@ -100,7 +100,7 @@ public class RaidEngineTests
     {
         var h = new ArrayHarness(level, members, seed: 5);
         await h.RandomWritesAsync(200);
-        h.Array.FailMember(1, "test");
+        await h.Array.FailMember(1, "test");
         await h.RandomWritesAsync(50);
         var disk = h.NewDisk(1, "spare");
         var progress = new PassProgress { TotalStripes = h.Geometry.Stripes };
@@ -111,7 +111,7 @@ public class RaidEngineTests
         Assert.Equal(h.Geometry.Stripes, progress.DoneStripes);
         await h.VerifyAllAsync();
         // Redundancy is back: lose a different member and everything still reads.
-        h.Array.FailMember(0, "test");
+        await h.Array.FailMember(0, "test");
         await h.VerifyAllAsync();
         var result = new ScrubResult();
         await h.Array.ScrubAsync(false, result, new PassProgress { TotalStripes = h.Geometry.Stripes }, default);
@@ -205,5 +205,38 @@ public class RaidEngineTests
         Assert.Equal(BlockErrorKind.OutOfRange, e.Kind);
         e = await Assert.ThrowsAsync<BlockIoException>(async () => await h.Array.WriteAsync(0, new byte[100]));
         Assert.Equal(BlockErrorKind.Invalid, e.Kind);
+    }
+}
+
+public class MemberFailureOrderingTests
+{
+    [Fact]
+    public async Task AWriteThatRanWithoutAFailedMemberCompletesOnlyAfterTheFailureIsPersisted()
+    {
+        var uuid = Guid.NewGuid();
+        var geometry = new ArrayGeometry(RaidLevel.Raid5, 3, 4, 64);
+        long blocks = MemberLayout.MetadataBlocks + MemberLayout.GroupBlocks;
+        var drives = Enumerable.Range(0, 3).Select(i => new Duet.Drives.Faults.FaultyDrive(new Duet.Drives.MemoryDrive($"d{i}", blocks),
+            new Duet.Drives.Faults.FaultOptions { Seed = (ulong)i + 1 }, TimeProvider.System)).ToArray();
+        var array = new RaidArray("t", uuid, geometry, drives.Select((d, i) => (MemberDisk?)new MemberDisk(d, i, uuid, geometry.MemberBlocks)).ToArray(),
+            [MemberStatus.Active, MemberStatus.Active, MemberStatus.Active], TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        var persisted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        int calls = 0;
+        array.PersistMemberFailure = (slot, _) => { Interlocked.Increment(ref calls); Assert.Equal(1, slot); return persisted.Task; };
+        drives[1].Fail();
+        var data = new byte[16 * 4096];
+        new System.Random(1).NextBytes(data);
+        var write = array.WriteAsync(0, data).AsTask();
+        // The write has done its I/O on the survivors but must wait for the failure record.
+        for (int i = 0; i < 200 && Volatile.Read(ref calls) == 0; i++) await Task.Yield();
+        await Task.WhenAny(write, Task.Delay(200));
+        Assert.False(write.IsCompleted, "a write without member 1 completed before member 1's failure was persisted");
+        Assert.Equal(1, calls);
+        persisted.SetResult();
+        await write;
+        Assert.Equal(MemberStatus.Missing, array.Status(1));
+        var back = new byte[data.Length];
+        await array.ReadAsync(0, back);
+        Assert.Equal(data, back);
     }
 }

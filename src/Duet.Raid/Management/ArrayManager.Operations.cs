@@ -71,7 +71,7 @@ public sealed partial class ArrayManager
             _options.Time, _options.LoggerFactory.CreateLogger($"Duet.Raid.Array.{r.Name}"));
         var entry = new ArrayEntry { Raid = raid, Current = sb, Slots = [.. drives], Spares = [] };
         foreach (var d in drives) d.Array = entry;
-        raid.MemberFailed += (slot, reason) => OnMemberFailed(entry, slot);
+        raid.PersistMemberFailure = (_, _) => OnMemberFailedAsync(entry);
         _arrays[r.Name] = entry;
         await PersistAsync(entry, ct).ConfigureAwait(false);
         LogArrayCreated(r.Name, r.Level, drives.Count, Units.FormatSize(geometry.CapacityBlocks * Units.BlockBytes));
@@ -184,19 +184,23 @@ public sealed partial class ArrayManager
         return (d.Array, slot);
     }
 
-    public Task FailDriveAsync(string drive, CancellationToken ct = default) => Locked(async () =>
+    public async Task FailDriveAsync(string drive, CancellationToken ct = default)
     {
-        var (a, slot) = MemberOf(Drive(drive));
-        if (a.Raid.Status(slot) == MemberStatus.Missing) throw Conflict($"drive '{drive}' has already failed");
-        // The operator's fail leaves the array degraded, never failed (as replace does): losing
-        // one more member than the level survives would take its volumes offline.
-        var lost = a.Raid.LostSlots().Append(slot).Distinct().ToList();
-        if (!a.Raid.Geometry.IsSurvivable(lost))
-            throw Conflict($"failing '{drive}' would leave array '{a.Raid.Name}' without enough members; replace or rebuild a lost member first");
-        a.Raid.FailMember(slot, "failed by the operator");
-        // OnMemberFailed persists and starts a spare rebuild once we release the lock.
-        await Task.CompletedTask.ConfigureAwait(false);
-    }, ct);
+        var (a, slot) = await Locked(() =>
+        {
+            var (a, slot) = MemberOf(Drive(drive));
+            if (a.Raid.Status(slot) == MemberStatus.Missing) throw Conflict($"drive '{drive}' has already failed");
+            // The operator's fail leaves the array degraded, never failed (as replace does): losing
+            // one more member than the level survives would take its volumes offline.
+            var lost = a.Raid.LostSlots().Append(slot).Distinct().ToList();
+            if (!a.Raid.Geometry.IsSurvivable(lost))
+                throw Conflict($"failing '{drive}' would leave array '{a.Raid.Name}' without enough members; replace or rebuild a lost member first");
+            return Task.FromResult((a, slot));
+        }, ct).ConfigureAwait(false);
+        // Outside the lock: persisting the failure takes it. Returns once the failure is on the
+        // surviving members' superblocks (and a spare, if any, is rebuilding).
+        await a.Raid.FailMember(slot, "failed by the operator").ConfigureAwait(false);
+    }
 
     public Task ReplaceDriveAsync(string drive, ReplaceDriveRequest r, CancellationToken ct = default) => Locked(async () =>
     {
@@ -212,7 +216,7 @@ public sealed partial class ArrayManager
             var lost = a.Raid.LostSlots().Append(slot).Distinct().ToList();
             if (!a.Raid.Geometry.IsSurvivable(lost))
                 throw Conflict($"taking '{drive}' out of array '{a.Raid.Name}' would leave it without enough members; add a spare or let the rebuild finish first");
-            a.Raid.FailMember(slot, $"replaced by {with.Name}");
+            _ = a.Raid.FailMember(slot, $"replaced by {with.Name}"); // persisted by StartRebuildAsync below
         }
         await StartRebuildAsync(a, slot, with, ct).ConfigureAwait(false);
     }, ct);

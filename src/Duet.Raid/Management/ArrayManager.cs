@@ -219,7 +219,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
             if (d.Array is null && d.Problem is null)
                 d.Problem = $"was a member of array {auth.Name} but the array no longer lists it (superblock generation {d.Superblock!.Generation} < {auth.Generation})";
         _arrays[auth.Name] = entry;
-        raid.MemberFailed += (slot, reason) => OnMemberFailed(entry, slot);
+        raid.PersistMemberFailure = (_, _) => OnMemberFailedAsync(entry);
         if (!auth.Clean) LogUnclean(auth.Name);
         if (raid.IsFailed) LogArrayFailed(auth.Name);
         await PersistAsync(entry, ct).ConfigureAwait(false);
@@ -292,27 +292,29 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
             catch (BlockIoException e)
             {
                 LogSuperblockWriteFailed(d.Name, e.Message);
-                if (slot >= 0) raid.FailMember(slot, $"superblock write failed: {e.Message}");
+                // Not awaited: we hold the management lock; the failure is persisted right after.
+                if (slot >= 0) _ = raid.FailMember(slot, $"superblock write failed: {e.Message}");
             }
         }
     }
 
-    void OnMemberFailed(ArrayEntry a, int slot)
+    /// <summary>
+    /// Persists a member failure raised by the data path (or an operator) and looks for a spare.
+    /// The data path awaits the returned task before acknowledging anything that ran without the
+    /// member, so the caller must not hold the management lock while awaiting it.
+    /// </summary>
+    async Task OnMemberFailedAsync(ArrayEntry a)
     {
-        // Raised from the data path: persist and look for a spare off that path.
-        _ = Task.Run(async () =>
+        await _mgmt.WaitAsync().ConfigureAwait(false);
+        try
         {
-            await _mgmt.WaitAsync(_stopping.Token).ConfigureAwait(false);
-            try
-            {
-                await PersistAsync(a, _stopping.Token).ConfigureAwait(false);
-                if (a.Raid.IsFailed) { LogArrayFailed(a.Raid.Name); RefreshVolumes(); }
-                else await MaybeRebuildOntoSpareAsync(a, _stopping.Token).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException) { }
-            catch (Exception e) { LogBackgroundError(a.Raid.Name, e.Message); }
-            finally { _mgmt.Release(); }
-        });
+            await PersistAsync(a, CancellationToken.None).ConfigureAwait(false);
+            if (a.Raid.IsFailed) { LogArrayFailed(a.Raid.Name); RefreshVolumes(); }
+            else if (!_stopping.IsCancellationRequested) await MaybeRebuildOntoSpareAsync(a, _stopping.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) { }
+        catch (Exception e) { LogBackgroundError(a.Raid.Name, e.Message); }
+        finally { _mgmt.Release(); }
     }
 
     async Task MaybeRebuildOntoSpareAsync(ArrayEntry a, CancellationToken ct)
@@ -375,6 +377,11 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
         _stopping.Cancel();
         var pending = _arrays.Values.SelectMany(a => new[] { a.Rebuild, a.Scrub }).Where(t => t is not null).Select(t => t!).ToArray();
         try { await Task.WhenAll(pending).ConfigureAwait(false); } catch { /* cancelled passes */ }
+        foreach (var a in _arrays.Values)
+        {
+            try { await a.Raid.FlushAsync().ConfigureAwait(false); }
+            catch (BlockIoException e) { LogBackgroundError(a.Raid.Name, $"flush at shutdown failed: {e.Message}"); }
+        }
         await _mgmt.WaitAsync().ConfigureAwait(false);
         try
         {
@@ -382,7 +389,6 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
             {
                 try
                 {
-                    await a.Raid.FlushAsync().ConfigureAwait(false);
                     a.Current = a.Current with { Clean = true };
                     await PersistAsync(a, CancellationToken.None).ConfigureAwait(false);
                 }
