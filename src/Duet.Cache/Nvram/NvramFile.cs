@@ -237,8 +237,8 @@ public sealed unsafe class NvramFile : IDisposable
         var header = (a, b) switch
         {
             (null, null) => throw new NvramException(problemA == problemB
-                ? $"NVRAM {path}: header damaged or absent: {problemA}"
-                : $"NVRAM {path}: header damaged: copy A: {problemA}; copy B: {problemB}"),
+                ? $"NVRAM {path}: {problemA} (both header copies)"
+                : $"NVRAM {path}: no usable header: copy A: {problemA}; copy B: {problemB}"),
             (not null, null) => a,
             (null, not null) => b,
             _ => a!.UpdateCount >= b!.UpdateCount ? a : b,

@@ -115,7 +115,7 @@ internal sealed record NvramHeader(
         uint computed = Crc32C.Compute(copy[..CrcOffset]);
         if (stored != computed)
         {
-            problem = $"header CRC32C mismatch (stored 0x{stored:x8}, computed 0x{computed:x8})";
+            problem = $"header damaged: CRC32C mismatch (stored 0x{stored:x8}, computed 0x{computed:x8})";
             return null;
         }
         uint version = BinaryPrimitives.ReadUInt32LittleEndian(copy[8..]);
