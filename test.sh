@@ -33,7 +33,8 @@ passed=0; failed=0; skipped=0; broken=0
 results=$(mktemp -d)
 # Order: fast unit suites first, then the ones that start real servers and clients.
 suites=(Duet.Core.Tests Duet.Raid.Tests Duet.Interconnect.Tests Duet.Cache.Tests Duet.Nbd.Tests Duet.Cli.Tests Duet.Interop.Tests)
-for extra in tests/*/; do
+# Only *.Tests projects are suites; other projects under tests/ are helpers (Duet.Cache.Crasher).
+for extra in tests/*.Tests/; do
     name=$(basename "$extra")
     [[ " ${suites[*]} " == *" $name "* ]] || suites+=("$name")
 done

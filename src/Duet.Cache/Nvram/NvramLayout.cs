@@ -1,0 +1,170 @@
+using Duet.Core;
+
+namespace Duet.Cache.Nvram;
+
+/// <summary>
+/// Where everything lives in a controller's NVRAM file. Both controllers of a pair must have
+/// equal layouts (CC-1): the peer mirrors element e of our region 1 into element e of its
+/// region 2, so the element size, count and offsets must agree.
+///
+/// <code>
+///  0                  HeaderBytes (4 KiB): two 512-byte copies of the header
+///  DescriptorTable1   ElementCount x 64-byte descriptors for region 1, padded to 4 KiB
+///  DescriptorTable2   the same for region 2
+///  Region1            ElementCount x 16 KiB: this controller's own write-back cache
+///  Region2            ElementCount x 16 KiB: the mirror of the peer's region 1
+///  UsedBytes..Total   unused slack (zero)
+/// </code>
+///
+/// An element is 32 sectors of 512 bytes, so its valid mask is exactly one u32. A region is
+/// at most 512 MiB because the small-write message (MR-3) names an element by its offset in
+/// the region divided by 512, in 20 bits. Every instance is consistent: the only ways to get
+/// one are <see cref="For"/> and <see cref="Of"/>, which check every relationship.
+/// </summary>
+public sealed record NvramLayout
+{
+    public const int SectorBytes = Units.SectorBytes;
+    public const int PageBytes = 4096;
+    public const int HeaderBytes = 4096;
+    /// <summary>The element size of this format: 32 sectors, one bit each in the valid mask.</summary>
+    public const int ElementSectors = 32;
+    public const int ElementBytesFixed = ElementSectors * SectorBytes;
+    public const int DescriptorBytes = 64;
+    /// <summary>Bits of the MR-2/MR-3 "descriptor" (offset within the region / 512).</summary>
+    public const int OffsetUnitBits = 20;
+    public const long MaxRegionBytes = (1L << OffsetUnitBits) * SectorBytes;
+    public const long MaxTotalBytes = 1L << 30;
+    public const long MinTotalBytes = 1L << 20;
+    public const long DefaultTotalBytes = 256L << 20;
+
+    static NvramLayout()
+    {
+        // The relationships between the constants, checked once (STYLE.md).
+        Invariant.Assert(ElementBytesFixed % SectorBytes == 0);
+        Invariant.Assert(ElementBytesFixed / SectorBytes == sizeof(uint) * 8);
+        Invariant.Assert(ElementBytesFixed % PageBytes == 0);
+        Invariant.Assert(HeaderBytes % PageBytes == 0);
+        Invariant.Assert(PageBytes % DescriptorBytes == 0);
+        Invariant.Assert(MaxRegionBytes == 512L << 20);
+        Invariant.Assert(MaxRegionBytes % ElementBytesFixed == 0);
+        Invariant.Assert(MaxTotalBytes % PageBytes == 0);
+        Invariant.Assert(MinTotalBytes % PageBytes == 0);
+        Invariant.Assert(DefaultTotalBytes >= MinTotalBytes);
+        Invariant.Assert(DefaultTotalBytes <= MaxTotalBytes);
+        // Two maximal regions would not fit beside the header: 1 GiB never needs > 512 MiB.
+        Invariant.Assert(2 * MaxRegionBytes + HeaderBytes > MaxTotalBytes);
+        // The smallest file holds at least one element per region.
+        Invariant.Assert(MaxElementCount(MinTotalBytes) >= 1);
+    }
+
+    NvramLayout(long totalBytes, int elementCount)
+    {
+        TotalBytes = totalBytes;
+        ElementCount = elementCount;
+        DescriptorTableBytes = AlignUp((long)elementCount * DescriptorBytes, PageBytes);
+        DescriptorTable1Offset = HeaderBytes;
+        DescriptorTable2Offset = DescriptorTable1Offset + DescriptorTableBytes;
+        Region1Offset = DescriptorTable2Offset + DescriptorTableBytes;
+        RegionBytes = (long)elementCount * ElementBytesFixed;
+        Region2Offset = Region1Offset + RegionBytes;
+        UsedBytes = Region2Offset + RegionBytes;
+
+        Invariant.Assert(UsedBytes <= TotalBytes);
+        Invariant.Assert(RegionBytes <= MaxRegionBytes);
+        Invariant.Assert(DescriptorTable1Offset % PageBytes == 0);
+        Invariant.Assert(DescriptorTable2Offset % PageBytes == 0);
+        Invariant.Assert(Region1Offset % PageBytes == 0);
+        Invariant.Assert(Region2Offset % PageBytes == 0);
+        Invariant.Assert(TotalBytes % PageBytes == 0);
+        Invariant.Assert(DescriptorTableBytes >= (long)ElementCount * DescriptorBytes);
+        // The last element's MR-3 descriptor fits 20 bits.
+        Invariant.Assert((RegionBytes - ElementBytesFixed) / SectorBytes < 1L << OffsetUnitBits);
+    }
+
+    /// <summary>Size of the file. The regions and tables fill it as far as whole elements go.</summary>
+    public long TotalBytes { get; }
+    public int ElementBytes => ElementBytesFixed;
+    /// <summary>Elements in each region (both regions have the same count).</summary>
+    public int ElementCount { get; }
+    public long RegionBytes { get; }
+    public long DescriptorTableBytes { get; }
+    public long DescriptorTable1Offset { get; }
+    public long DescriptorTable2Offset { get; }
+    public long Region1Offset { get; }
+    public long Region2Offset { get; }
+    /// <summary>End of region 2; the bytes from here to <see cref="TotalBytes"/> are unused.</summary>
+    public long UsedBytes { get; }
+
+    public long DescriptorTableOffset(int region) => region switch
+    {
+        1 => DescriptorTable1Offset,
+        2 => DescriptorTable2Offset,
+        _ => throw new ArgumentOutOfRangeException(nameof(region), region, "NVRAM regions are 1 and 2"),
+    };
+
+    public long RegionOffset(int region) => region switch
+    {
+        1 => Region1Offset,
+        2 => Region2Offset,
+        _ => throw new ArgumentOutOfRangeException(nameof(region), region, "NVRAM regions are 1 and 2"),
+    };
+
+    /// <summary>The layout with as many elements as fit in <paramref name="totalBytes"/>.</summary>
+    public static NvramLayout For(long totalBytes)
+    {
+        if (SizeProblem(totalBytes) is { } problem) throw new ArgumentOutOfRangeException(nameof(totalBytes), totalBytes, problem);
+        return new NvramLayout(totalBytes, MaxElementCount(totalBytes));
+    }
+
+    /// <summary>A layout with an explicit element count (fewer than fit is allowed).</summary>
+    public static NvramLayout Of(long totalBytes, int elementCount)
+    {
+        if (Problem(totalBytes, elementCount) is { } problem) throw new ArgumentOutOfRangeException(nameof(elementCount), elementCount, problem);
+        return new NvramLayout(totalBytes, elementCount);
+    }
+
+    /// <summary>Why (totalBytes, elementCount) is not a layout, or null if it is.</summary>
+    public static string? Problem(long totalBytes, long elementCount)
+    {
+        if (SizeProblem(totalBytes) is { } problem) return problem;
+        if (elementCount < 1) return $"an NVRAM region needs at least one element, not {elementCount}";
+        if (elementCount * ElementBytesFixed > MaxRegionBytes)
+            return $"{elementCount} elements of {Units.FormatSize(ElementBytesFixed)} make a region of {Units.FormatSize(elementCount * ElementBytesFixed)}, " +
+                   $"over the {Units.FormatSize(MaxRegionBytes)} that 20-bit offsets in 512-byte units can address";
+        long used = UsedFor(elementCount);
+        if (used > totalBytes)
+            return $"{elementCount} elements per region need {Units.FormatSize(used)}, more than the {Units.FormatSize(totalBytes)} NVRAM";
+        return null;
+    }
+
+    static string? SizeProblem(long totalBytes)
+    {
+        if (totalBytes > MaxTotalBytes)
+            return $"NVRAM size {Units.FormatSize(totalBytes)} is over the maximum of {Units.FormatSize(MaxTotalBytes)}";
+        if (totalBytes < MinTotalBytes)
+            return $"NVRAM size {Units.FormatSize(totalBytes)} is under the minimum of {Units.FormatSize(MinTotalBytes)}";
+        if (totalBytes % PageBytes != 0)
+            return $"NVRAM size {totalBytes} bytes is not a multiple of {PageBytes}";
+        return null;
+    }
+
+    static long UsedFor(long elementCount) =>
+        HeaderBytes + 2 * AlignUp(elementCount * DescriptorBytes, PageBytes) + 2 * elementCount * ElementBytesFixed;
+
+    static int MaxElementCount(long totalBytes)
+    {
+        long n = Math.Min((totalBytes - HeaderBytes) / (2 * (ElementBytesFixed + DescriptorBytes)), MaxRegionBytes / ElementBytesFixed);
+        while (n > 0 && UsedFor(n) > totalBytes) n--;
+        Invariant.Assert(n >= 0);
+        Invariant.Assert(n <= int.MaxValue);
+        return (int)n;
+    }
+
+    static long AlignUp(long value, long alignment) => (value + alignment - 1) / alignment * alignment;
+
+    public string Describe() =>
+        $"NVRAM {Units.FormatSize(TotalBytes)}: header {Units.FormatSize(HeaderBytes)} at 0x0; " +
+        $"descriptor tables of {ElementCount} x {DescriptorBytes} B ({Units.FormatSize(DescriptorTableBytes)} each) at 0x{DescriptorTable1Offset:x} and 0x{DescriptorTable2Offset:x}; " +
+        $"region 1 at 0x{Region1Offset:x} and region 2 at 0x{Region2Offset:x}, each {ElementCount} elements of {Units.FormatSize(ElementBytes)} ({Units.FormatSize(RegionBytes)}); " +
+        $"{Units.FormatSize(TotalBytes - UsedBytes)} unused";
+}
