@@ -61,6 +61,27 @@ public sealed unsafe class NvramRegion
         return new Span<byte>(_data + (long)element * ElementBytes, ElementBytes);
     }
 
+    /// <summary>The element's 16 KiB as <see cref="Memory{T}"/>, for asynchronous I/O straight out of
+    /// (or into) the mapping. Valid while the file is open.</summary>
+    public Memory<byte> Memory(int element)
+    {
+        CheckElement(element);
+        _file.ThrowIfDisposed();
+        _memory ??= new MappedMemory(_data, checked((int)RegionBytes));
+        return _memory.Memory.Slice(element * ElementBytes, ElementBytes);
+    }
+
+    MappedMemory? _memory;
+
+    /// <summary>A MemoryManager over the mapped region (no copy, nothing to pin: the mapping does not move).</summary>
+    sealed class MappedMemory(byte* pointer, int length) : System.Buffers.MemoryManager<byte>
+    {
+        public override Span<byte> GetSpan() => new(pointer, length);
+        public override System.Buffers.MemoryHandle Pin(int elementIndex = 0) => new(pointer + elementIndex);
+        public override void Unpin() { }
+        protected override void Dispose(bool disposing) { }
+    }
+
     /// <summary>Byte offset of the element within the region; /512 is the MR-2/MR-3 descriptor.</summary>
     public long OffsetOf(int element)
     {

@@ -1,0 +1,45 @@
+using Duet.Cache.Nvram;
+
+namespace Duet.Cache;
+
+/// <summary>What the cache sees of the peer: where mirrored elements go (region 2 of the peer's NVRAM).</summary>
+public enum MirrorMode
+{
+    /// <summary>The peer answers: writes are acknowledged once mirrored.</summary>
+    Healthy,
+    /// <summary>The peer is gone (MR-4's error-recovery mode): writes go through to the drives before they are acknowledged.</summary>
+    ErrorRecovery,
+}
+
+/// <summary>One change the peer must apply, in order: store an element's data and descriptor at the
+/// same index of its region 2, or invalidate an element there.</summary>
+public readonly record struct MirrorChange(int Element, ElementDescriptor Descriptor, ReadOnlyMemory<byte> Data, bool Invalidate);
+
+/// <summary>
+/// How the cache reaches the peer. Implementations batch (CC-2/CC-3) or send the seed's per-write
+/// messages (MR-2/MR-3); the cache does not care. <see cref="Append"/> is called in the order the
+/// changes must be applied; the returned task completes when the peer's status for the change (or
+/// its batch) has come back, and faults with <see cref="MirrorUnavailableException"/> if the peer
+/// is gone (the cache then falls back to write-through for that write).
+/// </summary>
+public interface ICacheMirror
+{
+    MirrorMode Mode { get; }
+    Task Append(MirrorChange change);
+}
+
+public sealed class MirrorUnavailableException(string message) : Exception(message);
+
+/// <summary>The array behind the cache, addressed in 512-byte sectors (a RaidArray in the controller).</summary>
+public interface ICacheBacking
+{
+    /// <summary>The 8-bit volume number of MR-5 that names this array on the link.</summary>
+    byte ArrayNumber { get; }
+    ulong ArraySerial { get; }
+    long CapacitySectors { get; }
+    /// <summary>Sectors of data in one stripe: destage prefers runs that cover whole stripes.</summary>
+    long StripeSectors { get; }
+    ValueTask ReadAsync(long sector, Memory<byte> destination, CancellationToken ct);
+    ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct);
+    ValueTask FlushAsync(CancellationToken ct);
+}

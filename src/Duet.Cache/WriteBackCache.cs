@@ -1,0 +1,681 @@
+using System.Buffers;
+using System.Diagnostics.Metrics;
+using System.Numerics;
+using Duet.Cache.Nvram;
+using Duet.Core;
+using Microsoft.Extensions.Logging;
+
+namespace Duet.Cache;
+
+public sealed record CacheOptions
+{
+    /// <summary>Start destaging when this fraction of the elements is dirty.</summary>
+    public double DestageStartFraction { get; init; } = 0.25;
+    /// <summary>Most elements one destage round writes.</summary>
+    public int DestageRoundElements { get; init; } = 512;
+    /// <summary>Longest run (sectors) one destage write may cover.</summary>
+    public int DestageMaxRunSectors { get; init; } = 4096; // 2 MiB
+    /// <summary>After this long without writes, destage whatever is dirty (the periodic flush of CC-5).</summary>
+    public TimeSpan IdleDestageDelay { get; init; } = TimeSpan.FromMilliseconds(200);
+    public TimeProvider Time { get; init; } = TimeProvider.System;
+}
+
+/// <summary>
+/// The write-back cache of one controller, in region 1 of its NVRAM (CC-1, MR-1).
+///
+/// An element is a 16 KiB, 16 KiB-aligned piece of one array's address space, with a valid
+/// bit per 512 bytes. Elements are written once: a write to an address already cached goes to
+/// a fresh element that merges the old valid sectors with the new ones, and the old element is
+/// invalidated in the same ordered stream of mirror changes. So, for every element index e, the
+/// peer's region 2 holds either nothing or exactly this controller's element e; no array LBA is
+/// valid in two elements once the stream is applied; and replay in sequence order is correct.
+///
+///   write:  allocate e ─ merge old+new into NVRAM[e] ─ descriptor (seq) ─ index[key]=e
+///           ─ mirror: invalidate(old), store(e) ─ peer status ─ ack ─ free(old)
+///   read:   cached sectors from NVRAM, the rest from the array
+///   destage (background): dirty elements in LBA order, coalesced into runs, written to the
+///           array, array flushed, elements marked clean (nothing is sent to the peer: CC-5)
+///   evict:  a clean element reused for new data; an invalidation goes to the peer (CC-4)
+///
+/// With the peer gone (error-recovery mode) a write goes through to the array, under its key
+/// lock so that no older write can land after it, before it is acknowledged.
+/// A full cache makes writers wait for destage (back-pressure), never fail.
+/// </summary>
+public sealed partial class WriteBackCache : IAsyncDisposable
+{
+    public const int SectorsPerElement = 32;
+    public const int ElementBytes = SectorsPerElement * Units.SectorBytes;
+    const int KeyLockCount = 256;
+
+    enum SlotState : byte { Free, Dirty, Clean, Retired }
+
+    struct Slot
+    {
+        public SlotState State;
+        public byte Array;
+        public long Lba;       // element-aligned, sectors
+        public uint Valid;
+        public ulong Sequence;
+        public int Pins;
+        public bool FreeWhenUnpinned;
+        public int LruPrev, LruNext; // clean list, -1 terminated
+        public bool Destaging;
+    }
+
+    readonly NvramRegion _nvram;
+    readonly ICacheMirror _mirror;
+    readonly CacheOptions _options;
+    readonly ILogger _logger;
+    readonly Dictionary<byte, ICacheBacking> _arrays = [];
+    readonly Lock _lock = new();
+    readonly Dictionary<(byte, long), int> _index = [];
+    readonly Slot[] _slots;
+    readonly Stack<int> _free = new();
+    int _lruHead = -1, _lruTail = -1; // head = most recently cleaned
+    int _dirty;
+    ulong _sequence;
+    readonly SemaphoreSlim[] _keyLocks = new SemaphoreSlim[KeyLockCount];
+    readonly List<TaskCompletionSource> _spaceWaiters = [];
+    TaskCompletionSource _destageKick = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    readonly CancellationTokenSource _stop = new();
+    readonly List<TaskCompletionSource> _drainWaiters = [];
+    Task? _destager;
+    long _lastWriteTicks;
+
+    // counters
+    long _hits, _misses, _destagedElements, _destagedRuns, _evictions, _writeThroughs, _mirrored;
+
+    public WriteBackCache(NvramRegion region, ICacheMirror mirror, CacheOptions options, ILogger logger)
+    {
+        Invariant.Assert(region.ElementBytes == ElementBytes);
+        _nvram = region;
+        _mirror = mirror;
+        _options = options;
+        _logger = logger;
+        _slots = new Slot[region.ElementCount];
+        for (int i = region.ElementCount - 1; i >= 0; i--)
+        {
+            _slots[i] = new Slot { LruPrev = -1, LruNext = -1 };
+            _free.Push(i);
+        }
+        for (int i = 0; i < _keyLocks.Length; i++) _keyLocks[i] = new SemaphoreSlim(1, 1);
+    }
+
+    public int ElementCount => _slots.Length;
+    public int DirtyCount { get { lock (_lock) return _dirty; } }
+    public int CachedCount { get { lock (_lock) return _index.Count; } }
+    public CacheCounters Counters => new(Interlocked.Read(ref _hits), Interlocked.Read(ref _misses), Interlocked.Read(ref _destagedElements),
+        Interlocked.Read(ref _destagedRuns), Interlocked.Read(ref _evictions), Interlocked.Read(ref _writeThroughs), Interlocked.Read(ref _mirrored), DirtyCount);
+
+    public void AddArray(ICacheBacking backing)
+    {
+        lock (_lock) _arrays[backing.ArrayNumber] = backing;
+    }
+
+    /// <summary>Rebuilds the index from region 1 after a restart: valid elements in sequence order,
+    /// a later element for the same address replacing an earlier one.</summary>
+    public int Replay()
+    {
+        var order = _nvram.ReplayOrder();
+        lock (_lock)
+        {
+            Invariant.Assert(_index.Count == 0);
+            _free.Clear();
+            var used = new bool[_slots.Length];
+            foreach (var (e, d) in order)
+            {
+                var key = (d.ArrayNumber, d.ArrayLba);
+                if (_index.TryGetValue(key, out var older))
+                {
+                    if (_slots[older].State == SlotState.Dirty) _dirty--;
+                    else LruRemove(older);
+                    _slots[older].State = SlotState.Free;
+                    used[older] = false;
+                    _nvram.Invalidate(older);
+                }
+                _index[key] = e;
+                used[e] = true;
+                _slots[e] = new Slot { State = d.Dirty ? SlotState.Dirty : SlotState.Clean, Array = d.ArrayNumber, Lba = d.ArrayLba, Valid = d.ValidMask, Sequence = d.Sequence, LruPrev = -1, LruNext = -1 };
+                if (d.Dirty) _dirty++;
+                else LruPushHead(e);
+                _sequence = Math.Max(_sequence, d.Sequence);
+            }
+            for (int i = _slots.Length - 1; i >= 0; i--)
+                if (!used[i]) { _slots[i] = new Slot { LruPrev = -1, LruNext = -1 }; _free.Push(i); }
+            return _index.Count;
+        }
+    }
+
+    /// <summary>Every valid element, for a full resynchronisation of the peer's mirror.</summary>
+    public IReadOnlyList<MirrorChange> Snapshot()
+    {
+        lock (_lock)
+            return _index.Values.Order().Select(e => new MirrorChange(e, Descriptor(e), _nvram.Memory(e), false)).ToList();
+    }
+
+    ElementDescriptor Descriptor(int e)
+    {
+        ref var s = ref _slots[e];
+        var backing = _arrays.GetValueOrDefault(s.Array);
+        return new ElementDescriptor(backing?.ArraySerial ?? 0, s.Array, s.Lba, SectorsPerElement, s.Valid, s.Sequence, s.State == SlotState.Dirty);
+    }
+
+    public void Start()
+    {
+        _lastWriteTicks = _options.Time.GetTimestamp();
+        _destager ??= DestageLoopAsync(_stop.Token);
+    }
+
+    // ---- write ---------------------------------------------------------------------------
+
+    static uint MaskOf(int first, int count) => count == 32 ? uint.MaxValue : ((1u << count) - 1) << first;
+
+    SemaphoreSlim KeyLock(byte array, long lba) => _keyLocks[(int)((ulong)HashCode.Combine(array, lba) % KeyLockCount)];
+
+    ICacheBacking Backing(byte array) =>
+        _arrays.TryGetValue(array, out var b) ? b : throw new BlockIoException(BlockErrorKind.Unavailable, $"array number {array} is not served by this cache");
+
+    public async ValueTask WriteAsync(byte array, long sector, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
+    {
+        var backing = Backing(array);
+        Invariant.Assert(data.Length % Units.SectorBytes == 0);
+        long count = data.Length / Units.SectorBytes;
+        Invariant.Assert(sector >= 0 && sector + count <= backing.CapacitySectors);
+        _lastWriteTicks = _options.Time.GetTimestamp();
+        long first = sector / SectorsPerElement, last = (sector + count - 1) / SectorsPerElement;
+        if (first == last)
+        {
+            await WritePieceAsync(backing, first * SectorsPerElement, (int)(sector - first * SectorsPerElement), data, ct).ConfigureAwait(false);
+        }
+        else
+        {
+            var tasks = new List<Task>((int)(last - first + 1));
+            for (long el = first; el <= last; el++)
+            {
+                long lba = el * SectorsPerElement;
+                long from = Math.Max(sector, lba), to = Math.Min(sector + count, lba + SectorsPerElement);
+                tasks.Add(WritePieceAsync(backing, lba, (int)(from - lba), data.Slice((int)((from - sector) * Units.SectorBytes), (int)((to - from) * Units.SectorBytes)), ct).AsTask());
+            }
+            await Task.WhenAll(tasks).ConfigureAwait(false);
+        }
+        if (fua && _mirror.Mode != MirrorMode.Healthy) await backing.FlushAsync(ct).ConfigureAwait(false);
+    }
+
+    async ValueTask WritePieceAsync(ICacheBacking backing, long lba, int firstSector, ReadOnlyMemory<byte> data, CancellationToken ct)
+    {
+        byte array = backing.ArrayNumber;
+        int sectors = data.Length / Units.SectorBytes;
+        uint mask = MaskOf(firstSector, sectors);
+        int e = await AllocateAsync(ct).ConfigureAwait(false);
+        var gate = KeyLock(array, lba);
+        await gate.WaitAsync(ct).ConfigureAwait(false);
+        int old = -1;
+        Task? mirrored = null;
+        bool writeThrough = _mirror.Mode != MirrorMode.Healthy;
+        try
+        {
+            uint oldMask = 0;
+            lock (_lock)
+            {
+                if (_index.TryGetValue((array, lba), out old)) { oldMask = _slots[old].Valid; _slots[old].Pins++; }
+                else old = -1;
+            }
+            var dst = _nvram.Data(e);
+            if (old >= 0)
+            {
+                // Keep the old sectors the new data does not cover.
+                var src = _nvram.Data(old);
+                uint keep = oldMask & ~mask;
+                foreach (var (s, n) in Runs(keep)) src.Slice(s * Units.SectorBytes, n * Units.SectorBytes).CopyTo(dst[(s * Units.SectorBytes)..]);
+                Unpin(old);
+            }
+            data.Span.CopyTo(dst[(firstSector * Units.SectorBytes)..]);
+            uint valid = oldMask | mask;
+            ulong seq;
+            lock (_lock)
+            {
+                seq = ++_sequence;
+                _slots[e] = new Slot { State = SlotState.Dirty, Array = array, Lba = lba, Valid = valid, Sequence = seq, LruPrev = -1, LruNext = -1 };
+                _dirty++;
+                _index[(array, lba)] = e;
+                if (old >= 0) Retire(old);
+            }
+            var descriptor = new ElementDescriptor(backing.ArraySerial, array, lba, SectorsPerElement, valid, seq, Dirty: true);
+            _nvram.WriteDescriptorOnly(e, descriptor);
+            if (!writeThrough)
+            {
+                // Program order is the order the peer applies: the invalidation of the element this
+                // one replaces goes first.
+                try
+                {
+                    if (old >= 0) _ = _mirror.Append(new MirrorChange(old, default, default, Invalidate: true));
+                    mirrored = _mirror.Append(new MirrorChange(e, descriptor, _nvram.Memory(e), false));
+                }
+                catch (MirrorUnavailableException) { writeThrough = true; }
+            }
+            if (writeThrough)
+            {
+                await DestageKeyHeldAsync(e, ct).ConfigureAwait(false);
+                Interlocked.Increment(ref _writeThroughs);
+            }
+        }
+        finally
+        {
+            gate.Release();
+        }
+        if (mirrored is not null)
+        {
+            try
+            {
+                await mirrored.ConfigureAwait(false);
+                Interlocked.Increment(ref _mirrored);
+            }
+            catch (MirrorUnavailableException)
+            {
+                // The peer went away with this write in flight: make it durable on the drives
+                // instead. The element now current for this address holds our sectors (or newer).
+                await gate.WaitAsync(ct).ConfigureAwait(false);
+                try
+                {
+                    int current;
+                    lock (_lock) current = _index.TryGetValue((array, lba), out var c) ? c : -1;
+                    if (current >= 0) await DestageKeyHeldAsync(current, ct).ConfigureAwait(false);
+                    Interlocked.Increment(ref _writeThroughs);
+                }
+                finally { gate.Release(); }
+            }
+        }
+        if (old >= 0)
+        {
+            _nvram.Invalidate(old);
+            Release(old);
+        }
+        MaybeKickDestage();
+    }
+
+    /// <summary>Writes one element's valid sectors to its array and flushes it; marks it clean. Caller holds its key lock.</summary>
+    async ValueTask DestageKeyHeldAsync(int e, CancellationToken ct)
+    {
+        Slot s;
+        lock (_lock) { s = _slots[e]; _slots[e].Pins++; }
+        try
+        {
+            var backing = Backing(s.Array);
+            foreach (var (first, n) in Runs(s.Valid))
+                await backing.WriteAsync(s.Lba + first, _nvram.Memory(e).Slice(first * Units.SectorBytes, n * Units.SectorBytes), ct).ConfigureAwait(false);
+            await backing.FlushAsync(ct).ConfigureAwait(false);
+        }
+        finally { Unpin(e); }
+        MarkClean(e, s.Sequence);
+    }
+
+    void MarkClean(int e, ulong sequence)
+    {
+        lock (_lock)
+        {
+            ref var s = ref _slots[e];
+            if (s.State != SlotState.Dirty || s.Sequence != sequence) return;
+            s.State = SlotState.Clean;
+            _dirty--;
+            LruPushHead(e);
+            _nvram.WriteDescriptorOnly(e, Descriptor(e));
+            WakeSpaceWaitersLocked();
+        }
+    }
+
+    /// <summary>Contiguous runs of set bits: (first sector, count).</summary>
+    static IEnumerable<(int First, int Count)> Runs(uint mask)
+    {
+        int i = 0;
+        while (mask != 0)
+        {
+            int skip = BitOperations.TrailingZeroCount(mask);
+            mask >>= skip;
+            i += skip;
+            int n = BitOperations.TrailingZeroCount(~mask);
+            yield return (i, n);
+            mask = n == 32 ? 0 : mask >> n;
+            i += n;
+        }
+    }
+
+    // ---- read ----------------------------------------------------------------------------
+
+    public async ValueTask ReadAsync(byte array, long sector, Memory<byte> destination, CancellationToken ct = default)
+    {
+        var backing = Backing(array);
+        long count = destination.Length / Units.SectorBytes;
+        Invariant.Assert(sector >= 0 && sector + count <= backing.CapacitySectors);
+        long first = sector / SectorsPerElement, last = (sector + count - 1) / SectorsPerElement;
+        List<(int E, uint Valid, long Lba)>? pinned = null;
+        bool fullyCached = true;
+        lock (_lock)
+        {
+            for (long el = first; el <= last; el++)
+            {
+                long lba = el * SectorsPerElement;
+                long from = Math.Max(sector, lba), to = Math.Min(sector + count, lba + SectorsPerElement);
+                uint need = MaskOf((int)(from - lba), (int)(to - from));
+                if (_index.TryGetValue((array, lba), out var e))
+                {
+                    _slots[e].Pins++;
+                    (pinned ??= []).Add((e, _slots[e].Valid, lba));
+                    if ((_slots[e].Valid & need) != need) fullyCached = false;
+                }
+                else fullyCached = false;
+            }
+        }
+        try
+        {
+            if (!fullyCached) await backing.ReadAsync(sector, destination, ct).ConfigureAwait(false);
+            if (pinned is null) { Interlocked.Increment(ref _misses); return; }
+            Interlocked.Increment(ref fullyCached ? ref _hits : ref _misses);
+            foreach (var (e, valid, lba) in pinned)
+            {
+                long from = Math.Max(sector, lba), to = Math.Min(sector + count, lba + SectorsPerElement);
+                uint need = MaskOf((int)(from - lba), (int)(to - from)) & valid;
+                var src = _nvram.Data(e);
+                foreach (var (s, n) in Runs(need))
+                    src.Slice(s * Units.SectorBytes, n * Units.SectorBytes).CopyTo(destination.Span[(int)((lba + s - sector) * Units.SectorBytes)..]);
+            }
+        }
+        finally
+        {
+            if (pinned is not null) foreach (var p in pinned) Unpin(p.E);
+        }
+    }
+
+    /// <summary>
+    /// FLUSH: with a healthy mirror every acknowledged write is already in two NVRAMs, so there is
+    /// nothing to do (the cache is non-volatile). In error-recovery mode writes went through to the
+    /// array; flush its drives.
+    /// </summary>
+    public async ValueTask FlushAsync(byte array, CancellationToken ct = default)
+    {
+        if (_mirror.Mode == MirrorMode.Healthy) return;
+        await Backing(array).FlushAsync(ct).ConfigureAwait(false);
+    }
+
+    // ---- allocation, retirement, LRU -----------------------------------------------------
+
+    async ValueTask<int> AllocateAsync(CancellationToken ct)
+    {
+        while (true)
+        {
+            TaskCompletionSource waiter;
+            lock (_lock)
+            {
+                if (_free.TryPop(out int e)) return e;
+                int victim = _lruTail;
+                while (victim >= 0 && _slots[victim].Pins > 0) victim = _slots[victim].LruPrev;
+                if (victim >= 0)
+                {
+                    // Evict a clean element: its content is on the drives. The peer may hold a clean
+                    // copy (CC-5 sent nothing when it was destaged); tell it to drop it (CC-4).
+                    LruRemove(victim);
+                    _index.Remove((_slots[victim].Array, _slots[victim].Lba));
+                    _slots[victim] = new Slot { LruPrev = -1, LruNext = -1 };
+                    _nvram.Invalidate(victim);
+                    Interlocked.Increment(ref _evictions);
+                    if (_mirror.Mode == MirrorMode.Healthy)
+                    {
+                        try { _ = _mirror.Append(new MirrorChange(victim, default, default, Invalidate: true)); }
+                        catch (MirrorUnavailableException) { }
+                    }
+                    return victim;
+                }
+                waiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                _spaceWaiters.Add(waiter);
+            }
+            Kick();
+            await waiter.Task.WaitAsync(ct).ConfigureAwait(false);
+        }
+    }
+
+    void Retire(int e)
+    {
+        // Caller holds _lock. The element no longer names its address; free it once the change that
+        // replaced it is mirrored and no reader holds it.
+        ref var s = ref _slots[e];
+        if (s.State == SlotState.Dirty) _dirty--;
+        else if (s.State == SlotState.Clean) LruRemove(e);
+        s.State = SlotState.Retired;
+        WakeSpaceWaitersLocked();
+    }
+
+    void Release(int e)
+    {
+        lock (_lock)
+        {
+            ref var s = ref _slots[e];
+            Invariant.Assert(s.State == SlotState.Retired);
+            if (s.Pins > 0) { s.FreeWhenUnpinned = true; return; }
+            s = new Slot { LruPrev = -1, LruNext = -1 };
+            _free.Push(e);
+            WakeSpaceWaitersLocked();
+        }
+    }
+
+    void Unpin(int e)
+    {
+        lock (_lock)
+        {
+            ref var s = ref _slots[e];
+            Invariant.Assert(s.Pins > 0);
+            s.Pins--;
+            if (s.Pins == 0 && s.FreeWhenUnpinned)
+            {
+                s = new Slot { LruPrev = -1, LruNext = -1 };
+                _free.Push(e);
+                WakeSpaceWaitersLocked();
+            }
+        }
+    }
+
+    void WakeSpaceWaitersLocked()
+    {
+        if (_spaceWaiters.Count == 0 || (_free.Count == 0 && _lruTail < 0)) return;
+        foreach (var w in _spaceWaiters) w.TrySetResult();
+        _spaceWaiters.Clear();
+    }
+
+    void LruPushHead(int e)
+    {
+        _slots[e].LruPrev = -1;
+        _slots[e].LruNext = _lruHead;
+        if (_lruHead >= 0) _slots[_lruHead].LruPrev = e;
+        _lruHead = e;
+        if (_lruTail < 0) _lruTail = e;
+    }
+
+    void LruRemove(int e)
+    {
+        ref var s = ref _slots[e];
+        if (s.LruPrev >= 0) _slots[s.LruPrev].LruNext = s.LruNext; else _lruHead = s.LruNext;
+        if (s.LruNext >= 0) _slots[s.LruNext].LruPrev = s.LruPrev; else _lruTail = s.LruPrev;
+        s.LruPrev = s.LruNext = -1;
+    }
+
+    // ---- destage ---------------------------------------------------------------------------
+
+    void Kick() => Volatile.Read(ref _destageKick).TrySetResult();
+
+    void MaybeKickDestage()
+    {
+        if (DirtyCount >= _slots.Length * _options.DestageStartFraction) Kick();
+    }
+
+    async Task DestageLoopAsync(CancellationToken ct)
+    {
+        while (!ct.IsCancellationRequested)
+        {
+            bool kicked;
+            var kick = Volatile.Read(ref _destageKick);
+            try
+            {
+                await Task.WhenAny(kick.Task, _options.Time.DelayAsync(_options.IdleDestageDelay, ct)).ConfigureAwait(false);
+                ct.ThrowIfCancellationRequested();
+            }
+            catch (OperationCanceledException) { break; }
+            kicked = kick.Task.IsCompleted;
+            if (kicked) Interlocked.CompareExchange(ref _destageKick, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), kick);
+            bool idle = _options.Time.GetElapsedTime(_lastWriteTicks) >= _options.IdleDestageDelay;
+            bool pressure = DirtyCount >= _slots.Length * _options.DestageStartFraction;
+            bool drain;
+            lock (_lock) drain = _drainWaiters.Count > 0 || _spaceWaiters.Count > 0;
+            if (!(kicked || idle || pressure || drain)) continue;
+            try
+            {
+                while (true)
+                {
+                    int n = await DestageRoundAsync(ct).ConfigureAwait(false);
+                    lock (_lock) drain = _drainWaiters.Count > 0 || _spaceWaiters.Count > 0;
+                    pressure = DirtyCount >= _slots.Length * _options.DestageStartFraction;
+                    if (n == 0 || !(drain || pressure)) break;
+                }
+            }
+            catch (OperationCanceledException) { break; }
+            catch (Exception e) { LogDestageFailed(e.Message); }
+            lock (_lock)
+            {
+                if (_dirty == 0)
+                {
+                    foreach (var w in _drainWaiters) w.TrySetResult();
+                    _drainWaiters.Clear();
+                }
+            }
+        }
+    }
+
+    /// <summary>One destage pass over up to DestageRoundElements dirty elements; returns how many were cleaned.</summary>
+    async Task<int> DestageRoundAsync(CancellationToken ct)
+    {
+        List<(int E, byte Array, long Lba, uint Valid, ulong Seq)> batch;
+        lock (_lock)
+        {
+            batch = [];
+            foreach (var (key, e) in _index)
+            {
+                ref var s = ref _slots[e];
+                if (s.State != SlotState.Dirty || s.Destaging) continue;
+                batch.Add((e, s.Array, s.Lba, s.Valid, s.Sequence));
+            }
+            batch.Sort((a, b) => a.Array != b.Array ? a.Array.CompareTo(b.Array) : a.Lba.CompareTo(b.Lba));
+            if (batch.Count > _options.DestageRoundElements) batch.RemoveRange(_options.DestageRoundElements, batch.Count - _options.DestageRoundElements);
+            foreach (var b in batch) { _slots[b.E].Destaging = true; _slots[b.E].Pins++; }
+        }
+        if (batch.Count == 0) return 0;
+        try
+        {
+            // Runs: consecutive fully valid elements of one array, up to DestageMaxRunSectors; a partial
+            // element is written sector-run by sector-run.
+            var writes = new List<Task>();
+            var flushArrays = new HashSet<byte>();
+            int i = 0;
+            while (i < batch.Count)
+            {
+                var head = batch[i];
+                int j = i + 1;
+                if (head.Valid == uint.MaxValue)
+                    while (j < batch.Count && batch[j].Array == head.Array && batch[j].Valid == uint.MaxValue &&
+                           batch[j].Lba == batch[j - 1].Lba + SectorsPerElement && (j - i + 1) * SectorsPerElement <= _options.DestageMaxRunSectors)
+                        j++;
+                writes.Add(WriteRunAsync(batch.GetRange(i, j - i), ct));
+                flushArrays.Add(head.Array);
+                i = j;
+            }
+            await Task.WhenAll(writes).ConfigureAwait(false);
+            foreach (var a in flushArrays) await Backing(a).FlushAsync(ct).ConfigureAwait(false);
+            foreach (var b in batch) MarkClean(b.E, b.Seq);
+            Interlocked.Add(ref _destagedElements, batch.Count);
+            Interlocked.Add(ref _destagedRuns, writes.Count);
+            return batch.Count;
+        }
+        finally
+        {
+            lock (_lock) foreach (var b in batch) _slots[b.E].Destaging = false;
+            foreach (var b in batch) Unpin(b.E);
+        }
+    }
+
+    async Task WriteRunAsync(List<(int E, byte Array, long Lba, uint Valid, ulong Seq)> run, CancellationToken ct)
+    {
+        // Hold the key locks of the run (in a fixed order) so no newer write-through of the same
+        // addresses can land before this older data.
+        var gates = run.Select(r => KeyLock(r.Array, r.Lba)).Distinct().OrderBy(g => Array.IndexOf(_keyLocks, g)).ToList();
+        foreach (var g in gates) await g.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            var backing = Backing(run[0].Array);
+            // Skip elements that were replaced while we gathered them: the newer element is destaged later.
+            bool stillCurrent;
+            lock (_lock) stillCurrent = run.All(r => _slots[r.E].State == SlotState.Dirty && _slots[r.E].Sequence == r.Seq);
+            if (run.Count == 1 || !stillCurrent)
+            {
+                foreach (var r in run)
+                {
+                    lock (_lock) if (_slots[r.E].State != SlotState.Dirty || _slots[r.E].Sequence != r.Seq) continue;
+                    foreach (var (first, n) in Runs(r.Valid))
+                        await backing.WriteAsync(r.Lba + first, _nvram.Memory(r.E).Slice(first * Units.SectorBytes, n * Units.SectorBytes), ct).ConfigureAwait(false);
+                }
+                return;
+            }
+            var buffer = ArrayPool<byte>.Shared.Rent(run.Count * ElementBytes);
+            try
+            {
+                for (int k = 0; k < run.Count; k++) _nvram.Data(run[k].E).CopyTo(buffer.AsSpan(k * ElementBytes, ElementBytes));
+                await backing.WriteAsync(run[0].Lba, buffer.AsMemory(0, run.Count * ElementBytes), ct).ConfigureAwait(false);
+            }
+            finally { ArrayPool<byte>.Shared.Return(buffer); }
+        }
+        finally
+        {
+            foreach (var g in gates) g.Release();
+        }
+    }
+
+    /// <summary>Destages every dirty element and waits until none is left (entering error-recovery mode, moving an array, stopping).</summary>
+    public Task DrainAsync(CancellationToken ct = default)
+    {
+        var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_lock)
+        {
+            if (_dirty == 0) return Task.CompletedTask;
+            _drainWaiters.Add(tcs);
+        }
+        Kick();
+        return tcs.Task.WaitAsync(ct);
+    }
+
+    /// <summary>Drops every element of one array (after it was drained, when it moves to the peer).</summary>
+    public IReadOnlyList<int> Forget(byte array)
+    {
+        var dropped = new List<int>();
+        lock (_lock)
+        {
+            foreach (var (key, e) in _index.Where(kv => kv.Key.Item1 == array).ToList())
+            {
+                Invariant.Assert(_slots[e].State == SlotState.Clean);
+                LruRemove(e);
+                _index.Remove(key);
+                _nvram.Invalidate(e);
+                _slots[e] = new Slot { LruPrev = -1, LruNext = -1 };
+                _free.Push(e);
+                dropped.Add(e);
+            }
+            _arrays.Remove(array);
+        }
+        return dropped;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _stop.Cancel();
+        if (_destager is not null) { try { await _destager.ConfigureAwait(false); } catch { } }
+    }
+
+    [LoggerMessage(EventId = 4001, Level = LogLevel.Error, Message = "destage failed: {Error}")]
+    partial void LogDestageFailed(string error);
+}
+
+public readonly record struct CacheCounters(long Hits, long Misses, long DestagedElements, long DestageRuns, long Evictions, long WriteThroughs, long Mirrored, int Dirty);
