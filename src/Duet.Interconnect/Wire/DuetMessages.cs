@@ -1,0 +1,407 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Diagnostics.CodeAnalysis;
+using System.Text;
+
+namespace Duet.Interconnect.Wire;
+
+// Duet's own ICL messages (SPEC "Duet's own messages on the ICL"). All share one header:
+//
+//   0-1  u16 message type (>= 0x0100, so byte 0 is 0x01: never 0x00, 0x3B, 0x3C, 0xA0, 0xB0)
+//   2-3  u16 zero (reserved for flags)
+//   4-7  u32 length of the whole message, header included (8 .. 1 MiB)
+//   8-   body, big-endian
+//
+// The sender's ownership epoch is not here: the link stamps every transfer with it and drops
+// stale ones, for seed messages and Duet messages alike. Decoders take a ReadOnlySpan or a
+// SequenceReader and answer OperationStatus: Done (reader advanced past the message),
+// NeedMoreData (nothing consumed) or InvalidData (error says why).
+
+/// <summary>A Duet message body with its type; the framing is <see cref="DuetFrame"/>.</summary>
+public interface IDuetMessage<TSelf> where TSelf : IDuetMessage<TSelf>
+{
+    static abstract ushort MessageType { get; }
+    static abstract bool TryReadBody(ReadOnlySpan<byte> body, [MaybeNullWhen(false)] out TSelf value, out WireError error);
+    int BodyBytes { get; }
+    void WriteBody(Span<byte> body);
+}
+
+public static class DuetFrame
+{
+    /// <summary>Reads the common header. NeedMoreData below 8 bytes.</summary>
+    public static OperationStatus TryReadHeader(ReadOnlySpan<byte> source, out ushort type, out int length, out WireError error)
+    {
+        type = 0; length = 0;
+        if (source.Length < MirrorWire.DuetHeaderBytes) { error = WireError.None; return OperationStatus.NeedMoreData; }
+        type = BinaryPrimitives.ReadUInt16BigEndian(source);
+        if (type < MirrorWire.DuetTypeFirst) { error = WireError.BadType; return OperationStatus.InvalidData; }
+        if (BinaryPrimitives.ReadUInt16BigEndian(source[2..]) != 0) { error = WireError.NonZeroReserved; return OperationStatus.InvalidData; }
+        uint declared = BinaryPrimitives.ReadUInt32BigEndian(source[4..]);
+        if (declared < MirrorWire.DuetHeaderBytes || declared > MirrorWire.DuetMessageBytesMax) { error = WireError.BadLength; return OperationStatus.InvalidData; }
+        length = (int)declared;
+        error = WireError.None;
+        return OperationStatus.Done;
+    }
+
+    public static OperationStatus TryDecode<T>(ReadOnlySpan<byte> source, out T? value, out int consumed, out WireError error)
+        where T : IDuetMessage<T>
+    {
+        value = default; consumed = 0;
+        var status = TryReadHeader(source, out var type, out var length, out error);
+        if (status != OperationStatus.Done) return status;
+        if (type != T.MessageType) { error = WireError.BadType; return OperationStatus.InvalidData; }
+        if (source.Length < length) return OperationStatus.NeedMoreData;
+        if (!T.TryReadBody(source[MirrorWire.DuetHeaderBytes..length], out value, out error)) return OperationStatus.InvalidData;
+        consumed = length;
+        return OperationStatus.Done;
+    }
+
+    public static OperationStatus TryDecode<T>(ref SequenceReader<byte> reader, out T? value, out WireError error)
+        where T : IDuetMessage<T>
+    {
+        value = default;
+        Span<byte> header = stackalloc byte[MirrorWire.DuetHeaderBytes];
+        if (!reader.TryCopyTo(header)) { error = WireError.None; return OperationStatus.NeedMoreData; }
+        var status = TryReadHeader(header, out _, out var length, out error);
+        if (status != OperationStatus.Done) return status;
+        if (reader.Remaining < length) return OperationStatus.NeedMoreData;
+        // Contiguous in the current segment: parse in place; otherwise gather the pieces.
+        ReadOnlySpan<byte> whole = reader.UnreadSpan.Length >= length
+            ? reader.UnreadSpan[..length]
+            : reader.UnreadSequence.Slice(0, length).ToArray();
+        status = TryDecode(whole, out value, out _, out error);
+        if (status == OperationStatus.Done) reader.Advance(length);
+        return status;
+    }
+
+    public static int EncodedBytes<T>(T message) where T : IDuetMessage<T> => MirrorWire.DuetHeaderBytes + message.BodyBytes;
+
+    public static int Encode<T>(T message, Span<byte> destination) where T : IDuetMessage<T>
+    {
+        int length = EncodedBytes(message);
+        Duet.Core.Invariant.Assert(length <= MirrorWire.DuetMessageBytesMax);
+        var d = destination[..length];
+        BinaryPrimitives.WriteUInt16BigEndian(d, T.MessageType);
+        BinaryPrimitives.WriteUInt16BigEndian(d[2..], 0);
+        BinaryPrimitives.WriteUInt32BigEndian(d[4..], (uint)length);
+        message.WriteBody(d[MirrorWire.DuetHeaderBytes..]);
+        return length;
+    }
+
+    internal static bool Fail(out WireError error, WireError why)
+    {
+        error = why;
+        return false;
+    }
+}
+
+/// <summary>Which controller of the pair (the seed's A and B).</summary>
+public enum ControllerSide : byte { A = 0, B = 1 }
+
+/// <summary>
+/// FO-1 / FO-7 availability signal. Body 28 bytes: 0 controller (0 A, 1 B), 1 flags (bit 0:
+/// the sender holds its lease), 2-3 zero, 4-11 ownership epoch the sender holds (content, not
+/// the link's stamp), 12-19 sender timestamp (TimeProvider ticks), 20-27 ticks at which the
+/// sender's lease expires on its own clock.
+/// </summary>
+public readonly record struct Heartbeat(ControllerSide Controller, bool LeaseHeld, ulong Epoch, long TimestampTicks, long LeaseExpiresTicks)
+    : IDuetMessage<Heartbeat>
+{
+    const int Body = 28;
+    public static ushort MessageType => MirrorWire.TypeHeartbeat;
+    public int BodyBytes => Body;
+
+    public static bool TryReadBody(ReadOnlySpan<byte> b, out Heartbeat value, out WireError error)
+    {
+        value = default;
+        if (b.Length != Body) return DuetFrame.Fail(out error, WireError.BadLength);
+        if (b[0] > (byte)ControllerSide.B) return DuetFrame.Fail(out error, WireError.BadEnum);
+        if ((b[1] & ~1) != 0 || b[2] != 0 || b[3] != 0) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
+        value = new Heartbeat((ControllerSide)b[0], (b[1] & 1) != 0, BinaryPrimitives.ReadUInt64BigEndian(b[4..]),
+            BinaryPrimitives.ReadInt64BigEndian(b[12..]), BinaryPrimitives.ReadInt64BigEndian(b[20..]));
+        error = WireError.None;
+        return true;
+    }
+
+    public void WriteBody(Span<byte> b)
+    {
+        b[0] = (byte)Controller;
+        b[1] = LeaseHeld ? (byte)1 : (byte)0;
+        b[2] = 0; b[3] = 0;
+        BinaryPrimitives.WriteUInt64BigEndian(b[4..], Epoch);
+        BinaryPrimitives.WriteInt64BigEndian(b[12..], TimestampTicks);
+        BinaryPrimitives.WriteInt64BigEndian(b[20..], LeaseExpiresTicks);
+    }
+
+    public static OperationStatus TryDecode(ReadOnlySpan<byte> source, out Heartbeat value, out int consumed, out WireError error) => DuetFrame.TryDecode<Heartbeat>(source, out value, out consumed, out error);
+    public static OperationStatus TryDecode(ref SequenceReader<byte> reader, out Heartbeat value, out WireError error) => DuetFrame.TryDecode<Heartbeat>(ref reader, out value, out error);
+    public int Encode(Span<byte> destination) => DuetFrame.Encode(this, destination);
+}
+
+public enum CheckpointPhase : byte { Started = 1, Done = 2 }
+
+/// <summary>
+/// AW-3 checkpoint before and after a write. Body 24 bytes: 0 phase (1 started, 2 done),
+/// 1 volume number (MR-5), 2-3 zero, 4-7 block count, 8-15 host tag, 16-23 array LBA.
+/// </summary>
+public readonly record struct WriteCheckpoint(CheckpointPhase Phase, ulong HostTag, byte Volume, ulong Lba, uint BlockCount)
+    : IDuetMessage<WriteCheckpoint>
+{
+    const int Body = 24;
+    public static ushort MessageType => MirrorWire.TypeWriteCheckpoint;
+    public int BodyBytes => Body;
+
+    public static bool TryReadBody(ReadOnlySpan<byte> b, out WriteCheckpoint value, out WireError error)
+    {
+        value = default;
+        if (b.Length != Body) return DuetFrame.Fail(out error, WireError.BadLength);
+        if (b[0] is not ((byte)CheckpointPhase.Started or (byte)CheckpointPhase.Done)) return DuetFrame.Fail(out error, WireError.BadEnum);
+        if (b[2] != 0 || b[3] != 0) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
+        value = new WriteCheckpoint((CheckpointPhase)b[0], BinaryPrimitives.ReadUInt64BigEndian(b[8..]), b[1],
+            BinaryPrimitives.ReadUInt64BigEndian(b[16..]), BinaryPrimitives.ReadUInt32BigEndian(b[4..]));
+        error = WireError.None;
+        return true;
+    }
+
+    public void WriteBody(Span<byte> b)
+    {
+        b[0] = (byte)Phase;
+        b[1] = Volume;
+        b[2] = 0; b[3] = 0;
+        BinaryPrimitives.WriteUInt32BigEndian(b[4..], BlockCount);
+        BinaryPrimitives.WriteUInt64BigEndian(b[8..], HostTag);
+        BinaryPrimitives.WriteUInt64BigEndian(b[16..], Lba);
+    }
+
+    public static OperationStatus TryDecode(ReadOnlySpan<byte> source, out WriteCheckpoint value, out int consumed, out WireError error) => DuetFrame.TryDecode<WriteCheckpoint>(source, out value, out consumed, out error);
+    public static OperationStatus TryDecode(ref SequenceReader<byte> reader, out WriteCheckpoint value, out WireError error) => DuetFrame.TryDecode<WriteCheckpoint>(ref reader, out value, out error);
+    public int Encode(Span<byte> destination) => DuetFrame.Encode(this, destination);
+}
+
+/// <summary>
+/// The owner wrote these cache elements to the drives; the peer may drop their mirrors.
+/// Body: 0-3 count, then count x u32 cache element index (NVRAM offset within region / 512).
+/// </summary>
+public sealed record DestagedNotice(IReadOnlyList<uint> ElementIndexes) : IDuetMessage<DestagedNotice>
+{
+    public static ushort MessageType => MirrorWire.TypeDestagedNotice;
+    public int BodyBytes => 4 + 4 * ElementIndexes.Count;
+
+    /// <summary>The most indexes one notice can carry within the 1 MiB message limit.</summary>
+    public const int ElementIndexesMax = (MirrorWire.DuetMessageBytesMax - MirrorWire.DuetHeaderBytes - 4) / 4;
+
+    public static bool TryReadBody(ReadOnlySpan<byte> b, [MaybeNullWhen(false)] out DestagedNotice value, out WireError error)
+    {
+        value = null;
+        if (b.Length < 4) return DuetFrame.Fail(out error, WireError.BadLength);
+        uint count = BinaryPrimitives.ReadUInt32BigEndian(b);
+        if (count > ElementIndexesMax || b.Length != 4 + 4 * (long)count) return DuetFrame.Fail(out error, WireError.BadLength);
+        var indexes = new uint[count];
+        for (int i = 0; i < indexes.Length; i++) indexes[i] = BinaryPrimitives.ReadUInt32BigEndian(b[(4 + 4 * i)..]);
+        value = new DestagedNotice(indexes);
+        error = WireError.None;
+        return true;
+    }
+
+    public void WriteBody(Span<byte> b)
+    {
+        Duet.Core.Invariant.Assert(ElementIndexes.Count <= ElementIndexesMax);
+        BinaryPrimitives.WriteUInt32BigEndian(b, (uint)ElementIndexes.Count);
+        for (int i = 0; i < ElementIndexes.Count; i++) BinaryPrimitives.WriteUInt32BigEndian(b[(4 + 4 * i)..], ElementIndexes[i]);
+    }
+
+    public bool Equals(DestagedNotice? other) => other is not null && ElementIndexes.SequenceEqual(other.ElementIndexes);
+    public override int GetHashCode() => ElementIndexes.Count;
+
+    public static OperationStatus TryDecode(ReadOnlySpan<byte> source, out DestagedNotice? value, out int consumed, out WireError error) => DuetFrame.TryDecode<DestagedNotice>(source, out value, out consumed, out error);
+    public static OperationStatus TryDecode(ref SequenceReader<byte> reader, out DestagedNotice? value, out WireError error) => DuetFrame.TryDecode<DestagedNotice>(ref reader, out value, out error);
+    public int Encode(Span<byte> destination) => DuetFrame.Encode(this, destination);
+}
+
+public enum ForwardedOp : byte { Read = 1, Write = 2, Flush = 3, Trim = 4, WriteZeroes = 5 }
+
+/// <summary>
+/// A host request that reached the non-owner, forwarded to the owner. The write data travels
+/// as the transfer's data, not in these bytes. Body: 0-7 request id, 8 op, 9 flags (bit 0
+/// FUA), 10-11 volume name length n (1-255), 12-19 byte offset, 20-23 byte length, 24..24+n
+/// volume name, UTF-8.
+/// </summary>
+public sealed record ForwardedRequest(ulong RequestId, ForwardedOp Op, string VolumeName, ulong Offset, uint Length, bool Fua)
+    : IDuetMessage<ForwardedRequest>
+{
+    const int Fixed = 24;
+    public const int VolumeNameBytesMax = 255;
+    static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+
+    public static ushort MessageType => MirrorWire.TypeForwardedRequest;
+    public int BodyBytes => Fixed + Encoding.UTF8.GetByteCount(VolumeName);
+
+    public static bool TryReadBody(ReadOnlySpan<byte> b, [MaybeNullWhen(false)] out ForwardedRequest value, out WireError error)
+    {
+        value = null;
+        if (b.Length < Fixed) return DuetFrame.Fail(out error, WireError.BadLength);
+        byte op = b[8];
+        if (op is < (byte)ForwardedOp.Read or > (byte)ForwardedOp.WriteZeroes) return DuetFrame.Fail(out error, WireError.BadEnum);
+        if ((b[9] & ~1) != 0) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
+        int nameBytes = BinaryPrimitives.ReadUInt16BigEndian(b[10..]);
+        if (b.Length != Fixed + nameBytes) return DuetFrame.Fail(out error, WireError.BadLength);
+        if (nameBytes is 0 or > VolumeNameBytesMax) return DuetFrame.Fail(out error, WireError.BadText);
+        string name;
+        try { name = StrictUtf8.GetString(b.Slice(Fixed, nameBytes)); }
+        catch (DecoderFallbackException) { return DuetFrame.Fail(out error, WireError.BadText); }
+        value = new ForwardedRequest(BinaryPrimitives.ReadUInt64BigEndian(b), (ForwardedOp)op, name,
+            BinaryPrimitives.ReadUInt64BigEndian(b[12..]), BinaryPrimitives.ReadUInt32BigEndian(b[20..]), (b[9] & 1) != 0);
+        error = WireError.None;
+        return true;
+    }
+
+    public void WriteBody(Span<byte> b)
+    {
+        int nameBytes = Encoding.UTF8.GetByteCount(VolumeName);
+        Duet.Core.Invariant.Assert(nameBytes is > 0 and <= VolumeNameBytesMax);
+        BinaryPrimitives.WriteUInt64BigEndian(b, RequestId);
+        b[8] = (byte)Op;
+        b[9] = Fua ? (byte)1 : (byte)0;
+        BinaryPrimitives.WriteUInt16BigEndian(b[10..], (ushort)nameBytes);
+        BinaryPrimitives.WriteUInt64BigEndian(b[12..], Offset);
+        BinaryPrimitives.WriteUInt32BigEndian(b[20..], Length);
+        Encoding.UTF8.GetBytes(VolumeName, b.Slice(Fixed, nameBytes));
+    }
+
+    public static OperationStatus TryDecode(ReadOnlySpan<byte> source, out ForwardedRequest? value, out int consumed, out WireError error) => DuetFrame.TryDecode<ForwardedRequest>(source, out value, out consumed, out error);
+    public static OperationStatus TryDecode(ref SequenceReader<byte> reader, out ForwardedRequest? value, out WireError error) => DuetFrame.TryDecode<ForwardedRequest>(ref reader, out value, out error);
+    public int Encode(Span<byte> destination) => DuetFrame.Encode(this, destination);
+}
+
+/// <summary>
+/// The owner's answer to a <see cref="ForwardedRequest"/>; read data follows as the transfer's
+/// data. Body 16 bytes: 0-7 request id, 8-11 status (0 ok, else a positive errno), 12-15 data length.
+/// </summary>
+public readonly record struct ForwardedResponse(ulong RequestId, int Errno, uint DataLength) : IDuetMessage<ForwardedResponse>
+{
+    const int Body = 16;
+    public static ushort MessageType => MirrorWire.TypeForwardedResponse;
+    public int BodyBytes => Body;
+
+    public static bool TryReadBody(ReadOnlySpan<byte> b, out ForwardedResponse value, out WireError error)
+    {
+        value = default;
+        if (b.Length != Body) return DuetFrame.Fail(out error, WireError.BadLength);
+        int errno = BinaryPrimitives.ReadInt32BigEndian(b[8..]);
+        if (errno < 0) return DuetFrame.Fail(out error, WireError.BadEnum);
+        value = new ForwardedResponse(BinaryPrimitives.ReadUInt64BigEndian(b), errno, BinaryPrimitives.ReadUInt32BigEndian(b[12..]));
+        error = WireError.None;
+        return true;
+    }
+
+    public void WriteBody(Span<byte> b)
+    {
+        Duet.Core.Invariant.Assert(Errno >= 0);
+        BinaryPrimitives.WriteUInt64BigEndian(b, RequestId);
+        BinaryPrimitives.WriteInt32BigEndian(b[8..], Errno);
+        BinaryPrimitives.WriteUInt32BigEndian(b[12..], DataLength);
+    }
+
+    public static OperationStatus TryDecode(ReadOnlySpan<byte> source, out ForwardedResponse value, out int consumed, out WireError error) => DuetFrame.TryDecode<ForwardedResponse>(source, out value, out consumed, out error);
+    public static OperationStatus TryDecode(ref SequenceReader<byte> reader, out ForwardedResponse value, out WireError error) => DuetFrame.TryDecode<ForwardedResponse>(ref reader, out value, out error);
+    public int Encode(Span<byte> destination) => DuetFrame.Encode(this, destination);
+}
+
+/// <summary>
+/// MR-5: a full snapshot of the sender's array table. Body: 0-7 version, 8-9 entry count
+/// (0-256), 10-15 zero, then per entry 12 bytes: 0-7 array serial, 8 array number, 9 volume
+/// number, 10-11 zero. Volumes and arrays are unique.
+/// </summary>
+public sealed record ArrayTableUpdate(ulong Version, IReadOnlyList<ArrayTableEntry> Entries) : IDuetMessage<ArrayTableUpdate>
+{
+    const int Fixed = 16;
+    const int EntryBytes = 12;
+    public static ushort MessageType => MirrorWire.TypeArrayTableUpdate;
+    public int BodyBytes => Fixed + EntryBytes * Entries.Count;
+
+    public static bool TryReadBody(ReadOnlySpan<byte> b, [MaybeNullWhen(false)] out ArrayTableUpdate value, out WireError error)
+    {
+        value = null;
+        if (b.Length < Fixed) return DuetFrame.Fail(out error, WireError.BadLength);
+        int count = BinaryPrimitives.ReadUInt16BigEndian(b[8..]);
+        if (count > MirrorWire.ArrayTableEntriesMax) return DuetFrame.Fail(out error, WireError.TooManyEntries);
+        if (b.Length != Fixed + EntryBytes * count) return DuetFrame.Fail(out error, WireError.BadLength);
+        if (b.Slice(10, 6).ContainsAnyExcept((byte)0)) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
+        var entries = new ArrayTableEntry[count];
+        Span<bool> volumes = stackalloc bool[MirrorWire.ArrayTableEntriesMax];
+        var keys = new HashSet<ArrayKey>();
+        for (int i = 0; i < count; i++)
+        {
+            var e = b.Slice(Fixed + EntryBytes * i, EntryBytes);
+            if (e[10] != 0 || e[11] != 0) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
+            var entry = new ArrayTableEntry(e[9], BinaryPrimitives.ReadUInt64BigEndian(e), e[8]);
+            if (volumes[entry.Volume] || !keys.Add(entry.Key)) return DuetFrame.Fail(out error, WireError.DuplicateEntry);
+            volumes[entry.Volume] = true;
+            entries[i] = entry;
+        }
+        value = new ArrayTableUpdate(BinaryPrimitives.ReadUInt64BigEndian(b), entries);
+        error = WireError.None;
+        return true;
+    }
+
+    public void WriteBody(Span<byte> b)
+    {
+        Duet.Core.Invariant.Assert(Entries.Count <= MirrorWire.ArrayTableEntriesMax);
+        b[..Fixed].Clear();
+        BinaryPrimitives.WriteUInt64BigEndian(b, Version);
+        BinaryPrimitives.WriteUInt16BigEndian(b[8..], (ushort)Entries.Count);
+        for (int i = 0; i < Entries.Count; i++)
+        {
+            var e = b.Slice(Fixed + EntryBytes * i, EntryBytes);
+            BinaryPrimitives.WriteUInt64BigEndian(e, Entries[i].ArraySerial);
+            e[8] = Entries[i].ArrayNumber;
+            e[9] = Entries[i].Volume;
+            e[10] = 0; e[11] = 0;
+        }
+    }
+
+    public bool Equals(ArrayTableUpdate? other) => other is not null && Version == other.Version && Entries.SequenceEqual(other.Entries);
+    public override int GetHashCode() => HashCode.Combine(Version, Entries.Count);
+
+    public static OperationStatus TryDecode(ReadOnlySpan<byte> source, out ArrayTableUpdate? value, out int consumed, out WireError error) => DuetFrame.TryDecode<ArrayTableUpdate>(source, out value, out consumed, out error);
+    public static OperationStatus TryDecode(ref SequenceReader<byte> reader, out ArrayTableUpdate? value, out WireError error) => DuetFrame.TryDecode<ArrayTableUpdate>(ref reader, out value, out error);
+    public int Encode(Span<byte> destination) => DuetFrame.Encode(this, destination);
+}
+
+public enum ScsiStateKind : byte { Reservations = 1, Alua = 2 }
+
+/// <summary>
+/// SCSI state that must survive a failover, as an opaque blob whose format belongs to the
+/// iSCSI front end. Body: 0 kind (1 persistent reservations, 2 ALUA), 1-3 zero, 4.. blob.
+/// </summary>
+public sealed record ScsiStateUpdate(ScsiStateKind Kind, ReadOnlyMemory<byte> Blob) : IDuetMessage<ScsiStateUpdate>
+{
+    const int Fixed = 4;
+    public static ushort MessageType => MirrorWire.TypeScsiStateUpdate;
+    public int BodyBytes => Fixed + Blob.Length;
+
+    public static bool TryReadBody(ReadOnlySpan<byte> b, [MaybeNullWhen(false)] out ScsiStateUpdate value, out WireError error)
+    {
+        value = null;
+        if (b.Length < Fixed) return DuetFrame.Fail(out error, WireError.BadLength);
+        if (b[0] is not ((byte)ScsiStateKind.Reservations or (byte)ScsiStateKind.Alua)) return DuetFrame.Fail(out error, WireError.BadEnum);
+        if (b[1] != 0 || b[2] != 0 || b[3] != 0) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
+        value = new ScsiStateUpdate((ScsiStateKind)b[0], b[Fixed..].ToArray());
+        error = WireError.None;
+        return true;
+    }
+
+    public void WriteBody(Span<byte> b)
+    {
+        b[0] = (byte)Kind;
+        b[1] = 0; b[2] = 0; b[3] = 0;
+        Blob.Span.CopyTo(b[Fixed..]);
+    }
+
+    public bool Equals(ScsiStateUpdate? other) => other is not null && Kind == other.Kind && Blob.Span.SequenceEqual(other.Blob.Span);
+    public override int GetHashCode() => HashCode.Combine(Kind, Blob.Length);
+
+    public static OperationStatus TryDecode(ReadOnlySpan<byte> source, out ScsiStateUpdate? value, out int consumed, out WireError error) => DuetFrame.TryDecode<ScsiStateUpdate>(source, out value, out consumed, out error);
+    public static OperationStatus TryDecode(ref SequenceReader<byte> reader, out ScsiStateUpdate? value, out WireError error) => DuetFrame.TryDecode<ScsiStateUpdate>(ref reader, out value, out error);
+    public int Encode(Span<byte> destination) => DuetFrame.Encode(this, destination);
+}

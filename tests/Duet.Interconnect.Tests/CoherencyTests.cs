@@ -1,0 +1,255 @@
+using System.Buffers;
+using Duet.Interconnect.Wire;
+using FsCheck;
+using FsCheck.Fluent;
+using static Duet.Interconnect.Tests.TestBytes;
+
+namespace Duet.Interconnect.Tests;
+
+public class CoherencyTests
+{
+    const long Region = 64L << 20;
+
+    static CoherencyHeader Mirror(uint element, uint blocks, ulong seq, ulong lba = 1000, byte volume = 1) =>
+        new(CoherencyHeaderKind.Mirror, volume, lba, blocks, element, ((uint)((1UL << (int)blocks) - 1)) << (int)(element % 32), seq);
+
+    static CoherencyHeader Invalidate(uint element, ulong seq, ulong lba = 1000) =>
+        new(CoherencyHeaderKind.Invalidate, 1, lba, 32, element, 0, seq);
+
+    static byte[] Data(uint blocks, byte fill) => Enumerable.Repeat(fill, (int)blocks * 512).ToArray();
+
+    static byte[] Flatten(CoherencyBatch batch) => batch.ToSequence().ToArray();
+
+    static CoherencyBatchCommand Decode(ReadOnlySequence<byte> seq)
+    {
+        var reader = new SequenceReader<byte>(seq);
+        Assert.Equal(OperationStatus.Done, CoherencyBatchCommand.TryDecode(ref reader, Region, out var cmd, out var error));
+        Assert.Equal(WireError.None, error);
+        Assert.True(reader.End);
+        return cmd!;
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-3")]
+    public void Batch_command_has_the_documented_layout()
+    {
+        var headers = new[] { Mirror(64, 1, 5, lba: 0x0102030405060708, volume: 9), Invalidate(96, 6) };
+        var b = new byte[CoherencyBatchCommand.HeadBytes(2)];
+        Assert.Equal(10 + 8 + 64, CoherencyBatchCommand.EncodeHead(0x123456, headers, b));
+        Assert.Equal((
+            "3b 02 d0 123456 000248 00" +            // CDB: param length 8 + 64 + 512 = 0x248
+            "00000002 00000200" +                    // 2 headers, 512 data bytes
+            "01 09 0000 00000040 0102030405060708 00000001 00000001 0000000000000005" +
+            "02 01 0000 00000060 00000000000003e8 00000020 00000000 0000000000000006")
+            .Replace(" ", "", StringComparison.Ordinal),
+            ToHex(b));
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-3")]
+    public void Batch_command_decodes_when_split_across_segments_anywhere()
+    {
+        var log = new CoherencyLog();
+        log.AppendMirror(Mirror(0, 8, 1), Data(8, 0x11));
+        log.AppendInvalidate(Invalidate(32, 2));
+        log.AppendMirror(Mirror(70, 3, 3), Data(3, 0x22));
+        Assert.True(log.TryTakeActive(out var batch));
+        var bytes = Flatten(batch);
+        Assert.True(batch.Segments.Count == 3); // head + two data buffers, not copied
+        for (int cut = 0; cut <= bytes.Length; cut += 97)
+            foreach (var seq in new[] { Split(bytes, cut), Split(bytes, cut, cut + 5, cut + 600) })
+            {
+                var cmd = Decode(seq);
+                Assert.Equal(batch.Headers, cmd.Headers);
+                Assert.Equal(Data(8, 0x11), cmd.DataOf(0).ToArray());
+                Assert.Empty(cmd.DataOf(1).ToArray());
+                Assert.Equal(Data(3, 0x22), cmd.DataOf(2).ToArray());
+            }
+        var worst = Decode(OneBytePerSegment(bytes));
+        Assert.Equal(batch.Headers, worst.Headers);
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-3")]
+    public void Batch_command_needs_more_bytes_until_the_whole_parameter_list_arrived()
+    {
+        var log = new CoherencyLog();
+        log.AppendMirror(Mirror(0, 2, 1), Data(2, 0x33));
+        log.TryTakeActive(out var batch);
+        var bytes = Flatten(batch!);
+        for (int n = 0; n < bytes.Length; n++)
+        {
+            var reader = new SequenceReader<byte>(Split(bytes.AsSpan(0, n).ToArray(), n / 2));
+            Assert.Equal(OperationStatus.NeedMoreData, CoherencyBatchCommand.TryDecode(ref reader, Region, out _, out _));
+            Assert.Equal(0, reader.Consumed);
+        }
+        // Two batches back to back: the reader stops after the first.
+        var two = bytes.Concat(bytes).ToArray();
+        var r = new SequenceReader<byte>(Split(two, bytes.Length - 3));
+        Assert.Equal(OperationStatus.Done, CoherencyBatchCommand.TryDecode(ref r, Region, out _, out _));
+        Assert.Equal(bytes.Length, r.Consumed);
+        Assert.Equal(OperationStatus.Done, CoherencyBatchCommand.TryDecode(ref r, Region, out _, out _));
+        Assert.True(r.End);
+    }
+
+    public static TheoryData<string, int, string, WireError> Corruptions => new()
+    {
+        { "opcode", 0, "3c", WireError.BadType },
+        { "mode", 1, "01", WireError.BadEnum },
+        { "buffer id", 2, "00", WireError.BadEnum },
+        { "control", 9, "01", WireError.NonZeroReserved },
+        { "header count", 10, "00000003", WireError.BadLength },
+        { "data bytes", 14, "00000600", WireError.BadLength },
+        { "kind", 18, "03", WireError.BadEnum },
+        { "header reserved", 20, "0001", WireError.NonZeroReserved },
+        { "mirror blocks 0", 34, "00000000", WireError.BadBlockCount },
+        { "blocks 33", 34, "00000021", WireError.BadBlockCount },
+        { "crosses the 16 KiB element", 22, "0000001f", WireError.BadBlockCount },
+        { "element outside region", 22, "00020000", WireError.OutsideRegion },
+        { "valid mask misses a written sector", 38, "00000000", WireError.BadValidMask },
+        { "invalidate with a mask", 70, "00000001", WireError.BadValidMask },
+        { "sequence not increasing", 74, "0000000000000001", WireError.OutOfOrder },
+    };
+
+    [Theory]
+    [Trait("Claim", "CC-3")]
+    [MemberData(nameof(Corruptions))]
+    public void Batch_command_decode_rejects(string what, int offset, string hex, WireError expected)
+    {
+        var headers = new[] { Mirror(0, 2, 5), Invalidate(32, 6) };
+        var bytes = new byte[CoherencyBatchCommand.HeadBytes(2) + 1024];
+        CoherencyBatchCommand.EncodeHead(1, headers, bytes);
+        Hex(hex).CopyTo(bytes, offset);
+        var reader = new SequenceReader<byte>(Split(bytes, 7, 40));
+        Assert.Equal(OperationStatus.InvalidData, CoherencyBatchCommand.TryDecode(ref reader, Region, out var cmd, out var error));
+        Assert.Null(cmd);
+        Assert.True(expected == error, $"{what}: {error}");
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-3")]
+    public void Batch_round_trips_through_any_segmentation() =>
+        Prop.ForAll(
+            (from ops in Gen.ListOf(from k in Gen.Choose(0, 1) from s in Gen.Choose(0, 4000) from n in Gen.Choose(1, 32) select (kind: k, slot: s, blocks: n))
+             from cut1 in Gen.Choose(0, 4000)
+             from cut2 in Gen.Choose(0, 40000)
+             select (ops, cut1, cut2)).ToArbitrary(),
+            input =>
+            {
+                var log = new CoherencyLog();
+                ulong seq = 10;
+                foreach (var (kind, slot, blocks) in input.ops)
+                {
+                    uint element = (uint)slot * 32;
+                    if (kind == 0) log.AppendMirror(Mirror(element, (uint)blocks, seq++), Data((uint)blocks, (byte)seq));
+                    else log.AppendInvalidate(Invalidate(element, seq++));
+                }
+                if (!log.TryTakeActive(out var batch)) return input.ops.Count == 0;
+                var bytes = Flatten(batch);
+                var cmd = Decode(Split(bytes, input.cut1, input.cut2));
+                for (int i = 0; i < cmd.Headers.Count; i++)
+                    if (cmd.DataOf(i).Length != cmd.Headers[i].DataBytes) return false;
+                return cmd.Headers.SequenceEqual(batch.Headers) && cmd.BatchNumber == batch.BatchNumber && bytes.Length == batch.TotalBytes;
+            }).Check(Config.QuickThrowOnFailure.WithMaxTest(60));
+
+    [Fact]
+    [Trait("Claim", "CC-2")]
+    public void Appends_fill_while_a_batch_is_in_flight_and_the_lists_swap_on_completion()
+    {
+        var log = new CoherencyLog();
+        Assert.False(log.TryTakeActive(out _)); // nothing to send
+        log.AppendMirror(Mirror(0, 1, 1), Data(1, 1));
+        log.AppendMirror(Mirror(32, 1, 2), Data(1, 2));
+        Assert.True(log.TryTakeActive(out var first));
+        Assert.Equal([1UL, 2UL], first.Headers.Select(h => h.Sequence));
+        Assert.Equal(0, log.FillingCount);
+        Assert.True(log.IsActiveInFlight);
+
+        log.AppendMirror(Mirror(64, 1, 3), Data(1, 3));
+        Assert.Equal(1, log.FillingCount);
+        Assert.False(log.TryTakeActive(out var none)); // no second active while one is in flight
+        Assert.Null(none);
+        Assert.Same(first, log.Active);
+
+        log.AppendInvalidate(Invalidate(0, 4));
+        Assert.Same(first, log.CompleteActive());
+        Assert.False(log.IsActiveInFlight);
+        Assert.True(log.TryTakeActive(out var second));
+        Assert.Equal([3UL, 4UL], second.Headers.Select(h => h.Sequence));
+        Assert.Equal(first.BatchNumber + 1, second.BatchNumber);
+        Assert.Same(second, log.CompleteActive());
+        Assert.Throws<InvalidOperationException>(() => log.CompleteActive());
+
+        Assert.Equal(2, log.BatchesSent);
+        Assert.Equal(2, log.BatchesCompleted);
+        Assert.Equal(4, log.HeadersSent);
+        Assert.Equal(1, log.InvalidationsSent);
+        Assert.Equal(3 * 512, log.MirrorBytesSent);
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-2")]
+    public void A_long_filling_list_goes_out_as_several_batches_in_order()
+    {
+        var log = new CoherencyLog(batchBytesMax: 64 << 10);
+        for (uint i = 0; i < 10; i++) log.AppendMirror(Mirror(i * 32, 32, i + 1), Data(32, (byte)i));
+        var sent = new List<ulong>();
+        while (log.TryTakeActive(out var batch))
+        {
+            Assert.True(batch.TotalBytes <= 64 << 10);
+            sent.AddRange(batch.Headers.Select(h => h.Sequence));
+            log.CompleteActive();
+        }
+        Assert.Equal(Enumerable.Range(1, 10).Select(i => (ulong)i), sent);
+        Assert.Equal(0, log.FillingCount);
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-2")]
+    public void Appends_must_carry_increasing_sequence_numbers_and_matching_data()
+    {
+        var log = new CoherencyLog();
+        log.AppendMirror(Mirror(0, 1, 5), Data(1, 0));
+        Assert.Throws<ArgumentException>(() => log.AppendMirror(Mirror(32, 1, 5), Data(1, 0)));
+        Assert.Throws<ArgumentException>(() => log.AppendMirror(Mirror(32, 2, 6), Data(1, 0)));
+        Assert.Throws<ArgumentException>(() => log.AppendMirror(Invalidate(32, 6), Data(1, 0)));
+        Assert.Throws<ArgumentException>(() => log.AppendInvalidate(Mirror(32, 1, 6)));
+        Assert.Throws<ArgumentException>(() => log.AppendMirror(Mirror(31, 2, 6) with { ValidMask = uint.MaxValue }, Data(2, 0)));
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-4")]
+    public void An_invalidation_reaches_the_peer_before_a_later_mirror_of_the_same_element()
+    {
+        var log = new CoherencyLog();
+        log.AppendMirror(Mirror(128, 32, 1, lba: 5000), Data(32, 0xAA));
+        Assert.True(log.TryTakeActive(out _));
+        // Flushed to make room for a read, then the element is reused for another LBA.
+        log.AppendInvalidate(Invalidate(128, 2, lba: 5000));
+        log.AppendMirror(Mirror(128, 8, 3, lba: 9000), Data(8, 0xBB));
+        log.CompleteActive();
+        Assert.True(log.TryTakeActive(out var batch));
+        var cmd = Decode(batch.ToSequence());
+        Assert.Equal([CoherencyHeaderKind.Invalidate, CoherencyHeaderKind.Mirror], cmd.Headers.Select(h => h.Kind));
+        Assert.True(cmd.Headers[0].Sequence < cmd.Headers[1].Sequence);
+        Assert.Equal(Data(8, 0xBB), cmd.DataOf(1).ToArray());
+        Assert.Equal(1, log.InvalidationsSent);
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-5")]
+    public void Periodic_flushes_send_nothing_the_log_stays_empty_and_takes_no_batch()
+    {
+        // A periodic destage is not an event of the log: the cache does not call it, so the
+        // peer keeps its (now clean) mirror and no batch, header or byte crosses the link.
+        var log = new CoherencyLog();
+        log.AppendMirror(Mirror(0, 8, 1), Data(8, 1));
+        log.TryTakeActive(out _);
+        log.CompleteActive();
+        long batches = log.BatchesSent, headers = log.HeadersSent, bytes = log.MirrorBytesSent;
+        // ... the owner destages element 0 on its timer here; nothing is appended ...
+        Assert.False(log.TryTakeActive(out _));
+        Assert.Equal((batches, headers, bytes, 0L), (log.BatchesSent, log.HeadersSent, log.MirrorBytesSent, log.InvalidationsSent));
+        Assert.DoesNotContain(typeof(CoherencyLog).GetMethods(), m => m.Name.Contains("Flush", StringComparison.OrdinalIgnoreCase));
+    }
+}

@@ -1,0 +1,197 @@
+using System.Buffers;
+using Duet.Interconnect.Wire;
+using FsCheck;
+using FsCheck.Fluent;
+using static Duet.Interconnect.Tests.TestBytes;
+
+namespace Duet.Interconnect.Tests;
+
+public class DuetMessageTests
+{
+    static byte[] Encode<T>(T message) where T : IDuetMessage<T>
+    {
+        var b = new byte[DuetFrame.EncodedBytes(message)];
+        Assert.Equal(b.Length, DuetFrame.Encode(message, b));
+        return b;
+    }
+
+    /// <summary>Decodes from one span, from a 3-way split sequence and from one byte per segment; all must agree.</summary>
+    static T RoundTrip<T>(T message) where T : IDuetMessage<T>
+    {
+        var b = Encode(message);
+        Assert.Equal(OperationStatus.Done, DuetFrame.TryDecode<T>(b, out var fromSpan, out var consumed, out var error));
+        Assert.Equal(WireError.None, error);
+        Assert.Equal(b.Length, consumed);
+        foreach (var seq in new[] { Split(b, 1, 7, b.Length - 1), OneBytePerSegment(b) })
+        {
+            var reader = new SequenceReader<byte>(seq);
+            Assert.Equal(OperationStatus.Done, DuetFrame.TryDecode<T>(ref reader, out var fromSeq, out error));
+            Assert.True(reader.End);
+            Assert.Equal(fromSpan, fromSeq);
+        }
+        return fromSpan!;
+    }
+
+    [Fact]
+    public void Heartbeat_has_the_documented_layout_and_round_trips()
+    {
+        var h = new Heartbeat(ControllerSide.B, LeaseHeld: true, Epoch: 7, TimestampTicks: 0x0102030405060708, LeaseExpiresTicks: -1);
+        Assert.Equal("0101 0000 00000024 01 01 0000 0000000000000007 0102030405060708 ffffffffffffffff".Replace(" ", "", StringComparison.Ordinal), ToHex(Encode(h)));
+        Assert.Equal(h, RoundTrip(h));
+    }
+
+    [Fact]
+    public void Write_checkpoint_has_the_documented_layout_and_round_trips()
+    {
+        var c = new WriteCheckpoint(CheckpointPhase.Done, HostTag: 0xAABB, Volume: 3, Lba: 0x1_0000_0000, BlockCount: 8);
+        Assert.Equal("0102 0000 00000020 02 03 0000 00000008 000000000000aabb 0000000100000000".Replace(" ", "", StringComparison.Ordinal), ToHex(Encode(c)));
+        Assert.Equal(c, RoundTrip(c));
+    }
+
+    [Fact]
+    public void Destaged_notice_round_trips_empty_and_long_lists()
+    {
+        Assert.Equal("010300000000000c00000000", ToHex(Encode(new DestagedNotice([]))));
+        Assert.Equal(new DestagedNotice([]), RoundTrip(new DestagedNotice([])));
+        var many = new DestagedNotice(Enumerable.Range(0, 5000).Select(i => (uint)i * 32).ToArray());
+        Assert.Equal(many, RoundTrip(many));
+    }
+
+    [Fact]
+    public void Forwarded_request_and_response_round_trip()
+    {
+        var r = new ForwardedRequest(42, ForwardedOp.Write, "vol-é", 1 << 20, 65536, Fua: true);
+        var b = Encode(r);
+        Assert.Equal("0104 0000 00000026 000000000000002a 02 01 0006 0000000000100000 00010000".Replace(" ", "", StringComparison.Ordinal), ToHex(b)[..64]);
+        Assert.Equal(r, RoundTrip(r));
+        foreach (ForwardedOp op in Enum.GetValues<ForwardedOp>()) Assert.Equal(r with { Op = op, Fua = false }, RoundTrip(r with { Op = op, Fua = false }));
+        var answer = new ForwardedResponse(42, 5, 0);
+        Assert.Equal("0105 0000 00000018 000000000000002a 00000005 00000000".Replace(" ", "", StringComparison.Ordinal), ToHex(Encode(answer)));
+        Assert.Equal(answer, RoundTrip(answer));
+    }
+
+    [Fact]
+    public void Scsi_state_update_carries_an_opaque_blob()
+    {
+        var s = new ScsiStateUpdate(ScsiStateKind.Alua, new byte[] { 1, 2, 3 });
+        Assert.Equal("010700000000000f02000000010203", ToHex(Encode(s)));
+        Assert.Equal(s, RoundTrip(s));
+        Assert.Equal(new ScsiStateUpdate(ScsiStateKind.Reservations, Array.Empty<byte>()), RoundTrip(new ScsiStateUpdate(ScsiStateKind.Reservations, Array.Empty<byte>())));
+    }
+
+    [Theory]
+    [InlineData("0101 0000 00000024 02 01 0000 0000000000000007 0102030405060708 ffffffffffffffff", WireError.BadEnum)]
+    [InlineData("0101 0000 00000024 01 03 0000 0000000000000007 0102030405060708 ffffffffffffffff", WireError.NonZeroReserved)]
+    [InlineData("0101 0001 00000024 01 01 0000 0000000000000007 0102030405060708 ffffffffffffffff", WireError.NonZeroReserved)]
+    [InlineData("0101 0000 00000023 01 01 0000 0000000000000007 0102030405060708 ffffffffffffff", WireError.BadLength)]
+    [InlineData("0101 0000 00000007", WireError.BadLength)]
+    [InlineData("0101 0000 00100001", WireError.BadLength)]
+    [InlineData("0102 0000 00000024 01 01 0000 0000000000000007 0102030405060708 ffffffffffffffff", WireError.BadType)]
+    [InlineData("00ff 0000 00000024 01 01 0000 0000000000000007 0102030405060708 ffffffffffffffff", WireError.BadType)]
+    public void Heartbeat_decode_rejects(string hex, WireError expected)
+    {
+        Assert.Equal(OperationStatus.InvalidData, Heartbeat.TryDecode(Hex(hex), out _, out _, out var error));
+        Assert.Equal(expected, error);
+    }
+
+    [Theory]
+    [InlineData("0102 0000 00000020 00 03 0000 00000008 000000000000aabb 0000000100000000", WireError.BadEnum)]
+    [InlineData("0102 0000 00000020 03 03 0000 00000008 000000000000aabb 0000000100000000", WireError.BadEnum)]
+    [InlineData("0102 0000 00000020 01 03 0100 00000008 000000000000aabb 0000000100000000", WireError.NonZeroReserved)]
+    [InlineData("0103 0000 00000010 00000002 00000001", WireError.BadLength)]
+    [InlineData("0104 0000 00000020 000000000000002a 06 00 0000 0000000000000000 00000000", WireError.BadEnum)]
+    [InlineData("0104 0000 00000020 000000000000002a 01 02 0000 0000000000000000 00000000", WireError.NonZeroReserved)]
+    [InlineData("0104 0000 00000020 000000000000002a 01 00 0000 0000000000000000 00000000", WireError.BadText)]
+    [InlineData("0104 0000 00000021 000000000000002a 01 00 0001 0000000000000000 00000000 ff", WireError.BadText)]
+    [InlineData("0104 0000 00000021 000000000000002a 01 00 0002 0000000000000000 00000000 41", WireError.BadLength)]
+    [InlineData("0105 0000 00000018 000000000000002a ffffffff 00000000", WireError.BadEnum)]
+    [InlineData("0107 0000 0000000c 03 000000", WireError.BadEnum)]
+    [InlineData("0107 0000 0000000c 01 000100", WireError.NonZeroReserved)]
+    public void Other_Duet_messages_reject_malformed_bodies(string hex, WireError expected)
+    {
+        var b = Hex(hex);
+        var status = MessageClassifier.Classify(b) switch
+        {
+            MessageKind.WriteCheckpoint => WriteCheckpoint.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
+            MessageKind.DestagedNotice => DestagedNotice.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
+            MessageKind.ForwardedRequest => ForwardedRequest.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
+            MessageKind.ForwardedResponse => ForwardedResponse.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
+            MessageKind.ScsiStateUpdate => ScsiStateUpdate.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
+            var k => throw new InvalidOperationException(k.ToString()),
+        };
+        Assert.Equal((OperationStatus.InvalidData, expected), status);
+    }
+
+    [Fact]
+    public void Duet_messages_need_more_bytes_until_the_declared_length_arrived()
+    {
+        var b = Encode(new DestagedNotice([1, 2, 3]));
+        for (int n = 0; n < b.Length; n++)
+        {
+            Assert.Equal(OperationStatus.NeedMoreData, DestagedNotice.TryDecode(b.AsSpan(0, n), out _, out var consumed, out _));
+            Assert.Equal(0, consumed);
+            var reader = new SequenceReader<byte>(Split(b.AsSpan(0, n).ToArray(), n / 3, n / 2));
+            Assert.Equal(OperationStatus.NeedMoreData, DestagedNotice.TryDecode(ref reader, out _, out _));
+            Assert.Equal(0, reader.Consumed);
+        }
+    }
+
+    [Fact]
+    public void Heartbeats_round_trip() =>
+        Prop.ForAll(
+            (from side in Gen.Elements(ControllerSide.A, ControllerSide.B)
+             from lease in ArbMap.Default.GeneratorFor<bool>()
+             from epoch in ArbMap.Default.GeneratorFor<ulong>()
+             from ts in ArbMap.Default.GeneratorFor<long>()
+             from exp in ArbMap.Default.GeneratorFor<long>()
+             select new Heartbeat(side, lease, epoch, ts, exp)).ToArbitrary(),
+            h => RoundTrip(h) == h).Check(Config.QuickThrowOnFailure.WithMaxTest(100));
+}
+
+public class MessageClassifierTests
+{
+    [Theory]
+    [InlineData("3c", MessageKind.Notification)]
+    [InlineData("a0 32 00 05 12 34 00 00 00 01 00 00", MessageKind.SmallWrite)]
+    [InlineData("b0", MessageKind.SmallWrite)]
+    [InlineData("0001 0400", MessageKind.Metadata)]
+    [InlineData("0002 0010", MessageKind.Status)]
+    [InlineData("3b 02 d0", MessageKind.CoherencyBatch)]
+    [InlineData("0101", MessageKind.Heartbeat)]
+    [InlineData("0102", MessageKind.WriteCheckpoint)]
+    [InlineData("0103", MessageKind.DestagedNotice)]
+    [InlineData("0104", MessageKind.ForwardedRequest)]
+    [InlineData("0105", MessageKind.ForwardedResponse)]
+    [InlineData("0106", MessageKind.ArrayTableUpdate)]
+    [InlineData("0107", MessageKind.ScsiStateUpdate)]
+    [InlineData("", MessageKind.Unknown)]
+    [InlineData("00", MessageKind.Unknown)]
+    [InlineData("0000", MessageKind.Unknown)]
+    [InlineData("0003", MessageKind.Unknown)]
+    [InlineData("0100", MessageKind.Unknown)]
+    [InlineData("0108", MessageKind.Unknown)]
+    [InlineData("a1", MessageKind.Unknown)]
+    [InlineData("ff ff", MessageKind.Unknown)]
+    public void Classifies_by_first_bytes(string hex, MessageKind expected) =>
+        Assert.Equal(expected, MessageClassifier.Classify(TestBytes.Hex(hex)));
+
+    [Fact]
+    public void Every_encoder_output_classifies_as_its_own_kind()
+    {
+        var b = new byte[1024];
+        new NotificationMirrorMessage().Encode(b);
+        Assert.Equal(MessageKind.Notification, MessageClassifier.Classify(b));
+        new StatusMessage(1, MirrorStatusCode.Ok, 1).Encode(b);
+        Assert.Equal(MessageKind.Status, MessageClassifier.Classify(b));
+        MetadataMirrorMessage.Split(0, 1, 1, 2, 0, 8, [0u])[0].Encode(b);
+        Assert.Equal(MessageKind.Metadata, MessageClassifier.Classify(b));
+        SmallWriteMirrorMessage.Create(0xB0, 0, 1, 0, 0, 0, 0).Encode(b);
+        Assert.Equal(MessageKind.SmallWrite, MessageClassifier.Classify(b));
+        CoherencyBatchCommand.EncodeHead(0, [], b);
+        Assert.Equal(MessageKind.CoherencyBatch, MessageClassifier.Classify(b));
+        new ForwardedResponse(1, 0, 0).Encode(b);
+        Assert.Equal(MessageKind.ForwardedResponse, MessageClassifier.Classify(b));
+        new ArrayTableUpdate(1, []).Encode(b);
+        Assert.Equal(MessageKind.ArrayTableUpdate, MessageClassifier.Classify(b));
+    }
+}
