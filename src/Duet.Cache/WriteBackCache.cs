@@ -31,7 +31,7 @@ public sealed record CacheOptions
 /// valid in two elements once the stream is applied; and replay in sequence order is correct.
 ///
 ///   write:  allocate e ─ merge old+new into NVRAM[e] ─ descriptor (seq) ─ index[key]=e
-///           ─ mirror: invalidate(old), store(e) ─ peer status ─ ack ─ free(old)
+///           ─ mirror: store(e), then invalidate(old) ─ peer status ─ ack ─ free(old)
 ///   read:   cached sectors from NVRAM, the rest from the array
 ///   destage (background): dirty elements in LBA order, coalesced into runs, written to the
 ///           array, array flushed, elements marked clean (nothing is sent to the peer: CC-5)
@@ -153,6 +153,9 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             return _index.Values.Order().Select(e => new MirrorChange(e, Descriptor(e), _nvram.Memory(e), false)).ToList();
     }
 
+    static MirrorChange InvalidationOf(int element, ulong sequence) =>
+        new(element, new ElementDescriptor(0, 0, 0, 0, 0, sequence, false), default, Invalidate: true);
+
     ElementDescriptor Descriptor(int e)
     {
         ref var s = ref _slots[e];
@@ -232,27 +235,31 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             data.Span.CopyTo(dst[(firstSector * Units.SectorBytes)..]);
             uint valid = oldMask | mask;
             ulong seq;
+            ElementDescriptor descriptor;
             lock (_lock)
             {
+                // Sequence numbers and mirror order are decided together, under the lock, so the
+                // peer applies changes in sequence order. The new image goes first and the
+                // invalidation of the element it replaces after it: if the peer stops between the
+                // two it holds both, and replay in sequence order still ends with the new image.
                 seq = ++_sequence;
+                ulong invalidateSeq = old >= 0 ? ++_sequence : 0;
                 _slots[e] = new Slot { State = SlotState.Dirty, Array = array, Lba = lba, Valid = valid, Sequence = seq, LruPrev = -1, LruNext = -1 };
                 _dirty++;
                 _index[(array, lba)] = e;
                 if (old >= 0) Retire(old);
-            }
-            var descriptor = new ElementDescriptor(backing.ArraySerial, array, lba, SectorsPerElement, valid, seq, Dirty: true);
-            _nvram.WriteDescriptorOnly(e, descriptor);
-            if (!writeThrough)
-            {
-                // Program order is the order the peer applies: the invalidation of the element this
-                // one replaces goes first.
-                try
+                descriptor = new ElementDescriptor(backing.ArraySerial, array, lba, SectorsPerElement, valid, seq, Dirty: true);
+                if (!writeThrough)
                 {
-                    if (old >= 0) _ = _mirror.Append(new MirrorChange(old, default, default, Invalidate: true));
-                    mirrored = _mirror.Append(new MirrorChange(e, descriptor, _nvram.Memory(e), false));
+                    try
+                    {
+                        mirrored = _mirror.Append(new MirrorChange(e, descriptor, _nvram.Memory(e), false));
+                        if (old >= 0) _ = _mirror.Append(InvalidationOf(old, invalidateSeq));
+                    }
+                    catch (MirrorUnavailableException) { writeThrough = true; }
                 }
-                catch (MirrorUnavailableException) { writeThrough = true; }
             }
+            _nvram.WriteDescriptorOnly(e, descriptor);
             if (writeThrough)
             {
                 await DestageKeyHeldAsync(e, ct).ConfigureAwait(false);
@@ -419,7 +426,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     Interlocked.Increment(ref _evictions);
                     if (_mirror.Mode == MirrorMode.Healthy)
                     {
-                        try { _ = _mirror.Append(new MirrorChange(victim, default, default, Invalidate: true)); }
+                        try { _ = _mirror.Append(InvalidationOf(victim, ++_sequence)); }
                         catch (MirrorUnavailableException) { }
                     }
                     return victim;

@@ -205,6 +205,19 @@ public class CoherencyTests
     }
 
     [Fact]
+    [Trait("Claim", "CC-3")]
+    public void A_mirror_header_carries_a_whole_image_whose_mask_lies_inside_the_carried_range()
+    {
+        static CoherencyHeader H(uint index, uint blocks, uint mask) => new(CoherencyHeaderKind.Mirror, 1, 64 + index % 32, blocks, index, mask, 1);
+        Assert.Equal(WireError.None, H(32, 12, 0b1111_0000_1111).Validate(Region));          // a gap between two runs
+        Assert.Equal(WireError.None, H(32, 32, uint.MaxValue).Validate(Region));
+        Assert.Equal(WireError.BadValidMask, H(32, 4, 0b1_1111).Validate(Region));          // names a sector it does not carry
+        Assert.Equal(WireError.BadValidMask, H(32, 4, 0b0111).Validate(Region));            // last carried sector not valid
+        Assert.Equal(WireError.BadValidMask, H(33, 4, 0b1110 << 1).Validate(Region));       // first carried sector not valid
+        Assert.Equal(WireError.BadValidMask, H(32, 4, 0).Validate(Region));
+    }
+
+    [Fact]
     [Trait("Claim", "CC-2")]
     public void Appends_must_carry_increasing_sequence_numbers_and_matching_data()
     {

@@ -27,11 +27,14 @@ namespace Duet.Interconnect.Wire;
 //   4-7    cache element index = NVRAM offset within the region / 512 where the data starts
 //   8-15   array LBA (512-byte units)
 //   16-19  block count (mirror: 1-32; invalidate: 0-32, the range being dropped)
-//   20-23  valid mask of the 16 KiB element after this header: bit i = sector i of the element
+//   20-23  valid mask of the element's new image: bit i = sector i of the 16 KiB element
 //   24-31  sequence number (strictly increasing; replay applies in this order)
 //
-// A header's sectors stay inside one 16 KiB element: (index mod 32) + blocks <= 32. A mirror
-// header's mask includes every sector it writes; an invalidate header's mask is zero.
+// A header's sectors stay inside one 16 KiB element: (index mod 32) + blocks <= 32.
+// A mirror header replaces the element at the peer with a new image (Duet's cache never updates
+// an element in place: a rewrite goes to a fresh element): it carries the image from its first to
+// its last valid sector, so its mask lies inside the carried range, with the first and the last
+// carried sectors valid (sectors between them may be invalid gaps). An invalidate header's mask is zero.
 
 public enum CoherencyHeaderKind : byte
 {
@@ -59,7 +62,14 @@ public readonly record struct CoherencyHeader(
         if (Kind == CoherencyHeaderKind.Mirror && BlockCount == 0) return WireError.BadBlockCount;
         if (ElementIndex % MirrorWire.ElementSectors + BlockCount > MirrorWire.ElementSectors) return WireError.BadBlockCount;
         if (((long)ElementIndex + Math.Max(BlockCount, 1u)) * MirrorWire.SectorBytes > regionBytes) return WireError.OutsideRegion;
-        if (Kind == CoherencyHeaderKind.Mirror && (ValidMask & CoveredMask) != CoveredMask) return WireError.BadValidMask;
+        if (Kind == CoherencyHeaderKind.Mirror)
+        {
+            uint covered = CoveredMask;
+            int first = (int)(ElementIndex % MirrorWire.ElementSectors);
+            int last = first + (int)BlockCount - 1;
+            if (ValidMask == 0 || (ValidMask & ~covered) != 0) return WireError.BadValidMask;
+            if ((ValidMask & (1u << first)) == 0 || (ValidMask & (1u << last)) == 0) return WireError.BadValidMask;
+        }
         if (Kind == CoherencyHeaderKind.Invalidate && ValidMask != 0) return WireError.BadValidMask;
         return WireError.None;
     }

@@ -1,0 +1,118 @@
+using Duet.Core;
+
+namespace Duet.Cache.Tests.Cache;
+
+public class WriteBackCacheTests
+{
+    [Fact]
+    [Trait("Claim", "MR-1")]
+    public async Task WritesReadBackAndReadsOfCachedDataHitTheCache()
+    {
+        await using var h = new CacheHarness();
+        for (int i = 0; i < 200; i++) await h.RandomWriteAsync();
+        await h.VerifyAsync();
+        await h.WriteAsync(64, 8);
+        long hits = h.Cache.Counters.Hits;
+        var buf = new byte[8 * 512];
+        await h.Cache.ReadAsync(7, 64, buf);
+        Assert.Equal(hits + 1, h.Cache.Counters.Hits);
+        Assert.Equal(h.Model.AsSpan(64 * 512, buf.Length).ToArray(), buf);
+    }
+
+    public static TheoryData<int> Seeds => new() { 1, 2, 3, 4, 5, 6, 7, 8 };
+
+    [Theory, MemberData(nameof(Seeds))]
+    [Trait("Claim", "CC-1")]
+    [Trait("Claim", "CC-4")]
+    public async Task TheMirrorInvariantHoldsAfterAnySequenceOfWritesReadsFlushesAndDestages(int seed)
+    {
+        await using var h = new CacheHarness(seed: seed);
+        var rng = new Random(seed * 7919);
+        for (int step = 0; step < 400; step++)
+        {
+            switch (rng.Next(10))
+            {
+                case < 6: await h.RandomWriteAsync(rng.Next(2) == 0 ? 8 : 96); break;
+                case 6:
+                    var buf = new byte[rng.Next(1, 64) * 512];
+                    long at = rng.NextInt64(0, h.Backing.CapacitySectors - buf.Length / 512);
+                    await h.Cache.ReadAsync(7, at, buf);
+                    Assert.True(buf.AsSpan().SequenceEqual(h.Model.AsSpan((int)(at * 512), buf.Length)));
+                    break;
+                case 7: await h.Cache.FlushAsync(7); break;
+                default: await h.Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30)); break;
+            }
+            h.CheckMirrorInvariant();
+        }
+        await h.VerifyAsync();
+        Assert.True(h.Cache.Counters.Evictions > 0, "the sequence should have filled the cache and evicted clean elements");
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-5")]
+    public async Task DestagingSendsNothingToThePeer()
+    {
+        await using var h = new CacheHarness();
+        for (int i = 0; i < 20; i++) await h.WriteAsync(i * 32, 32);
+        long changes = h.Mirror.Changes;
+        await h.Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(0, h.Cache.DirtyCount);
+        Assert.Equal(changes, h.Mirror.Changes);
+        Assert.Equal(h.Model, h.Backing.Bytes);
+    }
+
+    [Fact]
+    [Trait("Claim", "MR-1")]
+    public async Task AfterACrashTheOwnNvramReplaysEveryAcknowledgedWrite()
+    {
+        await using var h = new CacheHarness();
+        for (int i = 0; i < 100; i++) await h.RandomWriteAsync();
+        int replayed = await h.RestartAsync();
+        Assert.True(replayed > 0);
+        await h.VerifyAsync();
+    }
+
+    [Fact]
+    [Trait("Claim", "MR-1")]
+    public async Task ThePeersRegion2AloneRecoversEveryAcknowledgedWrite()
+    {
+        await using var h = new CacheHarness();
+        for (int i = 0; i < 150; i++) await h.RandomWriteAsync();
+        // The owner is gone: start from what its drives hold and replay the peer's mirror in sequence order.
+        var drives = h.Backing.Bytes.ToArray();
+        foreach (var (e, d) in h.Peer.Peer.ReplayOrder())
+            for (int s = 0; s < 32; s++)
+                if ((d.ValidMask & (1u << s)) != 0)
+                    h.Peer.Peer.Data(e).Slice(s * 512, 512).CopyTo(drives.AsSpan((int)((d.ArrayLba + s) * 512)));
+        Assert.True(drives.AsSpan().SequenceEqual(h.Model));
+    }
+
+    [Fact]
+    public async Task InErrorRecoveryModeAWriteIsOnTheArrayBeforeItIsAcknowledged()
+    {
+        await using var h = new CacheHarness();
+        h.Mirror.Mode = MirrorMode.ErrorRecovery;
+        await h.WriteAsync(100, 3);
+        Assert.Equal(h.Model.AsSpan(100 * 512, 3 * 512).ToArray(), h.Backing.Bytes.AsSpan(100 * 512, 3 * 512).ToArray());
+        Assert.True(h.Cache.Counters.WriteThroughs >= 1);
+        Assert.Equal(0, h.Cache.DirtyCount);
+    }
+
+    [Fact]
+    public async Task AFullCacheMakesWritersWaitAndNeverFails()
+    {
+        await using var h = new CacheHarness(nvramBytes: 1 << 20, arraySectors: 65536);
+        int elements = h.Cache.ElementCount;
+        h.Backing.Hold = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously); // the array stalls
+        var writes = Enumerable.Range(0, elements + 20).Select(i => h.Cache.WriteAsync(7, i * 32L, new byte[16384], false).AsTask()).ToList();
+        for (int i = 0; i < 3000 && writes.Count(t => t.IsCompleted) < elements; i++) await Task.Delay(10);
+        await Task.Delay(100); // give a wrongly admitted write the chance to show
+        Assert.Equal(elements, writes.Count(t => t.IsCompleted)); // every element holds a dirty write; the rest wait
+        Assert.DoesNotContain(writes, t => t.IsFaulted);
+        var hold = h.Backing.Hold;
+        h.Backing.Hold = null;
+        hold.SetResult();
+        await Task.WhenAll(writes).WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.DoesNotContain(writes, t => t.IsFaulted);
+    }
+}
