@@ -17,15 +17,17 @@ public readonly record struct MirrorChange(int Element, ElementDescriptor Descri
 
 /// <summary>
 /// How the cache reaches the peer. Implementations batch (CC-2/CC-3) or send the seed's per-write
-/// messages (MR-2/MR-3); the cache does not care. <see cref="Append"/> is called in the order the
-/// changes must be applied; the returned task completes when the peer's status for the change (or
-/// its batch) has come back, and faults with <see cref="MirrorUnavailableException"/> if the peer
-/// is gone (the cache then falls back to write-through for that write).
+/// messages (MR-2/MR-3); the cache does not care. <see cref="AppendGroup"/> is called in the order
+/// the changes must be applied, with the elements of one host write together (in address order,
+/// then the invalidations of the elements they replace); the returned task completes when the
+/// peer's status for every change of the group has come back, and faults with
+/// <see cref="MirrorUnavailableException"/> if the peer is gone (the cache then writes through).
+/// Implementations must not block: the cache calls this under its lock.
 /// </summary>
 public interface ICacheMirror
 {
     MirrorMode Mode { get; }
-    Task Append(MirrorChange change);
+    Task AppendGroup(IReadOnlyList<MirrorChange> changes);
 }
 
 public sealed class MirrorUnavailableException(string message) : Exception(message);

@@ -83,7 +83,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     long _lastWriteTicks;
 
     // counters
-    long _hits, _misses, _destagedElements, _destagedRuns, _evictions, _writeThroughs, _mirrored;
+    long _hits, _misses, _destagedElements, _destagedRuns, _evictions, _writeThroughs, _mirrored, _gapFills;
 
     public WriteBackCache(NvramRegion region, ICacheMirror mirror, CacheOptions options, ILogger logger)
     {
@@ -173,148 +173,233 @@ public sealed partial class WriteBackCache : IAsyncDisposable
 
     static uint MaskOf(int first, int count) => count == 32 ? uint.MaxValue : ((1u << count) - 1) << first;
 
-    SemaphoreSlim KeyLock(byte array, long lba) => _keyLocks[(int)((ulong)HashCode.Combine(array, lba) % KeyLockCount)];
+    SemaphoreSlim KeyLock(byte array, long lba) => _keyLocks[KeyLockIndex(array, lba)];
 
     ICacheBacking Backing(byte array) =>
         _arrays.TryGetValue(array, out var b) ? b : throw new BlockIoException(BlockErrorKind.Unavailable, $"array number {array} is not served by this cache");
 
+    /// <summary>Most elements one host write hands the mirror as a group (64 × 16 KiB = 1 MiB, MR-2's
+    /// largest metadata message); longer writes become several groups.</summary>
+    public const int MaxGroupElements = 64;
+
     public async ValueTask WriteAsync(byte array, long sector, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
     {
         var backing = Backing(array);
-        Invariant.Assert(data.Length % Units.SectorBytes == 0);
+        Invariant.Assert(data.Length % Units.SectorBytes == 0 && data.Length > 0);
         long count = data.Length / Units.SectorBytes;
         Invariant.Assert(sector >= 0 && sector + count <= backing.CapacitySectors);
         _lastWriteTicks = _options.Time.GetTimestamp();
-        long first = sector / SectorsPerElement, last = (sector + count - 1) / SectorsPerElement;
-        if (first == last)
+        long groupSectors = (long)Math.Max(1, Math.Min(MaxGroupElements, _slots.Length / 4)) * SectorsPerElement;
+        // Groups start on element boundaries so no two groups share an element.
+        long firstGroupEnd = Math.Min(sector + count, (sector / groupSectors + 1) * groupSectors);
+        if (firstGroupEnd == sector + count)
         {
-            await WritePieceAsync(backing, first * SectorsPerElement, (int)(sector - first * SectorsPerElement), data, ct).ConfigureAwait(false);
+            await WriteGroupAsync(backing, sector, data, ct).ConfigureAwait(false);
         }
         else
         {
-            var tasks = new List<Task>((int)(last - first + 1));
-            for (long el = first; el <= last; el++)
+            var tasks = new List<Task>();
+            for (long at = sector; at < sector + count;)
             {
-                long lba = el * SectorsPerElement;
-                long from = Math.Max(sector, lba), to = Math.Min(sector + count, lba + SectorsPerElement);
-                tasks.Add(WritePieceAsync(backing, lba, (int)(from - lba), data.Slice((int)((from - sector) * Units.SectorBytes), (int)((to - from) * Units.SectorBytes)), ct).AsTask());
+                long end = Math.Min(sector + count, (at / groupSectors + 1) * groupSectors);
+                tasks.Add(WriteGroupAsync(backing, at, data.Slice((int)((at - sector) * Units.SectorBytes), (int)((end - at) * Units.SectorBytes)), ct).AsTask());
+                at = end;
             }
             await Task.WhenAll(tasks).ConfigureAwait(false);
         }
         if (fua && _mirror.Mode != MirrorMode.Healthy) await backing.FlushAsync(ct).ConfigureAwait(false);
     }
 
-    async ValueTask WritePieceAsync(ICacheBacking backing, long lba, int firstSector, ReadOnlyMemory<byte> data, CancellationToken ct)
+    static bool IsContiguous(uint mask)
+    {
+        if (mask == 0) return true;
+        uint m = mask >> BitOperations.TrailingZeroCount(mask);
+        return (m & (m + 1)) == 0;
+    }
+
+    static uint Span(uint mask)
+    {
+        int first = BitOperations.TrailingZeroCount(mask);
+        int last = 31 - BitOperations.LeadingZeroCount(mask);
+        return MaskOf(first, last - first + 1);
+    }
+
+    /// <summary>
+    /// One host write of at most <see cref="MaxGroupElements"/> elements: each element gets a fresh
+    /// image (old valid sectors + new ones, any gap between them filled from the array so every image
+    /// is one contiguous run of sectors), then the group goes to the mirror as one unit.
+    /// </summary>
+    async ValueTask WriteGroupAsync(ICacheBacking backing, long sector, ReadOnlyMemory<byte> data, CancellationToken ct)
     {
         byte array = backing.ArrayNumber;
-        int sectors = data.Length / Units.SectorBytes;
-        uint mask = MaskOf(firstSector, sectors);
-        int e = await AllocateAsync(ct).ConfigureAwait(false);
-        var gate = KeyLock(array, lba);
-        await gate.WaitAsync(ct).ConfigureAwait(false);
-        int old = -1;
+        long count = data.Length / Units.SectorBytes;
+        long firstEl = sector / SectorsPerElement, lastEl = (sector + count - 1) / SectorsPerElement;
+        int n = (int)(lastEl - firstEl + 1);
+        var elements = new int[n];
+        var olds = new int[n];
+        var descriptors = new ElementDescriptor[n];
+        for (int i = 0; i < n; i++) elements[i] = -1;
+        try
+        {
+            for (int i = 0; i < n; i++) elements[i] = await AllocateAsync(ct).ConfigureAwait(false);
+        }
+        catch
+        {
+            foreach (var e in elements) if (e >= 0) ReturnUnused(e);
+            throw;
+        }
+        var gates = Enumerable.Range(0, n).Select(i => KeyLockIndex(array, (firstEl + i) * SectorsPerElement)).Distinct().Order().ToList();
+        foreach (var g in gates) await _keyLocks[g].WaitAsync(CancellationToken.None).ConfigureAwait(false);
         Task? mirrored = null;
         bool writeThrough = _mirror.Mode != MirrorMode.Healthy;
         try
         {
-            uint oldMask = 0;
-            lock (_lock)
+            for (int i = 0; i < n; i++)
             {
-                if (_index.TryGetValue((array, lba), out old)) { oldMask = _slots[old].Valid; _slots[old].Pins++; }
-                else old = -1;
-            }
-            var dst = _nvram.Data(e);
-            if (old >= 0)
-            {
-                // Keep the old sectors the new data does not cover.
-                var src = _nvram.Data(old);
-                uint keep = oldMask & ~mask;
-                foreach (var (s, n) in Runs(keep)) src.Slice(s * Units.SectorBytes, n * Units.SectorBytes).CopyTo(dst[(s * Units.SectorBytes)..]);
-                Unpin(old);
-            }
-            data.Span.CopyTo(dst[(firstSector * Units.SectorBytes)..]);
-            uint valid = oldMask | mask;
-            ulong seq;
-            ElementDescriptor descriptor;
-            lock (_lock)
-            {
-                // Sequence numbers and mirror order are decided together, under the lock, so the
-                // peer applies changes in sequence order. The new image goes first and the
-                // invalidation of the element it replaces after it: if the peer stops between the
-                // two it holds both, and replay in sequence order still ends with the new image.
-                seq = ++_sequence;
-                ulong invalidateSeq = old >= 0 ? ++_sequence : 0;
-                _slots[e] = new Slot { State = SlotState.Dirty, Array = array, Lba = lba, Valid = valid, Sequence = seq, LruPrev = -1, LruNext = -1 };
-                _dirty++;
-                _index[(array, lba)] = e;
-                if (old >= 0) Retire(old);
-                descriptor = new ElementDescriptor(backing.ArraySerial, array, lba, SectorsPerElement, valid, seq, Dirty: true);
-                if (!writeThrough)
+                long lba = (firstEl + i) * SectorsPerElement;
+                long from = Math.Max(sector, lba), to = Math.Min(sector + count, lba + SectorsPerElement);
+                int firstSector = (int)(from - lba);
+                uint mask = MaskOf(firstSector, (int)(to - from));
+                int e = elements[i];
+                int old;
+                uint oldMask = 0;
+                lock (_lock)
+                {
+                    if (_index.TryGetValue((array, lba), out old)) { oldMask = _slots[old].Valid; _slots[old].Pins++; }
+                    else old = -1;
+                }
+                olds[i] = old;
+                var dst = _nvram.Memory(e);
+                if (old >= 0)
                 {
                     try
                     {
-                        mirrored = _mirror.Append(new MirrorChange(e, descriptor, _nvram.Memory(e), false));
-                        if (old >= 0) _ = _mirror.Append(InvalidationOf(old, invalidateSeq));
+                        var src = _nvram.Data(old);
+                        foreach (var (s, k) in Runs(oldMask & ~mask)) src.Slice(s * Units.SectorBytes, k * Units.SectorBytes).CopyTo(dst.Span[(s * Units.SectorBytes)..]);
                     }
+                    finally { Unpin(old); }
+                }
+                data.Span.Slice((int)((from - sector) * Units.SectorBytes), (int)((to - from) * Units.SectorBytes)).CopyTo(dst.Span[(firstSector * Units.SectorBytes)..]);
+                uint valid = oldMask | mask;
+                if (!IsContiguous(valid))
+                {
+                    // Fill the gaps from the array (the sectors are not cached, so the array holds
+                    // their current content): every element image is one run of sectors, which is
+                    // what the seed's mirror messages can carry.
+                    uint gaps = Span(valid) & ~valid;
+                    foreach (var (s, k) in Runs(gaps))
+                        await backing.ReadAsync(lba + s, dst.Slice(s * Units.SectorBytes, k * Units.SectorBytes), ct).ConfigureAwait(false);
+                    valid = Span(valid);
+                    Interlocked.Increment(ref _gapFills);
+                }
+                descriptors[i] = new ElementDescriptor(backing.ArraySerial, array, lba, SectorsPerElement, valid, 0, Dirty: true);
+            }
+            lock (_lock)
+            {
+                // Sequence numbers and mirror order are decided together, under the lock, so the
+                // peer applies changes in sequence order: the new images first, then the
+                // invalidations of the elements they replace. If the peer stops between the two it
+                // holds both, and replay in sequence order still ends with the new images.
+                var changes = new List<MirrorChange>(2 * n);
+                for (int i = 0; i < n; i++)
+                {
+                    descriptors[i] = descriptors[i] with { Sequence = ++_sequence };
+                    var d = descriptors[i];
+                    int e = elements[i];
+                    _slots[e] = new Slot { State = SlotState.Dirty, Array = array, Lba = d.ArrayLba, Valid = d.ValidMask, Sequence = d.Sequence, LruPrev = -1, LruNext = -1 };
+                    _dirty++;
+                    _index[(array, d.ArrayLba)] = e;
+                    changes.Add(new MirrorChange(e, d, _nvram.Memory(e), false));
+                }
+                for (int i = 0; i < n; i++)
+                {
+                    if (olds[i] < 0) continue;
+                    Retire(olds[i]);
+                    changes.Add(InvalidationOf(olds[i], ++_sequence));
+                }
+                if (!writeThrough)
+                {
+                    try { mirrored = _mirror.AppendGroup(changes); }
                     catch (MirrorUnavailableException) { writeThrough = true; }
                 }
             }
-            _nvram.WriteDescriptorOnly(e, descriptor);
-            if (writeThrough)
-            {
-                await DestageKeyHeldAsync(e, ct).ConfigureAwait(false);
-                Interlocked.Increment(ref _writeThroughs);
-            }
+            for (int i = 0; i < n; i++) _nvram.WriteDescriptorOnly(elements[i], descriptors[i]);
+            if (writeThrough) await WriteThroughKeysHeldAsync(elements, ct).ConfigureAwait(false);
         }
         finally
         {
-            gate.Release();
+            for (int g = gates.Count - 1; g >= 0; g--) _keyLocks[gates[g]].Release();
         }
         if (mirrored is not null)
         {
             try
             {
                 await mirrored.ConfigureAwait(false);
-                Interlocked.Increment(ref _mirrored);
+                Interlocked.Add(ref _mirrored, n);
             }
             catch (MirrorUnavailableException)
             {
                 // The peer went away with this write in flight: make it durable on the drives
-                // instead. The element now current for this address holds our sectors (or newer).
-                await gate.WaitAsync(ct).ConfigureAwait(false);
+                // instead. The elements now current for these addresses hold our sectors (or newer).
+                foreach (var g in gates) await _keyLocks[g].WaitAsync(CancellationToken.None).ConfigureAwait(false);
                 try
                 {
-                    int current;
-                    lock (_lock) current = _index.TryGetValue((array, lba), out var c) ? c : -1;
-                    if (current >= 0) await DestageKeyHeldAsync(current, ct).ConfigureAwait(false);
-                    Interlocked.Increment(ref _writeThroughs);
+                    var current = new List<int>();
+                    lock (_lock)
+                        for (int i = 0; i < n; i++)
+                            if (_index.TryGetValue((array, (firstEl + i) * SectorsPerElement), out var c) && _slots[c].State == SlotState.Dirty) current.Add(c);
+                    await WriteThroughKeysHeldAsync(current, ct).ConfigureAwait(false);
                 }
-                finally { gate.Release(); }
+                finally
+                {
+                    for (int g = gates.Count - 1; g >= 0; g--) _keyLocks[gates[g]].Release();
+                }
             }
         }
-        if (old >= 0)
+        foreach (var old in olds)
         {
+            if (old < 0) continue;
             _nvram.Invalidate(old);
             Release(old);
         }
         MaybeKickDestage();
     }
 
-    /// <summary>Writes one element's valid sectors to its array and flushes it; marks it clean. Caller holds its key lock.</summary>
-    async ValueTask DestageKeyHeldAsync(int e, CancellationToken ct)
+    /// <summary>Writes elements' valid sectors to their arrays, flushes once per array, marks them clean.
+    /// Caller holds their key locks, so no older data can land after them.</summary>
+    async ValueTask WriteThroughKeysHeldAsync(IReadOnlyList<int> elements, CancellationToken ct)
     {
-        Slot s;
-        lock (_lock) { s = _slots[e]; _slots[e].Pins++; }
+        var slots = new List<Slot>();
+        lock (_lock) foreach (var e in elements) { slots.Add(_slots[e]); _slots[e].Pins++; }
         try
         {
-            var backing = Backing(s.Array);
-            foreach (var (first, n) in Runs(s.Valid))
-                await backing.WriteAsync(s.Lba + first, _nvram.Memory(e).Slice(first * Units.SectorBytes, n * Units.SectorBytes), ct).ConfigureAwait(false);
-            await backing.FlushAsync(ct).ConfigureAwait(false);
+            var arrays = new HashSet<byte>();
+            for (int i = 0; i < elements.Count; i++)
+            {
+                var s = slots[i];
+                var backing = Backing(s.Array);
+                arrays.Add(s.Array);
+                foreach (var (first, k) in Runs(s.Valid))
+                    await backing.WriteAsync(s.Lba + first, _nvram.Memory(elements[i]).Slice(first * Units.SectorBytes, k * Units.SectorBytes), ct).ConfigureAwait(false);
+            }
+            foreach (var a in arrays) await Backing(a).FlushAsync(ct).ConfigureAwait(false);
         }
-        finally { Unpin(e); }
-        MarkClean(e, s.Sequence);
+        finally { foreach (var e in elements) Unpin(e); }
+        for (int i = 0; i < elements.Count; i++) MarkClean(elements[i], slots[i].Sequence);
+        Interlocked.Add(ref _writeThroughs, elements.Count);
     }
+
+    void ReturnUnused(int e)
+    {
+        lock (_lock)
+        {
+            _slots[e] = new Slot { LruPrev = -1, LruNext = -1 };
+            _free.Push(e);
+            WakeSpaceWaitersLocked();
+        }
+    }
+
+    int KeyLockIndex(byte array, long lba) => (int)((ulong)HashCode.Combine(array, lba) % KeyLockCount);
 
     void MarkClean(int e, ulong sequence)
     {
@@ -426,7 +511,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     Interlocked.Increment(ref _evictions);
                     if (_mirror.Mode == MirrorMode.Healthy)
                     {
-                        try { _ = _mirror.Append(InvalidationOf(victim, ++_sequence)); }
+                        try { _ = _mirror.AppendGroup([InvalidationOf(victim, ++_sequence)]); }
                         catch (MirrorUnavailableException) { }
                     }
                     return victim;

@@ -39,13 +39,16 @@ internal sealed class DirectMirror(MirrorApplier applier) : ICacheMirror
     public MirrorMode Mode { get; set; } = MirrorMode.Healthy;
     public long Changes;
 
-    public Task Append(MirrorChange change)
+    public Task AppendGroup(IReadOnlyList<MirrorChange> changes)
     {
         if (Mode != MirrorMode.Healthy) throw new MirrorUnavailableException("peer gone");
-        var (header, data) = MirrorApplier.Encode(change);
-        var problem = applier.Apply(header, data.Span);
-        Assert.True(problem is null, problem);
-        Interlocked.Increment(ref Changes);
+        foreach (var change in changes)
+        {
+            var (header, data) = MirrorApplier.Encode(change);
+            var problem = applier.Apply(header, data.Span);
+            Assert.True(problem is null, problem);
+            Interlocked.Increment(ref Changes);
+        }
         return Task.CompletedTask;
     }
 }
