@@ -426,6 +426,12 @@ public abstract class IclLink : IIclLink
         }
         else
         {
+            if (_assembly[lane] is not null)
+            {
+                // A partial sequence that never finished (its sender gave up when the link went down).
+                CounterSet.Dropped();
+                _assembly[lane] = null;
+            }
             data = Local.ReadRing(l.DataOffset, l.DataBytes, e.DataPos, e.DataLength, ref _dataScratch[lane]);
         }
         var message = Local.ReadRing(l.MessageOffset, l.MessageBytes, e.MessagePos, e.MessageLength, ref _messageScratch[lane]);
