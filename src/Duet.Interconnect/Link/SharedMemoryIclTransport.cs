@@ -202,7 +202,7 @@ public sealed unsafe class SharedMemoryIclLink : IclLink
         _stopping = true;
         Interlocked.Increment(ref Local.Wake);
         Futex.Wake((int*)(Local.Pointer + WindowLayout.WakeOffset));
-        _thread.Join();
+        if (Thread.CurrentThread != _thread) _thread.Join(); // (disposed from an UpChanged handler on that thread: it ends by itself)
         Interlocked.Exchange(ref _sink, null)?.Kill();
         return ValueTask.CompletedTask;
     }

@@ -21,7 +21,8 @@ namespace Duet.Interconnect.Link;
 /// <item>1 hello: u64 magic, u32 version, u8 name length, name (UTF-8), per lane {u32 entries, u32 message bytes,
 /// u32 data bytes}, per lane {i64 entryHead, entryTail, messageHead, messageTail, dataHead, dataTail} of the sender's own window;</item>
 /// <item>2 transfer: u8 lane, u16 reserved, the 64-byte entry, message bytes, data bytes;</item>
-/// <item>3 credit: u8 lane, u16 reserved, i64 entryTail, i64 messageTail, i64 dataTail.</item>
+/// <item>3 credit: u8 lane, u16 reserved, i64 entryTail, i64 messageTail, i64 dataTail;</item>
+/// <item>4 ready: nothing (sent after accepting the peer's hello; the link is up once both ends sent it).</item>
 /// </list>
 /// On a new connection each side takes the peer's heads and tails from its hello: what the
 /// peer has actually received, so a frame lost with the old connection is simply not there
@@ -41,7 +42,7 @@ public static class TcpIclTransport
 /// <summary>One end of a TCP link (see <see cref="TcpIclTransport"/>).</summary>
 public sealed class TcpIclLink : IclLink
 {
-    const byte Hello = 1, Transfer = 2, Credit = 3;
+    const byte Hello = 1, Transfer = 2, Credit = 3, Ready = 4;
     const int TransferHeader = 4 + 1 + 1 + 2 + WindowLayout.EntryBytes;
     const int CreditFrame = 4 + 1 + 1 + 2 + 24;
     const int InlineLimit = 16 * 1024;
@@ -187,6 +188,11 @@ public sealed class TcpIclLink : IclLink
         {
             await stream.WriteAsync(BuildHello(), linked.Token).ConfigureAwait(false);
             conn = await ReadHelloAsync(stream, s, linked.Token).ConfigureAwait(false);
+            // Both ends accept the other's hello before either reports up (a refused peer just sees the close).
+            await stream.WriteAsync(new byte[] { 1, 0, 0, 0, Ready }, linked.Token).ConfigureAwait(false);
+            var ready = new byte[5];
+            await stream.ReadExactlyAsync(ready, linked.Token).ConfigureAwait(false);
+            if (BinaryPrimitives.ReadInt32LittleEndian(ready) != 1 || ready[4] != Ready) throw new InvalidDataException("expected ready");
         }
         if (IsDisposed) return;
         Volatile.Write(ref _current, conn);
