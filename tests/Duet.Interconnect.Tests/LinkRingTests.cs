@@ -97,6 +97,14 @@ public sealed class LinkRingTests
             Assert.Equal(0, l.Control % 64);
         }
         Assert.Equal(options.DataBufferBytes, layout.Commands.DataBytes);
+        // The offsets docs/internals/interconnect.md spells out for the defaults.
+        Assert.Equal(36864, layout.Commands.MessageOffset);
+        Assert.Equal(299008, layout.Commands.DataOffset);
+        Assert.Equal(4493312, layout.Replies.MessageOffset);
+        Assert.Equal(4558848, layout.Replies.DataOffset);
+        Assert.Equal(4820992, layout.TotalBytes);
+        Assert.Equal(384, layout.Commands.Control);
+        Assert.Equal(768, layout.Replies.Control);
         Assert.Equal(options.ReplyQueueEntries, layout.Replies.Entries);
 
         using var w = IclWindow.CreateInMemory(layout, "A");

@@ -56,6 +56,44 @@ public sealed class LinkSharedMemoryTests(ITestOutputHelper output) : LinkContra
     }
 
     [Fact]
+    [Trait("Claim", "ICL-1")]
+    [Trait("Claim", "ICL-2")]
+    public async Task A_second_process_speaks_to_the_window_from_the_documented_layout_alone()
+    {
+        var script = Path.Combine(AppContext.BaseDirectory, "LinkCrossProcessPeer.py");
+        if (!File.Exists("/usr/bin/python3") || !Directory.Exists("/dev/shm"))
+        {
+            output.WriteLine("python3 or /dev/shm missing: cross-process check not run");
+            return;
+        }
+        string pair = "x" + Guid.NewGuid().ToString("N")[..12];
+        var a = SharedMemoryIclTransport.Open(pair, "A", "B", Small, directory: "/dev/shm");
+        await using var _a = a;
+        var got = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        a.Start(async t =>
+        {
+            var text = System.Text.Encoding.UTF8.GetString(t.Message.Span);
+            await LinkTestUtil.Until(() => a.IsUp); // the peer's window appeared just before its doorbell
+            await a.PostAsync(IclSignal.Reply, t.Epoch + 1, System.Text.Encoding.UTF8.GetBytes("ack:" + text), default);
+            got.TrySetResult(text);
+        });
+        var psi = new ProcessStartInfo("/usr/bin/python3", [script, "/dev/shm", pair]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var peer = Process.Start(psi)!;
+        var stdout = peer.StandardOutput.ReadToEndAsync();
+        var stderr = peer.StandardError.ReadToEndAsync();
+        await peer.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        output.WriteLine(await stdout + await stderr);
+        Assert.Equal(0, peer.ExitCode);
+        var text = await got.Task.WaitAsync(TimeSpan.FromSeconds(5));
+        Assert.StartsWith("hello from pid ", text);
+        Assert.Contains($"signal=4 epoch=78 reply=ack:{text}", await stdout);
+        Assert.Equal(1, a.Counters.DoorbellsTaken);
+        Assert.Equal(1, a.Counters.Received[IclSignal.Message].Transfers);
+        Assert.Equal(1, a.Counters.Sent[IclSignal.Reply].Transfers);
+        File.Delete(SharedMemoryIclTransport.WindowPath("/dev/shm", pair, "B"));
+    }
+
+    [Fact]
     public async Task Disposing_removes_the_own_window_file()
     {
         string pair = "t" + Guid.NewGuid().ToString("N")[..12];
