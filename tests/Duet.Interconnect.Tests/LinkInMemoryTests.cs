@@ -123,6 +123,33 @@ public sealed class LinkInMemoryTests : LinkContractTests
     }
 
     [Fact]
+    [Trait("Claim", "ICL-3")]
+    public async Task A_partial_sequence_cut_half_way_is_never_delivered()
+    {
+        var (a, b) = InMemoryIclTransport.CreatePair(Options, new ManualTimeProvider(), "A", "B", manualDelivery: true);
+        await using var _a = a;
+        await using var _b = b;
+        var rb = new Recorder();
+        b.Start(rb.Handle);
+        var post = a.PostAsync(IclSignal.MessageWithData, 1, new byte[] { 1 }, new byte[5000]).AsTask();
+        for (int moved = 0; moved < 3;) // three pieces moved out (the sender refills as space frees), then the cut
+        {
+            if (await b.PumpOnceAsync()) moved++;
+            else await Task.Delay(1);
+        }
+        a.Cut();
+        await Assert.ThrowsAsync<IclLinkDownException>(() => post);
+        await b.PumpAllAsync();
+        a.Heal();
+        await a.PostAsync(IclSignal.MessageWithData, 1, new byte[] { 2 }, new byte[] { 7 });
+        Assert.Equal(1, await b.PumpAllAsync());
+        var only = Assert.Single(rb.Items);
+        Assert.Equal(2, only.Message[0]);
+        Assert.Equal(0, b.Counters.PartialTransfersAssembled);
+        Assert.True(b.Counters.TransfersDropped >= 1);
+    }
+
+    [Fact]
     [Trait("Claim", "ICL-4")]
     public async Task A_handler_that_throws_does_not_stop_the_link()
     {

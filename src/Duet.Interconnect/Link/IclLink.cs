@@ -95,6 +95,9 @@ public abstract class IclLink : IIclLink
 {
     static readonly AsyncLocal<IclLink?> InHandlerOf = new();
 
+    /// <summary>The most data one PostAsync may carry (the receiver assembles it in memory).</summary>
+    public const int MaxDataBytes = 1 << 30;
+
     readonly SemaphoreSlim[] _laneLocks = [new(1, 1), new(1, 1)];
     readonly long[] _discardBelow = new long[WindowLayout.Lanes];
     readonly Assembly?[] _assembly = new Assembly?[WindowLayout.Lanes];
@@ -193,6 +196,8 @@ public abstract class IclLink : IIclLink
         var l = sink.Layout.Lane(lane);
         if (message.Length > l.MessageBytes)
             throw new ArgumentException($"message of {message.Length} B is larger than the peer's message buffer ({l.MessageBytes} B)", nameof(message));
+        if (data.Length > MaxDataBytes)
+            throw new ArgumentException($"data of {data.Length} B is larger than the {MaxDataBytes} B one transfer may carry", nameof(data));
         if (!data.IsEmpty && l.DataBytes == 0)
             throw new ArgumentException("the peer's window has no data buffer for this queue", nameof(data));
 
@@ -460,7 +465,7 @@ public abstract class IclLink : IIclLink
         if (e.MessageLength < 0 || e.MessageLength > l.MessageBytes || e.DataLength < 0 || e.DataLength > l.DataBytes) return false;
         if (e.MessagePos < Local.Counter(lane, WindowLayout.MessageTail) || e.MessagePos + e.MessageLength > Volatile.Read(ref Local.Counter(lane, WindowLayout.MessageHead))) return false;
         if (e.DataPos < Local.Counter(lane, WindowLayout.DataTail) || e.DataPos + e.DataLength > Volatile.Read(ref Local.Counter(lane, WindowLayout.DataHead))) return false;
-        if ((e.Flags & IclEntryFlags.Partial) != 0 && (e.TotalDataLength < e.DataLength || e.TotalDataLength > 1L << 30)) return false;
+        if ((e.Flags & IclEntryFlags.Partial) != 0 && (e.TotalDataLength < e.DataLength || e.TotalDataLength > MaxDataBytes)) return false;
         return true;
     }
 

@@ -409,7 +409,15 @@ public sealed class TcpIclLink : IclLink
                     BinaryPrimitives.WriteInt64LittleEndian(frame.AsSpan(8), Volatile.Read(ref w.Counter(lane, WindowLayout.EntryTail)));
                     BinaryPrimitives.WriteInt64LittleEndian(frame.AsSpan(16), Volatile.Read(ref w.Counter(lane, WindowLayout.MessageTail)));
                     BinaryPrimitives.WriteInt64LittleEndian(frame.AsSpan(24), Volatile.Read(ref w.Counter(lane, WindowLayout.DataTail)));
-                    await WriteAsync(frame, default, default, CancellationToken.None).ConfigureAwait(false);
+                    try
+                    {
+                        await WriteAsync(frame, default, default, CancellationToken.None).ConfigureAwait(false);
+                    }
+                    catch (IclLinkDownException) when (!IsDown)
+                    {
+                        // The write lock stayed busy (a long data frame): the credit is still owed.
+                        Interlocked.Or(ref _dirtyLanes, 1 << lane);
+                    }
                 }
                 if (lanes != 0) continue;
                 try { await signal.WaitAsync(Down).ConfigureAwait(false); }
