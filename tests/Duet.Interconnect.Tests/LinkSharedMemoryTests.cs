@@ -1,0 +1,143 @@
+using System.Diagnostics;
+using System.IO.MemoryMappedFiles;
+using Duet.Interconnect.Link;
+using Xunit.Abstractions;
+
+namespace Duet.Interconnect.Tests;
+
+/// <summary>The contract over shared memory: two separately created mappings of each window file.</summary>
+public sealed class LinkSharedMemoryTests(ITestOutputHelper output) : LinkContractTests
+{
+    readonly string _dir = Directory.Exists("/dev/shm") ? "/dev/shm" : Path.GetTempPath();
+
+    protected override async Task<(IclLink A, IclLink B)> OpenCoreAsync(IclWindowOptions options)
+    {
+        string pair = "t" + Guid.NewGuid().ToString("N")[..12];
+        var a = SharedMemoryIclTransport.Open(pair, "A", "B", options, directory: _dir);
+        var b = SharedMemoryIclTransport.Open(pair, "B", "A", options, directory: _dir);
+        await LinkTestUtil.Until(() => a.IsUp && b.IsUp);
+        return (a, b);
+    }
+
+    protected override TimeSpan ShortPostTimeout => TimeSpan.FromMilliseconds(300);
+
+    protected override Task LetTimeoutPassAsync(Task post, TimeSpan timeout) => Task.CompletedTask;
+
+    [Fact]
+    [Trait("Claim", "ICL-1")]
+    public async Task The_window_files_hold_the_documented_layout_seen_through_a_third_mapping()
+    {
+        var (a, b) = await OpenAsync(Small);
+        var sa = (SharedMemoryIclLink)a;
+        Assert.True(File.Exists(sa.WindowPath));
+        Assert.Equal(sa.PeerWindowPath, ((SharedMemoryIclLink)b).WindowPath);
+        var rb = new Recorder();
+        b.Start(rb.Handle);
+        for (int i = 0; i < 3; i++) await a.PostAsync(IclSignal.MessageWithData, 1, new byte[5], new byte[7]);
+        await rb.WaitForAsync(3);
+
+        // B's window, mapped again here: the header, and the counters A (producer) and B (consumer) wrote.
+        using var fs = new FileStream(sa.PeerWindowPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+        using var mmf = MemoryMappedFile.CreateFromFile(fs, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: true);
+        using var view = mmf.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+        var bytes = new byte[fs.Length];
+        view.ReadArray(0, bytes, 0, bytes.Length);
+        var layout = WindowLayout.ReadHeader(bytes, out var reason);
+        Assert.NotNull(layout);
+        Assert.Equal(WindowLayout.From(Small), layout);
+        Assert.Equal("B", WindowLayout.ReadOwner(bytes));
+        Assert.Equal(3, BitConverter.ToInt64(bytes, WindowLayout.DoorbellOffset));
+        int control = layout!.Commands.Control;
+        Assert.Equal(3, BitConverter.ToInt64(bytes, control + WindowLayout.EntryHead));
+        Assert.Equal(3, BitConverter.ToInt64(bytes, control + WindowLayout.EntryTail));
+        Assert.Equal(15, BitConverter.ToInt64(bytes, control + WindowLayout.MessageHead));
+        Assert.Equal(21, BitConverter.ToInt64(bytes, control + WindowLayout.DataTail));
+        Assert.Equal((byte)IclSignal.MessageWithData, bytes[layout.Commands.EntriesOffset + 2 * WindowLayout.EntryBytes]);
+    }
+
+    [Fact]
+    [Trait("Claim", "ICL-1")]
+    [Trait("Claim", "ICL-2")]
+    public async Task A_second_process_speaks_to_the_window_from_the_documented_layout_alone()
+    {
+        var script = Path.Combine(AppContext.BaseDirectory, "LinkCrossProcessPeer.py");
+        if (!File.Exists("/usr/bin/python3") || !Directory.Exists("/dev/shm"))
+        {
+            output.WriteLine("python3 or /dev/shm missing: cross-process check not run");
+            return;
+        }
+        string pair = "x" + Guid.NewGuid().ToString("N")[..12];
+        var a = SharedMemoryIclTransport.Open(pair, "A", "B", Small, directory: "/dev/shm");
+        await using var _a = a;
+        var got = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        a.Start(async t =>
+        {
+            var text = System.Text.Encoding.UTF8.GetString(t.Message.Span);
+            await LinkTestUtil.Until(() => a.IsUp); // the peer's window appeared just before its doorbell
+            await a.PostAsync(IclSignal.Reply, t.Epoch + 1, System.Text.Encoding.UTF8.GetBytes("ack:" + text), default);
+            got.TrySetResult(text);
+        });
+        var psi = new ProcessStartInfo("/usr/bin/python3", [script, "/dev/shm", pair]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var peer = Process.Start(psi)!;
+        var stdout = peer.StandardOutput.ReadToEndAsync();
+        var stderr = peer.StandardError.ReadToEndAsync();
+        await peer.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        output.WriteLine(await stdout + await stderr);
+        Assert.Equal(0, peer.ExitCode);
+        var text = await got.Task.WaitAsync(TimeSpan.FromSeconds(5));
+        Assert.StartsWith("hello from pid ", text);
+        Assert.Contains($"signal=4 epoch=78 reply=ack:{text}", await stdout);
+        Assert.Equal(1, a.Counters.DoorbellsTaken);
+        Assert.Equal(1, a.Counters.Received[IclSignal.Message].Transfers);
+        Assert.Equal(1, a.Counters.Sent[IclSignal.Reply].Transfers);
+        File.Delete(SharedMemoryIclTransport.WindowPath("/dev/shm", pair, "B"));
+    }
+
+    [Fact]
+    public async Task Disposing_removes_the_own_window_file()
+    {
+        string pair = "t" + Guid.NewGuid().ToString("N")[..12];
+        var a = SharedMemoryIclTransport.Open(pair, "A", "B", Small, directory: _dir);
+        Assert.False(a.IsUp); // no peer yet
+        await Assert.ThrowsAsync<IclLinkDownException>(() => a.PostAsync(IclSignal.Message, 1, new byte[1], default).AsTask());
+        var path = a.WindowPath;
+        Assert.True(File.Exists(path));
+        await a.DisposeAsync();
+        Assert.False(File.Exists(path));
+    }
+
+    [Fact]
+    [Trait("Claim", "ICL-2")]
+    public async Task Round_trip_latency_of_a_small_transfer_and_its_reply()
+    {
+        var (a, b) = await OpenAsync(IclWindowOptions.Default);
+        var figure = await LinkLatency.MeasureAsync(a, b, 5000);
+        output.WriteLine($"shm: {figure} (futex: {SharedMemoryIclLink.FutexAvailable})");
+        Console.WriteLine($"LATENCY shm: {figure} (futex: {SharedMemoryIclLink.FutexAvailable})");
+    }
+}
+
+/// <summary>Informal round-trip figures (printed, not asserted).</summary>
+public static class LinkLatency
+{
+    public static async Task<string> MeasureAsync(IIclLink a, IIclLink b, int rounds)
+    {
+        var reply = new SemaphoreSlim(0);
+        b.Start(async t =>
+        {
+            if (t.Signal != IclSignal.Reply) await b.PostAsync(IclSignal.Reply, t.Epoch, t.Message, default);
+        });
+        a.Start(t => { reply.Release(); return ValueTask.CompletedTask; });
+        var message = new byte[64];
+        var samples = new double[rounds];
+        for (int i = -500; i < rounds; i++) // 500 warm-up rounds
+        {
+            long start = Stopwatch.GetTimestamp();
+            await a.PostAsync(IclSignal.Message, 1, message, default);
+            await reply.WaitAsync(TimeSpan.FromSeconds(10));
+            if (i >= 0) samples[i] = Stopwatch.GetElapsedTime(start).TotalMicroseconds;
+        }
+        Array.Sort(samples);
+        return $"64 B message + reply round trip over {rounds} rounds: median {samples[rounds / 2]:F1} us, p99 {samples[rounds * 99 / 100]:F1} us, mean {samples.Average():F1} us";
+    }
+}
