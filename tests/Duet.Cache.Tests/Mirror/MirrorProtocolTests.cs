@@ -1,0 +1,165 @@
+using Duet.Cache.Mirror;
+using Duet.Interconnect.Link;
+using Duet.Interconnect.Wire;
+
+namespace Duet.Cache.Tests.Mirror;
+
+public class MirrorProtocolTests
+{
+    [Fact]
+    [Trait("Claim", "MR-6")]
+    [Trait("Claim", "MR-3")]
+    public async Task OneSmallMirroredWriteRingsThreeDoorbells()
+    {
+        await using var h = new PairHarness(MirrorMethod.Seed);
+        await h.WriteAsync(8, 8); // 4 KiB: one S/G element, small path
+        Assert.Equal(3, h.Doorbells);   // command and data at B, status at A
+        Assert.Equal(2, h.LinkA.Counters.DoorbellsRung);
+        Assert.Equal(1, h.LinkB.Counters.DoorbellsRung);
+        Assert.Equal(1, h.Mirror.Counters.SmallWrites);
+        Assert.True(h.LinkBytes <= 4200, $"{h.LinkBytes} link bytes for a 4 KiB write");
+        Assert.Equal(h.Model, h.PeerReplay());
+    }
+
+    [Theory]
+    [InlineData(8)]      // 4 KiB forced onto the large path
+    [InlineData(128)]    // 64 KiB: four S/G elements, large by figure 7
+    [InlineData(2048)]   // 1 MiB: 64 elements in one metadata message
+    [Trait("Claim", "MR-6")]
+    [Trait("Claim", "MR-2")]
+    public async Task OneLargeMirroredWriteRingsFourDoorbells(int sectors)
+    {
+        await using var h = new PairHarness(sectors == 8 ? MirrorMethod.SeedLarge : MirrorMethod.Seed, nvramBytes: 16 << 20);
+        await h.WriteAsync(0, sectors);
+        Assert.Equal(4, h.Doorbells);   // notification, metadata and data at B, status at A
+        Assert.Equal(1, h.Mirror.Counters.LargeWrites);
+        Assert.Equal(h.Model, h.PeerReplay());
+    }
+
+    [Fact]
+    [Trait("Claim", "MR-4")]
+    public async Task FigureSevenSendsTwoElementWritesSmallAndThreeElementWritesLarge()
+    {
+        await using var h = new PairHarness(MirrorMethod.Seed);
+        await h.WriteAsync(16, 32);  // 16 KiB straddling two elements: two S/G elements, 16 KiB -> small
+        await h.WriteAsync(400 * 32 + 8, 80); // three elements -> large
+        Assert.Equal(1, h.Mirror.Counters.SmallWrites);
+        Assert.Equal(1, h.Mirror.Counters.LargeWrites);
+        Assert.Equal(h.Model, h.PeerReplay());
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-2")]
+    [Trait("Claim", "CC-3")]
+    public async Task UnderLoadBatchingCarriesManyWritesPerDoorbell()
+    {
+        await using var h = new PairHarness(MirrorMethod.Batched, manualDelivery: true);
+        var writes = Enumerable.Range(0, 32).Select(i => h.WriteAsync(i * 64L, 8)).ToList();
+        // Every write has appended its change before the link delivers anything: the first batch is
+        // in flight and the rest wait in the filling list.
+        for (int i = 0; i < 1000 && h.Mirror.Counters.GroupsAppended < 32; i++) await Task.Delay(1);
+        Assert.Equal(32, h.Mirror.Counters.GroupsAppended);
+        while (writes.Any(w => !w.IsCompleted))
+        {
+            await h.LinkB.PumpAllAsync();
+            await h.LinkA.PumpAllAsync();
+            await Task.Delay(1);
+        }
+        await Task.WhenAll(writes);
+        Assert.True(h.Mirror.Counters.Batches <= 3, $"{h.Mirror.Counters.Batches} batches for 32 concurrent writes");
+        Assert.True(h.Doorbells <= 32, $"{h.Doorbells} doorbells for 32 writes");
+        Assert.True(h.LinkBytes <= 32 * 4200, $"{h.LinkBytes / 32} link bytes per 4 KiB write");
+        Assert.Equal(h.Model, h.PeerReplay());
+    }
+
+    public static TheoryData<MirrorMethod, int> Workloads => new()
+    {
+        { MirrorMethod.Batched, 1 }, { MirrorMethod.Batched, 2 }, { MirrorMethod.Seed, 3 }, { MirrorMethod.Seed, 4 }, { MirrorMethod.SeedLarge, 5 },
+    };
+
+    [Theory, MemberData(nameof(Workloads))]
+    [Trait("Claim", "MR-1")]
+    [Trait("Claim", "ICL-4")]
+    public async Task EveryAcknowledgedWriteIsInThePeersRegion2(MirrorMethod path, int seed)
+    {
+        await using var h = new PairHarness(path, seed: seed);
+        var rng = new Random(seed);
+        for (int round = 0; round < 40; round++)
+        {
+            // Concurrent writes in one round touch disjoint ranges: overlapping concurrent writes
+            // have no defined order, so no model could say which one wins.
+            int n = rng.Next(1, 16);
+            long slice = h.Backing.CapacitySectors / n;
+            await Task.WhenAll(Enumerable.Range(0, n).Select(i =>
+            {
+                int len = rng.Next(1, rng.Next(2) == 0 ? 9 : 161);
+                return h.WriteAsync(i * slice + rng.NextInt64(0, slice - len), len);
+            }));
+            if (rng.Next(5) == 0) await h.Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30));
+            var replay = h.PeerReplay();
+            if (!replay.AsSpan().SequenceEqual(h.Model))
+            {
+                int sector = replay.AsSpan().CommonPrefixLength(h.Model) / 512;
+                var peerHas = h.NvramB.Peer.ReplayOrder().Where(x => x.Descriptor.ArrayLba == sector / 32 * 32).Select(x => $"e{x.Element} seq{x.Descriptor.Sequence} mask{x.Descriptor.ValidMask:x8}");
+                var ownHas = h.NvramA.Own.ReplayOrder().Where(x => x.Descriptor.ArrayLba == sector / 32 * 32).Select(x => $"e{x.Element} seq{x.Descriptor.Sequence} mask{x.Descriptor.ValidMask:x8} dirty{x.Descriptor.Dirty}");
+                bool backingOk = h.Backing.Bytes.AsSpan(sector * 512, 512).SequenceEqual(h.Model.AsSpan(sector * 512, 512));
+                Assert.Fail($"round {round}: sector {sector} (element lba {sector / 32 * 32}) not recovered; backing ok {backingOk}; peer [{string.Join(", ", peerHas)}]; owner [{string.Join(", ", ownHas)}]");
+            }
+        }
+        await h.VerifyAsync();
+        Assert.Equal(0, h.Receiver.Refused);
+    }
+
+    [Fact]
+    public async Task WhenTheLinkIsCutWritesGoOnThroughToTheDrives()
+    {
+        await using var h = new PairHarness(MirrorMethod.Batched);
+        await h.WriteAsync(0, 8);
+        h.LinkA.Cut();
+        Assert.Equal(Duet.Cache.MirrorMode.ErrorRecovery, h.Mirror.Mode);
+        await h.WriteAsync(64, 8);
+        Assert.Equal(h.Model.AsSpan(64 * 512, 4096).ToArray(), h.Backing.Bytes.AsSpan(64 * 512, 4096).ToArray());
+        await h.VerifyAsync();
+    }
+
+    [Fact]
+    [Trait("Claim", "MR-3")]
+    [Trait("Claim", "MR-2")]
+    public async Task MalformedMirrorInputIsRefusedCountedAndNeverWritten()
+    {
+        await using var h = new PairHarness(MirrorMethod.Seed);
+        await h.WriteAsync(0, 8);
+        var before = h.NvramB.Peer.ReplayOrder().Select(x => (x.Element, x.Descriptor)).ToList();
+        long refused = h.Receiver.Refused;
+        async Task Send(IclSignal signal, byte[] message, byte[]? data = null, ulong epoch = 1)
+        {
+            await h.LinkA.PostAsync(signal, epoch, message, data ?? default);
+            for (int i = 0; i < 200 && h.LinkB.Counters.DoorbellsTaken < h.LinkA.Counters.DoorbellsRung; i++) await Task.Delay(1);
+        }
+        // Unknown opcode 0xC0 in a small-write position: not a mirror message.
+        // Small write with count1 = 40 (33-63 are rejected).
+        await Send(IclSignal.Message, Convert.FromHexString("a0" + "0a" + "00" + "07" + "0000" + "0000" + "00000000"));
+        // Small write for controller B's opcode (0xB0) arriving from A.
+        await Send(IclSignal.Message, Convert.FromHexString("b0" + "02" + "00" + "07" + "0000" + "0000" + "00000000"));
+        // Small write naming volume 9, which B's array table does not hold; its data follows.
+        await Send(IclSignal.Message, Convert.FromHexString("a0" + "02" + "00" + "09" + "0100" + "0000" + "00000000"));
+        await Send(IclSignal.MessageWithData, [], new byte[4096]);
+        // Small write whose data is shorter than announced.
+        await Send(IclSignal.Message, Convert.FromHexString("a0" + "02" + "00" + "07" + "0100" + "0000" + "00000000"));
+        await Send(IclSignal.MessageWithData, [], new byte[512]);
+        // Large write whose metadata puts an S/G element beyond region 2.
+        var notice = new byte[10]; notice[0] = 0x3C;
+        await Send(IclSignal.Message, notice);
+        var meta = new MetadataMirrorMessage { Sequence = 99, Lba = 0, BlockCount = 8, ArraySerial = 0xABCDEF, Region = 2, ArrayNumber = 7, Elements = [new SgElement(0, 4096)] };
+        var metaBytes = new byte[1024];
+        meta.Encode(metaBytes);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(metaBytes.AsSpan(512), 0x7FFF_F000); // offset outside the region
+        await Send(IclSignal.Message, metaBytes);
+        // A batch from a stale epoch is dropped without an answer.
+        h.Receiver.PeerEpoch = 5;
+        await Send(IclSignal.Message, Convert.FromHexString("a0" + "02" + "00" + "07" + "0100" + "0000" + "00000000"), epoch: 4);
+        Assert.Equal(1, h.Receiver.StaleEpochs);
+        Assert.True(h.Receiver.Refused >= refused + 5, $"refused {h.Receiver.Refused - refused}");
+        Assert.Equal(before, h.NvramB.Peer.ReplayOrder().Select(x => (x.Element, x.Descriptor)).ToList());
+    }
+}
