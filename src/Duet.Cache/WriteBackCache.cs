@@ -146,11 +146,31 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         }
     }
 
-    /// <summary>Every valid element, for a full resynchronisation of the peer's mirror.</summary>
-    public IReadOnlyList<MirrorChange> Snapshot()
+    /// <summary>
+    /// Resynchronises the peer's region 2 (after pairing or when the peer comes back): with no write
+    /// in between, <paramref name="resume"/> makes the mirror usable again and every valid element is
+    /// appended in sequence order; returns when the peer holds them all. From then on writes are
+    /// mirrored again (write-back resumes).
+    /// </summary>
+    public async Task ResyncMirrorAsync(Action resume)
     {
+        Task sent;
+        int count;
         lock (_lock)
-            return _index.Values.Order().Select(e => new MirrorChange(e, Descriptor(e), _nvram.Memory(e), false)).ToList();
+        {
+            resume();
+            var changes = _index.Values.OrderBy(e => _slots[e].Sequence).Select(e => new MirrorChange(e, Descriptor(e), _nvram.Memory(e), false)).ToList();
+            count = changes.Count;
+            sent = changes.Count == 0 ? Task.CompletedTask : _mirror.AppendGroup(changes);
+        }
+        await sent.ConfigureAwait(false);
+        LogResynced(count);
+    }
+
+    /// <summary>Whether any sector of the element at <paramref name="elementLba"/> is cached.</summary>
+    public bool IsCached(byte array, long elementLba)
+    {
+        lock (_lock) return _index.ContainsKey((array, elementLba));
     }
 
     static MirrorChange InvalidationOf(int element, ulong sequence) =>
@@ -263,14 +283,22 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 int e = elements[i];
                 int old;
                 uint oldMask = 0;
+                bool oldDirty = false;
                 lock (_lock)
                 {
-                    if (_index.TryGetValue((array, lba), out old)) { oldMask = _slots[old].Valid; _slots[old].Pins++; }
+                    if (_index.TryGetValue((array, lba), out old))
+                    {
+                        // Only dirty sectors must travel into the new image: a clean element's
+                        // sectors are on the drives already, so reads find them there.
+                        oldDirty = _slots[old].State == SlotState.Dirty;
+                        oldMask = oldDirty ? _slots[old].Valid : 0;
+                        if (oldDirty) _slots[old].Pins++;
+                    }
                     else old = -1;
                 }
                 olds[i] = old;
                 var dst = _nvram.Memory(e);
-                if (old >= 0)
+                if (oldDirty)
                 {
                     try
                     {
@@ -765,6 +793,9 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         _stop.Cancel();
         if (_destager is not null) { try { await _destager.ConfigureAwait(false); } catch { } }
     }
+
+    [LoggerMessage(EventId = 4002, Level = LogLevel.Information, Message = "peer mirror resynchronised: {Count} elements")]
+    partial void LogResynced(int count);
 
     [LoggerMessage(EventId = 4001, Level = LogLevel.Error, Message = "destage failed: {Error}")]
     partial void LogDestageFailed(string error);

@@ -287,7 +287,7 @@ public static partial class Program
     }
 
     // A verb with a result: print it for people, or as the record itself with --json.
-    static void SetCall<T>(Command command, JsonTypeInfo<T> json, Func<ParseResult, ManagementClient, CancellationToken, Task<T>> call, Action<Output, T> human)
+    static void SetCall<T>(Command command, JsonTypeInfo<T> json, Func<ParseResult, PairClient, CancellationToken, Task<T>> call, Action<Output, T> human)
     {
         command.Options.Add(JsonOption);
         command.SetAction((pr, ct) => CallAsync(pr, ct, async (output, client) =>
@@ -299,7 +299,7 @@ public static partial class Program
     }
 
     // A verb without a result: one line for people, {"ok":true} with --json.
-    static void SetCall(Command command, Func<ParseResult, ManagementClient, CancellationToken, Task> call, Func<ParseResult, string> done)
+    static void SetCall(Command command, Func<ParseResult, PairClient, CancellationToken, Task> call, Func<ParseResult, string> done)
     {
         command.Options.Add(JsonOption);
         command.SetAction((pr, ct) => CallAsync(pr, ct, async (output, client) =>
@@ -310,12 +310,12 @@ public static partial class Program
         }));
     }
 
-    static async Task<int> CallAsync(ParseResult pr, CancellationToken ct, Func<Output, ManagementClient, Task> body)
+    static async Task<int> CallAsync(ParseResult pr, CancellationToken ct, Func<Output, PairClient, Task> body)
     {
         var output = Output.For(pr, pr.GetValue(JsonOption));
         try
         {
-            using var client = ManagementClient.ForDataDirectory(ResolveDataDir(pr));
+            using var client = PairClient.ForDataDirectory(ResolveDataDir(pr));
             await body(output, client).ConfigureAwait(false);
             return ExitOk;
         }

@@ -15,16 +15,100 @@ public static partial class Program
     static partial void AddServerCommands(RootCommand root)
     {
         root.Subcommands.Add(UpCommand());
+        root.Subcommands.Add(ControllerCommand());
         root.Subcommands.Add(BenchCommand());
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    static extern int kill(int pid, int signal);
+    const int SIGTERM = 15;
+
+    static ILoggerFactory ConsoleLogging(bool quiet) => LoggerFactory.Create(b => b
+        .AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; })
+        .SetMinimumLevel(quiet ? LogLevel.Warning : LogLevel.Information)
+        .AddFilter("Microsoft", LogLevel.Warning));
+
+    /// <summary>Cancelled on SIGTERM or SIGINT (Ctrl-C).</summary>
+    sealed class StopSignal : IDisposable
+    {
+        readonly CancellationTokenSource _cts;
+        readonly PosixSignalRegistration _term, _int;
+        public StopSignal(CancellationToken ct)
+        {
+            _cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            _term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; _cts.Cancel(); });
+            _int = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; _cts.Cancel(); });
+        }
+        public CancellationToken Token => _cts.Token;
+        public void Dispose() { _term.Dispose(); _int.Dispose(); _cts.Dispose(); }
+    }
+
+    static Command ControllerCommand()
+    {
+        var name = new Option<string>("--name") { Description = "Which controller of the pair: A or B", Required = true };
+        name.AcceptOnlyFromAmong("A", "B");
+        var nbdPort = new Option<int>("--nbd-port") { Description = "NBD port on 127.0.0.1 (default: 10809 for A, 10810 for B)" };
+        var iclPort = new Option<int>("--icl-port") { Description = "The inter-controller link's TCP port on 127.0.0.1 (A listens, B connects)", DefaultValueFactory = _ => 10815 };
+        var nvram = new Option<string>("--nvram") { Description = "NVRAM size (up to 1G)", DefaultValueFactory = _ => "256M" };
+        var mirror = new Option<string>("--mirror") { Description = "How writes are mirrored: batched (CC-2/3), seed (MR-2/3 by figure 7), seed-large", DefaultValueFactory = _ => "batched" };
+        mirror.AcceptOnlyFromAmong("batched", "seed", "seed-large");
+        var quiet = new Option<bool>("--quiet") { Description = "Log warnings and errors only" };
+        var cmd = new Command("controller", "Run one controller of the pair on a data directory until SIGTERM (./duet up starts both)")
+        {
+            name, nbdPort, iclPort, nvram, mirror, quiet,
+        };
+        cmd.SetAction(async (parse, ct) =>
+        {
+            var output = parse.InvocationConfiguration.Output;
+            var error = parse.InvocationConfiguration.Error;
+            string me = parse.GetValue(name)!;
+            string dir = ResolveDataDir(parse);
+            int port = parse.GetValue(nbdPort) is > 0 and var p ? p : (me == "A" ? 10809 : 10810);
+            if (!Units.TryParseSize(parse.GetValue(nvram)!, out long nvramBytes))
+            {
+                await error.WriteLineAsync($"duet: --nvram '{parse.GetValue(nvram)}' is not a size");
+                return ExitUsage;
+            }
+            var method = parse.GetValue(mirror) switch { "seed" => Duet.Cache.Mirror.MirrorMethod.Seed, "seed-large" => Duet.Cache.Mirror.MirrorMethod.SeedLarge, _ => Duet.Cache.Mirror.MirrorMethod.Batched };
+            using var loggers = ConsoleLogging(parse.GetValue(quiet));
+            using var stop = new StopSignal(ct);
+            Duet.Host.Controller.ControllerServer server;
+            try
+            {
+                server = await Duet.Host.Controller.ControllerServer.StartAsync(new Duet.Host.Controller.ControllerOptions
+                {
+                    Name = me, DataDirectory = dir, NbdEndpoint = new IPEndPoint(IPAddress.Loopback, port),
+                    IclEndpoint = new IPEndPoint(IPAddress.Loopback, parse.GetValue(iclPort)), NvramBytes = nvramBytes, Mirror = method,
+                }, loggers, stop.Token);
+            }
+            catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or UnauthorizedAccessException or ArgumentException or Duet.Cache.Nvram.NvramException)
+            {
+                await error.WriteLineAsync($"duet: controller {me} cannot start on {dir}: {e.Message}");
+                return ExitFailed;
+            }
+            await using (server)
+            {
+                await output.WriteLineAsync($"duet controller {me}: ready; NBD on {server.Nbd.LocalEndPoint}; management {server.Management.SocketPath}");
+                await output.FlushAsync();
+                try { await Task.Delay(Timeout.Infinite, stop.Token); } catch (OperationCanceledException) { }
+                await output.WriteLineAsync($"duet controller {me}: stopping");
+            }
+            await output.WriteLineAsync($"duet controller {me}: stopped");
+            return ExitOk;
+        });
+        return cmd;
     }
 
     static Command UpCommand()
     {
-        var nbdPort = new Option<int>("--nbd-port") { Description = "NBD port on 127.0.0.1", DefaultValueFactory = _ => 10809 };
+        var nbdPort = new Option<int>("--nbd-port") { Description = "NBD port of controller A on 127.0.0.1; B uses the next one", DefaultValueFactory = _ => 10809 };
+        var iclPort = new Option<int>("--icl-port") { Description = "The inter-controller link's port (default: NBD port + 6)" };
+        var mirror = new Option<string>("--mirror") { Description = "How writes are mirrored: batched, seed, seed-large", DefaultValueFactory = _ => "batched" };
+        mirror.AcceptOnlyFromAmong("batched", "seed", "seed-large");
         var quiet = new Option<bool>("--quiet") { Description = "Log warnings and errors only" };
-        var cmd = new Command("up", "Start Duet on a data directory (created with the default layout if new) and serve its volumes until Ctrl-C or SIGTERM")
+        var cmd = new Command("up", "Start the controller pair on a data directory (created with the default layout if new) and serve its volumes until Ctrl-C or SIGTERM")
         {
-            nbdPort, quiet,
+            nbdPort, iclPort, mirror, quiet,
         };
         cmd.SetAction(async (parse, ct) =>
         {
@@ -32,53 +116,136 @@ public static partial class Program
             var error = parse.InvocationConfiguration.Error;
             string dir = ResolveDataDir(parse);
             int port = parse.GetValue(nbdPort);
-            if (port is < 0 or > 65535)
+            if (port is <= 0 or > 65534)
             {
                 await error.WriteLineAsync($"duet: --nbd-port {port} is not a port number");
                 return ExitUsage;
             }
-            using var loggerFactory = LoggerFactory.Create(b => b
-                .AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; })
-                .SetMinimumLevel(parse.GetValue(quiet) ? LogLevel.Warning : LogLevel.Information)
-                .AddFilter("Microsoft", LogLevel.Warning));
-            using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });
-            using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Cancel(); });
-            DuetServer server;
+            int icl = parse.GetValue(iclPort) is > 0 and var ip ? ip : port + 6;
+            using var stop = new StopSignal(ct);
+            bool created;
             try
             {
-                server = await DuetServer.StartAsync(new DuetServerOptions { DataDirectory = dir, NbdEndpoint = new IPEndPoint(IPAddress.Loopback, port) }, loggerFactory, stop.Token);
+                created = await CreateDefaultLayoutIfNewAsync(dir, parse.GetValue(quiet));
             }
-            catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or UnauthorizedAccessException)
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or Duet.Raid.Management.ManagementException)
             {
-                await error.WriteLineAsync($"duet: cannot start on {dir}: {e.Message}");
+                await error.WriteLineAsync($"duet: cannot prepare {dir}: {e.Message}");
                 return ExitFailed;
             }
-            await using (server)
+            var controllers = new Dictionary<string, (System.Diagnostics.Process Process, int Port, TaskCompletionSource Ready)>();
+            var outputLock = new Lock();
+            void Relay(string who, string? line)
             {
-                var status = server.Arrays.Status();
-                await output.WriteLineAsync($"duet: data directory {dir}{(server.CreatedDefaultLayout ? " (new: created the default layout)" : "")}");
-                await output.WriteLineAsync($"duet: management socket {server.Management.SocketPath}");
-                foreach (var a in status.Arrays)
-                    await output.WriteLineAsync($"duet: array {a.Name}: RAID {a.Level}, {a.Members.Count} drives, {Units.FormatSize(a.CapacityBytes)}, {a.State}" +
-                        (a.State == "optimal" ? "" : $" ({string.Join(", ", a.Members.Where(m => m.State != "active").Select(m => $"slot {m.Slot} {m.Drive ?? "-"} {m.State}"))})"));
-                foreach (var d in status.Drives.Where(d => d.Role == "foreign"))
-                    await output.WriteLineAsync($"duet: drive {d.Name} not used: {d.State}");
-                var ep = server.NbdEndpoint;
-                foreach (var v in status.Volumes)
-                    await output.WriteLineAsync($"duet: NBD nbd://{ep.Address}:{ep.Port}/{v.Name} ({Units.FormatSize(v.SizeBytes)} on {v.Array})");
-                if (status.Volumes.Count > 0)
-                    await output.WriteLineAsync($"duet: try: nbdinfo nbd://{ep.Address}:{ep.Port}/{status.Volumes[0].Name}");
+                if (line is null) return;
+                lock (outputLock) output.WriteLine($"[{who}] {line}");
+                if (line.Contains($"duet controller {who}: ready", StringComparison.Ordinal)) controllers[who].Ready.TrySetResult();
+            }
+            foreach (var (who, p) in new[] { ("A", port), ("B", port + 1) })
+            {
+                var psi = new System.Diagnostics.ProcessStartInfo("dotnet")
+                {
+                    RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+                };
+                foreach (var a in new[] { typeof(Program).Assembly.Location, "controller", "--name", who, "--data", dir, "--nbd-port", $"{p}", "--icl-port", $"{icl}", "--mirror", parse.GetValue(mirror)! })
+                    psi.ArgumentList.Add(a);
+                if (parse.GetValue(quiet)) psi.ArgumentList.Add("--quiet");
+                var process = new System.Diagnostics.Process { StartInfo = psi, EnableRaisingEvents = true };
+                controllers[who] = (process, p, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+                process.OutputDataReceived += (_, e) => Relay(who, e.Data);
+                process.ErrorDataReceived += (_, e) => Relay(who, e.Data);
+                process.Start();
+                process.BeginOutputReadLine();
+                process.BeginErrorReadLine();
+            }
+            var exits = controllers.ToDictionary(kv => kv.Key, kv => kv.Value.Process.WaitForExitAsync());
+            try
+            {
+                var ready = Task.WhenAll(controllers.Values.Select(c => c.Ready.Task));
+                var first = await Task.WhenAny(ready, Task.WhenAny(exits.Values), Task.Delay(TimeSpan.FromMinutes(2), stop.Token));
+                if (first != ready)
+                {
+                    foreach (var (who, c) in controllers)
+                        if (c.Process.HasExited) await error.WriteLineAsync($"duet: controller {who} exited with code {c.Process.ExitCode} while starting");
+                    if (!stop.Token.IsCancellationRequested) await error.WriteLineAsync("duet: the pair did not start");
+                    await StopControllersAsync(controllers.Values.Select(c => c.Process));
+                    return stop.Token.IsCancellationRequested ? ExitOk : ExitFailed;
+                }
+                using (var client = Duet.Host.Management.PairClient.ForDataDirectory(dir))
+                {
+                    var status = await client.StatusAsync(stop.Token);
+                    await output.WriteLineAsync($"duet: data directory {dir}{(created ? " (new: created the default layout)" : "")}");
+                    await output.WriteLineAsync($"duet: management socket {Duet.Host.Management.ManagementHost.SocketPathFor(dir)}");
+                    await output.WriteLineAsync($"duet: controller A: NBD 127.0.0.1:{port}; controller B: NBD 127.0.0.1:{port + 1}; inter-controller link 127.0.0.1:{icl}");
+                    foreach (var a in status.Arrays)
+                        await output.WriteLineAsync($"duet: array {a.Name}: RAID {a.Level}, {a.Members.Count} drives, {Units.FormatSize(a.CapacityBytes)}, {a.State}" +
+                            (a.State == "optimal" ? "" : $" ({string.Join(", ", a.Members.Where(m => m.State != "active").Select(m => $"slot {m.Slot} {m.Drive ?? "-"} {m.State}"))})") +
+                            $", served by {a.Owner}");
+                    foreach (var d in status.Drives.Where(d => d.Role == "foreign"))
+                        await output.WriteLineAsync($"duet: drive {d.Name} not used: {d.State}");
+                    foreach (var v in status.Volumes)
+                    {
+                        var owner = status.Arrays.FirstOrDefault(a => a.Name == v.Array)?.Owner ?? "A";
+                        foreach (var (who, p) in new[] { ("A", port), ("B", port + 1) })
+                            await output.WriteLineAsync($"duet: NBD nbd://127.0.0.1:{p}/{v.Name} ({Units.FormatSize(v.SizeBytes)} on {v.Array}; {(who == owner ? "served" : $"forwarded to {owner}")} by {who})");
+                    }
+                    if (status.Volumes.Count > 0)
+                        await output.WriteLineAsync($"duet: try: nbdinfo nbd://127.0.0.1:{port}/{status.Volumes[0].Name}");
+                }
                 await output.WriteLineAsync("duet: ready; Ctrl-C or SIGTERM stops (data is kept)");
                 await output.FlushAsync();
-                try { await Task.Delay(Timeout.Infinite, stop.Token); }
-                catch (OperationCanceledException) { }
+                // Run until a signal. A controller that dies is reported; the other goes on alone
+                // (error-recovery mode). Restarting it is the failover issue's supervisor.
+                var pending = exits.ToDictionary();
+                while (!stop.Token.IsCancellationRequested && pending.Count > 0)
+                {
+                    try { await Task.WhenAny(pending.Values).WaitAsync(stop.Token); }
+                    catch (OperationCanceledException) { break; }
+                    foreach (var (who, t) in pending.Where(kv => kv.Value.IsCompleted).ToList())
+                    {
+                        pending.Remove(who);
+                        await output.WriteLineAsync($"duet: controller {who} exited with code {controllers[who].Process.ExitCode}; the other controller goes on alone");
+                    }
+                }
                 await output.WriteLineAsync("duet: stopping");
             }
-            await output.WriteLineAsync("duet: stopped");
-            return ExitOk;
+            finally
+            {
+                await StopControllersAsync(controllers.Values.Select(c => c.Process));
+            }
+            bool clean = controllers.Values.All(c => c.Process.HasExited && c.Process.ExitCode == 0);
+            await output.WriteLineAsync(clean ? "duet: stopped" : "duet: stopped (a controller did not stop cleanly)");
+            return clean ? ExitOk : ExitFailed;
         });
         return cmd;
+    }
+
+    static async Task StopControllersAsync(IEnumerable<System.Diagnostics.Process> processes)
+    {
+        var list = processes.ToList();
+        foreach (var p in list) if (!p.HasExited) kill(p.Id, SIGTERM);
+        foreach (var p in list)
+        {
+            try { await p.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(60)); }
+            catch (TimeoutException) { p.Kill(entireProcessTree: true); await p.WaitForExitAsync(); }
+        }
+    }
+
+    /// <summary>A new data directory gets ARCHITECTURE.md's layout: eight sparse 1 GiB drives as two RAID 6
+    /// arrays of four; vol0 on arr0 (served by A), vol1 on arr1 (served by B).</summary>
+    static async Task<bool> CreateDefaultLayoutIfNewAsync(string dir, bool quiet)
+    {
+        var drives = Path.Combine(dir, "drives");
+        if (Directory.Exists(drives) && Directory.EnumerateFiles(drives, "*.img").Any()) return false;
+        using var loggers = ConsoleLogging(quiet);
+        await using var m = await Duet.Raid.Management.ArrayManager.OpenAsync(new Duet.Raid.Management.ArrayManagerOptions { DataDirectory = dir, LoggerFactory = loggers });
+        for (int i = 0; i < 8; i++) await m.AddDriveAsync(new Duet.Raid.Management.AddDriveRequest($"d{i}", Units.GiB(1)));
+        for (int a = 0; a < 2; a++)
+        {
+            await m.CreateArrayAsync(new Duet.Raid.Management.CreateArrayRequest($"arr{a}", 6, Enumerable.Range(a * 4, 4).Select(i => $"d{i}").ToList(), Owner: a == 0 ? "A" : "B"));
+            await m.CreateVolumeAsync(new Duet.Raid.Management.CreateVolumeRequest($"vol{a}", $"arr{a}", 0));
+        }
+        return true;
     }
 
     static Command BenchCommand()

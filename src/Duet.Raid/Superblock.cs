@@ -37,7 +37,9 @@ public sealed record VolumeEntry(string Name, Guid Uuid, long OffsetBlocks, long
 ///   80    4  flags: bit 0 = clean (shut down cleanly)
 ///   84    4  rebuild rate limit, MiB/s (0 = unlimited)
 ///   88   32  array name, UTF-8, zero padded
-///   120   8  reserved (zero)
+///   120   1  owning controller: 'A' (0x41) or 'B' (0x42); 0 in a single-controller array (served by A)
+///   121   1  array number (MR-5): the 8-bit number both controllers name this array by on the link
+///   122   6  reserved (zero)
 ///   128 1024 slot table: 32 × { drive UUID (16), state (4), reserved (12) }
 ///   1152 128 spares: 8 × drive UUID (16); all-zero = unused
 ///   1280 2048 volumes: 32 × { name (32, UTF-8, zero padded), UUID (16), offset blocks (8), size blocks (8) }
@@ -63,6 +65,10 @@ public sealed record Superblock
     public required long MemberBlocks { get; init; }
     public bool Clean { get; init; }
     public int RebuildMiBps { get; init; }
+    /// <summary>The controller that serves this array (MR-1: ownership is per array): "A" or "B".</summary>
+    public string Owner { get; init; } = "A";
+    /// <summary>MR-5's 8-bit number of the array, the same on both controllers; chosen at creation.</summary>
+    public byte Number { get; init; }
     public required string Name { get; init; }
     public required IReadOnlyList<SlotEntry> Slots { get; init; }
     public IReadOnlyList<Guid> Spares { get; init; } = [];
@@ -87,6 +93,9 @@ public sealed record Superblock
         BinaryPrimitives.WriteUInt32LittleEndian(block[80..], Clean ? 1u : 0u);
         BinaryPrimitives.WriteInt32LittleEndian(block[84..], RebuildMiBps);
         WriteName(block.Slice(88, MaxNameBytes), Name);
+        Invariant.Assert(Owner is "A" or "B");
+        block[120] = (byte)Owner[0];
+        block[121] = Number;
         for (int i = 0; i < Slots.Count; i++)
         {
             var e = block.Slice(128 + i * 32, 32);
@@ -143,6 +152,8 @@ public sealed record Superblock
             volumes.Add(new VolumeEntry(name, new Guid(e[32..48]), BinaryPrimitives.ReadInt64LittleEndian(e[48..]), BinaryPrimitives.ReadInt64LittleEndian(e[56..])));
         }
         uint slot = BinaryPrimitives.ReadUInt32LittleEndian(block[68..]);
+        string owner = block[120] switch { 0 or (byte)'A' => "A", (byte)'B' => "B", var b => "" + (char)b };
+        if (owner is not ("A" or "B")) { error = $"superblock names an unknown owning controller 0x{block[120]:x2}"; return null; }
         return new Superblock
         {
             ArrayUuid = new Guid(block[16..32]),
@@ -156,6 +167,8 @@ public sealed record Superblock
             Clean = (BinaryPrimitives.ReadUInt32LittleEndian(block[80..]) & 1) != 0,
             RebuildMiBps = BinaryPrimitives.ReadInt32LittleEndian(block[84..]),
             Name = ReadName(block.Slice(88, MaxNameBytes)),
+            Owner = owner,
+            Number = block[121],
             Slots = slots,
             Spares = spares,
             Volumes = volumes,

@@ -32,6 +32,10 @@ public sealed partial class MirrorReceiver(
     public long StaleEpochs { get; private set; }
     public long Operations { get; private set; }
 
+    /// <summary>While set, every mirror transfer is answered NotReady and nothing is stored (the pair
+    /// refused to form, e.g. NVRAM layouts differ).</summary>
+    public string? RefuseAll { get; set; }
+
     /// <summary>Lowest epoch accepted from the peer (transfers stamped lower are dropped).</summary>
     public ulong PeerEpoch { get => _peerEpoch; set => _peerEpoch = value; }
 
@@ -47,6 +51,12 @@ public sealed partial class MirrorReceiver(
             return true;
         }
         _peerEpoch = t.Epoch;
+        if (RefuseAll is { } why)
+        {
+            _expect = Expect.Command;
+            await RefuseAsync(0, MirrorStatusCode.NotReady, why).ConfigureAwait(false);
+            return true;
+        }
         var kind = t.Message.IsEmpty ? MessageKind.Unknown : MessageClassifier.Classify(t.Message.Span);
         switch (_expect)
         {

@@ -405,3 +405,44 @@ public sealed record ScsiStateUpdate(ScsiStateKind Kind, ReadOnlyMemory<byte> Bl
     public static OperationStatus TryDecode(ref SequenceReader<byte> reader, out ScsiStateUpdate? value, out WireError error) => DuetFrame.TryDecode<ScsiStateUpdate>(ref reader, out value, out error);
     public int Encode(Span<byte> destination) => DuetFrame.Encode(this, destination);
 }
+
+/// <summary>
+/// Pairing (CC-1): sent by each controller as soon as the link is up, before any mirror transfer.
+/// Body: 0 controller name ('A' or 'B'), 1-7 zero, 8-15 session id (random per controller start),
+/// 16-23 NVRAM total bytes, 24-27 NVRAM elements per region, 28-31 NVRAM element bytes.
+/// The receiver checks that both NVRAMs have the same layout; if not, the pair refuses to form.
+/// </summary>
+public readonly record struct PairHello(char Controller, ulong SessionId, long NvramBytes, int ElementsPerRegion, int ElementBytes) : IDuetMessage<PairHello>
+{
+    const int Body = 32;
+    public static ushort MessageType => MirrorWire.TypePairHello;
+    public int BodyBytes => Body;
+
+    public static bool TryReadBody(ReadOnlySpan<byte> b, out PairHello value, out WireError error)
+    {
+        value = default;
+        if (b.Length != Body) return DuetFrame.Fail(out error, WireError.BadLength);
+        if (b[0] is not ((byte)'A' or (byte)'B')) return DuetFrame.Fail(out error, WireError.BadEnum);
+        if (b[1..8].ContainsAnyExcept((byte)0)) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
+        long nvram = BinaryPrimitives.ReadInt64BigEndian(b[16..]);
+        int elements = BinaryPrimitives.ReadInt32BigEndian(b[24..]);
+        int elementBytes = BinaryPrimitives.ReadInt32BigEndian(b[28..]);
+        if (nvram <= 0 || elements <= 0 || elementBytes <= 0) return DuetFrame.Fail(out error, WireError.BadLength);
+        value = new PairHello((char)b[0], BinaryPrimitives.ReadUInt64BigEndian(b[8..]), nvram, elements, elementBytes);
+        error = WireError.None;
+        return true;
+    }
+
+    public void WriteBody(Span<byte> b)
+    {
+        b[..Body].Clear();
+        b[0] = (byte)Controller;
+        BinaryPrimitives.WriteUInt64BigEndian(b[8..], SessionId);
+        BinaryPrimitives.WriteInt64BigEndian(b[16..], NvramBytes);
+        BinaryPrimitives.WriteInt32BigEndian(b[24..], ElementsPerRegion);
+        BinaryPrimitives.WriteInt32BigEndian(b[28..], ElementBytes);
+    }
+
+    public static OperationStatus TryDecode(ReadOnlySpan<byte> source, out PairHello value, out int consumed, out WireError error) => DuetFrame.TryDecode<PairHello>(source, out value, out consumed, out error);
+    public int Encode(Span<byte> destination) => DuetFrame.Encode(this, destination);
+}

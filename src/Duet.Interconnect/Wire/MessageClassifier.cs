@@ -17,6 +17,7 @@ public enum MessageKind
     ForwardedResponse,
     ArrayTableUpdate,
     ScsiStateUpdate,
+    PairHello,
 }
 
 /// <summary>
@@ -50,6 +51,7 @@ public static class MessageClassifier
             MirrorWire.TypeForwardedResponse => MessageKind.ForwardedResponse,
             MirrorWire.TypeArrayTableUpdate => MessageKind.ArrayTableUpdate,
             MirrorWire.TypeScsiStateUpdate => MessageKind.ScsiStateUpdate,
+            MirrorWire.TypePairHello => MessageKind.PairHello,
             _ => MessageKind.Unknown,
         };
     }

@@ -157,6 +157,8 @@ public static class MirrorWire
     public const ushort TypeForwardedResponse = 0x0105;
     public const ushort TypeArrayTableUpdate = 0x0106;
     public const ushort TypeScsiStateUpdate = 0x0107;
+    /// <summary>Pairing: a controller announces itself and its NVRAM layout when the link comes up.</summary>
+    public const ushort TypePairHello = 0x0108;
 
     /// <summary>The array table maps to 8-bit volume numbers: at most 256 arrays (MR-5).</summary>
     public const int ArrayTableEntriesMax = 256;

@@ -22,10 +22,13 @@ public sealed partial class ArrayManager
         _drives.TryGetValue(name, out var d) ? d : throw NotFound($"no drive named '{name}' (see: duet drive list)");
 
     ArrayEntry ArrayNamed(string name) =>
-        _arrays.TryGetValue(name, out var a) ? a : throw NotFound($"no array named '{name}' (see: duet array list)");
+        _arrays.TryGetValue(name, out var a) ? a
+        : _peerArrays.TryGetValue(name, out var p) ? throw Conflict($"array '{name}' is served by controller {p.Owner}; ask it (duet --controller {p.Owner} ...)")
+        : throw NotFound($"no array named '{name}' (see: duet array list)");
 
     static string? InUse(DriveEntry d) =>
-        d.Array is not null ? (d.IsSpare ? $"drive '{d.Name}' is a spare of array '{d.Array.Raid.Name}'" : $"drive '{d.Name}' is a member of array '{d.Array.Raid.Name}'")
+        d.PeerArray is not null ? $"drive '{d.Name}' belongs to array '{d.PeerArray}', which the peer controller serves"
+        : d.Array is not null ? (d.IsSpare ? $"drive '{d.Name}' is a spare of array '{d.Array.Raid.Name}'" : $"drive '{d.Name}' is a member of array '{d.Array.Raid.Name}'")
         : d.Problem is not null ? $"drive '{d.Name}' {d.Problem}"
         : d.Superblock is not null ? $"drive '{d.Name}' holds a superblock of array '{d.Superblock.Name}' (UUID {d.Superblock.ArrayUuid})"
         : null;
@@ -33,7 +36,9 @@ public sealed partial class ArrayManager
     public Task<ArrayInfo> CreateArrayAsync(CreateArrayRequest r, CancellationToken ct = default) => Locked(async () =>
     {
         if (!Superblock.IsValidName(r.Name)) throw Invalid($"array name '{r.Name}' must be 1-32 letters, digits, '-', '_' or '.'");
-        if (_arrays.ContainsKey(r.Name)) throw Conflict($"an array named '{r.Name}' already exists");
+        if (_arrays.ContainsKey(r.Name) || _peerArrays.ContainsKey(r.Name)) throw Conflict($"an array named '{r.Name}' already exists");
+        string owner = r.Owner ?? Me;
+        if (owner is not ("A" or "B")) throw Invalid($"owner '{r.Owner}' must be controller A or B");
         if (r.Level is not (0 or 1 or 5 or 6 or 10)) throw Invalid($"RAID level {r.Level} is not supported; use 0, 1, 5, 6 or 10");
         var level = (RaidLevel)r.Level;
         if (r.ChunkKiB < 4 || r.ChunkKiB > 1024 || (r.ChunkKiB & (r.ChunkKiB - 1)) != 0) throw Invalid($"chunk size {r.ChunkKiB} KiB must be a power of two from 4 to 1024");
@@ -58,7 +63,7 @@ public sealed partial class ArrayManager
         {
             ArrayUuid = uuid, DriveUuid = Guid.Empty, Generation = 0, Level = level, MemberCount = drives.Count,
             ChunkBlocks = chunkBlocks, Slot = 0, MemberBlocks = geometry.MemberBlocks, Clean = false,
-            RebuildMiBps = r.RebuildMiBps, Name = r.Name, Slots = slots,
+            RebuildMiBps = r.RebuildMiBps, Name = r.Name, Slots = slots, Owner = owner, Number = FreeArrayNumber(),
         };
         var disks = new MemberDisk?[drives.Count];
         for (int i = 0; i < drives.Count; i++)
@@ -75,8 +80,25 @@ public sealed partial class ArrayManager
         _arrays[r.Name] = entry;
         await PersistAsync(entry, ct).ConfigureAwait(false);
         LogArrayCreated(r.Name, r.Level, drives.Count, Units.FormatSize(geometry.CapacityBlocks * Units.BlockBytes));
-        return Info(entry);
+        var info = Info(entry);
+        if (!OwnedHere(entry.Current))
+        {
+            // Created here for the peer: hand it over; the peer assembles it when told to rescan.
+            await entry.Raid.FlushAsync(ct).ConfigureAwait(false);
+            _arrays.Remove(r.Name);
+            foreach (var d in drives) { d.Array = null; d.PeerArray = r.Name; }
+            _peerArrays[r.Name] = entry.Current;
+            info = info with { State = "peer", Owner = owner };
+        }
+        return info;
     }, ct);
+
+    byte FreeArrayNumber()
+    {
+        var used = _arrays.Values.Select(a => a.Current.Number).Concat(_peerArrays.Values.Select(p => p.Number)).ToHashSet();
+        for (int n = 0; n < 256; n++) if (!used.Contains((byte)n)) return (byte)n;
+        throw Conflict("256 arrays exist already; the mirror protocol names at most 256 (MR-5)");
+    }
 
     public Task DeleteArrayAsync(string name, CancellationToken ct = default) => Locked(async () =>
     {
@@ -177,6 +199,8 @@ public sealed partial class ArrayManager
 
     (ArrayEntry Array, int Slot) MemberOf(DriveEntry d)
     {
+        if (d.PeerArray is not null)
+            throw Conflict($"drive '{d.Name}' belongs to array '{d.PeerArray}', which is served by controller {(_peerArrays.TryGetValue(d.PeerArray, out var p) ? p.Owner : "?")}");
         if (d.Array is null) throw Invalid($"drive '{d.Name}' is not a member of any array");
         if (d.IsSpare) throw Invalid($"drive '{d.Name}' is a spare of array '{d.Array.Raid.Name}', not an active member");
         int slot = Array.IndexOf(d.Array.Slots, d);
@@ -258,8 +282,9 @@ public sealed partial class ArrayManager
         try
         {
             return new StatusInfo(
-                _arrays.Values.OrderBy(a => a.Raid.Name, StringComparer.Ordinal).Select(Info).ToList(),
+                _arrays.Values.Select(Info).Concat(_peerArrays.Values.Select(PeerInfo)).OrderBy(a => a.Name, StringComparer.Ordinal).ToList(),
                 _arrays.Values.SelectMany(a => a.Current.Volumes.Select(v => new VolumeInfo(v.Name, a.Raid.Name, v.SizeBlocks * Units.BlockBytes, v.OffsetBlocks * Units.BlockBytes)))
+                    .Concat(_peerArrays.Values.SelectMany(a => a.Volumes.Select(v => new VolumeInfo(v.Name, a.Name, v.SizeBlocks * Units.BlockBytes, v.OffsetBlocks * Units.BlockBytes))))
                     .OrderBy(v => v.Name, StringComparer.Ordinal).ToList(),
                 _drives.Values.OrderBy(d => d.Name, StringComparer.Ordinal).Select(DriveInfoOf).ToList());
         }
@@ -290,6 +315,7 @@ public sealed partial class ArrayManager
         }
         bool rebuilding = a.Rebuild is { IsCompleted: false };
         string state = a.Raid.IsFailed ? "failed" : rebuilding ? "rebuilding" : a.Raid.LostSlots().Count > 0 ? "degraded" : "optimal";
+        string owner = a.Current.Owner;
         long chunkBytes = (long)g.ChunkBlocks * Units.BlockBytes;
         ScrubReport? scrub = null;
         if (a.ScrubResult is { } sr && a.ScrubProgress is { } sp)
@@ -298,12 +324,24 @@ public sealed partial class ArrayManager
         long used = a.Current.Volumes.Sum(v => v.SizeBlocks);
         return new ArrayInfo(a.Raid.Name, a.Raid.Uuid.ToString(), (int)g.Level, g.ChunkBlocks * 4, g.CapacityBlocks * Units.BlockBytes,
             (g.CapacityBlocks - used) * Units.BlockBytes, state, a.Current.Generation, members, a.Spares.Select(s => s.Name).ToList(),
-            rebuilding && a.RebuildProgress is { } rp ? Progress(rp, chunkBytes) : null, scrub);
+            rebuilding && a.RebuildProgress is { } rp ? Progress(rp, chunkBytes) : null, scrub, owner);
+    }
+
+    ArrayInfo PeerInfo(Superblock sb)
+    {
+        var g = new ArrayGeometry(sb.Level, sb.MemberCount, sb.ChunkBlocks, sb.MemberBlocks);
+        var members = sb.Slots.Select((e, i) => new MemberInfo(i, _drives.Values.FirstOrDefault(d => d.Superblock?.DriveUuid == e.Drive)?.Name,
+            e.State switch { SlotState.Active => "active", SlotState.Rebuilding => "rebuilding", SlotState.Failed => "failed", _ => "missing" })).ToList();
+        long used = sb.Volumes.Sum(v => v.SizeBlocks);
+        return new ArrayInfo(sb.Name, sb.ArrayUuid.ToString(), (int)sb.Level, sb.ChunkBlocks * 4, g.CapacityBlocks * Units.BlockBytes,
+            (g.CapacityBlocks - used) * Units.BlockBytes, "peer", sb.Generation, members,
+            _drives.Values.Where(d => d.Superblock is { Slot: -1 } s && s.ArrayUuid == sb.ArrayUuid).Select(d => d.Name).ToList(), null, null, sb.Owner);
     }
 
     DriveInfo DriveInfoOf(DriveEntry d)
     {
         long size = d.Device.BlockCount * Units.BlockBytes;
+        if (d.PeerArray is { } peerArray) return new DriveInfo(d.Name, size, "peer", peerArray, d.Superblock?.Slot is >= 0 ? d.Superblock.Slot : null, "ok");
         if (d.Array is { } a)
         {
             if (d.IsSpare) return new DriveInfo(d.Name, size, "spare", a.Raid.Name, null, "ok");

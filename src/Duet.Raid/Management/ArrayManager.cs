@@ -13,7 +13,14 @@ public sealed record ArrayManagerOptions
     /// <summary>Opens a drive by path; tests and the simulator swap in their own.</summary>
     public Func<string, IBlockDevice> OpenDrive { get; init; } = FileDrive.Open;
     public Func<string, long, IBlockDevice> CreateDrive { get; init; } = FileDrive.Create;
+    /// <summary>In a controller pair, this controller's name ("A" or "B"): only arrays it owns are
+    /// assembled; the peer's are listed read-only and their superblocks are never written.
+    /// Null: a single controller that serves every array.</summary>
+    public string? Controller { get; init; }
 }
+
+/// <summary>A volume of an array the peer controller serves.</summary>
+public sealed record PeerVolume(string Name, string Array, string Owner, long SizeBytes);
 
 /// <summary>
 /// The arrays, volumes and drives of one controller, assembled from the drives' superblocks.
@@ -36,6 +43,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
         public required IBlockDevice Device;
         public Superblock? Superblock;
         public string? Problem; // why the drive is foreign or unreadable
+        public string? PeerArray; // a member or spare of an array the peer controller owns
         public ArrayEntry? Array;
         public bool IsSpare;
     }
@@ -60,6 +68,8 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     readonly SemaphoreSlim _mgmt = new(1, 1);
     readonly Dictionary<string, DriveEntry> _drives = new(StringComparer.Ordinal);
     readonly Dictionary<string, ArrayEntry> _arrays = new(StringComparer.Ordinal);
+    // Arrays the peer controller owns, as their newest superblock describes them (read-only).
+    readonly Dictionary<string, Superblock> _peerArrays = new(StringComparer.Ordinal);
     readonly CancellationTokenSource _stopping = new();
     readonly ILogger _logger;
     volatile IReadOnlyDictionary<string, RaidVolume> _volumes = new Dictionary<string, RaidVolume>();
@@ -136,9 +146,25 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
             }
         }
 
-        foreach (var group in _drives.Values.Where(d => d.Superblock is not null).GroupBy(d => d.Superblock!.ArrayUuid))
+        await AssembleGroupsAsync(_drives.Values.Where(d => d.Superblock is not null).ToList(), ct).ConfigureAwait(false);
+        RefreshVolumes();
+    }
+
+    string Me => _options.Controller ?? "A";
+
+    bool OwnedHere(Superblock sb) => _options.Controller is null || sb.Owner == _options.Controller;
+
+    async Task AssembleGroupsAsync(List<DriveEntry> drives, CancellationToken ct)
+    {
+        foreach (var group in drives.GroupBy(d => d.Superblock!.ArrayUuid))
         {
             var auth = group.MaxBy(d => d.Superblock!.Generation)!.Superblock!;
+            if (!OwnedHere(auth))
+            {
+                _peerArrays[auth.Name] = auth;
+                foreach (var d in group) { d.PeerArray = auth.Name; d.Problem = null; }
+                continue;
+            }
             if (_arrays.ContainsKey(auth.Name))
             {
                 foreach (var d in group) d.Problem = $"belongs to another array also named {auth.Name} (UUID {auth.ArrayUuid}); refused";
@@ -147,7 +173,108 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
             }
             await AssembleArrayAsync(auth, group.ToList(), ct).ConfigureAwait(false);
         }
-        RefreshVolumes();
+    }
+
+    /// <summary>
+    /// Re-reads the superblocks of every drive this controller does not serve: arrays the peer
+    /// created, changed or deleted, and arrays handed over to this controller (which are then
+    /// assembled and served). Called when the peer says its arrays changed.
+    /// </summary>
+    public async Task RescanAsync(CancellationToken ct = default)
+    {
+        await _mgmt.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            _peerArrays.Clear();
+            // Drive files the peer added since we last looked.
+            foreach (var path in Directory.EnumerateFiles(_shelf, "*.img").Order(StringComparer.Ordinal))
+            {
+                var name = Path.GetFileNameWithoutExtension(path);
+                if (_drives.ContainsKey(name)) continue;
+                try { _drives[name] = new DriveEntry { Name = name, Device = _options.OpenDrive(path) }; }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException) { LogDriveUnreadable(name, e.Message); }
+            }
+            var loose = new List<DriveEntry>();
+            foreach (var d in _drives.Values)
+            {
+                if (d.Array is not null) continue;
+                d.PeerArray = null;
+                try { d.Superblock = await ReadSuperblockAsync(d.Device, ct).ConfigureAwait(false); d.Problem = null; }
+                catch (Exception e) when (e is SuperblockException or BlockIoException) { d.Problem = e.Message; continue; }
+                if (d.Superblock is not null) loose.Add(d);
+            }
+            await AssembleGroupsAsync(loose, ct).ConfigureAwait(false);
+            RefreshVolumes();
+        }
+        finally { _mgmt.Release(); }
+    }
+
+    /// <summary>Volumes of arrays the peer controller serves (this controller forwards their I/O).</summary>
+    public IReadOnlyList<PeerVolume> PeerVolumes
+    {
+        get
+        {
+            _mgmt.Wait();
+            try
+            {
+                return _peerArrays.Values.SelectMany(a => a.Volumes.Select(v => new PeerVolume(v.Name, a.Name, a.Owner, v.SizeBlocks * Units.BlockBytes)))
+                    .OrderBy(v => v.Name, StringComparer.Ordinal).ToList();
+            }
+            finally { _mgmt.Release(); }
+        }
+    }
+
+    /// <summary>The MR-5 number of a served array (its superblock holds it).</summary>
+    public byte NumberOf(RaidArray array)
+    {
+        _mgmt.Wait();
+        try { return _arrays[array.Name].Current.Number; }
+        finally { _mgmt.Release(); }
+    }
+
+    /// <summary>Every array both controllers know: MR-5 number → (serial, name, owner). Both sides read it
+    /// from the same superblocks, so it is the same table on both.</summary>
+    public IReadOnlyDictionary<byte, (ulong Serial, string Name, string Owner)> ArrayTable
+    {
+        get
+        {
+            _mgmt.Wait();
+            try
+            {
+                var t = new Dictionary<byte, (ulong, string, string)>();
+                foreach (var a in _arrays.Values) t[a.Current.Number] = (SerialOf(a.Current.ArrayUuid), a.Raid.Name, a.Current.Owner);
+                foreach (var p in _peerArrays.Values) t[p.Number] = (SerialOf(p.ArrayUuid), p.Name, p.Owner);
+                return t;
+            }
+            finally { _mgmt.Release(); }
+        }
+    }
+
+    /// <summary>The 64-bit array serial number of MR-2 (the first 8 bytes of the array UUID).</summary>
+    public static ulong SerialOf(Guid uuid)
+    {
+        Span<byte> b = stackalloc byte[16];
+        uuid.TryWriteBytes(b);
+        return System.Buffers.Binary.BinaryPrimitives.ReadUInt64BigEndian(b);
+    }
+
+    /// <summary>Arrays this controller serves.</summary>
+    public IReadOnlyList<RaidArray> ServedArrays
+    {
+        get
+        {
+            _mgmt.Wait();
+            try { return _arrays.Values.Select(a => a.Raid).OrderBy(r => r.Name, StringComparer.Ordinal).ToList(); }
+            finally { _mgmt.Release(); }
+        }
+    }
+
+    /// <summary>The array a volume lives on and the volume's extent, for volumes this controller serves.</summary>
+    public bool TryGetServedVolume(string name, out RaidVolume volume)
+    {
+        if (_volumes.TryGetValue(name, out var v)) { volume = v; return true; }
+        volume = null!;
+        return false;
     }
 
     async Task AssembleArrayAsync(Superblock auth, List<DriveEntry> group, CancellationToken ct)

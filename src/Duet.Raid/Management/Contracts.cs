@@ -25,7 +25,8 @@ public sealed class ManagementException(ManagementErrorKind kind, string message
 /// <param name="Level">0, 1, 5, 6 or 10.</param>
 /// <param name="ChunkKiB">Stripe unit per member; a power of two from 4 to 1024.</param>
 /// <param name="RebuildMiBps">Rebuild rate limit; 0 means unlimited.</param>
-public sealed record CreateArrayRequest(string Name, int Level, IReadOnlyList<string> Drives, int ChunkKiB = 64, int RebuildMiBps = 0);
+/// <param name="Owner">The controller that will serve the array ("A" or "B"); null: the controller asked.</param>
+public sealed record CreateArrayRequest(string Name, int Level, IReadOnlyList<string> Drives, int ChunkKiB = 64, int RebuildMiBps = 0, string? Owner = null);
 
 /// <param name="SizeBytes">Multiple of 4 KiB; 0 takes the largest free extent of the array.</param>
 public sealed record CreateVolumeRequest(string Name, string Array, long SizeBytes);
@@ -50,14 +51,28 @@ public sealed record ProgressInfo(double Fraction, long DoneBytes, long TotalByt
 /// <param name="Findings">One line per problem found, naming the member: "stripe 12 member 3 (d3): checksum mismatch, repaired".</param>
 public sealed record ScrubReport(bool Running, ProgressInfo Progress, long StripesChecked, long ChecksumErrors, long ParityMismatches, long Repaired, long Unrepairable, IReadOnlyList<string> Findings);
 
-/// <param name="State">"optimal", "degraded", "rebuilding" or "failed" (more members lost than the level survives).</param>
+/// <param name="State">"optimal", "degraded", "rebuilding" or "failed" (more members lost than the level survives);
+/// "peer" for an array the other controller serves (this controller forwards its I/O).</param>
+/// <param name="Owner">The controller that serves the array: "A" or "B".</param>
 public sealed record ArrayInfo(
     string Name, string Uuid, int Level, int ChunkKiB, long CapacityBytes, long FreeBytes, string State, long Generation,
-    IReadOnlyList<MemberInfo> Members, IReadOnlyList<string> Spares, ProgressInfo? Rebuild, ScrubReport? Scrub);
+    IReadOnlyList<MemberInfo> Members, IReadOnlyList<string> Spares, ProgressInfo? Rebuild, ScrubReport? Scrub, string Owner = "A");
 
 public sealed record VolumeInfo(string Name, string Array, long SizeBytes, long OffsetBytes);
 
-public sealed record StatusInfo(IReadOnlyList<ArrayInfo> Arrays, IReadOnlyList<VolumeInfo> Volumes, IReadOnlyList<DriveInfo> Drives);
+/// <summary>The controller answering, its peer and its cache mirror (MR-1, MR-6, ICL-5).</summary>
+/// <param name="Mirror">"healthy" (write-back, mirrored) or "error-recovery" (peer gone: write-through).</param>
+public sealed record ControllerInfo(
+    string Name, string Peer, bool LinkUp, string Mirror, string? MirrorDownReason, string MirrorMethod,
+    int CacheElements, int DirtyElements, long CacheHits, long CacheMisses, long DestagedElements, long WriteThroughs,
+    long MirroredWrites, long Batches, long SmallWrites, long LargeWrites,
+    long Doorbells, long LinkMessageBytes, long LinkDataBytes, long ForwardedRequests, long ForwardedServed, long RefusedTransfers);
+
+public sealed record StatusInfo(IReadOnlyList<ArrayInfo> Arrays, IReadOnlyList<VolumeInfo> Volumes, IReadOnlyList<DriveInfo> Drives, ControllerInfo? Controller = null)
+{
+    /// <summary>The other controller of the pair, when the status merges both (the CLI's view).</summary>
+    public ControllerInfo? PeerController { get; init; }
+}
 
 /// <summary>
 /// Array management for one controller. Every mutating call either completes or throws

@@ -107,6 +107,11 @@ public sealed class BackgroundProcess : IAsyncDisposable
 
     public string Output { get { lock (_lock) return _output.ToString(); } }
 
+    public int Pid => _process.Id;
+
+    /// <summary>kill -9: the process gets no chance to clean up.</summary>
+    public void KillHard() => Assert.Equal(0, Posix.Kill(_process.Id, 9));
+
     /// <summary>Waits (bounded) until a line of output contains <paramref name="text"/>; fails if the process exits first.</summary>
     public async Task<string> WaitForOutputAsync(string text, TimeSpan timeout)
     {

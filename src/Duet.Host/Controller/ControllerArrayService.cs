@@ -1,0 +1,36 @@
+using Duet.Raid.Management;
+using DriveInfo = Duet.Raid.Management.DriveInfo;
+
+namespace Duet.Host.Controller;
+
+/// <summary>The management surface of a controller in a pair: the array manager's, plus the controller's
+/// own state in status, and the peer told after every change of arrays or volumes (MR-5).</summary>
+public sealed class ControllerArrayService(ControllerServer controller) : IArrayService
+{
+    ArrayManager A => controller.Arrays;
+
+    public StatusInfo Status() => A.Status() with { Controller = controller.Info() };
+
+    async Task<T> Changed<T>(Task<T> op)
+    {
+        var r = await op.ConfigureAwait(false);
+        await controller.NotifyPeerArraysChangedAsync().ConfigureAwait(false);
+        return r;
+    }
+
+    async Task Changed(Task op)
+    {
+        await op.ConfigureAwait(false);
+        await controller.NotifyPeerArraysChangedAsync().ConfigureAwait(false);
+    }
+
+    public Task<ArrayInfo> CreateArrayAsync(CreateArrayRequest request, CancellationToken ct = default) => Changed(A.CreateArrayAsync(request, ct));
+    public Task DeleteArrayAsync(string name, CancellationToken ct = default) => Changed(A.DeleteArrayAsync(name, ct));
+    public Task<VolumeInfo> CreateVolumeAsync(CreateVolumeRequest request, CancellationToken ct = default) => Changed(A.CreateVolumeAsync(request, ct));
+    public Task DeleteVolumeAsync(string name, CancellationToken ct = default) => Changed(A.DeleteVolumeAsync(name, ct));
+    public Task<DriveInfo> AddDriveAsync(AddDriveRequest request, CancellationToken ct = default) => Changed(A.AddDriveAsync(request, ct));
+    public Task AddSpareAsync(AddSpareRequest request, CancellationToken ct = default) => Changed(A.AddSpareAsync(request, ct));
+    public Task FailDriveAsync(string drive, CancellationToken ct = default) => A.FailDriveAsync(drive, ct);
+    public Task ReplaceDriveAsync(string drive, ReplaceDriveRequest request, CancellationToken ct = default) => A.ReplaceDriveAsync(drive, request, ct);
+    public Task StartScrubAsync(string array, ScrubRequest request, CancellationToken ct = default) => A.StartScrubAsync(array, request, ct);
+}

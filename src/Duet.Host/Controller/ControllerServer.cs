@@ -1,0 +1,333 @@
+using System.Net;
+using Duet.Cache;
+using Duet.Cache.Mirror;
+using Duet.Cache.Nvram;
+using Duet.Core;
+using Duet.Host.Management;
+using Duet.Interconnect.Link;
+using Duet.Interconnect.Wire;
+using Duet.Nbd;
+using Duet.Raid;
+using Duet.Raid.Management;
+using Microsoft.Extensions.Logging;
+
+namespace Duet.Host.Controller;
+
+public sealed record ControllerOptions
+{
+    /// <summary>"A" or "B".</summary>
+    public required string Name { get; init; }
+    public required string DataDirectory { get; init; }
+    public IPEndPoint NbdEndpoint { get; init; } = new(IPAddress.Loopback, 10809);
+    /// <summary>The ICL's TCP endpoint: controller A listens on it, B connects to it.</summary>
+    public IPEndPoint IclEndpoint { get; init; } = new(IPAddress.Loopback, 10815);
+    public long NvramBytes { get; init; } = NvramLayout.DefaultTotalBytes;
+    public MirrorMethod Mirror { get; init; } = MirrorMethod.Batched;
+    public TimeSpan ForwardTimeout { get; init; } = TimeSpan.FromSeconds(5);
+    public TimeProvider Time { get; init; } = TimeProvider.System;
+
+    public string PeerName => Name == "A" ? "B" : "A";
+    public static string SocketFor(string dataDirectory, string name) =>
+        Path.Combine(dataDirectory, name == "A" ? ManagementHost.SocketFileName : $"duet-{name}.sock");
+    public static string NvramPathFor(string dataDirectory, string name) => Path.Combine(dataDirectory, $"nvram-{name}.bin");
+}
+
+/// <summary>
+/// One controller of the pair (MR-1, active-active): it serves the arrays it owns through its
+/// write-back cache in NVRAM region 1, mirrors every write into the peer's region 2 over the ICL
+/// before acknowledging it, keeps the peer's mirror in its own region 2, and forwards requests for
+/// the peer's volumes to the peer. Both controllers open the same drives; each writes only its own
+/// arrays. This is the composition root of `duet controller`.
+/// </summary>
+public sealed partial class ControllerServer : IAsyncDisposable
+{
+    readonly ControllerOptions _options;
+    readonly ILogger _logger;
+    readonly ulong _session = (ulong)Random.Shared.NextInt64();
+    readonly Lock _volumesLock = new();
+    readonly Dictionary<RaidVolume, CachedVolume> _cached = new(ReferenceEqualityComparer.Instance);
+    readonly Dictionary<string, ForwardedVolume> _forwarded = new(StringComparer.Ordinal);
+    readonly HashSet<string> _cachedArrays = new(StringComparer.Ordinal);
+
+    public ArrayManager Arrays { get; }
+    public NvramFile Nvram { get; }
+    public IIclLink Link { get; }
+    public PeerMirror Mirror { get; }
+    public MirrorReceiver Receiver { get; }
+    public WriteBackCache Cache { get; }
+    public ForwardingClient Forwarding { get; }
+    public ForwardingServer ForwardingServer { get; }
+    public NbdServer Nbd { get; private set; } = null!;
+    public ManagementHost Management { get; private set; } = null!;
+    public int ReplayedElements { get; private set; }
+    public string Name => _options.Name;
+
+    ControllerServer(ControllerOptions options, ArrayManager arrays, NvramFile nvram, IIclLink link, ILoggerFactory loggers)
+    {
+        _options = options;
+        _logger = loggers.CreateLogger($"Duet.Controller.{options.Name}");
+        Arrays = arrays;
+        Nvram = nvram;
+        Link = link;
+        ulong Epoch() => Nvram.Epoch;
+        Mirror = new PeerMirror(link, Epoch, new PeerMirrorOptions
+        {
+            Path = options.Mirror, SmallWriteOpcode = options.Name == "A" ? (byte)0xA0 : (byte)0xB0, Time = options.Time,
+        }, loggers.CreateLogger<PeerMirror>());
+        Receiver = new MirrorReceiver(new MirrorApplier(nvram.Peer, SerialOfNumber),
+            status => link.PostAsync(IclSignal.Reply, Epoch(), status, default), options.Name == "A" ? (byte)0xB0 : (byte)0xA0,
+            loggers.CreateLogger<MirrorReceiver>());
+        Cache = new WriteBackCache(nvram.Own, Mirror, new CacheOptions { Time = options.Time }, loggers.CreateLogger<WriteBackCache>());
+        Forwarding = new ForwardingClient(link, Epoch, options.ForwardTimeout, options.Time);
+        ForwardingServer = new ForwardingServer(link, Epoch, name => ServedVolume(name), loggers.CreateLogger<ForwardingServer>());
+    }
+
+    ulong? SerialOfNumber(byte number) => Arrays.ArrayTable.TryGetValue(number, out var e) ? e.Serial : null;
+
+    public static async Task<ControllerServer> StartAsync(ControllerOptions options, ILoggerFactory loggers, CancellationToken ct = default)
+    {
+        if (options.Name is not ("A" or "B")) throw new ArgumentException($"controller name '{options.Name}' must be A or B");
+        var dir = Path.GetFullPath(options.DataDirectory);
+        Directory.CreateDirectory(dir);
+        var pairId = PairId(dir);
+        var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { DataDirectory = dir, Time = options.Time, LoggerFactory = loggers, Controller = options.Name }, ct).ConfigureAwait(false);
+        NvramFile? nvram = null;
+        IIclLink? link = null;
+        try
+        {
+            nvram = NvramFile.OpenOrCreate(ControllerOptions.NvramPathFor(dir, options.Name), NvramLayout.For(options.NvramBytes), options.Name, pairId);
+            var icl = IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 };
+            link = options.Name == "A"
+                ? TcpIclTransport.Listen(options.Name, options.PeerName, options.IclEndpoint, icl, options.Time)
+                : TcpIclTransport.Connect(options.Name, options.PeerName, options.IclEndpoint, icl, options.Time);
+            var c = new ControllerServer(options with { DataDirectory = dir }, arrays, nvram, link, loggers);
+            await c.StartCoreAsync(loggers, ct).ConfigureAwait(false);
+            return c;
+        }
+        catch
+        {
+            if (link is not null) await link.DisposeAsync().ConfigureAwait(false);
+            nvram?.Dispose();
+            await arrays.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>The pair's identity, shared by both controllers through the data directory.</summary>
+    static Guid PairId(string dir)
+    {
+        var path = Path.Combine(dir, "pair.id");
+        for (int attempt = 0; ; attempt++)
+        {
+            try { return Guid.Parse(File.ReadAllText(path).Trim()); }
+            catch (FileNotFoundException) { }
+            catch (FormatException) when (attempt < 50) { }
+            try
+            {
+                using var f = new FileStream(path, FileMode.CreateNew, FileAccess.Write);
+                var id = Guid.NewGuid();
+                f.Write(System.Text.Encoding.ASCII.GetBytes(id.ToString()));
+                return id;
+            }
+            catch (IOException) when (attempt < 50) { }
+        }
+    }
+
+    async Task StartCoreAsync(ILoggerFactory loggers, CancellationToken ct)
+    {
+        RegisterServedArrays();
+        ReplayedElements = Cache.Replay();
+        if (ReplayedElements > 0) LogReplayed(ReplayedElements);
+        Cache.Start();
+        Link.UpChanged += up =>
+        {
+            if (up) _ = PairAsync();
+            else OnPeerLost("the link to the peer went down");
+        };
+        Link.Start(DispatchAsync);
+        if (Link.IsUp) _ = PairAsync();
+        Management = await ManagementHost.StartAsync(new ControllerArrayService(this), ControllerOptions.SocketFor(_options.DataDirectory, Name), loggers, ct).ConfigureAwait(false);
+        Nbd = new NbdServer(new Catalog(this), new NbdServerOptions { Endpoint = _options.NbdEndpoint, TimeProvider = _options.Time }, loggers.CreateLogger<NbdServer>());
+        await Nbd.StartAsync(ct).ConfigureAwait(false);
+        LogStarted(Name, Nbd.LocalEndPoint.ToString(), Nvram.Layout.Describe());
+    }
+
+    void RegisterServedArrays()
+    {
+        foreach (var raid in Arrays.ServedArrays)
+        {
+            lock (_volumesLock) if (!_cachedArrays.Add(raid.Name)) continue;
+            Cache.AddArray(new RaidBacking(raid, Arrays.NumberOf(raid), ArrayManager.SerialOf(raid.Uuid)));
+        }
+    }
+
+    /// <summary>Pairing: announce ourselves (the peer checks the NVRAM layouts and clears its stale mirror
+    /// of us), then resynchronise the peer's region 2 from our region 1; write-back resumes after that.</summary>
+    async Task PairAsync()
+    {
+        try
+        {
+            var layout = Nvram.Layout;
+            var hello = new PairHello(Name[0], _session, layout.TotalBytes, layout.ElementCount, layout.ElementBytes);
+            var bytes = new byte[DuetFrame.EncodedBytes(hello)];
+            hello.Encode(bytes);
+            await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default).ConfigureAwait(false);
+            await Cache.ResyncMirrorAsync(Mirror.Resume).ConfigureAwait(false);
+            LogPaired(_options.PeerName);
+        }
+        catch (Exception e) when (e is IclLinkDownException or MirrorUnavailableException)
+        {
+            OnPeerLost($"pairing failed: {e.Message}");
+        }
+    }
+
+    void OnPeerLost(string why)
+    {
+        Mirror.Fail(why);
+        // Error-recovery mode: the data only this controller holds now goes to the drives.
+        _ = Cache.DrainAsync().ContinueWith(t => { if (t.IsFaulted) LogDrainFailed(t.Exception!.InnerException!.Message); }, TaskScheduler.Default);
+    }
+
+    async ValueTask DispatchAsync(IclTransfer t)
+    {
+        var kind = t.Message.IsEmpty ? MessageKind.Unknown : MessageClassifier.Classify(t.Message.Span);
+        if (t.Signal == IclSignal.Reply)
+        {
+            if (kind == MessageKind.Status) Mirror.OnReply(t.Message.Span);
+            else if (kind == MessageKind.ForwardedResponse) Forwarding.OnResponse(t.Message.Span, t.Data.Span);
+            else LogUnknown("reply", kind.ToString());
+            return;
+        }
+        switch (kind)
+        {
+            case MessageKind.PairHello:
+                OnPeerHello(t.Message.Span);
+                return;
+            case MessageKind.ForwardedRequest:
+                ForwardingServer.OnRequest(t.Message.Span, t.Data.Span);
+                return;
+            case MessageKind.ArrayTableUpdate:
+                _ = RescanAsync();
+                return;
+        }
+        if (!await Receiver.HandleAsync(t).ConfigureAwait(false)) LogUnknown("command", kind.ToString());
+    }
+
+    void OnPeerHello(ReadOnlySpan<byte> message)
+    {
+        if (PairHello.TryDecode(message, out var hello, out _, out var error) != System.Buffers.OperationStatus.Done)
+        {
+            LogUnknown("pair hello", error.ToString());
+            return;
+        }
+        var mine = Nvram.Layout;
+        if (hello.NvramBytes != mine.TotalBytes || hello.ElementsPerRegion != mine.ElementCount || hello.ElementBytes != mine.ElementBytes)
+        {
+            var why = $"the pair refuses to form: NVRAM layouts differ (mine: {mine.TotalBytes} bytes, {mine.ElementCount} elements of {mine.ElementBytes}; " +
+                      $"{hello.Controller}'s: {hello.NvramBytes} bytes, {hello.ElementsPerRegion} elements of {hello.ElementBytes})";
+            Receiver.RefuseAll = why;
+            LogRefused(why);
+            return;
+        }
+        Receiver.RefuseAll = null;
+        // A new session of the peer: it replayed its own region 1 and resynchronises us next.
+        Nvram.Peer.Clear();
+    }
+
+    public async Task RescanAsync()
+    {
+        await Arrays.RescanAsync().ConfigureAwait(false);
+        RegisterServedArrays();
+        lock (_volumesLock) _forwarded.Clear();
+    }
+
+    /// <summary>Tells the peer that arrays changed (MR-5: both keep the array table in step).</summary>
+    public async Task NotifyPeerArraysChangedAsync()
+    {
+        if (!Link.IsUp) return;
+        var table = new ArrayTable();
+        foreach (var (number, e) in Arrays.ArrayTable.OrderBy(kv => kv.Key)) table.TryAdd(e.Serial, number, out _);
+        var update = table.Snapshot();
+        var bytes = new byte[DuetFrame.EncodedBytes(update)];
+        update.Encode(bytes);
+        try { await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default).ConfigureAwait(false); }
+        catch (IclLinkDownException) { }
+    }
+
+    internal IBlockVolume? ServedVolume(string name)
+    {
+        if (!Arrays.TryGetServedVolume(name, out var rv)) return null;
+        RegisterServedArrays();
+        lock (_volumesLock)
+        {
+            if (!_cached.TryGetValue(rv, out var cv))
+                _cached[rv] = cv = new CachedVolume(rv, Cache, Arrays.NumberOf(rv.Array));
+            return cv;
+        }
+    }
+
+    sealed class Catalog(ControllerServer c) : IVolumeCatalog
+    {
+        public bool TryGetVolume(string name, out IBlockVolume volume)
+        {
+            if (c.ServedVolume(name) is { } served) { volume = served; return true; }
+            var peer = c.Arrays.PeerVolumes.FirstOrDefault(v => v.Name == name);
+            if (peer is not null)
+            {
+                lock (c._volumesLock)
+                {
+                    if (!c._forwarded.TryGetValue(name, out var fv) || fv.SizeBytes != peer.SizeBytes)
+                        c._forwarded[name] = fv = new ForwardedVolume(name, peer.SizeBytes, c.Forwarding);
+                    volume = fv;
+                }
+                return true;
+            }
+            volume = null!;
+            return false;
+        }
+
+        public IReadOnlyList<IBlockVolume> Volumes =>
+            c.Arrays.Status().Volumes.Select(v => TryGetVolume(v.Name, out var vol) ? vol : null).Where(v => v is not null).Select(v => v!).ToList();
+    }
+
+    public ControllerInfo Info()
+    {
+        var cc = Cache.Counters;
+        var mc = Mirror.Counters;
+        var lc = Link.Counters;
+        return new ControllerInfo(Name, _options.PeerName, Link.IsUp, Mirror.Mode == MirrorMode.Healthy ? "healthy" : "error-recovery",
+            Mirror.DownReason, _options.Mirror.ToString().ToLowerInvariant(), Cache.ElementCount, cc.Dirty, cc.Hits, cc.Misses, cc.DestagedElements,
+            cc.WriteThroughs, cc.Mirrored, mc.Batches, mc.SmallWrites, mc.LargeWrites, lc.DoorbellsRung, lc.MessageBytesSent, lc.DataBytesSent,
+            Forwarding.Forwarded, Interlocked.Read(ref ForwardingServer.Served), Receiver.Refused);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await Nbd.DisposeAsync().ConfigureAwait(false);
+        await Management.DisposeAsync().ConfigureAwait(false);
+        // An orderly stop destages everything, so the peer's mirror of us is no longer needed.
+        try { await Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30)).ConfigureAwait(false); }
+        catch (Exception e) { LogDrainFailed(e.Message); }
+        await Cache.DisposeAsync().ConfigureAwait(false);
+        await Mirror.DisposeAsync().ConfigureAwait(false);
+        await Link.DisposeAsync().ConfigureAwait(false);
+        await Arrays.DisposeAsync().ConfigureAwait(false);
+        Nvram.Dispose();
+        LogStopped(Name);
+    }
+
+    [LoggerMessage(EventId = 7001, Level = LogLevel.Information, Message = "controller {Name} serving; NBD on {Endpoint}; NVRAM {Layout}")]
+    partial void LogStarted(string name, string endpoint, string layout);
+    [LoggerMessage(EventId = 7002, Level = LogLevel.Information, Message = "replayed {Count} cache elements from NVRAM region 1")]
+    partial void LogReplayed(int count);
+    [LoggerMessage(EventId = 7003, Level = LogLevel.Information, Message = "paired with controller {Peer}; mirror resynchronised, write-back on")]
+    partial void LogPaired(string peer);
+    [LoggerMessage(EventId = 7004, Level = LogLevel.Error, Message = "{Why}")]
+    partial void LogRefused(string why);
+    [LoggerMessage(EventId = 7005, Level = LogLevel.Warning, Message = "unknown {Where} on the ICL refused: {Kind}")]
+    partial void LogUnknown(string where, string kind);
+    [LoggerMessage(EventId = 7006, Level = LogLevel.Error, Message = "destage after losing the peer failed: {Error}")]
+    partial void LogDrainFailed(string error);
+    [LoggerMessage(EventId = 7007, Level = LogLevel.Information, Message = "controller {Name} stopped; cache destaged")]
+    partial void LogStopped(string name);
+}

@@ -1,0 +1,213 @@
+using System.Collections.Concurrent;
+using Duet.Core;
+using Duet.Interconnect.Link;
+using Duet.Interconnect.Wire;
+using Microsoft.Extensions.Logging;
+
+namespace Duet.Host.Controller;
+
+/// <summary>
+/// Active-active (MR-1): a request for a volume the peer serves is forwarded over the ICL and
+/// answered from there. If the owner cannot be reached, the request fails with an I/O error at
+/// once or after the timeout — it never hangs.
+/// </summary>
+public sealed class ForwardingClient
+{
+    readonly IIclLink _link;
+    readonly Func<ulong> _epoch;
+    readonly TimeSpan _timeout;
+    readonly TimeProvider _time;
+    readonly ConcurrentDictionary<ulong, (TaskCompletionSource<int> Done, Memory<byte> Into)> _pending = new();
+    long _nextId;
+
+    public ForwardingClient(IIclLink link, Func<ulong> epoch, TimeSpan timeout, TimeProvider time)
+    {
+        _link = link;
+        _epoch = epoch;
+        _timeout = timeout;
+        _time = time;
+        _link.UpChanged += up => { if (!up) FailAll("the link to the owning controller went down"); };
+    }
+
+    public long Forwarded => Interlocked.Read(ref _nextId);
+
+    void FailAll(string why)
+    {
+        foreach (var (id, p) in _pending)
+            if (_pending.TryRemove(id, out _)) p.Done.TrySetException(new BlockIoException(BlockErrorKind.Io, why));
+    }
+
+    public async ValueTask SendAsync(ForwardedOp op, string volume, long offset, long length, bool fua, ReadOnlyMemory<byte> data, Memory<byte> readInto, CancellationToken ct)
+    {
+        if (!_link.IsUp) throw new BlockIoException(BlockErrorKind.Io, $"volume {volume}: its owning controller is unreachable");
+        ulong id = (ulong)Interlocked.Increment(ref _nextId);
+        var done = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _pending[id] = (done, readInto);
+        try
+        {
+            var request = new ForwardedRequest(id, op, volume, (ulong)offset, (uint)length, fua);
+            var bytes = new byte[DuetFrame.EncodedBytes(request)];
+            request.Encode(bytes);
+            try
+            {
+                await _link.PostAsync(data.IsEmpty ? IclSignal.Message : IclSignal.MessageWithData, _epoch(), bytes, data, ct).ConfigureAwait(false);
+            }
+            catch (IclLinkDownException e)
+            {
+                throw new BlockIoException(BlockErrorKind.Io, $"volume {volume}: its owning controller is unreachable: {e.Message}", -1, e);
+            }
+            int errno;
+            try { errno = await done.Task.WaitAsync(_timeout, _time, ct).ConfigureAwait(false); }
+            catch (TimeoutException) { throw new BlockIoException(BlockErrorKind.Io, $"volume {volume}: the owning controller did not answer within {_timeout.TotalSeconds:0.#} s"); }
+            if (errno != 0) throw ErrnoToError(errno, volume, offset);
+        }
+        finally
+        {
+            _pending.TryRemove(id, out _);
+        }
+    }
+
+    /// <summary>A ForwardedResponse reply (message and the data of a read).</summary>
+    public void OnResponse(ReadOnlySpan<byte> message, ReadOnlySpan<byte> data)
+    {
+        if (ForwardedResponse.TryDecode(message, out var response, out _, out _) != System.Buffers.OperationStatus.Done) return;
+        if (!_pending.TryGetValue(response.RequestId, out var p)) return;
+        if (response.Errno == 0 && !p.Into.IsEmpty)
+        {
+            if (data.Length != p.Into.Length) { p.Done.TrySetResult(5); return; }
+            data.CopyTo(p.Into.Span);
+        }
+        p.Done.TrySetResult(response.Errno);
+    }
+
+    public static int ErrorToErrno(BlockIoException e) => e.Kind switch
+    {
+        BlockErrorKind.OutOfRange => 28,
+        BlockErrorKind.Invalid => 22,
+        BlockErrorKind.ReadOnly => 1,
+        _ => 5,
+    };
+
+    static BlockIoException ErrnoToError(int errno, string volume, long offset) => errno switch
+    {
+        28 => new BlockIoException(BlockErrorKind.OutOfRange, $"volume {volume}: request at {offset} is beyond the volume", offset / Units.SectorBytes),
+        22 => new BlockIoException(BlockErrorKind.Invalid, $"volume {volume}: request at {offset} is invalid", offset / Units.SectorBytes),
+        1 => new BlockIoException(BlockErrorKind.ReadOnly, $"volume {volume} is read-only"),
+        2 => new BlockIoException(BlockErrorKind.Unavailable, $"volume {volume} is not served by the owning controller"),
+        _ => new BlockIoException(BlockErrorKind.Io, $"volume {volume}: the owning controller failed the request (errno {errno})", offset / Units.SectorBytes),
+    };
+}
+
+/// <summary>Executes requests the peer forwarded for volumes this controller serves.</summary>
+public sealed partial class ForwardingServer(IIclLink link, Func<ulong> epoch, Func<string, IBlockVolume?> volumes, ILogger logger)
+{
+    public long Served;
+
+    /// <summary>Called from the link handler: copies the request out of the window and runs it in the background.</summary>
+    public void OnRequest(ReadOnlySpan<byte> message, ReadOnlySpan<byte> data)
+    {
+        if (ForwardedRequest.TryDecode(message, out var request, out _, out var error) != System.Buffers.OperationStatus.Done || request is null)
+        {
+            LogMalformed(error.ToString());
+            return;
+        }
+        var payload = data.ToArray();
+        _ = ExecuteAsync(request, payload);
+    }
+
+    async Task ExecuteAsync(ForwardedRequest r, byte[] payload)
+    {
+        int errno = 0;
+        byte[]? read = null;
+        var volume = volumes(r.VolumeName);
+        try
+        {
+            if (volume is null) errno = 2;
+            else
+            {
+                long offset = (long)r.Offset;
+                switch (r.Op)
+                {
+                    case ForwardedOp.Read:
+                        read = new byte[r.Length];
+                        await volume.ReadAsync(offset, read).ConfigureAwait(false);
+                        break;
+                    case ForwardedOp.Write:
+                        if (payload.Length != r.Length) { errno = 22; break; }
+                        await volume.WriteAsync(offset, payload, r.Fua).ConfigureAwait(false);
+                        break;
+                    case ForwardedOp.Flush: await volume.FlushAsync().ConfigureAwait(false); break;
+                    case ForwardedOp.Trim: await volume.TrimAsync(offset, r.Length).ConfigureAwait(false); break;
+                    case ForwardedOp.WriteZeroes: await volume.WriteZeroesAsync(offset, r.Length, r.Fua).ConfigureAwait(false); break;
+                    default: errno = 22; break;
+                }
+            }
+        }
+        catch (BlockIoException e)
+        {
+            errno = ForwardingClient.ErrorToErrno(e);
+            read = null;
+        }
+        Interlocked.Increment(ref Served);
+        var response = new ForwardedResponse(r.RequestId, errno, errno == 0 && read is not null ? (uint)read.Length : 0);
+        var bytes = new byte[DuetFrame.EncodedBytes(response)];
+        response.Encode(bytes);
+        try
+        {
+            await link.PostAsync(IclSignal.Reply, epoch(), bytes, errno == 0 && read is not null ? read : default).ConfigureAwait(false);
+        }
+        catch (IclLinkDownException) { }
+    }
+
+    [LoggerMessage(EventId = 6001, Level = LogLevel.Warning, Message = "malformed forwarded request refused: {Error}")]
+    partial void LogMalformed(string error);
+}
+
+/// <summary>A volume the peer serves, reached by forwarding every request to it.</summary>
+public sealed class ForwardedVolume(string name, long sizeBytes, ForwardingClient client) : IBlockVolume
+{
+    public string Name { get; } = name;
+    public long SizeBytes { get; } = sizeBytes;
+    public bool ReadOnly => false;
+
+    void Check(long offset, long length)
+    {
+        if (offset % Units.SectorBytes != 0 || length % Units.SectorBytes != 0)
+            throw new BlockIoException(BlockErrorKind.Invalid, $"volume {Name}: offset {offset} and length {length} must be multiples of {Units.SectorBytes}", offset / Units.SectorBytes);
+        if (offset < 0 || length < 0 || offset > SizeBytes - length)
+            throw new BlockIoException(BlockErrorKind.OutOfRange, $"volume {Name}: bytes {offset}+{length} are beyond its size {SizeBytes}", offset / Units.SectorBytes);
+    }
+
+    public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken ct = default)
+    {
+        Check(offset, destination.Length);
+        return client.SendAsync(ForwardedOp.Read, Name, offset, destination.Length, false, default, destination, ct);
+    }
+
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken ct = default)
+    {
+        Check(offset, source.Length);
+        return client.SendAsync(ForwardedOp.Write, Name, offset, source.Length, fua, source, default, ct);
+    }
+
+    public ValueTask FlushAsync(CancellationToken ct = default) => client.SendAsync(ForwardedOp.Flush, Name, 0, 0, false, default, default, ct);
+
+    public ValueTask WriteZeroesAsync(long offset, long length, bool fua, CancellationToken ct = default)
+    {
+        Check(offset, length);
+        return client.SendAsync(ForwardedOp.WriteZeroes, Name, offset, length, fua, default, default, ct);
+    }
+
+    public ValueTask TrimAsync(long offset, long length, CancellationToken ct = default)
+    {
+        Check(offset, length);
+        return client.SendAsync(ForwardedOp.Trim, Name, offset, length, false, default, default, ct);
+    }
+
+    public ValueTask<IReadOnlyList<AllocationExtent>> GetAllocationAsync(long offset, long length, CancellationToken ct = default)
+    {
+        Check(offset, length);
+        // Allocation is the owner's to know; reporting everything allocated is always correct.
+        return ValueTask.FromResult<IReadOnlyList<AllocationExtent>>([new AllocationExtent(length, AllocationFlags.None)]);
+    }
+}
