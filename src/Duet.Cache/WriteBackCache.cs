@@ -75,6 +75,10 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     int _dirty;
     ulong _sequence;
     readonly SemaphoreSlim[] _keyLocks = new SemaphoreSlim[KeyLockCount];
+    // Destage rounds and write-throughs reach the array one at a time, so an older element's
+    // destage can never land after a newer write-through of the same address. In write-back mode
+    // writers never take it: a new write goes to a new element, not to the array.
+    readonly SemaphoreSlim _arrayWriteGate = new(1, 1);
     readonly List<TaskCompletionSource> _spaceWaiters = [];
     TaskCompletionSource _destageKick = new(TaskCreationOptions.RunContinuationsAsynchronously);
     readonly CancellationTokenSource _stop = new();
@@ -399,6 +403,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     {
         var slots = new List<Slot>();
         lock (_lock) foreach (var e in elements) { slots.Add(_slots[e]); _slots[e].Pins++; }
+        await _arrayWriteGate.WaitAsync(CancellationToken.None).ConfigureAwait(false);
         try
         {
             var arrays = new HashSet<byte>();
@@ -412,7 +417,11 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             }
             foreach (var a in arrays) await Backing(a).FlushAsync(ct).ConfigureAwait(false);
         }
-        finally { foreach (var e in elements) Unpin(e); }
+        finally
+        {
+            _arrayWriteGate.Release();
+            foreach (var e in elements) Unpin(e);
+        }
         for (int i = 0; i < elements.Count; i++) MarkClean(elements[i], slots[i].Sequence);
         Interlocked.Add(ref _writeThroughs, elements.Count);
     }
@@ -685,6 +694,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             foreach (var b in batch) { _slots[b.E].Destaging = true; _slots[b.E].Pins++; }
         }
         if (batch.Count == 0) return 0;
+        await _arrayWriteGate.WaitAsync(CancellationToken.None).ConfigureAwait(false);
         try
         {
             // Runs: consecutive fully valid elements of one array, up to DestageMaxRunSectors; a partial
@@ -713,6 +723,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         }
         finally
         {
+            _arrayWriteGate.Release();
             lock (_lock) foreach (var b in batch) _slots[b.E].Destaging = false;
             foreach (var b in batch) Unpin(b.E);
         }
@@ -720,11 +731,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
 
     async Task WriteRunAsync(List<(int E, byte Array, long Lba, uint Valid, ulong Seq)> run, CancellationToken ct)
     {
-        // Hold the key locks of the run (in a fixed order) so no newer write-through of the same
-        // addresses can land before this older data.
-        var gates = run.Select(r => KeyLock(r.Array, r.Lba)).Distinct().OrderBy(g => Array.IndexOf(_keyLocks, g)).ToList();
-        foreach (var g in gates) await g.WaitAsync(ct).ConfigureAwait(false);
-        try
+        // The array write gate (held by the round) orders this against write-throughs.
         {
             var backing = Backing(run[0].Array);
             // Skip elements that were replaced while we gathered them: the newer element is destaged later.
@@ -747,10 +754,6 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 await backing.WriteAsync(run[0].Lba, buffer.AsMemory(0, run.Count * ElementBytes), ct).ConfigureAwait(false);
             }
             finally { ArrayPool<byte>.Shared.Return(buffer); }
-        }
-        finally
-        {
-            foreach (var g in gates) g.Release();
         }
     }
 
