@@ -9,9 +9,9 @@ namespace Duet.Bench;
 /// <summary>
 /// The processes and files one benchmark run started or created, so that every exit path
 /// (success, failure, Ctrl-C) stops and removes exactly those and nothing else. Servers are
-/// stopped by PID: SIGTERM, then SIGKILL after a grace period.
+/// stopped by PID with SIGKILL.
 /// </summary>
-sealed partial class Children : IAsyncDisposable
+sealed class Children : IAsyncDisposable
 {
     readonly List<Child> _children = [];
     readonly List<string> _paths = [];
@@ -71,33 +71,26 @@ sealed partial class Children : IAsyncDisposable
         }
         finally
         {
-            await StopAsync(c, TimeSpan.Zero).ConfigureAwait(false);
+            await StopAsync(c).ConfigureAwait(false);
         }
     }
 
     public void Track(string path) { lock (_paths) _paths.Add(path); }
 
-    public async Task StopAsync(Child c, TimeSpan grace)
+    /// <summary>SIGKILL (nothing these servers hold is kept: their files are removed after),
+    /// and fast enough for the two seconds System.CommandLine grants after Ctrl-C or SIGTERM.</summary>
+    public async Task StopAsync(Child c)
     {
         try
         {
             if (!c.Process.HasExited)
             {
-                if (grace > TimeSpan.Zero)
-                {
-                    _ = Kill(c.Pid, SigTerm);
-                    using var timeout = new CancellationTokenSource(grace);
-                    try { await c.Process.WaitForExitAsync(timeout.Token).ConfigureAwait(false); }
-                    catch (OperationCanceledException) { }
-                }
-                if (!c.Process.HasExited)
-                {
-                    c.Process.Kill(entireProcessTree: false);
-                    await c.Process.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
-                }
+                c.Process.Kill(entireProcessTree: true); // fio forks its job processes
+                await c.Process.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
             }
         }
-        catch (InvalidOperationException) { } // never started or already reaped
+        catch (InvalidOperationException) { } // already reaped
+        catch (System.ComponentModel.Win32Exception) { } // exited meanwhile
         finally
         {
             lock (_children) _children.Remove(c);
@@ -109,7 +102,7 @@ sealed partial class Children : IAsyncDisposable
     {
         List<Child> left;
         lock (_children) left = [.. _children];
-        await Task.WhenAll(left.Select(c => StopAsync(c, TimeSpan.FromSeconds(2)))).ConfigureAwait(false);
+        await Task.WhenAll(left.Select(StopAsync)).ConfigureAwait(false);
         List<string> paths;
         lock (_paths) paths = [.. _paths];
         foreach (var p in Enumerable.Reverse(paths))
@@ -157,9 +150,28 @@ sealed partial class Children : IAsyncDisposable
     public static bool OnPath(string program) =>
         (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries)
             .Any(d => File.Exists(Path.Combine(d, program)));
+}
 
-    const int SigTerm = 15;
+/// <summary>Turns Ctrl-C, SIGTERM and SIGHUP into cancellation while a benchmark runs, so its
+/// cleanup (stop the servers it started, remove its files) runs instead of the process dying
+/// with them still up.</summary>
+sealed class TerminationSignals : IDisposable
+{
+    readonly CancellationTokenSource _cts;
+    readonly PosixSignalRegistration[] _registrations;
 
-    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
-    private static partial int Kill(int pid, int signal);
+    public TerminationSignals(CancellationToken outer)
+    {
+        _cts = CancellationTokenSource.CreateLinkedTokenSource(outer);
+        _registrations = [.. new[] { PosixSignal.SIGINT, PosixSignal.SIGTERM, PosixSignal.SIGHUP }
+            .Select(s => PosixSignalRegistration.Create(s, c => { c.Cancel = true; _cts.Cancel(); }))];
+    }
+
+    public CancellationToken Token => _cts.Token;
+
+    public void Dispose()
+    {
+        foreach (var r in _registrations) r.Dispose();
+        _cts.Dispose();
+    }
 }

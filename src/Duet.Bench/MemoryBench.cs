@@ -17,6 +17,8 @@ public static class MemoryBench
         ArgumentNullException.ThrowIfNull(duetCommand);
         ArgumentNullException.ThrowIfNull(output);
         ArgumentNullException.ThrowIfNull(log);
+        using var signals = new TerminationSignals(ct);
+        ct = signals.Token;
         await using var children = new Children(log);
         var dir = Path.Combine(workDirectory, $"duet-bench-mem.{Environment.ProcessId}.{Guid.NewGuid().ToString("N")[..6]}");
         children.Track(dir);

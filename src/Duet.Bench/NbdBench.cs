@@ -74,6 +74,8 @@ public static class NbdBench
                 return 1;
             }
 
+        using var signals = new TerminationSignals(ct);
+        ct = signals.Token;
         var sw = Stopwatch.StartNew();
         await using var children = new Children(log);
         var root = Path.Combine(o.WorkDirectory, $"duet-bench-nbd.{Environment.ProcessId}.{Guid.NewGuid().ToString("N")[..6]}");
