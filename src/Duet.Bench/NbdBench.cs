@@ -104,9 +104,11 @@ public static class NbdBench
         await WaitReadyAsync(children, duet, urls["duet"], ct).ConfigureAwait(false);
         log.WriteLine($"bench nbd: duet pid {duet.Pid} serving {urls["duet"]}");
 
+        // No --exit-with-parent: it is PR_SET_PDEATHSIG, which fires when the *thread* that
+        // forked exits, and .NET forks from a thread-pool thread that may retire mid-run.
         int nbdkitPort = Children.FreePort();
         var nbdkit = children.Start("nbdkit", "nbdkit",
-            ["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p", nbdkitPort.ToString(CultureInfo.InvariantCulture), "file", nbdkitFile]);
+            ["-f", "-i", "127.0.0.1", "-p", nbdkitPort.ToString(CultureInfo.InvariantCulture), "file", nbdkitFile]);
         urls["nbdkit"] = $"nbd://127.0.0.1:{nbdkitPort}";
         await WaitReadyAsync(children, nbdkit, urls["nbdkit"], ct).ConfigureAwait(false);
         log.WriteLine($"bench nbd: nbdkit pid {nbdkit.Pid} serving {urls["nbdkit"]}");
