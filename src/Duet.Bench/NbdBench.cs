@@ -96,38 +96,59 @@ public static class NbdBench
         await FillAsync(qemuFile, o.SizeBytes, ct).ConfigureAwait(false);
 
         // ---- servers ----
-        var urls = new Dictionary<string, string>();
-        int duetPort = Children.FreePort();
-        var duetArgs = o.DuetCommand.Skip(1).Concat(["up", "--data", dataDir, "--nbd-port", duetPort.ToString(CultureInfo.InvariantCulture), "--quiet"]);
-        var duet = children.Start("duet", o.DuetCommand[0], duetArgs);
-        urls["duet"] = $"nbd://127.0.0.1:{duetPort}/{VolumeName}";
-        await WaitReadyAsync(children, duet, urls["duet"], ct).ConfigureAwait(false);
-        log.WriteLine($"bench nbd: duet pid {duet.Pid} serving {urls["duet"]}");
-
-        // No --exit-with-parent: it is PR_SET_PDEATHSIG, which fires when the *thread* that
-        // forked exits, and .NET forks from a thread-pool thread that may retire mid-run.
-        int nbdkitPort = Children.FreePort();
-        var nbdkit = children.Start("nbdkit", "nbdkit",
-            ["-f", "-i", "127.0.0.1", "-p", nbdkitPort.ToString(CultureInfo.InvariantCulture), "file", nbdkitFile]);
-        urls["nbdkit"] = $"nbd://127.0.0.1:{nbdkitPort}";
-        await WaitReadyAsync(children, nbdkit, urls["nbdkit"], ct).ConfigureAwait(false);
-        log.WriteLine($"bench nbd: nbdkit pid {nbdkit.Pid} serving {urls["nbdkit"]}");
-
-        int qemuPort = Children.FreePort();
-        var qemu = children.Start("qemu-nbd", "qemu-nbd",
-            ["-f", "raw", "-b", "127.0.0.1", "-p", qemuPort.ToString(CultureInfo.InvariantCulture), "-t", "-e", "16", qemuFile]);
-        urls["qemunbd"] = $"nbd://127.0.0.1:{qemuPort}";
-        await WaitReadyAsync(children, qemu, urls["qemunbd"], ct).ConfigureAwait(false);
-        log.WriteLine($"bench nbd: qemu-nbd pid {qemu.Pid} serving {urls["qemunbd"]}");
+        // A server found exited before a run (something outside the bench signalled it: on this
+        // shared machine nbdkit twice exited with status 0, i.e. on SIGTERM/SIGHUP, mid-run) is
+        // started again on the same port and data, and the run is repeated; the log says so.
+        int duetPort = Children.FreePort(), nbdkitPort = Children.FreePort(), qemuPort = Children.FreePort();
+        var urls = new Dictionary<string, string>
+        {
+            ["duet"] = $"nbd://127.0.0.1:{duetPort}/{VolumeName}",
+            ["nbdkit"] = $"nbd://127.0.0.1:{nbdkitPort}",
+            ["qemunbd"] = $"nbd://127.0.0.1:{qemuPort}",
+        };
+        var starters = new Dictionary<string, Func<Children.Child>>
+        {
+            ["duet"] = () => children.Start("duet", o.DuetCommand[0],
+                o.DuetCommand.Skip(1).Concat(["up", "--data", dataDir, "--nbd-port", duetPort.ToString(CultureInfo.InvariantCulture), "--quiet"])),
+            // No --exit-with-parent: it is PR_SET_PDEATHSIG, which fires when the *thread* that
+            // forked exits, and .NET forks from a thread-pool thread that may retire mid-run.
+            ["nbdkit"] = () => children.Start("nbdkit", "nbdkit",
+                ["-f", "-i", "127.0.0.1", "-p", nbdkitPort.ToString(CultureInfo.InvariantCulture), "file", nbdkitFile]),
+            ["qemunbd"] = () => children.Start("qemu-nbd", "qemu-nbd",
+                ["-f", "raw", "-b", "127.0.0.1", "-p", qemuPort.ToString(CultureInfo.InvariantCulture), "-t", "-e", "16", qemuFile]),
+        };
+        var running = new Dictionary<string, Children.Child>();
+        async Task EnsureRunningAsync(string s)
+        {
+            if (running.TryGetValue(s, out var c))
+            {
+                if (!c.HasExited) return;
+                log.WriteLine($"bench nbd: WARNING {s} (pid {c.Pid}) exited with status {c.Process.ExitCode}; starting it again on the same data. Its output:\n{c.OutputText}");
+                await children.StopAsync(c).ConfigureAwait(false);
+            }
+            c = running[s] = starters[s]();
+            await WaitReadyAsync(children, c, urls[s], ct).ConfigureAwait(false);
+            log.WriteLine($"bench nbd: {s} pid {c.Pid} serving {urls[s]}");
+        }
+        async Task<(int Code, string Text)> FioAsync(string s, List<string> args)
+        {
+            await EnsureRunningAsync(s).ConfigureAwait(false);
+            var r = await children.RunAsync("fio", args, ct).ConfigureAwait(false);
+            if (r.Code == 0 || !running[s].HasExited) return r;
+            log.WriteLine($"bench nbd: WARNING fio failed while {s} exited; repeating the run");
+            await EnsureRunningAsync(s).ConfigureAwait(false);
+            return await children.RunAsync("fio", args, ct).ConfigureAwait(false);
+        }
+        foreach (var s in Servers) await EnsureRunningAsync(s).ConfigureAwait(false);
 
         // ---- untimed prefill: every target written once in full ----
         foreach (var s in Servers)
         {
             log.WriteLine($"bench nbd: prefilling {s} ({sizeMiB} MiB, fio 1 MiB sequential write, untimed)");
-            var (code, text) = await children.RunAsync("fio", FioArgs(urls[s], "prefill", "write", "1m", 8, o.SizeBytes, seconds: null, jsonPath: null), ct).ConfigureAwait(false);
+            var (code, text) = await FioAsync(s, FioArgs(urls[s], "prefill", "write", "1m", 8, o.SizeBytes, seconds: null, jsonPath: null)).ConfigureAwait(false);
             if (code != 0) throw new InvalidOperationException($"fio prefill of {s} failed (exit {code}):\n{text}");
         }
-        double idleRss = Children.RssAnonMiB(duet.Pid);
+        double idleRss = Children.RssAnonMiB(running["duet"].Pid);
         log.WriteLine($"bench nbd: duet RssAnon after prefill {idleRss:F1} MiB");
 
         // ---- measure ----
@@ -139,9 +160,7 @@ public static class NbdBench
             {
                 foreach (var s in Servers)
                 {
-                    foreach (var c in new[] { duet, nbdkit, qemu })
-                        if (c.HasExited) throw new InvalidOperationException($"{c.Name} exited early (code {c.Process.ExitCode}):\n{c.OutputText}");
-                    var (code, text) = await children.RunAsync("fio", FioArgs(urls[s], t.Key, t.Rw, t.BlockSize, t.IoDepth, o.SizeBytes, o.Seconds, jsonPath), ct).ConfigureAwait(false);
+                    var (code, text) = await FioAsync(s, FioArgs(urls[s], t.Key, t.Rw, t.BlockSize, t.IoDepth, o.SizeBytes, o.Seconds, jsonPath)).ConfigureAwait(false);
                     if (code != 0) throw new InvalidOperationException($"fio {t.Key} on {s} failed (exit {code}):\n{text}");
                     var sample = ParseFio(jsonPath, t.IsRead);
                     if (!samples.TryGetValue((t.Key, s), out var list)) samples[(t.Key, s)] = list = [];
@@ -162,7 +181,7 @@ public static class NbdBench
             Print(output, $"nbd.{t.Key}.duet_vs_qemunbd", med["duet"].Iops / med["qemunbd"].Iops, "F2");
             await output.FlushAsync(ct).ConfigureAwait(false);
         }
-        Print(output, "memory.loaded_rss_anon_mib", Children.RssAnonMiB(duet.Pid), "F1");
+        Print(output, "memory.loaded_rss_anon_mib", Children.RssAnonMiB(running["duet"].Pid), "F1");
         log.WriteLine($"bench nbd: done in {sw.Elapsed.TotalSeconds:F0} s; stopping servers, removing {root}");
         return 0;
     }
