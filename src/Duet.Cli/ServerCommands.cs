@@ -255,6 +255,71 @@ public static partial class Program
         var parity = new Command("parity", "XOR and P+Q parity throughput, Duet and ISA-L on the same buffers, single thread") { seconds };
         parity.SetAction(parse => ParityBench.Run(parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error, parse.GetValue(seconds)));
         bench.Subcommands.Add(parity);
+        bench.Subcommands.Add(BenchNbdCommand());
+        bench.Subcommands.Add(BenchMemoryCommand());
         return bench;
+    }
+
+    static Command BenchNbdCommand()
+    {
+        var seconds = new Option<double>("--seconds") { Description = "Seconds per fio run", DefaultValueFactory = _ => 3 };
+        var runs = new Option<int>("--runs") { Description = "Runs per figure (the median is printed)", DefaultValueFactory = _ => 1 };
+        var size = new Option<string>("--size") { Description = "Volume size and peer file size (e.g. 1G, 64M)", DefaultValueFactory = _ => "1G" };
+        var cmd = new Command("nbd", "fio 4 KiB random and 1 MiB sequential read/write against Duet (RAID 6 over 4 drives on /dev/shm), nbdkit's file plugin and qemu-nbd, side by side")
+        {
+            seconds, runs, size,
+        };
+        cmd.SetAction(async (parse, ct) =>
+        {
+            var error = parse.InvocationConfiguration.Error;
+            if (!Units.TryParseSize(parse.GetValue(size) ?? "", out long bytes) || bytes <= 0)
+            {
+                await error.WriteLineAsync($"duet: --size {parse.GetValue(size)} is not a size");
+                return ExitUsage;
+            }
+            var options = new NbdBenchOptions { DuetCommand = SelfCommand(), Seconds = parse.GetValue(seconds), Runs = parse.GetValue(runs), SizeBytes = bytes };
+            try
+            {
+                return await NbdBench.RunAsync(options, parse.InvocationConfiguration.Output, error, ct);
+            }
+            catch (ArgumentOutOfRangeException e)
+            {
+                await error.WriteLineAsync($"duet: {e.Message}");
+                return ExitUsage;
+            }
+            catch (OperationCanceledException)
+            {
+                return ExitInterrupted;
+            }
+        });
+        return cmd;
+    }
+
+    static Command BenchMemoryCommand()
+    {
+        var idle = new Option<double>("--idle-seconds") { Description = "How long `duet up` idles after it is ready before RssAnon is read", DefaultValueFactory = _ => 3 };
+        var cmd = new Command("memory", "Anonymous resident memory (RssAnon) of an idle `duet up` on a fresh data directory with the default layout") { idle };
+        cmd.SetAction(async (parse, ct) =>
+        {
+            try
+            {
+                return await MemoryBench.RunAsync(SelfCommand(), parse.GetValue(idle), "/dev/shm", parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error, ct);
+            }
+            catch (OperationCanceledException)
+            {
+                return ExitInterrupted;
+            }
+        });
+        return cmd;
+    }
+
+    /// <summary>How to start this CLI again as a child: the apphost, or `dotnet duet.dll`.</summary>
+    public static IReadOnlyList<string> SelfCommand()
+    {
+        var host = Environment.ProcessPath;
+        var name = host is null ? null : Path.GetFileNameWithoutExtension(host);
+        if (host is not null && name == "duet") return [host];
+        var dotnet = name == "dotnet" ? host! : Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } p ? p : "dotnet";
+        return [dotnet, typeof(Program).Assembly.Location];
     }
 }
