@@ -129,10 +129,29 @@ sealed class Children : IAsyncDisposable
         return port;
     }
 
-    /// <summary>RssAnon of a process in MiB (from /proc/PID/status), or -1 if unreadable.</summary>
-    public static double RssAnonMiB(int pid) => StatusKiB(pid, "RssAnon:") / 1024.0;
+    /// <summary>RssAnon in MiB (from /proc/PID/status) of a process and all its descendants — for
+    /// `duet up`, the supervisor and both controllers — or -1 if unreadable.</summary>
+    public static double RssAnonMiB(int pid) => Tree(pid).Sum(p => Math.Max(0, StatusKiB(p, "RssAnon:"))) / 1024.0 is var v && v > 0 ? v : -1;
 
-    public static double RssMiB(int pid) => StatusKiB(pid, "VmRSS:") / 1024.0;
+    public static double RssMiB(int pid) => Tree(pid).Sum(p => Math.Max(0, StatusKiB(p, "VmRSS:"))) / 1024.0;
+
+    /// <summary>A process and its descendants, from /proc/PID/task/*/children.</summary>
+    static List<int> Tree(int pid)
+    {
+        var all = new List<int> { pid };
+        for (int i = 0; i < all.Count; i++)
+        {
+            try
+            {
+                foreach (var task in Directory.EnumerateDirectories($"/proc/{all[i]}/task"))
+                    foreach (var child in File.ReadAllText(Path.Combine(task, "children")).Split(' ', StringSplitOptions.RemoveEmptyEntries))
+                        if (int.TryParse(child, out int c) && !all.Contains(c)) all.Add(c);
+            }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+        }
+        return all;
+    }
 
     static long StatusKiB(int pid, string key)
     {
