@@ -50,8 +50,8 @@ public static partial class Program
         var nbdPort = new Option<int>("--nbd-port") { Description = "NBD port on 127.0.0.1 (default: 10809 for A, 10810 for B)" };
         var iclPort = new Option<int>("--icl-port") { Description = "The inter-controller link's TCP port on 127.0.0.1 (A listens, B connects)", DefaultValueFactory = _ => 10815 };
         var nvram = new Option<string>("--nvram") { Description = "NVRAM size (up to 1G)", DefaultValueFactory = _ => "256M" };
-        var mirror = new Option<string>("--mirror") { Description = "How writes are mirrored: batched (CC-2/3), seed (MR-2/3 by figure 7), seed-large", DefaultValueFactory = _ => "batched" };
-        mirror.AcceptOnlyFromAmong("batched", "seed", "seed-large");
+        var mirror = new Option<string>("--mirror") { Description = "How writes are mirrored: batched (CC-2/3), seed (MR-2/3 by figure 7), seed-large, or none (unsafe: for measuring the mirror's cost)", DefaultValueFactory = _ => "batched" };
+        mirror.AcceptOnlyFromAmong("batched", "seed", "seed-large", "none");
         var quiet = new Option<bool>("--quiet") { Description = "Log warnings and errors only" };
         var cmd = new Command("controller", "Run one controller of the pair on a data directory until SIGTERM (./duet up starts both)")
         {
@@ -69,7 +69,11 @@ public static partial class Program
                 await error.WriteLineAsync($"duet: --nvram '{parse.GetValue(nvram)}' is not a size");
                 return ExitUsage;
             }
-            var method = parse.GetValue(mirror) switch { "seed" => Duet.Cache.Mirror.MirrorMethod.Seed, "seed-large" => Duet.Cache.Mirror.MirrorMethod.SeedLarge, _ => Duet.Cache.Mirror.MirrorMethod.Batched };
+            var method = parse.GetValue(mirror) switch
+            {
+                "seed" => Duet.Cache.Mirror.MirrorMethod.Seed, "seed-large" => Duet.Cache.Mirror.MirrorMethod.SeedLarge,
+                "none" => Duet.Cache.Mirror.MirrorMethod.None, _ => Duet.Cache.Mirror.MirrorMethod.Batched,
+            };
             using var loggers = ConsoleLogging(parse.GetValue(quiet));
             using var stop = new StopSignal(ct);
             Duet.Host.Controller.ControllerServer server;
@@ -103,8 +107,8 @@ public static partial class Program
     {
         var nbdPort = new Option<int>("--nbd-port") { Description = "NBD port of controller A on 127.0.0.1; B uses the next one", DefaultValueFactory = _ => 10809 };
         var iclPort = new Option<int>("--icl-port") { Description = "The inter-controller link's port (default: NBD port + 6)" };
-        var mirror = new Option<string>("--mirror") { Description = "How writes are mirrored: batched, seed, seed-large", DefaultValueFactory = _ => "batched" };
-        mirror.AcceptOnlyFromAmong("batched", "seed", "seed-large");
+        var mirror = new Option<string>("--mirror") { Description = "How writes are mirrored: batched, seed, seed-large, or none (unsafe: for measuring the mirror's cost)", DefaultValueFactory = _ => "batched" };
+        mirror.AcceptOnlyFromAmong("batched", "seed", "seed-large", "none");
         var quiet = new Option<bool>("--quiet") { Description = "Log warnings and errors only" };
         var cmd = new Command("up", "Start the controller pair on a data directory (created with the default layout if new) and serve its volumes until Ctrl-C or SIGTERM")
         {

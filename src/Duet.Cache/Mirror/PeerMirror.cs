@@ -16,6 +16,8 @@ public enum MirrorMethod
     Seed,
     /// <summary>The seed's large path for every write (for measurement).</summary>
     SeedLarge,
+    /// <summary>No mirror at all (<see cref="NoMirror"/>): for measuring what the mirror costs. Unsafe.</summary>
+    None,
 }
 
 public sealed record PeerMirrorOptions

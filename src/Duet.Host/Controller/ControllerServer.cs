@@ -77,7 +77,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
         Receiver = new MirrorReceiver(new MirrorApplier(nvram.Peer, SerialOfNumber),
             status => link.PostAsync(IclSignal.Reply, Epoch(), status, default), options.Name == "A" ? (byte)0xB0 : (byte)0xA0,
             loggers.CreateLogger<MirrorReceiver>());
-        Cache = new WriteBackCache(nvram.Own, Mirror, new CacheOptions { Time = options.Time }, loggers.CreateLogger<WriteBackCache>());
+        Cache = new WriteBackCache(nvram.Own, options.Mirror == MirrorMethod.None ? new NoMirror() : Mirror, new CacheOptions { Time = options.Time }, loggers.CreateLogger<WriteBackCache>());
         Forwarding = new ForwardingClient(link, Epoch, options.ForwardTimeout, options.Time);
         ForwardingServer = new ForwardingServer(link, Epoch, name => ServedVolume(name), loggers.CreateLogger<ForwardingServer>());
     }
