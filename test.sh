@@ -22,8 +22,10 @@ fi
 
 start=$(date +%s)
 echo "test.sh: building (Release)"
-if ! dotnet build Duet.slnx -c Release -nologo -v quiet >/dev/null 2>&1; then
-    dotnet build Duet.slnx -c Release -nologo 2>&1 | grep -E ' error ' | head -n 40
+buildlog=$(mktemp)
+if ! dotnet build Duet.slnx -c Release -nologo -v quiet >"$buildlog" 2>&1; then
+    grep -E ' error |error :' "$buildlog" | sort -u | head -n 40
+    tail -n 20 "$buildlog"
     echo "0 passed, 1 failed"
     exit 1
 fi
