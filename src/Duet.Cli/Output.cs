@@ -58,6 +58,22 @@ sealed class Output(TextWriter writer, TextWriter error, bool json, bool isTermi
         w.WriteLine(free.Count == 0 ? "free drives: none" : $"free drives: {string.Join(", ", free.Select(DriveSummary))}");
         var foreign = status.Drives.Where(d => d.Role == "foreign").ToList();
         if (foreign.Count > 0) w.WriteLine($"foreign drives (superblock of an unknown array): {string.Join(", ", foreign.Select(DriveSummary))}");
+        foreach (var c in new[] { status.Controller, status.PeerController })
+            if (c is not null) Controller(w, c);
+    }
+
+    /// <summary>A controller of the pair: its link, its mirror, its cache and its link counters (MR-6, ICL-5).</summary>
+    static void Controller(TextWriter w, ControllerInfo c)
+    {
+        w.WriteLine();
+        w.WriteLine($"controller {c.Name}: link to {c.Peer} {(c.LinkUp ? "up" : "down")}, mirror {c.Mirror} ({c.MirrorMethod})" +
+                    (c.MirrorDownReason is { } why && c.Mirror != "healthy" ? $": {why}" : ""));
+        if (c.Mirror != "healthy") w.WriteLine("  error-recovery mode: writes go through to the drives before they are acknowledged");
+        w.WriteLine($"  cache: {c.DirtyElements} of {c.CacheElements} elements dirty; hits {c.CacheHits}, misses {c.CacheMisses}; destaged {c.DestagedElements}; written through {c.WriteThroughs}");
+        long writes = Math.Max(1, c.MirroredWrites);
+        w.WriteLine($"  mirror: {c.MirroredWrites} writes mirrored ({c.Batches} batches, {c.SmallWrites} small, {c.LargeWrites} large); " +
+                    $"{c.Doorbells} doorbells rung, {c.LinkMessageBytes + c.LinkDataBytes} link bytes sent ({(double)c.Doorbells / writes:0.##} doorbells per write)");
+        w.WriteLine($"  forwarded: {c.ForwardedRequests} requests to {c.Peer}, {c.ForwardedServed} served for {c.Peer}; refused link transfers {c.RefusedTransfers}");
     }
 
     public static void ArrayCreated(Output o, ArrayInfo array)
