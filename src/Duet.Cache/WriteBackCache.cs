@@ -770,12 +770,16 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         return tcs.Task.WaitAsync(ct);
     }
 
-    /// <summary>Drops every element of one array (after it was drained, when it moves to the peer).</summary>
-    public IReadOnlyList<int> Forget(byte array)
+    /// <summary>
+    /// Drops every element of one array (after it was drained, when it moves to the peer) and tells the
+    /// peer to drop its copies: the new owner must never replay this controller's old images of it.
+    /// </summary>
+    public async Task ForgetAsync(byte array)
     {
-        var dropped = new List<int>();
+        Task sent = Task.CompletedTask;
         lock (_lock)
         {
+            var changes = new List<MirrorChange>();
             foreach (var (key, e) in _index.Where(kv => kv.Key.Item1 == array).ToList())
             {
                 Invariant.Assert(_slots[e].State == SlotState.Clean);
@@ -784,11 +788,18 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 _nvram.Invalidate(e);
                 _slots[e] = new Slot { LruPrev = -1, LruNext = -1 };
                 _free.Push(e);
-                dropped.Add(e);
+                changes.Add(InvalidationOf(e, ++_sequence));
             }
             _arrays.Remove(array);
+            if (changes.Count > 0 && _mirror.Mode == MirrorMode.Healthy)
+            {
+                try { sent = _mirror.AppendGroup(changes); }
+                catch (MirrorUnavailableException) { }
+            }
+            WakeSpaceWaitersLocked();
         }
-        return dropped;
+        try { await sent.ConfigureAwait(false); }
+        catch (MirrorUnavailableException) { } // the peer is gone: it resynchronises from scratch when it returns
     }
 
     public async ValueTask DisposeAsync()

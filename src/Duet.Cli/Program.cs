@@ -144,11 +144,20 @@ public static partial class Program
         {
             if (r.GetValueOrDefault<int>() < 0) r.AddError("--rebuild-rate must be 0 (unlimited) or a positive number of MiB/s");
         });
-        var create = new Command("create", "Create an array from free drives") { name, level, drives, chunk, rebuildRate };
+        var owner = new Option<string?>("--owner") { Description = "The controller that serves the array: A or B (default: the one asked, A)" };
+        owner.AcceptOnlyFromAmong("A", "B");
+        var create = new Command("create", "Create an array from free drives") { name, level, drives, chunk, rebuildRate, owner };
         SetCall(create, Json.ArrayInfo,
             (pr, client, ct) => client.CreateArrayAsync(new CreateArrayRequest(
-                pr.GetRequiredValue(name), pr.GetValue(level), pr.GetRequiredValue(drives), pr.GetValue(chunk) ?? DefaultChunkKiB, pr.GetValue(rebuildRate)), ct),
+                pr.GetRequiredValue(name), pr.GetValue(level), pr.GetRequiredValue(drives), pr.GetValue(chunk) ?? DefaultChunkKiB, pr.GetValue(rebuildRate), pr.GetValue(owner)), ct),
             Output.ArrayCreated);
+
+        var moveName = new Argument<string>("NAME") { Description = "The array to move" };
+        var to = new Option<string>("--to") { Description = "The controller that will serve it: A or B", Required = true };
+        to.AcceptOnlyFromAmong("A", "B");
+        var move = new Command("move", "Hand an array to the other controller of the pair (no data is lost; its volumes stay reachable on both)") { moveName, to };
+        SetCall(move, Json.ArrayInfo, (pr, client, ct) => client.MoveArrayAsync(pr.GetRequiredValue(moveName), new MoveArrayRequest(pr.GetRequiredValue(to)), ct),
+            (o, a) => o.Writer.WriteLine($"array {a.Name} is now served by controller {a.Owner}"));
 
         var deleteName = new Argument<string>("NAME") { Description = "The array to delete (it must have no volumes)" };
         var delete = new Command("delete", "Delete an array; its drives become free") { deleteName };
@@ -161,6 +170,7 @@ public static partial class Program
         array.Subcommands.Add(create);
         array.Subcommands.Add(delete);
         array.Subcommands.Add(list);
+        array.Subcommands.Add(move);
         return array;
     }
 

@@ -253,6 +253,15 @@ sealed class InMemoryArrayService : IArrayService
         }
     }
 
+    public Task<ArrayInfo> MoveArrayAsync(string array, MoveArrayRequest request, CancellationToken cancellationToken = default)
+    {
+        lock (gate)
+        {
+            FindArray(array);
+            throw new ManagementException(ManagementErrorKind.Invalid, "moving an array needs the controller pair");
+        }
+    }
+
     void StartRebuildIfDegraded(Array array)
     {
         int slot = array.SlotStates.IndexOf("failed");

@@ -136,6 +136,31 @@ public sealed class PairProcessTests(ITestOutputHelper log) : IAsyncLifetime
     }
 
     [Fact]
+    [Trait("Claim", "MR-1")]
+    public async Task MovingAnArrayToThePeerLosesNothingAndKeepsItsVolumesReachableOnBoth()
+    {
+        var f = Path.Combine(_dir, "move.img");
+        var h = TestData.WriteRandomFile(f, 16L << 20, seed: 5);
+        await _run.RunOkAsync("nbdcopy", f, Uri(_portA, "vol0")); // acknowledged by A, partly still in its cache
+        using (StringWriter o = new(), e = new())
+            Assert.True(await Duet.Cli.Program.RunAsync(["array", "move", "arr0", "--to", "B", "--data", _dir], o, e) == 0, e.ToString());
+        await WaitFor(s => s.Arrays.Single(a => a.Name == "arr0") is { Owner: "B", State: "optimal" }, "arr0 served by B");
+        Assert.Equal(h, await CopyOutHash(_portB, "vol0", 16L << 20, "move-b.img"));
+        Assert.Equal(h, await CopyOutHash(_portA, "vol0", 16L << 20, "move-a.img"));
+        // New writes through B (now the owner), then the array goes back to A.
+        var g = Path.Combine(_dir, "move2.img");
+        var h2 = TestData.WriteRandomFile(g, 16L << 20, seed: 6);
+        await _run.RunOkAsync("nbdcopy", g, Uri(_portB, "vol0"));
+        using (StringWriter o = new(), e = new())
+            Assert.True(await Duet.Cli.Program.RunAsync(["array", "move", "arr0", "--to", "A", "--data", _dir], o, e) == 0, e.ToString());
+        await WaitFor(s => s.Arrays.Single(a => a.Name == "arr0") is { Owner: "A", State: "optimal" }, "arr0 served by A again");
+        Assert.Equal(h2, await CopyOutHash(_portA, "vol0", 16L << 20, "back-a.img"));
+        Assert.Equal(h2, await CopyOutHash(_portB, "vol0", 16L << 20, "back-b.img"));
+        var s = await StatusAsync();
+        Assert.Equal(0, s.Controller!.RefusedTransfers + s.PeerController!.RefusedTransfers);
+    }
+
+    [Fact]
     public async Task KillingThePeerPutsTheOwnerInErrorRecoveryAndWritesKeepSucceeding()
     {
         _b!.KillHard();

@@ -28,6 +28,64 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
     public string Name => Volume.Name;
     public long SizeBytes => Volume.SizeBytes;
     public bool ReadOnly => false;
+    public byte ArrayNumber => arrayNumber;
+
+    // An array move: new requests wait at the hold, in-flight ones are counted out, and once the
+    // array is handed over every request goes to the new owner.
+    readonly Lock _moveLock = new();
+    TaskCompletionSource? _hold;
+    TaskCompletionSource? _idle;
+    int _inFlight;
+    volatile IBlockVolume? _movedTo;
+
+    /// <summary>Stops admitting requests; completes when none is in flight.</summary>
+    public Task HoldAsync()
+    {
+        lock (_moveLock)
+        {
+            _hold ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            if (_inFlight == 0) return Task.CompletedTask;
+            _idle = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            return _idle.Task;
+        }
+    }
+
+    /// <summary>Releases held requests: to <paramref name="movedTo"/> if the move happened, else back here.</summary>
+    public void Release(IBlockVolume? movedTo)
+    {
+        TaskCompletionSource? hold;
+        lock (_moveLock)
+        {
+            if (movedTo is not null) _movedTo = movedTo;
+            hold = _hold;
+            _hold = null;
+        }
+        hold?.TrySetResult();
+    }
+
+    async ValueTask<IBlockVolume?> EnterAsync()
+    {
+        while (true)
+        {
+            if (_movedTo is { } moved) return moved;
+            Task? wait = null;
+            lock (_moveLock)
+            {
+                if (_hold is null && _movedTo is null) { _inFlight++; return null; }
+                wait = _hold?.Task;
+            }
+            if (wait is not null) await wait.ConfigureAwait(false);
+        }
+    }
+
+    void Exit()
+    {
+        lock (_moveLock)
+        {
+            _inFlight--;
+            if (_inFlight == 0) _idle?.TrySetResult();
+        }
+    }
 
     long ArraySector(long offset) => Volume.OffsetBlocks * Units.SectorsPerBlock + offset / Units.SectorBytes;
 
@@ -39,32 +97,48 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
             throw new BlockIoException(BlockErrorKind.OutOfRange, $"volume {Name}: bytes {offset}+{length} are beyond its size {SizeBytes}", offset / Units.SectorBytes);
     }
 
-    public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken ct = default)
+    public async ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken ct = default)
     {
         Check(offset, destination.Length);
-        return destination.IsEmpty ? ValueTask.CompletedTask : cache.ReadAsync(arrayNumber, ArraySector(offset), destination, ct);
+        if (destination.IsEmpty) return;
+        if (await EnterAsync().ConfigureAwait(false) is { } moved) { await moved.ReadAsync(offset, destination, ct).ConfigureAwait(false); return; }
+        try { await cache.ReadAsync(arrayNumber, ArraySector(offset), destination, ct).ConfigureAwait(false); }
+        finally { Exit(); }
     }
 
-    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken ct = default)
+    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken ct = default)
     {
         Check(offset, source.Length);
-        return source.IsEmpty ? ValueTask.CompletedTask : cache.WriteAsync(arrayNumber, ArraySector(offset), source, fua, ct);
+        if (source.IsEmpty) return;
+        if (await EnterAsync().ConfigureAwait(false) is { } moved) { await moved.WriteAsync(offset, source, fua, ct).ConfigureAwait(false); return; }
+        try { await cache.WriteAsync(arrayNumber, ArraySector(offset), source, fua, ct).ConfigureAwait(false); }
+        finally { Exit(); }
     }
 
     /// <summary>FLUSH: with a healthy mirror every acknowledged write is already in two NVRAMs.</summary>
-    public ValueTask FlushAsync(CancellationToken ct = default) => cache.FlushAsync(arrayNumber, ct);
+    public async ValueTask FlushAsync(CancellationToken ct = default)
+    {
+        if (await EnterAsync().ConfigureAwait(false) is { } moved) { await moved.FlushAsync(ct).ConfigureAwait(false); return; }
+        try { await cache.FlushAsync(arrayNumber, ct).ConfigureAwait(false); }
+        finally { Exit(); }
+    }
 
     public async ValueTask WriteZeroesAsync(long offset, long length, bool fua, CancellationToken ct = default)
     {
         Check(offset, length);
-        const int Step = 1 << 20;
-        var zeros = new byte[(int)Math.Min(length, Step)];
-        for (long done = 0; done < length;)
+        if (await EnterAsync().ConfigureAwait(false) is { } moved) { await moved.WriteZeroesAsync(offset, length, fua, ct).ConfigureAwait(false); return; }
+        try
         {
-            int n = (int)Math.Min(Step, length - done);
-            await cache.WriteAsync(arrayNumber, ArraySector(offset + done), zeros.AsMemory(0, n), fua, ct).ConfigureAwait(false);
-            done += n;
+            const int Step = 1 << 20;
+            var zeros = new byte[(int)Math.Min(length, Step)];
+            for (long done = 0; done < length;)
+            {
+                int n = (int)Math.Min(Step, length - done);
+                await cache.WriteAsync(arrayNumber, ArraySector(offset + done), zeros.AsMemory(0, n), fua, ct).ConfigureAwait(false);
+                done += n;
+            }
         }
+        finally { Exit(); }
     }
 
     /// <summary>TRIM through the cache is a zero write: the cache must not keep older data for the range.</summary>
@@ -72,23 +146,28 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
 
     public async ValueTask<IReadOnlyList<AllocationExtent>> GetAllocationAsync(long offset, long length, CancellationToken ct = default)
     {
-        var extents = await Volume.GetAllocationAsync(offset, length, ct).ConfigureAwait(false);
-        // Data still in the cache is allocated whatever the drives say.
-        var result = new List<AllocationExtent>();
-        long at = offset;
-        foreach (var e in extents)
+        if (await EnterAsync().ConfigureAwait(false) is { } moved) return await moved.GetAllocationAsync(offset, length, ct).ConfigureAwait(false);
+        try
         {
-            for (long b = at; b < at + e.Length;)
+            var extents = await Volume.GetAllocationAsync(offset, length, ct).ConfigureAwait(false);
+            // Data still in the cache is allocated whatever the drives say.
+            var result = new List<AllocationExtent>();
+            long at = offset;
+            foreach (var e in extents)
             {
-                long blockEnd = Math.Min(at + e.Length, (b / Units.BlockBytes + 1) * Units.BlockBytes);
-                long elementLba = ArraySector(b / Units.SectorBytes * Units.SectorBytes) / WriteBackCache.SectorsPerElement * WriteBackCache.SectorsPerElement;
-                var flags = e.Flags != AllocationFlags.None && cache.IsCached(arrayNumber, elementLba) ? AllocationFlags.None : e.Flags;
-                if (result.Count > 0 && result[^1].Flags == flags) result[^1] = result[^1] with { Length = result[^1].Length + (blockEnd - b) };
-                else result.Add(new AllocationExtent(blockEnd - b, flags));
-                b = blockEnd;
+                for (long b = at; b < at + e.Length;)
+                {
+                    long blockEnd = Math.Min(at + e.Length, (b / Units.BlockBytes + 1) * Units.BlockBytes);
+                    long elementLba = ArraySector(b / Units.SectorBytes * Units.SectorBytes) / WriteBackCache.SectorsPerElement * WriteBackCache.SectorsPerElement;
+                    var flags = e.Flags != AllocationFlags.None && cache.IsCached(arrayNumber, elementLba) ? AllocationFlags.None : e.Flags;
+                    if (result.Count > 0 && result[^1].Flags == flags) result[^1] = result[^1] with { Length = result[^1].Length + (blockEnd - b) };
+                    else result.Add(new AllocationExtent(blockEnd - b, flags));
+                    b = blockEnd;
+                }
+                at += e.Length;
             }
-            at += e.Length;
+            return result;
         }
-        return result;
+        finally { Exit(); }
     }
 }

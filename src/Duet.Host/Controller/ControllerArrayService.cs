@@ -33,4 +33,5 @@ public sealed class ControllerArrayService(ControllerServer controller) : IArray
     public Task FailDriveAsync(string drive, CancellationToken ct = default) => A.FailDriveAsync(drive, ct);
     public Task ReplaceDriveAsync(string drive, ReplaceDriveRequest request, CancellationToken ct = default) => A.ReplaceDriveAsync(drive, request, ct);
     public Task StartScrubAsync(string array, ScrubRequest request, CancellationToken ct = default) => A.StartScrubAsync(array, request, ct);
+    public Task<ArrayInfo> MoveArrayAsync(string array, MoveArrayRequest request, CancellationToken ct = default) => controller.MoveArrayAsync(array, request.To, ct);
 }

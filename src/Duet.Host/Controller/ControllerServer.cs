@@ -60,6 +60,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
     public NbdServer Nbd { get; private set; } = null!;
     public ManagementHost Management { get; private set; } = null!;
     public int ReplayedElements { get; private set; }
+    ControllerMetrics? _metrics;
     public string Name => _options.Name;
 
     ControllerServer(ControllerOptions options, ArrayManager arrays, NvramFile nvram, IIclLink link, ILoggerFactory loggers)
@@ -79,7 +80,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
             loggers.CreateLogger<MirrorReceiver>());
         Cache = new WriteBackCache(nvram.Own, options.Mirror == MirrorMethod.None ? new NoMirror() : Mirror, new CacheOptions { Time = options.Time }, loggers.CreateLogger<WriteBackCache>());
         Forwarding = new ForwardingClient(link, Epoch, options.ForwardTimeout, options.Time);
-        ForwardingServer = new ForwardingServer(link, Epoch, name => ServedVolume(name), loggers.CreateLogger<ForwardingServer>());
+        ForwardingServer = new ForwardingServer(link, Epoch, name => ServedVolume(name), loggers.CreateLogger<ForwardingServer>(), RescanAsync);
     }
 
     ulong? SerialOfNumber(byte number) => Arrays.ArrayTable.TryGetValue(number, out var e) ? e.Serial : null;
@@ -136,6 +137,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
     async Task StartCoreAsync(ILoggerFactory loggers, CancellationToken ct)
     {
         RegisterServedArrays();
+        _metrics = new ControllerMetrics(this);
         ReplayedElements = Cache.Replay();
         if (ReplayedElements > 0) LogReplayed(ReplayedElements);
         Cache.Start();
@@ -254,6 +256,53 @@ public sealed partial class ControllerServer : IAsyncDisposable
         catch (IclLinkDownException) { }
     }
 
+    /// <summary>
+    /// Hands an array this controller serves to the peer (MR-1), losing nothing: hold new requests to
+    /// its volumes and wait out those in flight; destage the cache; write the peer into the
+    /// superblocks; drop the cache's elements of the array (and the peer's mirrors of them); tell the
+    /// peer to take the array; release the held requests, which now go to the peer.
+    /// </summary>
+    public async Task<ArrayInfo> MoveArrayAsync(string array, string to, CancellationToken ct)
+    {
+        if (to is not ("A" or "B")) throw new ManagementException(ManagementErrorKind.Invalid, $"'{to}' is not a controller: use A or B");
+        if (!Arrays.Serves(array))
+        {
+            var owner = Arrays.Status().Arrays.FirstOrDefault(a => a.Name == array)?.Owner;
+            if (owner is null) throw new ManagementException(ManagementErrorKind.NotFound, $"no array named '{array}' (see: duet array list)");
+            if (owner == to) throw new ManagementException(ManagementErrorKind.Invalid, $"array '{array}' is already served by controller {to}");
+            throw new ManagementException(ManagementErrorKind.Conflict, $"array '{array}' is served by controller {owner}; ask it (duet --controller {owner} ...)");
+        }
+        if (to == Name) throw new ManagementException(ManagementErrorKind.Invalid, $"array '{array}' is already served by controller {Name}");
+        if (!Link.IsUp || Mirror.Mode != MirrorMode.Healthy)
+            throw new ManagementException(ManagementErrorKind.Conflict, $"controller {to} is not paired with {Name} (link {(Link.IsUp ? "up" : "down")}, mirror {(Mirror.Mode == MirrorMode.Healthy ? "healthy" : "in error-recovery mode")}); it cannot take array '{array}' now");
+        List<CachedVolume> volumes;
+        lock (_volumesLock) volumes = _cached.Values.Where(v => v.Volume.Array.Name == array).ToList();
+        foreach (var name in Arrays.Status().Volumes.Where(v => v.Array == array).Select(v => v.Name))
+            if (ServedVolume(name) is CachedVolume cv && !volumes.Contains(cv)) volumes.Add(cv);
+        await Task.WhenAll(volumes.Select(v => v.HoldAsync())).ConfigureAwait(false);
+        bool moved = false;
+        try
+        {
+            await Cache.DrainAsync(ct).ConfigureAwait(false);
+            byte number = volumes.Count > 0 ? volumes[0].ArrayNumber : Arrays.NumberOf(Arrays.ServedArrays.First(a => a.Name == array));
+            var info = await Arrays.HandOverAsync(array, to, ct).ConfigureAwait(false);
+            moved = true;
+            await Cache.ForgetAsync(number).ConfigureAwait(false);
+            lock (_volumesLock)
+            {
+                _cachedArrays.Remove(array);
+                foreach (var v in volumes) _cached.Remove(v.Volume);
+            }
+            await NotifyPeerArraysChangedAsync().ConfigureAwait(false);
+            LogMoved(array, to);
+            return info;
+        }
+        finally
+        {
+            foreach (var v in volumes) v.Release(moved ? new ForwardedVolume(v.Name, v.SizeBytes, Forwarding) : null);
+        }
+    }
+
     internal IBlockVolume? ServedVolume(string name)
     {
         if (!Arrays.TryGetServedVolume(name, out var rv)) return null;
@@ -305,6 +354,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
     {
         await Nbd.DisposeAsync().ConfigureAwait(false);
         await Management.DisposeAsync().ConfigureAwait(false);
+        _metrics?.Dispose();
         // An orderly stop destages everything, so the peer's mirror of us is no longer needed.
         try { await Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30)).ConfigureAwait(false); }
         catch (Exception e) { LogDrainFailed(e.Message); }
@@ -328,6 +378,9 @@ public sealed partial class ControllerServer : IAsyncDisposable
     partial void LogUnknown(string where, string kind);
     [LoggerMessage(EventId = 7006, Level = LogLevel.Error, Message = "destage after losing the peer failed: {Error}")]
     partial void LogDrainFailed(string error);
+    [LoggerMessage(EventId = 7008, Level = LogLevel.Information, Message = "array {Array} moved to controller {To}; its requests are forwarded there")]
+    partial void LogMoved(string array, string to);
+
     [LoggerMessage(EventId = 7007, Level = LogLevel.Information, Message = "controller {Name} stopped; cache destaged")]
     partial void LogStopped(string name);
 }

@@ -99,7 +99,7 @@ public sealed class ForwardingClient
 }
 
 /// <summary>Executes requests the peer forwarded for volumes this controller serves.</summary>
-public sealed partial class ForwardingServer(IIclLink link, Func<ulong> epoch, Func<string, IBlockVolume?> volumes, ILogger logger)
+public sealed partial class ForwardingServer(IIclLink link, Func<ulong> epoch, Func<string, IBlockVolume?> volumes, ILogger logger, Func<Task>? rescan = null)
 {
     public long Served;
 
@@ -120,6 +120,12 @@ public sealed partial class ForwardingServer(IIclLink link, Func<ulong> epoch, F
         int errno = 0;
         byte[]? read = null;
         var volume = volumes(r.VolumeName);
+        if (volume is null && rescan is not null)
+        {
+            // The peer may have just handed us the array; its notice can trail its first request.
+            await rescan().ConfigureAwait(false);
+            volume = volumes(r.VolumeName);
+        }
         try
         {
             if (volume is null) errno = 2;

@@ -22,6 +22,7 @@ namespace Duet.Host.Management;
 //   POST   /v1/arrays                  CreateArrayRequest  -> 201 ArrayInfo
 //   DELETE /v1/arrays/{name}           -> 204
 //   POST   /v1/arrays/{name}/scrub     ScrubRequest (body optional) -> 204
+//   POST   /v1/arrays/{name}/move      MoveArrayRequest -> 200 ArrayInfo (as the new owner serves it)
 //   GET    /v1/volumes                 -> VolumeInfo[]
 //   POST   /v1/volumes                 CreateVolumeRequest -> 201 VolumeInfo
 //   DELETE /v1/volumes/{name}          -> 204
@@ -147,6 +148,13 @@ public sealed class ManagementHost : IAsyncDisposable
             var request = await ReadBodyAsync(ctx, json.ScrubRequest, whenEmpty: new ScrubRequest()).ConfigureAwait(false);
             await service.StartScrubAsync(Route(ctx, "name"), request, ctx.RequestAborted).ConfigureAwait(false);
             ctx.Response.StatusCode = StatusCodes.Status204NoContent;
+        }));
+
+        app.MapPost("/v1/arrays/{name}/move", Handle(log, async ctx =>
+        {
+            var request = await ReadBodyAsync(ctx, json.MoveArrayRequest, whenEmpty: null).ConfigureAwait(false);
+            var array = await service.MoveArrayAsync(Route(ctx, "name"), request, ctx.RequestAborted).ConfigureAwait(false);
+            await WriteAsync(ctx, StatusCodes.Status200OK, array, json.ArrayInfo).ConfigureAwait(false);
         }));
 
         app.MapPost("/v1/volumes", Handle(log, async ctx =>

@@ -85,6 +85,9 @@ public sealed class ManagementClient : IDisposable
     public Task StartScrubAsync(string array, ScrubRequest request, CancellationToken ct = default) =>
         SendAsync(HttpMethod.Post, $"v1/arrays/{Segment(array)}/scrub", JsonContent.Create(request, Json.ScrubRequest), ct);
 
+    public Task<ArrayInfo> MoveArrayAsync(string array, MoveArrayRequest request, CancellationToken ct = default) =>
+        PostAsync($"v1/arrays/{Segment(array)}/move", request, Json.MoveArrayRequest, Json.ArrayInfo, ct);
+
     public void Dispose() => http.Dispose();
 
     static ManagementJsonContext Json => ManagementJsonContext.Default;

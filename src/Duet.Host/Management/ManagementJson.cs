@@ -35,6 +35,7 @@ public sealed record OkResponse(bool Ok);
 [JsonSerializable(typeof(AddSpareRequest))]
 [JsonSerializable(typeof(ReplaceDriveRequest))]
 [JsonSerializable(typeof(ScrubRequest))]
+[JsonSerializable(typeof(MoveArrayRequest))]
 [JsonSerializable(typeof(ErrorResponse))]
 [JsonSerializable(typeof(OkResponse))]
 public sealed partial class ManagementJsonContext : JsonSerializerContext

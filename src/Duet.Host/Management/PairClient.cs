@@ -71,6 +71,8 @@ public sealed class PairClient : IDisposable
     public Task ReplaceDriveAsync(string drive, ReplaceDriveRequest request, CancellationToken ct = default) => Route(c => c.ReplaceDriveAsync(drive, request, ct));
     public Task StartScrubAsync(string array, ScrubRequest request, CancellationToken ct = default) => Route(c => c.StartScrubAsync(array, request, ct));
 
+    public Task<ArrayInfo> MoveArrayAsync(string array, MoveArrayRequest request, CancellationToken ct = default) => Route(c => c.MoveArrayAsync(array, request, ct));
+
     public void Dispose()
     {
         _a.Dispose();

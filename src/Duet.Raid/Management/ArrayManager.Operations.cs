@@ -263,6 +263,43 @@ public sealed partial class ArrayManager
         return Task.CompletedTask;
     }, ct);
 
+    /// <summary>A single controller has no peer to hand an array to; the pair's controller service moves arrays.</summary>
+    public Task<ArrayInfo> MoveArrayAsync(string array, MoveArrayRequest request, CancellationToken ct = default) => Locked<ArrayInfo>(() =>
+    {
+        ArrayNamed(array);
+        throw Invalid("moving an array needs the controller pair (./duet up); this controller serves every array alone");
+    }, ct);
+
+    /// <summary>
+    /// The last step of a move: the owner (whose cache holds nothing of the array any more) writes the
+    /// new owner into the superblocks and stops serving the array; from then on it lists it read-only.
+    /// </summary>
+    public Task<ArrayInfo> HandOverAsync(string name, string to, CancellationToken ct = default) => Locked(async () =>
+    {
+        var a = ArrayNamed(name);
+        if (to is not ("A" or "B")) throw Invalid($"'{to}' is not a controller: use A or B");
+        if (to == a.Current.Owner) throw Invalid($"array '{name}' is already served by controller {to}");
+        if (a.Rebuild is { IsCompleted: false }) throw Conflict($"array '{name}' is rebuilding; move it when the rebuild is done");
+        if (a.Scrub is { IsCompleted: false }) throw Conflict($"array '{name}' is being scrubbed; move it when the scrub is done");
+        await a.Raid.FlushAsync(ct).ConfigureAwait(false);
+        a.Current = a.Current with { Owner = to, Clean = true };
+        await PersistAsync(a, ct).ConfigureAwait(false);
+        _arrays.Remove(name);
+        foreach (var d in a.Slots.Concat(a.Spares)) if (d is not null) { d.Array = null; d.IsSpare = false; d.PeerArray = name; }
+        _peerArrays[name] = a.Current;
+        RefreshVolumes();
+        LogHandedOver(name, to);
+        return PeerInfo(a.Current);
+    }, ct);
+
+    /// <summary>Whether this controller serves the array now.</summary>
+    public bool Serves(string array)
+    {
+        _mgmt.Wait();
+        try { return _arrays.ContainsKey(array); }
+        finally { _mgmt.Release(); }
+    }
+
     /// <summary>Waits for any rebuild and scrub now running (tests, shutdown).</summary>
     public async Task WaitForBackgroundAsync()
     {
@@ -352,6 +389,9 @@ public sealed partial class ArrayManager
         if (d.Problem is not null) return new DriveInfo(d.Name, size, "foreign", d.Superblock?.Name, null, d.Problem);
         return new DriveInfo(d.Name, size, "free", null, null, "ok");
     }
+
+    [LoggerMessage(EventId = 2017, Level = LogLevel.Information, Message = "array {Array} handed over to controller {To}")]
+    partial void LogHandedOver(string array, string to);
 
     [LoggerMessage(EventId = 2001, Level = LogLevel.Warning, Message = "drive {Drive}: {Problem}")]
     partial void LogDriveUnreadable(string drive, string problem);

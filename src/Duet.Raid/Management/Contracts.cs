@@ -39,6 +39,9 @@ public sealed record ReplaceDriveRequest(string With);
 
 public sealed record ScrubRequest(bool Repair = true);
 
+/// <param name="To">The controller that will serve the array: "A" or "B".</param>
+public sealed record MoveArrayRequest(string To);
+
 /// <param name="Role">"free", "member", "spare" or "foreign" (a superblock of an array this controller does not know).</param>
 /// <param name="State">"ok", "failed", "missing", "stale" (an old member that must be resynced) or "unreadable".</param>
 public sealed record DriveInfo(string Name, long SizeBytes, string Role, string? Array, int? Slot, string State);
@@ -104,4 +107,7 @@ public interface IArrayService
     Task ReplaceDriveAsync(string drive, ReplaceDriveRequest request, CancellationToken cancellationToken = default);
 
     Task StartScrubAsync(string array, ScrubRequest request, CancellationToken cancellationToken = default);
+
+    /// <summary>Hands an array to the other controller of the pair, with no data loss (MR-1).</summary>
+    Task<ArrayInfo> MoveArrayAsync(string array, MoveArrayRequest request, CancellationToken cancellationToken = default);
 }
