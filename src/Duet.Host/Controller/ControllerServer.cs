@@ -114,24 +114,23 @@ public sealed partial class ControllerServer : IAsyncDisposable
         }
     }
 
-    /// <summary>The pair's identity, shared by both controllers through the data directory.</summary>
-    static Guid PairId(string dir)
+    /// <summary>The pair's identity, shared by both controllers through the data directory. Published
+    /// atomically (a temporary file renamed into place without overwriting), so a controller that
+    /// starts at the same moment reads either nothing or the whole id, and both end with the same one.</summary>
+    public static Guid PairId(string dir)
     {
         var path = Path.Combine(dir, "pair.id");
-        for (int attempt = 0; ; attempt++)
+        if (!File.Exists(path))
         {
-            try { return Guid.Parse(File.ReadAllText(path).Trim()); }
-            catch (FileNotFoundException) { }
-            catch (FormatException) when (attempt < 50) { }
-            try
-            {
-                using var f = new FileStream(path, FileMode.CreateNew, FileAccess.Write);
-                var id = Guid.NewGuid();
-                f.Write(System.Text.Encoding.ASCII.GetBytes(id.ToString()));
-                return id;
-            }
-            catch (IOException) when (attempt < 50) { }
+            var tmp = Path.Combine(dir, $"pair.id.{Environment.ProcessId}.{Guid.NewGuid():N}");
+            File.WriteAllText(tmp, Guid.NewGuid().ToString());
+            try { File.Move(tmp, path, overwrite: false); }
+            catch (IOException) when (File.Exists(path)) { }
+            finally { File.Delete(tmp); }
         }
+        var text = File.ReadAllText(path).Trim();
+        return Guid.TryParse(text, out var id) ? id
+            : throw new IOException($"{path} does not hold a pair id ('{text}'); delete it to let the pair make a new one");
     }
 
     async Task StartCoreAsync(ILoggerFactory loggers, CancellationToken ct)
