@@ -422,6 +422,7 @@ public sealed partial class RaidArray
 
     async ValueTask ReadParityStripeAsync(long stripe, long sectorLo, long sectorHi, Memory<byte> destination, CancellationToken ct)
     {
+        if (await TryReadDirectAsync(stripe, sectorLo, sectorHi, destination, ct).ConfigureAwait(false)) return;
         var chunks = StripePlanner.SplitByChunk(Geometry, sectorLo, sectorHi);
         int rowLo = chunks.Where(c => !c.IsEmpty).Min(c => c.Lo);
         int rowHi = chunks.Where(c => !c.IsEmpty).Max(c => c.Hi);
@@ -448,6 +449,32 @@ public sealed partial class RaidArray
         }
         foreach (var c in chunks)
             if (!c.IsEmpty) CopyOut(ws, Geometry.DataMember(stripe, c.DataIndex), c, sectorLo, destination);
+    }
+
+    /// <summary>
+    /// The common read: whole blocks inside one chunk on a member that can be read. The blocks go
+    /// straight into the caller's buffer and are checked there; if any fails its check (or the
+    /// member cannot serve it) nothing is kept and the caller takes the full path, which repairs.
+    /// </summary>
+    async ValueTask<bool> TryReadDirectAsync(long stripe, long sectorLo, long sectorHi, Memory<byte> destination, CancellationToken ct)
+    {
+        if (sectorLo % Units.SectorsPerBlock != 0 || sectorHi % Units.SectorsPerBlock != 0) return false;
+        long chunkSectors = (long)Geometry.ChunkBlocks * Units.SectorsPerBlock;
+        int dataIndex = (int)(sectorLo / chunkSectors);
+        if ((sectorHi - 1) / chunkSectors != dataIndex) return false;
+        int member = Geometry.DataMember(stripe, dataIndex);
+        if (!Readable(member, stripe)) return false;
+        long row = sectorLo % chunkSectors / Units.SectorsPerBlock;
+        List<int>? bad;
+        try
+        {
+            bad = await _members[member]!.ReadAsync(stripe * Geometry.ChunkBlocks + row, destination, ct).ConfigureAwait(false);
+        }
+        catch (BlockIoException)
+        {
+            return false; // the full path classifies the failure (and drops the member if need be)
+        }
+        return bad is null;
     }
 
     async ValueTask ReadMirrorStripeAsync(long stripe, long sectorLo, long sectorHi, Memory<byte> destination, CancellationToken ct)
