@@ -46,3 +46,15 @@ public interface IVolumeCatalog
     bool TryGetVolume(string name, out IBlockVolume volume);
     IReadOnlyList<IBlockVolume> Volumes { get; }
 }
+
+/// <summary>Edge validation every volume does the same way: 512-byte alignment, then range.</summary>
+public static class VolumeChecks
+{
+    public static void CheckRequest(string volume, long sizeBytes, long offset, long length)
+    {
+        if (offset % Units.SectorBytes != 0 || length % Units.SectorBytes != 0)
+            throw new BlockIoException(BlockErrorKind.Invalid, $"volume {volume}: offset {offset} and length {length} must be multiples of {Units.SectorBytes}", offset / Units.SectorBytes);
+        if (offset < 0 || length < 0 || offset > sizeBytes - length)
+            throw new BlockIoException(BlockErrorKind.OutOfRange, $"volume {volume}: bytes {offset}+{length} are beyond its size {sizeBytes}", offset / Units.SectorBytes);
+    }
+}

@@ -89,13 +89,7 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
 
     long ArraySector(long offset) => Volume.OffsetBlocks * Units.SectorsPerBlock + offset / Units.SectorBytes;
 
-    void Check(long offset, long length)
-    {
-        if (offset % Units.SectorBytes != 0 || length % Units.SectorBytes != 0)
-            throw new BlockIoException(BlockErrorKind.Invalid, $"volume {Name}: offset {offset} and length {length} must be multiples of {Units.SectorBytes}", offset / Units.SectorBytes);
-        if (offset < 0 || length < 0 || offset > SizeBytes - length)
-            throw new BlockIoException(BlockErrorKind.OutOfRange, $"volume {Name}: bytes {offset}+{length} are beyond its size {SizeBytes}", offset / Units.SectorBytes);
-    }
+    void Check(long offset, long length) => VolumeChecks.CheckRequest(Name, SizeBytes, offset, length);
 
     public async ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken ct = default)
     {
