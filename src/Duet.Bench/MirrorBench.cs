@@ -25,10 +25,14 @@ public sealed record MirrorBenchOptions
     /// <summary>Part two: volume size, and the size of nbdkit's file.</summary>
     public long SizeBytes { get; init; } = Units.GiB(1);
     public string WorkDirectory { get; init; } = "/dev/shm";
-    /// <summary>Part two: dirty cache elements of both controllers of the pair on a data directory
-    /// (the CLI asks the management socket); null: the bench waits a fixed time instead.</summary>
-    public Func<string, CancellationToken, Task<int>>? DirtyElements { get; init; }
+    /// <summary>Part two: the cache and mirror counters of the controller serving the volume (A), on a data
+    /// directory (the CLI asks the management socket); null: the bench waits a fixed time for destage
+    /// instead and logs no counters.</summary>
+    public Func<string, CancellationToken, Task<PairCounters>>? Counters { get; init; }
 }
+
+/// <summary>What the bench reads of controller A during the NBD part (from its status).</summary>
+public readonly record struct PairCounters(int DirtyElements, long MirroredWrites, long WriteThroughs, long Batches, long Doorbells, long LinkBytes);
 
 /// <summary>
 /// What the cache mirror costs (MR-2/MR-3/MR-4, CC-2/CC-3).
@@ -119,7 +123,9 @@ public static class MirrorBench
         // Every write starts on its own element: a write never replaces (and so never invalidates) another.
         long stride = Math.Max(bytes, WriteBackCache.ElementBytes);
         long need = n * stride;
-        long nvram = Math.Min(NvramLayout.MaxTotalBytes, AlignUp(2 * need + need / 4 + Units.MiB(2), Units.MiB(1)));
+        // At least 16 MiB: the cache splits a host write into groups of min(64, elements / 4) elements,
+        // and a smaller NVRAM would split 64 KiB and 1 MiB writes into several mirror operations.
+        long nvram = Math.Min(NvramLayout.MaxTotalBytes, Math.Max(Units.MiB(16), AlignUp(2 * need + need / 4 + Units.MiB(2), Units.MiB(1))));
         await using var pair = await CountPair.StartAsync(method, nvram, need / Units.SectorBytes, workDirectory, ct).ConfigureAwait(false);
         var (d0, b0) = pair.Totals();
         var sw = Stopwatch.StartNew();
@@ -268,20 +274,31 @@ public static class MirrorBench
 
         async Task WaitCleanAsync(string dataDir)
         {
-            if (o.DirtyElements is null)
+            if (o.Counters is null)
             {
                 await Task.Delay(TimeSpan.FromSeconds(3), ct).ConfigureAwait(false);
                 return;
             }
             var t = Stopwatch.StartNew();
-            int dirty = -1;
+            int dirty = -1, first = -1;
             while (t.Elapsed < TimeSpan.FromSeconds(60))
             {
-                dirty = await o.DirtyElements(dataDir, ct).ConfigureAwait(false);
-                if (dirty == 0) { log.WriteLine($"bench mirror: cache clean after {t.Elapsed.TotalSeconds:F1} s"); return; }
+                dirty = (await o.Counters(dataDir, ct).ConfigureAwait(false)).DirtyElements;
+                if (first < 0) first = dirty;
+                if (dirty == 0) { log.WriteLine($"bench mirror: cache clean after {t.Elapsed.TotalSeconds:F1} s ({first} elements dirty at first look)"); return; }
                 await Task.Delay(200, ct).ConfigureAwait(false);
             }
             log.WriteLine($"bench mirror: WARNING {dirty} elements still dirty after 60 s; measuring anyway");
+        }
+
+        async Task<PairCounters?> CountersAsync(string dataDir) => o.Counters is null ? null : await o.Counters(dataDir, ct).ConfigureAwait(false);
+
+        void LogDelta(string what, PairCounters? before, PairCounters? after)
+        {
+            if (before is not { } b || after is not { } a) return;
+            long w = a.MirroredWrites - b.MirroredWrites;
+            log.WriteLine(FormattableString.Invariant(
+                $"    controller A during {what}: {w} mirrored writes, {a.Batches - b.Batches} batches, {a.WriteThroughs - b.WriteThroughs} write-throughs, {(w > 0 ? (double)(a.Doorbells - b.Doorbells) / w : 0):F2} doorbells (A's) and {(w > 0 ? (double)(a.LinkBytes - b.LinkBytes) / w : 0):F0} link bytes (A's) per mirrored write; {a.DirtyElements} dirty at the end"));
         }
 
         async Task<(NbdBench.Sample Burst, NbdBench.Sample Steady)> DuetAsync(string mirror)
@@ -299,9 +316,14 @@ public static class MirrorBench
                 var (code, text) = await children.RunAsync("fio", NbdBench.FioArgs(url, "prefill", "write", "1m", 8, o.SizeBytes, null, null), ct).ConfigureAwait(false);
                 if (code != 0) throw new InvalidOperationException($"fio prefill failed (exit {code}):\n{text}");
                 await WaitCleanAsync(dataDir).ConfigureAwait(false);
+                var c0 = await CountersAsync(dataDir).ConfigureAwait(false);
                 var burst = await FioAsync($"duet --mirror {mirror} burst ({Units.FormatSize(burstBytes)} working set)", url, burstBytes, o.Seconds, null).ConfigureAwait(false);
+                var c1 = await CountersAsync(dataDir).ConfigureAwait(false);
+                LogDelta("the burst", c0, c1);
                 await FioAsync($"duet --mirror {mirror} fill ({Units.FormatSize(fillBytes)}, whole volume)", url, o.SizeBytes, null, fillBytes).ConfigureAwait(false);
+                var c2 = await CountersAsync(dataDir).ConfigureAwait(false);
                 var steady = await FioAsync($"duet --mirror {mirror} steady (whole volume)", url, o.SizeBytes, o.Seconds, null).ConfigureAwait(false);
+                LogDelta("steady", c2, await CountersAsync(dataDir).ConfigureAwait(false));
                 if (duet.HasExited) throw new InvalidOperationException($"duet up exited (code {duet.Process.ExitCode}):\n{duet.OutputText}");
                 return (burst, steady);
             }

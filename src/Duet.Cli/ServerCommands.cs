@@ -294,7 +294,7 @@ public static partial class Program
             var options = new MirrorBenchOptions
             {
                 DuetCommand = parse.GetValue(countsOnly) ? null : SelfCommand(), Seconds = parse.GetValue(seconds), NvramBytes = nvramBytes, SizeBytes = bytes,
-                Writes = n, LargeWrites = Math.Max(4, n / 8), DirtyElements = DirtyElementsAsync,
+                Writes = n, LargeWrites = Math.Max(4, n / 8), Counters = PairCountersAsync,
             };
             try
             {
@@ -313,12 +313,14 @@ public static partial class Program
         return cmd;
     }
 
-    /// <summary>Dirty cache elements of both controllers serving a data directory.</summary>
-    static async Task<int> DirtyElementsAsync(string dataDir, CancellationToken ct)
+    /// <summary>Controller A's cache and mirror counters on a data directory (for `bench mirror`).</summary>
+    static async Task<PairCounters> PairCountersAsync(string dataDir, CancellationToken ct)
     {
         using var client = Duet.Host.Management.PairClient.ForDataDirectory(dataDir);
         var status = await client.StatusAsync(ct);
-        return (status.Controller?.DirtyElements ?? 0) + (status.PeerController?.DirtyElements ?? 0);
+        var a = new[] { status.Controller, status.PeerController }.FirstOrDefault(c => c?.Name == "A")
+            ?? throw new InvalidOperationException($"controller A of {dataDir} did not answer its status");
+        return new PairCounters(a.DirtyElements, a.MirroredWrites, a.WriteThroughs, a.Batches, a.Doorbells, a.LinkMessageBytes + a.LinkDataBytes);
     }
 
     static Command BenchNbdCommand()
