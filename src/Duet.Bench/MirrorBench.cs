@@ -298,7 +298,7 @@ public static class MirrorBench
             if (before is not { } b || after is not { } a) return;
             long w = a.MirroredWrites - b.MirroredWrites;
             log.WriteLine(FormattableString.Invariant(
-                $"    controller A during {what}: {w} mirrored writes, {a.Batches - b.Batches} batches, {a.WriteThroughs - b.WriteThroughs} write-throughs, {(w > 0 ? (double)(a.Doorbells - b.Doorbells) / w : 0):F2} doorbells (A's) and {(w > 0 ? (double)(a.LinkBytes - b.LinkBytes) / w : 0):F0} link bytes (A's) per mirrored write; {a.DirtyElements} dirty at the end"));
+                $"    controller A during {what}: {w} cached writes, {a.Batches - b.Batches} batches, {a.WriteThroughs - b.WriteThroughs} write-throughs, {(w > 0 ? (double)(a.Doorbells - b.Doorbells) / w : 0):F2} doorbells (A's) and {(w > 0 ? (double)(a.LinkBytes - b.LinkBytes) / w : 0):F0} link bytes (A's) per cached write; {a.DirtyElements} dirty at the end"));
         }
 
         async Task<(NbdBench.Sample Burst, NbdBench.Sample Steady)> DuetAsync(string mirror)
@@ -317,9 +317,16 @@ public static class MirrorBench
                 if (code != 0) throw new InvalidOperationException($"fio prefill failed (exit {code}):\n{text}");
                 await WaitCleanAsync(dataDir).ConfigureAwait(false);
                 var c0 = await CountersAsync(dataDir).ConfigureAwait(false);
+                var cpu0 = Children.CpuSeconds(duet.Pid);
+                var wall = Stopwatch.StartNew();
                 var burst = await FioAsync($"duet --mirror {mirror} burst ({Units.FormatSize(burstBytes)} working set)", url, burstBytes, o.Seconds, null).ConfigureAwait(false);
+                var cpu1 = Children.CpuSeconds(duet.Pid);
+                double elapsed = wall.Elapsed.TotalSeconds;
                 var c1 = await CountersAsync(dataDir).ConfigureAwait(false);
                 LogDelta("the burst", c0, c1);
+                foreach (var (pid, (cmd, secs)) in cpu1)
+                    if (cpu0.TryGetValue(pid, out var before))
+                        log.WriteLine(FormattableString.Invariant($"    CPU during the burst: {(secs - before.Seconds) / elapsed:F2} cores, pid {pid} {string.Join(' ', cmd.Split(' ').SkipWhile(a => a != "up" && a != "controller").Take(3))}"));
                 await FioAsync($"duet --mirror {mirror} fill ({Units.FormatSize(fillBytes)}, whole volume)", url, o.SizeBytes, null, fillBytes).ConfigureAwait(false);
                 var c2 = await CountersAsync(dataDir).ConfigureAwait(false);
                 var steady = await FioAsync($"duet --mirror {mirror} steady (whole volume)", url, o.SizeBytes, o.Seconds, null).ConfigureAwait(false);
