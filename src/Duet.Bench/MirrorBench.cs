@@ -334,6 +334,10 @@ public static class MirrorBench
                 if (duet.HasExited) throw new InvalidOperationException($"duet up exited (code {duet.Process.ExitCode}):\n{duet.OutputText}");
                 return (burst, steady);
             }
+            catch (InvalidOperationException e)
+            {
+                throw new InvalidOperationException($"{e.Message}\nduet up ({(duet.HasExited ? $"exited with code {duet.Process.ExitCode}" : "still running")}) printed:\n{duet.OutputText}", e);
+            }
             finally
             {
                 await children.StopAsync(duet).ConfigureAwait(false);
