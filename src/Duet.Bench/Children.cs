@@ -135,6 +135,28 @@ sealed class Children : IAsyncDisposable
 
     public static double RssMiB(int pid) => Tree(pid).Sum(p => Math.Max(0, StatusKiB(p, "VmRSS:"))) / 1024.0;
 
+    /// <summary>CPU seconds (user + system, from /proc/PID/stat) of a process and each of its
+    /// descendants, keyed by PID, with the process's arguments (from /proc/PID/cmdline).</summary>
+    public static Dictionary<int, (string Command, double Seconds)> CpuSeconds(int pid)
+    {
+        var r = new Dictionary<int, (string, double)>();
+        foreach (int p in Tree(pid))
+        {
+            try
+            {
+                var stat = File.ReadAllText($"/proc/{p}/stat");
+                var f = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+                // fields 14 and 15 (utime, stime) are the 12th and 13th after the command
+                double ticks = long.Parse(f[11], CultureInfo.InvariantCulture) + long.Parse(f[12], CultureInfo.InvariantCulture);
+                var cmd = File.ReadAllText($"/proc/{p}/cmdline").Replace('\0', ' ').Trim();
+                r[p] = (cmd, ticks / 100.0); // USER_HZ is 100 on Linux
+            }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+        }
+        return r;
+    }
+
     /// <summary>A process and its descendants, from /proc/PID/task/*/children.</summary>
     static List<int> Tree(int pid)
     {

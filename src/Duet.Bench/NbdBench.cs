@@ -56,7 +56,7 @@ public static class NbdBench
 
     public const string VolumeName = "vol0";
 
-    sealed record Sample(double Iops, double MiBps, double P99Us);
+    internal sealed record Sample(double Iops, double MiBps, double P99Us);
 
     public static async Task<int> RunAsync(NbdBenchOptions o, TextWriter output, TextWriter log, CancellationToken ct = default)
     {
@@ -195,7 +195,7 @@ public static class NbdBench
         return (MemberLayout.MetadataBlocks + groups * MemberLayout.GroupBlocks) * (long)Units.BlockBytes;
     }
 
-    static async Task CreateLayoutAsync(string dataDir, long driveBytes, long volumeBytes, CancellationToken ct)
+    internal static async Task CreateLayoutAsync(string dataDir, long driveBytes, long volumeBytes, CancellationToken ct)
     {
         await using var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { DataDirectory = dataDir }, ct).ConfigureAwait(false);
         var names = new List<string>();
@@ -208,7 +208,7 @@ public static class NbdBench
         await arrays.CreateVolumeAsync(new CreateVolumeRequest(VolumeName, "arr0", volumeBytes), ct).ConfigureAwait(false);
     }
 
-    static async Task FillAsync(string path, long bytes, CancellationToken ct)
+    internal static async Task FillAsync(string path, long bytes, CancellationToken ct)
     {
         var zeros = new byte[1 << 20];
         await using var f = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 0);
@@ -216,7 +216,7 @@ public static class NbdBench
             await f.WriteAsync(zeros, ct).ConfigureAwait(false);
     }
 
-    static async Task WaitReadyAsync(Children children, Children.Child server, string url, CancellationToken ct)
+    internal static async Task WaitReadyAsync(Children children, Children.Child server, string url, CancellationToken ct)
     {
         var deadline = Stopwatch.StartNew();
         while (deadline.Elapsed < TimeSpan.FromSeconds(60))
@@ -230,7 +230,7 @@ public static class NbdBench
         throw new TimeoutException($"{server.Name} did not serve {url} within 60 s:\n{server.OutputText}");
     }
 
-    static List<string> FioArgs(string url, string name, string rw, string bs, int qd, long sizeBytes, double? seconds, string? jsonPath)
+    internal static List<string> FioArgs(string url, string name, string rw, string bs, int qd, long sizeBytes, double? seconds, string? jsonPath)
     {
         var a = new List<string>
         {
@@ -243,7 +243,7 @@ public static class NbdBench
         return a;
     }
 
-    static Sample ParseFio(string jsonPath, bool read)
+    internal static Sample ParseFio(string jsonPath, bool read)
     {
         using var doc = JsonDocument.Parse(File.ReadAllBytes(jsonPath));
         var job = doc.RootElement.GetProperty("jobs")[0].GetProperty(read ? "read" : "write");
@@ -259,6 +259,6 @@ public static class NbdBench
         return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
     }
 
-    static void Print(TextWriter output, string key, double value, string format) =>
+    internal static void Print(TextWriter output, string key, double value, string format) =>
         output.WriteLine($"{key} {value.ToString(format, CultureInfo.InvariantCulture)}");
 }

@@ -109,10 +109,11 @@ public static partial class Program
         var iclPort = new Option<int>("--icl-port") { Description = "The inter-controller link's port (default: NBD port + 6)" };
         var mirror = new Option<string>("--mirror") { Description = "How writes are mirrored: batched, seed, seed-large, or none (unsafe: for measuring the mirror's cost)", DefaultValueFactory = _ => "batched" };
         mirror.AcceptOnlyFromAmong("batched", "seed", "seed-large", "none");
+        var nvram = new Option<string>("--nvram") { Description = "NVRAM size of each controller (up to 1G)", DefaultValueFactory = _ => "256M" };
         var quiet = new Option<bool>("--quiet") { Description = "Log warnings and errors only" };
         var cmd = new Command("up", "Start the controller pair on a data directory (created with the default layout if new) and serve its volumes until Ctrl-C or SIGTERM")
         {
-            nbdPort, iclPort, mirror, quiet,
+            nbdPort, iclPort, mirror, nvram, quiet,
         };
         cmd.SetAction(async (parse, ct) =>
         {
@@ -126,6 +127,11 @@ public static partial class Program
                 return ExitUsage;
             }
             int icl = parse.GetValue(iclPort) is > 0 and var ip ? ip : port + 6;
+            if (!Units.TryParseSize(parse.GetValue(nvram)!, out long nvramBytes) || Duet.Cache.Nvram.NvramLayout.Problem(nvramBytes, 1) is not null)
+            {
+                await error.WriteLineAsync($"duet: --nvram '{parse.GetValue(nvram)}' is not an NVRAM size (1M to 1G)");
+                return ExitUsage;
+            }
             using var stop = new StopSignal(ct);
             bool created;
             try
@@ -151,7 +157,7 @@ public static partial class Program
                 {
                     RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
                 };
-                foreach (var a in new[] { typeof(Program).Assembly.Location, "controller", "--name", who, "--data", dir, "--nbd-port", $"{p}", "--icl-port", $"{icl}", "--mirror", parse.GetValue(mirror)! })
+                foreach (var a in new[] { typeof(Program).Assembly.Location, "controller", "--name", who, "--data", dir, "--nbd-port", $"{p}", "--icl-port", $"{icl}", "--mirror", parse.GetValue(mirror)!, "--nvram", $"{nvramBytes}" })
                     psi.ArgumentList.Add(a);
                 if (parse.GetValue(quiet)) psi.ArgumentList.Add("--quiet");
                 var process = new System.Diagnostics.Process { StartInfo = psi, EnableRaisingEvents = true };
@@ -261,7 +267,60 @@ public static partial class Program
         bench.Subcommands.Add(parity);
         bench.Subcommands.Add(BenchNbdCommand());
         bench.Subcommands.Add(BenchMemoryCommand());
+        bench.Subcommands.Add(BenchMirrorCommand());
         return bench;
+    }
+
+    static Command BenchMirrorCommand()
+    {
+        var seconds = new Option<double>("--seconds") { Description = "Seconds per timed fio run", DefaultValueFactory = _ => 5 };
+        var nvram = new Option<string>("--nvram") { Description = "NVRAM of each controller in the NBD part (steady state is after 3x this is written)", DefaultValueFactory = _ => "64M" };
+        var size = new Option<string>("--size") { Description = "Volume size and nbdkit file size in the NBD part", DefaultValueFactory = _ => "1G" };
+        var writes = new Option<int>("--writes") { Description = "Writes per count figure (an eighth of them, at least 4, for 1 MiB)", DefaultValueFactory = _ => 256 };
+        var countsOnly = new Option<bool>("--counts-only") { Description = "Only the in-process doorbell and link-byte counts (no duet up, no fio)" };
+        var cmd = new Command("mirror", "Doorbells and link bytes per mirrored write (in-process pair over the TCP ICL), then 4 KiB random-write IOPS through duet up with and without the mirror beside nbdkit")
+        {
+            seconds, nvram, size, writes, countsOnly,
+        };
+        cmd.SetAction(async (parse, ct) =>
+        {
+            var error = parse.InvocationConfiguration.Error;
+            if (!Units.TryParseSize(parse.GetValue(nvram) ?? "", out long nvramBytes) || !Units.TryParseSize(parse.GetValue(size) ?? "", out long bytes))
+            {
+                await error.WriteLineAsync("duet: --nvram and --size take sizes (e.g. 64M, 1G)");
+                return ExitUsage;
+            }
+            int n = parse.GetValue(writes);
+            var options = new MirrorBenchOptions
+            {
+                DuetCommand = parse.GetValue(countsOnly) ? null : SelfCommand(), Seconds = parse.GetValue(seconds), NvramBytes = nvramBytes, SizeBytes = bytes,
+                Writes = n, LargeWrites = Math.Max(4, n / 8), Counters = PairCountersAsync,
+            };
+            try
+            {
+                return await MirrorBench.RunAsync(options, parse.InvocationConfiguration.Output, error, ct);
+            }
+            catch (ArgumentOutOfRangeException e)
+            {
+                await error.WriteLineAsync($"duet: {e.Message}");
+                return ExitUsage;
+            }
+            catch (OperationCanceledException)
+            {
+                return ExitInterrupted;
+            }
+        });
+        return cmd;
+    }
+
+    /// <summary>Controller A's cache and mirror counters on a data directory (for `bench mirror`).</summary>
+    static async Task<PairCounters> PairCountersAsync(string dataDir, CancellationToken ct)
+    {
+        using var client = Duet.Host.Management.PairClient.ForDataDirectory(dataDir);
+        var status = await client.StatusAsync(ct);
+        var a = new[] { status.Controller, status.PeerController }.FirstOrDefault(c => c?.Name == "A")
+            ?? throw new InvalidOperationException($"controller A of {dataDir} did not answer its status");
+        return new PairCounters(a.DirtyElements, a.MirroredWrites, a.WriteThroughs, a.Batches, a.Doorbells, a.LinkMessageBytes + a.LinkDataBytes);
     }
 
     static Command BenchNbdCommand()
