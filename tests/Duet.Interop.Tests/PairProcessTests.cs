@@ -161,6 +161,32 @@ public sealed class PairProcessTests(ITestOutputHelper log) : IAsyncLifetime
     }
 
     [Fact]
+    [Trait("Claim", "MR-1")]
+    public async Task AKilledControllerRestartsReplaysItsNvramAndPairsAgain()
+    {
+        var f = Path.Combine(_dir, "restart.img");
+        var h = TestData.WriteRandomFile(f, 16L << 20, seed: 7);
+        await _run.RunOkAsync("nbdcopy", f, Uri(_portA, "vol0"));
+        _a!.KillHard();
+        await WaitFor(s => s.Controller is { Name: "B", Mirror: "error-recovery" }, "B in error-recovery mode");
+        await _a.DisposeAsync();
+        _a = Start("A", _portA);
+        await _a.WaitForOutputAsync("duet controller A: ready", Timeout);
+        await WaitFor(s => s.Controller is { Name: "A", Mirror: "healthy" } && s.PeerController is { Mirror: "healthy" }, "the pair mirrored again");
+        Assert.Equal(h, await CopyOutHash(_portA, "vol0", 16L << 20, "restart-a.img"));
+        Assert.Equal(h, await CopyOutHash(_portB, "vol0", 16L << 20, "restart-b.img"));
+        // Write-back with the mirror resumes: new writes are mirrored again.
+        long before = (await StatusAsync()).Controller!.MirroredWrites;
+        var g = Path.Combine(_dir, "restart2.img");
+        var h2 = TestData.WriteRandomFile(g, 4L << 20, seed: 8);
+        await _run.RunOkAsync("nbdcopy", g, Uri(_portA, "vol0"));
+        var s = await StatusAsync();
+        Assert.True(s.Controller!.MirroredWrites > before);
+        Assert.Equal(0, s.Controller.RefusedTransfers + s.PeerController!.RefusedTransfers);
+        Assert.Equal(h2, await CopyOutHash(_portB, "vol0", 4L << 20, "restart2-b.img"));
+    }
+
+    [Fact]
     public async Task KillingThePeerPutsTheOwnerInErrorRecoveryAndWritesKeepSucceeding()
     {
         _b!.KillHard();

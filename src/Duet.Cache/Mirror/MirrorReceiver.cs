@@ -41,6 +41,15 @@ public sealed partial class MirrorReceiver(
 
     long RegionBytes => applier.Region.RegionBytes;
 
+    /// <summary>A new session of the peer (it restarted, or the link came back): forget what was in
+    /// progress and the sequence numbers of the old session; the peer resynchronises region 2 next.</summary>
+    public void Reset()
+    {
+        _expect = Expect.Command;
+        _metadata = null;
+        _sequence = 0;
+    }
+
     /// <summary>Handles one command transfer (not a reply). Returns false if it was not a mirror message.</summary>
     public async ValueTask<bool> HandleAsync(IclTransfer t)
     {

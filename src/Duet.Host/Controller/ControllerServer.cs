@@ -231,7 +231,9 @@ public sealed partial class ControllerServer : IAsyncDisposable
             return;
         }
         Receiver.RefuseAll = null;
-        // A new session of the peer: it replayed its own region 1 and resynchronises us next.
+        // A new session of the peer: it replayed its own region 1 and resynchronises us next, with
+        // sequence numbers that may start lower than its old session's.
+        Receiver.Reset();
         Nvram.Peer.Clear();
     }
 
