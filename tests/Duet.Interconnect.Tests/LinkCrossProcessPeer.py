@@ -26,9 +26,9 @@ b = mmap.mmap(fb.fileno(), 0)
 b[0:256] = a[0:256]
 b[24:28] = b"\0\0\0\0"
 b[32:64] = b"B".ljust(32, b"\0")
-# Our identity: process id (160) and a fresh nonzero session nonce (168).
+# Our identity: process id (160), a fresh nonzero session nonce (168), start time 0 = not recorded (176).
 nonce = struct.unpack("<q", os.urandom(8))[0] or 1
-struct.pack_into("<Iiq", b, 160, os.getpid(), 0, nonce)
+struct.pack_into("<Iiqq", b, 160, os.getpid(), 0, nonce, 0)
 # The handshake: we accept A's session (A's nonce into our accepted word, 280) ...
 struct.pack_into("<q", b, 280, struct.unpack_from("<q", a, 168)[0])
 struct.pack_into("<I", b, 24, 1)

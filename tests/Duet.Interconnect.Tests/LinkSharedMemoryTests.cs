@@ -169,6 +169,14 @@ public sealed class LinkSharedMemoryTests(ITestOutputHelper output) : LinkContra
             await LinkTestUtil.Until(() => !a.IsUp, 30);
             Assert.True(File.Exists(peerWindow)); // noticed by the owner's pid, not by the file
             await Assert.ThrowsAsync<IclLinkDownException>(() => a.PostAsync(IclSignal.Message, 1, new byte[1], default).AsTask());
+            // A restarted B (here in this process) replaces the stale window and pairs.
+            await using var b2 = SharedMemoryIclTransport.Open(pair, "B", "A", Small, directory: "/dev/shm");
+            var rb = new Recorder();
+            b2.Start(rb.Handle);
+            await LinkTestUtil.Until(() => a.IsUp && b2.IsUp, 30);
+            await a.PostAsync(IclSignal.Message, 3, new byte[] { 42 }, default);
+            await rb.WaitForAsync(1);
+            Assert.Equal(42, rb.Items.Single().Message[0]);
         }
         finally
         {

@@ -73,6 +73,7 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
     long _peerNonce;
     long _deadNonce;
     int _peerPid;
+    long _peerStart;
     DirectSink? _sink;
     int _sessions;
     volatile bool _stopping;
@@ -83,7 +84,7 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
         _localPath = localPath;
         _peerPath = peerPath;
         do _nonce = BitConverter.ToInt64(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8)); while (_nonce == 0);
-        Local = CreateWindow(localPath, WindowLayout.From(options), localName, Environment.ProcessId, _nonce);
+        Local = CreateWindow(localPath, WindowLayout.From(options), localName, Environment.ProcessId, StartTime(Environment.ProcessId), _nonce);
         _thread = new Thread(InterruptLoop) { IsBackground = true, Name = $"icl-{localName}" };
         _thread.Start();
     }
@@ -102,7 +103,7 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
     public override bool IsUp => Volatile.Read(ref _sink) is not null && !IsDisposed;
     private protected override PeerSink? CurrentSink => IsDisposed ? null : Volatile.Read(ref _sink);
 
-    static IclWindow CreateWindow(string path, WindowLayout layout, string owner, int pid, long nonce)
+    static IclWindow CreateWindow(string path, WindowLayout layout, string owner, int pid, long start, long nonce)
     {
         if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("the ICL window layout is little-endian");
         // A new file (a new inode): a peer that still maps an old window of ours never sees this one half-made.
@@ -114,6 +115,7 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
             var w = Map(fs, layout.TotalBytes, layout);
             w.OwnerPid = pid;
             w.OwnerNonce = nonce;
+            w.OwnerStart = start;
             w.Initialize(owner); // the ready word last
             return w;
         }
@@ -128,9 +130,9 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
     /// <summary>What the header of the window file at a path says about its owner, read without mapping it.</summary>
     enum PeerState { Absent, Unreadable, Present }
 
-    static PeerState ReadIdentity(string path, out long nonce, out int pid)
+    static PeerState ReadIdentity(string path, out long nonce, out int pid, out long start)
     {
-        nonce = 0; pid = 0;
+        nonce = 0; pid = 0; start = 0;
         Span<byte> h = stackalloc byte[WindowLayout.HeaderBytes];
         try
         {
@@ -148,6 +150,7 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
         if (System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(h[WindowLayout.ReadyOffset..]) != 1) return PeerState.Unreadable;
         nonce = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(h[WindowLayout.OwnerNonceOffset..]);
         pid = System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(h[WindowLayout.OwnerPidOffset..]);
+        start = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(h[WindowLayout.OwnerStartOffset..]);
         return PeerState.Present;
     }
 
@@ -249,23 +252,24 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
     /// <summary>The peer's window is still the one mapped, and its owner process still runs.</summary>
     bool PeerAlive()
     {
-        var state = ReadIdentity(_peerPath, out long nonce, out _);
+        var state = ReadIdentity(_peerPath, out long nonce, out _, out _);
         if (state == PeerState.Absent) return false;
         if (state == PeerState.Present && nonce != _peerNonce) return false;
-        return ProcessAlive(_peerPid);
+        return ProcessAlive(_peerPid, _peerStart);
     }
 
     /// <summary>Maps a peer window with a new nonce and a live owner, and accepts it as this window's producer.</summary>
     bool TryAccept()
     {
-        if (ReadIdentity(_peerPath, out long nonce, out int pid) != PeerState.Present) return false;
-        if (nonce == _deadNonce || !ProcessAlive(pid)) return false;
+        if (ReadIdentity(_peerPath, out long nonce, out int pid, out long start) != PeerState.Present) return false;
+        if (nonce == _deadNonce || !ProcessAlive(pid, start)) return false;
         var peer = TryOpenWindow(_peerPath);
         if (peer is null) return false;
         if (Volatile.Read(ref peer.OwnerNonce) != nonce) { peer.Dispose(); return false; } // re-created meanwhile: look again
         _peer = peer;
         _peerNonce = nonce;
         _peerPid = pid;
+        _peerStart = start;
         // Whatever an earlier producer left in our window is not for this session: drop it before
         // the new peer may post (it posts only once it sees its nonce accepted here).
         DiscardPending();
@@ -290,8 +294,11 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
     [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
     private static partial int Kill(int pid, int signal);
 
-    /// <summary>kill(pid, 0): false only for ESRCH or a zombie; true when the pid is not recorded (0) or the check is not possible.</summary>
-    static bool ProcessAlive(int pid)
+    /// <summary>
+    /// kill(pid, 0): false for ESRCH, a zombie, or another process under the same pid (its start
+    /// time differs from the one recorded); true when the pid is not recorded (0) or the check is not possible.
+    /// </summary>
+    static bool ProcessAlive(int pid, long start)
     {
         if (pid <= 0 || pid == Environment.ProcessId || !OperatingSystem.IsLinux()) return true;
         try
@@ -305,12 +312,34 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
         try
         {
             // A killed child not yet reaped by its parent still answers kill(); its state is Z.
-            var stat = File.ReadAllText($"/proc/{pid}/stat");
-            int close = stat.LastIndexOf(')');
-            if (close > 0 && close + 2 < stat.Length && stat[close + 2] is 'Z' or 'X') return false;
+            var fields = StatFields(pid);
+            if (fields is null) return true;
+            if (fields[0] is "Z" or "X") return false;
+            if (start != 0 && fields.Length > 19 && long.TryParse(fields[19], out long now) && now != start) return false;
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException) { }
         return true;
+    }
+
+    /// <summary>The fields of /proc/{pid}/stat after the command name: [0] is the state (field 3), [19] the start time (field 22).</summary>
+    static string[]? StatFields(int pid)
+    {
+        var stat = File.ReadAllText($"/proc/{pid}/stat");
+        int close = stat.LastIndexOf(')');
+        return close < 0 || close + 2 >= stat.Length ? null : stat[(close + 2)..].Split(' ');
+    }
+
+    static long StartTime(int pid)
+    {
+        if (!OperatingSystem.IsLinux()) return 0;
+        try
+        {
+            return StatFields(pid) is { Length: > 19 } f && long.TryParse(f[19], out long t) ? t : 0;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return 0;
+        }
     }
 
     /// <summary>Wakes the owner of <paramref name="w"/> if it sleeps (its wake word has been bumped already).</summary>
