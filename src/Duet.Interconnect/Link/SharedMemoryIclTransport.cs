@@ -218,7 +218,7 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
         var w = Local;
         long doorbell = 0, freed = 0;
         long nextProbe = 0;
-        long probeTicks = (long)(ProbeInterval.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
+        long probeTicks = (long)(ProbeInterval.TotalSeconds * Time.TimestampFrequency); // the injected clock
         while (!_stopping)
         {
             int wake = Volatile.Read(ref w.Wake);
@@ -227,7 +227,7 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
             if (d != doorbell) { doorbell = d; Interrupt.Set(); any = true; }
             long f = Volatile.Read(ref w.SpaceFreed);
             if (f != freed) { freed = f; Space.Set(); any = true; }
-            long now = System.Diagnostics.Stopwatch.GetTimestamp();
+            long now = Time.GetTimestamp();
             if (_peer is not null && now >= nextProbe)
             {
                 nextProbe = now + probeTicks;
