@@ -43,19 +43,30 @@ public static partial class Program
         public void Dispose() { _term.Dispose(); _int.Dispose(); _cts.Dispose(); }
     }
 
+    static Option<string> IclOption()
+    {
+        var o = new Option<string>("--icl") { Description = "How the inter-controller link is carried: shm (shared memory under /dev/shm, one host) or tcp", DefaultValueFactory = _ => "shm" };
+        o.AcceptOnlyFromAmong("shm", "tcp");
+        return o;
+    }
+
+    static Duet.Host.Controller.IclTransportKind IclKind(string? value) =>
+        value == "tcp" ? Duet.Host.Controller.IclTransportKind.Tcp : Duet.Host.Controller.IclTransportKind.SharedMemory;
+
     static Command ControllerCommand()
     {
         var name = new Option<string>("--name") { Description = "Which controller of the pair: A or B", Required = true };
         name.AcceptOnlyFromAmong("A", "B");
         var nbdPort = new Option<int>("--nbd-port") { Description = "NBD port on 127.0.0.1 (default: 10809 for A, 10810 for B)" };
-        var iclPort = new Option<int>("--icl-port") { Description = "The inter-controller link's TCP port on 127.0.0.1 (A listens, B connects)", DefaultValueFactory = _ => 10815 };
+        var iclPort = new Option<int>("--icl-port") { Description = "With --icl tcp: the inter-controller link's TCP port on 127.0.0.1 (A listens, B connects)", DefaultValueFactory = _ => 10815 };
+        var iclKind = IclOption();
         var nvram = new Option<string>("--nvram") { Description = "NVRAM size (up to 1G)", DefaultValueFactory = _ => "256M" };
         var mirror = new Option<string>("--mirror") { Description = "How writes are mirrored: batched (CC-2/3), seed (MR-2/3 by figure 7), seed-large, or none (unsafe: for measuring the mirror's cost)", DefaultValueFactory = _ => "batched" };
         mirror.AcceptOnlyFromAmong("batched", "seed", "seed-large", "none");
         var quiet = new Option<bool>("--quiet") { Description = "Log warnings and errors only" };
         var cmd = new Command("controller", "Run one controller of the pair on a data directory until SIGTERM (./duet up starts both)")
         {
-            name, nbdPort, iclPort, nvram, mirror, quiet,
+            name, nbdPort, iclKind, iclPort, nvram, mirror, quiet,
         };
         cmd.SetAction(async (parse, ct) =>
         {
@@ -82,6 +93,7 @@ public static partial class Program
                 server = await Duet.Host.Controller.ControllerServer.StartAsync(new Duet.Host.Controller.ControllerOptions
                 {
                     Name = me, DataDirectory = dir, NbdEndpoint = new IPEndPoint(IPAddress.Loopback, port),
+                    IclTransport = IclKind(parse.GetValue(iclKind)),
                     IclEndpoint = new IPEndPoint(IPAddress.Loopback, parse.GetValue(iclPort)), NvramBytes = nvramBytes, Mirror = method,
                 }, loggers, stop.Token);
             }
@@ -106,14 +118,15 @@ public static partial class Program
     static Command UpCommand()
     {
         var nbdPort = new Option<int>("--nbd-port") { Description = "NBD port of controller A on 127.0.0.1; B uses the next one", DefaultValueFactory = _ => 10809 };
-        var iclPort = new Option<int>("--icl-port") { Description = "The inter-controller link's port (default: NBD port + 6)" };
+        var iclPort = new Option<int>("--icl-port") { Description = "With --icl tcp: the inter-controller link's port (default: NBD port + 6)" };
+        var iclKind = IclOption();
         var mirror = new Option<string>("--mirror") { Description = "How writes are mirrored: batched, seed, seed-large, or none (unsafe: for measuring the mirror's cost)", DefaultValueFactory = _ => "batched" };
         mirror.AcceptOnlyFromAmong("batched", "seed", "seed-large", "none");
         var nvram = new Option<string>("--nvram") { Description = "NVRAM size of each controller (up to 1G)", DefaultValueFactory = _ => "256M" };
         var quiet = new Option<bool>("--quiet") { Description = "Log warnings and errors only" };
         var cmd = new Command("up", "Start the controller pair on a data directory (created with the default layout if new) and serve its volumes until Ctrl-C or SIGTERM")
         {
-            nbdPort, iclPort, mirror, nvram, quiet,
+            nbdPort, iclKind, iclPort, mirror, nvram, quiet,
         };
         cmd.SetAction(async (parse, ct) =>
         {
@@ -157,7 +170,7 @@ public static partial class Program
                 {
                     RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
                 };
-                foreach (var a in new[] { typeof(Program).Assembly.Location, "controller", "--name", who, "--data", dir, "--nbd-port", $"{p}", "--icl-port", $"{icl}", "--mirror", parse.GetValue(mirror)!, "--nvram", $"{nvramBytes}" })
+                foreach (var a in new[] { typeof(Program).Assembly.Location, "controller", "--name", who, "--data", dir, "--nbd-port", $"{p}", "--icl", parse.GetValue(iclKind)!, "--icl-port", $"{icl}", "--mirror", parse.GetValue(mirror)!, "--nvram", $"{nvramBytes}" })
                     psi.ArgumentList.Add(a);
                 if (parse.GetValue(quiet)) psi.ArgumentList.Add("--quiet");
                 var process = new System.Diagnostics.Process { StartInfo = psi, EnableRaisingEvents = true };
@@ -186,7 +199,7 @@ public static partial class Program
                     var status = await client.StatusAsync(stop.Token);
                     await output.WriteLineAsync($"duet: data directory {dir}{(created ? " (new: created the default layout)" : "")}");
                     await output.WriteLineAsync($"duet: management socket {Duet.Host.Management.ManagementHost.SocketPathFor(dir)}");
-                    await output.WriteLineAsync($"duet: controller A: NBD 127.0.0.1:{port}; controller B: NBD 127.0.0.1:{port + 1}; inter-controller link 127.0.0.1:{icl}");
+                    await output.WriteLineAsync($"duet: controller A: NBD 127.0.0.1:{port}; controller B: NBD 127.0.0.1:{port + 1}; inter-controller link {(IclKind(parse.GetValue(iclKind)) == Duet.Host.Controller.IclTransportKind.Tcp ? $"TCP 127.0.0.1:{icl}" : "shared memory (/dev/shm)")}");
                     foreach (var a in status.Arrays)
                         await output.WriteLineAsync($"duet: array {a.Name}: RAID {a.Level}, {a.Members.Count} drives, {Units.FormatSize(a.CapacityBytes)}, {a.State}" +
                             (a.State == "optimal" ? "" : $" ({string.Join(", ", a.Members.Where(m => m.State != "active").Select(m => $"slot {m.Slot} {m.Drive ?? "-"} {m.State}"))})") +

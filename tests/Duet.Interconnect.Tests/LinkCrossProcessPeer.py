@@ -1,6 +1,6 @@
 # A second process acting as controller B of a shared-memory ICL pair, written only from the
 # documented window layout (docs/internals/interconnect.md): it makes its own window (a copy
-# of A's header, owner "B"), posts one message into A's command queue, rings A's doorbell
+# of A's header, owner "B", its own pid and nonce), does the session handshake, posts one message into A's command queue, rings A's doorbell
 # (futex wake), and waits for A's reply in its own reply queue. Prints the reply message.
 import ctypes, mmap, os, struct, sys, time
 
@@ -26,8 +26,26 @@ b = mmap.mmap(fb.fileno(), 0)
 b[0:256] = a[0:256]
 b[24:28] = b"\0\0\0\0"
 b[32:64] = b"B".ljust(32, b"\0")
+# Our identity: process id (160), a fresh nonzero session nonce (168), start time 0 = not recorded (176).
+nonce = struct.unpack("<q", os.urandom(8))[0] or 1
+struct.pack_into("<Iiqq", b, 160, os.getpid(), 0, nonce, 0)
+# The handshake: we accept A's session (A's nonce into our accepted word, 280) ...
+struct.pack_into("<q", b, 280, struct.unpack_from("<q", a, 168)[0])
 struct.pack_into("<I", b, 24, 1)
 os.rename(tmp, b_path)
+
+# ... and post only once A has accepted ours (A writes our nonce into its accepted word).
+deadline = time.time() + 20
+while struct.unpack_from("<q", a, 280)[0] != nonce:
+    if time.time() > deadline:
+        print("not accepted"); sys.exit(3)
+    time.sleep(0.001)
+
+if len(sys.argv) > 3 and sys.argv[3] == "hold":
+    # Paired, and now just alive until killed (the liveness test).
+    print("paired"); sys.stdout.flush()
+    while True:
+        time.sleep(1)
 
 # Post one message-only transfer into A's command queue (lane 0).
 cmd = lane(a, 0)

@@ -94,6 +94,98 @@ public sealed class LinkSharedMemoryTests(ITestOutputHelper output) : LinkContra
     }
 
     [Fact]
+    public async Task A_disposed_peer_is_noticed_and_a_post_waiting_for_space_fails_at_once()
+    {
+        var slow = Small with { PostTimeout = TimeSpan.FromMinutes(5) };
+        var (a, b) = await OpenAsync(slow);
+        var changes = new List<bool>();
+        a.UpChanged += up => { lock (changes) changes.Add(up); };
+        // B takes nothing: fill its command queue, then one more post has to wait for space.
+        for (int i = 0; i < slow.QueueEntries; i++) await a.PostAsync(IclSignal.Message, 1, new byte[8], default);
+        var waiting = a.PostAsync(IclSignal.Message, 1, new byte[8], default).AsTask();
+        Assert.False(waiting.IsCompleted);
+        await b.DisposeAsync();
+        // Well within the 5 minute PostTimeout: the waiting post fails because the link went down.
+        await Assert.ThrowsAsync<IclLinkDownException>(() => waiting.WaitAsync(TimeSpan.FromSeconds(30)));
+        await LinkTestUtil.Until(() => !a.IsUp);
+        await LinkTestUtil.Until(() => { lock (changes) return changes.Count > 0; });
+        lock (changes) Assert.Equal([false], changes);
+        await Assert.ThrowsAsync<IclLinkDownException>(() => a.PostAsync(IclSignal.Message, 1, new byte[1], default).AsTask());
+    }
+
+    [Fact]
+    public async Task A_re_created_peer_pairs_again_and_transfers_flow_both_ways_without_leftovers()
+    {
+        string pair = "t" + Guid.NewGuid().ToString("N")[..12];
+        await using var a = SharedMemoryIclTransport.Open(pair, "A", "B", Small, directory: _dir);
+        var b1 = SharedMemoryIclTransport.Open(pair, "B", "A", Small, directory: _dir);
+        await LinkTestUtil.Until(() => a.IsUp && b1.IsUp);
+        // Neither end takes anything in B1's session: A's posts die with B1's window, and B1's post
+        // left in A's window is dropped before the next session begins.
+        for (int i = 0; i < 3; i++) await a.PostAsync(IclSignal.Message, 1, new byte[] { 1 }, default);
+        await b1.PostAsync(IclSignal.Message, 1, new byte[] { 0xB1 }, default);
+        Assert.Equal(1, a.PendingTransfers);
+        await b1.DisposeAsync();
+        await LinkTestUtil.Until(() => !a.IsUp);
+
+        await using var b2 = SharedMemoryIclTransport.Open(pair, "B", "A", Small, directory: _dir);
+        var rb = new Recorder();
+        b2.Start(rb.Handle);
+        await LinkTestUtil.Until(() => a.IsUp && b2.IsUp);
+        Assert.Equal(2, a.Sessions);
+        var ra = new Recorder();
+        a.Start(ra.Handle);
+        for (int i = 0; i < 2 * Small.QueueEntries; i++)
+            await a.PostAsync(IclSignal.MessageWithData, 2, new byte[] { (byte)i }, LinkTestUtil.Bytes(1000, i));
+        await b2.PostAsync(IclSignal.Message, 2, new byte[] { 0xB2 }, default);
+        await rb.WaitForAsync(2 * Small.QueueEntries);
+        await ra.WaitForAsync(1);
+        Assert.All(rb.Items, r => Assert.Equal(2UL, r.Epoch)); // nothing of B1's session reached B2
+        Assert.Equal(Enumerable.Range(0, 2 * Small.QueueEntries).Select(i => (byte)i), rb.Items.Select(r => r.Message[0]));
+        Assert.Equal([0xB2], ra.Items.Select(r => r.Message[0]));
+        Assert.Equal(1, a.Counters.TransfersDropped);
+    }
+
+    [Fact]
+    public async Task A_killed_peer_process_is_noticed_though_its_window_file_stays()
+    {
+        var script = Path.Combine(AppContext.BaseDirectory, "LinkCrossProcessPeer.py");
+        if (!File.Exists("/usr/bin/python3") || !Directory.Exists("/dev/shm"))
+        {
+            output.WriteLine("python3 or /dev/shm missing: cross-process check not run");
+            return;
+        }
+        string pair = "x" + Guid.NewGuid().ToString("N")[..12];
+        await using var a = SharedMemoryIclTransport.Open(pair, "A", "B", Small, directory: "/dev/shm");
+        a.Start(_ => ValueTask.CompletedTask);
+        var psi = new ProcessStartInfo("/usr/bin/python3", [script, "/dev/shm", pair, "hold"]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var peer = Process.Start(psi)!;
+        var peerWindow = SharedMemoryIclTransport.WindowPath("/dev/shm", pair, "B");
+        try
+        {
+            await LinkTestUtil.Until(() => a.IsUp, 30);
+            peer.Kill();
+            await peer.WaitForExitAsync();
+            await LinkTestUtil.Until(() => !a.IsUp, 30);
+            Assert.True(File.Exists(peerWindow)); // noticed by the owner's pid, not by the file
+            await Assert.ThrowsAsync<IclLinkDownException>(() => a.PostAsync(IclSignal.Message, 1, new byte[1], default).AsTask());
+            // A restarted B (here in this process) replaces the stale window and pairs.
+            await using var b2 = SharedMemoryIclTransport.Open(pair, "B", "A", Small, directory: "/dev/shm");
+            var rb = new Recorder();
+            b2.Start(rb.Handle);
+            await LinkTestUtil.Until(() => a.IsUp && b2.IsUp, 30);
+            await a.PostAsync(IclSignal.Message, 3, new byte[] { 42 }, default);
+            await rb.WaitForAsync(1);
+            Assert.Equal(42, rb.Items.Single().Message[0]);
+        }
+        finally
+        {
+            if (!peer.HasExited) peer.Kill();
+            File.Delete(peerWindow);
+        }
+    }
+
+    [Fact]
     public async Task Disposing_removes_the_own_window_file()
     {
         string pair = "t" + Guid.NewGuid().ToString("N")[..12];

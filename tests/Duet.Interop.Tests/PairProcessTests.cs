@@ -9,7 +9,8 @@ namespace Duet.Interop.Tests;
 
 /// <summary>
 /// The controller pair as real processes (`duet controller --name A|B`) on one data directory,
-/// driven by real NBD clients.
+/// driven by real NBD clients. The link is the default one (shared memory under /dev/shm);
+/// one test runs the pair again over `--icl tcp`.
 /// </summary>
 [Trait("Area", "Interop")]
 public sealed class PairProcessTests(ITestOutputHelper log) : IAsyncLifetime
@@ -41,13 +42,20 @@ public sealed class PairProcessTests(ITestOutputHelper log) : IAsyncLifetime
         await WaitFor(s => s.Controller?.Mirror == "healthy" && s.PeerController?.Mirror == "healthy", "both mirrors healthy");
     }
 
-    BackgroundProcess Start(string name, int port) =>
+    BackgroundProcess Start(string name, int port, string? icl = null) =>
         BackgroundProcess.Start(Dotnet, [Path.Combine(AppContext.BaseDirectory, "duet.dll"), "controller", "--name", name, "--data", _dir,
-            "--nbd-port", $"{port}", "--icl-port", $"{_icl}", "--nvram", "64M"], log);
+            "--nbd-port", $"{port}", "--icl-port", $"{_icl}", "--nvram", "64M", .. icl is null ? Array.Empty<string>() : ["--icl", icl]], log);
 
     public async Task DisposeAsync()
     {
         foreach (var p in new[] { _a, _b }) if (p is not null) await p.DisposeAsync();
+        // A controller killed with -9 leaves its shared-memory window behind.
+        if (File.Exists(Path.Combine(_dir, "pair.id")))
+        {
+            var pair = Duet.Host.Controller.ControllerServer.PairId(_dir).ToString("N");
+            foreach (var name in new[] { "A", "B" })
+                File.Delete(Duet.Interconnect.Link.SharedMemoryIclTransport.WindowPath(Duet.Interconnect.Link.SharedMemoryIclTransport.DefaultDirectory, pair, name));
+        }
         Directory.Delete(_dir, recursive: true);
     }
 
@@ -200,5 +208,30 @@ public sealed class PairProcessTests(ITestOutputHelper log) : IAsyncLifetime
         // vol1's owner is gone: a request for it fails with an I/O error instead of hanging.
         var r = await _run.RunAsync("nbdcopy", ["--synchronous", Uri(_portA, "vol1"), Path.Combine(_dir, "never.img")], TimeSpan.FromSeconds(60));
         Assert.NotEqual(0, r.ExitCode);
+    }
+
+    [Fact]
+    [Trait("Claim", "ICL-1")]
+    public async Task OverTcpTheLinkForwardsAndAKilledPeerPutsTheOwnerInErrorRecovery()
+    {
+        // The same pair again, its link over TCP this time.
+        foreach (var p in new[] { _a!, _b! }) p.Terminate();
+        foreach (var p in new[] { _a!, _b! }) Assert.Equal(0, await p.WaitForExitAsync(Timeout));
+        await _a!.DisposeAsync();
+        await _b!.DisposeAsync();
+        _a = Start("A", _portA, "tcp");
+        _b = Start("B", _portB, "tcp");
+        await _a.WaitForOutputAsync("duet controller A: ready", Timeout);
+        await _b.WaitForOutputAsync("duet controller B: ready", Timeout);
+        await WaitFor(s => s.Controller?.Mirror == "healthy" && s.PeerController?.Mirror == "healthy", "both mirrors healthy over TCP");
+        var pair = Duet.Host.Controller.ControllerServer.PairId(_dir).ToString("N");
+        Assert.False(File.Exists(Duet.Interconnect.Link.SharedMemoryIclTransport.WindowPath(Duet.Interconnect.Link.SharedMemoryIclTransport.DefaultDirectory, pair, "A")));
+        // vol1 is B's: written through A, forwarded over the TCP link.
+        var f = Path.Combine(_dir, "tcp.img");
+        var h = TestData.WriteRandomFile(f, 8L << 20, seed: 7);
+        await _run.RunOkAsync("nbdcopy", f, Uri(_portA, "vol1"));
+        Assert.Equal(h, await CopyOutHash(_portB, "vol1", 8L << 20, "tcp-out.img"));
+        _b.KillHard();
+        await WaitFor(s => s.Controller is { Name: "A", Mirror: "error-recovery", LinkUp: false }, "A in error-recovery mode over TCP");
     }
 }

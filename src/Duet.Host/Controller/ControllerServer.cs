@@ -19,7 +19,11 @@ public sealed record ControllerOptions
     public required string Name { get; init; }
     public required string DataDirectory { get; init; }
     public IPEndPoint NbdEndpoint { get; init; } = new(IPAddress.Loopback, 10809);
-    /// <summary>The ICL's TCP endpoint: controller A listens on it, B connects to it.</summary>
+    /// <summary>How the ICL is carried: shared-memory windows under /dev/shm (default) or TCP.</summary>
+    public IclTransportKind IclTransport { get; init; } = IclTransportKind.SharedMemory;
+    /// <summary>The directory of the shared-memory window files (null: <see cref="SharedMemoryIclTransport.DefaultDirectory"/>).</summary>
+    public string? IclDirectory { get; init; }
+    /// <summary>The ICL's TCP endpoint (with <see cref="IclTransportKind.Tcp"/>): controller A listens on it, B connects to it.</summary>
     public IPEndPoint IclEndpoint { get; init; } = new(IPAddress.Loopback, 10815);
     public long NvramBytes { get; init; } = NvramLayout.DefaultTotalBytes;
     public MirrorMethod Mirror { get; init; } = MirrorMethod.Batched;
@@ -30,6 +34,15 @@ public sealed record ControllerOptions
     public static string SocketFor(string dataDirectory, string name) =>
         Path.Combine(dataDirectory, name == "A" ? ManagementHost.SocketFileName : $"duet-{name}.sock");
     public static string NvramPathFor(string dataDirectory, string name) => Path.Combine(dataDirectory, $"nvram-{name}.bin");
+}
+
+/// <summary>How the two controllers' inter-controller link is carried.</summary>
+public enum IclTransportKind
+{
+    /// <summary>Windows mapped from /dev/shm by both controllers (one host), named from the pair id.</summary>
+    SharedMemory,
+    /// <summary>A TCP connection on <see cref="ControllerOptions.IclEndpoint"/>.</summary>
+    Tcp,
 }
 
 /// <summary>
@@ -98,9 +111,12 @@ public sealed partial class ControllerServer : IAsyncDisposable
         {
             nvram = NvramFile.OpenOrCreate(ControllerOptions.NvramPathFor(dir, options.Name), NvramLayout.For(options.NvramBytes), options.Name, pairId);
             var icl = IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 };
-            link = options.Name == "A"
-                ? TcpIclTransport.Listen(options.Name, options.PeerName, options.IclEndpoint, icl, options.Time)
-                : TcpIclTransport.Connect(options.Name, options.PeerName, options.IclEndpoint, icl, options.Time);
+            link = options.IclTransport switch
+            {
+                IclTransportKind.SharedMemory => SharedMemoryIclTransport.Open(pairId.ToString("N"), options.Name, options.PeerName, icl, options.Time, options.IclDirectory),
+                _ when options.Name == "A" => TcpIclTransport.Listen(options.Name, options.PeerName, options.IclEndpoint, icl, options.Time),
+                _ => TcpIclTransport.Connect(options.Name, options.PeerName, options.IclEndpoint, icl, options.Time),
+            };
             var c = new ControllerServer(options with { DataDirectory = dir }, arrays, nvram, link, loggers);
             await c.StartCoreAsync(loggers, ct).ConfigureAwait(false);
             return c;

@@ -61,6 +61,10 @@ internal sealed unsafe class IclWindow : IDisposable
     public ref int Wake => ref Int(WindowLayout.WakeOffset);
     public ref int Sleeping => ref Int(WindowLayout.SleepingOffset);
     public ref long SpaceFreed => ref Long(WindowLayout.SpaceFreedOffset);
+    public ref long Accepted => ref Long(WindowLayout.AcceptedOffset);
+    public ref int OwnerPid => ref Int(WindowLayout.OwnerPidOffset);
+    public ref long OwnerNonce => ref Long(WindowLayout.OwnerNonceOffset);
+    public ref long OwnerStart => ref Long(WindowLayout.OwnerStartOffset);
 
     public Span<byte> MessageRegion(int lane) { var l = Layout.Lane(lane); return Span.Slice(l.MessageOffset, l.MessageBytes); }
     public Span<byte> DataRegion(int lane) { var l = Layout.Lane(lane); return Span.Slice(l.DataOffset, l.DataBytes); }

@@ -38,17 +38,44 @@ public static class SharedMemoryIclTransport
     }
 }
 
-/// <summary>One end of a shared-memory link (see <see cref="SharedMemoryIclTransport"/>).</summary>
-public sealed unsafe class SharedMemoryIclLink : IclLink
+/// <summary>
+/// One end of a shared-memory link (see <see cref="SharedMemoryIclTransport"/>).
+///
+/// Sessions and liveness. Every window made records its owner's process id and a fresh random
+/// session nonce in its header. The two ends pair up by a handshake through the windows: an end
+/// that maps a peer window (nonce p) first drops what an earlier producer left queued in its own
+/// window (<c>DiscardPending</c>), then writes p into its own window's accepted word. It is up when
+/// it has accepted the peer and the peer's window has accepted this end's nonce; only then does it
+/// post, so nothing a new peer sends is mistaken for a leftover of the old one. Ring counters are
+/// never reset: the producer writes bytes, then message/data heads, then the entry head (the commit
+/// point), and a new session continues from the heads found in the window; bytes a dead producer
+/// wrote past its last committed entry are skipped by the consumer's next release. The interrupt
+/// thread probes the peer every <see cref="ProbeInterval"/>: its window file gone or re-created
+/// (another nonce at the path), or its owner process gone (kill(pid, 0) = ESRCH, or a zombie),
+/// marks the link down at once: waiting posts fail with <see cref="IclLinkDownException"/>, and a
+/// window that later appears with a new nonce and a live owner starts a new session. Mappings of a
+/// dead peer's window are kept (unused) until this end is disposed, since a post or a release may
+/// still be touching them when the peer is found dead.
+/// </summary>
+public sealed unsafe partial class SharedMemoryIclLink : IclLink
 {
-    static readonly TimeSpan IdleWait = TimeSpan.FromMilliseconds(100);
+    /// <summary>How often the interrupt thread checks that the peer's window and process are still there.</summary>
+    public static readonly TimeSpan ProbeInterval = TimeSpan.FromMilliseconds(50);
+    static readonly TimeSpan IdleWait = ProbeInterval;
     static readonly TimeSpan SearchWait = TimeSpan.FromMilliseconds(10);
 
     readonly string _localPath;
     readonly string _peerPath;
     readonly Thread _thread;
+    readonly long _nonce;
+    readonly List<IclWindow> _retired = [];
     IclWindow? _peer;
+    long _peerNonce;
+    long _deadNonce;
+    int _peerPid;
+    long _peerStart;
     DirectSink? _sink;
+    int _sessions;
     volatile bool _stopping;
 
     internal SharedMemoryIclLink(string localPath, string peerPath, string localName, string peerName, IclWindowOptions options, TimeProvider time)
@@ -56,7 +83,8 @@ public sealed unsafe class SharedMemoryIclLink : IclLink
     {
         _localPath = localPath;
         _peerPath = peerPath;
-        Local = CreateWindow(localPath, WindowLayout.From(options), localName);
+        do _nonce = BitConverter.ToInt64(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8)); while (_nonce == 0);
+        Local = CreateWindow(localPath, WindowLayout.From(options), localName, Environment.ProcessId, StartTime(Environment.ProcessId), _nonce);
         _thread = new Thread(InterruptLoop) { IsBackground = true, Name = $"icl-{localName}" };
         _thread.Start();
     }
@@ -65,13 +93,17 @@ public sealed unsafe class SharedMemoryIclLink : IclLink
     public string WindowPath => _localPath;
     /// <summary>The peer's window file.</summary>
     public string PeerWindowPath => _peerPath;
+    /// <summary>This end's session nonce (recorded in its window header).</summary>
+    public long SessionNonce => _nonce;
+    /// <summary>How many times the link has come up (peer sessions paired with).</summary>
+    public int Sessions => Volatile.Read(ref _sessions);
     /// <summary>True when the futex is used; false when the interrupt thread polls instead.</summary>
     public static bool FutexAvailable => Futex.Available;
 
     public override bool IsUp => Volatile.Read(ref _sink) is not null && !IsDisposed;
     private protected override PeerSink? CurrentSink => IsDisposed ? null : Volatile.Read(ref _sink);
 
-    static IclWindow CreateWindow(string path, WindowLayout layout, string owner)
+    static IclWindow CreateWindow(string path, WindowLayout layout, string owner, int pid, long start, long nonce)
     {
         if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("the ICL window layout is little-endian");
         // A new file (a new inode): a peer that still maps an old window of ours never sees this one half-made.
@@ -81,6 +113,9 @@ public sealed unsafe class SharedMemoryIclLink : IclLink
         {
             fs.SetLength(layout.TotalBytes);
             var w = Map(fs, layout.TotalBytes, layout);
+            w.OwnerPid = pid;
+            w.OwnerNonce = nonce;
+            w.OwnerStart = start;
             w.Initialize(owner); // the ready word last
             return w;
         }
@@ -90,6 +125,33 @@ public sealed unsafe class SharedMemoryIclLink : IclLink
             File.Delete(path);
             throw;
         }
+    }
+
+    /// <summary>What the header of the window file at a path says about its owner, read without mapping it.</summary>
+    enum PeerState { Absent, Unreadable, Present }
+
+    static PeerState ReadIdentity(string path, out long nonce, out int pid, out long start)
+    {
+        nonce = 0; pid = 0; start = 0;
+        Span<byte> h = stackalloc byte[WindowLayout.HeaderBytes];
+        try
+        {
+            using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            if (RandomAccess.Read(handle, h, 0) < h.Length) return PeerState.Unreadable;
+        }
+        catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
+        {
+            return PeerState.Absent;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return PeerState.Unreadable;
+        }
+        if (System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(h[WindowLayout.ReadyOffset..]) != 1) return PeerState.Unreadable;
+        nonce = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(h[WindowLayout.OwnerNonceOffset..]);
+        pid = System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(h[WindowLayout.OwnerPidOffset..]);
+        start = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(h[WindowLayout.OwnerStartOffset..]);
+        return PeerState.Present;
     }
 
     static IclWindow? TryOpenWindow(string path)
@@ -147,13 +209,16 @@ public sealed unsafe class SharedMemoryIclLink : IclLink
 
     /// <summary>
     /// The I/O shell: sleeps in FUTEX_WAIT on this window's wake word, and turns doorbells into
-    /// the pump's interrupt and space-freed notifications into the posters' signal. While the
-    /// peer's window is not yet there, it looks for it every few milliseconds.
+    /// the pump's interrupt and space-freed notifications into the posters' signal. While there is
+    /// no peer it looks for its window every few milliseconds; while there is one it probes it
+    /// every <see cref="ProbeInterval"/>.
     /// </summary>
     void InterruptLoop()
     {
         var w = Local;
         long doorbell = 0, freed = 0;
+        long nextProbe = 0;
+        long probeTicks = (long)(ProbeInterval.TotalSeconds * Time.TimestampFrequency); // the injected clock
         while (!_stopping)
         {
             int wake = Volatile.Read(ref w.Wake);
@@ -162,23 +227,119 @@ public sealed unsafe class SharedMemoryIclLink : IclLink
             if (d != doorbell) { doorbell = d; Interrupt.Set(); any = true; }
             long f = Volatile.Read(ref w.SpaceFreed);
             if (f != freed) { freed = f; Space.Set(); any = true; }
-            if (Volatile.Read(ref _sink) is null && TryConnect()) any = true;
+            long now = Time.GetTimestamp();
+            if (_peer is not null && now >= nextProbe)
+            {
+                nextProbe = now + probeTicks;
+                if (!PeerAlive()) { PeerLost(); any = true; }
+            }
+            if (_peer is null && TryAccept()) { nextProbe = now + probeTicks; any = true; }
+            if (_peer is { } p && Volatile.Read(ref _sink) is null && Volatile.Read(ref p.Accepted) == _nonce && !_stopping)
+            {
+                Interlocked.Increment(ref _sessions);
+                Volatile.Write(ref _sink, new DirectSink(p, () => Ring(p)));
+                ReportUp(true);
+                any = true;
+            }
             if (any) continue;
             Interlocked.Exchange(ref w.Sleeping, 1);
             if (Volatile.Read(ref w.Wake) == wake && !_stopping)
-                Futex.Wait((int*)(w.Pointer + WindowLayout.WakeOffset), wake, _peer is null ? SearchWait : IdleWait);
+                Futex.Wait((int*)(w.Pointer + WindowLayout.WakeOffset), wake, _peer is null || Volatile.Read(ref _sink) is null ? SearchWait : IdleWait);
             Volatile.Write(ref w.Sleeping, 0);
         }
     }
 
-    bool TryConnect()
+    /// <summary>The peer's window is still the one mapped, and its owner process still runs.</summary>
+    bool PeerAlive()
     {
+        var state = ReadIdentity(_peerPath, out long nonce, out _, out _);
+        if (state == PeerState.Absent) return false;
+        if (state == PeerState.Present && nonce != _peerNonce) return false;
+        return ProcessAlive(_peerPid, _peerStart);
+    }
+
+    /// <summary>Maps a peer window with a new nonce and a live owner, and accepts it as this window's producer.</summary>
+    bool TryAccept()
+    {
+        if (ReadIdentity(_peerPath, out long nonce, out int pid, out long start) != PeerState.Present) return false;
+        if (nonce == _deadNonce || !ProcessAlive(pid, start)) return false;
         var peer = TryOpenWindow(_peerPath);
         if (peer is null) return false;
+        if (Volatile.Read(ref peer.OwnerNonce) != nonce) { peer.Dispose(); return false; } // re-created meanwhile: look again
         _peer = peer;
-        Volatile.Write(ref _sink, new DirectSink(peer, () => Ring(peer)));
-        ReportUp(true);
+        _peerNonce = nonce;
+        _peerPid = pid;
+        _peerStart = start;
+        // Whatever an earlier producer left in our window is not for this session: drop it before
+        // the new peer may post (it posts only once it sees its nonce accepted here).
+        DiscardPending();
+        Volatile.Write(ref Local.Accepted, nonce);
+        Interlocked.Increment(ref peer.Wake);
+        Ring(peer);
         return true;
+    }
+
+    void PeerLost()
+    {
+        var old = _peer;
+        _deadNonce = _peerNonce;
+        Volatile.Write(ref Local.Accepted, 0);
+        _peer = null;
+        if (old is not null) lock (_retired) _retired.Add(old); // still touched by a post or release in flight
+        Interlocked.Exchange(ref _sink, null)?.Kill();
+        DiscardPending();
+        ReportUp(false);
+    }
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static partial int Kill(int pid, int signal);
+
+    /// <summary>
+    /// kill(pid, 0): false for ESRCH, a zombie, or another process under the same pid (its start
+    /// time differs from the one recorded); true when the pid is not recorded (0) or the check is not possible.
+    /// </summary>
+    static bool ProcessAlive(int pid, long start)
+    {
+        if (pid <= 0 || pid == Environment.ProcessId || !OperatingSystem.IsLinux()) return true;
+        try
+        {
+            if (Kill(pid, 0) == -1 && Marshal.GetLastPInvokeError() == 3 /* ESRCH */) return false;
+        }
+        catch (Exception ex) when (ex is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return true;
+        }
+        try
+        {
+            // A killed child not yet reaped by its parent still answers kill(); its state is Z.
+            var fields = StatFields(pid);
+            if (fields is null) return true;
+            if (fields[0] is "Z" or "X") return false;
+            if (start != 0 && fields.Length > 19 && long.TryParse(fields[19], out long now) && now != start) return false;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException) { }
+        return true;
+    }
+
+    /// <summary>The fields of /proc/{pid}/stat after the command name: [0] is the state (field 3), [19] the start time (field 22).</summary>
+    static string[]? StatFields(int pid)
+    {
+        var stat = File.ReadAllText($"/proc/{pid}/stat");
+        int close = stat.LastIndexOf(')');
+        return close < 0 || close + 2 >= stat.Length ? null : stat[(close + 2)..].Split(' ');
+    }
+
+    static long StartTime(int pid)
+    {
+        if (!OperatingSystem.IsLinux()) return 0;
+        try
+        {
+            return StatFields(pid) is { Length: > 19 } f && long.TryParse(f[19], out long t) ? t : 0;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return 0;
+        }
     }
 
     /// <summary>Wakes the owner of <paramref name="w"/> if it sleeps (its wake word has been bumped already).</summary>
@@ -210,6 +371,11 @@ public sealed unsafe class SharedMemoryIclLink : IclLink
     private protected override void ReleaseWindows()
     {
         _peer?.Dispose();
+        lock (_retired)
+        {
+            foreach (var w in _retired) w.Dispose();
+            _retired.Clear();
+        }
         Local.Dispose();
         try { File.Delete(_localPath); } catch (IOException) { }
     }

@@ -11,7 +11,9 @@ namespace Duet.Interconnect.Link;
 /// <code>
 ///   0      header (256 B): magic "DUETICL1", version, entry size, total bytes, ready,
 ///          lane count, owner name, and per lane {entries, offsets and sizes}
-///   256    interrupt range (128 B): doorbell u64, wake u32 (futex word), sleeping u32, spaceFreed u64
+///          (at 160) owner pid u32, (at 168) owner session nonce u64, (at 176) owner process start time u64
+///   256    interrupt range (128 B): doorbell u64, wake u32 (futex word), sleeping u32, spaceFreed u64,
+///          accepted u64 (the peer session nonce the owner accepts as producer)
 ///   384    lane control, 384 B per lane (2 lanes), one 64-byte line per counter:
 ///          entryHead, entryTail, messageHead, messageTail, dataHead, dataTail
 ///   1152   (4 KiB aligned from here) command queue entries, reply queue entries,
@@ -40,6 +42,9 @@ internal sealed record WindowLayout(LaneLayout Commands, LaneLayout Replies, int
     public const int OwnerNameBytes = 32;
     public const int LaneDescriptorOffset = 64;   // 2 x 48 bytes: entries, entriesOffset, messageBytes, messageOffset, dataBytes, dataOffset (u64 each)
     public const int LaneDescriptorBytes = 48;
+    public const int OwnerPidOffset = 160;        // u32: the owner's process id (0: not recorded, no liveness check)
+    public const int OwnerNonceOffset = 168;      // u64: the owner's session nonce, new for every window made (0: none)
+    public const int OwnerStartOffset = 176;      // u64: the owner process's start time (/proc/pid/stat field 22; 0: not recorded)
 
     // Interrupt range.
     public const int InterruptOffset = 256;
@@ -47,6 +52,7 @@ internal sealed record WindowLayout(LaneLayout Commands, LaneLayout Replies, int
     public const int WakeOffset = 264;            // u32: futex word, bumped on every doorbell or space notification
     public const int SleepingOffset = 268;        // u32: 1 while the owner sleeps in FUTEX_WAIT
     public const int SpaceFreedOffset = 272;      // u64: bumped by the peer when it frees space in ITS window
+    public const int AcceptedOffset = 280;        // u64: the nonce of the peer session the owner accepts as producer (0: none yet)
 
     // Lane control: six counters, each on its own cache line.
     public const int ControlOffset = 384;
