@@ -100,7 +100,9 @@ public sealed class FileDrive : IBlockDevice
         }
     }
 
-    public ValueTask FlushAsync(CancellationToken cancellationToken = default)
+    /// <summary>fdatasync blocks, so it runs on the thread pool: flushes of several drives overlap and the
+    /// caller's thread is not held (this is the I/O shell; the RAID engine above just awaits).</summary>
+    public ValueTask FlushAsync(CancellationToken cancellationToken = default) => new(Task.Run(() =>
     {
         try
         {
@@ -110,8 +112,11 @@ public sealed class FileDrive : IBlockDevice
         {
             throw new BlockIoException(BlockErrorKind.Unavailable, $"{Name}: drive is closed", -1, e);
         }
-        return ValueTask.CompletedTask;
-    }
+        catch (IOException e) when (e is not BlockIoException)
+        {
+            throw new BlockIoException(BlockErrorKind.Io, $"{Name}: flush failed: {e.Message}", -1, e);
+        }
+    }, cancellationToken));
 
     public ValueTask DisposeAsync()
     {

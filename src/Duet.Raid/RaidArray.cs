@@ -164,19 +164,18 @@ public sealed partial class RaidArray
 
     public async ValueTask FlushAsync(CancellationToken ct = default)
     {
+        // Members flush together; a drive that blocks to flush does so off this path (FileDrive).
         var tasks = new List<Task>();
         for (int m = 0; m < _members.Length; m++)
-        {
-            if (!Writable(m)) continue;
-            int slot = m;
-            tasks.Add(Task.Run(async () =>
-            {
-                try { await _members[slot]!.Drive.FlushAsync(ct).ConfigureAwait(false); }
-                catch (BlockIoException e) { await FailMember(slot, $"flush failed: {e.Message}").ConfigureAwait(false); }
-            }, ct));
-        }
+            if (Writable(m)) tasks.Add(FlushMemberAsync(m, ct));
         await Task.WhenAll(tasks).ConfigureAwait(false);
         ThrowIfFailed();
+    }
+
+    async Task FlushMemberAsync(int slot, CancellationToken ct)
+    {
+        try { await _members[slot]!.Drive.FlushAsync(ct).ConfigureAwait(false); }
+        catch (BlockIoException e) { await FailMember(slot, $"flush failed: {e.Message}").ConfigureAwait(false); }
     }
 
     /// <summary>The tag of the member block behind an array block (0 = never written), or null if unknown.</summary>
