@@ -262,12 +262,7 @@ public static partial class Program
         if (Directory.Exists(drives) && Directory.EnumerateFiles(drives, "*.img").Any()) return false;
         using var loggers = ConsoleLogging(quiet);
         await using var m = await Duet.Raid.Management.ArrayManager.OpenAsync(new Duet.Raid.Management.ArrayManagerOptions { DataDirectory = dir, LoggerFactory = loggers });
-        for (int i = 0; i < 8; i++) await m.AddDriveAsync(new Duet.Raid.Management.AddDriveRequest($"d{i}", Units.GiB(1)));
-        for (int a = 0; a < 2; a++)
-        {
-            await m.CreateArrayAsync(new Duet.Raid.Management.CreateArrayRequest($"arr{a}", 6, Enumerable.Range(a * 4, 4).Select(i => $"d{i}").ToList(), Owner: a == 0 ? "A" : "B"));
-            await m.CreateVolumeAsync(new Duet.Raid.Management.CreateVolumeRequest($"vol{a}", $"arr{a}", 0));
-        }
+        await DuetServer.CreateDefaultLayoutAsync(m, 8, Units.GiB(1));
         return true;
     }
 

@@ -59,7 +59,7 @@ public sealed partial class DuetServer : IAsyncDisposable
             bool created = false;
             if (fresh && options.CreateDefaultLayout)
             {
-                await CreateDefaultLayoutAsync(arrays, options, ct).ConfigureAwait(false);
+                await CreateDefaultLayoutAsync(arrays, options.DefaultDriveCount, options.DefaultDriveBytes, ct).ConfigureAwait(false);
                 created = true;
             }
             management = await ManagementHost.StartAsync(arrays, ManagementHost.SocketPathFor(dir), loggerFactory, ct).ConfigureAwait(false);
@@ -78,16 +78,20 @@ public sealed partial class DuetServer : IAsyncDisposable
         }
     }
 
-    /// <summary>Eight sparse drives as two RAID 6 arrays of four; vol0 fills arr0, vol1 fills arr1.</summary>
-    static async Task CreateDefaultLayoutAsync(ArrayManager arrays, DuetServerOptions o, CancellationToken ct)
+    /// <summary>
+    /// ARCHITECTURE.md's default layout: the drives (eight sparse 1 GiB by default) as two RAID 6
+    /// arrays of half each; vol0 fills arr0 (owned by controller A), vol1 fills arr1 (owned by B).
+    /// A single controller serves both whatever their owner; a pair splits them.
+    /// </summary>
+    public static async Task CreateDefaultLayoutAsync(ArrayManager arrays, int driveCount, long driveBytes, CancellationToken ct = default)
     {
-        int half = o.DefaultDriveCount / 2;
-        for (int i = 0; i < o.DefaultDriveCount; i++)
-            await arrays.AddDriveAsync(new AddDriveRequest($"d{i}", o.DefaultDriveBytes), ct).ConfigureAwait(false);
+        int half = driveCount / 2;
+        for (int i = 0; i < driveCount; i++)
+            await arrays.AddDriveAsync(new AddDriveRequest($"d{i}", driveBytes), ct).ConfigureAwait(false);
         for (int a = 0; a < 2; a++)
         {
             var drives = Enumerable.Range(a * half, half).Select(i => $"d{i}").ToList();
-            await arrays.CreateArrayAsync(new CreateArrayRequest($"arr{a}", 6, drives), ct).ConfigureAwait(false);
+            await arrays.CreateArrayAsync(new CreateArrayRequest($"arr{a}", 6, drives, Owner: a == 0 ? "A" : "B"), ct).ConfigureAwait(false);
             await arrays.CreateVolumeAsync(new CreateVolumeRequest($"vol{a}", $"arr{a}", 0), ct).ConfigureAwait(false);
         }
     }
