@@ -729,32 +729,33 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         }
     }
 
+    /// <summary>Writes one run to its array (the round holds the array write gate, which orders it against
+    /// write-throughs). A run whose elements were all still current goes as one write; otherwise each
+    /// element still current is written alone (a replaced one is destaged later as its newer element).</summary>
     async Task WriteRunAsync(List<(int E, byte Array, long Lba, uint Valid, ulong Seq)> run, CancellationToken ct)
     {
-        // The array write gate (held by the round) orders this against write-throughs.
+        var backing = Backing(run[0].Array);
+        bool Current((int E, byte Array, long Lba, uint Valid, ulong Seq) r)
         {
-            var backing = Backing(run[0].Array);
-            // Skip elements that were replaced while we gathered them: the newer element is destaged later.
-            bool stillCurrent;
-            lock (_lock) stillCurrent = run.All(r => _slots[r.E].State == SlotState.Dirty && _slots[r.E].Sequence == r.Seq);
-            if (run.Count == 1 || !stillCurrent)
-            {
-                foreach (var r in run)
-                {
-                    lock (_lock) if (_slots[r.E].State != SlotState.Dirty || _slots[r.E].Sequence != r.Seq) continue;
-                    foreach (var (first, n) in Runs(r.Valid))
-                        await backing.WriteAsync(r.Lba + first, _nvram.Memory(r.E).Slice(first * Units.SectorBytes, n * Units.SectorBytes), ct).ConfigureAwait(false);
-                }
-                return;
-            }
-            var buffer = ArrayPool<byte>.Shared.Rent(run.Count * ElementBytes);
-            try
-            {
-                for (int k = 0; k < run.Count; k++) _nvram.Data(run[k].E).CopyTo(buffer.AsSpan(k * ElementBytes, ElementBytes));
-                await backing.WriteAsync(run[0].Lba, buffer.AsMemory(0, run.Count * ElementBytes), ct).ConfigureAwait(false);
-            }
-            finally { ArrayPool<byte>.Shared.Return(buffer); }
+            lock (_lock) return _slots[r.E].State == SlotState.Dirty && _slots[r.E].Sequence == r.Seq;
         }
+        if (run.Count == 1 || !run.All(Current))
+        {
+            foreach (var r in run)
+            {
+                if (!Current(r)) continue;
+                foreach (var (first, n) in Runs(r.Valid))
+                    await backing.WriteAsync(r.Lba + first, _nvram.Memory(r.E).Slice(first * Units.SectorBytes, n * Units.SectorBytes), ct).ConfigureAwait(false);
+            }
+            return;
+        }
+        var buffer = ArrayPool<byte>.Shared.Rent(run.Count * ElementBytes);
+        try
+        {
+            for (int k = 0; k < run.Count; k++) _nvram.Data(run[k].E).CopyTo(buffer.AsSpan(k * ElementBytes, ElementBytes));
+            await backing.WriteAsync(run[0].Lba, buffer.AsMemory(0, run.Count * ElementBytes), ct).ConfigureAwait(false);
+        }
+        finally { ArrayPool<byte>.Shared.Return(buffer); }
     }
 
     /// <summary>Destages every dirty element and waits until none is left (entering error-recovery mode, moving an array, stopping).</summary>

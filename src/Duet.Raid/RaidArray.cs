@@ -423,8 +423,7 @@ public sealed partial class RaidArray
     {
         if (await TryReadDirectAsync(stripe, sectorLo, sectorHi, destination, ct).ConfigureAwait(false)) return;
         var chunks = StripePlanner.SplitByChunk(Geometry, sectorLo, sectorHi);
-        int rowLo = chunks.Where(c => !c.IsEmpty).Min(c => c.Lo);
-        int rowHi = chunks.Where(c => !c.IsEmpty).Max(c => c.Hi);
+        var (rowLo, rowHi) = StripePlanner.RowSpan(chunks);
         using var ws = new Workspace(Geometry, stripe, rowLo, rowHi - rowLo);
         bool needSolve = false;
         foreach (var c in chunks)
@@ -479,8 +478,7 @@ public sealed partial class RaidArray
     async ValueTask ReadMirrorStripeAsync(long stripe, long sectorLo, long sectorHi, Memory<byte> destination, CancellationToken ct)
     {
         var chunks = StripePlanner.SplitByChunk(Geometry, sectorLo, sectorHi);
-        int rowLo = chunks.Where(c => !c.IsEmpty).Min(c => c.Lo);
-        int rowHi = chunks.Where(c => !c.IsEmpty).Max(c => c.Hi);
+        var (rowLo, rowHi) = StripePlanner.RowSpan(chunks);
         using var ws = new Workspace(Geometry, stripe, rowLo, rowHi - rowLo);
         foreach (var c in chunks)
         {
@@ -661,8 +659,7 @@ public sealed partial class RaidArray
     async ValueTask WriteMirrorStripeAsync(long stripe, long sectorLo, long sectorHi, ReadOnlyMemory<byte> source, bool hole, CancellationToken ct)
     {
         var chunks = StripePlanner.SplitByChunk(Geometry, sectorLo, sectorHi);
-        int rowLo = chunks.Where(c => !c.IsEmpty).Min(c => c.Lo);
-        int rowHi = chunks.Where(c => !c.IsEmpty).Max(c => c.Hi);
+        var (rowLo, rowHi) = StripePlanner.RowSpan(chunks);
         using var ws = new Workspace(Geometry, stripe, rowLo, rowHi - rowLo);
         var buffers = new List<byte[]>();
         try

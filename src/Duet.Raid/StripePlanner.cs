@@ -65,18 +65,26 @@ public static class StripePlanner
         return result;
     }
 
+    /// <summary>The rows [Lo, Hi) that a request's chunks touch.</summary>
+    public static (int Lo, int Hi) RowSpan(ChunkWrite[] chunks)
+    {
+        int lo = int.MaxValue, hi = 0;
+        foreach (var c in chunks)
+        {
+            if (c.IsEmpty) continue;
+            lo = Math.Min(lo, c.Lo);
+            hi = Math.Max(hi, c.Hi);
+        }
+        Invariant.Assert(hi > lo);
+        return (lo, hi);
+    }
+
     public static StripeWritePlan PlanWrite(ArrayGeometry g, long stripe, long sectorLo, long sectorHi,
         Func<int, bool> readable, Func<int, bool> writable)
     {
         Invariant.Assert(!g.IsMirrored);
         var chunks = SplitByChunk(g, sectorLo, sectorHi);
-        int rowLo = int.MaxValue, rowHi = 0;
-        foreach (var c in chunks)
-        {
-            if (c.IsEmpty) continue;
-            rowLo = Math.Min(rowLo, c.Lo);
-            rowHi = Math.Max(rowHi, c.Hi);
-        }
+        var (rowLo, rowHi) = RowSpan(chunks);
         int rows = rowHi - rowLo;
         Invariant.Assert(rows > 0);
 
