@@ -17,7 +17,7 @@ public sealed class PairProcessTests(ITestOutputHelper log) : IAsyncLifetime
 {
     readonly string _dir = Directory.CreateTempSubdirectory("duet-pair-").FullName;
     readonly ProcessRunner _run = new(log);
-    readonly int _portA = TestData.FreePort(), _portB = TestData.FreePort(), _icl = TestData.FreePort();
+    readonly int _portA = TestData.FreePorts(1), _portB = TestData.FreePorts(1), _icl = TestData.FreePorts(1);
     BackgroundProcess? _a, _b;
     static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
 

@@ -30,6 +30,40 @@ public static class TestData
     }
 
     /// <summary>A TCP port that was free a moment ago (bind port 0, read it, release it).</summary>
+    /// <summary>
+    /// A first port P such that P .. P+count-1 can all be bound now (`duet up --nbd-port P` puts
+    /// controller B on P+1). Ports handed out here are not handed out again by this process.
+    /// </summary>
+    public static int FreePorts(int count)
+    {
+        for (int attempt = 0; attempt < 200; attempt++)
+        {
+            int first = FreePort();
+            if (first + count > 65535) continue;
+            var held = new List<TcpListener>();
+            try
+            {
+                for (int p = first; p < first + count; p++)
+                {
+                    var l = new TcpListener(IPAddress.Loopback, p);
+                    l.Start();
+                    held.Add(l);
+                }
+                lock (Given)
+                {
+                    if (Enumerable.Range(first, count).Any(Given.Contains)) continue;
+                    for (int p = first; p < first + count; p++) Given.Add(p);
+                }
+                return first;
+            }
+            catch (SocketException) { }
+            finally { foreach (var l in held) l.Stop(); }
+        }
+        throw new InvalidOperationException($"no {count} consecutive free ports on 127.0.0.1");
+    }
+
+    static readonly HashSet<int> Given = [];
+
     public static int FreePort()
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
