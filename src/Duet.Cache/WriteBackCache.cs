@@ -167,7 +167,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             count = changes.Count;
             sent = changes.Count == 0 ? Task.CompletedTask : _mirror.AppendGroup(changes);
         }
-        await sent.ConfigureAwait(false);
+        await sent;
         LogResynced(count);
     }
 
@@ -218,7 +218,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         long firstGroupEnd = Math.Min(sector + count, (sector / groupSectors + 1) * groupSectors);
         if (firstGroupEnd == sector + count)
         {
-            await WriteGroupAsync(backing, sector, data, ct).ConfigureAwait(false);
+            await WriteGroupAsync(backing, sector, data, ct);
         }
         else
         {
@@ -229,9 +229,9 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 tasks.Add(WriteGroupAsync(backing, at, data.Slice((int)((at - sector) * Units.SectorBytes), (int)((end - at) * Units.SectorBytes)), ct).AsTask());
                 at = end;
             }
-            await Task.WhenAll(tasks).ConfigureAwait(false);
+            await Task.WhenAll(tasks);
         }
-        if (fua && _mirror.Mode != MirrorMode.Healthy) await backing.FlushAsync(ct).ConfigureAwait(false);
+        if (fua && _mirror.Mode != MirrorMode.Healthy) await backing.FlushAsync(ct);
     }
 
     static bool IsContiguous(uint mask)
@@ -265,7 +265,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         for (int i = 0; i < n; i++) elements[i] = -1;
         try
         {
-            for (int i = 0; i < n; i++) elements[i] = await AllocateAsync(ct).ConfigureAwait(false);
+            for (int i = 0; i < n; i++) elements[i] = await AllocateAsync(ct);
         }
         catch
         {
@@ -273,7 +273,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             throw;
         }
         var gates = Enumerable.Range(0, n).Select(i => KeyLockIndex(array, (firstEl + i) * SectorsPerElement)).Distinct().Order().ToList();
-        foreach (var g in gates) await _keyLocks[g].WaitAsync(CancellationToken.None).ConfigureAwait(false);
+        foreach (var g in gates) await _keyLocks[g].WaitAsync(CancellationToken.None);
         Task? mirrored = null;
         bool writeThrough = _mirror.Mode != MirrorMode.Healthy;
         try
@@ -320,7 +320,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     // what the seed's mirror messages can carry.
                     uint gaps = Span(valid) & ~valid;
                     foreach (var (s, k) in Runs(gaps))
-                        await backing.ReadAsync(lba + s, dst.Slice(s * Units.SectorBytes, k * Units.SectorBytes), ct).ConfigureAwait(false);
+                        await backing.ReadAsync(lba + s, dst.Slice(s * Units.SectorBytes, k * Units.SectorBytes), ct);
                     valid = Span(valid);
                     Interlocked.Increment(ref _gapFills);
                 }
@@ -356,7 +356,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 }
             }
             for (int i = 0; i < n; i++) _nvram.WriteDescriptorOnly(elements[i], descriptors[i]);
-            if (writeThrough) await WriteThroughKeysHeldAsync(elements, ct).ConfigureAwait(false);
+            if (writeThrough) await WriteThroughKeysHeldAsync(elements, ct);
         }
         finally
         {
@@ -366,21 +366,21 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         {
             try
             {
-                await mirrored.ConfigureAwait(false);
+                await mirrored;
                 Interlocked.Add(ref _mirrored, n);
             }
             catch (MirrorUnavailableException)
             {
                 // The peer went away with this write in flight: make it durable on the drives
                 // instead. The elements now current for these addresses hold our sectors (or newer).
-                foreach (var g in gates) await _keyLocks[g].WaitAsync(CancellationToken.None).ConfigureAwait(false);
+                foreach (var g in gates) await _keyLocks[g].WaitAsync(CancellationToken.None);
                 try
                 {
                     var current = new List<int>();
                     lock (_lock)
                         for (int i = 0; i < n; i++)
                             if (_index.TryGetValue((array, (firstEl + i) * SectorsPerElement), out var c) && _slots[c].State == SlotState.Dirty) current.Add(c);
-                    await WriteThroughKeysHeldAsync(current, ct).ConfigureAwait(false);
+                    await WriteThroughKeysHeldAsync(current, ct);
                 }
                 finally
                 {
@@ -403,7 +403,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     {
         var slots = new List<Slot>();
         lock (_lock) foreach (var e in elements) { slots.Add(_slots[e]); _slots[e].Pins++; }
-        await _arrayWriteGate.WaitAsync(CancellationToken.None).ConfigureAwait(false);
+        await _arrayWriteGate.WaitAsync(CancellationToken.None);
         try
         {
             var arrays = new HashSet<byte>();
@@ -413,9 +413,9 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 var backing = Backing(s.Array);
                 arrays.Add(s.Array);
                 foreach (var (first, k) in Runs(s.Valid))
-                    await backing.WriteAsync(s.Lba + first, _nvram.Memory(elements[i]).Slice(first * Units.SectorBytes, k * Units.SectorBytes), ct).ConfigureAwait(false);
+                    await backing.WriteAsync(s.Lba + first, _nvram.Memory(elements[i]).Slice(first * Units.SectorBytes, k * Units.SectorBytes), ct);
             }
-            foreach (var a in arrays) await Backing(a).FlushAsync(ct).ConfigureAwait(false);
+            foreach (var a in arrays) await Backing(a).FlushAsync(ct);
         }
         finally
         {
@@ -496,7 +496,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         }
         try
         {
-            if (!fullyCached) await backing.ReadAsync(sector, destination, ct).ConfigureAwait(false);
+            if (!fullyCached) await backing.ReadAsync(sector, destination, ct);
             if (pinned is null) { Interlocked.Increment(ref _misses); return; }
             Interlocked.Increment(ref fullyCached ? ref _hits : ref _misses);
             foreach (var (e, valid, lba) in pinned)
@@ -522,7 +522,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     public async ValueTask FlushAsync(byte array, CancellationToken ct = default)
     {
         if (_mirror.Mode == MirrorMode.Healthy) return;
-        await Backing(array).FlushAsync(ct).ConfigureAwait(false);
+        await Backing(array).FlushAsync(ct);
     }
 
     // ---- allocation, retirement, LRU -----------------------------------------------------
@@ -557,7 +557,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 _spaceWaiters.Add(waiter);
             }
             Kick();
-            await waiter.Task.WaitAsync(ct).ConfigureAwait(false);
+            await waiter.Task.WaitAsync(ct);
         }
     }
 
@@ -642,7 +642,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             var kick = Volatile.Read(ref _destageKick);
             try
             {
-                await Task.WhenAny(kick.Task, _options.Time.DelayAsync(_options.IdleDestageDelay, ct)).ConfigureAwait(false);
+                await Task.WhenAny(kick.Task, _options.Time.DelayAsync(_options.IdleDestageDelay, ct));
                 ct.ThrowIfCancellationRequested();
             }
             catch (OperationCanceledException) { break; }
@@ -657,7 +657,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             {
                 while (true)
                 {
-                    int n = await DestageRoundAsync(ct).ConfigureAwait(false);
+                    int n = await DestageRoundAsync(ct);
                     lock (_lock) drain = _drainWaiters.Count > 0 || _spaceWaiters.Count > 0;
                     pressure = DirtyCount >= _slots.Length * _options.DestageStartFraction;
                     if (n == 0 || !(drain || pressure)) break;
@@ -694,7 +694,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             foreach (var b in batch) { _slots[b.E].Destaging = true; _slots[b.E].Pins++; }
         }
         if (batch.Count == 0) return 0;
-        await _arrayWriteGate.WaitAsync(CancellationToken.None).ConfigureAwait(false);
+        await _arrayWriteGate.WaitAsync(CancellationToken.None);
         try
         {
             // Runs: consecutive fully valid elements of one array, up to DestageMaxRunSectors; a partial
@@ -714,8 +714,8 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 flushArrays.Add(head.Array);
                 i = j;
             }
-            await Task.WhenAll(writes).ConfigureAwait(false);
-            foreach (var a in flushArrays) await Backing(a).FlushAsync(ct).ConfigureAwait(false);
+            await Task.WhenAll(writes);
+            foreach (var a in flushArrays) await Backing(a).FlushAsync(ct);
             foreach (var b in batch) MarkClean(b.E, b.Seq);
             Interlocked.Add(ref _destagedElements, batch.Count);
             Interlocked.Add(ref _destagedRuns, writes.Count);
@@ -745,7 +745,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             {
                 if (!Current(r)) continue;
                 foreach (var (first, n) in Runs(r.Valid))
-                    await backing.WriteAsync(r.Lba + first, _nvram.Memory(r.E).Slice(first * Units.SectorBytes, n * Units.SectorBytes), ct).ConfigureAwait(false);
+                    await backing.WriteAsync(r.Lba + first, _nvram.Memory(r.E).Slice(first * Units.SectorBytes, n * Units.SectorBytes), ct);
             }
             return;
         }
@@ -753,7 +753,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         try
         {
             for (int k = 0; k < run.Count; k++) _nvram.Data(run[k].E).CopyTo(buffer.AsSpan(k * ElementBytes, ElementBytes));
-            await backing.WriteAsync(run[0].Lba, buffer.AsMemory(0, run.Count * ElementBytes), ct).ConfigureAwait(false);
+            await backing.WriteAsync(run[0].Lba, buffer.AsMemory(0, run.Count * ElementBytes), ct);
         }
         finally { ArrayPool<byte>.Shared.Return(buffer); }
     }
@@ -799,14 +799,14 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             }
             WakeSpaceWaitersLocked();
         }
-        try { await sent.ConfigureAwait(false); }
+        try { await sent; }
         catch (MirrorUnavailableException) { } // the peer is gone: it resynchronises from scratch when it returns
     }
 
     public async ValueTask DisposeAsync()
     {
         _stop.Cancel();
-        if (_destager is not null) { try { await _destager.ConfigureAwait(false); } catch { } }
+        if (_destager is not null) { try { await _destager; } catch { } }
     }
 
     [LoggerMessage(EventId = 4002, Level = LogLevel.Information, Message = "peer mirror resynchronised: {Count} elements")]

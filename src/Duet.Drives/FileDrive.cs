@@ -66,7 +66,7 @@ public sealed class FileDrive : IBlockDevice
         {
             while (!destination.IsEmpty)
             {
-                int n = await RandomAccess.ReadAsync(_handle, destination, offset, cancellationToken).ConfigureAwait(false);
+                int n = await RandomAccess.ReadAsync(_handle, destination, offset, cancellationToken);
                 if (n == 0) { destination.Span.Clear(); break; } // past EOF of a shrunk file: zeros
                 destination = destination[n..];
                 offset += n;
@@ -87,7 +87,7 @@ public sealed class FileDrive : IBlockDevice
         BlockDeviceChecks.CheckRange(this, lba, source.Length);
         try
         {
-            await RandomAccess.WriteAsync(_handle, source, lba * Units.BlockBytes, cancellationToken).ConfigureAwait(false);
+            await RandomAccess.WriteAsync(_handle, source, lba * Units.BlockBytes, cancellationToken);
             if (fua) RandomAccess.FlushToDisk(_handle);
         }
         catch (IOException e) when (e is not BlockIoException)

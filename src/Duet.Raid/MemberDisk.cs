@@ -44,13 +44,13 @@ public sealed class MemberDisk
         var g = _groups[group];
         var bytes = Volatile.Read(ref g.Bytes);
         if (bytes is not null) return bytes;
-        await g.Gate.WaitAsync(ct).ConfigureAwait(false);
+        await g.Gate.WaitAsync(ct);
         try
         {
             if (g.Bytes is null)
             {
                 var b = new byte[Units.BlockBytes];
-                await Drive.ReadAsync(MemberLayout.TagLba(group), b, ct).ConfigureAwait(false);
+                await Drive.ReadAsync(MemberLayout.TagLba(group), b, ct);
                 Volatile.Write(ref g.Bytes, b);
             }
             return g.Bytes;
@@ -64,7 +64,7 @@ public sealed class MemberDisk
     /// <summary>The stored tag of a block (0 = never written).</summary>
     public async ValueTask<ulong> TagOfAsync(long memberBlock, CancellationToken ct = default)
     {
-        var bytes = await GroupBytesAsync(MemberLayout.GroupOf(memberBlock), ct).ConfigureAwait(false);
+        var bytes = await GroupBytesAsync(MemberLayout.GroupOf(memberBlock), ct);
         return Tag.Read(bytes, (int)(memberBlock % MemberLayout.TagsPerGroup));
     }
 
@@ -88,8 +88,8 @@ public sealed class MemberDisk
             byte[] tags;
             try
             {
-                await Drive.ReadAsync(MemberLayout.DataLba(block), slice, ct).ConfigureAwait(false);
-                tags = await GroupBytesAsync(MemberLayout.GroupOf(block), ct).ConfigureAwait(false);
+                await Drive.ReadAsync(MemberLayout.DataLba(block), slice, ct);
+                tags = await GroupBytesAsync(MemberLayout.GroupOf(block), ct);
             }
             catch (BlockIoException e) when (e.Kind == BlockErrorKind.Medium)
             {
@@ -138,11 +138,11 @@ public sealed class MemberDisk
             // Both must finish; a failure of either is the member's failure.
             try
             {
-                await dataWrite.ConfigureAwait(false);
+                await dataWrite;
             }
             finally
             {
-                await tagWrite.ConfigureAwait(false);
+                await tagWrite;
             }
             done += inGroup;
         }
@@ -169,14 +169,14 @@ public sealed class MemberDisk
                     rented[i] = Tag.Compute(Salt, firstBlock + i, block);
                 }
             }
-            var bytes = await GroupBytesAsync(group, ct).ConfigureAwait(false);
+            var bytes = await GroupBytesAsync(group, ct);
             var g = _groups[group];
-            await g.Gate.WaitAsync(ct).ConfigureAwait(false);
+            await g.Gate.WaitAsync(ct);
             try
             {
                 for (int i = 0; i < count; i++)
                     Tag.Write(bytes, (int)((firstBlock + i) % MemberLayout.TagsPerGroup), rented[i]);
-                await Drive.WriteAsync(MemberLayout.TagLba(group), bytes, false, ct).ConfigureAwait(false);
+                await Drive.WriteAsync(MemberLayout.TagLba(group), bytes, false, ct);
             }
             finally
             {
@@ -196,7 +196,7 @@ public sealed class MemberDisk
         var zero = new byte[Units.BlockBytes];
         for (long g = 0; g < _groups.Length; g++)
         {
-            await Drive.WriteAsync(MemberLayout.TagLba(g), zero, false, ct).ConfigureAwait(false);
+            await Drive.WriteAsync(MemberLayout.TagLba(g), zero, false, ct);
             Volatile.Write(ref _groups[g].Bytes, new byte[Units.BlockBytes]);
         }
     }

@@ -59,10 +59,10 @@ public sealed partial class RaidArray
         for (long s = 0; s < g.Stripes; s++)
         {
             ct.ThrowIfCancellationRequested();
-            using (await LockStripeAsync(s, ct).ConfigureAwait(false))
+            using (await LockStripeAsync(s, ct))
             {
                 if (Status(slot) != MemberStatus.Rebuilding) throw new BlockIoException(BlockErrorKind.Unavailable, $"array {Name}: rebuild target {target.Drive.Name} failed");
-                await RetryOnMemberFailure(() => RebuildStripeAsync(s, slot, ct)).ConfigureAwait(false);
+                await RetryOnMemberFailure(() => RebuildStripeAsync(s, slot, ct));
                 if (Status(slot) != MemberStatus.Rebuilding) throw new BlockIoException(BlockErrorKind.Unavailable, $"array {Name}: rebuild target {target.Drive.Name} failed");
                 Volatile.Write(ref _rebuiltStripes[slot], s + 1);
             }
@@ -72,10 +72,10 @@ public sealed partial class RaidArray
             {
                 var due = TimeSpan.FromSeconds((double)bytes / bytesPerSecond);
                 var elapsed = _time.GetElapsedTime(start);
-                if (due > elapsed) await DelayAsync(due - elapsed, ct).ConfigureAwait(false);
+                if (due > elapsed) await DelayAsync(due - elapsed, ct);
             }
         }
-        await target.Drive.FlushAsync(ct).ConfigureAwait(false);
+        await target.Drive.FlushAsync(ct);
         lock (_stateLock) _status[slot] = MemberStatus.Active;
         LogRebuildDone(Name, slot, target.Drive.Name);
     }
@@ -89,19 +89,19 @@ public sealed partial class RaidArray
             int dataIndex = g.RoleOf(stripe, slot).DataIndex;
             var c = new StripePlanner.ChunkWrite(dataIndex, 0, g.ChunkBlocks, false, false);
             for (int r = 0; r < g.ChunkBlocks; r++) ws.SetState(slot, r, Workspace.Bad); // never read the target
-            int good = await ReadMirrorChunkForRebuildAsync(ws, stripe, c, slot, ct).ConfigureAwait(false);
-            await WriteMemberAsync(slot, stripe * g.ChunkBlocks, ws.Rows(good, 0, g.ChunkBlocks), false, ct).ConfigureAwait(false);
+            int good = await ReadMirrorChunkForRebuildAsync(ws, stripe, c, slot, ct);
+            await WriteMemberAsync(slot, stripe * g.ChunkBlocks, ws.Rows(good, 0, g.ChunkBlocks), false, ct);
             return;
         }
-        var unsolved = await FillAndSolveAsync(ws, ct).ConfigureAwait(false);
+        var unsolved = await FillAndSolveAsync(ws, ct);
         if (unsolved.Count > 0)
         {
             // Rows with too many losses: write what we have (zeros) so the member is consistent
             // with itself; the blocks stay unreadable through their tags on the other members.
             LogRebuildUnrecoverable(Name, stripe, string.Join(",", unsolved));
         }
-        await WriteMemberAsync(slot, stripe * g.ChunkBlocks, ws.Rows(slot, 0, g.ChunkBlocks), false, ct).ConfigureAwait(false);
-        await RepairAsync(ws, ct).ConfigureAwait(false);
+        await WriteMemberAsync(slot, stripe * g.ChunkBlocks, ws.Rows(slot, 0, g.ChunkBlocks), false, ct);
+        await RepairAsync(ws, ct);
     }
 
     async ValueTask<int> ReadMirrorChunkForRebuildAsync(Workspace ws, long stripe, StripePlanner.ChunkWrite c, int exclude, CancellationToken ct)
@@ -109,13 +109,13 @@ public sealed partial class RaidArray
         var copies = Geometry.Copies(c.DataIndex).Where(m => m != exclude && Readable(m, stripe)).ToList();
         if (copies.Count == 0) throw Unrecoverable(stripe, c.DataIndex, 0);
         int primary = copies[0];
-        await ReadMemberAsync(ws, primary, 0, Geometry.ChunkBlocks, ct).ConfigureAwait(false);
+        await ReadMemberAsync(ws, primary, 0, Geometry.ChunkBlocks, ct);
         for (int r = 0; r < Geometry.ChunkBlocks; r++)
         {
             if (ws.RowState(primary, r) == Workspace.Ok) continue;
             foreach (int other in copies.Skip(1))
             {
-                await ReadMemberAsync(ws, other, r, 1, ct).ConfigureAwait(false);
+                await ReadMemberAsync(ws, other, r, 1, ct);
                 if (ws.RowState(other, r) != Workspace.Ok) continue;
                 ws.Block(other, r).CopyTo(ws.Block(primary, r));
                 ws.SetState(primary, r, Workspace.Ok);
@@ -136,8 +136,8 @@ public sealed partial class RaidArray
         for (long s = 0; s < g.Stripes; s++)
         {
             ct.ThrowIfCancellationRequested();
-            using (await LockStripeAsync(s, ct).ConfigureAwait(false))
-                await RetryOnMemberFailure(() => ScrubStripeAsync(s, repair, result, ct)).ConfigureAwait(false);
+            using (await LockStripeAsync(s, ct))
+                await RetryOnMemberFailure(() => ScrubStripeAsync(s, repair, result, ct));
             Interlocked.Increment(ref result.StripesChecked);
             progress.Advance();
         }
@@ -149,7 +149,7 @@ public sealed partial class RaidArray
     {
         var g = Geometry;
         using var ws = new Workspace(g, stripe, 0, g.ChunkBlocks);
-        for (int m = 0; m < g.MemberCount; m++) await ReadMemberAsync(ws, m, 0, g.ChunkBlocks, ct).ConfigureAwait(false);
+        for (int m = 0; m < g.MemberCount; m++) await ReadMemberAsync(ws, m, 0, g.ChunkBlocks, ct);
         var writes = new List<(int, long, ReadOnlyMemory<byte>, bool)>();
         for (int r = 0; r < g.ChunkBlocks; r++)
         {
@@ -192,7 +192,7 @@ public sealed partial class RaidArray
                     }
                 }
             }
-            await WriteAllAsync(writes, ct).ConfigureAwait(false);
+            await WriteAllAsync(writes, ct);
             return;
         }
         if (g.ParityMembers == 0)
@@ -210,7 +210,7 @@ public sealed partial class RaidArray
         for (int m = 0; m < g.MemberCount; m++)
             for (int r = 0; r < g.ChunkBlocks; r++)
                 if (ws.FoundBad[m][r]) bads.Add((m, r));
-        var unsolved = await FillAndSolveAsync(ws, ct).ConfigureAwait(false);
+        var unsolved = await FillAndSolveAsync(ws, ct);
         foreach (var (m, r) in bads)
         {
             if (unsolved.Contains(r))
@@ -255,16 +255,10 @@ public sealed partial class RaidArray
                 else result.Add($"stripe {stripe} row {r} {MemberName(member)}: {role} parity mismatch");
             }
         }
-        await WriteAllAsync(writes, ct).ConfigureAwait(false);
+        await WriteAllAsync(writes, ct);
     }
 
-    Task DelayAsync(TimeSpan delay, CancellationToken ct)
-    {
-        var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var timer = _time.CreateTimer(_ => tcs.TrySetResult(), null, delay, Timeout.InfiniteTimeSpan);
-        var reg = ct.Register(() => tcs.TrySetCanceled(ct));
-        return tcs.Task.ContinueWith(t => { timer.Dispose(); reg.Dispose(); return t; }, TaskScheduler.Default).Unwrap();
-    }
+    Task DelayAsync(TimeSpan delay, CancellationToken ct) => _time.DelayAsync(delay, ct);
 
     [LoggerMessage(EventId = 1010, Level = LogLevel.Information, Message = "array {Array}: rebuilding member {Slot} onto {Drive}")]
     partial void LogRebuildStarted(string array, int slot, string drive);

@@ -152,7 +152,7 @@ public sealed partial class RaidArray
                 long n = Math.Min(StepSectors, sectorCount - done);
                 var src = zeros.AsMemory(0, (int)n * Units.SectorBytes);
                 long at = sector + done;
-                await ForEachStripeAsync(at, src.Length, (s, lo, hi, offset) => WriteStripeAsync(s, lo, hi, src.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), hole, ct)).ConfigureAwait(false);
+                await ForEachStripeAsync(at, src.Length, (s, lo, hi, offset) => WriteStripeAsync(s, lo, hi, src.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), hole, ct));
                 done += n;
             }
         }
@@ -168,14 +168,14 @@ public sealed partial class RaidArray
         var tasks = new List<Task>();
         for (int m = 0; m < _members.Length; m++)
             if (Writable(m)) tasks.Add(FlushMemberAsync(m, ct));
-        await Task.WhenAll(tasks).ConfigureAwait(false);
+        await Task.WhenAll(tasks);
         ThrowIfFailed();
     }
 
     async Task FlushMemberAsync(int slot, CancellationToken ct)
     {
-        try { await _members[slot]!.Drive.FlushAsync(ct).ConfigureAwait(false); }
-        catch (BlockIoException e) { await FailMember(slot, $"flush failed: {e.Message}").ConfigureAwait(false); }
+        try { await _members[slot]!.Drive.FlushAsync(ct); }
+        catch (BlockIoException e) { await FailMember(slot, $"flush failed: {e.Message}"); }
     }
 
     /// <summary>The tag of the member block behind an array block (0 = never written), or null if unknown.</summary>
@@ -186,7 +186,7 @@ public sealed partial class RaidArray
         foreach (int m in holders)
         {
             if (!Readable(m, stripe)) continue;
-            try { return await _members[m]!.TagOfAsync(memberBlock, ct).ConfigureAwait(false); }
+            try { return await _members[m]!.TagOfAsync(memberBlock, ct); }
             catch (BlockIoException) { }
         }
         return null;
@@ -218,7 +218,7 @@ public sealed partial class RaidArray
         if (first == last)
         {
             long lo = sector - first * stripeSectors;
-            await op(first, lo, lo + count, 0).ConfigureAwait(false);
+            await op(first, lo, lo + count, 0);
             return;
         }
         var tasks = new List<Task>((int)(last - first + 1));
@@ -228,13 +228,13 @@ public sealed partial class RaidArray
             long end = Math.Min(sector + count, (s + 1) * stripeSectors);
             tasks.Add(op(s, start - s * stripeSectors, end - s * stripeSectors, (int)((start - sector) * Units.SectorBytes)).AsTask());
         }
-        await Task.WhenAll(tasks).ConfigureAwait(false);
+        await Task.WhenAll(tasks);
     }
 
     async ValueTask<IDisposable> LockStripeAsync(long stripe, CancellationToken ct)
     {
         var gate = _stripeLocks[stripe % StripeLockCount];
-        await gate.WaitAsync(ct).ConfigureAwait(false);
+        await gate.WaitAsync(ct);
         return new Releaser(gate);
     }
 
@@ -252,12 +252,12 @@ public sealed partial class RaidArray
             ThrowIfFailed();
             try
             {
-                await attempt().ConfigureAwait(false);
+                await attempt();
                 return;
             }
             catch (MemberFailedException e) when (tries < Geometry.MemberCount)
             {
-                await FailMember(e.Slot, e.InnerException?.Message ?? "I/O error").ConfigureAwait(false);
+                await FailMember(e.Slot, e.InnerException?.Message ?? "I/O error");
             }
         }
     }
@@ -274,7 +274,7 @@ public sealed partial class RaidArray
         List<int>? bad;
         try
         {
-            bad = await _members[m]!.ReadAsync(ws.Stripe * Geometry.ChunkBlocks + rowLo, ws.Rows(m, rowLo, rowCount), ct).ConfigureAwait(false);
+            bad = await _members[m]!.ReadAsync(ws.Stripe * Geometry.ChunkBlocks + rowLo, ws.Rows(m, rowLo, rowCount), ct);
         }
         catch (BlockIoException e)
         {
@@ -294,7 +294,7 @@ public sealed partial class RaidArray
     {
         try
         {
-            await _members[m]!.WriteAsync(memberBlock, data, hole, ct).ConfigureAwait(false);
+            await _members[m]!.WriteAsync(memberBlock, data, hole, ct);
         }
         catch (BlockIoException e)
         {
@@ -318,7 +318,7 @@ public sealed partial class RaidArray
         }
         try
         {
-            await Task.WhenAll(tasks).ConfigureAwait(false);
+            await Task.WhenAll(tasks);
         }
         catch
         {
@@ -326,7 +326,7 @@ public sealed partial class RaidArray
             foreach (var t in tasks)
                 if (t.Exception?.InnerException is MemberFailedException f) persisted.Add(FailMember(f.Slot, f.InnerException?.Message ?? "write failed"));
                 else if (t.Exception is not null) throw t.Exception.InnerException!;
-            await Task.WhenAll(persisted).ConfigureAwait(false);
+            await Task.WhenAll(persisted);
             ThrowIfFailed();
         }
     }
@@ -343,7 +343,7 @@ public sealed partial class RaidArray
                 if (ws.RowState(m, r) != Workspace.Unknown) { r++; continue; }
                 int end = r;
                 while (end < ws.RowLo + ws.RowCount && ws.RowState(m, end) == Workspace.Unknown) end++;
-                await ReadMemberAsync(ws, m, r, end - r, ct).ConfigureAwait(false);
+                await ReadMemberAsync(ws, m, r, end - r, ct);
                 r = end;
             }
         }
@@ -359,7 +359,7 @@ public sealed partial class RaidArray
             {
                 if (!ws.Reconstructed[m][r - ws.RowLo] || !ws.FoundBad[m][r - ws.RowLo]) continue;
                 ulong tag;
-                try { tag = await _members[m]!.TagOfAsync(ws.Stripe * Geometry.ChunkBlocks + r, ct).ConfigureAwait(false); }
+                try { tag = await _members[m]!.TagOfAsync(ws.Stripe * Geometry.ChunkBlocks + r, ct); }
                 catch (BlockIoException) { continue; }
                 if (!Tag.Verify(tag, _members[m]!.Salt, ws.Stripe * Geometry.ChunkBlocks + r, ws.Block(m, r)) && tag != 0)
                 {
@@ -385,7 +385,7 @@ public sealed partial class RaidArray
                 LogRepaired(Name, ws.Stripe, r, m, _members[m]!.Drive.Name);
             }
         }
-        await WriteAllAsync(writes, ct).ConfigureAwait(false);
+        await WriteAllAsync(writes, ct);
     }
 
     BlockIoException Unrecoverable(long stripe, int dataIndex, int row) =>
@@ -397,10 +397,10 @@ public sealed partial class RaidArray
 
     async ValueTask ReadStripeAsync(long stripe, long sectorLo, long sectorHi, Memory<byte> destination, CancellationToken ct)
     {
-        using var _ = await LockStripeAsync(stripe, ct).ConfigureAwait(false);
+        using var _ = await LockStripeAsync(stripe, ct);
         await RetryOnMemberFailure(() => Geometry.IsMirrored
             ? ReadMirrorStripeAsync(stripe, sectorLo, sectorHi, destination, ct)
-            : ReadParityStripeAsync(stripe, sectorLo, sectorHi, destination, ct)).ConfigureAwait(false);
+            : ReadParityStripeAsync(stripe, sectorLo, sectorHi, destination, ct));
     }
 
     /// <summary>Copies the requested sectors of chunk c from a workspace's blocks into the destination.</summary>
@@ -421,7 +421,7 @@ public sealed partial class RaidArray
 
     async ValueTask ReadParityStripeAsync(long stripe, long sectorLo, long sectorHi, Memory<byte> destination, CancellationToken ct)
     {
-        if (await TryReadDirectAsync(stripe, sectorLo, sectorHi, destination, ct).ConfigureAwait(false)) return;
+        if (await TryReadDirectAsync(stripe, sectorLo, sectorHi, destination, ct)) return;
         var chunks = StripePlanner.SplitByChunk(Geometry, sectorLo, sectorHi);
         var (rowLo, rowHi) = StripePlanner.RowSpan(chunks);
         using var ws = new Workspace(Geometry, stripe, rowLo, rowHi - rowLo);
@@ -430,12 +430,12 @@ public sealed partial class RaidArray
         {
             if (c.IsEmpty) continue;
             int m = Geometry.DataMember(stripe, c.DataIndex);
-            await ReadMemberAsync(ws, m, c.Lo, c.Rows, ct).ConfigureAwait(false);
+            await ReadMemberAsync(ws, m, c.Lo, c.Rows, ct);
             for (int r = c.Lo; r < c.Hi; r++) needSolve |= ws.RowState(m, r) == Workspace.Bad;
         }
         if (needSolve)
         {
-            var unsolved = await FillAndSolveAsync(ws, ct).ConfigureAwait(false);
+            var unsolved = await FillAndSolveAsync(ws, ct);
             foreach (var c in chunks)
             {
                 if (c.IsEmpty) continue;
@@ -443,7 +443,7 @@ public sealed partial class RaidArray
                 foreach (int r in unsolved)
                     if (r >= c.Lo && r < c.Hi && ws.RowState(m, r) == Workspace.Bad) throw Unrecoverable(stripe, c.DataIndex, r);
             }
-            await RepairAsync(ws, ct).ConfigureAwait(false);
+            await RepairAsync(ws, ct);
         }
         foreach (var c in chunks)
             if (!c.IsEmpty) CopyOut(ws, Geometry.DataMember(stripe, c.DataIndex), c, sectorLo, destination);
@@ -466,7 +466,7 @@ public sealed partial class RaidArray
         List<int>? bad;
         try
         {
-            bad = await _members[member]!.ReadAsync(stripe * Geometry.ChunkBlocks + row, destination, ct).ConfigureAwait(false);
+            bad = await _members[member]!.ReadAsync(stripe * Geometry.ChunkBlocks + row, destination, ct);
         }
         catch (BlockIoException)
         {
@@ -483,7 +483,7 @@ public sealed partial class RaidArray
         foreach (var c in chunks)
         {
             if (c.IsEmpty) continue;
-            int good = await ReadMirrorChunkAsync(ws, stripe, c, ct).ConfigureAwait(false);
+            int good = await ReadMirrorChunkAsync(ws, stripe, c, ct);
             CopyOut(ws, good, c, sectorLo, destination);
         }
     }
@@ -496,7 +496,7 @@ public sealed partial class RaidArray
         if (copies.Count == 0) throw Unrecoverable(stripe, c.DataIndex, c.Lo);
         int start = (int)((uint)Interlocked.Increment(ref _rotor) % (uint)copies.Count);
         int primary = copies[start];
-        await ReadMemberAsync(ws, primary, c.Lo, c.Rows, ct).ConfigureAwait(false);
+        await ReadMemberAsync(ws, primary, c.Lo, c.Rows, ct);
         var repairs = new List<(int, long, ReadOnlyMemory<byte>, bool)>();
         for (int r = c.Lo; r < c.Hi; r++)
         {
@@ -505,7 +505,7 @@ public sealed partial class RaidArray
             foreach (int other in copies)
             {
                 if (other == primary) continue;
-                if (ws.RowState(other, r) == Workspace.Unknown) await ReadMemberAsync(ws, other, r, 1, ct).ConfigureAwait(false);
+                if (ws.RowState(other, r) == Workspace.Unknown) await ReadMemberAsync(ws, other, r, 1, ct);
                 if (ws.RowState(other, r) != Workspace.Ok) continue;
                 ws.Block(other, r).CopyTo(ws.Block(primary, r));
                 ws.SetState(primary, r, Workspace.Ok);
@@ -519,7 +519,7 @@ public sealed partial class RaidArray
                 LogRepaired(Name, stripe, r, primary, _members[primary]!.Drive.Name);
             }
         }
-        await WriteAllAsync(repairs, ct).ConfigureAwait(false);
+        await WriteAllAsync(repairs, ct);
         return primary;
     }
 
@@ -527,10 +527,10 @@ public sealed partial class RaidArray
 
     async ValueTask WriteStripeAsync(long stripe, long sectorLo, long sectorHi, ReadOnlyMemory<byte> source, bool hole, CancellationToken ct)
     {
-        using var _ = await LockStripeAsync(stripe, ct).ConfigureAwait(false);
+        using var _ = await LockStripeAsync(stripe, ct);
         await RetryOnMemberFailure(() => Geometry.IsMirrored
             ? WriteMirrorStripeAsync(stripe, sectorLo, sectorHi, source, hole, ct)
-            : WriteParityStripeAsync(stripe, sectorLo, sectorHi, source, hole, ct)).ConfigureAwait(false);
+            : WriteParityStripeAsync(stripe, sectorLo, sectorHi, source, hole, ct));
     }
 
     /// <summary>Fills chunk c's new blocks: whole blocks from the source, partial ones merged into the old block.</summary>
@@ -565,14 +565,14 @@ public sealed partial class RaidArray
         bool needSolve = false;
         foreach (var read in plan.Reads)
         {
-            await ReadMemberAsync(ws, read.Member, read.RowLo, read.RowCount, ct).ConfigureAwait(false);
+            await ReadMemberAsync(ws, read.Member, read.RowLo, read.RowCount, ct);
             for (int r = read.RowLo; r < read.RowLo + read.RowCount; r++) needSolve |= ws.RowState(read.Member, r) == Workspace.Bad;
         }
         var strategy = plan.Strategy;
         if (needSolve)
         {
             // A block we needed is unreadable: read every row in full, reconstruct, and write whole rows.
-            var unsolved = await FillAndSolveAsync(ws, ct).ConfigureAwait(false);
+            var unsolved = await FillAndSolveAsync(ws, ct);
             if (unsolved.Count > 0 && g.ParityMembers > 0)
                 throw new BlockIoException(BlockErrorKind.Medium, $"array {Name}: stripe {stripe} has rows {string.Join(",", unsolved)} beyond repair",
                     stripe * g.StripeDataBlocks * Units.SectorsPerBlock + sectorLo);
@@ -648,7 +648,7 @@ public sealed partial class RaidArray
             }
             if (writeP) writes.Add((p, stripe * g.ChunkBlocks + plan.RowLo, ws.Rows(p, plan.RowLo, plan.RowCount), false));
             if (writeQ) writes.Add((q, stripe * g.ChunkBlocks + plan.RowLo, ws.Rows(q, plan.RowLo, plan.RowCount), false));
-            await WriteAllAsync(writes, ct).ConfigureAwait(false);
+            await WriteAllAsync(writes, ct);
         }
         finally
         {
@@ -673,7 +673,7 @@ public sealed partial class RaidArray
                 {
                     // Old content of the partial blocks, from any good copy.
                     var partial = new StripePlanner.ChunkWrite(c.DataIndex, c.Lo, c.Hi, c.PartialFirst, c.PartialLast);
-                    oldMember = await ReadMirrorChunkAsync(ws, stripe, partial, ct).ConfigureAwait(false);
+                    oldMember = await ReadMirrorChunkAsync(ws, stripe, partial, ct);
                 }
                 var buf = ArrayPool<byte>.Shared.Rent((rowHi - rowLo) * Units.BlockBytes);
                 buffers.Add(buf);
@@ -682,7 +682,7 @@ public sealed partial class RaidArray
                     if (Writable(m))
                         writes.Add((m, stripe * Geometry.ChunkBlocks + c.Lo, buf.AsMemory((c.Lo - rowLo) * Units.BlockBytes, c.Rows * Units.BlockBytes), hole && !c.PartialFirst && !c.PartialLast));
             }
-            await WriteAllAsync(writes, ct).ConfigureAwait(false);
+            await WriteAllAsync(writes, ct);
         }
         finally
         {

@@ -29,8 +29,8 @@ public sealed class RaidVolume(string name, RaidArray array, long offsetBlocks, 
     {
         Check(offset, source.Length);
         if (source.IsEmpty) return;
-        await Array.WriteAsync(ArraySector(offset), source, ct).ConfigureAwait(false);
-        if (fua) await Array.FlushAsync(ct).ConfigureAwait(false);
+        await Array.WriteAsync(ArraySector(offset), source, ct);
+        if (fua) await Array.FlushAsync(ct);
     }
 
     public ValueTask FlushAsync(CancellationToken ct = default) => Array.FlushAsync(ct);
@@ -39,8 +39,8 @@ public sealed class RaidVolume(string name, RaidArray array, long offsetBlocks, 
     {
         Check(offset, length);
         if (length == 0) return;
-        await Array.WriteZeroesAsync(ArraySector(offset), length / Units.SectorBytes, ct).ConfigureAwait(false);
-        if (fua) await Array.FlushAsync(ct).ConfigureAwait(false);
+        await Array.WriteZeroesAsync(ArraySector(offset), length / Units.SectorBytes, ct);
+        if (fua) await Array.FlushAsync(ct);
     }
 
     public async ValueTask TrimAsync(long offset, long length, CancellationToken ct = default)
@@ -51,12 +51,12 @@ public sealed class RaidVolume(string name, RaidArray array, long offsetBlocks, 
         long last = (offset + length) / Units.BlockBytes * Units.BlockBytes;
         if (last <= first)
         {
-            if (length > 0) await Array.WriteZeroesAsync(ArraySector(offset), length / Units.SectorBytes, ct).ConfigureAwait(false);
+            if (length > 0) await Array.WriteZeroesAsync(ArraySector(offset), length / Units.SectorBytes, ct);
             return;
         }
-        if (first > offset) await Array.WriteZeroesAsync(ArraySector(offset), (first - offset) / Units.SectorBytes, ct).ConfigureAwait(false);
-        await Array.TrimAsync(ArraySector(first), (last - first) / Units.SectorBytes, ct).ConfigureAwait(false);
-        if (offset + length > last) await Array.WriteZeroesAsync(ArraySector(last), (offset + length - last) / Units.SectorBytes, ct).ConfigureAwait(false);
+        if (first > offset) await Array.WriteZeroesAsync(ArraySector(offset), (first - offset) / Units.SectorBytes, ct);
+        await Array.TrimAsync(ArraySector(first), (last - first) / Units.SectorBytes, ct);
+        if (offset + length > last) await Array.WriteZeroesAsync(ArraySector(last), (offset + length - last) / Units.SectorBytes, ct);
     }
 
     /// <summary>At most this many blocks are looked at per call; the answer may cover less than asked.</summary>
@@ -72,7 +72,7 @@ public sealed class RaidVolume(string name, RaidArray array, long offsetBlocks, 
         long cursor = offset;
         for (long b = block; b < end; b++)
         {
-            ulong? tag = await Array.DataTagAsync(OffsetBlocks + b, ct).ConfigureAwait(false);
+            ulong? tag = await Array.DataTagAsync(OffsetBlocks + b, ct);
             var flags = tag == 0 ? AllocationFlags.Hole | AllocationFlags.Zero : AllocationFlags.None;
             long blockEnd = Math.Min((b + 1) * Units.BlockBytes, offset + length);
             long len = blockEnd - cursor;

@@ -63,46 +63,46 @@ public sealed partial class MirrorReceiver(
         if (RefuseAll is { } why)
         {
             _expect = Expect.Command;
-            await RefuseAsync(0, MirrorStatusCode.NotReady, why).ConfigureAwait(false);
+            await RefuseAsync(0, MirrorStatusCode.NotReady, why);
             return true;
         }
         var kind = t.Message.IsEmpty ? MessageKind.Unknown : MessageClassifier.Classify(t.Message.Span);
         switch (_expect)
         {
             case Expect.SmallData when t.Message.IsEmpty:
-                await FinishSmallAsync(t.Data).ConfigureAwait(false);
+                await FinishSmallAsync(t.Data);
                 return true;
             case Expect.LargeMetadata when kind == MessageKind.Metadata:
                 BeginLarge(t.Message.Span);
                 return true;
             case Expect.LargeData when t.Message.IsEmpty:
-                await FinishLargeAsync(t.Data).ConfigureAwait(false);
+                await FinishLargeAsync(t.Data);
                 return true;
             case Expect.Command:
                 break;
             default:
                 var expected = _expect;
                 _expect = Expect.Command;
-                await RefuseAsync(0, MirrorStatusCode.Malformed, $"a {kind} transfer arrived where the seed protocol expected {expected}").ConfigureAwait(false);
+                await RefuseAsync(0, MirrorStatusCode.Malformed, $"a {kind} transfer arrived where the seed protocol expected {expected}");
                 return true;
         }
         switch (kind)
         {
             case MessageKind.CoherencyBatch:
-                await ApplyBatchAsync(t).ConfigureAwait(false);
+                await ApplyBatchAsync(t);
                 return true;
             case MessageKind.SmallWrite:
                 if (!SmallWriteMirrorMessage.TryDecode(t.Message.Span, RegionBytes, out _small, out var error))
-                    await RefuseAsync(0, MirrorStatusCode.Malformed, $"small write command refused: {error}").ConfigureAwait(false);
+                    await RefuseAsync(0, MirrorStatusCode.Malformed, $"small write command refused: {error}");
                 else if (_small.Opcode != peerSmallWriteOpcode)
-                    await RefuseAsync(0, MirrorStatusCode.Malformed, $"small write opcode 0x{_small.Opcode:x2} is not the peer's (0x{peerSmallWriteOpcode:x2})").ConfigureAwait(false);
+                    await RefuseAsync(0, MirrorStatusCode.Malformed, $"small write opcode 0x{_small.Opcode:x2} is not the peer's (0x{peerSmallWriteOpcode:x2})");
                 else _expect = Expect.SmallData;
                 return true;
             case MessageKind.Notification:
                 _expect = Expect.LargeMetadata;
                 return true;
             case MessageKind.Metadata:
-                await RefuseAsync(0, MirrorStatusCode.Malformed, "metadata without a notification before it").ConfigureAwait(false);
+                await RefuseAsync(0, MirrorStatusCode.Malformed, "metadata without a notification before it");
                 return true;
             default:
                 return false;
@@ -116,7 +116,7 @@ public sealed partial class MirrorReceiver(
         var status = CoherencyBatchCommand.TryDecode(ref reader, RegionBytes, out var batch, out var error);
         if (status != OperationStatus.Done || batch is null || !reader.End)
         {
-            await RefuseAsync(0, MirrorStatusCode.Malformed, $"coherency batch refused: {(status == OperationStatus.Done ? "trailing bytes" : error.ToString())}").ConfigureAwait(false);
+            await RefuseAsync(0, MirrorStatusCode.Malformed, $"coherency batch refused: {(status == OperationStatus.Done ? "trailing bytes" : error.ToString())}");
             return;
         }
         // Check every header before writing any, so a refused batch writes nothing.
@@ -125,7 +125,7 @@ public sealed partial class MirrorReceiver(
             var h = batch.Headers[i];
             if (h.Sequence <= _sequence)
             {
-                await RefuseAsync(batch.BatchNumber, MirrorStatusCode.Malformed, $"header sequence {h.Sequence} does not follow {_sequence}").ConfigureAwait(false);
+                await RefuseAsync(batch.BatchNumber, MirrorStatusCode.Malformed, $"header sequence {h.Sequence} does not follow {_sequence}");
                 return;
             }
         }
@@ -146,7 +146,7 @@ public sealed partial class MirrorReceiver(
                 }
                 if (applier.Apply(h, span) is { } problem)
                 {
-                    await RefuseAsync(batch.BatchNumber, MirrorStatusCode.Malformed, problem).ConfigureAwait(false);
+                    await RefuseAsync(batch.BatchNumber, MirrorStatusCode.Malformed, problem);
                     return;
                 }
                 _sequence = h.Sequence;
@@ -154,7 +154,7 @@ public sealed partial class MirrorReceiver(
         }
         finally { _ = scratch; }
         Operations++;
-        await ReplyAsync(new StatusMessage(batch.BatchNumber & 0xFFFFFF, MirrorStatusCode.Ok, (uint)batch.Headers.Count)).ConfigureAwait(false);
+        await ReplyAsync(new StatusMessage(batch.BatchNumber & 0xFFFFFF, MirrorStatusCode.Ok, (uint)batch.Headers.Count));
     }
 
     async ValueTask FinishSmallAsync(ReadOnlyMemory<byte> data)
@@ -165,13 +165,13 @@ public sealed partial class MirrorReceiver(
         int total = elements.Sum(e => (int)e.ByteCount);
         if (data.Length != total)
         {
-            await RefuseAsync(0, MirrorStatusCode.DataMismatch, $"small write carries {data.Length} bytes for {total} announced").ConfigureAwait(false);
+            await RefuseAsync(0, MirrorStatusCode.DataMismatch, $"small write carries {data.Length} bytes for {total} announced");
             return;
         }
-        if (await StoreAsync(s.Volume, s.Lba, elements, data, 0).ConfigureAwait(false))
+        if (await StoreAsync(s.Volume, s.Lba, elements, data, 0))
         {
             Operations++;
-            await ReplyAsync(new StatusMessage(0, MirrorStatusCode.Ok, (uint)elements.Count)).ConfigureAwait(false);
+            await ReplyAsync(new StatusMessage(0, MirrorStatusCode.Ok, (uint)elements.Count));
         }
     }
 
@@ -202,13 +202,13 @@ public sealed partial class MirrorReceiver(
         _metadata = null;
         if (!DataMirrorMessage.TryDecode(data, m, out _, out var error))
         {
-            await RefuseAsync(m.Sequence, MirrorStatusCode.DataMismatch, $"data refused: {error}").ConfigureAwait(false);
+            await RefuseAsync(m.Sequence, MirrorStatusCode.DataMismatch, $"data refused: {error}");
             return;
         }
-        if (await StoreAsync(m.ArrayNumber, m.Lba, m.Elements, data, m.Sequence).ConfigureAwait(false))
+        if (await StoreAsync(m.ArrayNumber, m.Lba, m.Elements, data, m.Sequence))
         {
             Operations++;
-            await ReplyAsync(new StatusMessage(m.Sequence, MirrorStatusCode.Ok, (uint)m.Elements.Count)).ConfigureAwait(false);
+            await ReplyAsync(new StatusMessage(m.Sequence, MirrorStatusCode.Ok, (uint)m.Elements.Count));
         }
     }
 
@@ -225,7 +225,7 @@ public sealed partial class MirrorReceiver(
             int first = (int)(index % WriteBackCache.SectorsPerElement);
             if (first + blocks > WriteBackCache.SectorsPerElement)
             {
-                await RefuseAsync(answerSequence, MirrorStatusCode.Malformed, $"S/G element at offset {e.NvramOffset} crosses a 16 KiB element").ConfigureAwait(false);
+                await RefuseAsync(answerSequence, MirrorStatusCode.Malformed, $"S/G element at offset {e.NvramOffset} crosses a 16 KiB element");
                 return false;
             }
             uint mask = blocks == 32 ? uint.MaxValue : ((1u << (int)blocks) - 1) << first;
@@ -238,7 +238,7 @@ public sealed partial class MirrorReceiver(
             int length = (int)h.BlockCount * Units.SectorBytes;
             if (applier.Apply(h, data.Span.Slice(offset, length)) is { } problem)
             {
-                await RefuseAsync(answerSequence, problem.Contains("volume") ? MirrorStatusCode.UnknownVolume : MirrorStatusCode.Malformed, problem).ConfigureAwait(false);
+                await RefuseAsync(answerSequence, problem.Contains("volume") ? MirrorStatusCode.UnknownVolume : MirrorStatusCode.Malformed, problem);
                 return false;
             }
             offset += length;
@@ -250,7 +250,7 @@ public sealed partial class MirrorReceiver(
     {
         Refused++;
         LogRefused(why);
-        await ReplyAsync(new StatusMessage(sequence, code, 0)).ConfigureAwait(false);
+        await ReplyAsync(new StatusMessage(sequence, code, 0));
     }
 
     ValueTask ReplyAsync(StatusMessage status)

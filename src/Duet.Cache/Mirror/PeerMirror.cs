@@ -163,13 +163,13 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
         while (!ct.IsCancellationRequested)
         {
             var wake = Volatile.Read(ref _wake);
-            try { await wake.Task.WaitAsync(ct).ConfigureAwait(false); }
+            try { await wake.Task.WaitAsync(ct); }
             catch (OperationCanceledException) { return; }
             Interlocked.CompareExchange(ref _wake, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), wake);
             try
             {
-                if (_options.Path == MirrorMethod.Batched) await PumpBatchesAsync(ct).ConfigureAwait(false);
-                else await PumpSeedAsync(ct).ConfigureAwait(false);
+                if (_options.Path == MirrorMethod.Batched) await PumpBatchesAsync(ct);
+                else await PumpSeedAsync(ct);
             }
             catch (OperationCanceledException) when (ct.IsCancellationRequested) { return; }
             catch (Exception e) when (e is IclLinkDownException or TimeoutException or MirrorUnavailableException or InvalidDataException)
@@ -189,8 +189,8 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
         }
         try
         {
-            await send().ConfigureAwait(false);
-            var status = await waiter.Task.WaitAsync(_options.StatusTimeout, _options.Time, ct).ConfigureAwait(false);
+            await send();
+            var status = await waiter.Task.WaitAsync(_options.StatusTimeout, _options.Time, ct);
             if (status.Code != MirrorStatusCode.Ok) throw new InvalidDataException($"the peer refused a mirror transfer: {status.Code}");
             return status;
         }
@@ -217,7 +217,7 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
                 int at = 0;
                 for (int i = 1; i < batch.Segments.Count; i++) { batch.Segments[i].Span.CopyTo(rented.AsSpan(at)); at += batch.Segments[i].Length; }
                 var data = rented is null ? ReadOnlyMemory<byte>.Empty : rented.AsMemory(0, dataBytes);
-                var status = await ExchangeAsync(() => _link.PostAsync(data.IsEmpty ? IclSignal.Message : IclSignal.MessageWithData, _epoch(), head, data, ct), ct).ConfigureAwait(false);
+                var status = await ExchangeAsync(() => _link.PostAsync(data.IsEmpty ? IclSignal.Message : IclSignal.MessageWithData, _epoch(), head, data, ct), ct);
                 if (status.Sequence != (batch.BatchNumber & 0xFFFFFF)) throw new InvalidDataException($"status for batch {status.Sequence} while batch {batch.BatchNumber} was in flight");
             }
             finally
@@ -254,7 +254,7 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
             {
                 int j = i + 1;
                 while (j < mirrors.Count && Start(mirrors[j]) == End(mirrors[j - 1]) && mirrors[j].Descriptor.ArrayNumber == mirrors[i].Descriptor.ArrayNumber) j++;
-                await SendSeedWriteAsync(mirrors.GetRange(i, j - i), ct).ConfigureAwait(false);
+                await SendSeedWriteAsync(mirrors.GetRange(i, j - i), ct);
                 i = j;
             }
             if (invalidations.Count > 0)
@@ -263,7 +263,7 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
                 var log = new CoherencyLog(_options.BatchBytesMax);
                 foreach (var c in invalidations) log.AppendInvalidate(MirrorApplier.Encode(c).Header);
                 Invariant.Assert(log.TryTakeActive(out var batch));
-                await ExchangeAsync(() => _link.PostAsync(IclSignal.Message, _epoch(), batch.Segments[0], default, ct), ct).ConfigureAwait(false);
+                await ExchangeAsync(() => _link.PostAsync(IclSignal.Message, _epoch(), batch.Segments[0], default, ct), ct);
             }
             Interlocked.Increment(ref _groupsMirrored);
             item.Done.TrySetResult();
@@ -310,9 +310,9 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
                 small.Encode(command);
                 await ExchangeAsync(async () =>
                 {
-                    await _link.PostAsync(IclSignal.Message, epoch, command, default, ct).ConfigureAwait(false);
-                    await _link.PostAsync(IclSignal.MessageWithData, epoch, default, payload, ct).ConfigureAwait(false);
-                }, ct).ConfigureAwait(false);
+                    await _link.PostAsync(IclSignal.Message, epoch, command, default, ct);
+                    await _link.PostAsync(IclSignal.MessageWithData, epoch, default, payload, ct);
+                }, ct);
                 Interlocked.Increment(ref _smallWrites);
             }
             else
@@ -328,10 +328,10 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
                 metadata.Encode(meta);
                 await ExchangeAsync(async () =>
                 {
-                    await _link.PostAsync(IclSignal.Message, epoch, notice, default, ct).ConfigureAwait(false);
-                    await _link.PostAsync(IclSignal.Message, epoch, meta, default, ct).ConfigureAwait(false);
-                    await _link.PostAsync(IclSignal.MessageWithData, epoch, default, payload, ct).ConfigureAwait(false);
-                }, ct).ConfigureAwait(false);
+                    await _link.PostAsync(IclSignal.Message, epoch, notice, default, ct);
+                    await _link.PostAsync(IclSignal.Message, epoch, meta, default, ct);
+                    await _link.PostAsync(IclSignal.MessageWithData, epoch, default, payload, ct);
+                }, ct);
                 Interlocked.Increment(ref _largeWrites);
             }
         }
@@ -345,7 +345,7 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
     {
         _stop.Cancel();
         Fail("stopping");
-        try { await _pump.ConfigureAwait(false); } catch (OperationCanceledException) { }
+        try { await _pump; } catch (OperationCanceledException) { }
     }
 
     [LoggerMessage(EventId = 5001, Level = LogLevel.Warning, Message = "peer mirror down: {Reason}; writes go through to the drives (error-recovery mode)")]

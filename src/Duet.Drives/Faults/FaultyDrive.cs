@@ -146,14 +146,14 @@ public sealed class FaultyDrive : IBlockDevice
             delay = DrawDelay();
             mediumLba = DrawMediumError(lba, blocks, _options.BadBlocksFailReads, _options.ReadMediumErrorProbability);
         }
-        await DelayAsync(delay, cancellationToken).ConfigureAwait(false);
+        await DelayAsync(delay, cancellationToken);
         ThrowIfFailed(lba);
         if (mediumLba >= 0)
         {
             Interlocked.Increment(ref _mediumReads);
             throw new BlockIoException(BlockErrorKind.Medium, $"{Name}: read error at block {mediumLba} (injected)", mediumLba);
         }
-        await _inner.ReadAsync(lba, destination, cancellationToken).ConfigureAwait(false);
+        await _inner.ReadAsync(lba, destination, cancellationToken);
     }
 
     public async ValueTask WriteAsync(long lba, ReadOnlyMemory<byte> source, bool fua = false, CancellationToken cancellationToken = default)
@@ -171,7 +171,7 @@ public sealed class FaultyDrive : IBlockDevice
             mediumLba = DrawMediumError(lba, blocks, _options.BadBlocksFailWrites, _options.WriteMediumErrorProbability);
             landed = DrawTear(blocks);
         }
-        await DelayAsync(delay, cancellationToken).ConfigureAwait(false);
+        await DelayAsync(delay, cancellationToken);
         ThrowIfFailed(lba);
         if (mediumLba >= 0)
         {
@@ -179,12 +179,12 @@ public sealed class FaultyDrive : IBlockDevice
             throw new BlockIoException(BlockErrorKind.Medium, $"{Name}: write error at block {mediumLba} (injected)", mediumLba);
         }
 
-        await _writeGate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        await _writeGate.WaitAsync(cancellationToken);
         try
         {
             if (landed is null)
             {
-                await WriteRecordedAsync(lba, source, fua, cancellationToken).ConfigureAwait(false);
+                await WriteRecordedAsync(lba, source, fua, cancellationToken);
                 return;
             }
             int landedCount = 0;
@@ -193,7 +193,7 @@ public sealed class FaultyDrive : IBlockDevice
                 if (!landed[start]) { start++; continue; }
                 int end = start;
                 while (end < blocks && landed[end]) end++;
-                await WriteRecordedAsync(lba + start, source[(start * Units.BlockBytes)..(end * Units.BlockBytes)], fua, cancellationToken).ConfigureAwait(false);
+                await WriteRecordedAsync(lba + start, source[(start * Units.BlockBytes)..(end * Units.BlockBytes)], fua, cancellationToken);
                 landedCount += end - start;
                 start = end;
             }
@@ -219,12 +219,12 @@ public sealed class FaultyDrive : IBlockDevice
         ThrowIfFailed(-1);
         TimeSpan delay;
         lock (_decide) delay = DrawDelay();
-        await DelayAsync(delay, cancellationToken).ConfigureAwait(false);
+        await DelayAsync(delay, cancellationToken);
         ThrowIfFailed(-1);
-        await _writeGate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        await _writeGate.WaitAsync(cancellationToken);
         try
         {
-            await _inner.FlushAsync(cancellationToken).ConfigureAwait(false);
+            await _inner.FlushAsync(cancellationToken);
             _unflushed.Clear(); // only once the inner flush succeeded
         }
         finally
@@ -243,7 +243,7 @@ public sealed class FaultyDrive : IBlockDevice
     {
         if (!_options.TrackUnflushedWrites)
             throw new InvalidOperationException($"{Name}: PowerCutAsync needs FaultOptions.TrackUnflushedWrites");
-        await _writeGate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        await _writeGate.WaitAsync(cancellationToken);
         try
         {
             Interlocked.Increment(ref _powerCuts);
@@ -259,10 +259,10 @@ public sealed class FaultyDrive : IBlockDevice
                 if (block.Versions.Count > 0 && kept == block.Versions.Count - 1) continue; // the newest survives: already there
                 byte[]? content = kept >= 0 ? block.Versions[kept] : block.Flushed;
                 if (content is null) continue; // flushed content unknown (unreadable): keep the newest
-                await _inner.WriteAsync(lba, content, fua: false, cancellationToken).ConfigureAwait(false);
+                await _inner.WriteAsync(lba, content, fua: false, cancellationToken);
                 rolledBack++;
             }
-            await _inner.FlushAsync(cancellationToken).ConfigureAwait(false);
+            await _inner.FlushAsync(cancellationToken);
             _unflushed.Clear();
             Interlocked.Add(ref _blocksRolledBack, rolledBack);
             return rolledBack;
@@ -275,7 +275,7 @@ public sealed class FaultyDrive : IBlockDevice
 
     public async ValueTask DisposeAsync()
     {
-        await _inner.DisposeAsync().ConfigureAwait(false);
+        await _inner.DisposeAsync();
         _writeGate.Dispose();
     }
 
@@ -342,12 +342,12 @@ public sealed class FaultyDrive : IBlockDevice
     {
         if (!_options.TrackUnflushedWrites)
         {
-            await _inner.WriteAsync(lba, source, fua, cancellationToken).ConfigureAwait(false);
+            await _inner.WriteAsync(lba, source, fua, cancellationToken);
             return;
         }
         int blocks = source.Length / Units.BlockBytes;
-        if (!fua) await CaptureFlushedAsync(lba, blocks, cancellationToken).ConfigureAwait(false);
-        await _inner.WriteAsync(lba, source, fua, cancellationToken).ConfigureAwait(false);
+        if (!fua) await CaptureFlushedAsync(lba, blocks, cancellationToken);
+        await _inner.WriteAsync(lba, source, fua, cancellationToken);
         for (int i = 0; i < blocks; i++)
         {
             if (fua)
@@ -374,7 +374,7 @@ public sealed class FaultyDrive : IBlockDevice
             bool whole = true;
             try
             {
-                await _inner.ReadAsync(lba + start, run, cancellationToken).ConfigureAwait(false);
+                await _inner.ReadAsync(lba + start, run, cancellationToken);
             }
             catch (BlockIoException e) when (e.Kind == BlockErrorKind.Medium)
             {
@@ -393,7 +393,7 @@ public sealed class FaultyDrive : IBlockDevice
                     var one = new byte[Units.BlockBytes];
                     try
                     {
-                        await _inner.ReadAsync(lba + i, one, cancellationToken).ConfigureAwait(false);
+                        await _inner.ReadAsync(lba + i, one, cancellationToken);
                         flushed = one;
                     }
                     catch (BlockIoException e) when (e.Kind == BlockErrorKind.Medium)

@@ -74,7 +74,7 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
                 if (_hold is null && _movedTo is null) { _inFlight++; return null; }
                 wait = _hold?.Task;
             }
-            if (wait is not null) await wait.ConfigureAwait(false);
+            if (wait is not null) await wait;
         }
     }
 
@@ -95,8 +95,8 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
     {
         Check(offset, destination.Length);
         if (destination.IsEmpty) return;
-        if (await EnterAsync().ConfigureAwait(false) is { } moved) { await moved.ReadAsync(offset, destination, ct).ConfigureAwait(false); return; }
-        try { await cache.ReadAsync(arrayNumber, ArraySector(offset), destination, ct).ConfigureAwait(false); }
+        if (await EnterAsync() is { } moved) { await moved.ReadAsync(offset, destination, ct); return; }
+        try { await cache.ReadAsync(arrayNumber, ArraySector(offset), destination, ct); }
         finally { Exit(); }
     }
 
@@ -104,23 +104,23 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
     {
         Check(offset, source.Length);
         if (source.IsEmpty) return;
-        if (await EnterAsync().ConfigureAwait(false) is { } moved) { await moved.WriteAsync(offset, source, fua, ct).ConfigureAwait(false); return; }
-        try { await cache.WriteAsync(arrayNumber, ArraySector(offset), source, fua, ct).ConfigureAwait(false); }
+        if (await EnterAsync() is { } moved) { await moved.WriteAsync(offset, source, fua, ct); return; }
+        try { await cache.WriteAsync(arrayNumber, ArraySector(offset), source, fua, ct); }
         finally { Exit(); }
     }
 
     /// <summary>FLUSH: with a healthy mirror every acknowledged write is already in two NVRAMs.</summary>
     public async ValueTask FlushAsync(CancellationToken ct = default)
     {
-        if (await EnterAsync().ConfigureAwait(false) is { } moved) { await moved.FlushAsync(ct).ConfigureAwait(false); return; }
-        try { await cache.FlushAsync(arrayNumber, ct).ConfigureAwait(false); }
+        if (await EnterAsync() is { } moved) { await moved.FlushAsync(ct); return; }
+        try { await cache.FlushAsync(arrayNumber, ct); }
         finally { Exit(); }
     }
 
     public async ValueTask WriteZeroesAsync(long offset, long length, bool fua, CancellationToken ct = default)
     {
         Check(offset, length);
-        if (await EnterAsync().ConfigureAwait(false) is { } moved) { await moved.WriteZeroesAsync(offset, length, fua, ct).ConfigureAwait(false); return; }
+        if (await EnterAsync() is { } moved) { await moved.WriteZeroesAsync(offset, length, fua, ct); return; }
         try
         {
             const int Step = 1 << 20;
@@ -128,7 +128,7 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
             for (long done = 0; done < length;)
             {
                 int n = (int)Math.Min(Step, length - done);
-                await cache.WriteAsync(arrayNumber, ArraySector(offset + done), zeros.AsMemory(0, n), fua, ct).ConfigureAwait(false);
+                await cache.WriteAsync(arrayNumber, ArraySector(offset + done), zeros.AsMemory(0, n), fua, ct);
                 done += n;
             }
         }
@@ -140,10 +140,10 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
 
     public async ValueTask<IReadOnlyList<AllocationExtent>> GetAllocationAsync(long offset, long length, CancellationToken ct = default)
     {
-        if (await EnterAsync().ConfigureAwait(false) is { } moved) return await moved.GetAllocationAsync(offset, length, ct).ConfigureAwait(false);
+        if (await EnterAsync() is { } moved) return await moved.GetAllocationAsync(offset, length, ct);
         try
         {
-            var extents = await Volume.GetAllocationAsync(offset, length, ct).ConfigureAwait(false);
+            var extents = await Volume.GetAllocationAsync(offset, length, ct);
             // Data still in the cache is allocated whatever the drives say.
             var result = new List<AllocationExtent>();
             long at = offset;

@@ -13,15 +13,15 @@ public sealed class ControllerArrayService(ControllerServer controller) : IArray
 
     async Task<T> Changed<T>(Task<T> op)
     {
-        var r = await op.ConfigureAwait(false);
-        await controller.NotifyPeerArraysChangedAsync().ConfigureAwait(false);
+        var r = await op;
+        await controller.NotifyPeerArraysChangedAsync();
         return r;
     }
 
     async Task Changed(Task op)
     {
-        await op.ConfigureAwait(false);
-        await controller.NotifyPeerArraysChangedAsync().ConfigureAwait(false);
+        await op;
+        await controller.NotifyPeerArraysChangedAsync();
     }
 
     public Task<ArrayInfo> CreateArrayAsync(CreateArrayRequest request, CancellationToken ct = default) => Changed(A.CreateArrayAsync(request, ct));

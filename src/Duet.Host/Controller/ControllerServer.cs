@@ -104,7 +104,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
         var dir = Path.GetFullPath(options.DataDirectory);
         Directory.CreateDirectory(dir);
         var pairId = PairId(dir);
-        var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { DataDirectory = dir, Time = options.Time, LoggerFactory = loggers, Controller = options.Name }, ct).ConfigureAwait(false);
+        var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { DataDirectory = dir, Time = options.Time, LoggerFactory = loggers, Controller = options.Name }, ct);
         NvramFile? nvram = null;
         IIclLink? link = null;
         try
@@ -118,14 +118,14 @@ public sealed partial class ControllerServer : IAsyncDisposable
                 _ => TcpIclTransport.Connect(options.Name, options.PeerName, options.IclEndpoint, icl, options.Time),
             };
             var c = new ControllerServer(options with { DataDirectory = dir }, arrays, nvram, link, loggers);
-            await c.StartCoreAsync(loggers, ct).ConfigureAwait(false);
+            await c.StartCoreAsync(loggers, ct);
             return c;
         }
         catch
         {
-            if (link is not null) await link.DisposeAsync().ConfigureAwait(false);
+            if (link is not null) await link.DisposeAsync();
             nvram?.Dispose();
-            await arrays.DisposeAsync().ConfigureAwait(false);
+            await arrays.DisposeAsync();
             throw;
         }
     }
@@ -163,9 +163,9 @@ public sealed partial class ControllerServer : IAsyncDisposable
         };
         Link.Start(DispatchAsync);
         if (Link.IsUp) _ = PairAsync();
-        Management = await ManagementHost.StartAsync(new ControllerArrayService(this), ControllerOptions.SocketFor(_options.DataDirectory, Name), loggers, ct).ConfigureAwait(false);
+        Management = await ManagementHost.StartAsync(new ControllerArrayService(this), ControllerOptions.SocketFor(_options.DataDirectory, Name), loggers, ct);
         Nbd = new NbdServer(new Catalog(this), new NbdServerOptions { Endpoint = _options.NbdEndpoint, TimeProvider = _options.Time }, loggers.CreateLogger<NbdServer>());
-        await Nbd.StartAsync(ct).ConfigureAwait(false);
+        await Nbd.StartAsync(ct);
         LogStarted(Name, Nbd.LocalEndPoint.ToString(), Nvram.Layout.Describe());
     }
 
@@ -188,8 +188,8 @@ public sealed partial class ControllerServer : IAsyncDisposable
             var hello = new PairHello(Name[0], _session, layout.TotalBytes, layout.ElementCount, layout.ElementBytes);
             var bytes = new byte[DuetFrame.EncodedBytes(hello)];
             hello.Encode(bytes);
-            await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default).ConfigureAwait(false);
-            await Cache.ResyncMirrorAsync(Mirror.Resume).ConfigureAwait(false);
+            await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default);
+            await Cache.ResyncMirrorAsync(Mirror.Resume);
             LogPaired(_options.PeerName);
         }
         catch (Exception e) when (e is IclLinkDownException or MirrorUnavailableException)
@@ -202,7 +202,13 @@ public sealed partial class ControllerServer : IAsyncDisposable
     {
         Mirror.Fail(why);
         // Error-recovery mode: the data only this controller holds now goes to the drives.
-        _ = Cache.DrainAsync().ContinueWith(t => { if (t.IsFaulted) LogDrainFailed(t.Exception!.InnerException!.Message); }, TaskScheduler.Default);
+        _ = DrainAfterLossAsync();
+    }
+
+    async Task DrainAfterLossAsync()
+    {
+        try { await Cache.DrainAsync(); }
+        catch (Exception e) { LogDrainFailed(e.Message); }
     }
 
     async ValueTask DispatchAsync(IclTransfer t)
@@ -227,7 +233,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
                 _ = RescanAsync();
                 return;
         }
-        if (!await Receiver.HandleAsync(t).ConfigureAwait(false)) LogUnknown("command", kind.ToString());
+        if (!await Receiver.HandleAsync(t)) LogUnknown("command", kind.ToString());
     }
 
     void OnPeerHello(ReadOnlySpan<byte> message)
@@ -255,7 +261,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
 
     public async Task RescanAsync()
     {
-        await Arrays.RescanAsync().ConfigureAwait(false);
+        await Arrays.RescanAsync();
         RegisterServedArrays();
         lock (_volumesLock) _forwarded.Clear();
     }
@@ -269,7 +275,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
         var update = table.Snapshot();
         var bytes = new byte[DuetFrame.EncodedBytes(update)];
         update.Encode(bytes);
-        try { await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default).ConfigureAwait(false); }
+        try { await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default); }
         catch (IclLinkDownException) { }
     }
 
@@ -296,21 +302,21 @@ public sealed partial class ControllerServer : IAsyncDisposable
         lock (_volumesLock) volumes = _cached.Values.Where(v => v.Volume.Array.Name == array).ToList();
         foreach (var name in Arrays.Status().Volumes.Where(v => v.Array == array).Select(v => v.Name))
             if (ServedVolume(name) is CachedVolume cv && !volumes.Contains(cv)) volumes.Add(cv);
-        await Task.WhenAll(volumes.Select(v => v.HoldAsync())).ConfigureAwait(false);
+        await Task.WhenAll(volumes.Select(v => v.HoldAsync()));
         bool moved = false;
         try
         {
-            await Cache.DrainAsync(ct).ConfigureAwait(false);
+            await Cache.DrainAsync(ct);
             byte number = volumes.Count > 0 ? volumes[0].ArrayNumber : Arrays.NumberOf(Arrays.ServedArrays.First(a => a.Name == array));
-            var info = await Arrays.HandOverAsync(array, to, ct).ConfigureAwait(false);
+            var info = await Arrays.HandOverAsync(array, to, ct);
             moved = true;
-            await Cache.ForgetAsync(number).ConfigureAwait(false);
+            await Cache.ForgetAsync(number);
             lock (_volumesLock)
             {
                 _cachedArrays.Remove(array);
                 foreach (var v in volumes) _cached.Remove(v.Volume);
             }
-            await NotifyPeerArraysChangedAsync().ConfigureAwait(false);
+            await NotifyPeerArraysChangedAsync();
             LogMoved(array, to);
             return info;
         }
@@ -369,16 +375,16 @@ public sealed partial class ControllerServer : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        await Nbd.DisposeAsync().ConfigureAwait(false);
-        await Management.DisposeAsync().ConfigureAwait(false);
+        await Nbd.DisposeAsync();
+        await Management.DisposeAsync();
         _metrics?.Dispose();
         // An orderly stop destages everything, so the peer's mirror of us is no longer needed.
-        try { await Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30)).ConfigureAwait(false); }
+        try { await Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30)); }
         catch (Exception e) { LogDrainFailed(e.Message); }
-        await Cache.DisposeAsync().ConfigureAwait(false);
-        await Mirror.DisposeAsync().ConfigureAwait(false);
-        await Link.DisposeAsync().ConfigureAwait(false);
-        await Arrays.DisposeAsync().ConfigureAwait(false);
+        await Cache.DisposeAsync();
+        await Mirror.DisposeAsync();
+        await Link.DisposeAsync();
+        await Arrays.DisposeAsync();
         Nvram.Dispose();
         LogStopped(Name);
     }

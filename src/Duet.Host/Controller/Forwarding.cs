@@ -50,14 +50,14 @@ public sealed class ForwardingClient
             request.Encode(bytes);
             try
             {
-                await _link.PostAsync(data.IsEmpty ? IclSignal.Message : IclSignal.MessageWithData, _epoch(), bytes, data, ct).ConfigureAwait(false);
+                await _link.PostAsync(data.IsEmpty ? IclSignal.Message : IclSignal.MessageWithData, _epoch(), bytes, data, ct);
             }
             catch (IclLinkDownException e)
             {
                 throw new BlockIoException(BlockErrorKind.Io, $"volume {volume}: its owning controller is unreachable: {e.Message}", -1, e);
             }
             int errno;
-            try { errno = await done.Task.WaitAsync(_timeout, _time, ct).ConfigureAwait(false); }
+            try { errno = await done.Task.WaitAsync(_timeout, _time, ct); }
             catch (TimeoutException) { throw new BlockIoException(BlockErrorKind.Io, $"volume {volume}: the owning controller did not answer within {_timeout.TotalSeconds:0.#} s"); }
             if (errno != 0) throw ErrnoToError(errno, volume, offset);
         }
@@ -123,7 +123,7 @@ public sealed partial class ForwardingServer(IIclLink link, Func<ulong> epoch, F
         if (volume is null && rescan is not null)
         {
             // The peer may have just handed us the array; its notice can trail its first request.
-            await rescan().ConfigureAwait(false);
+            await rescan();
             volume = volumes(r.VolumeName);
         }
         try
@@ -136,15 +136,15 @@ public sealed partial class ForwardingServer(IIclLink link, Func<ulong> epoch, F
                 {
                     case ForwardedOp.Read:
                         read = new byte[r.Length];
-                        await volume.ReadAsync(offset, read).ConfigureAwait(false);
+                        await volume.ReadAsync(offset, read);
                         break;
                     case ForwardedOp.Write:
                         if (payload.Length != r.Length) { errno = 22; break; }
-                        await volume.WriteAsync(offset, payload, r.Fua).ConfigureAwait(false);
+                        await volume.WriteAsync(offset, payload, r.Fua);
                         break;
-                    case ForwardedOp.Flush: await volume.FlushAsync().ConfigureAwait(false); break;
-                    case ForwardedOp.Trim: await volume.TrimAsync(offset, r.Length).ConfigureAwait(false); break;
-                    case ForwardedOp.WriteZeroes: await volume.WriteZeroesAsync(offset, r.Length, r.Fua).ConfigureAwait(false); break;
+                    case ForwardedOp.Flush: await volume.FlushAsync(); break;
+                    case ForwardedOp.Trim: await volume.TrimAsync(offset, r.Length); break;
+                    case ForwardedOp.WriteZeroes: await volume.WriteZeroesAsync(offset, r.Length, r.Fua); break;
                     default: errno = 22; break;
                 }
             }
@@ -160,7 +160,7 @@ public sealed partial class ForwardingServer(IIclLink link, Func<ulong> epoch, F
         response.Encode(bytes);
         try
         {
-            await link.PostAsync(IclSignal.Reply, epoch(), bytes, errno == 0 && read is not null ? read : default).ConfigureAwait(false);
+            await link.PostAsync(IclSignal.Reply, epoch(), bytes, errno == 0 && read is not null ? read : default);
         }
         catch (IclLinkDownException) { }
     }

@@ -68,7 +68,7 @@ public sealed class ManagementHost : IAsyncDisposable
         if (System.Text.Encoding.UTF8.GetByteCount(socketPath) > MaxSocketPathBytes)
             throw new IOException($"management socket path {socketPath} is longer than the {MaxSocketPathBytes} bytes a Unix socket allows; use a shorter data directory");
         Directory.CreateDirectory(Path.GetDirectoryName(socketPath)!);
-        await RemoveStaleSocketAsync(socketPath, ct).ConfigureAwait(false);
+        await RemoveStaleSocketAsync(socketPath, ct);
 
         var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions { ApplicationName = "Duet.Host.Management" });
         builder.WebHost.UseKestrelCore().ConfigureKestrel(k =>
@@ -85,7 +85,7 @@ public sealed class ManagementHost : IAsyncDisposable
 
         var log = loggerFactory.CreateLogger<ManagementHost>();
         MapRoutes(app, service, log);
-        await app.StartAsync(ct).ConfigureAwait(false);
+        await app.StartAsync(ct);
         if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(socketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
         Log.Listening(log, socketPath);
         return new ManagementHost(app, socketPath);
@@ -96,11 +96,11 @@ public sealed class ManagementHost : IAsyncDisposable
         if (Interlocked.Exchange(ref disposed, 1) != 0) return;
         try
         {
-            await app.StopAsync(CancellationToken.None).ConfigureAwait(false);
+            await app.StopAsync(CancellationToken.None);
         }
         finally
         {
-            await app.DisposeAsync().ConfigureAwait(false);
+            await app.DisposeAsync();
             File.Delete(SocketPath);
         }
     }
@@ -112,7 +112,7 @@ public sealed class ManagementHost : IAsyncDisposable
         {
             try
             {
-                await probe.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), ct).ConfigureAwait(false);
+                await probe.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), ct);
                 throw new IOException($"another Duet controller is already serving {socketPath}; stop it first (or use a different data directory)");
             }
             catch (SocketException)
@@ -134,63 +134,63 @@ public sealed class ManagementHost : IAsyncDisposable
 
         app.MapPost("/v1/arrays", Handle(log, async ctx =>
         {
-            var request = await ReadBodyAsync(ctx, json.CreateArrayRequest, whenEmpty: null).ConfigureAwait(false);
-            var array = await service.CreateArrayAsync(request, ctx.RequestAborted).ConfigureAwait(false);
-            await WriteAsync(ctx, StatusCodes.Status201Created, array, json.ArrayInfo).ConfigureAwait(false);
+            var request = await ReadBodyAsync(ctx, json.CreateArrayRequest, whenEmpty: null);
+            var array = await service.CreateArrayAsync(request, ctx.RequestAborted);
+            await WriteAsync(ctx, StatusCodes.Status201Created, array, json.ArrayInfo);
         }));
         app.MapDelete("/v1/arrays/{name}", Handle(log, async ctx =>
         {
-            await service.DeleteArrayAsync(Route(ctx, "name"), ctx.RequestAborted).ConfigureAwait(false);
+            await service.DeleteArrayAsync(Route(ctx, "name"), ctx.RequestAborted);
             ctx.Response.StatusCode = StatusCodes.Status204NoContent;
         }));
         app.MapPost("/v1/arrays/{name}/scrub", Handle(log, async ctx =>
         {
-            var request = await ReadBodyAsync(ctx, json.ScrubRequest, whenEmpty: new ScrubRequest()).ConfigureAwait(false);
-            await service.StartScrubAsync(Route(ctx, "name"), request, ctx.RequestAborted).ConfigureAwait(false);
+            var request = await ReadBodyAsync(ctx, json.ScrubRequest, whenEmpty: new ScrubRequest());
+            await service.StartScrubAsync(Route(ctx, "name"), request, ctx.RequestAborted);
             ctx.Response.StatusCode = StatusCodes.Status204NoContent;
         }));
 
         app.MapPost("/v1/arrays/{name}/move", Handle(log, async ctx =>
         {
-            var request = await ReadBodyAsync(ctx, json.MoveArrayRequest, whenEmpty: null).ConfigureAwait(false);
-            var array = await service.MoveArrayAsync(Route(ctx, "name"), request, ctx.RequestAborted).ConfigureAwait(false);
-            await WriteAsync(ctx, StatusCodes.Status200OK, array, json.ArrayInfo).ConfigureAwait(false);
+            var request = await ReadBodyAsync(ctx, json.MoveArrayRequest, whenEmpty: null);
+            var array = await service.MoveArrayAsync(Route(ctx, "name"), request, ctx.RequestAborted);
+            await WriteAsync(ctx, StatusCodes.Status200OK, array, json.ArrayInfo);
         }));
 
         app.MapPost("/v1/volumes", Handle(log, async ctx =>
         {
-            var request = await ReadBodyAsync(ctx, json.CreateVolumeRequest, whenEmpty: null).ConfigureAwait(false);
-            var volume = await service.CreateVolumeAsync(request, ctx.RequestAborted).ConfigureAwait(false);
-            await WriteAsync(ctx, StatusCodes.Status201Created, volume, json.VolumeInfo).ConfigureAwait(false);
+            var request = await ReadBodyAsync(ctx, json.CreateVolumeRequest, whenEmpty: null);
+            var volume = await service.CreateVolumeAsync(request, ctx.RequestAborted);
+            await WriteAsync(ctx, StatusCodes.Status201Created, volume, json.VolumeInfo);
         }));
         app.MapDelete("/v1/volumes/{name}", Handle(log, async ctx =>
         {
-            await service.DeleteVolumeAsync(Route(ctx, "name"), ctx.RequestAborted).ConfigureAwait(false);
+            await service.DeleteVolumeAsync(Route(ctx, "name"), ctx.RequestAborted);
             ctx.Response.StatusCode = StatusCodes.Status204NoContent;
         }));
 
         app.MapPost("/v1/drives", Handle(log, async ctx =>
         {
-            var request = await ReadBodyAsync(ctx, json.AddDriveRequest, whenEmpty: null).ConfigureAwait(false);
-            var drive = await service.AddDriveAsync(request, ctx.RequestAborted).ConfigureAwait(false);
-            await WriteAsync(ctx, StatusCodes.Status201Created, drive, json.DriveInfo).ConfigureAwait(false);
+            var request = await ReadBodyAsync(ctx, json.AddDriveRequest, whenEmpty: null);
+            var drive = await service.AddDriveAsync(request, ctx.RequestAborted);
+            await WriteAsync(ctx, StatusCodes.Status201Created, drive, json.DriveInfo);
         }));
         app.MapPost("/v1/drives/{name}/fail", Handle(log, async ctx =>
         {
-            await service.FailDriveAsync(Route(ctx, "name"), ctx.RequestAborted).ConfigureAwait(false);
+            await service.FailDriveAsync(Route(ctx, "name"), ctx.RequestAborted);
             ctx.Response.StatusCode = StatusCodes.Status204NoContent;
         }));
         app.MapPost("/v1/drives/{name}/replace", Handle(log, async ctx =>
         {
-            var request = await ReadBodyAsync(ctx, json.ReplaceDriveRequest, whenEmpty: null).ConfigureAwait(false);
-            await service.ReplaceDriveAsync(Route(ctx, "name"), request, ctx.RequestAborted).ConfigureAwait(false);
+            var request = await ReadBodyAsync(ctx, json.ReplaceDriveRequest, whenEmpty: null);
+            await service.ReplaceDriveAsync(Route(ctx, "name"), request, ctx.RequestAborted);
             ctx.Response.StatusCode = StatusCodes.Status204NoContent;
         }));
 
         app.MapPost("/v1/spares", Handle(log, async ctx =>
         {
-            var request = await ReadBodyAsync(ctx, json.AddSpareRequest, whenEmpty: null).ConfigureAwait(false);
-            await service.AddSpareAsync(request, ctx.RequestAborted).ConfigureAwait(false);
+            var request = await ReadBodyAsync(ctx, json.AddSpareRequest, whenEmpty: null);
+            await service.AddSpareAsync(request, ctx.RequestAborted);
             ctx.Response.StatusCode = StatusCodes.Status204NoContent;
         }));
 
@@ -202,12 +202,12 @@ public sealed class ManagementHost : IAsyncDisposable
     {
         try
         {
-            await handler(ctx).ConfigureAwait(false);
+            await handler(ctx);
         }
         catch (ManagementException e)
         {
             Log.Refused(log, ctx.Request.Method, ctx.Request.Path, e.Kind, e.Message);
-            await WriteErrorAsync(ctx, StatusFor(e.Kind), e.Message).ConfigureAwait(false);
+            await WriteErrorAsync(ctx, StatusFor(e.Kind), e.Message);
         }
         catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
         {
@@ -216,7 +216,7 @@ public sealed class ManagementHost : IAsyncDisposable
         catch (Exception e)
         {
             Log.Failed(log, ctx.Request.Method, ctx.Request.Path, e);
-            await WriteErrorAsync(ctx, StatusCodes.Status500InternalServerError, $"internal error in the controller: {e.Message}").ConfigureAwait(false);
+            await WriteErrorAsync(ctx, StatusCodes.Status500InternalServerError, $"internal error in the controller: {e.Message}");
         }
     };
 
@@ -240,7 +240,7 @@ public sealed class ManagementHost : IAsyncDisposable
         using var buffer = new MemoryStream();
         try
         {
-            await ctx.Request.Body.CopyToAsync(buffer, ctx.RequestAborted).ConfigureAwait(false);
+            await ctx.Request.Body.CopyToAsync(buffer, ctx.RequestAborted);
         }
         catch (BadHttpRequestException e)
         {
@@ -272,7 +272,7 @@ public sealed class ManagementHost : IAsyncDisposable
     {
         if (ctx.Response.HasStarted) return;
         ctx.Response.Clear();
-        await WriteAsync(ctx, status, new ErrorResponse(message), ManagementJsonContext.Default.ErrorResponse).ConfigureAwait(false);
+        await WriteAsync(ctx, status, new ErrorResponse(message), ManagementJsonContext.Default.ErrorResponse);
     }
 
     sealed class EmbeddedLifetime : IHostLifetime

@@ -100,26 +100,26 @@ public sealed class ManagementClient : IDisposable
 
     async Task<T> GetAsync<T>(string path, JsonTypeInfo<T> result, CancellationToken ct)
     {
-        using var response = await SendCoreAsync(HttpMethod.Get, path, null, ct).ConfigureAwait(false);
-        return await ReadAsync(response, result, ct).ConfigureAwait(false);
+        using var response = await SendCoreAsync(HttpMethod.Get, path, null, ct);
+        return await ReadAsync(response, result, ct);
     }
 
     async Task<TResult> PostAsync<TRequest, TResult>(string path, TRequest request, JsonTypeInfo<TRequest> body, JsonTypeInfo<TResult> result, CancellationToken ct)
     {
-        using var response = await SendCoreAsync(HttpMethod.Post, path, JsonContent.Create(request, body), ct).ConfigureAwait(false);
-        return await ReadAsync(response, result, ct).ConfigureAwait(false);
+        using var response = await SendCoreAsync(HttpMethod.Post, path, JsonContent.Create(request, body), ct);
+        return await ReadAsync(response, result, ct);
     }
 
     async Task SendAsync(HttpMethod method, string path, HttpContent? content, CancellationToken ct)
     {
-        using var response = await SendCoreAsync(method, path, content, ct).ConfigureAwait(false);
+        using var response = await SendCoreAsync(method, path, content, ct);
     }
 
     static async Task<T> ReadAsync<T>(HttpResponseMessage response, JsonTypeInfo<T> info, CancellationToken ct)
     {
         try
         {
-            return await response.Content.ReadFromJsonAsync(info, ct).ConfigureAwait(false)
+            return await response.Content.ReadFromJsonAsync(info, ct)
                 ?? throw new HttpRequestException($"the controller answered {response.RequestMessage?.RequestUri?.AbsolutePath} with null");
         }
         catch (JsonException e)
@@ -136,7 +136,7 @@ public sealed class ManagementClient : IDisposable
         HttpResponseMessage response;
         try
         {
-            response = await http.SendAsync(request, ct).ConfigureAwait(false);
+            response = await http.SendAsync(request, ct);
         }
         catch (HttpRequestException e) when (FindUnavailable(e) is { } unavailable)
         {
@@ -146,7 +146,7 @@ public sealed class ManagementClient : IDisposable
 
         using (response)
         {
-            var message = await ReadErrorAsync(response, ct).ConfigureAwait(false);
+            var message = await ReadErrorAsync(response, ct);
             ManagementErrorKind? kind = response.StatusCode switch
             {
                 HttpStatusCode.BadRequest => ManagementErrorKind.Invalid,
@@ -161,7 +161,7 @@ public sealed class ManagementClient : IDisposable
 
     static async Task<string> ReadErrorAsync(HttpResponseMessage response, CancellationToken ct)
     {
-        var text = await response.Content.ReadAsStringAsync(ct).ConfigureAwait(false);
+        var text = await response.Content.ReadAsStringAsync(ct);
         try
         {
             if (JsonSerializer.Deserialize(text, Json.ErrorResponse) is { Error: { Length: > 0 } error }) return error;
@@ -185,7 +185,7 @@ public sealed class ManagementClient : IDisposable
         var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try
         {
-            await socket.ConnectAsync(new UnixDomainSocketEndPoint(SocketPath), ct).ConfigureAwait(false);
+            await socket.ConnectAsync(new UnixDomainSocketEndPoint(SocketPath), ct);
             return new NetworkStream(socket, ownsSocket: true);
         }
         catch (SocketException e)

@@ -30,23 +30,23 @@ public sealed class PairClient : IDisposable
 
     async Task<T> Route<T>(Func<ManagementClient, Task<T>> call)
     {
-        if (_b is null) return await call(_a).ConfigureAwait(false);
-        try { return await call(_a).ConfigureAwait(false); }
-        catch (ManagementException e) when (ServedByPeer(e)) { return await call(_b).ConfigureAwait(false); }
-        catch (ControllerUnavailableException) { return await call(_b).ConfigureAwait(false); }
-        catch (HttpRequestException) { return await call(_b).ConfigureAwait(false); }
+        if (_b is null) return await call(_a);
+        try { return await call(_a); }
+        catch (ManagementException e) when (ServedByPeer(e)) { return await call(_b); }
+        catch (ControllerUnavailableException) { return await call(_b); }
+        catch (HttpRequestException) { return await call(_b); }
     }
 
-    Task Route(Func<ManagementClient, Task> call) => Route(async c => { await call(c).ConfigureAwait(false); return true; });
+    Task Route(Func<ManagementClient, Task> call) => Route(async c => { await call(c); return true; });
 
     public async Task<StatusInfo> StatusAsync(CancellationToken ct = default)
     {
-        if (_b is null) return await _a.StatusAsync(ct).ConfigureAwait(false);
+        if (_b is null) return await _a.StatusAsync(ct);
         StatusInfo? a = null, b = null;
         Exception? down = null;
         // A controller that is down (or dying: its connection resets) is left out; the other answers.
-        try { a = await _a.StatusAsync(ct).ConfigureAwait(false); } catch (Exception e) when (e is ControllerUnavailableException or HttpRequestException) { down = e; }
-        try { b = await _b.StatusAsync(ct).ConfigureAwait(false); } catch (Exception e) when (e is ControllerUnavailableException or HttpRequestException) { down ??= e; }
+        try { a = await _a.StatusAsync(ct); } catch (Exception e) when (e is ControllerUnavailableException or HttpRequestException) { down = e; }
+        try { b = await _b.StatusAsync(ct); } catch (Exception e) when (e is ControllerUnavailableException or HttpRequestException) { down ??= e; }
         if (a is null && b is null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(down!);
         if (a is null || b is null) return a ?? b!;
         // Each array as its owner reports it; the other controller lists it as "peer".
@@ -58,9 +58,9 @@ public sealed class PairClient : IDisposable
         return new StatusInfo(arrays, volumes, drives, a.Controller) { PeerController = b.Controller };
     }
 
-    public async Task<IReadOnlyList<ArrayInfo>> ListArraysAsync(CancellationToken ct = default) => (await StatusAsync(ct).ConfigureAwait(false)).Arrays;
-    public async Task<IReadOnlyList<VolumeInfo>> ListVolumesAsync(CancellationToken ct = default) => (await StatusAsync(ct).ConfigureAwait(false)).Volumes;
-    public async Task<IReadOnlyList<DriveInfo>> ListDrivesAsync(CancellationToken ct = default) => (await StatusAsync(ct).ConfigureAwait(false)).Drives;
+    public async Task<IReadOnlyList<ArrayInfo>> ListArraysAsync(CancellationToken ct = default) => (await StatusAsync(ct)).Arrays;
+    public async Task<IReadOnlyList<VolumeInfo>> ListVolumesAsync(CancellationToken ct = default) => (await StatusAsync(ct)).Volumes;
+    public async Task<IReadOnlyList<DriveInfo>> ListDrivesAsync(CancellationToken ct = default) => (await StatusAsync(ct)).Drives;
     public Task<ArrayInfo> CreateArrayAsync(CreateArrayRequest request, CancellationToken ct = default) => Route(c => c.CreateArrayAsync(request, ct));
     public Task DeleteArrayAsync(string name, CancellationToken ct = default) => Route(c => c.DeleteArrayAsync(name, ct));
     public Task<VolumeInfo> CreateVolumeAsync(CreateVolumeRequest request, CancellationToken ct = default) => Route(c => c.CreateVolumeAsync(request, ct));

@@ -51,7 +51,7 @@ public sealed partial class DuetServer : IAsyncDisposable
         var logger = loggerFactory.CreateLogger<DuetServer>();
         var drivesDir = Path.Combine(dir, "drives");
         bool fresh = !Directory.Exists(drivesDir) || !Directory.EnumerateFiles(drivesDir, "*.img").Any();
-        var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { DataDirectory = dir, Time = options.Time, LoggerFactory = loggerFactory }, ct).ConfigureAwait(false);
+        var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { DataDirectory = dir, Time = options.Time, LoggerFactory = loggerFactory }, ct);
         ManagementHost? management = null;
         NbdServer? nbd = null;
         try
@@ -59,21 +59,21 @@ public sealed partial class DuetServer : IAsyncDisposable
             bool created = false;
             if (fresh && options.CreateDefaultLayout)
             {
-                await CreateDefaultLayoutAsync(arrays, options.DefaultDriveCount, options.DefaultDriveBytes, ct).ConfigureAwait(false);
+                await CreateDefaultLayoutAsync(arrays, options.DefaultDriveCount, options.DefaultDriveBytes, ct);
                 created = true;
             }
-            management = await ManagementHost.StartAsync(arrays, ManagementHost.SocketPathFor(dir), loggerFactory, ct).ConfigureAwait(false);
+            management = await ManagementHost.StartAsync(arrays, ManagementHost.SocketPathFor(dir), loggerFactory, ct);
             nbd = new NbdServer(arrays, new NbdServerOptions { Endpoint = options.NbdEndpoint, TimeProvider = options.Time }, loggerFactory.CreateLogger<NbdServer>());
-            await nbd.StartAsync(ct).ConfigureAwait(false);
+            await nbd.StartAsync(ct);
             var server = new DuetServer(arrays, management, nbd, dir, created, logger);
             LogStarted(logger, dir, nbd.LocalEndPoint.ToString());
             return server;
         }
         catch
         {
-            if (nbd is not null) await nbd.DisposeAsync().ConfigureAwait(false);
-            if (management is not null) await management.DisposeAsync().ConfigureAwait(false);
-            await arrays.DisposeAsync().ConfigureAwait(false);
+            if (nbd is not null) await nbd.DisposeAsync();
+            if (management is not null) await management.DisposeAsync();
+            await arrays.DisposeAsync();
             throw;
         }
     }
@@ -87,20 +87,20 @@ public sealed partial class DuetServer : IAsyncDisposable
     {
         int half = driveCount / 2;
         for (int i = 0; i < driveCount; i++)
-            await arrays.AddDriveAsync(new AddDriveRequest($"d{i}", driveBytes), ct).ConfigureAwait(false);
+            await arrays.AddDriveAsync(new AddDriveRequest($"d{i}", driveBytes), ct);
         for (int a = 0; a < 2; a++)
         {
             var drives = Enumerable.Range(a * half, half).Select(i => $"d{i}").ToList();
-            await arrays.CreateArrayAsync(new CreateArrayRequest($"arr{a}", 6, drives, Owner: a == 0 ? "A" : "B"), ct).ConfigureAwait(false);
-            await arrays.CreateVolumeAsync(new CreateVolumeRequest($"vol{a}", $"arr{a}", 0), ct).ConfigureAwait(false);
+            await arrays.CreateArrayAsync(new CreateArrayRequest($"arr{a}", 6, drives, Owner: a == 0 ? "A" : "B"), ct);
+            await arrays.CreateVolumeAsync(new CreateVolumeRequest($"vol{a}", $"arr{a}", 0), ct);
         }
     }
 
     public async ValueTask DisposeAsync()
     {
-        await Nbd.DisposeAsync().ConfigureAwait(false);
-        await Management.DisposeAsync().ConfigureAwait(false);
-        await Arrays.DisposeAsync().ConfigureAwait(false);
+        await Nbd.DisposeAsync();
+        await Management.DisposeAsync();
+        await Arrays.DisposeAsync();
         LogStopped(_logger, DataDirectory);
     }
 

@@ -205,7 +205,7 @@ public abstract class IclLink : IIclLink
         var gate = _laneLocks[lane];
         try
         {
-            await gate.WaitAsync(linked.Token).ConfigureAwait(false);
+            await gate.WaitAsync(linked.Token);
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {
@@ -216,7 +216,7 @@ public abstract class IclLink : IIclLink
             bool partial = signal == IclSignal.MessageWithPartialData || data.Length > l.DataBytes;
             if (!partial)
             {
-                await PostOneAsync(sink, lane, signal, IclEntryFlags.None, epoch, message, data, data.Length, linked.Token, ct).ConfigureAwait(false);
+                await PostOneAsync(sink, lane, signal, IclEntryFlags.None, epoch, message, data, data.Length, linked.Token, ct);
                 return;
             }
             // ICL-3: pieces of half the data buffer (so the sender fills one half while the receiver
@@ -230,7 +230,7 @@ public abstract class IclLink : IIclLink
                 bool last = offset + n == data.Length;
                 var flags = IclEntryFlags.Partial | (offset == 0 ? IclEntryFlags.First : 0) | (last ? IclEntryFlags.Last : 0);
                 await PostOneAsync(sink, lane, pieceSignal, flags, epoch, last ? message : ReadOnlyMemory<byte>.Empty,
-                    data.Slice(offset, n), data.Length, linked.Token, ct).ConfigureAwait(false);
+                    data.Slice(offset, n), data.Length, linked.Token, ct);
                 offset += n;
             } while (offset < data.Length);
         }
@@ -243,7 +243,7 @@ public abstract class IclLink : IIclLink
     async ValueTask PostOneAsync(PeerSink sink, int lane, IclSignal signal, IclEntryFlags flags, ulong epoch,
         ReadOnlyMemory<byte> message, ReadOnlyMemory<byte> data, int total, CancellationToken linked, CancellationToken ct)
     {
-        await WaitForSpaceAsync(sink, lane, message.Length, data.Length, linked, ct).ConfigureAwait(false);
+        await WaitForSpaceAsync(sink, lane, message.Length, data.Length, linked, ct);
         int i = lane * 3;
         var entry = new IclEntry
         {
@@ -259,7 +259,7 @@ public abstract class IclLink : IIclLink
         };
         try
         {
-            await sink.PublishAsync(lane, entry, message, data, linked).ConfigureAwait(false);
+            await sink.PublishAsync(lane, entry, message, data, linked);
         }
         catch (OperationCanceledException) when (ct.IsCancellationRequested)
         {
@@ -285,7 +285,7 @@ public abstract class IclLink : IIclLink
             if (left <= TimeSpan.Zero) break;
             try
             {
-                await freed.WaitAsync(left, Time, linked).ConfigureAwait(false);
+                await freed.WaitAsync(left, Time, linked);
             }
             catch (TimeoutException)
             {
@@ -317,10 +317,10 @@ public abstract class IclLink : IIclLink
         while (!stop.IsCancellationRequested)
         {
             var rung = Interrupt.WaitTask;
-            while (!stop.IsCancellationRequested && await PumpOnceCoreAsync().ConfigureAwait(false)) { }
+            while (!stop.IsCancellationRequested && await PumpOnceCoreAsync()) { }
             try
             {
-                await rung.WaitAsync(stop).ConfigureAwait(false);
+                await rung.WaitAsync(stop);
             }
             catch (OperationCanceledException)
             {
@@ -337,7 +337,7 @@ public abstract class IclLink : IIclLink
     {
         var handler = Volatile.Read(ref _handler);
         if (handler is null || IsDisposed) return false;
-        await _pumpGate.WaitAsync().ConfigureAwait(false);
+        await _pumpGate.WaitAsync();
         try
         {
             // ICL-2: the doorbells rung since we last looked are taken now.
@@ -360,7 +360,7 @@ public abstract class IclLink : IIclLink
                     NotifySpaceFreed(lane);
                     return true;
                 }
-                await ProcessAsync(lane, tail, handler).ConfigureAwait(false);
+                await ProcessAsync(lane, tail, handler);
                 return true;
             }
             return false;
@@ -444,7 +444,7 @@ public abstract class IclLink : IIclLink
         InHandlerOf.Value = this;
         try
         {
-            await handler(_transfer).ConfigureAwait(false);
+            await handler(_transfer);
         }
         catch (Exception)
         {
@@ -478,11 +478,17 @@ public abstract class IclLink : IIclLink
         NotifySpaceFreed(lane);
     }
 
+    async Task ReleaseAfterAsync(Task pump)
+    {
+        try { await pump; } catch (Exception) { }
+        ReleaseWindows();
+    }
+
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _stop.Cancel();
-        await StopTransportAsync().ConfigureAwait(false);
+        await StopTransportAsync();
         ReportUp(false);
         Space.Set();
         Interrupt.Set();
@@ -490,14 +496,14 @@ public abstract class IclLink : IIclLink
         if (pump is not null && InHandlerOf.Value == this)
         {
             // Disposed from inside our own handler: the pump finishes after it returns.
-            _ = pump.ContinueWith(_ => ReleaseWindows(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            _ = ReleaseAfterAsync(pump);
             return;
         }
         if (pump is not null)
         {
-            try { await pump.ConfigureAwait(false); } catch (Exception) { }
+            try { await pump; } catch (Exception) { }
         }
-        await _pumpGate.WaitAsync().ConfigureAwait(false); // a manual PumpOnce in flight
+        await _pumpGate.WaitAsync(); // a manual PumpOnce in flight
         ReleaseWindows();
         GC.SuppressFinalize(this);
     }

@@ -106,7 +106,7 @@ public sealed class InMemoryIclLink : IclLink
     public async ValueTask<int> PumpAllAsync()
     {
         int n = 0;
-        while (await PumpOnceAsync().ConfigureAwait(false)) n++;
+        while (await PumpOnceAsync()) n++;
         return n;
     }
 

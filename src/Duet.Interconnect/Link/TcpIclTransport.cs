@@ -104,7 +104,7 @@ public sealed class TcpIclLink : IclLink
             Socket s;
             try
             {
-                s = await _listener!.AcceptAsync(Stopping).ConfigureAwait(false);
+                s = await _listener!.AcceptAsync(Stopping);
             }
             catch (Exception) when (Stopping.IsCancellationRequested)
             {
@@ -129,7 +129,7 @@ public sealed class TcpIclLink : IclLink
         Volatile.Read(ref _current)?.Close();
         try
         {
-            await _connectionGate.WaitAsync(Stopping).ConfigureAwait(false);
+            await _connectionGate.WaitAsync(Stopping);
         }
         catch (OperationCanceledException)
         {
@@ -139,7 +139,7 @@ public sealed class TcpIclLink : IclLink
         try
         {
             if (Volatile.Read(ref _latest) != s) return;
-            await RunConnectionAsync(s).ConfigureAwait(false);
+            await RunConnectionAsync(s);
         }
         catch (Exception) { /* the connection failed; the peer reconnects */ }
         finally
@@ -159,8 +159,8 @@ public sealed class TcpIclLink : IclLink
             {
                 using (var timeout = new CancellationTokenSource(Options.HandshakeTimeout, Time))
                 using (var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, Stopping))
-                    await s.ConnectAsync(_remote, linked.Token).ConfigureAwait(false);
-                await RunConnectionAsync(s).ConfigureAwait(false);
+                    await s.ConnectAsync(_remote, linked.Token);
+                await RunConnectionAsync(s);
             }
             catch (Exception) { /* refused, reset, bad hello: try again */ }
             finally
@@ -169,7 +169,7 @@ public sealed class TcpIclLink : IclLink
             }
             try
             {
-                await Time.DelayAsync(Options.ReconnectInterval, Stopping).ConfigureAwait(false);
+                await Time.DelayAsync(Options.ReconnectInterval, Stopping);
             }
             catch (OperationCanceledException)
             {
@@ -186,12 +186,12 @@ public sealed class TcpIclLink : IclLink
         using (var timeout = new CancellationTokenSource(Options.HandshakeTimeout, Time))
         using (var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, Stopping))
         {
-            await stream.WriteAsync(BuildHello(), linked.Token).ConfigureAwait(false);
-            conn = await ReadHelloAsync(stream, s, linked.Token).ConfigureAwait(false);
+            await stream.WriteAsync(BuildHello(), linked.Token);
+            conn = await ReadHelloAsync(stream, s, linked.Token);
             // Both ends accept the other's hello before either reports up (a refused peer just sees the close).
-            await stream.WriteAsync(new byte[] { 1, 0, 0, 0, Ready }, linked.Token).ConfigureAwait(false);
+            await stream.WriteAsync(new byte[] { 1, 0, 0, 0, Ready }, linked.Token);
             var ready = new byte[5];
-            await stream.ReadExactlyAsync(ready, linked.Token).ConfigureAwait(false);
+            await stream.ReadExactlyAsync(ready, linked.Token);
             if (BinaryPrimitives.ReadInt32LittleEndian(ready) != 1 || ready[4] != Ready) throw new InvalidDataException("expected ready");
         }
         if (IsDisposed) return;
@@ -202,7 +202,7 @@ public sealed class TcpIclLink : IclLink
         var credits = conn.CreditLoopAsync();
         try
         {
-            await ReadLoopAsync(conn, stream).ConfigureAwait(false);
+            await ReadLoopAsync(conn, stream);
         }
         catch (Exception) { /* dropped, reset, or a protocol error */ }
         finally
@@ -210,7 +210,7 @@ public sealed class TcpIclLink : IclLink
             conn.Close();
             Interlocked.CompareExchange(ref _current, null, conn);
             if (Volatile.Read(ref _current) is null) ReportUp(false);
-            try { await credits.ConfigureAwait(false); } catch (Exception) { }
+            try { await credits; } catch (Exception) { }
         }
     }
 
@@ -247,11 +247,11 @@ public sealed class TcpIclLink : IclLink
     async Task<Connection> ReadHelloAsync(NetworkStream stream, Socket s, CancellationToken ct)
     {
         var head = new byte[5];
-        await stream.ReadExactlyAsync(head, ct).ConfigureAwait(false);
+        await stream.ReadExactlyAsync(head, ct);
         int body = BinaryPrimitives.ReadInt32LittleEndian(head);
         if (head[4] != Hello || body < 14 || body > 1024) throw new InvalidDataException("expected a hello");
         var b = new byte[body - 1];
-        await stream.ReadExactlyAsync(b, ct).ConfigureAwait(false);
+        await stream.ReadExactlyAsync(b, ct);
         var r = b.AsSpan();
         if (BinaryPrimitives.ReadUInt64LittleEndian(r) != WindowLayout.Magic || BinaryPrimitives.ReadUInt32LittleEndian(r[8..]) != WindowLayout.Version)
             throw new InvalidDataException("not an ICL peer");
@@ -284,7 +284,7 @@ public sealed class TcpIclLink : IclLink
         var ct = conn.Down;
         while (!ct.IsCancellationRequested)
         {
-            await stream.ReadExactlyAsync(head.AsMemory(0, 8), ct).ConfigureAwait(false);
+            await stream.ReadExactlyAsync(head.AsMemory(0, 8), ct);
             int body = BinaryPrimitives.ReadInt32LittleEndian(head);
             byte type = head[4];
             int lane = head[5];
@@ -292,14 +292,14 @@ public sealed class TcpIclLink : IclLink
             if (type == Credit)
             {
                 if (body != CreditFrame - 4) throw new InvalidDataException("bad credit frame");
-                await stream.ReadExactlyAsync(head.AsMemory(8, 24), ct).ConfigureAwait(false);
+                await stream.ReadExactlyAsync(head.AsMemory(8, 24), ct);
                 conn.SetTails(lane, BinaryPrimitives.ReadInt64LittleEndian(head.AsSpan(8)),
                     BinaryPrimitives.ReadInt64LittleEndian(head.AsSpan(16)), BinaryPrimitives.ReadInt64LittleEndian(head.AsSpan(24)));
                 Space.Set();
                 continue;
             }
             if (type != Transfer) throw new InvalidDataException($"unknown frame type {type}");
-            await stream.ReadExactlyAsync(head.AsMemory(8, WindowLayout.EntryBytes), ct).ConfigureAwait(false);
+            await stream.ReadExactlyAsync(head.AsMemory(8, WindowLayout.EntryBytes), ct);
             var e = MemoryMarshal.Read<IclEntry>(head.AsSpan(8));
             var l = Local.Layout.Lane(lane);
             long eh = Local.Counter(lane, WindowLayout.EntryHead), mh = Local.Counter(lane, WindowLayout.MessageHead), dh = Local.Counter(lane, WindowLayout.DataHead);
@@ -314,11 +314,11 @@ public sealed class TcpIclLink : IclLink
                 throw new InvalidDataException("transfer outside the credit given");
             }
             var (m1, m2) = RingMath.Segments(Local.Memory.Slice(l.MessageOffset, l.MessageBytes), mh, e.MessageLength);
-            await stream.ReadExactlyAsync(m1, ct).ConfigureAwait(false);
-            await stream.ReadExactlyAsync(m2, ct).ConfigureAwait(false);
+            await stream.ReadExactlyAsync(m1, ct);
+            await stream.ReadExactlyAsync(m2, ct);
             var (d1, d2) = RingMath.Segments(Local.Memory.Slice(l.DataOffset, l.DataBytes), dh, e.DataLength);
-            await stream.ReadExactlyAsync(d1, ct).ConfigureAwait(false);
-            await stream.ReadExactlyAsync(d2, ct).ConfigureAwait(false);
+            await stream.ReadExactlyAsync(d1, ct);
+            await stream.ReadExactlyAsync(d2, ct);
             Local.WriteEntry(lane, eh, e);
             Volatile.Write(ref Local.Counter(lane, WindowLayout.MessageHead), mh + e.MessageLength);
             Volatile.Write(ref Local.Counter(lane, WindowLayout.DataHead), dh + e.DataLength);
@@ -337,10 +337,10 @@ public sealed class TcpIclLink : IclLink
     {
         _listener?.Dispose();
         Volatile.Read(ref _current)?.Close();
-        try { await _runner.ConfigureAwait(false); } catch (Exception) { }
+        try { await _runner; } catch (Exception) { }
         Task[] accepted;
         lock (_accepted) accepted = [.. _accepted];
-        try { await Task.WhenAll(accepted).ConfigureAwait(false); } catch (Exception) { }
+        try { await Task.WhenAll(accepted); } catch (Exception) { }
         Volatile.Read(ref _current)?.Close();
     }
 
@@ -411,7 +411,7 @@ public sealed class TcpIclLink : IclLink
                     BinaryPrimitives.WriteInt64LittleEndian(frame.AsSpan(24), Volatile.Read(ref w.Counter(lane, WindowLayout.DataTail)));
                     try
                     {
-                        await WriteAsync(frame, default, default, CancellationToken.None).ConfigureAwait(false);
+                        await WriteAsync(frame, default, default, CancellationToken.None);
                     }
                     catch (IclLinkDownException) when (!IsDown)
                     {
@@ -420,7 +420,7 @@ public sealed class TcpIclLink : IclLink
                     }
                 }
                 if (lanes != 0) continue;
-                try { await signal.WaitAsync(Down).ConfigureAwait(false); }
+                try { await signal.WaitAsync(Down); }
                 catch (OperationCanceledException) { return; }
             }
         }
@@ -438,11 +438,11 @@ public sealed class TcpIclLink : IclLink
             {
                 message.Span.CopyTo(frame.AsSpan(TransferHeader));
                 data.Span.CopyTo(frame.AsSpan(TransferHeader + message.Length));
-                await WriteAsync(frame, default, default, ct).ConfigureAwait(false);
+                await WriteAsync(frame, default, default, ct);
             }
             else
             {
-                await WriteAsync(frame, message, data, ct).ConfigureAwait(false);
+                await WriteAsync(frame, message, data, ct);
             }
             int i = lane * 3;
             Heads[i] = e.Sequence + 1;
@@ -457,7 +457,7 @@ public sealed class TcpIclLink : IclLink
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, Down, ct);
             try
             {
-                await _write.WaitAsync(linked.Token).ConfigureAwait(false);
+                await _write.WaitAsync(linked.Token);
             }
             catch (OperationCanceledException) when (!ct.IsCancellationRequested)
             {
@@ -465,9 +465,9 @@ public sealed class TcpIclLink : IclLink
             }
             try
             {
-                await stream.WriteAsync(a, linked.Token).ConfigureAwait(false);
-                if (!b.IsEmpty) await stream.WriteAsync(b, linked.Token).ConfigureAwait(false);
-                if (!c.IsEmpty) await stream.WriteAsync(c, linked.Token).ConfigureAwait(false);
+                await stream.WriteAsync(a, linked.Token);
+                if (!b.IsEmpty) await stream.WriteAsync(b, linked.Token);
+                if (!c.IsEmpty) await stream.WriteAsync(c, linked.Token);
             }
             catch (Exception ex)
             {

@@ -11,12 +11,12 @@ public sealed partial class ArrayManager
 
     async Task<T> Locked<T>(Func<Task<T>> body, CancellationToken ct)
     {
-        await _mgmt.WaitAsync(ct).ConfigureAwait(false);
-        try { return await body().ConfigureAwait(false); }
+        await _mgmt.WaitAsync(ct);
+        try { return await body(); }
         finally { _mgmt.Release(); }
     }
 
-    Task Locked(Func<Task> body, CancellationToken ct) => Locked<bool>(async () => { await body().ConfigureAwait(false); return true; }, ct);
+    Task Locked(Func<Task> body, CancellationToken ct) => Locked<bool>(async () => { await body(); return true; }, ct);
 
     DriveEntry Drive(string name) =>
         _drives.TryGetValue(name, out var d) ? d : throw NotFound($"no drive named '{name}' (see: duet drive list)");
@@ -69,7 +69,7 @@ public sealed partial class ArrayManager
         for (int i = 0; i < drives.Count; i++)
         {
             disks[i] = new MemberDisk(drives[i].Device, i, uuid, geometry.MemberBlocks);
-            await disks[i]!.ClearTagsAsync(ct).ConfigureAwait(false);
+            await disks[i]!.ClearTagsAsync(ct);
             drives[i].Superblock = sb with { DriveUuid = slots[i].Drive, Slot = i };
         }
         var raid = new RaidArray(r.Name, uuid, geometry, disks, Enumerable.Repeat(MemberStatus.Active, drives.Count).ToArray(),
@@ -78,13 +78,13 @@ public sealed partial class ArrayManager
         foreach (var d in drives) d.Array = entry;
         raid.PersistMemberFailure = (_, _) => OnMemberFailedAsync(entry);
         _arrays[r.Name] = entry;
-        await PersistAsync(entry, ct).ConfigureAwait(false);
+        await PersistAsync(entry, ct);
         LogArrayCreated(r.Name, r.Level, drives.Count, Units.FormatSize(geometry.CapacityBlocks * Units.BlockBytes));
         var info = Info(entry);
         if (!OwnedHere(entry.Current))
         {
             // Created here for the peer: hand it over; the peer assembles it when told to rescan.
-            await entry.Raid.FlushAsync(ct).ConfigureAwait(false);
+            await entry.Raid.FlushAsync(ct);
             _arrays.Remove(r.Name);
             foreach (var d in drives) { d.Array = null; d.PeerArray = r.Name; }
             _peerArrays[r.Name] = entry.Current;
@@ -108,7 +108,7 @@ public sealed partial class ArrayManager
         if (a.Rebuild is { IsCompleted: false }) throw Conflict($"array '{name}' is rebuilding; wait for it to finish");
         if (a.Scrub is { IsCompleted: false }) throw Conflict($"array '{name}' is being scrubbed; wait for it to finish");
         _arrays.Remove(name);
-        foreach (var d in a.Slots.Concat(a.Spares)) if (d is not null) await WipeAsync(d, ct).ConfigureAwait(false);
+        foreach (var d in a.Slots.Concat(a.Spares)) if (d is not null) await WipeAsync(d, ct);
         RefreshVolumes();
         LogArrayDeleted(name);
     }, ct);
@@ -130,7 +130,7 @@ public sealed partial class ArrayManager
             throw Invalid($"array '{r.Array}' has no free extent of {Units.FormatSize(size)} (largest free: {Units.FormatSize(free * Units.BlockBytes)})");
         var v = new VolumeEntry(r.Name, Guid.NewGuid(), extent, blocks);
         a.Current = a.Current with { Volumes = [.. a.Current.Volumes, v] };
-        await PersistAsync(a, ct).ConfigureAwait(false);
+        await PersistAsync(a, ct);
         RefreshVolumes();
         LogVolumeCreated(r.Name, r.Array, Units.FormatSize(size));
         return new VolumeInfo(v.Name, r.Array, v.SizeBlocks * Units.BlockBytes, v.OffsetBlocks * Units.BlockBytes);
@@ -161,7 +161,7 @@ public sealed partial class ArrayManager
         var a = _arrays.Values.FirstOrDefault(x => x.Current.Volumes.Any(v => v.Name == name))
             ?? throw NotFound($"no volume named '{name}' (see: duet volume list)");
         a.Current = a.Current with { Volumes = a.Current.Volumes.Where(v => v.Name != name).ToList() };
-        await PersistAsync(a, ct).ConfigureAwait(false);
+        await PersistAsync(a, ct);
         RefreshVolumes();
         LogVolumeDeleted(name);
     }, ct);
@@ -193,8 +193,8 @@ public sealed partial class ArrayManager
         d.Array = a;
         d.IsSpare = true;
         a.Spares.Add(d);
-        await PersistAsync(a, ct).ConfigureAwait(false);
-        await MaybeRebuildOntoSpareAsync(a, ct).ConfigureAwait(false);
+        await PersistAsync(a, ct);
+        await MaybeRebuildOntoSpareAsync(a, ct);
     }, ct);
 
     (ArrayEntry Array, int Slot) MemberOf(DriveEntry d)
@@ -220,10 +220,10 @@ public sealed partial class ArrayManager
             if (!a.Raid.Geometry.IsSurvivable(lost))
                 throw Conflict($"failing '{drive}' would leave array '{a.Raid.Name}' without enough members; replace or rebuild a lost member first");
             return Task.FromResult((a, slot));
-        }, ct).ConfigureAwait(false);
+        }, ct);
         // Outside the lock: persisting the failure takes it. Returns once the failure is on the
         // surviving members' superblocks (and a spare, if any, is rebuilding).
-        await a.Raid.FailMember(slot, "failed by the operator").ConfigureAwait(false);
+        await a.Raid.FailMember(slot, "failed by the operator");
     }
 
     public Task ReplaceDriveAsync(string drive, ReplaceDriveRequest r, CancellationToken ct = default) => Locked(async () =>
@@ -242,7 +242,7 @@ public sealed partial class ArrayManager
                 throw Conflict($"taking '{drive}' out of array '{a.Raid.Name}' would leave it without enough members; add a spare or let the rebuild finish first");
             _ = a.Raid.FailMember(slot, $"replaced by {with.Name}"); // persisted by StartRebuildAsync below
         }
-        await StartRebuildAsync(a, slot, with, ct).ConfigureAwait(false);
+        await StartRebuildAsync(a, slot, with, ct);
     }, ct);
 
     public Task StartScrubAsync(string array, ScrubRequest r, CancellationToken ct = default) => Locked(() =>
@@ -255,12 +255,19 @@ public sealed partial class ArrayManager
         a.ScrubResult = result;
         a.ScrubProgress = progress;
         LogScrubStarted(array, r.Repair);
-        a.Scrub = a.Raid.ScrubAsync(r.Repair, result, progress, _stopping.Token).ContinueWith(t =>
-        {
-            if (t.IsFaulted) LogBackgroundError(array, $"scrub failed: {t.Exception!.InnerException!.Message}");
-            else LogScrubDone(array, result.StripesChecked, result.ChecksumErrors, result.ParityMismatches, result.Repaired);
-        }, TaskScheduler.Default);
+        a.Scrub = RunScrubAsync(a.Raid.ScrubAsync(r.Repair, result, progress, _stopping.Token));
         return Task.CompletedTask;
+
+        async Task RunScrubAsync(Task scrub)
+        {
+            try
+            {
+                await scrub;
+                LogScrubDone(array, result.StripesChecked, result.ChecksumErrors, result.ParityMismatches, result.Repaired);
+            }
+            catch (OperationCanceledException) { LogScrubDone(array, result.StripesChecked, result.ChecksumErrors, result.ParityMismatches, result.Repaired); }
+            catch (Exception e) { LogBackgroundError(array, $"scrub failed: {e.Message}"); }
+        }
     }, ct);
 
     /// <summary>A single controller has no peer to hand an array to; the pair's controller service moves arrays.</summary>
@@ -281,9 +288,9 @@ public sealed partial class ArrayManager
         if (to == a.Current.Owner) throw Invalid($"array '{name}' is already served by controller {to}");
         if (a.Rebuild is { IsCompleted: false }) throw Conflict($"array '{name}' is rebuilding; move it when the rebuild is done");
         if (a.Scrub is { IsCompleted: false }) throw Conflict($"array '{name}' is being scrubbed; move it when the scrub is done");
-        await a.Raid.FlushAsync(ct).ConfigureAwait(false);
+        await a.Raid.FlushAsync(ct);
         a.Current = a.Current with { Owner = to, Clean = true };
-        await PersistAsync(a, ct).ConfigureAwait(false);
+        await PersistAsync(a, ct);
         _arrays.Remove(name);
         foreach (var d in a.Slots.Concat(a.Spares)) if (d is not null) { d.Array = null; d.IsSpare = false; d.PeerArray = name; }
         _peerArrays[name] = a.Current;
@@ -307,7 +314,7 @@ public sealed partial class ArrayManager
         {
             var pending = _arrays.Values.SelectMany(a => new[] { a.Rebuild, a.Scrub }).Where(t => t is { IsCompleted: false }).Select(t => t!).ToArray();
             if (pending.Length == 0) return;
-            try { await Task.WhenAll(pending).ConfigureAwait(false); } catch { }
+            try { await Task.WhenAll(pending); } catch { }
         }
     }
 

@@ -88,7 +88,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     {
         var m = new ArrayManager(options);
         Directory.CreateDirectory(m._shelf);
-        await m.AssembleAsync(ct).ConfigureAwait(false);
+        await m.AssembleAsync(ct);
         return m;
     }
 
@@ -132,7 +132,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
             _drives[name] = entry;
             try
             {
-                entry.Superblock = await ReadSuperblockAsync(device, ct).ConfigureAwait(false);
+                entry.Superblock = await ReadSuperblockAsync(device, ct);
             }
             catch (SuperblockException e)
             {
@@ -146,7 +146,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
             }
         }
 
-        await AssembleGroupsAsync(_drives.Values.Where(d => d.Superblock is not null).ToList(), ct).ConfigureAwait(false);
+        await AssembleGroupsAsync(_drives.Values.Where(d => d.Superblock is not null).ToList(), ct);
         RefreshVolumes();
     }
 
@@ -171,7 +171,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
                 LogForeign(auth.Name, auth.ArrayUuid.ToString());
                 continue;
             }
-            await AssembleArrayAsync(auth, group.ToList(), ct).ConfigureAwait(false);
+            await AssembleArrayAsync(auth, group.ToList(), ct);
         }
     }
 
@@ -182,7 +182,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     /// </summary>
     public async Task RescanAsync(CancellationToken ct = default)
     {
-        await _mgmt.WaitAsync(ct).ConfigureAwait(false);
+        await _mgmt.WaitAsync(ct);
         try
         {
             _peerArrays.Clear();
@@ -199,11 +199,11 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
             {
                 if (d.Array is not null) continue;
                 d.PeerArray = null;
-                try { d.Superblock = await ReadSuperblockAsync(d.Device, ct).ConfigureAwait(false); d.Problem = null; }
+                try { d.Superblock = await ReadSuperblockAsync(d.Device, ct); d.Problem = null; }
                 catch (Exception e) when (e is SuperblockException or BlockIoException) { d.Problem = e.Message; continue; }
                 if (d.Superblock is not null) loose.Add(d);
             }
-            await AssembleGroupsAsync(loose, ct).ConfigureAwait(false);
+            await AssembleGroupsAsync(loose, ct);
             RefreshVolumes();
         }
         finally { _mgmt.Release(); }
@@ -349,14 +349,14 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
         raid.PersistMemberFailure = (_, _) => OnMemberFailedAsync(entry);
         if (!auth.Clean) LogUnclean(auth.Name);
         if (raid.IsFailed) LogArrayFailed(auth.Name);
-        await PersistAsync(entry, ct).ConfigureAwait(false);
+        await PersistAsync(entry, ct);
         foreach (var (slot, d) in resync)
         {
             if (raid.IsFailed) break;
             LogResync(auth.Name, slot, d.Name);
-            await StartRebuildAsync(entry, slot, d, ct).ConfigureAwait(false);
+            await StartRebuildAsync(entry, slot, d, ct);
         }
-        await MaybeRebuildOntoSpareAsync(entry, ct).ConfigureAwait(false);
+        await MaybeRebuildOntoSpareAsync(entry, ct);
     }
 
     sealed class SuperblockException(string message) : Exception(message);
@@ -365,7 +365,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     {
         if (device.BlockCount <= MemberLayout.MetadataBlocks) return null;
         var buf = new byte[2 * Units.BlockBytes];
-        await device.ReadAsync(MemberLayout.SuperblockLba, buf, ct).ConfigureAwait(false);
+        await device.ReadAsync(MemberLayout.SuperblockLba, buf, ct);
         var a = Superblock.TryDecode(buf.AsSpan(0, Units.BlockBytes), out var errA);
         var b = Superblock.TryDecode(buf.AsSpan(Units.BlockBytes), out var errB);
         if (a is null && b is null)
@@ -412,8 +412,8 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
             sb.Encode(buf);
             try
             {
-                await d.Device.WriteAsync(MemberLayout.SuperblockLba, buf, false, ct).ConfigureAwait(false);
-                await d.Device.WriteAsync(MemberLayout.SuperblockCopyLba, buf, true, ct).ConfigureAwait(false);
+                await d.Device.WriteAsync(MemberLayout.SuperblockLba, buf, false, ct);
+                await d.Device.WriteAsync(MemberLayout.SuperblockCopyLba, buf, true, ct);
                 d.Superblock = sb;
             }
             catch (BlockIoException e)
@@ -432,12 +432,12 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     /// </summary>
     async Task OnMemberFailedAsync(ArrayEntry a)
     {
-        await _mgmt.WaitAsync().ConfigureAwait(false);
+        await _mgmt.WaitAsync();
         try
         {
-            await PersistAsync(a, CancellationToken.None).ConfigureAwait(false);
+            await PersistAsync(a, CancellationToken.None);
             if (a.Raid.IsFailed) { LogArrayFailed(a.Raid.Name); RefreshVolumes(); }
-            else if (!_stopping.IsCancellationRequested) await MaybeRebuildOntoSpareAsync(a, _stopping.Token).ConfigureAwait(false);
+            else if (!_stopping.IsCancellationRequested) await MaybeRebuildOntoSpareAsync(a, _stopping.Token);
         }
         catch (OperationCanceledException) { }
         catch (Exception e) { LogBackgroundError(a.Raid.Name, e.Message); }
@@ -452,7 +452,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
         var spare = a.Spares[0];
         a.Spares.RemoveAt(0);
         spare.IsSpare = false;
-        await StartRebuildAsync(a, slot, spare, ct).ConfigureAwait(false);
+        await StartRebuildAsync(a, slot, spare, ct);
     }
 
     /// <summary>Rebuilds a missing slot onto a drive, in the background. Caller holds the management lock.</summary>
@@ -474,24 +474,32 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
         a.RebuildSlot = slot;
         long rate = (long)a.Current.RebuildMiBps << 20;
         var task = a.Raid.RebuildAsync(slot, disk, rate, progress, _stopping.Token);
-        await PersistAsync(a, ct).ConfigureAwait(false);
-        a.Rebuild = task.ContinueWith(async t =>
+        await PersistAsync(a, ct);
+        a.Rebuild = FinishRebuildAsync(task);
+
+        // Runs on whatever context started the rebuild (the simulator's, or none): no ContinueWith
+        // onto the thread pool, so a simulated run stays on its one scheduler.
+        async Task FinishRebuildAsync(Task rebuild)
         {
-            await _mgmt.WaitAsync().ConfigureAwait(false);
+            string? failure = null;
+            try { await rebuild; }
+            catch (OperationCanceledException) { }
+            catch (Exception e) { failure = e.Message; }
+            await _mgmt.WaitAsync();
             try
             {
-                if (t.IsFaulted) LogBackgroundError(a.Raid.Name, $"rebuild onto {drive.Name} failed: {t.Exception!.InnerException!.Message}");
-                if (!_stopping.IsCancellationRequested) await PersistAsync(a, CancellationToken.None).ConfigureAwait(false);
-                if (old is not null && old != drive && old.Array is null) await WipeAsync(old, CancellationToken.None).ConfigureAwait(false);
+                if (failure is not null) LogBackgroundError(a.Raid.Name, $"rebuild onto {drive.Name} failed: {failure}");
+                if (!_stopping.IsCancellationRequested) await PersistAsync(a, CancellationToken.None);
+                if (old is not null && old != drive && old.Array is null) await WipeAsync(old, CancellationToken.None);
             }
             finally { _mgmt.Release(); }
-        }, TaskScheduler.Default).Unwrap();
+        }
     }
 
     static async Task WipeAsync(DriveEntry d, CancellationToken ct)
     {
         var zero = new byte[2 * Units.BlockBytes];
-        try { await d.Device.WriteAsync(MemberLayout.SuperblockLba, zero, true, ct).ConfigureAwait(false); }
+        try { await d.Device.WriteAsync(MemberLayout.SuperblockLba, zero, true, ct); }
         catch (BlockIoException) { }
         d.Superblock = null;
         d.Array = null;
@@ -503,13 +511,13 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     {
         _stopping.Cancel();
         var pending = _arrays.Values.SelectMany(a => new[] { a.Rebuild, a.Scrub }).Where(t => t is not null).Select(t => t!).ToArray();
-        try { await Task.WhenAll(pending).ConfigureAwait(false); } catch { /* cancelled passes */ }
+        try { await Task.WhenAll(pending); } catch { /* cancelled passes */ }
         foreach (var a in _arrays.Values)
         {
-            try { await a.Raid.FlushAsync().ConfigureAwait(false); }
+            try { await a.Raid.FlushAsync(); }
             catch (BlockIoException e) { LogBackgroundError(a.Raid.Name, $"flush at shutdown failed: {e.Message}"); }
         }
-        await _mgmt.WaitAsync().ConfigureAwait(false);
+        await _mgmt.WaitAsync();
         try
         {
             foreach (var a in _arrays.Values)
@@ -517,11 +525,11 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
                 try
                 {
                     a.Current = a.Current with { Clean = true };
-                    await PersistAsync(a, CancellationToken.None).ConfigureAwait(false);
+                    await PersistAsync(a, CancellationToken.None);
                 }
                 catch (BlockIoException e) { LogBackgroundError(a.Raid.Name, $"clean shutdown failed: {e.Message}"); }
             }
-            foreach (var d in _drives.Values) await d.Device.DisposeAsync().ConfigureAwait(false);
+            foreach (var d in _drives.Values) await d.Device.DisposeAsync();
         }
         finally { _mgmt.Release(); }
     }
