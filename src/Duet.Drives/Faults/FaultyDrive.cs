@@ -66,6 +66,10 @@ public sealed class FaultyDrive : IBlockDevice
     // Serializes writes, flushes and power cuts; guards _unflushed.
     readonly SemaphoreSlim _writeGate = new(1, 1);
     readonly Dictionary<long, UnflushedBlock> _unflushed = [];
+    // Taken (briefly, never across an await) around every change of _unflushed's key set, so
+    // UnflushedBlockCount can read it without waiting for the async gate, which a write holds
+    // across awaits (a synchronous wait there deadlocks a single-threaded simulator).
+    readonly Lock _record = new();
 
     volatile bool _failed;
     long _requests, _delayed, _unavailable, _mediumReads, _mediumWrites, _tornWrites, _silentTornWrites, _powerCuts, _blocksRolledBack;
@@ -116,9 +120,7 @@ public sealed class FaultyDrive : IBlockDevice
     {
         get
         {
-            _writeGate.Wait();
-            try { return _unflushed.Count; }
-            finally { _writeGate.Release(); }
+            lock (_record) return _unflushed.Count;
         }
     }
 
@@ -225,7 +227,7 @@ public sealed class FaultyDrive : IBlockDevice
         try
         {
             await _inner.FlushAsync(cancellationToken);
-            _unflushed.Clear(); // only once the inner flush succeeded
+            lock (_record) _unflushed.Clear(); // only once the inner flush succeeded
         }
         finally
         {
@@ -263,7 +265,7 @@ public sealed class FaultyDrive : IBlockDevice
                 rolledBack++;
             }
             await _inner.FlushAsync(cancellationToken);
-            _unflushed.Clear();
+            lock (_record) _unflushed.Clear();
             Interlocked.Add(ref _blocksRolledBack, rolledBack);
             return rolledBack;
         }
@@ -352,7 +354,7 @@ public sealed class FaultyDrive : IBlockDevice
         {
             if (fua)
             {
-                _unflushed.Remove(lba + i); // this version is durable; nothing older can come back
+                lock (_record) _unflushed.Remove(lba + i); // this version is durable; nothing older can come back
             }
             else
             {
@@ -400,7 +402,7 @@ public sealed class FaultyDrive : IBlockDevice
                     {
                     }
                 }
-                _unflushed.Add(lba + i, new UnflushedBlock(flushed));
+                lock (_record) _unflushed.Add(lba + i, new UnflushedBlock(flushed));
             }
             start = end;
         }
