@@ -1,5 +1,6 @@
 using System.Net;
 using Duet.Core;
+using Duet.Drives;
 using Duet.Host.Management;
 using Duet.Nbd;
 using Duet.Raid.Management;
@@ -49,9 +50,9 @@ public sealed partial class DuetServer : IAsyncDisposable
         var dir = Path.GetFullPath(options.DataDirectory);
         Directory.CreateDirectory(dir);
         var logger = loggerFactory.CreateLogger<DuetServer>();
-        var drivesDir = Path.Combine(dir, "drives");
-        bool fresh = !Directory.Exists(drivesDir) || !Directory.EnumerateFiles(drivesDir, "*.img").Any();
-        var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { DataDirectory = dir, Time = options.Time, LoggerFactory = loggerFactory }, ct);
+        var shelf = new FileShelf(FileShelf.DirectoryFor(dir));
+        bool fresh = shelf.List().Count == 0;
+        var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { DataDirectory = dir, Shelf = shelf, Time = options.Time, LoggerFactory = loggerFactory }, ct);
         ManagementHost? management = null;
         NbdServer? nbd = null;
         try

@@ -11,9 +11,9 @@ public sealed partial class ArrayManager
 
     async Task<T> Locked<T>(Func<Task<T>> body, CancellationToken ct)
     {
-        await _mgmt.WaitAsync(ct);
+        await LockAsync(ct);
         try { return await body(); }
-        finally { _mgmt.Release(); }
+        finally { Unlock(); }
     }
 
     Task Locked(Func<Task> body, CancellationToken ct) => Locked<bool>(async () => { await body(); return true; }, ct);
@@ -57,8 +57,8 @@ public sealed partial class ArrayManager
         long memberBlocks = MemberLayout.DataBlocksFor(sizes[0]) / chunkBlocks * chunkBlocks;
         if (memberBlocks < chunkBlocks) throw Invalid("the drives are too small for one stripe");
         var geometry = new ArrayGeometry(level, drives.Count, chunkBlocks, memberBlocks);
-        var uuid = Guid.NewGuid();
-        var slots = drives.Select(_ => new SlotEntry(Guid.NewGuid(), SlotState.Active)).ToArray();
+        var uuid = _options.NewUuid();
+        var slots = drives.Select(_ => new SlotEntry(_options.NewUuid(), SlotState.Active)).ToArray();
         var sb = new Superblock
         {
             ArrayUuid = uuid, DriveUuid = Guid.Empty, Generation = 0, Level = level, MemberCount = drives.Count,
@@ -80,7 +80,7 @@ public sealed partial class ArrayManager
         _arrays[r.Name] = entry;
         await PersistAsync(entry, ct);
         LogArrayCreated(r.Name, r.Level, drives.Count, Units.FormatSize(geometry.CapacityBlocks * Units.BlockBytes));
-        var info = Info(entry);
+        var info = Info(ViewOf(entry));
         if (!OwnedHere(entry.Current))
         {
             // Created here for the peer: hand it over; the peer assembles it when told to rescan.
@@ -128,7 +128,7 @@ public sealed partial class ArrayManager
         var extent = FirstFit(a, blocks, Align);
         if (blocks == 0 || extent < 0)
             throw Invalid($"array '{r.Array}' has no free extent of {Units.FormatSize(size)} (largest free: {Units.FormatSize(free * Units.BlockBytes)})");
-        var v = new VolumeEntry(r.Name, Guid.NewGuid(), extent, blocks);
+        var v = new VolumeEntry(r.Name, _options.NewUuid(), extent, blocks);
         a.Current = a.Current with { Volumes = [.. a.Current.Volumes, v] };
         await PersistAsync(a, ct);
         RefreshVolumes();
@@ -173,12 +173,11 @@ public sealed partial class ArrayManager
         long min = (long)(MemberLayout.MetadataBlocks + MemberLayout.GroupBlocks) * Units.BlockBytes;
         if (r.SizeBytes < min || r.SizeBytes % Units.BlockBytes != 0)
             throw Invalid($"drive size must be a multiple of 4 KiB and at least {Units.FormatSize(min)}");
-        var path = Path.Combine(_shelf, r.Name + ".img");
-        if (File.Exists(path)) throw Conflict($"{path} already exists");
-        var device = _options.CreateDrive(path, r.SizeBytes);
+        if (_shelf.Contains(r.Name)) throw Conflict($"{_shelf.Describe(r.Name)} already exists");
+        var device = _shelf.Create(r.Name, r.SizeBytes);
         var d = new DriveEntry { Name = r.Name, Device = device };
         _drives[r.Name] = d;
-        return Task.FromResult(DriveInfoOf(d));
+        return Task.FromResult(DriveInfoOf(ViewOf(d)));
     }, ct);
 
     public Task AddSpareAsync(AddSpareRequest r, CancellationToken ct = default) => Locked(async () =>
@@ -189,7 +188,7 @@ public sealed partial class ArrayManager
         if (MemberLayout.DataBlocksFor(d.Device.BlockCount) < a.Raid.Geometry.MemberBlocks)
             throw Invalid($"drive '{d.Name}' ({Units.FormatSize(d.Device.BlockCount * Units.BlockBytes)}) is smaller than the members of array '{r.Array}'");
         if (a.Spares.Count >= Superblock.MaxSpares) throw Conflict($"array '{r.Array}' already has {Superblock.MaxSpares} spares");
-        d.Superblock = a.Current with { DriveUuid = Guid.NewGuid(), Slot = -1 };
+        d.Superblock = a.Current with { DriveUuid = _options.NewUuid(), Slot = -1 };
         d.Array = a;
         d.IsSpare = true;
         a.Spares.Add(d);
@@ -296,23 +295,18 @@ public sealed partial class ArrayManager
         _peerArrays[name] = a.Current;
         RefreshVolumes();
         LogHandedOver(name, to);
-        return PeerInfo(a.Current);
+        return PeerInfo(a.Current, [.. _drives.Values.Select(ViewOf)]);
     }, ct);
 
     /// <summary>Whether this controller serves the array now.</summary>
-    public bool Serves(string array)
-    {
-        _mgmt.Wait();
-        try { return _arrays.ContainsKey(array); }
-        finally { _mgmt.Release(); }
-    }
+    public bool Serves(string array) => _view.Arrays.ContainsKey(array);
 
     /// <summary>Waits for any rebuild and scrub now running (tests, shutdown).</summary>
     public async Task WaitForBackgroundAsync()
     {
         while (true)
         {
-            var pending = _arrays.Values.SelectMany(a => new[] { a.Rebuild, a.Scrub }).Where(t => t is { IsCompleted: false }).Select(t => t!).ToArray();
+            var pending = _view.Arrays.Values.SelectMany(a => new[] { a.Rebuild, a.Scrub }).Where(t => t is { IsCompleted: false }).Select(t => t!).ToArray();
             if (pending.Length == 0) return;
             try { await Task.WhenAll(pending); } catch { }
         }
@@ -320,19 +314,17 @@ public sealed partial class ArrayManager
 
     // ---- status ---------------------------------------------------------------------------
 
+    /// <summary>Never waits: the state as the last management operation left it, with live member
+    /// status and progress.</summary>
     public StatusInfo Status()
     {
-        _mgmt.Wait();
-        try
-        {
-            return new StatusInfo(
-                _arrays.Values.Select(Info).Concat(_peerArrays.Values.Select(PeerInfo)).OrderBy(a => a.Name, StringComparer.Ordinal).ToList(),
-                _arrays.Values.SelectMany(a => a.Current.Volumes.Select(v => new VolumeInfo(v.Name, a.Raid.Name, v.SizeBlocks * Units.BlockBytes, v.OffsetBlocks * Units.BlockBytes)))
-                    .Concat(_peerArrays.Values.SelectMany(a => a.Volumes.Select(v => new VolumeInfo(v.Name, a.Name, v.SizeBlocks * Units.BlockBytes, v.OffsetBlocks * Units.BlockBytes))))
-                    .OrderBy(v => v.Name, StringComparer.Ordinal).ToList(),
-                _drives.Values.OrderBy(d => d.Name, StringComparer.Ordinal).Select(DriveInfoOf).ToList());
-        }
-        finally { _mgmt.Release(); }
+        var view = _view;
+        return new StatusInfo(
+            view.Arrays.Values.Select(Info).Concat(view.Peers.Values.Select(p => PeerInfo(p, view.Drives))).OrderBy(a => a.Name, StringComparer.Ordinal).ToList(),
+            view.Arrays.Values.SelectMany(a => a.Current.Volumes.Select(v => new VolumeInfo(v.Name, a.Raid.Name, v.SizeBlocks * Units.BlockBytes, v.OffsetBlocks * Units.BlockBytes)))
+                .Concat(view.Peers.Values.SelectMany(a => a.Volumes.Select(v => new VolumeInfo(v.Name, a.Name, v.SizeBlocks * Units.BlockBytes, v.OffsetBlocks * Units.BlockBytes))))
+                .OrderBy(v => v.Name, StringComparer.Ordinal).ToList(),
+            view.Drives.Select(DriveInfoOf).ToList());
     }
 
     ProgressInfo Progress(PassProgress p, long stripeBytes)
@@ -343,7 +335,7 @@ public sealed partial class ArrayManager
         return new ProgressInfo(fraction, done, p.TotalStripes * stripeBytes, seconds > 0 ? done / seconds / (1 << 20) : 0, p.TargetDrive);
     }
 
-    ArrayInfo Info(ArrayEntry a)
+    ArrayInfo Info(ArrayView a)
     {
         var g = a.Raid.Geometry;
         var members = new List<MemberInfo>();
@@ -353,9 +345,9 @@ public sealed partial class ArrayManager
             {
                 MemberStatus.Active => "active",
                 MemberStatus.Rebuilding => "rebuilding",
-                _ => a.Slots[i] is null ? "missing" : "failed",
+                _ => a.SlotDrives[i] is null ? "missing" : "failed",
             };
-            members.Add(new MemberInfo(i, a.Slots[i]?.Name, st));
+            members.Add(new MemberInfo(i, a.SlotDrives[i], st));
         }
         bool rebuilding = a.Rebuild is { IsCompleted: false };
         string state = a.Raid.IsFailed ? "failed" : rebuilding ? "rebuilding" : a.Raid.LostSlots().Count > 0 ? "degraded" : "optimal";
@@ -367,31 +359,30 @@ public sealed partial class ArrayManager
                 sr.ParityMismatches, sr.Repaired, sr.Unrepairable, sr.Findings);
         long used = a.Current.Volumes.Sum(v => v.SizeBlocks);
         return new ArrayInfo(a.Raid.Name, a.Raid.Uuid.ToString(), (int)g.Level, g.ChunkBlocks * 4, g.CapacityBlocks * Units.BlockBytes,
-            (g.CapacityBlocks - used) * Units.BlockBytes, state, a.Current.Generation, members, a.Spares.Select(s => s.Name).ToList(),
+            (g.CapacityBlocks - used) * Units.BlockBytes, state, a.Current.Generation, members, a.Spares,
             rebuilding && a.RebuildProgress is { } rp ? Progress(rp, chunkBytes) : null, scrub, owner);
     }
 
-    ArrayInfo PeerInfo(Superblock sb)
+    static ArrayInfo PeerInfo(Superblock sb, IReadOnlyList<DriveView> drives)
     {
         var g = new ArrayGeometry(sb.Level, sb.MemberCount, sb.ChunkBlocks, sb.MemberBlocks);
-        var members = sb.Slots.Select((e, i) => new MemberInfo(i, _drives.Values.FirstOrDefault(d => d.Superblock?.DriveUuid == e.Drive)?.Name,
+        var members = sb.Slots.Select((e, i) => new MemberInfo(i, drives.FirstOrDefault(d => d.Superblock?.DriveUuid == e.Drive)?.Name,
             e.State switch { SlotState.Active => "active", SlotState.Rebuilding => "rebuilding", SlotState.Failed => "failed", _ => "missing" })).ToList();
         long used = sb.Volumes.Sum(v => v.SizeBlocks);
         return new ArrayInfo(sb.Name, sb.ArrayUuid.ToString(), (int)sb.Level, sb.ChunkBlocks * 4, g.CapacityBlocks * Units.BlockBytes,
             (g.CapacityBlocks - used) * Units.BlockBytes, "peer", sb.Generation, members,
-            _drives.Values.Where(d => d.Superblock is { Slot: -1 } s && s.ArrayUuid == sb.ArrayUuid).Select(d => d.Name).ToList(), null, null, sb.Owner);
+            drives.Where(d => d.Superblock is { Slot: -1 } s && s.ArrayUuid == sb.ArrayUuid).Select(d => d.Name).ToList(), null, null, sb.Owner);
     }
 
-    DriveInfo DriveInfoOf(DriveEntry d)
+    static DriveInfo DriveInfoOf(DriveView d)
     {
-        long size = d.Device.BlockCount * Units.BlockBytes;
+        long size = d.BlockCount * Units.BlockBytes;
         if (d.PeerArray is { } peerArray) return new DriveInfo(d.Name, size, "peer", peerArray, d.Superblock?.Slot is >= 0 ? d.Superblock.Slot : null, "ok");
-        if (d.Array is { } a)
+        if (d.Array is { } raid)
         {
-            if (d.IsSpare) return new DriveInfo(d.Name, size, "spare", a.Raid.Name, null, "ok");
-            int slot = Array.IndexOf(a.Slots, d);
-            var st = a.Raid.Status(slot) switch { MemberStatus.Active => "ok", MemberStatus.Rebuilding => "rebuilding", _ => "failed" };
-            return new DriveInfo(d.Name, size, "member", a.Raid.Name, slot, st);
+            if (d.IsSpare) return new DriveInfo(d.Name, size, "spare", raid.Name, null, "ok");
+            var st = raid.Status(d.Slot) switch { MemberStatus.Active => "ok", MemberStatus.Rebuilding => "rebuilding", _ => "failed" };
+            return new DriveInfo(d.Name, size, "member", raid.Name, d.Slot, st);
         }
         if (d.Problem is not null) return new DriveInfo(d.Name, size, "foreign", d.Superblock?.Name, null, d.Problem);
         return new DriveInfo(d.Name, size, "free", null, null, "ok");

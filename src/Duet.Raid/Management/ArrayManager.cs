@@ -6,13 +6,14 @@ namespace Duet.Raid.Management;
 
 public sealed record ArrayManagerOptions
 {
-    /// <summary>Where drive files live: DATA/drives/NAME.img.</summary>
-    public required string DataDirectory { get; init; }
+    /// <summary>The data directory: unless <see cref="Shelf"/> is given, its drives are the files DATA/drives/NAME.img.</summary>
+    public string? DataDirectory { get; init; }
+    /// <summary>Where the drives are; null: a <see cref="FileShelf"/> on DATA/drives. The simulator passes a <see cref="MemoryShelf"/>.</summary>
+    public IDriveShelf? Shelf { get; init; }
     public TimeProvider Time { get; init; } = TimeProvider.System;
     public ILoggerFactory LoggerFactory { get; init; } = Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance;
-    /// <summary>Opens a drive by path; tests and the simulator swap in their own.</summary>
-    public Func<string, IBlockDevice> OpenDrive { get; init; } = FileDrive.Open;
-    public Func<string, long, IBlockDevice> CreateDrive { get; init; } = FileDrive.Create;
+    /// <summary>Makes array, drive and volume UUIDs; the simulator passes one drawn from its seed.</summary>
+    public Func<Guid> NewUuid { get; init; } = Guid.NewGuid;
     /// <summary>In a controller pair, this controller's name ("A" or "B"): only arrays it owns are
     /// assembled; the peer's are listed read-only and their superblocks are never written.
     /// Null: a single controller that serves every array.</summary>
@@ -25,15 +26,20 @@ public sealed record PeerVolume(string Name, string Array, string Owner, long Si
 /// <summary>
 /// The arrays, volumes and drives of one controller, assembled from the drives' superblocks.
 ///
-/// The shelf is the folder DATA/drives: every NAME.img file there is a drive. At start every
-/// superblock is read; drives are grouped by array UUID and each array is assembled from the
+/// The drives are those of the shelf (<see cref="IDriveShelf"/>: by default the folder
+/// DATA/drives, every NAME.img file there a drive). At start every superblock is read; drives are grouped by array UUID and each array is assembled from the
 /// superblock with the highest generation. A member that is absent makes the array degraded;
 /// a member that comes back after the array went on without it is *stale* and is resynced by a
 /// rebuild; a drive whose superblock disagrees with its array, or names an array that cannot be
 /// assembled, is *foreign* and is left untouched. Every change of array state is written to the
 /// superblocks of all members and spares with the generation one higher.
 ///
-/// Management calls are serialised by one lock; the data path never takes it.
+/// Management operations are serialised by one async lock (<c>_mgmt</c>), which they may hold
+/// across awaits; the data path never takes it. Nothing waits for it synchronously: the read
+/// paths (<see cref="Status"/>, <see cref="ArrayTable"/>, <see cref="ServedArrays"/>, ...) read
+/// an immutable <see cref="View"/> that each operation publishes under the lock before it lets
+/// go, so a reader sees the state before or after an operation, never half of one, and never
+/// blocks (a single-threaded simulator would deadlock on a blocking wait).
 /// </summary>
 public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsyncDisposable
 {
@@ -63,9 +69,24 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
         public PassProgress? ScrubProgress;
     }
 
+    // What the read paths see: the management state as the last operation left it. The live
+    // parts (member status, rebuild and scrub progress) are read from the RaidArray and the pass
+    // objects, which the data path and the passes update themselves.
+    sealed record View(IReadOnlyDictionary<string, ArrayView> Arrays, IReadOnlyDictionary<string, Superblock> Peers, IReadOnlyList<DriveView> Drives)
+    {
+        public static readonly View Empty = new(new Dictionary<string, ArrayView>(), new Dictionary<string, Superblock>(), []);
+    }
+
+    sealed record ArrayView(RaidArray Raid, Superblock Current, string?[] SlotDrives, IReadOnlyList<string> Spares, Task? Rebuild,
+        PassProgress? RebuildProgress, Task? Scrub, ScrubResult? ScrubResult, PassProgress? ScrubProgress);
+
+    /// <param name="Slot">The member slot (members only), else -1.</param>
+    sealed record DriveView(string Name, long BlockCount, Superblock? Superblock, string? Problem, string? PeerArray, RaidArray? Array, bool IsSpare, int Slot);
+
     readonly ArrayManagerOptions _options;
-    readonly string _shelf;
+    readonly IDriveShelf _shelf;
     readonly SemaphoreSlim _mgmt = new(1, 1);
+    volatile View _view = View.Empty;
     readonly Dictionary<string, DriveEntry> _drives = new(StringComparer.Ordinal);
     readonly Dictionary<string, ArrayEntry> _arrays = new(StringComparer.Ordinal);
     // Arrays the peer controller owns, as their newest superblock describes them (read-only).
@@ -77,20 +98,48 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     ArrayManager(ArrayManagerOptions options)
     {
         _options = options;
-        _shelf = Path.Combine(options.DataDirectory, "drives");
+        _shelf = options.Shelf
+            ?? (options.DataDirectory is { } dir ? new FileShelf(FileShelf.DirectoryFor(dir))
+                : throw new ArgumentException("ArrayManagerOptions needs a Shelf or a DataDirectory", nameof(options)));
         _logger = options.LoggerFactory.CreateLogger<ArrayManager>();
     }
 
-    public string ShelfDirectory => _shelf;
+    public IDriveShelf Shelf => _shelf;
 
-    /// <summary>Opens (creating if needed) the data directory and assembles every array found on its drives.</summary>
+    /// <summary>Opens the shelf (creating DATA/drives if needed) and assembles every array found on its drives.</summary>
     public static async Task<ArrayManager> OpenAsync(ArrayManagerOptions options, CancellationToken ct = default)
     {
         var m = new ArrayManager(options);
-        Directory.CreateDirectory(m._shelf);
         await m.AssembleAsync(ct);
         return m;
     }
+
+    // ---- the management lock and the published view --------------------------------------------
+
+    Task LockAsync(CancellationToken ct) => _mgmt.WaitAsync(ct);
+
+    /// <summary>Publishes what the operation did, then lets the next one in.</summary>
+    void Unlock()
+    {
+        try { Publish(); }
+        finally { _mgmt.Release(); }
+    }
+
+    /// <summary>Copies the management state into a new <see cref="View"/>. Caller holds the management lock
+    /// (or is assembling, before anyone else can see the manager).</summary>
+    void Publish()
+    {
+        var arrays = new Dictionary<string, ArrayView>(StringComparer.Ordinal);
+        foreach (var (name, a) in _arrays) arrays[name] = ViewOf(a);
+        var drives = _drives.Values.OrderBy(d => d.Name, StringComparer.Ordinal).Select(ViewOf).ToList();
+        _view = new View(arrays, new Dictionary<string, Superblock>(_peerArrays, StringComparer.Ordinal), drives);
+    }
+
+    static ArrayView ViewOf(ArrayEntry a) => new(a.Raid, a.Current, [.. a.Slots.Select(d => d?.Name)], [.. a.Spares.Select(s => s.Name)],
+        a.Rebuild, a.RebuildProgress, a.Scrub, a.ScrubResult, a.ScrubProgress);
+
+    static DriveView ViewOf(DriveEntry d) => new(d.Name, d.Device.BlockCount, d.Superblock, d.Problem, d.PeerArray, d.Array?.Raid, d.IsSpare,
+        d.Array is { } a && !d.IsSpare ? Array.IndexOf(a.Slots, d) : -1);
 
     // ---- IVolumeCatalog --------------------------------------------------------------------
 
@@ -103,8 +152,11 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
 
     public IReadOnlyList<IBlockVolume> Volumes => [.. _volumes.Values.OrderBy(v => v.Name, StringComparer.Ordinal)];
 
+    /// <summary>Rebuilds the volume map (new RaidVolume objects: call it only when volumes or arrays
+    /// changed). Publishes the view first, so a volume found is always in the view too.</summary>
     void RefreshVolumes()
     {
+        Publish();
         var map = new Dictionary<string, RaidVolume>(StringComparer.Ordinal);
         foreach (var a in _arrays.Values)
         {
@@ -118,11 +170,10 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
 
     async Task AssembleAsync(CancellationToken ct)
     {
-        foreach (var path in Directory.EnumerateFiles(_shelf, "*.img").Order(StringComparer.Ordinal))
+        foreach (var name in _shelf.List())
         {
-            var name = Path.GetFileNameWithoutExtension(path);
             IBlockDevice device;
-            try { device = _options.OpenDrive(path); }
+            try { device = _shelf.Open(name); }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
                 LogDriveUnreadable(name, e.Message);
@@ -182,16 +233,15 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     /// </summary>
     public async Task RescanAsync(CancellationToken ct = default)
     {
-        await _mgmt.WaitAsync(ct);
+        await LockAsync(ct);
         try
         {
             _peerArrays.Clear();
-            // Drive files the peer added since we last looked.
-            foreach (var path in Directory.EnumerateFiles(_shelf, "*.img").Order(StringComparer.Ordinal))
+            // Drives the peer added since we last looked.
+            foreach (var name in _shelf.List())
             {
-                var name = Path.GetFileNameWithoutExtension(path);
                 if (_drives.ContainsKey(name)) continue;
-                try { _drives[name] = new DriveEntry { Name = name, Device = _options.OpenDrive(path) }; }
+                try { _drives[name] = new DriveEntry { Name = name, Device = _shelf.Open(name) }; }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException) { LogDriveUnreadable(name, e.Message); }
             }
             var loose = new List<DriveEntry>();
@@ -206,31 +256,16 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
             await AssembleGroupsAsync(loose, ct);
             RefreshVolumes();
         }
-        finally { _mgmt.Release(); }
+        finally { Unlock(); }
     }
 
     /// <summary>Volumes of arrays the peer controller serves (this controller forwards their I/O).</summary>
-    public IReadOnlyList<PeerVolume> PeerVolumes
-    {
-        get
-        {
-            _mgmt.Wait();
-            try
-            {
-                return _peerArrays.Values.SelectMany(a => a.Volumes.Select(v => new PeerVolume(v.Name, a.Name, a.Owner, v.SizeBlocks * Units.BlockBytes)))
-                    .OrderBy(v => v.Name, StringComparer.Ordinal).ToList();
-            }
-            finally { _mgmt.Release(); }
-        }
-    }
+    public IReadOnlyList<PeerVolume> PeerVolumes =>
+        [.. _view.Peers.Values.SelectMany(a => a.Volumes.Select(v => new PeerVolume(v.Name, a.Name, a.Owner, v.SizeBlocks * Units.BlockBytes)))
+            .OrderBy(v => v.Name, StringComparer.Ordinal)];
 
     /// <summary>The MR-5 number of a served array (its superblock holds it).</summary>
-    public byte NumberOf(RaidArray array)
-    {
-        _mgmt.Wait();
-        try { return _arrays[array.Name].Current.Number; }
-        finally { _mgmt.Release(); }
-    }
+    public byte NumberOf(RaidArray array) => _view.Arrays[array.Name].Current.Number;
 
     /// <summary>Every array both controllers know: MR-5 number → (serial, name, owner). Both sides read it
     /// from the same superblocks, so it is the same table on both.</summary>
@@ -238,15 +273,11 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     {
         get
         {
-            _mgmt.Wait();
-            try
-            {
-                var t = new Dictionary<byte, (ulong, string, string)>();
-                foreach (var a in _arrays.Values) t[a.Current.Number] = (SerialOf(a.Current.ArrayUuid), a.Raid.Name, a.Current.Owner);
-                foreach (var p in _peerArrays.Values) t[p.Number] = (SerialOf(p.ArrayUuid), p.Name, p.Owner);
-                return t;
-            }
-            finally { _mgmt.Release(); }
+            var view = _view;
+            var t = new Dictionary<byte, (ulong, string, string)>();
+            foreach (var a in view.Arrays.Values) t[a.Current.Number] = (SerialOf(a.Current.ArrayUuid), a.Raid.Name, a.Current.Owner);
+            foreach (var p in view.Peers.Values) t[p.Number] = (SerialOf(p.ArrayUuid), p.Name, p.Owner);
+            return t;
         }
     }
 
@@ -259,15 +290,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     }
 
     /// <summary>Arrays this controller serves.</summary>
-    public IReadOnlyList<RaidArray> ServedArrays
-    {
-        get
-        {
-            _mgmt.Wait();
-            try { return _arrays.Values.Select(a => a.Raid).OrderBy(r => r.Name, StringComparer.Ordinal).ToList(); }
-            finally { _mgmt.Release(); }
-        }
-    }
+    public IReadOnlyList<RaidArray> ServedArrays => [.. _view.Arrays.Values.Select(a => a.Raid).OrderBy(r => r.Name, StringComparer.Ordinal)];
 
     /// <summary>The array a volume lives on and the volume's extent, for volumes this controller serves.</summary>
     public bool TryGetServedVolume(string name, out RaidVolume volume)
@@ -432,7 +455,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     /// </summary>
     async Task OnMemberFailedAsync(ArrayEntry a)
     {
-        await _mgmt.WaitAsync();
+        await LockAsync(CancellationToken.None);
         try
         {
             await PersistAsync(a, CancellationToken.None);
@@ -441,7 +464,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
         }
         catch (OperationCanceledException) { }
         catch (Exception e) { LogBackgroundError(a.Raid.Name, e.Message); }
-        finally { _mgmt.Release(); }
+        finally { Unlock(); }
     }
 
     async Task MaybeRebuildOntoSpareAsync(ArrayEntry a, CancellationToken ct)
@@ -461,7 +484,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
         Invariant.Assert(a.Rebuild is null || a.Rebuild.IsCompleted);
         var old = a.Slots[slot];
         if (old is not null && old != drive) { old.Array = null; }
-        var uuid = Guid.NewGuid();
+        var uuid = _options.NewUuid();
         var sb = a.Current with { DriveUuid = uuid, Slot = slot };
         drive.Superblock = sb;
         drive.Array = a;
@@ -485,14 +508,14 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
             try { await rebuild; }
             catch (OperationCanceledException) { }
             catch (Exception e) { failure = e.Message; }
-            await _mgmt.WaitAsync();
+            await LockAsync(CancellationToken.None);
             try
             {
                 if (failure is not null) LogBackgroundError(a.Raid.Name, $"rebuild onto {drive.Name} failed: {failure}");
                 if (!_stopping.IsCancellationRequested) await PersistAsync(a, CancellationToken.None);
                 if (old is not null && old != drive && old.Array is null) await WipeAsync(old, CancellationToken.None);
             }
-            finally { _mgmt.Release(); }
+            finally { Unlock(); }
         }
     }
 
@@ -517,7 +540,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
             try { await a.Raid.FlushAsync(); }
             catch (BlockIoException e) { LogBackgroundError(a.Raid.Name, $"flush at shutdown failed: {e.Message}"); }
         }
-        await _mgmt.WaitAsync();
+        await LockAsync(CancellationToken.None);
         try
         {
             foreach (var a in _arrays.Values)
@@ -531,6 +554,6 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
             }
             foreach (var d in _drives.Values) await d.Device.DisposeAsync();
         }
-        finally { _mgmt.Release(); }
+        finally { Unlock(); }
     }
 }
