@@ -16,13 +16,19 @@ namespace Duet.Cache.Nvram;
 /// Layout: <see cref="NvramLayout"/>; header: <c>NvramHeader</c>; format:
 /// docs/internals/nvram.md. Spans from <see cref="NvramRegion.Data"/> point into the mapping
 /// and must not be used after <see cref="Dispose"/>.
+///
+/// The same NVRAM can live in a caller-owned <see cref="NvramStore"/> instead of a file (the
+/// simulator's NVRAM, which outlives a crashed controller): same header, descriptors and
+/// regions, no mapping, no msync. See <see cref="OpenOrCreate(NvramStore, NvramLayout, string, Guid)"/>.
 /// </summary>
 public sealed unsafe class NvramFile : IDisposable
 {
     readonly string _path;
-    readonly FileStream _stream;
-    readonly MemoryMappedFile _map;
-    readonly MemoryMappedViewAccessor _view;
+    // Exactly one of (_stream, _map, _view) and _store is set.
+    readonly FileStream? _stream;
+    readonly MemoryMappedFile? _map;
+    readonly MemoryMappedViewAccessor? _view;
+    readonly NvramStore? _store;
     readonly byte* _base;
     readonly Lock _headerGate = new();
     NvramHeader _header;
@@ -46,7 +52,21 @@ public sealed unsafe class NvramFile : IDisposable
         Peer = new NvramRegion(this, 2, _base + layout.DescriptorTable2Offset, _base + layout.Region2Offset);
     }
 
+    NvramFile(NvramStore store, NvramLayout layout, NvramHeader header)
+    {
+        _path = store.Name;
+        _store = store;
+        Layout = layout;
+        _header = header;
+        Invariant.Assert(store.Length == layout.TotalBytes);
+        _base = store.Pointer;
+        Own = new NvramRegion(this, 1, _base + layout.DescriptorTable1Offset, _base + layout.Region1Offset);
+        Peer = new NvramRegion(this, 2, _base + layout.DescriptorTable2Offset, _base + layout.Region2Offset);
+        store.Holder = this;
+    }
+
     public NvramLayout Layout { get; }
+    /// <summary>The file's path, or the store's name.</summary>
     public string Path => _path;
     public string Owner => _header.Owner;
     public Guid PairId => _header.PairId;
@@ -157,14 +177,48 @@ public sealed unsafe class NvramFile : IDisposable
         ArgumentNullException.ThrowIfNull(layout);
         if (!File.Exists(path)) return Create(path, layout, owner, pairId);
         var file = Open(path);
-        string? problem = null;
-        if (CompatibilityProblem(file.Layout, layout) is { } layoutProblem) problem = $"its layout is not the one asked for: {layoutProblem}";
-        else if (file.Owner != owner) problem = $"it belongs to controller '{file.Owner}', not '{owner}'";
-        else if (file.PairId != pairId) problem = $"it belongs to pair {file.PairId}, not {pairId}";
-        if (problem is null) return file;
+        if (file.Mismatch(layout, owner, pairId) is not { } problem) return file;
         file.Dispose();
         throw new NvramException($"NVRAM {path}: {problem}; refusing to reuse it");
     }
+
+    /// <summary>
+    /// Opens the NVRAM held in <paramref name="store"/>, or formats it (generation 1, epoch 0) if it
+    /// has never held one (an all-zero header page). The same checks as a file's: a damaged header,
+    /// another layout, owner or pair id is an <see cref="NvramException"/>. The store outlives the
+    /// returned object: <see cref="Dispose"/> leaves its bytes alone, and a controller that is
+    /// simply dropped (a simulated crash) leaves exactly the stores it completed, as
+    /// <c>kill -9</c> leaves a file's page cache. Opening the store again supersedes the previous
+    /// object over it, which then throws <see cref="ObjectDisposedException"/> on every use.
+    /// </summary>
+    public static NvramFile OpenOrCreate(NvramStore store, NvramLayout layout, string owner, Guid pairId)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        ArgumentNullException.ThrowIfNull(layout);
+        if (NvramHeader.OwnerProblem(owner) is { } ownerProblem) throw new ArgumentException(ownerProblem, nameof(owner));
+        var page = store.Span[..NvramLayout.HeaderBytes];
+        if (!page.ContainsAnyExcept((byte)0))
+        {
+            if (store.Length != layout.TotalBytes)
+                throw new NvramException($"NVRAM {store.Name}: the store is {store.Length} bytes but the layout needs {layout.TotalBytes}");
+            var header = NvramHeader.From(layout, owner, pairId, epoch: 0, generation: 1, updateCount: 1);
+            var created = new NvramFile(store, layout, header);
+            created.WriteHeader(header);
+            return created;
+        }
+        var (found, foundLayout) = DecodeHeader(store.Name, page, store.Length);
+        var file = new NvramFile(store, foundLayout, found);
+        file.WriteHeader(found with { Generation = found.Generation + 1, UpdateCount = found.UpdateCount + 1 });
+        if (file.Mismatch(layout, owner, pairId) is not { } problem) return file;
+        file.Dispose();
+        throw new NvramException($"NVRAM {store.Name}: {problem}; refusing to reuse it");
+    }
+
+    string? Mismatch(NvramLayout layout, string owner, Guid pairId) =>
+        CompatibilityProblem(Layout, layout) is { } layoutProblem ? $"its layout is not the one asked for: {layoutProblem}"
+        : Owner != owner ? $"it belongs to controller '{Owner}', not '{owner}'"
+        : PairId != pairId ? $"it belongs to pair {PairId}, not {pairId}"
+        : null;
 
     /// <summary>
     /// Null if two controllers with these layouts may form a pair; otherwise why not. CC-1: the
@@ -184,29 +238,36 @@ public sealed unsafe class NvramFile : IDisposable
         return $"the NVRAM layouts differ ({string.Join("; ", differences)}); both controllers of a pair must have the same NVRAM layout (CC-1)";
     }
 
-    /// <summary>msync of the whole mapping: for power loss. A killed process needs nothing.</summary>
+    /// <summary>msync of the whole mapping: for power loss. A killed process needs nothing. (A store: nothing to do.)</summary>
     public void Flush()
     {
         ThrowIfDisposed();
-        if (Msync.Supported) Msync.Range((nint)_base, 0, Layout.TotalBytes);
-        else _view.Flush();
+        FlushRange(0, Layout.TotalBytes);
     }
 
     internal void FlushRange(long offset, long length)
     {
+        if (_view is null) return; // a store: its bytes are all there is
         if (Msync.Supported) Msync.Range((nint)_base, offset, length);
         else _view.Flush();
     }
 
-    internal void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+    internal void ThrowIfDisposed() =>
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0 || (_store is not null && !ReferenceEquals(_store.Holder, this)), this);
 
+    /// <summary>Unmaps and closes the file; over a store, only lets go of it (the store keeps its bytes).</summary>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        _view.SafeMemoryMappedViewHandle.ReleasePointer();
+        if (_store is not null)
+        {
+            Interlocked.CompareExchange(ref _store.Holder, null, this);
+            return;
+        }
+        _view!.SafeMemoryMappedViewHandle.ReleasePointer();
         _view.Dispose();
-        _map.Dispose();
-        _stream.Dispose();
+        _map!.Dispose();
+        _stream!.Dispose();
     }
 
     public override string ToString() => $"NVRAM {_path} (owner {Owner}, pair {PairId}, epoch {Epoch}, generation {Generation})";
@@ -232,8 +293,15 @@ public sealed unsafe class NvramFile : IDisposable
         var block = new byte[NvramLayout.HeaderBytes];
         int read = RandomAccess.Read(stream.SafeFileHandle, block, 0);
         Invariant.Assert(read == block.Length);
-        var a = NvramHeader.TryDecode(block.AsSpan(NvramHeader.CopyAOffset, NvramHeader.CopyBytes), out var problemA);
-        var b = NvramHeader.TryDecode(block.AsSpan(NvramHeader.CopyBOffset, NvramHeader.CopyBytes), out var problemB);
+        return DecodeHeader(path, block, length);
+    }
+
+    /// <summary>The newer whole header copy of the header page, and the layout it describes, which must
+    /// cover exactly <paramref name="length"/> bytes.</summary>
+    static (NvramHeader, NvramLayout) DecodeHeader(string path, ReadOnlySpan<byte> block, long length)
+    {
+        var a = NvramHeader.TryDecode(block.Slice(NvramHeader.CopyAOffset, NvramHeader.CopyBytes), out var problemA);
+        var b = NvramHeader.TryDecode(block.Slice(NvramHeader.CopyBOffset, NvramHeader.CopyBytes), out var problemB);
         var header = (a, b) switch
         {
             (null, null) => throw new NvramException(problemA == problemB
@@ -249,4 +317,43 @@ public sealed unsafe class NvramFile : IDisposable
             throw new NvramException($"NVRAM {path}: the file is {length} bytes but its header says {layout.TotalBytes} (truncated or extended?)");
         return (header, layout);
     }
+}
+
+/// <summary>
+/// Memory that holds an NVRAM image for <see cref="NvramFile.OpenOrCreate(NvramStore, NvramLayout, string, Guid)"/>:
+/// a pinned array (it never moves, so the NVRAM code's pointers stay valid) owned by the caller
+/// and outliving every <see cref="NvramFile"/> opened over it. A fresh store is zeroed, which
+/// reads as "never formatted". One NvramFile uses a store at a time (the newest opened).
+/// </summary>
+public sealed unsafe class NvramStore
+{
+    readonly byte[] _bytes;
+
+    /// <param name="totalBytes">The layout's <see cref="NvramLayout.TotalBytes"/>.</param>
+    /// <param name="name">For messages, in place of a file's path.</param>
+    public NvramStore(long totalBytes, string name = "memory")
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(totalBytes, NvramLayout.HeaderBytes);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(totalBytes, Array.MaxLength);
+        _bytes = GC.AllocateArray<byte>((int)totalBytes, pinned: true);
+        Name = name;
+    }
+
+    /// <summary>A store sized for <paramref name="layout"/>.</summary>
+    public static NvramStore For(NvramLayout layout, string name = "memory")
+    {
+        ArgumentNullException.ThrowIfNull(layout);
+        return new NvramStore(layout.TotalBytes, name);
+    }
+
+    public string Name { get; }
+    public long Length => _bytes.Length;
+
+    /// <summary>The whole image (checkers, and tests that damage it on purpose).</summary>
+    public Span<byte> Span => _bytes;
+
+    internal byte* Pointer => (byte*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_bytes));
+
+    // The NvramFile now using the store; an older one over it is stale.
+    internal NvramFile? Holder;
 }
