@@ -5,7 +5,7 @@ namespace Duet.Host.Controller;
 
 /// <summary>The management surface of a controller in a pair: the array manager's, plus the controller's
 /// own state in status, and the peer told after every change of arrays or volumes (MR-5).</summary>
-public sealed class ControllerArrayService(ControllerServer controller) : IArrayService
+public sealed class ControllerArrayService(Controller controller) : IArrayService
 {
     ArrayManager A => controller.Arrays;
 

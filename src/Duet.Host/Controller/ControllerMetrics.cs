@@ -14,7 +14,7 @@ public sealed class ControllerMetrics : IDisposable
     public const string MeterName = "Duet.Cache";
     readonly Meter _meter;
 
-    public ControllerMetrics(ControllerServer c)
+    public ControllerMetrics(Controller c)
     {
         _meter = new Meter(MeterName);
         var tag = new KeyValuePair<string, object?>("controller", c.Name);

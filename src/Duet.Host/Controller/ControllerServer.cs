@@ -29,6 +29,8 @@ public sealed record ControllerOptions
     public MirrorMethod Mirror { get; init; } = MirrorMethod.Batched;
     public TimeSpan ForwardTimeout { get; init; } = TimeSpan.FromSeconds(5);
     public TimeProvider Time { get; init; } = TimeProvider.System;
+    /// <summary>The session id sent in PairHello; null: a random one (this is the shell: it may draw one).</summary>
+    public ulong? Session { get; init; }
 
     public string PeerName => Name == "A" ? "B" : "A";
     public static string SocketFor(string dataDirectory, string name) =>
@@ -46,57 +48,30 @@ public enum IclTransportKind
 }
 
 /// <summary>
-/// One controller of the pair (MR-1, active-active): it serves the arrays it owns through its
-/// write-back cache in NVRAM region 1, mirrors every write into the peer's region 2 over the ICL
-/// before acknowledging it, keeps the peer's mirror in its own region 2, and forwards requests for
-/// the peer's volumes to the peer. Both controllers open the same drives; each writes only its own
-/// arrays. This is the composition root of `duet controller`.
+/// `duet controller`: one <see cref="Controller"/> of the pair, with the real parts around it.
+/// This is the composition root: it opens the drive files (DATA/drives), the NVRAM file, the ICL
+/// (shared-memory windows or TCP), and serves the controller's management API on its Unix
+/// socket and its volumes over NBD.
 /// </summary>
 public sealed partial class ControllerServer : IAsyncDisposable
 {
     readonly ControllerOptions _options;
     readonly ILogger _logger;
-    readonly ulong _session = (ulong)Random.Shared.NextInt64();
-    readonly Lock _volumesLock = new();
-    readonly Dictionary<RaidVolume, CachedVolume> _cached = new(ReferenceEqualityComparer.Instance);
-    readonly Dictionary<string, ForwardedVolume> _forwarded = new(StringComparer.Ordinal);
-    readonly HashSet<string> _cachedArrays = new(StringComparer.Ordinal);
+    ControllerMetrics? _metrics;
 
-    public ArrayManager Arrays { get; }
-    public NvramFile Nvram { get; }
-    public IIclLink Link { get; }
-    public PeerMirror Mirror { get; }
-    public MirrorReceiver Receiver { get; }
-    public WriteBackCache Cache { get; }
-    public ForwardingClient Forwarding { get; }
-    public ForwardingServer ForwardingServer { get; }
+    /// <summary>The controller itself (no sockets or files).</summary>
+    public Controller Controller { get; }
     public NbdServer Nbd { get; private set; } = null!;
     public ManagementHost Management { get; private set; } = null!;
-    public int ReplayedElements { get; private set; }
-    ControllerMetrics? _metrics;
     public string Name => _options.Name;
+    public ArrayManager Arrays => Controller.Arrays;
 
-    ControllerServer(ControllerOptions options, ArrayManager arrays, NvramFile nvram, IIclLink link, ILoggerFactory loggers)
+    ControllerServer(ControllerOptions options, Controller controller, ILoggerFactory loggers)
     {
         _options = options;
         _logger = loggers.CreateLogger($"Duet.Controller.{options.Name}");
-        Arrays = arrays;
-        Nvram = nvram;
-        Link = link;
-        ulong Epoch() => Nvram.Epoch;
-        Mirror = new PeerMirror(link, Epoch, new PeerMirrorOptions
-        {
-            Path = options.Mirror, SmallWriteOpcode = options.Name == "A" ? (byte)0xA0 : (byte)0xB0, Time = options.Time,
-        }, loggers.CreateLogger<PeerMirror>());
-        Receiver = new MirrorReceiver(new MirrorApplier(nvram.Peer, SerialOfNumber),
-            status => link.PostAsync(IclSignal.Reply, Epoch(), status, default), options.Name == "A" ? (byte)0xB0 : (byte)0xA0,
-            loggers.CreateLogger<MirrorReceiver>());
-        Cache = new WriteBackCache(nvram.Own, options.Mirror == MirrorMethod.None ? new NoMirror() : Mirror, new CacheOptions { Time = options.Time }, loggers.CreateLogger<WriteBackCache>());
-        Forwarding = new ForwardingClient(link, Epoch, options.ForwardTimeout, options.Time);
-        ForwardingServer = new ForwardingServer(link, Epoch, name => ServedVolume(name), loggers.CreateLogger<ForwardingServer>(), RescanAsync);
+        Controller = controller;
     }
-
-    ulong? SerialOfNumber(byte number) => Arrays.ArrayTable.TryGetValue(number, out var e) ? e.Serial : null;
 
     public static async Task<ControllerServer> StartAsync(ControllerOptions options, ILoggerFactory loggers, CancellationToken ct = default)
     {
@@ -107,6 +82,8 @@ public sealed partial class ControllerServer : IAsyncDisposable
         var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { DataDirectory = dir, Time = options.Time, LoggerFactory = loggers, Controller = options.Name }, ct);
         NvramFile? nvram = null;
         IIclLink? link = null;
+        Controller? controller = null;
+        ControllerServer? server = null;
         try
         {
             nvram = NvramFile.OpenOrCreate(ControllerOptions.NvramPathFor(dir, options.Name), NvramLayout.For(options.NvramBytes), options.Name, pairId);
@@ -117,15 +94,35 @@ public sealed partial class ControllerServer : IAsyncDisposable
                 _ when options.Name == "A" => TcpIclTransport.Listen(options.Name, options.PeerName, options.IclEndpoint, icl, options.Time),
                 _ => TcpIclTransport.Connect(options.Name, options.PeerName, options.IclEndpoint, icl, options.Time),
             };
-            var c = new ControllerServer(options with { DataDirectory = dir }, arrays, nvram, link, loggers);
-            await c.StartCoreAsync(loggers, ct);
-            return c;
+            controller = new Controller(new ControllerCoreOptions
+            {
+                Name = options.Name, Session = options.Session ?? (ulong)Random.Shared.NextInt64(), Mirror = options.Mirror,
+                ForwardTimeout = options.ForwardTimeout, Time = options.Time, Loggers = loggers,
+            }, arrays, nvram, link);
+            server = new ControllerServer(options with { DataDirectory = dir }, controller, loggers);
+            controller.Start();
+            server._metrics = new ControllerMetrics(controller);
+            server.Management = await ManagementHost.StartAsync(controller.ArrayService, ControllerOptions.SocketFor(dir, options.Name), loggers, ct);
+            server.Nbd = new NbdServer(controller.Volumes, new NbdServerOptions { Endpoint = options.NbdEndpoint, TimeProvider = options.Time }, loggers.CreateLogger<NbdServer>());
+            await server.Nbd.StartAsync(ct);
+            server.LogStarted(options.Name, server.Nbd.LocalEndPoint.ToString(), nvram.Layout.Describe());
+            return server;
         }
         catch
         {
-            if (link is not null) await link.DisposeAsync();
-            nvram?.Dispose();
-            await arrays.DisposeAsync();
+            if (server is not null)
+            {
+                if (server.Nbd is not null) await server.Nbd.DisposeAsync();
+                if (server.Management is not null) await server.Management.DisposeAsync();
+                server._metrics?.Dispose();
+            }
+            if (controller is not null) await controller.DisposeAsync();
+            else
+            {
+                if (link is not null) await link.DisposeAsync();
+                nvram?.Dispose();
+                await arrays.DisposeAsync();
+            }
             throw;
         }
     }
@@ -149,261 +146,17 @@ public sealed partial class ControllerServer : IAsyncDisposable
             : throw new IOException($"{path} does not hold a pair id ('{text}'); delete it to let the pair make a new one");
     }
 
-    async Task StartCoreAsync(ILoggerFactory loggers, CancellationToken ct)
-    {
-        RegisterServedArrays();
-        _metrics = new ControllerMetrics(this);
-        ReplayedElements = Cache.Replay();
-        if (ReplayedElements > 0) LogReplayed(ReplayedElements);
-        Cache.Start();
-        Link.UpChanged += up =>
-        {
-            if (up) _ = PairAsync();
-            else OnPeerLost("the link to the peer went down");
-        };
-        Link.Start(DispatchAsync);
-        if (Link.IsUp) _ = PairAsync();
-        Management = await ManagementHost.StartAsync(new ControllerArrayService(this), ControllerOptions.SocketFor(_options.DataDirectory, Name), loggers, ct);
-        Nbd = new NbdServer(new Catalog(this), new NbdServerOptions { Endpoint = _options.NbdEndpoint, TimeProvider = _options.Time }, loggers.CreateLogger<NbdServer>());
-        await Nbd.StartAsync(ct);
-        LogStarted(Name, Nbd.LocalEndPoint.ToString(), Nvram.Layout.Describe());
-    }
+    public ControllerInfo Info() => Controller.Info();
 
-    void RegisterServedArrays()
-    {
-        foreach (var raid in Arrays.ServedArrays)
-        {
-            lock (_volumesLock) if (!_cachedArrays.Add(raid.Name)) continue;
-            Cache.AddArray(new RaidBacking(raid, Arrays.NumberOf(raid), ArrayManager.SerialOf(raid.Uuid)));
-        }
-    }
-
-    /// <summary>Pairing: announce ourselves (the peer checks the NVRAM layouts and clears its stale mirror
-    /// of us), then resynchronise the peer's region 2 from our region 1; write-back resumes after that.</summary>
-    async Task PairAsync()
-    {
-        try
-        {
-            var layout = Nvram.Layout;
-            var hello = new PairHello(Name[0], _session, layout.TotalBytes, layout.ElementCount, layout.ElementBytes);
-            var bytes = new byte[DuetFrame.EncodedBytes(hello)];
-            hello.Encode(bytes);
-            await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default);
-            await Cache.ResyncMirrorAsync(Mirror.Resume);
-            LogPaired(_options.PeerName);
-        }
-        catch (Exception e) when (e is IclLinkDownException or MirrorUnavailableException)
-        {
-            OnPeerLost($"pairing failed: {e.Message}");
-        }
-    }
-
-    void OnPeerLost(string why)
-    {
-        Mirror.Fail(why);
-        // Error-recovery mode: the data only this controller holds now goes to the drives.
-        _ = DrainAfterLossAsync();
-    }
-
-    async Task DrainAfterLossAsync()
-    {
-        try { await Cache.DrainAsync(); }
-        catch (Exception e) { LogDrainFailed(e.Message); }
-    }
-
-    async ValueTask DispatchAsync(IclTransfer t)
-    {
-        var kind = t.Message.IsEmpty ? MessageKind.Unknown : MessageClassifier.Classify(t.Message.Span);
-        if (t.Signal == IclSignal.Reply)
-        {
-            if (kind == MessageKind.Status) Mirror.OnReply(t.Message.Span);
-            else if (kind == MessageKind.ForwardedResponse) Forwarding.OnResponse(t.Message.Span, t.Data.Span);
-            else LogUnknown("reply", kind.ToString());
-            return;
-        }
-        switch (kind)
-        {
-            case MessageKind.PairHello:
-                OnPeerHello(t.Message.Span);
-                return;
-            case MessageKind.ForwardedRequest:
-                ForwardingServer.OnRequest(t.Message.Span, t.Data.Span);
-                return;
-            case MessageKind.ArrayTableUpdate:
-                _ = RescanAsync();
-                return;
-        }
-        if (!await Receiver.HandleAsync(t)) LogUnknown("command", kind.ToString());
-    }
-
-    void OnPeerHello(ReadOnlySpan<byte> message)
-    {
-        if (PairHello.TryDecode(message, out var hello, out _, out var error) != System.Buffers.OperationStatus.Done)
-        {
-            LogUnknown("pair hello", error.ToString());
-            return;
-        }
-        var mine = Nvram.Layout;
-        if (hello.NvramBytes != mine.TotalBytes || hello.ElementsPerRegion != mine.ElementCount || hello.ElementBytes != mine.ElementBytes)
-        {
-            var why = $"the pair refuses to form: NVRAM layouts differ (mine: {mine.TotalBytes} bytes, {mine.ElementCount} elements of {mine.ElementBytes}; " +
-                      $"{hello.Controller}'s: {hello.NvramBytes} bytes, {hello.ElementsPerRegion} elements of {hello.ElementBytes})";
-            Receiver.RefuseAll = why;
-            LogRefused(why);
-            return;
-        }
-        Receiver.RefuseAll = null;
-        // A new session of the peer: it replayed its own region 1 and resynchronises us next, with
-        // sequence numbers that may start lower than its old session's.
-        Receiver.Reset();
-        Nvram.Peer.Clear();
-    }
-
-    public async Task RescanAsync()
-    {
-        await Arrays.RescanAsync();
-        RegisterServedArrays();
-        lock (_volumesLock) _forwarded.Clear();
-    }
-
-    /// <summary>Tells the peer that arrays changed (MR-5: both keep the array table in step).</summary>
-    public async Task NotifyPeerArraysChangedAsync()
-    {
-        if (!Link.IsUp) return;
-        var table = new ArrayTable();
-        foreach (var (number, e) in Arrays.ArrayTable.OrderBy(kv => kv.Key)) table.TryAdd(e.Serial, number, out _);
-        var update = table.Snapshot();
-        var bytes = new byte[DuetFrame.EncodedBytes(update)];
-        update.Encode(bytes);
-        try { await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default); }
-        catch (IclLinkDownException) { }
-    }
-
-    /// <summary>
-    /// Hands an array this controller serves to the peer (MR-1), losing nothing: hold new requests to
-    /// its volumes and wait out those in flight; destage the cache; write the peer into the
-    /// superblocks; drop the cache's elements of the array (and the peer's mirrors of them); tell the
-    /// peer to take the array; release the held requests, which now go to the peer.
-    /// </summary>
-    public async Task<ArrayInfo> MoveArrayAsync(string array, string to, CancellationToken ct)
-    {
-        if (to is not ("A" or "B")) throw new ManagementException(ManagementErrorKind.Invalid, $"'{to}' is not a controller: use A or B");
-        if (!Arrays.Serves(array))
-        {
-            var owner = Arrays.Status().Arrays.FirstOrDefault(a => a.Name == array)?.Owner;
-            if (owner is null) throw new ManagementException(ManagementErrorKind.NotFound, $"no array named '{array}' (see: duet array list)");
-            if (owner == to) throw new ManagementException(ManagementErrorKind.Invalid, $"array '{array}' is already served by controller {to}");
-            throw new ManagementException(ManagementErrorKind.Conflict, $"array '{array}' is served by controller {owner}; ask it (duet --controller {owner} ...)");
-        }
-        if (to == Name) throw new ManagementException(ManagementErrorKind.Invalid, $"array '{array}' is already served by controller {Name}");
-        if (!Link.IsUp || Mirror.Mode != MirrorMode.Healthy)
-            throw new ManagementException(ManagementErrorKind.Conflict, $"controller {to} is not paired with {Name} (link {(Link.IsUp ? "up" : "down")}, mirror {(Mirror.Mode == MirrorMode.Healthy ? "healthy" : "in error-recovery mode")}); it cannot take array '{array}' now");
-        List<CachedVolume> volumes;
-        lock (_volumesLock) volumes = _cached.Values.Where(v => v.Volume.Array.Name == array).ToList();
-        foreach (var name in Arrays.Status().Volumes.Where(v => v.Array == array).Select(v => v.Name))
-            if (ServedVolume(name) is CachedVolume cv && !volumes.Contains(cv)) volumes.Add(cv);
-        await Task.WhenAll(volumes.Select(v => v.HoldAsync()));
-        bool moved = false;
-        try
-        {
-            await Cache.DrainAsync(ct);
-            byte number = volumes.Count > 0 ? volumes[0].ArrayNumber : Arrays.NumberOf(Arrays.ServedArrays.First(a => a.Name == array));
-            var info = await Arrays.HandOverAsync(array, to, ct);
-            moved = true;
-            await Cache.ForgetAsync(number);
-            lock (_volumesLock)
-            {
-                _cachedArrays.Remove(array);
-                foreach (var v in volumes) _cached.Remove(v.Volume);
-            }
-            await NotifyPeerArraysChangedAsync();
-            LogMoved(array, to);
-            return info;
-        }
-        finally
-        {
-            foreach (var v in volumes) v.Release(moved ? new ForwardedVolume(v.Name, v.SizeBytes, Forwarding) : null);
-        }
-    }
-
-    internal IBlockVolume? ServedVolume(string name)
-    {
-        if (!Arrays.TryGetServedVolume(name, out var rv)) return null;
-        RegisterServedArrays();
-        lock (_volumesLock)
-        {
-            if (!_cached.TryGetValue(rv, out var cv))
-                _cached[rv] = cv = new CachedVolume(rv, Cache, Arrays.NumberOf(rv.Array));
-            return cv;
-        }
-    }
-
-    sealed class Catalog(ControllerServer c) : IVolumeCatalog
-    {
-        public bool TryGetVolume(string name, out IBlockVolume volume)
-        {
-            if (c.ServedVolume(name) is { } served) { volume = served; return true; }
-            var peer = c.Arrays.PeerVolumes.FirstOrDefault(v => v.Name == name);
-            if (peer is not null)
-            {
-                lock (c._volumesLock)
-                {
-                    if (!c._forwarded.TryGetValue(name, out var fv) || fv.SizeBytes != peer.SizeBytes)
-                        c._forwarded[name] = fv = new ForwardedVolume(name, peer.SizeBytes, c.Forwarding);
-                    volume = fv;
-                }
-                return true;
-            }
-            volume = null!;
-            return false;
-        }
-
-        public IReadOnlyList<IBlockVolume> Volumes =>
-            c.Arrays.Status().Volumes.Select(v => TryGetVolume(v.Name, out var vol) ? vol : null).Where(v => v is not null).Select(v => v!).ToList();
-    }
-
-    public ControllerInfo Info()
-    {
-        var cc = Cache.Counters;
-        var mc = Mirror.Counters;
-        var lc = Link.Counters;
-        return new ControllerInfo(Name, _options.PeerName, Link.IsUp, Mirror.Mode == MirrorMode.Healthy ? "healthy" : "error-recovery",
-            Mirror.DownReason, _options.Mirror.ToString().ToLowerInvariant(), Cache.ElementCount, cc.Dirty, cc.Hits, cc.Misses, cc.DestagedElements,
-            cc.WriteThroughs, cc.Mirrored, mc.Batches, mc.SmallWrites, mc.LargeWrites, lc.DoorbellsRung, lc.MessageBytesSent, lc.DataBytesSent,
-            Forwarding.Forwarded, Interlocked.Read(ref ForwardingServer.Served), Receiver.Refused);
-    }
-
+    /// <summary>Stops serving (NBD, management), then stops the controller in order (its cache destaged).</summary>
     public async ValueTask DisposeAsync()
     {
         await Nbd.DisposeAsync();
         await Management.DisposeAsync();
         _metrics?.Dispose();
-        // An orderly stop destages everything, so the peer's mirror of us is no longer needed.
-        try { await Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30)); }
-        catch (Exception e) { LogDrainFailed(e.Message); }
-        await Cache.DisposeAsync();
-        await Mirror.DisposeAsync();
-        await Link.DisposeAsync();
-        await Arrays.DisposeAsync();
-        Nvram.Dispose();
-        LogStopped(Name);
+        await Controller.DisposeAsync();
     }
 
     [LoggerMessage(EventId = 7001, Level = LogLevel.Information, Message = "controller {Name} serving; NBD on {Endpoint}; NVRAM {Layout}")]
     partial void LogStarted(string name, string endpoint, string layout);
-    [LoggerMessage(EventId = 7002, Level = LogLevel.Information, Message = "replayed {Count} cache elements from NVRAM region 1")]
-    partial void LogReplayed(int count);
-    [LoggerMessage(EventId = 7003, Level = LogLevel.Information, Message = "paired with controller {Peer}; mirror resynchronised, write-back on")]
-    partial void LogPaired(string peer);
-    [LoggerMessage(EventId = 7004, Level = LogLevel.Error, Message = "{Why}")]
-    partial void LogRefused(string why);
-    [LoggerMessage(EventId = 7005, Level = LogLevel.Warning, Message = "unknown {Where} on the ICL refused: {Kind}")]
-    partial void LogUnknown(string where, string kind);
-    [LoggerMessage(EventId = 7006, Level = LogLevel.Error, Message = "destage after losing the peer failed: {Error}")]
-    partial void LogDrainFailed(string error);
-    [LoggerMessage(EventId = 7008, Level = LogLevel.Information, Message = "array {Array} moved to controller {To}; its requests are forwarded there")]
-    partial void LogMoved(string array, string to);
-
-    [LoggerMessage(EventId = 7007, Level = LogLevel.Information, Message = "controller {Name} stopped; cache destaged")]
-    partial void LogStopped(string name);
 }

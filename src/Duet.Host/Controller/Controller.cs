@@ -1,0 +1,357 @@
+using Duet.Cache;
+using Duet.Cache.Mirror;
+using Duet.Cache.Nvram;
+using Duet.Core;
+using Duet.Interconnect.Link;
+using Duet.Interconnect.Wire;
+using Duet.Raid;
+using Duet.Raid.Management;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Duet.Host.Controller;
+
+/// <summary>What a <see cref="Controller"/> is, beyond the parts it is built from.</summary>
+public sealed record ControllerCoreOptions
+{
+    /// <summary>"A" or "B".</summary>
+    public required string Name { get; init; }
+    /// <summary>This run's session id, sent in PairHello. The server draws a random one; the simulator one from its seed.</summary>
+    public required ulong Session { get; init; }
+    public MirrorMethod Mirror { get; init; } = MirrorMethod.Batched;
+    public TimeSpan ForwardTimeout { get; init; } = TimeSpan.FromSeconds(5);
+    /// <summary>How long an orderly stop waits for the cache to destage.</summary>
+    public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    public TimeProvider Time { get; init; } = TimeProvider.System;
+    public ILoggerFactory Loggers { get; init; } = NullLoggerFactory.Instance;
+
+    public string PeerName => Name == "A" ? "B" : "A";
+}
+
+/// <summary>
+/// One controller of the pair (MR-1, active-active), without sockets or files: it serves the
+/// arrays it owns through its write-back cache in NVRAM region 1, mirrors every write into the
+/// peer's region 2 over the ICL before acknowledging it, keeps the peer's mirror in its own
+/// region 2, and forwards requests for the peer's volumes to the peer. Both controllers open the
+/// same drives; each writes only its own arrays.
+///
+/// Built from injected parts (array manager over some drive shelf, NVRAM over a file or a store,
+/// an ICL link, a TimeProvider, a session id), so the same code runs in `duet controller`
+/// (<see cref="ControllerServer"/> adds the management socket and NBD around it) and in the
+/// simulator, two of them in one process on virtual time. Everything runs as continuations on
+/// the caller's context: no threads, timers or thread-pool work of its own.
+///
+/// A crash is simply abandoning the object (its continuations stop running): nothing here
+/// relies on finalizers or background threads to stay correct, and what survives is what the
+/// parts hold (the drives, the NVRAM store). The orderly stop is <see cref="DisposeAsync"/>:
+/// it destages the cache (the peer's mirror of us is then not needed) and disposes every part.
+/// </summary>
+public sealed partial class Controller : IAsyncDisposable
+{
+    readonly ControllerCoreOptions _options;
+    readonly ILogger _logger;
+    readonly Lock _volumesLock = new();
+    readonly Dictionary<RaidVolume, CachedVolume> _cached = new(ReferenceEqualityComparer.Instance);
+    readonly Dictionary<string, ForwardedVolume> _forwarded = new(StringComparer.Ordinal);
+    readonly HashSet<string> _cachedArrays = new(StringComparer.Ordinal);
+    int _started;
+
+    public ArrayManager Arrays { get; }
+    public NvramFile Nvram { get; }
+    public IIclLink Link { get; }
+    public PeerMirror Mirror { get; }
+    public MirrorReceiver Receiver { get; }
+    public WriteBackCache Cache { get; }
+    public ForwardingClient Forwarding { get; }
+    public ForwardingServer ForwardingServer { get; }
+    /// <summary>The volumes a front end serves: this controller's through the cache, the peer's forwarded.</summary>
+    public IVolumeCatalog Volumes { get; }
+    /// <summary>Management of this controller: the array manager's, plus the controller's state, array moves,
+    /// and the peer told of every change.</summary>
+    public IArrayService ArrayService { get; }
+    public int ReplayedElements { get; private set; }
+    public string Name => _options.Name;
+    public string PeerName => _options.PeerName;
+    public ulong Session => _options.Session;
+
+    /// <summary>Builds the controller around its parts, which it owns from now on (<see cref="DisposeAsync"/>
+    /// disposes them). Nothing runs until <see cref="Start"/>.</summary>
+    public Controller(ControllerCoreOptions options, ArrayManager arrays, NvramFile nvram, IIclLink link)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.Name is not ("A" or "B")) throw new ArgumentException($"controller name '{options.Name}' must be A or B", nameof(options));
+        _options = options;
+        var loggers = options.Loggers;
+        _logger = loggers.CreateLogger($"Duet.Controller.{options.Name}");
+        Arrays = arrays;
+        Nvram = nvram;
+        Link = link;
+        ulong Epoch() => Nvram.Epoch;
+        Mirror = new PeerMirror(link, Epoch, new PeerMirrorOptions
+        {
+            Path = options.Mirror, SmallWriteOpcode = options.Name == "A" ? (byte)0xA0 : (byte)0xB0, Time = options.Time,
+        }, loggers.CreateLogger<PeerMirror>());
+        Receiver = new MirrorReceiver(new MirrorApplier(nvram.Peer, SerialOfNumber),
+            status => link.PostAsync(IclSignal.Reply, Epoch(), status, default), options.Name == "A" ? (byte)0xB0 : (byte)0xA0,
+            loggers.CreateLogger<MirrorReceiver>());
+        Cache = new WriteBackCache(nvram.Own, options.Mirror == MirrorMethod.None ? new NoMirror() : Mirror, new CacheOptions { Time = options.Time }, loggers.CreateLogger<WriteBackCache>());
+        Forwarding = new ForwardingClient(link, Epoch, options.ForwardTimeout, options.Time);
+        ForwardingServer = new ForwardingServer(link, Epoch, name => ServedVolume(name), loggers.CreateLogger<ForwardingServer>(), RescanAsync);
+        Volumes = new Catalog(this);
+        ArrayService = new ControllerArrayService(this);
+    }
+
+    ulong? SerialOfNumber(byte number) => Arrays.ArrayTable.TryGetValue(number, out var e) ? e.Serial : null;
+
+    /// <summary>
+    /// Replays NVRAM region 1 into the cache, starts destaging, starts the link and pairs with the
+    /// peer whenever the link comes up. Returns once replay is done; pairing goes on in the background.
+    /// </summary>
+    public void Start()
+    {
+        if (Interlocked.Exchange(ref _started, 1) != 0) throw new InvalidOperationException($"controller {Name} is already started");
+        RegisterServedArrays();
+        ReplayedElements = Cache.Replay();
+        if (ReplayedElements > 0) LogReplayed(ReplayedElements);
+        Cache.Start();
+        Link.UpChanged += up =>
+        {
+            if (up) _ = PairAsync();
+            else OnPeerLost("the link to the peer went down");
+        };
+        Link.Start(DispatchAsync);
+        if (Link.IsUp) _ = PairAsync();
+    }
+
+    void RegisterServedArrays()
+    {
+        foreach (var raid in Arrays.ServedArrays)
+        {
+            lock (_volumesLock) if (!_cachedArrays.Add(raid.Name)) continue;
+            Cache.AddArray(new RaidBacking(raid, Arrays.NumberOf(raid), ArrayManager.SerialOf(raid.Uuid)));
+        }
+    }
+
+    /// <summary>Pairing: announce ourselves (the peer checks the NVRAM layouts and clears its stale mirror
+    /// of us), then resynchronise the peer's region 2 from our region 1; write-back resumes after that.</summary>
+    async Task PairAsync()
+    {
+        try
+        {
+            var layout = Nvram.Layout;
+            var hello = new PairHello(Name[0], _options.Session, layout.TotalBytes, layout.ElementCount, layout.ElementBytes);
+            var bytes = new byte[DuetFrame.EncodedBytes(hello)];
+            hello.Encode(bytes);
+            await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default);
+            await Cache.ResyncMirrorAsync(Mirror.Resume);
+            LogPaired(_options.PeerName);
+        }
+        catch (Exception e) when (e is IclLinkDownException or MirrorUnavailableException)
+        {
+            OnPeerLost($"pairing failed: {e.Message}");
+        }
+    }
+
+    void OnPeerLost(string why)
+    {
+        Mirror.Fail(why);
+        // Error-recovery mode: the data only this controller holds now goes to the drives.
+        _ = DrainAfterLossAsync();
+    }
+
+    async Task DrainAfterLossAsync()
+    {
+        try { await Cache.DrainAsync(); }
+        catch (Exception e) { LogDrainFailed(e.Message); }
+    }
+
+    async ValueTask DispatchAsync(IclTransfer t)
+    {
+        var kind = t.Message.IsEmpty ? MessageKind.Unknown : MessageClassifier.Classify(t.Message.Span);
+        if (t.Signal == IclSignal.Reply)
+        {
+            if (kind == MessageKind.Status) Mirror.OnReply(t.Message.Span);
+            else if (kind == MessageKind.ForwardedResponse) Forwarding.OnResponse(t.Message.Span, t.Data.Span);
+            else LogUnknown("reply", kind.ToString());
+            return;
+        }
+        switch (kind)
+        {
+            case MessageKind.PairHello:
+                OnPeerHello(t.Message.Span);
+                return;
+            case MessageKind.ForwardedRequest:
+                ForwardingServer.OnRequest(t.Message.Span, t.Data.Span);
+                return;
+            case MessageKind.ArrayTableUpdate:
+                _ = RescanAsync();
+                return;
+        }
+        if (!await Receiver.HandleAsync(t)) LogUnknown("command", kind.ToString());
+    }
+
+    void OnPeerHello(ReadOnlySpan<byte> message)
+    {
+        if (PairHello.TryDecode(message, out var hello, out _, out var error) != System.Buffers.OperationStatus.Done)
+        {
+            LogUnknown("pair hello", error.ToString());
+            return;
+        }
+        var mine = Nvram.Layout;
+        if (hello.NvramBytes != mine.TotalBytes || hello.ElementsPerRegion != mine.ElementCount || hello.ElementBytes != mine.ElementBytes)
+        {
+            var why = $"the pair refuses to form: NVRAM layouts differ (mine: {mine.TotalBytes} bytes, {mine.ElementCount} elements of {mine.ElementBytes}; " +
+                      $"{hello.Controller}'s: {hello.NvramBytes} bytes, {hello.ElementsPerRegion} elements of {hello.ElementBytes})";
+            Receiver.RefuseAll = why;
+            LogRefused(why);
+            return;
+        }
+        Receiver.RefuseAll = null;
+        // A new session of the peer: it replayed its own region 1 and resynchronises us next, with
+        // sequence numbers that may start lower than its old session's.
+        Receiver.Reset();
+        Nvram.Peer.Clear();
+    }
+
+    public async Task RescanAsync()
+    {
+        await Arrays.RescanAsync();
+        RegisterServedArrays();
+        lock (_volumesLock) _forwarded.Clear();
+    }
+
+    /// <summary>Tells the peer that arrays changed (MR-5: both keep the array table in step).</summary>
+    public async Task NotifyPeerArraysChangedAsync()
+    {
+        if (!Link.IsUp) return;
+        var table = new ArrayTable();
+        foreach (var (number, e) in Arrays.ArrayTable.OrderBy(kv => kv.Key)) table.TryAdd(e.Serial, number, out _);
+        var update = table.Snapshot();
+        var bytes = new byte[DuetFrame.EncodedBytes(update)];
+        update.Encode(bytes);
+        try { await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default); }
+        catch (IclLinkDownException) { }
+    }
+
+    /// <summary>
+    /// Hands an array this controller serves to the peer (MR-1), losing nothing: hold new requests to
+    /// its volumes and wait out those in flight; destage the cache; write the peer into the
+    /// superblocks; drop the cache's elements of the array (and the peer's mirrors of them); tell the
+    /// peer to take the array; release the held requests, which now go to the peer.
+    /// </summary>
+    public async Task<ArrayInfo> MoveArrayAsync(string array, string to, CancellationToken ct)
+    {
+        if (to is not ("A" or "B")) throw new ManagementException(ManagementErrorKind.Invalid, $"'{to}' is not a controller: use A or B");
+        if (!Arrays.Serves(array))
+        {
+            var owner = Arrays.Status().Arrays.FirstOrDefault(a => a.Name == array)?.Owner;
+            if (owner is null) throw new ManagementException(ManagementErrorKind.NotFound, $"no array named '{array}' (see: duet array list)");
+            if (owner == to) throw new ManagementException(ManagementErrorKind.Invalid, $"array '{array}' is already served by controller {to}");
+            throw new ManagementException(ManagementErrorKind.Conflict, $"array '{array}' is served by controller {owner}; ask it (duet --controller {owner} ...)");
+        }
+        if (to == Name) throw new ManagementException(ManagementErrorKind.Invalid, $"array '{array}' is already served by controller {Name}");
+        if (!Link.IsUp || Mirror.Mode != MirrorMode.Healthy)
+            throw new ManagementException(ManagementErrorKind.Conflict, $"controller {to} is not paired with {Name} (link {(Link.IsUp ? "up" : "down")}, mirror {(Mirror.Mode == MirrorMode.Healthy ? "healthy" : "in error-recovery mode")}); it cannot take array '{array}' now");
+        List<CachedVolume> volumes;
+        lock (_volumesLock) volumes = _cached.Values.Where(v => v.Volume.Array.Name == array).ToList();
+        foreach (var name in Arrays.Status().Volumes.Where(v => v.Array == array).Select(v => v.Name))
+            if (ServedVolume(name) is CachedVolume cv && !volumes.Contains(cv)) volumes.Add(cv);
+        await Task.WhenAll(volumes.Select(v => v.HoldAsync()));
+        bool moved = false;
+        try
+        {
+            await Cache.DrainAsync(ct);
+            byte number = volumes.Count > 0 ? volumes[0].ArrayNumber : Arrays.NumberOf(Arrays.ServedArrays.First(a => a.Name == array));
+            var info = await Arrays.HandOverAsync(array, to, ct);
+            moved = true;
+            await Cache.ForgetAsync(number);
+            lock (_volumesLock)
+            {
+                _cachedArrays.Remove(array);
+                foreach (var v in volumes) _cached.Remove(v.Volume);
+            }
+            await NotifyPeerArraysChangedAsync();
+            LogMoved(array, to);
+            return info;
+        }
+        finally
+        {
+            foreach (var v in volumes) v.Release(moved ? new ForwardedVolume(v.Name, v.SizeBytes, Forwarding) : null);
+        }
+    }
+
+    internal IBlockVolume? ServedVolume(string name)
+    {
+        if (!Arrays.TryGetServedVolume(name, out var rv)) return null;
+        RegisterServedArrays();
+        lock (_volumesLock)
+        {
+            if (!_cached.TryGetValue(rv, out var cv))
+                _cached[rv] = cv = new CachedVolume(rv, Cache, Arrays.NumberOf(rv.Array));
+            return cv;
+        }
+    }
+
+    sealed class Catalog(Controller c) : IVolumeCatalog
+    {
+        public bool TryGetVolume(string name, out IBlockVolume volume)
+        {
+            if (c.ServedVolume(name) is { } served) { volume = served; return true; }
+            var peer = c.Arrays.PeerVolumes.FirstOrDefault(v => v.Name == name);
+            if (peer is not null)
+            {
+                lock (c._volumesLock)
+                {
+                    if (!c._forwarded.TryGetValue(name, out var fv) || fv.SizeBytes != peer.SizeBytes)
+                        c._forwarded[name] = fv = new ForwardedVolume(name, peer.SizeBytes, c.Forwarding);
+                    volume = fv;
+                }
+                return true;
+            }
+            volume = null!;
+            return false;
+        }
+
+        public IReadOnlyList<IBlockVolume> Volumes =>
+            c.Arrays.Status().Volumes.Select(v => TryGetVolume(v.Name, out var vol) ? vol : null).Where(v => v is not null).Select(v => v!).ToList();
+    }
+
+    public ControllerInfo Info()
+    {
+        var cc = Cache.Counters;
+        var mc = Mirror.Counters;
+        var lc = Link.Counters;
+        return new ControllerInfo(Name, _options.PeerName, Link.IsUp, Mirror.Mode == MirrorMode.Healthy ? "healthy" : "error-recovery",
+            Mirror.DownReason, _options.Mirror.ToString().ToLowerInvariant(), Cache.ElementCount, cc.Dirty, cc.Hits, cc.Misses, cc.DestagedElements,
+            cc.WriteThroughs, cc.Mirrored, mc.Batches, mc.SmallWrites, mc.LargeWrites, lc.DoorbellsRung, lc.MessageBytesSent, lc.DataBytesSent,
+            Forwarding.Forwarded, Interlocked.Read(ref ForwardingServer.Served), Receiver.Refused);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        // An orderly stop destages everything, so the peer's mirror of us is no longer needed.
+        try { await Cache.DrainAsync().WaitAsync(_options.DrainTimeout, _options.Time); }
+        catch (Exception e) { LogDrainFailed(e.Message); }
+        await Cache.DisposeAsync();
+        await Mirror.DisposeAsync();
+        await Link.DisposeAsync();
+        await Arrays.DisposeAsync();
+        Nvram.Dispose();
+        LogStopped(Name);
+    }
+
+    [LoggerMessage(EventId = 7002, Level = LogLevel.Information, Message = "replayed {Count} cache elements from NVRAM region 1")]
+    partial void LogReplayed(int count);
+    [LoggerMessage(EventId = 7003, Level = LogLevel.Information, Message = "paired with controller {Peer}; mirror resynchronised, write-back on")]
+    partial void LogPaired(string peer);
+    [LoggerMessage(EventId = 7004, Level = LogLevel.Error, Message = "{Why}")]
+    partial void LogRefused(string why);
+    [LoggerMessage(EventId = 7005, Level = LogLevel.Warning, Message = "unknown {Where} on the ICL refused: {Kind}")]
+    partial void LogUnknown(string where, string kind);
+    [LoggerMessage(EventId = 7006, Level = LogLevel.Error, Message = "destage after losing the peer failed: {Error}")]
+    partial void LogDrainFailed(string error);
+    [LoggerMessage(EventId = 7007, Level = LogLevel.Information, Message = "controller {Name} stopped; cache destaged")]
+    partial void LogStopped(string name);
+    [LoggerMessage(EventId = 7008, Level = LogLevel.Information, Message = "array {Array} moved to controller {To}; its requests are forwarded there")]
+    partial void LogMoved(string array, string to);
+}
