@@ -18,6 +18,9 @@ public sealed record CacheOptions
     /// <summary>After this long without writes, destage whatever is dirty (the periodic flush of CC-5).</summary>
     public TimeSpan IdleDestageDelay { get; init; } = TimeSpan.FromMilliseconds(200);
     public TimeProvider Time { get; init; } = TimeProvider.System;
+    /// <summary>Test only, a planted bug for the simulator's checkers: replay region 1 newest first,
+    /// so an older element of an address wins over a newer one.</summary>
+    internal bool PlantedReplayOutOfOrder { get; init; }
 }
 
 /// <summary>
@@ -74,11 +77,11 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     int _lruHead = -1, _lruTail = -1; // head = most recently cleaned
     int _dirty;
     ulong _sequence;
-    readonly SemaphoreSlim[] _keyLocks = new SemaphoreSlim[KeyLockCount];
+    readonly AsyncGate[] _keyLocks = new AsyncGate[KeyLockCount];
     // Destage rounds and write-throughs reach the array one at a time, so an older element's
     // destage can never land after a newer write-through of the same address. In write-back mode
     // writers never take it: a new write goes to a new element, not to the array.
-    readonly SemaphoreSlim _arrayWriteGate = new(1, 1);
+    readonly AsyncGate _arrayWriteGate = new(1, 1);
     readonly List<TaskCompletionSource> _spaceWaiters = [];
     TaskCompletionSource _destageKick = new(TaskCreationOptions.RunContinuationsAsynchronously);
     readonly CancellationTokenSource _stop = new();
@@ -102,10 +105,16 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             _slots[i] = new Slot { LruPrev = -1, LruNext = -1 };
             _free.Push(i);
         }
-        for (int i = 0; i < _keyLocks.Length; i++) _keyLocks[i] = new SemaphoreSlim(1, 1);
+        for (int i = 0; i < _keyLocks.Length; i++) _keyLocks[i] = new AsyncGate(1, 1);
     }
 
     public int ElementCount => _slots.Length;
+
+    /// <summary>The element that caches the element-aligned <paramref name="elementLba"/> of an array, or -1 (checkers).</summary>
+    public int ElementOf(byte array, long elementLba)
+    {
+        lock (_lock) return _index.TryGetValue((array, elementLba), out var e) ? e : -1;
+    }
     public int DirtyCount { get { lock (_lock) return _dirty; } }
     public int CachedCount { get { lock (_lock) return _index.Count; } }
     public CacheCounters Counters => new(Interlocked.Read(ref _hits), Interlocked.Read(ref _misses), Interlocked.Read(ref _destagedElements),
@@ -121,6 +130,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     public int Replay()
     {
         var order = _nvram.ReplayOrder();
+        if (_options.PlantedReplayOutOfOrder) order = [.. order.Reverse()];
         lock (_lock)
         {
             Invariant.Assert(_index.Count == 0);
@@ -197,7 +207,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
 
     static uint MaskOf(int first, int count) => count == 32 ? uint.MaxValue : ((1u << count) - 1) << first;
 
-    SemaphoreSlim KeyLock(byte array, long lba) => _keyLocks[KeyLockIndex(array, lba)];
+    AsyncGate KeyLock(byte array, long lba) => _keyLocks[KeyLockIndex(array, lba)];
 
     ICacheBacking Backing(byte array) =>
         _arrays.TryGetValue(array, out var b) ? b : throw new BlockIoException(BlockErrorKind.Unavailable, $"array number {array} is not served by this cache");
@@ -557,7 +567,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 _spaceWaiters.Add(waiter);
             }
             Kick();
-            await waiter.Task.WaitAsync(ct);
+            await Waits.OrCancel(waiter.Task, ct);
         }
     }
 
@@ -642,7 +652,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             var kick = Volatile.Read(ref _destageKick);
             try
             {
-                await Task.WhenAny(kick.Task, _options.Time.DelayAsync(_options.IdleDestageDelay, ct));
+                await Waits.WhenAny(kick.Task, _options.Time.DelayAsync(_options.IdleDestageDelay, ct));
                 ct.ThrowIfCancellationRequested();
             }
             catch (OperationCanceledException) { break; }
@@ -768,7 +778,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             _drainWaiters.Add(tcs);
         }
         Kick();
-        return tcs.Task.WaitAsync(ct);
+        return Waits.OrCancel(tcs.Task, ct);
     }
 
     /// <summary>
@@ -783,7 +793,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             var changes = new List<MirrorChange>();
             foreach (var (key, e) in _index.Where(kv => kv.Key.Item1 == array).ToList())
             {
-                Invariant.Assert(_slots[e].State == SlotState.Clean);
+                Invariant.Assert(_slots[e].State == SlotState.Clean, $"forgetting array {array}: element {e} (LBA {key.Item2}) is {_slots[e].State}, destaging {_slots[e].Destaging}, pins {_slots[e].Pins}, dirty count {_dirty}");
                 LruRemove(e);
                 _index.Remove(key);
                 _nvram.Invalidate(e);

@@ -17,6 +17,7 @@ public static partial class Program
         root.Subcommands.Add(UpCommand());
         root.Subcommands.Add(ControllerCommand());
         root.Subcommands.Add(BenchCommand());
+        root.Subcommands.Add(SimCommand());
     }
 
     [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]

@@ -17,7 +17,7 @@ public sealed class MemberDisk
 {
     sealed class TagGroup
     {
-        public readonly SemaphoreSlim Gate = new(1, 1);
+        public readonly AsyncGate Gate = new(1, 1);
         public byte[]? Bytes;
     }
 

@@ -38,7 +38,7 @@ internal sealed class MemberFailedException(int slot, Exception inner) : Excepti
 public sealed partial class RaidArray
 {
     const int StripeLockCount = 1024;
-    readonly SemaphoreSlim[] _stripeLocks;
+    readonly AsyncGate[] _stripeLocks;
     readonly MemberDisk?[] _members;
     readonly MemberStatus[] _status;
     readonly long[] _rebuiltStripes;
@@ -63,8 +63,8 @@ public sealed partial class RaidArray
         }
         _rebuiltStripes = new long[geometry.MemberCount];
         _failurePersisted = new Task?[geometry.MemberCount];
-        _stripeLocks = new SemaphoreSlim[StripeLockCount];
-        for (int i = 0; i < _stripeLocks.Length; i++) _stripeLocks[i] = new SemaphoreSlim(1, 1);
+        _stripeLocks = new AsyncGate[StripeLockCount];
+        for (int i = 0; i < _stripeLocks.Length; i++) _stripeLocks[i] = new AsyncGate(1, 1);
         _time = time;
         _logger = logger;
     }
@@ -238,7 +238,7 @@ public sealed partial class RaidArray
         return new Releaser(gate);
     }
 
-    sealed class Releaser(SemaphoreSlim gate) : IDisposable
+    sealed class Releaser(AsyncGate gate) : IDisposable
     {
         int _done;
         public void Dispose() { if (Interlocked.Exchange(ref _done, 1) == 0) gate.Release(); }

@@ -163,7 +163,7 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
         while (!ct.IsCancellationRequested)
         {
             var wake = Volatile.Read(ref _wake);
-            try { await wake.Task.WaitAsync(ct); }
+            try { await Waits.OrCancel(wake.Task, ct); }
             catch (OperationCanceledException) { return; }
             Interlocked.CompareExchange(ref _wake, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), wake);
             try
@@ -190,7 +190,7 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
         try
         {
             await send();
-            var status = await waiter.Task.WaitAsync(_options.StatusTimeout, _options.Time, ct);
+            var status = await Waits.WithTimeout(waiter.Task, _options.StatusTimeout, _options.Time, ct);
             if (status.Code != MirrorStatusCode.Ok) throw new InvalidDataException($"the peer refused a mirror transfer: {status.Code}");
             return status;
         }

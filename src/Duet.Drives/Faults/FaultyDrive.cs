@@ -64,7 +64,7 @@ public sealed class FaultyDrive : IBlockDevice
     readonly HashSet<long> _badBlocks;
 
     // Serializes writes, flushes and power cuts; guards _unflushed.
-    readonly SemaphoreSlim _writeGate = new(1, 1);
+    readonly AsyncGate _writeGate = new(1, 1);
     readonly Dictionary<long, UnflushedBlock> _unflushed = [];
     // Taken (briefly, never across an await) around every change of _unflushed's key set, so
     // UnflushedBlockCount can read it without waiting for the async gate, which a write holds
@@ -278,7 +278,6 @@ public sealed class FaultyDrive : IBlockDevice
     public async ValueTask DisposeAsync()
     {
         await _inner.DisposeAsync();
-        _writeGate.Dispose();
     }
 
     void ThrowIfFailed(long lba)

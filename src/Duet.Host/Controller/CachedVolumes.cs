@@ -165,3 +165,19 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
         finally { Exit(); }
     }
 }
+
+/// <summary>A volume whose array was deleted while requests to it were held: they fail with an I/O error.</summary>
+public sealed class GoneVolume(string name, long sizeBytes) : IBlockVolume
+{
+    public string Name { get; } = name;
+    public long SizeBytes { get; } = sizeBytes;
+    public bool ReadOnly => false;
+    BlockIoException Gone() => new(BlockErrorKind.Io, $"volume '{Name}' was deleted with its array");
+    public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken ct = default) => ValueTask.FromException(Gone());
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken ct = default) => ValueTask.FromException(Gone());
+    public ValueTask FlushAsync(CancellationToken ct = default) => ValueTask.FromException(Gone());
+    public ValueTask WriteZeroesAsync(long offset, long length, bool fua, CancellationToken ct = default) => ValueTask.FromException(Gone());
+    public ValueTask TrimAsync(long offset, long length, CancellationToken ct = default) => ValueTask.FromException(Gone());
+    public ValueTask<IReadOnlyList<AllocationExtent>> GetAllocationAsync(long offset, long length, CancellationToken ct = default) =>
+        ValueTask.FromException<IReadOnlyList<AllocationExtent>>(Gone());
+}

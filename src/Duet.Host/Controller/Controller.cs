@@ -24,6 +24,12 @@ public sealed record ControllerCoreOptions
     public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromSeconds(30);
     public TimeProvider Time { get; init; } = TimeProvider.System;
     public ILoggerFactory Loggers { get; init; } = NullLoggerFactory.Instance;
+    /// <summary>How often a controller whose mirror failed while the link stayed up tries to pair again.</summary>
+    public TimeSpan RepairInterval { get; init; } = TimeSpan.FromMilliseconds(500);
+    /// <summary>Test only (the simulator's planted bugs): adjusts the cache's options.</summary>
+    public Func<CacheOptions, CacheOptions>? ConfigureCache { get; init; }
+    /// <summary>Test only (the simulator's planted bugs): wraps the mirror the cache sees.</summary>
+    public Func<ICacheMirror, ICacheMirror>? WrapMirror { get; init; }
 
     public string PeerName => Name == "A" ? "B" : "A";
 }
@@ -51,7 +57,10 @@ public sealed partial class Controller : IAsyncDisposable
     readonly ControllerCoreOptions _options;
     readonly ILogger _logger;
     readonly Lock _volumesLock = new();
-    readonly Dictionary<RaidVolume, CachedVolume> _cached = new(ReferenceEqualityComparer.Instance);
+    // By name: the array manager makes new RaidVolume objects whenever its view changes (any
+    // management operation), and a volume must keep its one CachedVolume (and so its hold during
+    // a move or delete) across them.
+    readonly Dictionary<string, CachedVolume> _cached = new(StringComparer.Ordinal);
     readonly Dictionary<string, ForwardedVolume> _forwarded = new(StringComparer.Ordinal);
     readonly HashSet<string> _cachedArrays = new(StringComparer.Ordinal);
     int _started;
@@ -94,14 +103,39 @@ public sealed partial class Controller : IAsyncDisposable
         Receiver = new MirrorReceiver(new MirrorApplier(nvram.Peer, SerialOfNumber),
             status => link.PostAsync(IclSignal.Reply, Epoch(), status, default), options.Name == "A" ? (byte)0xB0 : (byte)0xA0,
             loggers.CreateLogger<MirrorReceiver>());
-        Cache = new WriteBackCache(nvram.Own, options.Mirror == MirrorMethod.None ? new NoMirror() : Mirror, new CacheOptions { Time = options.Time }, loggers.CreateLogger<WriteBackCache>());
+        ICacheMirror cacheMirror = options.Mirror == MirrorMethod.None ? new NoMirror() : Mirror;
+        if (options.WrapMirror is { } wrap) cacheMirror = wrap(cacheMirror);
+        var cacheOptions = new CacheOptions { Time = options.Time };
+        if (options.ConfigureCache is { } configure) cacheOptions = configure(cacheOptions);
+        Cache = new WriteBackCache(nvram.Own, cacheMirror, cacheOptions, loggers.CreateLogger<WriteBackCache>());
         Forwarding = new ForwardingClient(link, Epoch, options.ForwardTimeout, options.Time);
         ForwardingServer = new ForwardingServer(link, Epoch, name => ServedVolume(name), loggers.CreateLogger<ForwardingServer>(), RescanAsync);
         Volumes = new Catalog(this);
         ArrayService = new ControllerArrayService(this);
     }
 
-    ulong? SerialOfNumber(byte number) => Arrays.ArrayTable.TryGetValue(number, out var e) ? e.Serial : null;
+    // The peer's array table as its last ArrayTableUpdate gave it. Applied as the update arrives, in
+    // order with the mirror traffic on the same queue, so a mirror write for an array the peer has
+    // just created (or re-created under a reused number) is stored under that array's serial, not
+    // under whatever a slower rescan of the drives last found.
+    Dictionary<byte, ulong>? _announced;
+
+    ulong? SerialOfNumber(byte number)
+    {
+        var announced = Volatile.Read(ref _announced);
+        if (announced is not null && announced.TryGetValue(number, out var serial)) return serial;
+        return Arrays.ArrayTable.TryGetValue(number, out var e) ? e.Serial : null;
+    }
+
+    void OnArrayTableUpdate(ReadOnlySpan<byte> message)
+    {
+        if (ArrayTableUpdate.TryDecode(message, out var update, out _, out var error) != System.Buffers.OperationStatus.Done)
+        {
+            LogUnknown("array table update", error.ToString());
+            return;
+        }
+        Volatile.Write(ref _announced, update!.Entries.ToDictionary(e => e.Volume, e => e.ArraySerial));
+    }
 
     /// <summary>
     /// Replays NVRAM region 1 into the cache, starts destaging, starts the link and pairs with the
@@ -121,6 +155,27 @@ public sealed partial class Controller : IAsyncDisposable
         };
         Link.Start(DispatchAsync);
         if (Link.IsUp) _ = PairAsync();
+        _ = WatchMirrorAsync();
+    }
+
+    readonly CancellationTokenSource _stopping = new();
+    int _pairing;
+
+    /// <summary>
+    /// A mirror that failed while the link stayed up (a lost status, a peer that stalled past the
+    /// status timeout) leaves this controller in error-recovery mode with nothing to end it: the
+    /// link never goes down and up again. So, while the link is up and the mirror is not healthy,
+    /// pair again every <see cref="ControllerCoreOptions.RepairInterval"/>.
+    /// </summary>
+    async Task WatchMirrorAsync()
+    {
+        var ct = _stopping.Token;
+        while (!ct.IsCancellationRequested)
+        {
+            try { await _options.Time.DelayAsync(_options.RepairInterval, ct); }
+            catch (OperationCanceledException) { return; }
+            if (Link.IsUp && Mirror.Mode != MirrorMode.Healthy && Volatile.Read(ref _pairing) == 0) await PairAsync();
+        }
     }
 
     void RegisterServedArrays()
@@ -136,6 +191,7 @@ public sealed partial class Controller : IAsyncDisposable
     /// of us), then resynchronise the peer's region 2 from our region 1; write-back resumes after that.</summary>
     async Task PairAsync()
     {
+        Interlocked.Increment(ref _pairing);
         try
         {
             var layout = Nvram.Layout;
@@ -146,10 +202,11 @@ public sealed partial class Controller : IAsyncDisposable
             await Cache.ResyncMirrorAsync(Mirror.Resume);
             LogPaired(_options.PeerName);
         }
-        catch (Exception e) when (e is IclLinkDownException or MirrorUnavailableException)
+        catch (Exception e) when (e is IclLinkDownException or MirrorUnavailableException or TimeoutException)
         {
             OnPeerLost($"pairing failed: {e.Message}");
         }
+        finally { Interlocked.Decrement(ref _pairing); }
     }
 
     void OnPeerLost(string why)
@@ -184,6 +241,7 @@ public sealed partial class Controller : IAsyncDisposable
                 ForwardingServer.OnRequest(t.Message.Span, t.Data.Span);
                 return;
             case MessageKind.ArrayTableUpdate:
+                OnArrayTableUpdate(t.Message.Span);
                 _ = RescanAsync();
                 return;
         }
@@ -211,6 +269,9 @@ public sealed partial class Controller : IAsyncDisposable
         // sequence numbers that may start lower than its old session's.
         Receiver.Reset();
         Nvram.Peer.Clear();
+        // Array changes announced while the link was down (a move finished during a partition)
+        // never reached us: read the superblocks again.
+        _ = RescanAsync();
     }
 
     public async Task RescanAsync()
@@ -256,7 +317,7 @@ public sealed partial class Controller : IAsyncDisposable
         lock (_volumesLock) volumes = _cached.Values.Where(v => v.Volume.Array.Name == array).ToList();
         foreach (var name in Arrays.Status().Volumes.Where(v => v.Array == array).Select(v => v.Name))
             if (ServedVolume(name) is CachedVolume cv && !volumes.Contains(cv)) volumes.Add(cv);
-        await Task.WhenAll(volumes.Select(v => v.HoldAsync()));
+        await Waits.WhenAll(volumes.Select(v => v.HoldAsync()));
         bool moved = false;
         try
         {
@@ -268,7 +329,7 @@ public sealed partial class Controller : IAsyncDisposable
             lock (_volumesLock)
             {
                 _cachedArrays.Remove(array);
-                foreach (var v in volumes) _cached.Remove(v.Volume);
+                foreach (var v in volumes) _cached.Remove(v.Name);
             }
             await NotifyPeerArraysChangedAsync();
             LogMoved(array, to);
@@ -280,14 +341,50 @@ public sealed partial class Controller : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Deletes an array this controller serves. Its volumes are held while the cache destages
+    /// (the array's data is gone either way, but no element of it may outlive it: its number can
+    /// be reused by the next array); then the array is deleted, the cache drops its elements and
+    /// the peer's mirrors of them, and the array leaves the cache's table.
+    /// </summary>
+    public async Task DeleteArrayAsync(string array, CancellationToken ct)
+    {
+        if (!Arrays.Serves(array))
+        {
+            await Arrays.DeleteArrayAsync(array, ct); // the manager's own error: not found, or served by the peer
+            return;
+        }
+        List<CachedVolume> volumes;
+        lock (_volumesLock) volumes = _cached.Values.Where(v => v.Volume.Array.Name == array).ToList();
+        await Waits.WhenAll(volumes.Select(v => v.HoldAsync()));
+        bool deleted = false;
+        try
+        {
+            await Cache.DrainAsync(ct);
+            byte number = Arrays.NumberOf(Arrays.ServedArrays.First(a => a.Name == array));
+            await Arrays.DeleteArrayAsync(array, ct);
+            deleted = true;
+            await Cache.ForgetAsync(number);
+            lock (_volumesLock)
+            {
+                _cachedArrays.Remove(array);
+                foreach (var v in volumes) _cached.Remove(v.Name);
+            }
+        }
+        finally
+        {
+            foreach (var v in volumes) v.Release(deleted ? new GoneVolume(v.Name, v.SizeBytes) : null);
+        }
+    }
+
     internal IBlockVolume? ServedVolume(string name)
     {
         if (!Arrays.TryGetServedVolume(name, out var rv)) return null;
         RegisterServedArrays();
         lock (_volumesLock)
         {
-            if (!_cached.TryGetValue(rv, out var cv))
-                _cached[rv] = cv = new CachedVolume(rv, Cache, Arrays.NumberOf(rv.Array));
+            if (!_cached.TryGetValue(name, out var cv) || cv.Volume.Array != rv.Array || cv.Volume.OffsetBlocks != rv.OffsetBlocks)
+                _cached[name] = cv = new CachedVolume(rv, Cache, Arrays.NumberOf(rv.Array));
             return cv;
         }
     }
@@ -329,8 +426,9 @@ public sealed partial class Controller : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        _stopping.Cancel();
         // An orderly stop destages everything, so the peer's mirror of us is no longer needed.
-        try { await Cache.DrainAsync().WaitAsync(_options.DrainTimeout, _options.Time); }
+        try { await Waits.WithTimeout(Cache.DrainAsync(), _options.DrainTimeout, _options.Time); }
         catch (Exception e) { LogDrainFailed(e.Message); }
         await Cache.DisposeAsync();
         await Mirror.DisposeAsync();

@@ -25,7 +25,7 @@ public sealed class ControllerArrayService(Controller controller) : IArrayServic
     }
 
     public Task<ArrayInfo> CreateArrayAsync(CreateArrayRequest request, CancellationToken ct = default) => Changed(A.CreateArrayAsync(request, ct));
-    public Task DeleteArrayAsync(string name, CancellationToken ct = default) => Changed(A.DeleteArrayAsync(name, ct));
+    public Task DeleteArrayAsync(string name, CancellationToken ct = default) => Changed(controller.DeleteArrayAsync(name, ct));
     public Task<VolumeInfo> CreateVolumeAsync(CreateVolumeRequest request, CancellationToken ct = default) => Changed(A.CreateVolumeAsync(request, ct));
     public Task DeleteVolumeAsync(string name, CancellationToken ct = default) => Changed(A.DeleteVolumeAsync(name, ct));
     public Task<DriveInfo> AddDriveAsync(AddDriveRequest request, CancellationToken ct = default) => Changed(A.AddDriveAsync(request, ct));

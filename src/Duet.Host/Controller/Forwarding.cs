@@ -57,7 +57,7 @@ public sealed class ForwardingClient
                 throw new BlockIoException(BlockErrorKind.Io, $"volume {volume}: its owning controller is unreachable: {e.Message}", -1, e);
             }
             int errno;
-            try { errno = await done.Task.WaitAsync(_timeout, _time, ct); }
+            try { errno = await Waits.WithTimeout(done.Task, _timeout, _time, ct); }
             catch (TimeoutException) { throw new BlockIoException(BlockErrorKind.Io, $"volume {volume}: the owning controller did not answer within {_timeout.TotalSeconds:0.#} s"); }
             if (errno != 0) throw ErrnoToError(errno, volume, offset);
         }

@@ -98,14 +98,14 @@ public abstract class IclLink : IIclLink
     /// <summary>The most data one PostAsync may carry (the receiver assembles it in memory).</summary>
     public const int MaxDataBytes = 1 << 30;
 
-    readonly SemaphoreSlim[] _laneLocks = [new(1, 1), new(1, 1)];
+    readonly AsyncGate[] _laneLocks = [new(1, 1), new(1, 1)];
     readonly long[] _discardBelow = new long[WindowLayout.Lanes];
     readonly Assembly?[] _assembly = new Assembly?[WindowLayout.Lanes];
     readonly byte[]?[] _messageScratch = new byte[]?[WindowLayout.Lanes];
     readonly byte[]?[] _dataScratch = new byte[]?[WindowLayout.Lanes];
     readonly IclTransfer _transfer = new();
     readonly CancellationTokenSource _stop = new();
-    readonly SemaphoreSlim _pumpGate = new(1, 1);
+    readonly AsyncGate _pumpGate = new(1, 1);
     Func<IclTransfer, ValueTask>? _handler;
     Task? _pumpTask;
     long _doorbellsSeen;
@@ -285,7 +285,7 @@ public abstract class IclLink : IIclLink
             if (left <= TimeSpan.Zero) break;
             try
             {
-                await freed.WaitAsync(left, Time, linked);
+                await Waits.WithTimeout(freed, left, Time, linked);
             }
             catch (TimeoutException)
             {
@@ -320,7 +320,7 @@ public abstract class IclLink : IIclLink
             while (!stop.IsCancellationRequested && await PumpOnceCoreAsync()) { }
             try
             {
-                await rung.WaitAsync(stop);
+                await Waits.OrCancel(rung, stop);
             }
             catch (OperationCanceledException)
             {

@@ -85,7 +85,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
 
     readonly ArrayManagerOptions _options;
     readonly IDriveShelf _shelf;
-    readonly SemaphoreSlim _mgmt = new(1, 1);
+    readonly AsyncGate _mgmt = new(1, 1);
     volatile View _view = View.Empty;
     readonly Dictionary<string, DriveEntry> _drives = new(StringComparer.Ordinal);
     readonly Dictionary<string, ArrayEntry> _arrays = new(StringComparer.Ordinal);

@@ -1,0 +1,42 @@
+namespace Duet.Simulation;
+
+/// <summary>Runs many seeds (on a few threads, each simulation single-threaded) and collects the failures.</summary>
+public static class Campaign
+{
+    public sealed record Summary(int Seeds, IReadOnlyList<SimResult> Failed, TimeSpan VirtualTime, long Steps, long Writes, long Crashes);
+
+    /// <summary>Seeds <paramref name="first"/> .. first + count - 1; <paramref name="onResult"/> sees each result (on a worker thread, serialised).</summary>
+    public static Summary Run(ulong first, int count, SimOptions options, int threads, Action<SimResult>? onResult = null)
+    {
+        var failed = new List<SimResult>();
+        var gate = new Lock();
+        long next = 0, steps = 0, writes = 0, crashes = 0;
+        var virtualTime = TimeSpan.Zero;
+        var workers = new Thread[Math.Max(1, threads)];
+        for (int t = 0; t < workers.Length; t++)
+        {
+            workers[t] = new Thread(() =>
+            {
+                while (true)
+                {
+                    long i = Interlocked.Increment(ref next) - 1;
+                    if (i >= count) return;
+                    var r = Simulator.Run(first + (ulong)i, options);
+                    lock (gate)
+                    {
+                        if (!r.Passed) failed.Add(r);
+                        steps += r.Stats.Steps;
+                        writes += r.Stats.Writes;
+                        crashes += r.Stats.Crashes;
+                        virtualTime += r.Stats.VirtualTime;
+                        onResult?.Invoke(r);
+                    }
+                }
+            }, 16 << 20) { IsBackground = true, Name = $"sim-{t}" };
+            workers[t].Start();
+        }
+        foreach (var w in workers) w.Join();
+        failed.Sort((a, b) => a.Seed.CompareTo(b.Seed));
+        return new Summary(count, failed, virtualTime, steps, writes, crashes);
+    }
+}

@@ -1,0 +1,112 @@
+// The fault model of Duet's simulator.
+//
+// A simulated run is the real controller code of both controllers (Duet.Host's Controller,
+// with its ArrayManager, RAID engine, write-back cache, mirror and forwarding), run on one
+// thread under SimScheduler on virtual time. Everything outside the controllers is simulated
+// and can misbehave, each fault switched on per seed "swarm" style: every seed draws which
+// faults are on and at what rate, so some seeds hammer one fault and others mix several.
+//
+//   crash        A controller dies at a random moment: between any two of its work items, so
+//                in the middle of a write, a mirror batch, a destage, a move or a pairing.
+//                Its volatile state is gone (its queued work and timers never run, calls into
+//                it fail like a reset connection); its NVRAM (an NvramStore) and the drives
+//                keep exactly what was written. It restarts after a random down time: a new
+//                ArrayManager assembles from the superblocks, the cache replays region 1, the
+//                link reconnects and the pair resynchronises.
+//   link-delay   Every ICL transfer waits a random latency (per queue in order: a ring never
+//                reorders its own entries, so commands and replies, and the two directions,
+//                reorder against each other).
+//   link-drop    A transfer is lost on the wire although its sender believes it posted it
+//                (the sender's status timeout must notice).
+//   partition    The link is cut for a random time and then reconnected (a new connection);
+//                transfers in flight are lost, both controllers see the link go down.
+//   slow-drive   Some drives take a random latency per request (FaultyDrive on virtual time).
+//   fail-drive   One member of a redundant array fails at a random moment (the array runs
+//                degraded; it is not replaced during the run).
+//   full-cache   The NVRAM holds only a few dozen elements, so hosts meet back-pressure and
+//                the cache evicts and destages under load.
+//   shuffle      Ready work items run in a random order instead of first-in first-out (both
+//                are orders a thread pool could produce).
+//
+// What is not modelled: torn or lost NVRAM writes (NVRAM is memory the controller writes
+// synchronously), a drive that lies about a write, corruption on the link (the link carries
+// CRCs in the protocol; the simulator does not flip bits), a controller that is alive but hung
+// (heartbeats are the failover issue), and two controllers writing one drive (ownership is
+// what the checkers verify).
+
+using Duet.Core;
+
+namespace Duet.Simulation;
+
+[Flags]
+public enum FaultKind
+{
+    None = 0,
+    Crash = 1 << 0,
+    LinkDelay = 1 << 1,
+    LinkDrop = 1 << 2,
+    Partition = 1 << 3,
+    SlowDrive = 1 << 4,
+    FailDrive = 1 << 5,
+    FullCache = 1 << 6,
+    Shuffle = 1 << 7,
+    All = Crash | LinkDelay | LinkDrop | Partition | SlowDrive | FailDrive | FullCache | Shuffle,
+}
+
+/// <summary>The faults of one seed and their rates.</summary>
+public sealed record FaultPlan
+{
+    public FaultKind On { get; init; }
+    /// <summary>Mean virtual time between controller crashes.</summary>
+    public TimeSpan CrashEvery { get; init; }
+    public TimeSpan MaxDownTime { get; init; }
+    public TimeSpan MaxLinkDelay { get; init; }
+    public double DropProbability { get; init; }
+    public TimeSpan PartitionEvery { get; init; }
+    public TimeSpan MaxPartition { get; init; }
+    public TimeSpan MaxDriveLatency { get; init; }
+    public int NvramElements { get; init; }
+
+    public bool Has(FaultKind k) => (On & k) != 0;
+
+    public static readonly string[] Names = ["crash", "link-delay", "link-drop", "partition", "slow-drive", "fail-drive", "full-cache", "shuffle"];
+
+    public static FaultKind Parse(string list)
+    {
+        var k = FaultKind.None;
+        foreach (var part in list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            if (part == "all") { k |= FaultKind.All; continue; }
+            if (part == "none") continue;
+            int i = Array.IndexOf(Names, part);
+            if (i < 0) throw new ArgumentException($"unknown fault '{part}' (known: {string.Join(", ", Names)}, all, none)");
+            k |= (FaultKind)(1 << i);
+        }
+        return k;
+    }
+
+    public static string Describe(FaultKind k) =>
+        k == FaultKind.None ? "none" : string.Join(",", Names.Where((_, i) => (k & (FaultKind)(1 << i)) != 0));
+
+    /// <summary>Draws a plan: each fault allowed by <paramref name="allowed"/> is on with probability 1/2 (swarm testing).</summary>
+    public static FaultPlan Draw(DeterministicRandom r, FaultKind allowed)
+    {
+        var on = FaultKind.None;
+        for (int i = 0; i < Names.Length; i++)
+            if ((allowed & (FaultKind)(1 << i)) != 0 && r.Chance(0.5)) on |= (FaultKind)(1 << i);
+        return new FaultPlan
+        {
+            On = on,
+            CrashEvery = TimeSpan.FromMilliseconds(r.Next(200, 3000)),
+            MaxDownTime = TimeSpan.FromMilliseconds(r.Next(10, 1500)),
+            MaxLinkDelay = TimeSpan.FromMicroseconds(r.Next(5, 3000)),
+            DropProbability = r.Next(1, 40) / 1000.0,
+            PartitionEvery = TimeSpan.FromMilliseconds(r.Next(200, 3000)),
+            MaxPartition = TimeSpan.FromMilliseconds(r.Next(5, 2500)),
+            MaxDriveLatency = TimeSpan.FromMicroseconds(r.Next(20, 5000)),
+            NvramElements = r.Next(24, 96),
+        };
+    }
+
+    public override string ToString() => Describe(On);
+}

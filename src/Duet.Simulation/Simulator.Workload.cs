@@ -1,0 +1,373 @@
+using Duet.Cache;
+using Duet.Cache.Mirror;
+using Duet.Core;
+using Duet.Host.Controller;
+using Duet.Interconnect.Link;
+using Duet.Raid;
+using Duet.Raid.Management;
+
+namespace Duet.Simulation;
+
+public sealed partial class Simulator
+{
+    // ---- hosts ---------------------------------------------------------------------------
+
+    async Task WorkerAsync(SimNode host)
+    {
+        while (_opsIssued < _options.Operations)
+        {
+            _opsIssued++;
+            _opsInFlight++;
+            try
+            {
+                int dice = _random.Next(100);
+                if (dice < 50) await WriteAsync(host);
+                else if (dice < 85) await ReadAsync(host);
+                else if (dice < 92) await FlushAsync(host);
+                else if (dice < 96) await MoveAsync();
+                else await ScratchAsync();
+            }
+            finally { _opsInFlight--; }
+            if (_random.Chance(0.3)) await host.Time.DelayAsync(TimeSpan.FromMicroseconds(_random.Next(1, 2000)));
+        }
+    }
+
+    (string Name, VolumeModel Model)? PickVolume()
+    {
+        var live = _volumes.Where(v => !v.Value.Deleted).ToList();
+        if (live.Count == 0) return null;
+        var (name, model) = live[_random.Next(live.Count)];
+        return (name, model);
+    }
+
+    long PickLength(VolumeModel m)
+    {
+        // Every size from 512 bytes to 1 MiB, most of them small.
+        long max = Math.Min(2048, m.Sectors);
+        long n = _random.Next(10) switch
+        {
+            < 4 => 8,
+            < 6 => _random.Next(1, 33),
+            < 8 => _random.Next(1, 257),
+            _ => _random.Next(1, (int)max + 1),
+        };
+        return Math.Min(n, max);
+    }
+
+    Side PickController() => _sides[_random.Next(2)];
+
+    async Task WriteAsync(SimNode host)
+    {
+        if (PickVolume() is not var (name, model)) return;
+        long count = PickLength(model);
+        long sector = _random.NextInt64(model.Sectors - count + 1);
+        if (model.OverlapsWriteInFlight(sector, count)) { await ReadRangeAsync(name, model, sector, count); return; }
+        ulong id = ++_nextWriteId;
+        var data = new byte[count * SectorBytes];
+        Content.Fill(data, id, sector);
+        bool fua = _random.Chance(0.1);
+        var side = PickController();
+        _writes++;
+        model.WriteIssued(id, sector, count, ++_logical);
+        bool ok = false;
+        try
+        {
+            await side.Node.InvokeAsync(async () =>
+            {
+                var c = side.Controller ?? throw new NodeCrashedException(side.Name);
+                if (!c.Volumes.TryGetVolume(name, out var volume)) throw new VolumeGoneException(name);
+                await volume.WriteAsync(sector * SectorBytes, data, fua);
+                CheckMirroredBeforeAck(name, sector, count, id);
+            });
+            ok = true;
+            _writesAcked++;
+        }
+        catch (Exception e) when (Expected(e)) { _trace.Add($"write {id} failed: {e.GetType().Name}"); }
+        catch (Exception e) { Fail($"write {id} to {name} through {side.Name}: unexpected {e.GetType().Name}: {e.Message}"); }
+        finally { model.WriteDone(id, sector, count, ok, ++_logical); }
+        _trace.Add($"write {id} {name} {sector}+{count} via {side.Name} {(ok ? "ok" : "failed")}");
+    }
+
+    async Task ReadAsync(SimNode host)
+    {
+        if (PickVolume() is not var (name, model)) return;
+        long count = PickLength(model);
+        long sector = _random.NextInt64(model.Sectors - count + 1);
+        await ReadRangeAsync(name, model, sector, count);
+    }
+
+    async Task<bool> ReadRangeAsync(string name, VolumeModel model, long sector, long count, Side? via = null, bool mustSucceed = false)
+    {
+        var side = via ?? PickController();
+        var data = new byte[count * SectorBytes];
+        long start = ++_logical;
+        _reads++;
+        try
+        {
+            await side.Node.InvokeAsync(async () =>
+            {
+                var c = side.Controller ?? throw new NodeCrashedException(side.Name);
+                if (!c.Volumes.TryGetVolume(name, out var volume)) throw new VolumeGoneException(name);
+                await volume.ReadAsync(sector * SectorBytes, data);
+            });
+        }
+        catch (Exception e) when (Expected(e))
+        {
+            _trace.Add($"read {name} {sector}+{count} via {side.Name} failed: {e.GetType().Name}");
+            if (mustSucceed) Fail($"read of {name} {sector}+{count} through {side.Name} failed after the faults healed: {e.GetType().Name}: {e.Message}");
+            return false;
+        }
+        catch (Exception e)
+        {
+            Fail($"read of {name} through {side.Name}: unexpected {e.GetType().Name}: {e.Message}");
+            return false;
+        }
+        long end = ++_logical;
+        if (model.Deleted) return true;
+        _readsOk++;
+        int bad = 0;
+        for (long i = 0; i < count; i++)
+        {
+            var problem = model.Check(sector + i, data.AsSpan((int)(i * SectorBytes), SectorBytes), start, end);
+            if (problem is null) continue;
+            if (bad++ == 0) Fail($"read through {side.Name}: {problem}");
+        }
+        if (bad > 1) Fail($"read through {side.Name}: {bad} sectors of {name} {sector}+{count} were wrong in all");
+        _trace.Add($"read {name} {sector}+{count} via {side.Name} ok");
+        return true;
+    }
+
+    async Task FlushAsync(SimNode host)
+    {
+        if (PickVolume() is not var (name, _)) return;
+        var side = PickController();
+        _flushes++;
+        try
+        {
+            await side.Node.InvokeAsync(async () =>
+            {
+                var c = side.Controller ?? throw new NodeCrashedException(side.Name);
+                if (!c.Volumes.TryGetVolume(name, out var volume)) throw new VolumeGoneException(name);
+                await volume.FlushAsync();
+            });
+        }
+        catch (Exception e) when (Expected(e)) { }
+        catch (Exception e) { Fail($"flush of {name} through {side.Name}: unexpected {e.GetType().Name}: {e.Message}"); }
+    }
+
+    /// <summary>Moves a random array to the other controller, asking its owner (as `duet array move` does).</summary>
+    async Task MoveAsync()
+    {
+        var array = _fixedArrays[_random.Next(_fixedArrays.Count)];
+        var owner = _sides.FirstOrDefault(s => s.IsUp && s.Controller!.Arrays.Serves(array));
+        if (owner is null) return;
+        _moves++;
+        var to = Other(owner).Name;
+        try
+        {
+            await owner.Node.InvokeAsync(() => owner.Controller!.MoveArrayAsync(array, to, CancellationToken.None));
+            _movesDone++;
+            _trace.Add($"moved {array} {owner.Name}->{to}");
+        }
+        catch (Exception e) when (Expected(e)) { _trace.Add($"move {array} {owner.Name}->{to} failed: {e.GetType().Name}: {e.Message}"); }
+        catch (Exception e) { Fail($"move of {array} to {to}: unexpected {e.GetType().Name}: {e.Message}"); }
+        CheckOwners();
+    }
+
+    /// <summary>Creates the scratch array (RAID 1 on s0, s1) with one volume, or deletes it.</summary>
+    async Task ScratchAsync()
+    {
+        if (_scratchBusy) return;
+        _scratchBusy = true;
+        try
+        {
+            var owner = _sides.FirstOrDefault(s => s.IsUp && s.Controller!.Arrays.Serves("scratch"));
+            bool exists = _sides.Any(s => s.IsUp && s.Controller!.ArrayService.Status().Arrays.Any(a => a.Name == "scratch"));
+            if (!exists)
+            {
+                var side = PickController();
+                if (!side.IsUp) return;
+                _creates++;
+                string vol = $"scratch{++_scratchGeneration}";
+                try
+                {
+                    await side.Node.InvokeAsync(async () =>
+                    {
+                        var svc = side.Controller!.ArrayService;
+                        var info = await svc.CreateArrayAsync(new CreateArrayRequest("scratch", 1, ["s0", "s1"], Owner: side.Name));
+                        long size = info.CapacityBytes / 4096 * 4096;
+                        await svc.CreateVolumeAsync(new CreateVolumeRequest(vol, "scratch", size));
+                        _volumes[vol] = new VolumeModel(vol, size / SectorBytes);
+                        await side.Controller.NotifyPeerArraysChangedAsync();
+                    });
+                    _trace.Add($"created scratch array with {vol} on {side.Name}");
+                }
+                catch (Exception e) when (Expected(e)) { _trace.Add($"create scratch failed: {e.GetType().Name}: {e.Message}"); }
+                catch (Exception e) { Fail($"create of the scratch array on {side.Name}: unexpected {e.GetType().Name}: {e.Message}"); }
+            }
+            else if (owner is not null)
+            {
+                _deletes++;
+                var vols = _volumes.Where(v => v.Key.StartsWith("scratch", StringComparison.Ordinal) && !v.Value.Deleted).ToList();
+                // The hosts stop using the volume before it is deleted (its data is gone either way).
+                foreach (var (_, m) in vols) m.Deleted = true;
+                try
+                {
+                    await owner.Node.InvokeAsync(async () =>
+                    {
+                        var svc = owner.Controller!.ArrayService;
+                        foreach (var (v, _) in vols)
+                            try { await svc.DeleteVolumeAsync(v); } catch (ManagementException e) when (e.Kind == ManagementErrorKind.NotFound) { }
+                        await svc.DeleteArrayAsync("scratch");
+                        await owner.Controller.NotifyPeerArraysChangedAsync();
+                    });
+                    _trace.Add($"deleted scratch array on {owner.Name}");
+                }
+                catch (Exception e) when (Expected(e)) { _trace.Add($"delete scratch failed: {e.GetType().Name}: {e.Message}"); }
+                catch (Exception e) { Fail($"delete of the scratch array on {owner.Name}: unexpected {e.GetType().Name}: {e.Message}"); }
+            }
+            CheckOwners();
+        }
+        finally { _scratchBusy = false; }
+    }
+
+    /// <summary>Errors a host may see while faults are on: the protocol's own errors, never a crash of the code.</summary>
+    static bool Expected(Exception e) => e is BlockIoException or NodeCrashedException or VolumeGoneException or ManagementException
+        or IclLinkDownException or MirrorUnavailableException or OperationCanceledException or TimeoutException;
+
+    sealed class VolumeGoneException(string name) : Exception($"no volume named {name}");
+
+    // ---- faults ------------------------------------------------------------------------------
+
+    async Task FaultsAsync()
+    {
+        var nextCrash = _scheduler.Elapsed + Exp(_plan.CrashEvery);
+        var nextPartition = _scheduler.Elapsed + Exp(_plan.PartitionEvery);
+        var failDriveAt = _scheduler.Elapsed + TimeSpan.FromMilliseconds(_random.Next(1, 3000));
+        bool driveFailed = false;
+        if (_plan.Has(FaultKind.LinkDelay) || _plan.Has(FaultKind.LinkDrop))
+            _wire.Faults = new LinkFaults
+            {
+                MaxDelay = _plan.Has(FaultKind.LinkDelay) ? _plan.MaxLinkDelay : TimeSpan.Zero,
+                DropProbability = _plan.Has(FaultKind.LinkDrop) ? _plan.DropProbability : 0,
+            };
+        var restarts = new List<Task>();
+        while (_safety)
+        {
+            await _world.Time.DelayAsync(TimeSpan.FromMilliseconds(1));
+            var now = _scheduler.Elapsed;
+            if (_plan.Has(FaultKind.Crash) && now >= nextCrash)
+            {
+                nextCrash = now + Exp(_plan.CrashEvery);
+                var side = _sides[_random.Next(2)];
+                if (side.Node.IsAlive && !side.Starting && Other(side).Node.IsAlive)
+                {
+                    Crash(side);
+                    restarts.Add(RestartLaterAsync(side, TimeSpan.FromTicks(_random.NextInt64(_plan.MaxDownTime.Ticks) + 1)));
+                }
+            }
+            if (_plan.Has(FaultKind.Partition) && now >= nextPartition && !_wire.Partitioned)
+            {
+                nextPartition = now + Exp(_plan.PartitionEvery);
+                _partitions++;
+                _wire.Partition(true);
+                var length = TimeSpan.FromTicks(_random.NextInt64(_plan.MaxPartition.Ticks) + 1);
+                restarts.Add(HealPartitionLaterAsync(length));
+            }
+            if (_plan.Has(FaultKind.FailDrive) && !driveFailed && now >= failDriveAt)
+            {
+                driveFailed = true;
+                string[] candidates = ["d0", "d1", "d2", "d3", "d4", "d5", "d6", "d7", "d8"];
+                var d = candidates[_random.Next(candidates.Length)];
+                _faulty[d].Fail();
+                _failedDrives++;
+                _trace.Add($"drive {d} failed");
+            }
+        }
+        await Waits.WhenAll(restarts);
+    }
+
+    TimeSpan Exp(TimeSpan mean) => TimeSpan.FromTicks((long)(-Math.Log(1 - _random.NextDouble()) * mean.Ticks) + 1);
+
+    void Crash(Side side)
+    {
+        _crashes++;
+        _trace.Add($"crash {side.Name}");
+        side.Node.Crash();
+        side.Controller = null;
+        _wire.Cut($"{side.Name} crashed");
+    }
+
+    async Task RestartLaterAsync(Side side, TimeSpan down)
+    {
+        await _world.Time.DelayAsync(down);
+        await RestartAsync(side);
+    }
+
+    async Task RestartAsync(Side side)
+    {
+        if (side.Node.IsAlive) return;
+        side.Node.Restart();
+        try { await StartControllerAsync(side); }
+        catch (NodeCrashedException) { return; }
+        catch (Exception e)
+        {
+            Fail($"controller {side.Name} failed to restart: {e.GetType().Name}: {e.Message}");
+            return;
+        }
+        _wire.Connect();
+    }
+
+    async Task HealPartitionLaterAsync(TimeSpan length)
+    {
+        await _world.Time.DelayAsync(length);
+        _wire.Partition(false);
+    }
+
+    async Task HealAsync()
+    {
+        _wire.Faults = new LinkFaults();
+        if (_wire.Partitioned) _wire.Partition(false);
+        foreach (var s in _sides) if (!s.Node.IsAlive) await RestartAsync(s);
+        _wire.Connect();
+        _trace.Add("faults healed");
+    }
+
+    async Task LivenessAsync()
+    {
+        bool Converged() => Paired() && _fixedArrays.All(a => _sides.Any(s => s.Controller!.Arrays.Serves(a)));
+        try { await WaitForAsync(Converged, _options.LivenessBudget, "the pair to converge (both up, link up, mirrors healthy, every array served)"); }
+        catch (TimeoutException e)
+        {
+            var unserved = _fixedArrays.Where(a => !_sides.Any(s => s.IsUp && s.Controller!.Arrays.Serves(a))).ToList();
+            Fail($"liveness: {e.Message}; {Describe(_sides[0])}; {Describe(_sides[1])}{(unserved.Count > 0 ? $"; served by neither: {string.Join(", ", unserved)}" : "")}");
+            return;
+        }
+        CheckOwners();
+        // Every volume is served, and every written sector reads back right through both controllers.
+        foreach (var (name, model) in _volumes.Where(v => !v.Value.Deleted).ToList())
+        {
+            var sectors = model.WrittenSectors.Order().ToList();
+            if (sectors.Count == 0) sectors.Add(0);
+            foreach (var side in _sides)
+            {
+                int i = 0;
+                while (i < sectors.Count)
+                {
+                    long first = sectors[i], last = first;
+                    while (i + 1 < sectors.Count && sectors[i + 1] - first < 512) last = sectors[++i];
+                    i++;
+                    if (!await ReadRangeAsync(name, model, first, last - first + 1, side, mustSucceed: true)) break;
+                }
+            }
+        }
+        // Quiet: no host I/O; let destage and the mirror settle, then the mirror invariant must hold.
+        await _world.Time.DelayAsync(TimeSpan.FromSeconds(1));
+        if (Paired()) { CheckMirrorInvariant(_sides[0]); CheckMirrorInvariant(_sides[1]); }
+        _trace.Add("liveness checked");
+    }
+
+    static string Describe(Side s) => s.Controller is { } c
+        ? $"{s.Name}: up, link {(c.Link.IsUp ? "up" : "down")}, mirror {c.Mirror.Mode}{(c.Mirror.DownReason is { } r ? $" ({r})" : "")}"
+        : $"{s.Name}: {(s.Node.IsAlive ? "starting" : "down")}";
+}

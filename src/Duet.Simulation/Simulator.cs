@@ -1,0 +1,287 @@
+using Duet.Cache;
+using Duet.Cache.Nvram;
+using Duet.Core;
+using Duet.Drives;
+using Duet.Drives.Faults;
+using Duet.Host.Controller;
+using Duet.Interconnect.Link;
+using Duet.Raid;
+using Duet.Raid.Management;
+
+namespace Duet.Simulation;
+
+/// <summary>A bug switched on on purpose, to prove the checkers can fail (test-only).</summary>
+public enum PlantedBug
+{
+    None,
+    /// <summary>The cache is told its mirror group was mirrored as soon as it is sent, before the peer's status.</summary>
+    AckBeforeMirror,
+    /// <summary>A controller replays its NVRAM region 1 newest first, so an older element of an address wins.</summary>
+    ReplayOutOfOrder,
+}
+
+public sealed record SimOptions
+{
+    /// <summary>Host operations in the safety phase (the budget: at most 2,000).</summary>
+    public int Operations { get; init; } = 1000;
+    /// <summary>Faults a seed may draw (each is then on with probability 1/2).</summary>
+    public FaultKind AllowedFaults { get; init; } = FaultKind.All;
+    /// <summary>Use exactly these faults instead of drawing (null: draw).</summary>
+    public FaultKind? ForcedFaults { get; init; }
+    public bool KeepTrace { get; init; }
+    public PlantedBug Bug { get; init; }
+    /// <summary>Size of each simulated drive (the budget: at most 16 MiB).</summary>
+    public long DriveBytes { get; init; } = 8L << 20;
+    /// <summary>How long, after the faults heal, the pair has to converge and serve every volume.</summary>
+    public TimeSpan LivenessBudget { get; init; } = TimeSpan.FromSeconds(60);
+}
+
+public sealed record SimStats(long Writes, long WritesAcked, long Reads, long ReadsOk, long Flushes, long Moves, long MovesDone,
+    long Creates, long Deletes, long Crashes, long Partitions, long Dropped, long FailedDrives, long Steps, TimeSpan VirtualTime);
+
+public sealed record SimResult(ulong Seed, FaultPlan Plan, IReadOnlyList<string> Failures, ulong TraceHash, SimStats Stats, SimTrace Trace)
+{
+    public bool Passed => Failures.Count == 0;
+}
+
+/// <summary>
+/// One seed of the simulator: both controllers, their NVRAM, the ICL, the drives and several
+/// hosts, run on <see cref="SimScheduler"/> from one seed. The safety phase runs the workload
+/// with the seed's faults and checks as it goes; the liveness phase heals every fault, gives the
+/// pair <see cref="SimOptions.LivenessBudget"/> of virtual time to converge (both controllers
+/// up, paired, mirrors healthy), then reads every written sector back through both
+/// controllers and checks the mirror invariant with the link quiet. See docs/internals/simulator.md.
+/// </summary>
+public sealed partial class Simulator
+{
+    const int SectorBytes = Units.SectorBytes;
+    static readonly string[] Controllers = ["A", "B"];
+
+    readonly ulong _seed;
+    readonly SimOptions _options;
+    readonly DeterministicRandom _random;
+    readonly SimTrace _trace;
+    readonly SimScheduler _scheduler;
+    readonly SimNode _world;
+    readonly SimWire _wire;
+    readonly MemoryShelf _shelf = new();
+    readonly Dictionary<string, FaultyDrive> _faulty = new(StringComparer.Ordinal);
+    readonly Side[] _sides = new Side[2];
+    readonly List<SimNode> _hosts = [];
+    readonly Dictionary<string, VolumeModel> _volumes = new(StringComparer.Ordinal);
+    readonly List<string> _fixedArrays = [];
+    readonly List<string> _failures = [];
+    readonly FaultPlan _plan;
+    readonly Guid _pairId;
+    NvramLayout _layout = null!;
+    long _logical;
+    ulong _nextWriteId;
+    int _opsIssued, _opsInFlight;
+    bool _safety = true, _done;
+    int _scratchGeneration;
+    bool _scratchBusy;
+
+    // statistics
+    long _writes, _writesAcked, _reads, _readsOk, _flushes, _moves, _movesDone, _creates, _deletes, _crashes, _partitions, _failedDrives;
+
+    sealed class Side(string name, SimNode node)
+    {
+        public readonly string Name = name;
+        public readonly SimNode Node = node;
+        public NvramStore Store = null!;
+        public NvramFile? Nvram;          // the newest opened over Store (kept after a crash, for checkers)
+        public Controller? Controller;    // null while down or starting
+        public bool Starting;
+        public bool IsUp => Node.IsAlive && Controller is not null;
+    }
+
+    Simulator(ulong seed, SimOptions options)
+    {
+        _seed = seed;
+        _options = options;
+        _random = new DeterministicRandom(seed);
+        _trace = new SimTrace(options.KeepTrace);
+        _scheduler = new SimScheduler(_random.Fork(), _trace);
+        _trace.Clock = () => _scheduler.Elapsed;
+        _world = new SimNode(_scheduler, "world");
+        var plan = FaultPlan.Draw(_random, options.AllowedFaults);
+        if (options.ForcedFaults is { } forced) plan = plan with { On = forced };
+        _plan = plan;
+        _scheduler.ShuffleReady = _plan.Has(FaultKind.Shuffle);
+        _wire = new SimWire(_world, _trace, IclWindowOptions.Default with
+        {
+            DataBufferBytes = 1 << 20, ReplyDataBufferBytes = 1 << 20, MessageBufferBytes = 64 << 10, ReplyMessageBufferBytes = 64 << 10,
+        });
+        _pairId = new Guid((int)(seed >> 32), (short)seed, (short)(seed >> 16), 1, 2, 3, 4, 5, 6, 7, 8);
+        for (int i = 0; i < 2; i++) _sides[i] = new Side(Controllers[i], new SimNode(_scheduler, Controllers[i]));
+    }
+
+    /// <summary>Runs one seed to the end and returns what the checkers found.</summary>
+    public static SimResult Run(ulong seed, SimOptions options)
+    {
+        var previous = SynchronizationContext.Current;
+        try
+        {
+            var sim = new Simulator(seed, options);
+            return sim.RunCore();
+        }
+        finally { SynchronizationContext.SetSynchronizationContext(previous); }
+    }
+
+    SimResult RunCore()
+    {
+        _trace.Add($"seed {_seed} faults {_plan}");
+        _world.Post(async () =>
+        {
+            try { await ScriptAsync(); }
+            catch (Exception e) { Fail($"the simulation script failed: {e.GetType().Name}: {e.Message}"); }
+            finally { _done = true; }
+        });
+        var deadline = _scheduler.Now + TimeSpan.FromMinutes(30);
+        if (!_scheduler.RunUntil(() => _done, deadline, maxSteps: 50_000_000))
+            Fail(_scheduler.ReadyCount == 0 && _scheduler.Clock.NextDueUtc is null
+                ? "deadlock: nothing is ready and no timer is armed, but the run has not finished"
+                : "the run did not finish within its step or time budget");
+        foreach (var e in _scheduler.Escaped) Fail($"an exception escaped a work item: {e}");
+        if (_scheduler.ForeignPosts > 0) Fail($"{_scheduler.ForeignPosts} work items were posted from another thread (real time or threads leaked into the simulation); the first: {_scheduler.FirstForeignPost}");
+        var stats = new SimStats(_writes, _writesAcked, _reads, _readsOk, _flushes, _moves, _movesDone, _creates, _deletes, _crashes, _partitions,
+            _wire.Dropped, _failedDrives, _scheduler.Steps, _scheduler.Elapsed);
+        _trace.Add($"end: {_failures.Count} failures");
+        return new SimResult(_seed, _plan, _failures.ToList(), _trace.Hash, stats, _trace);
+    }
+
+    void Fail(string what)
+    {
+        if (_failures.Count < 20) _failures.Add($"[{_scheduler.Elapsed.TotalMilliseconds:F3} ms] {what}");
+        _trace.Add($"FAILURE {what}");
+    }
+
+    // ---- the script ------------------------------------------------------------------------
+
+    async Task ScriptAsync()
+    {
+        await SetUpAsync();
+        var workers = new List<Task>();
+        int hosts = _random.Next(2, 5);
+        for (int h = 0; h < hosts; h++)
+        {
+            var node = new SimNode(_scheduler, $"host{h}");
+            _hosts.Add(node);
+            int depth = _random.Next(1, 5);
+            for (int q = 0; q < depth; q++) workers.Add(node.InvokeAsync(() => WorkerAsync(node)));
+        }
+        var faults = FaultsAsync();
+        await Waits.WhenAll(workers);
+        _safety = false;
+        await faults;
+        await HealAsync();
+        await LivenessAsync();
+    }
+
+    async Task SetUpAsync()
+    {
+        long elements = _plan.Has(FaultKind.FullCache) ? _plan.NvramElements : 256;
+        _layout = NvramLayout.Of(2 * elements * NvramLayout.ElementBytesFixed + (1L << 20), (int)elements);
+        foreach (var s in _sides) s.Store = NvramStore.For(_layout, $"nvram-{s.Name}");
+        // The shelf: RAID 1 (2 drives), RAID 5 (3), RAID 6 (4), two drives for the scratch array, one spare.
+        string[] drives = ["d0", "d1", "d2", "d3", "d4", "d5", "d6", "d7", "d8", "s0", "s1"];
+        foreach (var d in drives)
+        {
+            var memory = _shelf.Insert(d, _options.DriveBytes);
+            var latency = _plan.Has(FaultKind.SlowDrive) && _random.Chance(0.5) ? _plan.MaxDriveLatency : TimeSpan.Zero;
+            _faulty[d] = new FaultyDrive(memory, new FaultOptions
+            {
+                Seed = _random.NextUInt64(), TrackUnflushedWrites = false, LatencyJitterMax = latency,
+            }, _world.Time);
+        }
+        await StartControllerAsync(_sides[0]);
+        await StartControllerAsync(_sides[1]);
+        _wire.Connect();
+        await WaitForAsync(() => Paired(), TimeSpan.FromSeconds(10), "the pair to form at start");
+        // Array 0 and 2 on A, 1 on B, as `duet up` would; levels 1, 5, 6.
+        (string Name, int Level, string[] Drives, string Owner)[] arrays =
+        [
+            ("r1", 1, ["d0", "d1"], "A"), ("r5", 5, ["d2", "d3", "d4"], "B"), ("r6", 6, ["d5", "d6", "d7", "d8"], "A"),
+        ];
+        foreach (var (name, level, members, owner) in arrays)
+        {
+            var side = SideOf(owner);
+            var info = await side.Node.InvokeAsync(() => side.Controller!.ArrayService.CreateArrayAsync(new CreateArrayRequest(name, level, members, ChunkKiB: 16 << _random.Next(3), Owner: owner)));
+            long size = info.CapacityBytes / 2 / 4096 * 4096;
+            for (int v = 0; v < 2; v++)
+            {
+                string vol = $"{name}v{v}";
+                await side.Node.InvokeAsync(() => side.Controller!.ArrayService.CreateVolumeAsync(new CreateVolumeRequest(vol, name, size)));
+                _volumes[vol] = new VolumeModel(vol, size / SectorBytes);
+            }
+            _fixedArrays.Add(name);
+            await side.Node.InvokeAsync(() => side.Controller!.NotifyPeerArraysChangedAsync());
+        }
+        await _world.Time.DelayAsync(TimeSpan.FromMilliseconds(10));
+        _trace.Add("set up: 3 arrays, 6 volumes");
+    }
+
+    Guid NewUuid()
+    {
+        Span<byte> b = stackalloc byte[16];
+        _random.NextBytes(b);
+        return new Guid(b);
+    }
+
+    Side SideOf(string name) => _sides[name == "A" ? 0 : 1];
+    Side Other(Side s) => _sides[s == _sides[0] ? 1 : 0];
+
+    bool Paired() => _sides.All(s => s.IsUp && s.Controller!.Link.IsUp && s.Controller.Mirror.Mode == MirrorMode.Healthy);
+
+    async Task WaitForAsync(Func<bool> condition, TimeSpan budget, string what)
+    {
+        var until = _scheduler.Elapsed + budget;
+        while (!condition())
+        {
+            if (_scheduler.Elapsed >= until) throw new TimeoutException($"waited {budget.TotalSeconds} s of virtual time for {what}");
+            await _world.Time.DelayAsync(TimeSpan.FromMilliseconds(5));
+        }
+    }
+
+    async Task StartControllerAsync(Side side)
+    {
+        side.Starting = true;
+        try
+        {
+            var node = side.Node;
+            var shelf = new MemoryShelf(_shelf, (name, inner) => _faulty.TryGetValue(name, out var f) ? f : inner);
+            var controller = await node.InvokeAsync(async () =>
+            {
+                var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = shelf, Time = node.Time, Controller = side.Name, NewUuid = NewUuid });
+                var nvram = NvramFile.OpenOrCreate(side.Store, _layout, side.Name, _pairId);
+                side.Nvram = nvram;
+                var link = _wire.Attach(node, side.Name);
+                var c = new Controller(new ControllerCoreOptions
+                {
+                    Name = side.Name, Session = _random.NextUInt64() | 1, Time = node.Time,
+                    ForwardTimeout = TimeSpan.FromSeconds(2),
+                    ConfigureCache = o => o with { PlantedReplayOutOfOrder = _options.Bug == PlantedBug.ReplayOutOfOrder },
+                    WrapMirror = _options.Bug == PlantedBug.AckBeforeMirror ? m => new AckBeforeMirror(m) : null,
+                }, arrays, nvram, link);
+                c.Start();
+                return c;
+            });
+            side.Controller = controller;
+            _trace.Add($"controller {side.Name} started (incarnation {node.Incarnation}, replayed {controller.ReplayedElements})");
+        }
+        finally { side.Starting = false; }
+    }
+
+    /// <summary>The planted bug of <see cref="PlantedBug.AckBeforeMirror"/>: reports every group mirrored at once.</summary>
+    sealed class AckBeforeMirror(ICacheMirror inner) : ICacheMirror
+    {
+        public MirrorMode Mode => inner.Mode;
+
+        public Task AppendGroup(IReadOnlyList<MirrorChange> changes)
+        {
+            var real = inner.AppendGroup(changes);
+            _ = real.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Current);
+            return real.IsFaulted ? real : Task.CompletedTask;
+        }
+    }
+}
