@@ -16,18 +16,19 @@ public sealed partial class Simulator
     {
         while (_opsIssued < _options.Operations)
         {
-            _opsIssued++;
+            int op = ++_opsIssued;
             _opsInFlight++;
             try
             {
                 int dice = _random.Next(100);
-                if (dice < 50) await WriteAsync(host);
-                else if (dice < 85) await ReadAsync(host);
-                else if (dice < 92) await FlushAsync(host);
-                else if (dice < 96) await MoveAsync();
-                else await ScratchAsync();
+                _inflight[op] = dice < 50 ? "write" : dice < 85 ? "read" : dice < 92 ? "flush" : dice < 96 ? "move" : "create/delete";
+                if (dice < 50) await WriteAsync(host, op);
+                else if (dice < 85) await ReadAsync(host, op);
+                else if (dice < 92) await FlushAsync(host, op);
+                else if (dice < 96) await MoveAsync(op);
+                else await ScratchAsync(op);
             }
-            finally { _opsInFlight--; }
+            finally { _opsInFlight--; _inflight.Remove(op); }
             if (_random.Chance(0.3)) await host.Time.DelayAsync(TimeSpan.FromMicroseconds(_random.Next(1, 2000)));
         }
     }
@@ -56,7 +57,7 @@ public sealed partial class Simulator
 
     Side PickController() => _sides[_random.Next(2)];
 
-    async Task WriteAsync(SimNode host)
+    async Task WriteAsync(SimNode host, int op)
     {
         if (PickVolume() is not var (name, model)) return;
         long count = PickLength(model);
@@ -67,6 +68,7 @@ public sealed partial class Simulator
         Content.Fill(data, id, sector);
         bool fua = _random.Chance(0.1);
         var side = PickController();
+        _inflight[op] = $"write {id} {name} {sector}+{count} via {side.Name}";
         _writes++;
         model.WriteIssued(id, sector, count, ++_logical);
         bool ok = false;
@@ -88,11 +90,12 @@ public sealed partial class Simulator
         _trace.Add($"write {id} {name} {sector}+{count} via {side.Name} {(ok ? "ok" : "failed")}");
     }
 
-    async Task ReadAsync(SimNode host)
+    async Task ReadAsync(SimNode host, int op)
     {
         if (PickVolume() is not var (name, model)) return;
         long count = PickLength(model);
         long sector = _random.NextInt64(model.Sectors - count + 1);
+        _inflight[op] = $"read {name} {sector}+{count}";
         await ReadRangeAsync(name, model, sector, count);
     }
 
@@ -137,10 +140,11 @@ public sealed partial class Simulator
         return true;
     }
 
-    async Task FlushAsync(SimNode host)
+    async Task FlushAsync(SimNode host, int op)
     {
         if (PickVolume() is not var (name, _)) return;
         var side = PickController();
+        _inflight[op] = $"flush {name} via {side.Name}";
         _flushes++;
         try
         {
@@ -156,13 +160,14 @@ public sealed partial class Simulator
     }
 
     /// <summary>Moves a random array to the other controller, asking its owner (as `duet array move` does).</summary>
-    async Task MoveAsync()
+    async Task MoveAsync(int op)
     {
         var array = _fixedArrays[_random.Next(_fixedArrays.Count)];
         var owner = _sides.FirstOrDefault(s => s.IsUp && s.Controller!.Arrays.Serves(array));
         if (owner is null) return;
         _moves++;
         var to = Other(owner).Name;
+        _inflight[op] = $"move {array} {owner.Name}->{to}";
         try
         {
             await owner.Node.InvokeAsync(() => owner.Controller!.MoveArrayAsync(array, to, CancellationToken.None));
@@ -175,7 +180,7 @@ public sealed partial class Simulator
     }
 
     /// <summary>Creates the scratch array (RAID 1 on s0, s1) with one volume, or deletes it.</summary>
-    async Task ScratchAsync()
+    async Task ScratchAsync(int op)
     {
         if (_scratchBusy) return;
         _scratchBusy = true;

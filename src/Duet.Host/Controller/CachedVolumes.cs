@@ -45,7 +45,8 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
         {
             _hold ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             if (_inFlight == 0) return Task.CompletedTask;
-            _idle = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            // A second holder waits for the same moment as the first (replacing the task would strand the first).
+            _idle ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             return _idle.Task;
         }
     }
@@ -83,7 +84,11 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
         lock (_moveLock)
         {
             _inFlight--;
-            if (_inFlight == 0) _idle?.TrySetResult();
+            if (_inFlight == 0 && _idle is { } idle)
+            {
+                _idle = null;
+                idle.TrySetResult();
+            }
         }
     }
 

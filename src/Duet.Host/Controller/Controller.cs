@@ -302,6 +302,16 @@ public sealed partial class Controller : IAsyncDisposable
     /// </summary>
     public async Task<ArrayInfo> MoveArrayAsync(string array, string to, CancellationToken ct)
     {
+        await _arrayChanges.WaitAsync(ct);
+        try { return await MoveArrayLockedAsync(array, to, ct); }
+        finally { _arrayChanges.Release(); }
+    }
+
+    // Moves and deletes run one at a time: each holds its array's volumes and checks ownership first.
+    readonly AsyncGate _arrayChanges = new(1, 1);
+
+    async Task<ArrayInfo> MoveArrayLockedAsync(string array, string to, CancellationToken ct)
+    {
         if (to is not ("A" or "B")) throw new ManagementException(ManagementErrorKind.Invalid, $"'{to}' is not a controller: use A or B");
         if (!Arrays.Serves(array))
         {
@@ -348,6 +358,13 @@ public sealed partial class Controller : IAsyncDisposable
     /// the peer's mirrors of them, and the array leaves the cache's table.
     /// </summary>
     public async Task DeleteArrayAsync(string array, CancellationToken ct)
+    {
+        await _arrayChanges.WaitAsync(ct);
+        try { await DeleteArrayLockedAsync(array, ct); }
+        finally { _arrayChanges.Release(); }
+    }
+
+    async Task DeleteArrayLockedAsync(string array, CancellationToken ct)
     {
         if (!Arrays.Serves(array))
         {
