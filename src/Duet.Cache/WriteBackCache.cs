@@ -9,8 +9,12 @@ namespace Duet.Cache;
 
 public sealed record CacheOptions
 {
-    /// <summary>Start destaging when this fraction of the elements is dirty.</summary>
-    public double DestageStartFraction { get; init; } = 0.25;
+    /// <summary>Start destaging when this fraction of the elements is dirty (the high watermark). Below it a
+    /// burst of writes is absorbed by NVRAM and the mirror alone, with no destage competing for the CPU.</summary>
+    public double DestageStartFraction { get; init; } = 0.625;
+    /// <summary>Once started by the high watermark, destage goes on until the dirty fraction is below this
+    /// (the low watermark), so it runs in long passes rather than a round at every write.</summary>
+    public double DestageStopFraction { get; init; } = 0.5;
     /// <summary>Most elements one destage round writes.</summary>
     public int DestageRoundElements { get; init; } = 512;
     /// <summary>Longest run (sectors) one destage write may cover.</summary>
@@ -282,7 +286,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             foreach (var e in elements) if (e >= 0) ReturnUnused(e);
             throw;
         }
-        var gates = Enumerable.Range(0, n).Select(i => KeyLockIndex(array, (firstEl + i) * SectorsPerElement)).Distinct().Order().ToList();
+        var gates = GatesOf(array, firstEl, n);
         foreach (var g in gates) await _keyLocks[g].WaitAsync(CancellationToken.None);
         Task? mirrored = null;
         bool writeThrough = _mirror.Mode != MirrorMode.Healthy;
@@ -370,7 +374,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         }
         finally
         {
-            for (int g = gates.Count - 1; g >= 0; g--) _keyLocks[gates[g]].Release();
+            for (int g = gates.Length - 1; g >= 0; g--) _keyLocks[gates[g]].Release();
         }
         if (mirrored is not null)
         {
@@ -394,7 +398,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 }
                 finally
                 {
-                    for (int g = gates.Count - 1; g >= 0; g--) _keyLocks[gates[g]].Release();
+                    for (int g = gates.Length - 1; g >= 0; g--) _keyLocks[gates[g]].Release();
                 }
             }
         }
@@ -444,6 +448,20 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             _free.Push(e);
             WakeSpaceWaitersLocked();
         }
+    }
+
+    /// <summary>The key locks of n elements from firstEl on: distinct, in ascending order (the order every
+    /// writer takes them in, so two writers never wait for each other in a cycle).</summary>
+    int[] GatesOf(byte array, long firstEl, int n)
+    {
+        if (n == 1) return [KeyLockIndex(array, firstEl * SectorsPerElement)];
+        var gates = new int[n];
+        for (int i = 0; i < n; i++) gates[i] = KeyLockIndex(array, (firstEl + i) * SectorsPerElement);
+        Array.Sort(gates);
+        int k = 0;
+        for (int i = 0; i < n; i++)
+            if (k == 0 || gates[i] != gates[k - 1]) gates[k++] = gates[i];
+        return k == n ? gates : gates[..k];
     }
 
     int KeyLockIndex(byte array, long lba) => (int)((ulong)HashCode.Combine(array, lba) % KeyLockCount);
@@ -665,11 +683,13 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             if (!(kicked || idle || pressure || drain)) continue;
             try
             {
+                double low = Math.Min(_options.DestageStopFraction, _options.DestageStartFraction);
                 while (true)
                 {
                     int n = await DestageRoundAsync(ct);
                     lock (_lock) drain = _drainWaiters.Count > 0 || _spaceWaiters.Count > 0;
-                    pressure = DirtyCount >= _slots.Length * _options.DestageStartFraction;
+                    // Hysteresis: a pass started by pressure goes down to the low watermark.
+                    pressure = pressure ? DirtyCount >= _slots.Length * low : DirtyCount >= _slots.Length * _options.DestageStartFraction;
                     if (n == 0 || !(drain || pressure)) break;
                 }
             }

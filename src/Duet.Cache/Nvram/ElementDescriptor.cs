@@ -100,12 +100,16 @@ internal static class DescriptorCodec
     {
         Invariant.Assert(data.Length == NvramLayout.ElementBytesFixed);
         uint state = Crc32C.Append(Crc32C.Start, slot[..CrcOffset]);
+        // The valid sectors in order, a run of consecutive ones at a time (the same bytes as sector by
+        // sector, in longer spans, which Crc32C takes in parallel lanes).
         var mask = validMask;
         while (mask != 0)
         {
             int sector = BitOperations.TrailingZeroCount(mask);
-            mask &= mask - 1;
-            state = Crc32C.Append(state, data.Slice(sector * NvramLayout.SectorBytes, NvramLayout.SectorBytes));
+            int run = BitOperations.TrailingZeroCount(~(mask >> sector));
+            if (sector + run >= 32) run = 32 - sector;
+            mask = sector + run >= 32 ? 0 : mask & ~(((1u << run) - 1) << sector);
+            state = Crc32C.Append(state, data.Slice(sector * NvramLayout.SectorBytes, run * NvramLayout.SectorBytes));
         }
         return Crc32C.Finish(state);
     }

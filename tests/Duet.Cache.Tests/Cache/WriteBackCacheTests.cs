@@ -115,4 +115,28 @@ public class WriteBackCacheTests
         await Task.WhenAll(writes).WaitAsync(TimeSpan.FromSeconds(30));
         Assert.DoesNotContain(writes, t => t.IsFaulted);
     }
+
+    [Fact]
+    public async Task DestageWaitsForTheHighWatermarkThenRunsDownToTheLowOne()
+    {
+        var options = new CacheOptions { IdleDestageDelay = TimeSpan.FromHours(1), DestageStartFraction = 0.625, DestageStopFraction = 0.5, DestageRoundElements = 4 };
+        await using var h = new CacheHarness(nvramBytes: 4 << 20, arraySectors: 65536, options: options);
+        int elements = h.Cache.ElementCount;
+        int high = (int)Math.Ceiling(elements * 0.625), low = (int)Math.Ceiling(elements * 0.5);
+        Assert.True(high - low > 4, $"{elements} elements are too few for this test");
+        // A burst below the high watermark stays in NVRAM: nothing reaches the array.
+        for (int i = 0; i < high - 1; i++) await h.WriteAsync(i * 32L, 32);
+        await Task.Delay(300);
+        Assert.Equal(0, Interlocked.Read(ref h.Backing.Writes));
+        Assert.Equal(high - 1, h.Cache.DirtyCount);
+        // Crossing it starts destage, which goes on (rounds of 4) until fewer than the low watermark are dirty, and stops there.
+        for (int i = high - 1; i < high + 1; i++) await h.WriteAsync(i * 32L, 32);
+        for (int i = 0; i < 1000 && h.Cache.DirtyCount >= low; i++) await Task.Delay(10);
+        await Task.Delay(300);
+        int dirty = h.Cache.DirtyCount;
+        Assert.InRange(dirty, low - 4, low - 1);
+        Assert.True(Interlocked.Read(ref h.Backing.Writes) > 0);
+        await h.VerifyAsync();
+        h.CheckMirrorInvariant();
+    }
 }
