@@ -134,7 +134,7 @@ public sealed partial class Controller : IAsyncDisposable
             LogUnknown("array table update", error.ToString());
             return;
         }
-        Volatile.Write(ref _announced, update!.Entries.ToDictionary(e => e.Volume, e => e.ArraySerial));
+        Volatile.Write(ref _announced, update!.Entries.ToDictionary(e => e.ArrayNumber, e => e.ArraySerial));
     }
 
     /// <summary>
@@ -199,6 +199,9 @@ public sealed partial class Controller : IAsyncDisposable
             var bytes = new byte[DuetFrame.EncodedBytes(hello)];
             hello.Encode(bytes);
             await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default);
+            // The array table before any mirror data: the peer names our arrays by number with it
+            // (a change announced while the link was down never reached it).
+            await NotifyPeerArraysChangedAsync();
             await Cache.ResyncMirrorAsync(Mirror.Resume);
             LogPaired(_options.PeerName);
         }
@@ -269,6 +272,8 @@ public sealed partial class Controller : IAsyncDisposable
         // sequence numbers that may start lower than its old session's.
         Receiver.Reset();
         Nvram.Peer.Clear();
+        // The peer sends its array table right after its hello; until then, what the drives say.
+        Volatile.Write(ref _announced, null);
         // Array changes announced while the link was down (a move finished during a partition)
         // never reached us: read the superblocks again.
         _ = RescanAsync();

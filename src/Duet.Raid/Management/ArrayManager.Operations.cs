@@ -93,11 +93,18 @@ public sealed partial class ArrayManager
         return info;
     }, ct);
 
+    /// <summary>
+    /// The MR-5 number of a new array: unused by either controller. In a pair, A hands out even
+    /// numbers and B odd ones, so two arrays created at the same moment on both controllers (each
+    /// before hearing of the other's) never share a number — the number is what names an array
+    /// on the link and in the cache, so a shared one would mix two arrays' data.
+    /// </summary>
     byte FreeArrayNumber()
     {
         var used = _arrays.Values.Select(a => a.Current.Number).Concat(_peerArrays.Values.Select(p => p.Number)).ToHashSet();
-        for (int n = 0; n < 256; n++) if (!used.Contains((byte)n)) return (byte)n;
-        throw Conflict("256 arrays exist already; the mirror protocol names at most 256 (MR-5)");
+        int first = _options.Controller == "B" ? 1 : 0, step = _options.Controller is null ? 1 : 2;
+        for (int n = first; n < 256; n += step) if (!used.Contains((byte)n)) return (byte)n;
+        throw Conflict($"no array number is free{(step == 2 ? $" for controller {_options.Controller} (each of the pair names at most 128 arrays)" : "")}; the mirror protocol names at most 256 (MR-5)");
     }
 
     public Task DeleteArrayAsync(string name, CancellationToken ct = default) => Locked(async () =>
