@@ -44,7 +44,13 @@ public sealed class SimulatorTests
     //  12: an array moved during a partition was served by neither controller after the link came back.
     //  21: a move running beside another management operation met a dirty element it had held off
     //      (a new CachedVolume was made for a RaidVolume object the array manager had replaced).
+    //  70: two moves of one array at once: the second holder replaced the first's idle signal and the first waited forever.
+    //  98: (checker) a later write to other sectors of an element copied this write's sectors into a newer, unmirrored element.
+    // 331: B created an array and died before telling A; A created its own array over B's drives.
     [Theory]
+    [InlineData(70UL)]
+    [InlineData(98UL)]
+    [InlineData(331UL)]
     [InlineData(1UL)]
     [InlineData(3UL)]
     [InlineData(12UL)]

@@ -50,6 +50,20 @@ public sealed partial class ArrayManager
         if (level == RaidLevel.Raid10 && r.Drives.Count % 2 != 0) throw Invalid("RAID 10 needs an even number of drives");
         var drives = r.Drives.Select(Drive).ToList();
         foreach (var d in drives) if (InUse(d) is { } why) throw Conflict(why);
+        // The shelf is shared: the peer may have put an array on a drive since we last read it
+        // (and not told us yet: it may have died first). Look at the drive itself before claiming it.
+        foreach (var d in drives)
+        {
+            Superblock? now;
+            try { now = await ReadSuperblockAsync(d.Device, ct); }
+            catch (SuperblockException e) { throw Conflict($"drive '{d.Name}' holds an unreadable superblock ({e.Message}); it is not free"); }
+            catch (BlockIoException e) { throw Conflict($"drive '{d.Name}' cannot be read ({e.Message}); it is not free"); }
+            if (now is not null)
+            {
+                d.Superblock = now;
+                throw Conflict($"drive '{d.Name}' now belongs to array '{now.Name}' (controller {now.Owner}); it is not free");
+            }
+        }
         var sizes = drives.Select(d => d.Device.BlockCount).Distinct().ToList();
         if (sizes.Count > 1)
             throw Invalid($"drives differ in size ({string.Join(", ", drives.Select(d => $"{d.Name}: {Units.FormatSize(d.Device.BlockCount * Units.BlockBytes)}"))}); an array needs drives of one size");
