@@ -22,9 +22,9 @@ public sealed record CacheOptions
     /// <summary>After this long without writes, destage whatever is dirty (the periodic flush of CC-5).</summary>
     public TimeSpan IdleDestageDelay { get; init; } = TimeSpan.FromMilliseconds(200);
     public TimeProvider Time { get; init; } = TimeProvider.System;
-    /// <summary>Test only, a planted bug for the simulator's checkers: replay region 1 newest first,
-    /// so an older element of an address wins over a newer one.</summary>
-    internal bool PlantedReplayOutOfOrder { get; init; }
+    /// <summary>Test only, a planted bug for the simulator's checkers: forgetting an array (after a
+    /// move or delete) drops its elements here but does not tell the peer to drop its copies.</summary>
+    internal bool PlantedForgetKeepsPeerCopies { get; init; }
 }
 
 /// <summary>
@@ -134,7 +134,6 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     public int Replay()
     {
         var order = _nvram.ReplayOrder();
-        if (_options.PlantedReplayOutOfOrder) order = [.. order.Reverse()];
         lock (_lock)
         {
             Invariant.Assert(_index.Count == 0);
@@ -822,6 +821,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 changes.Add(InvalidationOf(e, ++_sequence));
             }
             _arrays.Remove(array);
+            if (_options.PlantedForgetKeepsPeerCopies) changes.Clear();
             if (changes.Count > 0 && _mirror.Mode == MirrorMode.Healthy)
             {
                 try { sent = _mirror.AppendGroup(changes); }

@@ -63,7 +63,7 @@ public static partial class Program
             var summary = Campaign.Run(parse.GetValue(from), count, options, Math.Max(1, parse.GetValue(threads)), r =>
             {
                 if (!r.Passed)
-                    output.WriteLine($"failure seed {r.Seed} (faults {r.Plan}; replay: duet sim --seed {r.Seed}{ReplayFlags(parse.GetValue(faults)!, parse.GetValue(exact), opCount)}): {r.Failures[0]}");
+                    output.WriteLine($"failure seed {r.Seed} (faults {r.Plan}; replay: duet sim --seed {r.Seed}{ReplayFlags(parse.GetValue(faults)!, parse.GetValue(exact), opCount, parse.GetValue(bug))}): {r.Failures[0]}");
             });
             output.WriteLine($"virtual time {summary.VirtualTime.TotalSeconds:F0} s, {summary.Writes} writes, {summary.Crashes} crashes, {summary.Steps} steps");
             output.WriteLine($"seeds {summary.Seeds} failures {summary.Failed.Count}");
@@ -72,6 +72,7 @@ public static partial class Program
         return cmd;
     }
 
-    static string ReplayFlags(string faults, bool exact, int ops) =>
-        (faults == "all" ? "" : $" --faults {faults}") + (exact ? " --exact" : "") + (ops == 1000 ? "" : $" --ops {ops}");
+    static string ReplayFlags(string faults, bool exact, int ops, PlantedBug bug) =>
+        (faults == "all" ? "" : $" --faults {faults}") + (exact ? " --exact" : "") + (ops == 1000 ? "" : $" --ops {ops}") +
+        (bug == PlantedBug.None ? "" : $" --planted-bug {bug}");
 }

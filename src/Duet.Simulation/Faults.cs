@@ -97,14 +97,14 @@ public sealed record FaultPlan
         return new FaultPlan
         {
             On = on,
-            // A seed's safety phase lasts about a second of virtual time: several crashes and
-            // partitions fit in it.
-            CrashEvery = TimeSpan.FromMilliseconds(r.Next(50, 600)),
-            MaxDownTime = TimeSpan.FromMilliseconds(r.Next(5, 400)),
+            // A seed's safety phase lasts a few hundred milliseconds of virtual time (less without
+            // slow drives): several crashes and partitions fit in it.
+            CrashEvery = TimeSpan.FromMilliseconds(r.Next(5, 150)),
+            MaxDownTime = TimeSpan.FromMilliseconds(r.Next(1, 100)),
             MaxLinkDelay = TimeSpan.FromMicroseconds(r.Next(5, 3000)),
             DropProbability = r.Next(1, 40) / 1000.0,
-            PartitionEvery = TimeSpan.FromMilliseconds(r.Next(50, 600)),
-            MaxPartition = TimeSpan.FromMilliseconds(r.Next(1, 400)),
+            PartitionEvery = TimeSpan.FromMilliseconds(r.Next(5, 150)),
+            MaxPartition = TimeSpan.FromMilliseconds(r.Next(1, 100)),
             MaxDriveLatency = TimeSpan.FromMicroseconds(r.Next(20, 5000)),
             NvramElements = r.Next(24, 96),
         };

@@ -29,7 +29,9 @@ public sealed partial class Simulator
                 else await ScratchAsync(op);
             }
             finally { _opsInFlight--; _inflight.Remove(op); }
-            if (_random.Chance(0.3)) await host.Time.DelayAsync(TimeSpan.FromMicroseconds(_random.Next(1, 2000)));
+            // Think time: spreads a seed's operations over a few hundred milliseconds of virtual
+            // time, so crashes and partitions land among them.
+            await host.Time.DelayAsync(TimeSpan.FromTicks(_random.NextInt64(_thinkMax.Ticks + 1)));
         }
     }
 

@@ -16,8 +16,8 @@ public enum PlantedBug
     None,
     /// <summary>The cache is told its mirror group was mirrored as soon as it is sent, before the peer's status.</summary>
     AckBeforeMirror,
-    /// <summary>A controller replays its NVRAM region 1 newest first, so an older element of an address wins.</summary>
-    ReplayOutOfOrder,
+    /// <summary>A controller that hands over or deletes an array drops its cache elements but leaves the peer's copies in region 2.</summary>
+    ForgetKeepsPeerCopies,
 }
 
 public sealed record SimOptions
@@ -80,6 +80,7 @@ public sealed partial class Simulator
     readonly SortedDictionary<int, string> _inflight = [];
     bool _safety = true, _done;
     int _scratchGeneration;
+    TimeSpan _thinkMax;
     bool _scratchBusy;
 
     // statistics
@@ -171,6 +172,7 @@ public sealed partial class Simulator
         await SetUpAsync();
         var workers = new List<Task>();
         int hosts = _random.Next(2, 5);
+        _thinkMax = TimeSpan.FromMicroseconds(_random.Next(100, 20_000));
         for (int h = 0; h < hosts; h++)
         {
             var node = new SimNode(_scheduler, $"host{h}");
@@ -269,7 +271,7 @@ public sealed partial class Simulator
                 {
                     Name = side.Name, Session = _random.NextUInt64() | 1, Time = node.Time, Loggers = loggers,
                     ForwardTimeout = TimeSpan.FromSeconds(2),
-                    ConfigureCache = o => o with { PlantedReplayOutOfOrder = _options.Bug == PlantedBug.ReplayOutOfOrder },
+                    ConfigureCache = o => o with { PlantedForgetKeepsPeerCopies = _options.Bug == PlantedBug.ForgetKeepsPeerCopies },
                     WrapMirror = _options.Bug == PlantedBug.AckBeforeMirror ? m => new AckBeforeMirror(m) : null,
                 }, arrays, nvram, link);
                 c.Start();

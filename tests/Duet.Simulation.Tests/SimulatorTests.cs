@@ -79,6 +79,15 @@ public sealed class SimulatorTests
     }
 
     [Fact]
+    public void The_checkers_catch_mirror_copies_left_behind_by_a_move()
+    {
+        var options = Small with { Bug = PlantedBug.ForgetKeepsPeerCopies, ForcedFaults = FaultKind.None };
+        var r = Simulator.Run(8, options);
+        Assert.Contains(r.Failures, f => f.Contains("mirror invariant", StringComparison.Ordinal));
+        Assert.True(Simulator.Run(8, Small with { ForcedFaults = FaultKind.None }).Passed);
+    }
+
+    [Fact]
     public void Without_the_planted_bug_the_same_seeds_pass_that_check()
     {
         var r = Simulator.Run(2, Small with { ForcedFaults = FaultKind.LinkDelay });
