@@ -574,8 +574,21 @@ public sealed partial class RaidArray
             // A block we needed is unreadable: read every row in full, reconstruct, and write whole rows.
             var unsolved = await FillAndSolveAsync(ws, ct);
             if (unsolved.Count > 0 && g.ParityMembers > 0)
-                throw new BlockIoException(BlockErrorKind.Medium, $"array {Name}: stripe {stripe} has rows {string.Join(",", unsolved)} beyond repair",
-                    stripe * g.StripeDataBlocks * Units.SectorsPerBlock + sectorLo);
+            {
+                // A row beyond repair can still be written whole: reconstruct-write needs only the
+                // data blocks this write does not replace entirely (parity is computed afresh). So a
+                // write that covers the damaged blocks (the cache destaging again, after a crash,
+                // the stripe a crash tore) repairs the row instead of failing.
+                foreach (int r in unsolved)
+                    for (int i = 0; i < g.DataMembers; i++)
+                    {
+                        var c = chunks[i];
+                        bool replaced = !c.IsEmpty && r >= c.Lo && r < c.Hi && !(c.PartialFirst && r == c.Lo) && !(c.PartialLast && r == c.Hi - 1);
+                        if (!replaced && ws.RowState(g.DataMember(stripe, i), r) == Workspace.Bad)
+                            throw new BlockIoException(BlockErrorKind.Medium, $"array {Name}: stripe {stripe} has rows {string.Join(",", unsolved)} beyond repair",
+                                stripe * g.StripeDataBlocks * Units.SectorsPerBlock + sectorLo);
+                    }
+            }
             if (g.ParityMembers == 0)
                 foreach (var c in chunks)
                     if (!c.IsEmpty && (c.PartialFirst && ws.RowState(g.DataMember(stripe, c.DataIndex), c.Lo) == Workspace.Bad ||
