@@ -246,7 +246,7 @@ public class MemberFailureOrderingTests
     [Fact]
     public async Task AWriteThatReplacesEveryDamagedDataBlockRepairsARowBeyondRepair()
     {
-        var h = new ArrayHarness(RaidLevel.Raid5, 3, chunkBlocks: 4, seed: 21);
+        var h = new ArrayHarness(RaidLevel.Raid5, 5, chunkBlocks: 4, seed: 21); // 4 data members: one chunk is written read-modify-write
         var data = new byte[h.Model.Length];
         new System.Random(5).NextBytes(data);
         await h.Array.WriteAsync(0, data);
