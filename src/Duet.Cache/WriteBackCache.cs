@@ -464,7 +464,11 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         return k == n ? gates : gates[..k];
     }
 
-    int KeyLockIndex(byte array, long lba) => (int)((ulong)HashCode.Combine(array, lba) % KeyLockCount);
+    // A fixed hash (Fibonacci hashing of array and element number), not HashCode.Combine: that one is
+    // seeded per process, so which addresses shared a key lock changed from run to run, and a
+    // simulated seed did not replay the same interleaving twice.
+    static int KeyLockIndex(byte array, long lba) =>
+        (int)(((ulong)array << 56 ^ (ulong)(lba / SectorsPerElement)) * 0x9E3779B97F4A7C15UL >> 56) % KeyLockCount;
 
     void MarkClean(int e, ulong sequence)
     {
