@@ -124,6 +124,27 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     public CacheCounters Counters => new(Interlocked.Read(ref _hits), Interlocked.Read(ref _misses), Interlocked.Read(ref _destagedElements),
         Interlocked.Read(ref _destagedRuns), Interlocked.Read(ref _evictions), Interlocked.Read(ref _writeThroughs), Interlocked.Read(ref _mirrored), DirtyCount);
 
+    /// <summary>A one-line picture of the cache for a report of a run that did not finish (diagnostics).</summary>
+    public string DescribeState()
+    {
+        lock (_lock)
+        {
+            int clean = 0, retired = 0, pinned = 0, destaging = 0;
+            foreach (ref readonly var s in _slots.AsSpan())
+            {
+                if (s.State == SlotState.Clean) clean++;
+                else if (s.State == SlotState.Retired) retired++;
+                if (s.Pins > 0) pinned++;
+                if (s.Destaging) destaging++;
+            }
+            int keyWaits = 0;
+            foreach (var g in _keyLocks) if (g.CurrentCount == 0) keyWaits++;
+            return $"cache {_slots.Length} elements: free {_free.Count}, dirty {_dirty}, clean {clean}, retired {retired}, pinned {pinned}, destaging {destaging}; " +
+                   $"space waiters {_spaceWaiters.Count}, drain waiters {_drainWaiters.Count}, key locks held {keyWaits}, array write gate {(_arrayWriteGate.CurrentCount == 0 ? "held" : "free")}, " +
+                   $"destager {(_destager is null ? "not started" : _destager.Status.ToString())}";
+        }
+    }
+
     public void AddArray(ICacheBacking backing)
     {
         lock (_lock) _arrays[backing.ArrayNumber] = backing;
@@ -624,12 +645,17 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             ref var s = ref _slots[e];
             Invariant.Assert(s.Pins > 0);
             s.Pins--;
-            if (s.Pins == 0 && s.FreeWhenUnpinned)
+            if (s.Pins > 0) return;
+            if (s.FreeWhenUnpinned)
             {
                 s = new Slot { LruPrev = -1, LruNext = -1 };
                 _free.Push(e);
                 WakeSpaceWaitersLocked();
             }
+            // A clean element a reader or a destage round held could not be evicted; now it can. A
+            // writer that found every clean element pinned waits for exactly this (nothing else may
+            // come: with no dirty element left, destage frees nothing more).
+            else if (s.State == SlotState.Clean) WakeSpaceWaitersLocked();
         }
     }
 
