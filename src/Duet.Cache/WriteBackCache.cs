@@ -311,6 +311,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         foreach (var g in gates) await _keyLocks[g].WaitAsync(CancellationToken.None);
         Task? mirrored = null;
         bool writeThrough = _mirror.Mode != MirrorMode.Healthy;
+        bool committed = false; // the new elements are in the index and the old ones retired
         try
         {
             for (int i = 0; i < n; i++)
@@ -384,6 +385,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     Retire(olds[i]);
                     changes.Add(InvalidationOf(olds[i], ++_sequence));
                 }
+                committed = true;
                 if (!writeThrough)
                 {
                     try { mirrored = _mirror.AppendGroup(changes); }
@@ -393,43 +395,61 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             for (int i = 0; i < n; i++) _nvram.WriteDescriptorOnly(elements[i], descriptors[i]);
             if (writeThrough) await WriteThroughKeysHeldAsync(elements, ct);
         }
+        catch when (!committed)
+        {
+            // Failed before the new images were published (a gap fill's read): nobody knows the
+            // fresh elements; give them back, or with a small NVRAM every writer ends up waiting.
+            foreach (var e in elements) ReturnUnused(e);
+            throw;
+        }
         finally
         {
             for (int g = gates.Length - 1; g >= 0; g--) _keyLocks[gates[g]].Release();
+            // Committed: the old elements are retired whatever happens next. A failed write-through
+            // leaves the new elements dirty (destage retries them) and must not leak the old ones.
+            if (committed && mirrored is null) ReleaseOlds(olds);
         }
-        if (mirrored is not null)
+        if (mirrored is null)
         {
+            MaybeKickDestage();
+            return;
+        }
+        try
+        {
+            await mirrored;
+            Interlocked.Add(ref _mirrored, n);
+        }
+        catch (MirrorUnavailableException)
+        {
+            // The peer went away with this write in flight: make it durable on the drives
+            // instead. The elements now current for these addresses hold our sectors (or newer).
+            foreach (var g in gates) await _keyLocks[g].WaitAsync(CancellationToken.None);
             try
             {
-                await mirrored;
-                Interlocked.Add(ref _mirrored, n);
+                var current = new List<int>();
+                lock (_lock)
+                    for (int i = 0; i < n; i++)
+                        if (_index.TryGetValue((array, (firstEl + i) * SectorsPerElement), out var c) && _slots[c].State == SlotState.Dirty) current.Add(c);
+                await WriteThroughKeysHeldAsync(current, ct);
             }
-            catch (MirrorUnavailableException)
+            finally
             {
-                // The peer went away with this write in flight: make it durable on the drives
-                // instead. The elements now current for these addresses hold our sectors (or newer).
-                foreach (var g in gates) await _keyLocks[g].WaitAsync(CancellationToken.None);
-                try
-                {
-                    var current = new List<int>();
-                    lock (_lock)
-                        for (int i = 0; i < n; i++)
-                            if (_index.TryGetValue((array, (firstEl + i) * SectorsPerElement), out var c) && _slots[c].State == SlotState.Dirty) current.Add(c);
-                    await WriteThroughKeysHeldAsync(current, ct);
-                }
-                finally
-                {
-                    for (int g = gates.Length - 1; g >= 0; g--) _keyLocks[gates[g]].Release();
-                }
+                for (int g = gates.Length - 1; g >= 0; g--) _keyLocks[gates[g]].Release();
             }
         }
+        finally { ReleaseOlds(olds); }
+        MaybeKickDestage();
+    }
+
+    /// <summary>Frees the elements a committed write replaced (once no reader holds them).</summary>
+    void ReleaseOlds(int[] olds)
+    {
         foreach (var old in olds)
         {
             if (old < 0) continue;
             _nvram.Invalidate(old);
             Release(old);
         }
-        MaybeKickDestage();
     }
 
     /// <summary>Writes elements' valid sectors to their arrays, flushes once per array, marks them clean.
