@@ -124,6 +124,27 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     public CacheCounters Counters => new(Interlocked.Read(ref _hits), Interlocked.Read(ref _misses), Interlocked.Read(ref _destagedElements),
         Interlocked.Read(ref _destagedRuns), Interlocked.Read(ref _evictions), Interlocked.Read(ref _writeThroughs), Interlocked.Read(ref _mirrored), DirtyCount);
 
+    /// <summary>A one-line picture of the cache for a report of a run that did not finish (diagnostics).</summary>
+    public string DescribeState()
+    {
+        lock (_lock)
+        {
+            int clean = 0, retired = 0, pinned = 0, destaging = 0;
+            foreach (ref readonly var s in _slots.AsSpan())
+            {
+                if (s.State == SlotState.Clean) clean++;
+                else if (s.State == SlotState.Retired) retired++;
+                if (s.Pins > 0) pinned++;
+                if (s.Destaging) destaging++;
+            }
+            int keyWaits = 0;
+            foreach (var g in _keyLocks) if (g.CurrentCount == 0) keyWaits++;
+            return $"cache {_slots.Length} elements: free {_free.Count}, dirty {_dirty}, clean {clean}, retired {retired}, pinned {pinned}, destaging {destaging}; " +
+                   $"space waiters {_spaceWaiters.Count}, drain waiters {_drainWaiters.Count}, key locks held {keyWaits}, array write gate {(_arrayWriteGate.CurrentCount == 0 ? "held" : "free")}, " +
+                   $"destager {(_destager is null ? "not started" : _destager.Status.ToString())}";
+        }
+    }
+
     public void AddArray(ICacheBacking backing)
     {
         lock (_lock) _arrays[backing.ArrayNumber] = backing;
@@ -289,6 +310,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         foreach (var g in gates) await _keyLocks[g].WaitAsync(CancellationToken.None);
         Task? mirrored = null;
         bool writeThrough = _mirror.Mode != MirrorMode.Healthy;
+        bool committed = false; // the new elements are in the index and the old ones retired
         try
         {
             for (int i = 0; i < n; i++)
@@ -362,6 +384,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     Retire(olds[i]);
                     changes.Add(InvalidationOf(olds[i], ++_sequence));
                 }
+                committed = true;
                 if (!writeThrough)
                 {
                     try { mirrored = _mirror.AppendGroup(changes); }
@@ -371,43 +394,61 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             for (int i = 0; i < n; i++) _nvram.WriteDescriptorOnly(elements[i], descriptors[i]);
             if (writeThrough) await WriteThroughKeysHeldAsync(elements, ct);
         }
+        catch when (!committed)
+        {
+            // Failed before the new images were published (a gap fill's read): nobody knows the
+            // fresh elements; give them back, or with a small NVRAM every writer ends up waiting.
+            foreach (var e in elements) ReturnUnused(e);
+            throw;
+        }
         finally
         {
             for (int g = gates.Length - 1; g >= 0; g--) _keyLocks[gates[g]].Release();
+            // Committed: the old elements are retired whatever happens next. A failed write-through
+            // leaves the new elements dirty (destage retries them) and must not leak the old ones.
+            if (committed && mirrored is null) ReleaseOlds(olds);
         }
-        if (mirrored is not null)
+        if (mirrored is null)
         {
+            MaybeKickDestage();
+            return;
+        }
+        try
+        {
+            await mirrored;
+            Interlocked.Add(ref _mirrored, n);
+        }
+        catch (MirrorUnavailableException)
+        {
+            // The peer went away with this write in flight: make it durable on the drives
+            // instead. The elements now current for these addresses hold our sectors (or newer).
+            foreach (var g in gates) await _keyLocks[g].WaitAsync(CancellationToken.None);
             try
             {
-                await mirrored;
-                Interlocked.Add(ref _mirrored, n);
+                var current = new List<int>();
+                lock (_lock)
+                    for (int i = 0; i < n; i++)
+                        if (_index.TryGetValue((array, (firstEl + i) * SectorsPerElement), out var c) && _slots[c].State == SlotState.Dirty) current.Add(c);
+                await WriteThroughKeysHeldAsync(current, ct);
             }
-            catch (MirrorUnavailableException)
+            finally
             {
-                // The peer went away with this write in flight: make it durable on the drives
-                // instead. The elements now current for these addresses hold our sectors (or newer).
-                foreach (var g in gates) await _keyLocks[g].WaitAsync(CancellationToken.None);
-                try
-                {
-                    var current = new List<int>();
-                    lock (_lock)
-                        for (int i = 0; i < n; i++)
-                            if (_index.TryGetValue((array, (firstEl + i) * SectorsPerElement), out var c) && _slots[c].State == SlotState.Dirty) current.Add(c);
-                    await WriteThroughKeysHeldAsync(current, ct);
-                }
-                finally
-                {
-                    for (int g = gates.Length - 1; g >= 0; g--) _keyLocks[gates[g]].Release();
-                }
+                for (int g = gates.Length - 1; g >= 0; g--) _keyLocks[gates[g]].Release();
             }
         }
+        finally { ReleaseOlds(olds); }
+        MaybeKickDestage();
+    }
+
+    /// <summary>Frees the elements a committed write replaced (once no reader holds them).</summary>
+    void ReleaseOlds(int[] olds)
+    {
         foreach (var old in olds)
         {
             if (old < 0) continue;
             _nvram.Invalidate(old);
             Release(old);
         }
-        MaybeKickDestage();
     }
 
     /// <summary>Writes elements' valid sectors to their arrays, flushes once per array, marks them clean.
@@ -463,7 +504,11 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         return k == n ? gates : gates[..k];
     }
 
-    int KeyLockIndex(byte array, long lba) => (int)((ulong)HashCode.Combine(array, lba) % KeyLockCount);
+    // A fixed hash (Fibonacci hashing of array and element number), not HashCode.Combine: that one is
+    // seeded per process, so which addresses shared a key lock changed from run to run, and a
+    // simulated seed did not replay the same interleaving twice.
+    static int KeyLockIndex(byte array, long lba) =>
+        (int)(((ulong)array << 56 ^ (ulong)(lba / SectorsPerElement)) * 0x9E3779B97F4A7C15UL >> 56) % KeyLockCount;
 
     void MarkClean(int e, ulong sequence)
     {
@@ -619,12 +664,17 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             ref var s = ref _slots[e];
             Invariant.Assert(s.Pins > 0);
             s.Pins--;
-            if (s.Pins == 0 && s.FreeWhenUnpinned)
+            if (s.Pins > 0) return;
+            if (s.FreeWhenUnpinned)
             {
                 s = new Slot { LruPrev = -1, LruNext = -1 };
                 _free.Push(e);
                 WakeSpaceWaitersLocked();
             }
+            // A clean element a reader or a destage round held could not be evicted; now it can. A
+            // writer that found every clean element pinned waits for exactly this (nothing else may
+            // come: with no dirty element left, destage frees nothing more).
+            else if (s.State == SlotState.Clean) WakeSpaceWaitersLocked();
         }
     }
 

@@ -162,20 +162,34 @@ public sealed partial class RaidArray
         }
     }
 
-    public async ValueTask FlushAsync(CancellationToken ct = default)
+    public ValueTask FlushAsync(CancellationToken ct = default) => FlushCoreAsync(awaitFailures: true, ct);
+
+    /// <summary>
+    /// Flush for the array manager while it holds its management lock: a member whose flush fails is
+    /// dropped as by <see cref="FlushAsync"/>, but the flush does not wait for that failure to be
+    /// persisted (persisting it takes the management lock, so waiting would never end). The caller
+    /// must persist the array's member states itself before it relies on the flush.
+    /// </summary>
+    public ValueTask FlushWithoutPersistingFailuresAsync(CancellationToken ct = default) => FlushCoreAsync(awaitFailures: false, ct);
+
+    async ValueTask FlushCoreAsync(bool awaitFailures, CancellationToken ct)
     {
         // Members flush together; a drive that blocks to flush does so off this path (FileDrive).
         var tasks = new List<Task>();
         for (int m = 0; m < _members.Length; m++)
-            if (Writable(m)) tasks.Add(FlushMemberAsync(m, ct));
+            if (Writable(m)) tasks.Add(FlushMemberAsync(m, awaitFailures, ct));
         await Task.WhenAll(tasks);
         ThrowIfFailed();
     }
 
-    async Task FlushMemberAsync(int slot, CancellationToken ct)
+    async Task FlushMemberAsync(int slot, bool awaitFailure, CancellationToken ct)
     {
         try { await _members[slot]!.Drive.FlushAsync(ct); }
-        catch (BlockIoException e) { await FailMember(slot, $"flush failed: {e.Message}"); }
+        catch (BlockIoException e)
+        {
+            var persisted = FailMember(slot, $"flush failed: {e.Message}");
+            if (awaitFailure) await persisted;
+        }
     }
 
     /// <summary>The tag of the member block behind an array block (0 = never written), or null if unknown.</summary>

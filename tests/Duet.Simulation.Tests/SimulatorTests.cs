@@ -47,6 +47,11 @@ public sealed class SimulatorTests
     //  70: two moves of one array at once: the second holder replaced the first's idle signal and the first waited forever.
     //  98: (checker) a later write to other sectors of an element copied this write's sectors into a newer, unmirrored element.
     // 331: B created an array and died before telling A; A created its own array over B's drives.
+    //  43: a full cache whose clean elements were all pinned by readers as a writer looked: the unpin never woke it.
+    //  64: the same lost wake-up in error-recovery mode (every element clean, eight writers waiting).
+    // 188: a move's handover flushed under the management lock; the flush dropped a failed member, whose persisting waited for that lock.
+    // 322: did not replay (key locks hashed with the per-process HashCode seed) and hung in a campaign; the same lost wake-up.
+    // 358: the lost wake-up with 21 writers on one controller after a partition.
     [Theory]
     [InlineData(70UL)]
     [InlineData(98UL)]
@@ -55,6 +60,11 @@ public sealed class SimulatorTests
     [InlineData(3UL)]
     [InlineData(12UL)]
     [InlineData(21UL)]
+    [InlineData(43UL)]
+    [InlineData(64UL)]
+    [InlineData(188UL)]
+    [InlineData(322UL)]
+    [InlineData(358UL)]
     public void Regression_seeds_pass(ulong seed)
     {
         var r = Simulator.Run(seed, Small);

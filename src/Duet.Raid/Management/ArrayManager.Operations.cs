@@ -98,7 +98,10 @@ public sealed partial class ArrayManager
         if (!OwnedHere(entry.Current))
         {
             // Created here for the peer: hand it over; the peer assembles it when told to rescan.
-            await entry.Raid.FlushAsync(ct);
+            // (We hold the management lock: a member dropped by the flush is persisted here, not by
+            // the failure handler, which would wait for the lock.)
+            await entry.Raid.FlushWithoutPersistingFailuresAsync(ct);
+            if (entry.Raid.LostSlots().Count > 0) await PersistAsync(entry, ct);
             _arrays.Remove(r.Name);
             foreach (var d in drives) { d.Array = null; d.PeerArray = r.Name; }
             _peerArrays[r.Name] = entry.Current;
@@ -308,7 +311,10 @@ public sealed partial class ArrayManager
         if (to == a.Current.Owner) throw Invalid($"array '{name}' is already served by controller {to}");
         if (a.Rebuild is { IsCompleted: false }) throw Conflict($"array '{name}' is rebuilding; move it when the rebuild is done");
         if (a.Scrub is { IsCompleted: false }) throw Conflict($"array '{name}' is being scrubbed; move it when the scrub is done");
-        await a.Raid.FlushAsync(ct);
+        // We hold the management lock, which persisting a member failure takes: a member the flush
+        // drops is recorded by the persist below (it writes the members' current states), not
+        // awaited here (that wait never ended: a move stuck for good behind a failing drive).
+        await a.Raid.FlushWithoutPersistingFailuresAsync(ct);
         a.Current = a.Current with { Owner = to, Clean = true };
         await PersistAsync(a, ct);
         _arrays.Remove(name);

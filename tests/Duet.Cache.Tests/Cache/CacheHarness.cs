@@ -16,15 +16,21 @@ internal sealed class MemoryBacking(byte arrayNumber, ulong serial, long sectors
     public long CapacitySectors { get; } = sectors;
     public long StripeSectors => 256;
 
-    public ValueTask ReadAsync(long sector, Memory<byte> destination, CancellationToken ct)
+    /// <summary>While set, array reads wait for it.</summary>
+    public volatile TaskCompletionSource? ReadHold;
+    /// <summary>While set, array writes fail (a failed array).</summary>
+    public volatile bool FailWrites;
+
+    public async ValueTask ReadAsync(long sector, Memory<byte> destination, CancellationToken ct)
     {
+        if (ReadHold is { } hold) await hold.Task.WaitAsync(ct);
         lock (Bytes) Bytes.AsSpan((int)(sector * Units.SectorBytes), destination.Length).CopyTo(destination.Span);
-        return ValueTask.CompletedTask;
     }
 
     public async ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct)
     {
         if (Hold is { } hold) await hold.Task.WaitAsync(ct);
+        if (FailWrites) throw new BlockIoException(BlockErrorKind.Io, "array write failed (test)");
         lock (Bytes) source.Span.CopyTo(Bytes.AsSpan((int)(sector * Units.SectorBytes)));
         Interlocked.Increment(ref Writes);
     }

@@ -117,6 +117,49 @@ public class WriteBackCacheTests
     }
 
     [Fact]
+    public async Task AWriterWaitingForSpaceResumesWhenAReaderUnpinsTheCleanElements()
+    {
+        // Found by the simulator (seeds 43, 64, 358): with every element clean but held by readers, a
+        // writer found nothing to evict and waited; nothing was dirty, so no destage woke it again.
+        await using var h = new CacheHarness(nvramBytes: 1 << 20, arraySectors: 65536);
+        int elements = h.Cache.ElementCount;
+        for (int i = 0; i < elements; i++) await h.WriteAsync(i * 32L, 32);
+        await h.Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(0, h.Cache.DirtyCount);
+        // A read over every cached element and one more, uncached: it pins them all while the array reads.
+        h.Backing.ReadHold = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var read = h.Cache.ReadAsync(7, 0, new byte[(elements + 1) * 32 * 512]).AsTask();
+        var write = h.Cache.WriteAsync(7, (elements + 10) * 32L, new byte[512], false).AsTask();
+        await Task.Delay(300);
+        Assert.False(write.IsCompleted, "every clean element is pinned: the writer must wait");
+        var hold = h.Backing.ReadHold;
+        h.Backing.ReadHold = null;
+        hold.SetResult();
+        await read.WaitAsync(TimeSpan.FromSeconds(30));
+        await write.WaitAsync(TimeSpan.FromSeconds(30));
+    }
+
+    [Fact]
+    public async Task AFailedWriteThroughLeaksNoElement()
+    {
+        // Each rewrite replaces an element; when the write-through of the new one failed, the old one
+        // was never freed, and after as many failures as elements every writer waited for good.
+        await using var h = new CacheHarness(nvramBytes: 1 << 20, arraySectors: 65536);
+        h.Mirror.Mode = MirrorMode.ErrorRecovery;
+        h.Backing.FailWrites = true;
+        for (int i = 0; i < h.Cache.ElementCount + 5; i++)
+        {
+            var write = h.Cache.WriteAsync(7, 64, new byte[512], false).AsTask();
+            await Assert.ThrowsAsync<BlockIoException>(() => write.WaitAsync(TimeSpan.FromSeconds(30)));
+        }
+        h.Backing.FailWrites = false;
+        await h.WriteAsync(64, 8);
+        await h.WriteAsync(4096, 8);
+        await h.Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        await h.VerifyAsync();
+    }
+
+    [Fact]
     public async Task DestageWaitsForTheHighWatermarkThenRunsDownToTheLowOne()
     {
         var options = new CacheOptions { IdleDestageDelay = TimeSpan.FromHours(1), DestageStartFraction = 0.625, DestageStopFraction = 0.5, DestageRoundElements = 4 };
