@@ -19,6 +19,26 @@ public sealed class SimulatorTests
         Assert.Equal(a.Failures, b.Failures);
     }
 
+    // Whatever ran before on a thread (pooled buffers, thread-local caches) must not change a seed:
+    // the campaign runs seeds one after another on worker threads, a replay runs one alone.
+    [Fact]
+    public void A_seed_replays_the_same_after_other_seeds_ran_on_its_thread()
+    {
+        var options = Small with { ForcedFaults = FaultKind.All };
+        ulong afterOthers = 0, alone = 0;
+        var t1 = new Thread(() =>
+        {
+            for (ulong s = 11; s < 14; s++) Simulator.Run(s, options);
+            afterOthers = Simulator.Run(14, options).TraceHash;
+        }, 16 << 20);
+        t1.Start();
+        t1.Join();
+        var t2 = new Thread(() => alone = Simulator.Run(14, options).TraceHash, 16 << 20);
+        t2.Start();
+        t2.Join();
+        Assert.Equal(alone, afterOthers);
+    }
+
     [Fact]
     public void Different_seeds_give_different_traces()
     {
