@@ -108,7 +108,7 @@ public sealed partial class Controller : IAsyncDisposable
         var cacheOptions = new CacheOptions { Time = options.Time };
         if (options.ConfigureCache is { } configure) cacheOptions = configure(cacheOptions);
         Cache = new WriteBackCache(nvram.Own, cacheMirror, cacheOptions, loggers.CreateLogger<WriteBackCache>());
-        Forwarding = new ForwardingClient(link, Epoch, options.ForwardTimeout, options.Time);
+        Forwarding = new ForwardingClient(link, Epoch, options.ForwardTimeout, options.Time, firstRequestId: options.Session);
         ForwardingServer = new ForwardingServer(link, Epoch, name => ServedVolume(name), loggers.CreateLogger<ForwardingServer>(), RescanAsync);
         Volumes = new Catalog(this);
         ArrayService = new ControllerArrayService(this);
