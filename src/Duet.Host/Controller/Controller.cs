@@ -24,6 +24,8 @@ public sealed record ControllerCoreOptions
     public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromSeconds(30);
     public TimeProvider Time { get; init; } = TimeProvider.System;
     public ILoggerFactory Loggers { get; init; } = NullLoggerFactory.Instance;
+    /// <summary>How long pairing waits for the peer to answer its hello.</summary>
+    public TimeSpan PairTimeout { get; init; } = TimeSpan.FromSeconds(2);
     /// <summary>How often a controller whose mirror failed while the link stayed up tries to pair again.</summary>
     public TimeSpan RepairInterval { get; init; } = TimeSpan.FromMilliseconds(500);
     /// <summary>Test only (the simulator's planted bugs): adjusts the cache's options.</summary>
@@ -194,11 +196,13 @@ public sealed partial class Controller : IAsyncDisposable
         Interlocked.Increment(ref _pairing);
         try
         {
-            var layout = Nvram.Layout;
-            var hello = new PairHello(Name[0], _options.Session, layout.TotalBytes, layout.ElementCount, layout.ElementBytes);
-            var bytes = new byte[DuetFrame.EncodedBytes(hello)];
-            hello.Encode(bytes);
-            await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default);
+            // The peer answers our hello (on its reply queue) once it has cleared its mirror of us;
+            // only then does the resynchronisation go out. A hello lost on the way would otherwise
+            // leave the peer's stale copies under the new ones.
+            var ack = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            Volatile.Write(ref _helloAck, ack);
+            await Link.PostAsync(IclSignal.Message, Nvram.Epoch, HelloBytes(), default);
+            await Waits.WithTimeout(ack.Task, _options.PairTimeout, _options.Time);
             // The array table before any mirror data: the peer names our arrays by number with it
             // (a change announced while the link was down never reached it).
             await NotifyPeerArraysChangedAsync();
@@ -210,6 +214,23 @@ public sealed partial class Controller : IAsyncDisposable
             OnPeerLost($"pairing failed: {e.Message}");
         }
         finally { Interlocked.Decrement(ref _pairing); }
+    }
+
+    TaskCompletionSource? _helloAck;
+
+    byte[] HelloBytes()
+    {
+        var layout = Nvram.Layout;
+        var hello = new PairHello(Name[0], _options.Session, layout.TotalBytes, layout.ElementCount, layout.ElementBytes);
+        var bytes = new byte[DuetFrame.EncodedBytes(hello)];
+        hello.Encode(bytes);
+        return bytes;
+    }
+
+    async Task AnswerHelloAsync()
+    {
+        try { await Link.PostAsync(IclSignal.Reply, Nvram.Epoch, HelloBytes(), default); }
+        catch (IclLinkDownException) { } // the peer's pairing times out and tries again
     }
 
     void OnPeerLost(string why)
@@ -231,6 +252,7 @@ public sealed partial class Controller : IAsyncDisposable
         if (t.Signal == IclSignal.Reply)
         {
             if (kind == MessageKind.Status) Mirror.OnReply(t.Message.Span);
+            else if (kind == MessageKind.PairHello) Volatile.Read(ref _helloAck)?.TrySetResult();
             else if (kind == MessageKind.ForwardedResponse) Forwarding.OnResponse(t.Message.Span, t.Data.Span);
             else LogUnknown("reply", kind.ToString());
             return;
@@ -277,6 +299,7 @@ public sealed partial class Controller : IAsyncDisposable
         // Array changes announced while the link was down (a move finished during a partition)
         // never reached us: read the superblocks again.
         _ = RescanAsync();
+        _ = AnswerHelloAsync();
     }
 
     public async Task RescanAsync()
