@@ -662,7 +662,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         lock (_lock)
         {
             ref var s = ref _slots[e];
-            Invariant.Assert(s.Pins > 0);
+            Invariant.Assert(s.Pins > 0, $"unpin of element {e}, which is {s.State} (array {s.Array} LBA {s.Lba}) with no pin");
             s.Pins--;
             if (s.Pins > 0) return;
             if (s.FreeWhenUnpinned)
@@ -813,10 +813,16 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     /// element still current is written alone (a replaced one is destaged later as its newer element).</summary>
     async Task WriteRunAsync(List<(int E, byte Array, long Lba, uint Valid, ulong Seq)> run, CancellationToken ct)
     {
-        var backing = Backing(run[0].Array);
         bool Current((int E, byte Array, long Lba, uint Valid, ulong Seq) r)
         {
             lock (_lock) return _slots[r.E].State == SlotState.Dirty && _slots[r.E].Sequence == r.Seq;
+        }
+        // An array forgotten (moved or deleted) since the round was gathered: nothing of it is current.
+        ICacheBacking backing;
+        lock (_lock)
+        {
+            if (!_arrays.TryGetValue(run[0].Array, out var b)) { Invariant.Assert(!run.Any(Current), "a current element of a forgotten array"); return; }
+            backing = b;
         }
         if (run.Count == 1 || !run.All(Current))
         {
@@ -866,8 +872,18 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 LruRemove(e);
                 _index.Remove(key);
                 _nvram.Invalidate(e);
-                _slots[e] = new Slot { LruPrev = -1, LruNext = -1 };
-                _free.Push(e);
+                if (_slots[e].Pins > 0)
+                {
+                    // A reader or a destage round still holds it: it is freed when they let go (freeing
+                    // it now would hand it to a writer while they still use it).
+                    _slots[e].State = SlotState.Retired;
+                    _slots[e].FreeWhenUnpinned = true;
+                }
+                else
+                {
+                    _slots[e] = new Slot { LruPrev = -1, LruNext = -1 };
+                    _free.Push(e);
+                }
                 changes.Add(InvalidationOf(e, ++_sequence));
             }
             _arrays.Remove(array);

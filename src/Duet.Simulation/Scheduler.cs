@@ -108,7 +108,7 @@ public sealed class SimScheduler
         try { item.Callback(item.State); }
         catch (Exception e)
         {
-            Escaped.Add($"{item.Node.Name}: {e.GetType().Name}: {e.Message}");
+            if (Escaped.Count < 20) Escaped.Add($"{item.Node.Name}: {e.GetType().Name}: {e.Message}");
             Trace.Add($"escaped {item.Node.Name} {e.GetType().Name}");
         }
         finally { SynchronizationContext.SetSynchronizationContext(previous); }

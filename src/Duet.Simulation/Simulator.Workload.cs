@@ -87,7 +87,7 @@ public sealed partial class Simulator
             _writesAcked++;
         }
         catch (Exception e) when (Expected(e)) { _trace.Add($"write {id} failed: {e.GetType().Name}"); }
-        catch (Exception e) { Fail($"write {id} to {name} through {side.Name}: unexpected {e.GetType().Name}: {e.Message}"); }
+        catch (Exception e) { Fail($"write {id} to {name} through {side.Name}: unexpected {e.GetType().Name}: {e.Message}{Where(e)}"); }
         finally { model.WriteDone(id, sector, count, ok, ++_logical); }
         _trace.Add($"write {id} {name} {sector}+{count} via {side.Name} {(ok ? "ok" : "failed")}");
     }
@@ -237,6 +237,10 @@ public sealed partial class Simulator
         }
         finally { _scratchBusy = false; }
     }
+
+    /// <summary>Where an unexpected exception came from: the first frames of its stack (for the report).</summary>
+    static string Where(Exception e) =>
+        e.StackTrace is { } st ? " at " + string.Join(" < ", st.Split('\n').Select(l => l.Trim()).Where(l => l.StartsWith("at Duet.", StringComparison.Ordinal)).Take(3).Select(l => l[3..].Split(" in ")[0])) : "";
 
     /// <summary>Errors a host may see while faults are on: the protocol's own errors, never a crash of the code.</summary>
     static bool Expected(Exception e) => e is BlockIoException or NodeCrashedException or VolumeGoneException or ManagementException

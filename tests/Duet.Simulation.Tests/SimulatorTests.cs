@@ -72,7 +72,11 @@ public sealed class SimulatorTests
     // 188: a move's handover flushed under the management lock; the flush dropped a failed member, whose persisting waited for that lock.
     // 322: did not replay (key locks hashed with the per-process HashCode seed) and hung in a campaign; the same lost wake-up.
     // 358: the lost wake-up with 21 writers on one controller after a partition.
+    // 136: a lost hello left the peer's stale copies of a moved array in region 2 under the resynchronised ones.
+    // 316: forgetting a deleted array freed a clean element a destage round still held; a writer got it and the round's unpin broke its pin count.
     [Theory]
+    [InlineData(136UL)]
+    [InlineData(316UL)]
     [InlineData(70UL)]
     [InlineData(98UL)]
     [InlineData(331UL)]
