@@ -471,7 +471,11 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         return k == n ? gates : gates[..k];
     }
 
-    int KeyLockIndex(byte array, long lba) => (int)((ulong)HashCode.Combine(array, lba) % KeyLockCount);
+    // A fixed hash (Fibonacci hashing of the element number and the array), not HashCode.Combine: that
+    // one is seeded per process, and which writers share a key lock changes how they interleave, so a
+    // simulator seed would not replay the same in another process.
+    static int KeyLockIndex(byte array, long lba) =>
+        (int)(((ulong)(lba / SectorsPerElement) ^ ((ulong)array << 56)) * 0x9E3779B97F4A7C15UL >> 56) % KeyLockCount;
 
     void MarkClean(int e, ulong sequence)
     {
