@@ -67,6 +67,9 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         public bool FreeWhenUnpinned;
         public int LruPrev, LruNext; // clean list, -1 terminated
         public bool Destaging;
+        /// <summary>Dirty data replayed from NVRAM after a restart (or merged from such), not yet on the
+        /// drives: the crash may have torn the blocks it covers, so its destage is a recovery write.</summary>
+        public bool Replayed;
     }
 
     readonly NvramRegion _nvram;
@@ -173,7 +176,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 }
                 _index[key] = e;
                 used[e] = true;
-                _slots[e] = new Slot { State = d.Dirty ? SlotState.Dirty : SlotState.Clean, Array = d.ArrayNumber, Lba = d.ArrayLba, Valid = d.ValidMask, Sequence = d.Sequence, LruPrev = -1, LruNext = -1 };
+                _slots[e] = new Slot { State = d.Dirty ? SlotState.Dirty : SlotState.Clean, Array = d.ArrayNumber, Lba = d.ArrayLba, Valid = d.ValidMask, Sequence = d.Sequence, LruPrev = -1, LruNext = -1, Replayed = d.Dirty };
                 if (d.Dirty) _dirty++;
                 else LruPushHead(e);
                 _sequence = Math.Max(_sequence, d.Sequence);
@@ -295,6 +298,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         int n = (int)(lastEl - firstEl + 1);
         var elements = new int[n];
         var olds = new int[n];
+        var replayed = new bool[n];
         var descriptors = new ElementDescriptor[n];
         for (int i = 0; i < n; i++) elements[i] = -1;
         try
@@ -332,6 +336,10 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                         oldDirty = _slots[old].State == SlotState.Dirty;
                         oldMask = oldDirty ? _slots[old].Valid : 0;
                         if (oldDirty) _slots[old].Pins++;
+                        // The new image holds every sector of a replayed one (and more): the sectors
+                        // it does not cover are outside the replayed one too, so its destage may
+                        // still meet what the crash tore, and recovers it the same way.
+                        replayed[i] = oldDirty && _slots[old].Replayed;
                     }
                     else old = -1;
                 }
@@ -373,7 +381,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     descriptors[i] = descriptors[i] with { Sequence = ++_sequence };
                     var d = descriptors[i];
                     int e = elements[i];
-                    _slots[e] = new Slot { State = SlotState.Dirty, Array = array, Lba = d.ArrayLba, Valid = d.ValidMask, Sequence = d.Sequence, LruPrev = -1, LruNext = -1 };
+                    _slots[e] = new Slot { State = SlotState.Dirty, Array = array, Lba = d.ArrayLba, Valid = d.ValidMask, Sequence = d.Sequence, LruPrev = -1, LruNext = -1, Replayed = replayed[i] };
                     _dirty++;
                     _index[(array, d.ArrayLba)] = e;
                     changes.Add(new MirrorChange(e, d, _nvram.Memory(e), false));
@@ -467,7 +475,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 var backing = Backing(s.Array);
                 arrays.Add(s.Array);
                 foreach (var (first, k) in Runs(s.Valid))
-                    await backing.WriteAsync(s.Lba + first, _nvram.Memory(elements[i]).Slice(first * Units.SectorBytes, k * Units.SectorBytes), ct);
+                    await backing.WriteAsync(s.Lba + first, _nvram.Memory(elements[i]).Slice(first * Units.SectorBytes, k * Units.SectorBytes), s.Replayed, ct);
             }
             foreach (var a in arrays) await Backing(a).FlushAsync(ct);
         }
@@ -517,6 +525,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             ref var s = ref _slots[e];
             if (s.State != SlotState.Dirty || s.Sequence != sequence) return;
             s.State = SlotState.Clean;
+            s.Replayed = false; // on the drives now, whole
             _dirty--;
             LruPushHead(e);
             _nvram.WriteDescriptorOnly(e, Descriptor(e));
@@ -758,7 +767,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     /// <summary>One destage pass over up to DestageRoundElements dirty elements; returns how many were cleaned.</summary>
     async Task<int> DestageRoundAsync(CancellationToken ct)
     {
-        List<(int E, byte Array, long Lba, uint Valid, ulong Seq)> batch;
+        List<(int E, byte Array, long Lba, uint Valid, ulong Seq, bool Replayed)> batch;
         lock (_lock)
         {
             batch = [];
@@ -766,7 +775,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             {
                 ref var s = ref _slots[e];
                 if (s.State != SlotState.Dirty || s.Destaging) continue;
-                batch.Add((e, s.Array, s.Lba, s.Valid, s.Sequence));
+                batch.Add((e, s.Array, s.Lba, s.Valid, s.Sequence, s.Replayed));
             }
             batch.Sort((a, b) => a.Array != b.Array ? a.Array.CompareTo(b.Array) : a.Lba.CompareTo(b.Lba));
             if (batch.Count > _options.DestageRoundElements) batch.RemoveRange(_options.DestageRoundElements, batch.Count - _options.DestageRoundElements);
@@ -786,7 +795,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 var head = batch[i];
                 int j = i + 1;
                 if (head.Valid == uint.MaxValue)
-                    while (j < batch.Count && batch[j].Array == head.Array && batch[j].Valid == uint.MaxValue &&
+                    while (j < batch.Count && batch[j].Array == head.Array && batch[j].Valid == uint.MaxValue && batch[j].Replayed == head.Replayed &&
                            batch[j].Lba == batch[j - 1].Lba + SectorsPerElement && (j - i + 1) * SectorsPerElement <= _options.DestageMaxRunSectors)
                         j++;
                 writes.Add(WriteRunAsync(batch.GetRange(i, j - i), ct));
@@ -810,10 +819,11 @@ public sealed partial class WriteBackCache : IAsyncDisposable
 
     /// <summary>Writes one run to its array (the round holds the array write gate, which orders it against
     /// write-throughs). A run whose elements were all still current goes as one write; otherwise each
-    /// element still current is written alone (a replaced one is destaged later as its newer element).</summary>
-    async Task WriteRunAsync(List<(int E, byte Array, long Lba, uint Valid, ulong Seq)> run, CancellationToken ct)
+    /// element still current is written alone (a replaced one is destaged later as its newer element).
+    /// A run of replayed elements (runs never mix them with others) goes as a recovery write.</summary>
+    async Task WriteRunAsync(List<(int E, byte Array, long Lba, uint Valid, ulong Seq, bool Replayed)> run, CancellationToken ct)
     {
-        bool Current((int E, byte Array, long Lba, uint Valid, ulong Seq) r)
+        bool Current((int E, byte Array, long Lba, uint Valid, ulong Seq, bool Replayed) r)
         {
             lock (_lock) return _slots[r.E].State == SlotState.Dirty && _slots[r.E].Sequence == r.Seq;
         }
@@ -830,7 +840,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             {
                 if (!Current(r)) continue;
                 foreach (var (first, n) in Runs(r.Valid))
-                    await backing.WriteAsync(r.Lba + first, _nvram.Memory(r.E).Slice(first * Units.SectorBytes, n * Units.SectorBytes), ct);
+                    await backing.WriteAsync(r.Lba + first, _nvram.Memory(r.E).Slice(first * Units.SectorBytes, n * Units.SectorBytes), r.Replayed, ct);
             }
             return;
         }
@@ -838,7 +848,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         try
         {
             for (int k = 0; k < run.Count; k++) _nvram.Data(run[k].E).CopyTo(buffer.AsSpan(k * ElementBytes, ElementBytes));
-            await backing.WriteAsync(run[0].Lba, buffer.AsMemory(0, run.Count * ElementBytes), ct);
+            await backing.WriteAsync(run[0].Lba, buffer.AsMemory(0, run.Count * ElementBytes), run[0].Replayed, ct);
         }
         finally { ArrayPool<byte>.Shared.Return(buffer); }
     }

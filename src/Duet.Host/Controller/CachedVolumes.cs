@@ -13,7 +13,8 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial) : IC
     public long CapacitySectors => Array.CapacitySectors;
     public long StripeSectors => Array.Geometry.StripeDataBlocks * Units.SectorsPerBlock;
     public ValueTask ReadAsync(long sector, Memory<byte> destination, CancellationToken ct) => Array.ReadAsync(sector, destination, ct);
-    public ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct) => Array.WriteAsync(sector, source, ct);
+    public ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, bool recovery, CancellationToken ct) =>
+        recovery ? Array.RecoveryWriteAsync(sector, source, ct) : Array.WriteAsync(sector, source, ct);
     public ValueTask FlushAsync(CancellationToken ct) => Array.FlushAsync(ct);
 }
 

@@ -72,6 +72,53 @@ public class WriteBackCacheTests
         await h.VerifyAsync();
     }
 
+    /// <summary>
+    /// Elements replayed after a crash may cover blocks the crash tore mid-destage: their first
+    /// destage (and only it) asks the array for a recovery write. A write merged into a replayed
+    /// element carries the mark on; a run never mixes replayed and new elements.
+    /// </summary>
+    [Fact]
+    public async Task TheFirstDestageOfAReplayedElementIsARecoveryWrite()
+    {
+        await using var h = new CacheHarness();
+        await h.WriteAsync(0, 32);      // element 0, whole
+        await h.WriteAsync(64 + 3, 5);  // part of element 2
+        await h.WriteAsync(128, 32);    // element 4
+        Assert.Equal(3, await h.RestartAsync());
+        await h.WriteAsync(128 + 8, 4); // merged into replayed element 4
+        await h.WriteAsync(160, 32);    // element 5, new since the restart, next to element 4
+        await h.Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        bool LastWriteOf(long sector) =>
+            h.Backing.WriteLog.Last(w => w.Sector <= sector && sector < w.Sector + w.Count).Recovery;
+        Assert.True(LastWriteOf(0));
+        Assert.True(LastWriteOf(64 + 3));
+        Assert.True(LastWriteOf(128));
+        Assert.True(LastWriteOf(128 + 8));
+        Assert.False(LastWriteOf(160));
+        Assert.Equal(h.Model, h.Backing.Bytes);
+
+        // Once on the drives, the address is written as any other.
+        await h.WriteAsync(0, 8);
+        await h.Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.False(LastWriteOf(0));
+        Assert.Equal(h.Model, h.Backing.Bytes);
+    }
+
+    [Fact]
+    public async Task AWriteThroughOfAReplayedElementIsARecoveryWrite()
+    {
+        await using var h = new CacheHarness();
+        await h.WriteAsync(32, 32);
+        Assert.Equal(1, await h.RestartAsync());
+        h.Mirror.Mode = MirrorMode.ErrorRecovery;
+        await h.WriteAsync(32 + 4, 2); // goes through with the replayed sectors it merged
+        Assert.Equal(0, h.Cache.DirtyCount);
+        Assert.True(h.Backing.WriteLog.Single().Recovery);
+        await h.WriteAsync(32 + 4, 2);
+        Assert.False(h.Backing.WriteLog[^1].Recovery);
+        Assert.Equal(h.Model, h.Backing.Bytes);
+    }
+
     [Fact]
     [Trait("Claim", "MR-1")]
     public async Task ThePeersRegion2AloneRecoversEveryAcknowledgedWrite()
