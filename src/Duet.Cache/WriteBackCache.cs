@@ -301,15 +301,8 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         var replayed = new bool[n];
         var descriptors = new ElementDescriptor[n];
         for (int i = 0; i < n; i++) elements[i] = -1;
-        try
-        {
-            for (int i = 0; i < n; i++) elements[i] = await AllocateAsync(ct);
-        }
-        catch
-        {
-            foreach (var e in elements) if (e >= 0) ReturnUnused(e);
-            throw;
-        }
+        var got = await AllocateAsync(n, ct);
+        got.CopyTo(elements, 0);
         var gates = GatesOf(array, firstEl, n);
         foreach (var g in gates) await _keyLocks[g].WaitAsync(CancellationToken.None);
         Task? mirrored = null;
@@ -608,38 +601,58 @@ public sealed partial class WriteBackCache : IAsyncDisposable
 
     // ---- allocation, retirement, LRU -----------------------------------------------------
 
-    async ValueTask<int> AllocateAsync(CancellationToken ct)
+    /// <summary>
+    /// Takes <paramref name="n"/> elements at once: free ones first, then clean ones evicted
+    /// (least recently cleaned first). A writer never holds some elements while it waits for more:
+    /// with a small NVRAM, writers each holding part of what they need while waiting for the rest
+    /// would wait for each other for good (the simulator found it, seed 386). It waits until all
+    /// n can be had (destage makes them), which always comes: n is at most a quarter of the cache.
+    /// </summary>
+    async ValueTask<int[]> AllocateAsync(int n, CancellationToken ct)
     {
+        Invariant.Assert(n >= 1 && n <= _slots.Length);
         while (true)
         {
             TaskCompletionSource waiter;
             lock (_lock)
             {
-                if (_free.TryPop(out int e)) return e;
-                int victim = _lruTail;
-                while (victim >= 0 && _slots[victim].Pins > 0) victim = _slots[victim].LruPrev;
-                if (victim >= 0)
-                {
-                    // Evict a clean element: its content is on the drives. The peer may hold a clean
-                    // copy (CC-5 sent nothing when it was destaged); tell it to drop it (CC-4).
-                    LruRemove(victim);
-                    _index.Remove((_slots[victim].Array, _slots[victim].Lba));
-                    _slots[victim] = new Slot { LruPrev = -1, LruNext = -1 };
-                    _nvram.Invalidate(victim);
-                    Interlocked.Increment(ref _evictions);
-                    if (_mirror.Mode == MirrorMode.Healthy)
-                    {
-                        try { _ = _mirror.AppendGroup([InvalidationOf(victim, ++_sequence)]); }
-                        catch (MirrorUnavailableException) { }
-                    }
-                    return victim;
-                }
+                if (TryTakeLocked(n) is { } got) return got;
                 waiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                 _spaceWaiters.Add(waiter);
             }
             Kick();
             await Waits.OrCancel(waiter.Task, ct);
         }
+    }
+
+    int[]? TryTakeLocked(int n)
+    {
+        int available = _free.Count;
+        for (int v = _lruTail; v >= 0 && available < n; v = _slots[v].LruPrev)
+            if (_slots[v].Pins == 0) available++;
+        if (available < n) return null;
+        var got = new int[n];
+        for (int i = 0; i < n; i++)
+        {
+            if (_free.TryPop(out int e)) { got[i] = e; continue; }
+            int victim = _lruTail;
+            while (victim >= 0 && _slots[victim].Pins > 0) victim = _slots[victim].LruPrev;
+            Invariant.Assert(victim >= 0, "counted evictable elements vanished");
+            // Evict a clean element: its content is on the drives. The peer may hold a clean
+            // copy (CC-5 sent nothing when it was destaged); tell it to drop it (CC-4).
+            LruRemove(victim);
+            _index.Remove((_slots[victim].Array, _slots[victim].Lba));
+            _slots[victim] = new Slot { LruPrev = -1, LruNext = -1 };
+            _nvram.Invalidate(victim);
+            Interlocked.Increment(ref _evictions);
+            if (_mirror.Mode == MirrorMode.Healthy)
+            {
+                try { _ = _mirror.AppendGroup([InvalidationOf(victim, ++_sequence)]); }
+                catch (MirrorUnavailableException) { }
+            }
+            got[i] = victim;
+        }
+        return got;
     }
 
     void Retire(int e)

@@ -156,7 +156,7 @@ public sealed partial class Simulator
     {
         if (s.Controller is not { } c) return $"{s.Name} down";
         var i = c.Info();
-        return $"{s.Name}: link {(i.LinkUp ? "up" : "down")}, mirror {i.Mirror}, dirty {i.DirtyElements}, serves [{string.Join(",", c.Arrays.ServedArrays.Select(a => a.Name))}], {c.Cache.DescribeState()}";
+        return $"{s.Name}: link {(i.LinkUp ? "up" : "down")}, mirror {i.Mirror}, dirty {i.DirtyElements}, serves [{string.Join(",", c.Arrays.ServedArrays.Select(a => a.Name))}], {c.Cache.DescribeState()}; {c.Mirror.DescribeState()}";
     }
 
     void Fail(string what)

@@ -83,6 +83,14 @@ public sealed class SimulatorTests
     // 190: reported with the torn-stripe failure while key locks hashed per process (crashes, link drops and delays).
     // 345: reported with the torn-stripe failure while key locks hashed per process (crashes, partition, failed drives).
     // 435: reported with the torn-stripe failure while key locks hashed per process (the owner failed a read with errno 5).
+    // 386: a tiny cache: writers each held part of the elements they needed while waiting for the rest (with 500 operations).
+    [Fact]
+    public void Regression_seed_386_with_500_operations_passes()
+    {
+        var r = Simulator.Run(386, Small with { Operations = 500 });
+        Assert.True(r.Passed, string.Join("\n", r.Failures));
+    }
+
     [Theory]
     [InlineData(136UL)]
     [InlineData(316UL)]

@@ -102,6 +102,14 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
         LogResumed();
     }
 
+    /// <summary>The mirror's state in one line (the simulator's report of a run that does not finish).</summary>
+    public string DescribeState()
+    {
+        lock (_sync)
+            return $"mirror {(_down ? "down" : "up")}, groups waiting {_groups.Count + _seedQueue.Count}, headers appended {_appended} mirrored {_completed}, " +
+                   $"status awaited {_status is not null}, pump {_pump.Status}{(_pump.Exception is { } e ? $" ({e.InnerException?.GetType().Name}: {e.InnerException?.Message})" : "")}";
+    }
+
     public Task AppendGroup(IReadOnlyList<MirrorChange> changes)
     {
         // Batched: the pump completes a batch's groups itself, while the next batch is on the link,
