@@ -224,7 +224,9 @@ public class WriteBackCacheTests
         for (int i = 0; i < 1000 && h.Cache.DirtyCount >= low; i++) await Task.Delay(10);
         await Task.Delay(300);
         int dirty = h.Cache.DirtyCount;
-        Assert.InRange(dirty, low - 4, low - 1);
+        // Below the low watermark, and not far below: at most the round that crossed it and one
+        // the destager had already gathered (on a loaded machine the second can overlap the first).
+        Assert.InRange(dirty, low - 8, low - 1);
         Assert.True(Interlocked.Read(ref h.Backing.Writes) > 0);
         await h.VerifyAsync();
         h.CheckMirrorInvariant();
