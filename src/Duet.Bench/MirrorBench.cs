@@ -400,7 +400,7 @@ sealed class MemoryBacking(byte arrayNumber, ulong serial, long sectors) : ICach
         return ValueTask.CompletedTask;
     }
 
-    public ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct)
+    public ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, bool recovery, CancellationToken ct)
     {
         lock (_bytes) source.Span.CopyTo(_bytes.AsSpan((int)(sector * Units.SectorBytes)));
         return ValueTask.CompletedTask;

@@ -42,6 +42,10 @@ public interface ICacheBacking
     /// <summary>Sectors of data in one stripe: destage prefers runs that cover whole stripes.</summary>
     long StripeSectors { get; }
     ValueTask ReadAsync(long sector, Memory<byte> destination, CancellationToken ct);
-    ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct);
+    /// <summary>Writes sectors. <paramref name="recovery"/> marks the first destage (or write-through) of data
+    /// the cache replayed from NVRAM after a restart: the crash may have torn the blocks it covers (some
+    /// written, their tags or parity not), and the array may then keep a torn block's content as read
+    /// where it can no longer check or reconstruct it (<c>RaidArray.RecoveryWriteAsync</c>).</summary>
+    ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, bool recovery, CancellationToken ct);
     ValueTask FlushAsync(CancellationToken ct);
 }

@@ -22,9 +22,9 @@ public sealed record CacheOptions
     /// <summary>After this long without writes, destage whatever is dirty (the periodic flush of CC-5).</summary>
     public TimeSpan IdleDestageDelay { get; init; } = TimeSpan.FromMilliseconds(200);
     public TimeProvider Time { get; init; } = TimeProvider.System;
-    /// <summary>Test only, a planted bug for the simulator's checkers: replay region 1 newest first,
-    /// so an older element of an address wins over a newer one.</summary>
-    internal bool PlantedReplayOutOfOrder { get; init; }
+    /// <summary>Test only, a planted bug for the simulator's checkers: forgetting an array (after a
+    /// move or delete) drops its elements here but does not tell the peer to drop its copies.</summary>
+    internal bool PlantedForgetKeepsPeerCopies { get; init; }
 }
 
 /// <summary>
@@ -67,6 +67,9 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         public bool FreeWhenUnpinned;
         public int LruPrev, LruNext; // clean list, -1 terminated
         public bool Destaging;
+        /// <summary>Dirty data replayed from NVRAM after a restart (or merged from such), not yet on the
+        /// drives: the crash may have torn the blocks it covers, so its destage is a recovery write.</summary>
+        public bool Replayed;
     }
 
     readonly NvramRegion _nvram;
@@ -124,6 +127,27 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     public CacheCounters Counters => new(Interlocked.Read(ref _hits), Interlocked.Read(ref _misses), Interlocked.Read(ref _destagedElements),
         Interlocked.Read(ref _destagedRuns), Interlocked.Read(ref _evictions), Interlocked.Read(ref _writeThroughs), Interlocked.Read(ref _mirrored), DirtyCount);
 
+    /// <summary>A one-line picture of the cache for a report of a run that did not finish (diagnostics).</summary>
+    public string DescribeState()
+    {
+        lock (_lock)
+        {
+            int clean = 0, retired = 0, pinned = 0, destaging = 0;
+            foreach (ref readonly var s in _slots.AsSpan())
+            {
+                if (s.State == SlotState.Clean) clean++;
+                else if (s.State == SlotState.Retired) retired++;
+                if (s.Pins > 0) pinned++;
+                if (s.Destaging) destaging++;
+            }
+            int keyWaits = 0;
+            foreach (var g in _keyLocks) if (g.CurrentCount == 0) keyWaits++;
+            return $"cache {_slots.Length} elements: free {_free.Count}, dirty {_dirty}, clean {clean}, retired {retired}, pinned {pinned}, destaging {destaging}; " +
+                   $"space waiters {_spaceWaiters.Count}, drain waiters {_drainWaiters.Count}, key locks held {keyWaits}, array write gate {(_arrayWriteGate.CurrentCount == 0 ? "held" : "free")}, " +
+                   $"destager {(_destager is null ? "not started" : _destager.Status.ToString())}";
+        }
+    }
+
     public void AddArray(ICacheBacking backing)
     {
         lock (_lock) _arrays[backing.ArrayNumber] = backing;
@@ -134,7 +158,6 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     public int Replay()
     {
         var order = _nvram.ReplayOrder();
-        if (_options.PlantedReplayOutOfOrder) order = [.. order.Reverse()];
         lock (_lock)
         {
             Invariant.Assert(_index.Count == 0);
@@ -153,7 +176,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 }
                 _index[key] = e;
                 used[e] = true;
-                _slots[e] = new Slot { State = d.Dirty ? SlotState.Dirty : SlotState.Clean, Array = d.ArrayNumber, Lba = d.ArrayLba, Valid = d.ValidMask, Sequence = d.Sequence, LruPrev = -1, LruNext = -1 };
+                _slots[e] = new Slot { State = d.Dirty ? SlotState.Dirty : SlotState.Clean, Array = d.ArrayNumber, Lba = d.ArrayLba, Valid = d.ValidMask, Sequence = d.Sequence, LruPrev = -1, LruNext = -1, Replayed = d.Dirty };
                 if (d.Dirty) _dirty++;
                 else LruPushHead(e);
                 _sequence = Math.Max(_sequence, d.Sequence);
@@ -275,21 +298,16 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         int n = (int)(lastEl - firstEl + 1);
         var elements = new int[n];
         var olds = new int[n];
+        var replayed = new bool[n];
         var descriptors = new ElementDescriptor[n];
         for (int i = 0; i < n; i++) elements[i] = -1;
-        try
-        {
-            for (int i = 0; i < n; i++) elements[i] = await AllocateAsync(ct);
-        }
-        catch
-        {
-            foreach (var e in elements) if (e >= 0) ReturnUnused(e);
-            throw;
-        }
+        var got = await AllocateAsync(n, ct);
+        got.CopyTo(elements, 0);
         var gates = GatesOf(array, firstEl, n);
         foreach (var g in gates) await _keyLocks[g].WaitAsync(CancellationToken.None);
         Task? mirrored = null;
         bool writeThrough = _mirror.Mode != MirrorMode.Healthy;
+        bool committed = false; // the new elements are in the index and the old ones retired
         try
         {
             for (int i = 0; i < n; i++)
@@ -311,6 +329,10 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                         oldDirty = _slots[old].State == SlotState.Dirty;
                         oldMask = oldDirty ? _slots[old].Valid : 0;
                         if (oldDirty) _slots[old].Pins++;
+                        // The new image holds every sector of a replayed one (and more): the sectors
+                        // it does not cover are outside the replayed one too, so its destage may
+                        // still meet what the crash tore, and recovers it the same way.
+                        replayed[i] = oldDirty && _slots[old].Replayed;
                     }
                     else old = -1;
                 }
@@ -352,7 +374,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     descriptors[i] = descriptors[i] with { Sequence = ++_sequence };
                     var d = descriptors[i];
                     int e = elements[i];
-                    _slots[e] = new Slot { State = SlotState.Dirty, Array = array, Lba = d.ArrayLba, Valid = d.ValidMask, Sequence = d.Sequence, LruPrev = -1, LruNext = -1 };
+                    _slots[e] = new Slot { State = SlotState.Dirty, Array = array, Lba = d.ArrayLba, Valid = d.ValidMask, Sequence = d.Sequence, LruPrev = -1, LruNext = -1, Replayed = replayed[i] };
                     _dirty++;
                     _index[(array, d.ArrayLba)] = e;
                     changes.Add(new MirrorChange(e, d, _nvram.Memory(e), false));
@@ -363,6 +385,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     Retire(olds[i]);
                     changes.Add(InvalidationOf(olds[i], ++_sequence));
                 }
+                committed = true;
                 if (!writeThrough)
                 {
                     try { mirrored = _mirror.AppendGroup(changes); }
@@ -372,43 +395,61 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             for (int i = 0; i < n; i++) _nvram.WriteDescriptorOnly(elements[i], descriptors[i]);
             if (writeThrough) await WriteThroughKeysHeldAsync(elements, ct);
         }
+        catch when (!committed)
+        {
+            // Failed before the new images were published (a gap fill's read): nobody knows the
+            // fresh elements; give them back, or with a small NVRAM every writer ends up waiting.
+            foreach (var e in elements) ReturnUnused(e);
+            throw;
+        }
         finally
         {
             for (int g = gates.Length - 1; g >= 0; g--) _keyLocks[gates[g]].Release();
+            // Committed: the old elements are retired whatever happens next. A failed write-through
+            // leaves the new elements dirty (destage retries them) and must not leak the old ones.
+            if (committed && mirrored is null) ReleaseOlds(olds);
         }
-        if (mirrored is not null)
+        if (mirrored is null)
         {
+            MaybeKickDestage();
+            return;
+        }
+        try
+        {
+            await mirrored;
+            Interlocked.Add(ref _mirrored, n);
+        }
+        catch (MirrorUnavailableException)
+        {
+            // The peer went away with this write in flight: make it durable on the drives
+            // instead. The elements now current for these addresses hold our sectors (or newer).
+            foreach (var g in gates) await _keyLocks[g].WaitAsync(CancellationToken.None);
             try
             {
-                await mirrored;
-                Interlocked.Add(ref _mirrored, n);
+                var current = new List<int>();
+                lock (_lock)
+                    for (int i = 0; i < n; i++)
+                        if (_index.TryGetValue((array, (firstEl + i) * SectorsPerElement), out var c) && _slots[c].State == SlotState.Dirty) current.Add(c);
+                await WriteThroughKeysHeldAsync(current, ct);
             }
-            catch (MirrorUnavailableException)
+            finally
             {
-                // The peer went away with this write in flight: make it durable on the drives
-                // instead. The elements now current for these addresses hold our sectors (or newer).
-                foreach (var g in gates) await _keyLocks[g].WaitAsync(CancellationToken.None);
-                try
-                {
-                    var current = new List<int>();
-                    lock (_lock)
-                        for (int i = 0; i < n; i++)
-                            if (_index.TryGetValue((array, (firstEl + i) * SectorsPerElement), out var c) && _slots[c].State == SlotState.Dirty) current.Add(c);
-                    await WriteThroughKeysHeldAsync(current, ct);
-                }
-                finally
-                {
-                    for (int g = gates.Length - 1; g >= 0; g--) _keyLocks[gates[g]].Release();
-                }
+                for (int g = gates.Length - 1; g >= 0; g--) _keyLocks[gates[g]].Release();
             }
         }
+        finally { ReleaseOlds(olds); }
+        MaybeKickDestage();
+    }
+
+    /// <summary>Frees the elements a committed write replaced (once no reader holds them).</summary>
+    void ReleaseOlds(int[] olds)
+    {
         foreach (var old in olds)
         {
             if (old < 0) continue;
             _nvram.Invalidate(old);
             Release(old);
         }
-        MaybeKickDestage();
     }
 
     /// <summary>Writes elements' valid sectors to their arrays, flushes once per array, marks them clean.
@@ -427,7 +468,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 var backing = Backing(s.Array);
                 arrays.Add(s.Array);
                 foreach (var (first, k) in Runs(s.Valid))
-                    await backing.WriteAsync(s.Lba + first, _nvram.Memory(elements[i]).Slice(first * Units.SectorBytes, k * Units.SectorBytes), ct);
+                    await backing.WriteAsync(s.Lba + first, _nvram.Memory(elements[i]).Slice(first * Units.SectorBytes, k * Units.SectorBytes), s.Replayed, ct);
             }
             foreach (var a in arrays) await Backing(a).FlushAsync(ct);
         }
@@ -464,7 +505,11 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         return k == n ? gates : gates[..k];
     }
 
-    int KeyLockIndex(byte array, long lba) => (int)((ulong)HashCode.Combine(array, lba) % KeyLockCount);
+    // A fixed hash (Fibonacci hashing of array and element number), not HashCode.Combine: that one is
+    // seeded per process, so which addresses shared a key lock changed from run to run, and a
+    // simulated seed did not replay the same interleaving twice.
+    static int KeyLockIndex(byte array, long lba) =>
+        (int)(((ulong)array << 56 ^ (ulong)(lba / SectorsPerElement)) * 0x9E3779B97F4A7C15UL >> 56) % KeyLockCount;
 
     void MarkClean(int e, ulong sequence)
     {
@@ -473,6 +518,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             ref var s = ref _slots[e];
             if (s.State != SlotState.Dirty || s.Sequence != sequence) return;
             s.State = SlotState.Clean;
+            s.Replayed = false; // on the drives now, whole
             _dirty--;
             LruPushHead(e);
             _nvram.WriteDescriptorOnly(e, Descriptor(e));
@@ -555,38 +601,58 @@ public sealed partial class WriteBackCache : IAsyncDisposable
 
     // ---- allocation, retirement, LRU -----------------------------------------------------
 
-    async ValueTask<int> AllocateAsync(CancellationToken ct)
+    /// <summary>
+    /// Takes <paramref name="n"/> elements at once: free ones first, then clean ones evicted
+    /// (least recently cleaned first). A writer never holds some elements while it waits for more:
+    /// with a small NVRAM, writers each holding part of what they need while waiting for the rest
+    /// would wait for each other for good (the simulator found it, seed 386). It waits until all
+    /// n can be had (destage makes them), which always comes: n is at most a quarter of the cache.
+    /// </summary>
+    async ValueTask<int[]> AllocateAsync(int n, CancellationToken ct)
     {
+        Invariant.Assert(n >= 1 && n <= _slots.Length);
         while (true)
         {
             TaskCompletionSource waiter;
             lock (_lock)
             {
-                if (_free.TryPop(out int e)) return e;
-                int victim = _lruTail;
-                while (victim >= 0 && _slots[victim].Pins > 0) victim = _slots[victim].LruPrev;
-                if (victim >= 0)
-                {
-                    // Evict a clean element: its content is on the drives. The peer may hold a clean
-                    // copy (CC-5 sent nothing when it was destaged); tell it to drop it (CC-4).
-                    LruRemove(victim);
-                    _index.Remove((_slots[victim].Array, _slots[victim].Lba));
-                    _slots[victim] = new Slot { LruPrev = -1, LruNext = -1 };
-                    _nvram.Invalidate(victim);
-                    Interlocked.Increment(ref _evictions);
-                    if (_mirror.Mode == MirrorMode.Healthy)
-                    {
-                        try { _ = _mirror.AppendGroup([InvalidationOf(victim, ++_sequence)]); }
-                        catch (MirrorUnavailableException) { }
-                    }
-                    return victim;
-                }
+                if (TryTakeLocked(n) is { } got) return got;
                 waiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                 _spaceWaiters.Add(waiter);
             }
             Kick();
             await Waits.OrCancel(waiter.Task, ct);
         }
+    }
+
+    int[]? TryTakeLocked(int n)
+    {
+        int available = _free.Count;
+        for (int v = _lruTail; v >= 0 && available < n; v = _slots[v].LruPrev)
+            if (_slots[v].Pins == 0) available++;
+        if (available < n) return null;
+        var got = new int[n];
+        for (int i = 0; i < n; i++)
+        {
+            if (_free.TryPop(out int e)) { got[i] = e; continue; }
+            int victim = _lruTail;
+            while (victim >= 0 && _slots[victim].Pins > 0) victim = _slots[victim].LruPrev;
+            Invariant.Assert(victim >= 0, "counted evictable elements vanished");
+            // Evict a clean element: its content is on the drives. The peer may hold a clean
+            // copy (CC-5 sent nothing when it was destaged); tell it to drop it (CC-4).
+            LruRemove(victim);
+            _index.Remove((_slots[victim].Array, _slots[victim].Lba));
+            _slots[victim] = new Slot { LruPrev = -1, LruNext = -1 };
+            _nvram.Invalidate(victim);
+            Interlocked.Increment(ref _evictions);
+            if (_mirror.Mode == MirrorMode.Healthy)
+            {
+                try { _ = _mirror.AppendGroup([InvalidationOf(victim, ++_sequence)]); }
+                catch (MirrorUnavailableException) { }
+            }
+            got[i] = victim;
+        }
+        return got;
     }
 
     void Retire(int e)
@@ -618,14 +684,19 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         lock (_lock)
         {
             ref var s = ref _slots[e];
-            Invariant.Assert(s.Pins > 0);
+            Invariant.Assert(s.Pins > 0, $"unpin of element {e}, which is {s.State} (array {s.Array} LBA {s.Lba}) with no pin");
             s.Pins--;
-            if (s.Pins == 0 && s.FreeWhenUnpinned)
+            if (s.Pins > 0) return;
+            if (s.FreeWhenUnpinned)
             {
                 s = new Slot { LruPrev = -1, LruNext = -1 };
                 _free.Push(e);
                 WakeSpaceWaitersLocked();
             }
+            // A clean element a reader or a destage round held could not be evicted; now it can. A
+            // writer that found every clean element pinned waits for exactly this (nothing else may
+            // come: with no dirty element left, destage frees nothing more).
+            else if (s.State == SlotState.Clean) WakeSpaceWaitersLocked();
         }
     }
 
@@ -709,7 +780,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     /// <summary>One destage pass over up to DestageRoundElements dirty elements; returns how many were cleaned.</summary>
     async Task<int> DestageRoundAsync(CancellationToken ct)
     {
-        List<(int E, byte Array, long Lba, uint Valid, ulong Seq)> batch;
+        List<(int E, byte Array, long Lba, uint Valid, ulong Seq, bool Replayed)> batch;
         lock (_lock)
         {
             batch = [];
@@ -717,7 +788,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             {
                 ref var s = ref _slots[e];
                 if (s.State != SlotState.Dirty || s.Destaging) continue;
-                batch.Add((e, s.Array, s.Lba, s.Valid, s.Sequence));
+                batch.Add((e, s.Array, s.Lba, s.Valid, s.Sequence, s.Replayed));
             }
             batch.Sort((a, b) => a.Array != b.Array ? a.Array.CompareTo(b.Array) : a.Lba.CompareTo(b.Lba));
             if (batch.Count > _options.DestageRoundElements) batch.RemoveRange(_options.DestageRoundElements, batch.Count - _options.DestageRoundElements);
@@ -737,7 +808,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 var head = batch[i];
                 int j = i + 1;
                 if (head.Valid == uint.MaxValue)
-                    while (j < batch.Count && batch[j].Array == head.Array && batch[j].Valid == uint.MaxValue &&
+                    while (j < batch.Count && batch[j].Array == head.Array && batch[j].Valid == uint.MaxValue && batch[j].Replayed == head.Replayed &&
                            batch[j].Lba == batch[j - 1].Lba + SectorsPerElement && (j - i + 1) * SectorsPerElement <= _options.DestageMaxRunSectors)
                         j++;
                 writes.Add(WriteRunAsync(batch.GetRange(i, j - i), ct));
@@ -761,13 +832,20 @@ public sealed partial class WriteBackCache : IAsyncDisposable
 
     /// <summary>Writes one run to its array (the round holds the array write gate, which orders it against
     /// write-throughs). A run whose elements were all still current goes as one write; otherwise each
-    /// element still current is written alone (a replaced one is destaged later as its newer element).</summary>
-    async Task WriteRunAsync(List<(int E, byte Array, long Lba, uint Valid, ulong Seq)> run, CancellationToken ct)
+    /// element still current is written alone (a replaced one is destaged later as its newer element).
+    /// A run of replayed elements (runs never mix them with others) goes as a recovery write.</summary>
+    async Task WriteRunAsync(List<(int E, byte Array, long Lba, uint Valid, ulong Seq, bool Replayed)> run, CancellationToken ct)
     {
-        var backing = Backing(run[0].Array);
-        bool Current((int E, byte Array, long Lba, uint Valid, ulong Seq) r)
+        bool Current((int E, byte Array, long Lba, uint Valid, ulong Seq, bool Replayed) r)
         {
             lock (_lock) return _slots[r.E].State == SlotState.Dirty && _slots[r.E].Sequence == r.Seq;
+        }
+        // An array forgotten (moved or deleted) since the round was gathered: nothing of it is current.
+        ICacheBacking backing;
+        lock (_lock)
+        {
+            if (!_arrays.TryGetValue(run[0].Array, out var b)) { Invariant.Assert(!run.Any(Current), "a current element of a forgotten array"); return; }
+            backing = b;
         }
         if (run.Count == 1 || !run.All(Current))
         {
@@ -775,7 +853,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             {
                 if (!Current(r)) continue;
                 foreach (var (first, n) in Runs(r.Valid))
-                    await backing.WriteAsync(r.Lba + first, _nvram.Memory(r.E).Slice(first * Units.SectorBytes, n * Units.SectorBytes), ct);
+                    await backing.WriteAsync(r.Lba + first, _nvram.Memory(r.E).Slice(first * Units.SectorBytes, n * Units.SectorBytes), r.Replayed, ct);
             }
             return;
         }
@@ -783,7 +861,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         try
         {
             for (int k = 0; k < run.Count; k++) _nvram.Data(run[k].E).CopyTo(buffer.AsSpan(k * ElementBytes, ElementBytes));
-            await backing.WriteAsync(run[0].Lba, buffer.AsMemory(0, run.Count * ElementBytes), ct);
+            await backing.WriteAsync(run[0].Lba, buffer.AsMemory(0, run.Count * ElementBytes), run[0].Replayed, ct);
         }
         finally { ArrayPool<byte>.Shared.Return(buffer); }
     }
@@ -817,11 +895,22 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 LruRemove(e);
                 _index.Remove(key);
                 _nvram.Invalidate(e);
-                _slots[e] = new Slot { LruPrev = -1, LruNext = -1 };
-                _free.Push(e);
+                if (_slots[e].Pins > 0)
+                {
+                    // A reader or a destage round still holds it: it is freed when they let go (freeing
+                    // it now would hand it to a writer while they still use it).
+                    _slots[e].State = SlotState.Retired;
+                    _slots[e].FreeWhenUnpinned = true;
+                }
+                else
+                {
+                    _slots[e] = new Slot { LruPrev = -1, LruNext = -1 };
+                    _free.Push(e);
+                }
                 changes.Add(InvalidationOf(e, ++_sequence));
             }
             _arrays.Remove(array);
+            if (_options.PlantedForgetKeepsPeerCopies) changes.Clear();
             if (changes.Count > 0 && _mirror.Mode == MirrorMode.Healthy)
             {
                 try { sent = _mirror.AppendGroup(changes); }

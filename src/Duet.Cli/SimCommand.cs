@@ -17,10 +17,11 @@ public static partial class Program
         var ops = new Option<int>("--ops") { Description = "Host operations per seed (at most 2000)", DefaultValueFactory = _ => 1000 };
         var trace = new Option<bool>("--trace") { Description = "With --seed: print the event trace" };
         var threads = new Option<int>("--threads") { Description = "Seeds run in parallel (each simulation is single-threaded)", DefaultValueFactory = _ => Environment.ProcessorCount };
+        var verbose = new Option<bool>("--verbose") { Description = "Print a line for every seed (seed, faults, operations, steps, virtual time, trace hash)" };
         var bug = new Option<PlantedBug>("--planted-bug") { Description = "Test only: switch on a deliberate bug, to see the checkers fail", DefaultValueFactory = _ => PlantedBug.None };
         var cmd = new Command("sim", "Run the deterministic simulator: both controllers, the link, the drives and hosts on virtual time, with faults drawn per seed")
         {
-            seeds, from, seed, faults, exact, ops, trace, threads, bug,
+            seeds, from, seed, faults, exact, ops, trace, threads, verbose, bug,
         };
         cmd.SetAction(parse =>
         {
@@ -62,8 +63,10 @@ public static partial class Program
             }
             var summary = Campaign.Run(parse.GetValue(from), count, options, Math.Max(1, parse.GetValue(threads)), r =>
             {
+                if (parse.GetValue(verbose))
+                    output.WriteLine($"seed {r.Seed} faults {r.Plan} writes {r.Stats.Writes} crashes {r.Stats.Crashes} steps {r.Stats.Steps} virtual {r.Stats.VirtualTime.TotalSeconds:F2} s trace {r.TraceHash:x16} {(r.Passed ? "ok" : "FAILED")} heap {GC.GetTotalMemory(true) >> 20} MiB");
                 if (!r.Passed)
-                    output.WriteLine($"failure seed {r.Seed} (faults {r.Plan}; replay: duet sim --seed {r.Seed}{ReplayFlags(parse.GetValue(faults)!, parse.GetValue(exact), opCount)}): {r.Failures[0]}");
+                    output.WriteLine($"failure seed {r.Seed} (faults {r.Plan}; replay: duet sim --seed {r.Seed}{ReplayFlags(parse.GetValue(faults)!, parse.GetValue(exact), opCount, parse.GetValue(bug))}): {r.Failures[0]}");
             });
             output.WriteLine($"virtual time {summary.VirtualTime.TotalSeconds:F0} s, {summary.Writes} writes, {summary.Crashes} crashes, {summary.Steps} steps");
             output.WriteLine($"seeds {summary.Seeds} failures {summary.Failed.Count}");
@@ -72,6 +75,7 @@ public static partial class Program
         return cmd;
     }
 
-    static string ReplayFlags(string faults, bool exact, int ops) =>
-        (faults == "all" ? "" : $" --faults {faults}") + (exact ? " --exact" : "") + (ops == 1000 ? "" : $" --ops {ops}");
+    static string ReplayFlags(string faults, bool exact, int ops, PlantedBug bug) =>
+        (faults == "all" ? "" : $" --faults {faults}") + (exact ? " --exact" : "") + (ops == 1000 ? "" : $" --ops {ops}") +
+        (bug == PlantedBug.None ? "" : $" --planted-bug {bug}");
 }

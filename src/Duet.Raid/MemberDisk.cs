@@ -73,7 +73,15 @@ public sealed class MemberDisk
     /// against its tag. Returns the indexes (relative to the first block) that failed their check, or null.
     /// A drive error is thrown as <see cref="BlockIoException"/>; a medium error makes the whole range bad.
     /// </summary>
-    public async ValueTask<List<int>?> ReadAsync(long memberBlock, Memory<byte> destination, CancellationToken ct = default)
+    public ValueTask<List<int>?> ReadAsync(long memberBlock, Memory<byte> destination, CancellationToken ct = default) =>
+        ReadAsync(memberBlock, destination, null, ct);
+
+    /// <summary>
+    /// As <see cref="ReadAsync(long, Memory{byte}, CancellationToken)"/>; <paramref name="mismatched"/>, if given, also
+    /// receives the failed blocks that were read but did not match their tag (a torn write, or rot):
+    /// their data as read is in <paramref name="destination"/>. The other failed blocks hit a medium error.
+    /// </summary>
+    public async ValueTask<List<int>?> ReadAsync(long memberBlock, Memory<byte> destination, List<int>? mismatched, CancellationToken ct = default)
     {
         int count = destination.Length / Units.BlockBytes;
         Invariant.Assert(count * Units.BlockBytes == destination.Length);
@@ -111,7 +119,10 @@ public sealed class MemberDisk
                     continue;
                 }
                 if (!Tag.Verify(tag, Salt, b, blockSpan))
+                {
                     (bad ??= []).Add(done + i);
+                    mismatched?.Add(done + i);
+                }
             }
             done += inGroup;
         }

@@ -127,7 +127,21 @@ public sealed partial class RaidArray
         ForEachStripeAsync(sector, destination.Length, (s, lo, hi, offset) => ReadStripeAsync(s, lo, hi, destination.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), ct));
 
     public ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct = default) =>
-        ForEachStripeAsync(sector, source.Length, (s, lo, hi, offset) => WriteStripeAsync(s, lo, hi, source.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), false, ct));
+        ForEachStripeAsync(sector, source.Length, (s, lo, hi, offset) => WriteStripeAsync(s, lo, hi, source.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), false, false, ct));
+
+    /// <summary>
+    /// A write that may meet blocks a crash tore (the cache destaging again what it replayed from
+    /// NVRAM after a restart). As <see cref="WriteAsync"/>, except for a data block that fails its
+    /// checksum and cannot be reconstructed from redundancy: instead of failing, the block's
+    /// content as read is kept, the new sectors are merged in, and the block is written whole with
+    /// a fresh tag (and parity computed afresh from the row's data). That is sound only for a block
+    /// a write tore: a 4 KiB block write is atomic, so the block holds its old or its new content
+    /// as a whole, and the two agree on every sector outside the write being repeated; only its tag
+    /// may be stale. Never use it for an ordinary write, which must fail on an unrecoverable block
+    /// rather than stamp a fresh checksum over data that may have rotted.
+    /// </summary>
+    public ValueTask RecoveryWriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct = default) =>
+        ForEachStripeAsync(sector, source.Length, (s, lo, hi, offset) => WriteStripeAsync(s, lo, hi, source.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), false, true, ct));
 
     /// <summary>Writes zeros over whole blocks and marks them never-written (TRIM). Block-aligned only.</summary>
     public ValueTask TrimAsync(long sector, long sectorCount, CancellationToken ct = default)
@@ -152,7 +166,7 @@ public sealed partial class RaidArray
                 long n = Math.Min(StepSectors, sectorCount - done);
                 var src = zeros.AsMemory(0, (int)n * Units.SectorBytes);
                 long at = sector + done;
-                await ForEachStripeAsync(at, src.Length, (s, lo, hi, offset) => WriteStripeAsync(s, lo, hi, src.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), hole, ct));
+                await ForEachStripeAsync(at, src.Length, (s, lo, hi, offset) => WriteStripeAsync(s, lo, hi, src.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), hole, false, ct));
                 done += n;
             }
         }
@@ -162,20 +176,34 @@ public sealed partial class RaidArray
         }
     }
 
-    public async ValueTask FlushAsync(CancellationToken ct = default)
+    public ValueTask FlushAsync(CancellationToken ct = default) => FlushCoreAsync(awaitFailures: true, ct);
+
+    /// <summary>
+    /// Flush for the array manager while it holds its management lock: a member whose flush fails is
+    /// dropped as by <see cref="FlushAsync"/>, but the flush does not wait for that failure to be
+    /// persisted (persisting it takes the management lock, so waiting would never end). The caller
+    /// must persist the array's member states itself before it relies on the flush.
+    /// </summary>
+    public ValueTask FlushWithoutPersistingFailuresAsync(CancellationToken ct = default) => FlushCoreAsync(awaitFailures: false, ct);
+
+    async ValueTask FlushCoreAsync(bool awaitFailures, CancellationToken ct)
     {
         // Members flush together; a drive that blocks to flush does so off this path (FileDrive).
         var tasks = new List<Task>();
         for (int m = 0; m < _members.Length; m++)
-            if (Writable(m)) tasks.Add(FlushMemberAsync(m, ct));
+            if (Writable(m)) tasks.Add(FlushMemberAsync(m, awaitFailures, ct));
         await Task.WhenAll(tasks);
         ThrowIfFailed();
     }
 
-    async Task FlushMemberAsync(int slot, CancellationToken ct)
+    async Task FlushMemberAsync(int slot, bool awaitFailure, CancellationToken ct)
     {
         try { await _members[slot]!.Drive.FlushAsync(ct); }
-        catch (BlockIoException e) { await FailMember(slot, $"flush failed: {e.Message}"); }
+        catch (BlockIoException e)
+        {
+            var persisted = FailMember(slot, $"flush failed: {e.Message}");
+            if (awaitFailure) await persisted;
+        }
     }
 
     /// <summary>The tag of the member block behind an array block (0 = never written), or null if unknown.</summary>
@@ -272,9 +300,10 @@ public sealed partial class RaidArray
             return;
         }
         List<int>? bad;
+        var mismatched = new List<int>();
         try
         {
-            bad = await _members[m]!.ReadAsync(ws.Stripe * Geometry.ChunkBlocks + rowLo, ws.Rows(m, rowLo, rowCount), ct);
+            bad = await _members[m]!.ReadAsync(ws.Stripe * Geometry.ChunkBlocks + rowLo, ws.Rows(m, rowLo, rowCount), mismatched, ct);
         }
         catch (BlockIoException e)
         {
@@ -288,6 +317,7 @@ public sealed partial class RaidArray
             ws.FoundBad[m][rowLo + i - ws.RowLo] = true;
             LogBadBlock(Name, ws.Stripe, rowLo + i, m, _members[m]!.Drive.Name);
         }
+        foreach (int i in mismatched) ws.KeepAsRead(m, rowLo + i);
     }
 
     async ValueTask WriteMemberAsync(int m, long memberBlock, ReadOnlyMemory<byte> data, bool hole, CancellationToken ct)
@@ -483,14 +513,16 @@ public sealed partial class RaidArray
         foreach (var c in chunks)
         {
             if (c.IsEmpty) continue;
-            int good = await ReadMirrorChunkAsync(ws, stripe, c, ct);
+            int good = await ReadMirrorChunkAsync(ws, stripe, c, false, ct);
             CopyOut(ws, good, c, sectorLo, destination);
         }
     }
 
     /// <summary>Reads chunk c's rows from one copy, falling back to the others for bad rows; repairs bad copies.
-    /// Returns the member whose workspace buffer holds the good data for every row.</summary>
-    async ValueTask<int> ReadMirrorChunkAsync(Workspace ws, long stripe, StripePlanner.ChunkWrite c, CancellationToken ct)
+    /// Returns the member whose workspace buffer holds the good data for every row. With
+    /// <paramref name="recovery"/> (a recovery write about to rewrite these rows whole), a row no copy
+    /// of which matches its tag takes the content of a copy as read (see <see cref="RecoveryWriteAsync"/>).</summary>
+    async ValueTask<int> ReadMirrorChunkAsync(Workspace ws, long stripe, StripePlanner.ChunkWrite c, bool recovery, CancellationToken ct)
     {
         var copies = Geometry.Copies(c.DataIndex).Where(m => Readable(m, stripe)).ToList();
         if (copies.Count == 0) throw Unrecoverable(stripe, c.DataIndex, c.Lo);
@@ -512,6 +544,19 @@ public sealed partial class RaidArray
                 found = true;
                 break;
             }
+            if (!found && recovery)
+            {
+                // Every copy was read (or is missing): take the first one read whole.
+                foreach (int other in copies)
+                {
+                    if (ws.AsRead(other, r) is not { } asRead) continue;
+                    asRead.CopyTo(ws.Block(primary, r));
+                    ws.SetState(primary, r, Workspace.Ok);
+                    LogTornRewritten(Name, stripe, r, other, _members[other]!.Drive.Name);
+                    break;
+                }
+                if (ws.RowState(primary, r) == Workspace.Ok) continue; // the write rewrites every copy whole
+            }
             if (!found) throw Unrecoverable(stripe, c.DataIndex, r);
             if (Writable(primary))
             {
@@ -525,12 +570,59 @@ public sealed partial class RaidArray
 
     // ---- write ---------------------------------------------------------------------------
 
-    async ValueTask WriteStripeAsync(long stripe, long sectorLo, long sectorHi, ReadOnlyMemory<byte> source, bool hole, CancellationToken ct)
+    async ValueTask WriteStripeAsync(long stripe, long sectorLo, long sectorHi, ReadOnlyMemory<byte> source, bool hole, bool recovery, CancellationToken ct)
     {
         using var _ = await LockStripeAsync(stripe, ct);
         await RetryOnMemberFailure(() => Geometry.IsMirrored
-            ? WriteMirrorStripeAsync(stripe, sectorLo, sectorHi, source, hole, ct)
-            : WriteParityStripeAsync(stripe, sectorLo, sectorHi, source, hole, ct));
+            ? WriteMirrorStripeAsync(stripe, sectorLo, sectorHi, source, hole, recovery, ct)
+            : WriteParityStripeAsync(stripe, sectorLo, sectorHi, source, hole, recovery, ct));
+    }
+
+    /// <summary>
+    /// For a recovery write (see <see cref="RecoveryWriteAsync"/>): in each row beyond repair, every
+    /// data block the write does not replace entirely and that was read whole but failed its tag
+    /// takes its content as read. A block outside the write is listed in <paramref name="tornOutside"/>
+    /// to be rewritten whole as well (with parity it is part of the row the new parity covers).
+    /// A row is left alone (and the write fails as before) if it holds a block that cannot be taken
+    /// so: unreadable, or reconstructed without a tag to check it against.
+    /// </summary>
+    void KeepTornBlocks(Workspace ws, StripePlanner.ChunkWrite[] chunks, List<int> unsolved, List<(int, int)> tornOutside)
+    {
+        var g = Geometry;
+        long stripe = ws.Stripe;
+        foreach (int r in unsolved)
+        {
+            var torn = new List<int>();
+            bool usable = true;
+            for (int i = 0; i < g.DataMembers && usable; i++)
+            {
+                var c = chunks[i];
+                bool written = !c.IsEmpty && r >= c.Lo && r < c.Hi;
+                bool replaced = written && !(c.PartialFirst && r == c.Lo) && !(c.PartialLast && r == c.Hi - 1);
+                if (replaced) continue;
+                if (!written && g.ParityMembers == 0) continue; // no parity to keep consistent: not needed
+                int m = g.DataMember(stripe, i);
+                if (ws.RowState(m, r) == Workspace.Bad)
+                {
+                    if (ws.AsRead(m, r) is null) usable = false;
+                    else torn.Add(i);
+                }
+                else if (ws.Reconstructed[m][r - ws.RowLo] && !ws.FoundBad[m][r - ws.RowLo])
+                {
+                    usable = false; // rebuilt from a row that does not add up, with nothing to check it against
+                }
+            }
+            if (!usable) continue;
+            foreach (int i in torn)
+            {
+                int m = g.DataMember(stripe, i);
+                ws.AsRead(m, r)!.CopyTo(ws.Block(m, r));
+                ws.SetState(m, r, Workspace.Ok);
+                var c = chunks[i];
+                if (c.IsEmpty || r < c.Lo || r >= c.Hi) tornOutside.Add((m, r));
+                LogTornRewritten(Name, stripe, r, m, _members[m]?.Drive.Name ?? "-");
+            }
+        }
     }
 
     /// <summary>Fills chunk c's new blocks: whole blocks from the source, partial ones merged into the old block.</summary>
@@ -555,7 +647,7 @@ public sealed partial class RaidArray
         }
     }
 
-    async ValueTask WriteParityStripeAsync(long stripe, long sectorLo, long sectorHi, ReadOnlyMemory<byte> source, bool hole, CancellationToken ct)
+    async ValueTask WriteParityStripeAsync(long stripe, long sectorLo, long sectorHi, ReadOnlyMemory<byte> source, bool hole, bool recovery, CancellationToken ct)
     {
         var g = Geometry;
         var plan = StripePlanner.PlanWrite(g, stripe, sectorLo, sectorHi, m => Readable(m, stripe), Writable);
@@ -569,13 +661,29 @@ public sealed partial class RaidArray
             for (int r = read.RowLo; r < read.RowLo + read.RowCount; r++) needSolve |= ws.RowState(read.Member, r) == Workspace.Bad;
         }
         var strategy = plan.Strategy;
+        // Torn blocks a recovery write keeps that lie outside the write: rewritten whole as read.
+        var tornOutside = new List<(int Member, int Row)>();
         if (needSolve)
         {
             // A block we needed is unreadable: read every row in full, reconstruct, and write whole rows.
             var unsolved = await FillAndSolveAsync(ws, ct);
+            if (unsolved.Count > 0 && recovery) KeepTornBlocks(ws, chunks, unsolved, tornOutside);
             if (unsolved.Count > 0 && g.ParityMembers > 0)
-                throw new BlockIoException(BlockErrorKind.Medium, $"array {Name}: stripe {stripe} has rows {string.Join(",", unsolved)} beyond repair",
-                    stripe * g.StripeDataBlocks * Units.SectorsPerBlock + sectorLo);
+            {
+                // A row beyond repair can still be written whole: reconstruct-write needs only the
+                // data blocks this write does not replace entirely (parity is computed afresh). So a
+                // write that covers the damaged blocks (the cache destaging again, after a crash,
+                // the stripe a crash tore) repairs the row instead of failing.
+                foreach (int r in unsolved)
+                    for (int i = 0; i < g.DataMembers; i++)
+                    {
+                        var c = chunks[i];
+                        bool replaced = !c.IsEmpty && r >= c.Lo && r < c.Hi && !(c.PartialFirst && r == c.Lo) && !(c.PartialLast && r == c.Hi - 1);
+                        if (!replaced && ws.RowState(g.DataMember(stripe, i), r) == Workspace.Bad)
+                            throw new BlockIoException(BlockErrorKind.Medium, $"array {Name}: stripe {stripe} has rows {string.Join(",", unsolved)} beyond repair",
+                                stripe * g.StripeDataBlocks * Units.SectorsPerBlock + sectorLo);
+                    }
+            }
             if (g.ParityMembers == 0)
                 foreach (var c in chunks)
                     if (!c.IsEmpty && (c.PartialFirst && ws.RowState(g.DataMember(stripe, c.DataIndex), c.Lo) == Workspace.Bad ||
@@ -646,6 +754,8 @@ public sealed partial class RaidArray
                 if (!Writable(m)) continue;
                 writes.Add((m, stripe * g.ChunkBlocks + c.Lo, newData[c.DataIndex].AsMemory((c.Lo - plan.RowLo) * Units.BlockBytes, c.Rows * Units.BlockBytes), hole && !c.PartialFirst && !c.PartialLast));
             }
+            foreach (var (m, r) in tornOutside)
+                if (Writable(m)) writes.Add((m, stripe * g.ChunkBlocks + r, ws.Rows(m, r, 1), false));
             if (writeP) writes.Add((p, stripe * g.ChunkBlocks + plan.RowLo, ws.Rows(p, plan.RowLo, plan.RowCount), false));
             if (writeQ) writes.Add((q, stripe * g.ChunkBlocks + plan.RowLo, ws.Rows(q, plan.RowLo, plan.RowCount), false));
             await WriteAllAsync(writes, ct);
@@ -656,7 +766,7 @@ public sealed partial class RaidArray
         }
     }
 
-    async ValueTask WriteMirrorStripeAsync(long stripe, long sectorLo, long sectorHi, ReadOnlyMemory<byte> source, bool hole, CancellationToken ct)
+    async ValueTask WriteMirrorStripeAsync(long stripe, long sectorLo, long sectorHi, ReadOnlyMemory<byte> source, bool hole, bool recovery, CancellationToken ct)
     {
         var chunks = StripePlanner.SplitByChunk(Geometry, sectorLo, sectorHi);
         var (rowLo, rowHi) = StripePlanner.RowSpan(chunks);
@@ -673,7 +783,7 @@ public sealed partial class RaidArray
                 {
                     // Old content of the partial blocks, from any good copy.
                     var partial = new StripePlanner.ChunkWrite(c.DataIndex, c.Lo, c.Hi, c.PartialFirst, c.PartialLast);
-                    oldMember = await ReadMirrorChunkAsync(ws, stripe, partial, ct);
+                    oldMember = await ReadMirrorChunkAsync(ws, stripe, partial, recovery, ct);
                 }
                 var buf = ArrayPool<byte>.Shared.Rent((rowHi - rowLo) * Units.BlockBytes);
                 buffers.Add(buf);
@@ -698,4 +808,7 @@ public sealed partial class RaidArray
 
     [LoggerMessage(EventId = 1003, Level = LogLevel.Information, Message = "array {Array}: stripe {Stripe} row {Row} on member {Slot} ({Drive}) rewritten from redundancy")]
     partial void LogRepaired(string array, long stripe, int row, int slot, string drive);
+
+    [LoggerMessage(EventId = 1004, Level = LogLevel.Warning, Message = "array {Array}: stripe {Stripe} row {Row} on member {Slot} ({Drive}) failed its checksum and cannot be reconstructed; a recovery write keeps it as read (torn by a crash) and rewrites it whole")]
+    partial void LogTornRewritten(string array, long stripe, int row, int slot, string drive);
 }

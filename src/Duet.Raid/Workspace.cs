@@ -24,6 +24,10 @@ internal sealed class Workspace : IDisposable
     /// <summary>Blocks <see cref="SolveRow"/> recomputed (their content did not come from their member).</summary>
     public readonly bool[][] Reconstructed;
 
+    /// <summary>Blocks that were read whole but failed their tag, as read (before any reconstruction
+    /// overwrote the buffer): what a recovery write may keep of a torn block.</summary>
+    Dictionary<(int Member, int Row), byte[]>? _asRead;
+
     public Workspace(ArrayGeometry geometry, long stripe, int rowLo, int rowCount)
     {
         Invariant.Assert(rowLo >= 0 && rowCount > 0 && rowLo + rowCount <= geometry.ChunkBlocks);
@@ -51,6 +55,16 @@ internal sealed class Workspace : IDisposable
 
     public Span<byte> Block(int member, int row) =>
         Buffer(member).AsSpan((row - RowLo) * Units.BlockBytes, Units.BlockBytes);
+
+    /// <summary>Keeps a copy of a block just read that failed its tag.</summary>
+    public void KeepAsRead(int member, int row)
+    {
+        _asRead ??= [];
+        _asRead[(member, row)] = Block(member, row).ToArray();
+    }
+
+    /// <summary>A block's content as read, if it was read whole and failed its tag.</summary>
+    public byte[]? AsRead(int member, int row) => _asRead?.GetValueOrDefault((member, row));
 
     public byte RowState(int member, int row) => State[member][row - RowLo];
 

@@ -97,12 +97,14 @@ public sealed record FaultPlan
         return new FaultPlan
         {
             On = on,
-            CrashEvery = TimeSpan.FromMilliseconds(r.Next(200, 3000)),
-            MaxDownTime = TimeSpan.FromMilliseconds(r.Next(10, 1500)),
+            // A seed's safety phase lasts a few hundred milliseconds of virtual time (less without
+            // slow drives): several crashes and partitions fit in it.
+            CrashEvery = TimeSpan.FromMilliseconds(r.Next(5, 150)),
+            MaxDownTime = TimeSpan.FromMilliseconds(r.Next(1, 100)),
             MaxLinkDelay = TimeSpan.FromMicroseconds(r.Next(5, 3000)),
             DropProbability = r.Next(1, 40) / 1000.0,
-            PartitionEvery = TimeSpan.FromMilliseconds(r.Next(200, 3000)),
-            MaxPartition = TimeSpan.FromMilliseconds(r.Next(5, 2500)),
+            PartitionEvery = TimeSpan.FromMilliseconds(r.Next(5, 150)),
+            MaxPartition = TimeSpan.FromMilliseconds(r.Next(1, 100)),
             MaxDriveLatency = TimeSpan.FromMicroseconds(r.Next(20, 5000)),
             NvramElements = r.Next(24, 96),
         };

@@ -35,6 +35,9 @@ public sealed class SimScheduler
     /// <summary>Pick a random ready item instead of the oldest.</summary>
     public bool ShuffleReady { get; set; }
     public long Steps { get; private set; }
+    /// <summary>Diagnostics: with DUET_SIM_STEPS set, every work item run goes into the trace (its node and the
+    /// async method it resumes), so two traces that differ can be compared step by step.</summary>
+    static readonly bool StepTrace = Environment.GetEnvironmentVariable("DUET_SIM_STEPS") is not null;
     int _foreign;
     public int ForeignPosts => Volatile.Read(ref _foreign);
     /// <summary>Where the first post from another thread came from (for the failure report).</summary>
@@ -55,6 +58,22 @@ public sealed class SimScheduler
             return;
         }
         _ready.Add(new WorkItem(node, callback, state, node.Incarnation));
+    }
+
+    static string Describe(object? state)
+    {
+        if (state is Delegate d)
+        {
+            var t = d.Target;
+            if (t is not null && t.GetType().GetField("StateMachine", System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance) is { } f)
+            {
+                var sm = f.GetValue(t);
+                var st = sm?.GetType().GetField("<>1__state")?.GetValue(sm);
+                return $"SM {sm?.GetType().FullName} state {st}";
+            }
+            return $"D {t?.GetType().FullName}.{d.Method.Name}";
+        }
+        return state?.GetType().FullName ?? "null";
     }
 
     /// <summary>Drops every ready item of <paramref name="node"/> (it crashed).</summary>
@@ -83,12 +102,13 @@ public sealed class SimScheduler
         }
         if (!item.Node.IsAlive || item.Incarnation != item.Node.Incarnation) return true; // posted before a crash
         Steps++;
+        if (StepTrace) Trace.Add($"step {item.Node.Name} {item.Callback.Method.DeclaringType?.Name}.{item.Callback.Method.Name} {Describe(item.State)} ready {_ready.Count - _head}");
         var previous = SynchronizationContext.Current;
         SynchronizationContext.SetSynchronizationContext(item.Node);
         try { item.Callback(item.State); }
         catch (Exception e)
         {
-            Escaped.Add($"{item.Node.Name}: {e.GetType().Name}: {e.Message}");
+            if (Escaped.Count < 20) Escaped.Add($"{item.Node.Name}: {e.GetType().Name}: {e.Message}");
             Trace.Add($"escaped {item.Node.Name} {e.GetType().Name}");
         }
         finally { SynchronizationContext.SetSynchronizationContext(previous); }

@@ -39,16 +39,31 @@ public sealed partial class Simulator
                     if (!mine.IsSectorValid(i)) continue;
                     var data = c.Nvram.Own.Data(e).Slice(i * SectorBytes, SectorBytes);
                     if (Content.IdOf(data, x - first + sector, out _) != id) continue; // already replaced by a newer element
-                    if (!peerHas || !theirs.IsSectorValid(i) || !peerNvram.Peer.Data(e).Slice(i * SectorBytes, SectorBytes).SequenceEqual(data))
+                    bool held = peerHas && theirs.IsSectorValid(i) && peerNvram.Peer.Data(e).Slice(i * SectorBytes, SectorBytes).SequenceEqual(data);
+                    // A later write to other sectors of the same element may already have copied
+                    // these sectors into a newer element (not yet mirrored) while the peer still
+                    // holds the element this write was mirrored in: look for them anywhere there.
+                    if (!held) held = PeerHoldsSector(peerNvram.Peer, mine.ArrayNumber, mine.ArrayLba, i, data);
+                    if (!held)
                     {
                         Fail($"write {id} to {volume} sector {x - first + sector} was acknowledged by {owner.Name} before the peer held it " +
-                             $"(element {e}, dirty in {owner.Name}'s region 1, {(peerHas ? "different" : "absent")} in {Other(owner).Name}'s region 2; mirror healthy)");
+                             $"(element {e}, dirty in {owner.Name}'s region 1 as array {mine.ArrayNumber} LBA {mine.ArrayLba} seq {mine.Sequence}; in {Other(owner).Name}'s region 2: " +
+                             $"{(peerNvram.Peer.TryRead(e, out var t) ? $"array {t.ArrayNumber} LBA {t.ArrayLba} seq {t.Sequence} mask {t.ValidMask:x8}" : peerNvram.Peer.StateOf(e).ToString())}; mirror healthy)");
                         return;
                     }
                 }
             }
             s = end;
         }
+    }
+
+    static bool PeerHoldsSector(NvramRegion region, byte array, long elementLba, int sector, ReadOnlySpan<byte> data)
+    {
+        for (int e = 0; e < region.ElementCount; e++)
+            if (region.TryRead(e, out var d) && d.ArrayNumber == array && d.ArrayLba == elementLba && d.IsSectorValid(sector)
+                && region.Data(e).Slice(sector * SectorBytes, SectorBytes).SequenceEqual(data))
+                return true;
+        return false;
     }
 
     /// <summary>Never two owners: no array is served by both live controllers.</summary>

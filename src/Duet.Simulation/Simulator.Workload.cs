@@ -16,19 +16,22 @@ public sealed partial class Simulator
     {
         while (_opsIssued < _options.Operations)
         {
-            _opsIssued++;
+            int op = ++_opsIssued;
             _opsInFlight++;
             try
             {
                 int dice = _random.Next(100);
-                if (dice < 50) await WriteAsync(host);
-                else if (dice < 85) await ReadAsync(host);
-                else if (dice < 92) await FlushAsync(host);
-                else if (dice < 96) await MoveAsync();
-                else await ScratchAsync();
+                _inflight[op] = dice < 50 ? "write" : dice < 85 ? "read" : dice < 92 ? "flush" : dice < 96 ? "move" : "create/delete";
+                if (dice < 50) await WriteAsync(host, op);
+                else if (dice < 85) await ReadAsync(host, op);
+                else if (dice < 92) await FlushAsync(host, op);
+                else if (dice < 96) await MoveAsync(op);
+                else await ScratchAsync(op);
             }
-            finally { _opsInFlight--; }
-            if (_random.Chance(0.3)) await host.Time.DelayAsync(TimeSpan.FromMicroseconds(_random.Next(1, 2000)));
+            finally { _opsInFlight--; _inflight.Remove(op); }
+            // Think time: spreads a seed's operations over a few hundred milliseconds of virtual
+            // time, so crashes and partitions land among them.
+            await host.Time.DelayAsync(TimeSpan.FromTicks(_random.NextInt64(_thinkMax.Ticks + 1)));
         }
     }
 
@@ -56,7 +59,7 @@ public sealed partial class Simulator
 
     Side PickController() => _sides[_random.Next(2)];
 
-    async Task WriteAsync(SimNode host)
+    async Task WriteAsync(SimNode host, int op)
     {
         if (PickVolume() is not var (name, model)) return;
         long count = PickLength(model);
@@ -67,6 +70,7 @@ public sealed partial class Simulator
         Content.Fill(data, id, sector);
         bool fua = _random.Chance(0.1);
         var side = PickController();
+        _inflight[op] = $"write {id} {name} {sector}+{count} via {side.Name}";
         _writes++;
         model.WriteIssued(id, sector, count, ++_logical);
         bool ok = false;
@@ -83,16 +87,17 @@ public sealed partial class Simulator
             _writesAcked++;
         }
         catch (Exception e) when (Expected(e)) { _trace.Add($"write {id} failed: {e.GetType().Name}"); }
-        catch (Exception e) { Fail($"write {id} to {name} through {side.Name}: unexpected {e.GetType().Name}: {e.Message}"); }
+        catch (Exception e) { Fail($"write {id} to {name} through {side.Name}: unexpected {e.GetType().Name}: {e.Message}{Where(e)}"); }
         finally { model.WriteDone(id, sector, count, ok, ++_logical); }
         _trace.Add($"write {id} {name} {sector}+{count} via {side.Name} {(ok ? "ok" : "failed")}");
     }
 
-    async Task ReadAsync(SimNode host)
+    async Task ReadAsync(SimNode host, int op)
     {
         if (PickVolume() is not var (name, model)) return;
         long count = PickLength(model);
         long sector = _random.NextInt64(model.Sectors - count + 1);
+        _inflight[op] = $"read {name} {sector}+{count}";
         await ReadRangeAsync(name, model, sector, count);
     }
 
@@ -137,10 +142,11 @@ public sealed partial class Simulator
         return true;
     }
 
-    async Task FlushAsync(SimNode host)
+    async Task FlushAsync(SimNode host, int op)
     {
         if (PickVolume() is not var (name, _)) return;
         var side = PickController();
+        _inflight[op] = $"flush {name} via {side.Name}";
         _flushes++;
         try
         {
@@ -156,13 +162,14 @@ public sealed partial class Simulator
     }
 
     /// <summary>Moves a random array to the other controller, asking its owner (as `duet array move` does).</summary>
-    async Task MoveAsync()
+    async Task MoveAsync(int op)
     {
         var array = _fixedArrays[_random.Next(_fixedArrays.Count)];
         var owner = _sides.FirstOrDefault(s => s.IsUp && s.Controller!.Arrays.Serves(array));
         if (owner is null) return;
         _moves++;
         var to = Other(owner).Name;
+        _inflight[op] = $"move {array} {owner.Name}->{to}";
         try
         {
             await owner.Node.InvokeAsync(() => owner.Controller!.MoveArrayAsync(array, to, CancellationToken.None));
@@ -175,7 +182,7 @@ public sealed partial class Simulator
     }
 
     /// <summary>Creates the scratch array (RAID 1 on s0, s1) with one volume, or deletes it.</summary>
-    async Task ScratchAsync()
+    async Task ScratchAsync(int op)
     {
         if (_scratchBusy) return;
         _scratchBusy = true;
@@ -230,6 +237,10 @@ public sealed partial class Simulator
         }
         finally { _scratchBusy = false; }
     }
+
+    /// <summary>Where an unexpected exception came from: the first frames of its stack (for the report).</summary>
+    static string Where(Exception e) =>
+        e.StackTrace is { } st ? " at " + string.Join(" < ", st.Split('\n').Select(l => l.Trim()).Where(l => l.StartsWith("at Duet.", StringComparison.Ordinal)).Take(3).Select(l => l[3..].Split(" in ")[0])) : "";
 
     /// <summary>Errors a host may see while faults are on: the protocol's own errors, never a crash of the code.</summary>
     static bool Expected(Exception e) => e is BlockIoException or NodeCrashedException or VolumeGoneException or ManagementException
@@ -335,16 +346,17 @@ public sealed partial class Simulator
 
     async Task LivenessAsync()
     {
-        bool Converged() => Paired() && _fixedArrays.All(a => _sides.Any(s => s.Controller!.Arrays.Serves(a)));
-        try { await WaitForAsync(Converged, _options.LivenessBudget, "the pair to converge (both up, link up, mirrors healthy, every array served)"); }
+        var deadline = _scheduler.Elapsed + _options.LivenessBudget;
+        try { await WaitForAsync(Paired, _options.LivenessBudget, "the pair to converge (both up, link up, mirrors healthy)"); }
         catch (TimeoutException e)
         {
-            var unserved = _fixedArrays.Where(a => !_sides.Any(s => s.IsUp && s.Controller!.Arrays.Serves(a))).ToList();
-            Fail($"liveness: {e.Message}; {Describe(_sides[0])}; {Describe(_sides[1])}{(unserved.Count > 0 ? $"; served by neither: {string.Join(", ", unserved)}" : "")}");
+            Fail($"liveness: {e.Message}; {Describe(_sides[0])}; {Describe(_sides[1])}");
             return;
         }
         CheckOwners();
-        // Every volume is served, and every written sector reads back right through both controllers.
+        // Every volume is served: every written sector reads back right through both controllers
+        // (a request may be what makes a controller notice an array it was handed; it is retried
+        // until the budget runs out).
         foreach (var (name, model) in _volumes.Where(v => !v.Value.Deleted).ToList())
         {
             var sectors = model.WrittenSectors.Order().ToList();
@@ -357,13 +369,28 @@ public sealed partial class Simulator
                     long first = sectors[i], last = first;
                     while (i + 1 < sectors.Count && sectors[i + 1] - first < 512) last = sectors[++i];
                     i++;
-                    if (!await ReadRangeAsync(name, model, first, last - first + 1, side, mustSucceed: true)) break;
+                    while (!await ReadRangeAsync(name, model, first, last - first + 1, side, mustSucceed: _scheduler.Elapsed >= deadline))
+                    {
+                        if (_scheduler.Elapsed >= deadline) return;
+                        await _world.Time.DelayAsync(TimeSpan.FromMilliseconds(50));
+                    }
                 }
             }
         }
-        // Quiet: no host I/O; let destage and the mirror settle, then the mirror invariant must hold.
-        await _world.Time.DelayAsync(TimeSpan.FromSeconds(1));
-        if (Paired()) { CheckMirrorInvariant(_sides[0]); CheckMirrorInvariant(_sides[1]); }
+        bool Served() => _fixedArrays.All(a => _sides.Any(s => s.Controller!.Arrays.Serves(a)));
+        try { await WaitForAsync(Served, deadline - _scheduler.Elapsed + TimeSpan.FromMilliseconds(1), "every array to be served"); }
+        catch (TimeoutException)
+        {
+            Fail($"liveness: served by neither controller: {string.Join(", ", _fixedArrays.Where(a => !_sides.Any(s => s.Controller!.Arrays.Serves(a))))}");
+        }
+        // Quiet: no host I/O; let destage and the mirror settle (longer than a status timeout, so a
+        // transfer the link lost before it healed has been noticed and the pair has paired again),
+        // then the mirror invariant must hold.
+        await _world.Time.DelayAsync(TimeSpan.FromSeconds(3));
+        try { await WaitForAsync(Paired, TimeSpan.FromSeconds(10), "the pair to settle before the mirror check"); }
+        catch (TimeoutException e) { Fail($"liveness: {e.Message}; {Describe(_sides[0])}; {Describe(_sides[1])}"); return; }
+        CheckMirrorInvariant(_sides[0]);
+        CheckMirrorInvariant(_sides[1]);
         _trace.Add("liveness checked");
     }
 

@@ -16,8 +16,8 @@ public enum PlantedBug
     None,
     /// <summary>The cache is told its mirror group was mirrored as soon as it is sent, before the peer's status.</summary>
     AckBeforeMirror,
-    /// <summary>A controller replays its NVRAM region 1 newest first, so an older element of an address wins.</summary>
-    ReplayOutOfOrder,
+    /// <summary>A controller that hands over or deletes an array drops its cache elements but leaves the peer's copies in region 2.</summary>
+    ForgetKeepsPeerCopies,
 }
 
 public sealed record SimOptions
@@ -77,8 +77,10 @@ public sealed partial class Simulator
     long _logical;
     ulong _nextWriteId;
     int _opsIssued, _opsInFlight;
+    readonly SortedDictionary<int, string> _inflight = [];
     bool _safety = true, _done;
     int _scratchGeneration;
+    TimeSpan _thinkMax;
     bool _scratchBusy;
 
     // statistics
@@ -141,13 +143,20 @@ public sealed partial class Simulator
         if (!_scheduler.RunUntil(() => _done, deadline, maxSteps: 50_000_000))
             Fail(_scheduler.ReadyCount == 0 && _scheduler.Clock.NextDueUtc is null
                 ? "deadlock: nothing is ready and no timer is armed, but the run has not finished"
-                : "the run did not finish within its step or time budget");
+                : $"the run did not finish within its step or time budget; host operations still waiting: {string.Join("; ", _inflight.Values.Take(6))}; {string.Join("; ", _sides.Select(DescribeState))}");
         foreach (var e in _scheduler.Escaped) Fail($"an exception escaped a work item: {e}");
         if (_scheduler.ForeignPosts > 0) Fail($"{_scheduler.ForeignPosts} work items were posted from another thread (real time or threads leaked into the simulation); the first: {_scheduler.FirstForeignPost}");
         var stats = new SimStats(_writes, _writesAcked, _reads, _readsOk, _flushes, _moves, _movesDone, _creates, _deletes, _crashes, _partitions,
             _wire.Dropped, _failedDrives, _scheduler.Steps, _scheduler.Elapsed);
         _trace.Add($"end: {_failures.Count} failures");
         return new SimResult(_seed, _plan, _failures.ToList(), _trace.Hash, stats, _trace);
+    }
+
+    static string DescribeState(Side s)
+    {
+        if (s.Controller is not { } c) return $"{s.Name} down";
+        var i = c.Info();
+        return $"{s.Name}: link {(i.LinkUp ? "up" : "down")}, mirror {i.Mirror}, dirty {i.DirtyElements}, serves [{string.Join(",", c.Arrays.ServedArrays.Select(a => a.Name))}], {c.Cache.DescribeState()}; {c.Mirror.DescribeState()}";
     }
 
     void Fail(string what)
@@ -163,6 +172,7 @@ public sealed partial class Simulator
         await SetUpAsync();
         var workers = new List<Task>();
         int hosts = _random.Next(2, 5);
+        _thinkMax = TimeSpan.FromMicroseconds(_random.Next(100, 20_000));
         for (int h = 0; h < hosts; h++)
         {
             var node = new SimNode(_scheduler, $"host{h}");
@@ -250,17 +260,18 @@ public sealed partial class Simulator
         {
             var node = side.Node;
             var shelf = new MemoryShelf(_shelf, (name, inner) => _faulty.TryGetValue(name, out var f) ? f : inner);
+            var loggers = new TraceLoggerFactory(_trace, side.Name);
             var controller = await node.InvokeAsync(async () =>
             {
-                var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = shelf, Time = node.Time, Controller = side.Name, NewUuid = NewUuid });
+                var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = shelf, Time = node.Time, Controller = side.Name, NewUuid = NewUuid, LoggerFactory = loggers });
                 var nvram = NvramFile.OpenOrCreate(side.Store, _layout, side.Name, _pairId);
                 side.Nvram = nvram;
                 var link = _wire.Attach(node, side.Name);
                 var c = new Controller(new ControllerCoreOptions
                 {
-                    Name = side.Name, Session = _random.NextUInt64() | 1, Time = node.Time,
+                    Name = side.Name, Session = _random.NextUInt64() | 1, Time = node.Time, Loggers = loggers,
                     ForwardTimeout = TimeSpan.FromSeconds(2),
-                    ConfigureCache = o => o with { PlantedReplayOutOfOrder = _options.Bug == PlantedBug.ReplayOutOfOrder },
+                    ConfigureCache = o => o with { PlantedForgetKeepsPeerCopies = _options.Bug == PlantedBug.ForgetKeepsPeerCopies },
                     WrapMirror = _options.Bug == PlantedBug.AckBeforeMirror ? m => new AckBeforeMirror(m) : null,
                 }, arrays, nvram, link);
                 c.Start();

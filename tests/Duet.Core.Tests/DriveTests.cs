@@ -121,6 +121,36 @@ public sealed class DriveTests : IDisposable
         Assert.Equal(BlockErrorKind.Unavailable, e.Kind);
     }
 
+    [Theory]
+    [InlineData(1)]                                  // inline: pread/pwrite on the caller's thread
+    [InlineData(FileDrive.InlineIoBytes / B)]        // the largest inline transfer
+    [InlineData(FileDrive.InlineIoBytes / B + 1)]    // asynchronous (RandomAccess.*Async)
+    [InlineData(3 * FileDrive.InlineIoBytes / B)]
+    public async Task FileDriveInlineAndAsynchronousTransfersAgree(int blocks)
+    {
+        string path = Path.Combine(_dir, $"paths{blocks}.img");
+        var data = Pattern(blocks, (byte)blocks);
+        await using (var drive = FileDrive.Create(path, (4 * FileDrive.InlineIoBytes / B + 8) * B))
+        {
+            await drive.WriteAsync(3, data);
+            var back = new byte[(blocks + 2) * B];
+            await drive.ReadAsync(2, back);
+            Assert.Equal(new byte[B], back[..B]);
+            Assert.Equal(data, back[B..^B]);
+            Assert.Equal(new byte[B], back[^B..]);
+            // Read back in pieces of the other path's size too.
+            var one = new byte[B];
+            await drive.ReadAsync(3 + blocks - 1, one);
+            Assert.Equal(data[^B..], one);
+        }
+        var closed = FileDrive.Open(path);
+        await closed.DisposeAsync();
+        var e = await Assert.ThrowsAsync<BlockIoException>(() => closed.ReadAsync(0, new byte[blocks * B]).AsTask());
+        Assert.Equal(BlockErrorKind.Unavailable, e.Kind);
+        e = await Assert.ThrowsAsync<BlockIoException>(() => closed.WriteAsync(0, new byte[blocks * B]).AsTask());
+        Assert.Equal(BlockErrorKind.Unavailable, e.Kind);
+    }
+
     [Fact]
     public async Task MemoryDriveAllocatesOnlyWrittenExtents()
     {

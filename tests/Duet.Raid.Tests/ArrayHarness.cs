@@ -73,6 +73,11 @@ internal sealed class ArrayHarness
         await Drives[member].WriteAsync(lba, blk);
     }
 
+    /// <summary>Writes member data block b of a drive but not its tag, behind the array's back: a write a
+    /// crash tore (the block holds its new content, its tag still names the old).</summary>
+    public Task TearAsync(int member, long memberBlock, byte[] newContent) =>
+        Drives[member].WriteAsync(MemberLayout.DataLba(memberBlock), newContent).AsTask();
+
     public MemberDisk NewDisk(int slot, string name)
     {
         var d = new MemoryDrive(name, Drives[0].BlockCount);

@@ -129,4 +129,36 @@ public sealed class MemoryShelfTests
         public ValueTask FlushAsync(CancellationToken ct = default) => inner.FlushAsync(ct);
         public ValueTask DisposeAsync() => inner.DisposeAsync();
     }
+
+    // Found by the simulator: both controllers created an array before hearing of the other's,
+    // both took number 0, and the cache (which names arrays by number) mixed their data.
+    [Fact]
+    public async Task ArraysCreatedAtOnceOnBothControllersGetDifferentNumbers()
+    {
+        var shelf = ShelfOf(4);
+        await using var a = await OpenAsync(new MemoryShelf(shelf), "A");
+        await using var b = await OpenAsync(new MemoryShelf(shelf), "B");
+        await a.CreateArrayAsync(new CreateArrayRequest("left", 1, ["d0", "d1"]));
+        await b.CreateArrayAsync(new CreateArrayRequest("right", 1, ["d2", "d3"], Owner: "B"));
+        var numberA = Assert.Single(a.ArrayTable).Key;
+        var numberB = Assert.Single(b.ArrayTable).Key;
+        Assert.Equal(0, numberA % 2);
+        Assert.Equal(1, numberB % 2);
+    }
+
+    // Found by the simulator: B put an array on two drives and died before telling A; A still
+    // thought them free and created its own array over B's.
+    [Fact]
+    public async Task CreateRefusesADriveThePeerClaimedSinceTheLastLook()
+    {
+        var shelf = ShelfOf(2);
+        await using var a = await OpenAsync(new MemoryShelf(shelf), "A");
+        await using var b = await OpenAsync(new MemoryShelf(shelf), "B");
+        await b.CreateArrayAsync(new CreateArrayRequest("theirs", 1, ["d0", "d1"], Owner: "B"));
+        var e = await Assert.ThrowsAsync<ManagementException>(() => a.CreateArrayAsync(new CreateArrayRequest("mine", 1, ["d0", "d1"])));
+        Assert.Equal(ManagementErrorKind.Conflict, e.Kind);
+        Assert.Contains("now belongs to array 'theirs'", e.Message);
+        await b.RescanAsync();
+        Assert.True(b.Serves("theirs"));
+    }
 }

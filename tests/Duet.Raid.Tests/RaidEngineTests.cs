@@ -239,4 +239,117 @@ public class MemberFailureOrderingTests
         await array.ReadAsync(0, back);
         Assert.Equal(data, back);
     }
+
+    // Found by the simulator: a controller crash tore a stripe (data and parity of the same rows
+    // bad); the cache, destaging the same blocks again after replay, failed "beyond repair"
+    // although its write replaced every damaged data block.
+    [Fact]
+    public async Task AWriteThatReplacesEveryDamagedDataBlockRepairsARowBeyondRepair()
+    {
+        var h = new ArrayHarness(RaidLevel.Raid5, 5, chunkBlocks: 4, seed: 21); // 4 data members: one chunk is written read-modify-write
+        var data = new byte[h.Model.Length];
+        new System.Random(5).NextBytes(data);
+        await h.Array.WriteAsync(0, data);
+        data.CopyTo(h.Model, 0);
+        int d0 = h.Geometry.DataMember(0, 0), p = h.Geometry.PMember(0);
+        for (int r = 0; r < 4; r++)
+        {
+            await h.CorruptAsync(d0, r);
+            await h.CorruptAsync(p, r);
+        }
+        // A partial write into a damaged block needs the block's old content: it cannot be made.
+        var e = await Assert.ThrowsAsync<BlockIoException>(async () => await h.Array.WriteAsync(1, new byte[Units.SectorBytes]));
+        Assert.Equal(BlockErrorKind.Medium, e.Kind);
+        // A write of the whole damaged chunk can, and leaves the stripe whole.
+        var chunk = new byte[4 * Units.BlockBytes];
+        new System.Random(6).NextBytes(chunk);
+        await h.Array.WriteAsync(0, chunk);
+        chunk.CopyTo(h.Model, 0);
+        await h.VerifyAllAsync();
+        var result = new ScrubResult();
+        await h.Array.ScrubAsync(false, result, new PassProgress { TotalStripes = h.Geometry.Stripes }, default);
+        Assert.Equal((0L, 0L), (result.ChecksumErrors, result.ParityMismatches));
+    }
+
+    public static TheoryData<RaidLevel, int, bool> TornLevels => new()
+    {
+        { RaidLevel.Raid5, 5, false }, { RaidLevel.Raid5, 5, true }, { RaidLevel.Raid6, 6, false }, { RaidLevel.Raid6, 6, true },
+        { RaidLevel.Raid1, 2, false }, { RaidLevel.Raid1, 3, false }, { RaidLevel.Raid10, 4, false },
+    };
+
+    /// <summary>
+    /// A crash tore a destage of sectors 1-2 of array block 0: the block holds its new content (the old
+    /// one with those sectors merged in) under its old tag, and the row's parity is torn too (every copy,
+    /// with mirrors), so nothing can reconstruct it. With <paramref name="alsoTornOutside"/> another
+    /// block of the row (chunk 1) was torn the same way by another element's destage.
+    /// </summary>
+    [Theory, MemberData(nameof(TornLevels))]
+    public async Task ARecoveryWriteRewritesABlockACrashToreAndANormalWriteStillFails(RaidLevel level, int members, bool alsoTornOutside)
+    {
+        var h = new ArrayHarness(level, members, chunkBlocks: 4, seed: 31);
+        var g = h.Geometry;
+        var data = new byte[h.Model.Length];
+        new System.Random(7).NextBytes(data);
+        await h.Array.WriteAsync(0, data);
+        data.CopyTo(h.Model, 0);
+
+        var rng = new System.Random(8);
+        byte[] TornContent(long arrayBlock, int firstSector, int sectors)
+        {
+            var block = h.Model.AsSpan((int)(arrayBlock * Units.BlockBytes), Units.BlockBytes).ToArray();
+            rng.NextBytes(block.AsSpan(firstSector * Units.SectorBytes, sectors * Units.SectorBytes));
+            return block;
+        }
+        var torn0 = TornContent(0, 1, 2);
+        if (g.IsMirrored)
+        {
+            foreach (int m in g.Copies(0)) await h.TearAsync(m, 0, torn0);
+        }
+        else
+        {
+            await h.TearAsync(g.DataMember(0, 0), 0, torn0);
+            if (alsoTornOutside)
+            {
+                long block1 = g.ChunkBlocks; // chunk 1, row 0
+                var torn1 = TornContent(block1, 3, 2);
+                await h.TearAsync(g.DataMember(0, 1), 0, torn1);
+                torn1.CopyTo(h.Model, (int)(block1 * Units.BlockBytes)); // kept as read: its own element would rewrite it next
+            }
+            await h.CorruptAsync(g.PMember(0), 0);
+            if (g.ParityMembers == 2) await h.CorruptAsync(g.QMember(0), 0);
+        }
+
+        var element = torn0.AsSpan(Units.SectorBytes, 2 * Units.SectorBytes).ToArray();
+        // An ordinary write must not stamp a fresh checksum over a block it cannot check.
+        var e = await Assert.ThrowsAsync<BlockIoException>(async () => await h.Array.WriteAsync(1, element));
+        Assert.Equal(BlockErrorKind.Medium, e.Kind);
+        await Assert.ThrowsAsync<BlockIoException>(async () => await h.Array.ReadAsync(0, new byte[Units.BlockBytes]));
+
+        // The cache destaging the element it replayed after the crash may.
+        await h.Array.RecoveryWriteAsync(1, element);
+        torn0.CopyTo(h.Model, 0); // the sectors outside the write keep their content
+        await h.VerifyAllAsync();
+        var result = new ScrubResult();
+        await h.Array.ScrubAsync(false, result, new PassProgress { TotalStripes = g.Stripes }, default);
+        Assert.Equal((0L, 0L), (result.ChecksumErrors, result.ParityMismatches));
+    }
+
+    [Fact]
+    public async Task ARecoveryWriteStillFailsWhenTheRowHoldsABlockWithNoContentToKeep()
+    {
+        var h = new ArrayHarness(RaidLevel.Raid5, 5, chunkBlocks: 4, seed: 33);
+        var g = h.Geometry;
+        var data = new byte[h.Model.Length];
+        new System.Random(9).NextBytes(data);
+        await h.Array.WriteAsync(0, data);
+        // Block 0 torn with the row's parity, and the member of chunk 1 gone: the row's chunk 1 block
+        // has neither redundancy nor content as read, and the new parity would need it.
+        var torn = data.AsSpan(0, Units.BlockBytes).ToArray();
+        torn[Units.SectorBytes] ^= 0xFF;
+        await h.TearAsync(g.DataMember(0, 0), 0, torn);
+        await h.CorruptAsync(g.PMember(0), 0);
+        await h.Array.FailMember(g.DataMember(0, 1), "test");
+        var e = await Assert.ThrowsAsync<BlockIoException>(async () => await h.Array.RecoveryWriteAsync(1, new byte[Units.SectorBytes]));
+        Assert.Equal(BlockErrorKind.Medium, e.Kind);
+    }
 }

@@ -102,9 +102,22 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
         LogResumed();
     }
 
+    /// <summary>The mirror's state in one line (the simulator's report of a run that does not finish).</summary>
+    public string DescribeState()
+    {
+        lock (_sync)
+            return $"mirror {(_down ? "down" : "up")}, groups waiting {_groups.Count + _seedQueue.Count}, headers appended {_appended} mirrored {_completed}, " +
+                   $"status awaited {_status is not null}, pump {_pump.Status}{(_pump.Exception is { } e ? $" ({e.InnerException?.GetType().Name}: {e.InnerException?.Message})" : "")}";
+    }
+
     public Task AppendGroup(IReadOnlyList<MirrorChange> changes)
     {
-        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        // Batched: the pump completes a batch's groups itself, while the next batch is on the link,
+        // and their writers' continuations run right there (one thread acknowledging a batch's
+        // writes in turn, rather than a thread-pool hop, and often a thread wake-up, for each).
+        var done = _options.Path == MirrorMethod.Batched
+            ? new TaskCompletionSource()
+            : new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         lock (_sync)
         {
             if (_down || !_link.IsUp) throw new MirrorUnavailableException($"the peer mirror is down: {_downReason}");
@@ -202,39 +215,59 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
 
     async Task PumpBatchesAsync(CancellationToken ct)
     {
-        while (true)
+        // The groups of the batch the peer acknowledged last: completed once the next batch is on
+        // the link (or when there is none, or the link failed: they are mirrored either way), so
+        // their writers' continuations run while the peer works on the next batch.
+        List<TaskCompletionSource>? acknowledged = null;
+        try
         {
-            CoherencyBatch? batch;
-            lock (_sync)
+            while (true)
             {
-                if (_down || !_log.TryTakeActive(out batch)) return;
+                CoherencyBatch? batch;
+                lock (_sync)
+                {
+                    if (_down || !_log.TryTakeActive(out batch)) return;
+                }
+                var head = batch.Segments[0];
+                int dataBytes = (int)(batch.TotalBytes - head.Length);
+                byte[]? rented = dataBytes > 0 ? ArrayPool<byte>.Shared.Rent(dataBytes) : null;
+                try
+                {
+                    int at = 0;
+                    for (int i = 1; i < batch.Segments.Count; i++) { batch.Segments[i].Span.CopyTo(rented.AsSpan(at)); at += batch.Segments[i].Length; }
+                    var data = rented is null ? ReadOnlyMemory<byte>.Empty : rented.AsMemory(0, dataBytes);
+                    var exchange = ExchangeAsync(() => _link.PostAsync(data.IsEmpty ? IclSignal.Message : IclSignal.MessageWithData, _epoch(), head, data, ct), ct);
+                    Acknowledge(ref acknowledged);
+                    var status = await exchange;
+                    if (status.Sequence != (batch.BatchNumber & 0xFFFFFF)) throw new InvalidDataException($"status for batch {status.Sequence} while batch {batch.BatchNumber} was in flight");
+                }
+                finally
+                {
+                    if (rented is not null) ArrayPool<byte>.Shared.Return(rented);
+                }
+                List<TaskCompletionSource> done = [];
+                lock (_sync)
+                {
+                    _log.CompleteActive();
+                    _completed += batch.Headers.Count;
+                    while (_groups.TryPeek(out var g) && g.End <= _completed) done.Add(_groups.Dequeue().Done);
+                }
+                Interlocked.Increment(ref _batches);
+                Interlocked.Add(ref _groupsMirrored, done.Count);
+                acknowledged = done;
             }
-            var head = batch.Segments[0];
-            int dataBytes = (int)(batch.TotalBytes - head.Length);
-            byte[]? rented = dataBytes > 0 ? ArrayPool<byte>.Shared.Rent(dataBytes) : null;
-            try
-            {
-                int at = 0;
-                for (int i = 1; i < batch.Segments.Count; i++) { batch.Segments[i].Span.CopyTo(rented.AsSpan(at)); at += batch.Segments[i].Length; }
-                var data = rented is null ? ReadOnlyMemory<byte>.Empty : rented.AsMemory(0, dataBytes);
-                var status = await ExchangeAsync(() => _link.PostAsync(data.IsEmpty ? IclSignal.Message : IclSignal.MessageWithData, _epoch(), head, data, ct), ct);
-                if (status.Sequence != (batch.BatchNumber & 0xFFFFFF)) throw new InvalidDataException($"status for batch {status.Sequence} while batch {batch.BatchNumber} was in flight");
-            }
-            finally
-            {
-                if (rented is not null) ArrayPool<byte>.Shared.Return(rented);
-            }
-            List<TaskCompletionSource> done = [];
-            lock (_sync)
-            {
-                _log.CompleteActive();
-                _completed += batch.Headers.Count;
-                while (_groups.TryPeek(out var g) && g.End <= _completed) done.Add(_groups.Dequeue().Done);
-            }
-            Interlocked.Increment(ref _batches);
-            Interlocked.Add(ref _groupsMirrored, done.Count);
-            foreach (var d in done) d.TrySetResult();
         }
+        finally
+        {
+            Acknowledge(ref acknowledged);
+        }
+    }
+
+    static void Acknowledge(ref List<TaskCompletionSource>? groups)
+    {
+        var list = groups;
+        groups = null;
+        if (list is not null) foreach (var d in list) d.TrySetResult();
     }
 
     async Task PumpSeedAsync(CancellationToken ct)

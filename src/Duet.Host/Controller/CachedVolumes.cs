@@ -13,7 +13,8 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial) : IC
     public long CapacitySectors => Array.CapacitySectors;
     public long StripeSectors => Array.Geometry.StripeDataBlocks * Units.SectorsPerBlock;
     public ValueTask ReadAsync(long sector, Memory<byte> destination, CancellationToken ct) => Array.ReadAsync(sector, destination, ct);
-    public ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct) => Array.WriteAsync(sector, source, ct);
+    public ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, bool recovery, CancellationToken ct) =>
+        recovery ? Array.RecoveryWriteAsync(sector, source, ct) : Array.WriteAsync(sector, source, ct);
     public ValueTask FlushAsync(CancellationToken ct) => Array.FlushAsync(ct);
 }
 
@@ -45,7 +46,8 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
         {
             _hold ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             if (_inFlight == 0) return Task.CompletedTask;
-            _idle = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            // A second holder waits for the same moment as the first (replacing the task would strand the first).
+            _idle ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             return _idle.Task;
         }
     }
@@ -83,7 +85,11 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
         lock (_moveLock)
         {
             _inFlight--;
-            if (_inFlight == 0) _idle?.TrySetResult();
+            if (_inFlight == 0 && _idle is { } idle)
+            {
+                _idle = null;
+                idle.TrySetResult();
+            }
         }
     }
 

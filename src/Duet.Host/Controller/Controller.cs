@@ -24,6 +24,8 @@ public sealed record ControllerCoreOptions
     public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromSeconds(30);
     public TimeProvider Time { get; init; } = TimeProvider.System;
     public ILoggerFactory Loggers { get; init; } = NullLoggerFactory.Instance;
+    /// <summary>How long pairing waits for the peer to answer its hello.</summary>
+    public TimeSpan PairTimeout { get; init; } = TimeSpan.FromSeconds(2);
     /// <summary>How often a controller whose mirror failed while the link stayed up tries to pair again.</summary>
     public TimeSpan RepairInterval { get; init; } = TimeSpan.FromMilliseconds(500);
     /// <summary>Test only (the simulator's planted bugs): adjusts the cache's options.</summary>
@@ -108,7 +110,7 @@ public sealed partial class Controller : IAsyncDisposable
         var cacheOptions = new CacheOptions { Time = options.Time };
         if (options.ConfigureCache is { } configure) cacheOptions = configure(cacheOptions);
         Cache = new WriteBackCache(nvram.Own, cacheMirror, cacheOptions, loggers.CreateLogger<WriteBackCache>());
-        Forwarding = new ForwardingClient(link, Epoch, options.ForwardTimeout, options.Time);
+        Forwarding = new ForwardingClient(link, Epoch, options.ForwardTimeout, options.Time, firstRequestId: options.Session);
         ForwardingServer = new ForwardingServer(link, Epoch, name => ServedVolume(name), loggers.CreateLogger<ForwardingServer>(), RescanAsync);
         Volumes = new Catalog(this);
         ArrayService = new ControllerArrayService(this);
@@ -134,7 +136,7 @@ public sealed partial class Controller : IAsyncDisposable
             LogUnknown("array table update", error.ToString());
             return;
         }
-        Volatile.Write(ref _announced, update!.Entries.ToDictionary(e => e.Volume, e => e.ArraySerial));
+        Volatile.Write(ref _announced, update!.Entries.ToDictionary(e => e.ArrayNumber, e => e.ArraySerial));
     }
 
     /// <summary>
@@ -194,11 +196,16 @@ public sealed partial class Controller : IAsyncDisposable
         Interlocked.Increment(ref _pairing);
         try
         {
-            var layout = Nvram.Layout;
-            var hello = new PairHello(Name[0], _options.Session, layout.TotalBytes, layout.ElementCount, layout.ElementBytes);
-            var bytes = new byte[DuetFrame.EncodedBytes(hello)];
-            hello.Encode(bytes);
-            await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default);
+            // The peer answers our hello (on its reply queue) once it has cleared its mirror of us;
+            // only then does the resynchronisation go out. A hello lost on the way would otherwise
+            // leave the peer's stale copies under the new ones.
+            var ack = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            Volatile.Write(ref _helloAck, ack);
+            await Link.PostAsync(IclSignal.Message, Nvram.Epoch, HelloBytes(), default);
+            await Waits.WithTimeout(ack.Task, _options.PairTimeout, _options.Time);
+            // The array table before any mirror data: the peer names our arrays by number with it
+            // (a change announced while the link was down never reached it).
+            await NotifyPeerArraysChangedAsync();
             await Cache.ResyncMirrorAsync(Mirror.Resume);
             LogPaired(_options.PeerName);
         }
@@ -207,6 +214,23 @@ public sealed partial class Controller : IAsyncDisposable
             OnPeerLost($"pairing failed: {e.Message}");
         }
         finally { Interlocked.Decrement(ref _pairing); }
+    }
+
+    TaskCompletionSource? _helloAck;
+
+    byte[] HelloBytes()
+    {
+        var layout = Nvram.Layout;
+        var hello = new PairHello(Name[0], _options.Session, layout.TotalBytes, layout.ElementCount, layout.ElementBytes);
+        var bytes = new byte[DuetFrame.EncodedBytes(hello)];
+        hello.Encode(bytes);
+        return bytes;
+    }
+
+    async Task AnswerHelloAsync()
+    {
+        try { await Link.PostAsync(IclSignal.Reply, Nvram.Epoch, HelloBytes(), default); }
+        catch (IclLinkDownException) { } // the peer's pairing times out and tries again
     }
 
     void OnPeerLost(string why)
@@ -228,6 +252,7 @@ public sealed partial class Controller : IAsyncDisposable
         if (t.Signal == IclSignal.Reply)
         {
             if (kind == MessageKind.Status) Mirror.OnReply(t.Message.Span);
+            else if (kind == MessageKind.PairHello) Volatile.Read(ref _helloAck)?.TrySetResult();
             else if (kind == MessageKind.ForwardedResponse) Forwarding.OnResponse(t.Message.Span, t.Data.Span);
             else LogUnknown("reply", kind.ToString());
             return;
@@ -269,9 +294,12 @@ public sealed partial class Controller : IAsyncDisposable
         // sequence numbers that may start lower than its old session's.
         Receiver.Reset();
         Nvram.Peer.Clear();
+        // The peer sends its array table right after its hello; until then, what the drives say.
+        Volatile.Write(ref _announced, null);
         // Array changes announced while the link was down (a move finished during a partition)
         // never reached us: read the superblocks again.
         _ = RescanAsync();
+        _ = AnswerHelloAsync();
     }
 
     public async Task RescanAsync()
@@ -301,6 +329,16 @@ public sealed partial class Controller : IAsyncDisposable
     /// peer to take the array; release the held requests, which now go to the peer.
     /// </summary>
     public async Task<ArrayInfo> MoveArrayAsync(string array, string to, CancellationToken ct)
+    {
+        await _arrayChanges.WaitAsync(ct);
+        try { return await MoveArrayLockedAsync(array, to, ct); }
+        finally { _arrayChanges.Release(); }
+    }
+
+    // Moves and deletes run one at a time: each holds its array's volumes and checks ownership first.
+    readonly AsyncGate _arrayChanges = new(1, 1);
+
+    async Task<ArrayInfo> MoveArrayLockedAsync(string array, string to, CancellationToken ct)
     {
         if (to is not ("A" or "B")) throw new ManagementException(ManagementErrorKind.Invalid, $"'{to}' is not a controller: use A or B");
         if (!Arrays.Serves(array))
@@ -348,6 +386,13 @@ public sealed partial class Controller : IAsyncDisposable
     /// the peer's mirrors of them, and the array leaves the cache's table.
     /// </summary>
     public async Task DeleteArrayAsync(string array, CancellationToken ct)
+    {
+        await _arrayChanges.WaitAsync(ct);
+        try { await DeleteArrayLockedAsync(array, ct); }
+        finally { _arrayChanges.Release(); }
+    }
+
+    async Task DeleteArrayLockedAsync(string array, CancellationToken ct)
     {
         if (!Arrays.Serves(array))
         {

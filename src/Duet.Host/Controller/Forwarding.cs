@@ -19,9 +19,14 @@ public sealed class ForwardingClient
     readonly TimeProvider _time;
     readonly ConcurrentDictionary<ulong, (TaskCompletionSource<int> Done, Memory<byte> Into)> _pending = new();
     long _nextId;
+    readonly long _firstId;
 
-    public ForwardingClient(IIclLink link, Func<ulong> epoch, TimeSpan timeout, TimeProvider time)
+    /// <param name="firstRequestId">Where request ids start: different in every run of the controller
+    /// (the server derives it from its session id), so an answer the peer sends late, to a request of
+    /// an earlier run, can never match a request of this one and fill it with another request's data.</param>
+    public ForwardingClient(IIclLink link, Func<ulong> epoch, TimeSpan timeout, TimeProvider time, ulong firstRequestId = 0)
     {
+        _firstId = _nextId = (long)(firstRequestId & 0x7FFF_FFFF_0000_0000UL);
         _link = link;
         _epoch = epoch;
         _timeout = timeout;
@@ -29,7 +34,7 @@ public sealed class ForwardingClient
         _link.UpChanged += up => { if (!up) FailAll("the link to the owning controller went down"); };
     }
 
-    public long Forwarded => Interlocked.Read(ref _nextId);
+    public long Forwarded => Interlocked.Read(ref _nextId) - _firstId;
 
     void FailAll(string why)
     {

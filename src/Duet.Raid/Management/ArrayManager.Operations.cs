@@ -50,6 +50,20 @@ public sealed partial class ArrayManager
         if (level == RaidLevel.Raid10 && r.Drives.Count % 2 != 0) throw Invalid("RAID 10 needs an even number of drives");
         var drives = r.Drives.Select(Drive).ToList();
         foreach (var d in drives) if (InUse(d) is { } why) throw Conflict(why);
+        // The shelf is shared: the peer may have put an array on a drive since we last read it
+        // (and not told us yet: it may have died first). Look at the drive itself before claiming it.
+        foreach (var d in drives)
+        {
+            Superblock? now;
+            try { now = await ReadSuperblockAsync(d.Device, ct); }
+            catch (SuperblockException e) { throw Conflict($"drive '{d.Name}' holds an unreadable superblock ({e.Message}); it is not free"); }
+            catch (BlockIoException e) { throw Conflict($"drive '{d.Name}' cannot be read ({e.Message}); it is not free"); }
+            if (now is not null)
+            {
+                d.Superblock = now;
+                throw Conflict($"drive '{d.Name}' now belongs to array '{now.Name}' (controller {now.Owner}); it is not free");
+            }
+        }
         var sizes = drives.Select(d => d.Device.BlockCount).Distinct().ToList();
         if (sizes.Count > 1)
             throw Invalid($"drives differ in size ({string.Join(", ", drives.Select(d => $"{d.Name}: {Units.FormatSize(d.Device.BlockCount * Units.BlockBytes)}"))}); an array needs drives of one size");
@@ -84,7 +98,10 @@ public sealed partial class ArrayManager
         if (!OwnedHere(entry.Current))
         {
             // Created here for the peer: hand it over; the peer assembles it when told to rescan.
-            await entry.Raid.FlushAsync(ct);
+            // (We hold the management lock: a member dropped by the flush is persisted here, not by
+            // the failure handler, which would wait for the lock.)
+            await entry.Raid.FlushWithoutPersistingFailuresAsync(ct);
+            if (entry.Raid.LostSlots().Count > 0) await PersistAsync(entry, ct);
             _arrays.Remove(r.Name);
             foreach (var d in drives) { d.Array = null; d.PeerArray = r.Name; }
             _peerArrays[r.Name] = entry.Current;
@@ -93,11 +110,18 @@ public sealed partial class ArrayManager
         return info;
     }, ct);
 
+    /// <summary>
+    /// The MR-5 number of a new array: unused by either controller. In a pair, A hands out even
+    /// numbers and B odd ones, so two arrays created at the same moment on both controllers (each
+    /// before hearing of the other's) never share a number — the number is what names an array
+    /// on the link and in the cache, so a shared one would mix two arrays' data.
+    /// </summary>
     byte FreeArrayNumber()
     {
         var used = _arrays.Values.Select(a => a.Current.Number).Concat(_peerArrays.Values.Select(p => p.Number)).ToHashSet();
-        for (int n = 0; n < 256; n++) if (!used.Contains((byte)n)) return (byte)n;
-        throw Conflict("256 arrays exist already; the mirror protocol names at most 256 (MR-5)");
+        int first = _options.Controller == "B" ? 1 : 0, step = _options.Controller is null ? 1 : 2;
+        for (int n = first; n < 256; n += step) if (!used.Contains((byte)n)) return (byte)n;
+        throw Conflict($"no array number is free{(step == 2 ? $" for controller {_options.Controller} (each of the pair names at most 128 arrays)" : "")}; the mirror protocol names at most 256 (MR-5)");
     }
 
     public Task DeleteArrayAsync(string name, CancellationToken ct = default) => Locked(async () =>
@@ -287,7 +311,10 @@ public sealed partial class ArrayManager
         if (to == a.Current.Owner) throw Invalid($"array '{name}' is already served by controller {to}");
         if (a.Rebuild is { IsCompleted: false }) throw Conflict($"array '{name}' is rebuilding; move it when the rebuild is done");
         if (a.Scrub is { IsCompleted: false }) throw Conflict($"array '{name}' is being scrubbed; move it when the scrub is done");
-        await a.Raid.FlushAsync(ct);
+        // We hold the management lock, which persisting a member failure takes: a member the flush
+        // drops is recorded by the persist below (it writes the members' current states), not
+        // awaited here (that wait never ended: a move stuck for good behind a failing drive).
+        await a.Raid.FlushWithoutPersistingFailuresAsync(ct);
         a.Current = a.Current with { Owner = to, Clean = true };
         await PersistAsync(a, ct);
         _arrays.Remove(name);

@@ -458,6 +458,9 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
         await LockAsync(CancellationToken.None);
         try
         {
+            // Handed over or deleted meanwhile (that operation persisted the member states, or the
+            // array is gone): its superblocks are no longer this controller's to write.
+            if (!_arrays.TryGetValue(a.Raid.Name, out var current) || current != a) return;
             await PersistAsync(a, CancellationToken.None);
             if (a.Raid.IsFailed) { LogArrayFailed(a.Raid.Name); RefreshVolumes(); }
             else if (!_stopping.IsCancellationRequested) await MaybeRebuildOntoSpareAsync(a, _stopping.Token);

@@ -11,21 +11,33 @@ internal sealed class MemoryBacking(byte arrayNumber, ulong serial, long sectors
     /// <summary>While set, array writes wait for it (a stalled array).</summary>
     public volatile TaskCompletionSource? Hold;
     public long Writes, Flushes;
+    /// <summary>Every write's sector range, and whether it was a recovery write.</summary>
+    public readonly List<(long Sector, long Count, bool Recovery)> WriteLog = [];
     public byte ArrayNumber { get; } = arrayNumber;
     public ulong ArraySerial { get; } = serial;
     public long CapacitySectors { get; } = sectors;
     public long StripeSectors => 256;
 
-    public ValueTask ReadAsync(long sector, Memory<byte> destination, CancellationToken ct)
+    /// <summary>While set, array reads wait for it.</summary>
+    public volatile TaskCompletionSource? ReadHold;
+    /// <summary>While set, array writes fail (a failed array).</summary>
+    public volatile bool FailWrites;
+
+    public async ValueTask ReadAsync(long sector, Memory<byte> destination, CancellationToken ct)
     {
+        if (ReadHold is { } hold) await hold.Task.WaitAsync(ct);
         lock (Bytes) Bytes.AsSpan((int)(sector * Units.SectorBytes), destination.Length).CopyTo(destination.Span);
-        return ValueTask.CompletedTask;
     }
 
-    public async ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct)
+    public async ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, bool recovery, CancellationToken ct)
     {
         if (Hold is { } hold) await hold.Task.WaitAsync(ct);
-        lock (Bytes) source.Span.CopyTo(Bytes.AsSpan((int)(sector * Units.SectorBytes)));
+        if (FailWrites) throw new BlockIoException(BlockErrorKind.Io, "array write failed (test)");
+        lock (Bytes)
+        {
+            source.Span.CopyTo(Bytes.AsSpan((int)(sector * Units.SectorBytes)));
+            WriteLog.Add((sector, source.Length / Units.SectorBytes, recovery));
+        }
         Interlocked.Increment(ref Writes);
     }
 

@@ -72,6 +72,53 @@ public class WriteBackCacheTests
         await h.VerifyAsync();
     }
 
+    /// <summary>
+    /// Elements replayed after a crash may cover blocks the crash tore mid-destage: their first
+    /// destage (and only it) asks the array for a recovery write. A write merged into a replayed
+    /// element carries the mark on; a run never mixes replayed and new elements.
+    /// </summary>
+    [Fact]
+    public async Task TheFirstDestageOfAReplayedElementIsARecoveryWrite()
+    {
+        await using var h = new CacheHarness();
+        await h.WriteAsync(0, 32);      // element 0, whole
+        await h.WriteAsync(64 + 3, 5);  // part of element 2
+        await h.WriteAsync(128, 32);    // element 4
+        Assert.Equal(3, await h.RestartAsync());
+        await h.WriteAsync(128 + 8, 4); // merged into replayed element 4
+        await h.WriteAsync(160, 32);    // element 5, new since the restart, next to element 4
+        await h.Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        bool LastWriteOf(long sector) =>
+            h.Backing.WriteLog.Last(w => w.Sector <= sector && sector < w.Sector + w.Count).Recovery;
+        Assert.True(LastWriteOf(0));
+        Assert.True(LastWriteOf(64 + 3));
+        Assert.True(LastWriteOf(128));
+        Assert.True(LastWriteOf(128 + 8));
+        Assert.False(LastWriteOf(160));
+        Assert.Equal(h.Model, h.Backing.Bytes);
+
+        // Once on the drives, the address is written as any other.
+        await h.WriteAsync(0, 8);
+        await h.Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.False(LastWriteOf(0));
+        Assert.Equal(h.Model, h.Backing.Bytes);
+    }
+
+    [Fact]
+    public async Task AWriteThroughOfAReplayedElementIsARecoveryWrite()
+    {
+        await using var h = new CacheHarness();
+        await h.WriteAsync(32, 32);
+        Assert.Equal(1, await h.RestartAsync());
+        h.Mirror.Mode = MirrorMode.ErrorRecovery;
+        await h.WriteAsync(32 + 4, 2); // goes through with the replayed sectors it merged
+        Assert.Equal(0, h.Cache.DirtyCount);
+        Assert.True(h.Backing.WriteLog.Single().Recovery);
+        await h.WriteAsync(32 + 4, 2);
+        Assert.False(h.Backing.WriteLog[^1].Recovery);
+        Assert.Equal(h.Model, h.Backing.Bytes);
+    }
+
     [Fact]
     [Trait("Claim", "MR-1")]
     public async Task ThePeersRegion2AloneRecoversEveryAcknowledgedWrite()
@@ -114,5 +161,74 @@ public class WriteBackCacheTests
         hold.SetResult();
         await Task.WhenAll(writes).WaitAsync(TimeSpan.FromSeconds(30));
         Assert.DoesNotContain(writes, t => t.IsFaulted);
+    }
+
+    [Fact]
+    public async Task AWriterWaitingForSpaceResumesWhenAReaderUnpinsTheCleanElements()
+    {
+        // Found by the simulator (seeds 43, 64, 358): with every element clean but held by readers, a
+        // writer found nothing to evict and waited; nothing was dirty, so no destage woke it again.
+        await using var h = new CacheHarness(nvramBytes: 1 << 20, arraySectors: 65536);
+        int elements = h.Cache.ElementCount;
+        for (int i = 0; i < elements; i++) await h.WriteAsync(i * 32L, 32);
+        await h.Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(0, h.Cache.DirtyCount);
+        // A read over every cached element and one more, uncached: it pins them all while the array reads.
+        h.Backing.ReadHold = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var read = h.Cache.ReadAsync(7, 0, new byte[(elements + 1) * 32 * 512]).AsTask();
+        var write = h.Cache.WriteAsync(7, (elements + 10) * 32L, new byte[512], false).AsTask();
+        await Task.Delay(300);
+        Assert.False(write.IsCompleted, "every clean element is pinned: the writer must wait");
+        var hold = h.Backing.ReadHold;
+        h.Backing.ReadHold = null;
+        hold.SetResult();
+        await read.WaitAsync(TimeSpan.FromSeconds(30));
+        await write.WaitAsync(TimeSpan.FromSeconds(30));
+    }
+
+    [Fact]
+    public async Task AFailedWriteThroughLeaksNoElement()
+    {
+        // Each rewrite replaces an element; when the write-through of the new one failed, the old one
+        // was never freed, and after as many failures as elements every writer waited for good.
+        await using var h = new CacheHarness(nvramBytes: 1 << 20, arraySectors: 65536);
+        h.Mirror.Mode = MirrorMode.ErrorRecovery;
+        h.Backing.FailWrites = true;
+        for (int i = 0; i < h.Cache.ElementCount + 5; i++)
+        {
+            var write = h.Cache.WriteAsync(7, 64, new byte[512], false).AsTask();
+            await Assert.ThrowsAsync<BlockIoException>(() => write.WaitAsync(TimeSpan.FromSeconds(30)));
+        }
+        h.Backing.FailWrites = false;
+        await h.WriteAsync(64, 8);
+        await h.WriteAsync(4096, 8);
+        await h.Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        await h.VerifyAsync();
+    }
+
+    [Fact]
+    public async Task DestageWaitsForTheHighWatermarkThenRunsDownToTheLowOne()
+    {
+        var options = new CacheOptions { IdleDestageDelay = TimeSpan.FromHours(1), DestageStartFraction = 0.625, DestageStopFraction = 0.5, DestageRoundElements = 4 };
+        await using var h = new CacheHarness(nvramBytes: 4 << 20, arraySectors: 65536, options: options);
+        int elements = h.Cache.ElementCount;
+        int high = (int)Math.Ceiling(elements * 0.625), low = (int)Math.Ceiling(elements * 0.5);
+        Assert.True(high - low > 4, $"{elements} elements are too few for this test");
+        // A burst below the high watermark stays in NVRAM: nothing reaches the array.
+        for (int i = 0; i < high - 1; i++) await h.WriteAsync(i * 32L, 32);
+        await Task.Delay(300);
+        Assert.Equal(0, Interlocked.Read(ref h.Backing.Writes));
+        Assert.Equal(high - 1, h.Cache.DirtyCount);
+        // Crossing it starts destage, which goes on (rounds of 4) until fewer than the low watermark are dirty, and stops there.
+        for (int i = high - 1; i < high + 1; i++) await h.WriteAsync(i * 32L, 32);
+        for (int i = 0; i < 1000 && h.Cache.DirtyCount >= low; i++) await Task.Delay(10);
+        await Task.Delay(300);
+        int dirty = h.Cache.DirtyCount;
+        // Below the low watermark, and not far below: at most the round that crossed it and one
+        // the destager had already gathered (on a loaded machine the second can overlap the first).
+        Assert.InRange(dirty, low - 8, low - 1);
+        Assert.True(Interlocked.Read(ref h.Backing.Writes) > 0);
+        await h.VerifyAsync();
+        h.CheckMirrorInvariant();
     }
 }

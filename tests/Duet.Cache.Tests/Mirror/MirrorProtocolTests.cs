@@ -49,6 +49,40 @@ public class MirrorProtocolTests
     }
 
     [Fact]
+    [Trait("Claim", "CC-3")]
+    [Trait("Claim", "MR-1")]
+    public async Task ABatchedWriteIsAcknowledgedOnlyAfterThePeersStatusForItsBatch()
+    {
+        await using var h = new PairHarness(MirrorMethod.Batched, manualDelivery: true);
+        static async Task Settle() { for (int i = 0; i < 20; i++) await Task.Delay(1); }
+        var first = h.WriteAsync(0, 8);
+        for (int i = 0; i < 1000 && h.Mirror.Counters.GroupsAppended < 1; i++) await Task.Delay(1);
+        await Settle();
+        Assert.False(first.IsCompleted); // its batch is posted, not yet delivered to B
+        var second = h.WriteAsync(64, 8); // gathers in the filling list behind the first batch
+        for (int i = 0; i < 1000 && h.Mirror.Counters.GroupsAppended < 2; i++) await Task.Delay(1);
+        Assert.Equal(1, await h.LinkB.PumpAllAsync()); // B applies the first batch and posts its status
+        await Settle();
+        Assert.False(first.IsCompleted); // the status has not reached A
+        Assert.False(second.IsCompleted);
+        Assert.Equal(1, await h.LinkA.PumpAllAsync()); // the status: A posts the second batch, then acknowledges the first
+        for (int i = 0; i < 1000 && !first.IsCompleted; i++) await Task.Delay(1);
+        await first;
+        await Settle();
+        Assert.False(second.IsCompleted); // the second batch is on the link, unacknowledged
+        Assert.Equal(h.Model.AsSpan(0, 4096).ToArray(), h.PeerReplay().AsSpan(0, 4096).ToArray());
+        while (!second.IsCompleted)
+        {
+            await h.LinkB.PumpAllAsync();
+            await h.LinkA.PumpAllAsync();
+            await Task.Delay(1);
+        }
+        await second;
+        Assert.Equal(2, h.Mirror.Counters.Batches);
+        Assert.Equal(h.Model, h.PeerReplay());
+    }
+
+    [Fact]
     [Trait("Claim", "CC-2")]
     [Trait("Claim", "CC-3")]
     public async Task UnderLoadBatchingCarriesManyWritesPerDoorbell()
