@@ -586,12 +586,14 @@ public sealed partial class RaidArray
     /// A row is left alone (and the write fails as before) if it holds a block that cannot be taken
     /// so: unreadable, or reconstructed without a tag to check it against.
     /// </summary>
-    void KeepTornBlocks(Workspace ws, StripePlanner.ChunkWrite[] chunks, List<int> unsolved, List<(int, int)> tornOutside)
+    async ValueTask KeepTornBlocksAsync(Workspace ws, StripePlanner.ChunkWrite[] chunks, List<int> unsolved, List<(int, int)> tornOutside, CancellationToken ct)
     {
         var g = Geometry;
         long stripe = ws.Stripe;
         foreach (int r in unsolved)
         {
+            // RAID 6 with a member missing: its block may be recovered by telling which parity the torn block agrees with.
+            bool blindSettled = await SettleBlindBlockAsync(ws, r, ct);
             var torn = new List<int>();
             bool usable = true;
             for (int i = 0; i < g.DataMembers && usable; i++)
@@ -607,7 +609,7 @@ public sealed partial class RaidArray
                     if (ws.AsRead(m, r) is null) usable = false;
                     else torn.Add(i);
                 }
-                else if (ws.Reconstructed[m][r - ws.RowLo] && !ws.FoundBad[m][r - ws.RowLo])
+                else if (ws.Reconstructed[m][r - ws.RowLo] && !ws.FoundBad[m][r - ws.RowLo] && !blindSettled)
                 {
                     usable = false; // rebuilt from a row that does not add up, with nothing to check it against
                 }
@@ -623,6 +625,92 @@ public sealed partial class RaidArray
                 LogTornRewritten(Name, stripe, r, m, _members[m]?.Drive.Name ?? "-");
             }
         }
+    }
+
+    /// <summary>
+    /// For a recovery write, RAID 6 with one data block of row <paramref name="r"/> on a member that
+    /// cannot be read (missing, or not yet rebuilt) and one data block torn by a crash (read whole, fails
+    /// its tag), every other block of the row read and checked: the torn block holds one version of its
+    /// content and its tag names the other, and P and Q may each cover either version. The unreadable
+    /// block is computed both ways: from P taking the torn block as read (and then the torn block's other
+    /// version from Q), and from Q likewise (the other version from P). A hypothesis holds if that other
+    /// version matches the torn block's stored tag. If exactly one holds, its value of the unreadable
+    /// block is put in the workspace and true is returned; otherwise nothing changes and false.
+    /// </summary>
+    async ValueTask<bool> SettleBlindBlockAsync(Workspace ws, int r, CancellationToken ct)
+    {
+        var g = Geometry;
+        long stripe = ws.Stripe;
+        if (g.ParityMembers != 2) return false;
+        int p = g.PMember(stripe), q = g.QMember(stripe);
+        foreach (int pm in new[] { p, q })
+            if (ws.RowState(pm, r) != Workspace.Ok || ws.Reconstructed[pm][r - ws.RowLo]) return false;
+        int x = -1, y = -1;
+        for (int i = 0; i < g.DataMembers; i++)
+        {
+            int m = g.DataMember(stripe, i);
+            bool reconstructed = ws.Reconstructed[m][r - ws.RowLo], foundBad = ws.FoundBad[m][r - ws.RowLo];
+            if (ws.RowState(m, r) == Workspace.Bad && foundBad && ws.AsRead(m, r) is not null && _members[m] is not null)
+            {
+                if (x >= 0) return false;
+                x = i;
+            }
+            else if (!foundBad && !Readable(m, stripe) && (reconstructed || ws.RowState(m, r) == Workspace.Bad))
+            {
+                if (y >= 0) return false;
+                y = i;
+            }
+            else if (ws.RowState(m, r) != Workspace.Ok || reconstructed) return false;
+        }
+        if (x < 0 || y < 0) return false;
+
+        int mx = g.DataMember(stripe, x), my = g.DataMember(stripe, y);
+        long memberBlock = stripe * g.ChunkBlocks + r;
+        ulong tag;
+        try { tag = await _members[mx]!.TagOfAsync(memberBlock, ct); }
+        catch (BlockIoException) { return false; }
+
+        // Partial sums over the other data blocks: sp = Σ D_i, sq = Σ g^i D_i (i ≠ x, y).
+        var zero = new byte[Units.BlockBytes];
+        var data = new ReadOnlyMemory<byte>[g.DataMembers];
+        for (int i = 0; i < g.DataMembers; i++)
+            data[i] = i == x || i == y ? zero : ws.Rows(g.DataMember(stripe, i), r, 1);
+        var sp = new byte[Units.BlockBytes];
+        var sq = new byte[Units.BlockBytes];
+        Parity.Parity.GenPQ(data, sp, sq);
+        var asRead = ws.AsRead(mx, r)!;
+        ReadOnlySpan<byte> pBlock = ws.Block(p, r), qBlock = ws.Block(q, r);
+
+        // Hypothesis P: P covers the torn block as read. D_y = P + sp + D_x; other D_x = g^-x (Q + sq + g^y D_y).
+        var yFromP = new byte[Units.BlockBytes];
+        pBlock.CopyTo(yFromP);
+        Parity.Parity.XorInto(sp, yFromP);
+        Parity.Parity.XorInto(asRead, yFromP);
+        var t = new byte[Units.BlockBytes];
+        qBlock.CopyTo(t);
+        Parity.Parity.XorInto(sq, t);
+        Parity.Parity.MulXorInto(Gf256.Pow2(y), yFromP, t);
+        var otherX = new byte[Units.BlockBytes];
+        Parity.Parity.MulInto(Gf256.Pow2(-x), t, otherX);
+        bool pHolds = Tag.Verify(tag, _members[mx]!.Salt, memberBlock, otherX);
+
+        // Hypothesis Q: Q covers the torn block as read. D_y = g^-y (Q + sq + g^x D_x); other D_x = P + sp + D_y.
+        qBlock.CopyTo(t);
+        Parity.Parity.XorInto(sq, t);
+        Parity.Parity.MulXorInto(Gf256.Pow2(x), asRead, t);
+        var yFromQ = new byte[Units.BlockBytes];
+        Parity.Parity.MulInto(Gf256.Pow2(-y), t, yFromQ);
+        pBlock.CopyTo(otherX);
+        Parity.Parity.XorInto(sp, otherX);
+        Parity.Parity.XorInto(yFromQ, otherX);
+        bool qHolds = Tag.Verify(tag, _members[mx]!.Salt, memberBlock, otherX);
+
+        if (pHolds == qHolds) return false;
+        (pHolds ? yFromP : yFromQ).CopyTo(ws.Block(my, r));
+        ws.SetState(my, r, Workspace.Ok);
+        ws.Reconstructed[my][r - ws.RowLo] = true;
+        LogBlindSettled(Name, stripe, r, my, pHolds ? "P" : "Q", mx);
+        return true;
     }
 
     /// <summary>Fills chunk c's new blocks: whole blocks from the source, partial ones merged into the old block.</summary>
@@ -667,7 +755,7 @@ public sealed partial class RaidArray
         {
             // A block we needed is unreadable: read every row in full, reconstruct, and write whole rows.
             var unsolved = await FillAndSolveAsync(ws, ct);
-            if (unsolved.Count > 0 && recovery) KeepTornBlocks(ws, chunks, unsolved, tornOutside);
+            if (unsolved.Count > 0 && recovery) await KeepTornBlocksAsync(ws, chunks, unsolved, tornOutside, ct);
             if (unsolved.Count > 0 && g.ParityMembers > 0)
             {
                 // A row beyond repair can still be written whole: reconstruct-write needs only the
@@ -808,6 +896,9 @@ public sealed partial class RaidArray
 
     [LoggerMessage(EventId = 1003, Level = LogLevel.Information, Message = "array {Array}: stripe {Stripe} row {Row} on member {Slot} ({Drive}) rewritten from redundancy")]
     partial void LogRepaired(string array, long stripe, int row, int slot, string drive);
+
+    [LoggerMessage(EventId = 1005, Level = LogLevel.Warning, Message = "array {Array}: stripe {Stripe} row {Row}: the block of unreadable member {Slot} recomputed from {Parity}, the parity that agrees with member {TornSlot}'s torn block as read (the other parity yields the version its tag names)")]
+    partial void LogBlindSettled(string array, long stripe, int row, int slot, string parity, int tornSlot);
 
     [LoggerMessage(EventId = 1004, Level = LogLevel.Warning, Message = "array {Array}: stripe {Stripe} row {Row} on member {Slot} ({Drive}) failed its checksum and cannot be reconstructed; a recovery write keeps it as read (torn by a crash) and rewrites it whole")]
     partial void LogTornRewritten(string array, long stripe, int row, int slot, string drive);

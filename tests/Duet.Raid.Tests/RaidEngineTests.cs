@@ -352,4 +352,83 @@ public class MemberFailureOrderingTests
         var e = await Assert.ThrowsAsync<BlockIoException>(async () => await h.Array.RecoveryWriteAsync(1, new byte[Units.SectorBytes]));
         Assert.Equal(BlockErrorKind.Medium, e.Kind);
     }
+
+    /// <summary>
+    /// The state a crash left in degraded RAID 6 (simulator seed 55): a destage of sectors 1-2 of array
+    /// block 0 landed the data block's new tag but not its new data, and only one of P and Q (the other
+    /// holds the old parity); the member of chunk 1 is missing, so its row 0 block exists only in that
+    /// torn P/Q. The array is then opened afresh over the drives (a restart). With
+    /// <paramref name="rotted"/> the data block also differs from its old content, so neither parity
+    /// yields a version that matches its tag.
+    /// </summary>
+    static async Task<(RaidArray Array, ArrayHarness H, byte[] Element, byte[] NewBlock0)> DegradedRaid6TornAsync(bool newQ, bool rotted)
+    {
+        var h = new ArrayHarness(RaidLevel.Raid6, 6, chunkBlocks: 4, seed: 41);
+        var g = h.Geometry;
+        var data = new byte[h.Model.Length];
+        new System.Random(42).NextBytes(data);
+        await h.Array.WriteAsync(0, data);
+        data.CopyTo(h.Model, 0);
+
+        int d0 = g.DataMember(0, 0), stale = newQ ? g.PMember(0) : g.QMember(0);
+        async Task<byte[]> ImageAsync(int m)
+        {
+            var image = new byte[h.Drives[m].BlockCount * Units.BlockBytes];
+            await h.Drives[m].ReadAsync(0, image);
+            return image;
+        }
+        var staleImage = await ImageAsync(stale);
+        var oldBlock0 = h.Model.AsSpan(0, Units.BlockBytes).ToArray();
+
+        var element = new byte[2 * Units.SectorBytes];
+        new System.Random(43).NextBytes(element);
+        var newBlock0 = oldBlock0.ToArray();
+        element.CopyTo(newBlock0, Units.SectorBytes);
+        await h.Array.WriteAsync(1, element);
+        // Undo what the crash did not land: block 0's data (its tag stays new) and the whole stale parity member.
+        var asLeft = oldBlock0.ToArray();
+        if (rotted) asLeft[3000] ^= 0x42;
+        await h.TearAsync(d0, 0, asLeft);
+        await h.Drives[stale].WriteAsync(0, staleImage);
+
+        int missing = g.DataMember(0, 1);
+        var disks = h.Drives.Select((d, i) => i == missing ? null : (MemberDisk?)new MemberDisk(d, i, h.Uuid, g.MemberBlocks)).ToArray();
+        var status = Enumerable.Range(0, 6).Select(i => i == missing ? MemberStatus.Missing : MemberStatus.Active).ToArray();
+        var array = new RaidArray("t", h.Uuid, g, disks, status, TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        return (array, h, element, newBlock0);
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task ARecoveryWriteSettlesADegradedRaid6RowByTheParityTheTornBlockAgreesWith(bool newQ)
+    {
+        var (array, h, element, newBlock0) = await DegradedRaid6TornAsync(newQ, rotted: false);
+        var g = h.Geometry;
+        // An ordinary write still refuses.
+        var e = await Assert.ThrowsAsync<BlockIoException>(async () => await array.WriteAsync(1, element));
+        Assert.Equal(BlockErrorKind.Medium, e.Kind);
+
+        await array.RecoveryWriteAsync(1, element);
+        newBlock0.CopyTo(h.Model, 0);
+        var all = new byte[h.Model.Length];
+        await array.ReadAsync(0, all);
+        Assert.True(all.AsSpan().SequenceEqual(h.Model), $"content differs at byte {all.AsSpan().CommonPrefixLength(h.Model)}");
+        // The missing member's block (chunk 1, row 0) reads as it was before the crash.
+        var chunk1 = new byte[Units.BlockBytes];
+        await array.ReadAsync(g.ChunkBlocks * Units.SectorsPerBlock, chunk1);
+        Assert.True(chunk1.AsSpan().SequenceEqual(h.Model.AsSpan(g.ChunkBlocks * Units.BlockBytes, Units.BlockBytes)));
+        var result = new ScrubResult();
+        await array.ScrubAsync(false, result, new PassProgress { TotalStripes = g.Stripes }, default);
+        Assert.Equal((0L, 0L), (result.ChecksumErrors, result.ParityMismatches));
+    }
+
+    [Fact]
+    public async Task ARecoveryWriteStillRefusesADegradedRaid6RowWhenNeitherParityVouchesForTheTornBlock()
+    {
+        var (array, _, element, _) = await DegradedRaid6TornAsync(newQ: true, rotted: true);
+        var e = await Assert.ThrowsAsync<BlockIoException>(async () => await array.RecoveryWriteAsync(1, element));
+        Assert.Equal(BlockErrorKind.Medium, e.Kind);
+        Assert.Contains("beyond repair", e.Message);
+    }
 }

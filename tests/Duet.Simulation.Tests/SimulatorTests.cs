@@ -91,6 +91,16 @@ public sealed class SimulatorTests
         Assert.True(r.Passed, string.Join("\n", r.Failures));
     }
 
+    // 55: a crash tore a destage into degraded RAID 6 (member d8 failed) stripe 91: d7 had its new tags but old data,
+    //     P was old, Q new; the failed member's chunk existed only in that torn P/Q, so every recovery write refused
+    //     (now a recovery write settles it by the parity under which the torn block's other version matches its tag).
+    [Fact]
+    public void Regression_seed_55_with_500_operations_passes()
+    {
+        var r = Simulator.Run(55, Small with { Operations = 500 });
+        Assert.True(r.Passed, string.Join("\n", r.Failures));
+    }
+
     [Theory]
     [InlineData(136UL)]
     [InlineData(316UL)]
