@@ -351,31 +351,45 @@ public sealed partial class Controller : IAsyncDisposable
         if (to == Name) throw new ManagementException(ManagementErrorKind.Invalid, $"array '{array}' is already served by controller {Name}");
         if (!Link.IsUp || Mirror.Mode != MirrorMode.Healthy)
             throw new ManagementException(ManagementErrorKind.Conflict, $"controller {to} is not paired with {Name} (link {(Link.IsUp ? "up" : "down")}, mirror {(Mirror.Mode == MirrorMode.Healthy ? "healthy" : "in error-recovery mode")}); it cannot take array '{array}' now");
+        var info = await GiveUpArrayAsync(array, () => Arrays.HandOverAsync(array, to, ct),
+            v => new ForwardedVolume(v.Name, v.SizeBytes, Forwarding), NotifyPeerArraysChangedAsync, ct);
+        LogMoved(array, to);
+        return info;
+    }
+
+    /// <summary>
+    /// What a move and a delete share: hold new requests to the array's volumes and wait out those in
+    /// flight; destage the cache; make the change (hand-over or delete); drop the cache's elements of
+    /// the array and the peer's mirrors of them (its number may name another array next); run
+    /// <paramref name="then"/>; release the held requests to <paramref name="heldGoTo"/> — or, if
+    /// the change failed, back to the array here.
+    /// </summary>
+    async Task<T> GiveUpArrayAsync<T>(string array, Func<Task<T>> change, Func<CachedVolume, IBlockVolume> heldGoTo, Func<Task>? then, CancellationToken ct)
+    {
         List<CachedVolume> volumes;
         lock (_volumesLock) volumes = _cached.Values.Where(v => v.Volume.Array.Name == array).ToList();
         foreach (var name in Arrays.Status().Volumes.Where(v => v.Array == array).Select(v => v.Name))
             if (ServedVolume(name) is CachedVolume cv && !volumes.Contains(cv)) volumes.Add(cv);
         await Waits.WhenAll(volumes.Select(v => v.HoldAsync()));
-        bool moved = false;
+        bool changed = false;
         try
         {
             await Cache.DrainAsync(ct);
-            byte number = volumes.Count > 0 ? volumes[0].ArrayNumber : Arrays.NumberOf(Arrays.ServedArrays.First(a => a.Name == array));
-            var info = await Arrays.HandOverAsync(array, to, ct);
-            moved = true;
+            byte number = Arrays.NumberOf(Arrays.ServedArrays.First(a => a.Name == array));
+            var result = await change();
+            changed = true;
             await Cache.ForgetAsync(number);
             lock (_volumesLock)
             {
                 _cachedArrays.Remove(array);
                 foreach (var v in volumes) _cached.Remove(v.Name);
             }
-            await NotifyPeerArraysChangedAsync();
-            LogMoved(array, to);
-            return info;
+            if (then is not null) await then();
+            return result;
         }
         finally
         {
-            foreach (var v in volumes) v.Release(moved ? new ForwardedVolume(v.Name, v.SizeBytes, Forwarding) : null);
+            foreach (var v in volumes) v.Release(changed ? heldGoTo(v) : null);
         }
     }
 
@@ -399,27 +413,8 @@ public sealed partial class Controller : IAsyncDisposable
             await Arrays.DeleteArrayAsync(array, ct); // the manager's own error: not found, or served by the peer
             return;
         }
-        List<CachedVolume> volumes;
-        lock (_volumesLock) volumes = _cached.Values.Where(v => v.Volume.Array.Name == array).ToList();
-        await Waits.WhenAll(volumes.Select(v => v.HoldAsync()));
-        bool deleted = false;
-        try
-        {
-            await Cache.DrainAsync(ct);
-            byte number = Arrays.NumberOf(Arrays.ServedArrays.First(a => a.Name == array));
-            await Arrays.DeleteArrayAsync(array, ct);
-            deleted = true;
-            await Cache.ForgetAsync(number);
-            lock (_volumesLock)
-            {
-                _cachedArrays.Remove(array);
-                foreach (var v in volumes) _cached.Remove(v.Name);
-            }
-        }
-        finally
-        {
-            foreach (var v in volumes) v.Release(deleted ? new GoneVolume(v.Name, v.SizeBytes) : null);
-        }
+        await GiveUpArrayAsync(array, async () => { await Arrays.DeleteArrayAsync(array, ct); return true; },
+            v => new GoneVolume(v.Name, v.SizeBytes), null, ct);
     }
 
     internal IBlockVolume? ServedVolume(string name)
