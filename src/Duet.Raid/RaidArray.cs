@@ -126,8 +126,7 @@ public sealed partial class RaidArray
     public ValueTask ReadAsync(long sector, Memory<byte> destination, CancellationToken ct = default) =>
         ForEachStripeAsync(sector, destination.Length, (s, lo, hi, offset) => ReadStripeAsync(s, lo, hi, destination.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), ct));
 
-    public ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct = default) =>
-        ForEachStripeAsync(sector, source.Length, (s, lo, hi, offset) => WriteStripeAsync(s, lo, hi, source.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), false, false, ct));
+    public ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct = default) => WriteCoreAsync(sector, source, recovery: false, ct);
 
     /// <summary>
     /// A write that may meet blocks a crash tore (the cache destaging again what it replayed from
@@ -140,8 +139,10 @@ public sealed partial class RaidArray
     /// may be stale. Never use it for an ordinary write, which must fail on an unrecoverable block
     /// rather than stamp a fresh checksum over data that may have rotted.
     /// </summary>
-    public ValueTask RecoveryWriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct = default) =>
-        ForEachStripeAsync(sector, source.Length, (s, lo, hi, offset) => WriteStripeAsync(s, lo, hi, source.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), false, true, ct));
+    public ValueTask RecoveryWriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct = default) => WriteCoreAsync(sector, source, recovery: true, ct);
+
+    ValueTask WriteCoreAsync(long sector, ReadOnlyMemory<byte> source, bool recovery, CancellationToken ct) =>
+        ForEachStripeAsync(sector, source.Length, (s, lo, hi, offset) => WriteStripeAsync(s, lo, hi, source.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), false, recovery, ct));
 
     /// <summary>Writes zeros over whole blocks and marks them never-written (TRIM). Block-aligned only.</summary>
     public ValueTask TrimAsync(long sector, long sectorCount, CancellationToken ct = default)
@@ -600,8 +601,7 @@ public sealed partial class RaidArray
             {
                 var c = chunks[i];
                 bool written = !c.IsEmpty && r >= c.Lo && r < c.Hi;
-                bool replaced = written && !(c.PartialFirst && r == c.Lo) && !(c.PartialLast && r == c.Hi - 1);
-                if (replaced) continue;
+                if (c.Replaces(r)) continue;
                 if (!written && g.ParityMembers == 0) continue; // no parity to keep consistent: not needed
                 int m = g.DataMember(stripe, i);
                 if (ws.RowState(m, r) == Workspace.Bad)
@@ -765,9 +765,7 @@ public sealed partial class RaidArray
                 foreach (int r in unsolved)
                     for (int i = 0; i < g.DataMembers; i++)
                     {
-                        var c = chunks[i];
-                        bool replaced = !c.IsEmpty && r >= c.Lo && r < c.Hi && !(c.PartialFirst && r == c.Lo) && !(c.PartialLast && r == c.Hi - 1);
-                        if (!replaced && ws.RowState(g.DataMember(stripe, i), r) == Workspace.Bad)
+                        if (!chunks[i].Replaces(r) && ws.RowState(g.DataMember(stripe, i), r) == Workspace.Bad)
                             throw new BlockIoException(BlockErrorKind.Medium, $"array {Name}: stripe {stripe} has rows {string.Join(",", unsolved)} beyond repair",
                                 stripe * g.StripeDataBlocks * Units.SectorsPerBlock + sectorLo);
                     }

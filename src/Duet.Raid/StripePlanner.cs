@@ -41,6 +41,8 @@ public static class StripePlanner
     {
         public bool IsEmpty => Hi <= Lo;
         public int Rows => Hi - Lo;
+        /// <summary>Whether the write replaces row <paramref name="row"/>'s block entirely (written, and not a partial end).</summary>
+        public bool Replaces(int row) => !IsEmpty && row >= Lo && row < Hi && !(PartialFirst && row == Lo) && !(PartialLast && row == Hi - 1);
     }
 
     /// <summary>Splits a write of stripe-relative sectors [sectorLo, sectorHi) into per-chunk row ranges.</summary>
