@@ -134,15 +134,6 @@ public sealed class SimScheduler
             _clock.Advance(delta < TimeSpan.Zero ? TimeSpan.Zero : delta);
         }
     }
-
-    /// <summary>Runs ready items and timers until virtual time reaches <paramref name="until"/>; time ends there.</summary>
-    public void RunFor(TimeSpan span)
-    {
-        var until = _clock.GetUtcNow() + span;
-        RunUntil(static () => false, until);
-        if (_clock.GetUtcNow() < until) _clock.AdvanceTo(until);
-        while (RunOne()) { }
-    }
 }
 
 /// <summary>

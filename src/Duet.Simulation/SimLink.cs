@@ -39,7 +39,6 @@ public sealed class SimWire
 
     public LinkFaults Faults { get; set; } = new();
     public bool Partitioned { get; private set; }
-    public bool IsConnected => _connection is not null;
     public long Dropped { get; private set; }
     internal DeterministicRandom Random => _world.Scheduler.Random;
 

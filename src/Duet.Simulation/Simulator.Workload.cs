@@ -17,7 +17,6 @@ public sealed partial class Simulator
         while (_opsIssued < _options.Operations)
         {
             int op = ++_opsIssued;
-            _opsInFlight++;
             try
             {
                 int dice = _random.Next(100);
@@ -28,7 +27,7 @@ public sealed partial class Simulator
                 else if (dice < 96) await MoveAsync(op);
                 else await ScratchAsync(op);
             }
-            finally { _opsInFlight--; _inflight.Remove(op); }
+            finally { _inflight.Remove(op); }
             // Think time: spreads a seed's operations over a few hundred milliseconds of virtual
             // time, so crashes and partitions land among them.
             await host.Time.DelayAsync(TimeSpan.FromTicks(_random.NextInt64(_thinkMax.Ticks + 1)));

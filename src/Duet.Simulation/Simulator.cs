@@ -76,7 +76,7 @@ public sealed partial class Simulator
     NvramLayout _layout = null!;
     long _logical;
     ulong _nextWriteId;
-    int _opsIssued, _opsInFlight;
+    int _opsIssued;
     readonly SortedDictionary<int, string> _inflight = [];
     bool _safety = true, _done;
     int _scratchGeneration;
@@ -291,8 +291,14 @@ public sealed partial class Simulator
         public Task AppendGroup(IReadOnlyList<MirrorChange> changes)
         {
             var real = inner.AppendGroup(changes);
-            _ = real.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Current);
-            return real.IsFaulted ? real : Task.CompletedTask;
+            if (real.IsFaulted) return real;
+            _ = Observe(real);
+            return Task.CompletedTask;
+        }
+
+        static async Task Observe(Task mirrored)
+        {
+            try { await mirrored; } catch (MirrorUnavailableException) { }
         }
     }
 }
