@@ -155,7 +155,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
 
     /// <summary>Rebuilds the index from region 1 after a restart: valid elements in sequence order,
     /// a later element for the same address replacing an earlier one.</summary>
-    public int Replay()
+    public int Replay(Func<byte, bool>? keep = null)
     {
         var order = _nvram.ReplayOrder();
         lock (_lock)
@@ -165,6 +165,14 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             var used = new bool[_slots.Length];
             foreach (var (e, d) in order)
             {
+                if (keep is not null && !keep(d.ArrayNumber))
+                {
+                    // An array this controller no longer owns (the peer took it over): its elements
+                    // were adopted there; replaying them here would write under the new owner.
+                    _nvram.Invalidate(e);
+                    Interlocked.Increment(ref _discarded);
+                    continue;
+                }
                 var key = (d.ArrayNumber, d.ArrayLba);
                 if (_index.TryGetValue(key, out var older))
                 {
@@ -185,6 +193,58 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 if (!used[i]) { _slots[i] = new Slot { LruPrev = -1, LruNext = -1 }; _free.Push(i); }
             return _index.Count;
         }
+    }
+
+    long _discarded;
+
+    /// <summary>Elements <see cref="Replay"/> dropped because their array is no longer this controller's.</summary>
+    public long DiscardedAtReplay => Interlocked.Read(ref _discarded);
+
+    /// <summary>
+    /// Takeover (FO-2, AW-3): takes the failed peer's mirrored elements (its NVRAM region 2 here),
+    /// given in sequence order, into this cache. Each dirty one becomes a dirty element of this
+    /// cache with a new sequence number, marked replayed, so its destage is a recovery write that
+    /// also settles the rows a torn destage of the peer left behind. Clean copies (CC-5) are skipped:
+    /// they equal what the drives hold. The arrays must be served here already
+    /// (<see cref="AddArray"/>), and the mirror must be down: the peer is gone, nothing is mirrored.
+    /// </summary>
+    public async Task<int> AdoptAsync(IReadOnlyList<(ElementDescriptor Descriptor, ReadOnlyMemory<byte> Data)> elements, CancellationToken ct = default)
+    {
+        Invariant.Assert(_mirror.Mode != MirrorMode.Healthy, "elements adopted while the mirror is healthy would never reach the peer");
+        int adopted = 0;
+        foreach (var (d, data) in elements)
+        {
+            if (!d.Dirty || d.ValidMask == 0) continue;
+            var backing = Backing(d.ArrayNumber);
+            Invariant.Assert(data.Length == ElementBytes && d.ArrayLba % SectorsPerElement == 0);
+            int e = (await AllocateAsync(1, ct))[0];
+            int gate = KeyLockIndex(d.ArrayNumber, d.ArrayLba);
+            await _keyLocks[gate].WaitAsync(CancellationToken.None);
+            int old = -1;
+            try
+            {
+                data.CopyTo(_nvram.Memory(e));
+                ElementDescriptor mine;
+                lock (_lock)
+                {
+                    if (_index.TryGetValue((d.ArrayNumber, d.ArrayLba), out old)) Retire(old);
+                    else old = -1;
+                    mine = new ElementDescriptor(backing.ArraySerial, d.ArrayNumber, d.ArrayLba, SectorsPerElement, d.ValidMask, ++_sequence, Dirty: true);
+                    _slots[e] = new Slot { State = SlotState.Dirty, Array = d.ArrayNumber, Lba = d.ArrayLba, Valid = d.ValidMask, Sequence = mine.Sequence, LruPrev = -1, LruNext = -1, Replayed = true };
+                    _dirty++;
+                    _index[(d.ArrayNumber, d.ArrayLba)] = e;
+                }
+                _nvram.WriteDescriptorOnly(e, mine);
+                adopted++;
+            }
+            finally
+            {
+                _keyLocks[gate].Release();
+                if (old >= 0) ReleaseOlds([old]);
+            }
+        }
+        MaybeKickDestage();
+        return adopted;
     }
 
     /// <summary>
@@ -471,6 +531,14 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     await backing.WriteAsync(s.Lba + first, _nvram.Memory(elements[i]).Slice(first * Units.SectorBytes, k * Units.SectorBytes), s.Replayed, ct);
             }
             foreach (var a in arrays) await Backing(a).FlushAsync(ct);
+        }
+        catch
+        {
+            // As in a failed destage round: what this write-through tore is settled by a recovery write.
+            lock (_lock)
+                for (int i = 0; i < elements.Count; i++)
+                    if (_slots[elements[i]].State == SlotState.Dirty && _slots[elements[i]].Sequence == slots[i].Sequence) _slots[elements[i]].Replayed = true;
+            throw;
         }
         finally
         {
@@ -796,6 +864,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         }
         if (batch.Count == 0) return 0;
         await _arrayWriteGate.WaitAsync(CancellationToken.None);
+        bool done = false;
         try
         {
             // Runs: consecutive fully valid elements of one array, up to DestageMaxRunSectors; a partial
@@ -817,6 +886,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             }
             await Task.WhenAll(writes);
             foreach (var a in flushArrays) await Backing(a).FlushAsync(ct);
+            done = true;
             foreach (var b in batch) MarkClean(b.E, b.Seq);
             Interlocked.Add(ref _destagedElements, batch.Count);
             Interlocked.Add(ref _destagedRuns, writes.Count);
@@ -825,7 +895,15 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         finally
         {
             _arrayWriteGate.Release();
-            lock (_lock) foreach (var b in batch) _slots[b.E].Destaging = false;
+            lock (_lock)
+                foreach (var b in batch)
+                {
+                    _slots[b.E].Destaging = false;
+                    // A destage that failed part-way may have torn its rows (some members written, not
+                    // others: the controller lost its path to the drives): the retry must be a
+                    // recovery write, which settles torn rows, not a read-modify-write over them.
+                    if (!done && _slots[b.E].State == SlotState.Dirty && _slots[b.E].Sequence == b.Seq) _slots[b.E].Replayed = true;
+                }
             foreach (var b in batch) Unpin(b.E);
         }
     }

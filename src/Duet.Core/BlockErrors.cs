@@ -14,8 +14,12 @@ public enum BlockErrorKind
     Invalid,
     /// <summary>The device is read-only here (NBD EPERM; SCSI DATA PROTECT).</summary>
     ReadOnly,
-    /// <summary>The device was taken away: drive failed or pulled, port fenced (NBD EIO; SCSI NOT READY).</summary>
+    /// <summary>The device was taken away: drive failed or pulled (NBD EIO; SCSI NOT READY).</summary>
     Unavailable,
+    /// <summary>The drive is fine but this controller cannot reach it: its path to the shelf is down, or its
+    /// port is disabled or fenced. Not a drive fault: RAID fails the request and keeps the member
+    /// (NBD EIO; SCSI NOT READY).</summary>
+    PathDown,
 }
 
 /// <summary>A block request failed. <see cref="Lba"/> is the first failing byte offset's block

@@ -200,7 +200,7 @@ public sealed partial class RaidArray
     async Task FlushMemberAsync(int slot, bool awaitFailure, CancellationToken ct)
     {
         try { await _members[slot]!.Drive.FlushAsync(ct); }
-        catch (BlockIoException e)
+        catch (BlockIoException e) when (e.Kind != BlockErrorKind.PathDown)
         {
             var persisted = FailMember(slot, $"flush failed: {e.Message}");
             if (awaitFailure) await persisted;
@@ -306,7 +306,7 @@ public sealed partial class RaidArray
         {
             bad = await _members[m]!.ReadAsync(ws.Stripe * Geometry.ChunkBlocks + rowLo, ws.Rows(m, rowLo, rowCount), mismatched, ct);
         }
-        catch (BlockIoException e)
+        catch (BlockIoException e) when (e.Kind != BlockErrorKind.PathDown)
         {
             throw new MemberFailedException(m, e);
         }
@@ -327,7 +327,7 @@ public sealed partial class RaidArray
         {
             await _members[m]!.WriteAsync(memberBlock, data, hole, ct);
         }
-        catch (BlockIoException e)
+        catch (BlockIoException e) when (e.Kind != BlockErrorKind.PathDown)
         {
             throw new MemberFailedException(m, e);
         }

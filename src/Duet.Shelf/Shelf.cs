@@ -33,7 +33,8 @@ public sealed class Shelf : IAsyncDisposable
     readonly IShelfStateStore _store;
     readonly Func<string, IBlockDevice, IBlockDevice>? _wrap;
     readonly Lock _gate = new();
-    readonly ShelfState _state;
+    ShelfState _state;
+    long _lateWrites;
     // One open handle per drive, shared by both ports (disposed with the shelf).
     readonly Dictionary<string, IBlockDevice> _open = new(StringComparer.Ordinal);
     readonly Dictionary<string, ulong> _heartbeats = new(StringComparer.Ordinal) { ["A"] = 0, ["B"] = 0 };
@@ -44,6 +45,24 @@ public sealed class Shelf : IAsyncDisposable
         public long Writes;                  // accepted and not yet finished
         public TaskCompletionSource? Drained; // a fence waiting for Writes to reach 0
         public long Rejected;
+        public bool FenceComplete;           // fenced, and every write accepted before the fence has finished
+    }
+
+    /// <summary>Writes that finished after a fence of their port had completed: must stay 0 (the simulator checks it).</summary>
+    public long LateWrites { get { lock (_gate) return _lateWrites; } }
+
+    /// <summary>
+    /// The shelf process restarting (the simulator's fault): its state is read back from the store,
+    /// the heartbeat slots start from zero. Requests in flight are not interrupted (the drives are the same).
+    /// </summary>
+    public void Restart()
+    {
+        lock (_gate)
+        {
+            var text = _store.Load();
+            _state = text is null ? new ShelfState() : ShelfState.Decode(text);
+            foreach (var p in ShelfPorts.All) _heartbeats[p] = 0;
+        }
     }
 
     /// <summary>A shelf over <paramref name="drives"/>, its state in <paramref name="store"/> (loaded now).
@@ -172,6 +191,7 @@ public sealed class Shelf : IAsyncDisposable
         v.Key = 0;
         v.Enabled = false;
         v.Fenced = true;
+        _io[victim].FenceComplete = _io[victim].Writes == 0;
         Persist();
     }
 
@@ -212,6 +232,7 @@ public sealed class Shelf : IAsyncDisposable
         var v = _state.Ports[victim];
         v.Fenced = false;
         v.Enabled = true;
+        _io[victim].FenceComplete = false;
         Persist();
     }
 
@@ -337,7 +358,9 @@ public sealed class Shelf : IAsyncDisposable
         {
             var io = _io[port];
             Invariant.Assert(io.Writes > 0, "a write ended that the shelf never admitted");
-            if (--io.Writes == 0 && io.Drained is not null) { drained = io.Drained; io.Drained = null; }
+            if (io.FenceComplete) _lateWrites++;
+            if (--io.Writes == 0 && _state.Ports[port].Fenced) io.FenceComplete = true;
+            if (io.Writes == 0 && io.Drained is not null) { drained = io.Drained; io.Drained = null; }
         }
         drained?.TrySetResult();
     }

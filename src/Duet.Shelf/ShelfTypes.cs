@@ -49,7 +49,9 @@ public sealed class ShelfException(ShelfError error, string message, long lba = 
         ShelfError.Invalid => BlockErrorKind.Invalid,
         ShelfError.Medium => BlockErrorKind.Medium,
         ShelfError.Io => BlockErrorKind.Io,
-        _ => BlockErrorKind.Unavailable,
+        ShelfError.SlotEmpty or ShelfError.NoSuchSlot => BlockErrorKind.Unavailable,
+        // The port or the path, not the drive: the member must not be failed for it.
+        _ => BlockErrorKind.PathDown,
     };
 }
 

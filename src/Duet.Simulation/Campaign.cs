@@ -3,14 +3,14 @@ namespace Duet.Simulation;
 /// <summary>Runs many seeds (on a few threads, each simulation single-threaded) and collects the failures.</summary>
 public static class Campaign
 {
-    public sealed record Summary(int Seeds, IReadOnlyList<SimResult> Failed, TimeSpan VirtualTime, long Steps, long Writes, long Crashes);
+    public sealed record Summary(int Seeds, IReadOnlyList<SimResult> Failed, TimeSpan VirtualTime, long Steps, long Writes, long Crashes, long Takeovers = 0, long Hangs = 0);
 
     /// <summary>Seeds <paramref name="first"/> .. first + count - 1; <paramref name="onResult"/> sees each result (on a worker thread, serialised).</summary>
     public static Summary Run(ulong first, int count, SimOptions options, int threads, Action<SimResult>? onResult = null)
     {
         var failed = new List<SimResult>();
         var gate = new Lock();
-        long next = 0, steps = 0, writes = 0, crashes = 0;
+        long next = 0, steps = 0, writes = 0, crashes = 0, takeovers = 0, hangs = 0;
         var virtualTime = TimeSpan.Zero;
         var workers = new Thread[Math.Max(1, threads)];
         for (int t = 0; t < workers.Length; t++)
@@ -28,6 +28,8 @@ public static class Campaign
                         steps += r.Stats.Steps;
                         writes += r.Stats.Writes;
                         crashes += r.Stats.Crashes;
+                        takeovers += r.Stats.Takeovers;
+                        hangs += r.Stats.Hangs;
                         virtualTime += r.Stats.VirtualTime;
                         onResult?.Invoke(r);
                     }
@@ -37,6 +39,6 @@ public static class Campaign
         }
         foreach (var w in workers) w.Join();
         failed.Sort((a, b) => a.Seed.CompareTo(b.Seed));
-        return new Summary(count, failed, virtualTime, steps, writes, crashes);
+        return new Summary(count, failed, virtualTime, steps, writes, crashes, takeovers, hangs);
     }
 }

@@ -27,12 +27,24 @@
 //                the cache evicts and destages under load.
 //   shuffle      Ready work items run in a random order instead of first-in first-out (both
 //                are orders a thread pool could produce).
+//   takeover     A controller dies and stays down for 1.2-3 s, longer than the heartbeat
+//                timeout (1 s): the survivor fences it at the shelf, adopts its mirrored elements
+//                and serves its arrays; the dead one restarts fenced, discards its NVRAM and
+//                rejoins as standby; the workload moves arrays back.
+//   hang         A controller stops (SIGSTOP, a long GC pause, a stalled host): its work items
+//                and timers wait, for 5 ms-2.5 s, then run. Short hangs must not cause a
+//                takeover; long ones do, and the woken controller must find itself fenced, serve
+//                nothing stale, and step down (it is then restarted).
+//   shelf-path   A controller loses its path to the shelf for 5 ms-2.5 s (its heartbeat slot
+//                stops; its drive requests fail). With the ICL up, the peer must not take over.
+//   shelf-restart The shelf process restarts: it reloads its state (fences, keys, claims,
+//                epochs) from its store and forgets its heartbeat slots.
 //
 // What is not modelled: torn or lost NVRAM writes (NVRAM is memory the controller writes
 // synchronously), a drive that lies about a write, corruption on the link (the link carries
 // CRCs in the protocol; the simulator does not flip bits), a controller that is alive but hung
-// (heartbeats are the failover issue), and two controllers writing one drive (ownership is
-// what the checkers verify).
+// for longer than the runs last, and two controllers writing one drive (ownership is what the
+// checkers verify; the shelf's fence is what prevents it after a takeover).
 
 using Duet.Core;
 
@@ -50,7 +62,11 @@ public enum FaultKind
     FailDrive = 1 << 5,
     FullCache = 1 << 6,
     Shuffle = 1 << 7,
-    All = Crash | LinkDelay | LinkDrop | Partition | SlowDrive | FailDrive | FullCache | Shuffle,
+    Takeover = 1 << 8,
+    Hang = 1 << 9,
+    ShelfPath = 1 << 10,
+    ShelfRestart = 1 << 11,
+    All = Crash | LinkDelay | LinkDrop | Partition | SlowDrive | FailDrive | FullCache | Shuffle | Takeover | Hang | ShelfPath | ShelfRestart,
 }
 
 /// <summary>The faults of one seed and their rates.</summary>
@@ -66,10 +82,16 @@ public sealed record FaultPlan
     public TimeSpan MaxPartition { get; init; }
     public TimeSpan MaxDriveLatency { get; init; }
     public int NvramElements { get; init; }
+    /// <summary>Mean time between long crashes (down for longer than the heartbeat timeout: the peer takes over).</summary>
+    public TimeSpan TakeoverEvery { get; init; }
+    public TimeSpan HangEvery { get; init; }
+    public TimeSpan MaxHang { get; init; }
+    public TimeSpan ShelfPathEvery { get; init; }
+    public TimeSpan MaxShelfPathLoss { get; init; }
 
     public bool Has(FaultKind k) => (On & k) != 0;
 
-    public static readonly string[] Names = ["crash", "link-delay", "link-drop", "partition", "slow-drive", "fail-drive", "full-cache", "shuffle"];
+    public static readonly string[] Names = ["crash", "link-delay", "link-drop", "partition", "slow-drive", "fail-drive", "full-cache", "shuffle", "takeover", "hang", "shelf-path", "shelf-restart"];
 
     public static FaultKind Parse(string list)
     {
@@ -107,6 +129,11 @@ public sealed record FaultPlan
             MaxPartition = TimeSpan.FromMilliseconds(r.Next(1, 100)),
             MaxDriveLatency = TimeSpan.FromMicroseconds(r.Next(20, 5000)),
             NvramElements = r.Next(24, 96),
+            TakeoverEvery = TimeSpan.FromMilliseconds(r.Next(50, 400)),
+            HangEvery = TimeSpan.FromMilliseconds(r.Next(20, 300)),
+            MaxHang = TimeSpan.FromMilliseconds(r.Next(5, 2500)),
+            ShelfPathEvery = TimeSpan.FromMilliseconds(r.Next(20, 300)),
+            MaxShelfPathLoss = TimeSpan.FromMilliseconds(r.Next(5, 2500)),
         };
     }
 

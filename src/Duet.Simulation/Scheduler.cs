@@ -22,7 +22,7 @@ public sealed class SimScheduler
     readonly int _thread = Environment.CurrentManagedThreadId;
     int _head; // items before _head have been taken (FIFO compaction)
 
-    readonly record struct WorkItem(SimNode Node, SendOrPostCallback Callback, object? State, int Incarnation);
+    internal readonly record struct WorkItem(SimNode Node, SendOrPostCallback Callback, object? State, int Incarnation);
 
     public SimScheduler(DeterministicRandom random, SimTrace trace)
     {
@@ -59,6 +59,9 @@ public sealed class SimScheduler
         }
         _ready.Add(new WorkItem(node, callback, state, node.Incarnation));
     }
+
+    /// <summary>Puts a paused node's held items back in the ready queue, in the order they were held.</summary>
+    internal void Requeue(IEnumerable<WorkItem> items) => _ready.AddRange(items);
 
     static string Describe(object? state)
     {
@@ -101,6 +104,11 @@ public sealed class SimScheduler
             _head = 0;
         }
         if (!item.Node.IsAlive || item.Incarnation != item.Node.Incarnation) return true; // posted before a crash
+        if (item.Node.IsPaused)
+        {
+            item.Node.Held.Add(item);
+            return true;
+        }
         Steps++;
         if (StepTrace) Trace.Add($"step {item.Node.Name} {item.Callback.Method.DeclaringType?.Name}.{item.Callback.Method.Name} {Describe(item.State)} ready {_ready.Count - _head}");
         var previous = SynchronizationContext.Current;
@@ -157,6 +165,21 @@ public sealed class SimNode : SynchronizationContext
 
     public string Name { get; }
     public bool IsAlive { get; private set; } = true;
+    /// <summary>Hung (a process stopped, or stalled in a long pause): its work items wait until <see cref="Resume"/>.</summary>
+    public bool IsPaused { get; private set; }
+    internal List<SimScheduler.WorkItem> Held { get; } = [];
+
+    /// <summary>The process hangs: nothing of it runs (its timers fire into the held queue) until <see cref="Resume"/>.</summary>
+    public void Pause() => IsPaused = true;
+
+    /// <summary>The process runs again: everything that came due while it hung runs now, in order.</summary>
+    public void Resume()
+    {
+        if (!IsPaused) return;
+        IsPaused = false;
+        _scheduler.Requeue(Held);
+        Held.Clear();
+    }
     public int Incarnation { get; private set; }
     /// <summary>Virtual time whose timers fire on this node (and never after it crashed).</summary>
     public TimeProvider Time { get; }
@@ -205,6 +228,8 @@ public sealed class SimNode : SynchronizationContext
     {
         if (!IsAlive) return;
         IsAlive = false;
+        IsPaused = false;
+        Held.Clear();
         _scheduler.DropAll(this);
         var waiting = _onCrash.ToArray();
         _onCrash.Clear();

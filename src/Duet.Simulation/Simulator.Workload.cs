@@ -261,11 +261,60 @@ public sealed partial class Simulator
                 MaxDelay = _plan.Has(FaultKind.LinkDelay) ? _plan.MaxLinkDelay : TimeSpan.Zero,
                 DropProbability = _plan.Has(FaultKind.LinkDrop) ? _plan.DropProbability : 0,
             };
-        var restarts = new List<Task>();
+        var restarts = _restarts;
+        var nextTakeover = _scheduler.Elapsed + Exp(_plan.TakeoverEvery);
+        var nextHang = _scheduler.Elapsed + Exp(_plan.HangEvery);
+        var nextPathLoss = _scheduler.Elapsed + Exp(_plan.ShelfPathEvery);
+        var nextShelfRestart = _scheduler.Elapsed + Exp(_plan.HangEvery);
+        bool tookOver = false;
         while (_safety)
         {
             await _world.Time.DelayAsync(TimeSpan.FromMilliseconds(1));
             var now = _scheduler.Elapsed;
+            CheckFailover();
+            if (_plan.Has(FaultKind.Takeover) && now >= nextTakeover && !tookOver)
+            {
+                // One long outage per seed: the survivor takes over, the dead one comes back as standby.
+                nextTakeover = now + Exp(_plan.TakeoverEvery);
+                var side = _sides[_random.Next(2)];
+                if (Quiet(side) && Quiet(Other(side)))
+                {
+                    tookOver = true;
+                    Crash(side);
+                    restarts.Add(RestartLaterAsync(side, TimeSpan.FromMilliseconds(_random.Next(1200, 3000))));
+                }
+            }
+            if (_plan.Has(FaultKind.Hang) && now >= nextHang)
+            {
+                nextHang = now + Exp(_plan.HangEvery);
+                var side = _sides[_random.Next(2)];
+                if (Quiet(side) && Quiet(Other(side)))
+                {
+                    var length = TimeSpan.FromTicks(_random.NextInt64(_plan.MaxHang.Ticks) + 1);
+                    _trace.Add($"hang {side.Name} for {length.TotalMilliseconds:F1} ms");
+                    _hangs++;
+                    side.Node.Pause();
+                    restarts.Add(ResumeLaterAsync(side, length));
+                }
+            }
+            if (_plan.Has(FaultKind.ShelfPath) && now >= nextPathLoss)
+            {
+                nextPathLoss = now + Exp(_plan.ShelfPathEvery);
+                var side = _sides[_random.Next(2)];
+                if (!side.ShelfPathLost && !Other(side).ShelfPathLost)
+                {
+                    var length = TimeSpan.FromTicks(_random.NextInt64(_plan.MaxShelfPathLoss.Ticks) + 1);
+                    _trace.Add($"shelf path of {side.Name} lost for {length.TotalMilliseconds:F1} ms");
+                    side.ShelfPathLost = true;
+                    restarts.Add(RestoreShelfPathLaterAsync(side, length));
+                }
+            }
+            if (_plan.Has(FaultKind.ShelfRestart) && now >= nextShelfRestart)
+            {
+                nextShelfRestart = now + Exp(_plan.HangEvery);
+                _trace.Add("shelf restarts");
+                _enclosure.Restart();
+            }
             if (_plan.Has(FaultKind.Crash) && now >= nextCrash)
             {
                 nextCrash = now + Exp(_plan.CrashEvery);
@@ -296,6 +345,76 @@ public sealed partial class Simulator
         }
         await Waits.WhenAll(restarts);
     }
+
+    readonly List<Task> _restarts = [];
+    long _hangs, _takeovers;
+
+    /// <summary>Up, not starting, not hung: a side a new fault may hit.</summary>
+    static bool Quiet(Side s) => s.Node.IsAlive && !s.Starting && !s.Node.IsPaused && s.Controller is { IsSteppedDown: false };
+
+    async Task ResumeLaterAsync(Side side, TimeSpan length)
+    {
+        await _world.Time.DelayAsync(length);
+        _trace.Add($"{side.Name} resumes");
+        side.Node.Resume();
+    }
+
+    async Task RestoreShelfPathLaterAsync(Side side, TimeSpan length)
+    {
+        await _world.Time.DelayAsync(length);
+        side.ShelfPathLost = false;
+    }
+
+    /// <summary>A controller found itself fenced and stepped down: its process exits; it is restarted.</summary>
+    void OnSteppedDown(Side side, Controller c, string reason)
+    {
+        _trace.Add($"{side.Name} stepped down: {reason}");
+        if (side.Controller != c || !side.Node.IsAlive) return;
+        Crash(side);
+        _restarts.Add(RestartLaterAsync(side, TimeSpan.FromMilliseconds(_random.Next(1, 200))));
+    }
+
+    /// <summary>
+    /// FO checkers, every millisecond of virtual time: a controller that cannot be heard is noted; a
+    /// takeover must follow such silence (never while both heartbeat paths of its peer were alive); no
+    /// write from a fenced port may land after its fence completed; no host is answered without a lease;
+    /// and never two owners: no array is served by two controllers that both hold a lease.
+    /// </summary>
+    void CheckFailover()
+    {
+        var now = _scheduler.Elapsed;
+        foreach (var s in _sides)
+            if (!s.Node.IsAlive || s.Node.IsPaused || s.Controller is null || (s.ShelfPathLost && (_wire.Partitioned || !s.Controller.Link.IsUp)))
+                s.LastSilent = now;
+        foreach (var s in _sides)
+        {
+            if (s.Controller is not { } c || !s.Node.IsAlive) continue;
+            if (c.Takeovers > s.TakeoversSeen)
+            {
+                s.TakeoversSeen = c.Takeovers;
+                _takeovers++;
+                var peer = Other(s);
+                _trace.Add($"{s.Name} took over from {peer.Name}");
+                if (now - peer.LastSilent > TimeSpan.FromMilliseconds(1300))
+                    Fail($"{s.Name} took over from {peer.Name}, which was heard on both heartbeat paths (last silent {(peer.LastSilent == TimeSpan.MinValue ? "never" : $"at {peer.LastSilent.TotalMilliseconds:F0} ms")})");
+            }
+            if (c.ServedWithoutLease > 0) Fail($"controller {s.Name} answered {c.ServedWithoutLease} host requests without a lease");
+        }
+        if (_enclosure.LateWrites > 0 && !_lateWritesReported)
+        {
+            _lateWritesReported = true;
+            Fail($"{_enclosure.LateWrites} writes from a fenced port reached a drive after the fence completed");
+        }
+        if (_sides.All(x => x.Controller is { } c && x.Node.IsAlive && !x.Node.IsPaused && c.HoldsLease))
+            foreach (var a in _sides[0].Controller!.Arrays.ServedArrays)
+                if (_sides[1].Controller!.Arrays.Serves(a.Name) && !_twoOwnersReported)
+                {
+                    _twoOwnersReported = true;
+                    Fail($"array {a.Name} is served by both controllers, both holding a lease");
+                }
+    }
+
+    bool _lateWritesReported, _twoOwnersReported;
 
     TimeSpan Exp(TimeSpan mean) => TimeSpan.FromTicks((long)(-Math.Log(1 - _random.NextDouble()) * mean.Ticks) + 1);
 
@@ -338,6 +457,7 @@ public sealed partial class Simulator
     {
         _wire.Faults = new LinkFaults();
         if (_wire.Partitioned) _wire.Partition(false);
+        foreach (var s in _sides) { s.ShelfPathLost = false; s.Node.Resume(); }
         foreach (var s in _sides) if (!s.Node.IsAlive) await RestartAsync(s);
         _wire.Connect();
         _trace.Add("faults healed");

@@ -7,6 +7,7 @@ using Duet.Host.Controller;
 using Duet.Interconnect.Link;
 using Duet.Raid;
 using Duet.Raid.Management;
+using Duet.Shelf;
 
 namespace Duet.Simulation;
 
@@ -37,7 +38,11 @@ public sealed record SimOptions
 }
 
 public sealed record SimStats(long Writes, long WritesAcked, long Reads, long ReadsOk, long Flushes, long Moves, long MovesDone,
-    long Creates, long Deletes, long Crashes, long Partitions, long Dropped, long FailedDrives, long Steps, TimeSpan VirtualTime);
+    long Creates, long Deletes, long Crashes, long Partitions, long Dropped, long FailedDrives, long Steps, TimeSpan VirtualTime)
+{
+    public long Hangs { get; init; }
+    public long Takeovers { get; init; }
+}
 
 public sealed record SimResult(ulong Seed, FaultPlan Plan, IReadOnlyList<string> Failures, ulong TraceHash, SimStats Stats, SimTrace Trace)
 {
@@ -65,6 +70,9 @@ public sealed partial class Simulator
     readonly SimNode _world;
     readonly SimWire _wire;
     readonly MemoryShelf _shelf = new();
+    // The enclosure both controllers reach through their own ports (fences, claims, heartbeat slots).
+    Shelf.Shelf _enclosure = null!;
+    readonly MemoryShelfStateStore _enclosureState = new();
     readonly Dictionary<string, FaultyDrive> _faulty = new(StringComparer.Ordinal);
     readonly Side[] _sides = new Side[2];
     readonly List<SimNode> _hosts = [];
@@ -94,6 +102,11 @@ public sealed partial class Simulator
         public NvramFile? Nvram;          // the newest opened over Store (kept after a crash, for checkers)
         public Controller? Controller;    // null while down or starting
         public bool Starting;
+        public bool ShelfPathLost;
+        /// <summary>The last moment this controller could not be heard on both paths (down, hung, or its
+        /// shelf path lost with the link cut): a takeover of it is legitimate only soon after one.</summary>
+        public TimeSpan LastSilent = TimeSpan.MinValue;
+        public long TakeoversSeen;
         public bool IsUp => Node.IsAlive && Controller is not null;
     }
 
@@ -147,7 +160,7 @@ public sealed partial class Simulator
         foreach (var e in _scheduler.Escaped) Fail($"an exception escaped a work item: {e}");
         if (_scheduler.ForeignPosts > 0) Fail($"{_scheduler.ForeignPosts} work items were posted from another thread (real time or threads leaked into the simulation); the first: {_scheduler.FirstForeignPost}");
         var stats = new SimStats(_writes, _writesAcked, _reads, _readsOk, _flushes, _moves, _movesDone, _creates, _deletes, _crashes, _partitions,
-            _wire.Dropped, _failedDrives, _scheduler.Steps, _scheduler.Elapsed);
+            _wire.Dropped, _failedDrives, _scheduler.Steps, _scheduler.Elapsed) { Hangs = _hangs, Takeovers = _takeovers };
         _trace.Add($"end: {_failures.Count} failures");
         return new SimResult(_seed, _plan, _failures.ToList(), _trace.Hash, stats, _trace);
     }
@@ -204,6 +217,7 @@ public sealed partial class Simulator
                 Seed = _random.NextUInt64(), TrackUnflushedWrites = false, LatencyJitterMax = latency,
             }, _world.Time);
         }
+        _enclosure = new Shelf.Shelf(_shelf, _enclosureState, (name, inner) => _faulty.TryGetValue(name, out var f) ? f : inner);
         await StartControllerAsync(_sides[0]);
         await StartControllerAsync(_sides[1]);
         _wire.Connect();
@@ -259,22 +273,27 @@ public sealed partial class Simulator
         try
         {
             var node = side.Node;
-            var shelf = new MemoryShelf(_shelf, (name, inner) => _faulty.TryGetValue(name, out var f) ? f : inner);
+            var port = (LocalShelfPort)_enclosure.Port(side.Name);
+            port.PathLost = () => side.ShelfPathLost;
             var loggers = new TraceLoggerFactory(_trace, side.Name);
+            ulong session = _random.NextUInt64() | 1;
             var controller = await node.InvokeAsync(async () =>
             {
-                var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = shelf, Time = node.Time, Controller = side.Name, NewUuid = NewUuid, LoggerFactory = loggers });
+                bool joined = await Controller.JoinShelfAsync(port, session, node.Time);
+                _trace.Add($"{side.Name} {(joined ? "registered at the shelf" : "is fenced at the shelf: standby")}");
+                var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = port, Time = node.Time, Controller = side.Name, NewUuid = NewUuid, LoggerFactory = loggers });
                 var nvram = NvramFile.OpenOrCreate(side.Store, _layout, side.Name, _pairId);
                 side.Nvram = nvram;
                 var link = _wire.Attach(node, side.Name);
                 var c = new Controller(new ControllerCoreOptions
                 {
-                    Name = side.Name, Session = _random.NextUInt64() | 1, Time = node.Time, Loggers = loggers,
+                    Name = side.Name, Session = session, Time = node.Time, Loggers = loggers, Shelf = port,
                     ForwardTimeout = TimeSpan.FromSeconds(2),
                     ConfigureCache = o => o with { PlantedForgetKeepsPeerCopies = _options.Bug == PlantedBug.ForgetKeepsPeerCopies },
                     WrapMirror = _options.Bug == PlantedBug.AckBeforeMirror ? m => new AckBeforeMirror(m) : null,
                 }, arrays, nvram, link);
-                c.Start();
+                c.SteppedDown += reason => _world.Post(() => OnSteppedDown(side, c, reason));
+                await c.StartAsync();
                 return c;
             });
             side.Controller = controller;

@@ -84,7 +84,7 @@ public sealed class ControllerInProcessTests
         var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = new MemoryShelf(shelf), Controller = name });
         var nvram = NvramFile.OpenOrCreate(store, layout, name, Pair);
         var c = new PairController(new ControllerCoreOptions { Name = name, Session = session }, arrays, nvram, link);
-        c.Start();
+        await c.StartAsync();
         return c;
     }
 

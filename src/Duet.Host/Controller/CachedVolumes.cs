@@ -23,7 +23,7 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial) : IC
 /// acknowledged once mirrored (or, in error-recovery mode, once on the drives); reads see the
 /// cache first. Edge validation is the underlying <see cref="RaidVolume"/>'s.
 /// </summary>
-public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte arrayNumber) : IBlockVolume
+public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte arrayNumber, Controller? controller = null) : IBlockVolume
 {
     public RaidVolume Volume { get; } = volume;
     public string Name => Volume.Name;
@@ -67,6 +67,8 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
 
     async ValueTask<IBlockVolume?> EnterAsync()
     {
+        // FO-7: no lease, no answer (and a takeover of this array finishes before it serves).
+        if (controller is not null) await controller.ServeGateAsync(arrayNumber, default);
         while (true)
         {
             if (_movedTo is { } moved) return moved;
@@ -102,7 +104,13 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
         Check(offset, destination.Length);
         if (destination.IsEmpty) return;
         if (await EnterAsync() is { } moved) { await moved.ReadAsync(offset, destination, ct); return; }
-        try { await cache.ReadAsync(arrayNumber, ArraySector(offset), destination, ct); }
+        try
+        {
+            await cache.ReadAsync(arrayNumber, ArraySector(offset), destination, ct);
+            // Still holding the lease after the read: the data was not stale when it was read (a
+            // controller paused mid-read and taken over meanwhile waits here, then fails).
+            if (controller is not null) { await controller.ServeGateAsync(arrayNumber, ct); controller.OnServed(arrayNumber); }
+        }
         finally { Exit(); }
     }
 
@@ -111,7 +119,12 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
         Check(offset, source.Length);
         if (source.IsEmpty) return;
         if (await EnterAsync() is { } moved) { await moved.WriteAsync(offset, source, fua, ct); return; }
-        try { await cache.WriteAsync(arrayNumber, ArraySector(offset), source, fua, ct); }
+        try
+        {
+            await cache.WriteAsync(arrayNumber, ArraySector(offset), source, fua, ct);
+            // The acknowledgement is an answer too: only with a lease.
+            if (controller is not null) { await controller.ServeGateAsync(arrayNumber, ct); controller.OnServed(arrayNumber); }
+        }
         finally { Exit(); }
     }
 

@@ -6,6 +6,7 @@ using Duet.Interconnect.Link;
 using Duet.Interconnect.Wire;
 using Duet.Raid;
 using Duet.Raid.Management;
+using Duet.Shelf;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -28,6 +29,10 @@ public sealed record ControllerCoreOptions
     public TimeSpan PairTimeout { get; init; } = TimeSpan.FromSeconds(2);
     /// <summary>How often a controller whose mirror failed while the link stayed up tries to pair again.</summary>
     public TimeSpan RepairInterval { get; init; } = TimeSpan.FromMilliseconds(500);
+    /// <summary>The controller's port on the shared shelf. With it: heartbeats on the ICL and the shelf, a lease,
+    /// takeover of a dead peer (issue 5). Without it (a single controller, older tests): none of that.</summary>
+    public IShelfPort? Shelf { get; init; }
+    public FailoverOptions Failover { get; init; } = new();
     /// <summary>Test only (the simulator's planted bugs): adjusts the cache's options.</summary>
     public Func<CacheOptions, CacheOptions>? ConfigureCache { get; init; }
     /// <summary>Test only (the simulator's planted bugs): wraps the mirror the cache sees.</summary>
@@ -140,15 +145,19 @@ public sealed partial class Controller : IAsyncDisposable
     }
 
     /// <summary>
-    /// Replays NVRAM region 1 into the cache, starts destaging, starts the link and pairs with the
-    /// peer whenever the link comes up. Returns once replay is done; pairing goes on in the background.
+    /// Replays NVRAM region 1 into the cache (with a shelf: only what the shelf still names this
+    /// controller owner of, and nothing if its port is fenced), starts destaging, starts the link and
+    /// pairs with the peer whenever the link comes up, and starts the heartbeats. Returns once replay
+    /// is done; pairing goes on in the background.
     /// </summary>
-    public void Start()
+    public async Task StartAsync()
     {
         if (Interlocked.Exchange(ref _started, 1) != 0) throw new InvalidOperationException($"controller {Name} is already started");
+        var keep = await DecideReplayAsync();
         RegisterServedArrays();
-        ReplayedElements = Cache.Replay();
+        ReplayedElements = Cache.Replay(keep);
         if (ReplayedElements > 0) LogReplayed(ReplayedElements);
+        if (Cache.DiscardedAtReplay > 0) LogDiscarded(Cache.DiscardedAtReplay);
         Cache.Start();
         Link.UpChanged += up =>
         {
@@ -158,6 +167,7 @@ public sealed partial class Controller : IAsyncDisposable
         Link.Start(DispatchAsync);
         if (Link.IsUp) _ = PairAsync();
         _ = WatchMirrorAsync();
+        StartFailover();
     }
 
     readonly CancellationTokenSource _stopping = new();
@@ -203,6 +213,8 @@ public sealed partial class Controller : IAsyncDisposable
             Volatile.Write(ref _helloAck, ack);
             await Link.PostAsync(IclSignal.Message, Nvram.Epoch, HelloBytes(), default);
             await Waits.WithTimeout(ack.Task, _options.PairTimeout, _options.Time);
+            // A standby's hello is what makes the owner lift its fence.
+            if (_standby) await TryRejoinAsync();
             // The array table before any mirror data: the peer names our arrays by number with it
             // (a change announced while the link was down never reached it).
             await NotifyPeerArraysChangedAsync();
@@ -229,6 +241,8 @@ public sealed partial class Controller : IAsyncDisposable
 
     async Task AnswerHelloAsync()
     {
+        // A new session of a peer we fenced: it discarded its NVRAM at start; let it back in first.
+        if (_peerFenced) await UnfencePeerAsync();
         try { await Link.PostAsync(IclSignal.Reply, Nvram.Epoch, HelloBytes(), default); }
         catch (IclLinkDownException) { } // the peer's pairing times out and tries again
     }
@@ -248,7 +262,19 @@ public sealed partial class Controller : IAsyncDisposable
 
     async ValueTask DispatchAsync(IclTransfer t)
     {
+        if (t.Epoch < _epochFloor)
+        {
+            // From a session of the peer we fenced (it was hung, and woke up): its heartbeats, mirror
+            // writes, hellos and answers count for nothing.
+            Interlocked.Increment(ref _staleDropped);
+            return;
+        }
         var kind = t.Message.IsEmpty ? MessageKind.Unknown : MessageClassifier.Classify(t.Message.Span);
+        if (kind == MessageKind.Heartbeat)
+        {
+            OnPeerHeartbeat(t.Message.Span, t.Signal == IclSignal.Reply);
+            return;
+        }
         if (t.Signal == IclSignal.Reply)
         {
             if (kind == MessageKind.Status) Mirror.OnReply(t.Message.Span);
@@ -424,7 +450,7 @@ public sealed partial class Controller : IAsyncDisposable
         lock (_volumesLock)
         {
             if (!_cached.TryGetValue(name, out var cv) || cv.Volume.Array != rv.Array || cv.Volume.OffsetBlocks != rv.OffsetBlocks)
-                _cached[name] = cv = new CachedVolume(rv, Cache, Arrays.NumberOf(rv.Array));
+                _cached[name] = cv = new CachedVolume(rv, Cache, Arrays.NumberOf(rv.Array), this);
             return cv;
         }
     }
@@ -461,7 +487,7 @@ public sealed partial class Controller : IAsyncDisposable
         return new ControllerInfo(Name, _options.PeerName, Link.IsUp, Mirror.Mode == MirrorMode.Healthy ? "healthy" : "error-recovery",
             Mirror.DownReason, _options.Mirror.ToString().ToLowerInvariant(), Cache.ElementCount, cc.Dirty, cc.Hits, cc.Misses, cc.DestagedElements,
             cc.WriteThroughs, cc.Mirrored, mc.Batches, mc.SmallWrites, mc.LargeWrites, lc.DoorbellsRung, lc.MessageBytesSent, lc.DataBytesSent,
-            Forwarding.Forwarded, Interlocked.Read(ref ForwardingServer.Served), Receiver.Refused);
+            Forwarding.Forwarded, Interlocked.Read(ref ForwardingServer.Served), Receiver.Refused) { Failover = FailoverState() };
     }
 
     public async ValueTask DisposeAsync()
@@ -478,6 +504,8 @@ public sealed partial class Controller : IAsyncDisposable
         LogStopped(Name);
     }
 
+    [LoggerMessage(EventId = 7009, Level = LogLevel.Warning, Message = "discarded {Count} cache elements of arrays the shelf names the peer owner of (it took them over)")]
+    partial void LogDiscarded(long count);
     [LoggerMessage(EventId = 7002, Level = LogLevel.Information, Message = "replayed {Count} cache elements from NVRAM region 1")]
     partial void LogReplayed(int count);
     [LoggerMessage(EventId = 7003, Level = LogLevel.Information, Message = "paired with controller {Peer}; mirror resynchronised, write-back on")]

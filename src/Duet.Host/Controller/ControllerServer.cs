@@ -100,7 +100,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
                 ForwardTimeout = options.ForwardTimeout, Time = options.Time, Loggers = loggers,
             }, arrays, nvram, link);
             server = new ControllerServer(options with { DataDirectory = dir }, controller, loggers);
-            controller.Start();
+            await controller.StartAsync();
             server._metrics = new ControllerMetrics(controller);
             server.Management = await ManagementHost.StartAsync(controller.ArrayService, ControllerOptions.SocketFor(dir, options.Name), loggers, ct);
             server.Nbd = new NbdServer(controller.Volumes, new NbdServerOptions { Endpoint = options.NbdEndpoint, TimeProvider = options.Time }, loggers.CreateLogger<NbdServer>());

@@ -450,4 +450,6 @@ public sealed partial class ArrayManager
     partial void LogScrubStarted(string array, bool repair);
     [LoggerMessage(EventId = 2016, Level = LogLevel.Information, Message = "array {Array}: scrub done: {Stripes} stripes, {Checksum} checksum errors, {Parity} parity mismatches, {Repaired} repaired")]
     partial void LogScrubDone(string array, long stripes, long checksum, long parity, long repaired);
+    [LoggerMessage(EventId = 2040, Level = LogLevel.Warning, Message = "array {Array}: taken over from controller {From}")]
+    partial void LogTakenOver(string array, string from);
 }

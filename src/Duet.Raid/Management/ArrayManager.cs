@@ -205,11 +205,13 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
 
     bool OwnedHere(Superblock sb) => _options.Controller is null || sb.Owner == _options.Controller;
 
-    async Task AssembleGroupsAsync(List<DriveEntry> drives, CancellationToken ct)
+    async Task AssembleGroupsAsync(List<DriveEntry> drives, CancellationToken ct, string? takeFrom = null)
     {
         foreach (var group in drives.GroupBy(d => d.Superblock!.ArrayUuid))
         {
             var auth = group.MaxBy(d => d.Superblock!.Generation)!.Superblock!;
+            // A takeover: the peer's arrays become ours (assembly persists the new owner).
+            if (takeFrom is not null && auth.Owner == takeFrom && _options.Controller is not null) auth = auth with { Owner = Me };
             if (!OwnedHere(auth))
             {
                 _peerArrays[auth.Name] = auth;
@@ -231,7 +233,25 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     /// created, changed or deleted, and arrays handed over to this controller (which are then
     /// assembled and served). Called when the peer says its arrays changed.
     /// </summary>
-    public async Task RescanAsync(CancellationToken ct = default)
+    public Task RescanAsync(CancellationToken ct = default) => RescanAsync(null, ct);
+
+    /// <summary>
+    /// Failover (FO-2): assembles every array controller <paramref name="from"/> owns as this
+    /// controller's, writing this controller into their superblocks (the caller has fenced the peer
+    /// at the shelf first: nothing of the peer's can reach the drives any more). Returns the names of
+    /// the arrays taken.
+    /// </summary>
+    public async Task<IReadOnlyList<string>> TakeOverAsync(string from, CancellationToken ct = default)
+    {
+        if (from == Me) throw new ArgumentException($"controller {Me} cannot take over from itself", nameof(from));
+        var before = _view.Arrays.Keys.ToHashSet(StringComparer.Ordinal);
+        await RescanAsync(from, ct);
+        var taken = _view.Arrays.Keys.Where(n => !before.Contains(n)).Order(StringComparer.Ordinal).ToList();
+        foreach (var name in taken) LogTakenOver(name, from);
+        return taken;
+    }
+
+    async Task RescanAsync(string? takeFrom, CancellationToken ct)
     {
         await LockAsync(ct);
         try
@@ -253,7 +273,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
                 catch (Exception e) when (e is SuperblockException or BlockIoException) { d.Problem = e.Message; continue; }
                 if (d.Superblock is not null) loose.Add(d);
             }
-            await AssembleGroupsAsync(loose, ct);
+            await AssembleGroupsAsync(loose, ct, takeFrom);
             RefreshVolumes();
         }
         finally { Unlock(); }

@@ -69,7 +69,28 @@ public sealed record ControllerInfo(
     string Name, string Peer, bool LinkUp, string Mirror, string? MirrorDownReason, string MirrorMethod,
     int CacheElements, int DirtyElements, long CacheHits, long CacheMisses, long DestagedElements, long WriteThroughs,
     long MirroredWrites, long Batches, long SmallWrites, long LargeWrites,
-    long Doorbells, long LinkMessageBytes, long LinkDataBytes, long ForwardedRequests, long ForwardedServed, long RefusedTransfers);
+    long Doorbells, long LinkMessageBytes, long LinkDataBytes, long ForwardedRequests, long ForwardedServed, long RefusedTransfers)
+{
+    /// <summary>Heartbeats, lease and takeovers (issue 5); null when the controller runs without a shelf.</summary>
+    public FailoverInfo? Failover { get; init; }
+}
+
+/// <summary>
+/// FO-1/FO-7 state of one controller. <see cref="State"/>: "active" (serving with a lease), "no lease"
+/// (serving nothing until it hears its peer or the shelf), "standby" (fenced at the shelf, waiting for
+/// the owner to lift the fence), "stepped down" (found itself fenced; the process restarts).
+/// </summary>
+public sealed record FailoverInfo(string State, bool LeaseHeld, bool PeerFenced, ulong Epoch, long Heartbeats, long Takeovers,
+    double PeerSilentMs, TakeoverInfo? LastTakeover);
+
+/// <summary>
+/// One takeover's phases, in milliseconds from the moment the peer was last heard (on either path):
+/// detected (the decision), fenced (the shelf confirmed the fence), adopted (the peer's mirrored
+/// elements are in this cache and its arrays are served here), first I/O (the first host request on
+/// a taken array completed).
+/// </summary>
+public sealed record TakeoverInfo(string Reason, IReadOnlyList<string> Arrays, int AdoptedElements, double DetectedMs, double FencedMs,
+    double AdoptedMs, double? FirstIoMs);
 
 public sealed record StatusInfo(IReadOnlyList<ArrayInfo> Arrays, IReadOnlyList<VolumeInfo> Volumes, IReadOnlyList<DriveInfo> Drives, ControllerInfo? Controller = null)
 {

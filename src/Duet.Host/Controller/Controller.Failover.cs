@@ -1,0 +1,484 @@
+using Duet.Cache.Mirror;
+using Duet.Cache.Nvram;
+using Duet.Core;
+using Duet.Interconnect.Link;
+using Duet.Interconnect.Wire;
+using Duet.Raid.Management;
+using Duet.Shelf;
+using Microsoft.Extensions.Logging;
+
+namespace Duet.Host.Controller;
+
+/// <summary>Heartbeats, leases and takeover (issue 5; SPEC FO-1, FO-2, FO-7).</summary>
+public sealed record FailoverOptions
+{
+    /// <summary>How often a heartbeat goes out on each path (the ICL and the shelf's heartbeat slot).</summary>
+    public TimeSpan HeartbeatPeriod { get; init; } = TimeSpan.FromMilliseconds(100);
+    /// <summary>Silence on both paths for this long is a dead peer. A controller serves only while it heard its
+    /// peer or the shelf within half of it (its lease).</summary>
+    public TimeSpan HeartbeatTimeout { get; init; } = TimeSpan.FromSeconds(1);
+    /// <summary>A peer never heard since this controller started is given this long before it is taken over
+    /// (two controllers started together must not fence each other while one is still starting).</summary>
+    public TimeSpan StartGrace { get; init; } = TimeSpan.FromSeconds(3);
+    /// <summary>How long a host request waits for a lease before it fails with an I/O error.</summary>
+    public TimeSpan LeaseWait { get; init; } = TimeSpan.FromSeconds(5);
+
+    public void Validate()
+    {
+        if (HeartbeatPeriod <= TimeSpan.Zero) throw new ArgumentException("the heartbeat period must be positive");
+        if (HeartbeatTimeout < 2 * HeartbeatPeriod)
+            throw new ArgumentException($"the heartbeat timeout ({HeartbeatTimeout.TotalMilliseconds} ms) must be at least two periods ({2 * HeartbeatPeriod.TotalMilliseconds} ms)");
+    }
+}
+
+// How a controller decides its peer is dead, and what it does then.
+//
+// Two heartbeat paths, each a request and an answer, every HeartbeatPeriod:
+//  - the ICL: a Heartbeat message; the peer answers on its reply queue with our own timestamp echoed;
+//  - the shelf: our port writes a fresh number into its heartbeat slot and reads both slots back.
+// A path "hears" the peer when its Heartbeat message arrives, or when the peer's shelf slot is seen
+// to change. The lease: an answer to a heartbeat we sent at time t (from the peer, or the shelf
+// accepting our slot write) proves the other side knew us alive at t; we hold the lease until
+// t + timeout/2. Host requests wait for the lease (CachedVolume asks ServeGateAsync).
+//
+// The peer is declared dead only if (1) no ICL heartbeat of it arrived for the timeout, and (2) a
+// shelf read that we *issued* at least the timeout after the last change of its slot still saw no
+// change. (2) is what keeps a pause of our own (GC, SIGSTOP, a slow host) from looking like the
+// peer's death: after the pause our first shelf read sees every beat the peer wrote meanwhile. And
+// without the shelf there is no takeover at all: the takeover begins with a fence at the shelf.
+//
+// Takeover: fence the peer's port at the shelf (which waits out its accepted writes); drop
+// everything the peer sends from then on (the epoch floor); claim its arrays at the shelf at new
+// epochs; write ourselves into their superblocks and assemble them; adopt the peer's mirrored
+// elements (our NVRAM region 2) into our cache in sequence order as replayed elements, which
+// destage as recovery writes; serve (requests to the taken arrays waited at the serve gate until
+// now); destage in the background.
+//
+// A controller that finds its port fenced steps down (SteppedDown): its process exits and is
+// restarted. At start, a fenced controller discards both NVRAM regions and waits as standby; the
+// owner lifts the fence when it hears a hello from a new session of it (the old, fenced session's
+// messages are below the epoch floor), and the standby then registers and rescans the drives.
+public sealed partial class Controller
+{
+    FailoverOptions Failover => _options.Failover;
+    IShelfPort? Shelf => _options.Shelf;
+
+    long _startedAt;             // timestamp ticks
+    long _leaseUntil;            // timestamp ticks; the lease is held while now < this
+    long _peerIclHeardAt;        // last Heartbeat message of the peer
+    long _peerSlotChangedAt;     // last time a shelf read saw the peer's slot change
+    ulong _peerSlot;
+    bool _peerSlotSeen;
+    bool _peerHeard;             // ever, on either path, in this run
+    long _lastShelfReadIssuedAt = long.MinValue;
+    ulong _beat;
+    long _heartbeats;
+    ulong _epochFloor;           // transfers stamped below this come from a fenced peer session: dropped
+    long _staleDropped;
+    volatile bool _peerFenced;
+    volatile bool _standby;      // our port is fenced: no arrays, no NVRAM, waiting to be let back in
+    volatile bool _steppedDown;
+    string? _stepDownReason;
+    int _takingOver;
+    long _takeovers;
+    TakeoverInfo? _lastTakeover;
+    long _lastHeardAtTakeover;
+    HashSet<byte>? _adopting;    // array numbers being taken over: their requests wait
+    TaskCompletionSource _beatDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>Raised once when the controller finds itself fenced: it serves nothing more and its process
+    /// should exit (the supervisor restarts it; it rejoins as standby).</summary>
+    public event Action<string>? SteppedDown;
+
+    public bool IsSteppedDown => _steppedDown;
+    public bool IsStandby => _standby;
+    public bool PeerFenced => _peerFenced;
+    public long Takeovers => Interlocked.Read(ref _takeovers);
+    public long StaleTransfersDropped => Interlocked.Read(ref _staleDropped);
+    /// <summary>Host requests answered while this controller held no lease: must stay 0 (the simulator checks it).</summary>
+    public long ServedWithoutLease => Interlocked.Read(ref _servedWithoutLease);
+    long _servedWithoutLease;
+    public TakeoverInfo? LastTakeover => Volatile.Read(ref _lastTakeover);
+
+    long Now => _options.Time.GetTimestamp();
+    TimeSpan Since(long ticks) => _options.Time.GetElapsedTime(ticks);
+
+    /// <summary>Whether this controller may answer hosts now: no shelf configured (a single controller, or
+    /// the pair without failover), or a lease held and not stepped down.</summary>
+    public bool HoldsLease => Shelf is null || (!_steppedDown && !_standby && Now < Volatile.Read(ref _leaseUntil));
+
+    /// <summary>
+    /// Registers a controller's port at the shelf before its array manager reads any drive. Returns false
+    /// if the port is fenced (the controller was declared dead while it was away): it must not register,
+    /// and starts as standby.
+    /// </summary>
+    public static async Task<bool> JoinShelfAsync(IShelfPort shelf, ulong session, TimeProvider time, CancellationToken ct = default)
+    {
+        // A controller that cannot reach its shelf waits for it: it can do nothing useful without it.
+        while (true)
+        {
+            try { return await TryJoinShelfAsync(shelf, session); }
+            catch (ShelfException e) when (e.Error == ShelfError.Unreachable) { await time.DelayAsync(TimeSpan.FromMilliseconds(100), ct); }
+        }
+    }
+
+    static async Task<bool> TryJoinShelfAsync(IShelfPort shelf, ulong session)
+    {
+        var status = await shelf.StatusAsync();
+        if (status.Port(shelf.PortName).Fenced) return false;
+        await shelf.RegisterAsync(session | 1);
+        if (!status.Port(shelf.PortName).Enabled) await shelf.SetEnabledAsync(true);
+        if (status.ReservationHolder == 0)
+        {
+            try { await shelf.ReserveAsync(); }
+            catch (ShelfException e) when (e.Error == ShelfError.ReservationConflict) { } // the peer took it first: fine (registrants only)
+        }
+        return true;
+    }
+
+    /// <summary>What replay keeps, decided at the shelf: nothing if our port is fenced (we were declared dead
+    /// and taken over: the survivor adopted our mirrored elements, and owns our arrays at a later epoch),
+    /// else everything. The fence is the epoch check: a controller's arrays change owner without it only
+    /// by a move, which destages and forgets their elements first.</summary>
+    async Task<Func<byte, bool>?> DecideReplayAsync()
+    {
+        if (Shelf is null) return null;
+        ShelfStatus status;
+        while (true)
+        {
+            try { status = await Shelf.StatusAsync(); break; }
+            catch (ShelfException e) when (e.Error == ShelfError.Unreachable) { await _options.Time.DelayAsync(TimeSpan.FromMilliseconds(100)); }
+        }
+        var mine = status.Claims.Where(c => c.Owner == Name).Select(c => c.Epoch).DefaultIfEmpty(0UL).Max();
+        if (status.Port(Name).Fenced)
+        {
+            _standby = true;
+            Nvram.Peer.Clear();
+            // Our messages must clear the survivor's epoch floor when we come back.
+            if (status.EpochCounter > Nvram.Epoch) Nvram.Epoch = status.EpochCounter;
+            LogStandby(status.EpochCounter);
+            return _ => false;
+        }
+        if (mine > Nvram.Epoch) Nvram.Epoch = mine;
+        return null;
+    }
+
+    void StartFailover()
+    {
+        if (Shelf is null) return;
+        Failover.Validate();
+        _startedAt = _peerIclHeardAt = _peerSlotChangedAt = Now;
+        _beat = Session << 16;
+        _ = HeartbeatLoopAsync();
+    }
+
+    async Task HeartbeatLoopAsync()
+    {
+        var ct = _stopping.Token;
+        while (!ct.IsCancellationRequested && !_steppedDown)
+        {
+            try { await BeatAsync(); }
+            catch (Exception e) when (e is not OperationCanceledException) { LogHeartbeatFailed(e.Message); }
+            var done = Interlocked.Exchange(ref _beatDone, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+            done.TrySetResult();
+            try { await _options.Time.DelayAsync(Failover.HeartbeatPeriod, ct); }
+            catch (OperationCanceledException) { return; }
+        }
+    }
+
+    async Task BeatAsync()
+    {
+        Interlocked.Increment(ref _heartbeats);
+        if (Link.IsUp && !_peerFenced) _ = SendIclHeartbeatAsync();
+        var issued = Now;
+        ShelfStatus status;
+        try { status = await Shelf!.HeartbeatAsync(++_beat); }
+        catch (ShelfException e) when (e.Error == ShelfError.Fenced)
+        {
+            if (_standby) { await TryRejoinAsync(); return; }
+            StepDown("this controller's port is fenced at the shelf: the peer took over");
+            return;
+        }
+        catch (ShelfException e) when (e.Error is ShelfError.Unreachable or ShelfError.Disabled or ShelfError.NotRegistered)
+        {
+            LogShelfUnreachable(e.Message);
+            return;
+        }
+        if (_steppedDown) return;
+        RenewLease(issued);
+        var peer = status.Port(PeerName);
+        if (!_peerSlotSeen || peer.Heartbeat != _peerSlot)
+        {
+            if (_peerSlotSeen) _peerHeard = true;
+            _peerSlotSeen = true;
+            _peerSlot = peer.Heartbeat;
+            _peerSlotChangedAt = Now;
+        }
+        _lastShelfReadIssuedAt = issued;
+        _peerFenced = peer.Fenced;
+        await KeepClaimsAsync(status);
+        if (ShouldTakeOver()) await TakeOverAsync($"no heartbeat from controller {PeerName} on the ICL or at the shelf for {Since(LastHeard).TotalMilliseconds:F0} ms");
+    }
+
+    void RenewLease(long sentAt)
+    {
+        long until = sentAt + (long)(Failover.HeartbeatTimeout.TotalSeconds / 2 * _options.Time.TimestampFrequency);
+        long seen;
+        do { seen = Volatile.Read(ref _leaseUntil); }
+        while (until > seen && Interlocked.CompareExchange(ref _leaseUntil, until, seen) != seen);
+    }
+
+    long LastHeard => Math.Max(Volatile.Read(ref _peerIclHeardAt), _peerSlotChangedAt);
+
+    bool ShouldTakeOver()
+    {
+        if (_peerFenced || _standby || _steppedDown || Volatile.Read(ref _takingOver) != 0) return false;
+        var timeout = Failover.HeartbeatTimeout;
+        if (Since(Volatile.Read(ref _peerIclHeardAt)) < timeout) return false;
+        // The shelf read that saw no change must have been issued a whole timeout after the last change.
+        if (_options.Time.GetElapsedTime(_peerSlotChangedAt, _lastShelfReadIssuedAt) < timeout) return false;
+        if (!_peerHeard && Since(_startedAt) < Failover.StartGrace) return false;
+        return true;
+    }
+
+    async Task SendIclHeartbeatAsync()
+    {
+        var hb = new Heartbeat(Name == "A" ? ControllerSide.A : ControllerSide.B, HoldsLease, Nvram.Epoch, Now, Volatile.Read(ref _leaseUntil));
+        var bytes = new byte[DuetFrame.EncodedBytes(hb)];
+        hb.Encode(bytes);
+        try { await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default); }
+        catch (IclLinkDownException) { }
+    }
+
+    /// <summary>A Heartbeat from the peer: it is alive; answer with its own timestamp, which renews its lease.</summary>
+    void OnPeerHeartbeat(ReadOnlySpan<byte> message, bool reply)
+    {
+        if (Heartbeat.TryDecode(message, out var hb, out _, out var error) != System.Buffers.OperationStatus.Done)
+        {
+            LogUnknown("heartbeat", error.ToString());
+            return;
+        }
+        if (reply)
+        {
+            // The peer heard the heartbeat we sent at hb.TimestampTicks (our clock).
+            if (Shelf is not null && !_steppedDown && !_standby) RenewLease(hb.TimestampTicks);
+            return;
+        }
+        Volatile.Write(ref _peerIclHeardAt, Now);
+        _peerHeard = true;
+        var answer = hb with { Controller = Name == "A" ? ControllerSide.A : ControllerSide.B, Epoch = Nvram.Epoch, LeaseHeld = HoldsLease };
+        var bytes = new byte[DuetFrame.EncodedBytes(answer)];
+        answer.Encode(bytes);
+        _ = PostReplyAsync(bytes);
+    }
+
+    async Task PostReplyAsync(byte[] bytes)
+    {
+        try { await Link.PostAsync(IclSignal.Reply, Nvram.Epoch, bytes, default); }
+        catch (IclLinkDownException) { }
+    }
+
+    /// <summary>Arrays this controller serves are claimed at the shelf in its name (new arrays, arrays moved
+    /// here); the NVRAM's epoch follows the largest claim it holds.</summary>
+    async Task KeepClaimsAsync(ShelfStatus status)
+    {
+        var missing = new List<ulong>();
+        foreach (var raid in Arrays.ServedArrays)
+        {
+            var serial = ArrayManager.SerialOf(raid.Uuid);
+            if (status.Claim(serial) is not { } c || c.Owner != Name) missing.Add(serial);
+        }
+        var epochs = status.Claims.Where(c => c.Owner == Name).Select(c => c.Epoch).ToList();
+        if (missing.Count > 0)
+        {
+            try { epochs.AddRange((await Shelf!.ClaimAsync(missing)).Select(c => c.Epoch)); }
+            catch (ShelfException e) { LogShelfUnreachable(e.Message); }
+        }
+        if (epochs.Count > 0 && epochs.Max() > Nvram.Epoch) Nvram.Epoch = epochs.Max();
+    }
+
+    /// <summary>The serve gate: a host request on array <paramref name="arrayNumber"/> waits here for a
+    /// lease (and for a takeover of the array to finish). Fails with Unavailable once the controller has
+    /// stepped down, or after <see cref="FailoverOptions.LeaseWait"/> without a lease.</summary>
+    internal ValueTask ServeGateAsync(byte arrayNumber, CancellationToken ct)
+    {
+        if (Shelf is null) return ValueTask.CompletedTask;
+        if (HoldsLease && !IsAdopting(arrayNumber)) return ValueTask.CompletedTask;
+        return WaitToServeAsync(arrayNumber, ct);
+    }
+
+    bool IsAdopting(byte arrayNumber)
+    {
+        var adopting = Volatile.Read(ref _adopting);
+        return adopting is not null && adopting.Contains(arrayNumber);
+    }
+
+    async ValueTask WaitToServeAsync(byte arrayNumber, CancellationToken ct)
+    {
+        var since = Now;
+        while (true)
+        {
+            if (_steppedDown) throw new BlockIoException(BlockErrorKind.Unavailable, $"controller {Name} stepped down: {_stepDownReason}");
+            if (HoldsLease && !IsAdopting(arrayNumber)) return;
+            if (Since(since) >= Failover.LeaseWait)
+                throw new BlockIoException(BlockErrorKind.Unavailable, $"controller {Name} holds no lease (it has heard neither its peer nor the shelf for {Failover.HeartbeatTimeout.TotalMilliseconds / 2:F0} ms)");
+            await Waits.OrCancel(Volatile.Read(ref _beatDone).Task, ct);
+        }
+    }
+
+    /// <summary>The first host request completed on a taken array after a takeover: the takeover's last phase.</summary>
+    internal void OnServed(byte arrayNumber)
+    {
+        if (!HoldsLease) Interlocked.Increment(ref _servedWithoutLease);
+        if (Volatile.Read(ref _lastTakeover) is not { FirstIoMs: null } t || !_takenNumbers.Contains(arrayNumber)) return;
+        var first = t with { FirstIoMs = _options.Time.GetElapsedTime(_lastHeardAtTakeover).TotalMilliseconds };
+        Interlocked.CompareExchange(ref _lastTakeover, first, t);
+    }
+
+    HashSet<byte> _takenNumbers = [];
+
+    /// <summary>
+    /// Takes over the peer's arrays (FO-2): fence, claim, assemble, adopt, serve. Also the handshake's
+    /// trigger (FO-5) calls it. Safe to call more than once: a takeover in progress or done is not repeated.
+    /// </summary>
+    public async Task TakeOverAsync(string reason)
+    {
+        if (Shelf is null || _standby || _steppedDown || _peerFenced) return;
+        if (Interlocked.Exchange(ref _takingOver, 1) != 0) return;
+        try
+        {
+            long heard = LastHeard;
+            _lastHeardAtTakeover = heard;
+            double detected = Since(heard).TotalMilliseconds;
+            LogTakingOver(reason);
+            try { await Shelf.FenceAsync(PeerName); }
+            catch (ShelfException e) when (e.Error == ShelfError.Fenced) { StepDown("fenced at the shelf while taking over: the peer took over first"); return; }
+            catch (ShelfException e) { LogTakeoverFailed(e.Message); return; }
+            _peerFenced = true;
+            double fenced = Since(heard).TotalMilliseconds;
+            // Nothing the fenced session sends counts any more: its heartbeats, mirror writes, hellos.
+            Mirror.Fail($"controller {PeerName} was fenced: {reason}");
+            var serials = Arrays.ArrayTable.Where(kv => kv.Value.Owner == PeerName).Select(kv => kv.Value.Serial).ToList();
+            var claims = serials.Count > 0 ? await Shelf.ClaimAsync(serials) : [];
+            var epoch = Math.Max(Nvram.Epoch, claims.Select(c => c.Epoch).DefaultIfEmpty(0UL).Max());
+            var status = await Shelf.StatusAsync();
+            epoch = Math.Max(epoch, status.EpochCounter);
+            Nvram.Epoch = epoch;
+            _epochFloor = epoch;
+            var numbers = Arrays.ArrayTable.Where(kv => kv.Value.Owner == PeerName).Select(kv => kv.Key).ToHashSet();
+            Volatile.Write(ref _adopting, numbers);
+            int adopted = 0;
+            IReadOnlyList<string> taken = [];
+            try
+            {
+                taken = await Arrays.TakeOverAsync(PeerName);
+                RegisterServedArrays();
+                lock (_volumesLock) _forwarded.Clear();
+                adopted = await AdoptPeerElementsAsync(numbers);
+                _takenNumbers = numbers;
+            }
+            finally { Volatile.Write(ref _adopting, null); }
+            double adoptedMs = Since(heard).TotalMilliseconds;
+            Interlocked.Increment(ref _takeovers);
+            Volatile.Write(ref _lastTakeover, new TakeoverInfo(reason, taken, adopted, detected, fenced, adoptedMs, null));
+            LogTookOver(PeerName, string.Join(", ", taken), adopted, adoptedMs);
+            _ = DrainAfterLossAsync();
+        }
+        finally { Volatile.Write(ref _takingOver, 0); }
+    }
+
+    /// <summary>The peer's mirrored elements (region 2), valid and dirty, in sequence order, into our cache.</summary>
+    async Task<int> AdoptPeerElementsAsync(HashSet<byte> numbers)
+    {
+        var peer = Nvram.Peer;
+        var table = Arrays.ArrayTable;
+        var list = new List<(ElementDescriptor, ReadOnlyMemory<byte>)>();
+        foreach (var (e, d) in peer.ReplayOrder())
+        {
+            if (!d.Dirty) continue;
+            if (!table.TryGetValue(d.ArrayNumber, out var a) || a.Owner != Name || a.Serial != d.ArraySerial)
+            {
+                LogNotAdopted(d.ArrayNumber, d.ArrayLba);
+                continue;
+            }
+            // A copy: the region is cleared below, and the cache copies it into its own element anyway.
+            list.Add((d, peer.Memory(e).ToArray()));
+        }
+        int n = await Cache.AdoptAsync(list);
+        peer.Clear();
+        Receiver.Reset();
+        return n;
+    }
+
+    void StepDown(string reason)
+    {
+        if (_steppedDown) return;
+        _stepDownReason = reason;
+        _steppedDown = true;
+        Volatile.Write(ref _leaseUntil, 0);
+        Mirror.Fail(reason);
+        LogSteppedDown(reason);
+        Volatile.Read(ref _beatDone).TrySetResult();
+        SteppedDown?.Invoke(reason);
+    }
+
+    /// <summary>A standby whose fence was lifted (by the owner after our hello, or by `duet shelf unfence`):
+    /// register, and read the drives again.</summary>
+    async Task TryRejoinAsync()
+    {
+        if (!_standby || Shelf is null) return;
+        ShelfStatus status;
+        try { status = await Shelf.StatusAsync(); }
+        catch (ShelfException) { return; }
+        if (status.Port(Name).Fenced) return;
+        if (!await TryJoinShelfAsync(Shelf, Session)) return;
+        _standby = false;
+        LogRejoined();
+        await RescanAsync();
+    }
+
+    /// <summary>The owner's side of a standby's return: a hello from a new session of a fenced peer lifts the fence.</summary>
+    async Task UnfencePeerAsync()
+    {
+        if (Shelf is null || !_peerFenced) return;
+        try
+        {
+            await Shelf.UnfenceAsync(PeerName);
+            _peerFenced = false;
+            // The peer is back and heard: measure its silence from now.
+            Volatile.Write(ref _peerIclHeardAt, Now);
+            _peerSlotChangedAt = Now;
+            LogUnfenced(PeerName);
+        }
+        catch (ShelfException e) { LogTakeoverFailed($"could not lift the fence of {PeerName}: {e.Message}"); }
+    }
+
+    FailoverInfo? FailoverState()
+    {
+        if (Shelf is null) return null;
+        string state = _steppedDown ? "stepped down" : _standby ? "standby" : HoldsLease ? "active" : "no lease";
+        return new FailoverInfo(state, HoldsLease, _peerFenced, Nvram.Epoch, Interlocked.Read(ref _heartbeats), Takeovers,
+            Since(LastHeard).TotalMilliseconds, LastTakeover);
+    }
+
+    [LoggerMessage(EventId = 7020, Level = LogLevel.Warning, Message = "taking over: {Reason}")]
+    partial void LogTakingOver(string reason);
+    [LoggerMessage(EventId = 7021, Level = LogLevel.Warning, Message = "took over from controller {Peer}: arrays [{Arrays}], {Adopted} mirrored elements adopted, serving {Ms:F0} ms after the peer was last heard")]
+    partial void LogTookOver(string peer, string arrays, int adopted, double ms);
+    [LoggerMessage(EventId = 7022, Level = LogLevel.Error, Message = "takeover failed: {Error}")]
+    partial void LogTakeoverFailed(string error);
+    [LoggerMessage(EventId = 7023, Level = LogLevel.Error, Message = "stepping down: {Reason}")]
+    partial void LogSteppedDown(string reason);
+    [LoggerMessage(EventId = 7024, Level = LogLevel.Warning, Message = "this controller's port is fenced at the shelf (epoch {Epoch}): NVRAM discarded, standby until the owner lets it back")]
+    partial void LogStandby(ulong epoch);
+    [LoggerMessage(EventId = 7025, Level = LogLevel.Information, Message = "fence lifted: registered at the shelf again, rescanning the drives")]
+    partial void LogRejoined();
+    [LoggerMessage(EventId = 7026, Level = LogLevel.Information, Message = "controller {Peer} is back (a new session): its fence is lifted; it rejoins as standby")]
+    partial void LogUnfenced(string peer);
+    [LoggerMessage(EventId = 7027, Level = LogLevel.Warning, Message = "shelf: {Error}")]
+    partial void LogShelfUnreachable(string error);
+    [LoggerMessage(EventId = 7028, Level = LogLevel.Warning, Message = "heartbeat failed: {Error}")]
+    partial void LogHeartbeatFailed(string error);
+    [LoggerMessage(EventId = 7029, Level = LogLevel.Warning, Message = "mirrored element of array {Array} at {Lba} not adopted: the array is not one this controller took over")]
+    partial void LogNotAdopted(byte array, long lba);
+}
