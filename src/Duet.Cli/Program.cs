@@ -73,6 +73,8 @@ public static partial class Program
 
     static partial void AddServerCommands(RootCommand root);
 
+    static partial void AddShelfCommands(RootCommand root);
+
     static string DefaultDataDir() =>
         Environment.GetEnvironmentVariable(DataEnvironmentVariable) is { Length: > 0 } env ? env : DefaultDataDirectory;
 
@@ -96,6 +98,7 @@ public static partial class Program
         root.Subcommands.Add(SpareCommand());
         root.Subcommands.Add(ScrubCommand());
         AddServerCommands(root);
+        AddShelfCommands(root);
         return root;
     }
 

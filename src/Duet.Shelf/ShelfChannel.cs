@@ -1,0 +1,291 @@
+using System.Buffers;
+using System.Collections.Concurrent;
+using System.IO.Pipelines;
+using System.Net;
+using System.Net.Sockets;
+using Duet.Core;
+
+namespace Duet.Shelf;
+
+// The client end of one role's connection to `duet shelf` (RemoteShelfPort, ShelfAdminClient).
+//
+// One socket, pipelined: any number of callers send requests at once (each frame written whole
+// under a lock), one reader task matches responses to requests by tag and completes them. A
+// read's data is copied by the reader straight into the caller's buffer.
+//
+// Failure model. A connection that drops (shelf stopped or crashed, socket error, a response
+// that is not the protocol) fails every request in flight with ShelfError.Unreachable; the
+// next request connects again (and says Hello, so a socket serving another port is refused).
+// Every request has a deadline (RequestTimeout, from the injected TimeProvider): past it, the
+// caller gets Unreachable and a late response is dropped. Who gives up on a request and who
+// completes it race on one TryRemove of its tag, so a reader never writes into a buffer whose
+// caller has returned.
+//
+// The shell: real sockets; continuations run on the thread pool (ConfigureAwait(false)), so the
+// synchronous management calls of IDriveShelf can block on a round trip without deadlocking.
+internal sealed class ShelfChannel : IAsyncDisposable
+{
+    readonly EndPoint _endPoint;
+    readonly string _role;
+    readonly TimeProvider _time;
+    readonly SemaphoreSlim _connectLock = new(1, 1);
+    Link? _link;
+    long _lastTag;
+    bool _disposed;
+
+    public ShelfChannel(EndPoint endPoint, string role, TimeSpan requestTimeout, TimeProvider time)
+    {
+        _endPoint = endPoint;
+        _role = role;
+        RequestTimeout = requestTimeout;
+        _time = time;
+    }
+
+    public TimeSpan RequestTimeout { get; }
+    public EndPoint EndPoint => _endPoint;
+
+    /// <summary>Connections made so far (a reconnect after a drop counts again).</summary>
+    public int Connects { get; private set; }
+
+    sealed class Pending(ShelfOp op, Memory<byte> readInto)
+    {
+        public readonly ShelfOp Op = op;
+        public readonly Memory<byte> ReadInto = readInto;
+        public readonly TaskCompletionSource<ShelfResponse> Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    /// <summary>One connection: its socket, its pipes and the requests waiting for it.</summary>
+    sealed class Link(Socket socket)
+    {
+        public readonly Socket Socket = socket;
+        public readonly NetworkStream Stream = new(socket, ownsSocket: true);
+        public PipeReader Input = null!;
+        public PipeWriter Output = null!;
+        public readonly SemaphoreSlim WriteLock = new(1, 1);
+        public readonly ConcurrentDictionary<ulong, Pending> Pending = new();
+        volatile string? _brokenBy;
+        public string? BrokenBy => _brokenBy;
+
+        /// <summary>Marks the link dead and fails every request waiting on it. Idempotent.</summary>
+        public void Break(string why)
+        {
+            lock (Pending)
+            {
+                if (_brokenBy is not null) return;
+                _brokenBy = why;
+            }
+            try { Socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+            Socket.Dispose();
+            foreach (var tag in Pending.Keys)
+                if (Pending.TryRemove(tag, out var p)) p.Done.TrySetException(new ShelfException(ShelfError.Unreachable, why));
+        }
+    }
+
+    /// <summary>Sends <paramref name="request"/> (its tag is replaced) and returns the response, whatever its status.
+    /// A read's data lands in <paramref name="readInto"/>. Throws ShelfException(Unreachable) when the shelf cannot be
+    /// reached or does not answer in time; OperationCanceledException when <paramref name="ct"/> is cancelled.</summary>
+    public async Task<ShelfResponse> CallAsync(ShelfRequest request, Memory<byte> readInto = default, CancellationToken ct = default, TimeSpan? timeout = null)
+    {
+        using var deadline = new CancellationTokenSource(timeout ?? RequestTimeout, _time);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, deadline.Token);
+        var link = await ConnectedAsync(linked.Token, ct).ConfigureAwait(false);
+        return await SendAsync(link, request, readInto, linked.Token, ct, timeout ?? RequestTimeout).ConfigureAwait(false);
+    }
+
+    async Task<ShelfResponse> SendAsync(Link link, ShelfRequest request, Memory<byte> readInto, CancellationToken token, CancellationToken callerToken, TimeSpan timeout)
+    {
+        ulong tag = (ulong)Interlocked.Increment(ref _lastTag);
+        var pending = new Pending(request.Op, readInto);
+        link.Pending[tag] = pending;
+        if (link.BrokenBy is { } why && link.Pending.TryRemove(tag, out _))
+            throw new ShelfException(ShelfError.Unreachable, why);
+
+        var frame = request with { Tag = tag };
+        try
+        {
+            await link.WriteLock.WaitAsync(token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            link.Pending.TryRemove(tag, out _);
+            throw Abandoned(callerToken, timeout);
+        }
+        try
+        {
+            int n = ShelfCodec.RequestBytes(frame);
+            ShelfCodec.WriteRequest(link.Output.GetSpan(n), frame);
+            link.Output.Advance(n);
+            await link.Output.FlushAsync(token).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or OperationCanceledException or InvalidOperationException)
+        {
+            // A frame may be half written: the stream cannot be trusted any more.
+            link.Break($"the connection to the shelf at {_endPoint} failed while sending: {e.Message}");
+            if (e is OperationCanceledException) throw Abandoned(callerToken, timeout);
+            throw new ShelfException(ShelfError.Unreachable, link.BrokenBy!);
+        }
+        finally
+        {
+            link.WriteLock.Release();
+        }
+
+        using (token.Register(() =>
+        {
+            if (link.Pending.TryRemove(tag, out var p))
+                p.Done.TrySetException(callerToken.IsCancellationRequested ? new OperationCanceledException(callerToken) : TimedOut(timeout));
+        }))
+        {
+            return await pending.Done.Task.ConfigureAwait(false);
+        }
+    }
+
+    Exception Abandoned(CancellationToken callerToken, TimeSpan timeout) =>
+        callerToken.IsCancellationRequested ? new OperationCanceledException(callerToken) : TimedOut(timeout);
+
+    ShelfException TimedOut(TimeSpan timeout) =>
+        new(ShelfError.Unreachable, $"the shelf at {_endPoint} did not answer within {timeout.TotalSeconds:0.###} s");
+
+    async Task<Link> ConnectedAsync(CancellationToken token, CancellationToken callerToken)
+    {
+        var link = _link;
+        if (link is not null && link.BrokenBy is null) return link;
+        try
+        {
+            await _connectLock.WaitAsync(token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            throw Abandoned(callerToken, RequestTimeout);
+        }
+        try
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            link = _link;
+            if (link is not null && link.BrokenBy is null) return link;
+            var socket = new Socket(_endPoint.AddressFamily, SocketType.Stream,
+                _endPoint.AddressFamily == AddressFamily.Unix ? ProtocolType.Unspecified : ProtocolType.Tcp);
+            try
+            {
+                await socket.ConnectAsync(_endPoint, token).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is SocketException or OperationCanceledException)
+            {
+                socket.Dispose();
+                if (e is OperationCanceledException) throw Abandoned(callerToken, RequestTimeout);
+                throw new ShelfException(ShelfError.Unreachable, $"the shelf at {_endPoint} cannot be reached: {e.Message}");
+            }
+            if (socket.ProtocolType == ProtocolType.Tcp) socket.NoDelay = true;
+            link = new Link(socket);
+            link.Input = PipeReader.Create(link.Stream, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
+            link.Output = PipeWriter.Create(link.Stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true));
+            _ = ReadLoopAsync(link);
+            Connects++;
+
+            var hello = await SendAsync(link, new ShelfRequest(ShelfOp.Hello, 0) { Name = _role }, default, token, callerToken, RequestTimeout).ConfigureAwait(false);
+            if (hello.Status != ShelfError.None)
+            {
+                link.Break($"the shelf at {_endPoint} refused this connection: {hello.Message}");
+                throw new ShelfException(hello.Status, hello.Message);
+            }
+            _link = link;
+            return link;
+        }
+        finally
+        {
+            _connectLock.Release();
+        }
+    }
+
+    async Task ReadLoopAsync(Link link)
+    {
+        string why = $"the shelf at {_endPoint} closed the connection";
+        try
+        {
+            while (true)
+            {
+                var result = await link.Input.ReadAsync().ConfigureAwait(false);
+                var buffer = result.Buffer;
+                try
+                {
+                    while (TryTakeResponse(link, ref buffer)) { }
+                }
+                finally
+                {
+                    link.Input.AdvanceTo(buffer.Start, buffer.End);
+                }
+                if (result.IsCompleted || result.IsCanceled) break;
+            }
+        }
+        catch (ShelfProtocolException e)
+        {
+            why = $"the shelf at {_endPoint} sent bytes that are not the shelf protocol: {e.Message}";
+        }
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or InvalidOperationException or OperationCanceledException)
+        {
+            why = $"the connection to the shelf at {_endPoint} was lost: {e.Message}";
+        }
+        link.Break(why);
+        try { await link.Input.CompleteAsync().ConfigureAwait(false); } catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException) { }
+    }
+
+    static bool TryTakeResponse(Link link, ref ReadOnlySequence<byte> buffer)
+    {
+        var reader = new SequenceReader<byte>(buffer);
+        if (!ShelfCodec.TryReadResponseHeader(ref reader, out var header)) return false;
+        if (reader.Remaining < header.BodyBytes) return false;
+        var body = reader.UnreadSequence.Slice(0, header.BodyBytes);
+        buffer = buffer.Slice(reader.Position).Slice(header.BodyBytes);
+
+        if (!link.Pending.TryRemove(header.Tag, out var p))
+        {
+            // Tag 0 is the shelf's "framing lost" answer before it closes; any other unknown tag belongs to
+            // a request its caller gave up on (timeout, cancel): drop it.
+            if (header.Tag == 0 && header.Status != ShelfError.None)
+                throw new ShelfProtocolException("the shelf could not frame our requests and is closing: " +
+                    ShelfCodec.ReadResponseBody(header, body.ToArray()).Message);
+            return true;
+        }
+        try
+        {
+            if (header.Op != p.Op) throw new ShelfProtocolException($"response {header.Tag} is a {header.Op}, its request a {p.Op}");
+            if (header.Op == ShelfOp.Read && header.Status == ShelfError.None)
+            {
+                if (body.Length != p.ReadInto.Length)
+                    throw new ShelfProtocolException($"read response {header.Tag} holds {body.Length} bytes, {p.ReadInto.Length} were asked for");
+                body.CopyTo(p.ReadInto.Span);
+                p.Done.TrySetResult(new ShelfResponse(ShelfOp.Read, header.Tag, ShelfError.None));
+            }
+            else
+            {
+                p.Done.TrySetResult(ShelfCodec.ReadResponseBody(header, body.ToArray()));
+            }
+        }
+        catch (ShelfProtocolException e)
+        {
+            p.Done.TrySetException(new ShelfException(ShelfError.Unreachable, $"the shelf sent a malformed response: {e.Message}"));
+            throw;
+        }
+        return true;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _connectLock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            _disposed = true;
+            _link?.Break("the shelf client was disposed");
+        }
+        finally
+        {
+            _connectLock.Release();
+        }
+    }
+}
+
+/// <summary>Turns a response into its result or its <see cref="ShelfException"/>.</summary>
+internal static class ShelfResponses
+{
+    public static ShelfResponse Ok(this ShelfResponse response) =>
+        response.Status == ShelfError.None ? response : throw new ShelfException(response.Status, response.Message, response.Lba);
+}
