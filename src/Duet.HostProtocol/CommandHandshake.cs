@@ -1,0 +1,625 @@
+using Duet.Core;
+using Duet.Interconnect.Wire;
+
+namespace Duet.HostProtocol;
+
+/// <summary>The seams and limits of one controller's <see cref="CommandHandshake"/>.</summary>
+public sealed class CommandHandshakeOptions
+{
+    /// <summary>FO-5's default time limit, measured from the host's timestamp.</summary>
+    public static readonly TimeSpan DefaultTimeLimit = TimeSpan.FromSeconds(1.5);
+
+    /// <summary>Sends a handshake message to the partner controller (the ICL). Throws when the partner is unreachable.</summary>
+    public required Func<HandshakeMessage, ValueTask> SendToPartner { get; init; }
+
+    /// <summary>True when this controller owns the volume's array (primary); false: secondary.</summary>
+    public required Func<string, bool> IsPrimaryFor { get; init; }
+
+    /// <summary>Runs a command against its volume. Errors come back as a completion's status.</summary>
+    public required Func<HostCommand, CancellationToken, ValueTask<HostCompletion>> Execute { get; init; }
+
+    /// <summary>The controller's takeover: fence the partner at the drives, then own its arrays.
+    /// The handshake only calls it; once it returns, the handshake runs the commands it held as secondary.</summary>
+    public required Func<CancellationToken, Task> FencePrimaryAndTakeOver { get; init; }
+
+    /// <summary>How long after the host sent a command the secondary waits for the primary to complete it.</summary>
+    public TimeSpan TimeLimit { get; init; } = DefaultTimeLimit;
+
+    /// <summary>How long the primary waits for the secondary's "ready" before it processes the
+    /// command anyway (the secondary may not have the command, or may be gone).</summary>
+    public TimeSpan ReadyWait { get; init; } = DefaultTimeLimit / 3;
+
+    /// <summary>The largest difference between a host's clock and the controllers' clocks the
+    /// protocol assumes. A host timestamp is trusted within it: an older one counts as this old,
+    /// a later one as now, so a host with a wrong clock cannot make the secondary fence at once.</summary>
+    public TimeSpan MaxClockSkew { get; init; } = TimeSpan.FromMilliseconds(250);
+
+    /// <summary>The clock of the time limit.</summary>
+    public TimeProvider Time { get; init; } = TimeProvider.System;
+
+    /// <summary>How many finished commands are remembered, so a late copy of one is not run again.</summary>
+    public int FinishedRememberedMax { get; init; } = 4096;
+
+    /// <summary>Sees every step (tests, tracing). Called outside the handshake's lock; must not block.</summary>
+    public Action<HandshakeEvent>? Observer { get; init; }
+
+    internal void Validate()
+    {
+        ArgumentNullException.ThrowIfNull(SendToPartner);
+        ArgumentNullException.ThrowIfNull(IsPrimaryFor);
+        ArgumentNullException.ThrowIfNull(Execute);
+        ArgumentNullException.ThrowIfNull(FencePrimaryAndTakeOver);
+        ArgumentNullException.ThrowIfNull(Time);
+        if (TimeLimit <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(TimeLimit), TimeLimit, "must be positive");
+        if (ReadyWait <= TimeSpan.Zero || ReadyWait >= TimeLimit) throw new ArgumentOutOfRangeException(nameof(ReadyWait), ReadyWait, "must be positive and below the time limit");
+        if (MaxClockSkew < TimeSpan.Zero || MaxClockSkew >= TimeLimit) throw new ArgumentOutOfRangeException(nameof(MaxClockSkew), MaxClockSkew, "must be non-negative and below the time limit");
+        ArgumentOutOfRangeException.ThrowIfLessThan(FinishedRememberedMax, 1);
+    }
+}
+
+public enum HandshakeEventKind
+{
+    /// <summary>The command entered this controller's queue (as primary or secondary).</summary>
+    Queued,
+    /// <summary>A copy of a command already queued or finished here arrived and was merged or dropped.</summary>
+    Duplicate,
+    ForwardedFrameSent,
+    PrimaryReadySent,
+    SecondaryReadySent,
+    PrimaryAckSent,
+    /// <summary>The primary waited <see cref="CommandHandshakeOptions.ReadyWait"/> for the secondary's "ready" in vain.</summary>
+    ReadyTimedOut,
+    Executing,
+    AnsweredHost,
+    CompletedSent,
+    CompletedReceived,
+    /// <summary>The command left this controller's queue.</summary>
+    Removed,
+    /// <summary>The secondary still held the command at the time limit.</summary>
+    LimitReached,
+    TakeoverDone,
+    TakeoverFailed,
+    PartnerUnreachable,
+    /// <summary>Both controllers consider themselves primary for the command.</summary>
+    RoleConflict,
+    /// <summary>A handshake message that does not make sense (a forwarded frame that does not decode).</summary>
+    BadMessage,
+}
+
+public readonly record struct HandshakeEvent(HandshakeEventKind Kind, HostCommandKey Key);
+
+/// <summary>What one controller's handshake did, for metrics and tests.</summary>
+public sealed class HandshakeCounters
+{
+    long _forwardedFramesSent, _forwardedFramesReceived, _primaryReadiesSent, _secondaryReadiesSent, _secondaryReadiesReceived,
+        _acksSent, _acksReceived, _completionsSent, _completionsReceived, _executedAsPrimary, _executedAfterTakeover, _hostAnswers,
+        _limitsReached, _takeoversByLimit, _takeoverFailures, _readyTimeouts, _partnerUnreachable, _duplicates, _roleConflicts, _badMessages;
+
+    public long ForwardedFramesSent => Volatile.Read(ref _forwardedFramesSent);
+    public long ForwardedFramesReceived => Volatile.Read(ref _forwardedFramesReceived);
+    public long PrimaryReadiesSent => Volatile.Read(ref _primaryReadiesSent);
+    public long SecondaryReadiesSent => Volatile.Read(ref _secondaryReadiesSent);
+    public long SecondaryReadiesReceived => Volatile.Read(ref _secondaryReadiesReceived);
+    public long AcksSent => Volatile.Read(ref _acksSent);
+    public long AcksReceived => Volatile.Read(ref _acksReceived);
+    public long CompletionsSent => Volatile.Read(ref _completionsSent);
+    public long CompletionsReceived => Volatile.Read(ref _completionsReceived);
+    public long ExecutedAsPrimary => Volatile.Read(ref _executedAsPrimary);
+    public long ExecutedAfterTakeover => Volatile.Read(ref _executedAfterTakeover);
+    public long HostAnswers => Volatile.Read(ref _hostAnswers);
+    /// <summary>Commands the secondary still held at the time limit.</summary>
+    public long LimitsReached => Volatile.Read(ref _limitsReached);
+    /// <summary>Takeovers (fence, then run the held commands) the time limit set off.</summary>
+    public long TakeoversByLimit => Volatile.Read(ref _takeoversByLimit);
+    public long TakeoverFailures => Volatile.Read(ref _takeoverFailures);
+    public long ReadyTimeouts => Volatile.Read(ref _readyTimeouts);
+    public long PartnerUnreachable => Volatile.Read(ref _partnerUnreachable);
+    public long Duplicates => Volatile.Read(ref _duplicates);
+    public long RoleConflicts => Volatile.Read(ref _roleConflicts);
+    public long BadMessages => Volatile.Read(ref _badMessages);
+
+    internal void Count(HandshakeEventKind kind)
+    {
+        switch (kind)
+        {
+            case HandshakeEventKind.ForwardedFrameSent: Interlocked.Increment(ref _forwardedFramesSent); break;
+            case HandshakeEventKind.PrimaryReadySent: Interlocked.Increment(ref _primaryReadiesSent); break;
+            case HandshakeEventKind.SecondaryReadySent: Interlocked.Increment(ref _secondaryReadiesSent); break;
+            case HandshakeEventKind.PrimaryAckSent: Interlocked.Increment(ref _acksSent); break;
+            case HandshakeEventKind.CompletedSent: Interlocked.Increment(ref _completionsSent); break;
+            case HandshakeEventKind.CompletedReceived: Interlocked.Increment(ref _completionsReceived); break;
+            case HandshakeEventKind.AnsweredHost: Interlocked.Increment(ref _hostAnswers); break;
+            case HandshakeEventKind.LimitReached: Interlocked.Increment(ref _limitsReached); break;
+            case HandshakeEventKind.TakeoverDone: Interlocked.Increment(ref _takeoversByLimit); break;
+            case HandshakeEventKind.TakeoverFailed: Interlocked.Increment(ref _takeoverFailures); break;
+            case HandshakeEventKind.ReadyTimedOut: Interlocked.Increment(ref _readyTimeouts); break;
+            case HandshakeEventKind.PartnerUnreachable: Interlocked.Increment(ref _partnerUnreachable); break;
+            case HandshakeEventKind.Duplicate: Interlocked.Increment(ref _duplicates); break;
+            case HandshakeEventKind.RoleConflict: Interlocked.Increment(ref _roleConflicts); break;
+            case HandshakeEventKind.BadMessage: Interlocked.Increment(ref _badMessages); break;
+        }
+    }
+
+    internal void ForwardedFrameReceived() => Interlocked.Increment(ref _forwardedFramesReceived);
+    internal void SecondaryReadyReceived() => Interlocked.Increment(ref _secondaryReadiesReceived);
+    internal void AckReceived() => Interlocked.Increment(ref _acksReceived);
+    internal void Executed(bool afterTakeover) => Interlocked.Increment(ref afterTakeover ? ref _executedAfterTakeover : ref _executedAsPrimary);
+}
+
+/// <summary>
+/// The FO-3..FO-6 command handshake of one controller. Both controllers get every host command
+/// (the host multicasts it to unit N of each, or the unit that got it forwards it), and each
+/// keeps it in its own queue until it is done:
+///
+/// <code>
+///   host        unit N of A (primary)                     unit N of B (secondary)
+///    |--frame-->|  queue                                   |
+///    |--frame-------------------------------------------->|  queue, arm limit (host ts + limit)
+///    |          |--------------- primary-ready ----------->|
+///    |          |&lt;-------------- secondary-ready ----------|
+///    |          |--------------- primary-ack ------------->|
+///    |          |  execute                                 |
+///    |&lt;-compl.-|                                          |
+///    |          |--------------- completed --------------->|  dequeue, disarm
+///
+///   limit passes while B still holds the command:  B fences A, takes over, executes, answers.
+/// </code>
+///
+/// The primary does not wait for ever: if the partner cannot be reached (send throws) it
+/// executes at once, and if the secondary's "ready" does not come within ReadyWait it executes
+/// anyway. The secondary never executes before the limit unless it took over. Each controller
+/// answers each host route of a command at most once; a finished command is remembered (with
+/// its completion when known) so that a late copy is answered from memory or dropped, never
+/// run again. "Completed" carries the completion frame when the sender could answer no host
+/// itself, so a secondary holding the host's only connection (FO-6) answers it.
+///
+/// Deterministic: no threads, no clock but <see cref="CommandHandshakeOptions.Time"/>, waits
+/// through <see cref="Waits"/> and <see cref="TimeProviderExtensions.DelayAsync"/>.
+/// </summary>
+public sealed class CommandHandshake
+{
+    readonly CommandHandshakeOptions _options;
+    readonly Lock _lock = new();
+    readonly Dictionary<HostCommandKey, Entry> _queue = [];
+    // The primary's "ready" for a command whose frame has not reached this (secondary) controller yet.
+    readonly HashSet<HostCommandKey> _earlyReadies = [];
+    // Finished commands, oldest first, with their completion when this controller knows it.
+    readonly Dictionary<HostCommandKey, HostCompletion?> _finished = [];
+    readonly Queue<HostCommandKey> _finishedOrder = new();
+    readonly CancellationTokenSource _stopping = new();
+    Task<bool>? _takeover;
+
+    sealed class Entry(HostCommand command, bool primary, CancellationTokenSource? watch)
+    {
+        public readonly HostCommand Command = command;
+        public readonly bool Primary = primary;
+        // The secondary's limit timer; cancelled (and disposed) when the command finishes.
+        public readonly CancellationTokenSource? Watch = watch;
+        public readonly CancellationToken WatchToken = watch?.Token ?? CancellationToken.None;
+        public readonly List<IHostCompletionRoute> Routes = [];
+        public readonly TaskCompletionSource SecondaryReady = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public readonly TaskCompletionSource Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public bool PrimaryReadySeen;
+        public bool SecondaryReadySent;
+        public bool Acked;
+        public bool Executing;
+        public bool Finished;
+    }
+
+    public CommandHandshake(CommandHandshakeOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        _options = options;
+    }
+
+    public HandshakeCounters Counters { get; } = new();
+
+    public TimeSpan TimeLimit => _options.TimeLimit;
+
+    /// <summary>Commands in this controller's queue.</summary>
+    public int QueuedCount { get { lock (_lock) return _queue.Count; } }
+
+    public bool Holds(HostCommandKey key) { lock (_lock) return _queue.ContainsKey(key); }
+
+    public IReadOnlyList<HostCommandKey> QueuedKeys() { lock (_lock) return [.. _queue.Keys]; }
+
+    /// <summary>
+    /// A command arrived at this controller's unit from the host; <paramref name="route"/> is the
+    /// connection to answer on. Returns at once with a task that completes when this controller
+    /// is done with the command (answered, or removed by the partner's "completed"); it never faults.
+    /// </summary>
+    public Task SubmitAsync(HostCommand command, IHostCompletionRoute? route)
+    {
+        ArgumentNullException.ThrowIfNull(command);
+        if (_stopping.IsCancellationRequested) return Task.CompletedTask;
+        var key = command.Key;
+        bool primary = _options.IsPrimaryFor(command.Volume);
+        Entry? entry = null;
+        HostCompletion? remembered = null;
+        bool finished = false, merged = false;
+        lock (_lock)
+        {
+            if (_finished.TryGetValue(key, out remembered)) finished = true;
+            else if (_queue.TryGetValue(key, out entry))
+            {
+                // A second copy (the host retried on this unit, or the forwarded copy met the direct one).
+                if (route is not null) entry.Routes.Add(route);
+                merged = true;
+            }
+            else
+            {
+                entry = new Entry(command, primary, primary ? null : CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token));
+                if (route is not null) entry.Routes.Add(route);
+                entry.PrimaryReadySeen = _earlyReadies.Remove(key);
+                _queue.Add(key, entry);
+            }
+        }
+        if (finished) return AnswerLateCopyAsync(key, remembered, route);
+        Invariant.Assert(entry is not null);
+        if (merged)
+        {
+            Notify(HandshakeEventKind.Duplicate, key);
+            return entry.Done.Task;
+        }
+
+        Notify(HandshakeEventKind.Queued, key);
+        bool forward = (command.Request.Flags & (HostRequestFlags.Multicast | HostRequestFlags.Forwarded)) == 0;
+        if (primary) return RunPrimaryAsync(entry, forward);
+        // Arm the limit before anything is sent, so a test (or the simulator) that advances time
+        // once Submit returned always finds the timer.
+        _ = WatchAsync(entry, LimitDelay(command.Request.HostTimestampMicros));
+        return RunSecondaryAsync(entry, forward);
+    }
+
+    /// <summary>A handshake message from the partner controller (the ICL dispatcher calls this).</summary>
+    public async ValueTask ReceiveAsync(HandshakeMessage message)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        var key = new HostCommandKey(message.Unit, message.HostId, message.HostTag);
+        switch (message.Phase)
+        {
+            case HandshakePhase.ForwardedFrame:
+                OnForwardedFrame(message, key);
+                return;
+            case HandshakePhase.PrimaryReady:
+                await OnPrimaryReadyAsync(key);
+                return;
+            case HandshakePhase.SecondaryReady:
+                Counters.SecondaryReadyReceived();
+                Entry? e;
+                lock (_lock) _queue.TryGetValue(key, out e);
+                e?.SecondaryReady.TrySetResult();
+                return;
+            case HandshakePhase.PrimaryAck:
+                Counters.AckReceived();
+                lock (_lock)
+                {
+                    if (_queue.TryGetValue(key, out var acked)) acked.Acked = true;
+                }
+                return;
+            case HandshakePhase.Completed:
+                await OnCompletedAsync(message, key);
+                return;
+            default:
+                Notify(HandshakeEventKind.BadMessage, key);
+                return;
+        }
+    }
+
+    /// <summary>Stops: cancels every wait and execution; queued commands are not answered, and
+    /// the tasks <see cref="SubmitAsync"/> returned complete.</summary>
+    public void Stop()
+    {
+        _stopping.Cancel();
+        Entry[] queued;
+        lock (_lock) queued = [.. _queue.Values];
+        foreach (var e in queued) e.Done.TrySetResult();
+    }
+
+    // ------------------------------------------------------------------ the two roles
+
+    async Task RunPrimaryAsync(Entry e, bool forward)
+    {
+        bool linked = true;
+        if (forward) linked = await TrySendAsync(e, HandshakePhase.ForwardedFrame, ForwardedFrame(e.Command), HandshakeEventKind.ForwardedFrameSent);
+        if (linked) linked = await TrySendAsync(e, HandshakePhase.PrimaryReady, default, HandshakeEventKind.PrimaryReadySent);
+        if (linked)
+        {
+            try
+            {
+                await Waits.WithTimeout(e.SecondaryReady.Task, _options.ReadyWait, _options.Time, _stopping.Token);
+            }
+            catch (TimeoutException)
+            {
+                Notify(HandshakeEventKind.ReadyTimedOut, e.Command.Key);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            await TrySendAsync(e, HandshakePhase.PrimaryAck, default, HandshakeEventKind.PrimaryAckSent);
+        }
+        await ExecuteAndFinishAsync(e, afterTakeover: false);
+        await e.Done.Task;
+    }
+
+    async Task RunSecondaryAsync(Entry e, bool forward)
+    {
+        // A partner that cannot be reached changes nothing here: the limit decides.
+        if (forward) await TrySendAsync(e, HandshakePhase.ForwardedFrame, ForwardedFrame(e.Command), HandshakeEventKind.ForwardedFrameSent);
+        await SendSecondaryReadyIfDueAsync(e);
+        await e.Done.Task;
+    }
+
+    async ValueTask SendSecondaryReadyIfDueAsync(Entry e)
+    {
+        lock (_lock)
+        {
+            if (!e.PrimaryReadySeen || e.SecondaryReadySent || e.Finished) return;
+            e.SecondaryReadySent = true;
+        }
+        await TrySendAsync(e, HandshakePhase.SecondaryReady, default, HandshakeEventKind.SecondaryReadySent);
+    }
+
+    /// <summary>FO-5 on the secondary: at the limit, fence the primary and run the command here.</summary>
+    async Task WatchAsync(Entry e, TimeSpan delay)
+    {
+        var token = e.WatchToken;
+        while (true)
+        {
+            try
+            {
+                await _options.Time.DelayAsync(delay, token);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            lock (_lock)
+            {
+                if (e.Finished || e.Executing) return;
+            }
+            Notify(HandshakeEventKind.LimitReached, e.Command.Key);
+            if (await TakeOverOnceAsync(e.Command.Key)) break;
+            // Fencing failed: running the command now could race a primary that still writes.
+            // Try again after another limit; the host retries or times out meanwhile.
+            delay = _options.TimeLimit;
+        }
+        await ExecuteAndFinishAsync(e, afterTakeover: true);
+    }
+
+    /// <summary>One takeover at a time; every command that reaches the limit meanwhile waits for
+    /// it. After a successful one, every command held as secondary is run here.</summary>
+    async Task<bool> TakeOverOnceAsync(HostCommandKey key)
+    {
+        TaskCompletionSource<bool>? mine = null;
+        Task<bool> takeover;
+        lock (_lock)
+        {
+            if (_takeover is null)
+            {
+                mine = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+                _takeover = mine.Task;
+            }
+            takeover = _takeover;
+        }
+        if (mine is not null) mine.SetResult(await TakeOverAsync(key));
+        return await takeover;
+    }
+
+    async Task<bool> TakeOverAsync(HostCommandKey key)
+    {
+        bool ok;
+        try
+        {
+            await _options.FencePrimaryAndTakeOver(_stopping.Token);
+            ok = true;
+        }
+        catch (Exception e) when (e is not InvariantViolationException)
+        {
+            ok = false;
+        }
+        Entry[] held;
+        lock (_lock)
+        {
+            _takeover = null;
+            held = ok ? [.. _queue.Values.Where(x => !x.Primary && !x.Executing && !x.Finished)] : [];
+        }
+        Notify(ok ? HandshakeEventKind.TakeoverDone : HandshakeEventKind.TakeoverFailed, key);
+        foreach (var e in held) _ = ExecuteAndFinishAsync(e, afterTakeover: true);
+        return ok;
+    }
+
+    // ------------------------------------------------------------------ execution and completion
+
+    async Task ExecuteAndFinishAsync(Entry e, bool afterTakeover)
+    {
+        lock (_lock)
+        {
+            if (e.Executing || e.Finished) return;
+            e.Executing = true;
+        }
+        var key = e.Command.Key;
+        Notify(HandshakeEventKind.Executing, key);
+        Counters.Executed(afterTakeover);
+        HostCompletion completion;
+        try
+        {
+            completion = await _options.Execute(e.Command, _stopping.Token);
+        }
+        catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
+        {
+            e.Done.TrySetResult();
+            return;
+        }
+        catch (Exception x) when (x is not InvariantViolationException)
+        {
+            completion = HostCompletion.Error(key.HostTag, HostStatus.IoError);
+        }
+        Invariant.Assert(completion.HostTag == key.HostTag);
+        await FinishAsync(e, completion, executedHere: true);
+    }
+
+    /// <summary>Takes the command out of the queue, answers each host route once, and (when it
+    /// ran here) tells the partner. <paramref name="completion"/> is null when the partner
+    /// finished the command and answered the host itself.</summary>
+    async Task FinishAsync(Entry e, HostCompletion? completion, bool executedHere)
+    {
+        var key = e.Command.Key;
+        IHostCompletionRoute[] routes;
+        lock (_lock)
+        {
+            if (e.Finished) return;
+            e.Finished = true;
+            bool removed = _queue.Remove(key);
+            Invariant.Assert(removed);
+            Remember(key, completion);
+            routes = [.. e.Routes];
+        }
+        if (e.Watch is not null)
+        {
+            e.Watch.Cancel();
+            e.Watch.Dispose();
+        }
+        bool answered = false;
+        if (completion is not null)
+        {
+            foreach (var route in routes)
+            {
+                if (!await route.TrySendAsync(completion)) continue;
+                answered = true;
+                Notify(HandshakeEventKind.AnsweredHost, key);
+            }
+        }
+        if (executedHere)
+        {
+            // The partner needs the answer itself only when no host heard it from us.
+            var data = answered ? ReadOnlyMemory<byte>.Empty : HostCodec.EncodeCompletion(completion!);
+            await TrySendAsync(e, HandshakePhase.Completed, data, HandshakeEventKind.CompletedSent);
+        }
+        Notify(HandshakeEventKind.Removed, key);
+        e.Done.TrySetResult();
+    }
+
+    async Task AnswerLateCopyAsync(HostCommandKey key, HostCompletion? remembered, IHostCompletionRoute? route)
+    {
+        Notify(HandshakeEventKind.Duplicate, key);
+        if (remembered is not null && route is not null && await route.TrySendAsync(remembered))
+            Notify(HandshakeEventKind.AnsweredHost, key);
+    }
+
+    // ------------------------------------------------------------------ messages from the partner
+
+    void OnForwardedFrame(HandshakeMessage m, HostCommandKey key)
+    {
+        var error = HostCodec.TryDecodeRequest(m.Data, out var request);
+        if (error != HostWireError.None || request is null || request.HostId != m.HostId || request.HostTag != m.HostTag
+            || (request.Flags & HostRequestFlags.Forwarded) == 0 || m.Volume.Length == 0)
+        {
+            Notify(HandshakeEventKind.BadMessage, key);
+            return;
+        }
+        Counters.ForwardedFrameReceived();
+        _ = SubmitAsync(new HostCommand(m.Unit, m.Volume, request), route: null);
+    }
+
+    async ValueTask OnPrimaryReadyAsync(HostCommandKey key)
+    {
+        Entry? e;
+        bool conflict = false;
+        lock (_lock)
+        {
+            if (_queue.TryGetValue(key, out e))
+            {
+                e.PrimaryReadySeen = true;
+                conflict = e.Primary;
+            }
+            else if (!_finished.ContainsKey(key) && _earlyReadies.Count < _options.FinishedRememberedMax)
+            {
+                _earlyReadies.Add(key);
+            }
+        }
+        if (e is null) return;
+        if (conflict)
+        {
+            // Both sides think they own the volume (ownership moved under the command): each runs
+            // its copy; the host takes the first answer.
+            Notify(HandshakeEventKind.RoleConflict, key);
+            return;
+        }
+        await SendSecondaryReadyIfDueAsync(e);
+    }
+
+    async ValueTask OnCompletedAsync(HandshakeMessage m, HostCommandKey key)
+    {
+        Notify(HandshakeEventKind.CompletedReceived, key);
+        var completion = m.Data.IsEmpty ? null : HostCodec.TryDecodeCompletion(m.Data);
+        if (!m.Data.IsEmpty && (completion is null || completion.HostTag != key.HostTag))
+        {
+            Notify(HandshakeEventKind.BadMessage, key);
+            completion = null;
+        }
+        Entry? e;
+        lock (_lock)
+        {
+            _earlyReadies.Remove(key);
+            if (!_queue.TryGetValue(key, out e) && !_finished.ContainsKey(key)) Remember(key, completion);
+        }
+        if (e is not null) await FinishAsync(e, completion, executedHere: false);
+    }
+
+    // ------------------------------------------------------------------ helpers
+
+    async ValueTask<bool> TrySendAsync(Entry e, HandshakePhase phase, ReadOnlyMemory<byte> data, HandshakeEventKind sent)
+    {
+        var c = e.Command;
+        var message = new HandshakeMessage(phase, c.Unit, c.Request.HostId, c.Request.HostTag, c.Request.HostTimestampMicros, c.Volume, data);
+        try
+        {
+            await _options.SendToPartner(message);
+        }
+        catch (Exception x) when (x is not InvariantViolationException)
+        {
+            Notify(HandshakeEventKind.PartnerUnreachable, c.Key);
+            return false;
+        }
+        Notify(sent, c.Key);
+        return true;
+    }
+
+    static byte[] ForwardedFrame(HostCommand c) =>
+        HostCodec.EncodeRequest(c.Request with { Flags = c.Request.Flags | HostRequestFlags.Forwarded });
+
+    /// <summary>Time left until the limit: from the host's timestamp, trusted within the clock skew.</summary>
+    TimeSpan LimitDelay(ulong hostTimestampMicros)
+    {
+        var now = _options.Time.GetUtcNow();
+        long maxMicros = (DateTimeOffset.MaxValue - DateTimeOffset.UnixEpoch).Ticks / 10;
+        var sent = hostTimestampMicros > (ulong)maxMicros ? now : DateTimeOffset.UnixEpoch.AddTicks((long)hostTimestampMicros * 10);
+        var earliest = now - _options.MaxClockSkew;
+        if (sent > now) sent = now;
+        if (sent < earliest) sent = earliest;
+        var delay = sent + _options.TimeLimit - now;
+        Invariant.Assert(delay > TimeSpan.Zero);
+        return delay;
+    }
+
+    void Remember(HostCommandKey key, HostCompletion? completion)
+    {
+        if (_finished.ContainsKey(key))
+        {
+            if (completion is not null) _finished[key] = completion;
+            return;
+        }
+        _finished.Add(key, completion);
+        _finishedOrder.Enqueue(key);
+        while (_finishedOrder.Count > _options.FinishedRememberedMax) _finished.Remove(_finishedOrder.Dequeue());
+    }
+
+    void Notify(HandshakeEventKind kind, HostCommandKey key)
+    {
+        Counters.Count(kind);
+        _options.Observer?.Invoke(new HandshakeEvent(kind, key));
+    }
+}

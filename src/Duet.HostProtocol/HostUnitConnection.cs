@@ -1,0 +1,281 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net.Sockets;
+using Duet.Core;
+using Microsoft.Extensions.Logging;
+
+namespace Duet.HostProtocol;
+
+// One host connection on one unit.
+//
+// One reader (RunAsync) owns the PipeReader: hello first, then request frames. Each decoded
+// request goes to the CommandHandshake with this connection as its completion route, and the
+// reader goes straight back for the next frame; up to MaxInFlightRequests commands are in
+// flight, after which the reader stops reading and TCP pushes back. Completions come back in
+// any order from the handshake (this unit's execution, the partner's "completed", a takeover)
+// and are written whole under a write gate.
+//
+//   socket -> PipeReader -> reader --(HostCommand, route=this)--> CommandHandshake
+//   socket <- PipeWriter <- write gate <- TrySendAsync(completion) <-----+
+//
+// Bad frames: a recoverable one (bad flags, reserved bits, lengths) is answered with its tag
+// and status Invalid and the connection carries on; one that loses the framing (bad magic,
+// unknown opcode, an oversized write) is answered with ProtocolError and the connection closes.
+internal sealed class HostUnitConnection : IHostCompletionRoute
+{
+    readonly Socket _socket;
+    readonly NetworkStream _stream;
+    readonly PipeReader _input;
+    readonly PipeWriter _output;
+    readonly IVolumeCatalog _catalog;
+    readonly CommandHandshake _handshake;
+    readonly HostUnitServerOptions _options;
+    readonly ILogger _logger;
+    readonly Action<HostUnitConnection> _onClosed;
+    readonly AsyncGate _writeGate = new(1, 1);
+    readonly AsyncGate _slots;
+    readonly Lock _inFlightLock = new();
+    readonly HashSet<Task> _inFlight = [];
+    bool _closed;
+
+    ulong _hostId;
+    string? _volume;
+
+    public HostUnitConnection(long id, Socket socket, IVolumeCatalog catalog, CommandHandshake handshake, HostUnitServerOptions options,
+        ILogger logger, Action<HostUnitConnection> onClosed)
+    {
+        Id = id;
+        _socket = socket;
+        _catalog = catalog;
+        _handshake = handshake;
+        _options = options;
+        _logger = logger;
+        _onClosed = onClosed;
+        _slots = new AsyncGate(options.MaxInFlightRequests, options.MaxInFlightRequests);
+        _stream = new NetworkStream(socket, ownsSocket: true);
+        _input = PipeReader.Create(_stream, new StreamPipeReaderOptions(leaveOpen: true));
+        _output = PipeWriter.Create(_stream, new StreamPipeWriterOptions(leaveOpen: true));
+    }
+
+    public long Id { get; }
+
+    public Task Completion { get; private set; } = Task.CompletedTask;
+
+    public void Start() => Completion = RunAsync();
+
+    /// <summary>Stop reading; in-flight commands may still be answered until the connection closes.</summary>
+    public void BeginShutdown() => _input.CancelPendingRead();
+
+    async Task RunAsync()
+    {
+        HostLog.Accepted(_logger, Id, _socket.RemoteEndPoint);
+        try
+        {
+            await ReadLoopAsync();
+        }
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or OperationCanceledException)
+        {
+            HostLog.Failed(_logger, Id, e);
+        }
+        catch (Exception e) when (e is not InvariantViolationException)
+        {
+            HostLog.Failed(_logger, Id, e);
+        }
+        finally
+        {
+            await CloseAsync();
+        }
+    }
+
+    async Task ReadLoopAsync()
+    {
+        while (true)
+        {
+            var result = await _input.ReadAsync();
+            var buffer = result.Buffer;
+            var consumed = buffer.Start;
+            try
+            {
+                while (true)
+                {
+                    var step = _volume is null ? ParseBeforeHello(buffer.Slice(consumed)) : ParseRequest(buffer.Slice(consumed));
+                    if (step.Consumed > 0) consumed = buffer.Slice(consumed).GetPosition(step.Consumed);
+                    if (step.NeedMore) break;
+                    await ApplyAsync(step);
+                    if (step.Close) return;
+                }
+            }
+            finally
+            {
+                _input.AdvanceTo(consumed, buffer.End);
+            }
+            if (result.IsCompleted || result.IsCanceled) return;
+        }
+    }
+
+    /// <summary>What one frame asks for. Parsing is synchronous (a SequenceReader cannot live
+    /// across an await); <see cref="ApplyAsync"/> does the writing and the handing over.</summary>
+    sealed record Step(long Consumed, bool NeedMore = false, bool Close = false)
+    {
+        public HostHelloReply? HelloReply { get; init; }
+        public HostHello? Attach { get; init; }
+        public HostCompletion? Answer { get; init; }
+        public HostRequest? Request { get; init; }
+    }
+
+    static readonly Step NeedMoreBytes = new(0, NeedMore: true);
+
+    Step ParseBeforeHello(ReadOnlySequence<byte> bytes)
+    {
+        var reader = new SequenceReader<byte>(bytes);
+        if (reader.TryReadBigEndian(out int magic) && (uint)magic == HostWire.RequestMagic)
+        {
+            // A request before the hello: answered NotAttached, skipped when its framing allows.
+            reader.Rewind(4);
+            var status = HostCodec.TryReadRequest(ref reader, _options.PayloadBytesMax, out var early, out var error);
+            if (status == OperationStatus.NeedMoreData) return NeedMoreBytes;
+            HostLog.ProtocolError(_logger, Id, error, "request before hello");
+            var answer = HostCompletion.Error(early?.HostTag ?? 0, HostStatus.NotAttached);
+            return error.LosesFraming() ? new Step(0, Close: true) { Answer = answer } : new Step(reader.Consumed) { Answer = answer };
+        }
+        reader = new SequenceReader<byte>(bytes);
+        var helloStatus = HostCodec.TryReadHello(ref reader, out var hello, out var helloError);
+        if (helloStatus == OperationStatus.NeedMoreData) return NeedMoreBytes;
+        if (helloStatus == OperationStatus.InvalidData)
+        {
+            HostLog.ProtocolError(_logger, Id, helloError, "expected a hello");
+            return helloError.LosesFraming()
+                ? new Step(0, Close: true) { Answer = HostCompletion.Error(0, HostStatus.ProtocolError) }
+                : new Step(reader.Consumed) { HelloReply = Reply(HostStatus.Invalid, 0) };
+        }
+        if (hello.Version != HostWire.Version) return new Step(reader.Consumed) { HelloReply = Reply(HostStatus.BadVersion, 0) };
+        if (!_catalog.TryGetVolume(hello.Volume, out var volume)) return new Step(reader.Consumed) { HelloReply = Reply(HostStatus.NoSuchVolume, 0) };
+        return new Step(reader.Consumed) { HelloReply = Reply(HostStatus.Ok, (ulong)volume.SizeBytes), Attach = hello with { Volume = volume.Name } };
+    }
+
+    HostHelloReply Reply(HostStatus status, ulong sizeBytes) => new(status, sizeBytes, _options.Controller, _options.Unit, (uint)_options.PayloadBytesMax);
+
+    Step ParseRequest(ReadOnlySequence<byte> bytes)
+    {
+        var reader = new SequenceReader<byte>(bytes);
+        var status = HostCodec.TryReadRequest(ref reader, _options.PayloadBytesMax, out var request, out var error);
+        if (status == OperationStatus.NeedMoreData) return NeedMoreBytes;
+        if (status == OperationStatus.InvalidData)
+        {
+            HostLog.ProtocolError(_logger, Id, error, request is null ? "no request header" : $"tag {request.HostTag}");
+            bool close = error.LosesFraming();
+            var answer = HostCompletion.Error(request?.HostTag ?? 0, close ? HostStatus.ProtocolError : HostStatus.Invalid);
+            return close ? new Step(0, Close: true) { Answer = answer } : new Step(reader.Consumed) { Answer = answer };
+        }
+        Invariant.Assert(request is not null);
+        if (request.HostId != _hostId || (request.Flags & HostRequestFlags.Forwarded) != 0)
+        {
+            // Only units forward frames, and a connection speaks for the host of its hello.
+            HostLog.ProtocolError(_logger, Id, HostWireError.BadFlags, $"tag {request.HostTag}: host id or forwarded flag");
+            return new Step(reader.Consumed) { Answer = HostCompletion.Error(request.HostTag, HostStatus.Invalid) };
+        }
+        return new Step(reader.Consumed) { Request = request };
+    }
+
+    async ValueTask ApplyAsync(Step step)
+    {
+        if (step.HelloReply is { } reply) await SendHelloReplyAsync(reply);
+        if (step.Attach is { } hello)
+        {
+            _hostId = hello.HostId;
+            _volume = hello.Volume;
+            HostLog.Attached(_logger, Id, hello.HostId, hello.Volume);
+        }
+        if (step.Answer is { } answer) await TrySendAsync(answer);
+        if (step.Request is { } request)
+        {
+            await _slots.WaitAsync();
+            Track(_handshake.SubmitAsync(new HostCommand(_options.Unit, _volume!, request), this));
+        }
+    }
+
+    void Track(Task task)
+    {
+        lock (_inFlightLock) _inFlight.Add(task);
+        _ = ReleaseWhenDoneAsync(task);
+    }
+
+    async Task ReleaseWhenDoneAsync(Task task)
+    {
+        try { await task; }
+        catch (Exception e) when (e is not InvariantViolationException) { HostLog.Failed(_logger, Id, e); }
+        lock (_inFlightLock) _inFlight.Remove(task);
+        _slots.Release();
+    }
+
+    async ValueTask SendHelloReplyAsync(HostHelloReply reply)
+    {
+        await _writeGate.WaitAsync();
+        try
+        {
+            int n = HostCodec.WriteHelloReply(reply, _output.GetSpan(HostWire.HelloReplyBytes));
+            _output.Advance(n);
+            await _output.FlushAsync();
+        }
+        finally
+        {
+            _writeGate.Release();
+        }
+    }
+
+    public async ValueTask<bool> TrySendAsync(HostCompletion completion)
+    {
+        await _writeGate.WaitAsync();
+        try
+        {
+            if (_closed) return false;
+            int n = HostCodec.WriteCompletionHeader(completion, _output.GetSpan(HostWire.CompletionHeaderBytes));
+            _output.Advance(n);
+            if (!completion.Data.IsEmpty) _output.Write(completion.Data.Span);
+            var flush = await _output.FlushAsync();
+            return !flush.IsCompleted;
+        }
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or InvalidOperationException or OperationCanceledException)
+        {
+            return false;
+        }
+        finally
+        {
+            _writeGate.Release();
+        }
+    }
+
+    async Task CloseAsync()
+    {
+        Task[] inFlight;
+        lock (_inFlightLock) inFlight = [.. _inFlight];
+        if (inFlight.Length > 0)
+        {
+            try
+            {
+                await Task.WhenAll(inFlight).WaitAsync(_options.ShutdownTimeout, _options.TimeProvider);
+            }
+            catch (TimeoutException)
+            {
+                HostLog.ClosedWithInFlight(_logger, Id, inFlight.Count(t => !t.IsCompleted));
+            }
+        }
+        await _writeGate.WaitAsync();
+        try
+        {
+            _closed = true;
+            try { await _output.CompleteAsync(); }
+            catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException) { }
+        }
+        finally
+        {
+            _writeGate.Release();
+        }
+        await _input.CompleteAsync();
+        try { _socket.Shutdown(SocketShutdown.Both); }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+        await _stream.DisposeAsync();
+        HostLog.Closed(_logger, Id);
+        _onClosed(this);
+    }
+}

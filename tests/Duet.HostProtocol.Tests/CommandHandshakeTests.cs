@@ -1,0 +1,262 @@
+using Duet.Core;
+using static Duet.HostProtocol.Tests.TestPair;
+
+namespace Duet.HostProtocol.Tests;
+
+public class CommandHandshakeTests
+{
+    static readonly TimeSpan Tick = TimeSpan.FromTicks(1);
+
+    static byte[] Pattern(int length, byte seed) => [.. Enumerable.Range(0, length).Select(i => (byte)(seed + i * 7))];
+
+    [Fact, Trait("Claim", "FO-4")]
+    public async Task Multicast_command_runs_ready_ready_ack_then_completion_empties_both_queues()
+    {
+        var pair = new TestPair();
+        var (routeA, routeB) = (new RecordingRoute(), new RecordingRoute());
+        var data = Pattern(4096, 1);
+        var request = Write(1, pair.NowMicros, 8192, data, HostRequestFlags.Multicast);
+
+        var onB = pair.B.SubmitAsync(Command(request), routeB);
+        var onA = pair.A.SubmitAsync(Command(request), routeA);
+        await onA;
+        await onB;
+
+        Assert.Equal(["A: PrimaryReady", "B: SecondaryReady", "A: PrimaryAck", "A: Completed"], pair.MessageLog());
+        Assert.Equal([HostCompletion.Ok(1)], routeA.Answers);
+        Assert.Empty(routeB.Answers); // the host took A's answer; B was only told to drop its copy
+        Assert.Equal(0, pair.A.QueuedCount);
+        Assert.Equal(0, pair.B.QueuedCount);
+        Assert.Equal((1, 1, 1, 1, 1), (pair.A.Counters.PrimaryReadiesSent, pair.B.Counters.SecondaryReadiesSent, pair.A.Counters.AcksSent, pair.A.Counters.CompletionsSent, pair.B.Counters.CompletionsReceived));
+        var back = new byte[4096];
+        await pair.Volume.ReadAsync(8192, back);
+        Assert.Equal(data, back);
+        Assert.Equal(0, pair.FenceCalls);
+    }
+
+    [Fact, Trait("Claim", "FO-4")]
+    public async Task Primary_ready_that_overtakes_the_secondary_copy_is_answered_when_the_copy_arrives()
+    {
+        var pair = new TestPair();
+        var request = Write(2, pair.NowMicros, 0, Pattern(512, 2), HostRequestFlags.Multicast);
+        var onA = pair.A.SubmitAsync(Command(request), new RecordingRoute());
+        Assert.Equal(["A: PrimaryReady"], pair.MessageLog());
+        Assert.False(onA.IsCompleted);
+        var onB = pair.B.SubmitAsync(Command(request), new RecordingRoute());
+        await onA;
+        await onB;
+        Assert.Equal(["A: PrimaryReady", "B: SecondaryReady", "A: PrimaryAck", "A: Completed"], pair.MessageLog());
+        Assert.Equal(0, pair.A.Counters.ReadyTimeouts);
+    }
+
+    [Fact, Trait("Claim", "FO-3")]
+    public async Task Each_controller_keeps_the_command_in_its_own_queue_until_completion()
+    {
+        var pair = new TestPair { HoldA = new(TaskCreationOptions.RunContinuationsAsynchronously) };
+        var request = Write(3, pair.NowMicros, 0, Pattern(1024, 3), HostRequestFlags.Multicast);
+        var key = Command(request).Key;
+        var onA = pair.A.SubmitAsync(Command(request), new RecordingRoute());
+        var onB = pair.B.SubmitAsync(Command(request), new RecordingRoute());
+        await pair.UntilAsync(() => pair.A.Counters.ExecutedAsPrimary == 1, "A executes");
+
+        Assert.True(pair.A.Holds(key));
+        Assert.True(pair.B.Holds(key));
+
+        pair.HoldA.SetResult();
+        await onA;
+        await onB;
+        Assert.False(pair.A.Holds(key));
+        Assert.False(pair.B.Holds(key));
+    }
+
+    [Fact, Trait("Claim", "FO-5")]
+    public async Task Secondary_fences_a_hung_primary_at_the_limit_and_the_host_sees_no_error()
+    {
+        var pair = new TestPair { HoldA = new(TaskCreationOptions.RunContinuationsAsynchronously) };
+        var (routeA, routeB) = (new RecordingRoute(), new RecordingRoute());
+        var data = Pattern(2048, 4);
+        var request = Write(4, pair.NowMicros, 4096, data, HostRequestFlags.Multicast);
+        var onA = pair.A.SubmitAsync(Command(request), routeA);
+        var onB = pair.B.SubmitAsync(Command(request), routeB);
+        await pair.UntilAsync(() => pair.A.Counters.ExecutedAsPrimary == 1, "A executes (and hangs)");
+
+        pair.Time.Advance(CommandHandshakeOptions.DefaultTimeLimit - Tick);
+        Assert.Equal(0, pair.FenceCalls);
+        Assert.True(pair.B.Holds(Command(request).Key));
+
+        pair.Time.Advance(Tick);
+        await onB;
+        Assert.Equal(1, pair.FenceCalls);
+        Assert.Equal([HostCompletion.Ok(4)], routeB.Answers);
+        Assert.Equal((1, 1, 1), (pair.B.Counters.LimitsReached, pair.B.Counters.TakeoversByLimit, pair.B.Counters.ExecutedAfterTakeover));
+        var back = new byte[2048];
+        await pair.Volume.ReadAsync(4096, back);
+        Assert.Equal(data, back);
+
+        // The hung primary wakes up and finishes too, but B's "completed" already took the command
+        // out of its queue: each unit answers its host at most once, here B only.
+        pair.HoldA.SetResult();
+        await onA;
+        Assert.Empty(routeA.Answers);
+        Assert.Single(routeB.Answers);
+        Assert.Equal(0, pair.A.QueuedCount);
+        Assert.Equal(0, pair.B.QueuedCount);
+    }
+
+    [Fact, Trait("Claim", "FO-5")]
+    public async Task Limit_is_measured_from_the_host_timestamp()
+    {
+        var pair = new TestPair { HoldA = new(TaskCreationOptions.RunContinuationsAsynchronously) };
+        var sentAt = pair.NowMicros;
+        pair.Time.Advance(TimeSpan.FromMilliseconds(200)); // the frame spent 200 ms on its way (within the skew)
+        var request = Write(5, sentAt, 0, Pattern(512, 5), HostRequestFlags.Multicast);
+        _ = pair.A.SubmitAsync(Command(request), new RecordingRoute());
+        var onB = pair.B.SubmitAsync(Command(request), new RecordingRoute());
+
+        pair.Time.Advance(CommandHandshakeOptions.DefaultTimeLimit - TimeSpan.FromMilliseconds(200) - Tick);
+        Assert.Equal(0, pair.FenceCalls);
+        pair.Time.Advance(Tick);
+        await onB;
+        Assert.Equal(1, pair.FenceCalls);
+    }
+
+    [Fact, Trait("Claim", "FO-5")]
+    public async Task A_host_clock_far_behind_cannot_make_the_secondary_fence_at_once()
+    {
+        var pair = new TestPair { HoldA = new(TaskCreationOptions.RunContinuationsAsynchronously) };
+        var request = Write(6, pair.NowMicros - 3_600_000_000UL, 0, Pattern(512, 6), HostRequestFlags.Multicast);
+        _ = pair.A.SubmitAsync(Command(request), new RecordingRoute());
+        var onB = pair.B.SubmitAsync(Command(request), new RecordingRoute());
+        var skew = TimeSpan.FromMilliseconds(250);
+        pair.Time.Advance(CommandHandshakeOptions.DefaultTimeLimit - skew - Tick);
+        Assert.Equal(0, pair.FenceCalls);
+        pair.Time.Advance(Tick);
+        await onB;
+        Assert.Equal(1, pair.FenceCalls);
+    }
+
+    [Fact, Trait("Claim", "FO-6")]
+    public async Task Frame_that_reaches_only_the_secondary_unit_is_forwarded_and_answered_there()
+    {
+        var pair = new TestPair();
+        var data = Pattern(1024, 7);
+        await pair.Volume.WriteAsync(0, data, fua: false);
+        var routeB = new RecordingRoute();
+        var request = Read(8, pair.NowMicros, 0, 1024, HostRequestFlags.None);
+
+        await pair.B.SubmitAsync(Command(request), routeB);
+
+        Assert.Equal(["B: ForwardedFrame", "A: PrimaryReady", "B: SecondaryReady", "A: PrimaryAck", "A: Completed"], pair.MessageLog());
+        var answer = Assert.Single(routeB.Answers);
+        Assert.Equal(HostStatus.Ok, answer.Status);
+        Assert.Equal(data, answer.Data.ToArray()); // A had no host to answer, so "completed" carried the data
+        Assert.Equal((1, 1), (pair.B.Counters.ForwardedFramesSent, pair.A.Counters.ForwardedFramesReceived));
+        Assert.Equal(0, pair.A.QueuedCount);
+        Assert.Equal(0, pair.B.QueuedCount);
+    }
+
+    [Fact, Trait("Claim", "FO-6")]
+    public async Task Frame_that_reaches_only_the_primary_unit_is_forwarded_so_both_queues_hold_it()
+    {
+        var pair = new TestPair { HoldA = new(TaskCreationOptions.RunContinuationsAsynchronously) };
+        var routeA = new RecordingRoute();
+        var request = Write(9, pair.NowMicros, 0, Pattern(512, 9), HostRequestFlags.None);
+        var onA = pair.A.SubmitAsync(Command(request), routeA);
+        await pair.UntilAsync(() => pair.A.Counters.ExecutedAsPrimary == 1, "A executes");
+        Assert.True(pair.B.Holds(Command(request).Key));
+        pair.HoldA.SetResult();
+        await onA;
+        Assert.Equal(["A: ForwardedFrame", "A: PrimaryReady", "B: SecondaryReady", "A: PrimaryAck", "A: Completed"], pair.MessageLog());
+        Assert.Equal([HostCompletion.Ok(9)], routeA.Answers);
+        Assert.Equal(0, pair.B.QueuedCount);
+    }
+
+    [Fact, Trait("Claim", "FO-5")]
+    public async Task Primary_that_cannot_reach_its_partner_executes_at_once_and_the_secondary_waits_for_the_limit()
+    {
+        var pair = new TestPair { LinkUp = false };
+        var (routeA, routeB) = (new RecordingRoute(), new RecordingRoute());
+        var request = Write(10, pair.NowMicros, 0, Pattern(512, 10), HostRequestFlags.Multicast);
+        await pair.A.SubmitAsync(Command(request), routeA);
+        Assert.Equal([HostCompletion.Ok(10)], routeA.Answers);
+        Assert.True(pair.A.Counters.PartnerUnreachable >= 1);
+
+        var onB = pair.B.SubmitAsync(Command(request), routeB);
+        Assert.Equal(0, pair.FenceCalls);
+        pair.Time.Advance(CommandHandshakeOptions.DefaultTimeLimit);
+        await onB;
+        Assert.Equal(1, pair.FenceCalls);
+        Assert.Equal([HostCompletion.Ok(10)], routeB.Answers);
+    }
+
+    [Fact, Trait("Claim", "FO-4")]
+    public async Task Primary_runs_the_command_when_the_secondary_never_answers_ready_and_a_late_copy_is_not_run_again()
+    {
+        var pair = new TestPair();
+        var routeA = new RecordingRoute();
+        var request = Write(11, pair.NowMicros, 0, Pattern(512, 11), HostRequestFlags.Multicast);
+        var onA = pair.A.SubmitAsync(Command(request), routeA);
+        Assert.False(onA.IsCompleted);
+        pair.Time.Advance(TimeSpan.FromMilliseconds(500));
+        await onA;
+        Assert.Equal(1, pair.A.Counters.ReadyTimeouts);
+        Assert.Equal([HostCompletion.Ok(11)], routeA.Answers);
+
+        // The multicast copy to B arrives after all: B knows the command is done and drops it.
+        var routeB = new RecordingRoute();
+        await pair.B.SubmitAsync(Command(request), routeB);
+        Assert.Equal(0, pair.B.QueuedCount);
+        Assert.Equal(1, pair.B.Counters.Duplicates);
+        pair.Time.Advance(CommandHandshakeOptions.DefaultTimeLimit * 2);
+        Assert.Equal(0, pair.FenceCalls);
+    }
+
+    [Fact, Trait("Claim", "FO-4")]
+    public async Task Errors_are_completions_and_clear_both_queues()
+    {
+        var pair = new TestPair();
+        var routeA = new RecordingRoute();
+        var request = Read(12, pair.NowMicros, 1 << 20, 512, HostRequestFlags.Multicast);
+        var onB = pair.B.SubmitAsync(Command(request), new RecordingRoute());
+        await pair.A.SubmitAsync(Command(request), routeA);
+        await onB;
+        Assert.Equal([HostCompletion.Error(12, HostStatus.OutOfRange)], routeA.Answers);
+        Assert.Equal(0, pair.B.QueuedCount);
+    }
+
+    [Fact, Trait("Claim", "FO-5")]
+    public async Task After_a_takeover_every_command_held_as_secondary_runs_at_once()
+    {
+        var pair = new TestPair { HoldA = new(TaskCreationOptions.RunContinuationsAsynchronously) };
+        var first = Write(13, pair.NowMicros, 0, Pattern(512, 13), HostRequestFlags.Multicast);
+        _ = pair.A.SubmitAsync(Command(first), new RecordingRoute());
+        var onB1 = pair.B.SubmitAsync(Command(first), new RecordingRoute());
+        pair.Time.Advance(TimeSpan.FromMilliseconds(1000));
+        var second = Write(14, pair.NowMicros, 512, Pattern(512, 14), HostRequestFlags.Multicast);
+        _ = pair.A.SubmitAsync(Command(second), new RecordingRoute());
+        var onB2 = pair.B.SubmitAsync(Command(second), new RecordingRoute());
+
+        pair.Time.Advance(TimeSpan.FromMilliseconds(500)); // the first command's limit only
+        await onB1;
+        await onB2;
+        Assert.Equal(1, pair.FenceCalls);
+        Assert.Equal(2, pair.B.Counters.ExecutedAfterTakeover);
+        Assert.Equal(0, pair.B.QueuedCount);
+    }
+
+    [Fact]
+    public void Options_are_validated()
+    {
+        var pair = new TestPair();
+        Assert.Throws<ArgumentOutOfRangeException>(() => new CommandHandshake(new CommandHandshakeOptions
+        {
+            SendToPartner = _ => ValueTask.CompletedTask,
+            IsPrimaryFor = _ => true,
+            Execute = (c, _) => ValueTask.FromResult(HostCompletion.Ok(c.Request.HostTag)),
+            FencePrimaryAndTakeOver = _ => Task.CompletedTask,
+            TimeLimit = TimeSpan.FromSeconds(1),
+            ReadyWait = TimeSpan.FromSeconds(2),
+            Time = pair.Time,
+        }));
+    }
+}
