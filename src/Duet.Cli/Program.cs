@@ -23,6 +23,8 @@ public static partial class Program
     public const int ExitFailed = 1;
     public const int ExitUsage = 2;
     public const int ExitInterrupted = 130;
+    /// <summary>A controller that found itself fenced at the shelf (it was declared dead) and stepped down.</summary>
+    public const int ExitSteppedDown = 3;
 
     public const string DataEnvironmentVariable = "DUET_DATA";
     public const string DefaultDataDirectory = "./duet-data";

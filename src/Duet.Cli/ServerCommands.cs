@@ -65,9 +65,12 @@ public static partial class Program
         var mirror = new Option<string>("--mirror") { Description = "How writes are mirrored: batched (CC-2/3), seed (MR-2/3 by figure 7), seed-large, or none (unsafe: for measuring the mirror's cost)", DefaultValueFactory = _ => "batched" };
         mirror.AcceptOnlyFromAmong("batched", "seed", "seed-large", "none");
         var quiet = new Option<bool>("--quiet") { Description = "Log warnings and errors only" };
+        var shelf = new Option<bool>("--shelf") { Description = "Reach the drives through `duet shelf` on the data directory (fencing, heartbeats, takeover); without it the drive files are opened directly and there is no failover" };
+        var heartbeat = new Option<int>("--heartbeat-ms") { Description = "With --shelf: heartbeat period", DefaultValueFactory = _ => 100 };
+        var timeout = new Option<int>("--heartbeat-timeout-ms") { Description = "With --shelf: silence on both heartbeat paths for this long is a dead peer", DefaultValueFactory = _ => 1000 };
         var cmd = new Command("controller", "Run one controller of the pair on a data directory until SIGTERM (./duet up starts both)")
         {
-            name, nbdPort, iclKind, iclPort, nvram, mirror, quiet,
+            name, nbdPort, iclKind, iclPort, nvram, mirror, quiet, shelf, heartbeat, timeout,
         };
         cmd.SetAction(async (parse, ct) =>
         {
@@ -86,6 +89,16 @@ public static partial class Program
                 "seed" => Duet.Cache.Mirror.MirrorMethod.Seed, "seed-large" => Duet.Cache.Mirror.MirrorMethod.SeedLarge,
                 "none" => Duet.Cache.Mirror.MirrorMethod.None, _ => Duet.Cache.Mirror.MirrorMethod.Batched,
             };
+            var failover = new Duet.Host.Controller.FailoverOptions
+            {
+                HeartbeatPeriod = TimeSpan.FromMilliseconds(parse.GetValue(heartbeat)), HeartbeatTimeout = TimeSpan.FromMilliseconds(parse.GetValue(timeout)),
+            };
+            try { failover.Validate(); }
+            catch (ArgumentException e)
+            {
+                await error.WriteLineAsync($"duet: {e.Message}");
+                return ExitUsage;
+            }
             using var loggers = ConsoleLogging(parse.GetValue(quiet));
             using var stop = new StopSignal(ct);
             Duet.Host.Controller.ControllerServer server;
@@ -96,8 +109,10 @@ public static partial class Program
                     Name = me, DataDirectory = dir, NbdEndpoint = new IPEndPoint(IPAddress.Loopback, port),
                     IclTransport = IclKind(parse.GetValue(iclKind)),
                     IclEndpoint = new IPEndPoint(IPAddress.Loopback, parse.GetValue(iclPort)), NvramBytes = nvramBytes, Mirror = method,
+                    UseShelf = parse.GetValue(shelf), Failover = failover,
                 }, loggers, stop.Token);
             }
+            catch (OperationCanceledException) { return ExitOk; }
             catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or UnauthorizedAccessException or ArgumentException or Duet.Cache.Nvram.NvramException)
             {
                 await error.WriteLineAsync($"duet: controller {me} cannot start on {dir}: {e.Message}");
@@ -107,6 +122,15 @@ public static partial class Program
             {
                 await output.WriteLineAsync($"duet controller {me}: ready; NBD on {server.Nbd.LocalEndPoint}; management {server.Management.SocketPath}");
                 await output.FlushAsync();
+                server.Controller.SteppedDown += reason =>
+                {
+                    // Fenced: nothing of this process may touch the drives or answer a host again. Exit at
+                    // once, as a crash would (no orderly destage: the drives refuse this port anyway);
+                    // `duet up` restarts it, and it rejoins as standby.
+                    Console.Error.WriteLine($"duet controller {me}: stepped down: {reason}");
+                    Console.Error.Flush();
+                    Environment.Exit(ExitSteppedDown);
+                };
                 try { await Task.Delay(Timeout.Infinite, stop.Token); } catch (OperationCanceledException) { }
                 await output.WriteLineAsync($"duet controller {me}: stopping");
             }
@@ -157,49 +181,60 @@ public static partial class Program
                 await error.WriteLineAsync($"duet: cannot prepare {dir}: {e.Message}");
                 return ExitFailed;
             }
-            var controllers = new Dictionary<string, (System.Diagnostics.Process Process, int Port, TaskCompletionSource Ready)>();
+            // Three processes: the shelf (the drives, fencing), then controllers A and B through it.
+            var children = new Dictionary<string, (System.Diagnostics.Process Process, TaskCompletionSource Ready)>();
             var outputLock = new Lock();
-            void Relay(string who, string? line)
+            string[] ControllerArgs(string who, int p) =>
+            [
+                "controller", "--name", who, "--data", dir, "--nbd-port", $"{p}", "--icl", parse.GetValue(iclKind)!, "--icl-port", $"{icl}",
+                "--mirror", parse.GetValue(mirror)!, "--nvram", $"{nvramBytes}", "--shelf", .. (parse.GetValue(quiet) ? new[] { "--quiet" } : []),
+            ];
+            (System.Diagnostics.Process Process, TaskCompletionSource Ready) Launch(string who, string[] args)
             {
-                if (line is null) return;
-                lock (outputLock) output.WriteLine($"[{who}] {line}");
-                if (line.Contains($"duet controller {who}: ready", StringComparison.Ordinal)) controllers[who].Ready.TrySetResult();
-            }
-            foreach (var (who, p) in new[] { ("A", port), ("B", port + 1) })
-            {
-                var psi = new System.Diagnostics.ProcessStartInfo("dotnet")
-                {
-                    RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
-                };
-                foreach (var a in new[] { typeof(Program).Assembly.Location, "controller", "--name", who, "--data", dir, "--nbd-port", $"{p}", "--icl", parse.GetValue(iclKind)!, "--icl-port", $"{icl}", "--mirror", parse.GetValue(mirror)!, "--nvram", $"{nvramBytes}" })
-                    psi.ArgumentList.Add(a);
-                if (parse.GetValue(quiet)) psi.ArgumentList.Add("--quiet");
+                var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+                psi.ArgumentList.Add(typeof(Program).Assembly.Location);
+                foreach (var a in args) psi.ArgumentList.Add(a);
                 var process = new System.Diagnostics.Process { StartInfo = psi, EnableRaisingEvents = true };
-                controllers[who] = (process, p, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
-                process.OutputDataReceived += (_, e) => Relay(who, e.Data);
-                process.ErrorDataReceived += (_, e) => Relay(who, e.Data);
+                var ready = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                string tag = who == "shelf" ? "duet shelf: ready" : $"duet controller {who}: ready";
+                void Relay(string? line)
+                {
+                    if (line is null) return;
+                    lock (outputLock) output.WriteLine($"[{who}] {line}");
+                    if (line.Contains(tag, StringComparison.Ordinal)) ready.TrySetResult();
+                }
+                process.OutputDataReceived += (_, e) => Relay(e.Data);
+                process.ErrorDataReceived += (_, e) => Relay(e.Data);
                 process.Start();
                 process.BeginOutputReadLine();
                 process.BeginErrorReadLine();
+                children[who] = (process, ready);
+                return (process, ready);
             }
-            var exits = controllers.ToDictionary(kv => kv.Key, kv => kv.Value.Process.WaitForExitAsync());
+            var ports = new Dictionary<string, int> { ["A"] = port, ["B"] = port + 1 };
             try
             {
-                var ready = Task.WhenAll(controllers.Values.Select(c => c.Ready.Task));
-                var first = await Task.WhenAny(ready, Task.WhenAny(exits.Values), Task.Delay(TimeSpan.FromMinutes(2), stop.Token));
+                var shelf = Launch("shelf", ["shelf", "--data", dir]);
+                if (await Task.WhenAny(shelf.Ready.Task, shelf.Process.WaitForExitAsync(), Task.Delay(TimeSpan.FromMinutes(1), stop.Token)) != shelf.Ready.Task)
+                {
+                    if (!stop.Token.IsCancellationRequested) await error.WriteLineAsync("duet: the shelf did not start");
+                    return stop.Token.IsCancellationRequested ? ExitOk : ExitFailed;
+                }
+                foreach (var (who, p) in ports) Launch(who, ControllerArgs(who, p));
+                var ready = Task.WhenAll(ports.Keys.Select(w => children[w].Ready.Task));
+                var first = await Task.WhenAny(ready, Task.WhenAny(children.Values.Select(c => c.Process.WaitForExitAsync())), Task.Delay(TimeSpan.FromMinutes(2), stop.Token));
                 if (first != ready)
                 {
-                    foreach (var (who, c) in controllers)
-                        if (c.Process.HasExited) await error.WriteLineAsync($"duet: controller {who} exited with code {c.Process.ExitCode} while starting");
+                    foreach (var (who, c) in children)
+                        if (c.Process.HasExited) await error.WriteLineAsync($"duet: {(who == "shelf" ? "the shelf" : $"controller {who}")} exited with code {c.Process.ExitCode} while starting");
                     if (!stop.Token.IsCancellationRequested) await error.WriteLineAsync("duet: the pair did not start");
-                    await StopControllersAsync(controllers.Values.Select(c => c.Process));
                     return stop.Token.IsCancellationRequested ? ExitOk : ExitFailed;
                 }
                 using (var client = Duet.Host.Management.PairClient.ForDataDirectory(dir))
                 {
                     var status = await client.StatusAsync(stop.Token);
                     await output.WriteLineAsync($"duet: data directory {dir}{(created ? " (new: created the default layout)" : "")}");
-                    await output.WriteLineAsync($"duet: management socket {Duet.Host.Management.ManagementHost.SocketPathFor(dir)}");
+                    await output.WriteLineAsync($"duet: management socket {Duet.Host.Management.ManagementHost.SocketPathFor(dir)}; shelf {Duet.Shelf.ShelfServer.AdminSocketPathFor(dir)}");
                     await output.WriteLineAsync($"duet: controller A: NBD 127.0.0.1:{port}; controller B: NBD 127.0.0.1:{port + 1}; inter-controller link {(IclKind(parse.GetValue(iclKind)) == Duet.Host.Controller.IclTransportKind.Tcp ? $"TCP 127.0.0.1:{icl}" : "shared memory (/dev/shm)")}");
                     foreach (var a in status.Arrays)
                         await output.WriteLineAsync($"duet: array {a.Name}: RAID {a.Level}, {a.Members.Count} drives, {Units.FormatSize(a.CapacityBytes)}, {a.State}" +
@@ -210,7 +245,7 @@ public static partial class Program
                     foreach (var v in status.Volumes)
                     {
                         var owner = status.Arrays.FirstOrDefault(a => a.Name == v.Array)?.Owner ?? "A";
-                        foreach (var (who, p) in new[] { ("A", port), ("B", port + 1) })
+                        foreach (var (who, p) in ports)
                             await output.WriteLineAsync($"duet: NBD nbd://127.0.0.1:{p}/{v.Name} ({Units.FormatSize(v.SizeBytes)} on {v.Array}; {(who == owner ? "served" : $"forwarded to {owner}")} by {who})");
                     }
                     if (status.Volumes.Count > 0)
@@ -218,30 +253,68 @@ public static partial class Program
                 }
                 await output.WriteLineAsync("duet: ready; Ctrl-C or SIGTERM stops (data is kept)");
                 await output.FlushAsync();
-                // Run until a signal. A controller that dies is reported; the other goes on alone
-                // (error-recovery mode). Restarting it is the failover issue's supervisor.
-                var pending = exits.ToDictionary();
-                while (!stop.Token.IsCancellationRequested && pending.Count > 0)
-                {
-                    try { await Task.WhenAny(pending.Values).WaitAsync(stop.Token); }
-                    catch (OperationCanceledException) { break; }
-                    foreach (var (who, t) in pending.Where(kv => kv.Value.IsCompleted).ToList())
-                    {
-                        pending.Remove(who);
-                        await output.WriteLineAsync($"duet: controller {who} exited with code {controllers[who].Process.ExitCode}; the other controller goes on alone");
-                    }
-                }
+                await SuperviseAsync(dir, ports, children, Launch, ControllerArgs, output, stop.Token);
                 await output.WriteLineAsync("duet: stopping");
             }
             finally
             {
-                await StopControllersAsync(controllers.Values.Select(c => c.Process));
+                // Controllers first (each destages its cache through the shelf), then the shelf.
+                await StopControllersAsync(children.Where(kv => kv.Key != "shelf").Select(kv => kv.Value.Process));
+                await StopControllersAsync(children.Where(kv => kv.Key == "shelf").Select(kv => kv.Value.Process));
             }
-            bool clean = controllers.Values.All(c => c.Process.HasExited && c.Process.ExitCode == 0);
-            await output.WriteLineAsync(clean ? "duet: stopped" : "duet: stopped (a controller did not stop cleanly)");
+            bool clean = children.Values.All(c => c.Process.HasExited && c.Process.ExitCode == 0);
+            await output.WriteLineAsync(clean ? "duet: stopped" : "duet: stopped (a process did not stop cleanly)");
             return clean ? ExitOk : ExitFailed;
         });
         return cmd;
+    }
+
+    /// <summary>
+    /// `duet up`'s supervisor: runs until the stop signal. A shelf that dies is restarted at once (its
+    /// state is on disk). A controller that dies is restarted only after its peer has taken over (the
+    /// peer reports its port fenced), or, if the peer cannot (it is down too), after a while: the restarted
+    /// controller then finds itself fenced, discards its NVRAM and rejoins as standby.
+    /// </summary>
+    static async Task SuperviseAsync(string dir, Dictionary<string, int> ports,
+        Dictionary<string, (System.Diagnostics.Process Process, TaskCompletionSource Ready)> children,
+        Func<string, string[], (System.Diagnostics.Process Process, TaskCompletionSource Ready)> launch,
+        Func<string, int, string[]> controllerArgs, TextWriter output, CancellationToken stop)
+    {
+        var deadSince = new Dictionary<string, DateTime>();
+        while (!stop.IsCancellationRequested)
+        {
+            try { await Task.Delay(TimeSpan.FromMilliseconds(100), stop); }
+            catch (OperationCanceledException) { return; }
+            foreach (var (who, c) in children.ToList())
+            {
+                if (!c.Process.HasExited) continue;
+                if (!deadSince.ContainsKey(who))
+                {
+                    deadSince[who] = DateTime.UtcNow;
+                    await output.WriteLineAsync($"duet: {(who == "shelf" ? "the shelf" : $"controller {who}")} exited with code {c.Process.ExitCode}");
+                }
+                if (who == "shelf")
+                {
+                    await output.WriteLineAsync("duet: restarting the shelf");
+                    launch("shelf", ["shelf", "--data", dir]);
+                    deadSince.Remove(who);
+                    continue;
+                }
+                string peer = who == "A" ? "B" : "A";
+                bool takenOver = false;
+                try
+                {
+                    using var client = new Duet.Host.Management.ManagementClient(Duet.Host.Controller.ControllerOptions.SocketFor(dir, peer), TimeSpan.FromSeconds(2));
+                    var s = await client.StatusAsync(stop).WaitAsync(TimeSpan.FromSeconds(2), stop);
+                    takenOver = s.Controller?.Failover?.PeerFenced == true;
+                }
+                catch (Exception e) when (e is IOException or System.Net.Http.HttpRequestException or TimeoutException or Duet.Raid.Management.ManagementException or System.Net.Sockets.SocketException) { }
+                if (!takenOver && DateTime.UtcNow - deadSince[who] < TimeSpan.FromSeconds(10)) continue;
+                await output.WriteLineAsync($"duet: restarting controller {who}{(takenOver ? $" (controller {peer} has taken over)" : "")}");
+                launch(who, controllerArgs(who, ports[who]));
+                deadSince.Remove(who);
+            }
+        }
     }
 
     static async Task StopControllersAsync(IEnumerable<System.Diagnostics.Process> processes)

@@ -70,6 +70,19 @@ public sealed class LocalShelfPort : IShelfPort
 
     public Task<ShelfStatus> StatusAsync(CancellationToken ct = default) => Run(_shelf.Status);
 
+    /// <summary>Runs an admitted request on the shelf's own context, if it has one; the caller resumes on its own.</summary>
+    Task OnShelfAsync(Func<Task> work)
+    {
+        if (_shelf.Context is not { } context) return work();
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        context.Post(async _ =>
+        {
+            try { await work(); done.TrySetResult(); }
+            catch (Exception e) { done.TrySetException(e); }
+        }, null);
+        return done.Task;
+    }
+
     Task Run(Action action)
     {
         try { Reach(); action(); return Task.CompletedTask; }
@@ -82,7 +95,11 @@ public sealed class LocalShelfPort : IShelfPort
         catch (ShelfException e) { return Task.FromException<T>(e); }
     }
 
-    /// <summary>A drive as seen through the port: every request is admitted by the shelf first.</summary>
+    /// <summary>A drive as seen through the port: every request is admitted by the shelf first. The shelf's
+    /// bookkeeping after a write (<see cref="Shelf.EndWrite"/>) runs where the drive completes it, not on
+    /// the requester's context: the shelf is another process, and a write it accepted finishes there even
+    /// if the controller that sent it has died or hangs meanwhile (a fence waits for exactly that). With
+    /// <see cref="Shelf.Context"/> set (the simulator's world), admitted writes run there.</summary>
     sealed class PortDrive(LocalShelfPort port, string name, long blocks) : IBlockDevice
     {
         public string Name => name;
@@ -101,16 +118,22 @@ public sealed class LocalShelfPort : IShelfPort
             BlockDeviceChecks.CheckRange(this, lba, source.Length);
             port.Reach();
             var d = port._shelf.Admit(port.PortName, name, write: true);
-            try { await d.WriteAsync(lba, source, fua, ct); }
-            finally { port._shelf.EndWrite(port.PortName); }
+            await port.OnShelfAsync(async () =>
+            {
+                try { await d.WriteAsync(lba, source, fua, ct); }
+                finally { port._shelf.EndWrite(port.PortName); }
+            });
         }
 
         public async ValueTask FlushAsync(CancellationToken ct = default)
         {
             port.Reach();
             var d = port._shelf.Admit(port.PortName, name, write: true);
-            try { await d.FlushAsync(ct); }
-            finally { port._shelf.EndWrite(port.PortName); }
+            await port.OnShelfAsync(async () =>
+            {
+                try { await d.FlushAsync(ct); }
+                finally { port._shelf.EndWrite(port.PortName); }
+            });
         }
 
         public ValueTask DisposeAsync() => ValueTask.CompletedTask; // the shelf owns the drive

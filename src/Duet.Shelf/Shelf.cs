@@ -84,6 +84,10 @@ public sealed class Shelf : IAsyncDisposable
 
     public IDriveShelf Drives => _drives;
 
+    /// <summary>Where admitted writes run and finish (the simulator sets its world's context: the shelf is not
+    /// the controller that sent them, and a crash or hang of that controller must not stop them). Null: on the caller's.</summary>
+    public SynchronizationContext? Context { get; set; }
+
     // ---- state ------------------------------------------------------------------------------------
 
     public ShelfStatus Status()

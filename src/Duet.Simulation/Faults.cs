@@ -66,7 +66,11 @@ public enum FaultKind
     Hang = 1 << 9,
     ShelfPath = 1 << 10,
     ShelfRestart = 1 << 11,
-    All = Crash | LinkDelay | LinkDrop | Partition | SlowDrive | FailDrive | FullCache | Shuffle | Takeover | Hang | ShelfPath | ShelfRestart,
+    /// <summary>The faults of the simulator issue (4): what `./test.sh`'s campaign draws from.</summary>
+    Classic = Crash | LinkDelay | LinkDrop | Partition | SlowDrive | FailDrive | FullCache | Shuffle,
+    /// <summary>The failover issue's faults (5): takeover, hang, shelf path loss, shelf restart.</summary>
+    Failover = Takeover | Hang | ShelfPath | ShelfRestart,
+    All = Classic | Failover,
 }
 
 /// <summary>The faults of one seed and their rates.</summary>

@@ -112,7 +112,9 @@ public sealed class SimScheduler
         Steps++;
         if (StepTrace) Trace.Add($"step {item.Node.Name} {item.Callback.Method.DeclaringType?.Name}.{item.Callback.Method.Name} {Describe(item.State)} ready {_ready.Count - _head}");
         var previous = SynchronizationContext.Current;
-        SynchronizationContext.SetSynchronizationContext(item.Node);
+        // The context of the item's incarnation: an await inside it that completes later (on another node's
+        // timer, say) posts back only if that incarnation is still the live one.
+        SynchronizationContext.SetSynchronizationContext(item.Node.CurrentContext);
         try { item.Callback(item.State); }
         catch (Exception e)
         {
@@ -190,6 +192,25 @@ public sealed class SimNode : SynchronizationContext
         if (IsAlive) _scheduler.Enqueue(this, d, state);
     }
 
+    /// <summary>What code running on this node captures: tied to the incarnation it ran in, so a
+    /// continuation of a crashed incarnation never runs in the next one (a restarted process does not
+    /// resume its predecessor's awaits).</summary>
+    internal SynchronizationContext CurrentContext => _context ??= new IncarnationContext(this, Incarnation);
+    IncarnationContext? _context;
+
+    sealed class IncarnationContext(SimNode node, int incarnation) : SynchronizationContext
+    {
+        public override void Post(SendOrPostCallback d, object? state)
+        {
+            if (node.IsAlive && node.Incarnation == incarnation) node._scheduler.Enqueue(node, d, state);
+        }
+
+        public override void Send(SendOrPostCallback d, object? state) =>
+            throw new NotSupportedException("a simulated node never blocks on another");
+
+        public override SynchronizationContext CreateCopy() => this;
+    }
+
     public override void Send(SendOrPostCallback d, object? state) =>
         throw new NotSupportedException("a simulated node never blocks on another");
 
@@ -242,6 +263,7 @@ public sealed class SimNode : SynchronizationContext
         Invariant.Assert(!IsAlive, "restart of a live node");
         IsAlive = true;
         Incarnation++;
+        _context = null;
     }
 
     sealed class NodeTime(SimNode node) : TimeProvider

@@ -217,7 +217,10 @@ public sealed partial class Simulator
                 Seed = _random.NextUInt64(), TrackUnflushedWrites = false, LatencyJitterMax = latency,
             }, _world.Time);
         }
-        _enclosure = new Shelf.Shelf(_shelf, _enclosureState, (name, inner) => _faulty.TryGetValue(name, out var f) ? f : inner);
+        _enclosure = new Shelf.Shelf(_shelf, _enclosureState, (name, inner) => _faulty.TryGetValue(name, out var f) ? f : inner)
+        {
+            Context = _world.CurrentContext,
+        };
         await StartControllerAsync(_sides[0]);
         await StartControllerAsync(_sides[1]);
         _wire.Connect();

@@ -72,6 +72,7 @@ public sealed partial class Controller
     bool _peerHeard;             // ever, on either path, in this run
     long _lastShelfReadIssuedAt = long.MinValue;
     ulong _beat;
+    bool _shelfLost;
     long _heartbeats;
     ulong _epochFloor;           // transfers stamped below this come from a fenced peer session: dropped
     long _staleDropped;
@@ -201,10 +202,18 @@ public sealed partial class Controller
         }
         catch (ShelfException e) when (e.Error is ShelfError.Unreachable or ShelfError.Disabled or ShelfError.NotRegistered)
         {
-            LogShelfUnreachable(e.Message);
+            if (!_shelfLost) LogShelfUnreachable(e.Message);
+            _shelfLost = true;
             return;
         }
         if (_steppedDown) return;
+        if (_shelfLost)
+        {
+            // The path is back: what the drives say was unreadable while it was down (a rescan then lost
+            // sight of the peer's arrays); read them again.
+            _shelfLost = false;
+            _ = RescanAsync();
+        }
         RenewLease(issued);
         var peer = status.Port(PeerName);
         if (!_peerSlotSeen || peer.Heartbeat != _peerSlot)
@@ -217,7 +226,8 @@ public sealed partial class Controller
         _lastShelfReadIssuedAt = issued;
         _peerFenced = peer.Fenced;
         await KeepClaimsAsync(status);
-        if (ShouldTakeOver()) await TakeOverAsync($"no heartbeat from controller {PeerName} on the ICL or at the shelf for {Since(LastHeard).TotalMilliseconds:F0} ms");
+        // Not awaited: the heartbeats (and so our lease) go on while the takeover runs.
+        if (ShouldTakeOver()) _ = TakeOverAsync($"no heartbeat from controller {PeerName} on the ICL or at the shelf for {Since(LastHeard).TotalMilliseconds:F0} ms");
     }
 
     void RenewLease(long sentAt)
@@ -358,26 +368,39 @@ public sealed partial class Controller
             double fenced = Since(heard).TotalMilliseconds;
             // Nothing the fenced session sends counts any more: its heartbeats, mirror writes, hellos.
             Mirror.Fail($"controller {PeerName} was fenced: {reason}");
-            var serials = Arrays.ArrayTable.Where(kv => kv.Value.Owner == PeerName).Select(kv => kv.Value.Serial).ToList();
-            var claims = serials.Count > 0 ? await Shelf.ClaimAsync(serials) : [];
-            var epoch = Math.Max(Nvram.Epoch, claims.Select(c => c.Epoch).DefaultIfEmpty(0UL).Max());
-            var status = await Shelf.StatusAsync();
-            epoch = Math.Max(epoch, status.EpochCounter);
-            Nvram.Epoch = epoch;
-            _epochFloor = epoch;
             var numbers = Arrays.ArrayTable.Where(kv => kv.Value.Owner == PeerName).Select(kv => kv.Key).ToHashSet();
             Volatile.Write(ref _adopting, numbers);
+            // Once the peer is fenced the takeover must finish, whatever fails on the way (the shelf path
+            // dropping, a drive): until it has, the peer's arrays are served by nobody and its mirrored
+            // writes live only in our region 2. Each step is safe to repeat.
             int adopted = 0;
             IReadOnlyList<string> taken = [];
-            try
+            for (int attempt = 0; ; attempt++)
             {
-                taken = await Arrays.TakeOverAsync(PeerName);
-                RegisterServedArrays();
-                lock (_volumesLock) _forwarded.Clear();
-                adopted = await AdoptPeerElementsAsync(numbers);
-                _takenNumbers = numbers;
+                try
+                {
+                    var serials = Arrays.ArrayTable.Where(kv => kv.Value.Owner == PeerName || numbers.Contains(kv.Key)).Select(kv => kv.Value.Serial).ToList();
+                    var claims = serials.Count > 0 ? await Shelf.ClaimAsync(serials) : [];
+                    var status = await Shelf.StatusAsync();
+                    var epoch = Math.Max(Math.Max(Nvram.Epoch, claims.Select(c => c.Epoch).DefaultIfEmpty(0UL).Max()), status.EpochCounter);
+                    Nvram.Epoch = epoch;
+                    _epochFloor = epoch;
+                    taken = [.. taken.Concat(await Arrays.TakeOverAsync(PeerName)).Distinct()];
+                    RegisterServedArrays();
+                    lock (_volumesLock) _forwarded.Clear();
+                    adopted += await AdoptPeerElementsAsync(numbers);
+                    _takenNumbers = numbers;
+                    break;
+                }
+                catch (Exception e) when (e is ShelfException or BlockIoException or ManagementException)
+                {
+                    if (_steppedDown || _stopping.IsCancellationRequested) return;
+                    LogTakeoverFailed($"attempt {attempt + 1}: {e.Message}; trying again");
+                    try { await _options.Time.DelayAsync(Failover.HeartbeatPeriod, _stopping.Token); }
+                    catch (OperationCanceledException) { return; }
+                }
             }
-            finally { Volatile.Write(ref _adopting, null); }
+            Volatile.Write(ref _adopting, null);
             double adoptedMs = Since(heard).TotalMilliseconds;
             Interlocked.Increment(ref _takeovers);
             Volatile.Write(ref _lastTakeover, new TakeoverInfo(reason, taken, adopted, detected, fenced, adoptedMs, null));

@@ -301,6 +301,9 @@ public sealed partial class Controller : IAsyncDisposable
 
     void OnPeerHello(ReadOnlySpan<byte> message)
     {
+        // A takeover of the peer still running holds its mirrored writes in region 2, not yet adopted:
+        // the peer's new session must wait (its pairing times out and tries again).
+        if (Volatile.Read(ref _takingOver) != 0) return;
         if (PairHello.TryDecode(message, out var hello, out _, out var error) != System.Buffers.OperationStatus.Done)
         {
             LogUnknown("pair hello", error.ToString());
@@ -500,6 +503,7 @@ public sealed partial class Controller : IAsyncDisposable
         await Mirror.DisposeAsync();
         await Link.DisposeAsync();
         await Arrays.DisposeAsync();
+        if (Shelf is IAsyncDisposable port) await port.DisposeAsync();
         Nvram.Dispose();
         LogStopped(Name);
     }

@@ -9,6 +9,7 @@ using Duet.Interconnect.Wire;
 using Duet.Nbd;
 using Duet.Raid;
 using Duet.Raid.Management;
+using Duet.Shelf;
 using Microsoft.Extensions.Logging;
 
 namespace Duet.Host.Controller;
@@ -31,6 +32,10 @@ public sealed record ControllerOptions
     public TimeProvider Time { get; init; } = TimeProvider.System;
     /// <summary>The session id sent in PairHello; null: a random one (this is the shell: it may draw one).</summary>
     public ulong? Session { get; init; }
+    /// <summary>Reach the drives through `duet shelf` (DATA/shelf-NAME.sock) instead of opening the drive files:
+    /// fencing, heartbeats through the shelf, takeover of a dead peer (issue 5).</summary>
+    public bool UseShelf { get; init; }
+    public FailoverOptions Failover { get; init; } = new();
 
     public string PeerName => Name == "A" ? "B" : "A";
     public static string SocketFor(string dataDirectory, string name) =>
@@ -79,7 +84,18 @@ public sealed partial class ControllerServer : IAsyncDisposable
         var dir = Path.GetFullPath(options.DataDirectory);
         Directory.CreateDirectory(dir);
         var pairId = PairId(dir);
-        var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { DataDirectory = dir, Time = options.Time, LoggerFactory = loggers, Controller = options.Name }, ct);
+        ulong session = options.Session ?? ((ulong)Random.Shared.NextInt64() | 1);
+        RemoteShelfPort? shelf = null;
+        if (options.UseShelf)
+        {
+            shelf = new RemoteShelfPort(RemoteShelfPortOptions.ForDataDirectory(dir, options.Name));
+            var joined = await Controller.JoinShelfAsync(shelf, session, options.Time, ct);
+            if (!joined) loggers.CreateLogger($"Duet.Controller.{options.Name}").LogWarning("port {Port} is fenced at the shelf: starting as standby", options.Name);
+        }
+        var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions
+        {
+            DataDirectory = shelf is null ? dir : null, Shelf = shelf, Time = options.Time, LoggerFactory = loggers, Controller = options.Name,
+        }, ct);
         NvramFile? nvram = null;
         IIclLink? link = null;
         Controller? controller = null;
@@ -96,8 +112,8 @@ public sealed partial class ControllerServer : IAsyncDisposable
             };
             controller = new Controller(new ControllerCoreOptions
             {
-                Name = options.Name, Session = options.Session ?? (ulong)Random.Shared.NextInt64(), Mirror = options.Mirror,
-                ForwardTimeout = options.ForwardTimeout, Time = options.Time, Loggers = loggers,
+                Name = options.Name, Session = session, Mirror = options.Mirror,
+                ForwardTimeout = options.ForwardTimeout, Time = options.Time, Loggers = loggers, Shelf = shelf, Failover = options.Failover,
             }, arrays, nvram, link);
             server = new ControllerServer(options with { DataDirectory = dir }, controller, loggers);
             await controller.StartAsync();
@@ -123,6 +139,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
                 nvram?.Dispose();
                 await arrays.DisposeAsync();
             }
+            if (shelf is not null) await shelf.DisposeAsync();
             throw;
         }
     }

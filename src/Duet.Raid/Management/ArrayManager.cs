@@ -449,6 +449,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
         for (int i = 0; i < slots.Length; i++)
             if (a.Slots[i] is { } d && raid.Status(i) != MemberStatus.Missing) targets.Add((d, i));
         foreach (var s in a.Spares) targets.Add((s, -1));
+        BlockIoException? pathDown = null;
         foreach (var (d, slot) in targets)
         {
             var sb = next with { DriveUuid = d.Superblock!.DriveUuid, Slot = slot };
@@ -462,10 +463,13 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
             catch (BlockIoException e)
             {
                 LogSuperblockWriteFailed(d.Name, e.Message);
+                // The path to the drives, not the drive: the member stays (the operation fails below).
+                if (e.Kind == BlockErrorKind.PathDown) { pathDown ??= e; continue; }
                 // Not awaited: we hold the management lock; the failure is persisted right after.
                 if (slot >= 0) _ = raid.FailMember(slot, $"superblock write failed: {e.Message}");
             }
         }
+        if (pathDown is not null) throw pathDown;
     }
 
     /// <summary>

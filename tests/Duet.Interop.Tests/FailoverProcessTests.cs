@@ -1,0 +1,100 @@
+using System.Diagnostics;
+using Duet.Host.Management;
+using Duet.Interop.Tests.Support;
+using Duet.Raid.Management;
+using Xunit.Abstractions;
+
+namespace Duet.Interop.Tests;
+
+/// <summary>
+/// Issue 5 with real processes: `duet up` runs the shelf and both controllers; `kill -9` of the
+/// owning controller; the survivor fences it at the shelf, takes its array over and serves the
+/// volume on its own NBD endpoint; every write acknowledged before the kill reads back; the killed
+/// controller is restarted by the supervisor, finds itself fenced and rejoins as standby.
+/// </summary>
+[Trait("Area", "Interop")]
+public sealed class FailoverProcessTests(ITestOutputHelper log) : IDisposable
+{
+    const long Written = 16L << 20;
+    readonly string _dir = Directory.CreateTempSubdirectory("duet-failover-").FullName;
+    readonly ProcessRunner _run = new(log);
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    static string Dotnet => Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+
+    async Task<StatusInfo> StatusAsync(string controller)
+    {
+        using var client = new ManagementClient(Duet.Host.Controller.ControllerOptions.SocketFor(_dir, controller), TimeSpan.FromSeconds(10));
+        return await client.StatusAsync();
+    }
+
+    int ControllerPid(string name)
+    {
+        foreach (var p in Process.GetProcessesByName("dotnet"))
+        {
+            try
+            {
+                var cmd = File.ReadAllText($"/proc/{p.Id}/cmdline").Replace('\0', ' ');
+                if (cmd.Contains($"controller --name {name} --data {_dir}", StringComparison.Ordinal)) return p.Id;
+            }
+            catch (IOException) { }
+        }
+        throw new InvalidOperationException($"no process of controller {name} for {_dir}");
+    }
+
+    [Fact]
+    [Trait("Claim", "FO-1")]
+    [Trait("Claim", "FO-2")]
+    [Trait("Claim", "FO-7")]
+    public async Task Kill9OfTheOwnerLosesNoAcknowledgedWriteAndTheSurvivorServesTheVolumeOnItsOwnEndpoint()
+    {
+        int port = TestData.FreePorts(2);
+        var duet = Path.Combine(AppContext.BaseDirectory, "duet.dll");
+        await using var up = BackgroundProcess.Start(Dotnet, [duet, "up", "--data", _dir, "--nbd-port", $"{port}"], log);
+        await up.WaitForOutputAsync("duet: ready", TimeSpan.FromSeconds(90));
+
+        // Acknowledged writes: nbdcopy exits 0 only when every write and the final flush were answered.
+        var input = Path.Combine(_dir, "in.img");
+        var expected = TestData.WriteRandomFile(input, Written, seed: 55);
+        await _run.RunOkAsync("nbdcopy", "--requests=32", input, $"nbd://127.0.0.1:{port}/vol0");
+        Assert.Equal("A", (await StatusAsync("B")).Arrays.Single(a => a.Name == "arr0").Owner);
+
+        // More load in flight at the kill (its writes are not acknowledged, so not checked).
+        var more = Path.Combine(_dir, "more.img");
+        TestData.WriteRandomFile(more, 32L << 20, seed: 56);
+        var load = _run.RunAsync("nbdcopy", ["--requests=32", more, $"nbd://127.0.0.1:{port}/vol1"], TimeSpan.FromSeconds(60));
+        await Task.Delay(200);
+        int a = ControllerPid("A");
+        var killed = Stopwatch.StartNew();
+        Assert.Equal(0, Posix.Kill(a, 9));
+
+        // The survivor serves vol0 on its own endpoint, with every acknowledged write.
+        var output = Path.Combine(_dir, "out.img");
+        ProcessResult? read = null;
+        while (killed.Elapsed < TimeSpan.FromSeconds(20))
+        {
+            File.Delete(output);
+            read = await _run.RunAsync("nbdcopy", ["--requests=32", $"nbd://127.0.0.1:{port + 1}/vol0", output], TimeSpan.FromSeconds(30));
+            if (read.ExitCode == 0) break;
+            await Task.Delay(100);
+        }
+        log.WriteLine($"vol0 read back through B {killed.Elapsed.TotalMilliseconds:F0} ms after the kill");
+        Assert.True(read is { ExitCode: 0 }, $"B did not serve vol0 after the kill: {read}");
+        using (var f = new FileStream(output, FileMode.Open, FileAccess.ReadWrite)) f.SetLength(Written);
+        Assert.Equal(expected, TestData.HashFile(output));
+        await load;
+
+        var b = await StatusAsync("B");
+        Assert.Equal("B", b.Arrays.Single(x => x.Name == "arr0").Owner);
+        Assert.NotNull(b.Controller!.Failover);
+        Assert.True(b.Controller.Failover!.Takeovers >= 1);
+        Assert.Contains("arr0", b.Controller.Failover.LastTakeover!.Arrays);
+
+        // The supervisor restarts A only after the takeover; A finds its port fenced and comes back as standby.
+        await up.WaitForOutputAsync("restarting controller A", TimeSpan.FromSeconds(30));
+        await up.WaitForOutputAsync("port A is fenced at the shelf", TimeSpan.FromSeconds(60));
+        up.Terminate();
+        await up.WaitForExitAsync(TimeSpan.FromSeconds(60));
+    }
+}
