@@ -98,8 +98,16 @@ public sealed class Shelf : IAsyncDisposable
     ShelfStatus StatusLocked()
     {
         var ports = _state.Ports.Select(kv => new PortState(kv.Key, kv.Value.Enabled, kv.Value.Fenced, kv.Value.Key, _heartbeats[kv.Key], _io[kv.Key].Writes)).ToList();
-        var slots = _drives.List().Select(n => new SlotState(n, OpenLocked(n).BlockCount, SerialOf(n), _state.Pulled.Contains(n))).ToList();
+        var slots = _drives.List().Select(n => new SlotState(n, BlockCountOrZero(n), SerialOf(n), _state.Pulled.Contains(n))).ToList();
         return new ShelfStatus(ports, _state.ReservationHolder, _state.EpochCounter, [.. _state.Claims.Values], slots);
+    }
+
+    // A drive that cannot be opened (a damaged or odd-sized file) is listed with size 0; requests to it
+    // fail with the drive's own error, and the controllers report it unreadable.
+    long BlockCountOrZero(string name)
+    {
+        try { return OpenLocked(name).BlockCount; }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return 0; }
     }
 
     /// <summary>A drive's serial number: stable for its name (the drives have no serial of their own).</summary>
