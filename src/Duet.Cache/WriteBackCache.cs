@@ -155,7 +155,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
 
     /// <summary>Rebuilds the index from region 1 after a restart: valid elements in sequence order,
     /// a later element for the same address replacing an earlier one.</summary>
-    public int Replay(Func<byte, bool>? keep = null)
+    public int Replay()
     {
         var order = _nvram.ReplayOrder();
         lock (_lock)
@@ -165,14 +165,6 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             var used = new bool[_slots.Length];
             foreach (var (e, d) in order)
             {
-                if (keep is not null && !keep(d.ArrayNumber))
-                {
-                    // An array this controller no longer owns (the peer took it over): its elements
-                    // were adopted there; replaying them here would write under the new owner.
-                    _nvram.Invalidate(e);
-                    Interlocked.Increment(ref _discarded);
-                    continue;
-                }
                 var key = (d.ArrayNumber, d.ArrayLba);
                 if (_index.TryGetValue(key, out var older))
                 {
@@ -194,11 +186,6 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             return _index.Count;
         }
     }
-
-    long _discarded;
-
-    /// <summary>Elements <see cref="Replay"/> dropped because their array is no longer this controller's.</summary>
-    public long DiscardedAtReplay => Interlocked.Read(ref _discarded);
 
     /// <summary>
     /// Takeover (FO-2, AW-3): takes the failed peer's mirrored elements (its NVRAM region 2 here),

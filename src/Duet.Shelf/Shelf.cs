@@ -189,35 +189,31 @@ public sealed class Shelf : IAsyncDisposable
         {
             if (victim == port) throw new ShelfException(ShelfError.Invalid, $"port {port} cannot fence itself");
             var p = Registered(port);
-            FenceLocked(victim, p.Key);
-            var io = _io[victim];
-            if (io.Writes > 0) wait = io.Drained ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            wait = FenceLocked(victim, p.Key);
         }
         return wait?.Task ?? Task.CompletedTask;
     }
 
-    void FenceLocked(string victim, ulong newHolder)
+    /// <summary>Fences <paramref name="victim"/>; returns what completes when its accepted writes have finished (null: none is in flight).</summary>
+    TaskCompletionSource? FenceLocked(string victim, ulong newHolder)
     {
         var v = _state.Ports[victim];
         if (_state.ReservationHolder != 0 && _state.ReservationHolder == v.Key) _state.ReservationHolder = newHolder;
         v.Key = 0;
         v.Enabled = false;
         v.Fenced = true;
-        _io[victim].FenceComplete = _io[victim].Writes == 0;
+        var io = _io[victim];
+        io.FenceComplete = io.Writes == 0;
         Persist();
+        return io.Writes > 0 ? io.Drained ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously) : null;
     }
 
     /// <summary>`duet shelf fence PORT` (an administrator's fence). Completes as <see cref="IShelfPort.FenceAsync"/> does.</summary>
     public Task AdminFenceAsync(string victim)
     {
         ShelfPorts.Check(victim);
-        TaskCompletionSource? wait = null;
-        lock (_gate)
-        {
-            FenceLocked(victim, 0);
-            var io = _io[victim];
-            if (io.Writes > 0) wait = io.Drained ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        }
+        TaskCompletionSource? wait;
+        lock (_gate) wait = FenceLocked(victim, 0);
         return wait?.Task ?? Task.CompletedTask;
     }
 

@@ -141,9 +141,9 @@ public sealed partial class Controller
     /// and taken over: the survivor adopted our mirrored elements, and owns our arrays at a later epoch),
     /// else everything. The fence is the epoch check: a controller's arrays change owner without it only
     /// by a move, which destages and forgets their elements first.</summary>
-    async Task<Func<byte, bool>?> DecideReplayAsync()
+    async Task DecideReplayAsync()
     {
-        if (Shelf is null) return null;
+        if (Shelf is null) return;
         ShelfStatus status;
         while (true)
         {
@@ -154,14 +154,15 @@ public sealed partial class Controller
         if (status.Port(Name).Fenced)
         {
             _standby = true;
+            int discarded = Nvram.Own.ReplayOrder().Count;
+            Nvram.Own.Clear();
             Nvram.Peer.Clear();
             // Our messages must clear the survivor's epoch floor when we come back.
             if (status.EpochCounter > Nvram.Epoch) Nvram.Epoch = status.EpochCounter;
-            LogStandby(status.EpochCounter);
-            return _ => false;
+            LogStandby(status.EpochCounter, discarded);
+            return;
         }
         if (mine > Nvram.Epoch) Nvram.Epoch = mine;
-        return null;
     }
 
     void StartFailover()
@@ -253,11 +254,8 @@ public sealed partial class Controller
 
     async Task SendIclHeartbeatAsync()
     {
-        var hb = new Heartbeat(Name == "A" ? ControllerSide.A : ControllerSide.B, HoldsLease, Nvram.Epoch, Now, Volatile.Read(ref _leaseUntil));
-        var bytes = new byte[DuetFrame.EncodedBytes(hb)];
-        hb.Encode(bytes);
-        try { await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default); }
-        catch (IclLinkDownException) { }
+        var hb = new Heartbeat(Side, HoldsLease, Nvram.Epoch, Now, Volatile.Read(ref _leaseUntil));
+        await PostOrDropAsync(IclSignal.Message, DuetFrame.ToArray(hb));
     }
 
     /// <summary>A Heartbeat from the peer: it is alive; answer with its own timestamp, which renews its lease.</summary>
@@ -276,17 +274,10 @@ public sealed partial class Controller
         }
         Volatile.Write(ref _peerIclHeardAt, Now);
         _peerHeard = true;
-        var answer = hb with { Controller = Name == "A" ? ControllerSide.A : ControllerSide.B, Epoch = Nvram.Epoch, LeaseHeld = HoldsLease };
-        var bytes = new byte[DuetFrame.EncodedBytes(answer)];
-        answer.Encode(bytes);
-        _ = PostReplyAsync(bytes);
+        _ = PostOrDropAsync(IclSignal.Reply, DuetFrame.ToArray(hb with { Controller = Side, Epoch = Nvram.Epoch, LeaseHeld = HoldsLease }));
     }
 
-    async Task PostReplyAsync(byte[] bytes)
-    {
-        try { await Link.PostAsync(IclSignal.Reply, Nvram.Epoch, bytes, default); }
-        catch (IclLinkDownException) { }
-    }
+    ControllerSide Side => Name == "A" ? ControllerSide.A : ControllerSide.B;
 
     /// <summary>Arrays this controller serves are claimed at the shelf in its name (new arrays, arrays moved
     /// here); the NVRAM's epoch follows the largest claim it holds.</summary>
@@ -379,7 +370,7 @@ public sealed partial class Controller
             {
                 try
                 {
-                    var serials = Arrays.ArrayTable.Where(kv => kv.Value.Owner == PeerName || numbers.Contains(kv.Key)).Select(kv => kv.Value.Serial).ToList();
+                    var serials = Arrays.ArrayTable.Where(kv => numbers.Contains(kv.Key)).Select(kv => kv.Value.Serial).ToList();
                     var claims = serials.Count > 0 ? await Shelf.ClaimAsync(serials) : [];
                     var status = await Shelf.StatusAsync();
                     var epoch = Math.Max(Math.Max(Nvram.Epoch, claims.Select(c => c.Epoch).DefaultIfEmpty(0UL).Max()), status.EpochCounter);
@@ -492,8 +483,8 @@ public sealed partial class Controller
     partial void LogTakeoverFailed(string error);
     [LoggerMessage(EventId = 7023, Level = LogLevel.Error, Message = "stepping down: {Reason}")]
     partial void LogSteppedDown(string reason);
-    [LoggerMessage(EventId = 7024, Level = LogLevel.Warning, Message = "this controller's port is fenced at the shelf (epoch {Epoch}): NVRAM discarded, standby until the owner lets it back")]
-    partial void LogStandby(ulong epoch);
+    [LoggerMessage(EventId = 7024, Level = LogLevel.Warning, Message = "this controller's port is fenced at the shelf (epoch {Epoch}): NVRAM discarded ({Elements} elements the peer adopted when it took over), standby until the owner lets it back")]
+    partial void LogStandby(ulong epoch, int elements);
     [LoggerMessage(EventId = 7025, Level = LogLevel.Information, Message = "fence lifted: registered at the shelf again, rescanning the drives")]
     partial void LogRejoined();
     [LoggerMessage(EventId = 7026, Level = LogLevel.Information, Message = "controller {Peer} is back (a new session): its fence is lifted; it rejoins as standby")]

@@ -153,11 +153,10 @@ public sealed partial class Controller : IAsyncDisposable
     public async Task StartAsync()
     {
         if (Interlocked.Exchange(ref _started, 1) != 0) throw new InvalidOperationException($"controller {Name} is already started");
-        var keep = await DecideReplayAsync();
+        await DecideReplayAsync();
         RegisterServedArrays();
-        ReplayedElements = Cache.Replay(keep);
+        ReplayedElements = Cache.Replay();
         if (ReplayedElements > 0) LogReplayed(ReplayedElements);
-        if (Cache.DiscardedAtReplay > 0) LogDiscarded(Cache.DiscardedAtReplay);
         Cache.Start();
         Link.UpChanged += up =>
         {
@@ -233,18 +232,22 @@ public sealed partial class Controller : IAsyncDisposable
     byte[] HelloBytes()
     {
         var layout = Nvram.Layout;
-        var hello = new PairHello(Name[0], _options.Session, layout.TotalBytes, layout.ElementCount, layout.ElementBytes);
-        var bytes = new byte[DuetFrame.EncodedBytes(hello)];
-        hello.Encode(bytes);
-        return bytes;
+        return DuetFrame.ToArray(new PairHello(Name[0], _options.Session, layout.TotalBytes, layout.ElementCount, layout.ElementBytes));
+    }
+
+    /// <summary>Posts one of Duet's own messages, stamped with our epoch; a link that is down drops it (the
+    /// sender's timeouts and the next pairing take care of what was lost).</summary>
+    async Task PostOrDropAsync(IclSignal signal, byte[] message)
+    {
+        try { await Link.PostAsync(signal, Nvram.Epoch, message, default); }
+        catch (IclLinkDownException) { }
     }
 
     async Task AnswerHelloAsync()
     {
         // A new session of a peer we fenced: it discarded its NVRAM at start; let it back in first.
         if (_peerFenced) await UnfencePeerAsync();
-        try { await Link.PostAsync(IclSignal.Reply, Nvram.Epoch, HelloBytes(), default); }
-        catch (IclLinkDownException) { } // the peer's pairing times out and tries again
+        await PostOrDropAsync(IclSignal.Reply, HelloBytes()); // lost: the peer's pairing times out and tries again
     }
 
     void OnPeerLost(string why)
@@ -344,11 +347,7 @@ public sealed partial class Controller : IAsyncDisposable
         if (!Link.IsUp) return;
         var table = new ArrayTable();
         foreach (var (number, e) in Arrays.ArrayTable.OrderBy(kv => kv.Key)) table.TryAdd(e.Serial, number, out _);
-        var update = table.Snapshot();
-        var bytes = new byte[DuetFrame.EncodedBytes(update)];
-        update.Encode(bytes);
-        try { await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default); }
-        catch (IclLinkDownException) { }
+        await PostOrDropAsync(IclSignal.Message, DuetFrame.ToArray(table.Snapshot()));
     }
 
     /// <summary>
@@ -508,8 +507,6 @@ public sealed partial class Controller : IAsyncDisposable
         LogStopped(Name);
     }
 
-    [LoggerMessage(EventId = 7009, Level = LogLevel.Warning, Message = "discarded {Count} cache elements of arrays the shelf names the peer owner of (it took them over)")]
-    partial void LogDiscarded(long count);
     [LoggerMessage(EventId = 7002, Level = LogLevel.Information, Message = "replayed {Count} cache elements from NVRAM region 1")]
     partial void LogReplayed(int count);
     [LoggerMessage(EventId = 7003, Level = LogLevel.Information, Message = "paired with controller {Peer}; mirror resynchronised, write-back on")]

@@ -76,6 +76,14 @@ public static class DuetFrame
 
     public static int EncodedBytes<T>(T message) where T : IDuetMessage<T> => MirrorWire.DuetHeaderBytes + message.BodyBytes;
 
+    /// <summary>The message encoded into a new array of exactly its length.</summary>
+    public static byte[] ToArray<T>(T message) where T : IDuetMessage<T>
+    {
+        var bytes = new byte[EncodedBytes(message)];
+        Encode(message, bytes);
+        return bytes;
+    }
+
     public static int Encode<T>(T message, Span<byte> destination) where T : IDuetMessage<T>
     {
         int length = EncodedBytes(message);
