@@ -805,7 +805,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             bool idle = _options.Time.GetElapsedTime(_lastWriteTicks) >= _options.IdleDestageDelay;
             bool pressure = DirtyCount >= _slots.Length * _options.DestageStartFraction;
             bool drain;
-            lock (_lock) drain = _drainWaiters.Count > 0 || _spaceWaiters.Count > 0;
+            lock (_lock) drain = _drainWaiters.Count > 0 || _spaceWaiters.Count > 0 || _sequenceWaiters.Count > 0;
             if (!(kicked || idle || pressure || drain)) continue;
             try
             {
@@ -813,7 +813,11 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 while (true)
                 {
                     int n = await DestageRoundAsync(ct);
-                    lock (_lock) drain = _drainWaiters.Count > 0 || _spaceWaiters.Count > 0;
+                    lock (_lock)
+                    {
+                        ReleaseSequenceWaitersLocked();
+                        drain = _drainWaiters.Count > 0 || _spaceWaiters.Count > 0 || _sequenceWaiters.Count > 0;
+                    }
                     // Hysteresis: a pass started by pressure goes down to the low watermark.
                     pressure = pressure ? DirtyCount >= _slots.Length * low : DirtyCount >= _slots.Length * _options.DestageStartFraction;
                     if (n == 0 || !(drain || pressure)) break;
@@ -828,8 +832,49 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     foreach (var w in _drainWaiters) w.TrySetResult();
                     _drainWaiters.Clear();
                 }
+                ReleaseSequenceWaitersLocked();
             }
         }
+    }
+
+    readonly List<(ulong Through, TaskCompletionSource Done)> _sequenceWaiters = [];
+
+    /// <summary>
+    /// Completes once every element that is dirty now has been destaged or replaced by a newer write
+    /// (unlike <see cref="DrainAsync"/>, writes arriving meanwhile do not hold it up). The controller
+    /// waits for this before it acknowledges a write it did not mirror: from then on the peer's copy
+    /// of this cache is only older than the drives.
+    /// </summary>
+    public Task DestageCurrentAsync(CancellationToken ct = default)
+    {
+        var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_lock)
+        {
+            if (OldestDirtyLocked() is null) return Task.CompletedTask;
+            _sequenceWaiters.Add((_sequence, tcs));
+        }
+        Kick();
+        return Waits.OrCancel(tcs.Task, ct);
+    }
+
+    ulong? OldestDirtyLocked()
+    {
+        ulong? oldest = null;
+        foreach (var e in _index.Values)
+            if (_slots[e].State == SlotState.Dirty && (oldest is null || _slots[e].Sequence < oldest)) oldest = _slots[e].Sequence;
+        return oldest;
+    }
+
+    void ReleaseSequenceWaitersLocked()
+    {
+        if (_sequenceWaiters.Count == 0) return;
+        var oldest = OldestDirtyLocked();
+        for (int i = _sequenceWaiters.Count - 1; i >= 0; i--)
+            if (oldest is null || oldest > _sequenceWaiters[i].Through)
+            {
+                _sequenceWaiters[i].Done.TrySetResult();
+                _sequenceWaiters.RemoveAt(i);
+            }
     }
 
     /// <summary>One destage pass over up to DestageRoundElements dirty elements; returns how many were cleaned.</summary>

@@ -53,6 +53,7 @@ public sealed class LocalShelfPort : IShelfPort
     public Task ReserveAsync(CancellationToken ct = default) => Run(() => _shelf.Reserve(PortName));
     public Task PreemptAsync(ulong victimKey, CancellationToken ct = default) => Run(() => _shelf.Preempt(PortName, victimKey));
     public Task SetEnabledAsync(bool enabled, CancellationToken ct = default) => Run(() => _shelf.SetEnabled(PortName, enabled));
+    public Task SetMirrorStaleAsync(bool stale, CancellationToken ct = default) => Run(() => _shelf.SetMirrorStale(PortName, stale));
     public Task UnfenceAsync(string victim, CancellationToken ct = default) => Run(() => _shelf.Unfence(PortName, victim));
 
     public Task FenceAsync(string victim, CancellationToken ct = default)
@@ -62,7 +63,10 @@ public sealed class LocalShelfPort : IShelfPort
     }
 
     public Task<IReadOnlyList<ArrayClaim>> ClaimAsync(IReadOnlyList<ulong> serials, CancellationToken ct = default) =>
-        Run(() => _shelf.Claim(PortName, serials));
+        Run(() => _shelf.Claim(PortName, serials, PortName));
+
+    public Task<IReadOnlyList<ArrayClaim>> ClaimForAsync(string owner, IReadOnlyList<ulong> serials, CancellationToken ct = default) =>
+        Run(() => _shelf.Claim(PortName, serials, ShelfPorts.Check(owner)));
 
     public Task ReleaseAsync(IReadOnlyList<ulong> serials, CancellationToken ct = default) => Run(() => _shelf.Release(PortName, serials));
 

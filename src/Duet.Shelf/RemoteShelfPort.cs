@@ -122,11 +122,15 @@ public sealed class RemoteShelfPort : IShelfPort, IAsyncDisposable
     public Task ReserveAsync(CancellationToken ct = default) => Call(new(ShelfOp.Reserve, 0), ct);
     public Task PreemptAsync(ulong victimKey, CancellationToken ct = default) => Call(new(ShelfOp.Preempt, 0) { Value = victimKey }, ct);
     public Task SetEnabledAsync(bool enabled, CancellationToken ct = default) => Call(new(ShelfOp.SetEnabled, 0) { Value = enabled ? 1UL : 0 }, ct);
+    public Task SetMirrorStaleAsync(bool stale, CancellationToken ct = default) => Call(new(ShelfOp.SetMirrorStale, 0) { Value = stale ? 1UL : 0 }, ct);
     public Task FenceAsync(string victim, CancellationToken ct = default) => Call(new(ShelfOp.Fence, 0) { Name = victim }, ct, timeout: _options.FenceTimeout);
     public Task UnfenceAsync(string victim, CancellationToken ct = default) => Call(new(ShelfOp.Unfence, 0) { Name = victim }, ct);
 
     public async Task<IReadOnlyList<ArrayClaim>> ClaimAsync(IReadOnlyList<ulong> serials, CancellationToken ct = default) =>
         (await Call(new(ShelfOp.Claim, 0) { Serials = serials }, ct).ConfigureAwait(false)).Claims;
+
+    public async Task<IReadOnlyList<ArrayClaim>> ClaimForAsync(string owner, IReadOnlyList<ulong> serials, CancellationToken ct = default) =>
+        (await Call(new(ShelfOp.ClaimFor, 0) { Name = ShelfPorts.Check(owner), Serials = serials }, ct).ConfigureAwait(false)).Claims;
 
     public Task ReleaseAsync(IReadOnlyList<ulong> serials, CancellationToken ct = default) => Call(new(ShelfOp.Release, 0) { Serials = serials }, ct);
 

@@ -97,7 +97,10 @@ public sealed class Shelf : IAsyncDisposable
 
     ShelfStatus StatusLocked()
     {
-        var ports = _state.Ports.Select(kv => new PortState(kv.Key, kv.Value.Enabled, kv.Value.Fenced, kv.Value.Key, _heartbeats[kv.Key], _io[kv.Key].Writes)).ToList();
+        var ports = _state.Ports.Select(kv => new PortState(kv.Key, kv.Value.Enabled, kv.Value.Fenced, kv.Value.Key, _heartbeats[kv.Key], _io[kv.Key].Writes)
+        {
+            MirrorStale = kv.Value.MirrorStale,
+        }).ToList();
         var slots = _drives.List().Select(n => new SlotState(n, BlockCountOrZero(n), SerialOf(n), _state.Pulled.Contains(n))).ToList();
         return new ShelfStatus(ports, _state.ReservationHolder, _state.EpochCounter, [.. _state.Claims.Values], slots);
     }
@@ -181,6 +184,17 @@ public sealed class Shelf : IAsyncDisposable
         }
     }
 
+    internal void SetMirrorStale(string port, bool stale)
+    {
+        lock (_gate)
+        {
+            var p = Registered(port);
+            if (p.MirrorStale == stale) return;
+            p.MirrorStale = stale;
+            Persist();
+        }
+    }
+
     internal Task FenceAsync(string port, string victim)
     {
         ShelfPorts.Check(victim);
@@ -244,7 +258,7 @@ public sealed class Shelf : IAsyncDisposable
         Persist();
     }
 
-    internal IReadOnlyList<ArrayClaim> Claim(string port, IReadOnlyList<ulong> serials)
+    internal IReadOnlyList<ArrayClaim> Claim(string port, IReadOnlyList<ulong> serials, string owner)
     {
         lock (_gate)
         {
@@ -252,7 +266,7 @@ public sealed class Shelf : IAsyncDisposable
             var claims = new List<ArrayClaim>(serials.Count);
             foreach (var serial in serials)
             {
-                var c = new ArrayClaim(serial, port, ++_state.EpochCounter);
+                var c = new ArrayClaim(serial, owner, ++_state.EpochCounter);
                 _state.Claims[serial] = c;
                 claims.Add(c);
             }

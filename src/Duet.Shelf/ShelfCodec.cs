@@ -112,10 +112,11 @@ public static class ShelfCodec
             case ShelfOp.Register or ShelfOp.Preempt or ShelfOp.Heartbeat:
                 w.U64(r.Value);
                 break;
-            case ShelfOp.SetEnabled:
+            case ShelfOp.SetEnabled or ShelfOp.SetMirrorStale:
                 w.U8((byte)(r.Value == 0 ? 0 : 1));
                 break;
-            case ShelfOp.Claim or ShelfOp.Release:
+            case ShelfOp.Claim or ShelfOp.Release or ShelfOp.ClaimFor:
+                if (r.Op == ShelfOp.ClaimFor) w.String(r.Name);
                 w.U32((uint)r.Serials.Count);
                 foreach (var s in r.Serials) w.U64(s);
                 break;
@@ -167,15 +168,16 @@ public static class ShelfCodec
             case ShelfOp.Register or ShelfOp.Preempt or ShelfOp.Heartbeat:
                 request = request with { Value = r.U64() };
                 break;
-            case ShelfOp.SetEnabled:
+            case ShelfOp.SetEnabled or ShelfOp.SetMirrorStale:
             {
                 var b = r.U8();
-                if (b > 1) throw new ShelfProtocolException($"set-enabled takes 0 or 1, not {b}");
+                if (b > 1) throw new ShelfProtocolException($"{(request.Op == ShelfOp.SetEnabled ? "set-enabled" : "set-mirror-stale")} takes 0 or 1, not {b}");
                 request = request with { Value = b };
                 break;
             }
-            case ShelfOp.Claim or ShelfOp.Release:
+            case ShelfOp.Claim or ShelfOp.Release or ShelfOp.ClaimFor:
             {
+                if (request.Op == ShelfOp.ClaimFor) request = request with { Name = r.String() };
                 var count = r.U32();
                 if (count > ShelfWire.MaxSerials) throw new ShelfProtocolException($"{count} serials is over the limit of {ShelfWire.MaxSerials}");
                 var serials = new ulong[count];
@@ -253,7 +255,7 @@ public static class ShelfCodec
             case ShelfOp.Read:
                 w.Bytes(r.Payload.Span);
                 break;
-            case ShelfOp.Claim:
+            case ShelfOp.Claim or ShelfOp.ClaimFor:
                 w.U32((uint)r.Claims.Count);
                 foreach (var c in r.Claims) WriteClaim(ref w, c);
                 break;
@@ -292,7 +294,7 @@ public static class ShelfCodec
         foreach (var p in s.Ports)
         {
             w.String(p.Port);
-            w.U8((byte)((p.Enabled ? 1 : 0) | (p.Fenced ? 2 : 0)));
+            w.U8((byte)((p.Enabled ? 1 : 0) | (p.Fenced ? 2 : 0) | (p.MirrorStale ? 4 : 0)));
             w.U64(p.Key);
             w.U64(p.Heartbeat);
             w.U64((ulong)p.InFlightWrites);
@@ -319,8 +321,8 @@ public static class ShelfCodec
         {
             var name = r.String();
             var bits = r.U8();
-            if (bits > 3) throw new ShelfProtocolException($"port state bits 0x{bits:x2} are not known");
-            ports.Add(new PortState(name, (bits & 1) != 0, (bits & 2) != 0, r.U64(), r.U64(), r.I64("writes in flight")));
+            if (bits > 7) throw new ShelfProtocolException($"port state bits 0x{bits:x2} are not known");
+            ports.Add(new PortState(name, (bits & 1) != 0, (bits & 2) != 0, r.U64(), r.U64(), r.I64("writes in flight")) { MirrorStale = (bits & 4) != 0 });
         }
         var holder = r.U64();
         var epoch = r.U64();
@@ -378,7 +380,7 @@ public static class ShelfCodec
                 response = response with { Payload = body };
                 r.Skip(r.Remaining);
                 break;
-            case ShelfOp.Claim:
+            case ShelfOp.Claim or ShelfOp.ClaimFor:
             {
                 var claims = new List<ArrayClaim>();
                 for (uint i = 0, n = r.Count("claims"); i < n; i++) claims.Add(ReadClaim(ref r));
@@ -388,7 +390,7 @@ public static class ShelfCodec
             case ShelfOp.Heartbeat or ShelfOp.Status:
                 response = response with { ShelfStatus = ReadStatus(ref r) };
                 break;
-            case ShelfOp.Write or ShelfOp.Flush or ShelfOp.Register or ShelfOp.Reserve or ShelfOp.Preempt or ShelfOp.SetEnabled
+            case ShelfOp.Write or ShelfOp.Flush or ShelfOp.Register or ShelfOp.Reserve or ShelfOp.Preempt or ShelfOp.SetEnabled or ShelfOp.SetMirrorStale
                 or ShelfOp.Fence or ShelfOp.Unfence or ShelfOp.Release or ShelfOp.Pull or ShelfOp.Insert or ShelfOp.AdminFence or ShelfOp.AdminUnfence:
                 break;
             default:

@@ -270,6 +270,9 @@ internal sealed class ShelfConnection
             case ShelfOp.SetEnabled:
                 await Port.SetEnabledAsync(r.Value != 0);
                 return ok;
+            case ShelfOp.SetMirrorStale:
+                await Port.SetMirrorStaleAsync(r.Value != 0);
+                return ok;
             case ShelfOp.Fence:
                 await Port.FenceAsync(r.Name);
                 return ok;
@@ -278,6 +281,8 @@ internal sealed class ShelfConnection
                 return ok;
             case ShelfOp.Claim:
                 return ok with { Claims = await Port.ClaimAsync(r.Serials) };
+            case ShelfOp.ClaimFor:
+                return ok with { Claims = await Port.ClaimForAsync(r.Name, r.Serials) };
             case ShelfOp.Release:
                 await Port.ReleaseAsync(r.Serials);
                 return ok;

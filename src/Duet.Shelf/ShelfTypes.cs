@@ -56,7 +56,12 @@ public sealed class ShelfException(ShelfError error, string message, long lba = 
 }
 
 /// <summary>One controller port of the shelf. <see cref="Key"/> is its registration (0: none).</summary>
-public sealed record PortState(string Port, bool Enabled, bool Fenced, ulong Key, ulong Heartbeat, long InFlightWrites);
+public sealed record PortState(string Port, bool Enabled, bool Fenced, ulong Key, ulong Heartbeat, long InFlightWrites)
+{
+    /// <summary>The port's controller acknowledged writes without mirroring them (error-recovery mode): its
+    /// peer's copy of its cache (NVRAM region 2) may be older than the drives and must not be adopted.</summary>
+    public bool MirrorStale { get; init; }
+}
 
 /// <summary>Who owns an array (by its 64-bit serial) and at which epoch. Epochs come from one
 /// shelf-wide counter, so every change of ownership of any array gets a larger number than any before.</summary>
@@ -101,6 +106,10 @@ public interface IShelfPort : IDriveShelf
     /// <summary>Enables or disables this port. A fenced port cannot enable itself.</summary>
     Task SetEnabledAsync(bool enabled, CancellationToken ct = default);
 
+    /// <summary>Records whether the peer's copy of this controller's cache is stale (set before the first write
+    /// acknowledged without the mirror; cleared once the mirror is resynchronised). Persisted.</summary>
+    Task SetMirrorStaleAsync(bool stale, CancellationToken ct = default);
+
     /// <summary>Fences the other port (FO-2): disabled, preempted, marked fenced (persisted). Completes once every
     /// write the shelf had already accepted from that port has finished.</summary>
     Task FenceAsync(string victim, CancellationToken ct = default);
@@ -110,6 +119,10 @@ public interface IShelfPort : IDriveShelf
 
     /// <summary>Names this port's controller owner of each array, each at a new epoch (persisted). Returns the claims.</summary>
     Task<IReadOnlyList<ArrayClaim>> ClaimAsync(IReadOnlyList<ulong> serials, CancellationToken ct = default);
+
+    /// <summary>Names <paramref name="owner"/> (this port or the other) owner of each array at a new epoch: the last
+    /// step of handing arrays over; the new owner serves them only once the shelf says so.</summary>
+    Task<IReadOnlyList<ArrayClaim>> ClaimForAsync(string owner, IReadOnlyList<ulong> serials, CancellationToken ct = default);
 
     /// <summary>Forgets this port's claims on arrays that no longer exist (deleted).</summary>
     Task ReleaseAsync(IReadOnlyList<ulong> serials, CancellationToken ct = default);

@@ -102,6 +102,10 @@ public enum ShelfOp : ushort
     Heartbeat = 17,
     /// <summary>Body: none. Result: the shelf status. Allowed on every socket.</summary>
     Status = 18,
+    /// <summary>Body: u8 0 or 1: whether the peer's copy of this port's cache (its NVRAM region 2) is stale. Result: none.</summary>
+    SetMirrorStale = 19,
+    /// <summary>Body: string owner port, u32 count, count u64 serials: names that port owner (an array handed over). Result: as Claim.</summary>
+    ClaimFor = 20,
 
     /// <summary>Admin: `duet shelf pull`. Body: string slot. Result: none.</summary>
     Pull = 32,

@@ -282,15 +282,16 @@ public sealed partial class Simulator
             ulong session = _random.NextUInt64() | 1;
             var controller = await node.InvokeAsync(async () =>
             {
-                bool joined = await Controller.JoinShelfAsync(port, session, node.Time);
+                var claims = new ShelfClaims(side.Name);
+                bool joined = await Controller.JoinShelfAsync(port, session, node.Time, claims);
                 _trace.Add($"{side.Name} {(joined ? "registered at the shelf" : "is fenced at the shelf: standby")}");
-                var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = port, Time = node.Time, Controller = side.Name, NewUuid = NewUuid, LoggerFactory = loggers });
+                var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = port, Time = node.Time, Controller = side.Name, NewUuid = NewUuid, LoggerFactory = loggers, MayServe = claims.MayServe });
                 var nvram = NvramFile.OpenOrCreate(side.Store, _layout, side.Name, _pairId);
                 side.Nvram = nvram;
                 var link = _wire.Attach(node, side.Name);
                 var c = new Controller(new ControllerCoreOptions
                 {
-                    Name = side.Name, Session = session, Time = node.Time, Loggers = loggers, Shelf = port,
+                    Name = side.Name, Session = session, Time = node.Time, Loggers = loggers, Shelf = port, Claims = claims,
                     ForwardTimeout = TimeSpan.FromSeconds(2),
                     ConfigureCache = o => o with { PlantedForgetKeepsPeerCopies = _options.Bug == PlantedBug.ForgetKeepsPeerCopies },
                     WrapMirror = _options.Bug == PlantedBug.AckBeforeMirror ? m => new AckBeforeMirror(m) : null,

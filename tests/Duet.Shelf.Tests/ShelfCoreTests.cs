@@ -235,4 +235,21 @@ public class ShelfCoreTests
         }
         finally { dir.Delete(recursive: true); }
     }
+
+    [Fact]
+    [Trait("Claim", "FO-7")]
+    public async Task A_port_records_its_mirror_stale_and_the_record_survives_a_restart()
+    {
+        var (shelf, bay, store) = NewShelf();
+        var a = shelf.Port("A");
+        Assert.Equal(ShelfError.NotRegistered, (await Assert.ThrowsAsync<ShelfException>(() => a.SetMirrorStaleAsync(true))).Error);
+        await a.RegisterAsync(1);
+        await a.SetMirrorStaleAsync(true);
+        Assert.True((await shelf.Port("B").StatusAsync()).Port("A").MirrorStale);
+        var (again, _, _) = NewShelf(store: store, bay: bay);
+        Assert.True(again.Status().Port("A").MirrorStale);
+        Assert.False(again.Status().Port("B").MirrorStale);
+        await again.Port("A").SetMirrorStaleAsync(false);
+        Assert.False(again.Status().Port("A").MirrorStale);
+    }
 }

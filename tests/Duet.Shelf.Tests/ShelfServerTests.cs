@@ -49,6 +49,19 @@ public class ShelfServerTests
     }
 
     [Fact]
+    [Trait("Claim", "FO-7")]
+    public async Task The_mirror_stale_record_travels_over_the_wire()
+    {
+        await using var rig = await ShelfRig.StartAsync();
+        var a = rig.Port("A");
+        await a.RegisterAsync(0xA);
+        await a.SetMirrorStaleAsync(true);
+        Assert.True((await rig.Port("B").StatusAsync()).Port("A").MirrorStale);
+        await a.SetMirrorStaleAsync(false);
+        Assert.False((await a.StatusAsync()).Port("A").MirrorStale);
+    }
+
+    [Fact]
     public async Task A_remote_drive_refuses_what_a_local_one_refuses_with_the_same_error()
     {
         await using var rig = await ShelfRig.StartAsync();

@@ -95,6 +95,17 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
         }
     }
 
+    /// <summary>Before a write is acknowledged: the mirror's state is what the shelf says (a write the peer
+    /// never saw is acknowledged only once the shelf records the peer's copy stale), and the acknowledgement
+    /// is an answer too: only with a lease.</summary>
+    async ValueTask AcknowledgeAsync(CancellationToken ct)
+    {
+        if (controller is null) return;
+        await controller.AckGateAsync(ct);
+        await controller.ServeGateAsync(arrayNumber, ct);
+        controller.OnServed(arrayNumber);
+    }
+
     long ArraySector(long offset) => Volume.OffsetBlocks * Units.SectorsPerBlock + offset / Units.SectorBytes;
 
     void Check(long offset, long length) => VolumeChecks.CheckRequest(Name, SizeBytes, offset, length);
@@ -122,8 +133,7 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
         try
         {
             await cache.WriteAsync(arrayNumber, ArraySector(offset), source, fua, ct);
-            // The acknowledgement is an answer too: only with a lease.
-            if (controller is not null) { await controller.ServeGateAsync(arrayNumber, ct); controller.OnServed(arrayNumber); }
+            await AcknowledgeAsync(ct);
         }
         finally { Exit(); }
     }
@@ -150,6 +160,7 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
                 await cache.WriteAsync(arrayNumber, ArraySector(offset + done), zeros.AsMemory(0, n), fua, ct);
                 done += n;
             }
+            await AcknowledgeAsync(ct);
         }
         finally { Exit(); }
     }

@@ -1,3 +1,4 @@
+using Duet.Cache;
 using Duet.Cache.Mirror;
 using Duet.Cache.Nvram;
 using Duet.Core;
@@ -62,6 +63,7 @@ public sealed partial class Controller
 {
     FailoverOptions Failover => _options.Failover;
     IShelfPort? Shelf => _options.Shelf;
+    ShelfClaims? Claims => _options.Claims;
 
     long _startedAt;             // timestamp ticks
     long _leaseUntil;            // timestamp ticks; the lease is held while now < this
@@ -113,12 +115,16 @@ public sealed partial class Controller
     /// if the port is fenced (the controller was declared dead while it was away): it must not register,
     /// and starts as standby.
     /// </summary>
-    public static async Task<bool> JoinShelfAsync(IShelfPort shelf, ulong session, TimeProvider time, CancellationToken ct = default)
+    public static async Task<bool> JoinShelfAsync(IShelfPort shelf, ulong session, TimeProvider time, ShelfClaims claims, CancellationToken ct = default)
     {
         // A controller that cannot reach its shelf waits for it: it can do nothing useful without it.
         while (true)
         {
-            try { return await TryJoinShelfAsync(shelf, session); }
+            try
+            {
+                claims.Replace((await shelf.StatusAsync()).Claims);
+                return await TryJoinShelfAsync(shelf, session);
+            }
             catch (ShelfException e) when (e.Error == ShelfError.Unreachable) { await time.DelayAsync(TimeSpan.FromMilliseconds(100), ct); }
         }
     }
@@ -226,6 +232,7 @@ public sealed partial class Controller
         }
         _lastShelfReadIssuedAt = issued;
         _peerFenced = peer.Fenced;
+        Claims?.Replace(status.Claims);
         await KeepClaimsAsync(status);
         // Not awaited: the heartbeats (and so our lease) go on while the takeover runs.
         if (ShouldTakeOver()) _ = TakeOverAsync($"no heartbeat from controller {PeerName} on the ICL or at the shelf for {Since(LastHeard).TotalMilliseconds:F0} ms");
@@ -279,23 +286,46 @@ public sealed partial class Controller
 
     ControllerSide Side => Name == "A" ? ControllerSide.A : ControllerSide.B;
 
-    /// <summary>Arrays this controller serves are claimed at the shelf in its name (new arrays, arrays moved
-    /// here); the NVRAM's epoch follows the largest claim it holds.</summary>
+    /// <summary>
+    /// Keeps the shelf's claims and the superblocks in step, every heartbeat: arrays this controller serves
+    /// with no claim (new ones) are claimed in its name; a move of ours interrupted after its superblocks
+    /// named the peer (we crashed) is finished by naming the peer at the shelf; an array the shelf gives
+    /// us that we do not serve yet (the peer's notice was lost) is looked for. The NVRAM's epoch follows
+    /// the largest claim this controller holds.
+    /// </summary>
     async Task KeepClaimsAsync(ShelfStatus status)
     {
         var missing = new List<ulong>();
         foreach (var raid in Arrays.ServedArrays)
         {
             var serial = ArrayManager.SerialOf(raid.Uuid);
-            if (status.Claim(serial) is not { } c || c.Owner != Name) missing.Add(serial);
+            if (status.Claim(serial) is null) missing.Add(serial);
         }
+        var handedOver = new List<ulong>();
+        bool lookAgain = false;
+        if (Volatile.Read(ref _takingOver) == 0)
+            foreach (var (_, a) in Arrays.ArrayTable)
+            {
+                if (status.Claim(a.Serial) is not { } c || Arrays.Serves(a.Name)) continue;
+                bool givingUp;
+                lock (_volumesLock) givingUp = _givingUp.Contains(a.Name);
+                if (c.Owner == Name && a.Owner == PeerName && !givingUp) handedOver.Add(a.Serial);
+                if (c.Owner == Name && a.Owner == Name) lookAgain = true;
+            }
         var epochs = status.Claims.Where(c => c.Owner == Name).Select(c => c.Epoch).ToList();
-        if (missing.Count > 0)
+        try
         {
-            try { epochs.AddRange((await Shelf!.ClaimAsync(missing)).Select(c => c.Epoch)); }
-            catch (ShelfException e) { LogShelfUnreachable(e.Message); }
+            if (missing.Count > 0)
+            {
+                var mine = await Shelf!.ClaimAsync(missing);
+                Claims?.Merge(mine);
+                epochs.AddRange(mine.Select(c => c.Epoch));
+            }
+            if (handedOver.Count > 0) Claims?.Merge(await Shelf!.ClaimForAsync(PeerName, handedOver));
         }
+        catch (ShelfException e) { LogShelfUnreachable(e.Message); }
         if (epochs.Count > 0 && epochs.Max() > Nvram.Epoch) Nvram.Epoch = epochs.Max();
+        if (lookAgain) _ = RescanAsync();
     }
 
     /// <summary>The serve gate: a host request on array <paramref name="arrayNumber"/> waits here for a
@@ -324,6 +354,84 @@ public sealed partial class Controller
             if (Since(since) >= Failover.LeaseWait)
                 throw new BlockIoException(BlockErrorKind.Unavailable, $"controller {Name} holds no lease (it has heard neither its peer nor the shelf for {Failover.HeartbeatTimeout.TotalMilliseconds / 2:F0} ms)");
             await Waits.OrCancel(Volatile.Read(ref _beatDone).Task, ct);
+        }
+    }
+
+    // The peer's copy of our cache (its region 2) is what it adopts if it takes us over. Once our mirror
+    // has failed we acknowledge writes it never saw (write-through), and that copy can be older than the
+    // drives: adopting it would write old data over acknowledged data. So before the first such
+    // acknowledgement, we destage everything the copy may hold newer than the drives and then record
+    // "mirror stale" at the shelf (the peer then adopts nothing); once the mirror is resynchronised,
+    // before the first mirrored acknowledgement, we clear it. One gate serialises the two.
+    readonly AsyncGate _staleGate = new(1, 1);
+    Task? _staleMark;
+    volatile bool _markedStale, _marking;
+
+    /// <summary>A write is acknowledged only after this: with a healthy mirror, once the shelf no longer says
+    /// our mirror is stale; in error-recovery mode, once it does (see above).</summary>
+    internal async ValueTask AckGateAsync(CancellationToken ct)
+    {
+        if (Shelf is null) return;
+        if (Mirror.Mode == MirrorMode.Healthy)
+        {
+            if (_markedStale || _marking) await ClearStaleAsync();
+            return;
+        }
+        Task mark;
+        lock (_volumesLock) mark = _staleMark ??= MarkStaleAsync();
+        try { await Waits.WithTimeout(mark, Failover.LeaseWait, _options.Time); }
+        catch (TimeoutException)
+        {
+            throw new BlockIoException(BlockErrorKind.Unavailable, $"controller {Name} cannot record its stale mirror at the shelf; the write is not acknowledged");
+        }
+    }
+
+    async Task MarkStaleAsync()
+    {
+        await Cache.DestageCurrentAsync();
+        await _staleGate.WaitAsync(CancellationToken.None);
+        _marking = true;
+        try
+        {
+            // Re-paired meanwhile: the peer's copy is whole again; nothing to record.
+            if (Mirror.Mode == MirrorMode.Healthy) return;
+            await UntilShelfAnswersAsync(() => Shelf!.SetMirrorStaleAsync(true));
+            _markedStale = true;
+            LogMirrorStale(true);
+        }
+        finally
+        {
+            _marking = false;
+            _staleGate.Release();
+        }
+    }
+
+    /// <summary>After a resynchronisation: the peer's copy is whole; the shelf stops saying otherwise.</summary>
+    async Task ClearStaleAsync()
+    {
+        lock (_volumesLock) _staleMark = null;
+        if (Shelf is null) return;
+        await _staleGate.WaitAsync(CancellationToken.None);
+        try
+        {
+            if (!_markedStale) return;
+            await UntilShelfAnswersAsync(() => Shelf.SetMirrorStaleAsync(false));
+            _markedStale = false;
+            LogMirrorStale(false);
+        }
+        finally { _staleGate.Release(); }
+    }
+
+    async Task UntilShelfAnswersAsync(Func<Task> request)
+    {
+        while (true)
+        {
+            try { await request(); return; }
+            catch (ShelfException e) when (e.Error == ShelfError.Unreachable)
+            {
+                if (_steppedDown) throw;
+                await _options.Time.DelayAsync(Failover.HeartbeatPeriod);
+            }
         }
     }
 
@@ -359,7 +467,10 @@ public sealed partial class Controller
             double fenced = Since(heard).TotalMilliseconds;
             // Nothing the fenced session sends counts any more: its heartbeats, mirror writes, hellos.
             Mirror.Fail($"controller {PeerName} was fenced: {reason}");
-            var numbers = Arrays.ArrayTable.Where(kv => kv.Value.Owner == PeerName).Select(kv => kv.Key).ToHashSet();
+            // The peer's arrays: those its superblocks name, and those the shelf still gives it (a move
+            // to us it did not finish).
+            var numbers = Arrays.ArrayTable.Where(kv => kv.Value.Owner == PeerName || Claims?.Of(kv.Value.Serial)?.Owner == PeerName)
+                .Select(kv => kv.Key).ToHashSet();
             Volatile.Write(ref _adopting, numbers);
             // Once the peer is fenced the takeover must finish, whatever fails on the way (the shelf path
             // dropping, a drive): until it has, the peer's arrays are served by nobody and its mirrored
@@ -372,6 +483,7 @@ public sealed partial class Controller
                 {
                     var serials = Arrays.ArrayTable.Where(kv => numbers.Contains(kv.Key)).Select(kv => kv.Value.Serial).ToList();
                     var claims = serials.Count > 0 ? await Shelf.ClaimAsync(serials) : [];
+                    Claims?.Merge(claims);
                     var status = await Shelf.StatusAsync();
                     var epoch = Math.Max(Math.Max(Nvram.Epoch, claims.Select(c => c.Epoch).DefaultIfEmpty(0UL).Max()), status.EpochCounter);
                     Nvram.Epoch = epoch;
@@ -407,10 +519,21 @@ public sealed partial class Controller
         var peer = Nvram.Peer;
         var table = Arrays.ArrayTable;
         var list = new List<(ElementDescriptor, ReadOnlyMemory<byte>)>();
+        if ((await Shelf!.StatusAsync()).Port(PeerName).MirrorStale)
+        {
+            // The peer acknowledged writes we never saw (its mirror to us had failed), after destaging
+            // everything our copy holds: the drives are newer than our copy.
+            LogStaleCopyDropped(PeerName, peer.ReplayOrder().Count);
+            peer.Clear();
+            Receiver.Reset();
+            return 0;
+        }
         foreach (var (e, d) in peer.ReplayOrder())
         {
             if (!d.Dirty) continue;
-            if (!table.TryGetValue(d.ArrayNumber, out var a) || a.Owner != Name || a.Serial != d.ArraySerial)
+            // Only arrays taken from the peer now: its copies of an array it handed to us earlier (a move whose
+            // invalidations it did not get to send) are older than what we have written there since.
+            if (!numbers.Contains(d.ArrayNumber) || !table.TryGetValue(d.ArrayNumber, out var a) || a.Owner != Name || a.Serial != d.ArraySerial)
             {
                 LogNotAdopted(d.ArrayNumber, d.ArrayLba);
                 continue;
@@ -493,6 +616,10 @@ public sealed partial class Controller
     partial void LogShelfUnreachable(string error);
     [LoggerMessage(EventId = 7028, Level = LogLevel.Warning, Message = "heartbeat failed: {Error}")]
     partial void LogHeartbeatFailed(string error);
+    [LoggerMessage(EventId = 7030, Level = LogLevel.Information, Message = "mirror stale at the shelf: {Stale}")]
+    partial void LogMirrorStale(bool stale);
+    [LoggerMessage(EventId = 7031, Level = LogLevel.Warning, Message = "controller {Peer} had acknowledged writes without its mirror: its {Count} mirrored elements here are older than the drives and are dropped, not adopted")]
+    partial void LogStaleCopyDropped(string peer, int count);
     [LoggerMessage(EventId = 7029, Level = LogLevel.Warning, Message = "mirrored element of array {Array} at {Lba} not adopted: the array is not one this controller took over")]
     partial void LogNotAdopted(byte array, long lba);
 }

@@ -32,6 +32,8 @@ public sealed record ControllerCoreOptions
     /// <summary>The controller's port on the shared shelf. With it: heartbeats on the ICL and the shelf, a lease,
     /// takeover of a dead peer (issue 5). Without it (a single controller, older tests): none of that.</summary>
     public IShelfPort? Shelf { get; init; }
+    /// <summary>With <see cref="Shelf"/>: the claims the array manager was opened with (<see cref="ShelfClaims.MayServe"/>).</summary>
+    public ShelfClaims? Claims { get; init; }
     public FailoverOptions Failover { get; init; } = new();
     /// <summary>Test only (the simulator's planted bugs): adjusts the cache's options.</summary>
     public Func<CacheOptions, CacheOptions>? ConfigureCache { get; init; }
@@ -70,6 +72,8 @@ public sealed partial class Controller : IAsyncDisposable
     readonly Dictionary<string, CachedVolume> _cached = new(StringComparer.Ordinal);
     readonly Dictionary<string, ForwardedVolume> _forwarded = new(StringComparer.Ordinal);
     readonly HashSet<string> _cachedArrays = new(StringComparer.Ordinal);
+    // Arrays in the middle of a move or delete here (the heartbeat must not finish their hand-over early).
+    readonly HashSet<string> _givingUp = new(StringComparer.Ordinal);
     int _started;
 
     public ArrayManager Arrays { get; }
@@ -218,6 +222,7 @@ public sealed partial class Controller : IAsyncDisposable
             // (a change announced while the link was down never reached it).
             await NotifyPeerArraysChangedAsync();
             await Cache.ResyncMirrorAsync(Mirror.Resume);
+            await ClearStaleAsync();
             LogPaired(_options.PeerName);
         }
         catch (Exception e) when (e is IclLinkDownException or MirrorUnavailableException or TimeoutException)
@@ -336,6 +341,12 @@ public sealed partial class Controller : IAsyncDisposable
 
     public async Task RescanAsync()
     {
+        // Whether an array handed to us may be served yet is the shelf's to say: ask it first.
+        if (Shelf is not null && Claims is not null)
+        {
+            try { Claims.Replace((await Shelf.StatusAsync()).Claims); }
+            catch (ShelfException) { }
+        }
         await Arrays.RescanAsync();
         RegisterServedArrays();
         lock (_volumesLock) _forwarded.Clear();
@@ -379,10 +390,31 @@ public sealed partial class Controller : IAsyncDisposable
         if (to == Name) throw new ManagementException(ManagementErrorKind.Invalid, $"array '{array}' is already served by controller {Name}");
         if (!Link.IsUp || Mirror.Mode != MirrorMode.Healthy)
             throw new ManagementException(ManagementErrorKind.Conflict, $"controller {to} is not paired with {Name} (link {(Link.IsUp ? "up" : "down")}, mirror {(Mirror.Mode == MirrorMode.Healthy ? "healthy" : "in error-recovery mode")}); it cannot take array '{array}' now");
+        ulong serial = ArrayManager.SerialOf(Arrays.ServedArrays.First(a => a.Name == array).Uuid);
+        // The shelf names us owner until the very end of the move (an array created before it had a claim
+        // gets one now): the peer serves it only once the shelf names it.
+        if (Claims?.Of(serial) is null) await ClaimAsync(serial, Name);
         var info = await GiveUpArrayAsync(array, () => Arrays.HandOverAsync(array, to, ct),
-            v => new ForwardedVolume(v.Name, v.SizeBytes, Forwarding), NotifyPeerArraysChangedAsync, ct);
+            v => new ForwardedVolume(v.Name, v.SizeBytes, Forwarding), () => HandOverClaimAsync(to, serial), ct);
         LogMoved(array, to);
         return info;
+    }
+
+    /// <summary>Names <paramref name="owner"/> owner of an array at the shelf (a new array; an array about to
+    /// move). Without a shelf, nothing. A shelf that cannot be reached leaves it to the heartbeat.</summary>
+    internal async Task ClaimAsync(ulong serial, string owner)
+    {
+        if (Shelf is null || Claims is null) return;
+        try { Claims.Merge(await Shelf.ClaimForAsync(owner, [serial])); }
+        catch (ShelfException e) { LogUnknown("claim", e.Message); }
+    }
+
+    /// <summary>The last step of a move: the shelf names the new owner (only then does it serve the array), and
+    /// the peer is told to look.</summary>
+    async Task HandOverClaimAsync(string to, ulong serial)
+    {
+        await ClaimAsync(serial, to); // if the shelf cannot be reached, the heartbeat finishes it
+        await NotifyPeerArraysChangedAsync();
     }
 
     /// <summary>
@@ -399,6 +431,7 @@ public sealed partial class Controller : IAsyncDisposable
         foreach (var name in Arrays.Status().Volumes.Where(v => v.Array == array).Select(v => v.Name))
             if (ServedVolume(name) is CachedVolume cv && !volumes.Contains(cv)) volumes.Add(cv);
         await Waits.WhenAll(volumes.Select(v => v.HoldAsync()));
+        lock (_volumesLock) _givingUp.Add(array);
         bool changed = false;
         try
         {
@@ -417,6 +450,7 @@ public sealed partial class Controller : IAsyncDisposable
         }
         finally
         {
+            lock (_volumesLock) _givingUp.Remove(array);
             foreach (var v in volumes) v.Release(changed ? heldGoTo(v) : null);
         }
     }

@@ -24,7 +24,14 @@ public sealed class ControllerArrayService(Controller controller) : IArrayServic
         await controller.NotifyPeerArraysChangedAsync();
     }
 
-    public Task<ArrayInfo> CreateArrayAsync(CreateArrayRequest request, CancellationToken ct = default) => Changed(A.CreateArrayAsync(request, ct));
+    public Task<ArrayInfo> CreateArrayAsync(CreateArrayRequest request, CancellationToken ct = default) => Changed(CreateAndClaimAsync(request, ct));
+
+    async Task<ArrayInfo> CreateAndClaimAsync(CreateArrayRequest request, CancellationToken ct)
+    {
+        var info = await A.CreateArrayAsync(request, ct);
+        await controller.ClaimAsync(ArrayManager.SerialOf(Guid.Parse(info.Uuid)), info.Owner);
+        return info;
+    }
     public Task DeleteArrayAsync(string name, CancellationToken ct = default) => Changed(controller.DeleteArrayAsync(name, ct));
     public Task<VolumeInfo> CreateVolumeAsync(CreateVolumeRequest request, CancellationToken ct = default) => Changed(A.CreateVolumeAsync(request, ct));
     public Task DeleteVolumeAsync(string name, CancellationToken ct = default) => Changed(A.DeleteVolumeAsync(name, ct));

@@ -86,15 +86,18 @@ public sealed partial class ControllerServer : IAsyncDisposable
         var pairId = PairId(dir);
         ulong session = options.Session ?? ((ulong)Random.Shared.NextInt64() | 1);
         RemoteShelfPort? shelf = null;
+        ShelfClaims? claims = null;
         if (options.UseShelf)
         {
             shelf = new RemoteShelfPort(RemoteShelfPortOptions.ForDataDirectory(dir, options.Name));
-            var joined = await Controller.JoinShelfAsync(shelf, session, options.Time, ct);
+            claims = new ShelfClaims(options.Name);
+            var joined = await Controller.JoinShelfAsync(shelf, session, options.Time, claims, ct);
             if (!joined) loggers.CreateLogger($"Duet.Controller.{options.Name}").LogWarning("port {Port} is fenced at the shelf: starting as standby", options.Name);
         }
         var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions
         {
             DataDirectory = shelf is null ? dir : null, Shelf = shelf, Time = options.Time, LoggerFactory = loggers, Controller = options.Name,
+            MayServe = claims is null ? null : claims.MayServe,
         }, ct);
         NvramFile? nvram = null;
         IIclLink? link = null;
@@ -113,7 +116,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
             controller = new Controller(new ControllerCoreOptions
             {
                 Name = options.Name, Session = session, Mirror = options.Mirror,
-                ForwardTimeout = options.ForwardTimeout, Time = options.Time, Loggers = loggers, Shelf = shelf, Failover = options.Failover,
+                ForwardTimeout = options.ForwardTimeout, Time = options.Time, Loggers = loggers, Shelf = shelf, Claims = claims, Failover = options.Failover,
             }, arrays, nvram, link);
             server = new ControllerServer(options with { DataDirectory = dir }, controller, loggers);
             await controller.StartAsync();

@@ -18,6 +18,9 @@ public sealed record ArrayManagerOptions
     /// assembled; the peer's are listed read-only and their superblocks are never written.
     /// Null: a single controller that serves every array.</summary>
     public string? Controller { get; init; }
+    /// <summary>In a pair with a shelf: whether an array whose superblock names this controller may be served
+    /// here now (the shelf's claim must not name the peer: a move is finished only when it does). Null: yes.</summary>
+    public Func<Superblock, bool>? MayServe { get; init; }
 }
 
 /// <summary>A volume of an array the peer controller serves.</summary>
@@ -203,7 +206,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
 
     string Me => _options.Controller ?? "A";
 
-    bool OwnedHere(Superblock sb) => _options.Controller is null || sb.Owner == _options.Controller;
+    bool OwnedHere(Superblock sb) => _options.Controller is null || (sb.Owner == _options.Controller && _options.MayServe?.Invoke(sb) != false);
 
     async Task AssembleGroupsAsync(List<DriveEntry> drives, CancellationToken ct, string? takeFrom = null)
     {
