@@ -119,6 +119,8 @@ public sealed partial class Controller : IAsyncDisposable
         ForwardingServer = new ForwardingServer(link, Epoch, name => ServedVolume(name), loggers.CreateLogger<ForwardingServer>(), RescanAsync);
         Volumes = new Catalog(this);
         ArrayService = new ControllerArrayService(this);
+        options.Failover.Validate();
+        Handshake = CreateHandshake();
     }
 
     // The peer's array table as its last ArrayTableUpdate gave it. Applied as the update arrives, in
@@ -297,6 +299,9 @@ public sealed partial class Controller : IAsyncDisposable
             case MessageKind.ArrayTableUpdate:
                 OnArrayTableUpdate(t.Message.Span);
                 _ = RescanAsync();
+                return;
+            case MessageKind.HostHandshake:
+                OnHostHandshake(t.Message);
                 return;
         }
         if (!await Receiver.HandleAsync(t)) LogUnknown("command", kind.ToString());
@@ -495,6 +500,7 @@ public sealed partial class Controller : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         _stopping.Cancel();
+        Handshake.Stop();
         // An orderly stop destages everything, so the peer's mirror of us is no longer needed.
         try { await Waits.WithTimeout(Cache.DrainAsync(), _options.DrainTimeout, _options.Time); }
         catch (Exception e) { LogDrainFailed(e.Message); }
