@@ -68,9 +68,11 @@ public static partial class Program
         var shelf = new Option<bool>("--shelf") { Description = "Reach the drives through `duet shelf` on the data directory (fencing, heartbeats, takeover); without it the drive files are opened directly and there is no failover" };
         var heartbeat = new Option<int>("--heartbeat-ms") { Description = "With --shelf: heartbeat period", DefaultValueFactory = _ => 100 };
         var timeout = new Option<int>("--heartbeat-timeout-ms") { Description = "With --shelf: silence on both heartbeat paths for this long is a dead peer", DefaultValueFactory = _ => 1000 };
+        var hostPort = new Option<int>("--host-port") { Description = "Duet's host protocol: unit 0 on this port of 127.0.0.1, unit 1 on the next (default: 10811 for A, 10813 for B; unit N of A and of B form multicast group N)" };
+        var limit = new Option<int>("--host-time-limit-ms") { Description = "FO-5: a host command the primary has not completed this long after the host sent it is run by the secondary, which fences the primary first (at least the heartbeat timeout)", DefaultValueFactory = _ => 1500 };
         var cmd = new Command("controller", "Run one controller of the pair on a data directory until SIGTERM (./duet up starts both)")
         {
-            name, nbdPort, iclKind, iclPort, nvram, mirror, quiet, shelf, heartbeat, timeout,
+            name, nbdPort, iclKind, iclPort, nvram, mirror, quiet, shelf, heartbeat, timeout, hostPort, limit,
         };
         cmd.SetAction(async (parse, ct) =>
         {
@@ -79,6 +81,12 @@ public static partial class Program
             string me = parse.GetValue(name)!;
             string dir = ResolveDataDir(parse);
             int port = parse.GetValue(nbdPort) is > 0 and var p ? p : (me == "A" ? 10809 : 10810);
+            int unitPort = parse.GetValue(hostPort) is > 0 and var hp ? hp : Duet.HostProtocol.HostWire.DefaultPort(me[0], 0);
+            if (unitPort > 65534)
+            {
+                await error.WriteLineAsync($"duet: --host-port {unitPort} leaves no port for unit 1");
+                return ExitUsage;
+            }
             if (!Units.TryParseSize(parse.GetValue(nvram)!, out long nvramBytes))
             {
                 await error.WriteLineAsync($"duet: --nvram '{parse.GetValue(nvram)}' is not a size");
@@ -92,6 +100,7 @@ public static partial class Program
             var failover = new Duet.Host.Controller.FailoverOptions
             {
                 HeartbeatPeriod = TimeSpan.FromMilliseconds(parse.GetValue(heartbeat)), HeartbeatTimeout = TimeSpan.FromMilliseconds(parse.GetValue(timeout)),
+                HostCommandTimeLimit = TimeSpan.FromMilliseconds(parse.GetValue(limit)),
             };
             try { failover.Validate(); }
             catch (ArgumentException e)
@@ -109,7 +118,7 @@ public static partial class Program
                     Name = me, DataDirectory = dir, NbdEndpoint = new IPEndPoint(IPAddress.Loopback, port),
                     IclTransport = IclKind(parse.GetValue(iclKind)),
                     IclEndpoint = new IPEndPoint(IPAddress.Loopback, parse.GetValue(iclPort)), NvramBytes = nvramBytes, Mirror = method,
-                    UseShelf = parse.GetValue(shelf), Failover = failover,
+                    UseShelf = parse.GetValue(shelf), Failover = failover, HostUnitPorts = [unitPort, unitPort + 1],
                 }, loggers, stop.Token);
             }
             catch (OperationCanceledException) { return ExitOk; }
@@ -120,7 +129,7 @@ public static partial class Program
             }
             await using (server)
             {
-                await output.WriteLineAsync($"duet controller {me}: ready; NBD on {server.Nbd.LocalEndPoint}; management {server.Management.SocketPath}");
+                await output.WriteLineAsync($"duet controller {me}: ready; NBD on {server.Nbd.LocalEndPoint}; host units {string.Join(", ", server.HostUnits.Select(u => $"{me}{u.Unit} {u.LocalEndPoint}"))}; management {server.Management.SocketPath}");
                 await output.FlushAsync();
                 server.Controller.SteppedDown += reason =>
                 {
@@ -142,7 +151,7 @@ public static partial class Program
 
     static Command UpCommand()
     {
-        var nbdPort = new Option<int>("--nbd-port") { Description = "NBD port of controller A on 127.0.0.1; B uses the next one", DefaultValueFactory = _ => 10809 };
+        var nbdPort = new Option<int>("--nbd-port") { Description = "NBD port of controller A on 127.0.0.1; B uses the next one; the host protocol's units use the four after (A0, A1, B0, B1)", DefaultValueFactory = _ => 10809 };
         var iclPort = new Option<int>("--icl-port") { Description = "With --icl tcp: the inter-controller link's port (default: NBD port + 6)" };
         var iclKind = IclOption();
         var mirror = new Option<string>("--mirror") { Description = "How writes are mirrored: batched, seed, seed-large, or none (unsafe: for measuring the mirror's cost)", DefaultValueFactory = _ => "batched" };
@@ -159,7 +168,7 @@ public static partial class Program
             var error = parse.InvocationConfiguration.Error;
             string dir = ResolveDataDir(parse);
             int port = parse.GetValue(nbdPort);
-            if (port is <= 0 or > 65534)
+            if (port is <= 0 or > 65530)
             {
                 await error.WriteLineAsync($"duet: --nbd-port {port} is not a port number");
                 return ExitUsage;
@@ -184,9 +193,12 @@ public static partial class Program
             // Three processes: the shelf (the drives, fencing), then controllers A and B through it.
             var children = new Dictionary<string, (System.Diagnostics.Process Process, TaskCompletionSource Ready)>();
             var outputLock = new Lock();
+            // Ports: NBD A port, B port + 1; host units A0 A1 B0 B1 on port + 2 .. port + 5 (10811..10814 by
+            // default, HostWire's); the TCP ICL on port + 6.
+            int HostPort(string who) => port + (who == "A" ? 2 : 4);
             string[] ControllerArgs(string who, int p) =>
             [
-                "controller", "--name", who, "--data", dir, "--nbd-port", $"{p}", "--icl", parse.GetValue(iclKind)!, "--icl-port", $"{icl}",
+                "controller", "--name", who, "--data", dir, "--nbd-port", $"{p}", "--host-port", $"{HostPort(who)}", "--icl", parse.GetValue(iclKind)!, "--icl-port", $"{icl}",
                 "--mirror", parse.GetValue(mirror)!, "--nvram", $"{nvramBytes}", "--shelf", .. (parse.GetValue(quiet) ? new[] { "--quiet" } : []),
             ];
             (System.Diagnostics.Process Process, TaskCompletionSource Ready) Launch(string who, string[] args)
@@ -248,6 +260,7 @@ public static partial class Program
                         foreach (var (who, p) in ports)
                             await output.WriteLineAsync($"duet: NBD nbd://127.0.0.1:{p}/{v.Name} ({Units.FormatSize(v.SizeBytes)} on {v.Array}; {(who == owner ? "served" : $"forwarded to {owner}")} by {who})");
                     }
+                    await output.WriteLineAsync($"duet: host protocol units: A0 127.0.0.1:{HostPort("A")}, A1 127.0.0.1:{HostPort("A") + 1}, B0 127.0.0.1:{HostPort("B")}, B1 127.0.0.1:{HostPort("B") + 1} (group N: AN and BN)");
                     if (status.Volumes.Count > 0)
                         await output.WriteLineAsync($"duet: try: nbdinfo nbd://127.0.0.1:{port}/{status.Volumes[0].Name}");
                 }

@@ -49,7 +49,7 @@ public sealed class FailoverProcessTests(ITestOutputHelper log) : IDisposable
     [Trait("Claim", "FO-7")]
     public async Task Kill9OfTheOwnerLosesNoAcknowledgedWriteAndTheSurvivorServesTheVolumeOnItsOwnEndpoint()
     {
-        int port = TestData.FreePorts(2);
+        int port = TestData.FreePorts(7); // NBD, host units, ICL: port .. port + 6
         var duet = Path.Combine(AppContext.BaseDirectory, "duet.dll");
         await using var up = BackgroundProcess.Start(Dotnet, [duet, "up", "--data", _dir, "--nbd-port", $"{port}"], log);
         await up.WaitForOutputAsync("duet: ready", TimeSpan.FromSeconds(90));

@@ -23,12 +23,18 @@ public sealed record FailoverOptions
     public TimeSpan StartGrace { get; init; } = TimeSpan.FromSeconds(3);
     /// <summary>How long a host request waits for a lease before it fails with an I/O error.</summary>
     public TimeSpan LeaseWait { get; init; } = TimeSpan.FromSeconds(5);
+    /// <summary>FO-5: how long after a host sent a command the secondary waits for the primary to complete it
+    /// before it fences the primary and runs the command itself. Never below the heartbeat timeout: a primary
+    /// the heartbeats still call alive is given at least as long as a dead one.</summary>
+    public TimeSpan HostCommandTimeLimit { get; init; } = Duet.HostProtocol.CommandHandshakeOptions.DefaultTimeLimit;
 
     public void Validate()
     {
         if (HeartbeatPeriod <= TimeSpan.Zero) throw new ArgumentException("the heartbeat period must be positive");
         if (HeartbeatTimeout < 2 * HeartbeatPeriod)
             throw new ArgumentException($"the heartbeat timeout ({HeartbeatTimeout.TotalMilliseconds} ms) must be at least two periods ({2 * HeartbeatPeriod.TotalMilliseconds} ms)");
+        if (HostCommandTimeLimit < HeartbeatTimeout)
+            throw new ArgumentException($"the host command time limit ({HostCommandTimeLimit.TotalMilliseconds} ms) must be at least the heartbeat timeout ({HeartbeatTimeout.TotalMilliseconds} ms)");
     }
 }
 

@@ -123,6 +123,8 @@ public sealed partial class Controller : IAsyncDisposable
         ForwardingServer = new ForwardingServer(link, Epoch, name => ServedVolume(name), loggers.CreateLogger<ForwardingServer>(), RescanAsync);
         Volumes = new Catalog(this);
         ArrayService = new ControllerArrayService(this);
+        options.Failover.Validate();
+        Handshake = CreateHandshake();
     }
 
     // The peer's array table as its last ArrayTableUpdate gave it. Applied as the update arrives, in
@@ -302,6 +304,9 @@ public sealed partial class Controller : IAsyncDisposable
             case MessageKind.ArrayTableUpdate:
                 OnArrayTableUpdate(t.Message.Span);
                 _ = RescanAsync();
+                return;
+            case MessageKind.HostHandshake:
+                OnHostHandshake(t.Message);
                 return;
         }
         if (!await Receiver.HandleAsync(t)) LogUnknown("command", kind.ToString());
@@ -529,6 +534,7 @@ public sealed partial class Controller : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         _stopping.Cancel();
+        Handshake.Stop();
         // An orderly stop destages everything, so the peer's mirror of us is no longer needed.
         try { await Waits.WithTimeout(Cache.DrainAsync(), _options.DrainTimeout, _options.Time); }
         catch (Exception e) { LogDrainFailed(e.Message); }

@@ -4,6 +4,7 @@ using Duet.Cache.Mirror;
 using Duet.Cache.Nvram;
 using Duet.Core;
 using Duet.Host.Management;
+using Duet.HostProtocol;
 using Duet.Interconnect.Link;
 using Duet.Interconnect.Wire;
 using Duet.Nbd;
@@ -36,6 +37,9 @@ public sealed record ControllerOptions
     /// fencing, heartbeats through the shelf, takeover of a dead peer (issue 5).</summary>
     public bool UseShelf { get; init; }
     public FailoverOptions Failover { get; init; } = new();
+    /// <summary>The ports (127.0.0.1) of this controller's two units of Duet's host protocol, unit 0 then unit 1;
+    /// unit N of A and unit N of B form multicast group N. Null: A 10811 and 10812, B 10813 and 10814.</summary>
+    public IReadOnlyList<int>? HostUnitPorts { get; init; }
 
     public string PeerName => Name == "A" ? "B" : "A";
     public static string SocketFor(string dataDirectory, string name) =>
@@ -68,6 +72,8 @@ public sealed partial class ControllerServer : IAsyncDisposable
     public Controller Controller { get; }
     public NbdServer Nbd { get; private set; } = null!;
     public ManagementHost Management { get; private set; } = null!;
+    /// <summary>Units 0 and 1 of Duet's host protocol (FO-6).</summary>
+    public IReadOnlyList<HostUnitServer> HostUnits { get; private set; } = [];
     public string Name => _options.Name;
     public ArrayManager Arrays => Controller.Arrays;
 
@@ -106,7 +112,9 @@ public sealed partial class ControllerServer : IAsyncDisposable
         try
         {
             nvram = NvramFile.OpenOrCreate(ControllerOptions.NvramPathFor(dir, options.Name), NvramLayout.For(options.NvramBytes), options.Name, pairId);
-            var icl = IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 };
+            // The message buffer holds a whole host frame of the handshake (a forwarded 512 KiB write, a
+            // completion with 512 KiB of read data: HandshakeMessage carries it in the message).
+            var icl = IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20, MessageBufferBytes = 2 << 20 };
             link = options.IclTransport switch
             {
                 IclTransportKind.SharedMemory => SharedMemoryIclTransport.Open(pairId.ToString("N"), options.Name, options.PeerName, icl, options.Time, options.IclDirectory),
@@ -124,13 +132,15 @@ public sealed partial class ControllerServer : IAsyncDisposable
             server.Management = await ManagementHost.StartAsync(controller.ArrayService, ControllerOptions.SocketFor(dir, options.Name), loggers, ct);
             server.Nbd = new NbdServer(controller.Volumes, new NbdServerOptions { Endpoint = options.NbdEndpoint, TimeProvider = options.Time }, loggers.CreateLogger<NbdServer>());
             await server.Nbd.StartAsync(ct);
-            server.LogStarted(options.Name, server.Nbd.LocalEndPoint.ToString(), nvram.Layout.Describe());
+            server.HostUnits = await StartHostUnitsAsync(options, controller, loggers, ct);
+            server.LogStarted(options.Name, server.Nbd.LocalEndPoint.ToString(), string.Join(", ", server.HostUnits.Select(u => u.LocalEndPoint)), nvram.Layout.Describe());
             return server;
         }
         catch
         {
             if (server is not null)
             {
+                foreach (var unit in server.HostUnits) await unit.DisposeAsync();
                 if (server.Nbd is not null) await server.Nbd.DisposeAsync();
                 if (server.Management is not null) await server.Management.DisposeAsync();
                 server._metrics?.Dispose();
@@ -166,17 +176,44 @@ public sealed partial class ControllerServer : IAsyncDisposable
             : throw new IOException($"{path} does not hold a pair id ('{text}'); delete it to let the pair make a new one");
     }
 
+    /// <summary>Both units of the host protocol, on the controller's handshake; all or none.</summary>
+    static async Task<IReadOnlyList<HostUnitServer>> StartHostUnitsAsync(ControllerOptions options, Controller controller, ILoggerFactory loggers, CancellationToken ct)
+    {
+        var ports = options.HostUnitPorts ?? [.. Enumerable.Range(0, HostWire.UnitsPerController).Select(u => HostWire.DefaultPort(options.Name[0], u))];
+        if (ports.Count != HostWire.UnitsPerController) throw new ArgumentException($"a controller has {HostWire.UnitsPerController} host units; {ports.Count} ports given");
+        var units = new List<HostUnitServer>();
+        try
+        {
+            for (int u = 0; u < ports.Count; u++)
+            {
+                var unit = new HostUnitServer(controller.Volumes, controller.Handshake, new HostUnitServerOptions
+                {
+                    Unit = (byte)u, Controller = options.Name[0], Endpoint = new IPEndPoint(IPAddress.Loopback, ports[u]), TimeProvider = options.Time,
+                }, loggers.CreateLogger<HostUnitServer>());
+                units.Add(unit);
+                await unit.StartAsync(ct);
+            }
+            return units;
+        }
+        catch
+        {
+            foreach (var unit in units) await unit.DisposeAsync();
+            throw;
+        }
+    }
+
     public ControllerInfo Info() => Controller.Info();
 
-    /// <summary>Stops serving (NBD, management), then stops the controller in order (its cache destaged).</summary>
+    /// <summary>Stops serving (host units, NBD, management), then stops the controller in order (its cache destaged).</summary>
     public async ValueTask DisposeAsync()
     {
+        foreach (var unit in HostUnits) await unit.DisposeAsync();
         await Nbd.DisposeAsync();
         await Management.DisposeAsync();
         _metrics?.Dispose();
         await Controller.DisposeAsync();
     }
 
-    [LoggerMessage(EventId = 7001, Level = LogLevel.Information, Message = "controller {Name} serving; NBD on {Endpoint}; NVRAM {Layout}")]
-    partial void LogStarted(string name, string endpoint, string layout);
+    [LoggerMessage(EventId = 7001, Level = LogLevel.Information, Message = "controller {Name} serving; NBD on {Endpoint}; host units {Units}; NVRAM {Layout}")]
+    partial void LogStarted(string name, string endpoint, string units, string layout);
 }

@@ -154,6 +154,8 @@ public sealed class BackgroundProcess : IAsyncDisposable
 static partial class Posix
 {
     public const int SIGTERM = 15;
+    public const int SIGCONT = 18;
+    public const int SIGSTOP = 19;
 
     [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
     public static partial int Kill(int pid, int signal);

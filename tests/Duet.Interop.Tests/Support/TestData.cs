@@ -32,7 +32,7 @@ public static class TestData
     /// <summary>A TCP port that was free a moment ago (bind port 0, read it, release it).</summary>
     /// <summary>
     /// A first port P such that P .. P+count-1 can all be bound now (`duet up --nbd-port P` puts
-    /// controller B on P+1). Ports handed out here are not handed out again by this process.
+    /// controller B on P+1, the host protocol's units on P+2 .. P+5 and a TCP ICL on P+6). Ports handed out here are not handed out again by this process.
     /// </summary>
     public static int FreePorts(int count)
     {
