@@ -49,9 +49,13 @@ public sealed class ShelfException(ShelfError error, string message, long lba = 
         ShelfError.Invalid => BlockErrorKind.Invalid,
         ShelfError.Medium => BlockErrorKind.Medium,
         ShelfError.Io => BlockErrorKind.Io,
-        ShelfError.SlotEmpty or ShelfError.NoSuchSlot => BlockErrorKind.Unavailable,
-        // The port or the path, not the drive: the member must not be failed for it.
-        _ => BlockErrorKind.PathDown,
+        // The path, not the drive: the member must not be failed for it (and a controller that finds its
+        // path down while it assembles waits for it rather than assembling arrays without members).
+        ShelfError.Unreachable => BlockErrorKind.PathDown,
+        // Refused at the port (fenced, disabled, not registered) or the slot: the drive is unavailable to
+        // this controller. A fenced controller steps down at its next heartbeat; what it marked failed in
+        // memory never reaches the drives (the shelf refuses its superblock writes too).
+        _ => BlockErrorKind.Unavailable,
     };
 }
 

@@ -271,7 +271,6 @@ public sealed partial class Simulator
         {
             await _world.Time.DelayAsync(TimeSpan.FromMilliseconds(1));
             var now = _scheduler.Elapsed;
-            CheckFailover();
             if (_plan.Has(FaultKind.Takeover) && now >= nextTakeover && !tookOver)
             {
                 // One long outage per seed: the survivor takes over, the dead one comes back as standby.
@@ -389,14 +388,20 @@ public sealed partial class Simulator
         foreach (var s in _sides)
         {
             if (s.Controller is not { } c || !s.Node.IsAlive) continue;
+            // Judged when the takeover is decided (it may take a while to finish: the fence waits for the
+            // peer's accepted writes).
+            if (c.TakeoverDecisions > s.DecisionsSeen)
+            {
+                s.DecisionsSeen = c.TakeoverDecisions;
+                var peer = Other(s);
+                if (peer.LastSilent is not { } silent || now - silent > TimeSpan.FromMilliseconds(1300))
+                    Fail($"{s.Name} decided to take over from {peer.Name}, which was heard on both heartbeat paths (last silent {(peer.LastSilent is { } t ? $"at {t.TotalMilliseconds:F0} ms" : "never")})");
+            }
             if (c.Takeovers > s.TakeoversSeen)
             {
                 s.TakeoversSeen = c.Takeovers;
                 _takeovers++;
-                var peer = Other(s);
-                _trace.Add($"{s.Name} took over from {peer.Name}");
-                if (now - peer.LastSilent > TimeSpan.FromMilliseconds(1300))
-                    Fail($"{s.Name} took over from {peer.Name}, which was heard on both heartbeat paths (last silent {(peer.LastSilent == TimeSpan.MinValue ? "never" : $"at {peer.LastSilent.TotalMilliseconds:F0} ms")})");
+                _trace.Add($"{s.Name} took over from {Other(s).Name}");
             }
             if (c.ServedWithoutLease > 0) Fail($"controller {s.Name} answered {c.ServedWithoutLease} host requests without a lease");
         }
@@ -415,6 +420,16 @@ public sealed partial class Simulator
     }
 
     bool _lateWritesReported, _twoOwnersReported;
+
+    /// <summary>The failover checkers, every millisecond of virtual time from the first host operation to the end.</summary>
+    async Task CheckFailoverLoopAsync()
+    {
+        while (!_done)
+        {
+            CheckFailover();
+            await _world.Time.DelayAsync(TimeSpan.FromMilliseconds(1));
+        }
+    }
 
     TimeSpan Exp(TimeSpan mean) => TimeSpan.FromTicks((long)(-Math.Log(1 - _random.NextDouble()) * mean.Ticks) + 1);
 

@@ -105,8 +105,8 @@ public sealed partial class Simulator
         public bool ShelfPathLost;
         /// <summary>The last moment this controller could not be heard on both paths (down, hung, or its
         /// shelf path lost with the link cut): a takeover of it is legitimate only soon after one.</summary>
-        public TimeSpan LastSilent = TimeSpan.MinValue;
-        public long TakeoversSeen;
+        public TimeSpan? LastSilent;
+        public long TakeoversSeen, DecisionsSeen;
         public bool IsUp => Node.IsAlive && Controller is not null;
     }
 
@@ -194,6 +194,7 @@ public sealed partial class Simulator
             for (int q = 0; q < depth; q++) workers.Add(node.InvokeAsync(() => WorkerAsync(node)));
         }
         var faults = FaultsAsync();
+        _ = CheckFailoverLoopAsync();
         await Waits.WhenAll(workers);
         _safety = false;
         await faults;
@@ -285,7 +286,7 @@ public sealed partial class Simulator
                 var claims = new ShelfClaims(side.Name);
                 bool joined = await Controller.JoinShelfAsync(port, session, node.Time, claims);
                 _trace.Add($"{side.Name} {(joined ? "registered at the shelf" : "is fenced at the shelf: standby")}");
-                var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = port, Time = node.Time, Controller = side.Name, NewUuid = NewUuid, LoggerFactory = loggers, MayServe = claims.MayServe });
+                var arrays = await Controller.OpenArraysAsync(new ArrayManagerOptions { Shelf = port, Time = node.Time, Controller = side.Name, NewUuid = NewUuid, LoggerFactory = loggers, MayServe = claims.MayServe }, node.Time);
                 var nvram = NvramFile.OpenOrCreate(side.Store, _layout, side.Name, _pairId);
                 side.Nvram = nvram;
                 var link = _wire.Attach(node, side.Name);

@@ -145,6 +145,26 @@ public sealed class SimulatorTests
         Assert.True(r.Stats.Takeovers >= 1, $"seed {seed} ({r.Plan}) took over {r.Stats.Takeovers} times");
     }
 
+    // Failover regressions (faults: the classic ones plus takeover and hang, 500 operations):
+    // 149: a hang made B's mirror fail; B acknowledged writes through to the drives; A took over and adopted
+    //      B's older mirrored copies over them (now the shelf records B's copy stale first, and A adopts nothing).
+    // 13:  A took over B and adopted B's copies of an array B had moved to A earlier (their invalidations were
+    //      lost in the crash): old data over A's newer writes (now only the arrays taken are adopted).
+    // 66, 91, 164: B's rescan found an array whose move A had half written into the superblocks (A hung) and
+    //      served it beside A (now the new owner serves an array only once the shelf's claim names it).
+    [Theory]
+    [Trait("Claim", "FO-7")]
+    [InlineData(149UL)]
+    [InlineData(13UL)]
+    [InlineData(66UL)]
+    [InlineData(91UL)]
+    [InlineData(164UL)]
+    public void Failover_regression_seeds_pass(ulong seed)
+    {
+        var r = Simulator.Run(seed, Small with { Operations = 500, AllowedFaults = FaultKind.Classic | FaultKind.Takeover | FaultKind.Hang });
+        Assert.True(r.Passed, string.Join("\n", r.Failures));
+    }
+
     [Fact]
     public void The_checkers_catch_a_write_acknowledged_before_the_mirror_status()
     {

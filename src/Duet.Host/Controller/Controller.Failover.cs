@@ -74,6 +74,8 @@ public sealed partial class Controller
     long _startedAt;             // timestamp ticks
     long _leaseUntil;            // timestamp ticks; the lease is held while now < this
     long _peerIclHeardAt;        // last Heartbeat message of the peer
+    long _iclQuietSince;         // our first heartbeat after the peer's last ICL contact (0: contact since our last beat)
+    long _lastBeatAt;
     long _peerSlotChangedAt;     // last time a shelf read saw the peer's slot change
     ulong _peerSlot;
     bool _peerSlotSeen;
@@ -103,6 +105,9 @@ public sealed partial class Controller
     public bool IsStandby => _standby;
     public bool PeerFenced => _peerFenced;
     public long Takeovers => Interlocked.Read(ref _takeovers);
+    /// <summary>Takeovers decided (each may still be running); the simulator judges a takeover when it is decided.</summary>
+    public long TakeoverDecisions => Interlocked.Read(ref _decisions);
+    long _decisions;
     public long StaleTransfersDropped => Interlocked.Read(ref _staleDropped);
     /// <summary>Host requests answered while this controller held no lease: must stay 0 (the simulator checks it).</summary>
     public long ServedWithoutLease => Interlocked.Read(ref _servedWithoutLease);
@@ -147,6 +152,19 @@ public sealed partial class Controller
             catch (ShelfException e) when (e.Error == ShelfError.ReservationConflict) { } // the peer took it first: fine (registrants only)
         }
         return true;
+    }
+
+    /// <summary>
+    /// Opens the array manager over a shelf port, again and again while the path to the shelf is down
+    /// (<see cref="BlockErrorKind.PathDown"/>: assembling then would find every array without its members).
+    /// </summary>
+    public static async Task<ArrayManager> OpenArraysAsync(ArrayManagerOptions options, TimeProvider time, CancellationToken ct = default)
+    {
+        while (true)
+        {
+            try { return await ArrayManager.OpenAsync(options, ct); }
+            catch (BlockIoException e) when (e.Kind == BlockErrorKind.PathDown) { await time.DelayAsync(TimeSpan.FromMilliseconds(100), ct); }
+        }
     }
 
     /// <summary>What replay keeps, decided at the shelf: nothing if our port is fenced (we were declared dead
@@ -203,6 +221,13 @@ public sealed partial class Controller
     async Task BeatAsync()
     {
         Interlocked.Increment(ref _heartbeats);
+        // The ICL's evidence of silence is counted from our own beats: a beat long after the previous one
+        // means we were stopped ourselves (GC, SIGSTOP), and what the peer sent meanwhile is still queued
+        // for us; the count starts again.
+        long now = Now;
+        bool wePaused = _lastBeatAt != 0 && _options.Time.GetElapsedTime(_lastBeatAt, now) > 3 * Failover.HeartbeatPeriod;
+        _lastBeatAt = now;
+        if (Volatile.Read(ref _iclQuietSince) == 0 || wePaused) Volatile.Write(ref _iclQuietSince, now);
         if (Link.IsUp && !_peerFenced) _ = SendIclHeartbeatAsync();
         var issued = Now;
         ShelfStatus status;
@@ -258,7 +283,8 @@ public sealed partial class Controller
     {
         if (_peerFenced || _standby || _steppedDown || Volatile.Read(ref _takingOver) != 0) return false;
         var timeout = Failover.HeartbeatTimeout;
-        if (Since(Volatile.Read(ref _peerIclHeardAt)) < timeout) return false;
+        // The ICL: our beats have found no heartbeat of the peer for a whole timeout.
+        if (Since(Volatile.Read(ref _iclQuietSince)) < timeout) return false;
         // The shelf read that saw no change must have been issued a whole timeout after the last change.
         if (_options.Time.GetElapsedTime(_peerSlotChangedAt, _lastShelfReadIssuedAt) < timeout) return false;
         if (!_peerHeard && Since(_startedAt) < Failover.StartGrace) return false;
@@ -279,13 +305,14 @@ public sealed partial class Controller
             LogUnknown("heartbeat", error.ToString());
             return;
         }
+        Volatile.Write(ref _peerIclHeardAt, Now);
+        Volatile.Write(ref _iclQuietSince, 0);
         if (reply)
         {
             // The peer heard the heartbeat we sent at hb.TimestampTicks (our clock).
             if (Shelf is not null && !_steppedDown && !_standby) RenewLease(hb.TimestampTicks);
             return;
         }
-        Volatile.Write(ref _peerIclHeardAt, Now);
         _peerHeard = true;
         _ = PostOrDropAsync(IclSignal.Reply, DuetFrame.ToArray(hb with { Controller = Side, Epoch = Nvram.Epoch, LeaseHeld = HoldsLease }));
     }
@@ -462,6 +489,7 @@ public sealed partial class Controller
         if (Interlocked.Exchange(ref _takingOver, 1) != 0) return;
         try
         {
+            Interlocked.Increment(ref _decisions);
             long heard = LastHeard;
             _lastHeardAtTakeover = heard;
             double detected = Since(heard).TotalMilliseconds;
@@ -590,6 +618,7 @@ public sealed partial class Controller
             _peerFenced = false;
             // The peer is back and heard: measure its silence from now.
             Volatile.Write(ref _peerIclHeardAt, Now);
+            Volatile.Write(ref _iclQuietSince, 0);
             _peerSlotChangedAt = Now;
             LogUnfenced(PeerName);
         }

@@ -100,11 +100,11 @@ public sealed partial class ControllerServer : IAsyncDisposable
             var joined = await Controller.JoinShelfAsync(shelf, session, options.Time, claims, ct);
             if (!joined) loggers.CreateLogger($"Duet.Controller.{options.Name}").LogWarning("port {Port} is fenced at the shelf: starting as standby", options.Name);
         }
-        var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions
+        var arrays = await Controller.OpenArraysAsync(new ArrayManagerOptions
         {
             DataDirectory = shelf is null ? dir : null, Shelf = shelf, Time = options.Time, LoggerFactory = loggers, Controller = options.Name,
             MayServe = claims is null ? null : claims.MayServe,
-        }, ct);
+        }, options.Time, ct);
         NvramFile? nvram = null;
         IIclLink? link = null;
         Controller? controller = null;

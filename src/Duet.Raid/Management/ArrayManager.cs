@@ -173,7 +173,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
 
     async Task AssembleAsync(CancellationToken ct)
     {
-        foreach (var name in _shelf.List())
+        foreach (var name in ListShelf())
         {
             IBlockDevice device;
             try { device = _shelf.Open(name); }
@@ -193,6 +193,12 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
                 entry.Problem = e.Message;
                 LogDriveUnreadable(name, e.Message);
             }
+            catch (BlockIoException e) when (e.Kind == BlockErrorKind.PathDown)
+            {
+                // Not the drive: this controller cannot reach the shelf. Assembling now would find every
+                // array without its members; the caller opens again when the path is back.
+                throw;
+            }
             catch (BlockIoException e)
             {
                 entry.Problem = $"superblock unreadable: {e.Message}";
@@ -205,6 +211,18 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     }
 
     string Me => _options.Controller ?? "A";
+
+    /// <summary>The shelf's drives; none if the shelf cannot be reached now (its path is down: the controller
+    /// rescans when it is back).</summary>
+    IReadOnlyList<string> ListShelf()
+    {
+        try { return _shelf.List(); }
+        catch (IOException e)
+        {
+            LogDriveUnreadable("(the shelf)", e.Message);
+            return [];
+        }
+    }
 
     bool OwnedHere(Superblock sb) => _options.Controller is null || (sb.Owner == _options.Controller && _options.MayServe?.Invoke(sb) != false);
 
@@ -261,7 +279,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
         {
             _peerArrays.Clear();
             // Drives the peer added since we last looked.
-            foreach (var name in _shelf.List())
+            foreach (var name in ListShelf())
             {
                 if (_drives.ContainsKey(name)) continue;
                 try { _drives[name] = new DriveEntry { Name = name, Device = _shelf.Open(name) }; }
