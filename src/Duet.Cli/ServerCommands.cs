@@ -363,6 +363,7 @@ public static partial class Program
         bench.Subcommands.Add(BenchNbdCommand());
         bench.Subcommands.Add(BenchMemoryCommand());
         bench.Subcommands.Add(BenchMirrorCommand());
+        bench.Subcommands.Add(BenchFailoverCommand());
         return bench;
     }
 
@@ -406,6 +407,66 @@ public static partial class Program
             }
         });
         return cmd;
+    }
+
+    static Command BenchFailoverCommand()
+    {
+        var rounds = new Option<int>("--rounds") { Description = "How many times the owner is killed", DefaultValueFactory = _ => 10 };
+        var nbdPort = new Option<int>("--nbd-port") { Description = "NBD port of controller A (B uses the next one); default: two free ports" };
+        var load = new Option<double>("--load-seconds") { Description = "Seconds of 4 KiB write load on the owner before each kill", DefaultValueFactory = _ => 2 };
+        var showLog = new Option<bool>("--show-log") { Description = "Print duet up's output (the controllers' log) on stderr at the end" };
+        var cmd = new Command("failover", "kill -9 of the owning controller under write load, ROUNDS times: time from the kill to the first write the survivor acknowledges, "
+            + "the survivor's phases (detect, fence, adopt, first I/O), and every acknowledged write read back")
+        {
+            rounds, nbdPort, load, showLog,
+        };
+        cmd.SetAction(async (parse, ct) =>
+        {
+            var error = parse.InvocationConfiguration.Error;
+            var options = new FailoverBenchOptions
+            {
+                DuetCommand = SelfCommand(), Rounds = parse.GetValue(rounds), NbdPort = parse.GetValue(nbdPort), LoadSeconds = parse.GetValue(load), ShowLog = parse.GetValue(showLog),
+                HeartbeatTimeoutMs = new Duet.Host.Controller.FailoverOptions().HeartbeatTimeout.TotalMilliseconds,
+                Status = BenchControllerStatusAsync, MoveArray = BenchMoveArrayAsync,
+            };
+            try
+            {
+                return await FailoverBench.RunAsync(options, parse.InvocationConfiguration.Output, error, ct);
+            }
+            catch (ArgumentOutOfRangeException e)
+            {
+                await error.WriteLineAsync($"duet: {e.Message}");
+                return ExitUsage;
+            }
+            catch (OperationCanceledException)
+            {
+                return ExitInterrupted;
+            }
+        });
+        return cmd;
+    }
+
+    /// <summary>One controller's status from its own socket; null while it is down or starting (for `bench failover`).</summary>
+    public static async Task<Duet.Raid.Management.StatusInfo?> BenchControllerStatusAsync(string dataDir, string controller, CancellationToken ct)
+    {
+        if (!File.Exists(Duet.Host.Controller.ControllerOptions.SocketFor(dataDir, controller))) return null;
+        try
+        {
+            using var client = new Duet.Host.Management.ManagementClient(Duet.Host.Controller.ControllerOptions.SocketFor(dataDir, controller), TimeSpan.FromSeconds(2));
+            return await client.StatusAsync(ct).WaitAsync(TimeSpan.FromSeconds(3), ct);
+        }
+        catch (Exception e) when (e is IOException or System.Net.Http.HttpRequestException or TimeoutException or Duet.Host.Management.ControllerUnavailableException
+            or System.Net.Sockets.SocketException or Duet.Raid.Management.ManagementException or TaskCanceledException && !ct.IsCancellationRequested)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>`duet array move ARRAY --to TO` on a data directory (for `bench failover`).</summary>
+    public static async Task BenchMoveArrayAsync(string dataDir, string array, string to, CancellationToken ct)
+    {
+        using var client = Duet.Host.Management.PairClient.ForDataDirectory(dataDir, TimeSpan.FromSeconds(120));
+        await client.MoveArrayAsync(array, new Duet.Raid.Management.MoveArrayRequest(to), ct);
     }
 
     /// <summary>Controller A's cache and mirror counters on a data directory (for `bench mirror`).</summary>
