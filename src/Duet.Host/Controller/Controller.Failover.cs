@@ -181,6 +181,8 @@ public sealed partial class Controller
             catch (ShelfException e) when (e.Error == ShelfError.Unreachable) { await _options.Time.DelayAsync(TimeSpan.FromMilliseconds(100)); }
         }
         var mine = status.Claims.Where(c => c.Owner == Name).Select(c => c.Epoch).DefaultIfEmpty(0UL).Max();
+        // What the shelf says of our mirror outlives a process: the first mirrored acknowledgement must clear it.
+        _markedStale = status.Port(Name).MirrorStale;
         if (status.Port(Name).Fenced)
         {
             _standby = true;
@@ -234,7 +236,7 @@ public sealed partial class Controller
         try { status = await Shelf!.HeartbeatAsync(++_beat); }
         catch (ShelfException e) when (e.Error == ShelfError.Fenced)
         {
-            if (_standby) { await TryRejoinAsync(); return; }
+            if (_standby) return; // still fenced: the owner lifts it when it hears our hello
             StepDown("this controller's port is fenced at the shelf: the peer took over");
             return;
         }
@@ -245,6 +247,13 @@ public sealed partial class Controller
             return;
         }
         if (_steppedDown) return;
+        if (_standby)
+        {
+            // The fence is gone (the owner lifted it, or `duet shelf unfence`): register and look at the
+            // drives again. Not awaited: the heartbeats never wait for a rescan.
+            _ = TryRejoinAsync();
+            return;
+        }
         if (_shelfLost)
         {
             // The path is back: what the drives say was unreadable while it was down (a rescan then lost
@@ -410,16 +419,30 @@ public sealed partial class Controller
             if (_markedStale || _marking) await ClearStaleAsync();
             return;
         }
-        Task mark;
-        lock (_volumesLock) mark = _staleMark ??= MarkStaleAsync();
-        try { await Waits.WithTimeout(mark, Failover.LeaseWait, _options.Time); }
+        try { await Waits.WithTimeout(StaleMarkAsync(), Failover.LeaseWait, _options.Time); }
         catch (TimeoutException)
         {
             throw new BlockIoException(BlockErrorKind.Unavailable, $"controller {Name} cannot record its stale mirror at the shelf; the write is not acknowledged");
         }
     }
 
+    /// <summary>This error-recovery episode's: destage what the peer's copy may hold, then record it stale.</summary>
+    Task StaleMarkAsync()
+    {
+        lock (_volumesLock) return _staleMark ??= MarkStaleAsync();
+    }
+
     async Task MarkStaleAsync()
+    {
+        try { await MarkStaleCoreAsync(); }
+        catch
+        {
+            lock (_volumesLock) _staleMark = null; // the next write or pairing tries again
+            throw;
+        }
+    }
+
+    async Task MarkStaleCoreAsync()
     {
         await Cache.DestageCurrentAsync();
         await _staleGate.WaitAsync(CancellationToken.None);
@@ -597,16 +620,23 @@ public sealed partial class Controller
     /// register, and read the drives again.</summary>
     async Task TryRejoinAsync()
     {
-        if (!_standby || Shelf is null) return;
-        ShelfStatus status;
-        try { status = await Shelf.StatusAsync(); }
-        catch (ShelfException) { return; }
-        if (status.Port(Name).Fenced) return;
-        if (!await TryJoinShelfAsync(Shelf, Session)) return;
-        _standby = false;
-        LogRejoined();
+        if (!_standby || Shelf is null || Interlocked.Exchange(ref _rejoining, 1) != 0) return;
+        try
+        {
+            ShelfStatus status;
+            try { status = await Shelf.StatusAsync(); }
+            catch (ShelfException) { return; }
+            if (status.Port(Name).Fenced) return;
+            try { if (!await TryJoinShelfAsync(Shelf, Session)) return; }
+            catch (ShelfException) { return; } // the next heartbeat tries again
+            _standby = false;
+            LogRejoined();
+        }
+        finally { Volatile.Write(ref _rejoining, 0); }
         await RescanAsync();
     }
+
+    int _rejoining;
 
     /// <summary>The owner's side of a standby's return: a hello from a new session of a fenced peer lifts the fence.</summary>
     async Task UnfencePeerAsync()

@@ -214,6 +214,11 @@ public sealed partial class Controller : IAsyncDisposable
             // The peer answers our hello (on its reply queue) once it has cleared its mirror of us;
             // only then does the resynchronisation go out. A hello lost on the way would otherwise
             // leave the peer's stale copies under the new ones.
+            // Our hello makes the peer clear its copy of our cache, which the resynchronisation then fills
+            // again; if we died in between, a takeover would find nothing of our dirty data there. So
+            // first everything dirty goes to the drives and the shelf records the peer's copy stale.
+            // (A standby, or a cache with nothing dirty, has nothing the copy alone would hold.)
+            if (Shelf is not null && !_standby && Cache.DirtyCount > 0) await StaleMarkAsync();
             var ack = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             Volatile.Write(ref _helloAck, ack);
             await Link.PostAsync(IclSignal.Message, Nvram.Epoch, HelloBytes(), default);
@@ -227,7 +232,7 @@ public sealed partial class Controller : IAsyncDisposable
             await ClearStaleAsync();
             LogPaired(_options.PeerName);
         }
-        catch (Exception e) when (e is IclLinkDownException or MirrorUnavailableException or TimeoutException)
+        catch (Exception e) when (e is IclLinkDownException or MirrorUnavailableException or TimeoutException or ShelfException or BlockIoException)
         {
             OnPeerLost($"pairing failed: {e.Message}");
         }
@@ -254,6 +259,8 @@ public sealed partial class Controller : IAsyncDisposable
     {
         // A new session of a peer we fenced: it discarded its NVRAM at start; let it back in first.
         if (_peerFenced) await UnfencePeerAsync();
+        // Still fenced (the shelf could not be reached): no answer; the peer's pairing tries again later.
+        if (_peerFenced) return;
         await PostOrDropAsync(IclSignal.Reply, HelloBytes()); // lost: the peer's pairing times out and tries again
     }
 
@@ -352,7 +359,13 @@ public sealed partial class Controller : IAsyncDisposable
             try { Claims.Replace((await Shelf.StatusAsync()).Claims); }
             catch (ShelfException) { }
         }
-        await Arrays.RescanAsync();
+        try { await Arrays.RescanAsync(); }
+        catch (BlockIoException e) when (e.Kind == BlockErrorKind.PathDown)
+        {
+            // The shelf cannot be reached: the view stays as it was; the heartbeat rescans when it is back.
+            _shelfLost = true;
+            return;
+        }
         RegisterServedArrays();
         lock (_volumesLock) _forwarded.Clear();
     }
@@ -393,6 +406,8 @@ public sealed partial class Controller : IAsyncDisposable
             throw new ManagementException(ManagementErrorKind.Conflict, $"array '{array}' is served by controller {owner}; ask it (duet --controller {owner} ...)");
         }
         if (to == Name) throw new ManagementException(ManagementErrorKind.Invalid, $"array '{array}' is already served by controller {Name}");
+        if (_peerFenced)
+            throw new ManagementException(ManagementErrorKind.Conflict, $"controller {to} is fenced at the shelf (standby until its fence is lifted: `duet shelf unfence {to}`); it cannot take array '{array}' now");
         if (!Link.IsUp || Mirror.Mode != MirrorMode.Healthy)
             throw new ManagementException(ManagementErrorKind.Conflict, $"controller {to} is not paired with {Name} (link {(Link.IsUp ? "up" : "down")}, mirror {(Mirror.Mode == MirrorMode.Healthy ? "healthy" : "in error-recovery mode")}); it cannot take array '{array}' now");
         ulong serial = ArrayManager.SerialOf(Arrays.ServedArrays.First(a => a.Name == array).Uuid);

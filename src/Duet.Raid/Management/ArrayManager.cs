@@ -277,7 +277,6 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
         await LockAsync(ct);
         try
         {
-            _peerArrays.Clear();
             // Drives the peer added since we last looked.
             foreach (var name in ListShelf())
             {
@@ -285,14 +284,26 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
                 try { _drives[name] = new DriveEntry { Name = name, Device = _shelf.Open(name) }; }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException) { LogDriveUnreadable(name, e.Message); }
             }
-            var loose = new List<DriveEntry>();
+            // Read every loose drive's superblock before changing anything: with the path to the shelf
+            // down, the rescan stops here (PathDown) and the view stays as it was, rather than losing
+            // sight of the peer's arrays until the next rescan.
+            var read = new List<(DriveEntry Drive, Superblock? Superblock, string? Problem)>();
             foreach (var d in _drives.Values)
             {
                 if (d.Array is not null) continue;
+                try { read.Add((d, await ReadSuperblockAsync(d.Device, ct), null)); }
+                catch (BlockIoException e) when (e.Kind == BlockErrorKind.PathDown) { throw; }
+                catch (Exception e) when (e is SuperblockException or BlockIoException) { read.Add((d, null, e.Message)); }
+            }
+            _peerArrays.Clear();
+            var loose = new List<DriveEntry>();
+            foreach (var (d, sb, problem) in read)
+            {
                 d.PeerArray = null;
-                try { d.Superblock = await ReadSuperblockAsync(d.Device, ct); d.Problem = null; }
-                catch (Exception e) when (e is SuperblockException or BlockIoException) { d.Problem = e.Message; continue; }
-                if (d.Superblock is not null) loose.Add(d);
+                d.Problem = problem;
+                if (problem is not null) continue;
+                d.Superblock = sb;
+                if (sb is not null) loose.Add(d);
             }
             await AssembleGroupsAsync(loose, ct, takeFrom);
             RefreshVolumes();
