@@ -143,6 +143,28 @@ public sealed partial class RaidArray
         }
     }
 
+    /// <summary>
+    /// AW-3: settles the stripes under array blocks [<paramref name="firstBlock"/>, +<paramref name="blockCount"/>)
+    /// after a controller died in the middle of writing them (its checkpoint said started, never done):
+    /// each stripe is scrubbed and repaired as a scrub with repair does it, so its parity agrees with
+    /// its data again (every data block is whole, old or new: the tags say which are good).
+    /// </summary>
+    public async Task<ScrubResult> SettleStripesAsync(long firstBlock, long blockCount, CancellationToken ct = default)
+    {
+        var g = Geometry;
+        var result = new ScrubResult();
+        if (blockCount <= 0) return result;
+        long first = Math.Max(0, firstBlock) / g.StripeDataBlocks;
+        long last = Math.Min(g.CapacityBlocks - 1, firstBlock + blockCount - 1) / g.StripeDataBlocks;
+        for (long s = first; s <= last; s++)
+        {
+            using (await LockStripeAsync(s, ct))
+                await RetryOnMemberFailure(() => ScrubStripeAsync(s, repair: true, result, ct));
+            Interlocked.Increment(ref result.StripesChecked);
+        }
+        return result;
+    }
+
     string MemberName(int m) => $"member {m} ({_members[m]?.Drive.Name ?? "missing"})";
 
     async ValueTask ScrubStripeAsync(long stripe, bool repair, ScrubResult result, CancellationToken ct)

@@ -186,6 +186,28 @@ public class RaidEngineTests
     }
 
     [Fact]
+    [Trait("Claim", "AW-3")]
+    public async Task SettlingTheStripesOfAnUnfinishedWriteRewritesTheirStaleParityAndNothingElse()
+    {
+        var h = new ArrayHarness(RaidLevel.Raid5, 4, seed: 13);
+        await h.RandomWritesAsync(100);
+        // A write that died half-way: P of stripe 0 row 0 left disagreeing with its data (a whole block, good tag).
+        int p = h.Geometry.PMember(0);
+        var garbage = new byte[Units.BlockBytes];
+        new System.Random(1).NextBytes(garbage);
+        await h.Array.Member(p)!.WriteAsync(0, garbage);
+        // The checkpoint named the stripe's first data block: only stripe 0 is settled.
+        var settled = await h.Array.SettleStripesAsync(0, 1);
+        Assert.Equal(1, settled.StripesChecked);
+        Assert.Equal(1, settled.ParityMismatches);
+        Assert.Equal(1, settled.Repaired);
+        var after = new ScrubResult();
+        await h.Array.ScrubAsync(false, after, new PassProgress { TotalStripes = h.Geometry.Stripes }, default);
+        Assert.Equal((0L, 0L), (after.ChecksumErrors, after.ParityMismatches));
+        await h.VerifyAllAsync();
+    }
+
+    [Fact]
     public async Task NeverWrittenBlocksReadAsZeros()
     {
         var h = new ArrayHarness(RaidLevel.Raid6, 4, seed: 14);

@@ -5,7 +5,10 @@ using Duet.Raid;
 namespace Duet.Host.Controller;
 
 /// <summary>A served RAID array as the cache's backing store.</summary>
-public sealed class RaidBacking(RaidArray array, byte number, ulong serial) : ICacheBacking
+/// Every write to the array (a destage, a write-through) is bracketed by AW-3 checkpoints to the peer
+/// through <paramref name="checkpoints"/> (started before, done after), so a peer that takes over
+/// settles the stripes of a write that was started and never finished.
+public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IWriteCheckpoints? checkpoints = null) : ICacheBacking
 {
     public RaidArray Array { get; } = array;
     public byte ArrayNumber { get; } = number;
@@ -13,9 +16,35 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial) : IC
     public long CapacitySectors => Array.CapacitySectors;
     public long StripeSectors => Array.Geometry.StripeDataBlocks * Units.SectorsPerBlock;
     public ValueTask ReadAsync(long sector, Memory<byte> destination, CancellationToken ct) => Array.ReadAsync(sector, destination, ct);
-    public ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, bool recovery, CancellationToken ct) =>
+
+    public async ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, bool recovery, CancellationToken ct)
+    {
+        if (checkpoints is null)
+        {
+            await WriteCoreAsync(sector, source, recovery, ct);
+            return;
+        }
+        long firstBlock = sector / Units.SectorsPerBlock;
+        long endBlock = (sector + source.Length / Units.SectorBytes + Units.SectorsPerBlock - 1) / Units.SectorsPerBlock;
+        ulong id = await checkpoints.StartedAsync(ArrayNumber, firstBlock, endBlock - firstBlock);
+        await WriteCoreAsync(sector, source, recovery, ct);
+        checkpoints.Done(id, ArrayNumber, firstBlock, endBlock - firstBlock);
+    }
+
+    ValueTask WriteCoreAsync(long sector, ReadOnlyMemory<byte> source, bool recovery, CancellationToken ct) =>
         recovery ? Array.RecoveryWriteAsync(sector, source, ct) : Array.WriteAsync(sector, source, ct);
     public ValueTask FlushAsync(CancellationToken ct) => Array.FlushAsync(ct);
+}
+
+/// <summary>AW-3: where a controller's array writes announce themselves to the peer.</summary>
+public interface IWriteCheckpoints
+{
+    /// <summary>Sends "started" for array blocks [first, +count) and returns its id; completes once the
+    /// message is on the link (or the link is down: then there is no peer to complete it anyway).</summary>
+    ValueTask<ulong> StartedAsync(byte array, long firstBlock, long blockCount);
+    /// <summary>Sends "done" for the write <paramref name="id"/> (not awaited: a lost "done" only makes a
+    /// takeover settle stripes that were fine).</summary>
+    void Done(ulong id, byte array, long firstBlock, long blockCount);
 }
 
 /// <summary>

@@ -532,7 +532,7 @@ public sealed partial class Controller
             // Once the peer is fenced the takeover must finish, whatever fails on the way (the shelf path
             // dropping, a drive): until it has, the peer's arrays are served by nobody and its mirrored
             // writes live only in our region 2. Each step is safe to repeat.
-            int adopted = 0;
+            int adopted = 0, settled = 0;
             IReadOnlyList<string> taken = [];
             for (int attempt = 0; ; attempt++)
             {
@@ -549,6 +549,7 @@ public sealed partial class Controller
                     RegisterServedArrays();
                     lock (_volumesLock) _forwarded.Clear();
                     adopted += await AdoptPeerElementsAsync(numbers);
+                    settled += await SettlePeerCheckpointsAsync(numbers);
                     _takenNumbers = numbers;
                     break;
                 }
@@ -563,7 +564,7 @@ public sealed partial class Controller
             Volatile.Write(ref _adopting, null);
             double adoptedMs = Since(heard).TotalMilliseconds;
             Interlocked.Increment(ref _takeovers);
-            Volatile.Write(ref _lastTakeover, new TakeoverInfo(reason, taken, adopted, detected, fenced, adoptedMs, null));
+            Volatile.Write(ref _lastTakeover, new TakeoverInfo(reason, taken, adopted, detected, fenced, adoptedMs, null) { SettledWrites = settled });
             LogTookOver(PeerName, string.Join(", ", taken), adopted, adoptedMs);
             _ = DrainAfterLossAsync();
         }

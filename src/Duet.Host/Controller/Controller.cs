@@ -200,7 +200,7 @@ public sealed partial class Controller : IAsyncDisposable
         foreach (var raid in Arrays.ServedArrays)
         {
             lock (_volumesLock) if (!_cachedArrays.Add(raid.Name)) continue;
-            Cache.AddArray(new RaidBacking(raid, Arrays.NumberOf(raid), ArrayManager.SerialOf(raid.Uuid)));
+            Cache.AddArray(new RaidBacking(raid, Arrays.NumberOf(raid), ArrayManager.SerialOf(raid.Uuid), Shelf is null ? null : this));
         }
     }
 
@@ -308,6 +308,9 @@ public sealed partial class Controller : IAsyncDisposable
             case MessageKind.ForwardedRequest:
                 ForwardingServer.OnRequest(t.Message.Span, t.Data.Span);
                 return;
+            case MessageKind.WriteCheckpoint:
+                OnWriteCheckpoint(t.Message.Span);
+                return;
             case MessageKind.ArrayTableUpdate:
                 OnArrayTableUpdate(t.Message.Span);
                 _ = RescanAsync();
@@ -343,6 +346,7 @@ public sealed partial class Controller : IAsyncDisposable
         // sequence numbers that may start lower than its old session's.
         Receiver.Reset();
         Nvram.Peer.Clear();
+        ForgetPeerCheckpoints();
         // The peer sends its array table right after its hello; until then, what the drives say.
         Volatile.Write(ref _announced, null);
         // Array changes announced while the link was down (a move finished during a partition)

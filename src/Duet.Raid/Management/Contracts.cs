@@ -90,7 +90,11 @@ public sealed record FailoverInfo(string State, bool LeaseHeld, bool PeerFenced,
 /// a taken array completed).
 /// </summary>
 public sealed record TakeoverInfo(string Reason, IReadOnlyList<string> Arrays, int AdoptedElements, double DetectedMs, double FencedMs,
-    double AdoptedMs, double? FirstIoMs);
+    double AdoptedMs, double? FirstIoMs)
+{
+    /// <summary>AW-3: writes the peer had started and not finished whose stripes were settled.</summary>
+    public int SettledWrites { get; init; }
+}
 
 public sealed record StatusInfo(IReadOnlyList<ArrayInfo> Arrays, IReadOnlyList<VolumeInfo> Volumes, IReadOnlyList<DriveInfo> Drives, ControllerInfo? Controller = null)
 {

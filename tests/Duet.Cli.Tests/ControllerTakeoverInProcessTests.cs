@@ -1,0 +1,112 @@
+using Duet.Cache.Nvram;
+using Duet.Core;
+using Duet.Drives;
+using Duet.Host.Controller;
+using Duet.Interconnect.Link;
+using Duet.Raid;
+using Duet.Raid.Management;
+using Duet.Shelf;
+using PairController = Duet.Host.Controller.Controller;
+
+namespace Duet.Cli.Tests;
+
+/// <summary>
+/// A takeover with both controllers in one process behind one shelf (the shelf core, in memory): B
+/// fences A at the shelf, takes its array, adopts its mirrored writes, settles the stripe of a write A
+/// had started and not finished (AW-3), and serves; A, fenced, steps down at its next heartbeat.
+/// </summary>
+public sealed class ControllerTakeoverInProcessTests
+{
+    const long DriveBytes = 64L << 20;
+    static readonly Guid Pair = new("5d3c1b0a-0000-4000-8000-00000000d0e8");
+
+    [Fact]
+    [Trait("Claim", "FO-2")]
+    [Trait("Claim", "AW-3")]
+    [Trait("Claim", "FO-7")]
+    public async Task TheSurvivorFencesAdoptsSettlesTheUnfinishedWriteAndServesWhileTheFencedControllerStepsDown()
+    {
+        var bay = new MemoryShelf();
+        for (int i = 0; i < 6; i++) bay.Insert($"d{i}", DriveBytes);
+        await using (var setup = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = bay, Controller = "A" }))
+        {
+            await setup.CreateArrayAsync(new CreateArrayRequest("arr0", 5, ["d0", "d1", "d2"], Owner: "A"));
+            await setup.CreateArrayAsync(new CreateArrayRequest("arr1", 5, ["d3", "d4", "d5"], Owner: "B"));
+            await setup.CreateVolumeAsync(new CreateVolumeRequest("vol0", "arr0", 16L << 20));
+        }
+        var shelf = new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore());
+        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
+        var (linkA, linkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 }, TimeProvider.System);
+        var a = await StartAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA);
+        var b = await StartAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB);
+        try
+        {
+            await Until(() => a.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && b.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && a.HoldsLease, "the pair to form");
+            var data = new byte[256 << 10];
+            new System.Random(5).NextBytes(data);
+            Assert.True(a.Volumes.TryGetVolume("vol0", out var vol0OnA));
+            await vol0OnA.WriteAsync(0, data, fua: false);
+
+            // A starts a write of stripe 0 and dies in the middle: the checkpoint reached B, parity did not
+            // get its new value (a whole block with a good tag that disagrees with the data).
+            var raid = a.Arrays.ServedArrays.Single(r => r.Name == "arr0");
+            byte number = a.Arrays.NumberOf(raid);
+            await ((IWriteCheckpoints)a).StartedAsync(number, 0, 1);
+            await Until(() => b.PeerOpenCheckpoints == 1, "B to hear A's checkpoint");
+            await raid.FlushAsync();
+            var garbage = new byte[Units.BlockBytes];
+            new System.Random(9).NextBytes(garbage);
+            await raid.Member(raid.Geometry.PMember(0))!.WriteAsync(0, garbage);
+
+            await b.TakeOverAsync("test: A stopped answering");
+            var taken = b.LastTakeover!;
+            Assert.Equal(["arr0"], taken.Arrays);
+            Assert.Equal(1, taken.SettledWrites);
+            Assert.True(shelf.Status().Port("A").Fenced);
+            Assert.Equal("B", shelf.Status().Claim(ArrayManager.SerialOf(raid.Uuid))!.Owner);
+
+            // B serves vol0 with every acknowledged write; arr0's parity agrees with its data again.
+            Assert.True(b.Volumes.TryGetVolume("vol0", out var vol0OnB));
+            Assert.IsType<CachedVolume>(vol0OnB);
+            var back = new byte[data.Length];
+            await vol0OnB.ReadAsync(0, back);
+            Assert.Equal(data, back);
+            await b.Cache.DrainAsync();
+            var scrub = new ScrubResult();
+            await b.Arrays.ServedArrays.Single(r => r.Name == "arr0").ScrubAsync(false, scrub, new PassProgress(), default);
+            Assert.Equal((0L, 0L), (scrub.ChecksumErrors, scrub.ParityMismatches));
+
+            // A finds itself fenced at its next heartbeat and steps down; nothing of it reached a drive late.
+            await Until(() => a.IsSteppedDown, "A to step down");
+            Assert.False(a.HoldsLease);
+            Assert.Equal(0, shelf.LateWrites);
+            await Assert.ThrowsAsync<BlockIoException>(async () => await vol0OnA.ReadAsync(0, back));
+        }
+        finally
+        {
+            await b.DisposeAsync();
+        }
+    }
+
+    static async Task Until(Func<bool> condition, string what)
+    {
+        var until = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (!condition())
+        {
+            if (DateTime.UtcNow > until) throw new TimeoutException($"waited 20 s for {what}");
+            await Task.Delay(10);
+        }
+    }
+
+    static async Task<PairController> StartAsync(string name, ulong session, Duet.Shelf.Shelf shelf, NvramStore store, NvramLayout layout, IIclLink link)
+    {
+        var port = shelf.Port(name);
+        var claims = new ShelfClaims(name);
+        Assert.True(await PairController.JoinShelfAsync(port, session, TimeProvider.System, claims));
+        var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = port, Controller = name, MayServe = claims.MayServe });
+        var nvram = NvramFile.OpenOrCreate(store, layout, name, Pair);
+        var c = new PairController(new ControllerCoreOptions { Name = name, Session = session, Shelf = port, Claims = claims }, arrays, nvram, link);
+        await c.StartAsync();
+        return c;
+    }
+}
