@@ -191,7 +191,9 @@ public sealed partial class Controller : IAsyncDisposable
         {
             try { await _options.Time.DelayAsync(_options.RepairInterval, ct); }
             catch (OperationCanceledException) { return; }
-            if (Link.IsUp && Mirror.Mode != MirrorMode.Healthy && Volatile.Read(ref _pairing) == 0) await PairAsync();
+            // A standby says hello again until the owner lifts its fence (a hello that found the shelf
+            // unreachable there, or that the owner could not act on, is not answered again by itself).
+            if (Link.IsUp && (Mirror.Mode != MirrorMode.Healthy || _standby) && Volatile.Read(ref _pairing) == 0) await PairAsync();
         }
     }
 
