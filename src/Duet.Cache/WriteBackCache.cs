@@ -421,6 +421,10 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     descriptors[i] = descriptors[i] with { Sequence = ++_sequence };
                     var d = descriptors[i];
                     int e = elements[i];
+                    // The element this one replaces is whatever the index names now: a clean old one
+                    // (not pinned) may have been evicted, and its slot reused for another address, while
+                    // this write waited (a gap fill's read); retiring it then would retire someone else's.
+                    olds[i] = _index.TryGetValue((array, d.ArrayLba), out var current) ? current : -1;
                     _slots[e] = new Slot { State = SlotState.Dirty, Array = array, Lba = d.ArrayLba, Valid = d.ValidMask, Sequence = d.Sequence, LruPrev = -1, LruNext = -1, Replayed = replayed[i] };
                     _dirty++;
                     _index[(array, d.ArrayLba)] = e;
@@ -540,10 +544,19 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     {
         lock (_lock)
         {
-            _slots[e] = new Slot { LruPrev = -1, LruNext = -1 };
-            _free.Push(e);
+            FreeLocked(e);
             WakeSpaceWaitersLocked();
         }
+    }
+
+    /// <summary>Puts an element on the free list. No address may still name it.</summary>
+    void FreeLocked(int e)
+    {
+        ref var s = ref _slots[e];
+        Invariant.Assert(!(s.State is SlotState.Dirty or SlotState.Clean) || !_index.TryGetValue((s.Array, s.Lba), out var named) || named != e,
+            $"element {e} freed while the index still names it for array {s.Array} LBA {s.Lba} ({s.State})");
+        s = new Slot { LruPrev = -1, LruNext = -1 };
+        _free.Push(e);
     }
 
     /// <summary>The key locks of n elements from firstEl on: distinct, in ascending order (the order every
@@ -696,6 +709,8 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             // Evict a clean element: its content is on the drives. The peer may hold a clean
             // copy (CC-5 sent nothing when it was destaged); tell it to drop it (CC-4).
             LruRemove(victim);
+            Invariant.Assert(_index.TryGetValue((_slots[victim].Array, _slots[victim].Lba), out var named) && named == victim,
+                $"evicting element {victim} (array {_slots[victim].Array} LBA {_slots[victim].Lba}, {_slots[victim].State}) which the index does not name");
             _index.Remove((_slots[victim].Array, _slots[victim].Lba));
             _slots[victim] = new Slot { LruPrev = -1, LruNext = -1 };
             _nvram.Invalidate(victim);
@@ -728,8 +743,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             ref var s = ref _slots[e];
             Invariant.Assert(s.State == SlotState.Retired);
             if (s.Pins > 0) { s.FreeWhenUnpinned = true; return; }
-            s = new Slot { LruPrev = -1, LruNext = -1 };
-            _free.Push(e);
+            FreeLocked(e);
             WakeSpaceWaitersLocked();
         }
     }
@@ -744,8 +758,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             if (s.Pins > 0) return;
             if (s.FreeWhenUnpinned)
             {
-                s = new Slot { LruPrev = -1, LruNext = -1 };
-                _free.Push(e);
+                FreeLocked(e);
                 WakeSpaceWaitersLocked();
             }
             // A clean element a reader or a destage round held could not be evicted; now it can. A
