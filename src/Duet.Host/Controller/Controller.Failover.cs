@@ -87,6 +87,7 @@ public sealed partial class Controller
     ulong _epochFloor;           // transfers stamped below this come from a fenced peer session: dropped
     long _staleDropped;
     volatile bool _peerFenced;
+    volatile bool _peerRegistered = true; // as the last heartbeat found it: a standby is not, until it rejoins
     volatile bool _standby;      // our port is fenced: no arrays, no NVRAM, waiting to be let back in
     volatile bool _steppedDown;
     string? _stepDownReason;
@@ -236,7 +237,18 @@ public sealed partial class Controller
         try { status = await Shelf!.HeartbeatAsync(++_beat); }
         catch (ShelfException e) when (e.Error == ShelfError.Fenced)
         {
-            if (_standby) return; // still fenced: the owner lifts it when it hears our hello
+            if (_standby)
+            {
+                // Still fenced: the owner lifts it when it hears our hello, which must carry an epoch at
+                // least the owner's floor (the owner may have taken over again since we started).
+                try
+                {
+                    var counter = (await Shelf!.StatusAsync()).EpochCounter;
+                    if (counter > Nvram.Epoch) Nvram.Epoch = counter;
+                }
+                catch (ShelfException) { }
+                return;
+            }
             StepDown("this controller's port is fenced at the shelf: the peer took over");
             return;
         }
@@ -272,6 +284,7 @@ public sealed partial class Controller
         }
         _lastShelfReadIssuedAt = issued;
         _peerFenced = peer.Fenced;
+        _peerRegistered = peer.Key != 0 && peer.Enabled;
         Claims?.Replace(status.Claims);
         await KeepClaimsAsync(status);
         // Not awaited: the heartbeats (and so our lease) go on while the takeover runs.

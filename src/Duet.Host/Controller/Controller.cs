@@ -414,6 +414,8 @@ public sealed partial class Controller : IAsyncDisposable
         if (to == Name) throw new ManagementException(ManagementErrorKind.Invalid, $"array '{array}' is already served by controller {Name}");
         if (_peerFenced)
             throw new ManagementException(ManagementErrorKind.Conflict, $"controller {to} is fenced at the shelf (standby until its fence is lifted: `duet shelf unfence {to}`); it cannot take array '{array}' now");
+        if (Shelf is not null && !_peerRegistered)
+            throw new ManagementException(ManagementErrorKind.Conflict, $"controller {to} is not registered at the shelf yet (a standby rejoining); it cannot take array '{array}' now");
         if (!Link.IsUp || Mirror.Mode != MirrorMode.Healthy)
             throw new ManagementException(ManagementErrorKind.Conflict, $"controller {to} is not paired with {Name} (link {(Link.IsUp ? "up" : "down")}, mirror {(Mirror.Mode == MirrorMode.Healthy ? "healthy" : "in error-recovery mode")}); it cannot take array '{array}' now");
         ulong serial = ArrayManager.SerialOf(Arrays.ServedArrays.First(a => a.Name == array).Uuid);
