@@ -612,6 +612,9 @@ public sealed partial class Controller
             // A copy: the region is cleared below, and the cache copies it into its own element anyway.
             list.Add((d, peer.Memory(e).ToArray()));
         }
+        // A pairing that was already under way when the takeover began may have resumed the mirror: the
+        // adopted elements are not on it, so it goes down again (the next pairing resynchronises them).
+        if (Mirror.Mode == MirrorMode.Healthy) Mirror.Fail($"taking over from controller {PeerName}");
         int n = await Cache.AdoptAsync(list);
         peer.Clear();
         Receiver.Reset();

@@ -210,6 +210,9 @@ public sealed partial class Controller : IAsyncDisposable
     /// of us), then resynchronise the peer's region 2 from our region 1; write-back resumes after that.</summary>
     async Task PairAsync()
     {
+        // Not while taking the peer over: its copy in our region 2 is what we adopt; pairing would
+        // resume the mirror under the adoption (the watchdog pairs again afterwards).
+        if (Volatile.Read(ref _takingOver) != 0) return;
         Interlocked.Increment(ref _pairing);
         try
         {
