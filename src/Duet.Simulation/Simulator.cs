@@ -235,6 +235,7 @@ public sealed partial class Simulator
         {
             var side = SideOf(owner);
             var info = await side.Node.InvokeAsync(() => side.Controller!.ArrayService.CreateArrayAsync(new CreateArrayRequest(name, level, members, ChunkKiB: 16 << _random.Next(3), Owner: owner)));
+            _trace.Add($"array {name}: RAID {level}, chunk {info.ChunkKiB} KiB");
             long size = info.CapacityBytes / 2 / 4096 * 4096;
             for (int v = 0; v < 2; v++)
             {
