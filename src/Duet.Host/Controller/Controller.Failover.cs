@@ -432,6 +432,10 @@ public sealed partial class Controller
             if (_markedStale || _marking) await ClearStaleAsync();
             return;
         }
+        // A fenced peer cannot take us over: it discards its copy of us when it comes back, and we
+        // record the copy stale before we lift its fence (UnfencePeerAsync). So after a takeover the
+        // survivor acknowledges at once, without destaging what it adopted first.
+        if (_peerFenced) return;
         try { await Waits.WithTimeout(StaleMarkAsync(), Failover.LeaseWait, _options.Time); }
         catch (TimeoutException)
         {
@@ -661,6 +665,9 @@ public sealed partial class Controller
         if (Shelf is null || !_peerFenced) return;
         try
         {
+            // Once unfenced the peer could take us over, with an empty copy of our cache until the
+            // resynchronisation: what is dirty here goes to the drives first, and the copy is recorded stale.
+            if (Cache.DirtyCount > 0 || Volatile.Read(ref _staleMark) is not null) await StaleMarkAsync();
             await Shelf.UnfenceAsync(PeerName);
             _peerFenced = false;
             // The peer is back and heard: measure its silence from now.
