@@ -97,4 +97,66 @@ public sealed class FailoverProcessTests(ITestOutputHelper log) : IDisposable
         up.Terminate();
         await up.WaitForExitAsync(TimeSpan.FromSeconds(60));
     }
+
+    /// <summary>
+    /// kill -STOP of the owner: the survivor takes over (fences it at the shelf) and serves newer data;
+    /// kill -CONT: the woken controller answers no NBD request with stale data, its late write (sent to
+    /// it while it was stopped) never reaches the drives, it steps down (exit code 3) and is restarted
+    /// as standby, and the data is the survivor's.
+    /// </summary>
+    [Fact]
+    [Trait("Claim", "FO-2")]
+    [Trait("Claim", "FO-7")]
+    public async Task AStoppedOwnerThatWakesUpAfterTheTakeoverServesNothingStaleWritesNothingAndStepsDown()
+    {
+        int port = TestData.FreePorts(7);
+        var duet = Path.Combine(AppContext.BaseDirectory, "duet.dll");
+        await using var up = BackgroundProcess.Start(Dotnet, [duet, "up", "--data", _dir, "--nbd-port", $"{port}"], log);
+        await up.WaitForOutputAsync("duet: ready", TimeSpan.FromSeconds(90));
+        const long Bytes = 8L << 20;
+        string File(string name) => Path.Combine(_dir, name);
+        var old = TestData.WriteRandomFile(File("old.img"), Bytes, seed: 71);
+        var newer = TestData.WriteRandomFile(File("new.img"), Bytes, seed: 72);
+        TestData.WriteRandomFile(File("late.img"), Bytes, seed: 73);
+        await _run.RunOkAsync("nbdcopy", "--requests=32", File("old.img"), $"nbd://127.0.0.1:{port}/vol0");
+
+        int a = ControllerPid("A");
+        Assert.Equal(0, Posix.Kill(a, 19)); // SIGSTOP
+        try
+        {
+            // Sent to A while it is stopped: the connection waits in A's backlog.
+            var late = _run.RunAsync("nbdcopy", ["--requests=32", File("late.img"), $"nbd://127.0.0.1:{port}/vol0"], TimeSpan.FromSeconds(90));
+            var staleRead = _run.RunAsync("nbdcopy", ["--requests=32", $"nbd://127.0.0.1:{port}/vol0", File("through-a.img")], TimeSpan.FromSeconds(90));
+
+            // B takes over and serves the newer data on its own endpoint.
+            var until = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+            while ((await StatusAsync("B")).Controller?.Failover?.PeerFenced != true)
+            {
+                Assert.True(DateTime.UtcNow < until, "B did not take over from the stopped A");
+                await Task.Delay(100);
+            }
+            await _run.RunOkAsync("nbdcopy", "--requests=32", File("new.img"), $"nbd://127.0.0.1:{port + 1}/vol0");
+
+            Assert.Equal(0, Posix.Kill(a, 18)); // SIGCONT
+            await up.WaitForOutputAsync("duet: controller A exited with code 3", TimeSpan.FromSeconds(30));
+            var lateResult = await late;
+            var readResult = await staleRead;
+            log.WriteLine($"late write through A: exit {lateResult.ExitCode}; read through A: exit {readResult.ExitCode}");
+            // Whatever A answered, it was not the old data.
+            if (readResult.ExitCode == 0)
+            {
+                using (var f = new FileStream(File("through-a.img"), FileMode.Open, FileAccess.ReadWrite)) f.SetLength(Bytes);
+                Assert.NotEqual(old, TestData.HashFile(File("through-a.img")));
+            }
+        }
+        finally { Posix.Kill(a, 18); }
+
+        // The drives hold B's data: A's late write never landed.
+        await _run.RunOkAsync("nbdcopy", "--requests=32", $"nbd://127.0.0.1:{port + 1}/vol0", File("out.img"));
+        using (var f = new FileStream(File("out.img"), FileMode.Open, FileAccess.ReadWrite)) f.SetLength(Bytes);
+        Assert.Equal(newer, TestData.HashFile(File("out.img")));
+        await up.WaitForOutputAsync("port A is fenced at the shelf", TimeSpan.FromSeconds(60));
+        up.Terminate();
+        await up.WaitForExitAsync(TimeSpan.FromSeconds(60));
+    }
 }

@@ -11,8 +11,10 @@ namespace Duet.Host.Controller;
 // the started-and-not-done ones; if it takes this controller over, it settles their stripes (scrub
 // with repair: parity recomputed from whole data blocks) after adopting the mirrored elements, so a
 // write the dead controller left half-way never leaves its stripe with parity that disagrees with its
-// data. "Started" is on the link before the first drive write (the sender waits for the post), and
-// the link is FIFO, so the peer has it whenever the drives may hold part of the write.
+// data. "Started" is on the link before the first drive write (the sender waits for the post, at most
+// 100 ms), and the link is FIFO, so the peer has it whenever the drives may hold part of the write.
+// Checkpoints flow only while the pair is healthy (mirror up, peer not fenced): a hung peer's full
+// link must never stall this controller's writes.
 public sealed partial class Controller : IWriteCheckpoints
 {
     ulong _checkpointIds;
@@ -26,12 +28,23 @@ public sealed partial class Controller : IWriteCheckpoints
     async ValueTask<ulong> IWriteCheckpoints.StartedAsync(byte array, long firstBlock, long blockCount)
     {
         ulong id = _options.Session + Interlocked.Increment(ref _checkpointIds);
-        await PostOrDropAsync(IclSignal.Message, DuetFrame.ToArray(new WriteCheckpoint(CheckpointPhase.Started, id, array, (ulong)firstBlock, (uint)blockCount)));
+        if (!CheckpointsFlow) return id;
+        // Bounded: a peer that stopped reading its link (hung) must not stop our writes; the mirror has
+        // failed by then anyway, and a peer that takes us over after that settles nothing it was not told.
+        var post = PostOrDropAsync(IclSignal.Message, DuetFrame.ToArray(new WriteCheckpoint(CheckpointPhase.Started, id, array, (ulong)firstBlock, (uint)blockCount)));
+        try { await Waits.WithTimeout(post, CheckpointPostLimit, _options.Time); }
+        catch (TimeoutException) { }
         return id;
     }
 
-    void IWriteCheckpoints.Done(ulong id, byte array, long firstBlock, long blockCount) =>
-        _ = PostOrDropAsync(IclSignal.Message, DuetFrame.ToArray(new WriteCheckpoint(CheckpointPhase.Done, id, array, (ulong)firstBlock, (uint)blockCount)));
+    void IWriteCheckpoints.Done(ulong id, byte array, long firstBlock, long blockCount)
+    {
+        if (CheckpointsFlow) _ = PostOrDropAsync(IclSignal.Message, DuetFrame.ToArray(new WriteCheckpoint(CheckpointPhase.Done, id, array, (ulong)firstBlock, (uint)blockCount)));
+    }
+
+    // Checkpoints go to a peer that can take over and is listening: paired (mirror healthy), not fenced.
+    bool CheckpointsFlow => Link.IsUp && !_peerFenced && Mirror.Mode == Duet.Cache.MirrorMode.Healthy;
+    static readonly TimeSpan CheckpointPostLimit = TimeSpan.FromMilliseconds(100);
 
     void OnWriteCheckpoint(ReadOnlySpan<byte> message)
     {
