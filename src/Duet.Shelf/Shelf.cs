@@ -61,6 +61,8 @@ public sealed class Shelf : IAsyncDisposable
         {
             var text = _store.Load();
             _state = text is null ? new ShelfState() : ShelfState.Decode(text);
+            _state.Boots++;
+            Persist();
             foreach (var p in ShelfPorts.All) _heartbeats[p] = 0;
         }
     }
@@ -74,6 +76,8 @@ public sealed class Shelf : IAsyncDisposable
         _wrap = wrap;
         var text = store.Load();
         _state = text is null ? new ShelfState() : ShelfState.Decode(text);
+        _state.Boots++;
+        Persist();
     }
 
     /// <summary>The view of the shelf a controller gets through its port.</summary>
@@ -102,7 +106,7 @@ public sealed class Shelf : IAsyncDisposable
             MirrorStale = kv.Value.MirrorStale,
         }).ToList();
         var slots = _drives.List().Select(n => new SlotState(n, BlockCountOrZero(n), SerialOf(n), _state.Pulled.Contains(n))).ToList();
-        return new ShelfStatus(ports, _state.ReservationHolder, _state.EpochCounter, [.. _state.Claims.Values], slots);
+        return new ShelfStatus(ports, _state.ReservationHolder, _state.EpochCounter, [.. _state.Claims.Values], slots) { Boot = _state.Boots };
     }
 
     // A drive that cannot be opened (a damaged or odd-sized file) is listed with size 0; requests to it

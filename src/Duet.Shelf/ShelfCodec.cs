@@ -311,6 +311,7 @@ public static class ShelfCodec
             w.String(slot.Serial);
             w.U8((byte)(slot.Pulled ? 1 : 0));
         }
+        w.U64(s.Boot);
     }
 
     static ShelfStatus ReadStatus(ref BodyReader r)
@@ -338,7 +339,7 @@ public static class ShelfCodec
             if (pulled > 1) throw new ShelfProtocolException($"slot pulled byte is {pulled}, not 0 or 1");
             slots.Add(new SlotState(name, blocks, serial, pulled == 1));
         }
-        return new ShelfStatus(ports, holder, epoch, claims, slots);
+        return new ShelfStatus(ports, holder, epoch, claims, slots) { Boot = r.U64() };
     }
 
     /// <summary>Decodes a response body (the client's side). A read's data is a slice of <paramref name="body"/>.</summary>

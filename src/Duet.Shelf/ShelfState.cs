@@ -33,6 +33,7 @@ public sealed class ShelfState
     public readonly SortedDictionary<string, Port> Ports = new(StringComparer.Ordinal) { ["A"] = new(), ["B"] = new() };
     public ulong ReservationHolder;
     public ulong EpochCounter;
+    public ulong Boots;
     public readonly SortedDictionary<ulong, ArrayClaim> Claims = [];
     public readonly SortedSet<string> Pulled = new(StringComparer.Ordinal);
 
@@ -46,6 +47,7 @@ public sealed class ShelfState
             sb.Append(CultureInfo.InvariantCulture, $"port {name} enabled {(p.Enabled ? 1 : 0)} fenced {(p.Fenced ? 1 : 0)} key 0x{p.Key:x} mirror-stale {(p.MirrorStale ? 1 : 0)}\n");
         sb.Append(CultureInfo.InvariantCulture, $"reservation 0x{ReservationHolder:x}\n");
         sb.Append(CultureInfo.InvariantCulture, $"epoch {EpochCounter}\n");
+        sb.Append(CultureInfo.InvariantCulture, $"boots {Boots}\n");
         foreach (var c in Claims.Values) sb.Append(CultureInfo.InvariantCulture, $"claim 0x{c.Serial:x16} {c.Owner} {c.Epoch}\n");
         foreach (var s in Pulled) sb.Append(CultureInfo.InvariantCulture, $"pulled {s}\n");
         var body = sb.ToString();
@@ -75,6 +77,7 @@ public sealed class ShelfState
                         break;
                     case "reservation" when f.Length == 2: s.ReservationHolder = Hex(f[1]); break;
                     case "epoch" when f.Length == 2: s.EpochCounter = ulong.Parse(f[1], CultureInfo.InvariantCulture); break;
+                    case "boots" when f.Length == 2: s.Boots = ulong.Parse(f[1], CultureInfo.InvariantCulture); break;
                     case "claim" when f.Length == 4:
                         var serial = Hex(f[1]);
                         s.Claims[serial] = new ArrayClaim(serial, ShelfPorts.Check(f[2]), ulong.Parse(f[3], CultureInfo.InvariantCulture));

@@ -78,6 +78,10 @@ public sealed record SlotState(string Name, long BlockCount, string Serial, bool
 public sealed record ShelfStatus(IReadOnlyList<PortState> Ports, ulong ReservationHolder, ulong EpochCounter,
     IReadOnlyList<ArrayClaim> Claims, IReadOnlyList<SlotState> Slots)
 {
+    /// <summary>How many times the shelf has started (persisted): its heartbeat slots start from zero each
+    /// time, so a change of it means the slots seen before say nothing about the ones seen now.</summary>
+    public ulong Boot { get; init; }
+
     public PortState Port(string name) => Ports.First(p => p.Port == name);
     public ArrayClaim? Claim(ulong serial) => Claims.FirstOrDefault(c => c.Serial == serial);
 }

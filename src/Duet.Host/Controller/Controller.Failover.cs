@@ -78,6 +78,7 @@ public sealed partial class Controller
     long _lastBeatAt;
     long _peerSlotChangedAt;     // last time a shelf read saw the peer's slot change
     ulong _peerSlot;
+    ulong _shelfBoot;
     bool _peerSlotSeen;
     bool _peerHeard;             // ever, on either path, in this run
     long _lastShelfReadIssuedAt = long.MinValue;
@@ -187,6 +188,9 @@ public sealed partial class Controller
         if (status.Port(Name).Fenced)
         {
             _standby = true;
+            // What the array manager assembled before the fence came (the peer may have taken us over
+            // while we were starting) is not ours.
+            await Arrays.ForgetServedAsync();
             int discarded = Nvram.Own.ReplayOrder().Count;
             Nvram.Own.Clear();
             Nvram.Peer.Clear();
@@ -275,6 +279,13 @@ public sealed partial class Controller
         }
         RenewLease(issued);
         var peer = status.Port(PeerName);
+        // The shelf restarted since our last read: its slots started again from zero, and what we saw
+        // before says nothing now (a beat of the peer in between may have been wiped).
+        if (status.Boot != _shelfBoot)
+        {
+            _shelfBoot = status.Boot;
+            _peerSlotSeen = false;
+        }
         if (!_peerSlotSeen || peer.Heartbeat != _peerSlot)
         {
             if (_peerSlotSeen) _peerHeard = true;

@@ -311,6 +311,25 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
         finally { Unlock(); }
     }
 
+    /// <summary>
+    /// Lets go of every array this controller assembled, without writing anything: a controller that
+    /// finds itself fenced at the shelf (its peer took its arrays over, perhaps while it was assembling
+    /// them) holds nothing; the next rescan reads the drives afresh.
+    /// </summary>
+    public async Task ForgetServedAsync(CancellationToken ct = default)
+    {
+        await LockAsync(ct);
+        try
+        {
+            foreach (var a in _arrays.Values)
+                foreach (var d in a.Slots.Concat(a.Spares))
+                    if (d is not null) { d.Array = null; d.IsSpare = false; }
+            _arrays.Clear();
+            RefreshVolumes();
+        }
+        finally { Unlock(); }
+    }
+
     /// <summary>Volumes of arrays the peer controller serves (this controller forwards their I/O).</summary>
     public IReadOnlyList<PeerVolume> PeerVolumes =>
         [.. _view.Peers.Values.SelectMany(a => a.Volumes.Select(v => new PeerVolume(v.Name, a.Name, a.Owner, v.SizeBlocks * Units.BlockBytes)))
