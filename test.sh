@@ -65,7 +65,7 @@ for suite in "${suites[@]}"; do
     passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
     echo "suite $suite: $p passed, $f failed, $s skipped in ${secs} s"
     if [ "$f" -ne 0 ] || [ "$rc" -ne 0 ]; then
-        grep -E '^\s+Failed |Error Message|Assert|Exception' "$log" | head -n 60
+        grep -E -A3 '^\s+Failed |Error Message' "$log" | head -n 80
         [ "$f" -eq 0 ] && failed=$((failed + 1))
     fi
 done

@@ -130,7 +130,8 @@ public sealed class FailoverProcessTests(ITestOutputHelper log) : IDisposable
 
             // B takes over and serves the newer data on its own endpoint.
             var until = DateTime.UtcNow + TimeSpan.FromSeconds(30);
-            while ((await StatusAsync("B")).Controller?.Failover?.PeerFenced != true)
+            // The takeover is done when B reports it (fenced, claimed, assembled, adopted), not merely begun.
+            while ((await StatusAsync("B")) is not { Controller.Failover.LastTakeover: not null } b || b.Arrays.Single(x => x.Name == "arr0").Owner != "B")
             {
                 Assert.True(DateTime.UtcNow < until, "B did not take over from the stopped A");
                 await Task.Delay(100);
