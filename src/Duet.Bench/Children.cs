@@ -120,14 +120,51 @@ sealed class Children : IAsyncDisposable
     }
 
     /// <summary>A TCP port on 127.0.0.1 that was free a moment ago.</summary>
-    public static int FreePort()
+    /// <summary>A TCP port that was free a moment ago and that this process has not handed out
+    /// before (a peer's port never lands inside the block a `duet up` uses).</summary>
+    public static int FreePort() => FreePorts(1);
+
+    /// <summary>`duet up --nbd-port P` binds P .. P+5 (NBD of A and B, the host protocol's four
+    /// units) and, with a TCP ICL, P+6.</summary>
+    public const int DuetUpPorts = 7;
+
+    /// <summary>A first port P such that P .. P+count-1 could all be bound a moment ago and none of
+    /// them was handed out by this process before.</summary>
+    public static int FreePorts(int count)
     {
-        using var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        int port = ((IPEndPoint)l.LocalEndpoint).Port;
-        l.Stop();
-        return port;
+        for (int attempt = 0; attempt < 200; attempt++)
+        {
+            int first;
+            using (var probe = new TcpListener(IPAddress.Loopback, 0))
+            {
+                probe.Start();
+                first = ((IPEndPoint)probe.LocalEndpoint).Port;
+                probe.Stop();
+            }
+            if (first + count > 65535) continue;
+            var held = new List<TcpListener>();
+            try
+            {
+                for (int p = first; p < first + count; p++)
+                {
+                    var l = new TcpListener(IPAddress.Loopback, p);
+                    l.Start();
+                    held.Add(l);
+                }
+                lock (Given)
+                {
+                    if (Enumerable.Range(first, count).Any(Given.Contains)) continue;
+                    for (int p = first; p < first + count; p++) Given.Add(p);
+                }
+                return first;
+            }
+            catch (SocketException) { }
+            finally { foreach (var l in held) l.Stop(); }
+        }
+        throw new InvalidOperationException($"no {count} consecutive free TCP ports on 127.0.0.1");
     }
+
+    static readonly HashSet<int> Given = [];
 
     /// <summary>RssAnon in MiB (from /proc/PID/status) of a process and all its descendants — for
     /// `duet up`, the supervisor and both controllers — or -1 if unreadable.</summary>

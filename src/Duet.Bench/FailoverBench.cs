@@ -87,7 +87,7 @@ public static class FailoverBench
         var dataDir = Path.Combine(root, "data");
         Directory.CreateDirectory(root);
 
-        int port = o.NbdPort > 0 ? o.NbdPort : FreePortPair();
+        int port = o.NbdPort > 0 ? o.NbdPort : Children.FreePorts(Children.DuetUpPorts);
         var ownerEndPoint = new IPEndPoint(IPAddress.Loopback, port);
         var survivorEndPoint = new IPEndPoint(IPAddress.Loopback, port + 1);
         // Not --quiet: the controllers' log (takeover, standby, rejoin) is what a failed round is judged by.
@@ -345,24 +345,6 @@ public static class FailoverBench
             catch (UnauthorizedAccessException) { }
         }
         throw new InvalidOperationException($"no process of controller {name} for {dataDir}");
-    }
-
-    static int FreePortPair()
-    {
-        for (int i = 0; i < 50; i++)
-        {
-            int p = Children.FreePort();
-            if (p >= 65535) continue;
-            try
-            {
-                var l = new System.Net.Sockets.TcpListener(IPAddress.Loopback, p + 1);
-                l.Start();
-                l.Stop();
-                return p;
-            }
-            catch (System.Net.Sockets.SocketException) { }
-        }
-        throw new InvalidOperationException("no two adjacent free TCP ports on 127.0.0.1");
     }
 
     static async Task WaitForOutputAsync(Children.Child c, string text, TimeSpan limit, CancellationToken ct)

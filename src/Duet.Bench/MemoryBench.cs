@@ -22,7 +22,7 @@ public static class MemoryBench
         await using var children = new Children(log);
         var dir = Path.Combine(workDirectory, $"duet-bench-mem.{Environment.ProcessId}.{Guid.NewGuid().ToString("N")[..6]}");
         children.Track(dir);
-        int port = Children.FreePort();
+        int port = Children.FreePorts(Children.DuetUpPorts);
         var duet = children.Start("duet", duetCommand[0],
             duetCommand.Skip(1).Concat(["up", "--data", dir, "--nbd-port", port.ToString(CultureInfo.InvariantCulture), "--quiet"]));
         var sw = Stopwatch.StartNew();

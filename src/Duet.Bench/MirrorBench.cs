@@ -305,7 +305,7 @@ public static class MirrorBench
         {
             var dataDir = Path.Combine(root, $"duet-{mirror}");
             await NbdBench.CreateLayoutAsync(dataDir, NbdBench.DriveBytesFor(o.SizeBytes), o.SizeBytes, ct).ConfigureAwait(false);
-            int port = Children.FreePort();
+            int port = Children.FreePorts(Children.DuetUpPorts);
             var url = $"nbd://127.0.0.1:{port}/{NbdBench.VolumeName}";
             var duet = children.Start($"duet ({mirror})", duetCommand[0], duetCommand.Skip(1).Concat(["up", "--data", dataDir,
                 "--nbd-port", port.ToString(CultureInfo.InvariantCulture), "--nvram", o.NvramBytes.ToString(CultureInfo.InvariantCulture), "--mirror", mirror, "--quiet"]));

@@ -99,7 +99,7 @@ public static class NbdBench
         // A server found exited before a run (something outside the bench signalled it: on this
         // shared machine nbdkit twice exited with status 0, i.e. on SIGTERM/SIGHUP, mid-run) is
         // started again on the same port and data, and the run is repeated; the log says so.
-        int duetPort = Children.FreePort(), nbdkitPort = Children.FreePort(), qemuPort = Children.FreePort();
+        int duetPort = Children.FreePorts(Children.DuetUpPorts), nbdkitPort = Children.FreePort(), qemuPort = Children.FreePort();
         var urls = new Dictionary<string, string>
         {
             ["duet"] = $"nbd://127.0.0.1:{duetPort}/{VolumeName}",

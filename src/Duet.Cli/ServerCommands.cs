@@ -412,7 +412,7 @@ public static partial class Program
     static Command BenchFailoverCommand()
     {
         var rounds = new Option<int>("--rounds") { Description = "How many times the owner is killed", DefaultValueFactory = _ => 10 };
-        var nbdPort = new Option<int>("--nbd-port") { Description = "NBD port of controller A (B uses the next one); default: two free ports" };
+        var nbdPort = new Option<int>("--nbd-port") { Description = "NBD port of controller A (B uses the next one, the host protocol P+2 .. P+5); default: seven free ports" };
         var load = new Option<double>("--load-seconds") { Description = "Seconds of 4 KiB write load on the owner before each kill", DefaultValueFactory = _ => 2 };
         var showLog = new Option<bool>("--show-log") { Description = "Print duet up's output (the controllers' log) on stderr at the end" };
         var cmd = new Command("failover", "kill -9 of the owning controller under write load, ROUNDS times: time from the kill to the first write the survivor acknowledges, "

@@ -66,6 +66,11 @@ public sealed class HostUnitServer : IAsyncDisposable
                 listener.Bind(endpoint);
                 listener.Listen(128);
             }
+            catch (SocketException e)
+            {
+                listener.Dispose();
+                throw new IOException($"host unit {_options.Controller}{_options.Unit} on {endpoint}: {e.Message}", e);
+            }
             catch
             {
                 listener.Dispose();

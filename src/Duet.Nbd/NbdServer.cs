@@ -56,6 +56,11 @@ public sealed class NbdServer : IAsyncDisposable
                 listener.Bind(_options.Endpoint);
                 listener.Listen(128);
             }
+            catch (SocketException e)
+            {
+                listener.Dispose();
+                throw new IOException($"NBD on {_options.Endpoint}: {e.Message}", e);
+            }
             catch
             {
                 listener.Dispose();
