@@ -140,6 +140,13 @@ public static partial class Program
                     Console.Error.Flush();
                     Environment.Exit(ExitSteppedDown);
                 };
+                // Fenced while it started (settling its write log touches the drives): the event came before anyone listened.
+                if (server.Controller.IsSteppedDown)
+                {
+                    Console.Error.WriteLine($"duet controller {me}: stepped down while starting: fenced at the shelf");
+                    Console.Error.Flush();
+                    Environment.Exit(ExitSteppedDown);
+                }
                 try { await Task.Delay(Timeout.Infinite, stop.Token); } catch (OperationCanceledException) { }
                 await output.WriteLineAsync($"duet controller {me}: stopping");
             }

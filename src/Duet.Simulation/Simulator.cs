@@ -169,7 +169,7 @@ public sealed partial class Simulator
     {
         if (s.Controller is not { } c) return $"{s.Name} down";
         var i = c.Info();
-        return $"{s.Name}: link {(i.LinkUp ? "up" : "down")}, mirror {i.Mirror}, dirty {i.DirtyElements}, serves [{string.Join(",", c.Arrays.ServedArrays.Select(a => a.Name))}], {c.Cache.DescribeState()}; {c.Mirror.DescribeState()}";
+        return $"{s.Name}: link {(i.LinkUp ? "up" : "down")}, mirror {i.Mirror}, dirty {i.DirtyElements}, serves [{string.Join(",", c.Arrays.ServedArrays.Select(a => a.Name))}], {c.Cache.DescribeState()}; {c.Mirror.DescribeState()}; write log: {c.WriteLog.DescribeState()}, waiting for a flush [{string.Join(",", c.WriteLog.ArraysWaitingForFlush())}], full {c.WriteLog.Waits} times";
     }
 
     void Fail(string what)
@@ -304,6 +304,9 @@ public sealed partial class Simulator
             });
             side.Controller = controller;
             _trace.Add($"controller {side.Name} started (incarnation {node.Incarnation}, replayed {controller.ReplayedElements})");
+            // It may have found itself fenced while it started (settling its write log touches the drives):
+            // the notice came before it was ours to act on, so act on it now.
+            if (controller.IsSteppedDown) _world.Post(() => OnSteppedDown(side, controller, "stepped down while starting"));
         }
         finally { side.Starting = false; }
     }

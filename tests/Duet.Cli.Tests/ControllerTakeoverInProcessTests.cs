@@ -51,7 +51,9 @@ public sealed class ControllerTakeoverInProcessTests
             // get its new value (a whole block with a good tag that disagrees with the data).
             var raid = a.Arrays.ServedArrays.Single(r => r.Name == "arr0");
             byte number = a.Arrays.NumberOf(raid);
-            await ((IWriteCheckpoints)a).StartedAsync(number, 0, 1);
+            await a.Cache.DrainAsync();
+            await Until(() => b.PeerOpenCheckpoints == 0, "A's destage records to be cleared at B after A's flush");
+            await ((IArrayWriteLog)a).StartedAsync(number, 0, 1, default);
             await Until(() => b.PeerOpenCheckpoints == 1, "B to hear A's checkpoint");
             await raid.FlushAsync();
             var garbage = new byte[Units.BlockBytes];

@@ -48,8 +48,8 @@ public sealed unsafe class NvramFile : IDisposable
         _view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
         Invariant.Assert(_view.PointerOffset == 0);
         _base = pointer;
-        Own = new NvramRegion(this, 1, _base + layout.DescriptorTable1Offset, _base + layout.Region1Offset);
-        Peer = new NvramRegion(this, 2, _base + layout.DescriptorTable2Offset, _base + layout.Region2Offset);
+        Own = new NvramRegion(this, 1, _base + layout.DescriptorTable1Offset, _base + layout.Region1Offset, _base + layout.Log1Offset);
+        Peer = new NvramRegion(this, 2, _base + layout.DescriptorTable2Offset, _base + layout.Region2Offset, _base + layout.Log2Offset);
     }
 
     NvramFile(NvramStore store, NvramLayout layout, NvramHeader header)
@@ -60,8 +60,8 @@ public sealed unsafe class NvramFile : IDisposable
         _header = header;
         Invariant.Assert(store.Length == layout.TotalBytes);
         _base = store.Pointer;
-        Own = new NvramRegion(this, 1, _base + layout.DescriptorTable1Offset, _base + layout.Region1Offset);
-        Peer = new NvramRegion(this, 2, _base + layout.DescriptorTable2Offset, _base + layout.Region2Offset);
+        Own = new NvramRegion(this, 1, _base + layout.DescriptorTable1Offset, _base + layout.Region1Offset, _base + layout.Log1Offset);
+        Peer = new NvramRegion(this, 2, _base + layout.DescriptorTable2Offset, _base + layout.Region2Offset, _base + layout.Log2Offset);
         store.Holder = this;
     }
 

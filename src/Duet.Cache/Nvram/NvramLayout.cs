@@ -13,6 +13,8 @@ namespace Duet.Cache.Nvram;
 ///  DescriptorTable2   the same for region 2
 ///  Region1            ElementCount x 16 KiB: this controller's own write-back cache
 ///  Region2            ElementCount x 16 KiB: the mirror of the peer's region 1
+///  Log1               LogSlots x 64-byte write-log records (AW-4): this controller's array writes in flight
+///  Log2               the same for the peer's (the mirror of its Log1)
 ///  UsedBytes..Total   unused slack (zero)
 /// </code>
 ///
@@ -36,6 +38,10 @@ public sealed record NvramLayout
     public const long MaxTotalBytes = 1L << 30;
     public const long MinTotalBytes = 1L << 20;
     public const long DefaultTotalBytes = 256L << 20;
+    /// <summary>Write-log records per log (AW-4): array writes started and not yet durable.</summary>
+    public const int LogSlots = 512;
+    public const int LogRecordBytes = 64;
+    public const int LogBytes = LogSlots * LogRecordBytes;
 
     static NvramLayout()
     {
@@ -51,6 +57,7 @@ public sealed record NvramLayout
         Invariant.Assert(MinTotalBytes % PageBytes == 0);
         Invariant.Assert(DefaultTotalBytes >= MinTotalBytes);
         Invariant.Assert(DefaultTotalBytes <= MaxTotalBytes);
+        Invariant.Assert(LogBytes % PageBytes == 0);
         // Two maximal regions would not fit beside the header: 1 GiB never needs > 512 MiB.
         Invariant.Assert(2 * MaxRegionBytes + HeaderBytes > MaxTotalBytes);
         // The smallest file holds at least one element per region.
@@ -67,7 +74,9 @@ public sealed record NvramLayout
         Region1Offset = DescriptorTable2Offset + DescriptorTableBytes;
         RegionBytes = (long)elementCount * ElementBytesFixed;
         Region2Offset = Region1Offset + RegionBytes;
-        UsedBytes = Region2Offset + RegionBytes;
+        Log1Offset = Region2Offset + RegionBytes;
+        Log2Offset = Log1Offset + LogBytes;
+        UsedBytes = Log2Offset + LogBytes;
 
         Invariant.Assert(UsedBytes <= TotalBytes);
         Invariant.Assert(RegionBytes <= MaxRegionBytes);
@@ -75,6 +84,7 @@ public sealed record NvramLayout
         Invariant.Assert(DescriptorTable2Offset % PageBytes == 0);
         Invariant.Assert(Region1Offset % PageBytes == 0);
         Invariant.Assert(Region2Offset % PageBytes == 0);
+        Invariant.Assert(Log1Offset % PageBytes == 0 && Log2Offset % PageBytes == 0);
         Invariant.Assert(TotalBytes % PageBytes == 0);
         Invariant.Assert(DescriptorTableBytes >= (long)ElementCount * DescriptorBytes);
         // The last element's MR-3 descriptor fits 20 bits.
@@ -92,13 +102,24 @@ public sealed record NvramLayout
     public long DescriptorTable2Offset { get; }
     public long Region1Offset { get; }
     public long Region2Offset { get; }
-    /// <summary>End of region 2; the bytes from here to <see cref="TotalBytes"/> are unused.</summary>
+    /// <summary>This controller's write log (AW-4), after region 2.</summary>
+    public long Log1Offset { get; }
+    /// <summary>The mirror of the peer's write log.</summary>
+    public long Log2Offset { get; }
+    /// <summary>End of the second write log; the bytes from here to <see cref="TotalBytes"/> are unused.</summary>
     public long UsedBytes { get; }
 
     public long DescriptorTableOffset(int region) => region switch
     {
         1 => DescriptorTable1Offset,
         2 => DescriptorTable2Offset,
+        _ => throw new ArgumentOutOfRangeException(nameof(region), region, "NVRAM regions are 1 and 2"),
+    };
+
+    public long LogOffset(int region) => region switch
+    {
+        1 => Log1Offset,
+        2 => Log2Offset,
         _ => throw new ArgumentOutOfRangeException(nameof(region), region, "NVRAM regions are 1 and 2"),
     };
 
@@ -149,11 +170,11 @@ public sealed record NvramLayout
     }
 
     static long UsedFor(long elementCount) =>
-        HeaderBytes + 2 * AlignUp(elementCount * DescriptorBytes, PageBytes) + 2 * elementCount * ElementBytesFixed;
+        HeaderBytes + 2 * AlignUp(elementCount * DescriptorBytes, PageBytes) + 2 * elementCount * ElementBytesFixed + 2L * LogBytes;
 
     static int MaxElementCount(long totalBytes)
     {
-        long n = Math.Min((totalBytes - HeaderBytes) / (2 * (ElementBytesFixed + DescriptorBytes)), MaxRegionBytes / ElementBytesFixed);
+        long n = Math.Min((totalBytes - HeaderBytes - 2L * LogBytes) / (2 * (ElementBytesFixed + DescriptorBytes)), MaxRegionBytes / ElementBytesFixed);
         while (n > 0 && UsedFor(n) > totalBytes) n--;
         Invariant.Assert(n >= 0);
         Invariant.Assert(n <= int.MaxValue);
@@ -166,5 +187,6 @@ public sealed record NvramLayout
         $"NVRAM {Units.FormatSize(TotalBytes)}: header {Units.FormatSize(HeaderBytes)} at 0x0; " +
         $"descriptor tables of {ElementCount} x {DescriptorBytes} B ({Units.FormatSize(DescriptorTableBytes)} each) at 0x{DescriptorTable1Offset:x} and 0x{DescriptorTable2Offset:x}; " +
         $"region 1 at 0x{Region1Offset:x} and region 2 at 0x{Region2Offset:x}, each {ElementCount} elements of {Units.FormatSize(ElementBytes)} ({Units.FormatSize(RegionBytes)}); " +
+        $"write logs of {LogSlots} x {LogRecordBytes} B at 0x{Log1Offset:x} and 0x{Log2Offset:x}; " +
         $"{Units.FormatSize(TotalBytes - UsedBytes)} unused";
 }

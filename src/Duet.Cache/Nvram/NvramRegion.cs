@@ -34,13 +34,15 @@ public sealed unsafe class NvramRegion
     readonly NvramFile _file;
     readonly byte* _descriptors;
     readonly byte* _data;
+    readonly byte* _log;
 
-    internal NvramRegion(NvramFile file, int number, byte* descriptors, byte* data)
+    internal NvramRegion(NvramFile file, int number, byte* descriptors, byte* data, byte* log)
     {
         Invariant.Assert(number is 1 or 2);
         _file = file;
         _descriptors = descriptors;
         _data = data;
+        _log = log;
         Number = number;
         ElementCount = file.Layout.ElementCount;
         RegionBytes = file.Layout.RegionBytes;
@@ -207,13 +209,23 @@ public sealed unsafe class NvramRegion
         return replay;
     }
 
-    /// <summary>Invalidates every element: valid bits first, then the whole table.</summary>
+    /// <summary>Invalidates every element: valid bits first, then the whole table. The write log is
+    /// <see cref="WriteLog"/>'s to clear.</summary>
     public void Clear()
     {
         _file.ThrowIfDisposed();
         for (int e = 0; e < ElementCount; e++) Volatile.Write(ref Slot(e)[0], 0);
         Interlocked.MemoryBarrier();
         new Span<byte>(_descriptors, ElementCount * NvramLayout.DescriptorBytes).Clear();
+    }
+
+    /// <summary>The 64 bytes of write-log record <paramref name="slot"/> of this region's log (AW-4;
+    /// <see cref="WriteLogRecord"/> encodes them).</summary>
+    public Span<byte> LogRecord(int slot)
+    {
+        _file.ThrowIfDisposed();
+        if ((uint)slot >= NvramLayout.LogSlots) throw new ArgumentOutOfRangeException(nameof(slot), slot, $"write-log slots are 0..{NvramLayout.LogSlots - 1}");
+        return new Span<byte>(_log + (long)slot * NvramLayout.LogRecordBytes, NvramLayout.LogRecordBytes);
     }
 
     public override string ToString() => $"NVRAM region {Number} ({ElementCount} elements)";

@@ -4,11 +4,14 @@ using Duet.Raid;
 
 namespace Duet.Host.Controller;
 
-/// <summary>A served RAID array as the cache's backing store.</summary>
-/// Every write to the array (a destage, a write-through) is bracketed by AW-3 checkpoints to the peer
-/// through <paramref name="checkpoints"/> (started before, done after), so a peer that takes over
-/// settles the stripes of a write that was started and never finished.
-public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IWriteCheckpoints? checkpoints = null) : ICacheBacking
+/// <summary>
+/// A served RAID array as the cache's backing store. With a write log (<paramref name="log"/>), every
+/// write to the array (a destage run, a write-through) is recorded before it touches a drive (AW-4: in
+/// NVRAM, and mirrored to the peer as an AW-3 checkpoint) and the record is cleared once a flush of the
+/// array's drives has followed the write, so a restart or a takeover checks exactly the stripes a stop
+/// may have left with parity that disagrees with their data.
+/// </summary>
+public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArrayWriteLog? log = null) : ICacheBacking
 {
     public RaidArray Array { get; } = array;
     public byte ArrayNumber { get; } = number;
@@ -19,32 +22,76 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IWri
 
     public async ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, bool recovery, CancellationToken ct)
     {
-        if (checkpoints is null)
+        if (log is null)
         {
             await WriteCoreAsync(sector, source, recovery, ct);
             return;
         }
         long firstBlock = sector / Units.SectorsPerBlock;
         long endBlock = (sector + source.Length / Units.SectorBytes + Units.SectorsPerBlock - 1) / Units.SectorsPerBlock;
-        ulong id = await checkpoints.StartedAsync(ArrayNumber, firstBlock, endBlock - firstBlock);
-        await WriteCoreAsync(sector, source, recovery, ct);
-        checkpoints.Done(id, ArrayNumber, firstBlock, endBlock - firstBlock);
+        int slot = await log.StartedAsync(ArrayNumber, firstBlock, endBlock - firstBlock, ct);
+        // Failed or not, the record waits for the next flush: a write that failed part-way leaves its
+        // elements dirty and marked for a recovery write, which settles the rows it tore.
+        try { await WriteCoreAsync(sector, source, recovery, ct); }
+        finally { log.Written(slot); }
     }
 
     ValueTask WriteCoreAsync(long sector, ReadOnlyMemory<byte> source, bool recovery, CancellationToken ct) =>
         recovery ? Array.RecoveryWriteAsync(sector, source, ct) : Array.WriteAsync(sector, source, ct);
-    public ValueTask FlushAsync(CancellationToken ct) => Array.FlushAsync(ct);
+
+    /// <summary>Flushes the drives; the log records of every write that returned before the flush started are then cleared.</summary>
+    public async ValueTask FlushAsync(CancellationToken ct)
+    {
+        if (log is null)
+        {
+            await Array.FlushAsync(ct);
+            return;
+        }
+        var slots = log.TakeWritten(ArrayNumber);
+        try { await Array.FlushAsync(ct); }
+        catch
+        {
+            log.FlushFailed(slots);
+            throw;
+        }
+        log.Durable(slots);
+    }
+
+    /// <summary>
+    /// A flush to make room in a full write log, from inside an array write (the cache's write gate may be
+    /// held, and whoever holds the array manager's lock may be waiting for that write): it must not wait
+    /// for a member failure to be persisted, which takes that lock. So a flush that drops a member clears
+    /// nothing: those records stay until a flush after the failure is on the superblocks.
+    /// </summary>
+    public async ValueTask FlushToFreeLogAsync(CancellationToken ct)
+    {
+        if (log is null) return;
+        var slots = log.TakeWritten(ArrayNumber);
+        int lost = Array.LostSlots().Count;
+        try { await Array.FlushWithoutPersistingFailuresAsync(ct); }
+        catch
+        {
+            log.FlushFailed(slots);
+            throw;
+        }
+        if (Array.LostSlots().Count != lost) log.FlushFailed(slots);
+        else log.Durable(slots);
+    }
 }
 
-/// <summary>AW-3: where a controller's array writes announce themselves to the peer.</summary>
-public interface IWriteCheckpoints
+/// <summary>AW-4 (and AW-3 towards the peer): where a controller's array writes are recorded.</summary>
+public interface IArrayWriteLog
 {
-    /// <summary>Sends "started" for array blocks [first, +count) and returns its id; completes once the
-    /// message is on the link (or the link is down: then there is no peer to complete it anyway).</summary>
-    ValueTask<ulong> StartedAsync(byte array, long firstBlock, long blockCount);
-    /// <summary>Sends "done" for the write <paramref name="id"/> (not awaited: a lost "done" only makes a
-    /// takeover settle stripes that were fine).</summary>
-    void Done(ulong id, byte array, long firstBlock, long blockCount);
+    /// <summary>Records array blocks [first, +count) as being written (in NVRAM, whole when this returns; and
+    /// towards the peer) and returns the record's slot. Waits while the log is full.</summary>
+    ValueTask<int> StartedAsync(byte array, long firstBlock, long blockCount, CancellationToken ct);
+    /// <summary>The write returned; its record waits for the next flush of the array.</summary>
+    void Written(int slot);
+    /// <summary>Before a flush: the records of the array's returned writes.</summary>
+    int[] TakeWritten(byte array);
+    void FlushFailed(int[] slots);
+    /// <summary>After the flush: the records are cleared, here and at the peer.</summary>
+    void Durable(int[] slots);
 }
 
 /// <summary>

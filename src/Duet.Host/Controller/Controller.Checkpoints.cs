@@ -1,3 +1,4 @@
+using Duet.Cache;
 using Duet.Core;
 using Duet.Interconnect.Link;
 using Duet.Interconnect.Wire;
@@ -5,46 +6,109 @@ using Microsoft.Extensions.Logging;
 
 namespace Duet.Host.Controller;
 
-// AW-3, the array controller pair with checkpointing: every write this controller makes to an array
-// (a destage run, a write-through) is announced to the peer before it starts ("started": array,
-// first 4 KiB block, block count, an id) and after it ends ("done": the same id). The peer keeps
-// the started-and-not-done ones; if it takes this controller over, it settles their stripes (scrub
-// with repair: parity recomputed from whole data blocks) after adopting the mirrored elements, so a
-// write the dead controller left half-way never leaves its stripe with parity that disagrees with its
-// data. "Started" is on the link before the first drive write (the sender waits for the post, at most
-// 100 ms), and the link is FIFO, so the peer has it whenever the drives may hold part of the write.
-// Checkpoints flow only while the pair is healthy (mirror up, peer not fenced): a hung peer's full
-// link must never stall this controller's writes.
-public sealed partial class Controller : IWriteCheckpoints
+// AW-4, the write log, and AW-3, the array controller pair with checkpointing. Every write this
+// controller makes to an array (a destage run, a write-through) opens a record in its NVRAM write log
+// before it touches a drive (array, first 4 KiB block, block count, sequence) and the record is cleared
+// once a flush of the array's drives followed the write — in batches: a destage round flushes once. The
+// same record goes to the peer ("started", id = slot and sequence), which keeps it in its NVRAM's second
+// log until "done" comes after the flush. So:
+//  - after a restart (kill -9 or power cut), this controller settles the stripes of its own records (scrub
+//    with repair: parity recomputed from whole data blocks) before anything else writes, and
+//  - a peer that takes this controller over settles the stripes of the records it holds,
+// and in both cases only those stripes are checked, never the whole array. "Started" is on the link
+// before the first drive write (the sender waits for the post, at most 100 ms) and the link is FIFO, so
+// the peer has it whenever the drives may hold part of the write. Checkpoints flow only while the pair
+// is healthy (mirror up, peer not fenced): a hung peer's full link must never stall this controller's
+// writes; a pairing sends the peer every record still open.
+public sealed partial class Controller : IArrayWriteLog
 {
-    ulong _checkpointIds;
-    // The peer's writes started and not done, by id.
-    readonly Dictionary<ulong, WriteCheckpoint> _peerOpen = [];
-    long _checkpointsSettled;
+    /// <summary>This controller's write log (AW-4) in its NVRAM, and its copy of the peer's.</summary>
+    public WriteLog WriteLog { get; }
+    readonly Dictionary<byte, RaidBacking> _backings = [];
+    long _checkpointsSettled, _recoveredSettled;
 
-    /// <summary>The peer's writes started and not finished, as far as this controller heard.</summary>
-    public int PeerOpenCheckpoints { get { lock (_peerOpen) return _peerOpen.Count; } }
+    /// <summary>The peer's writes started and not yet durable, as far as this controller heard.</summary>
+    public int PeerOpenCheckpoints => WriteLog.Mirrored().Count;
 
-    async ValueTask<ulong> IWriteCheckpoints.StartedAsync(byte array, long firstBlock, long blockCount)
+    /// <summary>Records of this controller's own log settled at its last start.</summary>
+    public long RecoveredWritesSettled => Interlocked.Read(ref _recoveredSettled);
+
+    async ValueTask<int> IArrayWriteLog.StartedAsync(byte array, long firstBlock, long blockCount, CancellationToken ct)
     {
-        ulong id = _options.Session + Interlocked.Increment(ref _checkpointIds);
-        if (!CheckpointsFlow) return id;
-        // Bounded: a peer that stopped reading its link (hung) must not stop our writes; the mirror has
-        // failed by then anyway, and a peer that takes us over after that settles nothing it was not told.
-        var post = PostOrDropAsync(IclSignal.Message, DuetFrame.ToArray(new WriteCheckpoint(CheckpointPhase.Started, id, array, (ulong)firstBlock, (uint)blockCount)));
-        try { await Waits.WithTimeout(post, CheckpointPostLimit, _options.Time); }
-        catch (TimeoutException) { }
-        return id;
+        int slot;
+        WriteLogRecord record;
+        while (!WriteLog.TryOpen(array, firstBlock, (int)blockCount, out slot, out record))
+        {
+            // Full: the records of writes that returned are cleared by a flush; flush those arrays.
+            // With none, every slot is a write in flight: wait for one to end.
+            var waiting = WriteLog.ArraysWaitingForFlush();
+            if (waiting.Count == 0)
+            {
+                await WriteLog.SlotFreedAsync(); // no WaitAsync(ct): its completion would run on the thread pool (the simulator forbids that)
+                continue;
+            }
+            foreach (var a in waiting)
+            {
+                RaidBacking? backing;
+                lock (_backings) _backings.TryGetValue(a, out backing);
+                if (backing is not null && Arrays.ServedArrays.Contains(backing.Array)) await backing.FlushToFreeLogAsync(ct);
+                else
+                {
+                    // Not served here any more (moved, deleted, taken): nothing of ours writes there now, and
+                    // its stripes are its owner's to check.
+                    int dropped = WriteLog.Abandon(a);
+                    if (dropped > 0) LogAbandoned(a, dropped);
+                }
+            }
+        }
+        if (CheckpointsFlow)
+        {
+            // Bounded: a peer that stopped reading its link (hung) must not stop our writes; the mirror has
+            // failed by then anyway, and a peer that takes us over after that settles nothing it was not told.
+            var post = PostOrDropAsync(IclSignal.Message, StartedBytes(slot, record));
+            try { await Waits.WithTimeout(post, CheckpointPostLimit, _options.Time); }
+            catch (TimeoutException) { }
+        }
+        return slot;
     }
 
-    void IWriteCheckpoints.Done(ulong id, byte array, long firstBlock, long blockCount)
+    void IArrayWriteLog.Written(int slot) => WriteLog.Written(slot);
+    int[] IArrayWriteLog.TakeWritten(byte array) => WriteLog.TakeWritten(array);
+    void IArrayWriteLog.FlushFailed(int[] slots) => WriteLog.FlushFailed(slots);
+
+    void IArrayWriteLog.Durable(int[] slots)
     {
-        if (CheckpointsFlow) _ = PostOrDropAsync(IclSignal.Message, DuetFrame.ToArray(new WriteCheckpoint(CheckpointPhase.Done, id, array, (ulong)firstBlock, (uint)blockCount)));
+        if (slots.Length == 0) return;
+        var closed = WriteLog.Close(slots);
+        if (!CheckpointsFlow) return;
+        for (int i = 0; i < slots.Length; i++)
+        {
+            var r = closed[i];
+            _ = PostOrDropAsync(IclSignal.Message, DuetFrame.ToArray(new WriteCheckpoint(CheckpointPhase.Done, WriteLog.LinkId(slots[i], r.Sequence), r.Array, (ulong)r.FirstBlock, (uint)r.BlockCount)));
+        }
     }
 
-    // Checkpoints go to a peer that can take over and is listening: paired (mirror healthy), not fenced.
-    bool CheckpointsFlow => Link.IsUp && !_peerFenced && Mirror.Mode == Duet.Cache.MirrorMode.Healthy;
+    static byte[] StartedBytes(int slot, WriteLogRecord r) =>
+        DuetFrame.ToArray(new WriteCheckpoint(CheckpointPhase.Started, WriteLog.LinkId(slot, r.Sequence), r.Array, (ulong)r.FirstBlock, (uint)r.BlockCount));
+
+    // Checkpoints go to a peer that can take over and is listening: a shelf, paired (mirror healthy), not fenced.
+    bool CheckpointsFlow => Shelf is not null && Link.IsUp && !_peerFenced && Mirror.Mode == MirrorMode.Healthy;
     static readonly TimeSpan CheckpointPostLimit = TimeSpan.FromMilliseconds(100);
+
+    RaidBacking NewBacking(Duet.Raid.RaidArray raid)
+    {
+        var backing = new RaidBacking(raid, Arrays.NumberOf(raid), Duet.Raid.Management.ArrayManager.SerialOf(raid.Uuid), this);
+        lock (_backings) _backings[backing.ArrayNumber] = backing;
+        return backing;
+    }
+
+    /// <summary>Pairing: the peer's copy of our log starts empty; it gets every record still open.</summary>
+    async Task SendOpenCheckpointsAsync()
+    {
+        if (Shelf is null) return;
+        foreach (var (slot, record) in WriteLog.Live())
+            await PostOrDropAsync(IclSignal.Message, StartedBytes(slot, record));
+    }
 
     void OnWriteCheckpoint(ReadOnlySpan<byte> message)
     {
@@ -53,38 +117,77 @@ public sealed partial class Controller : IWriteCheckpoints
             LogUnknown("write checkpoint", error.ToString());
             return;
         }
-        lock (_peerOpen)
+        var (slot, sequence) = WriteLog.FromLinkId(c.HostTag);
+        if ((uint)slot >= (uint)WriteLog.Slots || c.BlockCount == 0 || c.Lba > long.MaxValue)
         {
-            if (c.Phase == CheckpointPhase.Started) _peerOpen[c.HostTag] = c;
-            else _peerOpen.Remove(c.HostTag);
+            LogUnknown("write checkpoint", $"slot {slot}, blocks {c.Lba}+{c.BlockCount}");
+            return;
         }
+        if (c.Phase == CheckpointPhase.Started) WriteLog.StoreMirrored(slot, new WriteLogRecord(c.Volume, (long)c.Lba, (int)c.BlockCount, sequence));
+        else WriteLog.ClearMirrored(slot, sequence);
     }
 
     /// <summary>A new session of the peer: what its old session started is its own replay's to finish.</summary>
-    void ForgetPeerCheckpoints()
+    void ForgetPeerCheckpoints() => WriteLog.ClearAllMirrored();
+
+    /// <summary>Start-up: settles the stripes of every record this controller's log kept from its last run,
+    /// on the arrays it serves (an array another controller serves now was settled by its takeover).</summary>
+    async Task SettleRecoveredWritesAsync()
     {
-        lock (_peerOpen) _peerOpen.Clear();
+        var recovered = WriteLog.Recovered;
+        if (recovered.Count == 0) return;
+        int settled = 0;
+        foreach (var (slot, r) in recovered)
+        {
+            var raid = Arrays.ServedArrays.FirstOrDefault(a => Arrays.NumberOf(a) == r.Array);
+            if (raid is not null)
+            {
+                try
+                {
+                    var result = await raid.SettleStripesAsync(r.FirstBlock, r.BlockCount);
+                    if (result.Repaired > 0 || result.Unrepairable > 0) LogSettled(raid.Name, r.FirstBlock, (uint)r.BlockCount, result.Repaired, result.Unrepairable);
+                }
+                catch (BlockIoException e)
+                {
+                    // Kept: the record stays in the log (and goes to the peer when we pair) until a later start settles it.
+                    LogSettleFailed(raid.Name, r.FirstBlock, (uint)r.BlockCount, e.Message);
+                    continue;
+                }
+                settled++;
+            }
+            WriteLog.Retire(slot);
+        }
+        Interlocked.Add(ref _recoveredSettled, settled);
+        LogRecoveredLog(recovered.Count, settled);
     }
 
-    /// <summary>Takeover: settles the stripes of every write the peer started on the taken arrays and never finished.</summary>
+    /// <summary>Takeover: settles the stripes of every write the peer started on the taken arrays and never made durable.</summary>
     async Task<int> SettlePeerCheckpointsAsync(HashSet<byte> numbers)
     {
-        List<WriteCheckpoint> open;
-        lock (_peerOpen) open = [.. _peerOpen.Values.Where(c => numbers.Contains(c.Volume))];
         int settled = 0;
-        foreach (var c in open)
+        foreach (var (slot, r) in WriteLog.Mirrored())
         {
-            var raid = Arrays.ServedArrays.FirstOrDefault(a => Arrays.NumberOf(a) == c.Volume);
+            if (!numbers.Contains(r.Array)) continue;
+            var raid = Arrays.ServedArrays.FirstOrDefault(a => Arrays.NumberOf(a) == r.Array);
             if (raid is null) continue;
-            var result = await raid.SettleStripesAsync((long)c.Lba, c.BlockCount);
-            if (result.Repaired > 0 || result.Unrepairable > 0) LogSettled(raid.Name, (long)c.Lba, c.BlockCount, result.Repaired, result.Unrepairable);
-            lock (_peerOpen) _peerOpen.Remove(c.HostTag);
+            var result = await raid.SettleStripesAsync(r.FirstBlock, r.BlockCount);
+            if (result.Repaired > 0 || result.Unrepairable > 0) LogSettled(raid.Name, r.FirstBlock, (uint)r.BlockCount, result.Repaired, result.Unrepairable);
+            WriteLog.ClearMirrored(slot, r.Sequence);
             settled++;
         }
         Interlocked.Add(ref _checkpointsSettled, settled);
         return settled;
     }
 
-    [LoggerMessage(EventId = 7040, Level = LogLevel.Warning, Message = "array {Array}: the peer's unfinished write at block {Lba} (+{Count}) settled: {Repaired} blocks repaired, {Unrepairable} unrepairable")]
+    [LoggerMessage(EventId = 7040, Level = LogLevel.Warning, Message = "array {Array}: the unfinished write at block {Lba} (+{Count}) settled: {Repaired} blocks repaired, {Unrepairable} unrepairable")]
     partial void LogSettled(string array, long lba, uint count, long repaired, long unrepairable);
+
+    [LoggerMessage(EventId = 7042, Level = LogLevel.Warning, Message = "array {Array}: the unfinished write at block {Lba} (+{Count}) could not be settled now: {Reason}")]
+    partial void LogSettleFailed(string array, long lba, uint count, string reason);
+
+    [LoggerMessage(EventId = 7043, Level = LogLevel.Information, Message = "write log: {Count} records of array number {Array}, which this controller no longer serves, dropped")]
+    partial void LogAbandoned(byte array, int count);
+
+    [LoggerMessage(EventId = 7041, Level = LogLevel.Information, Message = "write log: {Found} records of writes that were not durable when this controller stopped; {Settled} checked and settled")]
+    partial void LogRecoveredLog(int found, int settled);
 }

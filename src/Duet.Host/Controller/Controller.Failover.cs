@@ -194,6 +194,8 @@ public sealed partial class Controller
             int discarded = Nvram.Own.ReplayOrder().Count;
             Nvram.Own.Clear();
             Nvram.Peer.Clear();
+            WriteLog.DiscardOwn();
+            WriteLog.ClearAllMirrored();
             // Our messages must clear the survivor's epoch floor when we come back.
             if (status.EpochCounter > Nvram.Epoch) Nvram.Epoch = status.EpochCounter;
             LogStandby(status.EpochCounter, discarded);

@@ -118,6 +118,7 @@ public sealed partial class Controller : IAsyncDisposable
         if (options.WrapMirror is { } wrap) cacheMirror = wrap(cacheMirror);
         var cacheOptions = new CacheOptions { Time = options.Time };
         if (options.ConfigureCache is { } configure) cacheOptions = configure(cacheOptions);
+        WriteLog = new WriteLog(nvram);
         Cache = new WriteBackCache(nvram.Own, cacheMirror, cacheOptions, loggers.CreateLogger<WriteBackCache>());
         Forwarding = new ForwardingClient(link, Epoch, options.ForwardTimeout, options.Time, firstRequestId: options.Session);
         ForwardingServer = new ForwardingServer(link, Epoch, name => ServedVolume(name), loggers.CreateLogger<ForwardingServer>(), RescanAsync);
@@ -163,6 +164,8 @@ public sealed partial class Controller : IAsyncDisposable
         RegisterServedArrays();
         ReplayedElements = Cache.Replay();
         if (ReplayedElements > 0) LogReplayed(ReplayedElements);
+        // AW-4: before anything of ours writes to an array again.
+        await SettleRecoveredWritesAsync();
         Cache.Start();
         Link.UpChanged += up =>
         {
@@ -202,7 +205,7 @@ public sealed partial class Controller : IAsyncDisposable
         foreach (var raid in Arrays.ServedArrays)
         {
             lock (_volumesLock) if (!_cachedArrays.Add(raid.Name)) continue;
-            Cache.AddArray(new RaidBacking(raid, Arrays.NumberOf(raid), ArrayManager.SerialOf(raid.Uuid), Shelf is null ? null : this));
+            Cache.AddArray(NewBacking(raid));
         }
     }
 
@@ -233,6 +236,7 @@ public sealed partial class Controller : IAsyncDisposable
             // The array table before any mirror data: the peer names our arrays by number with it
             // (a change announced while the link was down never reached it).
             await NotifyPeerArraysChangedAsync();
+            await SendOpenCheckpointsAsync();
             await Cache.ResyncMirrorAsync(Mirror.Resume);
             await ClearStaleAsync();
             LogPaired(_options.PeerName);

@@ -1,0 +1,347 @@
+using System.Buffers.Binary;
+using Duet.Cache.Nvram;
+using Duet.Core;
+
+namespace Duet.Cache;
+
+/// <summary>
+/// One write-log record (AW-4): an array write that may have touched stripes [FirstBlock, +BlockCount)
+/// (array blocks of 4 KiB) and is not yet known durable on the drives. 64 bytes in NVRAM,
+/// little-endian:
+/// <code>
+///  0-3   magic "WLG1"
+///  4     array number (MR-5)
+///  5-7   zero
+///  8-15  first array block
+///  16-19 block count
+///  20-23 zero
+///  24-31 sequence (increasing per controller, across restarts)
+///  32-59 zero
+///  60-63 CRC32C over bytes 0-59
+/// </code>
+/// All zero is a free slot. A record that fails its CRC was being written or cleared when the
+/// controller stopped: in both cases no stripe depends on it (a record is whole before its write
+/// touches a drive, and is cleared only after the drives flushed), so it reads as free.
+/// </summary>
+public readonly record struct WriteLogRecord(byte Array, long FirstBlock, int BlockCount, ulong Sequence)
+{
+    public const uint Magic = 0x31474C57; // "WLG1"
+    const int CrcOffset = NvramLayout.LogRecordBytes - sizeof(uint);
+
+    public void Encode(Span<byte> slot)
+    {
+        Invariant.Assert(slot.Length == NvramLayout.LogRecordBytes);
+        Invariant.Assert(FirstBlock >= 0 && BlockCount > 0);
+        Span<byte> r = stackalloc byte[NvramLayout.LogRecordBytes];
+        r.Clear();
+        BinaryPrimitives.WriteUInt32LittleEndian(r, Magic);
+        r[4] = Array;
+        BinaryPrimitives.WriteInt64LittleEndian(r[8..], FirstBlock);
+        BinaryPrimitives.WriteInt32LittleEndian(r[16..], BlockCount);
+        BinaryPrimitives.WriteUInt64LittleEndian(r[24..], Sequence);
+        BinaryPrimitives.WriteUInt32LittleEndian(r[CrcOffset..], Crc32C.Compute(r[..CrcOffset]));
+        // The CRC covers the magic, so a store cut anywhere leaves a record that reads as free.
+        r.CopyTo(slot);
+    }
+
+    /// <summary>The record in <paramref name="slot"/>, or null if the slot is free or torn.</summary>
+    public static WriteLogRecord? Decode(ReadOnlySpan<byte> slot)
+    {
+        Invariant.Assert(slot.Length == NvramLayout.LogRecordBytes);
+        if (BinaryPrimitives.ReadUInt32LittleEndian(slot) != Magic) return null;
+        if (BinaryPrimitives.ReadUInt32LittleEndian(slot[CrcOffset..]) != Crc32C.Compute(slot[..CrcOffset])) return null;
+        int count = BinaryPrimitives.ReadInt32LittleEndian(slot[16..]);
+        long first = BinaryPrimitives.ReadInt64LittleEndian(slot[8..]);
+        if (count <= 0 || first < 0) return null;
+        return new WriteLogRecord(slot[4], first, count, BinaryPrimitives.ReadUInt64LittleEndian(slot[24..]));
+    }
+
+    public static void Clear(Span<byte> slot)
+    {
+        // The magic first: from then on the slot reads as free whatever the rest holds.
+        BinaryPrimitives.WriteUInt32LittleEndian(slot, 0);
+        Interlocked.MemoryBarrier();
+        slot[4..].Clear();
+    }
+
+    public override string ToString() => $"array {Array} blocks {FirstBlock}+{BlockCount} (#{Sequence})";
+}
+
+/// <summary>
+/// The write log of AW-4 over a controller's NVRAM. Its own log (after region 2's elements) holds a
+/// record for every array write this controller started and whose stripes are not yet known durable:
+/// opened before the write touches a drive, marked written when the write returns, and closed in a
+/// batch once the array's drives have flushed. After a restart the records found are the stripes a
+/// cut may have left with parity that disagrees with its data (<see cref="Recovered"/>): only those
+/// are checked, never the whole array. The second log holds the peer's records, mirrored over the
+/// link, for a takeover. Thread-safe; no clocks, no I/O beyond stores into the mapping.
+/// </summary>
+public sealed class WriteLog
+{
+    enum SlotState : byte { Free, Open, Written, Closing, Recovered }
+
+    readonly NvramFile _nvram;
+    readonly Lock _lock = new();
+    readonly SlotState[] _state = new SlotState[NvramLayout.LogSlots];
+    readonly WriteLogRecord[] _records = new WriteLogRecord[NvramLayout.LogSlots];
+    readonly Stack<int> _free = new();
+    readonly List<(int Slot, WriteLogRecord Record)> _recovered = [];
+    TaskCompletionSource? _slotFreed;
+    ulong _sequence;
+    long _opened, _closed, _waits;
+
+    public WriteLog(NvramFile nvram)
+    {
+        _nvram = nvram;
+        foreach (var region in new[] { nvram.Own, nvram.Peer })
+            for (int s = 0; s < NvramLayout.LogSlots; s++)
+                if (WriteLogRecord.Decode(region.LogRecord(s)) is { } r) _sequence = Math.Max(_sequence, r.Sequence);
+        for (int s = NvramLayout.LogSlots - 1; s >= 0; s--)
+        {
+            if (WriteLogRecord.Decode(nvram.Own.LogRecord(s)) is { } r)
+            {
+                _state[s] = SlotState.Recovered;
+                _records[s] = r;
+                _recovered.Add((s, r));
+            }
+            else
+            {
+                WriteLogRecord.Clear(nvram.Own.LogRecord(s)); // torn: free
+                _free.Push(s);
+            }
+        }
+        _recovered.Sort((a, b) => a.Record.Sequence.CompareTo(b.Record.Sequence));
+    }
+
+    public int Slots => NvramLayout.LogSlots;
+
+    /// <summary>Records found in the own log when it was opened and not yet retired: writes a stop interrupted.</summary>
+    public IReadOnlyList<(int Slot, WriteLogRecord Record)> Recovered { get { lock (_lock) return [.. _recovered]; } }
+
+    public int FreeSlots { get { lock (_lock) return _free.Count; } }
+    /// <summary>Records in the own log (open, written, closing or recovered).</summary>
+    public int LiveCount { get { lock (_lock) return NvramLayout.LogSlots - _free.Count; } }
+    public long Opened => Interlocked.Read(ref _opened);
+    public long Closed => Interlocked.Read(ref _closed);
+    /// <summary>Times a write waited for a free slot.</summary>
+    public long Waits => Interlocked.Read(ref _waits);
+
+    /// <summary>For diagnostics: how many slots are in each state, and whether a write waits for a slot.</summary>
+    public string DescribeState()
+    {
+        lock (_lock)
+        {
+            var counts = new int[5];
+            foreach (var st in _state) counts[(int)st]++;
+            return $"open {counts[1]}, written {counts[2]}, closing {counts[3]}, recovered {counts[4]}, free {counts[0]}, slot waiter {(_slotFreed is null ? "no" : "yes")}";
+        }
+    }
+
+    /// <summary>A recovered record's stripes were checked (or belong to another controller now): frees it.</summary>
+    public void Retire(int slot)
+    {
+        lock (_lock)
+        {
+            Invariant.Assert(_state[slot] == SlotState.Recovered, "only a recovered write-log record is retired");
+            _recovered.RemoveAll(x => x.Slot == slot);
+            FreeLocked(slot);
+        }
+    }
+
+    /// <summary>Opens a record, whole in NVRAM before this returns; false if every slot is taken.</summary>
+    public bool TryOpen(byte array, long firstBlock, int blockCount, out int slot, out WriteLogRecord record)
+    {
+        lock (_lock)
+        {
+            if (_free.Count == 0)
+            {
+                slot = -1;
+                record = default;
+                Interlocked.Increment(ref _waits);
+                return false;
+            }
+            slot = _free.Pop();
+            Invariant.Assert(_state[slot] == SlotState.Free);
+            record = new WriteLogRecord(array, firstBlock, blockCount, ++_sequence);
+            record.Encode(_nvram.Own.LogRecord(slot));
+            _state[slot] = SlotState.Open;
+            _records[slot] = record;
+            Interlocked.Increment(ref _opened);
+            return true;
+        }
+    }
+
+    /// <summary>Completes when a slot is freed (or at once if one is free).</summary>
+    public Task SlotFreedAsync()
+    {
+        lock (_lock)
+        {
+            if (_free.Count > 0) return Task.CompletedTask;
+            _slotFreed ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            return _slotFreed.Task;
+        }
+    }
+
+    /// <summary>The write of <paramref name="slot"/> returned (well or not): the record waits for the array's next flush.</summary>
+    public void Written(int slot)
+    {
+        lock (_lock)
+        {
+            Invariant.Assert(_state[slot] == SlotState.Open, "a write-log record is written once, after it was opened");
+            _state[slot] = SlotState.Written;
+        }
+    }
+
+    /// <summary>Arrays with written records waiting for a flush.</summary>
+    public IReadOnlyList<byte> ArraysWaitingForFlush()
+    {
+        var arrays = new List<byte>();
+        lock (_lock)
+            for (int s = 0; s < _state.Length; s++)
+                if (_state[s] == SlotState.Written && !arrays.Contains(_records[s].Array)) arrays.Add(_records[s].Array);
+        return arrays;
+    }
+
+    /// <summary>Before a flush of <paramref name="array"/>: takes its written records (their writes
+    /// returned before the flush starts, so the flush covers them).</summary>
+    public int[] TakeWritten(byte array)
+    {
+        lock (_lock)
+        {
+            int n = 0;
+            for (int s = 0; s < _state.Length; s++)
+                if (_state[s] == SlotState.Written && _records[s].Array == array) n++;
+            if (n == 0) return [];
+            var taken = new int[n];
+            n = 0;
+            for (int s = 0; s < _state.Length; s++)
+                if (_state[s] == SlotState.Written && _records[s].Array == array)
+                {
+                    _state[s] = SlotState.Closing;
+                    taken[n++] = s;
+                }
+            return taken;
+        }
+    }
+
+    /// <summary>The flush that followed <see cref="TakeWritten"/> failed: the records wait for the next one.</summary>
+    public void FlushFailed(int[] slots)
+    {
+        lock (_lock)
+            foreach (int s in slots)
+            {
+                Invariant.Assert(_state[s] == SlotState.Closing);
+                _state[s] = SlotState.Written;
+            }
+    }
+
+    /// <summary>The flush that followed <see cref="TakeWritten"/> succeeded: the records are cleared.</summary>
+    public WriteLogRecord[] Close(int[] slots)
+    {
+        var closed = new WriteLogRecord[slots.Length];
+        lock (_lock)
+            for (int i = 0; i < slots.Length; i++)
+            {
+                int s = slots[i];
+                Invariant.Assert(_state[s] == SlotState.Closing);
+                closed[i] = _records[s];
+                FreeLocked(s);
+                Interlocked.Increment(ref _closed);
+            }
+        return closed;
+    }
+
+    /// <summary>Frees the written records of an array this controller no longer writes to; returns how many.</summary>
+    public int Abandon(byte array)
+    {
+        int n = 0;
+        lock (_lock)
+            for (int s = 0; s < _state.Length; s++)
+                if (_state[s] == SlotState.Written && _records[s].Array == array)
+                {
+                    FreeLocked(s);
+                    n++;
+                }
+        return n;
+    }
+
+    /// <summary>Every record of the own log (for a pairing: the peer's mirror of them starts empty).</summary>
+    public IReadOnlyList<(int Slot, WriteLogRecord Record)> Live()
+    {
+        var live = new List<(int, WriteLogRecord)>();
+        lock (_lock)
+            for (int s = 0; s < _state.Length; s++)
+                if (_state[s] != SlotState.Free) live.Add((s, _records[s]));
+        return live;
+    }
+
+    /// <summary>Forgets every own record (the controller discarded its NVRAM: it was taken over).</summary>
+    public void DiscardOwn()
+    {
+        lock (_lock)
+        {
+            for (int s = 0; s < _state.Length; s++)
+                if (_state[s] != SlotState.Free)
+                {
+                    Invariant.Assert(_state[s] == SlotState.Recovered, "only a controller that has not written yet discards its log");
+                    FreeLocked(s);
+                }
+            _recovered.Clear();
+        }
+    }
+
+    void FreeLocked(int slot)
+    {
+        WriteLogRecord.Clear(_nvram.Own.LogRecord(slot));
+        _state[slot] = SlotState.Free;
+        _records[slot] = default;
+        _free.Push(slot);
+        var waiter = _slotFreed;
+        _slotFreed = null;
+        waiter?.TrySetResult();
+    }
+
+    // ---- the peer's log (region 2's), mirrored over the link ----------------------------------
+
+    /// <summary>Stores the peer's record in its slot of the mirrored log.</summary>
+    public void StoreMirrored(int slot, WriteLogRecord record)
+    {
+        lock (_lock)
+        {
+            record.Encode(_nvram.Peer.LogRecord(slot));
+            _sequence = Math.Max(_sequence, record.Sequence);
+        }
+    }
+
+    /// <summary>Clears the peer's record in <paramref name="slot"/> if it is still the one with <paramref name="sequence"/>.</summary>
+    public void ClearMirrored(int slot, ulong sequence)
+    {
+        lock (_lock)
+        {
+            var span = _nvram.Peer.LogRecord(slot);
+            if (WriteLogRecord.Decode(span) is { } r && r.Sequence == sequence) WriteLogRecord.Clear(span);
+        }
+    }
+
+    public void ClearAllMirrored()
+    {
+        lock (_lock)
+            for (int s = 0; s < NvramLayout.LogSlots; s++) WriteLogRecord.Clear(_nvram.Peer.LogRecord(s));
+    }
+
+    /// <summary>The peer's records, oldest first.</summary>
+    public IReadOnlyList<(int Slot, WriteLogRecord Record)> Mirrored()
+    {
+        var list = new List<(int Slot, WriteLogRecord Record)>();
+        lock (_lock)
+            for (int s = 0; s < NvramLayout.LogSlots; s++)
+                if (WriteLogRecord.Decode(_nvram.Peer.LogRecord(s)) is { } r) list.Add((s, r));
+        list.Sort((a, b) => a.Record.Sequence.CompareTo(b.Record.Sequence));
+        return list;
+    }
+
+    /// <summary>A record's id on the link: its slot in the low 16 bits, its sequence above.</summary>
+    public static ulong LinkId(int slot, ulong sequence) => (sequence << 16) | (uint)slot;
+
+    public static (int Slot, ulong Sequence) FromLinkId(ulong id) => ((int)(id & 0xFFFF), id >> 16);
+}
