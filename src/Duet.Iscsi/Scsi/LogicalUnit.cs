@@ -1,0 +1,126 @@
+using System.Security.Cryptography;
+using System.Text;
+using Duet.Core;
+
+namespace Duet.Iscsi.Scsi;
+
+/// <summary>
+/// One LUN: its volume, its identifiers (derived from the volume name alone, so both controllers
+/// report the same ones), and its per-LUN state: unit attentions per I_T nexus, the SPC-2
+/// reservation, the persistent reservation, and the COMPARE AND WRITE gate. Everything mutable
+/// is guarded by <see cref="Sync"/>.
+/// </summary>
+sealed class LogicalUnit
+{
+    /// <summary>Locally administered IEEE company id for NAA 6 designators (U/L bit set in the first octet).</summary>
+    public const uint NaaCompanyId = 0x02D0E7;
+
+    public LogicalUnit(ulong lun, IBlockVolume volume, PrSnapshot? saved)
+    {
+        Lun = lun;
+        Volume = volume;
+        var hash = SHA256.HashData(Encoding.UTF8.GetBytes(volume.Name));
+        Naa = DeriveNaa(hash);
+        Serial = Convert.ToHexString(hash, 0, 10);
+        Pr = new PersistentReservation(saved ?? PrSnapshot.Empty);
+    }
+
+    public ulong Lun { get; }
+    public IBlockVolume Volume { get; }
+    public string Name => Volume.Name;
+    /// <summary>16-byte NAA IEEE Registered Extended identifier.</summary>
+    public byte[] Naa { get; }
+    /// <summary>Unit serial number (VPD 0x80): 20 hex characters of the name's hash.</summary>
+    public string Serial { get; }
+
+    public long BlockCount => Volume.SizeBytes >> Units.SectorShift;
+
+    public readonly Lock Sync = new();
+    public readonly SharedExclusiveGate WriteGate = new();
+
+    /// <summary>Unit attentions per I_T nexus; a nexus absent here has POWER ON/RESET pending.</summary>
+    readonly Dictionary<ItNexus, Queue<SenseCondition>> _attentions = new();
+    ItNexus? _lastClear;
+    int _pendingCount;
+
+    /// <summary>The SPC-2 RESERVE holder, if any.</summary>
+    public ItNexus? Spc2Holder;
+    public PersistentReservation Pr;
+    /// <summary>The snapshot this LUN last saved (the store's echo of it is not a change from elsewhere).</summary>
+    public PrSnapshot? LastSaved;
+
+    static byte[] DeriveNaa(byte[] hash)
+    {
+        // NAA 6: 4 bits NAA, 24 bits company id, 36 bits vendor specific id, 64 bits extension.
+        var naa = new byte[16];
+        naa[0] = (byte)(0x60 | (NaaCompanyId >> 20));
+        naa[1] = (byte)((NaaCompanyId >> 12) & 0xFF);
+        naa[2] = (byte)((NaaCompanyId >> 4) & 0xFF);
+        naa[3] = (byte)((NaaCompanyId & 0xF) << 4 | (hash[0] & 0x0F));
+        hash.AsSpan(1, 12).CopyTo(naa.AsSpan(4));
+        return naa;
+    }
+
+    /// <summary>The next unit attention for this nexus, removed from its queue (caller holds <see cref="Sync"/>).</summary>
+    public bool TryTakeAttention(ItNexus nexus, out SenseCondition sense)
+    {
+        if (_pendingCount == 0 && ReferenceEquals(nexus, _lastClear))
+        {
+            sense = default;
+            return false;
+        }
+        var q = QueueFor(nexus);
+        if (q.TryDequeue(out sense))
+        {
+            _pendingCount--;
+            return true;
+        }
+        _lastClear = nexus;
+        return false;
+    }
+
+    public bool TryPeekAttention(ItNexus nexus, out SenseCondition sense) => QueueFor(nexus).TryPeek(out sense);
+
+    /// <summary>Queues a unit attention for one nexus (caller holds <see cref="Sync"/>).</summary>
+    public void AddAttention(ItNexus nexus, SenseCondition sense)
+    {
+        var q = QueueFor(nexus);
+        foreach (var s in q)
+            if (s.Asc == sense.Asc && s.Ascq == sense.Ascq) return;
+        q.Enqueue(sense);
+        _pendingCount++;
+    }
+
+    /// <summary>Queues a unit attention for every nexus this LUN knows (those it does not know get POWER ON first anyway).</summary>
+    public void AddAttentionToAll(SenseCondition sense, ItNexus? except = null)
+    {
+        foreach (var n in _attentions.Keys.ToList())
+            if (except is null || !n.Equals(except)) AddAttention(n, sense);
+    }
+
+    /// <summary>A reset: every nexus sees POWER ON, RESET OR BUS DEVICE RESET OCCURRED before anything else.</summary>
+    public void ResetAttentions()
+    {
+        _attentions.Clear();
+        _pendingCount = 0;
+        _lastClear = null;
+    }
+
+    public void ForgetNexus(ItNexus nexus)
+    {
+        if (_attentions.Remove(nexus, out var q)) _pendingCount -= q.Count;
+        if (ReferenceEquals(_lastClear, nexus) || nexus.Equals(_lastClear)) _lastClear = null;
+    }
+
+    Queue<SenseCondition> QueueFor(ItNexus nexus)
+    {
+        if (!_attentions.TryGetValue(nexus, out var q))
+        {
+            q = new Queue<SenseCondition>();
+            q.Enqueue(SenseCondition.PowerOnReset);
+            _pendingCount++;
+            _attentions.Add(nexus, q);
+        }
+        return q;
+    }
+}
