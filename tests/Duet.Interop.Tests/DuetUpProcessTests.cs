@@ -29,9 +29,9 @@ public sealed class DuetUpProcessTests(ITestOutputHelper log) : IDisposable
     /// <summary>Starts `dotnet duet.dll up --data DIR --nbd-port PORT` and waits until it says it is ready.</summary>
     async Task<(BackgroundProcess Process, int Port, string Output)> UpAsync()
     {
-        int port = TestData.FreePorts(7); // NBD A on port, B on port + 1; host units port + 2 .. + 5; TCP ICL port + 6
+        int port = TestData.FreePorts(TestData.DuetUpPorts); // NBD A on port, B on port + 1; host units port + 2 .. + 5; TCP ICL port + 6; iSCSI port + 7, + 8
         var duet = Path.Combine(AppContext.BaseDirectory, "duet.dll");
-        var process = BackgroundProcess.Start(Dotnet, [duet, "up", "--data", _dir, "--nbd-port", $"{port}"], log);
+        var process = BackgroundProcess.Start(Dotnet, [duet, "up", "--data", _dir, .. TestData.DuetUpArgs(port)], log);
         try
         {
             return (process, port, await process.WaitForOutputAsync("duet: ready", StartTimeout));
