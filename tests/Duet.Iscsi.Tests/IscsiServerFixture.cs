@@ -49,6 +49,7 @@ public sealed class IscsiServerFixture : IAsyncDisposable
         await using var client = await IscsiTestClient.ConnectAsync(EndPoint);
         client.Isid = 0x80_0000_0000_99UL;
         Assert.Equal(LoginStatus.Success, await client.LoginAsync(Target));
+        await client.ClearUnitAttentionsAsync();
         var data = new byte[4096];
         for (int i = 0; i < data.Length; i++) data[i] = (byte)(i * 7 + 3);
         var w = await client.WriteAsync(IscsiTestClient.Write10(2048, 8), data, immediateBytes: 1024);

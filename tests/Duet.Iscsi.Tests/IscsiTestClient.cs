@@ -329,6 +329,18 @@ public sealed class IscsiTestClient : IAsyncDisposable
         }
     }
 
+    /// <summary>TEST UNIT READY until GOOD: takes the unit attentions a new nexus (or a reset) has pending.</summary>
+    public async Task ClearUnitAttentionsAsync()
+    {
+        for (int i = 0; i < 8; i++)
+        {
+            var r = await ReadAsync(new byte[6], 0);
+            if (r.Status == 0) return;
+            Assert.True(r.Sense.Length > 2 && (r.Sense[2] & 0x0f) == 6, $"TEST UNIT READY: status {r.Status}, sense key {(r.Sense.Length > 2 ? r.Sense[2] & 0x0f : -1)}");
+        }
+        Assert.Fail("unit attentions do not clear");
+    }
+
     public IscsiHeader DataOut(uint itt, uint ttt, uint dataSn, uint offset, bool final) => new()
     {
         Opcode = IscsiOpcode.ScsiDataOut,
