@@ -56,6 +56,9 @@ sealed class ScsiHarness
     public Task<ScsiResult> RunAsync(byte[] cdb, byte[]? dataOut = null, ItNexus? nexus = null, ulong lun = 0) =>
         Device.ExecuteAsync(new ScsiCommand { Nexus = nexus ?? A, Lun = lun, Cdb = cdb, DataOut = dataOut ?? [] }, CancellationToken.None).AsTask();
 
+    public byte Tmf(ItNexus nexus, TaskManagementFunction function, ulong lun) =>
+        Device.TaskManagementAsync(nexus, function, lun, CancellationToken.None).AsTask().GetAwaiter().GetResult();
+
     public void ClearAttentions(ItNexus nexus, ulong lun = 0)
     {
         for (int i = 0; i < 10; i++)
