@@ -118,6 +118,7 @@ public sealed partial class ScsiDevice : IScsiDevice
 
     ValueTask<ScsiResult> Dispatch(ScsiCommand command, CancellationToken ct)
     {
+        ct.ThrowIfCancellationRequested(); // an aborted task never starts
         var cdb = command.Cdb.Span;
         if (cdb.Length == 0) return ValueTask.FromResult(Check(SenseCondition.InvalidOpcode));
         byte op = cdb[0];
