@@ -234,8 +234,11 @@ public class ScsiReservationTests
         Good(Register(h, B, 0, KeyB));
         Good(Reserve(h, B, KeyB, PrType.WriteExclusive));
         uint gen = ReadKeys(h).Generation;
+        var aborted = new List<(ulong, ItNexus)>();
+        h.Device.PreemptedAndAborted += (lun, nexuses) => aborted.AddRange(nexuses.Select(n => (lun, n)));
         Conflict(Preempt(h, A, 0x999, KeyB, PrType.ExclusiveAccess));      // wrong own key
         Good(Preempt(h, A, KeyA, KeyB, PrType.ExclusiveAccess, abort: true));
+        Assert.Equal([(0ul, B)], aborted);
         Assert.Equal(gen + 1, ReadKeys(h).Generation);
         Assert.Equal(new[] { KeyA }, ReadKeys(h).Keys);
         Assert.Equal((KeyA, PrType.ExclusiveAccess), ReadReservation(h));

@@ -144,3 +144,50 @@ public class ScsiUnitAttentionTests
         public ValueTask<IReadOnlyList<Duet.Core.AllocationExtent>> GetAllocationAsync(long offset, long length, CancellationToken cancellationToken = default) => inner.GetAllocationAsync(offset, length, cancellationToken);
     }
 }
+
+/// <summary>A port-group view the controller could supply: states set by the test.</summary>
+sealed class SettablePortGroups : IScsiPortGroups
+{
+    public AluaState StateA = AluaState.ActiveOptimized, StateB = AluaState.ActiveNonOptimized;
+    public event Action<string?>? Changed;
+    public IReadOnlyList<TargetPortGroup> GroupsFor(string volumeName) =>
+        [new TargetPortGroup(1, StateA, [1]), new TargetPortGroup(2, StateB, [2])];
+    public void Set(AluaState a, AluaState b)
+    {
+        StateA = a;
+        StateB = b;
+        Changed?.Invoke(null);
+    }
+}
+
+[Trait("Claim", "ISCSI-SCSI")]
+public class ScsiAluaTests
+{
+    [Theory]
+    [InlineData(AluaState.Standby, 0x0B)]
+    [InlineData(AluaState.Unavailable, 0x0C)]
+    [InlineData(AluaState.Transitioning, 0x0A)]
+    public void APortGroupThatIsNotActiveServesOnlyWhatSpc4Allows(AluaState state, byte ascq)
+    {
+        var view = new SettablePortGroups();
+        var volume = new MemoryBlockVolume("vol0", 64 * 512);
+        var device = new ScsiDevice(new VolumeList(volume), portGroups: view);
+        ScsiResult Run(byte[] cdb, ItNexus n) => device.ExecuteAsync(new ScsiCommand { Nexus = n, Lun = 0, Cdb = cdb }, default).AsTask().GetAwaiter().GetResult();
+        Run(Cdb.TestUnitReady(), A);
+        Run(Cdb.TestUnitReady(), B);
+        view.Set(AluaState.ActiveOptimized, state);
+        CheckCondition(Run(Cdb.TestUnitReady(), B), 6, 0x2A, 0x06);     // the change is reported first
+        CheckCondition(Run(Cdb.Read10(0, 1), B), 2, 0x04, ascq);
+        CheckCondition(Run(Cdb.TestUnitReady(), B), 2, 0x04, ascq);
+        Good(Run(Cdb.Inquiry(), B));
+        Good(Run(Cdb.ReportLuns(), B));
+        Good(Run(Cdb.MaintenanceIn(0x0A, 1024), B));
+        var modeSense = Run(Cdb.ModeSense6(0x3F), B);
+        if (state == AluaState.Standby) Good(modeSense);
+        else CheckCondition(modeSense, 2, 0x04, ascq);
+        CheckCondition(Run(Cdb.TestUnitReady(), A), 6, 0x2A, 0x06);
+        Good(Run(Cdb.Read10(0, 1), A));                                  // the other group is untouched
+        var rtpg = Run(Cdb.MaintenanceIn(0x0A, 1024), A).DataIn.Span;
+        Assert.Equal((int)state, rtpg[16] & 0x0F);
+    }
+}
