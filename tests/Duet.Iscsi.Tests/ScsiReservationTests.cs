@@ -79,6 +79,9 @@ public class ScsiReservationTests
         InvalidParameter(r);
         Assert.Equal((false, 20, 3), FieldPointer(r));
         InvalidParameter(Register(h, A, 0, KeyA, flags: 0x04)); // ALL_TG_PT
+        var withIds = new byte[40];
+        Cdb.PrOutParams(0, KeyA, flags: 0x08).CopyTo(withIds, 0);
+        InvalidParameter(h.Run(Cdb.PrOut(0, length: 40), withIds)); // a SPEC_I_PT list: the bit, not the length, is what is refused
         Good(Register(h, A, 0, KeyA));
         InvalidField(h.Run(Cdb.PrOut(1, 0x13), Cdb.PrOutParams(KeyA, 0))); // scope 1
         InvalidField(h.Run(Cdb.PrOut(1, 0x02), Cdb.PrOutParams(KeyA, 0))); // type 2: obsolete

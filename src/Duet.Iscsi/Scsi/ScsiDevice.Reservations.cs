@@ -153,7 +153,10 @@ public sealed partial class ScsiDevice
         var nexus = command.Nexus;
         if (serviceAction != 7 && length != 24)
         {
-            // SPEC_I_PT is not supported, so the list is always the basic 24 bytes (SPC-4 6.17.3).
+            // SPEC_I_PT is not supported (INVALID FIELD IN PARAMETER LIST when set); without it the list is
+            // the basic 24 bytes (SPC-4 6.17.3).
+            if (length > 20 && command.DataOut.Length > 20 && (command.DataOut.Span[20] & 0x08) != 0)
+                throw ScsiCheckException.InvalidParameter(20, 3);
             throw new ScsiCheckException(SenseCondition.ParameterListLengthError);
         }
         if (serviceAction == 7 && length < 24) throw new ScsiCheckException(SenseCondition.ParameterListLengthError);
