@@ -46,6 +46,7 @@ public sealed class MemoryBlockVolume : IBlockVolume
     {
         Check(offset, destination.Length, write: false);
         if (YieldOnIo) await Task.Yield();
+        cancellationToken.ThrowIfCancellationRequested();
         if (ReadFault?.Invoke(offset, destination.Length) is { } fault) throw fault;
         lock (_lock) _data.AsSpan((int)offset, destination.Length).CopyTo(destination.Span);
     }
@@ -54,6 +55,7 @@ public sealed class MemoryBlockVolume : IBlockVolume
     {
         Check(offset, source.Length, write: true);
         if (YieldOnIo) await Task.Yield();
+        cancellationToken.ThrowIfCancellationRequested();
         lock (_lock)
         {
             source.Span.CopyTo(_data.AsSpan((int)offset));
@@ -65,6 +67,7 @@ public sealed class MemoryBlockVolume : IBlockVolume
     public async ValueTask FlushAsync(CancellationToken cancellationToken = default)
     {
         if (YieldOnIo) await Task.Yield();
+        cancellationToken.ThrowIfCancellationRequested();
         Interlocked.Increment(ref _flushes);
     }
 
@@ -72,6 +75,7 @@ public sealed class MemoryBlockVolume : IBlockVolume
     {
         Check(offset, length, write: true);
         if (YieldOnIo) await Task.Yield();
+        cancellationToken.ThrowIfCancellationRequested();
         lock (_lock)
         {
             _data.AsSpan((int)offset, (int)length).Clear();
@@ -84,6 +88,7 @@ public sealed class MemoryBlockVolume : IBlockVolume
     {
         Check(offset, length, write: true);
         if (YieldOnIo) await Task.Yield();
+        cancellationToken.ThrowIfCancellationRequested();
         lock (_lock)
         {
             _data.AsSpan((int)offset, (int)length).Clear();
@@ -95,6 +100,7 @@ public sealed class MemoryBlockVolume : IBlockVolume
     {
         Check(offset, length, write: false);
         if (YieldOnIo) await Task.Yield();
+        cancellationToken.ThrowIfCancellationRequested();
         var extents = new List<AllocationExtent>();
         lock (_lock)
         {

@@ -23,6 +23,7 @@ sealed class LogicalUnit
         Naa = DeriveNaa(hash);
         Serial = Convert.ToHexString(hash, 0, 10);
         Pr = new PersistentReservation(saved ?? PrSnapshot.Empty);
+        LastSaved = saved ?? PrSnapshot.Empty;
     }
 
     public ulong Lun { get; }
@@ -42,6 +43,17 @@ sealed class LogicalUnit
     readonly Dictionary<ItNexus, Queue<SenseCondition>> _attentions = new();
     ItNexus? _lastClear;
     int _pendingCount;
+
+    /// <summary>The ALUA view of this LUN, refreshed when the port-group view changes (read without the lock: replaced whole).</summary>
+    public volatile TargetPortGroup[] PortGroups = [];
+
+    /// <summary>The access state of a target port group; a group the view does not name is served as active/optimized.</summary>
+    public AluaState StateOf(ushort group)
+    {
+        foreach (var g in PortGroups)
+            if (g.Id == group) return g.State;
+        return AluaState.ActiveOptimized;
+    }
 
     /// <summary>The SPC-2 RESERVE holder, if any.</summary>
     public ItNexus? Spc2Holder;

@@ -43,7 +43,7 @@ public sealed partial class ScsiDevice
         int format = cdb[1] >> 5;
         if (format > 1) throw ScsiCheckException.InvalidField(1, 7);
         int allocation = (int)Math.Min(Be32(cdb, 6), int.MaxValue);
-        var groups = _portGroups.GroupsFor(lu.Name);
+        var groups = lu.PortGroups;
         int length = format == 1 ? 8 : 4;
         foreach (var g in groups) length += 8 + 4 * g.RelativePorts.Count;
         var data = new byte[length];

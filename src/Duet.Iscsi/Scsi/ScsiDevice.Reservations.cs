@@ -28,6 +28,10 @@ public sealed partial class ScsiDevice
         return GoodNoData;
     }
 
+    /// <summary>Raised after a PREEMPT AND ABORT with the LUN and the I_T nexuses whose registrations it removed:
+    /// the transport aborts their tasks on that LUN (SPC-4 5.12.11.2.5), as the device server keeps no task set.</summary>
+    public event Action<ulong, IReadOnlyList<ItNexus>>? PreemptedAndAborted;
+
     static readonly ScsiResult Conflict = new(ScsiStatus.ReservationConflict, default, default, 0);
 
     // ---- PERSISTENT RESERVE IN
@@ -42,7 +46,7 @@ public sealed partial class ScsiDevice
             {
                 0 => ReadKeys(pr),
                 1 => ReadReservation(pr),
-                2 => ReportCapabilities(),
+                2 => ReportCapabilities(pr.Aptpl),
                 _ => ReadFullStatus(pr),
             };
         }
@@ -73,12 +77,12 @@ public sealed partial class ScsiDevice
         return d;
     }
 
-    static byte[] ReportCapabilities()
+    static byte[] ReportCapabilities(bool aptpl)
     {
         var d = new byte[8];
         BinaryPrimitives.WriteUInt16BigEndian(d, 8);
         d[2] = 0x10 | 0x01;    // CRH (RESERVE/RELEASE handled per SPC-4 5.12.3), PTPL_C (APTPL accepted)
-        d[3] = 0x80 | 0x10;    // TMV, ALLOW COMMANDS 001b
+        d[3] = (byte)(0x80 | 0x10 | (aptpl ? 0x01 : 0)); // TMV, ALLOW COMMANDS 001b, PTPL_A
         d[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02; // WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC, WR_EX
         d[5] = 0x01;           // EX_AC_AR
         return d;
@@ -149,7 +153,10 @@ public sealed partial class ScsiDevice
         var nexus = command.Nexus;
         if (serviceAction != 7 && length != 24)
         {
-            // SPEC_I_PT is not supported, so the list is always the basic 24 bytes (SPC-4 6.17.3).
+            // SPEC_I_PT is not supported (INVALID FIELD IN PARAMETER LIST when set); without it the list is
+            // the basic 24 bytes (SPC-4 6.17.3).
+            if (length > 20 && command.DataOut.Length > 20 && (command.DataOut.Span[20] & 0x08) != 0)
+                throw ScsiCheckException.InvalidParameter(20, 3);
             throw new ScsiCheckException(SenseCondition.ParameterListLengthError);
         }
         if (serviceAction == 7 && length < 24) throw new ScsiCheckException(SenseCondition.ParameterListLengthError);
@@ -166,12 +173,13 @@ public sealed partial class ScsiDevice
         }
 
         PrSnapshot snapshot;
+        List<ItNexus>? aborted = null;
         lock (lu.Sync)
         {
             var pr = lu.Pr;
             if (serviceAction == 7)
             {
-                RegisterAndMove(pr, nexus, list, key, serviceKey, _portGroups.GroupsFor(lu.Name));
+                RegisterAndMove(pr, nexus, list, key, serviceKey, lu.PortGroups);
             }
             else
             {
@@ -187,10 +195,8 @@ public sealed partial class ScsiDevice
                     case 1: pr.Reserve(nexus, key, (PrType)type); break;
                     case 2: pr.Release(nexus, key, (PrType)type); break;
                     case 3: pr.Clear(nexus, key); break;
-                    case 4:
-                    case 5:
-                        pr.Preempt(nexus, key, serviceKey, (PrType)type);
-                        break;
+                    case 4: pr.Preempt(nexus, key, serviceKey, (PrType)type); break;
+                    case 5: aborted = pr.Preempt(nexus, key, serviceKey, (PrType)type); break;
                 }
             }
             snapshot = pr.Snapshot();
@@ -198,6 +204,7 @@ public sealed partial class ScsiDevice
             lu.LastSaved = snapshot;
         }
         SaveReservations(lu, snapshot);
+        if (aborted is { Count: > 0 }) PreemptedAndAborted?.Invoke(lu.Lun, aborted);
         return GoodNoData;
     }
 

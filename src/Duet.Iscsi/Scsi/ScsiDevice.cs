@@ -29,6 +29,7 @@ public sealed partial class ScsiDevice : IScsiDevice
         {
             var unit = new LogicalUnit((ulong)i, volumes[i], _store.Load(volumes[i].Name));
             unit.Pr.Attention = unit.AddAttention;
+            unit.PortGroups = [.. _portGroups.GroupsFor(unit.Name)];
             _units[i] = unit;
             _luns[i] = (ulong)i;
         }
@@ -118,6 +119,7 @@ public sealed partial class ScsiDevice : IScsiDevice
 
     ValueTask<ScsiResult> Dispatch(ScsiCommand command, CancellationToken ct)
     {
+        ct.ThrowIfCancellationRequested(); // an aborted task never starts
         var cdb = command.Cdb.Span;
         if (cdb.Length == 0) return ValueTask.FromResult(Check(SenseCondition.InvalidOpcode));
         byte op = cdb[0];
@@ -142,6 +144,10 @@ public sealed partial class ScsiDevice : IScsiDevice
         }
         if (cdb.Length < info.CdbLength) return ValueTask.FromResult(Check(SenseCondition.InvalidFieldInCdb(0)));
         CommandTable.CheckReservedBits(info, cdb);
+
+        var state = lu.StateOf(nexus.TargetPortGroup);
+        if (state is not (AluaState.ActiveOptimized or AluaState.ActiveNonOptimized) && !AllowedInState(state, op))
+            return ValueTask.FromResult(Check(NotAccessible(state)));
 
         if (info.Access != Access.Always && ReservationConflict(lu, nexus, info))
             return ValueTask.FromResult(new ScsiResult(ScsiStatus.ReservationConflict, default, default, 0));
@@ -213,6 +219,23 @@ public sealed partial class ScsiDevice : IScsiDevice
                 return Check(SenseCondition.LogicalUnitNotSupported);
         }
     }
+
+    /// <summary>SPC-4 5.11.2.4: what a target port group in standby, unavailable or transitioning state still serves.</summary>
+    static bool AllowedInState(AluaState state, byte op) => op switch
+    {
+        Op.Inquiry or Op.ReportLuns or Op.RequestSense or Op.MaintenanceIn => true,
+        Op.ModeSense6 or Op.ModeSense10 or Op.ModeSelect6 or Op.ModeSelect10
+            or Op.PersistentReserveIn or Op.PersistentReserveOut => state == AluaState.Standby,
+        _ => false,
+    };
+
+    /// <summary>NOT READY, LOGICAL UNIT NOT ACCESSIBLE: ASYMMETRIC ACCESS STATE TRANSITION (04/0A), TARGET PORT IN STANDBY STATE (04/0B), UNAVAILABLE STATE (04/0C).</summary>
+    static SenseCondition NotAccessible(AluaState state) => new(SenseKey.NotReady, 0x04, state switch
+    {
+        AluaState.Transitioning => 0x0A,
+        AluaState.Standby => 0x0B,
+        _ => 0x0C,
+    });
 
     bool ReservationConflict(LogicalUnit lu, ItNexus nexus, CommandInfo info)
     {
@@ -299,7 +322,12 @@ public sealed partial class ScsiDevice : IScsiDevice
         foreach (var lu in _units)
         {
             if (volume is not null && lu.Name != volume) continue;
-            lock (lu.Sync) lu.AddAttentionToAll(SenseCondition.AsymmetricAccessStateChanged);
+            var groups = _portGroups.GroupsFor(lu.Name);
+            lock (lu.Sync)
+            {
+                lu.PortGroups = [.. groups];
+                lu.AddAttentionToAll(SenseCondition.AsymmetricAccessStateChanged);
+            }
         }
     }
 
