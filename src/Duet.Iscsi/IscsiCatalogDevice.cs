@@ -31,7 +31,7 @@ public sealed class IscsiCatalogDevice : IScsiDevice
         _create = create;
         _time = time ?? TimeProvider.System;
         _snapshot = [.. catalog.Volumes];
-        _device = create(new Snapshot(_snapshot));
+        _device = Build(new Snapshot(_snapshot));
         _checkedAt = _time.GetTimestamp();
     }
 
@@ -44,6 +44,9 @@ public sealed class IscsiCatalogDevice : IScsiDevice
         var options = new ScsiDeviceOptions { TargetName = targetName };
         return new IscsiCatalogDevice(catalog, c => new ScsiDevice(c, reservations, portGroups, options), time);
     }
+
+    /// <summary><see cref="ScsiDevice.PreemptedAndAborted"/> of whichever device is current.</summary>
+    public event Action<ulong, IReadOnlyList<ItNexus>>? PreemptedAndAborted;
 
     public IReadOnlyList<ulong> Luns => Current.Luns;
 
@@ -69,12 +72,19 @@ public sealed class IscsiCatalogDevice : IScsiDevice
                 if (!same)
                 {
                     _snapshot = [.. volumes];
-                    Volatile.Write(ref _device, _create(new Snapshot(_snapshot)));
+                    Volatile.Write(ref _device, Build(new Snapshot(_snapshot)));
                 }
                 Volatile.Write(ref _checkedAt, _time.GetTimestamp());
                 return _device;
             }
         }
+    }
+
+    private IScsiDevice Build(IVolumeCatalog snapshot)
+    {
+        var device = _create(snapshot);
+        if (device is ScsiDevice scsi) scsi.PreemptedAndAborted += (lun, nexuses) => PreemptedAndAborted?.Invoke(lun, nexuses);
+        return device;
     }
 
     /// <summary>The catalog as it was at one moment.</summary>

@@ -276,6 +276,18 @@ internal sealed partial class IscsiConnection
             await RejectAsync(h, RejectReason.InvalidPduField, $"Data-Out for no task gathering data (ITT 0x{h.InitiatorTaskTag:x8} TTT 0x{h.TargetTransferTag:x8})");
             return Next.Continue;
         }
+        if (task.Aborted)
+        {
+            // Aborted by another nexus while its data was coming in: answered now, its data dropped.
+            lock (_tasksGate)
+            {
+                _gathering.Remove(task.Ttt);
+                _tasks.Remove(task.Itt);
+            }
+            task.ReturnBuffer();
+            await SendTaskAbortedAsync(task);
+            return Next.Continue;
+        }
 
         string? problem = null;
         if (!solicited)
@@ -383,6 +395,7 @@ internal sealed partial class IscsiConnection
                 }
                 catch (OperationCanceledException) when (task.Aborted || _abort.IsCancellationRequested)
                 {
+                    if (task.AnswerAborted && !_abort.IsCancellationRequested) await SendTaskAbortedAsync(task);
                     return;
                 }
                 catch (Exception e) when (e is not InvariantViolationException)
@@ -393,7 +406,11 @@ internal sealed partial class IscsiConnection
                     return;
                 }
             }
-            if (task.Aborted) return;
+            if (task.Aborted)
+            {
+                if (task.AnswerAborted) await SendTaskAbortedAsync(task);
+                return;
+            }
             _metrics.Command(result.Status);
             await SendResultAsync(task, result);
         }
@@ -523,6 +540,55 @@ internal sealed partial class IscsiConnection
         finally
         {
             _writeLock.Release();
+        }
+    }
+
+    /// <summary>SCSI Response with TASK ABORTED status (a task another nexus aborted).</summary>
+    private async ValueTask SendTaskAbortedAsync(IscsiTask task)
+    {
+        await _writeLock.WaitAsync(AbortToken);
+        try
+        {
+            ReleaseWindow(task);
+            var header = new IscsiHeader
+            {
+                Opcode = IscsiOpcode.ScsiResponse,
+                Flags = IscsiWire.FinalBit,
+                Byte3 = (byte)ScsiStatus.TaskAborted,
+                InitiatorTaskTag = task.Itt,
+            };
+            Stamp(ref header, advance: true);
+            WritePdu(header, default);
+            await FlushAsync();
+        }
+        finally
+        {
+            _writeLock.Release();
+        }
+    }
+
+    /// <summary>Another nexus's PREEMPT AND ABORT removed this session's registration: its tasks on
+    /// <paramref name="lun"/> end with TASK ABORTED (SPC-4 5.12.11.2.5). Called from any thread;
+    /// tasks still gathering data are finished by the reader at their next Data-Out.</summary>
+    internal void AbortTasksPreempted(ulong lun)
+    {
+        List<IscsiTask> hit = [];
+        lock (_tasksGate)
+        {
+            foreach (var task in _tasks.Values) if (task.Lun == lun) hit.Add(task);
+        }
+        foreach (var task in hit)
+        {
+            task.AnswerAborted = true;
+            task.Aborted = true;
+            if (!task.Running) continue;
+            try
+            {
+                task.Cancellation?.Cancel();
+            }
+            catch (ObjectDisposedException)
+            {
+            }
         }
     }
 

@@ -39,6 +39,29 @@ public sealed class IscsiServer : IAsyncDisposable
         Device = device;
         _options = options;
         _logger = logger;
+        if (device is ScsiDevice scsi) scsi.PreemptedAndAborted += OnPreemptedAndAborted;
+        else if (device is IscsiCatalogDevice catalog) catalog.PreemptedAndAborted += OnPreemptedAndAborted;
+    }
+
+    /// <summary>PREEMPT AND ABORT: the tasks of the preempted nexuses on that LUN are aborted here,
+    /// since the transport holds the task sets.</summary>
+    private void OnPreemptedAndAborted(ulong lun, IReadOnlyList<ItNexus> nexuses)
+    {
+        List<IscsiSession> hit = [];
+        lock (_sessionGate)
+        {
+            foreach (var session in _sessions.Values)
+            {
+                if (session.Nexus is { } nexus && Contains(nexuses, nexus)) hit.Add(session);
+            }
+        }
+        foreach (var session in hit) session.Connection.AbortTasksPreempted(lun);
+
+        static bool Contains(IReadOnlyList<ItNexus> list, ItNexus nexus)
+        {
+            for (int i = 0; i < list.Count; i++) if (list[i].Equals(nexus)) return true;
+            return false;
+        }
     }
 
     /// <summary>The bound address (with the real port when the endpoint used port 0).</summary>

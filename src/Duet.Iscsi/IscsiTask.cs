@@ -54,6 +54,10 @@ internal sealed class IscsiTask
     /// <summary>Aborted by task management or connection loss: nothing more is sent for it.</summary>
     public volatile bool Aborted;
 
+    /// <summary>Aborted by another I_T nexus (PREEMPT AND ABORT): answered with TASK ABORTED status
+    /// instead of silence, since its initiator asked for nothing.</summary>
+    public volatile bool AnswerAborted;
+
     /// <summary>Released its CmdSN window slot (exactly once).</summary>
     public int WindowReleased;
 

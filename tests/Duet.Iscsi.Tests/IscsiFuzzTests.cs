@@ -146,14 +146,26 @@ public sealed class IscsiFuzzTests
             // The well-behaved session is unaffected.
             random.NextBytes(goodData);
             uint lba = (uint)(round * 8);
-            Assert.Equal(0, (await good.WriteAsync(IscsiTestClient.Write10(lba, 8), goodData, immediateBytes: 2048)).Status);
-            Assert.Equal(goodData, (await good.ReadAsync(IscsiTestClient.Read10(lba, 8), 4096)).DataIn);
+            // A fuzzed TMF (LUN or target reset) leaves this nexus a unit attention: retried, as initiators do.
+            Assert.Equal(0, (await RetryUnitAttentionAsync(() => good.WriteAsync(IscsiTestClient.Write10(lba, 8), goodData, immediateBytes: 2048))).Status);
+            var read = await RetryUnitAttentionAsync(() => good.ReadAsync(IscsiTestClient.Read10(lba, 8), 4096));
+            Assert.Equal(0, read.Status);
+            Assert.Equal(goodData, read.DataIn);
         }
         Assert.DoesNotContain(fixture.Logger.Entries, e => e.Level >= LogLevel.Error);
         Assert.DoesNotContain(fixture.Logger.Entries, e => e.Exception is InvariantViolationException);
         await IscsiLoginTests.WaitForAsync(() => fixture.Server.SessionCount == 1);
         await fixture.AssertStillServesAsync();
         await good.LogoutAsync();
+    }
+
+    private static async Task<IscsiTestClient.Result> RetryUnitAttentionAsync(Func<Task<IscsiTestClient.Result>> command)
+    {
+        for (int attempt = 0; ; attempt++)
+        {
+            var result = await command();
+            if (attempt == 4 || result.Status != 2 || result.Sense.Length < 3 || (result.Sense[2] & 0x0f) != 6) return result;
+        }
     }
 
     private static async Task<(IscsiHeader Header, byte[] Data)?> SafeReceiveAsync(IscsiTestClient client, int timeoutMs)
