@@ -129,6 +129,20 @@ public sealed class IscsiDataPathTests
     }
 
     [Fact]
+    public async Task Unsolicited_data_out_with_datasn_reversed_is_rejected_and_the_connection_dropped()
+    {
+        await using var fixture = await IscsiServerFixture.StartAsync();
+        await using var client = await fixture.LoginAsync(("InitialR2T", "No"), ("ImmediateData", "No"));
+        var h = client.Command(IscsiTestClient.Write10(100, 2), 1024, read: false, write: true);
+        await client.SendAsync(h);
+        await client.SendAsync(client.DataOut(h.InitiatorTaskTag, IscsiWire.ReservedTag, 1, 0, final: false), new byte[512]);
+        var (reject, _) = await client.ExpectAsync(IscsiOpcode.Reject);
+        Assert.Equal((byte)RejectReason.ProtocolError, reject.Byte2);
+        Assert.Null(await client.ReceiveAsync(5000));
+        Assert.DoesNotContain(fixture.TestDevice.Commands, c => c.Tag == h.InitiatorTaskTag);
+    }
+
+    [Fact]
     public async Task Commands_outside_the_cmdsn_window_are_dropped_silently()
     {
         await using var fixture = await IscsiServerFixture.StartAsync(o => new IscsiServerOptions { Endpoint = o.Endpoint, CommandWindow = 4 });
