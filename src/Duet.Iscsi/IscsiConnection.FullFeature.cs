@@ -125,7 +125,7 @@ internal sealed partial class IscsiConnection
 
         string? problem = null;
         if (h.InitiatorTaskTag == IscsiWire.ReservedTag) problem = "ITT 0xffffffff";
-        else if (!h.Final) problem = "F bit clear (bidirectional unsolicited data is not supported)";
+        else if (!h.Final && (!write || _parameters.InitialR2T)) problem = "F bit clear (unsolicited Data-Out to follow) without a write allowed to send it";
         else if (immediate > 0 && !write) problem = "immediate data on a command without the W bit";
         else if (immediate > 0 && !_parameters.ImmediateData) problem = "immediate data while ImmediateData=No";
         else if (immediate > edtl) problem = $"{immediate} bytes of immediate data for an expected length of {edtl}";
@@ -178,7 +178,8 @@ internal sealed partial class IscsiConnection
             pdu.Data.CopyTo(task.Buffer);
             task.Received = immediate;
             task.NextUnsolicitedOffset = immediate;
-            task.UnsolicitedEnd = _parameters.InitialR2T ? immediate : Math.Min(_parameters.FirstBurstLength, task.ExpectedOut);
+            // F clear: unsolicited Data-Out follows, up to FirstBurstLength (RFC 7143 §11.3.4); F set: none does.
+            task.UnsolicitedEnd = h.Final ? immediate : Math.Max(immediate, Math.Min(_parameters.FirstBurstLength, task.ExpectedOut));
             task.NextR2TOffset = task.UnsolicitedEnd;
             if (immediate > 0) _metrics.BytesWritten(immediate);
             if (!task.HasAllData)

@@ -99,7 +99,7 @@ public sealed partial class IscsiConformanceTests(ITestOutputHelper output)
         var summary = SummaryLine().Match(text);
         if (summary.Success) output.WriteLine($"CUnit summary: {summary.Value.Trim()}");
         File.WriteAllText(Path.Combine(Path.GetTempPath(), "duet-iscsi-test-cu.txt"),
-            $"{passed} passed ({skipped} skipped), {failed.Count} failed\n{string.Join("\n", failed)}\n\n{text}");
+            $"{passed} passed ({skipped} skipped), {failed.Count} failed\n{string.Join("\n", failed)}\n\n{text}\n\ntarget log:\n{fixture.Logger}");
 
         Assert.True(filter.Length > 0 || passed + failed.Count > 100, $"iscsi-test-cu ran almost nothing:\n{(text.Length > 4000 ? text[..4000] : text)}");
         Assert.DoesNotContain(fixture.Logger.Entries, e => e.Level == Microsoft.Extensions.Logging.LogLevel.Critical);

@@ -66,6 +66,7 @@ public sealed class IscsiDataPathTests
     [InlineData(true, true, 8192, 0)]      // immediate data, then R2Ts
     [InlineData(false, true, 8192, 65536)] // immediate + unsolicited Data-Out up to FirstBurstLength, then R2Ts
     [InlineData(false, false, 0, 65536)]   // unsolicited Data-Out only
+    [InlineData(false, true, 8192, 0)]     // InitialR2T=No but F set: no unsolicited Data-Out, R2Ts from the immediate data on
     public async Task Write_gathers_immediate_unsolicited_and_solicited_data(bool initialR2T, bool immediateData, int immediate, int unsolicited)
     {
         await using var fixture = await IscsiServerFixture.StartAsync();
@@ -76,7 +77,7 @@ public sealed class IscsiDataPathTests
         Assert.Equal(0, w.Status);
         Assert.Equal(data, fixture.TestDevice.Contents.AsSpan(100 * 512, data.Length).ToArray());
         var r2ts = w.Pdus.Where(p => p.Opcode == IscsiOpcode.ReadyToTransfer).ToList();
-        int solicitedStart = initialR2T ? immediate : 65536;
+        int solicitedStart = !initialR2T && unsolicited > immediate ? 65536 : immediate;
         Assert.Equal(solicitedStart, (int)r2ts[0].BufferOffset);
         Assert.Equal((data.Length - solicitedStart + 131071) / 131072, r2ts.Count);
         for (int i = 0; i < r2ts.Count; i++) Assert.Equal((uint)i, r2ts[i].DataSN); // R2TSN
@@ -134,6 +135,7 @@ public sealed class IscsiDataPathTests
         await using var fixture = await IscsiServerFixture.StartAsync();
         await using var client = await fixture.LoginAsync(("InitialR2T", "No"), ("ImmediateData", "No"));
         var h = client.Command(IscsiTestClient.Write10(100, 2), 1024, read: false, write: true);
+        h.Flags &= unchecked((byte)~IscsiWire.FinalBit); // unsolicited Data-Out follows
         await client.SendAsync(h);
         await client.SendAsync(client.DataOut(h.InitiatorTaskTag, IscsiWire.ReservedTag, 1, 0, final: false), new byte[512]);
         var (reject, _) = await client.ExpectAsync(IscsiOpcode.Reject);

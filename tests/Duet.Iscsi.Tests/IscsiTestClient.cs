@@ -293,6 +293,7 @@ public sealed class IscsiTestClient : IAsyncDisposable
         int seg = segment ?? TargetMaxRecv;
         var h = Command(cdb, (uint)data.Length, read: false, write: true);
         immediateBytes = Math.Min(Math.Min(immediateBytes, data.Length), seg);
+        if (Math.Min(unsolicitedBytes, data.Length) > immediateBytes) h.Flags &= unchecked((byte)~IscsiWire.FinalBit); // unsolicited Data-Out follows
         await SendAsync(h, data.AsMemory(0, immediateBytes));
         int offset = immediateBytes;
         uint dataSn = 0;
