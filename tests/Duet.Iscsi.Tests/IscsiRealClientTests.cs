@@ -92,17 +92,20 @@ public sealed class IscsiRealClientTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
-    public async Task Qemu_img_with_digests_and_small_segments_round_trips()
+    public async Task Qemu_img_with_header_digests_and_small_segments_round_trips()
     {
-        // Small MaxRecvDataSegmentLength and bursts make every write go through several R2Ts.
+        // CRC32C header digests (libiscsi does not do data digests), small MaxRecvDataSegmentLength
+        // and bursts, InitialR2T=Yes: every write goes through several R2Ts.
         const long size = 16L << 20;
         await using var fixture = await IscsiRealDevice.StartAsync([new MemoryBlockVolume("vol0", size)],
             o => new IscsiServerOptions { Endpoint = o.Endpoint, MaxRecvDataSegmentLength = 4096, MaxBurstLength = 16384, FirstBurstLength = 8192, InitialR2T = true });
         string source = Path.Combine(_dir, "source.raw"), back = Path.Combine(_dir, "back.raw");
         byte[] hash = WriteRandomFile(source, size, 7);
-        await IscsiProcess.RunAsync(output, "qemu-img", $"convert -n -f raw -O raw {source} {Url(fixture, 0)}", 300);
-        await IscsiProcess.RunAsync(output, "qemu-img", $"convert -f raw -O raw {Url(fixture, 0)} {back}", 300);
+        string opts = $"driver=iscsi,transport=tcp,portal=127.0.0.1:{fixture.EndPoint.Port},target={Target},lun=0,header-digest=crc32c";
+        await IscsiProcess.RunAsync(output, "qemu-img", $"convert -n -f raw --target-image-opts {source} {opts}", 300);
+        await IscsiProcess.RunAsync(output, "qemu-img", $"convert --image-opts {opts} -O raw {back}", 300);
         Assert.Equal(Convert.ToHexString(hash), Convert.ToHexString(HashFile(back)));
+        Assert.Contains(fixture.Logger.Entries, e => e.EventId.Id == 13 && e.Message.Contains("HeaderDigest=CRC32C", StringComparison.Ordinal));
     }
 
     private static int FreePort()
