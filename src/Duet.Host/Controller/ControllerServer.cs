@@ -78,6 +78,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
     public Controller Controller { get; }
     public NbdServer Nbd { get; private set; } = null!;
     public IscsiServer Iscsi { get; private set; } = null!;
+    IscsiCatalogDevice? _iscsiDevice;
     public ManagementHost Management { get; private set; } = null!;
     /// <summary>Units 0 and 1 of Duet's host protocol (FO-6).</summary>
     public IReadOnlyList<HostUnitServer> HostUnits { get; private set; } = [];
@@ -139,8 +140,9 @@ public sealed partial class ControllerServer : IAsyncDisposable
             server.Management = await ManagementHost.StartAsync(controller.ArrayService, ControllerOptions.SocketFor(dir, options.Name), loggers, ct);
             server.Nbd = new NbdServer(controller.Volumes, new NbdServerOptions { Endpoint = options.NbdEndpoint, TimeProvider = options.Time }, loggers.CreateLogger<NbdServer>());
             await server.Nbd.StartAsync(ct);
-            server.Iscsi = new IscsiServer(IscsiCatalogDevice.Create(controller.Volumes, IscsiServerOptions.DefaultTargetName, options.Time),
-                IscsiOptionsFor(options), loggers.CreateLogger<IscsiServer>());
+            server._iscsiDevice = IscsiCatalogDevice.Create(controller.Volumes, IscsiServerOptions.DefaultTargetName, options.Time,
+                () => VolumeOwners(controller));
+            server.Iscsi = new IscsiServer(server._iscsiDevice, IscsiOptionsFor(options), loggers.CreateLogger<IscsiServer>());
             await server.Iscsi.StartAsync(ct);
             server.HostUnits = await StartHostUnitsAsync(options, controller, loggers, ct);
             server.LogStarted(options.Name, server.Nbd.LocalEndPoint.ToString(), server.Iscsi.LocalEndPoint.ToString(), string.Join(", ", server.HostUnits.Select(u => u.LocalEndPoint)), nvram.Layout.Describe());
@@ -153,6 +155,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
                 foreach (var unit in server.HostUnits) await unit.DisposeAsync();
                 if (server.Nbd is not null) await server.Nbd.DisposeAsync();
                 if (server.Iscsi is not null) await server.Iscsi.DisposeAsync();
+                server._iscsiDevice?.Dispose();
                 if (server.Management is not null) await server.Management.DisposeAsync();
                 server._metrics?.Dispose();
             }
@@ -209,6 +212,21 @@ public sealed partial class ControllerServer : IAsyncDisposable
         };
     }
 
+    /// <summary>Which controller serves each volume, as the ALUA group that is active/optimized for it
+    /// (A = group 1, B = group 2): own arrays from the status, the peer's from its volume list.</summary>
+    static IReadOnlyList<(string Volume, ushort OwnerGroup)> VolumeOwners(Controller controller)
+    {
+        var status = controller.Arrays.Status();
+        var owners = new List<(string, ushort)>();
+        foreach (var v in status.Volumes)
+        {
+            var array = status.Arrays.FirstOrDefault(a => a.Name == v.Array);
+            if (array is not null) owners.Add((v.Name, array.Owner == "B" ? FixedGroupB : FixedGroupA));
+        }
+        foreach (var v in controller.Arrays.PeerVolumes) owners.Add((v.Name, v.Owner == "B" ? FixedGroupB : FixedGroupA));
+        return owners;
+    }
+
     const ushort FixedGroupA = Duet.Iscsi.Scsi.FixedScsiPortGroups.GroupA;
     const ushort FixedGroupB = Duet.Iscsi.Scsi.FixedScsiPortGroups.GroupB;
 
@@ -246,6 +264,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
         foreach (var unit in HostUnits) await unit.DisposeAsync();
         await Nbd.DisposeAsync();
         await Iscsi.DisposeAsync();
+        _iscsiDevice?.Dispose();
         await Management.DisposeAsync();
         _metrics?.Dispose();
         await Controller.DisposeAsync();
