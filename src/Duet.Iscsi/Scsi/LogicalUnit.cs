@@ -58,8 +58,24 @@ sealed class LogicalUnit
     /// <summary>The SPC-2 RESERVE holder, if any.</summary>
     public ItNexus? Spc2Holder;
     public PersistentReservation Pr;
-    /// <summary>The snapshot this LUN last saved (the store's echo of it is not a change from elsewhere).</summary>
+    /// <summary>The PR state as last saved or loaded (a command that changes nothing is not saved again).</summary>
     public PrSnapshot? LastSaved;
+
+    /// <summary>Held from a PR change until its snapshot is saved: saves reach the store in the order the
+    /// changes were made (the data path takes only <see cref="Sync"/>, never this).</summary>
+    public readonly Lock SaveLock = new();
+
+    /// <summary>Snapshots this device made: the store's echo of them (now or later) is not news from elsewhere.</summary>
+    readonly System.Runtime.CompilerServices.ConditionalWeakTable<PrSnapshot, object> _own = new();
+
+    /// <summary>Records a snapshot this device is about to save (caller holds <see cref="Sync"/>).</summary>
+    public void MarkSaved(PrSnapshot snapshot)
+    {
+        LastSaved = snapshot;
+        _own.AddOrUpdate(snapshot, this);
+    }
+
+    public bool IsOwn(PrSnapshot snapshot) => _own.TryGetValue(snapshot, out _);
 
     static byte[] DeriveNaa(byte[] hash)
     {
