@@ -128,7 +128,7 @@ public sealed partial class ScsiDevice : IScsiDevice
         if (lu is null) return ValueTask.FromResult(NoSuchLun(command, op));
 
         // Unit attentions first (SAM-5 5.14): INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear them.
-        if (op is not (Op.Inquiry or Op.ReportLuns or Op.RequestSense))
+        if (op is not (Op.Inquiry or Op.ReportLuns or Op.RequestSense) && !lu.KnownClean(nexus))
         {
             SenseCondition ua;
             bool pending;
