@@ -116,17 +116,29 @@ public class ScsiBlockTests
     }
 
     [Fact]
-    public void ShortDataOutIsInvalidFieldInInformationUnit()
+    public void ShortDataOutWritesTheWholeBlocksThatArrived_APartialBlockIsInvalidFieldInInformationUnit()
     {
         var h = Ready();
-        var r = h.Run(Cdb.Write10(0, 2), new byte[512]);
+        Good(h.Run(Cdb.Write10(0, 4), Pattern(4, 9)));
+        var first = Pattern(1, 77);
+        var r = h.Run(Cdb.Write10(0, 2), first);
+        Good(r);
+        Assert.Equal(1024, r.TransferLength); // the transport reports the residual overflow from this
+        Assert.Equal(first, h.Volume.Contents[..512].ToArray());
+        Assert.Equal(Pattern(4, 9).AsSpan(512, 512).ToArray(), h.Volume.Contents[512..1024].ToArray());
+        r = h.Run(Cdb.Write10(2, 1), []);
+        Good(r);
+        Assert.Equal(512, r.TransferLength);
+        Assert.Equal(Pattern(4, 9).AsSpan(1024, 512).ToArray(), h.Volume.Contents[1024..1536].ToArray());
+        r = h.Run(Cdb.Write10(3, 1), new byte[200]);
         CheckCondition(r, 5, 0x0E, 0x03);
-        Assert.Equal(1024, r.TransferLength);
+        Assert.Equal(512, r.TransferLength);
+        Assert.Equal(Pattern(4, 9).AsSpan(1536, 512).ToArray(), h.Volume.Contents[1536..2048].ToArray());
         // More Data-Out than the CDB asks for: only the CDB's blocks are written.
         var data = Pattern(2, 1);
         Good(h.Run(Cdb.Write10(0, 1), data));
         Assert.Equal(data.AsSpan(0, 512).ToArray(), h.Volume.Contents[..512].ToArray());
-        Assert.All(h.Volume.Contents[512..1024].ToArray(), b => Assert.Equal(0, b));
+        Assert.Equal(Pattern(4, 9).AsSpan(512, 512).ToArray(), h.Volume.Contents[512..1024].ToArray());
     }
 
     [Fact]

@@ -165,6 +165,7 @@ public class ScsiProvisioningTests
     {
         var h = Ready();
         Good(h.Run(Cdb.CompareAndWrite(0, 0)));
+        InvalidField(h.Run(Cdb.CompareAndWrite(0, 0), new byte[256 * 1024])); // 256 blocks wrapped to 0 in the CDB
         OutOfRange(h.Run(Cdb.CompareAndWrite((ulong)Blocks - 1, 2), new byte[2048]));
         var r = h.Run(Cdb.CompareAndWrite(0, 129), new byte[129 * 1024]);
         InvalidField(r);

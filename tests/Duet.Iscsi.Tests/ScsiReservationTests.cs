@@ -450,3 +450,45 @@ public class ScsiReservationTests
         Assert.Equal(2, h.Tmf(A, TaskManagementFunction.LogicalUnitReset, 9));
     }
 }
+
+[Trait("Claim", "ISCSI-SCSI")]
+public class ScsiReservationStoreTests
+{
+    /// <summary>A store that delivers its change events late (as a mirror to the peer might).</summary>
+    sealed class LateStore : IReservationStore
+    {
+        readonly InMemoryReservationStore _inner = new();
+        public readonly List<(string, PrSnapshot)> Pending = [];
+        public event Action<string, PrSnapshot>? Changed;
+        public PrSnapshot? Load(string volumeName) => _inner.Load(volumeName);
+        public void Save(string volumeName, PrSnapshot snapshot)
+        {
+            _inner.Save(volumeName, snapshot);
+            lock (Pending) Pending.Add((volumeName, snapshot));
+        }
+        public void DeliverFirst()
+        {
+            (string, PrSnapshot) first;
+            lock (Pending) { first = Pending[0]; Pending.RemoveAt(0); }
+            Changed?.Invoke(first.Item1, first.Item2);
+        }
+    }
+
+    [Fact]
+    public async Task LateEchoesOfOwnSavesDoNotRollTheStateBack_SavesArriveInOrder()
+    {
+        var store = new LateStore();
+        var volume = new MemoryBlockVolume("vol0", 64 * 512);
+        var device = new ScsiDevice(new VolumeList(volume), store);
+        async Task<ScsiResult> Run(byte[] cdb, byte[]? data, ItNexus n) =>
+            await device.ExecuteAsync(new ScsiCommand { Nexus = n, Lun = 0, Cdb = cdb, DataOut = data ?? [] }, default);
+        var nexuses = Enumerable.Range(0, 16).Select(i => new ItNexus($"iqn.test:{i}", (ulong)i, 1, 1)).ToArray();
+        foreach (var n in nexuses) await Run(Cdb.TestUnitReady(), null, n);
+        await Task.WhenAll(nexuses.Select((n, i) => Task.Run(() => Run(Cdb.PrOut(6), Cdb.PrOutParams(0, (ulong)i + 1), n))));
+        Assert.Equal(16, store.Load("vol0")!.Registrations.Count);   // the last save holds every registration
+        Assert.Equal(16u, store.Load("vol0")!.Generation);
+        store.DeliverFirst();                                        // the echo of the first save, late
+        var keys = await Run(Cdb.PrIn(0), null, nexuses[0]);
+        Assert.Equal(16u * 8, BinaryPrimitives.ReadUInt32BigEndian(keys.DataIn.Span[4..]));
+    }
+}

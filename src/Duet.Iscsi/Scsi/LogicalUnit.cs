@@ -41,8 +41,17 @@ sealed class LogicalUnit
 
     /// <summary>Unit attentions per I_T nexus; a nexus absent here has POWER ON/RESET pending.</summary>
     readonly Dictionary<ItNexus, Queue<SenseCondition>> _attentions = new();
-    ItNexus? _lastClear;
-    int _pendingCount;
+    /// <summary>Nexus objects (by reference, one slot each by identity hash) known to have nothing pending: the
+    /// hot path's lock-free look. Cleared whenever any attention is queued or state is reset.</summary>
+    readonly ItNexus?[] _clean = new ItNexus?[16];
+
+    static int Slot(ItNexus nexus) => System.Runtime.CompilerServices.RuntimeHelpers.GetHashCode(nexus) & 15;
+
+    /// <summary>True when this very nexus object was seen with no attention pending and nothing was queued since
+    /// (read without the lock: a command racing a new attention may miss it, as if it had arrived first).</summary>
+    public bool KnownClean(ItNexus nexus) => ReferenceEquals(Volatile.Read(ref _clean[Slot(nexus)]), nexus);
+
+    void Dirty() => Array.Clear(_clean);
 
     /// <summary>The ALUA view of this LUN, refreshed when the port-group view changes (read without the lock: replaced whole).</summary>
     public volatile TargetPortGroup[] PortGroups = [];
@@ -58,8 +67,24 @@ sealed class LogicalUnit
     /// <summary>The SPC-2 RESERVE holder, if any.</summary>
     public ItNexus? Spc2Holder;
     public PersistentReservation Pr;
-    /// <summary>The snapshot this LUN last saved (the store's echo of it is not a change from elsewhere).</summary>
+    /// <summary>The PR state as last saved or loaded (a command that changes nothing is not saved again).</summary>
     public PrSnapshot? LastSaved;
+
+    /// <summary>Held from a PR change until its snapshot is saved: saves reach the store in the order the
+    /// changes were made (the data path takes only <see cref="Sync"/>, never this).</summary>
+    public readonly Lock SaveLock = new();
+
+    /// <summary>Snapshots this device made: the store's echo of them (now or later) is not news from elsewhere.</summary>
+    readonly System.Runtime.CompilerServices.ConditionalWeakTable<PrSnapshot, object> _own = new();
+
+    /// <summary>Records a snapshot this device is about to save (caller holds <see cref="Sync"/>).</summary>
+    public void MarkSaved(PrSnapshot snapshot)
+    {
+        LastSaved = snapshot;
+        _own.AddOrUpdate(snapshot, this);
+    }
+
+    public bool IsOwn(PrSnapshot snapshot) => _own.TryGetValue(snapshot, out _);
 
     static byte[] DeriveNaa(byte[] hash)
     {
@@ -76,18 +101,9 @@ sealed class LogicalUnit
     /// <summary>The next unit attention for this nexus, removed from its queue (caller holds <see cref="Sync"/>).</summary>
     public bool TryTakeAttention(ItNexus nexus, out SenseCondition sense)
     {
-        if (_pendingCount == 0 && ReferenceEquals(nexus, _lastClear))
-        {
-            sense = default;
-            return false;
-        }
         var q = QueueFor(nexus);
-        if (q.TryDequeue(out sense))
-        {
-            _pendingCount--;
-            return true;
-        }
-        _lastClear = nexus;
+        if (q.TryDequeue(out sense)) return true;
+        Volatile.Write(ref _clean[Slot(nexus)], nexus);
         return false;
     }
 
@@ -100,7 +116,7 @@ sealed class LogicalUnit
         foreach (var s in q)
             if (s.Asc == sense.Asc && s.Ascq == sense.Ascq) return;
         q.Enqueue(sense);
-        _pendingCount++;
+        Dirty();
     }
 
     /// <summary>Queues a unit attention for every nexus this LUN knows (those it does not know get POWER ON first anyway).</summary>
@@ -114,14 +130,13 @@ sealed class LogicalUnit
     public void ResetAttentions()
     {
         _attentions.Clear();
-        _pendingCount = 0;
-        _lastClear = null;
+        Dirty();
     }
 
     public void ForgetNexus(ItNexus nexus)
     {
-        if (_attentions.Remove(nexus, out var q)) _pendingCount -= q.Count;
-        if (ReferenceEquals(_lastClear, nexus) || nexus.Equals(_lastClear)) _lastClear = null;
+        _attentions.Remove(nexus);
+        Dirty();
     }
 
     Queue<SenseCondition> QueueFor(ItNexus nexus)
@@ -130,7 +145,6 @@ sealed class LogicalUnit
         {
             q = new Queue<SenseCondition>();
             q.Enqueue(SenseCondition.PowerOnReset);
-            _pendingCount++;
             _attentions.Add(nexus, q);
         }
         return q;

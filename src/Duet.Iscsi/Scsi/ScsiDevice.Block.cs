@@ -64,12 +64,21 @@ public sealed partial class ScsiDevice
         if (blocks == 0) return Done(GoodNoData);
         CheckTransferLength(blocks);
         int bytes = (int)(blocks << Units.SectorShift);
-        if (command.DataOut.Length < bytes) return Done(Check(DataOutMismatch, bytes));
         if (lu.Volume.ReadOnly) throw new ScsiCheckException(SenseCondition.WriteProtected);
-        return WriteCoreAsync(lu, command.DataOut[..bytes], lba, blocks, fua, ct);
+        var data = command.DataOut;
+        if (data.Length < bytes)
+        {
+            // The initiator's expected transfer length was shorter than the CDB's (residual overflow). Whole
+            // blocks that arrived are written and nothing beyond them (FCP-4 9.4.2 a); a partial block cannot
+            // be, so that transfers nothing: INVALID FIELD IN COMMAND INFORMATION UNIT (b).
+            if (data.Length % Units.SectorBytes != 0) return Done(Check(DataOutMismatch, bytes));
+            if (data.Length == 0) return Done(ScsiResult.Good(default, bytes));
+            return WriteCoreAsync(lu, data, lba, data.Length >> Units.SectorShift, fua, bytes, ct);
+        }
+        return WriteCoreAsync(lu, data[..bytes], lba, blocks, fua, bytes, ct);
     }
 
-    static async ValueTask<ScsiResult> WriteCoreAsync(LogicalUnit lu, ReadOnlyMemory<byte> data, long lba, long blocks, bool fua, CancellationToken ct)
+    static async ValueTask<ScsiResult> WriteCoreAsync(LogicalUnit lu, ReadOnlyMemory<byte> data, long lba, long blocks, bool fua, int transfer, CancellationToken ct)
     {
         await lu.WriteGate.EnterSharedAsync(ct).ConfigureAwait(false);
         try
@@ -84,7 +93,7 @@ public sealed partial class ScsiDevice
         {
             lu.WriteGate.ExitShared();
         }
-        return ScsiResult.Good(default, data.Length);
+        return ScsiResult.Good(default, transfer);
     }
 
     ValueTask<ScsiResult> VerifyAsync(LogicalUnit lu, ScsiCommand command, long lba, long blocks, bool byteCheck, CancellationToken ct)

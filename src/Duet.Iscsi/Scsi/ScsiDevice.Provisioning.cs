@@ -159,7 +159,9 @@ public sealed partial class ScsiDevice
 
     ValueTask<ScsiResult> CompareAndWriteAsync(LogicalUnit lu, ScsiCommand command, long lba, int blocks, bool fua, CancellationToken ct)
     {
-        if (blocks == 0) return Done(GoodNoData);
+        // Zero blocks is no operation, unless data came with it: then the CDB's count is what is wrong
+        // (a count of 256 wraps to 0 in its one byte).
+        if (blocks == 0) return command.DataOut.Length == 0 ? Done(GoodNoData) : throw ScsiCheckException.InvalidField(13);
         if (blocks > _options.MaxCompareAndWriteBlocks) throw ScsiCheckException.InvalidField(13);
         CheckRange(lu, lba, blocks);
         int bytes = blocks << Units.SectorShift;

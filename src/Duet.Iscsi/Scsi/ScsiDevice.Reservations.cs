@@ -172,6 +172,7 @@ public sealed partial class ScsiDevice
             if (!PersistentReservation.IsValidType(type)) throw ScsiCheckException.InvalidField(2, 3);
         }
 
+        using var saving = lu.SaveLock.EnterScope();
         PrSnapshot snapshot;
         List<ItNexus>? aborted = null;
         lock (lu.Sync)
@@ -201,7 +202,7 @@ public sealed partial class ScsiDevice
             }
             snapshot = pr.Snapshot();
             if (lu.LastSaved is { } last && SameState(last, snapshot)) return GoodNoData;
-            lu.LastSaved = snapshot;
+            lu.MarkSaved(snapshot);
         }
         SaveReservations(lu, snapshot);
         if (aborted is { Count: > 0 }) PreemptedAndAborted?.Invoke(lu.Lun, aborted);

@@ -128,7 +128,7 @@ public sealed partial class ScsiDevice : IScsiDevice
         if (lu is null) return ValueTask.FromResult(NoSuchLun(command, op));
 
         // Unit attentions first (SAM-5 5.14): INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear them.
-        if (op is not (Op.Inquiry or Op.ReportLuns or Op.RequestSense))
+        if (op is not (Op.Inquiry or Op.ReportLuns or Op.RequestSense) && !lu.KnownClean(nexus))
         {
             SenseCondition ua;
             bool pending;
@@ -281,14 +281,19 @@ public sealed partial class ScsiDevice : IScsiDevice
 
     void ResetUnit(LogicalUnit lu, bool cold)
     {
+        using var saving = lu.SaveLock.EnterScope();
         PrSnapshot? save = null;
         lock (lu.Sync)
         {
             lu.Spc2Holder = null;
             lu.ResetAttentions();
-            if (cold && lu.Pr.ClearUnlessPersistent()) save = lu.LastSaved = lu.Pr.Snapshot();
+            if (cold && lu.Pr.ClearUnlessPersistent())
+            {
+                save = lu.Pr.Snapshot();
+                lu.MarkSaved(save);
+            }
         }
-        if (save is not null) _store.Save(lu.Name, save);
+        if (save is not null) SaveReservations(lu, save);
     }
 
     public void NexusLost(ItNexus nexus)
@@ -311,7 +316,7 @@ public sealed partial class ScsiDevice : IScsiDevice
         if (UnitByName(volume) is not { } lu) return;
         lock (lu.Sync)
         {
-            if (ReferenceEquals(snapshot, lu.LastSaved)) return;
+            if (lu.IsOwn(snapshot)) return;
             lu.Pr = new PersistentReservation(snapshot) { Attention = lu.AddAttention };
             lu.LastSaved = snapshot;
         }
