@@ -465,7 +465,7 @@ internal sealed partial class IscsiConnection
         await _writeLock.WaitAsync(AbortToken);
         try
         {
-            if (task.Aborted) return;
+            if (!task.TryCommitResponse()) return;
             // The window slot is free before this response announces MaxCmdSN.
             ReleaseWindow(task);
             uint dataSn = 0;
@@ -581,8 +581,7 @@ internal sealed partial class IscsiConnection
         foreach (var task in hit)
         {
             task.AnswerAborted = true;
-            task.Aborted = true;
-            if (!task.Running) continue;
+            if (!task.TryAbort() || !task.Running) continue;
             try
             {
                 task.Cancellation?.Cancel();
@@ -599,6 +598,7 @@ internal sealed partial class IscsiConnection
         await _writeLock.WaitAsync(AbortToken);
         try
         {
+            if (!task.TryCommitResponse()) return;
             ReleaseWindow(task);
             var header = new IscsiHeader
             {
@@ -644,7 +644,7 @@ internal sealed partial class IscsiConnection
         }
         foreach (var task in dropped)
         {
-            task.Aborted = true;
+            task.TryAbort();
             ReleaseWindow(task);
             task.ReturnBuffer();
         }
@@ -752,10 +752,15 @@ internal sealed partial class IscsiConnection
                 {
                     IscsiTask? task;
                     lock (_tasksGate) _tasks.TryGetValue(h.ReferencedTaskTag, out task);
-                    if (task is not null)
+                    if (task is not null && task.TryAbort())
                     {
                         aborted.Add(task);
                         response = TmfResponse.FunctionComplete;
+                    }
+                    else if (task is not null)
+                    {
+                        // Its response is already going out: it completed before the abort.
+                        response = TmfResponse.TaskDoesNotExist;
                     }
                     else
                     {
@@ -845,7 +850,7 @@ internal sealed partial class IscsiConnection
         List<Task> running = [];
         foreach (var task in tasks)
         {
-            task.Aborted = true;
+            if (!task.TryAbort()) continue; // completing: its response is on its way
             bool gathering;
             lock (_tasksGate)
             {

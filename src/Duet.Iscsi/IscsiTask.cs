@@ -51,8 +51,19 @@ internal sealed class IscsiTask
     /// <summary>Handed to the device (the reader no longer touches the data-phase fields).</summary>
     public bool Running;
 
+    private const int Live = 0, Committed = 1, AbortedState = 2;
+    private int _state;
+
     /// <summary>Aborted by task management or connection loss: nothing more is sent for it.</summary>
-    public volatile bool Aborted;
+    public bool Aborted => Volatile.Read(ref _state) == AbortedState;
+
+    /// <summary>The task's response is about to go out (under the write lock): from now on it can no
+    /// longer be aborted. False if it was aborted first.</summary>
+    public bool TryCommitResponse() => Interlocked.CompareExchange(ref _state, Committed, Live) == Live;
+
+    /// <summary>Aborts the task unless its response is already committed (then it completes normally,
+    /// and ABORT TASK answers "task does not exist"). True if it is aborted now or was already.</summary>
+    public bool TryAbort() => Interlocked.CompareExchange(ref _state, AbortedState, Live) != Committed;
 
     /// <summary>Aborted by another I_T nexus (PREEMPT AND ABORT): answered with TASK ABORTED status
     /// instead of silence, since its initiator asked for nothing.</summary>
