@@ -1,6 +1,5 @@
 using System.Buffers;
 using System.Buffers.Binary;
-using System.Text;
 using Duet.Core;
 using Duet.Iscsi.Scsi;
 
@@ -1038,6 +1037,4 @@ internal sealed partial class IscsiConnection
         await SendAsync(header, default, advanceStatSn: true);
         return response == LogoutResponse.Success ? Next.Stop : Next.Continue;
     }
-
-    internal static string DescribeText(ReadOnlySpan<byte> text) => Encoding.UTF8.GetString(text);
 }

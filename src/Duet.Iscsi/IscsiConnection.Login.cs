@@ -1,7 +1,6 @@
 using System.Buffers;
 using System.Globalization;
 using System.Security.Cryptography;
-using System.Text;
 using Duet.Iscsi.Scsi;
 
 namespace Duet.Iscsi;
@@ -406,7 +405,4 @@ internal sealed partial class IscsiConnection
             // The initiator may already be gone.
         }
     }
-
-    /// <summary>For tests and logs: the text as "k=v k=v".</summary>
-    internal static string Describe(ReadOnlySpan<byte> text) => Encoding.UTF8.GetString(text).Replace('\0', ' ');
 }
