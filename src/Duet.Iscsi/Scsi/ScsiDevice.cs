@@ -8,7 +8,7 @@ namespace Duet.Iscsi.Scsi;
 /// unit attentions, SPC-2 and persistent reservations, and answers with fixed-format sense.
 /// No sockets, threads or clocks: the transport calls <see cref="ExecuteAsync"/> per command.
 /// </summary>
-public sealed partial class ScsiDevice : IScsiDevice
+public sealed partial class ScsiDevice : IScsiDevice, IDisposable
 {
     readonly LogicalUnit[] _units;
     readonly ulong[] _luns;
@@ -38,6 +38,14 @@ public sealed partial class ScsiDevice : IScsiDevice
     }
 
     public IReadOnlyList<ulong> Luns => _luns;
+
+    /// <summary>Stops listening to the reservation store and the port-group view (a device replaced by a
+    /// newer one over the same store and view must not keep reloading state or queueing attentions).</summary>
+    public void Dispose()
+    {
+        _store.Changed -= OnReservationsChanged;
+        _portGroups.Changed -= OnPortGroupsChanged;
+    }
 
     public ScsiDeviceOptions Options => _options;
 
