@@ -140,7 +140,7 @@ public class ScsiInquiryTests
         Assert.Equal(0x3C, BinaryPrimitives.ReadUInt16BigEndian(bl[2..]));
         Assert.Equal(1, bl[4] & 1);         // WSNZ
         Assert.Equal(128, bl[5]);           // MAXIMUM COMPARE AND WRITE LENGTH
-        Assert.Equal(65536u, BinaryPrimitives.ReadUInt32BigEndian(bl[8..]));
+        Assert.Equal(32768u, BinaryPrimitives.ReadUInt32BigEndian(bl[8..]));
         Assert.Equal(1u << 20, BinaryPrimitives.ReadUInt32BigEndian(bl[20..]));
         Assert.Equal(256u, BinaryPrimitives.ReadUInt32BigEndian(bl[24..]));
         Assert.Equal(8u, BinaryPrimitives.ReadUInt32BigEndian(bl[28..]));

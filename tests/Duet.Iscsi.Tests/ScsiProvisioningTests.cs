@@ -227,3 +227,42 @@ public class ScsiProvisioningTests
         }
     }
 }
+
+[Trait("Claim", "ISCSI-SCSI")]
+public class ScsiOrWriteAndDefectDataTests
+{
+    [Fact]
+    public void OrWriteOrsTheDataIntoTheBlocks()
+    {
+        var h = Ready();
+        var a = new byte[1024];
+        Array.Fill(a, (byte)0xA5);
+        Good(h.Run(Cdb.Write10(10, 2), a));
+        var b = new byte[1024];
+        Array.Fill(b, (byte)0x5A);
+        b[1000] = 0x00;
+        var r = h.Run(Cdb.Rw16(0x8B, 10, 2, flags: 0x08), b);
+        Good(r);
+        Assert.Equal(1024, r.TransferLength);
+        var back = h.Run(Cdb.Read10(10, 2)).DataIn.ToArray();
+        for (int i = 0; i < back.Length; i++) Assert.Equal(i == 1000 ? 0xA5 : 0xFF, back[i]);
+        Assert.Equal(1, h.Volume.FuaWriteCount);
+        Good(h.Run(Cdb.Rw16(0x8B, 0, 0)));
+        OutOfRange(h.Run(Cdb.Rw16(0x8B, (ulong)Blocks + 1, 0)));
+        OutOfRange(h.Run(Cdb.Rw16(0x8B, ulong.MaxValue, 1), new byte[512]));
+        InvalidField(h.Run(Cdb.Rw16(0x8B, 0, 1, flags: 0x20), new byte[512])); // ORPROTECT
+        CheckCondition(h.Run(Cdb.Rw16(0x8B, 0, 2), new byte[512]), 5, 0x0E, 0x03);
+    }
+
+    [Fact]
+    public void ReadDefectDataReportsEmptyLists()
+    {
+        var h = Ready();
+        var r = h.Run([0x37, 0, 0x18 | 0x05, 0, 0, 0, 0, 0, 32, 0]);
+        Good(r);
+        Assert.Equal(new byte[] { 0, 0x1D, 0, 0 }, r.DataIn.ToArray());
+        var r12 = h.Run([0xB7, 0x0C, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0]);
+        Good(r12);
+        Assert.Equal(new byte[] { 0, 0x0C, 0, 0, 0, 0, 0, 0 }, r12.DataIn.ToArray());
+    }
+}

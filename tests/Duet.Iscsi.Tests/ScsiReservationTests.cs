@@ -374,6 +374,13 @@ public class ScsiReservationTests
         h.Store.Save("vol0", PrSnapshot.Empty);
         Assert.Null(ReadReservation(h));
         Assert.Null(ReadReservation(peer));
+
+        // A disposed device no longer follows the store.
+        Good(Register(peer, A, 0, KeyA));
+        h.Device.Dispose();
+        Good(Reserve(peer, A, KeyA, PrType.ExclusiveAccess));
+        Assert.Null(ReadReservation(h));
+        Assert.Equal((KeyA, PrType.ExclusiveAccess), ReadReservation(peer));
     }
 
     [Fact]

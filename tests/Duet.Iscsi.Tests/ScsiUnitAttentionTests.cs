@@ -76,6 +76,21 @@ public class ScsiUnitAttentionTests
     }
 
     [Fact]
+    public void AttentionsFollowTheNexusValueNotTheObject()
+    {
+        var h = Ready();
+        var sameAsB = B with { };                                       // another object for the same I_T nexus
+        Assert.NotSame(B, sameAsB);
+        Good(h.Run(Cdb.TestUnitReady(), nexus: sameAsB));
+        h.PortGroups.SetOwner("vol0", FixedScsiPortGroups.GroupB);
+        CheckCondition(h.Run(Cdb.TestUnitReady(), nexus: B), 6, 0x2A, 0x06); // reported once, to whichever object asks
+        Good(h.Run(Cdb.TestUnitReady(), nexus: sameAsB));
+        Good(h.Run(Cdb.TestUnitReady(), nexus: B));
+        Good(h.Run(Cdb.PrOut(0), Cdb.PrOutParams(0, 0xB), nexus: sameAsB)); // registered as B
+        Conflict(h.Run(Cdb.PrOut(0), Cdb.PrOutParams(0, 0xC), nexus: B));   // B is registered with 0xB
+    }
+
+    [Fact]
     public void ANexusThatReturnsAfterLossSeesPowerOnAgain()
     {
         var h = Ready();

@@ -232,13 +232,8 @@ sealed class PersistentReservation
     /// <paramref name="newKey"/> and moves the reservation to it; optionally unregisters itself.</summary>
     public void RegisterAndMove(ItNexus nexus, ulong key, ulong newKey, ItNexus target, bool unregister, bool aptpl)
     {
-        int i = IndexOf(nexus);
-        if (i < 0)
-        {
-            if (Type != PrType.None) throw ScsiCheckException.Conflict();
-            throw ScsiCheckException.Conflict();
-        }
-        if (_registrations[i].Key != key) throw ScsiCheckException.Conflict();
+        // Only the holder of a reservation that has one holder may move it (SPC-4 5.12.8).
+        CheckRegisteredKey(nexus, key);
         if (Type == PrType.None || !IsHolder(nexus) || IsAllRegistrants(Type)) throw ScsiCheckException.Conflict();
         if (newKey == 0) throw ScsiCheckException.InvalidParameter(8);
         if (target.Equals(nexus)) throw ScsiCheckException.InvalidParameter(18);

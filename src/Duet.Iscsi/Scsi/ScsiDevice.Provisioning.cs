@@ -194,4 +194,58 @@ public sealed partial class ScsiDevice
         }
         return ScsiResult.Good(default, data.Length);
     }
+
+    /// <summary>ORWRITE(16) (SBC-3 5.9): each block becomes itself OR the data, atomically against every other
+    /// write of the LUN (the same exclusive gate as COMPARE AND WRITE).</summary>
+    ValueTask<ScsiResult> OrWriteAsync(LogicalUnit lu, ScsiCommand command, long lba, long blocks, bool fua, CancellationToken ct)
+    {
+        CheckRange(lu, lba, blocks);
+        if (blocks == 0) return Done(GoodNoData);
+        CheckTransferLength(blocks);
+        int bytes = (int)(blocks << Units.SectorShift);
+        if (command.DataOut.Length < bytes) return Done(Check(DataOutMismatch, bytes));
+        if (lu.Volume.ReadOnly) throw new ScsiCheckException(SenseCondition.WriteProtected);
+        return OrWriteCoreAsync(lu, command.DataOut[..bytes], lba, blocks, fua, ct);
+    }
+
+    static async ValueTask<ScsiResult> OrWriteCoreAsync(LogicalUnit lu, ReadOnlyMemory<byte> data, long lba, long blocks, bool fua, CancellationToken ct)
+    {
+        var merged = GC.AllocateUninitializedArray<byte>(data.Length);
+        long offset = lba << Units.SectorShift;
+        await lu.WriteGate.EnterExclusiveAsync(ct).ConfigureAwait(false);
+        try
+        {
+            await lu.Volume.ReadAsync(offset, merged, ct).ConfigureAwait(false);
+            OrInto(merged, data.Span);
+            await lu.Volume.WriteAsync(offset, merged, fua, ct).ConfigureAwait(false);
+        }
+        catch (BlockIoException e)
+        {
+            throw new ScsiCheckException(MapBlockError(e, lba, blocks));
+        }
+        finally
+        {
+            lu.WriteGate.ExitExclusive();
+        }
+        return ScsiResult.Good(default, data.Length);
+    }
+
+    static void OrInto(Span<byte> target, ReadOnlySpan<byte> source)
+    {
+        int i = 0;
+        int width = System.Numerics.Vector<byte>.Count;
+        if (System.Numerics.Vector.IsHardwareAccelerated)
+            for (; i <= target.Length - width; i += width)
+                (new System.Numerics.Vector<byte>(target[i..]) | new System.Numerics.Vector<byte>(source[i..])).CopyTo(target[i..]);
+        for (; i < target.Length; i++) target[i] |= source[i];
+    }
+
+    /// <summary>READ DEFECT DATA (10/12): a volume has no defects a host could see (RAID repairs and remaps
+    /// below it), so the requested lists are reported valid and empty, in the requested format.</summary>
+    static ScsiResult ReadDefectData(byte flags, int allocation, bool twelve)
+    {
+        var d = new byte[twelve ? 8 : 4];
+        d[1] = (byte)(flags & 0x1F); // PLISTV and GLISTV as requested, the requested format; list length 0
+        return DataIn(d, allocation);
+    }
 }

@@ -8,7 +8,7 @@ namespace Duet.Iscsi.Scsi;
 /// unit attentions, SPC-2 and persistent reservations, and answers with fixed-format sense.
 /// No sockets, threads or clocks: the transport calls <see cref="ExecuteAsync"/> per command.
 /// </summary>
-public sealed partial class ScsiDevice : IScsiDevice
+public sealed partial class ScsiDevice : IScsiDevice, IDisposable
 {
     readonly LogicalUnit[] _units;
     readonly ulong[] _luns;
@@ -38,6 +38,14 @@ public sealed partial class ScsiDevice : IScsiDevice
     }
 
     public IReadOnlyList<ulong> Luns => _luns;
+
+    /// <summary>Stops listening to the reservation store and the port-group view (a device replaced by a
+    /// newer one over the same store and view must not keep reloading state or queueing attentions).</summary>
+    public void Dispose()
+    {
+        _store.Changed -= OnReservationsChanged;
+        _portGroups.Changed -= OnPortGroupsChanged;
+    }
 
     public ScsiDeviceOptions Options => _options;
 
@@ -176,6 +184,9 @@ public sealed partial class ScsiDevice : IScsiDevice
             Op.WriteSame16 => WriteSameAsync(lu, command, Be64(cdb, 2), Be32(cdb, 10), (cdb[1] & 0x08) != 0, (cdb[1] & 0x01) != 0, ct),
             Op.Unmap => UnmapAsync(lu, command, Be16(cdb, 7), ct),
             Op.CompareAndWrite => CompareAndWriteAsync(lu, command, Be64(cdb, 2), cdb[13], Fua(cdb), ct),
+            Op.OrWrite16 => OrWriteAsync(lu, command, Be64(cdb, 2), Be32(cdb, 10), Fua(cdb), ct),
+            Op.ReadDefectData10 => Done(ReadDefectData(cdb[2], Be16(cdb, 7), twelve: false)),
+            Op.ReadDefectData12 => Done(ReadDefectData(cdb[1], (int)Math.Min(Be32(cdb, 6), int.MaxValue), twelve: true)),
             Op.ServiceActionIn16 when info.ServiceAction == Op.SaReadCapacity16 => Done(ReadCapacity16(lu, cdb)),
             Op.ServiceActionIn16 => GetLbaStatusAsync(lu, Be64(cdb, 2), (int)Math.Min(Be32(cdb, 10), int.MaxValue), ct),
             Op.ReadCapacity10 => Done(ReadCapacity10(lu, cdb)),

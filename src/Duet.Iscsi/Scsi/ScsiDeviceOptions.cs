@@ -12,8 +12,9 @@ public sealed class ScsiDeviceOptions
     public string Revision { get; init; } = "0001";
     /// <summary>The iSCSI target name; when set, VPD 0x83 carries the SCSI name strings of the target port and device.</summary>
     public string? TargetName { get; init; }
-    /// <summary>MAXIMUM TRANSFER LENGTH in logical blocks (32 MiB, as NBD's largest payload).</summary>
-    public uint MaxTransferBlocks { get; init; } = 65536;
+    /// <summary>MAXIMUM TRANSFER LENGTH in logical blocks (16 MiB). Must not exceed what the transport accepts per
+    /// command (IscsiServerOptions.MaxTransferBytes / 512): initiators size their commands by it.</summary>
+    public uint MaxTransferBlocks { get; init; } = 32768;
     /// <summary>OPTIMAL TRANSFER LENGTH in logical blocks (256 KiB).</summary>
     public uint OptimalTransferBlocks { get; init; } = 512;
     /// <summary>MAXIMUM UNMAP LBA COUNT.</summary>
