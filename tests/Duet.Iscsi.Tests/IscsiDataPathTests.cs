@@ -177,6 +177,8 @@ public sealed class IscsiDataPathTests
         await client.SendAsync(b);
         await client.SendAsync(c);
         await IscsiLoginTests.WaitForAsync(() => device.Commands.Count == 2);
+        // c must have been read (and dropped) while the window was full, not after a and b free it.
+        await IscsiLoginTests.WaitForAsync(() => fixture.Logger.Has(32));
         gate.SetResult();
         // The two answers come in either order; each is one Data-In with the status.
         var first = await client.ExpectAsync(IscsiOpcode.ScsiDataIn);
@@ -238,7 +240,7 @@ public sealed class IscsiDataPathTests
     {
         await using var fixture = await IscsiServerFixture.StartAsync(o => new IscsiServerOptions
         {
-            Endpoint = o.Endpoint, NopInInterval = TimeSpan.FromMilliseconds(200), NopInTimeout = TimeSpan.FromMilliseconds(400),
+            Endpoint = o.Endpoint, NopInInterval = TimeSpan.FromMilliseconds(250), NopInTimeout = TimeSpan.FromMilliseconds(1500),
         });
         await using var client = await fixture.LoginAsync();
         var (ping, _) = await client.ExpectAsync(IscsiOpcode.NopIn, 5000);
@@ -251,7 +253,7 @@ public sealed class IscsiDataPathTests
         // Answered: the next ping comes; ignored: the connection goes.
         var next = await client.ExpectAsync(IscsiOpcode.NopIn, 5000);
         Assert.NotEqual(ping.TargetTransferTag, next.Header.TargetTransferTag);
-        Assert.Null(await client.ReceiveAsync(5000));
+        Assert.Null(await client.ReceiveAsync(15000));
         Assert.True(fixture.Logger.Has(38));
     }
 
