@@ -124,9 +124,14 @@ sealed class Children : IAsyncDisposable
     /// before (a peer's port never lands inside the block a `duet up` uses).</summary>
     public static int FreePort() => FreePorts(1);
 
-    /// <summary>`duet up --nbd-port P` binds P .. P+5 (NBD of A and B, the host protocol's four
-    /// units) and, with a TCP ICL, P+6.</summary>
-    public const int DuetUpPorts = 7;
+    /// <summary>`duet up --nbd-port P --iscsi-port P+7` binds P .. P+5 (NBD of A and B, the host
+    /// protocol's four units), with a TCP ICL P+6, and P+7, P+8 (iSCSI of A and B): see <see cref="DuetUpArgs"/>.</summary>
+    public const int DuetUpPorts = 9;
+
+    /// <summary>The port arguments of `duet up` for a block from <see cref="FreePorts"/>(<see cref="DuetUpPorts"/>):
+    /// NBD on P, iSCSI on P+7 (never the well-known 3260, which parallel runs would share).</summary>
+    public static string[] DuetUpArgs(int port) =>
+        ["--nbd-port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--iscsi-port", (port + 7).ToString(System.Globalization.CultureInfo.InvariantCulture)];
 
     /// <summary>A first port P such that P .. P+count-1 could all be bound a moment ago and none of
     /// them was handed out by this process before.</summary>

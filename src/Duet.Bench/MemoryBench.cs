@@ -24,7 +24,7 @@ public static class MemoryBench
         children.Track(dir);
         int port = Children.FreePorts(Children.DuetUpPorts);
         var duet = children.Start("duet", duetCommand[0],
-            duetCommand.Skip(1).Concat(["up", "--data", dir, "--nbd-port", port.ToString(CultureInfo.InvariantCulture), "--quiet"]));
+            duetCommand.Skip(1).Concat(["up", "--data", dir, .. Children.DuetUpArgs(port), "--quiet"]));
         var sw = Stopwatch.StartNew();
         while (!duet.OutputText.Contains("duet: ready", StringComparison.Ordinal))
         {

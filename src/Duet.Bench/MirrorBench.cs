@@ -308,7 +308,7 @@ public static class MirrorBench
             int port = Children.FreePorts(Children.DuetUpPorts);
             var url = $"nbd://127.0.0.1:{port}/{NbdBench.VolumeName}";
             var duet = children.Start($"duet ({mirror})", duetCommand[0], duetCommand.Skip(1).Concat(["up", "--data", dataDir,
-                "--nbd-port", port.ToString(CultureInfo.InvariantCulture), "--nvram", o.NvramBytes.ToString(CultureInfo.InvariantCulture), "--mirror", mirror, "--quiet"]));
+                .. Children.DuetUpArgs(port), "--nvram", o.NvramBytes.ToString(CultureInfo.InvariantCulture), "--mirror", mirror, "--quiet"]));
             try
             {
                 await NbdBench.WaitReadyAsync(children, duet, url, ct).ConfigureAwait(false);

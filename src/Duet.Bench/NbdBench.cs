@@ -109,7 +109,7 @@ public static class NbdBench
         var starters = new Dictionary<string, Func<Children.Child>>
         {
             ["duet"] = () => children.Start("duet", o.DuetCommand[0],
-                o.DuetCommand.Skip(1).Concat(["up", "--data", dataDir, "--nbd-port", duetPort.ToString(CultureInfo.InvariantCulture), "--quiet"])),
+                o.DuetCommand.Skip(1).Concat(["up", "--data", dataDir, .. Children.DuetUpArgs(duetPort), "--quiet"])),
             // No --exit-with-parent: it is PR_SET_PDEATHSIG, which fires when the *thread* that
             // forked exits, and .NET forks from a thread-pool thread that may retire mid-run.
             ["nbdkit"] = () => children.Start("nbdkit", "nbdkit",

@@ -59,6 +59,7 @@ public static partial class Program
         var name = new Option<string>("--name") { Description = "Which controller of the pair: A or B", Required = true };
         name.AcceptOnlyFromAmong("A", "B");
         var nbdPort = new Option<int>("--nbd-port") { Description = "NBD port on 127.0.0.1 (default: 10809 for A, 10810 for B)" };
+        var iscsiPort = new Option<int>("--iscsi-port") { Description = "iSCSI portal on 127.0.0.1 (default: 3260 for A, 3261 for B); SendTargets reports the peer's on the next port (A) or the previous one (B)" };
         var iclPort = new Option<int>("--icl-port") { Description = "With --icl tcp: the inter-controller link's TCP port on 127.0.0.1 (A listens, B connects)", DefaultValueFactory = _ => 10815 };
         var iclKind = IclOption();
         var nvram = new Option<string>("--nvram") { Description = "NVRAM size (up to 1G)", DefaultValueFactory = _ => "256M" };
@@ -72,7 +73,7 @@ public static partial class Program
         var limit = new Option<int>("--host-time-limit-ms") { Description = "FO-5: a host command the primary has not completed this long after the host sent it is run by the secondary, which fences the primary first (at least the heartbeat timeout)", DefaultValueFactory = _ => 1500 };
         var cmd = new Command("controller", "Run one controller of the pair on a data directory until SIGTERM (./duet up starts both)")
         {
-            name, nbdPort, iclKind, iclPort, nvram, mirror, quiet, shelf, heartbeat, timeout, hostPort, limit,
+            name, nbdPort, iscsiPort, iclKind, iclPort, nvram, mirror, quiet, shelf, heartbeat, timeout, hostPort, limit,
         };
         cmd.SetAction(async (parse, ct) =>
         {
@@ -81,6 +82,12 @@ public static partial class Program
             string me = parse.GetValue(name)!;
             string dir = ResolveDataDir(parse);
             int port = parse.GetValue(nbdPort) is > 0 and var p ? p : (me == "A" ? 10809 : 10810);
+            int scsiPort = parse.GetValue(iscsiPort) is > 0 and var sp ? sp : Duet.Iscsi.IscsiServerOptions.DefaultPort + (me == "A" ? 0 : 1);
+            if (scsiPort > 65535)
+            {
+                await error.WriteLineAsync($"duet: --iscsi-port {scsiPort} is not a port number");
+                return ExitUsage;
+            }
             int unitPort = parse.GetValue(hostPort) is > 0 and var hp ? hp : Duet.HostProtocol.HostWire.DefaultPort(me[0], 0);
             if (unitPort > 65534)
             {
@@ -116,6 +123,7 @@ public static partial class Program
                 server = await Duet.Host.Controller.ControllerServer.StartAsync(new Duet.Host.Controller.ControllerOptions
                 {
                     Name = me, DataDirectory = dir, NbdEndpoint = new IPEndPoint(IPAddress.Loopback, port),
+                    IscsiEndpoint = new IPEndPoint(IPAddress.Loopback, scsiPort),
                     IclTransport = IclKind(parse.GetValue(iclKind)),
                     IclEndpoint = new IPEndPoint(IPAddress.Loopback, parse.GetValue(iclPort)), NvramBytes = nvramBytes, Mirror = method,
                     UseShelf = parse.GetValue(shelf), Failover = failover, HostUnitPorts = [unitPort, unitPort + 1],
@@ -129,7 +137,7 @@ public static partial class Program
             }
             await using (server)
             {
-                await output.WriteLineAsync($"duet controller {me}: ready; NBD on {server.Nbd.LocalEndPoint}; host units {string.Join(", ", server.HostUnits.Select(u => $"{me}{u.Unit} {u.LocalEndPoint}"))}; management {server.Management.SocketPath}");
+                await output.WriteLineAsync($"duet controller {me}: ready; NBD on {server.Nbd.LocalEndPoint}; iSCSI on {server.Iscsi.LocalEndPoint} ({server.Iscsi.TargetName}); host units {string.Join(", ", server.HostUnits.Select(u => $"{me}{u.Unit} {u.LocalEndPoint}"))}; management {server.Management.SocketPath}");
                 await output.FlushAsync();
                 server.Controller.SteppedDown += reason =>
                 {
@@ -160,6 +168,7 @@ public static partial class Program
     {
         var nbdPort = new Option<int>("--nbd-port") { Description = "NBD port of controller A on 127.0.0.1; B uses the next one; the host protocol's units use the four after (A0, A1, B0, B1)", DefaultValueFactory = _ => 10809 };
         var iclPort = new Option<int>("--icl-port") { Description = "With --icl tcp: the inter-controller link's port (default: NBD port + 6)" };
+        var iscsiPort = new Option<int>("--iscsi-port") { Description = "iSCSI portal of controller A on 127.0.0.1; B uses the next one", DefaultValueFactory = _ => Duet.Iscsi.IscsiServerOptions.DefaultPort };
         var iclKind = IclOption();
         var mirror = new Option<string>("--mirror") { Description = "How writes are mirrored: batched, seed, seed-large, or none (unsafe: for measuring the mirror's cost)", DefaultValueFactory = _ => "batched" };
         mirror.AcceptOnlyFromAmong("batched", "seed", "seed-large", "none");
@@ -167,7 +176,7 @@ public static partial class Program
         var quiet = new Option<bool>("--quiet") { Description = "Log warnings and errors only" };
         var cmd = new Command("up", "Start the controller pair on a data directory (created with the default layout if new) and serve its volumes until Ctrl-C or SIGTERM")
         {
-            nbdPort, iclKind, iclPort, mirror, nvram, quiet,
+            nbdPort, iscsiPort, iclKind, iclPort, mirror, nvram, quiet,
         };
         cmd.SetAction(async (parse, ct) =>
         {
@@ -181,6 +190,13 @@ public static partial class Program
                 return ExitUsage;
             }
             int icl = parse.GetValue(iclPort) is > 0 and var ip ? ip : port + 6;
+            int scsi = parse.GetValue(iscsiPort);
+            if (scsi is <= 0 or > 65534)
+            {
+                await error.WriteLineAsync($"duet: --iscsi-port {scsi} is not a port number (B uses the next one)");
+                return ExitUsage;
+            }
+            int IscsiPort(string who) => scsi + (who == "A" ? 0 : 1);
             if (!Units.TryParseSize(parse.GetValue(nvram)!, out long nvramBytes) || Duet.Cache.Nvram.NvramLayout.Problem(nvramBytes, 1) is not null)
             {
                 await error.WriteLineAsync($"duet: --nvram '{parse.GetValue(nvram)}' is not an NVRAM size (1M to 1G)");
@@ -205,7 +221,7 @@ public static partial class Program
             int HostPort(string who) => port + (who == "A" ? 2 : 4);
             string[] ControllerArgs(string who, int p) =>
             [
-                "controller", "--name", who, "--data", dir, "--nbd-port", $"{p}", "--host-port", $"{HostPort(who)}", "--icl", parse.GetValue(iclKind)!, "--icl-port", $"{icl}",
+                "controller", "--name", who, "--data", dir, "--nbd-port", $"{p}", "--iscsi-port", $"{IscsiPort(who)}", "--host-port", $"{HostPort(who)}", "--icl", parse.GetValue(iclKind)!, "--icl-port", $"{icl}",
                 "--mirror", parse.GetValue(mirror)!, "--nvram", $"{nvramBytes}", "--shelf", .. (parse.GetValue(quiet) ? new[] { "--quiet" } : []),
             ];
             (System.Diagnostics.Process Process, TaskCompletionSource Ready) Launch(string who, string[] args)
@@ -267,6 +283,9 @@ public static partial class Program
                         foreach (var (who, p) in ports)
                             await output.WriteLineAsync($"duet: NBD nbd://127.0.0.1:{p}/{v.Name} ({Units.FormatSize(v.SizeBytes)} on {v.Array}; {(who == owner ? "served" : $"forwarded to {owner}")} by {who})");
                     }
+                    await output.WriteLineAsync($"duet: iSCSI target {Duet.Iscsi.IscsiServerOptions.DefaultTargetName}: controller A portal 127.0.0.1:{IscsiPort("A")},1; controller B portal 127.0.0.1:{IscsiPort("B")},2");
+                    for (int lun = 0; lun < status.Volumes.Count; lun++)
+                        await output.WriteLineAsync($"duet: iSCSI iscsi://127.0.0.1:{IscsiPort("A")}/{Duet.Iscsi.IscsiServerOptions.DefaultTargetName}/{lun} and iscsi://127.0.0.1:{IscsiPort("B")}/{Duet.Iscsi.IscsiServerOptions.DefaultTargetName}/{lun} ({status.Volumes[lun].Name})");
                     await output.WriteLineAsync($"duet: host protocol units: A0 127.0.0.1:{HostPort("A")}, A1 127.0.0.1:{HostPort("A") + 1}, B0 127.0.0.1:{HostPort("B")}, B1 127.0.0.1:{HostPort("B") + 1} (group N: AN and BN)");
                     if (status.Volumes.Count > 0)
                         await output.WriteLineAsync($"duet: try: nbdinfo nbd://127.0.0.1:{port}/{status.Volumes[0].Name}");
@@ -419,7 +438,7 @@ public static partial class Program
     static Command BenchFailoverCommand()
     {
         var rounds = new Option<int>("--rounds") { Description = "How many times the owner is killed", DefaultValueFactory = _ => 10 };
-        var nbdPort = new Option<int>("--nbd-port") { Description = "NBD port of controller A (B uses the next one, the host protocol P+2 .. P+5); default: seven free ports" };
+        var nbdPort = new Option<int>("--nbd-port") { Description = "NBD port of controller A (B uses the next one, the host protocol P+2 .. P+5, iSCSI P+7 and P+8); default: nine free ports" };
         var load = new Option<double>("--load-seconds") { Description = "Seconds of 4 KiB write load on the owner before each kill", DefaultValueFactory = _ => 2 };
         var showLog = new Option<bool>("--show-log") { Description = "Print duet up's output (the controllers' log) on stderr at the end" };
         var cmd = new Command("failover", "kill -9 of the owning controller under write load, ROUNDS times: time from the kill to the first write the survivor acknowledges, "

@@ -29,9 +29,9 @@ public sealed class DuetUpProcessTests(ITestOutputHelper log) : IDisposable
     /// <summary>Starts `dotnet duet.dll up --data DIR --nbd-port PORT` and waits until it says it is ready.</summary>
     async Task<(BackgroundProcess Process, int Port, string Output)> UpAsync()
     {
-        int port = TestData.FreePorts(7); // NBD A on port, B on port + 1; host units port + 2 .. + 5; TCP ICL port + 6
+        int port = TestData.FreePorts(TestData.DuetUpPorts); // NBD A on port, B on port + 1; host units port + 2 .. + 5; TCP ICL port + 6; iSCSI port + 7, + 8
         var duet = Path.Combine(AppContext.BaseDirectory, "duet.dll");
-        var process = BackgroundProcess.Start(Dotnet, [duet, "up", "--data", _dir, "--nbd-port", $"{port}"], log);
+        var process = BackgroundProcess.Start(Dotnet, [duet, "up", "--data", _dir, .. TestData.DuetUpArgs(port)], log);
         try
         {
             return (process, port, await process.WaitForOutputAsync("duet: ready", StartTimeout));
@@ -108,6 +108,35 @@ public sealed class DuetUpProcessTests(ITestOutputHelper log) : IDisposable
             Assert.All((await StatusAsync()).Arrays, a => Assert.Equal("optimal", a.State));
             Assert.Equal(expected, await ReadHashAsync(port2, "vol0"));
             await StopAsync(second);
+        }
+    }
+
+    [Fact]
+    [Trait("Claim", "ISCSI")]
+    public async Task UpServesOneIscsiTargetOnBothControllersAndWhatBWritesAReadsBack()
+    {
+        const string target = "iqn.2026-12.org.duet:array";
+        var input = Path.Combine(_dir, "in.img");
+        var expected = TestData.WriteRandomFile(input, Written, seed: 9);
+        var (up, port, output) = await UpAsync();
+        await using (up)
+        {
+            int a = port + 7, b = port + 8;
+            Assert.Contains($"controller A portal 127.0.0.1:{a},1; controller B portal 127.0.0.1:{b},2", output);
+            Assert.Contains($"iscsi://127.0.0.1:{a}/{target}/0 and iscsi://127.0.0.1:{b}/{target}/0 (vol0)", output);
+            var ls = await _run.RunOkAsync("iscsi-ls", "-s", $"iscsi://127.0.0.1:{a}");
+            Assert.Contains($"Target:{target} Portal:127.0.0.1:{a},1", ls);
+            Assert.Contains($"Target:{target} Portal:127.0.0.1:{b},2", ls);
+            Assert.Contains("Lun:1", ls);
+
+            // vol0 is served by A: written through B (forwarded over the link), read back through A.
+            await _run.RunOkAsync("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", input, $"iscsi://127.0.0.1:{b}/{target}/0");
+            var back = Path.Combine(_dir, "back.img");
+            await _run.RunOkAsync("qemu-img", "dd", "-f", "raw", "-O", "raw", $"if=iscsi://127.0.0.1:{a}/{target}/0", $"of={back}", "bs=1M", $"count={Written >> 20}");
+            Assert.Equal(expected, TestData.HashFile(back));
+            // And NBD sees the same bytes.
+            Assert.Equal(expected, await ReadHashAsync(port, "vol0"));
+            await StopAsync(up);
         }
     }
 

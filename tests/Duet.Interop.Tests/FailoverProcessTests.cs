@@ -49,9 +49,9 @@ public sealed class FailoverProcessTests(ITestOutputHelper log) : IDisposable
     [Trait("Claim", "FO-7")]
     public async Task Kill9OfTheOwnerLosesNoAcknowledgedWriteAndTheSurvivorServesTheVolumeOnItsOwnEndpoint()
     {
-        int port = TestData.FreePorts(7); // NBD, host units, ICL: port .. port + 6
+        int port = TestData.FreePorts(TestData.DuetUpPorts); // NBD, host units, ICL: port .. port + 6
         var duet = Path.Combine(AppContext.BaseDirectory, "duet.dll");
-        await using var up = BackgroundProcess.Start(Dotnet, [duet, "up", "--data", _dir, "--nbd-port", $"{port}"], log);
+        await using var up = BackgroundProcess.Start(Dotnet, [duet, "up", "--data", _dir, .. TestData.DuetUpArgs(port)], log);
         await up.WaitForOutputAsync("duet: ready", TimeSpan.FromSeconds(90));
 
         // Acknowledged writes: nbdcopy exits 0 only when every write and the final flush were answered.
@@ -109,9 +109,9 @@ public sealed class FailoverProcessTests(ITestOutputHelper log) : IDisposable
     [Trait("Claim", "FO-7")]
     public async Task AStoppedOwnerThatWakesUpAfterTheTakeoverServesNothingStaleWritesNothingAndStepsDown()
     {
-        int port = TestData.FreePorts(7);
+        int port = TestData.FreePorts(TestData.DuetUpPorts);
         var duet = Path.Combine(AppContext.BaseDirectory, "duet.dll");
-        await using var up = BackgroundProcess.Start(Dotnet, [duet, "up", "--data", _dir, "--nbd-port", $"{port}"], log);
+        await using var up = BackgroundProcess.Start(Dotnet, [duet, "up", "--data", _dir, .. TestData.DuetUpArgs(port)], log);
         await up.WaitForOutputAsync("duet: ready", TimeSpan.FromSeconds(90));
         const long Bytes = 8L << 20;
         string File(string name) => Path.Combine(_dir, name);

@@ -27,9 +27,9 @@ public sealed class HostProtocolProcessTests(ITestOutputHelper log) : IDisposabl
     /// <summary>`duet up --nbd-port P`: NBD on P and P+1, host units A0 A1 B0 B1 on P+2 .. P+5, a TCP ICL would be P+6.</summary>
     async Task<(BackgroundProcess Up, int Port)> UpAsync()
     {
-        int port = TestData.FreePorts(7);
+        int port = TestData.FreePorts(TestData.DuetUpPorts);
         var duet = Path.Combine(AppContext.BaseDirectory, "duet.dll");
-        var up = BackgroundProcess.Start(Dotnet, [duet, "up", "--data", _dir, "--nbd-port", $"{port}"], log);
+        var up = BackgroundProcess.Start(Dotnet, [duet, "up", "--data", _dir, .. TestData.DuetUpArgs(port)], log);
         try
         {
             var output = await up.WaitForOutputAsync("duet: ready", StartTimeout);

@@ -20,6 +20,7 @@ public sealed class PairProcessTests(ITestOutputHelper log) : IAsyncLifetime
     readonly int _portA = TestData.FreePorts(1), _portB = TestData.FreePorts(1), _icl = TestData.FreePorts(1);
     // The host protocol's units (two per controller), on ports of their own.
     readonly int _unitsA = TestData.FreePorts(2), _unitsB = TestData.FreePorts(2);
+    readonly int _iscsi = TestData.FreePorts(2); // A on it, B on the next (each reports the other in SendTargets)
     BackgroundProcess? _a, _b;
     static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
 
@@ -46,7 +47,7 @@ public sealed class PairProcessTests(ITestOutputHelper log) : IAsyncLifetime
 
     BackgroundProcess Start(string name, int port, string? icl = null) =>
         BackgroundProcess.Start(Dotnet, [Path.Combine(AppContext.BaseDirectory, "duet.dll"), "controller", "--name", name, "--data", _dir,
-            "--nbd-port", $"{port}", "--host-port", $"{(name == "A" ? _unitsA : _unitsB)}", "--icl-port", $"{_icl}", "--nvram", "64M", .. icl is null ? Array.Empty<string>() : ["--icl", icl]], log);
+            "--nbd-port", $"{port}", "--iscsi-port", $"{(name == "A" ? _iscsi : _iscsi + 1)}", "--host-port", $"{(name == "A" ? _unitsA : _unitsB)}", "--icl-port", $"{_icl}", "--nvram", "64M", .. icl is null ? Array.Empty<string>() : ["--icl", icl]], log);
 
     public async Task DisposeAsync()
     {

@@ -7,6 +7,7 @@ using Duet.Host.Management;
 using Duet.HostProtocol;
 using Duet.Interconnect.Link;
 using Duet.Interconnect.Wire;
+using Duet.Iscsi;
 using Duet.Nbd;
 using Duet.Raid;
 using Duet.Raid.Management;
@@ -21,6 +22,11 @@ public sealed record ControllerOptions
     public required string Name { get; init; }
     public required string DataDirectory { get; init; }
     public IPEndPoint NbdEndpoint { get; init; } = new(IPAddress.Loopback, 10809);
+    /// <summary>The iSCSI portal of this controller (null: 127.0.0.1:3260 for A, 3261 for B).</summary>
+    public IPEndPoint? IscsiEndpoint { get; init; }
+    /// <summary>Every portal of the pair's iSCSI target, for SendTargets (null: this controller's own,
+    /// then the peer's on the next port for A / the previous one for B, as `duet up` lays them out).</summary>
+    public IReadOnlyList<IscsiPortal>? IscsiPortals { get; init; }
     /// <summary>How the ICL is carried: shared-memory windows under /dev/shm (default) or TCP.</summary>
     public IclTransportKind IclTransport { get; init; } = IclTransportKind.SharedMemory;
     /// <summary>The directory of the shared-memory window files (null: <see cref="SharedMemoryIclTransport.DefaultDirectory"/>).</summary>
@@ -71,6 +77,8 @@ public sealed partial class ControllerServer : IAsyncDisposable
     /// <summary>The controller itself (no sockets or files).</summary>
     public Controller Controller { get; }
     public NbdServer Nbd { get; private set; } = null!;
+    public IscsiServer Iscsi { get; private set; } = null!;
+    IscsiCatalogDevice? _iscsiDevice;
     public ManagementHost Management { get; private set; } = null!;
     /// <summary>Units 0 and 1 of Duet's host protocol (FO-6).</summary>
     public IReadOnlyList<HostUnitServer> HostUnits { get; private set; } = [];
@@ -132,8 +140,12 @@ public sealed partial class ControllerServer : IAsyncDisposable
             server.Management = await ManagementHost.StartAsync(controller.ArrayService, ControllerOptions.SocketFor(dir, options.Name), loggers, ct);
             server.Nbd = new NbdServer(controller.Volumes, new NbdServerOptions { Endpoint = options.NbdEndpoint, TimeProvider = options.Time }, loggers.CreateLogger<NbdServer>());
             await server.Nbd.StartAsync(ct);
+            server._iscsiDevice = IscsiCatalogDevice.Create(controller.Volumes, IscsiServerOptions.DefaultTargetName, options.Time,
+                () => VolumeOwners(controller));
+            server.Iscsi = new IscsiServer(server._iscsiDevice, IscsiOptionsFor(options), loggers.CreateLogger<IscsiServer>());
+            await server.Iscsi.StartAsync(ct);
             server.HostUnits = await StartHostUnitsAsync(options, controller, loggers, ct);
-            server.LogStarted(options.Name, server.Nbd.LocalEndPoint.ToString(), string.Join(", ", server.HostUnits.Select(u => u.LocalEndPoint)), nvram.Layout.Describe());
+            server.LogStarted(options.Name, server.Nbd.LocalEndPoint.ToString(), server.Iscsi.LocalEndPoint.ToString(), string.Join(", ", server.HostUnits.Select(u => u.LocalEndPoint)), nvram.Layout.Describe());
             return server;
         }
         catch
@@ -142,6 +154,8 @@ public sealed partial class ControllerServer : IAsyncDisposable
             {
                 foreach (var unit in server.HostUnits) await unit.DisposeAsync();
                 if (server.Nbd is not null) await server.Nbd.DisposeAsync();
+                if (server.Iscsi is not null) await server.Iscsi.DisposeAsync();
+                server._iscsiDevice?.Dispose();
                 if (server.Management is not null) await server.Management.DisposeAsync();
                 server._metrics?.Dispose();
             }
@@ -176,6 +190,46 @@ public sealed partial class ControllerServer : IAsyncDisposable
             : throw new IOException($"{path} does not hold a pair id ('{text}'); delete it to let the pair make a new one");
     }
 
+    /// <summary>The iSCSI target of controller A is portal group 1 / relative target port 1, B's group 2 /
+    /// port 2 (the device server's fixed two-controller ALUA view).</summary>
+    static IscsiServerOptions IscsiOptionsFor(ControllerOptions options)
+    {
+        bool a = options.Name == "A";
+        ushort group = a ? FixedGroupA : FixedGroupB;
+        var endpoint = options.IscsiEndpoint ?? new IPEndPoint(IPAddress.Loopback, IscsiServerOptions.DefaultPort + (a ? 0 : 1));
+        var portals = options.IscsiPortals;
+        if (portals is null)
+        {
+            int peerPort = endpoint.Port + (a ? 1 : -1);
+            var own = new IscsiPortal(endpoint.Address.ToString(), endpoint.Port, group);
+            var peer = new IscsiPortal(endpoint.Address.ToString(), peerPort, a ? FixedGroupB : FixedGroupA);
+            portals = peerPort is > 0 and <= 65535 ? (a ? [own, peer] : [peer, own]) : [own];
+        }
+        return new IscsiServerOptions
+        {
+            Endpoint = endpoint, PortalGroupTag = group, RelativeTargetPort = group, Portals = portals,
+            TargetAlias = $"duet-{options.Name}", TimeProvider = options.Time,
+        };
+    }
+
+    /// <summary>Which controller serves each volume, as the ALUA group that is active/optimized for it
+    /// (A = group 1, B = group 2): own arrays from the status, the peer's from its volume list.</summary>
+    static IReadOnlyList<(string Volume, ushort OwnerGroup)> VolumeOwners(Controller controller)
+    {
+        var status = controller.Arrays.Status();
+        var owners = new List<(string, ushort)>();
+        foreach (var v in status.Volumes)
+        {
+            var array = status.Arrays.FirstOrDefault(a => a.Name == v.Array);
+            if (array is not null) owners.Add((v.Name, array.Owner == "B" ? FixedGroupB : FixedGroupA));
+        }
+        foreach (var v in controller.Arrays.PeerVolumes) owners.Add((v.Name, v.Owner == "B" ? FixedGroupB : FixedGroupA));
+        return owners;
+    }
+
+    const ushort FixedGroupA = Duet.Iscsi.Scsi.FixedScsiPortGroups.GroupA;
+    const ushort FixedGroupB = Duet.Iscsi.Scsi.FixedScsiPortGroups.GroupB;
+
     /// <summary>Both units of the host protocol, on the controller's handshake; all or none.</summary>
     static async Task<IReadOnlyList<HostUnitServer>> StartHostUnitsAsync(ControllerOptions options, Controller controller, ILoggerFactory loggers, CancellationToken ct)
     {
@@ -209,11 +263,13 @@ public sealed partial class ControllerServer : IAsyncDisposable
     {
         foreach (var unit in HostUnits) await unit.DisposeAsync();
         await Nbd.DisposeAsync();
+        await Iscsi.DisposeAsync();
+        _iscsiDevice?.Dispose();
         await Management.DisposeAsync();
         _metrics?.Dispose();
         await Controller.DisposeAsync();
     }
 
-    [LoggerMessage(EventId = 7001, Level = LogLevel.Information, Message = "controller {Name} serving; NBD on {Endpoint}; host units {Units}; NVRAM {Layout}")]
-    partial void LogStarted(string name, string endpoint, string units, string layout);
+    [LoggerMessage(EventId = 7001, Level = LogLevel.Information, Message = "controller {Name} serving; NBD on {Endpoint}; iSCSI on {Iscsi}; host units {Units}; NVRAM {Layout}")]
+    partial void LogStarted(string name, string endpoint, string iscsi, string units, string layout);
 }

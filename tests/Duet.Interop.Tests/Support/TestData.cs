@@ -30,6 +30,13 @@ public static class TestData
     }
 
     /// <summary>A TCP port that was free a moment ago (bind port 0, read it, release it).</summary>
+    /// <summary>Ports one `duet up` binds: NBD A and B, four host units, a TCP ICL, iSCSI A and B.</summary>
+    public const int DuetUpPorts = 9;
+
+    /// <summary>`duet up` port arguments for a block of <see cref="DuetUpPorts"/>: NBD on P, iSCSI on P+7
+    /// (never the well-known 3260, which tests running in parallel would share).</summary>
+    public static string[] DuetUpArgs(int port) => ["--nbd-port", $"{port}", "--iscsi-port", $"{port + 7}"];
+
     /// <summary>
     /// A first port P such that P .. P+count-1 can all be bound now (`duet up --nbd-port P` puts
     /// controller B on P+1, the host protocol's units on P+2 .. P+5 and a TCP ICL on P+6). Ports handed out here are not handed out again by this process.

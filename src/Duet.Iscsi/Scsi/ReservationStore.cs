@@ -1,0 +1,63 @@
+namespace Duet.Iscsi.Scsi;
+
+/// <summary>SPC-4 persistent reservation types (the TYPE field).</summary>
+public enum PrType : byte
+{
+    None = 0,
+    WriteExclusive = 1,
+    ExclusiveAccess = 3,
+    WriteExclusiveRegistrantsOnly = 5,
+    ExclusiveAccessRegistrantsOnly = 6,
+    WriteExclusiveAllRegistrants = 7,
+    ExclusiveAccessAllRegistrants = 8,
+}
+
+/// <summary>One registration: the I_T nexus and its reservation key.</summary>
+public sealed record PrRegistration(string InitiatorName, ulong Isid, ushort TargetPortGroup, ushort RelativeTargetPort, ulong Key)
+{
+    public ItNexus Nexus => new(InitiatorName, Isid, TargetPortGroup, RelativeTargetPort);
+    public static PrRegistration For(ItNexus n, ulong key) => new(n.InitiatorName, n.Isid, n.TargetPortGroup, n.RelativeTargetPort, key);
+}
+
+/// <summary>
+/// A LUN's persistent reservation state as one immutable, serialisable value: what the controller
+/// mirrors to its peer so that registrations and the reservation survive a failover.
+/// <see cref="HolderIndex"/> indexes <see cref="Registrations"/> (-1: no reservation, or an
+/// all-registrants reservation, whose holders are every registrant).
+/// </summary>
+public sealed record PrSnapshot(uint Generation, bool Aptpl, IReadOnlyList<PrRegistration> Registrations, PrType Type, int HolderIndex)
+{
+    public static PrSnapshot Empty { get; } = new(0, false, [], PrType.None, -1);
+}
+
+/// <summary>
+/// Where the device server keeps each LUN's persistent reservation state (key: volume name).
+/// The default is in memory; the controller supplies one that mirrors to the peer. A store
+/// raises <see cref="Changed"/> after every <see cref="Save"/> and when a snapshot arrives from
+/// elsewhere (the peer); the device server reloads a LUN whose snapshot is not the one it saved.
+/// </summary>
+public interface IReservationStore
+{
+    PrSnapshot? Load(string volumeName);
+    void Save(string volumeName, PrSnapshot snapshot);
+    event Action<string, PrSnapshot>? Changed;
+}
+
+public sealed class InMemoryReservationStore : IReservationStore
+{
+    readonly Lock _lock = new();
+    readonly Dictionary<string, PrSnapshot> _snapshots = new(StringComparer.Ordinal);
+
+    public event Action<string, PrSnapshot>? Changed;
+
+    public PrSnapshot? Load(string volumeName)
+    {
+        lock (_lock) return _snapshots.TryGetValue(volumeName, out var s) ? s : null;
+    }
+
+    public void Save(string volumeName, PrSnapshot snapshot)
+    {
+        lock (_lock) _snapshots[volumeName] = snapshot;
+        Changed?.Invoke(volumeName, snapshot);
+    }
+}

@@ -1,0 +1,367 @@
+using Duet.Core;
+
+namespace Duet.Iscsi.Scsi;
+
+/// <summary>
+/// The SCSI device server (SPC-4 / SBC-3) behind Duet's iSCSI target: one LUN per volume of the
+/// catalog (LUN i = the catalog's i-th volume), 512-byte logical blocks. It parses CDBs, keeps
+/// unit attentions, SPC-2 and persistent reservations, and answers with fixed-format sense.
+/// No sockets, threads or clocks: the transport calls <see cref="ExecuteAsync"/> per command.
+/// </summary>
+public sealed partial class ScsiDevice : IScsiDevice, IDisposable
+{
+    readonly LogicalUnit[] _units;
+    readonly ulong[] _luns;
+    readonly IReservationStore _store;
+    readonly IScsiPortGroups _portGroups;
+    readonly ScsiDeviceOptions _options;
+
+    public ScsiDevice(IVolumeCatalog catalog, IReservationStore? reservations = null, IScsiPortGroups? portGroups = null, ScsiDeviceOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        _store = reservations ?? new InMemoryReservationStore();
+        _portGroups = portGroups ?? new FixedScsiPortGroups();
+        _options = options ?? new ScsiDeviceOptions();
+        var volumes = catalog.Volumes;
+        _units = new LogicalUnit[volumes.Count];
+        _luns = new ulong[volumes.Count];
+        for (int i = 0; i < volumes.Count; i++)
+        {
+            var unit = new LogicalUnit((ulong)i, volumes[i], _store.Load(volumes[i].Name));
+            unit.Pr.Attention = unit.AddAttention;
+            unit.PortGroups = [.. _portGroups.GroupsFor(unit.Name)];
+            _units[i] = unit;
+            _luns[i] = (ulong)i;
+        }
+        _store.Changed += OnReservationsChanged;
+        _portGroups.Changed += OnPortGroupsChanged;
+    }
+
+    public IReadOnlyList<ulong> Luns => _luns;
+
+    /// <summary>Stops listening to the reservation store and the port-group view (a device replaced by a
+    /// newer one over the same store and view must not keep reloading state or queueing attentions).</summary>
+    public void Dispose()
+    {
+        _store.Changed -= OnReservationsChanged;
+        _portGroups.Changed -= OnPortGroupsChanged;
+    }
+
+    public ScsiDeviceOptions Options => _options;
+
+    LogicalUnit? Unit(ulong lun) => lun < (ulong)_units.Length ? _units[lun] : null;
+
+    LogicalUnit? UnitByName(string name)
+    {
+        foreach (var u in _units)
+            if (u.Name == name) return u;
+        return null;
+    }
+
+    public ValueTask<ScsiResult> ExecuteAsync(ScsiCommand command, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(command);
+        ValueTask<ScsiResult> pending;
+        try
+        {
+            pending = Dispatch(command, cancellationToken);
+        }
+        catch (Exception e) when (IsCommandFailure(e, cancellationToken))
+        {
+            return ValueTask.FromResult(ToResult(e));
+        }
+        if (pending.IsCompletedSuccessfully) return pending;
+        return AwaitGuarded(pending, cancellationToken);
+    }
+
+    static async ValueTask<ScsiResult> AwaitGuarded(ValueTask<ScsiResult> pending, CancellationToken ct)
+    {
+        try
+        {
+            return await pending.ConfigureAwait(false);
+        }
+        catch (Exception e) when (IsCommandFailure(e, ct))
+        {
+            return ToResult(e);
+        }
+    }
+
+    /// <summary>What becomes a status instead of an exception: everything but the task's own abort and Duet's invariants.</summary>
+    static bool IsCommandFailure(Exception e, CancellationToken ct) =>
+        e is not InvariantViolationException && !(e is OperationCanceledException && ct.IsCancellationRequested);
+
+    static ScsiResult ToResult(Exception e) => e switch
+    {
+        ScsiCheckException c when c.Status == ScsiStatus.CheckCondition => Check(c.Sense),
+        ScsiCheckException c => new ScsiResult(c.Status, default, default, 0),
+        BlockIoException b => Check(MapBlockError(b, -1, 0)),
+        _ => Check(new SenseCondition(SenseKey.HardwareError, 0x44, 0x00)), // INTERNAL TARGET FAILURE
+    };
+
+    internal static ScsiResult Check(SenseCondition sense, int transferLength = 0) =>
+        new(ScsiStatus.CheckCondition, default, sense.ToFixed(), transferLength);
+
+    /// <summary>Data-In truncated to the allocation length: the transfer is what the device server returns.</summary>
+    static ScsiResult DataIn(byte[] data, int allocationLength)
+    {
+        int n = Math.Min(data.Length, allocationLength);
+        return ScsiResult.Good(data.AsMemory(0, n), n);
+    }
+
+    static readonly ScsiResult GoodNoData = ScsiResult.Good(default, 0);
+
+    /// <summary>Maps a volume's failure to sense; a medium error's LBA goes into INFORMATION when it lies in the command's range.</summary>
+    internal static SenseCondition MapBlockError(BlockIoException e, long lba, long blocks) => e.Kind switch
+    {
+        BlockErrorKind.Medium => new SenseCondition(SenseKey.MediumError, 0x11, 0x00)
+        {
+            Information = e.Lba >= 0 && (blocks == 0 || (e.Lba >= lba && e.Lba < lba + blocks)) ? e.Lba : -1,
+        },
+        BlockErrorKind.OutOfRange => SenseCondition.LbaOutOfRange,
+        BlockErrorKind.Invalid => SenseCondition.InvalidFieldInCdb(-1),
+        BlockErrorKind.ReadOnly => SenseCondition.WriteProtected,
+        BlockErrorKind.Unavailable => new SenseCondition(SenseKey.NotReady, 0x04, 0x03), // MANUAL INTERVENTION REQUIRED
+        BlockErrorKind.PathDown => new SenseCondition(SenseKey.NotReady, 0x04, 0x0C),    // TARGET PORT IN UNAVAILABLE STATE
+        _ => new SenseCondition(SenseKey.HardwareError, 0x44, 0x00),                      // INTERNAL TARGET FAILURE
+    };
+
+    ValueTask<ScsiResult> Dispatch(ScsiCommand command, CancellationToken ct)
+    {
+        ct.ThrowIfCancellationRequested(); // an aborted task never starts
+        var cdb = command.Cdb.Span;
+        if (cdb.Length == 0) return ValueTask.FromResult(Check(SenseCondition.InvalidOpcode));
+        byte op = cdb[0];
+        var nexus = command.Nexus;
+        var lu = Unit(command.Lun);
+        if (lu is null) return ValueTask.FromResult(NoSuchLun(command, op));
+
+        // Unit attentions first (SAM-5 5.14): INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear them.
+        if (op is not (Op.Inquiry or Op.ReportLuns or Op.RequestSense) && !lu.KnownClean(nexus))
+        {
+            SenseCondition ua;
+            bool pending;
+            lock (lu.Sync) pending = lu.TryTakeAttention(nexus, out ua);
+            if (pending) return ValueTask.FromResult(Check(ua));
+        }
+
+        var info = CommandTable.Find(op, CommandTable.HasServiceAction(op) && cdb.Length > 1 ? cdb[1] & 0x1F : -1);
+        if (info is null)
+        {
+            var sense = CommandTable.IsSupportedOpcode(op) ? SenseCondition.InvalidFieldInCdb(1, 4) : SenseCondition.InvalidOpcode;
+            return ValueTask.FromResult(Check(sense));
+        }
+        if (cdb.Length < info.CdbLength) return ValueTask.FromResult(Check(SenseCondition.InvalidFieldInCdb(0)));
+        CommandTable.CheckReservedBits(info, cdb);
+
+        var state = lu.StateOf(nexus.TargetPortGroup);
+        if (state is not (AluaState.ActiveOptimized or AluaState.ActiveNonOptimized) && !AllowedInState(state, op))
+            return ValueTask.FromResult(Check(NotAccessible(state)));
+
+        if (info.Access != Access.Always && ReservationConflict(lu, nexus, info))
+            return ValueTask.FromResult(new ScsiResult(ScsiStatus.ReservationConflict, default, default, 0));
+
+        return op switch
+        {
+            Op.Read6 => ReadAsync(lu, Lba6(cdb), Blocks6(cdb), ct),
+            Op.Read10 => ReadAsync(lu, Be32(cdb, 2), Be16(cdb, 7), ct),
+            Op.Read12 => ReadAsync(lu, Be32(cdb, 2), Be32(cdb, 6), ct),
+            Op.Read16 => ReadAsync(lu, Be64(cdb, 2), Be32(cdb, 10), ct),
+            Op.Write6 => WriteAsync(lu, command, Lba6(cdb), Blocks6(cdb), fua: false, ct),
+            Op.Write10 => WriteAsync(lu, command, Be32(cdb, 2), Be16(cdb, 7), Fua(cdb), ct),
+            Op.Write12 => WriteAsync(lu, command, Be32(cdb, 2), Be32(cdb, 6), Fua(cdb), ct),
+            Op.Write16 => WriteAsync(lu, command, Be64(cdb, 2), Be32(cdb, 10), Fua(cdb), ct),
+            Op.WriteAndVerify10 => WriteAsync(lu, command, Be32(cdb, 2), Be16(cdb, 7), fua: true, ct),
+            Op.WriteAndVerify12 => WriteAsync(lu, command, Be32(cdb, 2), Be32(cdb, 6), fua: true, ct),
+            Op.WriteAndVerify16 => WriteAsync(lu, command, Be64(cdb, 2), Be32(cdb, 10), fua: true, ct),
+            Op.Verify10 => VerifyAsync(lu, command, Be32(cdb, 2), Be16(cdb, 7), ByteCheck(cdb), ct),
+            Op.Verify12 => VerifyAsync(lu, command, Be32(cdb, 2), Be32(cdb, 6), ByteCheck(cdb), ct),
+            Op.Verify16 => VerifyAsync(lu, command, Be64(cdb, 2), Be32(cdb, 10), ByteCheck(cdb), ct),
+            Op.PreFetch10 => PreFetch(lu, Be32(cdb, 2), Be16(cdb, 7)),
+            Op.PreFetch16 => PreFetch(lu, Be64(cdb, 2), Be32(cdb, 10)),
+            Op.SynchronizeCache10 => SynchronizeCacheAsync(lu, Be32(cdb, 2), Be16(cdb, 7), ct),
+            Op.SynchronizeCache16 => SynchronizeCacheAsync(lu, Be64(cdb, 2), Be32(cdb, 10), ct),
+            Op.WriteSame10 => WriteSameAsync(lu, command, Be32(cdb, 2), Be16(cdb, 7), (cdb[1] & 0x08) != 0, ndob: false, ct),
+            Op.WriteSame16 => WriteSameAsync(lu, command, Be64(cdb, 2), Be32(cdb, 10), (cdb[1] & 0x08) != 0, (cdb[1] & 0x01) != 0, ct),
+            Op.Unmap => UnmapAsync(lu, command, Be16(cdb, 7), ct),
+            Op.CompareAndWrite => CompareAndWriteAsync(lu, command, Be64(cdb, 2), cdb[13], Fua(cdb), ct),
+            Op.OrWrite16 => OrWriteAsync(lu, command, Be64(cdb, 2), Be32(cdb, 10), Fua(cdb), ct),
+            Op.ReadDefectData10 => Done(ReadDefectData(cdb[2], Be16(cdb, 7), twelve: false)),
+            Op.ReadDefectData12 => Done(ReadDefectData(cdb[1], (int)Math.Min(Be32(cdb, 6), int.MaxValue), twelve: true)),
+            Op.ServiceActionIn16 when info.ServiceAction == Op.SaReadCapacity16 => Done(ReadCapacity16(lu, cdb)),
+            Op.ServiceActionIn16 => GetLbaStatusAsync(lu, Be64(cdb, 2), (int)Math.Min(Be32(cdb, 10), int.MaxValue), ct),
+            Op.ReadCapacity10 => Done(ReadCapacity10(lu, cdb)),
+            Op.TestUnitReady => Done(GoodNoData),
+            Op.RequestSense => Done(RequestSense(lu, nexus, cdb[4])),
+            Op.Inquiry => Done(Inquiry(lu, nexus, cdb)),
+            Op.ReportLuns => Done(ReportLuns(cdb)),
+            Op.MaintenanceIn when info.ServiceAction == Op.SaReportTargetPortGroups => Done(ReportTargetPortGroups(lu, cdb)),
+            Op.MaintenanceIn => Done(ReportSupportedOpcodes(cdb)),
+            Op.ModeSense6 => Done(ModeSense(lu, cdb, ten: false)),
+            Op.ModeSense10 => Done(ModeSense(lu, cdb, ten: true)),
+            Op.ModeSelect6 => Done(ModeSelect(lu, command, cdb, ten: false)),
+            Op.ModeSelect10 => Done(ModeSelect(lu, command, cdb, ten: true)),
+            Op.Reserve6 or Op.Reserve10 => Done(Reserve(lu, nexus)),
+            Op.Release6 or Op.Release10 => Done(Release(lu, nexus)),
+            Op.PersistentReserveIn => Done(PersistentReserveIn(lu, info.ServiceAction, Be16(cdb, 7))),
+            Op.PersistentReserveOut => Done(PersistentReserveOut(lu, command, info.ServiceAction, cdb)),
+            _ => throw new InvariantViolationException($"opcode 0x{op:X2} is in the command table but has no handler"),
+        };
+    }
+
+    static ValueTask<ScsiResult> Done(ScsiResult r) => ValueTask.FromResult(r);
+
+    /// <summary>A command to a LUN that does not exist (SPC-4 8.x, SAM-5 5.8.5).</summary>
+    ScsiResult NoSuchLun(ScsiCommand command, byte op)
+    {
+        var cdb = command.Cdb.Span;
+        switch (op)
+        {
+            case Op.Inquiry when cdb.Length >= 6:
+                if ((cdb[1] & 0xFE) != 0) return Check(SenseCondition.InvalidFieldInCdb(1, 1));
+                if ((cdb[1] & 1) != 0) return Check(SenseCondition.InvalidFieldInCdb(2));
+                var inq = StandardInquiry(null);
+                inq[0] = 0x7F; // peripheral qualifier 3, device type 0x1F: no logical unit here
+                return DataIn(inq, Be16(cdb, 3));
+            case Op.ReportLuns when cdb.Length >= 12:
+                return ReportLuns(cdb);
+            case Op.RequestSense when cdb.Length >= 6:
+                return DataIn(SenseCondition.LogicalUnitNotSupported.ToFixed(), cdb[4]);
+            default:
+                return Check(SenseCondition.LogicalUnitNotSupported);
+        }
+    }
+
+    /// <summary>SPC-4 5.11.2.4: what a target port group in standby, unavailable or transitioning state still serves.</summary>
+    static bool AllowedInState(AluaState state, byte op) => op switch
+    {
+        Op.Inquiry or Op.ReportLuns or Op.RequestSense or Op.MaintenanceIn => true,
+        Op.ModeSense6 or Op.ModeSense10 or Op.ModeSelect6 or Op.ModeSelect10
+            or Op.PersistentReserveIn or Op.PersistentReserveOut => state == AluaState.Standby,
+        _ => false,
+    };
+
+    /// <summary>NOT READY, LOGICAL UNIT NOT ACCESSIBLE: ASYMMETRIC ACCESS STATE TRANSITION (04/0A), TARGET PORT IN STANDBY STATE (04/0B), UNAVAILABLE STATE (04/0C).</summary>
+    static SenseCondition NotAccessible(AluaState state) => new(SenseKey.NotReady, 0x04, state switch
+    {
+        AluaState.Transitioning => 0x0A,
+        AluaState.Standby => 0x0B,
+        _ => 0x0C,
+    });
+
+    bool ReservationConflict(LogicalUnit lu, ItNexus nexus, CommandInfo info)
+    {
+        // Racy first look on the hot path: with no reservation of either kind there is nothing to check.
+        if (lu.Spc2Holder is null && lu.Pr.Type == PrType.None && info.Access != Access.Spc2) return false;
+        lock (lu.Sync)
+        {
+            if (lu.Spc2Holder is { } holder && !holder.Equals(nexus))
+            {
+                // SPC-2 reservation held by another nexus: only RELEASE (a no-op) and the always-allowed get through.
+                return info.Access != Access.Spc2 || info.Opcode is Op.Reserve6 or Op.Reserve10;
+            }
+            if (info.Access == Access.Spc2) return lu.Pr.HasRegistrations; // SPC-4 5.12.3
+            return lu.Pr.Conflicts(nexus, info.Access);
+        }
+    }
+
+    // ---- task management and nexus loss
+
+    public ValueTask<byte> TaskManagementAsync(ItNexus nexus, TaskManagementFunction function, ulong lun, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(nexus);
+        switch (function)
+        {
+            case TaskManagementFunction.LogicalUnitReset:
+                if (Unit(lun) is not { } lu) return ValueTask.FromResult(TmfLunDoesNotExist);
+                ResetUnit(lu, cold: false);
+                break;
+            case TaskManagementFunction.TargetWarmReset:
+            case TaskManagementFunction.TargetColdReset:
+                foreach (var u in _units) ResetUnit(u, cold: function == TaskManagementFunction.TargetColdReset);
+                break;
+            case TaskManagementFunction.ClearTaskSet:
+                if (Unit(lun) is null) return ValueTask.FromResult(TmfLunDoesNotExist);
+                break; // the transport aborts the tasks; the device server keeps no task set of its own
+            default:
+                return ValueTask.FromResult(TmfNotSupported);
+        }
+        return ValueTask.FromResult(TmfComplete);
+    }
+
+    const byte TmfComplete = 0, TmfLunDoesNotExist = 2, TmfNotSupported = 5;
+
+    void ResetUnit(LogicalUnit lu, bool cold)
+    {
+        using var saving = lu.SaveLock.EnterScope();
+        PrSnapshot? save = null;
+        lock (lu.Sync)
+        {
+            lu.Spc2Holder = null;
+            lu.ResetAttentions();
+            if (cold && lu.Pr.ClearUnlessPersistent())
+            {
+                save = lu.Pr.Snapshot();
+                lu.MarkSaved(save);
+            }
+        }
+        if (save is not null) SaveReservations(lu, save);
+    }
+
+    public void NexusLost(ItNexus nexus)
+    {
+        ArgumentNullException.ThrowIfNull(nexus);
+        foreach (var lu in _units)
+        {
+            lock (lu.Sync)
+            {
+                if (nexus.Equals(lu.Spc2Holder)) lu.Spc2Holder = null;
+                lu.ForgetNexus(nexus);
+            }
+        }
+    }
+
+    // ---- injected views
+
+    void OnReservationsChanged(string volume, PrSnapshot snapshot)
+    {
+        if (UnitByName(volume) is not { } lu) return;
+        lock (lu.Sync)
+        {
+            if (lu.IsOwn(snapshot)) return;
+            lu.Pr = new PersistentReservation(snapshot) { Attention = lu.AddAttention };
+            lu.LastSaved = snapshot;
+        }
+    }
+
+    void OnPortGroupsChanged(string? volume)
+    {
+        foreach (var lu in _units)
+        {
+            if (volume is not null && lu.Name != volume) continue;
+            var groups = _portGroups.GroupsFor(lu.Name);
+            lock (lu.Sync)
+            {
+                lu.PortGroups = [.. groups];
+                lu.AddAttentionToAll(SenseCondition.AsymmetricAccessStateChanged);
+            }
+        }
+    }
+
+    /// <summary>Saves a LUN's PR state after a change (outside its lock; the store may mirror synchronously).</summary>
+    void SaveReservations(LogicalUnit lu, PrSnapshot snapshot) => _store.Save(lu.Name, snapshot);
+
+    // ---- CDB field helpers
+
+    static long Lba6(ReadOnlySpan<byte> c) => (c[1] & 0x1F) << 16 | c[2] << 8 | c[3];
+    static long Blocks6(ReadOnlySpan<byte> c) => c[4] == 0 ? 256 : c[4];
+    static bool Fua(ReadOnlySpan<byte> c) => (c[1] & 0x08) != 0;
+    static bool ByteCheck(ReadOnlySpan<byte> c) => (c[1] & 0x02) != 0;
+    internal static int Be16(ReadOnlySpan<byte> c, int at) => System.Buffers.Binary.BinaryPrimitives.ReadUInt16BigEndian(c[at..]);
+    internal static long Be32(ReadOnlySpan<byte> c, int at) => System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(c[at..]);
+    /// <summary>A 64-bit LBA; values beyond long's range are clamped (they are out of range either way).</summary>
+    internal static long Be64(ReadOnlySpan<byte> c, int at)
+    {
+        ulong v = System.Buffers.Binary.BinaryPrimitives.ReadUInt64BigEndian(c[at..]);
+        return v > long.MaxValue ? long.MaxValue : (long)v;
+    }
+}
