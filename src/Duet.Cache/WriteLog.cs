@@ -137,6 +137,23 @@ public sealed class WriteLog
         }
     }
 
+    /// <summary>
+    /// Start-up recovery: hands every recovered record, oldest first, to <paramref name="settle"/>, which
+    /// checks its stripes (or finds them not this controller's) and returns true, or returns false to keep
+    /// the record for a later start. Returns how many were retired.
+    /// </summary>
+    public async Task<int> SettleRecoveredAsync(Func<WriteLogRecord, Task<bool>> settle)
+    {
+        int retired = 0;
+        foreach (var (slot, record) in Recovered)
+        {
+            if (!await settle(record)) continue;
+            Retire(slot);
+            retired++;
+        }
+        return retired;
+    }
+
     /// <summary>A recovered record's stripes were checked (or belong to another controller now): frees it.</summary>
     public void Retire(int slot)
     {

@@ -390,7 +390,36 @@ public static partial class Program
         bench.Subcommands.Add(BenchMemoryCommand());
         bench.Subcommands.Add(BenchMirrorCommand());
         bench.Subcommands.Add(BenchFailoverCommand());
+        bench.Subcommands.Add(BenchRecoveryCommand());
         return bench;
+    }
+
+    static Command BenchRecoveryCommand()
+    {
+        var size = new Option<string>("--size") { Description = "Data capacity of the RAID 6 array (4 + 2 drives, prefilled)", DefaultValueFactory = _ => "4G" };
+        var logged = new Option<string>("--logged") { Description = "Comma list of logged-stripe counts", DefaultValueFactory = _ => "10,100,1000" };
+        var command = new Command("recovery", "AW-4: recovery time after a power cut with N logged stripes, beside a full parity check of the same array") { size, logged };
+        command.SetAction(async (parse, ct) =>
+        {
+            if (!Units.TryParseSize(parse.GetValue(size)!, out long bytes) || bytes < Units.MiB(16))
+            {
+                await parse.InvocationConfiguration.Error.WriteLineAsync($"duet: --size {parse.GetValue(size)} is not a size of at least 16M");
+                return ExitUsage;
+            }
+            var counts = new List<int>();
+            foreach (var part in parse.GetValue(logged)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            {
+                if (!int.TryParse(part, System.Globalization.CultureInfo.InvariantCulture, out int n) || n <= 0)
+                {
+                    await parse.InvocationConfiguration.Error.WriteLineAsync($"duet: --logged {parse.GetValue(logged)}: '{part}' is not a positive count");
+                    return ExitUsage;
+                }
+                counts.Add(n);
+            }
+            return await RecoveryBench.RunAsync(new RecoveryBenchOptions { ArrayBytes = bytes, LoggedStripes = counts },
+                parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error, ct);
+        });
+        return command;
     }
 
     static Command BenchMirrorCommand()

@@ -134,31 +134,29 @@ public sealed partial class Controller : IArrayWriteLog
     /// on the arrays it serves (an array another controller serves now was settled by its takeover).</summary>
     async Task SettleRecoveredWritesAsync()
     {
-        var recovered = WriteLog.Recovered;
-        if (recovered.Count == 0) return;
+        int found = WriteLog.Recovered.Count;
+        if (found == 0) return;
         int settled = 0;
-        foreach (var (slot, r) in recovered)
+        await WriteLog.SettleRecoveredAsync(async r =>
         {
             var raid = Arrays.ServedArrays.FirstOrDefault(a => Arrays.NumberOf(a) == r.Array);
-            if (raid is not null)
+            if (raid is null) return true;
+            try
             {
-                try
-                {
-                    var result = await raid.SettleStripesAsync(r.FirstBlock, r.BlockCount);
-                    if (result.Repaired > 0 || result.Unrepairable > 0) LogSettled(raid.Name, r.FirstBlock, (uint)r.BlockCount, result.Repaired, result.Unrepairable);
-                }
-                catch (BlockIoException e)
-                {
-                    // Kept: the record stays in the log (and goes to the peer when we pair) until a later start settles it.
-                    LogSettleFailed(raid.Name, r.FirstBlock, (uint)r.BlockCount, e.Message);
-                    continue;
-                }
-                settled++;
+                var result = await raid.SettleStripesAsync(r.FirstBlock, r.BlockCount);
+                if (result.Repaired > 0 || result.Unrepairable > 0) LogSettled(raid.Name, r.FirstBlock, (uint)r.BlockCount, result.Repaired, result.Unrepairable);
             }
-            WriteLog.Retire(slot);
-        }
+            catch (BlockIoException e)
+            {
+                // Kept: the record stays in the log (and goes to the peer when we pair) until a later start settles it.
+                LogSettleFailed(raid.Name, r.FirstBlock, (uint)r.BlockCount, e.Message);
+                return false;
+            }
+            settled++;
+            return true;
+        });
         Interlocked.Add(ref _recoveredSettled, settled);
-        LogRecoveredLog(recovered.Count, settled);
+        LogRecoveredLog(found, settled);
     }
 
     /// <summary>Takeover: settles the stripes of every write the peer started on the taken arrays and never made durable.</summary>
