@@ -29,56 +29,18 @@ public static class TestData
         return Convert.ToHexString(SHA256.HashData(file));
     }
 
-    /// <summary>A TCP port that was free a moment ago (bind port 0, read it, release it).</summary>
     /// <summary>Ports one `duet up` binds: NBD A and B, four host units, a TCP ICL, iSCSI A and B.</summary>
-    public const int DuetUpPorts = 9;
+    public const int DuetUpPorts = Duet.Bench.TcpPorts.DuetUpPorts;
 
     /// <summary>`duet up` port arguments for a block of <see cref="DuetUpPorts"/>: NBD on P, iSCSI on P+7
     /// (never the well-known 3260, which tests running in parallel would share).</summary>
-    public static string[] DuetUpArgs(int port) => ["--nbd-port", $"{port}", "--iscsi-port", $"{port + 7}"];
+    public static string[] DuetUpArgs(int port) => Duet.Bench.TcpPorts.DuetUpArgs(port);
 
-    /// <summary>
-    /// A first port P such that P .. P+count-1 can all be bound now (`duet up --nbd-port P` puts
-    /// controller B on P+1, the host protocol's units on P+2 .. P+5 and a TCP ICL on P+6). Ports handed out here are not handed out again by this process.
-    /// </summary>
-    public static int FreePorts(int count)
-    {
-        for (int attempt = 0; attempt < 200; attempt++)
-        {
-            int first = FreePort();
-            if (first + count > 65535) continue;
-            var held = new List<TcpListener>();
-            try
-            {
-                for (int p = first; p < first + count; p++)
-                {
-                    var l = new TcpListener(IPAddress.Loopback, p);
-                    l.Start();
-                    held.Add(l);
-                }
-                lock (Given)
-                {
-                    if (Enumerable.Range(first, count).Any(Given.Contains)) continue;
-                    for (int p = first; p < first + count; p++) Given.Add(p);
-                }
-                return first;
-            }
-            catch (SocketException) { }
-            finally { foreach (var l in held) l.Stop(); }
-        }
-        throw new InvalidOperationException($"no {count} consecutive free ports on 127.0.0.1");
-    }
+    /// <summary>A first port P such that P .. P+count-1 could all be bound a moment ago, never handed out
+    /// before in this process (the bench runners' allocator, so tests and benches never share a port).</summary>
+    public static int FreePorts(int count) => Duet.Bench.TcpPorts.FreePorts(count);
 
-    static readonly HashSet<int> Given = [];
-
-    public static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        int port = ((IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
-        return port;
-    }
+    public static int FreePort() => Duet.Bench.TcpPorts.FreePort();
 
     /// <summary>Polls <paramref name="condition"/> every 100 ms for up to <paramref name="timeout"/>.</summary>
     public static async Task<T> PollAsync<T>(Func<Task<T>> probe, Func<T, bool> condition, TimeSpan timeout, string what)
