@@ -1,7 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Net;
-using System.Net.Sockets;
 using System.Runtime.InteropServices;
 
 namespace Duet.Bench;
@@ -119,10 +117,6 @@ sealed class Children : IAsyncDisposable
         }
     }
 
-    public static int FreePort() => TcpPorts.FreePort();
-    public const int DuetUpPorts = TcpPorts.DuetUpPorts;
-    public static string[] DuetUpArgs(int port) => TcpPorts.DuetUpArgs(port);
-    public static int FreePorts(int count) => TcpPorts.FreePorts(count);
 
     /// <summary>RssAnon in MiB (from /proc/PID/status) of a process and all its descendants — for
     /// `duet up`, the supervisor and both controllers — or -1 if unreadable.</summary>

@@ -87,12 +87,12 @@ public static class FailoverBench
         var dataDir = Path.Combine(root, "data");
         Directory.CreateDirectory(root);
 
-        int port = o.NbdPort > 0 ? o.NbdPort : Children.FreePorts(Children.DuetUpPorts);
+        int port = o.NbdPort > 0 ? o.NbdPort : TcpPorts.FreePorts(TcpPorts.DuetUpPorts);
         var ownerEndPoint = new IPEndPoint(IPAddress.Loopback, port);
         var survivorEndPoint = new IPEndPoint(IPAddress.Loopback, port + 1);
         // Not --quiet: the controllers' log (takeover, standby, rejoin) is what a failed round is judged by.
         var up = children.Start("duet up", o.DuetCommand[0],
-            o.DuetCommand.Skip(1).Concat(["up", "--data", dataDir, .. Children.DuetUpArgs(port)]));
+            o.DuetCommand.Skip(1).Concat(["up", "--data", dataDir, .. TcpPorts.DuetUpArgs(port)]));
         log.WriteLine($"bench failover: duet up pid {up.Pid} on {dataDir}, NBD {port} (A) and {port + 1} (B)");
         await WaitForOutputAsync(up, "duet: ready", TimeSpan.FromSeconds(120), ct).ConfigureAwait(false);
         await WaitPairReadyAsync(o, dataDir, up, ct).ConfigureAwait(false);

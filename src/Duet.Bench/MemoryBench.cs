@@ -22,9 +22,9 @@ public static class MemoryBench
         await using var children = new Children(log);
         var dir = Path.Combine(workDirectory, $"duet-bench-mem.{Environment.ProcessId}.{Guid.NewGuid().ToString("N")[..6]}");
         children.Track(dir);
-        int port = Children.FreePorts(Children.DuetUpPorts);
+        int port = TcpPorts.FreePorts(TcpPorts.DuetUpPorts);
         var duet = children.Start("duet", duetCommand[0],
-            duetCommand.Skip(1).Concat(["up", "--data", dir, .. Children.DuetUpArgs(port), "--quiet"]));
+            duetCommand.Skip(1).Concat(["up", "--data", dir, .. TcpPorts.DuetUpArgs(port), "--quiet"]));
         var sw = Stopwatch.StartNew();
         while (!duet.OutputText.Contains("duet: ready", StringComparison.Ordinal))
         {

@@ -305,10 +305,10 @@ public static class MirrorBench
         {
             var dataDir = Path.Combine(root, $"duet-{mirror}");
             await NbdBench.CreateLayoutAsync(dataDir, NbdBench.DriveBytesFor(o.SizeBytes), o.SizeBytes, ct).ConfigureAwait(false);
-            int port = Children.FreePorts(Children.DuetUpPorts);
+            int port = TcpPorts.FreePorts(TcpPorts.DuetUpPorts);
             var url = $"nbd://127.0.0.1:{port}/{NbdBench.VolumeName}";
             var duet = children.Start($"duet ({mirror})", duetCommand[0], duetCommand.Skip(1).Concat(["up", "--data", dataDir,
-                .. Children.DuetUpArgs(port), "--nvram", o.NvramBytes.ToString(CultureInfo.InvariantCulture), "--mirror", mirror, "--quiet"]));
+                .. TcpPorts.DuetUpArgs(port), "--nvram", o.NvramBytes.ToString(CultureInfo.InvariantCulture), "--mirror", mirror, "--quiet"]));
             try
             {
                 await NbdBench.WaitReadyAsync(children, duet, url, ct).ConfigureAwait(false);
@@ -349,7 +349,7 @@ public static class MirrorBench
 
         var nbdkitFile = Path.Combine(root, "nbdkit.img");
         await NbdBench.FillAsync(nbdkitFile, o.SizeBytes, ct).ConfigureAwait(false);
-        int nbdkitPort = Children.FreePort();
+        int nbdkitPort = TcpPorts.FreePort();
         var nbdkitUrl = $"nbd://127.0.0.1:{nbdkitPort}";
         var nbdkit = children.Start("nbdkit", "nbdkit", ["-f", "-i", "127.0.0.1", "-p", nbdkitPort.ToString(CultureInfo.InvariantCulture), "file", nbdkitFile]);
         NbdBench.Sample peer;

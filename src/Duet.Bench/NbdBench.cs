@@ -99,7 +99,7 @@ public static class NbdBench
         // A server found exited before a run (something outside the bench signalled it: on this
         // shared machine nbdkit twice exited with status 0, i.e. on SIGTERM/SIGHUP, mid-run) is
         // started again on the same port and data, and the run is repeated; the log says so.
-        int duetPort = Children.FreePorts(Children.DuetUpPorts), nbdkitPort = Children.FreePort(), qemuPort = Children.FreePort();
+        int duetPort = TcpPorts.FreePorts(TcpPorts.DuetUpPorts), nbdkitPort = TcpPorts.FreePort(), qemuPort = TcpPorts.FreePort();
         var urls = new Dictionary<string, string>
         {
             ["duet"] = $"nbd://127.0.0.1:{duetPort}/{VolumeName}",
@@ -109,7 +109,7 @@ public static class NbdBench
         var starters = new Dictionary<string, Func<Children.Child>>
         {
             ["duet"] = () => children.Start("duet", o.DuetCommand[0],
-                o.DuetCommand.Skip(1).Concat(["up", "--data", dataDir, .. Children.DuetUpArgs(duetPort), "--quiet"])),
+                o.DuetCommand.Skip(1).Concat(["up", "--data", dataDir, .. TcpPorts.DuetUpArgs(duetPort), "--quiet"])),
             // No --exit-with-parent: it is PR_SET_PDEATHSIG, which fires when the *thread* that
             // forked exits, and .NET forks from a thread-pool thread that may retire mid-run.
             ["nbdkit"] = () => children.Start("nbdkit", "nbdkit",

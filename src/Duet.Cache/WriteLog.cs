@@ -93,13 +93,13 @@ public sealed class WriteLog
     public WriteLog(NvramFile nvram)
     {
         _nvram = nvram;
-        foreach (var region in new[] { nvram.Own, nvram.Peer })
-            for (int s = 0; s < NvramLayout.LogSlots; s++)
-                if (WriteLogRecord.Decode(region.LogRecord(s)) is { } r) _sequence = Math.Max(_sequence, r.Sequence);
+        for (int s = 0; s < NvramLayout.LogSlots; s++)
+            if (WriteLogRecord.Decode(nvram.Peer.LogRecord(s)) is { } r) _sequence = Math.Max(_sequence, r.Sequence);
         for (int s = NvramLayout.LogSlots - 1; s >= 0; s--)
         {
             if (WriteLogRecord.Decode(nvram.Own.LogRecord(s)) is { } r)
             {
+                _sequence = Math.Max(_sequence, r.Sequence);
                 _state[s] = SlotState.Recovered;
                 _records[s] = r;
                 _recovered.Add((s, r));

@@ -40,22 +40,7 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
         recovery ? Array.RecoveryWriteAsync(sector, source, ct) : Array.WriteAsync(sector, source, ct);
 
     /// <summary>Flushes the drives; the log records of every write that returned before the flush started are then cleared.</summary>
-    public async ValueTask FlushAsync(CancellationToken ct)
-    {
-        if (log is null)
-        {
-            await Array.FlushAsync(ct);
-            return;
-        }
-        var slots = log.TakeWritten(ArrayNumber);
-        try { await Array.FlushAsync(ct); }
-        catch
-        {
-            log.FlushFailed(slots);
-            throw;
-        }
-        log.Durable(slots);
-    }
+    public ValueTask FlushAsync(CancellationToken ct) => FlushCoreAsync(persistFailures: true, ct);
 
     /// <summary>
     /// A flush to make room in a full write log, from inside an array write (the cache's write gate may be
@@ -63,18 +48,20 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
     /// for a member failure to be persisted, which takes that lock. So a flush that drops a member clears
     /// nothing: those records stay until a flush after the failure is on the superblocks.
     /// </summary>
-    public async ValueTask FlushToFreeLogAsync(CancellationToken ct)
+    public ValueTask FlushToFreeLogAsync(CancellationToken ct) => FlushCoreAsync(persistFailures: false, ct);
+
+    async ValueTask FlushCoreAsync(bool persistFailures, CancellationToken ct)
     {
-        if (log is null) return;
-        var slots = log.TakeWritten(ArrayNumber);
+        var slots = log?.TakeWritten(ArrayNumber) ?? [];
         int lost = Array.LostSlots().Count;
-        try { await Array.FlushWithoutPersistingFailuresAsync(ct); }
+        try { await (persistFailures ? Array.FlushAsync(ct) : Array.FlushWithoutPersistingFailuresAsync(ct)); }
         catch
         {
-            log.FlushFailed(slots);
+            log?.FlushFailed(slots);
             throw;
         }
-        if (Array.LostSlots().Count != lost) log.FlushFailed(slots);
+        if (log is null) return;
+        if (!persistFailures && Array.LostSlots().Count != lost) log.FlushFailed(slots);
         else log.Durable(slots);
     }
 }

@@ -25,7 +25,7 @@ public sealed partial class Controller : IArrayWriteLog
     /// <summary>This controller's write log (AW-4) in its NVRAM, and its copy of the peer's.</summary>
     public WriteLog WriteLog { get; }
     readonly Dictionary<byte, RaidBacking> _backings = [];
-    long _checkpointsSettled, _recoveredSettled;
+    long _recoveredSettled;
 
     /// <summary>The peer's writes started and not yet durable, as far as this controller heard.</summary>
     public int PeerOpenCheckpoints => WriteLog.Mirrored().Count;
@@ -173,7 +173,6 @@ public sealed partial class Controller : IArrayWriteLog
             WriteLog.ClearMirrored(slot, r.Sequence);
             settled++;
         }
-        Interlocked.Add(ref _checkpointsSettled, settled);
         return settled;
     }
 
