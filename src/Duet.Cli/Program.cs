@@ -77,6 +77,8 @@ public static partial class Program
 
     static partial void AddShelfCommands(RootCommand root);
 
+    static partial void AddAdapterCommands(RootCommand root);
+
     static string DefaultDataDir() =>
         Environment.GetEnvironmentVariable(DataEnvironmentVariable) is { Length: > 0 } env ? env : DefaultDataDirectory;
 
@@ -100,6 +102,7 @@ public static partial class Program
         root.Subcommands.Add(SpareCommand());
         root.Subcommands.Add(ScrubCommand());
         AddServerCommands(root);
+        AddAdapterCommands(root);
         AddShelfCommands(root);
         return root;
     }

@@ -47,6 +47,13 @@ public interface IVolumeCatalog
     IReadOnlyList<IBlockVolume> Volumes { get; }
 }
 
+/// <summary>A catalog that learns its volumes from elsewhere (the host adapter asks the pair):
+/// front ends refresh it once when a client connects, before looking names up.</summary>
+public interface IRefreshingVolumeCatalog : IVolumeCatalog
+{
+    ValueTask RefreshAsync(CancellationToken cancellationToken = default);
+}
+
 /// <summary>Edge validation every volume does the same way: 512-byte alignment, then range.</summary>
 public static class VolumeChecks
 {

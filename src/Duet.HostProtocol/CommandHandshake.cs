@@ -84,6 +84,9 @@ public enum HandshakeEventKind
     RoleConflict,
     /// <summary>A handshake message that does not make sense (a forwarded frame that does not decode).</summary>
     BadMessage,
+    /// <summary>A host reused the tag of another command (another volume, opcode or range) that is
+    /// queued or remembered here: the new one is answered Invalid, never given the other's answer.</summary>
+    TagReused,
 }
 
 public readonly record struct HandshakeEvent(HandshakeEventKind Kind, HostCommandKey Key);
@@ -93,7 +96,7 @@ public sealed class HandshakeCounters
 {
     long _forwardedFramesSent, _forwardedFramesReceived, _primaryReadiesSent, _secondaryReadiesSent, _secondaryReadiesReceived,
         _acksSent, _acksReceived, _completionsSent, _completionsReceived, _executedAsPrimary, _executedAfterTakeover, _hostAnswers,
-        _limitsReached, _takeoversByLimit, _takeoverFailures, _readyTimeouts, _partnerUnreachable, _duplicates, _roleConflicts, _badMessages;
+        _limitsReached, _takeoversByLimit, _takeoverFailures, _readyTimeouts, _partnerUnreachable, _duplicates, _roleConflicts, _badMessages, _tagsReused;
 
     public long ForwardedFramesSent => Volatile.Read(ref _forwardedFramesSent);
     public long ForwardedFramesReceived => Volatile.Read(ref _forwardedFramesReceived);
@@ -117,6 +120,8 @@ public sealed class HandshakeCounters
     public long Duplicates => Volatile.Read(ref _duplicates);
     public long RoleConflicts => Volatile.Read(ref _roleConflicts);
     public long BadMessages => Volatile.Read(ref _badMessages);
+    /// <summary>Commands answered Invalid because their tag named another command here.</summary>
+    public long TagsReused => Volatile.Read(ref _tagsReused);
 
     internal void Count(HandshakeEventKind kind)
     {
@@ -134,6 +139,7 @@ public sealed class HandshakeCounters
             case HandshakeEventKind.TakeoverFailed: Interlocked.Increment(ref _takeoverFailures); break;
             case HandshakeEventKind.ReadyTimedOut: Interlocked.Increment(ref _readyTimeouts); break;
             case HandshakeEventKind.PartnerUnreachable: Interlocked.Increment(ref _partnerUnreachable); break;
+            case HandshakeEventKind.TagReused: Interlocked.Increment(ref _tagsReused); break;
             case HandshakeEventKind.Duplicate: Interlocked.Increment(ref _duplicates); break;
             case HandshakeEventKind.RoleConflict: Interlocked.Increment(ref _roleConflicts); break;
             case HandshakeEventKind.BadMessage: Interlocked.Increment(ref _badMessages); break;
@@ -184,7 +190,17 @@ public sealed class CommandHandshake
     // The primary's "ready" for a command whose frame has not reached this (secondary) controller yet.
     readonly HashSet<HostCommandKey> _earlyReadies = [];
     // Finished commands, oldest first, with their completion when this controller knows it.
-    readonly Dictionary<HostCommandKey, HostCompletion?> _finished = [];
+    readonly Dictionary<HostCommandKey, Finished> _finished = [];
+
+    /// <summary>A finished command as remembered: its answer when known, and what it was, so that a
+    /// tag reused for another command is told apart from a late copy of this one.</summary>
+    readonly record struct Finished(HostCompletion? Completion, string Volume, HostRequest? Request);
+
+    /// <summary>Whether <paramref name="c"/> is the same command as one with this volume and request
+    /// (a copy: the other unit's, the forwarded one, or a host's retry on the same tag).</summary>
+    static bool SameCommand(HostCommand c, string volume, HostRequest? request) =>
+        string.Equals(c.Volume, volume, StringComparison.Ordinal)
+        && (request is null || (c.Request.Opcode == request.Opcode && c.Request.Offset == request.Offset && c.Request.Length == request.Length));
     readonly Queue<HostCommandKey> _finishedOrder = new();
     readonly CancellationTokenSource _stopping = new();
     Task<bool>? _takeover;
@@ -224,6 +240,9 @@ public sealed class CommandHandshake
 
     public IReadOnlyList<HostCommandKey> QueuedKeys() { lock (_lock) return [.. _queue.Keys]; }
 
+    /// <summary>Whether this controller is the primary for <paramref name="volume"/>'s commands now.</summary>
+    public bool IsPrimaryFor(string volume) => _options.IsPrimaryFor(volume);
+
     /// <summary>
     /// A command arrived at this controller's unit from the host; <paramref name="route"/> is the
     /// connection to answer on. Returns at once with a task that completes when this controller
@@ -237,11 +256,20 @@ public sealed class CommandHandshake
         bool primary = _options.IsPrimaryFor(command.Volume);
         Entry? entry = null;
         HostCompletion? remembered = null;
-        bool finished = false, merged = false;
+        bool finished = false, merged = false, reused = false;
         lock (_lock)
         {
-            if (_finished.TryGetValue(key, out remembered)) finished = true;
-            else if (_queue.TryGetValue(key, out entry))
+            if (_finished.TryGetValue(key, out var done))
+            {
+                finished = true;
+                reused = !SameCommand(command, done.Volume, done.Request);
+                remembered = done.Completion;
+            }
+            else if (_queue.TryGetValue(key, out entry) && !SameCommand(command, entry.Command.Volume, entry.Command.Request))
+            {
+                reused = true;
+            }
+            else if (entry is not null)
             {
                 // A second copy (the host retried on this unit, or the forwarded copy met the direct one).
                 if (route is not null) entry.Routes.Add(route);
@@ -255,6 +283,7 @@ public sealed class CommandHandshake
                 _queue.Add(key, entry);
             }
         }
+        if (reused) return AnswerTagReusedAsync(key, route);
         if (finished) return AnswerLateCopyAsync(key, remembered, route);
         Invariant.Assert(entry is not null);
         if (merged)
@@ -474,7 +503,7 @@ public sealed class CommandHandshake
             e.Finished = true;
             bool removed = _queue.Remove(key);
             Invariant.Assert(removed);
-            Remember(key, completion);
+            Remember(key, completion, e.Command.Volume, e.Command.Request);
             routes = [.. e.Routes];
         }
         if (e.Watch is not null)
@@ -500,6 +529,12 @@ public sealed class CommandHandshake
         }
         Notify(HandshakeEventKind.Removed, key);
         e.Done.TrySetResult();
+    }
+
+    async Task AnswerTagReusedAsync(HostCommandKey key, IHostCompletionRoute? route)
+    {
+        Notify(HandshakeEventKind.TagReused, key);
+        if (route is not null) await route.TrySendAsync(HostCompletion.Error(key.HostTag, HostStatus.Invalid));
     }
 
     async Task AnswerLateCopyAsync(HostCommandKey key, HostCompletion? remembered, IHostCompletionRoute? route)
@@ -564,7 +599,7 @@ public sealed class CommandHandshake
         lock (_lock)
         {
             _earlyReadies.Remove(key);
-            if (!_queue.TryGetValue(key, out e) && !_finished.ContainsKey(key)) Remember(key, completion);
+            if (!_queue.TryGetValue(key, out e) && !_finished.ContainsKey(key)) Remember(key, completion, m.Volume, request: null);
         }
         if (e is not null) await FinishAsync(e, completion, executedHere: false);
     }
@@ -605,14 +640,14 @@ public sealed class CommandHandshake
         return delay;
     }
 
-    void Remember(HostCommandKey key, HostCompletion? completion)
+    void Remember(HostCommandKey key, HostCompletion? completion, string volume, HostRequest? request)
     {
-        if (_finished.ContainsKey(key))
+        if (_finished.TryGetValue(key, out var known))
         {
-            if (completion is not null) _finished[key] = completion;
+            if (completion is not null) _finished[key] = known with { Completion = completion };
             return;
         }
-        _finished.Add(key, completion);
+        _finished.Add(key, new Finished(completion, volume, request));
         _finishedOrder.Enqueue(key);
         while (_finishedOrder.Count > _options.FinishedRememberedMax) _finished.Remove(_finishedOrder.Dequeue());
     }

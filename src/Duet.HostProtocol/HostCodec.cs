@@ -9,7 +9,14 @@ namespace Duet.HostProtocol;
 public readonly record struct HostHello(ulong HostId, string Volume, ushort Version = HostWire.Version);
 
 /// <summary>The unit's answer to a hello: the volume's size and the unit's identity, or why not.</summary>
-public readonly record struct HostHelloReply(HostStatus Status, ulong VolumeSizeBytes, char Controller, byte Unit, uint PayloadBytesMax);
+public readonly record struct HostHelloReply(HostStatus Status, ulong VolumeSizeBytes, char Controller, byte Unit, uint PayloadBytesMax,
+    HostVolumeFlags Flags = HostVolumeFlags.None);
+
+/// <summary>One volume in a unit's answer to a list request.</summary>
+public readonly record struct HostVolumeEntry(string Name, ulong SizeBytes, HostVolumeFlags Flags);
+
+/// <summary>A unit's answer to a list request: every volume it attaches.</summary>
+public sealed record HostVolumeList(HostStatus Status, IReadOnlyList<HostVolumeEntry> Volumes);
 
 /// <summary>One host command as it travels: a request frame's fields and a write's payload.</summary>
 public sealed record HostRequest(HostOpcode Opcode, HostRequestFlags Flags, ulong HostId, ulong HostTag, ulong HostTimestampMicros,
@@ -95,7 +102,9 @@ public static class HostCodec
         BinaryPrimitives.WriteUInt64BigEndian(d[HostWire.HelloReplySizeOffset..], reply.VolumeSizeBytes);
         d[HostWire.HelloReplyControllerOffset] = (byte)reply.Controller;
         d[HostWire.HelloReplyUnitOffset] = reply.Unit;
-        BinaryPrimitives.WriteUInt16BigEndian(d[HostWire.HelloReplyZeroOffset..], 0);
+        Invariant.Assert((reply.Flags & ~HostVolumeFlags.Known) == 0);
+        d[HostWire.HelloReplyFlagsOffset] = (byte)reply.Flags;
+        d[HostWire.HelloReplyZeroOffset] = 0;
         BinaryPrimitives.WriteUInt32BigEndian(d[HostWire.HelloReplyPayloadMaxOffset..], reply.PayloadBytesMax);
         return d.Length;
     }
@@ -110,9 +119,103 @@ public static class HostCodec
         uint status = BinaryPrimitives.ReadUInt32BigEndian(d[HostWire.HelloReplyStatusOffset..]);
         byte controller = d[HostWire.HelloReplyControllerOffset];
         if (!Enum.IsDefined((HostStatus)status) || controller is not ((byte)'A' or (byte)'B')) return Invalid(out error, HostWireError.BadEnum);
-        if (BinaryPrimitives.ReadUInt16BigEndian(d[HostWire.HelloReplyZeroOffset..]) != 0) return Invalid(out error, HostWireError.NonZeroReserved);
+        if (d[HostWire.HelloReplyZeroOffset] != 0) return Invalid(out error, HostWireError.NonZeroReserved);
+        var flags = (HostVolumeFlags)d[HostWire.HelloReplyFlagsOffset];
+        if ((flags & ~HostVolumeFlags.Known) != 0) return Invalid(out error, HostWireError.BadFlags);
         reply = new HostHelloReply((HostStatus)status, BinaryPrimitives.ReadUInt64BigEndian(d[HostWire.HelloReplySizeOffset..]),
-            (char)controller, d[HostWire.HelloReplyUnitOffset], BinaryPrimitives.ReadUInt32BigEndian(d[HostWire.HelloReplyPayloadMaxOffset..]));
+            (char)controller, d[HostWire.HelloReplyUnitOffset], BinaryPrimitives.ReadUInt32BigEndian(d[HostWire.HelloReplyPayloadMaxOffset..]), flags);
+        error = HostWireError.None;
+        return OperationStatus.Done;
+    }
+
+    // ---- volume list ----------------------------------------------------------------------
+
+    public static int WriteList(Span<byte> destination)
+    {
+        var d = destination[..HostWire.ListBytes];
+        BinaryPrimitives.WriteUInt32BigEndian(d[HostWire.ListMagicOffset..], HostWire.ListMagic);
+        BinaryPrimitives.WriteUInt16BigEndian(d[HostWire.ListVersionOffset..], HostWire.Version);
+        BinaryPrimitives.WriteUInt16BigEndian(d[HostWire.ListZeroOffset..], 0);
+        return d.Length;
+    }
+
+    /// <summary>A list request; another version decodes (Done) with its number so the unit can answer BadVersion.</summary>
+    public static OperationStatus TryReadList(ref SequenceReader<byte> reader, out ushort version, out HostWireError error)
+    {
+        version = 0;
+        Span<byte> d = stackalloc byte[HostWire.ListBytes];
+        if (!reader.TryCopyTo(d)) return NeedMore(out error);
+        if (BinaryPrimitives.ReadUInt32BigEndian(d) != HostWire.ListMagic) return Invalid(out error, HostWireError.BadMagic);
+        reader.Advance(HostWire.ListBytes);
+        if (BinaryPrimitives.ReadUInt16BigEndian(d[HostWire.ListZeroOffset..]) != 0) return Invalid(out error, HostWireError.NonZeroReserved);
+        version = BinaryPrimitives.ReadUInt16BigEndian(d[HostWire.ListVersionOffset..]);
+        error = HostWireError.None;
+        return OperationStatus.Done;
+    }
+
+    public static byte[] EncodeListReply(HostVolumeList list)
+    {
+        Invariant.Assert(list.Volumes.Count <= HostWire.ListEntriesMax);
+        int body = 0;
+        foreach (var v in list.Volumes)
+        {
+            int n = Encoding.UTF8.GetByteCount(v.Name);
+            Invariant.Assert(n is > 0 and <= HostWire.VolumeNameBytesMax);
+            body += HostWire.ListEntryFixedBytes + n;
+        }
+        var frame = new byte[HostWire.ListReplyHeaderBytes + body];
+        var d = frame.AsSpan();
+        BinaryPrimitives.WriteUInt32BigEndian(d[HostWire.ListReplyMagicOffset..], HostWire.ListReplyMagic);
+        BinaryPrimitives.WriteUInt32BigEndian(d[HostWire.ListReplyStatusOffset..], (uint)list.Status);
+        BinaryPrimitives.WriteUInt32BigEndian(d[HostWire.ListReplyCountOffset..], (uint)list.Volumes.Count);
+        BinaryPrimitives.WriteUInt32BigEndian(d[HostWire.ListReplyBodyOffset..], (uint)body);
+        int at = HostWire.ListReplyHeaderBytes;
+        foreach (var v in list.Volumes)
+        {
+            Invariant.Assert((v.Flags & ~HostVolumeFlags.Known) == 0);
+            BinaryPrimitives.WriteUInt64BigEndian(d[at..], v.SizeBytes);
+            d[at + 8] = (byte)v.Flags;
+            int n = Encoding.UTF8.GetBytes(v.Name, d[(at + HostWire.ListEntryFixedBytes)..]);
+            d[at + 9] = (byte)n;
+            at += HostWire.ListEntryFixedBytes + n;
+        }
+        Invariant.Assert(at == frame.Length);
+        return frame;
+    }
+
+    public static OperationStatus TryReadListReply(ref SequenceReader<byte> reader, out HostVolumeList? list, out HostWireError error)
+    {
+        list = null;
+        Span<byte> h = stackalloc byte[HostWire.ListReplyHeaderBytes];
+        if (!reader.TryCopyTo(h)) return NeedMore(out error);
+        if (BinaryPrimitives.ReadUInt32BigEndian(h) != HostWire.ListReplyMagic) return Invalid(out error, HostWireError.BadMagic);
+        uint status = BinaryPrimitives.ReadUInt32BigEndian(h[HostWire.ListReplyStatusOffset..]);
+        uint count = BinaryPrimitives.ReadUInt32BigEndian(h[HostWire.ListReplyCountOffset..]);
+        uint body = BinaryPrimitives.ReadUInt32BigEndian(h[HostWire.ListReplyBodyOffset..]);
+        if (count > HostWire.ListEntriesMax || body > HostWire.ListEntriesMax * (HostWire.ListEntryFixedBytes + HostWire.VolumeNameBytesMax))
+            return Invalid(out error, HostWireError.TooLong);
+        if (reader.Remaining < HostWire.ListReplyHeaderBytes + body) return NeedMore(out error);
+        var bytes = reader.UnreadSequence.Slice(HostWire.ListReplyHeaderBytes, body).ToArray();
+        reader.Advance(HostWire.ListReplyHeaderBytes + body);
+        if (!Enum.IsDefined((HostStatus)status)) return Invalid(out error, HostWireError.BadEnum);
+        var volumes = new List<HostVolumeEntry>((int)count);
+        int at = 0;
+        for (uint i = 0; i < count; i++)
+        {
+            if (bytes.Length - at < HostWire.ListEntryFixedBytes) return Invalid(out error, HostWireError.BadLength);
+            ulong size = BinaryPrimitives.ReadUInt64BigEndian(bytes.AsSpan(at));
+            var flags = (HostVolumeFlags)bytes[at + 8];
+            int n = bytes[at + 9];
+            if ((flags & ~HostVolumeFlags.Known) != 0) return Invalid(out error, HostWireError.BadFlags);
+            if (n == 0 || bytes.Length - at - HostWire.ListEntryFixedBytes < n) return Invalid(out error, HostWireError.BadLength);
+            string name;
+            try { name = StrictUtf8.GetString(bytes, at + HostWire.ListEntryFixedBytes, n); }
+            catch (DecoderFallbackException) { return Invalid(out error, HostWireError.BadText); }
+            volumes.Add(new HostVolumeEntry(name, size, flags));
+            at += HostWire.ListEntryFixedBytes + n;
+        }
+        if (at != bytes.Length) return Invalid(out error, HostWireError.BadLength);
+        list = new HostVolumeList((HostStatus)status, volumes);
         error = HostWireError.None;
         return OperationStatus.Done;
     }

@@ -121,6 +121,7 @@ internal sealed class HostUnitConnection : IHostCompletionRoute
         public HostHello? Attach { get; init; }
         public HostCompletion? Answer { get; init; }
         public HostRequest? Request { get; init; }
+        public HostVolumeList? List { get; init; }
     }
 
     static readonly Step NeedMoreBytes = new(0, NeedMore: true);
@@ -128,7 +129,8 @@ internal sealed class HostUnitConnection : IHostCompletionRoute
     Step ParseBeforeHello(ReadOnlySequence<byte> bytes)
     {
         var reader = new SequenceReader<byte>(bytes);
-        if (reader.TryReadBigEndian(out int magic) && (uint)magic == HostWire.RequestMagic)
+        int magic;
+        if (reader.TryReadBigEndian(out magic) && (uint)magic == HostWire.RequestMagic)
         {
             // A request before the hello: answered NotAttached, skipped when its framing allows.
             reader.Rewind(4);
@@ -137,6 +139,20 @@ internal sealed class HostUnitConnection : IHostCompletionRoute
             HostLog.ProtocolError(_logger, Id, error, "request before hello");
             var answer = HostCompletion.Error(early?.HostTag ?? 0, HostStatus.NotAttached);
             return error.LosesFraming() ? new Step(0, Close: true) { Answer = answer } : new Step(reader.Consumed) { Answer = answer };
+        }
+        reader = new SequenceReader<byte>(bytes);
+        if (reader.TryReadBigEndian(out magic) && (uint)magic == HostWire.ListMagic)
+        {
+            // A list request: every volume this unit attaches, for hosts that discover them.
+            reader.Rewind(4);
+            var status = HostCodec.TryReadList(ref reader, out ushort version, out var error);
+            if (status == OperationStatus.NeedMoreData) return NeedMoreBytes;
+            if (status == OperationStatus.InvalidData)
+            {
+                HostLog.ProtocolError(_logger, Id, error, "list request");
+                return new Step(reader.Consumed) { List = new HostVolumeList(HostStatus.Invalid, []) };
+            }
+            return new Step(reader.Consumed) { List = version == HostWire.Version ? ListVolumes() : new HostVolumeList(HostStatus.BadVersion, []) };
         }
         reader = new SequenceReader<byte>(bytes);
         var helloStatus = HostCodec.TryReadHello(ref reader, out var hello, out var helloError);
@@ -150,10 +166,18 @@ internal sealed class HostUnitConnection : IHostCompletionRoute
         }
         if (hello.Version != HostWire.Version) return new Step(reader.Consumed) { HelloReply = Reply(HostStatus.BadVersion, 0) };
         if (!_catalog.TryGetVolume(hello.Volume, out var volume)) return new Step(reader.Consumed) { HelloReply = Reply(HostStatus.NoSuchVolume, 0) };
-        return new Step(reader.Consumed) { HelloReply = Reply(HostStatus.Ok, (ulong)volume.SizeBytes), Attach = hello with { Volume = volume.Name } };
+        return new Step(reader.Consumed) { HelloReply = Reply(HostStatus.Ok, (ulong)volume.SizeBytes, FlagsOf(volume)), Attach = hello with { Volume = volume.Name } };
     }
 
-    HostHelloReply Reply(HostStatus status, ulong sizeBytes) => new(status, sizeBytes, _options.Controller, _options.Unit, (uint)_options.PayloadBytesMax);
+    HostHelloReply Reply(HostStatus status, ulong sizeBytes, HostVolumeFlags flags = HostVolumeFlags.None) =>
+        new(status, sizeBytes, _options.Controller, _options.Unit, (uint)_options.PayloadBytesMax, flags);
+
+    HostVolumeFlags FlagsOf(IBlockVolume volume) =>
+        (_handshake.IsPrimaryFor(volume.Name) ? HostVolumeFlags.Primary : HostVolumeFlags.None)
+        | (volume.ReadOnly ? HostVolumeFlags.ReadOnly : HostVolumeFlags.None);
+
+    HostVolumeList ListVolumes() =>
+        new(HostStatus.Ok, [.. _catalog.Volumes.Take(HostWire.ListEntriesMax).Select(v => new HostVolumeEntry(v.Name, (ulong)v.SizeBytes, FlagsOf(v)))]);
 
     Step ParseRequest(ReadOnlySequence<byte> bytes)
     {
@@ -180,6 +204,7 @@ internal sealed class HostUnitConnection : IHostCompletionRoute
     async ValueTask ApplyAsync(Step step)
     {
         if (step.HelloReply is { } reply) await SendHelloReplyAsync(reply);
+        if (step.List is { } list) await SendFrameAsync(HostCodec.EncodeListReply(list));
         if (step.Attach is { } hello)
         {
             _hostId = hello.HostId;
@@ -216,6 +241,19 @@ internal sealed class HostUnitConnection : IHostCompletionRoute
             int n = HostCodec.WriteHelloReply(reply, _output.GetSpan(HostWire.HelloReplyBytes));
             _output.Advance(n);
             await _output.FlushAsync();
+        }
+        finally
+        {
+            _writeGate.Release();
+        }
+    }
+
+    async ValueTask SendFrameAsync(byte[] frame)
+    {
+        await _writeGate.WaitAsync();
+        try
+        {
+            await _output.WriteAsync(frame);
         }
         finally
         {

@@ -41,8 +41,29 @@ public static class HostWire
     public const int HelloReplySizeOffset = 8;        // u64 volume size in bytes (0 unless ok)
     public const int HelloReplyControllerOffset = 16; // u8 controller, ASCII 'A' or 'B'
     public const int HelloReplyUnitOffset = 17;       // u8 unit number = multicast group
-    public const int HelloReplyZeroOffset = 18;       // u16 zero
+    public const int HelloReplyFlagsOffset = 18;      // u8 HostVolumeFlags: primary here, read-only
+    public const int HelloReplyZeroOffset = 19;       // u8 zero
     public const int HelloReplyPayloadMaxOffset = 20; // u32 largest read/write length this unit takes
+
+    // ---- volume list (host -> unit, before a hello) ---------------------------------------
+
+    public const uint ListMagic = 0x4448_4C53;
+    public const int ListBytes = 8;
+    public const int ListMagicOffset = 0;         // u32 "DHLS"
+    public const int ListVersionOffset = 4;       // u16 protocol version (1)
+    public const int ListZeroOffset = 6;          // u16 zero
+
+    // ---- volume list reply (unit -> host) -----------------------------------------------
+
+    public const uint ListReplyMagic = 0x4448_4C52;
+    public const int ListReplyHeaderBytes = 16;
+    public const int ListReplyMagicOffset = 0;    // u32 "DHLR"
+    public const int ListReplyStatusOffset = 4;   // u32 HostStatus
+    public const int ListReplyCountOffset = 8;    // u32 number of entries
+    public const int ListReplyBodyOffset = 12;    // u32 bytes of entries that follow
+    // Each entry: u64 size in bytes, u8 HostVolumeFlags, u8 name length n (1..255), n bytes of name.
+    public const int ListEntryFixedBytes = 10;
+    public const int ListEntriesMax = 4096;
 
     // ---- request (host -> unit) ---------------------------------------------------------
 
@@ -109,6 +130,17 @@ public static class HostWire
         Invariant.Assert(CompletionHeaderBytes + PayloadBytesMax <= HandshakeMessage.DataBytesMax);
         Invariant.Assert(HostWire.PortB1 == DefaultPort('B', 1));
     }
+}
+
+/// <summary>What a unit says about a volume in a hello reply or a list entry.</summary>
+[Flags]
+public enum HostVolumeFlags : byte
+{
+    None = 0,
+    /// <summary>This unit's controller serves the volume's array now: it is the primary for its commands.</summary>
+    Primary = 1,
+    ReadOnly = 2,
+    Known = Primary | ReadOnly,
 }
 
 public enum HostOpcode : byte

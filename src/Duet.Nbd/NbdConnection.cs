@@ -69,6 +69,9 @@ internal sealed class NbdConnection
     private IBlockVolume? _volume;
     private bool _blockStatus;
 
+    /// <summary>Block-buffer bytes the reader holds for the WRITE it is reading (reader only).</summary>
+    private long _bufferHeld;
+
     /// <summary>Bytes of a rejected WRITE's payload still to be skipped (reader only).</summary>
     private long _discardBytes;
 
@@ -187,6 +190,17 @@ internal sealed class NbdConnection
     /// <summary>Runs option haggling. True: an export was chosen and transmission starts.</summary>
     private async Task<bool> NegotiateAsync()
     {
+        if (_catalog is IRefreshingVolumeCatalog refreshing)
+        {
+            try
+            {
+                await refreshing.RefreshAsync(AbortToken);
+            }
+            catch (Exception e) when (e is IOException or TimeoutException)
+            {
+                NbdLog.CatalogRefreshFailed(_logger, Id, e.Message); // serve what is known
+            }
+        }
         int n = NbdCodec.WriteGreeting(_output.GetSpan(NbdWire.GreetingBytes), ServerHandshakeFlags);
         _output.Advance(n);
         await FlushAsync();
@@ -478,8 +492,15 @@ internal sealed class NbdConnection
     /// <summary>Decodes one item from the pipe. False: the peer closed, or the server is stopping.</summary>
     private async ValueTask<(bool Ok, T Value)> ReadAsync<T>(Decoder<T> decode)
     {
+        long bufferWanted = 0;
         while (true)
         {
+            if (bufferWanted > 0)
+            {
+                await _options.WriteBuffer!.AcquireAsync(bufferWanted, AbortToken);
+                _bufferHeld = bufferWanted;
+                bufferWanted = 0;
+            }
             var result = await _input.ReadAsync(AbortToken);
             var buffer = result.Buffer;
             var consumed = buffer.Start;
@@ -506,8 +527,15 @@ internal sealed class NbdConnection
     private async ValueTask<byte[]?> ReadBlockAsync(int count)
     {
         if (count == 0) return [];
+        long bufferWanted = 0;
         while (true)
         {
+            if (bufferWanted > 0)
+            {
+                await _options.WriteBuffer!.AcquireAsync(bufferWanted, AbortToken);
+                _bufferHeld = bufferWanted;
+                bufferWanted = 0;
+            }
             var result = await _input.ReadAsync(AbortToken);
             var buffer = result.Buffer;
             var consumed = buffer.Start;
@@ -562,6 +590,20 @@ internal sealed class NbdConnection
     private async Task TransmitAsync()
     {
         Invariant.Assert(_volume is not null);
+        try
+        {
+            await TransmitLoopAsync();
+        }
+        finally
+        {
+            // A write whose payload never arrived gives its block-buffer bytes back.
+            if (_bufferHeld > 0) _options.WriteBuffer!.Release(_bufferHeld);
+            _bufferHeld = 0;
+        }
+    }
+
+    private async Task TransmitLoopAsync()
+    {
         while (true)
         {
             await _slots.WaitAsync(AbortToken);
@@ -586,7 +628,9 @@ internal sealed class NbdConnection
                 }
                 Interlocked.Increment(ref _inFlightCount);
                 slotHandedOver = true;
-                _ = ExecuteAsync(request, payload);
+                long buffered = _bufferHeld;
+                _bufferHeld = 0;
+                _ = ExecuteAsync(request, payload, buffered);
             }
             finally
             {
@@ -600,8 +644,15 @@ internal sealed class NbdConnection
     /// skipped on later reads).</summary>
     private async ValueTask<(ReadStep Step, NbdRequest Request, byte[]? Payload, NbdError Error, string? Reason)> ReadRequestAsync()
     {
+        long bufferWanted = 0;
         while (true)
         {
+            if (bufferWanted > 0)
+            {
+                await _options.WriteBuffer!.AcquireAsync(bufferWanted, AbortToken);
+                _bufferHeld = bufferWanted;
+                bufferWanted = 0;
+            }
             var result = await _input.ReadAsync(AbortToken);
             var buffer = result.Buffer;
             var consumed = buffer.Start;
@@ -639,6 +690,14 @@ internal sealed class NbdConnection
                     else
                     {
                         int length = (int)request.Length;
+                        if (_options.WriteBuffer is not null && _bufferHeld == 0)
+                        {
+                            // Block buffer (AW-2): wait for room before taking the payload off the
+                            // wire; the header is decoded again afterwards.
+                            bufferWanted = length;
+                            examined = consumed; // read the same bytes again at once
+                            continue;
+                        }
                         if (reader.Remaining < length)
                         {
                             if (result.IsCompleted) return Ended("a write payload");
@@ -717,7 +776,7 @@ internal sealed class NbdConnection
         return (NbdError.None, null);
     }
 
-    private async Task ExecuteAsync(NbdRequest request, byte[]? payload)
+    private async Task ExecuteAsync(NbdRequest request, byte[]? payload, long buffered)
     {
         var volume = _volume!;
         byte[]? data = payload;
@@ -805,6 +864,7 @@ internal sealed class NbdConnection
         finally
         {
             if (data is not null) ArrayPool<byte>.Shared.Return(data);
+            if (buffered > 0) _options.WriteBuffer!.Release(buffered);
             _slots.Release();
             ReleaseInFlight();
         }

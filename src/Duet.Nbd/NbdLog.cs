@@ -69,4 +69,7 @@ internal static partial class NbdLog
 
     [LoggerMessage(35, LogLevel.Critical, "NBD connection {ConnectionId}: invariant violated; cutting the connection")]
     public static partial void InvariantViolated(ILogger logger, long connectionId, Exception exception);
+
+    [LoggerMessage(36, LogLevel.Warning, "NBD connection {ConnectionId}: could not refresh the export list ({Reason}); serving the exports known")]
+    public static partial void CatalogRefreshFailed(ILogger logger, long connectionId, string reason);
 }

@@ -1,4 +1,5 @@
 using System.Net;
+using Duet.Core;
 
 namespace Duet.Nbd;
 
@@ -19,6 +20,12 @@ public sealed class NbdServerOptions
     /// <summary>Requests a connection may have in flight before the server stops reading from it
     /// (back-pressure through TCP). Clients commonly use queue depth 32..64.</summary>
     public int MaxInFlightRequests { get; init; } = 64;
+
+    /// <summary>The block buffer (AW-2): WRITE payloads are taken whole off the wire into memory
+    /// charged to this budget, shared by every connection, before they go to the volume, and the
+    /// bytes are returned when the write completes. When it is spent, connections stop reading
+    /// (back-pressure through TCP). Null: no limit beyond <see cref="MaxInFlightRequests"/>.</summary>
+    public ByteBudget? WriteBuffer { get; init; }
 
     /// <summary>How long <see cref="NbdServer.StopAsync"/> lets in-flight requests finish before
     /// cutting connections.</summary>

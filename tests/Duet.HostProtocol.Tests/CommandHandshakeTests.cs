@@ -35,6 +35,32 @@ public class CommandHandshakeTests
     }
 
     [Fact, Trait("Claim", "FO-4")]
+    public async Task A_tag_reused_for_another_command_is_answered_invalid_and_never_given_the_first_ones_answer()
+    {
+        var pair = new TestPair();
+        var first = Write(7, pair.NowMicros, 0, Pattern(4096, 1), HostRequestFlags.Multicast);
+        var routeA = new RecordingRoute();
+        await Task.WhenAll(pair.B.SubmitAsync(Command(first), new RecordingRoute()), pair.A.SubmitAsync(Command(first), routeA));
+        Assert.Equal([HostCompletion.Ok(7)], routeA.Answers);
+
+        // The same tag for a write elsewhere: a late copy of the first would be answered from
+        // memory; another command must not be (its data would never reach the volume).
+        var other = Write(7, pair.NowMicros, 65536, Pattern(4096, 2), HostRequestFlags.Multicast);
+        var reused = new RecordingRoute();
+        await pair.A.SubmitAsync(Command(other), reused);
+        Assert.Equal([HostCompletion.Error(7, HostStatus.Invalid)], reused.Answers);
+        Assert.Equal(1, pair.A.Counters.TagsReused);
+
+        // A true late copy of the first is still answered from memory.
+        var late = new RecordingRoute();
+        await pair.A.SubmitAsync(Command(first), late);
+        Assert.Equal([HostCompletion.Ok(7)], late.Answers);
+        var back = new byte[4096];
+        await pair.Volume.ReadAsync(65536, back);
+        Assert.Equal(new byte[4096], back);
+    }
+
+    [Fact, Trait("Claim", "FO-4")]
     public async Task Primary_ready_that_overtakes_the_secondary_copy_is_answered_when_the_copy_arrives()
     {
         var pair = new TestPair();

@@ -24,7 +24,7 @@ public sealed class DuetUpProcessTests(ITestOutputHelper log) : IDisposable
 
     string DrivePath(string drive) => Path.Combine(_dir, "drives", drive + ".img");
 
-    static string Dotnet => Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+    static string Dotnet => DuetProcesses.Dotnet;
 
     /// <summary>Starts `dotnet duet.dll up --data DIR --nbd-port PORT` and waits until it says it is ready.</summary>
     async Task<(BackgroundProcess Process, int Port, string Output)> UpAsync()

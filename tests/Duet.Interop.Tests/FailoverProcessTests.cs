@@ -21,7 +21,7 @@ public sealed class FailoverProcessTests(ITestOutputHelper log) : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    static string Dotnet => Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+    static string Dotnet => DuetProcesses.Dotnet;
 
     async Task<StatusInfo> StatusAsync(string controller)
     {
@@ -29,19 +29,7 @@ public sealed class FailoverProcessTests(ITestOutputHelper log) : IDisposable
         return await client.StatusAsync();
     }
 
-    int ControllerPid(string name)
-    {
-        foreach (var p in Process.GetProcessesByName("dotnet"))
-        {
-            try
-            {
-                var cmd = File.ReadAllText($"/proc/{p.Id}/cmdline").Replace('\0', ' ');
-                if (cmd.Contains($"controller --name {name} --data {_dir}", StringComparison.Ordinal)) return p.Id;
-            }
-            catch (IOException) { }
-        }
-        throw new InvalidOperationException($"no process of controller {name} for {_dir}");
-    }
+    int ControllerPid(string name) => DuetProcesses.ControllerPid(_dir, name);
 
     [Fact]
     [Trait("Claim", "FO-1")]

@@ -22,7 +22,7 @@ public sealed class HostProtocolProcessTests(ITestOutputHelper log) : IDisposabl
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    static string Dotnet => Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+    static string Dotnet => DuetProcesses.Dotnet;
 
     /// <summary>`duet up --nbd-port P`: NBD on P and P+1, host units A0 A1 B0 B1 on P+2 .. P+5, a TCP ICL would be P+6.</summary>
     async Task<(BackgroundProcess Up, int Port)> UpAsync()
@@ -63,19 +63,7 @@ public sealed class HostProtocolProcessTests(ITestOutputHelper log) : IDisposabl
 
     static void AssertOk(HostCompletion c, string what) => Assert.True(c.Status == HostStatus.Ok, $"{what}: {c.Status}");
 
-    int ControllerPid(string name)
-    {
-        foreach (var p in Process.GetProcessesByName("dotnet"))
-        {
-            try
-            {
-                var cmd = File.ReadAllText($"/proc/{p.Id}/cmdline").Replace('\0', ' ');
-                if (cmd.Contains($"controller --name {name} --data {_dir}", StringComparison.Ordinal)) return p.Id;
-            }
-            catch (IOException) { }
-        }
-        throw new InvalidOperationException($"no process of controller {name} for {_dir}");
-    }
+    int ControllerPid(string name) => DuetProcesses.ControllerPid(_dir, name);
 
     [Fact]
     [Trait("Claim", "FO-3")]

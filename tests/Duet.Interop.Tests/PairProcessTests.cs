@@ -24,7 +24,7 @@ public sealed class PairProcessTests(ITestOutputHelper log) : IAsyncLifetime
     BackgroundProcess? _a, _b;
     static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
 
-    static string Dotnet => Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+    static string Dotnet => DuetProcesses.Dotnet;
 
     public async Task InitializeAsync()
     {

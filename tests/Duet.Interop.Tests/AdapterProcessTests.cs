@@ -1,0 +1,135 @@
+using System.Diagnostics;
+using Duet.Interop.Tests.Support;
+using Xunit.Abstractions;
+
+namespace Duet.Interop.Tests;
+
+/// <summary>
+/// `duet adapter` in front of `duet up`'s real processes, used by real NBD clients (nbdinfo,
+/// nbdcopy, fio with crc32c verification): the adapter lists the pair's volumes, copies round
+/// trip, and kill -9 of a controller in the middle of fio's writes costs fio nothing — with
+/// multicast (both controllers get every command) and with plain path failover.
+/// </summary>
+[Trait("Area", "Interop")]
+public sealed class AdapterProcessTests(ITestOutputHelper log) : IDisposable
+{
+    static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(90);
+    readonly string _dir = Directory.CreateTempSubdirectory("duet-adapter-").FullName;
+    readonly ProcessRunner _run = new(log);
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    async Task<(BackgroundProcess Up, BackgroundProcess Adapter, int AdapterPort, int NbdPort)> StartAsync(bool pathFailover)
+    {
+        int port = TestData.FreePorts(TestData.DuetUpPorts);
+        var up = BackgroundProcess.Start(DuetProcesses.Dotnet, [DuetProcesses.DuetDll, "up", "--data", _dir, .. TestData.DuetUpArgs(port)], log);
+        BackgroundProcess? adapter = null;
+        try
+        {
+            await up.WaitForOutputAsync("duet: ready", StartTimeout);
+            int adapterPort = TestData.FreePort();
+            // Group 0: unit 0 of A (P + 2) and unit 0 of B (P + 4).
+            string[] args = [DuetProcesses.DuetDll, "adapter", "--port", $"{adapterPort}", "--units", $"127.0.0.1:{port + 2},127.0.0.1:{port + 4}"];
+            adapter = BackgroundProcess.Start(DuetProcesses.Dotnet, pathFailover ? [.. args, "--path-failover"] : args, log);
+            await adapter.WaitForOutputAsync("duet adapter: ready", StartTimeout);
+            return (up, adapter, adapterPort, port);
+        }
+        catch
+        {
+            if (adapter is not null) await adapter.DisposeAsync();
+            await up.DisposeAsync();
+            throw;
+        }
+    }
+
+    static string Uri(int port, string volume) => $"nbd://127.0.0.1:{port}/{volume}";
+
+    /// <summary>fio's crc32c-verified random writes through the adapter; <paramref name="kill"/>
+    /// names the controller to kill -9 three seconds in. Returns fio's output.</summary>
+    async Task<ProcessResult> FioUnderKillAsync(int adapterPort, string volume, string? kill, int seed)
+    {
+        var fio = _run.RunAsync("fio",
+        [
+            "--name=adapter", "--ioengine=nbd", $"--uri={Uri(adapterPort, volume)}", "--rw=randwrite", "--bs=4k", "--iodepth=16",
+            "--size=32M", "--loops=4", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1", $"--randseed={seed}",
+        ], TimeSpan.FromSeconds(180));
+        if (kill is not null)
+        {
+            await Task.Delay(TimeSpan.FromSeconds(3));
+            int pid = DuetProcesses.ControllerPid(_dir, kill);
+            Assert.Equal(0, Posix.Kill(pid, 9));
+            log.WriteLine($"kill -9 controller {kill} (pid {pid}) at {DateTime.UtcNow:HH:mm:ss.fff}");
+        }
+        var r = await fio;
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("err= 0", r.Stdout);
+        Assert.DoesNotContain("verify: bad", r.Stdout + r.Stderr);
+        Assert.Contains("READ: ", r.Stdout); // it verified what it wrote
+        return r;
+    }
+
+    [Fact]
+    [Trait("Claim", "FO-3")]
+    [Trait("Claim", "FO-5")]
+    [Trait("Claim", "AW-2")]
+    public async Task MulticastAdapterServesNbdClientsAndKill9OfEitherControllerUnderFioCostsTheClientNothing()
+    {
+        var (up, adapter, adapterPort, nbdPort) = await StartAsync(pathFailover: false);
+        await using var _ = up;
+        await using var __ = adapter;
+
+        // The pair's volumes, listed through the adapter.
+        var list = await _run.RunOkAsync("nbdinfo", "--list", $"nbd://127.0.0.1:{adapterPort}");
+        Assert.Contains("export=\"vol0\"", list);
+        Assert.Contains("export=\"vol1\"", list);
+
+        // nbdcopy round trip through the adapter; the same bytes through controller A's own NBD.
+        var source = Path.Combine(_dir, "source.bin");
+        TestData.WriteRandomFile(source, 16 << 20, seed: 8);
+        await _run.RunOkAsync("nbdcopy", source, Uri(adapterPort, "vol1"));
+        var back = Path.Combine(_dir, "back.bin");
+        await _run.RunOkAsync("bash", "-c", $"nbdcopy {Uri(adapterPort, "vol1")} - | head -c {16 << 20} > {back}");
+        Assert.Equal(TestData.HashFile(source), TestData.HashFile(back));
+        var direct = Path.Combine(_dir, "direct.bin");
+        await _run.RunOkAsync("bash", "-c", $"nbdcopy {Uri(nbdPort, "vol1")} - | head -c {16 << 20} > {direct}");
+        Assert.Equal(TestData.HashFile(source), TestData.HashFile(direct));
+
+        // vol0 is on arr0, owned by A: kill -9 A while fio writes through the adapter.
+        await FioUnderKillAsync(adapterPort, "vol0", kill: "A", seed: 11);
+        await up.WaitForOutputAsync("duet: restarting controller A", TimeSpan.FromSeconds(60));
+        await TestData.PollAsync(() => Task.FromResult(CountOf(up.Output, "duet controller A: ready")), n => n >= 2, TimeSpan.FromSeconds(60),
+            "the restarted controller A to be ready");
+        await TestData.PollAsync(() => Task.FromResult(CountOf(adapter.Output, "volume 'vol0': unit A0")), n => n >= 2, TimeSpan.FromSeconds(60),
+            "the adapter to reattach vol0 on the restarted A");
+
+        // Now B owns everything; kill -9 B under the same load.
+        await FioUnderKillAsync(adapterPort, "vol0", kill: "B", seed: 12);
+
+        // What nbdcopy wrote before both kills is still there.
+        await _run.RunOkAsync("bash", "-c", $"nbdcopy {Uri(adapterPort, "vol1")} - | head -c {16 << 20} > {back}");
+        Assert.Equal(TestData.HashFile(source), TestData.HashFile(back));
+        Assert.DoesNotContain("failed after", adapter.Output);
+    }
+
+    static int CountOf(string text, string what)
+    {
+        int n = 0;
+        for (int at = text.IndexOf(what, StringComparison.Ordinal); at >= 0; at = text.IndexOf(what, at + what.Length, StringComparison.Ordinal)) n++;
+        return n;
+    }
+
+    [Fact]
+    [Trait("Claim", "FO-6")]
+    public async Task PathFailoverAdapterSendsToTheOwnerAndMovesToTheOtherControllerWhenTheOwnerIsKilledUnderFio()
+    {
+        var (up, adapter, adapterPort, _) = await StartAsync(pathFailover: true);
+        await using var __ = up;
+        await using var ___ = adapter;
+        Assert.Contains("path failover between", adapter.Output);
+
+        var stopwatch = Stopwatch.StartNew();
+        var fio = await FioUnderKillAsync(adapterPort, "vol0", kill: "A", seed: 21);
+        log.WriteLine($"fio finished {stopwatch.ElapsedMilliseconds} ms after it started");
+        Assert.Contains("volume 'vol0': path from", adapter.Output);
+    }
+}
