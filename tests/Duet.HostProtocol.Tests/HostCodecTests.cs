@@ -192,4 +192,58 @@ public class HostCodecTests
             var reader = new SequenceReader<byte>(Split(HostCodec.EncodeCompletion(c), 5));
             return HostCodec.TryReadCompletion(ref reader, HostWire.PayloadBytesMax, out var back, out _) == OperationStatus.Done && c.Equals(back);
         }).Check(Config.QuickThrowOnFailure.WithMaxTest(200));
+
+    [Fact]
+    public void Hello_reply_flags_say_primary_and_read_only_and_unknown_flags_are_refused()
+    {
+        var reply = new HostHelloReply(HostStatus.Ok, 4096, 'A', 0, 512 * 1024, HostVolumeFlags.Primary | HostVolumeFlags.ReadOnly);
+        var r = new byte[HostWire.HelloReplyBytes];
+        HostCodec.WriteHelloReply(reply, r);
+        Assert.Equal("44484852 00000000 0000000000001000 41 00 03 00 00080000".Replace(" ", "", StringComparison.Ordinal), ToHex(r));
+        var reader = new SequenceReader<byte>(OneBytePerSegment(r));
+        Assert.Equal(OperationStatus.Done, HostCodec.TryReadHelloReply(ref reader, out var back, out _));
+        Assert.Equal(reply, back);
+
+        r[HostWire.HelloReplyFlagsOffset] = 0x80;
+        reader = new SequenceReader<byte>(new ReadOnlySequence<byte>(r));
+        Assert.Equal(OperationStatus.InvalidData, HostCodec.TryReadHelloReply(ref reader, out _, out var error));
+        Assert.Equal(HostWireError.BadFlags, error);
+    }
+
+    [Fact]
+    public void List_request_and_reply_round_trip_with_every_field_at_its_offset()
+    {
+        var q = new byte[HostWire.ListBytes];
+        HostCodec.WriteList(q);
+        Assert.Equal("44484c53 0001 0000".Replace(" ", "", StringComparison.Ordinal), ToHex(q));
+        var reader = new SequenceReader<byte>(OneBytePerSegment(q));
+        Assert.Equal(OperationStatus.Done, HostCodec.TryReadList(ref reader, out ushort version, out _));
+        Assert.Equal(HostWire.Version, version);
+
+        var list = new HostVolumeList(HostStatus.Ok, [new("vol0", 1 << 20, HostVolumeFlags.Primary), new("v\u00e9", 512, HostVolumeFlags.None)]);
+        var bytes = HostCodec.EncodeListReply(list);
+        Assert.Equal(("44484c52 00000000 00000002 0000001b" + "0000000000100000 01 04 766f6c30" + "0000000000000200 00 03 76c3a9").Replace(" ", "", StringComparison.Ordinal), ToHex(bytes));
+        reader = new SequenceReader<byte>(Split(bytes, 7));
+        Assert.Equal(OperationStatus.Done, HostCodec.TryReadListReply(ref reader, out var back, out _));
+        Assert.Equal(list.Volumes, back!.Volumes);
+        Assert.Equal(bytes.Length, reader.Consumed);
+    }
+
+    [Theory]
+    [InlineData(16, HostWireError.BadLength)]      // the body claims more than the entries hold
+    [InlineData(0x0f, HostWireError.BadLength)]    // a name runs past the body
+    [InlineData(0xff, HostWireError.BadFlags)]     // unknown volume flags
+    public void Malformed_list_replies_are_refused(int corruption, HostWireError expected)
+    {
+        var bytes = HostCodec.EncodeListReply(new HostVolumeList(HostStatus.Ok, [new("vol0", 1 << 20, HostVolumeFlags.None)]));
+        switch (corruption)
+        {
+            case 16: bytes[HostWire.ListReplyCountOffset + 3] = 2; break;
+            case 0x0f: bytes[HostWire.ListReplyHeaderBytes + 9] = 0x0f; break;
+            default: bytes[HostWire.ListReplyHeaderBytes + 8] = 0xff; break;
+        }
+        var reader = new SequenceReader<byte>(new ReadOnlySequence<byte>(bytes));
+        Assert.Equal(OperationStatus.InvalidData, HostCodec.TryReadListReply(ref reader, out _, out var error));
+        Assert.Equal(expected, error);
+    }
 }
