@@ -290,7 +290,13 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     /// largest metadata message); longer writes become several groups.</summary>
     public const int MaxGroupElements = 64;
 
-    public async ValueTask WriteAsync(byte array, long sector, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default)
+    public ValueTask WriteAsync(byte array, long sector, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct = default) =>
+        WriteAsync(array, sector, data, fua, reference: null, ct);
+
+    /// <summary>A host write; <paramref name="reference"/>, when set, names <paramref name="data"/>'s
+    /// first byte in a host command the peer holds too (multicast), so that element images made of
+    /// the host's bytes alone are mirrored by name.</summary>
+    public async ValueTask WriteAsync(byte array, long sector, ReadOnlyMemory<byte> data, bool fua, HostDataReference? reference, CancellationToken ct = default)
     {
         var backing = Backing(array);
         Invariant.Assert(data.Length % Units.SectorBytes == 0 && data.Length > 0);
@@ -302,7 +308,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         long firstGroupEnd = Math.Min(sector + count, (sector / groupSectors + 1) * groupSectors);
         if (firstGroupEnd == sector + count)
         {
-            await WriteGroupAsync(backing, sector, data, ct);
+            await WriteGroupAsync(backing, sector, data, reference, ct);
         }
         else
         {
@@ -310,7 +316,8 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             for (long at = sector; at < sector + count;)
             {
                 long end = Math.Min(sector + count, (at / groupSectors + 1) * groupSectors);
-                tasks.Add(WriteGroupAsync(backing, at, data.Slice((int)((at - sector) * Units.SectorBytes), (int)((end - at) * Units.SectorBytes)), ct).AsTask());
+                tasks.Add(WriteGroupAsync(backing, at, data.Slice((int)((at - sector) * Units.SectorBytes), (int)((end - at) * Units.SectorBytes)),
+                    reference?.At((at - sector) * Units.SectorBytes), ct).AsTask());
                 at = end;
             }
             await Task.WhenAll(tasks);
@@ -337,7 +344,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     /// image (old valid sectors + new ones, any gap between them filled from the array so every image
     /// is one contiguous run of sectors), then the group goes to the mirror as one unit.
     /// </summary>
-    async ValueTask WriteGroupAsync(ICacheBacking backing, long sector, ReadOnlyMemory<byte> data, CancellationToken ct)
+    async ValueTask WriteGroupAsync(ICacheBacking backing, long sector, ReadOnlyMemory<byte> data, HostDataReference? reference, CancellationToken ct)
     {
         byte array = backing.ArrayNumber;
         long count = data.Length / Units.SectorBytes;
@@ -347,6 +354,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         var olds = new int[n];
         var replayed = new bool[n];
         var descriptors = new ElementDescriptor[n];
+        var references = new HostDataReference?[n];
         for (int i = 0; i < n; i++) elements[i] = -1;
         var got = await AllocateAsync(n, ct);
         got.CopyTo(elements, 0);
@@ -396,6 +404,9 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 }
                 data.Span.Slice((int)((from - sector) * Units.SectorBytes), (int)((to - from) * Units.SectorBytes)).CopyTo(dst.Span[(firstSector * Units.SectorBytes)..]);
                 uint valid = oldMask | mask;
+                // An image of the host's bytes alone (nothing kept from the old element, no gap
+                // filled) is what the peer holds too when the write was multicast.
+                if (valid == mask && reference is { } r) references[i] = r.At((from - sector) * Units.SectorBytes);
                 if (!IsContiguous(valid))
                 {
                     // Fill the gaps from the array (the sectors are not cached, so the array holds
@@ -428,7 +439,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     _slots[e] = new Slot { State = SlotState.Dirty, Array = array, Lba = d.ArrayLba, Valid = d.ValidMask, Sequence = d.Sequence, LruPrev = -1, LruNext = -1, Replayed = replayed[i] };
                     _dirty++;
                     _index[(array, d.ArrayLba)] = e;
-                    changes.Add(new MirrorChange(e, d, _nvram.Memory(e), false));
+                    changes.Add(new MirrorChange(e, d, _nvram.Memory(e), false, references[i]));
                 }
                 for (int i = 0; i < n; i++)
                 {

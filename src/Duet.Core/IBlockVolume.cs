@@ -47,6 +47,25 @@ public interface IVolumeCatalog
     IReadOnlyList<IBlockVolume> Volumes { get; }
 }
 
+/// <summary>
+/// Names the bytes of a host write the peer controller already holds (a multicast command, FO-3):
+/// the command (unit, host id, host tag) and where in its payload the bytes start. The owner's
+/// mirror then sends this instead of the bytes (seed 002: a listening secondary already has the
+/// write image).
+/// </summary>
+public readonly record struct HostDataReference(byte Unit, ulong HostId, ulong HostTag, uint PayloadOffset)
+{
+    public HostDataReference At(long moreBytes) => this with { PayloadOffset = checked(PayloadOffset + (uint)moreBytes) };
+}
+
+/// <summary>A volume that can take a write whose bytes the peer controller holds too.</summary>
+public interface IHostDataWriter
+{
+    /// <summary>As <see cref="IBlockVolume.WriteAsync"/>; <paramref name="reference"/> names
+    /// <paramref name="source"/>'s first byte in the command the peer holds.</summary>
+    ValueTask WriteHeldByPeerAsync(long offset, ReadOnlyMemory<byte> source, bool fua, HostDataReference reference, CancellationToken cancellationToken = default);
+}
+
 /// <summary>A catalog that learns its volumes from elsewhere (the host adapter asks the pair):
 /// front ends refresh it once when a client connects, before looking names up.</summary>
 public interface IRefreshingVolumeCatalog : IVolumeCatalog

@@ -218,6 +218,8 @@ public sealed class CommandHandshake
         public bool PrimaryReadySeen;
         public bool SecondaryReadySent;
         public bool Acked;
+        /// <summary>The partner answered "ready": it holds the command until "completed".</summary>
+        public bool PartnerHolds;
         public bool Executing;
         public bool Finished;
     }
@@ -239,6 +241,15 @@ public sealed class CommandHandshake
     public bool Holds(HostCommandKey key) { lock (_lock) return _queue.ContainsKey(key); }
 
     public IReadOnlyList<HostCommandKey> QueuedKeys() { lock (_lock) return [.. _queue.Keys]; }
+
+    /// <summary>The payload of a command this controller holds in its queue (as secondary, until the
+    /// primary's "completed"): what a by-reference mirror header names. Null when not held.</summary>
+    public ReadOnlyMemory<byte>? QueuedPayload(HostDataReference reference)
+    {
+        var key = new HostCommandKey(reference.Unit, reference.HostId, reference.HostTag);
+        lock (_lock)
+            return _queue.TryGetValue(key, out var e) && e.Command.Request.Opcode == HostOpcode.Write ? e.Command.Request.Payload : null;
+    }
 
     /// <summary>Whether this controller is the primary for <paramref name="volume"/>'s commands now.</summary>
     public bool IsPrimaryFor(string volume) => _options.IsPrimaryFor(volume);
@@ -358,6 +369,7 @@ public sealed class CommandHandshake
             try
             {
                 await Waits.WithTimeout(e.SecondaryReady.Task, _options.ReadyWait, _options.Time, _stopping.Token);
+                e.PartnerHolds = true;
             }
             catch (TimeoutException)
             {
@@ -475,7 +487,7 @@ public sealed class CommandHandshake
         HostCompletion completion;
         try
         {
-            completion = await _options.Execute(e.Command, _stopping.Token);
+            completion = await _options.Execute(e.PartnerHolds ? e.Command with { PartnerHoldsCopy = true } : e.Command, _stopping.Token);
         }
         catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
         {

@@ -14,6 +14,13 @@ public readonly record struct HostCommandKey(byte Unit, ulong HostId, ulong Host
 public sealed record HostCommand(byte Unit, string Volume, HostRequest Request)
 {
     public HostCommandKey Key => new(Unit, Request.HostId, Request.HostTag);
+
+    /// <summary>Set by the primary's handshake when the partner said "ready": the partner holds
+    /// this command (and a write's bytes) in its queue until it is told "completed".</summary>
+    public bool PartnerHoldsCopy { get; init; }
+
+    /// <summary>This command's payload as the partner can find it in its own copy.</summary>
+    public HostDataReference PayloadReference => new(Unit, Request.HostId, Request.HostTag, 0);
 }
 
 /// <summary>
@@ -52,7 +59,11 @@ public static class HostCommandExecutor
                     await volume.ReadAsync(offset, data, cancellationToken);
                     return new HostCompletion(r.HostTag, HostStatus.Ok, data);
                 case HostOpcode.Write:
-                    await volume.WriteAsync(offset, r.Payload, (r.Flags & HostRequestFlags.Fua) != 0, cancellationToken);
+                    bool fua = (r.Flags & HostRequestFlags.Fua) != 0;
+                    if (command.PartnerHoldsCopy && volume is IHostDataWriter held)
+                        await held.WriteHeldByPeerAsync(offset, r.Payload, fua, command.PayloadReference, cancellationToken);
+                    else
+                        await volume.WriteAsync(offset, r.Payload, fua, cancellationToken);
                     return HostCompletion.Ok(r.HostTag);
                 case HostOpcode.Flush:
                     await volume.FlushAsync(cancellationToken);

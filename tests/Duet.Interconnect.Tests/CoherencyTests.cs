@@ -100,7 +100,7 @@ public class CoherencyTests
         { "control", 9, "01", WireError.NonZeroReserved },
         { "header count", 10, "00000003", WireError.BadLength },
         { "data bytes", 14, "00000600", WireError.BadLength },
-        { "kind", 18, "03", WireError.BadEnum },
+        { "kind", 18, "04", WireError.BadEnum },
         { "header reserved", 20, "0001", WireError.NonZeroReserved },
         { "mirror blocks 0", 34, "00000000", WireError.BadBlockCount },
         { "blocks 33", 34, "00000021", WireError.BadBlockCount },

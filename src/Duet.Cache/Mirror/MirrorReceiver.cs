@@ -128,6 +128,11 @@ public sealed partial class MirrorReceiver(
                 await RefuseAsync(batch.BatchNumber, MirrorStatusCode.Malformed, $"header sequence {h.Sequence} does not follow {_sequence}");
                 return;
             }
+            if (h.Kind == CoherencyHeaderKind.MirrorByReference && applier.Resolve(h, batch.DataOf(i).ToArray(), out _) is { } missing)
+            {
+                await RefuseAsync(batch.BatchNumber, MirrorStatusCode.Malformed, missing);
+                return;
+            }
         }
         byte[]? scratch = null;
         try

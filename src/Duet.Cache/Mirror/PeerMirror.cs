@@ -125,7 +125,7 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
             {
                 foreach (var c in changes)
                 {
-                    var (header, data) = MirrorApplier.Encode(c);
+                    var (header, data) = MirrorApplier.Encode(c, byReference: true);
                     if (c.Invalidate) _log.AppendInvalidate(header);
                     else _log.AppendMirror(header, data);
                 }

@@ -86,7 +86,7 @@ public interface IArrayWriteLog
 /// acknowledged once mirrored (or, in error-recovery mode, once on the drives); reads see the
 /// cache first. Edge validation is the underlying <see cref="RaidVolume"/>'s.
 /// </summary>
-public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte arrayNumber, Controller? controller = null) : IBlockVolume
+public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte arrayNumber, Controller? controller = null) : IBlockVolume, IHostDataWriter
 {
     public RaidVolume Volume { get; } = volume;
     public string Name => Volume.Name;
@@ -188,14 +188,23 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
         finally { Exit(); }
     }
 
-    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken ct = default)
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken ct = default) =>
+        WriteAsync(offset, source, fua, reference: null, ct);
+
+    /// <summary>A multicast host write: the peer holds <paramref name="source"/> in its copy of the
+    /// command, so the mirror names those bytes instead of sending them.</summary>
+    public ValueTask WriteHeldByPeerAsync(long offset, ReadOnlyMemory<byte> source, bool fua, HostDataReference reference, CancellationToken ct = default) =>
+        WriteAsync(offset, source, fua, reference, ct);
+
+    async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, HostDataReference? reference, CancellationToken ct)
     {
         Check(offset, source.Length);
         if (source.IsEmpty) return;
+        // Moved: the new owner's peer is this controller, which may not hold the command: send the bytes.
         if (await EnterAsync() is { } moved) { await moved.WriteAsync(offset, source, fua, ct); return; }
         try
         {
-            await cache.WriteAsync(arrayNumber, ArraySector(offset), source, fua, ct);
+            await cache.WriteAsync(arrayNumber, ArraySector(offset), source, fua, reference, ct);
             await AcknowledgeAsync(ct);
         }
         finally { Exit(); }

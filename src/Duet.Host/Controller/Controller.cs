@@ -111,7 +111,8 @@ public sealed partial class Controller : IAsyncDisposable
         {
             Path = options.Mirror, SmallWriteOpcode = options.Name == "A" ? (byte)0xA0 : (byte)0xB0, Time = options.Time,
         }, loggers.CreateLogger<PeerMirror>());
-        Receiver = new MirrorReceiver(new MirrorApplier(nvram.Peer, SerialOfNumber),
+        // A by-reference mirror header names a multicast write this controller holds as secondary.
+        Receiver = new MirrorReceiver(new MirrorApplier(nvram.Peer, SerialOfNumber, reference => Handshake?.QueuedPayload(reference)),
             status => link.PostAsync(IclSignal.Reply, Epoch(), status, default), options.Name == "A" ? (byte)0xB0 : (byte)0xA0,
             loggers.CreateLogger<MirrorReceiver>());
         ICacheMirror cacheMirror = options.Mirror == MirrorMethod.None ? new NoMirror() : Mirror;

@@ -40,6 +40,30 @@ public enum CoherencyHeaderKind : byte
 {
     Mirror = MirrorWire.HeaderKindMirror,
     Invalidate = MirrorWire.HeaderKindInvalidate,
+    MirrorByReference = MirrorWire.HeaderKindMirrorByReference,
+}
+
+/// <summary>The data of a by-reference mirror header: which host command's payload holds the bytes.</summary>
+public static class HostReferenceBlock
+{
+    public static void Encode(Duet.Core.HostDataReference r, Span<byte> destination)
+    {
+        var d = destination[..MirrorWire.HostReferenceBytes];
+        d.Clear();
+        d[0] = r.Unit;
+        BinaryPrimitives.WriteUInt32BigEndian(d[4..], r.PayloadOffset);
+        BinaryPrimitives.WriteUInt64BigEndian(d[8..], r.HostId);
+        BinaryPrimitives.WriteUInt64BigEndian(d[16..], r.HostTag);
+    }
+
+    public static bool TryDecode(ReadOnlySpan<byte> source, out Duet.Core.HostDataReference value)
+    {
+        value = default;
+        if (source.Length != MirrorWire.HostReferenceBytes || source[1] != 0 || source[2] != 0 || source[3] != 0 || source[24..].IndexOfAnyExcept((byte)0) >= 0) return false;
+        value = new Duet.Core.HostDataReference(source[0], BinaryPrimitives.ReadUInt64BigEndian(source[8..]), BinaryPrimitives.ReadUInt64BigEndian(source[16..]),
+            BinaryPrimitives.ReadUInt32BigEndian(source[4..]));
+        return true;
+    }
 }
 
 /// <summary>One coherency-log header block (32 bytes on the wire).</summary>
@@ -48,7 +72,15 @@ public readonly record struct CoherencyHeader(
 {
     public const int Size = MirrorWire.CoherencyHeaderBytes;
 
-    public long DataBytes => Kind == CoherencyHeaderKind.Mirror ? (long)BlockCount * MirrorWire.SectorBytes : 0;
+    public long DataBytes => Kind switch
+    {
+        CoherencyHeaderKind.Mirror => (long)BlockCount * MirrorWire.SectorBytes,
+        CoherencyHeaderKind.MirrorByReference => MirrorWire.HostReferenceBytes,
+        _ => 0,
+    };
+
+    /// <summary>A header that stores an element image (its bytes carried or named).</summary>
+    public bool Stores => Kind is CoherencyHeaderKind.Mirror or CoherencyHeaderKind.MirrorByReference;
 
     /// <summary>The sectors of the 16 KiB element this header covers, as a mask.</summary>
     public uint CoveredMask => BlockCount == 0 ? 0
@@ -57,12 +89,12 @@ public readonly record struct CoherencyHeader(
     /// <summary>Checks the header rules; <paramref name="regionBytes"/> bounds the element index.</summary>
     public WireError Validate(long regionBytes)
     {
-        if (Kind is not (CoherencyHeaderKind.Mirror or CoherencyHeaderKind.Invalidate)) return WireError.BadEnum;
+        if (Kind is not (CoherencyHeaderKind.Mirror or CoherencyHeaderKind.Invalidate or CoherencyHeaderKind.MirrorByReference)) return WireError.BadEnum;
         if (BlockCount > MirrorWire.ElementSectors) return WireError.BadBlockCount;
-        if (Kind == CoherencyHeaderKind.Mirror && BlockCount == 0) return WireError.BadBlockCount;
+        if (Stores && BlockCount == 0) return WireError.BadBlockCount;
         if (ElementIndex % MirrorWire.ElementSectors + BlockCount > MirrorWire.ElementSectors) return WireError.BadBlockCount;
         if (((long)ElementIndex + Math.Max(BlockCount, 1u)) * MirrorWire.SectorBytes > regionBytes) return WireError.OutsideRegion;
-        if (Kind == CoherencyHeaderKind.Mirror)
+        if (Stores)
         {
             uint covered = CoveredMask;
             int first = (int)(ElementIndex % MirrorWire.ElementSectors);

@@ -84,7 +84,7 @@ public sealed class CoherencyLog
 
     public void AppendMirror(CoherencyHeader header, ReadOnlyMemory<byte> data)
     {
-        if (header.Kind != CoherencyHeaderKind.Mirror) throw new ArgumentException("not a mirror header", nameof(header));
+        if (!header.Stores) throw new ArgumentException("not a mirror header", nameof(header));
         if (data.Length != header.DataBytes) throw new ArgumentException($"data is {data.Length} bytes; the header says {header.DataBytes}", nameof(data));
         Append(header, data);
     }

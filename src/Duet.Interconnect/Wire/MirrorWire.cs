@@ -139,6 +139,13 @@ public static class MirrorWire
     /// <summary>Header block kind: drop the mirror of this element (CC-4); carries no data.</summary>
     public const byte HeaderKindInvalidate = 2;
 
+    /// <summary>Header block kind: as <see cref="HeaderKindMirror"/>, but the data is a host command
+    /// the receiver holds itself (multicast, FO-3); a 32-byte reference block names it instead.</summary>
+    public const byte HeaderKindMirrorByReference = 3;
+
+    /// <summary>A reference block: u8 unit, 3 zero bytes, u32 payload offset, u64 host id, u64 host tag, 8 zero bytes.</summary>
+    public const int HostReferenceBytes = 32;
+
     // ---- Duet's own messages ----------------------------------------------------------
 
     /// <summary>Duet message types start here, so byte 0 is 0x01 and never collides with the above.</summary>

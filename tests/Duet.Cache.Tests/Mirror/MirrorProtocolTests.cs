@@ -196,4 +196,39 @@ public class MirrorProtocolTests
         Assert.True(h.Receiver.Refused >= refused + 5, $"refused {h.Receiver.Refused - refused}");
         Assert.Equal(before, h.NvramB.Peer.ReplayOrder().Select(x => (x.Element, x.Descriptor)).ToList());
     }
+
+    [Fact]
+    [Trait("Claim", "FO-3")]
+    public async Task A_multicast_write_the_peer_holds_is_mirrored_by_name_not_by_its_bytes()
+    {
+        await using var h = new PairHarness(MirrorMethod.Batched);
+        await h.MulticastWriteAsync(tag: 1, sector: 8, sectors: 8);      // 4 KiB in a fresh element
+        Assert.Equal(1, h.Applier.AppliedByReference);
+        Assert.True(h.LinkBytes <= 128, $"{h.LinkBytes} link bytes for a 4 KiB multicast write");
+        Assert.Equal(h.Model, h.PeerReplay());
+
+        // 40 KiB across three elements: the middle one whole, the ends partial; all by name.
+        await h.MulticastWriteAsync(tag: 2, sector: 100, sectors: 80);
+        Assert.Equal(4, h.Applier.AppliedByReference);
+        // A write into an element that keeps dirty sectors of an earlier one carries bytes the
+        // peer's copy of the command does not have: it travels whole.
+        await h.MulticastWriteAsync(tag: 3, sector: 0, sectors: 4);
+        Assert.Equal(4, h.Applier.AppliedByReference);
+        Assert.Equal(h.Model, h.PeerReplay());
+        await h.VerifyAsync();
+    }
+
+    [Fact]
+    [Trait("Claim", "FO-3")]
+    public async Task A_reference_to_a_command_the_peer_does_not_hold_is_refused_and_nothing_of_it_is_written()
+    {
+        await using var h = new PairHarness(MirrorMethod.Batched);
+        await h.WriteAsync(64, 8);
+        await h.MulticastWriteAsync(tag: 9, sector: 8, sectors: 8, heldByB: false);
+        Assert.Equal(0, h.Applier.AppliedByReference);
+        Assert.Contains("refused", h.Mirror.DownReason); // the write went through to the drives instead
+        Assert.DoesNotContain(h.NvramB.Peer.ReplayOrder(), x => x.Descriptor.ArrayLba == 0);
+        Assert.Equal(h.Model, h.PeerReplay()); // the drives have it
+        await h.VerifyAsync();
+    }
 }

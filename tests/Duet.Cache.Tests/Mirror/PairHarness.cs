@@ -18,10 +18,14 @@ internal sealed class PairHarness : IAsyncDisposable
     public readonly InMemoryIclLink LinkA, LinkB;
     public readonly PeerMirror Mirror;
     public readonly MirrorReceiver Receiver;
+    public readonly MirrorApplier Applier;
     public readonly MemoryBacking Backing;
     public readonly WriteBackCache Cache;
     public readonly byte[] Model;
     readonly Random _rng;
+
+    /// <summary>B's copies of multicast host commands, by tag: what a by-reference header names.</summary>
+    public readonly Dictionary<ulong, byte[]> HeldByB = [];
 
     public PairHarness(MirrorMethod path, bool manualDelivery = false, long nvramBytes = 4 << 20, long arraySectors = 16384, int seed = 1)
     {
@@ -32,7 +36,9 @@ internal sealed class PairHarness : IAsyncDisposable
         NvramB = NvramFile.Create(Path.Combine(Dir, "b.nvram"), layout, "B", pair);
         (LinkA, LinkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default, TimeProvider.System, "A", "B", manualDelivery);
         Mirror = new PeerMirror(LinkA, () => 1, new PeerMirrorOptions { Path = path, SmallWriteOpcode = 0xA0 }, NullLogger.Instance);
-        Receiver = new MirrorReceiver(new MirrorApplier(NvramB.Peer, v => v == 7 ? 0xABCDEFUL : null),
+        Applier = new MirrorApplier(NvramB.Peer, v => v == 7 ? 0xABCDEFUL : null,
+            r => HeldByB.TryGetValue(r.HostTag, out var held) ? held : null);
+        Receiver = new MirrorReceiver(Applier,
             status => LinkB.PostAsync(IclSignal.Reply, 1, status, default), 0xA0, NullLogger.Instance);
         LinkA.Start(t =>
         {
@@ -57,6 +63,16 @@ internal sealed class PairHarness : IAsyncDisposable
         var data = new byte[sectors * Units.SectorBytes];
         _rng.NextBytes(data);
         await Cache.WriteAsync(7, sector, data, fua: false);
+        data.CopyTo(Model, sector * Units.SectorBytes);
+    }
+
+    /// <summary>A multicast host write: B holds the command (tag) too, unless <paramref name="heldByB"/> is false.</summary>
+    public async Task MulticastWriteAsync(ulong tag, long sector, int sectors, bool heldByB = true)
+    {
+        var data = new byte[sectors * Units.SectorBytes];
+        _rng.NextBytes(data);
+        if (heldByB) HeldByB[tag] = data;
+        await Cache.WriteAsync(7, sector, data, fua: false, new HostDataReference(0, 0x77, tag, 0));
         data.CopyTo(Model, sector * Units.SectorBytes);
     }
 
