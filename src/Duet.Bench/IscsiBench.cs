@@ -42,7 +42,9 @@ public sealed record IscsiBenchOptions
 /// of exactly SIZE (LUN 0), measured through controller A's portal, the volume's owner. Both targets
 /// are written in full once, untimed, first. Each point is measured on duet, then tgt, run after
 /// run; before each, the bench waits until both servers are idle (Duet's cache clean, neither
-/// process tree using CPU), so one's background work does not land in the other's figure.
+/// process tree using CPU), so one's background work does not land in the other's figure. At the
+/// end `duet up` gets SIGTERM (a clean stop removes its /dev/shm link files), tgtd SIGKILL (it
+/// ignores SIGTERM) and its control socket files are removed.
 ///
 /// stdout: <c>key value</c> lines (medians over the runs): <c>iscsi.TEST.{duet,tgt}_iops</c> and
 /// <c>_mibps</c>, <c>iscsi.TEST.duet_vs_tgt</c> (ratio of the medians); <c>iscsi.size_mib</c>,
@@ -121,6 +123,20 @@ public static class IscsiBench
         var duetArgs = TcpPorts.DuetUpArgs(duetPort);
         int duetIscsiPort = int.Parse(duetArgs[Array.IndexOf(duetArgs, "--iscsi-port") + 1], CultureInfo.InvariantCulture);
         var duet = children.Start("duet", o.DuetCommand[0], o.DuetCommand.Skip(1).Concat(["up", "--data", dataDir, .. duetArgs, "--mirror", "batched", "--quiet"]));
+        try
+        {
+            return await MeasureAsync(o, children, duet, root, dataDir, duetIscsiPort, output, log, sw, ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            // A clean stop unless interrupted (then the two seconds after Ctrl-C are for SIGKILL).
+            if (!ct.IsCancellationRequested) await children.TerminateAsync(duet, TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+        }
+    }
+
+    static async Task<int> MeasureAsync(IscsiBenchOptions o, Children children, Children.Child duet, string root, string dataDir, int duetIscsiPort,
+        TextWriter output, TextWriter log, Stopwatch sw, CancellationToken ct)
+    {
 
         // ---- tgt: a filled (not sparse) /dev/shm file of the same size ----
         var lunFile = Path.Combine(root, "tgt.img");
