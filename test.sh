@@ -6,7 +6,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
 
 # Debian packages the tests drive Duet with (real clients and peers).
-packages=(libnbd-bin fio nbdkit qemu-utils libisal2 jq libiscsi-bin qemu-block-extra)
+packages=(libnbd-bin fio nbdkit qemu-utils libisal2 jq libiscsi-bin qemu-block-extra tgt)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

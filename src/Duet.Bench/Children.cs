@@ -96,6 +96,24 @@ sealed class Children : IAsyncDisposable
         }
     }
 
+    /// <summary>SIGTERM, then <see cref="StopAsync"/> (SIGKILL) if it is still running after
+    /// <paramref name="grace"/>: for `duet up`, whose controllers remove their shared-memory link
+    /// files (/dev/shm/duet-icl-*) only when they stop cleanly; SIGKILL leaves them behind.</summary>
+    public async Task TerminateAsync(Child c, TimeSpan grace)
+    {
+        if (!c.HasExited)
+        {
+            var (code, _) = await RunAsync("kill", ["-TERM", c.Pid.ToString(CultureInfo.InvariantCulture)], CancellationToken.None).ConfigureAwait(false);
+            if (code == 0)
+            {
+                using var timeout = new CancellationTokenSource(grace);
+                try { await c.Process.WaitForExitAsync(timeout.Token).ConfigureAwait(false); }
+                catch (OperationCanceledException) { _log.WriteLine($"bench: {c.Name} (pid {c.Pid}) still running {grace.TotalSeconds:F0} s after SIGTERM; killing it"); }
+            }
+        }
+        await StopAsync(c).ConfigureAwait(false);
+    }
+
     public async ValueTask DisposeAsync()
     {
         List<Child> left;

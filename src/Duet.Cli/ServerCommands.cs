@@ -387,6 +387,7 @@ public static partial class Program
         parity.SetAction(parse => ParityBench.Run(parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error, parse.GetValue(seconds)));
         bench.Subcommands.Add(parity);
         bench.Subcommands.Add(BenchNbdCommand());
+        bench.Subcommands.Add(BenchIscsiCommand());
         bench.Subcommands.Add(BenchMemoryCommand());
         bench.Subcommands.Add(BenchMirrorCommand());
         bench.Subcommands.Add(BenchFailoverCommand());
@@ -524,8 +525,8 @@ public static partial class Program
         await client.MoveArrayAsync(array, new Duet.Raid.Management.MoveArrayRequest(to), ct);
     }
 
-    /// <summary>Controller A's cache and mirror counters on a data directory (for `bench mirror`).</summary>
-    static async Task<PairCounters> PairCountersAsync(string dataDir, CancellationToken ct)
+    /// <summary>Controller A's cache and mirror counters on a data directory (for `bench mirror` and `bench iscsi`).</summary>
+    public static async Task<PairCounters> PairCountersAsync(string dataDir, CancellationToken ct)
     {
         using var client = Duet.Host.Management.PairClient.ForDataDirectory(dataDir);
         var status = await client.StatusAsync(ct);
@@ -555,6 +556,45 @@ public static partial class Program
             try
             {
                 return await NbdBench.RunAsync(options, parse.InvocationConfiguration.Output, error, ct);
+            }
+            catch (ArgumentOutOfRangeException e)
+            {
+                await error.WriteLineAsync($"duet: {e.Message}");
+                return ExitUsage;
+            }
+            catch (OperationCanceledException)
+            {
+                return ExitInterrupted;
+            }
+        });
+        return cmd;
+    }
+
+    static Command BenchIscsiCommand()
+    {
+        var seconds = new Option<double>("--seconds") { Description = "Seconds per timed point (iscsi-perf: whole seconds)", DefaultValueFactory = _ => 5 };
+        var runs = new Option<int>("--runs") { Description = "Runs per figure (the median is printed)", DefaultValueFactory = _ => 1 };
+        var size = new Option<string>("--size") { Description = "Volume size and tgt's backing file size (e.g. 256M, 1G)", DefaultValueFactory = _ => "256M" };
+        var cmd = new Command("iscsi", "iscsi-perf 4 KiB random reads (QD 1/16/64) and qemu-img bench 4 KiB writes and reads (QD 1/16/64) and 1 MiB sequential (QD 8) "
+            + "against Duet (RAID 6 over 4 drives on /dev/shm, writes mirrored) and tgt on a /dev/shm file, side by side")
+        {
+            seconds, runs, size,
+        };
+        cmd.SetAction(async (parse, ct) =>
+        {
+            var error = parse.InvocationConfiguration.Error;
+            if (!Units.TryParseSize(parse.GetValue(size) ?? "", out long bytes) || bytes <= 0)
+            {
+                await error.WriteLineAsync($"duet: --size {parse.GetValue(size)} is not a size");
+                return ExitUsage;
+            }
+            var options = new IscsiBenchOptions
+            {
+                DuetCommand = SelfCommand(), Seconds = parse.GetValue(seconds), Runs = parse.GetValue(runs), SizeBytes = bytes, Counters = PairCountersAsync,
+            };
+            try
+            {
+                return await IscsiBench.RunAsync(options, parse.InvocationConfiguration.Output, error, ct);
             }
             catch (ArgumentOutOfRangeException e)
             {
