@@ -19,16 +19,50 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
     /// <summary>Elements stored from a host command this controller held (by-reference headers).</summary>
     public long AppliedByReference { get; private set; }
 
-    /// <summary>The bytes a by-reference header names, or why they are not here.</summary>
+    /// <summary>
+    /// The carried sectors a by-reference header names (first to last valid sector of its image),
+    /// or why they cannot be had here: the host's bytes from the command this controller holds, and
+    /// the kept sectors from this region's mirror of the element the image replaces.
+    /// </summary>
     public string? Resolve(in CoherencyHeader h, ReadOnlySpan<byte> block, out ReadOnlyMemory<byte> bytes)
     {
         bytes = default;
-        if (!HostReferenceBlock.TryDecode(block, out var r)) return "malformed host reference block";
+        if (!HostReferenceBlock.TryDecode(block, out var b)) return "malformed host reference block";
+        var r = b.Host;
         if (hostData?.Invoke(r) is not { } payload) return $"host command (unit {r.Unit}, host {r.HostId:x}, tag {r.HostTag}) is not held here";
-        long length = (long)h.BlockCount * Units.SectorBytes;
-        if (r.PayloadOffset + length > payload.Length) return $"host command tag {r.HostTag} holds {payload.Length} bytes, not {r.PayloadOffset}+{length}";
-        bytes = payload.Slice((int)r.PayloadOffset, (int)length);
+        int first = (int)(h.ElementIndex % WriteBackCache.SectorsPerElement);
+        uint carried = h.CoveredMask;
+        uint fresh = h.ValidMask & ~b.KeepMask;
+        if ((b.KeepMask & ~h.ValidMask) != 0 || fresh == 0 || !Contiguous(fresh)) return "host reference: keep mask does not fit the image";
+        int freshFirst = System.Numerics.BitOperations.TrailingZeroCount(fresh);
+        long freshBytes = (long)System.Numerics.BitOperations.PopCount(fresh) * Units.SectorBytes;
+        if (r.PayloadOffset + freshBytes > payload.Length) return $"host command tag {r.HostTag} holds {payload.Length} bytes, not {r.PayloadOffset}+{freshBytes}";
+        if (b.KeepMask == 0 && fresh == carried)
+        {
+            bytes = payload.Slice((int)r.PayloadOffset, (int)freshBytes);
+            return null;
+        }
+        // Compose: kept sectors from the mirror of the old element, new ones from the command.
+        if (b.BaseElement < 0 || b.BaseElement >= Region.ElementCount || !Region.TryRead(b.BaseElement, out var old)) return $"host reference: base element {b.BaseElement} is not valid here";
+        long lba = (long)h.Lba - first;
+        if (old.ArrayNumber != h.Volume || old.ArrayLba != lba || (old.ValidMask & b.KeepMask) != b.KeepMask)
+            return $"host reference: base element {b.BaseElement} holds array {old.ArrayNumber} LBA {old.ArrayLba} mask {old.ValidMask:x8}, not the kept sectors {b.KeepMask:x8} of LBA {lba}";
+        var image = new byte[h.BlockCount * Units.SectorBytes];
+        var oldData = Region.Data(b.BaseElement);
+        for (int s = first; s < first + (int)h.BlockCount; s++)
+        {
+            var to = image.AsSpan((s - first) * Units.SectorBytes, Units.SectorBytes);
+            if ((b.KeepMask & (1u << s)) != 0) oldData.Slice(s * Units.SectorBytes, Units.SectorBytes).CopyTo(to);
+            else if ((fresh & (1u << s)) != 0) payload.Span.Slice((int)r.PayloadOffset + (s - freshFirst) * Units.SectorBytes, Units.SectorBytes).CopyTo(to);
+        }
+        bytes = image;
         return null;
+    }
+
+    static bool Contiguous(uint mask)
+    {
+        uint m = mask >> System.Numerics.BitOperations.TrailingZeroCount(mask);
+        return (m & (m + 1)) == 0;
     }
 
     public NvramRegion Region { get; } = region;
@@ -88,7 +122,7 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
         if (byReference && change.Reference is { } r)
         {
             var block = new byte[MirrorWire.HostReferenceBytes];
-            HostReferenceBlock.Encode(r, block);
+            new HostReferenceBlock(r, change.KeepFrom, change.KeepMask).Encode(block);
             return (new CoherencyHeader(CoherencyHeaderKind.MirrorByReference, d.ArrayNumber, (ulong)(d.ArrayLba + first), (uint)count,
                 baseIndex + (uint)first, d.ValidMask, d.Sequence), block);
         }

@@ -355,6 +355,8 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         var replayed = new bool[n];
         var descriptors = new ElementDescriptor[n];
         var references = new HostDataReference?[n];
+        var keepFrom = new int[n];
+        var keepMasks = new uint[n];
         for (int i = 0; i < n; i++) elements[i] = -1;
         var got = await AllocateAsync(n, ct);
         got.CopyTo(elements, 0);
@@ -404,9 +406,16 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 }
                 data.Span.Slice((int)((from - sector) * Units.SectorBytes), (int)((to - from) * Units.SectorBytes)).CopyTo(dst.Span[(firstSector * Units.SectorBytes)..]);
                 uint valid = oldMask | mask;
-                // An image of the host's bytes alone (nothing kept from the old element, no gap
-                // filled) is what the peer holds too when the write was multicast.
-                if (valid == mask && reference is { } r) references[i] = r.At((from - sector) * Units.SectorBytes);
+                // With a multicast write the peer holds the host's bytes; the old element's dirty
+                // sectors it holds in its mirror of that element. Only gap-filled sectors (read from
+                // the array here) are nowhere there: such an image travels whole.
+                keepFrom[i] = -1;
+                if (reference is { } r && IsContiguous(valid))
+                {
+                    references[i] = r.At((from - sector) * Units.SectorBytes);
+                    keepMasks[i] = oldMask & ~mask;
+                    if (keepMasks[i] != 0) keepFrom[i] = old;
+                }
                 if (!IsContiguous(valid))
                 {
                     // Fill the gaps from the array (the sectors are not cached, so the array holds
@@ -439,7 +448,11 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     _slots[e] = new Slot { State = SlotState.Dirty, Array = array, Lba = d.ArrayLba, Valid = d.ValidMask, Sequence = d.Sequence, LruPrev = -1, LruNext = -1, Replayed = replayed[i] };
                     _dirty++;
                     _index[(array, d.ArrayLba)] = e;
-                    changes.Add(new MirrorChange(e, d, _nvram.Memory(e), false, references[i]));
+                    // The peer's mirror of the replaced element must still be the one whose sectors the
+                    // image keeps: it is, while the index still names it (eviction would have queued
+                    // its invalidation ahead of this group).
+                    if (keepFrom[i] >= 0 && olds[i] != keepFrom[i]) references[i] = null;
+                    changes.Add(new MirrorChange(e, d, _nvram.Memory(e), false, references[i], keepFrom[i], keepMasks[i]));
                 }
                 for (int i = 0; i < n; i++)
                 {

@@ -10,6 +10,34 @@ public static partial class Program
 {
     static partial void AddAdapterCommands(RootCommand root) => root.Subcommands.Add(AdapterCommand());
 
+    static Command BenchAdapterCommand()
+    {
+        var seconds = new Option<double>("--seconds") { Description = "Seconds per timed fio run (the stall runs last at least 6 s)", DefaultValueFactory = _ => 5 };
+        var cmd = new Command("adapter", "The host adapter beside direct NBD: 4 KiB random-write latency at depth 1, IOPS, CPU and link bytes per write at depth 32, "
+            + "and the longest stall fio sees when the owner is killed, with multicast and with path failover") { seconds };
+        cmd.SetAction(async (parse, ct) =>
+        {
+            var error = parse.InvocationConfiguration.Error;
+            try
+            {
+                return await Duet.Bench.AdapterBench.RunAsync(new Duet.Bench.AdapterBenchOptions
+                {
+                    DuetCommand = SelfCommand(), Status = BenchControllerStatusAsync, Seconds = parse.GetValue(seconds),
+                }, parse.InvocationConfiguration.Output, error, ct);
+            }
+            catch (ArgumentOutOfRangeException e)
+            {
+                await error.WriteLineAsync($"duet: {e.Message}");
+                return ExitUsage;
+            }
+            catch (OperationCanceledException)
+            {
+                return ExitInterrupted;
+            }
+        });
+        return cmd;
+    }
+
     static Command AdapterCommand()
     {
         var port = new Option<int>("--port") { Description = "NBD port on 127.0.0.1 for local clients (export name = volume name)", DefaultValueFactory = _ => HostAdapterOptions.DefaultPort };

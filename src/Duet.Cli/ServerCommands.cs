@@ -392,6 +392,7 @@ public static partial class Program
         bench.Subcommands.Add(BenchMirrorCommand());
         bench.Subcommands.Add(BenchFailoverCommand());
         bench.Subcommands.Add(BenchRecoveryCommand());
+        bench.Subcommands.Add(BenchAdapterCommand());
         return bench;
     }
 

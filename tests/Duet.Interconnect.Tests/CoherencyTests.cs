@@ -265,4 +265,18 @@ public class CoherencyTests
         Assert.Equal((batches, headers, bytes, 0L), (log.BatchesSent, log.HeadersSent, log.MirrorBytesSent, log.InvalidationsSent));
         Assert.DoesNotContain(typeof(CoherencyLog).GetMethods(), m => m.Name.Contains("Flush", StringComparison.OrdinalIgnoreCase));
     }
+
+    [Fact]
+    public void Host_reference_block_has_every_field_at_its_offset_and_refuses_a_half_named_base()
+    {
+        var block = new HostReferenceBlock(new Duet.Core.HostDataReference(1, 0x0102030405060708, 0x1112131415161718, 0x2000), BaseElement: 5, KeepMask: 0xFF00);
+        var b = new byte[MirrorWire.HostReferenceBytes];
+        block.Encode(b);
+        Assert.Equal("01000000 00002000 0102030405060708 1112131415161718 00000006 0000ff00".Replace(" ", ""), Convert.ToHexString(b).ToLowerInvariant());
+        Assert.True(HostReferenceBlock.TryDecode(b, out var back));
+        Assert.Equal(block, back);
+        b[31] = 0; b[30] = 0; // a base element with nothing to keep
+        Assert.False(HostReferenceBlock.TryDecode(b, out _));
+        Assert.False(HostReferenceBlock.TryDecode(b.AsSpan(0, 31), out _));
+    }
 }

@@ -43,25 +43,34 @@ public enum CoherencyHeaderKind : byte
     MirrorByReference = MirrorWire.HeaderKindMirrorByReference,
 }
 
-/// <summary>The data of a by-reference mirror header: which host command's payload holds the bytes.</summary>
-public static class HostReferenceBlock
+/// <summary>
+/// The data of a by-reference mirror header: which host command's payload holds the new bytes, and
+/// optionally an element of the receiver's region 2 (the mirror of the element the new image
+/// replaces) whose sectors in <see cref="KeepMask"/> the new image keeps.
+/// </summary>
+public readonly record struct HostReferenceBlock(Duet.Core.HostDataReference Host, int BaseElement = -1, uint KeepMask = 0)
 {
-    public static void Encode(Duet.Core.HostDataReference r, Span<byte> destination)
+    public void Encode(Span<byte> destination)
     {
         var d = destination[..MirrorWire.HostReferenceBytes];
         d.Clear();
-        d[0] = r.Unit;
-        BinaryPrimitives.WriteUInt32BigEndian(d[4..], r.PayloadOffset);
-        BinaryPrimitives.WriteUInt64BigEndian(d[8..], r.HostId);
-        BinaryPrimitives.WriteUInt64BigEndian(d[16..], r.HostTag);
+        d[0] = Host.Unit;
+        BinaryPrimitives.WriteUInt32BigEndian(d[4..], Host.PayloadOffset);
+        BinaryPrimitives.WriteUInt64BigEndian(d[8..], Host.HostId);
+        BinaryPrimitives.WriteUInt64BigEndian(d[16..], Host.HostTag);
+        BinaryPrimitives.WriteUInt32BigEndian(d[24..], (uint)(BaseElement + 1));
+        BinaryPrimitives.WriteUInt32BigEndian(d[28..], KeepMask);
     }
 
-    public static bool TryDecode(ReadOnlySpan<byte> source, out Duet.Core.HostDataReference value)
+    public static bool TryDecode(ReadOnlySpan<byte> source, out HostReferenceBlock value)
     {
         value = default;
-        if (source.Length != MirrorWire.HostReferenceBytes || source[1] != 0 || source[2] != 0 || source[3] != 0 || source[24..].IndexOfAnyExcept((byte)0) >= 0) return false;
-        value = new Duet.Core.HostDataReference(source[0], BinaryPrimitives.ReadUInt64BigEndian(source[8..]), BinaryPrimitives.ReadUInt64BigEndian(source[16..]),
-            BinaryPrimitives.ReadUInt32BigEndian(source[4..]));
+        if (source.Length != MirrorWire.HostReferenceBytes || source[1] != 0 || source[2] != 0 || source[3] != 0) return false;
+        uint baseElement = BinaryPrimitives.ReadUInt32BigEndian(source[24..]);
+        uint keep = BinaryPrimitives.ReadUInt32BigEndian(source[28..]);
+        if ((baseElement == 0) != (keep == 0) || baseElement > int.MaxValue) return false;
+        value = new HostReferenceBlock(new Duet.Core.HostDataReference(source[0], BinaryPrimitives.ReadUInt64BigEndian(source[8..]),
+            BinaryPrimitives.ReadUInt64BigEndian(source[16..]), BinaryPrimitives.ReadUInt32BigEndian(source[4..])), (int)baseElement - 1, keep);
         return true;
     }
 }

@@ -210,10 +210,17 @@ public class MirrorProtocolTests
         // 40 KiB across three elements: the middle one whole, the ends partial; all by name.
         await h.MulticastWriteAsync(tag: 2, sector: 100, sectors: 80);
         Assert.Equal(4, h.Applier.AppliedByReference);
-        // A write into an element that keeps dirty sectors of an earlier one carries bytes the
-        // peer's copy of the command does not have: it travels whole.
-        await h.MulticastWriteAsync(tag: 3, sector: 0, sectors: 4);
-        Assert.Equal(4, h.Applier.AppliedByReference);
+        // A rewrite next to dirty sectors of an earlier write: the image keeps them, and the peer
+        // takes them from its own mirror of the element the image replaces.
+        long before = h.LinkBytes;
+        await h.MulticastWriteAsync(tag: 3, sector: 16, sectors: 8);
+        Assert.Equal(5, h.Applier.AppliedByReference);
+        Assert.True(h.LinkBytes - before <= 160, $"{h.LinkBytes - before} link bytes for a 4 KiB multicast rewrite beside dirty sectors");
+        Assert.Equal(h.Model, h.PeerReplay());
+        // One that leaves a gap between the new and the kept sectors needs sectors read from the
+        // array, which the peer does not hold: it travels whole.
+        await h.MulticastWriteAsync(tag: 4, sector: 0, sectors: 4);
+        Assert.Equal(5, h.Applier.AppliedByReference);
         Assert.Equal(h.Model, h.PeerReplay());
         await h.VerifyAsync();
     }
@@ -229,6 +236,26 @@ public class MirrorProtocolTests
         Assert.Contains("refused", h.Mirror.DownReason); // the write went through to the drives instead
         Assert.DoesNotContain(h.NvramB.Peer.ReplayOrder(), x => x.Descriptor.ArrayLba == 0);
         Assert.Equal(h.Model, h.PeerReplay()); // the drives have it
+        await h.VerifyAsync();
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [Trait("Claim", "FO-3")]
+    public async Task Random_multicast_writes_leave_the_peers_region_2_equal_to_the_owners_data(int seed)
+    {
+        await using var h = new PairHarness(MirrorMethod.Batched, arraySectors: 2048, seed: seed);
+        var rng = new Random(seed);
+        for (ulong tag = 1; tag <= 300; tag++)
+        {
+            int n = rng.Next(1, 49);
+            await h.MulticastWriteAsync(tag, rng.NextInt64(0, 2048 - n + 1), n);
+        }
+        Assert.True(h.Applier.AppliedByReference > 100, $"only {h.Applier.AppliedByReference} images by reference");
+        Assert.Null(h.Mirror.DownReason);
+        Assert.Equal(h.Model, h.PeerReplay());
         await h.VerifyAsync();
     }
 }
