@@ -43,11 +43,12 @@ public sealed class IscsiCatalogDevice : IScsiDevice, IDisposable
 
     /// <summary>The default device of a Duet target: the SCSI device server over the volumes, with the
     /// fixed two-controller port-group view (owners from <paramref name="owners"/> when given) and
-    /// one reservation store shared by every rebuild.</summary>
+    /// one reservation store shared by every rebuild (<paramref name="reservations"/>: the controller's,
+    /// mirrored to its peer; else one in memory).</summary>
     public static IscsiCatalogDevice Create(IVolumeCatalog catalog, string targetName, TimeProvider? time = null,
-        Func<IReadOnlyList<(string Volume, ushort OwnerGroup)>>? owners = null)
+        Func<IReadOnlyList<(string Volume, ushort OwnerGroup)>>? owners = null, IReservationStore? reservations = null)
     {
-        var reservations = new InMemoryReservationStore();
+        reservations ??= new InMemoryReservationStore();
         var portGroups = new FixedScsiPortGroups();
         var options = new ScsiDeviceOptions { TargetName = targetName };
         return new IscsiCatalogDevice(catalog, c => new ScsiDevice(c, reservations, portGroups, options), time, portGroups, owners);

@@ -554,6 +554,7 @@ public sealed partial class Controller
             double fenced = Since(heard).TotalMilliseconds;
             // Nothing the fenced session sends counts any more: its heartbeats, mirror writes, hellos.
             Mirror.Fail($"controller {PeerName} was fenced: {reason}");
+            FailReservationAck($"controller {PeerName} was fenced: {reason}");
             // The peer's arrays: those its superblocks name, and those the shelf still gives it (a move
             // to us it did not finish).
             var numbers = Arrays.ArrayTable.Where(kv => kv.Value.Owner == PeerName || Claims?.Of(kv.Value.Serial)?.Owner == PeerName)

@@ -126,6 +126,7 @@ public sealed partial class Controller : IAsyncDisposable
         ArrayService = new ControllerArrayService(this);
         options.Failover.Validate();
         Handshake = CreateHandshake();
+        Reservations = new MirroredReservationStore(SendReservationStateAsync);
     }
 
     // The peer's array table as its last ArrayTableUpdate gave it. Applied as the update arrives, in
@@ -236,6 +237,7 @@ public sealed partial class Controller : IAsyncDisposable
             // The array table before any mirror data: the peer names our arrays by number with it
             // (a change announced while the link was down never reached it).
             await NotifyPeerArraysChangedAsync();
+            await SendReservationSyncAsync();
             await SendOpenCheckpointsAsync();
             await Cache.ResyncMirrorAsync(Mirror.Resume);
             await ClearStaleAsync();
@@ -276,6 +278,7 @@ public sealed partial class Controller : IAsyncDisposable
     void OnPeerLost(string why)
     {
         Mirror.Fail(why);
+        FailReservationAck(why);
         // Error-recovery mode: the data only this controller holds now goes to the drives.
         _ = DrainAfterLossAsync();
     }
@@ -306,6 +309,7 @@ public sealed partial class Controller : IAsyncDisposable
             if (kind == MessageKind.Status) Mirror.OnReply(t.Message.Span);
             else if (kind == MessageKind.PairHello) Volatile.Read(ref _helloAck)?.TrySetResult();
             else if (kind == MessageKind.ForwardedResponse) Forwarding.OnResponse(t.Message.Span, t.Data.Span);
+            else if (kind == MessageKind.ReservationState) OnReservationStateReply(t.Message.Span);
             else LogUnknown("reply", kind.ToString());
             return;
         }
@@ -326,6 +330,9 @@ public sealed partial class Controller : IAsyncDisposable
                 return;
             case MessageKind.HostHandshake:
                 OnHostHandshake(t.Message);
+                return;
+            case MessageKind.ReservationState:
+                OnReservationState(t);
                 return;
         }
         if (!await Receiver.HandleAsync(t)) LogUnknown("command", kind.ToString());

@@ -141,7 +141,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
             server.Nbd = new NbdServer(controller.Volumes, new NbdServerOptions { Endpoint = options.NbdEndpoint, TimeProvider = options.Time }, loggers.CreateLogger<NbdServer>());
             await server.Nbd.StartAsync(ct);
             server._iscsiDevice = IscsiCatalogDevice.Create(controller.Volumes, IscsiServerOptions.DefaultTargetName, options.Time,
-                () => VolumeOwners(controller));
+                () => VolumeOwners(controller), controller.Reservations);
             server.Iscsi = new IscsiServer(server._iscsiDevice, IscsiOptionsFor(options), loggers.CreateLogger<IscsiServer>());
             await server.Iscsi.StartAsync(ct);
             server.HostUnits = await StartHostUnitsAsync(options, controller, loggers, ct);
