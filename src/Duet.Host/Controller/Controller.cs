@@ -35,6 +35,9 @@ public sealed record ControllerCoreOptions
     /// <summary>With <see cref="Shelf"/>: the claims the array manager was opened with (<see cref="ShelfClaims.MayServe"/>).</summary>
     public ShelfClaims? Claims { get; init; }
     public FailoverOptions Failover { get; init; } = new();
+    /// <summary>Where the APTPL persistent-reservation state survives a power loss (the shell: a file next to
+    /// the NVRAM file). Null: nowhere (reservations are then lost with both controllers).</summary>
+    public IReservationPersistence? ReservationPersistence { get; init; }
     /// <summary>Test only (the simulator's planted bugs): adjusts the cache's options.</summary>
     public Func<CacheOptions, CacheOptions>? ConfigureCache { get; init; }
     /// <summary>Test only (the simulator's planted bugs): wraps the mirror the cache sees.</summary>
@@ -126,7 +129,8 @@ public sealed partial class Controller : IAsyncDisposable
         ArrayService = new ControllerArrayService(this);
         options.Failover.Validate();
         Handshake = CreateHandshake();
-        Reservations = new MirroredReservationStore(SendReservationStateAsync);
+        Reservations = new MirroredReservationStore(SendReservationStateAsync, options.ReservationPersistence);
+        if (Reservations.LoadError is { } prError) LogUnknown("persisted reservation state (not used)", prError);
     }
 
     // The peer's array table as its last ArrayTableUpdate gave it. Applied as the update arrives, in

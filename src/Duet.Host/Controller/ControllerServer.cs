@@ -51,6 +51,8 @@ public sealed record ControllerOptions
     public static string SocketFor(string dataDirectory, string name) =>
         Path.Combine(dataDirectory, name == "A" ? ManagementHost.SocketFileName : $"duet-{name}.sock");
     public static string NvramPathFor(string dataDirectory, string name) => Path.Combine(dataDirectory, $"nvram-{name}.bin");
+    /// <summary>The controller's APTPL persistent-reservation state (ReservationFile), next to its NVRAM file.</summary>
+    public static string ReservationPathFor(string dataDirectory, string name) => Path.Combine(dataDirectory, $"pr-{name}.bin");
 }
 
 /// <summary>How the two controllers' inter-controller link is carried.</summary>
@@ -133,6 +135,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
             {
                 Name = options.Name, Session = session, Mirror = options.Mirror,
                 ForwardTimeout = options.ForwardTimeout, Time = options.Time, Loggers = loggers, Shelf = shelf, Claims = claims, Failover = options.Failover,
+                ReservationPersistence = new FileReservationPersistence(ControllerOptions.ReservationPathFor(dir, options.Name)),
             }, arrays, nvram, link);
             server = new ControllerServer(options with { DataDirectory = dir }, controller, loggers);
             await controller.StartAsync();

@@ -21,22 +21,53 @@ namespace Duet.Host.Controller;
 ///    serve is applied, one for a volume it serves is answered with its own state, which the sender
 ///    applies. What the non-owner changed while the link was down is replaced; a volume neither side
 ///    holds state for costs nothing.
-/// No clocks, threads or sockets: sending is an injected delegate (the controller posts on the ICL).
+///
+/// APTPL (SPC-4 5.12.4): the states whose APTPL is set are written whole to the injected
+/// <see cref="IReservationPersistence"/> (<see cref="ReservationFile"/>: a file next to the NVRAM, with
+/// a CRC32C) whenever one of them changes, before the change is sent or completes, and loaded when the
+/// store is built. States without APTPL are lost with the controller's power, as SPC-4 says.
+/// No clocks, threads or sockets: sending and persisting are injected (the controller posts on the ICL,
+/// the shell writes the file).
 /// </summary>
 public sealed class MirroredReservationStore : IReservationStore
 {
     readonly Lock _lock = new();
     readonly Dictionary<string, PrSnapshot> _snapshots = new(StringComparer.Ordinal);
     readonly Func<ReservationStateMessage, ValueTask> _send;
+    readonly IReservationPersistence? _persistence;
     Task _tail = Task.CompletedTask;
-    long _sent, _applied;
+    long _sent, _applied, _persisted;
 
     /// <param name="send">Posts one message to the peer; throws (<see cref="IclLinkDownException"/>) when the
     /// link is down or the peer cannot be reached (the change then stays local).</param>
-    public MirroredReservationStore(Func<ReservationStateMessage, ValueTask> send)
+    /// <param name="persistence">Where APTPL states survive a power loss (null: nowhere).</param>
+    public MirroredReservationStore(Func<ReservationStateMessage, ValueTask> send, IReservationPersistence? persistence = null)
     {
         ArgumentNullException.ThrowIfNull(send);
         _send = send;
+        _persistence = persistence;
+        if (persistence?.Read() is not { } bytes) return;
+        if (!ReservationFile.TryDecode(bytes, out var states, out var why))
+        {
+            LoadError = why;
+            return;
+        }
+        foreach (var m in states) _snapshots[m.Volume] = ToSnapshot(m);
+    }
+
+    /// <summary>Why the persisted APTPL state was not used (null: it was, or there was none).</summary>
+    public string? LoadError { get; }
+    /// <summary>Times the APTPL state was written.</summary>
+    public long Persisted => Interlocked.Read(ref _persisted);
+
+    /// <summary>Writes the APTPL states if <paramref name="before"/> or <paramref name="after"/> is one (caller holds the lock).</summary>
+    void PersistIfAptpl(PrSnapshot? before, PrSnapshot after)
+    {
+        if (_persistence is null || !(after.Aptpl || before?.Aptpl == true)) return;
+        var states = _snapshots.Where(kv => kv.Value.Aptpl).OrderBy(kv => kv.Key, StringComparer.Ordinal)
+            .Select(kv => ToMessage(kv.Key, kv.Value, sync: false)).ToList();
+        _persistence.Write(ReservationFile.Encode(states));
+        Interlocked.Increment(ref _persisted);
     }
 
     public event Action<string, PrSnapshot>? Changed;
@@ -57,7 +88,9 @@ public sealed class MirroredReservationStore : IReservationStore
         Task sent;
         lock (_lock)
         {
+            _snapshots.TryGetValue(volumeName, out var before);
             _snapshots[volumeName] = snapshot;
+            PersistIfAptpl(before, snapshot);
             sent = _tail = SendAfterAsync(_tail, ToMessage(volumeName, snapshot, sync: false));
         }
         Changed?.Invoke(volumeName, snapshot);
@@ -84,7 +117,12 @@ public sealed class MirroredReservationStore : IReservationStore
     {
         ArgumentNullException.ThrowIfNull(message);
         var snapshot = ToSnapshot(message);
-        lock (_lock) _snapshots[message.Volume] = snapshot;
+        lock (_lock)
+        {
+            _snapshots.TryGetValue(message.Volume, out var before);
+            _snapshots[message.Volume] = snapshot;
+            PersistIfAptpl(before, snapshot);
+        }
         Interlocked.Increment(ref _applied);
         Changed?.Invoke(message.Volume, snapshot);
     }
