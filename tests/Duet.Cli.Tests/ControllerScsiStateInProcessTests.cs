@@ -3,6 +3,7 @@ using Duet.Cache.Nvram;
 using Duet.Drives;
 using Duet.Host.Controller;
 using Duet.Interconnect.Link;
+using Duet.Iscsi;
 using Duet.Iscsi.Scsi;
 using Duet.Raid.Management;
 using Duet.Shelf;
@@ -117,6 +118,71 @@ public sealed class ControllerScsiStateInProcessTests
         }
     }
 
+    [Fact]
+    [Trait("Claim", "FO-1")]
+    public async Task AluaStatesFollowTheLinkAndTheTakeover_AndEveryNexusHearsOfEachChangeOnce()
+    {
+        var (_, a, b) = await StartPairAsync();
+        using var viaA = IscsiCatalogDevice.Create(a.Volumes, "iqn.test:target", TimeProvider.System, () => ControllerServer.VolumeAccessStates(a), a.Reservations);
+        using var viaB = IscsiCatalogDevice.Create(b.Volumes, "iqn.test:target", TimeProvider.System, () => ControllerServer.VolumeAccessStates(b), b.Reservations);
+        try
+        {
+            // Paired: A owns vol0 (its group active/optimized, preferred), B forwards it (active/non-optimized).
+            Assert.Equal(("vol0", AluaState.ActiveOptimized, AluaState.ActiveNonOptimized), a.AccessStates().Single());
+            Assert.Equal(("vol0", AluaState.ActiveNonOptimized, AluaState.ActiveOptimized), b.AccessStates().Single());
+            foreach (var (device, nexus) in new[] { ((IScsiDevice)viaA, HostViaA), (viaB, HostViaB) })
+            {
+                await ClearAsync(device, nexus);
+                Assert.Equal((0x80, 0x01), await GroupStatesAsync(device, nexus));
+            }
+            Good(await RunAsync(viaB, HostViaB, Read10(0, 1)));            // forwarded over the ICL
+
+            // The link goes down (both still heartbeat through the shelf: no takeover). B cannot forward: its
+            // group is unavailable for vol0, A reports B's group unavailable too.
+            ((InMemoryIclLink)a.Link).Cut();
+            await Until(() => !a.Link.IsUp && !b.Link.IsUp, "the link to go down");
+            viaA.Refresh();
+            viaB.Refresh();
+            AssertSense(await RunAsync(viaB, HostViaB, new byte[6]), 0x6, 0x2A, 0x06);
+            AssertSense(await RunAsync(viaB, HostViaB, Read10(0, 1)), 0x2, 0x04, 0x0C);
+            Assert.Equal((0x80, 0x03), await GroupStatesAsync(viaB, HostViaB));
+            AssertSense(await RunAsync(viaA, HostViaA, new byte[6]), 0x6, 0x2A, 0x06);
+            Assert.Equal((0x80, 0x03), await GroupStatesAsync(viaA, HostViaA));
+            Good(await RunAsync(viaA, HostViaA, Read10(0, 1)));
+
+            // B takes A over: while it runs, B's group is transitioning and A's unavailable; then B's is
+            // active/optimized. B's device is rebuilt over the served volume and keeps the attention: once.
+            var seen = new List<(string, AluaState, AluaState)>();
+            b.AccessChanged += () => { lock (seen) seen.Add(b.AccessStates().Single()); };
+            await b.TakeOverAsync("test: A stopped answering");
+            lock (seen) Assert.Equal(("vol0", AluaState.Transitioning, AluaState.Unavailable), seen[0]);
+            Assert.Equal(("vol0", AluaState.ActiveOptimized, AluaState.Unavailable), b.AccessStates().Single());
+            viaB.Refresh();
+            AssertSense(await RunAsync(viaB, HostViaB, new byte[6]), 0x6, 0x2A, 0x06);
+            Good(await RunAsync(viaB, HostViaB, new byte[6]));
+            Good(await RunAsync(viaB, HostViaB, Read10(0, 1)));
+            Assert.Equal((0x03, 0x80), await GroupStatesAsync(viaB, HostViaB));
+
+            // A finds itself fenced and steps down: its group is unavailable for everything.
+            await Until(() => a.IsSteppedDown, "A to step down");
+            Assert.Equal(("vol0", AluaState.Unavailable, AluaState.ActiveOptimized), a.AccessStates().Single());
+        }
+        finally
+        {
+            await a.DisposeAsync();
+            await b.DisposeAsync();
+        }
+    }
+
+    static async Task<(byte A, byte B)> GroupStatesAsync(IScsiDevice device, ItNexus nexus)
+    {
+        var r = await RunAsync(device, nexus, [0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0]);
+        Good(r);
+        var d = r.DataIn.Span;
+        Assert.Equal((1, 2), (BinaryPrimitives.ReadUInt16BigEndian(d[6..]), BinaryPrimitives.ReadUInt16BigEndian(d[18..])));
+        return (d[4], d[16]);
+    }
+
     // ---- the pair
 
     static async Task<(Duet.Shelf.Shelf, PairController, PairController)> StartPairAsync()
@@ -163,11 +229,11 @@ public sealed class ControllerScsiStateInProcessTests
 
     // ---- SCSI
 
-    static async Task<ScsiResult> RunAsync(ScsiDevice device, ItNexus nexus, byte[] cdb, byte[]? data = null) =>
+    static async Task<ScsiResult> RunAsync(IScsiDevice device, ItNexus nexus, byte[] cdb, byte[]? data = null) =>
         await device.ExecuteAsync(new ScsiCommand { Nexus = nexus, Lun = 0, Cdb = cdb, DataOut = data ?? [], ExpectedDataOutLength = data?.Length ?? 0 }, default);
 
     /// <summary>TEST UNIT READY until GOOD: the nexus's unit attentions (POWER ON first) are taken.</summary>
-    static async Task ClearAsync(ScsiDevice device, ItNexus nexus)
+    static async Task ClearAsync(IScsiDevice device, ItNexus nexus)
     {
         for (int i = 0; i < 10; i++)
             if ((await RunAsync(device, nexus, new byte[6])).Status == ScsiStatus.Good) return;

@@ -540,6 +540,7 @@ public sealed partial class Controller
     {
         if (Shelf is null || _standby || _steppedDown || _peerFenced) return;
         if (Interlocked.Exchange(ref _takingOver, 1) != 0) return;
+        RaiseAccessChanged();
         try
         {
             Interlocked.Increment(ref _decisions);
@@ -599,7 +600,11 @@ public sealed partial class Controller
             LogTookOver(PeerName, string.Join(", ", taken), adopted, adoptedMs);
             _ = DrainAfterLossAsync();
         }
-        finally { Volatile.Write(ref _takingOver, 0); }
+        finally
+        {
+            Volatile.Write(ref _takingOver, 0);
+            RaiseAccessChanged();
+        }
     }
 
     /// <summary>The peer's mirrored elements (region 2), valid and dirty, in sequence order, into our cache.</summary>
@@ -649,6 +654,7 @@ public sealed partial class Controller
         LogSteppedDown(reason);
         Volatile.Read(ref _beatDone).TrySetResult();
         SteppedDown?.Invoke(reason);
+        RaiseAccessChanged();
     }
 
     /// <summary>A standby whose fence was lifted (by the owner after our hello, or by `duet shelf unfence`):
@@ -666,6 +672,7 @@ public sealed partial class Controller
             catch (ShelfException) { return; } // the next heartbeat tries again
             _standby = false;
             LogRejoined();
+            RaiseAccessChanged();
         }
         finally { Volatile.Write(ref _rejoining, 0); }
         await RescanAsync();
@@ -689,6 +696,7 @@ public sealed partial class Controller
             Volatile.Write(ref _iclQuietSince, 0);
             _peerSlotChangedAt = Now;
             LogUnfenced(PeerName);
+            RaiseAccessChanged();
         }
         catch (ShelfException e) { LogTakeoverFailed($"could not lift the fence of {PeerName}: {e.Message}"); }
     }

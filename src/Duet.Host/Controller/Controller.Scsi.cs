@@ -1,12 +1,15 @@
 using Duet.Core;
 using Duet.Interconnect.Link;
 using Duet.Interconnect.Wire;
+using Duet.Iscsi.Scsi;
 
 namespace Duet.Host.Controller;
 
 // SCSI state that must survive a failover (SPEC "Duet's own messages on the ICL"; docs/internals/scsi.md):
-// persistent reservations, mirrored to the peer as ReservationStateMessage (0x010A). The iSCSI front end
-// (ControllerServer) builds its device server over Reservations.
+// persistent reservations, mirrored to the peer as ReservationStateMessage (0x010A), and the ALUA states
+// of each volume's two port groups, derived here from ownership, the link and the takeover (nothing of
+// them needs to cross the link: each side derives its own view). The iSCSI front end (ControllerServer)
+// builds its device server over Reservations and AccessStates, and refreshes it on AccessChanged.
 //
 // A change is posted on the command queue; the peer applies it and echoes the same bytes on our reply
 // queue; the PERSISTENT RESERVE OUT completes after the echo (or, with the peer gone, after the link
@@ -111,5 +114,46 @@ public sealed partial class Controller
     {
         foreach (var m in Reservations.SyncMessages())
             await Link.PostAsync(IclSignal.Message, Nvram.Epoch, DuetFrame.ToArray(m), default);
+    }
+
+    /// <summary>Raised when something the ALUA states depend on changed (the link went up or down, a takeover
+    /// started or ended, this controller stepped down or rejoined, the peer was fenced or let back in), on the
+    /// thread that noticed: the front end refreshes its view at once instead of at its next tick.</summary>
+    public event Action? AccessChanged;
+
+    void RaiseAccessChanged() => AccessChanged?.Invoke();
+
+    /// <summary>
+    /// The ALUA access states of every volume's two target port groups as this controller sees them
+    /// (group 1 = controller A's port, group 2 = B's), docs/internals/scsi.md "ALUA across the pair":
+    ///  - a volume this controller serves: its group active/optimized; the peer's active/non-optimized
+    ///    while the pair can forward (link up, peer not fenced), else unavailable;
+    ///  - a volume the peer serves: ours active/non-optimized (forwarded over the ICL) and the peer's
+    ///    active/optimized while the link is up; with the link down ours is unavailable (nothing to
+    ///    forward to); while a takeover runs ours is transitioning and the peer's unavailable;
+    ///  - stepped down (fenced by the peer): ours unavailable, the peer's active/optimized.
+    /// </summary>
+    public IReadOnlyList<(string Volume, AluaState Own, AluaState Peer)> AccessStates()
+    {
+        var list = new List<(string, AluaState, AluaState)>();
+        bool paired = Link.IsUp && !_peerFenced;
+        bool takingOver = Volatile.Read(ref _takingOver) != 0;
+        var status = Arrays.Status();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var v in status.Volumes)
+        {
+            if (!seen.Add(v.Name)) continue;
+            if (_steppedDown) list.Add((v.Name, AluaState.Unavailable, AluaState.ActiveOptimized));
+            else if (Arrays.Serves(v.Array)) list.Add((v.Name, AluaState.ActiveOptimized, paired ? AluaState.ActiveNonOptimized : AluaState.Unavailable));
+            else list.Add(PeerServed(v.Name));
+        }
+        foreach (var v in Arrays.PeerVolumes)
+            if (seen.Add(v.Name)) list.Add(_steppedDown ? (v.Name, AluaState.Unavailable, AluaState.ActiveOptimized) : PeerServed(v.Name));
+        return list;
+
+        (string, AluaState, AluaState) PeerServed(string name) =>
+            takingOver ? (name, AluaState.Transitioning, AluaState.Unavailable)
+            : paired ? (name, AluaState.ActiveNonOptimized, AluaState.ActiveOptimized)
+            : (name, AluaState.Unavailable, AluaState.ActiveOptimized);
     }
 }

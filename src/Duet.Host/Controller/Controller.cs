@@ -176,6 +176,7 @@ public sealed partial class Controller : IAsyncDisposable
         {
             if (up) _ = PairAsync();
             else OnPeerLost("the link to the peer went down");
+            RaiseAccessChanged();
         };
         Link.Start(DispatchAsync);
         if (Link.IsUp) _ = PairAsync();

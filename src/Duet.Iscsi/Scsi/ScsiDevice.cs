@@ -49,6 +49,28 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
 
     public ScsiDeviceOptions Options => _options;
 
+    /// <summary>
+    /// For a device that replaces <paramref name="previous"/> over the same store and view (the catalog
+    /// changed): each LUN takes the previous device's unit attentions and SPC-2 reservation of the same
+    /// volume, so a rebuild loses no attention (an ASYMMETRIC ACCESS STATE CHANGED of a takeover, a
+    /// RESERVATIONS PREEMPTED) and does not tell every nexus POWER ON again. Attentions this device queued
+    /// itself meanwhile are kept after the carried ones.
+    /// </summary>
+    public void CarryOver(ScsiDevice previous)
+    {
+        ArgumentNullException.ThrowIfNull(previous);
+        foreach (var lu in _units)
+        {
+            if (previous.UnitByName(lu.Name) is not { } old) continue;
+            lock (old.Sync)
+            lock (lu.Sync)
+            {
+                lu.CarryAttentionsFrom(old);
+                lu.Spc2Holder ??= old.Spc2Holder;
+            }
+        }
+    }
+
     LogicalUnit? Unit(ulong lun) => lun < (ulong)_units.Length ? _units[lun] : null;
 
     LogicalUnit? UnitByName(string name)
