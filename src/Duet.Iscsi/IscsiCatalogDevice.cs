@@ -73,8 +73,14 @@ public sealed class IscsiCatalogDevice : IScsiDevice, IDisposable
     public void Dispose()
     {
         _timer.Dispose();
-        lock (_gate) (Current as IDisposable)?.Dispose();
+        lock (_gate)
+        {
+            _disposed = true;
+            (Current as IDisposable)?.Dispose();
+        }
     }
+
+    private bool _disposed;
 
     private IScsiDevice Current => Volatile.Read(ref _device);
 
@@ -86,6 +92,7 @@ public sealed class IscsiCatalogDevice : IScsiDevice, IDisposable
         {
             lock (_gate)
             {
+                if (_disposed) return; // a late tick or controller event
                 var volumes = _catalog.Volumes;
                 bool same = volumes.Count == _snapshot.Length;
                 for (int i = 0; same && i < volumes.Count; i++) same = ReferenceEquals(volumes[i], _snapshot[i]);
