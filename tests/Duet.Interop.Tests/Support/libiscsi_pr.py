@@ -2,13 +2,14 @@
 """PERSISTENT RESERVE IN/OUT through libiscsi (the initiator of libiscsi-bin's tools), for the interop
 tests: libiscsi-bin has no PR command-line tool, so this drives libiscsi.so.7 through ctypes.
 
-  libiscsi_pr.py PORTAL TARGET INITIATOR register-reserve KEY TYPE   # one I_T nexus: REGISTER, then RESERVE
+  libiscsi_pr.py PORTAL TARGET INITIATOR register-reserve KEY TYPE [aptpl]   # one I_T nexus: REGISTER, then RESERVE
   libiscsi_pr.py PORTAL TARGET INITIATOR keys                        # prints "generation G keys K1 K2 ..."
   libiscsi_pr.py PORTAL TARGET INITIATOR reservation                 # prints "reservation KEY TYPE" or "reservation none"
   libiscsi_pr.py PORTAL TARGET INITIATOR write                       # WRITE(10) of LBA 0: prints "status S"
 
-Unit attentions are taken first (TEST UNIT READY until GOOD, at most 8 times). Keys are hex. Exit 0 when
-every command answered GOOD (write: whatever its status), 1 otherwise, with the reason on stderr.
+PORTAL is HOST:PORT, or HOST:PORT/LUN (default LUN 0). Unit attentions are taken first (TEST UNIT
+READY until GOOD, at most 8 times). Keys are hex. Exit 0 when every command answered GOOD (write:
+whatever its status), 1 otherwise, with the reason on stderr.
 """
 import ctypes
 import struct
@@ -56,10 +57,13 @@ def status_of(task):
     return status, key, ascq >> 8, ascq & 0xFF
 
 
+LUN = 0
+
+
 def command(ctx, cdb, direction=XFER_NONE, data=b"", expected=0):
     task = lib.scsi_create_task(len(cdb), bytes(cdb), direction, expected or len(data))
     payload = IscsiData(len(data), data) if data else None
-    done = lib.iscsi_scsi_command_sync(ctx, 0, task, ctypes.byref(payload) if payload else None)
+    done = lib.iscsi_scsi_command_sync(ctx, LUN, task, ctypes.byref(payload) if payload else None)
     if not done:
         fail("command failed: %s" % lib.iscsi_get_error(ctx).decode())
     result = status_of(done)
@@ -67,16 +71,16 @@ def command(ctx, cdb, direction=XFER_NONE, data=b"", expected=0):
     return result
 
 
-def pr_out(ctx, action, type_, key, service_key):
+def pr_out(ctx, action, type_, key, service_key, aptpl=False):
     cdb = bytes([0x5F, action, type_, 0, 0, 0, 0, 0, 24, 0])
-    params = struct.pack(">QQ", key, service_key) + bytes(8)
+    params = struct.pack(">QQ", key, service_key) + bytes([0, 0, 0, 0, 1 if aptpl else 0, 0, 0, 0])
     status = command(ctx, cdb, XFER_WRITE, params)
     if status[0] != GOOD:
         fail("PERSISTENT RESERVE OUT %d: status %d sense %x/%02x/%02x" % ((action,) + status))
 
 
 def pr_in(ctx, action):
-    task = lib.iscsi_persistent_reserve_in_sync(ctx, 0, action, 1024)
+    task = lib.iscsi_persistent_reserve_in_sync(ctx, LUN, action, 1024)
     if not task:
         fail("PERSISTENT RESERVE IN: %s" % lib.iscsi_get_error(ctx).decode())
     status = status_of(task)
@@ -86,11 +90,14 @@ def pr_in(ctx, action):
 
 
 def main():
+    global LUN
     portal, target, initiator, what = sys.argv[1:5]
+    portal, _, lun = portal.partition("/")
+    LUN = int(lun or "0")
     ctx = lib.iscsi_create_context(initiator.encode())
     lib.iscsi_set_targetname(ctx, target.encode())
     lib.iscsi_set_session_type(ctx, SESSION_NORMAL)
-    if lib.iscsi_full_connect_sync(ctx, portal.encode(), 0) != 0:
+    if lib.iscsi_full_connect_sync(ctx, portal.encode(), LUN) != 0:
         fail("login to %s failed: %s" % (portal, lib.iscsi_get_error(ctx).decode()))
     for _ in range(8):
         status = command(ctx, bytes(6))
@@ -99,7 +106,8 @@ def main():
         print("TEST UNIT READY: sense %x/%02x/%02x" % status[1:], file=sys.stderr)
     if what == "register-reserve":
         key, type_ = int(sys.argv[5], 16), int(sys.argv[6])
-        pr_out(ctx, 0, 0, 0, key)      # REGISTER
+        aptpl = len(sys.argv) > 7 and sys.argv[7] == "aptpl"
+        pr_out(ctx, 0, 0, 0, key, aptpl)  # REGISTER
         pr_out(ctx, 1, type_, key, 0)  # RESERVE
         print("registered and reserved %x type %d" % (key, type_))
     elif what == "keys":
