@@ -85,19 +85,24 @@ public sealed class MirroredReservationStore : IReservationStore
     public ValueTask SaveAsync(string volumeName, PrSnapshot snapshot)
     {
         ArgumentNullException.ThrowIfNull(snapshot);
-        Task sent;
+        // The send takes its place in the chain under the lock (the order of the changes) and starts outside it
+        // (the link's code never runs under our lock), once the send before it is done.
+        Task previous;
+        var done = new TaskCompletionSource();
         lock (_lock)
         {
             _snapshots.TryGetValue(volumeName, out var before);
             _snapshots[volumeName] = snapshot;
             PersistIfAptpl(before, snapshot);
-            sent = _tail = SendAfterAsync(_tail, ToMessage(volumeName, snapshot, sync: false));
+            previous = _tail;
+            _tail = done.Task;
         }
+        var sent = SendAfterAsync(previous, ToMessage(volumeName, snapshot, sync: false), done);
         Changed?.Invoke(volumeName, snapshot);
         return new ValueTask(sent);
     }
 
-    async Task SendAfterAsync(Task previous, ReservationStateMessage message)
+    async Task SendAfterAsync(Task previous, ReservationStateMessage message, TaskCompletionSource done)
     {
         await previous.ConfigureAwait(false); // never faults: see below
         try
@@ -110,6 +115,7 @@ public sealed class MirroredReservationStore : IReservationStore
             // The peer is not there (IclLinkDownException: link down, window full past the post timeout, peer
             // fenced): the change is ours alone until the pair forms again (then the owner's state wins).
         }
+        finally { done.SetResult(); }
     }
 
     /// <summary>A state the peer sent: replaces ours for that volume.</summary>
