@@ -7,11 +7,14 @@ namespace Duet.Iscsi;
 /// Serves a changing <see cref="IVolumeCatalog"/> (a controller's: volumes are created, deleted,
 /// taken over) through a <see cref="ScsiDevice"/>, which maps LUN i to the catalog's i-th volume
 /// as it was when the device was built. A timer looks at the catalog every
-/// <see cref="RefreshInterval"/>; when its volumes differ (names, sizes or the volume objects
+/// <see cref="RefreshInterval"/> (and the controller calls <see cref="Refresh"/> when its link or a
+/// takeover changes something); when its volumes differ (names, sizes or the volume objects
 /// themselves, as after a takeover turns a forwarded volume into a served one) a new device is
-/// built over the same reservation store and port-group view, so reservations survive. The same
-/// tick moves each volume's ALUA owner (active/optimized group) to where the controller says it is
-/// served. Commands never wait for any of this: they take the current device.
+/// built over the same reservation store and port-group view, so reservations survive, and takes
+/// over the old one's unit attentions and SPC-2 reservations per volume (the old one is disposed:
+/// it stops following the store and the view). The same tick sets each volume's ALUA states to what
+/// the controller says (<see cref="VolumeAccess"/>). Commands never wait for any of this: they take
+/// the current device.
 /// </summary>
 public sealed class IscsiCatalogDevice : IScsiDevice, IDisposable
 {
@@ -20,21 +23,21 @@ public sealed class IscsiCatalogDevice : IScsiDevice, IDisposable
     private readonly IVolumeCatalog _catalog;
     private readonly Func<IVolumeCatalog, IScsiDevice> _create;
     private readonly FixedScsiPortGroups? _portGroups;
-    private readonly Func<IReadOnlyList<(string Volume, ushort OwnerGroup)>>? _owners;
+    private readonly Func<IReadOnlyList<VolumeAccess>>? _access;
     private readonly Lock _gate = new();
     private readonly ITimer _timer;
     private IScsiDevice _device;
     private IBlockVolume[] _snapshot;
 
     public IscsiCatalogDevice(IVolumeCatalog catalog, Func<IVolumeCatalog, IScsiDevice> create, TimeProvider? time = null,
-        FixedScsiPortGroups? portGroups = null, Func<IReadOnlyList<(string Volume, ushort OwnerGroup)>>? owners = null)
+        FixedScsiPortGroups? portGroups = null, Func<IReadOnlyList<VolumeAccess>>? access = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
         ArgumentNullException.ThrowIfNull(create);
         _catalog = catalog;
         _create = create;
         _portGroups = portGroups;
-        _owners = owners;
+        _access = access;
         _snapshot = [.. catalog.Volumes];
         SyncOwners();
         _device = Build(new Snapshot(_snapshot));
@@ -42,15 +45,16 @@ public sealed class IscsiCatalogDevice : IScsiDevice, IDisposable
     }
 
     /// <summary>The default device of a Duet target: the SCSI device server over the volumes, with the
-    /// fixed two-controller port-group view (owners from <paramref name="owners"/> when given) and
-    /// one reservation store shared by every rebuild.</summary>
+    /// two-controller port-group view (states from <paramref name="access"/> when given) and one
+    /// reservation store shared by every rebuild (<paramref name="reservations"/>: the controller's,
+    /// mirrored to its peer; else one in memory).</summary>
     public static IscsiCatalogDevice Create(IVolumeCatalog catalog, string targetName, TimeProvider? time = null,
-        Func<IReadOnlyList<(string Volume, ushort OwnerGroup)>>? owners = null)
+        Func<IReadOnlyList<VolumeAccess>>? access = null, IReservationStore? reservations = null)
     {
-        var reservations = new InMemoryReservationStore();
+        reservations ??= new InMemoryReservationStore();
         var portGroups = new FixedScsiPortGroups();
         var options = new ScsiDeviceOptions { TargetName = targetName };
-        return new IscsiCatalogDevice(catalog, c => new ScsiDevice(c, reservations, portGroups, options), time, portGroups, owners);
+        return new IscsiCatalogDevice(catalog, c => new ScsiDevice(c, reservations, portGroups, options), time, portGroups, access);
     }
 
     /// <summary><see cref="ScsiDevice.PreemptedAndAborted"/> of whichever device is current.</summary>
@@ -66,24 +70,41 @@ public sealed class IscsiCatalogDevice : IScsiDevice, IDisposable
 
     public void NexusLost(ItNexus nexus) => Current.NexusLost(nexus);
 
-    public void Dispose() => _timer.Dispose();
+    public void Dispose()
+    {
+        _timer.Dispose();
+        lock (_gate)
+        {
+            _disposed = true;
+            (Current as IDisposable)?.Dispose();
+        }
+    }
+
+    private bool _disposed;
 
     private IScsiDevice Current => Volatile.Read(ref _device);
 
-    /// <summary>One tick: a new device if the catalog changed, owners moved. Never throws (a timer callback).</summary>
-    internal void Refresh()
+    /// <summary>One tick: ALUA states set, a new device if the catalog changed. Never throws (a timer callback,
+    /// and the controller's link and takeover events).</summary>
+    public void Refresh()
     {
         try
         {
             lock (_gate)
             {
+                if (_disposed) return; // a late tick or controller event
                 var volumes = _catalog.Volumes;
                 bool same = volumes.Count == _snapshot.Length;
                 for (int i = 0; same && i < volumes.Count; i++) same = ReferenceEquals(volumes[i], _snapshot[i]);
                 SyncOwners();
                 if (same) return;
                 _snapshot = [.. volumes];
-                Volatile.Write(ref _device, Build(new Snapshot(_snapshot)));
+                var old = Current;
+                var next = Build(new Snapshot(_snapshot));
+                if (next is ScsiDevice n && old is ScsiDevice o) n.CarryOver(o);
+                Volatile.Write(ref _device, next);
+                // Commands already running on the old device finish there; it no longer follows the store or the view.
+                (old as IDisposable)?.Dispose();
             }
         }
         catch (Exception e) when (e is not InvariantViolationException)
@@ -94,11 +115,8 @@ public sealed class IscsiCatalogDevice : IScsiDevice, IDisposable
 
     private void SyncOwners()
     {
-        if (_portGroups is null || _owners is null) return;
-        foreach (var (volume, group) in _owners())
-        {
-            if (group is FixedScsiPortGroups.GroupA or FixedScsiPortGroups.GroupB) _portGroups.SetOwner(volume, group);
-        }
+        if (_portGroups is null || _access is null) return;
+        foreach (var access in _access()) _portGroups.SetStates(access);
     }
 
     private IScsiDevice Build(IVolumeCatalog snapshot)

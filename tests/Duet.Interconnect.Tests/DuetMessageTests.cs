@@ -171,7 +171,8 @@ public class MessageClassifierTests
     [InlineData("0100", MessageKind.Unknown)]
     [InlineData("0108", MessageKind.PairHello)]
     [InlineData("0109", MessageKind.HostHandshake)]
-    [InlineData("010a", MessageKind.Unknown)]
+    [InlineData("010a", MessageKind.ReservationState)]
+    [InlineData("010b", MessageKind.Unknown)]
     [InlineData("a1", MessageKind.Unknown)]
     [InlineData("ff ff", MessageKind.Unknown)]
     public void Classifies_by_first_bytes(string hex, MessageKind expected) =>

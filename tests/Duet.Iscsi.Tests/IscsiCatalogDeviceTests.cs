@@ -22,14 +22,14 @@ public sealed class IscsiCatalogDeviceTests
     {
         var catalog = new MutableCatalog();
         catalog.List.Add(new MemoryBlockVolume("vol0", 1 << 20));
-        var owners = new List<(string, ushort)> { ("vol0", FixedScsiPortGroups.GroupA) };
+        var owners = new List<VolumeAccess> { VolumeAccess.OwnedBy("vol0", FixedScsiPortGroups.GroupA) };
         var portGroups = new FixedScsiPortGroups();
         var reservations = new InMemoryReservationStore();
         using var device = new IscsiCatalogDevice(catalog, c => new ScsiDevice(c, reservations, portGroups), TimeProvider.System, portGroups, () => owners);
         Assert.Equal([0UL], device.Luns);
 
         catalog.List.Add(new MemoryBlockVolume("vol1", 2 << 20));
-        owners.Add(("vol1", FixedScsiPortGroups.GroupB));
+        owners.Add(VolumeAccess.OwnedBy("vol1", FixedScsiPortGroups.GroupB));
         device.Refresh();
         Assert.Equal([0UL, 1UL], device.Luns);
         var groups = portGroups.GroupsFor("vol1");

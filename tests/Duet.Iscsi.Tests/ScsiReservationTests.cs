@@ -370,8 +370,12 @@ public class ScsiReservationTests
         Conflict(peer.Run(Cdb.Write10(0, 1), new byte[512], nexus: B));
         Good(peer.Run(Cdb.Write10(0, 1), new byte[512], nexus: A));
 
-        // A snapshot arriving from elsewhere (the peer's mirror) replaces the running state.
-        h.Store.Save("vol0", PrSnapshot.Empty);
+        // A snapshot arriving from elsewhere (the peer's mirror) replaces the running state; the registrant
+        // whose registration went (a CLEAR there) hears RESERVATIONS PREEMPTED, once.
+        _ = h.Store.SaveAsync("vol0", PrSnapshot.Empty);
+        CheckCondition(h.Run(Cdb.TestUnitReady()), 6, 0x2A, 0x03);
+        CheckCondition(peer.Run(Cdb.TestUnitReady()), 6, 0x2A, 0x03);
+        Good(h.Run(Cdb.TestUnitReady()));
         Assert.Null(ReadReservation(h));
         Assert.Null(ReadReservation(peer));
 
@@ -468,10 +472,11 @@ public class ScsiReservationStoreTests
         public readonly List<(string, PrSnapshot)> Pending = [];
         public event Action<string, PrSnapshot>? Changed;
         public PrSnapshot? Load(string volumeName) => _inner.Load(volumeName);
-        public void Save(string volumeName, PrSnapshot snapshot)
+        public ValueTask SaveAsync(string volumeName, PrSnapshot snapshot)
         {
-            _inner.Save(volumeName, snapshot);
+            _ = _inner.SaveAsync(volumeName, snapshot);
             lock (Pending) Pending.Add((volumeName, snapshot));
+            return ValueTask.CompletedTask;
         }
         public void DeliverFirst()
         {

@@ -540,6 +540,7 @@ public sealed partial class Controller
     {
         if (Shelf is null || _standby || _steppedDown || _peerFenced) return;
         if (Interlocked.Exchange(ref _takingOver, 1) != 0) return;
+        RaiseAccessChanged();
         try
         {
             Interlocked.Increment(ref _decisions);
@@ -554,6 +555,7 @@ public sealed partial class Controller
             double fenced = Since(heard).TotalMilliseconds;
             // Nothing the fenced session sends counts any more: its heartbeats, mirror writes, hellos.
             Mirror.Fail($"controller {PeerName} was fenced: {reason}");
+            FailReservationAck($"controller {PeerName} was fenced: {reason}");
             // The peer's arrays: those its superblocks name, and those the shelf still gives it (a move
             // to us it did not finish).
             var numbers = Arrays.ArrayTable.Where(kv => kv.Value.Owner == PeerName || Claims?.Of(kv.Value.Serial)?.Owner == PeerName)
@@ -598,7 +600,11 @@ public sealed partial class Controller
             LogTookOver(PeerName, string.Join(", ", taken), adopted, adoptedMs);
             _ = DrainAfterLossAsync();
         }
-        finally { Volatile.Write(ref _takingOver, 0); }
+        finally
+        {
+            Volatile.Write(ref _takingOver, 0);
+            RaiseAccessChanged();
+        }
     }
 
     /// <summary>The peer's mirrored elements (region 2), valid and dirty, in sequence order, into our cache.</summary>
@@ -648,6 +654,7 @@ public sealed partial class Controller
         LogSteppedDown(reason);
         Volatile.Read(ref _beatDone).TrySetResult();
         SteppedDown?.Invoke(reason);
+        RaiseAccessChanged();
     }
 
     /// <summary>A standby whose fence was lifted (by the owner after our hello, or by `duet shelf unfence`):
@@ -665,6 +672,7 @@ public sealed partial class Controller
             catch (ShelfException) { return; } // the next heartbeat tries again
             _standby = false;
             LogRejoined();
+            RaiseAccessChanged();
         }
         finally { Volatile.Write(ref _rejoining, 0); }
         await RescanAsync();
@@ -688,6 +696,7 @@ public sealed partial class Controller
             Volatile.Write(ref _iclQuietSince, 0);
             _peerSlotChangedAt = Now;
             LogUnfenced(PeerName);
+            RaiseAccessChanged();
         }
         catch (ShelfException e) { LogTakeoverFailed($"could not lift the fence of {PeerName}: {e.Message}"); }
     }

@@ -35,6 +35,9 @@ public sealed record ControllerCoreOptions
     /// <summary>With <see cref="Shelf"/>: the claims the array manager was opened with (<see cref="ShelfClaims.MayServe"/>).</summary>
     public ShelfClaims? Claims { get; init; }
     public FailoverOptions Failover { get; init; } = new();
+    /// <summary>Where the APTPL persistent-reservation state survives a power loss (the shell: a file next to
+    /// the NVRAM file). Null: nowhere (reservations are then lost with both controllers).</summary>
+    public IReservationPersistence? ReservationPersistence { get; init; }
     /// <summary>Test only (the simulator's planted bugs): adjusts the cache's options.</summary>
     public Func<CacheOptions, CacheOptions>? ConfigureCache { get; init; }
     /// <summary>Test only (the simulator's planted bugs): wraps the mirror the cache sees.</summary>
@@ -127,6 +130,8 @@ public sealed partial class Controller : IAsyncDisposable
         ArrayService = new ControllerArrayService(this);
         options.Failover.Validate();
         Handshake = CreateHandshake();
+        Reservations = new MirroredReservationStore(SendReservationStateAsync, options.ReservationPersistence);
+        if (Reservations.LoadError is { } prError) LogUnknown("persisted reservation state (not used)", prError);
     }
 
     // The peer's array table as its last ArrayTableUpdate gave it. Applied as the update arrives, in
@@ -172,6 +177,7 @@ public sealed partial class Controller : IAsyncDisposable
         {
             if (up) _ = PairAsync();
             else OnPeerLost("the link to the peer went down");
+            RaiseAccessChanged();
         };
         Link.Start(DispatchAsync);
         if (Link.IsUp) _ = PairAsync();
@@ -237,6 +243,7 @@ public sealed partial class Controller : IAsyncDisposable
             // The array table before any mirror data: the peer names our arrays by number with it
             // (a change announced while the link was down never reached it).
             await NotifyPeerArraysChangedAsync();
+            await SendReservationSyncAsync();
             await SendOpenCheckpointsAsync();
             await Cache.ResyncMirrorAsync(Mirror.Resume);
             await ClearStaleAsync();
@@ -277,6 +284,7 @@ public sealed partial class Controller : IAsyncDisposable
     void OnPeerLost(string why)
     {
         Mirror.Fail(why);
+        FailReservationAck(why);
         // Error-recovery mode: the data only this controller holds now goes to the drives.
         _ = DrainAfterLossAsync();
     }
@@ -307,6 +315,7 @@ public sealed partial class Controller : IAsyncDisposable
             if (kind == MessageKind.Status) Mirror.OnReply(t.Message.Span);
             else if (kind == MessageKind.PairHello) Volatile.Read(ref _helloAck)?.TrySetResult();
             else if (kind == MessageKind.ForwardedResponse) Forwarding.OnResponse(t.Message.Span, t.Data.Span);
+            else if (kind == MessageKind.ReservationState) OnReservationStateReply(t.Message.Span);
             else LogUnknown("reply", kind.ToString());
             return;
         }
@@ -327,6 +336,9 @@ public sealed partial class Controller : IAsyncDisposable
                 return;
             case MessageKind.HostHandshake:
                 OnHostHandshake(t.Message);
+                return;
+            case MessageKind.ReservationState:
+                OnReservationState(t);
                 return;
         }
         if (!await Receiver.HandleAsync(t)) LogUnknown("command", kind.ToString());

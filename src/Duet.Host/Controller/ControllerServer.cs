@@ -51,6 +51,8 @@ public sealed record ControllerOptions
     public static string SocketFor(string dataDirectory, string name) =>
         Path.Combine(dataDirectory, name == "A" ? ManagementHost.SocketFileName : $"duet-{name}.sock");
     public static string NvramPathFor(string dataDirectory, string name) => Path.Combine(dataDirectory, $"nvram-{name}.bin");
+    /// <summary>The controller's APTPL persistent-reservation state (ReservationFile), next to its NVRAM file.</summary>
+    public static string ReservationPathFor(string dataDirectory, string name) => Path.Combine(dataDirectory, $"pr-{name}.bin");
 }
 
 /// <summary>How the two controllers' inter-controller link is carried.</summary>
@@ -133,6 +135,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
             {
                 Name = options.Name, Session = session, Mirror = options.Mirror,
                 ForwardTimeout = options.ForwardTimeout, Time = options.Time, Loggers = loggers, Shelf = shelf, Claims = claims, Failover = options.Failover,
+                ReservationPersistence = new FileReservationPersistence(ControllerOptions.ReservationPathFor(dir, options.Name)),
             }, arrays, nvram, link);
             server = new ControllerServer(options with { DataDirectory = dir }, controller, loggers);
             await controller.StartAsync();
@@ -141,7 +144,10 @@ public sealed partial class ControllerServer : IAsyncDisposable
             server.Nbd = new NbdServer(controller.Volumes, new NbdServerOptions { Endpoint = options.NbdEndpoint, TimeProvider = options.Time }, loggers.CreateLogger<NbdServer>());
             await server.Nbd.StartAsync(ct);
             server._iscsiDevice = IscsiCatalogDevice.Create(controller.Volumes, IscsiServerOptions.DefaultTargetName, options.Time,
-                () => VolumeOwners(controller));
+                () => VolumeAccessStates(controller), controller.Reservations);
+            var device = server._iscsiDevice;
+            // Off the thread that noticed (the link's, the takeover's): the refresh reads the catalog and the arrays.
+            controller.AccessChanged += () => _ = Task.Run(device.Refresh);
             server.Iscsi = new IscsiServer(server._iscsiDevice, IscsiOptionsFor(options), loggers.CreateLogger<IscsiServer>());
             await server.Iscsi.StartAsync(ct);
             server.HostUnits = await StartHostUnitsAsync(options, controller, loggers, ct);
@@ -212,19 +218,12 @@ public sealed partial class ControllerServer : IAsyncDisposable
         };
     }
 
-    /// <summary>Which controller serves each volume, as the ALUA group that is active/optimized for it
-    /// (A = group 1, B = group 2): own arrays from the status, the peer's from its volume list.</summary>
-    static IReadOnlyList<(string Volume, ushort OwnerGroup)> VolumeOwners(Controller controller)
+    /// <summary>Each volume's ALUA states as the controller sees them (its own port group and the peer's),
+    /// as groups A (1) and B (2).</summary>
+    public static IReadOnlyList<Duet.Iscsi.Scsi.VolumeAccess> VolumeAccessStates(Controller controller)
     {
-        var status = controller.Arrays.Status();
-        var owners = new List<(string, ushort)>();
-        foreach (var v in status.Volumes)
-        {
-            var array = status.Arrays.FirstOrDefault(a => a.Name == v.Array);
-            if (array is not null) owners.Add((v.Name, array.Owner == "B" ? FixedGroupB : FixedGroupA));
-        }
-        foreach (var v in controller.Arrays.PeerVolumes) owners.Add((v.Name, v.Owner == "B" ? FixedGroupB : FixedGroupA));
-        return owners;
+        bool a = controller.Name == "A";
+        return [.. controller.AccessStates().Select(s => new Duet.Iscsi.Scsi.VolumeAccess(s.Volume, a ? s.Own : s.Peer, a ? s.Peer : s.Own))];
     }
 
     const ushort FixedGroupA = Duet.Iscsi.Scsi.FixedScsiPortGroups.GroupA;

@@ -168,6 +168,8 @@ public static class MirrorWire
     public const ushort TypePairHello = 0x0108;
     /// <summary>FO-3..FO-6: the command handshake for a host command, and forwarded host frames.</summary>
     public const ushort TypeHostHandshake = 0x0109;
+    /// <summary>A LUN's persistent-reservation state, mirrored so that it survives a failover.</summary>
+    public const ushort TypeReservationState = 0x010A;
 
     /// <summary>The array table maps to 8-bit volume numbers: at most 256 arrays (MR-5).</summary>
     public const int ArrayTableEntriesMax = 256;

@@ -133,6 +133,21 @@ sealed class LogicalUnit
         Dirty();
     }
 
+    /// <summary>Takes <paramref name="old"/>'s attention queues (the same volume in the device this one replaces),
+    /// ahead of anything queued here; caller holds both locks.</summary>
+    public void CarryAttentionsFrom(LogicalUnit old)
+    {
+        foreach (var (nexus, queue) in old._attentions)
+        {
+            var merged = new Queue<SenseCondition>(queue);
+            if (_attentions.TryGetValue(nexus, out var mine))
+                foreach (var s in mine)
+                    if (s.Asc != SenseCondition.PowerOnReset.Asc && !merged.Any(m => m.Asc == s.Asc && m.Ascq == s.Ascq)) merged.Enqueue(s);
+            _attentions[nexus] = merged;
+        }
+        Dirty();
+    }
+
     public void ForgetNexus(ItNexus nexus)
     {
         _attentions.Remove(nexus);

@@ -246,6 +246,27 @@ sealed class PersistentReservation
         Generation++;
     }
 
+    /// <summary>
+    /// The unit attentions SPC-4 5.12.11 has the device server establish, for a change that was made
+    /// elsewhere (the peer controller ran the command, or the pair formed and the owner's state replaced
+    /// ours), derived from the states before and after: registrations that went hear REGISTRATIONS
+    /// PREEMPTED (2A/05), or RESERVATIONS PREEMPTED (2A/03) when none is left (CLEAR); the remaining
+    /// registrants other than the (new) holder hear RESERVATIONS RELEASED (2A/04) when a registrants-only or
+    /// all-registrants reservation was released or a reservation changed type (a released WE or EA says
+    /// nothing, as here).
+    /// </summary>
+    public static void AttentionsForChange(PersistentReservation before, PrSnapshot after, Action<ItNexus, SenseCondition> add)
+    {
+        var next = new PersistentReservation(after);
+        bool cleared = after.Registrations.Count == 0;
+        foreach (var r in before.Registrations)
+            if (next.IndexOf(r.Nexus) < 0) add(r.Nexus, cleared ? SenseCondition.ReservationsPreempted : SenseCondition.RegistrationsPreempted);
+        if (before.Type == PrType.None || before.Type == next.Type) return;
+        if (next.Type == PrType.None && before.Type is PrType.WriteExclusive or PrType.ExclusiveAccess) return;
+        foreach (var r in next.Registrations)
+            if (before.IndexOf(r.Nexus) >= 0 && !r.Nexus.Equals(next.Holder)) add(r.Nexus, SenseCondition.ReservationsReleased);
+    }
+
     /// <summary>What a cold reset leaves: everything if APTPL, else nothing (SPC-4 5.12.4).</summary>
     public bool ClearUnlessPersistent()
     {

@@ -33,13 +33,19 @@ public sealed record PrSnapshot(uint Generation, bool Aptpl, IReadOnlyList<PrReg
 /// <summary>
 /// Where the device server keeps each LUN's persistent reservation state (key: volume name).
 /// The default is in memory; the controller supplies one that mirrors to the peer. A store
-/// raises <see cref="Changed"/> after every <see cref="Save"/> and when a snapshot arrives from
+/// raises <see cref="Changed"/> after every <see cref="SaveAsync"/> and when a snapshot arrives from
 /// elsewhere (the peer); the device server reloads a LUN whose snapshot is not the one it saved.
 /// </summary>
 public interface IReservationStore
 {
     PrSnapshot? Load(string volumeName);
-    void Save(string volumeName, PrSnapshot snapshot);
+
+    /// <summary>Records a LUN's new state. The synchronous part of the call records it (the device server
+    /// calls it in the order the changes were made, and a store keeps that order, also on its way to the
+    /// peer); the returned task completes when the state is as safe as the store makes it (mirrored to the
+    /// peer, persisted for APTPL). The command that made the change completes after that.</summary>
+    ValueTask SaveAsync(string volumeName, PrSnapshot snapshot);
+
     event Action<string, PrSnapshot>? Changed;
 }
 
@@ -55,9 +61,10 @@ public sealed class InMemoryReservationStore : IReservationStore
         lock (_lock) return _snapshots.TryGetValue(volumeName, out var s) ? s : null;
     }
 
-    public void Save(string volumeName, PrSnapshot snapshot)
+    public ValueTask SaveAsync(string volumeName, PrSnapshot snapshot)
     {
         lock (_lock) _snapshots[volumeName] = snapshot;
         Changed?.Invoke(volumeName, snapshot);
+        return ValueTask.CompletedTask;
     }
 }

@@ -145,8 +145,21 @@ public sealed partial class ScsiDevice
 
     // ---- PERSISTENT RESERVE OUT
 
-    ScsiResult PersistentReserveOut(LogicalUnit lu, ScsiCommand command, int serviceAction, ReadOnlySpan<byte> cdb)
+    /// <summary>PERSISTENT RESERVE OUT: the change, then its snapshot saved (mirrored to the peer by the
+    /// controller's store) before the command completes.</summary>
+    async ValueTask<ScsiResult> PersistentReserveOutAsync(LogicalUnit lu, ScsiCommand command, int serviceAction)
     {
+        var result = PersistentReserveOut(lu, command, serviceAction, command.Cdb.Span, out var saved, out var aborted);
+        await saved.ConfigureAwait(false);
+        if (aborted is { Count: > 0 }) PreemptedAndAborted?.Invoke(lu.Lun, aborted);
+        return result;
+    }
+
+    ScsiResult PersistentReserveOut(LogicalUnit lu, ScsiCommand command, int serviceAction, ReadOnlySpan<byte> cdb,
+        out ValueTask saved, out List<ItNexus>? aborted)
+    {
+        saved = ValueTask.CompletedTask;
+        aborted = null;
         int scope = cdb[2] >> 4;
         int type = cdb[2] & 0x0F;
         long length = Be32(cdb, 5);
@@ -174,7 +187,6 @@ public sealed partial class ScsiDevice
 
         using var saving = lu.SaveLock.EnterScope();
         PrSnapshot snapshot;
-        List<ItNexus>? aborted = null;
         lock (lu.Sync)
         {
             var pr = lu.Pr;
@@ -204,8 +216,7 @@ public sealed partial class ScsiDevice
             if (lu.LastSaved is { } last && SameState(last, snapshot)) return GoodNoData;
             lu.MarkSaved(snapshot);
         }
-        SaveReservations(lu, snapshot);
-        if (aborted is { Count: > 0 }) PreemptedAndAborted?.Invoke(lu.Lun, aborted);
+        saved = SaveReservations(lu, snapshot);
         return GoodNoData;
     }
 

@@ -49,6 +49,28 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
 
     public ScsiDeviceOptions Options => _options;
 
+    /// <summary>
+    /// For a device that replaces <paramref name="previous"/> over the same store and view (the catalog
+    /// changed): each LUN takes the previous device's unit attentions and SPC-2 reservation of the same
+    /// volume, so a rebuild loses no attention (an ASYMMETRIC ACCESS STATE CHANGED of a takeover, a
+    /// RESERVATIONS PREEMPTED) and does not tell every nexus POWER ON again. Attentions this device queued
+    /// itself meanwhile are kept after the carried ones.
+    /// </summary>
+    public void CarryOver(ScsiDevice previous)
+    {
+        ArgumentNullException.ThrowIfNull(previous);
+        foreach (var lu in _units)
+        {
+            if (previous.UnitByName(lu.Name) is not { } old) continue;
+            lock (old.Sync)
+            lock (lu.Sync)
+            {
+                lu.CarryAttentionsFrom(old);
+                lu.Spc2Holder ??= old.Spc2Holder;
+            }
+        }
+    }
+
     LogicalUnit? Unit(ulong lun) => lun < (ulong)_units.Length ? _units[lun] : null;
 
     LogicalUnit? UnitByName(string name)
@@ -203,7 +225,7 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
             Op.Reserve6 or Op.Reserve10 => Done(Reserve(lu, nexus)),
             Op.Release6 or Op.Release10 => Done(Release(lu, nexus)),
             Op.PersistentReserveIn => Done(PersistentReserveIn(lu, info.ServiceAction, Be16(cdb, 7))),
-            Op.PersistentReserveOut => Done(PersistentReserveOut(lu, command, info.ServiceAction, cdb)),
+            Op.PersistentReserveOut => PersistentReserveOutAsync(lu, command, info.ServiceAction),
             _ => throw new InvariantViolationException($"opcode 0x{op:X2} is in the command table but has no handler"),
         };
     }
@@ -266,31 +288,31 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
 
     // ---- task management and nexus loss
 
-    public ValueTask<byte> TaskManagementAsync(ItNexus nexus, TaskManagementFunction function, ulong lun, CancellationToken cancellationToken)
+    public async ValueTask<byte> TaskManagementAsync(ItNexus nexus, TaskManagementFunction function, ulong lun, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(nexus);
         switch (function)
         {
             case TaskManagementFunction.LogicalUnitReset:
-                if (Unit(lun) is not { } lu) return ValueTask.FromResult(TmfLunDoesNotExist);
-                ResetUnit(lu, cold: false);
+                if (Unit(lun) is not { } lu) return TmfLunDoesNotExist;
+                await ResetUnit(lu, cold: false).ConfigureAwait(false);
                 break;
             case TaskManagementFunction.TargetWarmReset:
             case TaskManagementFunction.TargetColdReset:
-                foreach (var u in _units) ResetUnit(u, cold: function == TaskManagementFunction.TargetColdReset);
+                foreach (var u in _units) await ResetUnit(u, cold: function == TaskManagementFunction.TargetColdReset).ConfigureAwait(false);
                 break;
             case TaskManagementFunction.ClearTaskSet:
-                if (Unit(lun) is null) return ValueTask.FromResult(TmfLunDoesNotExist);
+                if (Unit(lun) is null) return TmfLunDoesNotExist;
                 break; // the transport aborts the tasks; the device server keeps no task set of its own
             default:
-                return ValueTask.FromResult(TmfNotSupported);
+                return TmfNotSupported;
         }
-        return ValueTask.FromResult(TmfComplete);
+        return TmfComplete;
     }
 
     const byte TmfComplete = 0, TmfLunDoesNotExist = 2, TmfNotSupported = 5;
 
-    void ResetUnit(LogicalUnit lu, bool cold)
+    ValueTask ResetUnit(LogicalUnit lu, bool cold)
     {
         using var saving = lu.SaveLock.EnterScope();
         PrSnapshot? save = null;
@@ -304,7 +326,7 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
                 lu.MarkSaved(save);
             }
         }
-        if (save is not null) SaveReservations(lu, save);
+        return save is not null ? SaveReservations(lu, save) : ValueTask.CompletedTask;
     }
 
     public void NexusLost(ItNexus nexus)
@@ -328,6 +350,9 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
         lock (lu.Sync)
         {
             if (lu.IsOwn(snapshot)) return;
+            // A change made elsewhere (through the peer controller, or its whole state when the pair formed):
+            // the registrants it affected hear of it here as they would have there.
+            PersistentReservation.AttentionsForChange(lu.Pr, snapshot, lu.AddAttention);
             lu.Pr = new PersistentReservation(snapshot) { Attention = lu.AddAttention };
             lu.LastSaved = snapshot;
         }
@@ -347,8 +372,9 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
         }
     }
 
-    /// <summary>Saves a LUN's PR state after a change (outside its lock; the store may mirror synchronously).</summary>
-    void SaveReservations(LogicalUnit lu, PrSnapshot snapshot) => _store.Save(lu.Name, snapshot);
+    /// <summary>Saves a LUN's PR state after a change (outside its lock, under its save lock: the store sees
+    /// the changes in order); the task completes when the store has made it safe (mirrored to the peer).</summary>
+    ValueTask SaveReservations(LogicalUnit lu, PrSnapshot snapshot) => _store.SaveAsync(lu.Name, snapshot);
 
     // ---- CDB field helpers
 

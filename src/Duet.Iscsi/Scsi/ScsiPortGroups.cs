@@ -26,10 +26,21 @@ public interface IScsiPortGroups
     event Action<string?>? Changed;
 }
 
+/// <summary>The access states of one volume's two target port groups (group 1 = controller A, group 2 = B).</summary>
+public readonly record struct VolumeAccess(string Volume, AluaState GroupA, AluaState GroupB)
+{
+    /// <summary>The plain two-controller view: the owner's group active/optimized, the other active/non-optimized.</summary>
+    public static VolumeAccess OwnedBy(string volume, ushort ownerGroup) => ownerGroup == FixedScsiPortGroups.GroupB
+        ? new(volume, AluaState.ActiveNonOptimized, AluaState.ActiveOptimized)
+        : new(volume, AluaState.ActiveOptimized, AluaState.ActiveNonOptimized);
+}
+
 /// <summary>
-/// The fixed two-controller view: group 1 = controller A (relative target port 1), group 2 =
-/// controller B (relative target port 2); the owner's group is active/optimized, the other
-/// active/non-optimized. <see cref="SetOwner"/> moves a volume and raises <see cref="Changed"/>.
+/// The two-controller view: group 1 = controller A (relative target port 1), group 2 = controller B
+/// (relative target port 2). By default the owner's group is active/optimized and the other
+/// active/non-optimized; <see cref="SetOwner"/> moves a volume, <see cref="SetStates"/> sets both groups'
+/// states (the controller's live view: unavailable or transitioning while the link is down or a takeover
+/// runs); either raises <see cref="Changed"/> for the volume when something changed.
 /// </summary>
 public sealed class FixedScsiPortGroups : IScsiPortGroups
 {
@@ -40,7 +51,7 @@ public sealed class FixedScsiPortGroups : IScsiPortGroups
     static readonly ushort[] PortsB = [PortB];
 
     readonly Lock _lock = new();
-    readonly Dictionary<string, ushort> _owner = new(StringComparer.Ordinal);
+    readonly Dictionary<string, (AluaState A, AluaState B)> _states = new(StringComparer.Ordinal);
     readonly ushort _defaultOwner;
 
     /// <param name="defaultOwnerGroup">The group (1 = A, 2 = B) that owns a volume not named in <see cref="SetOwner"/>.</param>
@@ -55,26 +66,36 @@ public sealed class FixedScsiPortGroups : IScsiPortGroups
     public void SetOwner(string volumeName, ushort ownerGroup)
     {
         if (ownerGroup is not (GroupA or GroupB)) throw new ArgumentOutOfRangeException(nameof(ownerGroup));
+        SetStates(VolumeAccess.OwnedBy(volumeName, ownerGroup));
+    }
+
+    public void SetStates(VolumeAccess access)
+    {
+        ArgumentNullException.ThrowIfNull(access.Volume);
         lock (_lock)
         {
-            if (_owner.TryGetValue(volumeName, out var old) ? old == ownerGroup : ownerGroup == _defaultOwner)
+            var now = (access.GroupA, access.GroupB);
+            if (StatesLocked(access.Volume) == now)
             {
-                _owner[volumeName] = ownerGroup;
+                _states[access.Volume] = now;
                 return;
             }
-            _owner[volumeName] = ownerGroup;
+            _states[access.Volume] = now;
         }
-        Changed?.Invoke(volumeName);
+        Changed?.Invoke(access.Volume);
+    }
+
+    (AluaState A, AluaState B) StatesLocked(string volumeName)
+    {
+        if (_states.TryGetValue(volumeName, out var s)) return s;
+        var d = VolumeAccess.OwnedBy(volumeName, _defaultOwner);
+        return (d.GroupA, d.GroupB);
     }
 
     public IReadOnlyList<TargetPortGroup> GroupsFor(string volumeName)
     {
-        ushort owner;
-        lock (_lock) owner = _owner.TryGetValue(volumeName, out var o) ? o : _defaultOwner;
-        return
-        [
-            new TargetPortGroup(GroupA, owner == GroupA ? AluaState.ActiveOptimized : AluaState.ActiveNonOptimized, PortsA),
-            new TargetPortGroup(GroupB, owner == GroupB ? AluaState.ActiveOptimized : AluaState.ActiveNonOptimized, PortsB),
-        ];
+        (AluaState A, AluaState B) s;
+        lock (_lock) s = StatesLocked(volumeName);
+        return [new TargetPortGroup(GroupA, s.A, PortsA), new TargetPortGroup(GroupB, s.B, PortsB)];
     }
 }
