@@ -24,7 +24,10 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
     /// or why they cannot be had here: the host's bytes from the command this controller holds, and
     /// the kept sectors from this region's mirror of the element the image replaces.
     /// </summary>
-    public string? Resolve(in CoherencyHeader h, ReadOnlySpan<byte> block, out ReadOnlyMemory<byte> bytes)
+    /// <remarks>A receiver checking a batch before applying any of it passes
+    /// <paramref name="baseStoredEarlier"/> for a base element an earlier header of the batch
+    /// stores: it is checked when the batch is applied, in order.</remarks>
+    public string? Resolve(in CoherencyHeader h, ReadOnlySpan<byte> block, out ReadOnlyMemory<byte> bytes, Func<int, bool>? baseStoredEarlier = null)
     {
         bytes = default;
         if (!HostReferenceBlock.TryDecode(block, out var b)) return "malformed host reference block";
@@ -42,6 +45,7 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
             bytes = payload.Slice((int)r.PayloadOffset, (int)freshBytes);
             return null;
         }
+        if (b.BaseElement >= 0 && baseStoredEarlier?.Invoke(b.BaseElement) == true) return null;
         // Compose: kept sectors from the mirror of the old element, new ones from the command.
         if (b.BaseElement < 0 || b.BaseElement >= Region.ElementCount || !Region.TryRead(b.BaseElement, out var old)) return $"host reference: base element {b.BaseElement} is not valid here";
         long lba = (long)h.Lba - first;

@@ -119,7 +119,9 @@ public sealed partial class MirrorReceiver(
             await RefuseAsync(0, MirrorStatusCode.Malformed, $"coherency batch refused: {(status == OperationStatus.Done ? "trailing bytes" : error.ToString())}");
             return;
         }
-        // Check every header before writing any, so a refused batch writes nothing.
+        // Check every header before writing any, so a refused batch writes nothing. A by-reference
+        // header may keep sectors of an element an earlier header of this batch stores.
+        HashSet<int>? stored = null;
         for (int i = 0; i < batch.Headers.Count; i++)
         {
             var h = batch.Headers[i];
@@ -128,11 +130,14 @@ public sealed partial class MirrorReceiver(
                 await RefuseAsync(batch.BatchNumber, MirrorStatusCode.Malformed, $"header sequence {h.Sequence} does not follow {_sequence}");
                 return;
             }
-            if (h.Kind == CoherencyHeaderKind.MirrorByReference && applier.Resolve(h, batch.DataOf(i).ToArray(), out _) is { } missing)
+            if (h.Kind == CoherencyHeaderKind.MirrorByReference
+                && applier.Resolve(h, batch.DataOf(i).ToArray(), out _, e => stored?.Contains(e) == true) is { } missing)
             {
                 await RefuseAsync(batch.BatchNumber, MirrorStatusCode.Malformed, missing);
                 return;
             }
+            if (h.Stores) (stored ??= []).Add((int)(h.ElementIndex / WriteBackCache.SectorsPerElement));
+            else stored?.Remove((int)(h.ElementIndex / WriteBackCache.SectorsPerElement));
         }
         byte[]? scratch = null;
         try

@@ -25,7 +25,7 @@ internal sealed class PairHarness : IAsyncDisposable
     readonly Random _rng;
 
     /// <summary>B's copies of multicast host commands, by tag: what a by-reference header names.</summary>
-    public readonly Dictionary<ulong, byte[]> HeldByB = [];
+    public readonly System.Collections.Concurrent.ConcurrentDictionary<ulong, byte[]> HeldByB = new();
 
     public PairHarness(MirrorMethod path, bool manualDelivery = false, long nvramBytes = 4 << 20, long arraySectors = 16384, int seed = 1)
     {
