@@ -160,19 +160,34 @@ public sealed partial class Controller : IArrayWriteLog
     }
 
     /// <summary>Takeover: settles the stripes of every write the peer started on the taken arrays and never made durable.</summary>
+    /// <summary>Lanes that settle the peer's logged writes at once at a takeover: each stripe is
+    /// settled under its lock, so lanes only overlap drive reads (the survivor serves nothing of
+    /// the peer's arrays until they are done).</summary>
+    const int SettleLanes = 8;
+
     async Task<int> SettlePeerCheckpointsAsync(HashSet<byte> numbers)
     {
-        int settled = 0;
+        var work = new List<(int Slot, WriteLogRecord Record, Duet.Raid.RaidArray Raid)>();
         foreach (var (slot, r) in WriteLog.Mirrored())
         {
             if (!numbers.Contains(r.Array)) continue;
             var raid = Arrays.ServedArrays.FirstOrDefault(a => Arrays.NumberOf(a) == r.Array);
             if (raid is null) continue;
-            var result = await raid.SettleStripesAsync(r.FirstBlock, r.BlockCount);
-            if (result.Repaired > 0 || result.Unrepairable > 0) LogSettled(raid.Name, r.FirstBlock, (uint)r.BlockCount, result.Repaired, result.Unrepairable);
-            WriteLog.ClearMirrored(slot, r.Sequence);
-            settled++;
+            work.Add((slot, r, raid));
         }
+        int settled = 0;
+        async Task LaneAsync(int lane)
+        {
+            for (int i = lane; i < work.Count; i += SettleLanes)
+            {
+                var (slot, r, raid) = work[i];
+                var result = await raid.SettleStripesAsync(r.FirstBlock, r.BlockCount);
+                if (result.Repaired > 0 || result.Unrepairable > 0) LogSettled(raid.Name, r.FirstBlock, (uint)r.BlockCount, result.Repaired, result.Unrepairable);
+                WriteLog.ClearMirrored(slot, r.Sequence);
+                Interlocked.Increment(ref settled);
+            }
+        }
+        await Task.WhenAll(Enumerable.Range(0, Math.Min(SettleLanes, work.Count)).Select(LaneAsync));
         return settled;
     }
 

@@ -580,8 +580,11 @@ public sealed partial class Controller
                     taken = [.. taken.Concat(await Arrays.TakeOverAsync(PeerName)).Distinct()];
                     RegisterServedArrays();
                     lock (_volumesLock) _forwarded.Clear();
+                    double before = Since(heard).TotalMilliseconds;
                     adopted += await AdoptPeerElementsAsync(numbers);
+                    double afterAdopt = Since(heard).TotalMilliseconds;
                     settled += await SettlePeerCheckpointsAsync(numbers);
+                    LogTakeoverPhases(before, afterAdopt - before, Since(heard).TotalMilliseconds - afterAdopt, settled);
                     _takenNumbers = numbers;
                     break;
                 }
@@ -713,6 +716,9 @@ public sealed partial class Controller
     partial void LogTakingOver(string reason);
     [LoggerMessage(EventId = 7021, Level = LogLevel.Warning, Message = "took over from controller {Peer}: arrays [{Arrays}], {Adopted} mirrored elements adopted, serving {Ms:F0} ms after the peer was last heard")]
     partial void LogTookOver(string peer, string arrays, int adopted, double ms);
+
+    [LoggerMessage(EventId = 7036, Level = LogLevel.Information, Message = "takeover phases: fenced, claimed and assembled at {Ready:F0} ms; adopting region 2 took {Adopt:F0} ms; settling {Settled} logged writes of the peer took {Settle:F0} ms")]
+    partial void LogTakeoverPhases(double ready, double adopt, double settle, int settled);
     [LoggerMessage(EventId = 7022, Level = LogLevel.Error, Message = "takeover failed: {Error}")]
     partial void LogTakeoverFailed(string error);
     [LoggerMessage(EventId = 7023, Level = LogLevel.Error, Message = "stepping down: {Reason}")]
