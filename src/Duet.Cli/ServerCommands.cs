@@ -44,6 +44,13 @@ public static partial class Program
         public void Dispose() { _term.Dispose(); _int.Dispose(); _cts.Dispose(); }
     }
 
+    static Option<string> WriteLogOption()
+    {
+        var o = new Option<string>("--write-log") { Description = "AW-4's write log of array writes (and its checkpoints to the peer): on, or off (unsafe: for measuring its cost; a power cut mid-destage may then leave parity that nothing names)", DefaultValueFactory = _ => "on" };
+        o.AcceptOnlyFromAmong("on", "off");
+        return o;
+    }
+
     static Option<string> IclOption()
     {
         var o = new Option<string>("--icl") { Description = "How the inter-controller link is carried: shm (shared memory under /dev/shm, one host) or tcp", DefaultValueFactory = _ => "shm" };
@@ -64,6 +71,7 @@ public static partial class Program
         var iclKind = IclOption();
         var nvram = new Option<string>("--nvram") { Description = "NVRAM size (up to 1G)", DefaultValueFactory = _ => "256M" };
         var mirror = new Option<string>("--mirror") { Description = "How writes are mirrored: batched (CC-2/3), seed (MR-2/3 by figure 7), seed-large, or none (unsafe: for measuring the mirror's cost)", DefaultValueFactory = _ => "batched" };
+        var writeLog = WriteLogOption();
         mirror.AcceptOnlyFromAmong("batched", "seed", "seed-large", "none");
         var quiet = new Option<bool>("--quiet") { Description = "Log warnings and errors only" };
         var shelf = new Option<bool>("--shelf") { Description = "Reach the drives through `duet shelf` on the data directory (fencing, heartbeats, takeover); without it the drive files are opened directly and there is no failover" };
@@ -73,7 +81,7 @@ public static partial class Program
         var limit = new Option<int>("--host-time-limit-ms") { Description = "FO-5: a host command the primary has not completed this long after the host sent it is run by the secondary, which fences the primary first (at least the heartbeat timeout)", DefaultValueFactory = _ => 1500 };
         var cmd = new Command("controller", "Run one controller of the pair on a data directory until SIGTERM (./duet up starts both)")
         {
-            name, nbdPort, iscsiPort, iclKind, iclPort, nvram, mirror, quiet, shelf, heartbeat, timeout, hostPort, limit,
+            name, nbdPort, iscsiPort, iclKind, iclPort, nvram, mirror, quiet, shelf, heartbeat, timeout, hostPort, limit, writeLog,
         };
         cmd.SetAction(async (parse, ct) =>
         {
@@ -126,7 +134,7 @@ public static partial class Program
                     IscsiEndpoint = new IPEndPoint(IPAddress.Loopback, scsiPort),
                     IclTransport = IclKind(parse.GetValue(iclKind)),
                     IclEndpoint = new IPEndPoint(IPAddress.Loopback, parse.GetValue(iclPort)), NvramBytes = nvramBytes, Mirror = method,
-                    UseShelf = parse.GetValue(shelf), Failover = failover, HostUnitPorts = [unitPort, unitPort + 1],
+                    UseShelf = parse.GetValue(shelf), Failover = failover, HostUnitPorts = [unitPort, unitPort + 1], WriteLog = parse.GetValue(writeLog) == "on",
                 }, loggers, stop.Token);
             }
             catch (OperationCanceledException) { return ExitOk; }
@@ -172,11 +180,12 @@ public static partial class Program
         var iclKind = IclOption();
         var mirror = new Option<string>("--mirror") { Description = "How writes are mirrored: batched, seed, seed-large, or none (unsafe: for measuring the mirror's cost)", DefaultValueFactory = _ => "batched" };
         mirror.AcceptOnlyFromAmong("batched", "seed", "seed-large", "none");
+        var writeLog = WriteLogOption();
         var nvram = new Option<string>("--nvram") { Description = "NVRAM size of each controller (up to 1G)", DefaultValueFactory = _ => "256M" };
         var quiet = new Option<bool>("--quiet") { Description = "Log warnings and errors only" };
         var cmd = new Command("up", "Start the controller pair on a data directory (created with the default layout if new) and serve its volumes until Ctrl-C or SIGTERM")
         {
-            nbdPort, iscsiPort, iclKind, iclPort, mirror, nvram, quiet,
+            nbdPort, iscsiPort, iclKind, iclPort, mirror, nvram, quiet, writeLog,
         };
         cmd.SetAction(async (parse, ct) =>
         {
@@ -222,7 +231,7 @@ public static partial class Program
             string[] ControllerArgs(string who, int p) =>
             [
                 "controller", "--name", who, "--data", dir, "--nbd-port", $"{p}", "--iscsi-port", $"{IscsiPort(who)}", "--host-port", $"{HostPort(who)}", "--icl", parse.GetValue(iclKind)!, "--icl-port", $"{icl}",
-                "--mirror", parse.GetValue(mirror)!, "--nvram", $"{nvramBytes}", "--shelf", .. (parse.GetValue(quiet) ? new[] { "--quiet" } : []),
+                "--mirror", parse.GetValue(mirror)!, "--nvram", $"{nvramBytes}", "--shelf", "--write-log", parse.GetValue(writeLog)!, .. (parse.GetValue(quiet) ? new[] { "--quiet" } : []),
             ];
             (System.Diagnostics.Process Process, TaskCompletionSource Ready) Launch(string who, string[] args)
             {
@@ -400,7 +409,9 @@ public static partial class Program
     {
         var size = new Option<string>("--size") { Description = "Data capacity of the RAID 6 array (4 + 2 drives, prefilled)", DefaultValueFactory = _ => "4G" };
         var logged = new Option<string>("--logged") { Description = "Comma list of logged-stripe counts", DefaultValueFactory = _ => "10,100,1000" };
-        var command = new Command("recovery", "AW-4: recovery time after a power cut with N logged stripes, beside a full parity check of the same array") { size, logged };
+        var steady = new Option<bool>("--no-steady") { Description = "Skip the write log's cost: steady-state 4 KiB random-write IOPS through duet up with and without the log" };
+        var seconds = new Option<double>("--seconds") { Description = "Seconds of each steady-state fio run", DefaultValueFactory = _ => 5 };
+        var command = new Command("recovery", "AW-4: recovery time after a power cut with N logged stripes, beside a full parity check of the same array; then the log's cost in steady-state write IOPS") { size, logged, steady, seconds };
         command.SetAction(async (parse, ct) =>
         {
             if (!Units.TryParseSize(parse.GetValue(size)!, out long bytes) || bytes < Units.MiB(16))
@@ -418,7 +429,10 @@ public static partial class Program
                 }
                 counts.Add(n);
             }
-            return await RecoveryBench.RunAsync(new RecoveryBenchOptions { ArrayBytes = bytes, LoggedStripes = counts },
+            int code = await RecoveryBench.RunAsync(new RecoveryBenchOptions { ArrayBytes = bytes, LoggedStripes = counts },
+                parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error, ct);
+            if (code != 0 || parse.GetValue(steady)) return code;
+            return await WriteLogCostBench.RunAsync(new WriteLogCostBenchOptions { DuetCommand = SelfCommand(), Seconds = parse.GetValue(seconds) },
                 parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error, ct);
         });
         return command;

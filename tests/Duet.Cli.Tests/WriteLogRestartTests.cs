@@ -88,14 +88,47 @@ public sealed class WriteLogRestartTests
         }
     }
 
-    static async Task<PairController> StartAsync(ulong session, Duet.Shelf.Shelf shelf, NvramStore store, NvramLayout layout, IIclLink link)
+    [Fact]
+    [Trait("Claim", "AW-4")]
+    public async Task WithTheLogOffNoArrayWriteIsRecorded()
+    {
+        var bay = new MemoryShelf();
+        for (int i = 0; i < 3; i++) bay.Insert($"d{i}", DriveBytes);
+        await using (var setup = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = bay, Controller = "A" }))
+        {
+            await setup.CreateArrayAsync(new CreateArrayRequest("arr0", 5, ["d0", "d1", "d2"], Owner: "A"));
+            await setup.CreateVolumeAsync(new CreateVolumeRequest("vol0", "arr0", 16L << 20));
+        }
+        var shelf = new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore());
+        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
+        var (link, _) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default, TimeProvider.System);
+        var a = await StartAsync(1, shelf, NvramStore.For(layout, "nvram-A"), layout, link, writeLog: false);
+        try
+        {
+            Assert.True(a.Volumes.TryGetVolume("vol0", out var vol0));
+            var data = new byte[256 << 10];
+            new System.Random(6).NextBytes(data);
+            await vol0.WriteAsync(0, data, fua: false);
+            await vol0.FlushAsync();
+            Assert.Equal(0, a.WriteLog.Opened);
+            var back = new byte[data.Length];
+            await vol0.ReadAsync(0, back);
+            Assert.Equal(data, back);
+        }
+        finally
+        {
+            await a.DisposeAsync();
+        }
+    }
+
+    static async Task<PairController> StartAsync(ulong session, Duet.Shelf.Shelf shelf, NvramStore store, NvramLayout layout, IIclLink link, bool writeLog = true)
     {
         var port = shelf.Port("A");
         var claims = new ShelfClaims("A");
         Assert.True(await PairController.JoinShelfAsync(port, session, TimeProvider.System, claims));
         var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = port, Controller = "A", MayServe = claims.MayServe });
         var nvram = NvramFile.OpenOrCreate(store, layout, "A", Pair);
-        var c = new PairController(new ControllerCoreOptions { Name = "A", Session = session, Shelf = port, Claims = claims }, arrays, nvram, link);
+        var c = new PairController(new ControllerCoreOptions { Name = "A", Session = session, Shelf = port, Claims = claims, WriteLog = writeLog }, arrays, nvram, link);
         await c.StartAsync();
         return c;
     }

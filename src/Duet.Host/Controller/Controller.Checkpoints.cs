@@ -97,7 +97,7 @@ public sealed partial class Controller : IArrayWriteLog
 
     RaidBacking NewBacking(Duet.Raid.RaidArray raid)
     {
-        var backing = new RaidBacking(raid, Arrays.NumberOf(raid), Duet.Raid.Management.ArrayManager.SerialOf(raid.Uuid), this);
+        var backing = new RaidBacking(raid, Arrays.NumberOf(raid), Duet.Raid.Management.ArrayManager.SerialOf(raid.Uuid), _options.WriteLog ? this : null);
         lock (_backings) _backings[backing.ArrayNumber] = backing;
         return backing;
     }

@@ -20,6 +20,10 @@ public sealed record ControllerCoreOptions
     /// <summary>This run's session id, sent in PairHello. The server draws a random one; the simulator one from its seed.</summary>
     public required ulong Session { get; init; }
     public MirrorMethod Mirror { get; init; } = MirrorMethod.Batched;
+    /// <summary>AW-4's write log (and AW-3's checkpoints to the peer) for array writes. Off only to measure
+    /// what it costs: without it a power cut or a takeover mid-destage can leave stripes whose parity
+    /// disagrees with their data, and nothing names them.</summary>
+    public bool WriteLog { get; init; } = true;
     public TimeSpan ForwardTimeout { get; init; } = TimeSpan.FromSeconds(5);
     /// <summary>How long an orderly stop waits for the cache to destage.</summary>
     public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromSeconds(30);

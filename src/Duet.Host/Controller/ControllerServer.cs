@@ -35,6 +35,8 @@ public sealed record ControllerOptions
     public IPEndPoint IclEndpoint { get; init; } = new(IPAddress.Loopback, 10815);
     public long NvramBytes { get; init; } = NvramLayout.DefaultTotalBytes;
     public MirrorMethod Mirror { get; init; } = MirrorMethod.Batched;
+    /// <summary>AW-4's write log; off only to measure its cost (see <see cref="ControllerCoreOptions.WriteLog"/>).</summary>
+    public bool WriteLog { get; init; } = true;
     public TimeSpan ForwardTimeout { get; init; } = TimeSpan.FromSeconds(5);
     public TimeProvider Time { get; init; } = TimeProvider.System;
     /// <summary>The session id sent in PairHello; null: a random one (this is the shell: it may draw one).</summary>
@@ -133,7 +135,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
             };
             controller = new Controller(new ControllerCoreOptions
             {
-                Name = options.Name, Session = session, Mirror = options.Mirror,
+                Name = options.Name, Session = session, Mirror = options.Mirror, WriteLog = options.WriteLog,
                 ForwardTimeout = options.ForwardTimeout, Time = options.Time, Loggers = loggers, Shelf = shelf, Claims = claims, Failover = options.Failover,
                 ReservationPersistence = new FileReservationPersistence(ControllerOptions.ReservationPathFor(dir, options.Name)),
             }, arrays, nvram, link);
