@@ -16,6 +16,12 @@ namespace Duet.Adapter;
 /// </summary>
 public sealed class CheckpointPrimary : IAsyncDisposable
 {
+    /// <summary>Writes checkpointed and not finished at a time: a quarter of what a controller
+    /// remembers (<c>CommandHandshakeOptions.FinishedRememberedMax</c>), so that a backup's re-send
+    /// meets the controllers' record of a write that ran, not a forgotten one.</summary>
+    public const int MaxUnfinished = 1024;
+
+    readonly SemaphoreSlim _slots = new(MaxUnfinished, MaxUnfinished);
     readonly string _path;
     readonly CheckpointHello _hello;
     readonly ILogger _logger;
@@ -175,10 +181,27 @@ public sealed class CheckpointPrimary : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(write);
         Task? acked = null;
-        await _gate.WaitAsync(cancellationToken);
+        await _slots.WaitAsync(cancellationToken);
         try
         {
-            lock (_table) _table.Before(write);
+            await _gate.WaitAsync(cancellationToken);
+        }
+        catch
+        {
+            _slots.Release();
+            throw;
+        }
+        try
+        {
+            try
+            {
+                lock (_table) _table.Before(write);
+            }
+            catch
+            {
+                _slots.Release();
+                throw;
+            }
             var backup = Volatile.Read(ref _backup);
             if (backup is not null)
             {
@@ -208,7 +231,9 @@ public sealed class CheckpointPrimary : IAsyncDisposable
         await _gate.WaitAsync();
         try
         {
-            lock (_table) _table.After(tag);
+            bool held;
+            lock (_table) held = _table.After(tag);
+            if (held) _slots.Release();
             if (DropAfterForTests?.Invoke(new CheckpointAfter(tag, status)) == true) return;
             if (Volatile.Read(ref _backup) is { } backup) await TrySendAsync(backup, CheckpointWire.Encode(new CheckpointAfter(tag, status)));
         }
