@@ -263,8 +263,10 @@ public sealed class CommandHandshake
         bool finished = false, merged = false, reused = false;
         lock (_lock)
         {
-            // A command the primary answered Unavailable was not run: a host's copy of it may run now.
-            if (_finished.TryGetValue(key, out var done) && done.Status == HostStatus.Unavailable && primary && route is not null
+            // A command the primary answered Unavailable was not run: a host's copy of it may run now
+            // (on the primary; or forwarded by the partner unit, which holds it afresh).
+            bool forwarded = (command.Request.Flags & HostRequestFlags.Forwarded) != 0;
+            if (_finished.TryGetValue(key, out var done) && done.Status == HostStatus.Unavailable && (forwarded || (primary && route is not null))
                 && SameCommand(command, done.Volume, done.Request)) _finished.Remove(key);
             if (_finished.TryGetValue(key, out done))
             {

@@ -300,6 +300,31 @@ public class CommandHandshakeTests
         Assert.Equal([HostCompletion.Ok(24)], late.Answers);
     }
 
+    [Fact, Trait("Claim", "AW-1")]
+    public async Task A_command_refused_unavailable_through_the_secondary_unit_runs_when_the_host_sends_it_there_again()
+    {
+        var pair = new TestPair { RefuseA = HostStatus.Unavailable };
+        var data = Pattern(4096, 25);
+        var write = Write(25, pair.NowMicros, 8192, data, HostRequestFlags.None); // to B's unit only: B forwards it
+        var first = new RecordingRoute();
+        await pair.B.SubmitAsync(Command(write), first);
+        Assert.Equal([HostCompletion.Error(25, HostStatus.Unavailable)], first.Answers);
+
+        pair.RefuseA = null;
+        var second = new RecordingRoute();
+        await pair.B.SubmitAsync(Command(write), second); // answered from memory once, then forgotten
+        Assert.Equal([HostCompletion.Error(25, HostStatus.Unavailable)], second.Answers);
+        var third = new RecordingRoute();
+        await pair.B.SubmitAsync(Command(write), third);  // queued, forwarded, run by A this time
+        Assert.Equal([HostCompletion.Ok(25)], third.Answers);
+        var back = new byte[4096];
+        await pair.Volume.ReadAsync(8192, back);
+        Assert.Equal(data, back);
+        Assert.Equal(2, pair.A.Counters.ExecutedAsPrimary); // refused once, run once
+        Assert.Equal(0, pair.FenceCalls);
+        Assert.Equal(0, pair.A.QueuedCount + pair.B.QueuedCount);
+    }
+
     [Fact, Trait("Claim", "FO-4")]
     public async Task Errors_are_completions_and_clear_both_queues()
     {
