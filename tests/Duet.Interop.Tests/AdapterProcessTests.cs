@@ -120,10 +120,11 @@ public sealed class AdapterProcessTests(ITestOutputHelper log) : IDisposable
         return n;
     }
 
-    /// <summary>Writes through the adapter for <paramref name="seconds"/>, then kill -9 of the pair's
-    /// primary adapter process (pid <paramref name="primaryPid"/>) while the writers still run;
-    /// reconnects and verifies every acknowledged write. Returns the connection that verified.</summary>
-    async Task<PipelinedNbd> WriteKillReconnectVerifyAsync(WriteJournal journal, int adapterPort, int primaryPid, int seed, double seconds)
+    /// <summary>Writes through the adapter for <paramref name="seconds"/>, then sends
+    /// <paramref name="signal"/> (kill -9, or SIGSTOP: a hung primary) to the pair's primary adapter
+    /// process (pid <paramref name="primaryPid"/>) while the writers still run; reconnects and
+    /// verifies every acknowledged write. Returns the connection that verified.</summary>
+    async Task<PipelinedNbd> WriteKillReconnectVerifyAsync(WriteJournal journal, int adapterPort, int primaryPid, int seed, double seconds, int signal = 9)
     {
         var nbd = await PipelinedNbd.ConnectAsync(adapterPort, "vol0");
         using var stopWriters = new CancellationTokenSource();
@@ -131,9 +132,9 @@ public sealed class AdapterProcessTests(ITestOutputHelper log) : IDisposable
         await Task.Delay(TimeSpan.FromSeconds(seconds));
         long before = journal.Acknowledged;
         Assert.True(before > 50, $"only {before} writes acknowledged before the kill");
-        Assert.Equal(0, Posix.Kill(primaryPid, 9));
+        Assert.Equal(0, Posix.Kill(primaryPid, signal));
         var killed = Stopwatch.StartNew();
-        log.WriteLine($"kill -9 primary adapter pid {primaryPid} after {before} acknowledged writes");
+        log.WriteLine($"kill -{signal} primary adapter pid {primaryPid} after {before} acknowledged writes");
         await writing.WaitAsync(TimeSpan.FromSeconds(30)); // every writer stops at its dead connection
         await nbd.DisposeAsync();
 
@@ -192,7 +193,16 @@ public sealed class AdapterProcessTests(ITestOutputHelper log) : IDisposable
         await pair.WaitForOutputAsync($"duet adapter: backup (pid {newBackup}) took over from pid {backupPid}", TimeSpan.FromSeconds(30));
         await again.DisposeAsync();
 
-        // nbdinfo and nbdcopy through the pair's third adapter process.
+        // A primary that hangs (SIGSTOP) keeps its sockets open: its backup hears no heartbeat for
+        // 2 s, kills it (so it cannot wake up and write), and takes over.
+        int third = int.Parse(Regex.Matches(pair.Output, @"starting a new backup \(pid (\d+)\)")[^1].Groups[1].Value, CultureInfo.InvariantCulture);
+        await pair.WaitForOutputAsync($"[adapter {third}] duet adapter: backup ready", StartTimeout);
+        again = await WriteKillReconnectVerifyAsync(journal, adapterPort, newBackup, seed: 3, seconds: 2, signal: Posix.SIGSTOP);
+        await pair.WaitForOutputAsync($"duet adapter: backup (pid {third}) took over from pid {newBackup}", TimeSpan.FromSeconds(30));
+        Assert.Contains($"the primary adapter (pid {newBackup}) is gone: sent nothing for 2000 ms", pair.Output);
+        await again.DisposeAsync();
+
+        // nbdinfo and nbdcopy through the pair's fourth adapter process.
         Assert.Contains("export=\"vol0\"", await _run.RunOkAsync("nbdinfo", "--list", $"nbd://127.0.0.1:{adapterPort}"));
         var source = Path.Combine(_dir, "source.bin");
         TestData.WriteRandomFile(source, 4 << 20, seed: 9);
