@@ -100,6 +100,7 @@ public sealed class HostAdapter : IAsyncDisposable
     readonly AdapterCatalog _catalog;
     readonly NbdServer _nbd;
     readonly ByteBudget _buffer;
+    readonly ILogger _logger;
     readonly AdapterPairState? _pair;
     readonly CancellationTokenSource _stopping = new();
     HostTagSource _tags = new();
@@ -127,8 +128,6 @@ public sealed class HostAdapter : IAsyncDisposable
         _nbd = new NbdServer(_catalog, new NbdServerOptions { Endpoint = options.Endpoint, WriteBuffer = _buffer, MaxPayloadBytes = 32 << 20 },
             logging.CreateLogger("Duet.Adapter.Nbd"));
     }
-
-    readonly ILogger _logger;
 
     /// <summary>The host id the adapter acts for (a backup learns its primary's from the checkpoint channel).</summary>
     public ulong HostId { get; private set; }
@@ -199,6 +198,7 @@ public sealed class HostAdapter : IAsyncDisposable
             Generation = plan.Generation;
             _tags = HostTagSource.ForGeneration(plan.Generation);
             _pair!.Tags = _tags;
+            bool portWarned = false;
             while (true)
             {
                 try
@@ -206,9 +206,15 @@ public sealed class HostAdapter : IAsyncDisposable
                     await _nbd.StartAsync(_stopping.Token);
                     break;
                 }
-                catch (IOException) when (!_stopping.IsCancellationRequested)
+                catch (IOException e) when (!_stopping.IsCancellationRequested)
                 {
-                    await Task.Delay(20, _stopping.Token); // the dead primary's socket is not closed yet
+                    // The dead primary's listener is not closed yet (or something else holds the port).
+                    if (DateTime.UtcNow - started > TimeSpan.FromSeconds(1) && !portWarned)
+                    {
+                        portWarned = true;
+                        AdapterLog.PortBusy(_logger, e.Message);
+                    }
+                    await Task.Delay(20, _stopping.Token);
                 }
             }
             var bound = DateTime.UtcNow - started;
@@ -340,6 +346,9 @@ static partial class AdapterLog
 
     [LoggerMessage(4, LogLevel.Warning, "took over NBD on {Endpoint} ({BoundMs} ms after the primary was gone); {Unfinished} unfinished writes re-sent; tag generation {Generation}")]
     public static partial void TookOver(ILogger logger, IPEndPoint endpoint, double boundMs, int unfinished, ushort generation);
+
+    [LoggerMessage(6, LogLevel.Warning, "taking over: the NBD port is still busy after a second ({Reason}); still trying")]
+    public static partial void PortBusy(ILogger logger, string reason);
 
     [LoggerMessage(5, LogLevel.Critical, "could not take over from the primary adapter: {Reason}")]
     public static partial void TakeoverFailed(ILogger logger, string reason);
