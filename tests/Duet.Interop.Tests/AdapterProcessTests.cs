@@ -211,6 +211,12 @@ public sealed class AdapterProcessTests(ITestOutputHelper log) : IDisposable
         await _run.RunOkAsync("bash", "-c", $"nbdcopy {Uri(adapterPort, "vol1")} - | head -c {4 << 20} > {back}");
         Assert.Equal(TestData.HashFile(source), TestData.HashFile(back));
         Assert.DoesNotContain("failed after", pair.Output);
+
+        // SIGTERM stops the pair, the backup first: nobody takes over on the way down.
+        pair.Terminate();
+        Assert.Equal(0, await pair.WaitForExitAsync(TimeSpan.FromSeconds(90)));
+        Assert.Contains("duet adapter: pair stopped", pair.Output);
+        Assert.Equal(3, Regex.Matches(pair.Output, "duet adapter: took over").Count);
     }
 
     [Fact]
