@@ -198,14 +198,17 @@ public sealed class CommandHandshake
     /// the partner's "completed" carried it), its status always (the partner's "completed" carries
     /// it), and what it was, so that a tag reused for another command is told apart from a late copy
     /// of this one.</summary>
-    readonly record struct Finished(HostCompletion? Completion, HostStatus Status, string Volume, HostRequest? Request);
+    readonly record struct Finished(HostCompletion? Completion, HostStatus Status, string Volume, HostRequest? Request, long Sequence);
 
     /// <summary>Whether <paramref name="c"/> is the same command as one with this volume and request
     /// (a copy: the other unit's, the forwarded one, or a host's retry on the same tag).</summary>
     static bool SameCommand(HostCommand c, string volume, HostRequest? request) =>
         string.Equals(c.Volume, volume, StringComparison.Ordinal)
         && (request is null || (c.Request.Opcode == request.Opcode && c.Request.Offset == request.Offset && c.Request.Length == request.Length));
-    readonly Queue<HostCommandKey> _finishedOrder = new();
+    // Oldest first; an entry whose sequence no longer matches its key's record (the record was
+    // forgotten and remembered again) is skipped when it leaves.
+    readonly Queue<(HostCommandKey Key, long Sequence)> _finishedOrder = new();
+    long _finishedSequence;
     readonly CancellationTokenSource _stopping = new();
     Task<bool>? _takeover;
 
@@ -671,9 +674,14 @@ public sealed class CommandHandshake
             if (completion is not null) _finished[key] = known with { Completion = completion, Status = status };
             return;
         }
-        _finished.Add(key, new Finished(completion, status, volume, request));
-        _finishedOrder.Enqueue(key);
-        while (_finishedOrder.Count > _options.FinishedRememberedMax) _finished.Remove(_finishedOrder.Dequeue());
+        long sequence = ++_finishedSequence;
+        _finished.Add(key, new Finished(completion, status, volume, request, sequence));
+        _finishedOrder.Enqueue((key, sequence));
+        while (_finishedOrder.Count > _options.FinishedRememberedMax)
+        {
+            var (old, oldSequence) = _finishedOrder.Dequeue();
+            if (_finished.TryGetValue(old, out var record) && record.Sequence == oldSequence) _finished.Remove(old);
+        }
     }
 
     void Notify(HandshakeEventKind kind, HostCommandKey key)
