@@ -8,18 +8,27 @@ namespace Duet.Adapter;
 /// on one <see cref="HostSession"/> (opened on first use, shared by every client of the volume),
 /// split at the units' largest request. A write reaches this class whole — the NBD server took
 /// all its data off the wire into the block buffer first (AW-2) — so nothing partial is ever sent.
+/// In an adapter pair (AW-1) every write goes under a tag drawn here, checkpointed to the backup
+/// before it is sent and after the pair answered it, and is re-sent only under that tag.
 /// </summary>
 public sealed class AdapterVolume : IBlockVolume, IAsyncDisposable
 {
     readonly Func<string, CancellationToken, Task<HostSession>> _open;
     readonly SemaphoreSlim _opening = new(1, 1);
+    readonly AdapterPairState? _pair;
     HostSession? _session;
 
     /// <summary>Zero-fill and discard go out as writes of this many zero bytes at a time.</summary>
     static readonly byte[] Zeros = new byte[HostWire.PayloadBytesMax];
 
     public AdapterVolume(HostVolumeEntry entry, Func<string, CancellationToken, Task<HostSession>> open)
+        : this(entry, open, pair: null)
     {
+    }
+
+    internal AdapterVolume(HostVolumeEntry entry, Func<string, CancellationToken, Task<HostSession>> open, AdapterPairState? pair)
+    {
+        _pair = pair;
         Name = entry.Name;
         SizeBytes = (long)entry.SizeBytes;
         ReadOnly = (entry.Flags & HostVolumeFlags.ReadOnly) != 0;
@@ -35,7 +44,15 @@ public sealed class AdapterVolume : IBlockVolume, IAsyncDisposable
     /// <summary>The session, once a request opened it (for status and tests).</summary>
     public HostSession? Session => Volatile.Read(ref _session);
 
+    /// <summary>The session, once the adapter serves (a backup that took over serves once it
+    /// re-sent the unfinished writes).</summary>
     async ValueTask<HostSession> SessionAsync(CancellationToken cancellationToken)
+    {
+        if (_pair is not null && !_pair.Serving.IsCompleted) await _pair.Serving.WaitAsync(cancellationToken);
+        return await OpenedSessionAsync(cancellationToken);
+    }
+
+    async ValueTask<HostSession> OpenedSessionAsync(CancellationToken cancellationToken)
     {
         if (Volatile.Read(ref _session) is { } s) return s;
         await _opening.WaitAsync(cancellationToken);
@@ -85,8 +102,46 @@ public sealed class AdapterVolume : IBlockVolume, IAsyncDisposable
         VolumeChecks.CheckRequest(Name, SizeBytes, offset, source.Length);
         if (ReadOnly) throw new BlockIoException(BlockErrorKind.ReadOnly, $"volume {Name} is read-only", offset / Units.SectorBytes);
         var session = await SessionAsync(cancellationToken);
-        await ForEachChunkAsync(session, offset, source.Length, async (o, n) =>
-            Check(await session.ExecuteAsync(HostOpcode.Write, o, n, source.Slice((int)(o - offset), n), fua, cancellationToken), o, n));
+        await ForEachChunkAsync(session, offset, source.Length, (o, n) => WriteChunkAsync(session, o, source.Slice((int)(o - offset), n), fua, cancellationToken));
+    }
+
+    /// <summary>One host command's worth of a write. In a pair: tag, "before" checkpoint (the
+    /// backup holds the whole write before any byte goes to a controller), the command under that
+    /// tag only, "after" checkpoint; then the client may be answered. Once the "before" is taken,
+    /// the client going away cancels nothing: the write runs to its answer, or the backup re-sends it.</summary>
+    async Task WriteChunkAsync(HostSession session, long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
+    {
+        if (_pair is null)
+        {
+            Check(await session.ExecuteAsync(HostOpcode.Write, offset, data.Length, data, fua, cancellationToken), offset, data.Length);
+            return;
+        }
+        cancellationToken.ThrowIfCancellationRequested();
+        ulong tag = _pair.Tags.Next();
+        var checkpoints = _pair.Checkpoints;
+        if (checkpoints is not null) await checkpoints.BeforeAsync(new CheckpointBefore(tag, Name, offset, fua, data), CancellationToken.None);
+        HostCompletion completion;
+        try
+        {
+            completion = await session.ExecuteAsync(HostOpcode.Write, offset, data.Length, data, fua, tag, CancellationToken.None);
+        }
+        catch (ObjectDisposedException)
+        {
+            // The adapter is stopping: the write stays unfinished in the checkpoints, for the backup.
+            throw new BlockIoException(BlockErrorKind.Unavailable, $"volume {Name}: the adapter is stopping", offset / Units.SectorBytes);
+        }
+        if (checkpoints is not null) await checkpoints.AfterAsync(tag, completion.Status);
+        Check(completion, offset, data.Length);
+    }
+
+    /// <summary>A backup taking over: sends a write the primary checkpointed and did not finish,
+    /// under its own tag — the pair runs it if it never got it, merges it with a copy it holds, or
+    /// answers it from memory; it never runs twice.</summary>
+    internal async Task<HostStatus> ReissueAsync(CheckpointBefore write, CancellationToken cancellationToken)
+    {
+        var session = await OpenedSessionAsync(cancellationToken);
+        var completion = await session.ExecuteAsync(HostOpcode.Write, write.Offset, write.Data.Length, write.Data, write.Fua, write.Tag, cancellationToken);
+        return completion.Status;
     }
 
     public async ValueTask FlushAsync(CancellationToken cancellationToken = default)
@@ -101,8 +156,7 @@ public sealed class AdapterVolume : IBlockVolume, IAsyncDisposable
         VolumeChecks.CheckRequest(Name, SizeBytes, offset, length);
         if (ReadOnly) throw new BlockIoException(BlockErrorKind.ReadOnly, $"volume {Name} is read-only", offset / Units.SectorBytes);
         var session = await SessionAsync(cancellationToken);
-        await ForEachChunkAsync(session, offset, length, async (o, n) =>
-            Check(await session.ExecuteAsync(HostOpcode.Write, o, n, Zeros.AsMemory(0, n), fua, cancellationToken), o, n));
+        await ForEachChunkAsync(session, offset, length, (o, n) => WriteChunkAsync(session, o, Zeros.AsMemory(0, n), fua, cancellationToken));
     }
 
     /// <summary>Discard keeps its promise that the range reads as zeros by writing them.</summary>

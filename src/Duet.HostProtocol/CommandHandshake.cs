@@ -174,9 +174,11 @@ public sealed class HandshakeCounters
 /// The primary does not wait for ever: if the partner cannot be reached (send throws) it
 /// executes at once, and if the secondary's "ready" does not come within ReadyWait it executes
 /// anyway. The secondary never executes before the limit unless it took over. Each controller
-/// answers each host route of a command at most once; a finished command is remembered (with
-/// its completion when known) so that a late copy is answered from memory or dropped, never
-/// run again. "Completed" carries the completion frame when the sender could answer no host
+/// answers each host route of a command at most once; a finished command is remembered (its
+/// status always — "completed" carries it —, its completion when known) so that a late copy is
+/// answered from memory, never run again: a host may re-send a command under its tag until it
+/// has an answer (the AW-1 adapter pair does). The one exception is a command the primary
+/// answered Unavailable (it did not run it): a host's next copy of it is queued afresh. "Completed" carries the completion frame when the sender could answer no host
 /// itself, so a secondary holding the host's only connection (FO-6) answers it.
 ///
 /// Deterministic: no threads, no clock but <see cref="CommandHandshakeOptions.Time"/>, waits
@@ -192,16 +194,21 @@ public sealed class CommandHandshake
     // Finished commands, oldest first, with their completion when this controller knows it.
     readonly Dictionary<HostCommandKey, Finished> _finished = [];
 
-    /// <summary>A finished command as remembered: its answer when known, and what it was, so that a
-    /// tag reused for another command is told apart from a late copy of this one.</summary>
-    readonly record struct Finished(HostCompletion? Completion, string Volume, HostRequest? Request);
+    /// <summary>A finished command as remembered: its answer when known (this controller ran it, or
+    /// the partner's "completed" carried it), its status always (the partner's "completed" carries
+    /// it), and what it was, so that a tag reused for another command is told apart from a late copy
+    /// of this one.</summary>
+    readonly record struct Finished(HostCompletion? Completion, HostStatus Status, string Volume, HostRequest? Request, long Sequence);
 
     /// <summary>Whether <paramref name="c"/> is the same command as one with this volume and request
     /// (a copy: the other unit's, the forwarded one, or a host's retry on the same tag).</summary>
     static bool SameCommand(HostCommand c, string volume, HostRequest? request) =>
         string.Equals(c.Volume, volume, StringComparison.Ordinal)
         && (request is null || (c.Request.Opcode == request.Opcode && c.Request.Offset == request.Offset && c.Request.Length == request.Length));
-    readonly Queue<HostCommandKey> _finishedOrder = new();
+    // Oldest first; an entry whose sequence no longer matches its key's record (the record was
+    // forgotten and remembered again) is skipped when it leaves.
+    readonly Queue<(HostCommandKey Key, long Sequence)> _finishedOrder = new();
+    long _finishedSequence;
     readonly CancellationTokenSource _stopping = new();
     Task<bool>? _takeover;
 
@@ -266,15 +273,22 @@ public sealed class CommandHandshake
         var key = command.Key;
         bool primary = _options.IsPrimaryFor(command.Volume);
         Entry? entry = null;
-        HostCompletion? remembered = null;
+        Finished remembered = default;
         bool finished = false, merged = false, reused = false;
         lock (_lock)
         {
-            if (_finished.TryGetValue(key, out var done))
+            // A command the primary answered Unavailable was not run: a host's copy of it may run now
+            // (on the primary; or forwarded by the partner unit, which holds it afresh).
+            bool forwarded = (command.Request.Flags & HostRequestFlags.Forwarded) != 0;
+            if (_finished.TryGetValue(key, out var done) && done.Status == HostStatus.Unavailable && (forwarded || (primary && route is not null))
+                && SameCommand(command, done.Volume, done.Request)) _finished.Remove(key);
+            if (_finished.TryGetValue(key, out done))
             {
                 finished = true;
                 reused = !SameCommand(command, done.Volume, done.Request);
-                remembered = done.Completion;
+                remembered = done;
+                // Answered Unavailable from memory once; the host's next copy is queued afresh.
+                if (!reused && done.Status == HostStatus.Unavailable && route is not null) _finished.Remove(key);
             }
             else if (_queue.TryGetValue(key, out entry) && !SameCommand(command, entry.Command.Volume, entry.Command.Request))
             {
@@ -295,7 +309,7 @@ public sealed class CommandHandshake
             }
         }
         if (reused) return AnswerTagReusedAsync(key, route);
-        if (finished) return AnswerLateCopyAsync(key, remembered, route);
+        if (finished) return AnswerLateCopyAsync(command, remembered, route);
         Invariant.Assert(entry is not null);
         if (merged)
         {
@@ -499,13 +513,13 @@ public sealed class CommandHandshake
             completion = HostCompletion.Error(key.HostTag, HostStatus.IoError);
         }
         Invariant.Assert(completion.HostTag == key.HostTag);
-        await FinishAsync(e, completion, executedHere: true);
+        await FinishAsync(e, completion, completion.Status, executedHere: true);
     }
 
     /// <summary>Takes the command out of the queue, answers each host route once, and (when it
     /// ran here) tells the partner. <paramref name="completion"/> is null when the partner
-    /// finished the command and answered the host itself.</summary>
-    async Task FinishAsync(Entry e, HostCompletion? completion, bool executedHere)
+    /// finished the command and answered the host itself; <paramref name="status"/> is its status either way.</summary>
+    async Task FinishAsync(Entry e, HostCompletion? completion, HostStatus status, bool executedHere)
     {
         var key = e.Command.Key;
         IHostCompletionRoute[] routes;
@@ -515,7 +529,7 @@ public sealed class CommandHandshake
             e.Finished = true;
             bool removed = _queue.Remove(key);
             Invariant.Assert(removed);
-            Remember(key, completion, e.Command.Volume, e.Command.Request);
+            Remember(key, completion, status, e.Command.Volume, e.Command.Request);
             routes = [.. e.Routes];
         }
         if (e.Watch is not null)
@@ -537,7 +551,7 @@ public sealed class CommandHandshake
         {
             // The partner needs the answer itself only when no host heard it from us.
             var data = answered ? ReadOnlyMemory<byte>.Empty : HostCodec.EncodeCompletion(completion!);
-            await TrySendAsync(e, HandshakePhase.Completed, data, HandshakeEventKind.CompletedSent);
+            await TrySendAsync(e, HandshakePhase.Completed, data, HandshakeEventKind.CompletedSent, status);
         }
         Notify(HandshakeEventKind.Removed, key);
         e.Done.TrySetResult();
@@ -549,10 +563,19 @@ public sealed class CommandHandshake
         if (route is not null) await route.TrySendAsync(HostCompletion.Error(key.HostTag, HostStatus.Invalid));
     }
 
-    async Task AnswerLateCopyAsync(HostCommandKey key, HostCompletion? remembered, IHostCompletionRoute? route)
+    /// <summary>A copy of a finished command: answered from memory, never run again. With the
+    /// completion when this controller knows it; else with the status the partner's "completed"
+    /// carried — whole for a write or flush (their completions carry nothing else), and for a read
+    /// only when it failed (an Ok read needs its data: that copy is dropped, and a host re-reads
+    /// under a new tag).</summary>
+    async Task AnswerLateCopyAsync(HostCommand command, Finished remembered, IHostCompletionRoute? route)
     {
+        var key = command.Key;
         Notify(HandshakeEventKind.Duplicate, key);
-        if (remembered is not null && route is not null && await route.TrySendAsync(remembered))
+        var answer = remembered.Completion;
+        if (answer is null && (command.Request.Opcode != HostOpcode.Read || remembered.Status != HostStatus.Ok))
+            answer = HostCompletion.Error(key.HostTag, remembered.Status);
+        if (answer is not null && route is not null && await route.TrySendAsync(answer))
             Notify(HandshakeEventKind.AnsweredHost, key);
     }
 
@@ -602,7 +625,8 @@ public sealed class CommandHandshake
     {
         Notify(HandshakeEventKind.CompletedReceived, key);
         var completion = m.Data.IsEmpty ? null : HostCodec.TryDecodeCompletion(m.Data);
-        if (!m.Data.IsEmpty && (completion is null || completion.HostTag != key.HostTag))
+        var status = (HostStatus)m.Status;
+        if (!m.Data.IsEmpty && (completion is null || completion.HostTag != key.HostTag || completion.Status != status))
         {
             Notify(HandshakeEventKind.BadMessage, key);
             completion = null;
@@ -611,17 +635,20 @@ public sealed class CommandHandshake
         lock (_lock)
         {
             _earlyReadies.Remove(key);
-            if (!_queue.TryGetValue(key, out e) && !_finished.ContainsKey(key)) Remember(key, completion, m.Volume, request: null);
+            if (!_queue.TryGetValue(key, out e) && !_finished.ContainsKey(key)) Remember(key, completion, status, m.Volume, request: null);
         }
-        if (e is not null) await FinishAsync(e, completion, executedHere: false);
+        if (e is not null) await FinishAsync(e, completion, status, executedHere: false);
     }
 
     // ------------------------------------------------------------------ helpers
 
-    async ValueTask<bool> TrySendAsync(Entry e, HandshakePhase phase, ReadOnlyMemory<byte> data, HandshakeEventKind sent)
+    async ValueTask<bool> TrySendAsync(Entry e, HandshakePhase phase, ReadOnlyMemory<byte> data, HandshakeEventKind sent, HostStatus status = HostStatus.Ok)
     {
         var c = e.Command;
-        var message = new HandshakeMessage(phase, c.Unit, c.Request.HostId, c.Request.HostTag, c.Request.HostTimestampMicros, c.Volume, data);
+        var message = new HandshakeMessage(phase, c.Unit, c.Request.HostId, c.Request.HostTag, c.Request.HostTimestampMicros, c.Volume, data)
+        {
+            Status = checked((byte)status),
+        };
         try
         {
             await _options.SendToPartner(message);
@@ -652,16 +679,21 @@ public sealed class CommandHandshake
         return delay;
     }
 
-    void Remember(HostCommandKey key, HostCompletion? completion, string volume, HostRequest? request)
+    void Remember(HostCommandKey key, HostCompletion? completion, HostStatus status, string volume, HostRequest? request)
     {
         if (_finished.TryGetValue(key, out var known))
         {
-            if (completion is not null) _finished[key] = known with { Completion = completion };
+            if (completion is not null) _finished[key] = known with { Completion = completion, Status = status };
             return;
         }
-        _finished.Add(key, new Finished(completion, volume, request));
-        _finishedOrder.Enqueue(key);
-        while (_finishedOrder.Count > _options.FinishedRememberedMax) _finished.Remove(_finishedOrder.Dequeue());
+        long sequence = ++_finishedSequence;
+        _finished.Add(key, new Finished(completion, status, volume, request, sequence));
+        _finishedOrder.Enqueue((key, sequence));
+        while (_finishedOrder.Count > _options.FinishedRememberedMax)
+        {
+            var (old, oldSequence) = _finishedOrder.Dequeue();
+            if (_finished.TryGetValue(old, out var record) && record.Sequence == oldSequence) _finished.Remove(old);
+        }
     }
 
     void Notify(HandshakeEventKind kind, HostCommandKey key)

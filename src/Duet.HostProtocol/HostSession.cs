@@ -41,7 +41,7 @@ public sealed class HostSessionOptions
     public TimeProvider Clock { get; init; } = TimeProvider.System;
 
     /// <summary>An attempt with no final answer after this long is given up and the command sent
-    /// again under a new tag. Must be well above the pair's time limit (1.5 s by default).</summary>
+    /// again (under a new tag unless the caller fixed it). Must be well above the pair's time limit (1.5 s by default).</summary>
     public TimeSpan AttemptTimeout { get; init; } = TimeSpan.FromSeconds(5);
 
     /// <summary>A command that has had no final answer after this long fails with an I/O error.</summary>
@@ -64,9 +64,16 @@ public sealed class HostSessionOptions
     }
 }
 
-/// <summary>Tags of one host id: unique among all its commands, on every volume and unit.</summary>
+/// <summary>Tags of one host id: unique among all its commands, on every volume and unit. The AW-1
+/// adapter pair gives each process that acts for the host id a generation in the top 16 bits
+/// (<see cref="ForGeneration"/>), so a backup that takes over never draws a tag its primary used.</summary>
 public sealed class HostTagSource(ulong first = 1)
 {
+    public const int GenerationShift = 48;
+
+    /// <summary>Tags (generation &lt;&lt; 48) + 1, + 2, ...</summary>
+    public static HostTagSource ForGeneration(ushort generation) => new(((ulong)generation << GenerationShift) + 1);
+
     long _next = (long)first - 1;
 
     public ulong Next() => (ulong)Interlocked.Increment(ref _next);
@@ -79,7 +86,8 @@ public sealed class HostTagSource(ulong first = 1)
 /// every connected unit under one tag; in <see cref="HostPathMode.PathFailover"/> to one unit.
 /// The first final answer per tag wins. An attempt that every unit it reached lost, answered
 /// Unavailable, or left unanswered past <see cref="HostSessionOptions.AttemptTimeout"/> is sent
-/// again under a new tag (the units drop reused tags), until
+/// again — under a new tag, or under the caller's tag when it gave one (the units merge or answer
+/// a copy of a command they know) — until
 /// <see cref="HostSessionOptions.GiveUpAfter"/>. See docs/internals/host-adapter.md.
 /// </summary>
 public sealed class HostSession : IAsyncDisposable
@@ -312,8 +320,27 @@ public sealed class HostSession : IAsyncDisposable
     /// it went to. Never throws for the pair's behaviour: after <see cref="HostSessionOptions.GiveUpAfter"/>
     /// it answers <see cref="HostStatus.IoError"/>; throws only when cancelled or disposed.
     /// </summary>
-    public async Task<HostCompletion> ExecuteAsync(HostOpcode opcode, long offset, int length, ReadOnlyMemory<byte> payload, bool fua,
+    public Task<HostCompletion> ExecuteAsync(HostOpcode opcode, long offset, int length, ReadOnlyMemory<byte> payload, bool fua,
+        CancellationToken cancellationToken = default) =>
+        ExecuteCoreAsync(opcode, offset, length, payload, fua, tag: null, cancellationToken);
+
+    /// <summary>
+    /// As <see cref="ExecuteAsync(HostOpcode, long, int, ReadOnlyMemory{byte}, bool, CancellationToken)"/>,
+    /// but every attempt goes under <paramref name="tag"/> (the caller drew it, from this host id's
+    /// tag source or a checkpoint): the command runs at most once whatever the re-sends — a copy
+    /// that meets a queued one merges with it, one that comes late is answered from memory. The
+    /// AW-1 adapter pair sends its writes so, because re-sending a write under a new tag could run
+    /// it again after a later write over the same blocks.
+    /// </summary>
+    public Task<HostCompletion> ExecuteAsync(HostOpcode opcode, long offset, int length, ReadOnlyMemory<byte> payload, bool fua, ulong tag,
         CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfZero(tag);
+        return ExecuteCoreAsync(opcode, offset, length, payload, fua, tag, cancellationToken);
+    }
+
+    async Task<HostCompletion> ExecuteCoreAsync(HostOpcode opcode, long offset, int length, ReadOnlyMemory<byte> payload, bool fua, ulong? tag,
+        CancellationToken cancellationToken)
     {
         ObjectDisposedException.ThrowIf(_disposed.IsCancellationRequested, this);
         var clock = _options.Clock;
@@ -322,6 +349,7 @@ public sealed class HostSession : IAsyncDisposable
         while (true)
         {
             cancellationToken.ThrowIfCancellationRequested();
+            ObjectDisposedException.ThrowIf(_disposed.IsCancellationRequested, this);
             var remaining = _options.GiveUpAfter - clock.GetElapsedTime(start);
             if (remaining <= TimeSpan.Zero)
             {
@@ -335,7 +363,7 @@ public sealed class HostSession : IAsyncDisposable
                 continue;
             }
             if (tries++ > 0) Interlocked.Increment(ref _resends);
-            var completion = await AttemptAsync(targets, opcode, offset, length, payload, fua, Min(remaining, _options.AttemptTimeout), cancellationToken);
+            var completion = await AttemptAsync(targets, opcode, offset, length, payload, fua, tag, Min(remaining, _options.AttemptTimeout), cancellationToken);
             if (completion is not null) return completion;
             if (_options.Mode == HostPathMode.PathFailover) FailOver(targets[0]);
             await Task.Delay(_options.RetryInterval, clock, cancellationToken);
@@ -381,11 +409,11 @@ public sealed class HostSession : IAsyncDisposable
     }
 
     async Task<HostCompletion?> AttemptAsync(int[] targets, HostOpcode opcode, long offset, int length, ReadOnlyMemory<byte> payload, bool fua,
-        TimeSpan timeout, CancellationToken cancellationToken)
+        ulong? fixedTag, TimeSpan timeout, CancellationToken cancellationToken)
     {
         var flags = fua ? HostRequestFlags.Fua : HostRequestFlags.None;
         if (targets.Length > 1) flags |= HostRequestFlags.Multicast;
-        ulong tag = _options.Tags.Next();
+        ulong tag = fixedTag ?? _options.Tags.Next();
         ulong timestamp = (ulong)(_options.Clock.GetUtcNow() - DateTimeOffset.UnixEpoch).Ticks / 10;
         var frame = HostCodec.EncodeRequest(new HostRequest(opcode, flags, _options.HostId, tag, timestamp, (ulong)offset, (uint)length, payload));
         var attempt = new Attempt(targets);

@@ -237,6 +237,94 @@ public class CommandHandshakeTests
         Assert.Equal(0, pair.FenceCalls);
     }
 
+    [Fact, Trait("Claim", "AW-1")]
+    public async Task A_late_copy_at_the_controller_only_told_completed_is_answered_with_the_status_the_message_carried()
+    {
+        // A answered the host itself, so its "completed" carries no completion frame, only the
+        // status; B must still answer a late copy (an adapter re-sending under the same tag), or
+        // the host would wait for ever. Nothing runs twice.
+        var pair = new TestPair();
+        var write = Write(21, pair.NowMicros, 4096, Pattern(4096, 21), HostRequestFlags.Multicast);
+        var routeA = new RecordingRoute();
+        await Task.WhenAll(pair.B.SubmitAsync(Command(write), new RecordingRoute()), pair.A.SubmitAsync(Command(write), routeA));
+        Assert.Equal([HostCompletion.Ok(21)], routeA.Answers);
+
+        var late = new RecordingRoute();
+        await pair.B.SubmitAsync(Command(write), late);
+        Assert.Equal([HostCompletion.Ok(21)], late.Answers);
+        Assert.Equal(1, pair.A.Counters.ExecutedAsPrimary);
+        Assert.Equal(0, pair.B.Counters.ExecutedAfterTakeover);
+        Assert.Equal(0, pair.B.QueuedCount);
+
+        // A failed read is answered with its error; a read that succeeded cannot be answered
+        // without its data, so that copy is dropped (a host re-reads under a new tag).
+        var bad = Read(22, pair.NowMicros, 1 << 20, 512, HostRequestFlags.Multicast);
+        var good = Read(23, pair.NowMicros, 0, 512, HostRequestFlags.Multicast);
+        foreach (var r in new[] { bad, good })
+            await Task.WhenAll(pair.B.SubmitAsync(Command(r), new RecordingRoute()), pair.A.SubmitAsync(Command(r), new RecordingRoute()));
+        var (lateBad, lateGood) = (new RecordingRoute(), new RecordingRoute());
+        await pair.B.SubmitAsync(Command(bad), lateBad);
+        await pair.B.SubmitAsync(Command(good), lateGood);
+        Assert.Equal([HostCompletion.Error(22, HostStatus.OutOfRange)], lateBad.Answers);
+        Assert.Empty(lateGood.Answers);
+        Assert.Equal(3, pair.B.Counters.Duplicates);
+    }
+
+    [Fact, Trait("Claim", "AW-1")]
+    public async Task A_command_the_primary_answered_unavailable_runs_when_the_host_sends_it_again_under_its_tag()
+    {
+        var pair = new TestPair { RefuseA = HostStatus.Unavailable };
+        var data = Pattern(4096, 24);
+        var write = Write(24, pair.NowMicros, 0, data, HostRequestFlags.Multicast);
+        var (routeA, routeB) = (new RecordingRoute(), new RecordingRoute());
+        await Task.WhenAll(pair.B.SubmitAsync(Command(write), routeB), pair.A.SubmitAsync(Command(write), routeA));
+        Assert.Equal([HostCompletion.Error(24, HostStatus.Unavailable)], routeA.Answers);
+
+        // The host re-sends it under the same tag once A serves again: A runs it (it never ran).
+        pair.RefuseA = null;
+        var (againA, againB) = (new RecordingRoute(), new RecordingRoute());
+        await pair.B.SubmitAsync(Command(write), againB); // B answers from memory once, and forgets it
+        Assert.Equal([HostCompletion.Error(24, HostStatus.Unavailable)], againB.Answers);
+        var onA = pair.A.SubmitAsync(Command(write), againA);
+        pair.Time.Advance(TimeSpan.FromMilliseconds(500)); // B holds no copy to be ready with
+        await onA;
+        Assert.Equal([HostCompletion.Ok(24)], againA.Answers);
+        var back = new byte[4096];
+        await pair.Volume.ReadAsync(0, back);
+        Assert.Equal(data, back);
+        Assert.Equal(0, pair.FenceCalls);
+
+        // Now it is done: a further copy is answered from memory at either controller.
+        var late = new RecordingRoute();
+        await pair.B.SubmitAsync(Command(write), late);
+        Assert.Equal([HostCompletion.Ok(24)], late.Answers);
+    }
+
+    [Fact, Trait("Claim", "AW-1")]
+    public async Task A_command_refused_unavailable_through_the_secondary_unit_runs_when_the_host_sends_it_there_again()
+    {
+        var pair = new TestPair { RefuseA = HostStatus.Unavailable };
+        var data = Pattern(4096, 25);
+        var write = Write(25, pair.NowMicros, 8192, data, HostRequestFlags.None); // to B's unit only: B forwards it
+        var first = new RecordingRoute();
+        await pair.B.SubmitAsync(Command(write), first);
+        Assert.Equal([HostCompletion.Error(25, HostStatus.Unavailable)], first.Answers);
+
+        pair.RefuseA = null;
+        var second = new RecordingRoute();
+        await pair.B.SubmitAsync(Command(write), second); // answered from memory once, then forgotten
+        Assert.Equal([HostCompletion.Error(25, HostStatus.Unavailable)], second.Answers);
+        var third = new RecordingRoute();
+        await pair.B.SubmitAsync(Command(write), third);  // queued, forwarded, run by A this time
+        Assert.Equal([HostCompletion.Ok(25)], third.Answers);
+        var back = new byte[4096];
+        await pair.Volume.ReadAsync(8192, back);
+        Assert.Equal(data, back);
+        Assert.Equal(2, pair.A.Counters.ExecutedAsPrimary); // refused once, run once
+        Assert.Equal(0, pair.FenceCalls);
+        Assert.Equal(0, pair.A.QueuedCount + pair.B.QueuedCount);
+    }
+
     [Fact, Trait("Claim", "FO-4")]
     public async Task Errors_are_completions_and_clear_both_queues()
     {

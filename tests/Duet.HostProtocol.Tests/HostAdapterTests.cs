@@ -74,6 +74,26 @@ public class HostAdapterTests
         Assert.Contains("down", session.Describe());
     }
 
+    [Fact, Trait("Claim", "AW-1")]
+    public async Task A_session_given_a_tag_sends_every_attempt_under_it_and_the_pair_runs_the_command_once()
+    {
+        await using var tcp = await TcpPair.StartAsync();
+        await using var session = await HostSession.OpenAsync(new HostSessionOptions
+        {
+            HostId = 0x5e56, Volume = TestPair.VolumeName, Units = Group0(tcp),
+            AttemptTimeout = TimeSpan.FromMilliseconds(300), RetryInterval = TimeSpan.FromMilliseconds(50),
+        });
+        tcp.Pair.HoldA = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var data = Pattern(4096, 4);
+        var write = session.ExecuteAsync(HostOpcode.Write, 0, data.Length, data, fua: false, tag: 77);
+        await tcp.Pair.UntilAsync(() => session.Resends >= 2 && tcp.Pair.A.Counters.Duplicates >= 2, "two re-sends under tag 77, merged at A");
+        Assert.False(write.IsCompleted);
+        tcp.Pair.HoldA.SetResult();
+        Assert.Equal(HostCompletion.Ok(77), await write);
+        Assert.Equal(1, tcp.Pair.A.Counters.ExecutedAsPrimary);
+        Assert.Equal(0, tcp.Pair.A.Counters.TagsReused);
+    }
+
     static async Task<HostAdapter> AdapterAsync(TcpPair tcp, long bufferBytes = 64L << 20)
     {
         var adapter = new HostAdapter(new HostAdapterOptions
@@ -151,7 +171,7 @@ public class HostAdapterTests
     }
 
     /// <summary>Just enough NBD to misbehave: fixed newstyle, NBD_OPT_EXPORT_NAME, simple replies.</summary>
-    sealed class RawNbd : IDisposable
+    internal sealed class RawNbd : IDisposable
     {
         readonly Socket _socket;
         readonly NetworkStream _stream;

@@ -24,6 +24,8 @@ sealed class TestPair
     public int FenceCalls;
     /// <summary>When set, the controller's execute waits for this before running (a hung primary).</summary>
     public TaskCompletionSource? HoldA;
+    /// <summary>When set, A answers every command with this status without running it (a serve gate that refuses).</summary>
+    public HostStatus? RefuseA;
 
     public TestPair()
     {
@@ -50,6 +52,7 @@ sealed class TestPair
         {
             var hold = me == 'A' ? HoldA : null;
             if (hold is not null) await Waits.OrCancel(hold.Task, ct);
+            if (me == 'A' && RefuseA is { } refuse) return HostCompletion.Error(c.Request.HostTag, refuse);
             return await HostCommandExecutor.ExecuteAsync(Catalog, c, ct);
         },
         FencePrimaryAndTakeOver = _ =>

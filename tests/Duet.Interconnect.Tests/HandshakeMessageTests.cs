@@ -45,6 +45,22 @@ public class HandshakeMessageTests
         }
     }
 
+    [Fact, Trait("Claim", "AW-1")]
+    public void Completed_carries_the_command_status_in_byte_3_and_other_phases_refuse_it()
+    {
+        var m = new HandshakeMessage(HandshakePhase.Completed, 1, 2, 3, 4, "v", ReadOnlyMemory<byte>.Empty) { Status = 7 };
+        var b = Encode(m);
+        Assert.Equal("0109 0000 00000029 04 01 01 07 00000000".Replace(" ", "", StringComparison.Ordinal), ToHex(b)[..32]);
+        Assert.Equal(OperationStatus.Done, HandshakeMessage.TryDecode(b, out var back, out _, out _));
+        Assert.Equal(m, back);
+        Assert.Equal(7, back!.Status);
+        Assert.NotEqual(m with { Status = 1 }, back);
+
+        b[8] = (byte)HandshakePhase.PrimaryAck;
+        Assert.Equal(OperationStatus.InvalidData, HandshakeMessage.TryDecode(b, out _, out _, out var error));
+        Assert.Equal(WireError.NonZeroReserved, error);
+    }
+
     [Theory]
     [InlineData("0109 0000 00000028 00 01 00 00 00000000 0000000000000001 0000000000000002 0000000000000003", WireError.BadEnum)]
     [InlineData("0109 0000 00000028 06 01 00 00 00000000 0000000000000001 0000000000000002 0000000000000003", WireError.BadEnum)]
