@@ -240,6 +240,9 @@ public sealed class HostSession : IAsyncDisposable
                 link.Stream = null;
                 if (stream is not null) await stream.DisposeAsync();
                 HostSessionLog.UnitDown(_options.Logger, _options.Volume, link.Endpoint, link.LastError ?? "closed");
+                // Path failover moves to the other path now and stays there: a path that comes back is
+                // the standby path, as an ALUA initiator treats it.
+                if (_options.Mode == HostPathMode.PathFailover) FailOver(link.Index);
                 foreach (var attempt in _pending.Values) TakeOut(attempt, link.Index);
             }
             try

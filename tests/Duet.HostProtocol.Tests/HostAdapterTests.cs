@@ -65,9 +65,13 @@ public class HostAdapterTests
 
         // A's unit goes away (its handshake still runs: the link between the controllers is up).
         await tcp.A[0].DisposeAsync();
+        // (A frame sent before the session notices may still be read and answered by the closing unit.)
+        await tcp.Pair.UntilAsync(() => session.Describe().Contains("down", StringComparison.Ordinal), "the session to notice the lost unit");
         var moved = Pattern(4096, 6);
         Assert.Equal(HostStatus.Ok, (await session.ExecuteAsync(HostOpcode.Write, 4096, moved.Length, moved, fua: false)).Status);
-        Assert.Equal(1, tcp.Pair.B.Counters.ForwardedFramesSent); // now B's unit took it and forwarded it to the primary
+        // Now B's unit took it and forwarded it to the primary (B counts the forward once its send returns,
+        // which in this in-memory pair can be after the whole command ran and was answered).
+        await tcp.Pair.UntilAsync(() => tcp.Pair.B.Counters.ForwardedFramesSent == 1, "B to count its forward");
         var back = new byte[4096];
         await tcp.Pair.Volume.ReadAsync(4096, back);
         Assert.Equal(moved, back);
@@ -132,7 +136,7 @@ public class HostAdapterTests
         var region = new byte[65536];
         await tcp.Pair.Volume.ReadAsync(131072, region);
         Assert.Equal(new byte[65536], region);
-        Assert.Equal(0, adapter.Buffer.InUse);
+        await tcp.Pair.UntilAsync(() => adapter.Buffer.InUse == 0, "the broken connection's block-buffer bytes returned");
     }
 
     [Fact, Trait("Claim", "AW-2")]
