@@ -104,7 +104,7 @@ public static class AdapterBench
         int port = TcpPorts.FreePorts(TcpPorts.DuetUpPorts);
         var up = children.Start("duet up", o.DuetCommand[0], o.DuetCommand.Skip(1).Concat(["up", "--data", dir, .. TcpPorts.DuetUpArgs(port)]));
         log.WriteLine($"bench adapter: duet up pid {up.Pid} on {dir}, NBD {port} (A), host units {port + 2} (A0) and {port + 4} (B0)");
-        await WaitForOutputAsync(up, "duet: ready", TimeSpan.FromSeconds(120), ct).ConfigureAwait(false);
+        await FailoverBench.WaitForOutputAsync(up, "duet: ready", TimeSpan.FromSeconds(120), ct).ConfigureAwait(false);
         var pair = new Pair(up, dir, port);
         await WaitHealthyAsync(o, pair, ct).ConfigureAwait(false);
         return pair;
@@ -115,7 +115,7 @@ public static class AdapterBench
         int port = TcpPorts.FreePort();
         string[] args = ["adapter", "--port", $"{port}", "--units", $"127.0.0.1:{pair.Port + 2},127.0.0.1:{pair.Port + 4}", "--quiet"];
         var child = children.Start("duet adapter", o.DuetCommand[0], o.DuetCommand.Skip(1).Concat(pathFailover ? [.. args, "--path-failover"] : args));
-        await WaitForOutputAsync(child, "duet adapter: ready", TimeSpan.FromSeconds(60), ct).ConfigureAwait(false);
+        await FailoverBench.WaitForOutputAsync(child, "duet adapter: ready", TimeSpan.FromSeconds(60), ct).ConfigureAwait(false);
         log.WriteLine($"bench adapter: adapter pid {child.Pid} on {port} ({(pathFailover ? "path failover" : "multicast")})");
         return new Adapter(child, port);
     }
@@ -181,28 +181,12 @@ public static class AdapterBench
         var r = await FioAsync(children, root, uri, depth: 16, Math.Max(o.Seconds, 6), ct, during: async () =>
         {
             await Task.Delay(TimeSpan.FromSeconds(3), ct).ConfigureAwait(false); // ramp 1 s + 2 s of load
-            int pid = ControllerPid(pair.Dir, "A");
+            int pid = FailoverBench.ControllerPid(pair.Dir, "A");
             using (var victim = Process.GetProcessById(pid)) victim.Kill(); // SIGKILL
             log.WriteLine($"bench adapter: kill -9 of controller A (pid {pid})");
         }).ConfigureAwait(false);
         log.WriteLine($"bench adapter: fio went on with {r.Iops:F0} IOPS; longest completion {r.MaxMs:F0} ms");
         return r.MaxMs;
-    }
-
-    static int ControllerPid(string dataDir, string name)
-    {
-        string needle = $"controller --name {name} --data {dataDir} ";
-        foreach (var d in Directory.EnumerateDirectories("/proc"))
-        {
-            if (!int.TryParse(Path.GetFileName(d), out int pid)) continue;
-            try
-            {
-                if (File.ReadAllText(Path.Combine(d, "cmdline")).Replace('\0', ' ').Contains(needle, StringComparison.Ordinal)) return pid;
-            }
-            catch (IOException) { }
-            catch (UnauthorizedAccessException) { }
-        }
-        throw new InvalidOperationException($"no process of controller {name} for {dataDir}");
     }
 
     /// <summary>utime + stime of a process, in seconds.</summary>
@@ -212,17 +196,6 @@ public static class AdapterBench
         var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
         long ticks = long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture);
         return ticks / 100.0; // USER_HZ
-    }
-
-    static async Task WaitForOutputAsync(Children.Child c, string text, TimeSpan limit, CancellationToken ct)
-    {
-        var wait = Stopwatch.StartNew();
-        while (!c.OutputText.Contains(text, StringComparison.Ordinal))
-        {
-            if (c.HasExited) throw new InvalidOperationException($"{c.Name} exited (code {c.Process.ExitCode}) before '{text}':\n{c.OutputText}");
-            if (wait.Elapsed > limit) throw new TimeoutException($"{c.Name} did not print '{text}' within {limit.TotalSeconds:F0} s:\n{c.OutputText}");
-            await Task.Delay(100, ct).ConfigureAwait(false);
-        }
     }
 
     static bool OnPath(string tool) =>

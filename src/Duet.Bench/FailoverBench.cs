@@ -331,7 +331,7 @@ public static class FailoverBench
     }
 
     /// <summary>Controller NAME of the pair on DIR: the `duet controller` process `duet up` started.</summary>
-    static int ControllerPid(string dataDir, string name)
+    internal static int ControllerPid(string dataDir, string name)
     {
         string needle = $"controller --name {name} --data {dataDir} ";
         foreach (var d in Directory.EnumerateDirectories("/proc"))
@@ -347,7 +347,7 @@ public static class FailoverBench
         throw new InvalidOperationException($"no process of controller {name} for {dataDir}");
     }
 
-    static async Task WaitForOutputAsync(Children.Child c, string text, TimeSpan limit, CancellationToken ct)
+    internal static async Task WaitForOutputAsync(Children.Child c, string text, TimeSpan limit, CancellationToken ct)
     {
         var wait = Stopwatch.StartNew();
         while (!c.OutputText.Contains(text, StringComparison.Ordinal))
