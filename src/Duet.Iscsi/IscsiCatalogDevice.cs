@@ -26,6 +26,7 @@ public sealed class IscsiCatalogDevice : IScsiDevice, IDisposable
     private readonly Func<IReadOnlyList<VolumeAccess>>? _access;
     private readonly Lock _gate = new();
     private readonly ITimer _timer;
+    private readonly TimeProvider _time;
     private IScsiDevice _device;
     private IBlockVolume[] _snapshot;
 
@@ -41,7 +42,8 @@ public sealed class IscsiCatalogDevice : IScsiDevice, IDisposable
         _snapshot = [.. catalog.Volumes];
         SyncOwners();
         _device = Build(new Snapshot(_snapshot));
-        _timer = (time ?? TimeProvider.System).CreateTimer(_ => Refresh(), null, RefreshInterval, RefreshInterval);
+        _time = time ?? TimeProvider.System;
+        _timer = _time.CreateTimer(_ => Refresh(), null, RefreshInterval, RefreshInterval);
     }
 
     /// <summary>The default device of a Duet target: the SCSI device server over the volumes, with the
@@ -49,12 +51,12 @@ public sealed class IscsiCatalogDevice : IScsiDevice, IDisposable
     /// reservation store shared by every rebuild (<paramref name="reservations"/>: the controller's,
     /// mirrored to its peer; else one in memory).</summary>
     public static IscsiCatalogDevice Create(IVolumeCatalog catalog, string targetName, TimeProvider? time = null,
-        Func<IReadOnlyList<VolumeAccess>>? access = null, IReservationStore? reservations = null)
+        Func<IReadOnlyList<VolumeAccess>>? access = null, IReservationStore? reservations = null, TimeSpan failoverHold = default)
     {
         reservations ??= new InMemoryReservationStore();
         var portGroups = new FixedScsiPortGroups();
         var options = new ScsiDeviceOptions { TargetName = targetName };
-        return new IscsiCatalogDevice(catalog, c => new ScsiDevice(c, reservations, portGroups, options), time, portGroups, access);
+        return new IscsiCatalogDevice(catalog, c => new ScsiDevice(c, reservations, portGroups, options), time, portGroups, access) { FailoverHold = failoverHold };
     }
 
     /// <summary><see cref="ScsiDevice.PreemptedAndAborted"/> of whichever device is current.</summary>
@@ -62,8 +64,41 @@ public sealed class IscsiCatalogDevice : IScsiDevice, IDisposable
 
     public IReadOnlyList<ulong> Luns => Current.Luns;
 
-    public ValueTask<ScsiResult> ExecuteAsync(ScsiCommand command, CancellationToken cancellationToken) =>
-        Current.ExecuteAsync(command, cancellationToken);
+    /// <summary>How long a command whose LUN is not accessible through this port for now (NOT READY,
+    /// 04/0A transitioning or 04/0C unavailable: the link to the owner is down, or a takeover runs)
+    /// is held and tried again before that answer goes to the initiator. A takeover (about a second
+    /// to detect, then fence and adopt) ends within it, and an initiator without multipath (qemu's
+    /// iSCSI driver gives up on NOT READY at once) then sees a slow command, not an error. Zero (the
+    /// default here): answered at once; a controller's target holds for <see cref="ControllerFailoverHold"/>.</summary>
+    public TimeSpan FailoverHold { get; init; }
+
+    /// <summary>The hold a controller's target uses: the heartbeat timeout and a takeover fit in it.</summary>
+    public static readonly TimeSpan ControllerFailoverHold = TimeSpan.FromSeconds(8);
+
+    static readonly TimeSpan HoldPoll = TimeSpan.FromMilliseconds(100);
+
+    public async ValueTask<ScsiResult> ExecuteAsync(ScsiCommand command, CancellationToken cancellationToken)
+    {
+        var result = await Current.ExecuteAsync(command, cancellationToken);
+        if (FailoverHold <= TimeSpan.Zero || !NotAccessibleForNow(result)) return result;
+        long start = _time.GetTimestamp();
+        while (NotAccessibleForNow(result) && _time.GetElapsedTime(start) < FailoverHold)
+        {
+            await Task.Delay(HoldPoll, _time, cancellationToken);
+            Refresh(); // a takeover turns the peer's volume into one served here: pick it up now
+            result = await Current.ExecuteAsync(command, cancellationToken);
+        }
+        return result;
+    }
+
+    /// <summary>CHECK CONDITION, NOT READY, LOGICAL UNIT NOT ACCESSIBLE: transitioning (04/0A) or
+    /// target port unavailable (04/0C), in fixed-format sense.</summary>
+    static bool NotAccessibleForNow(in ScsiResult r)
+    {
+        var s = r.Sense.Span;
+        return r.Status == ScsiStatus.CheckCondition && s.Length >= 14 && (s[0] & 0x7F) == 0x70
+            && (s[2] & 0x0F) == 0x02 && s[12] == 0x04 && s[13] is 0x0A or 0x0C;
+    }
 
     public ValueTask<byte> TaskManagementAsync(ItNexus nexus, TaskManagementFunction function, ulong lun, CancellationToken cancellationToken) =>
         Current.TaskManagementAsync(nexus, function, lun, cancellationToken);

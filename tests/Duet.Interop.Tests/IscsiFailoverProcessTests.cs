@@ -20,7 +20,7 @@ public sealed class IscsiFailoverProcessTests(ITestOutputHelper log) : IDisposab
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    static string Dotnet => Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+    static string Dotnet => DuetProcesses.Dotnet;
     static string Script => Path.Combine(AppContext.BaseDirectory, "Support", "libiscsi_pr.py");
 
     Task<ProcessResult> PrAsync(int portal, string initiator, params string[] what) => PrAsync(portal.ToString(System.Globalization.CultureInfo.InvariantCulture), initiator, what);
@@ -35,19 +35,7 @@ public sealed class IscsiFailoverProcessTests(ITestOutputHelper log) : IDisposab
         return await client.StatusAsync();
     }
 
-    int ControllerPid(string name)
-    {
-        foreach (var p in Process.GetProcessesByName("dotnet"))
-        {
-            try
-            {
-                var cmd = File.ReadAllText($"/proc/{p.Id}/cmdline").Replace('\0', ' ');
-                if (cmd.Contains($"controller --name {name} --data {_dir}", StringComparison.Ordinal)) return p.Id;
-            }
-            catch (IOException) { }
-        }
-        throw new InvalidOperationException($"no process of controller {name} for {_dir}");
-    }
+    int ControllerPid(string name) => DuetProcesses.ControllerPid(_dir, name);
 
     [Fact]
     [Trait("Claim", "ISCSI-FO")]
@@ -141,5 +129,53 @@ public sealed class IscsiFailoverProcessTests(ITestOutputHelper log) : IDisposab
             up.Terminate();
             await up.WaitForExitAsync(TimeSpan.FromSeconds(60));
         }
+    }
+
+    /// <summary>Issue 7 item 3: qemu-img writes 256 MiB of random data to vol0 (owned by A) through B's portal (the
+    /// non-optimized path: B forwards to A over the ICL); A is killed two seconds in. B holds the commands it cannot
+    /// forward while it takes A over (NOT READY, unavailable or transitioning, is not answered during the hold), then
+    /// serves them itself; qemu-img sees only the unit attentions of the ALUA change, retries them, and finishes. What
+    /// it wrote reads back through B with the same hash.</summary>
+    [Fact]
+    [Trait("Claim", "ISCSI-FO")]
+    [Trait("Claim", "FO-2")]
+    public async Task KillingTheOwnerWhileQemuImgWritesThroughTheOtherPortalLosesNothing()
+    {
+        int port = TestData.FreePorts(TestData.DuetUpPorts);
+        int portalB = port + 8;
+        var duet = Path.Combine(AppContext.BaseDirectory, "duet.dll");
+        await using var up = BackgroundProcess.Start(Dotnet, [duet, "up", "--data", _dir, .. TestData.DuetUpArgs(port)], log);
+        await up.WaitForOutputAsync("duet: ready", TimeSpan.FromSeconds(90));
+        var source = Path.Combine(_dir, "source.bin");
+        TestData.WriteRandomFile(source, 256L << 20, seed: 77);
+        string lun0 = $"iscsi://127.0.0.1:{portalB}/{Target}/0";
+
+        var convert = _run.RunAsync("qemu-img", ["convert", "-n", "-f", "raw", "-O", "raw", source, lun0], TimeSpan.FromSeconds(300));
+        await Task.Delay(TimeSpan.FromSeconds(2));
+        int a = ControllerPid("A");
+        Assert.Equal(0, Posix.Kill(a, 9));
+        log.WriteLine($"kill -9 of controller A (pid {a}) while qemu-img writes through B");
+        var r = await convert;
+        Assert.True(r.ExitCode == 0, r.ToString());
+
+        var back = Path.Combine(_dir, "back.bin");
+        var read = await _run.RunAsync("qemu-img", ["convert", "-f", "raw", "-O", "raw", lun0, back], TimeSpan.FromSeconds(300));
+        Assert.True(read.ExitCode == 0, read.ToString());
+        var head = Path.Combine(_dir, "head.bin");
+        await using (var from = File.OpenRead(back))
+        await using (var to = File.Create(head))
+        {
+            var buffer = new byte[1 << 20];
+            for (long left = 256L << 20; left > 0;)
+            {
+                int n = await from.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, left)));
+                Assert.True(n > 0, "the volume is shorter than what was written");
+                await to.WriteAsync(buffer.AsMemory(0, n));
+                left -= n;
+            }
+        }
+        Assert.Equal(TestData.HashFile(source), TestData.HashFile(head));
+        var b = await StatusAsync("B");
+        Assert.Equal("B", b.Arrays.Single(x => x.Name == "arr0").Owner);
     }
 }

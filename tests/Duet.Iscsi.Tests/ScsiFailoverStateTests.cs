@@ -160,6 +160,50 @@ public sealed class ScsiFailoverStateTests
         Assert.Equal(0x29, (await Run(unknown, Cdb.TestUnitReady())).Sense.Span[12]); // a nexus it never saw: POWER ON
     }
 
+    [Fact]
+    [Trait("Claim", "ISCSI-FO")]
+    public async Task ACommandThroughAPortThatIsNotAccessibleForNowIsHeldUntilATakeoverMakesItAccessible()
+    {
+        var catalog = new MutableCatalog();
+        catalog.List.Add(new MemoryBlockVolume("vol0", 1 << 20));
+        var portGroups = new FixedScsiPortGroups();
+        // Nexus B reaches vol0 through group 2, unavailable: the link to the owner is down.
+        var access = new List<VolumeAccess> { new("vol0", AluaState.ActiveOptimized, AluaState.Unavailable) };
+        var time = new ManualTimeProvider();
+        using var device = new IscsiCatalogDevice(catalog, c => new ScsiDevice(c, new InMemoryReservationStore(), portGroups), time, portGroups, () => access)
+        {
+            FailoverHold = TimeSpan.FromSeconds(8),
+        };
+        async Task<ScsiResult> Run(byte[] cdb) => await device.ExecuteAsync(new ScsiCommand { Nexus = B, Lun = 0, Cdb = cdb }, default);
+        Assert.Equal(0x29, (await Run(Cdb.TestUnitReady())).Sense.Span[12]); // power on, once
+
+        var held = Run(Cdb.Read10(0, 8));
+        for (int i = 0; i < 5; i++) time.Advance(TimeSpan.FromMilliseconds(100));
+        await Task.Delay(50);
+        Assert.False(held.IsCompleted, "answered while the port was unavailable");
+
+        // This controller took the owner over: its group is active/optimized now. The held command comes back
+        // with the ALUA change's unit attention (an initiator retries it), and the next one runs.
+        access[0] = new("vol0", AluaState.Unavailable, AluaState.ActiveOptimized);
+        time.Advance(TimeSpan.FromMilliseconds(100));
+        var r = await held.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal((ScsiStatus.CheckCondition, 0x2A, 0x06), (r.Status, r.Sense.Span[12], r.Sense.Span[13]));
+        Assert.Equal(ScsiStatus.Good, (await Run(Cdb.Read10(0, 8))).Status);
+
+        // With no takeover, the hold ends and the initiator hears NOT READY, unavailable.
+        access[0] = new("vol0", AluaState.ActiveOptimized, AluaState.Unavailable);
+        device.Refresh();
+        Assert.Equal(0x2A, (await Run(Cdb.TestUnitReady())).Sense.Span[12]);
+        var late = Run(Cdb.Read10(0, 8));
+        for (int i = 0; i < 90 && !late.IsCompleted; i++)
+        {
+            time.Advance(TimeSpan.FromMilliseconds(100));
+            await Task.Delay(5);
+        }
+        r = await late.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal((ScsiStatus.CheckCondition, 0x04, 0x0C), (r.Status, r.Sense.Span[12], r.Sense.Span[13]));
+    }
+
     /// <summary>A TimeProvider whose timers never fire (the test calls Refresh itself).</summary>
     sealed class ManualTime : TimeProvider
     {

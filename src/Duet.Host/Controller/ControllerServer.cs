@@ -146,7 +146,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
             server.Nbd = new NbdServer(controller.Volumes, new NbdServerOptions { Endpoint = options.NbdEndpoint, TimeProvider = options.Time }, loggers.CreateLogger<NbdServer>());
             await server.Nbd.StartAsync(ct);
             server._iscsiDevice = IscsiCatalogDevice.Create(controller.Volumes, IscsiServerOptions.DefaultTargetName, options.Time,
-                () => VolumeAccessStates(controller), controller.Reservations);
+                () => VolumeAccessStates(controller), controller.Reservations, IscsiCatalogDevice.ControllerFailoverHold);
             var device = server._iscsiDevice;
             // Off the thread that noticed (the link's, the takeover's): the refresh reads the catalog and the arrays.
             controller.AccessChanged += () => _ = Task.Run(device.Refresh);

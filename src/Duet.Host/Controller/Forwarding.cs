@@ -39,12 +39,14 @@ public sealed class ForwardingClient
     void FailAll(string why)
     {
         foreach (var (id, p) in _pending)
-            if (_pending.TryRemove(id, out _)) p.Done.TrySetException(new BlockIoException(BlockErrorKind.Io, why));
+            if (_pending.TryRemove(id, out _)) p.Done.TrySetException(new BlockIoException(BlockErrorKind.PathDown, why));
     }
 
     public async ValueTask SendAsync(ForwardedOp op, string volume, long offset, long length, bool fua, ReadOnlyMemory<byte> data, Memory<byte> readInto, CancellationToken ct)
     {
-        if (!_link.IsUp) throw new BlockIoException(BlockErrorKind.Io, $"volume {volume}: its owning controller is unreachable");
+        // PathDown: the volume is fine, this controller cannot reach its owner (NBD: EIO; SCSI: NOT READY,
+        // TARGET PORT IN UNAVAILABLE STATE, which the iSCSI target holds and retries across a takeover).
+        if (!_link.IsUp) throw new BlockIoException(BlockErrorKind.PathDown, $"volume {volume}: its owning controller is unreachable");
         ulong id = (ulong)Interlocked.Increment(ref _nextId);
         var done = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
         _pending[id] = (done, readInto);
@@ -59,11 +61,11 @@ public sealed class ForwardingClient
             }
             catch (IclLinkDownException e)
             {
-                throw new BlockIoException(BlockErrorKind.Io, $"volume {volume}: its owning controller is unreachable: {e.Message}", -1, e);
+                throw new BlockIoException(BlockErrorKind.PathDown, $"volume {volume}: its owning controller is unreachable: {e.Message}", -1, e);
             }
             int errno;
             try { errno = await Waits.WithTimeout(done.Task, _timeout, _time, ct); }
-            catch (TimeoutException) { throw new BlockIoException(BlockErrorKind.Io, $"volume {volume}: the owning controller did not answer within {_timeout.TotalSeconds:0.#} s"); }
+            catch (TimeoutException) { throw new BlockIoException(BlockErrorKind.PathDown, $"volume {volume}: the owning controller did not answer within {_timeout.TotalSeconds:0.#} s"); }
             if (errno != 0) throw ErrnoToError(errno, volume, offset);
         }
         finally
