@@ -41,14 +41,18 @@ public sealed class CheckpointPrimary : IAsyncDisposable
         public readonly TaskCompletionSource Lost = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
-    public CheckpointPrimary(string path, CheckpointHello hello, ILogger logger)
+    /// <param name="time">The heartbeat's clock.</param>
+    public CheckpointPrimary(string path, CheckpointHello hello, ILogger logger, TimeProvider? time = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         ArgumentNullException.ThrowIfNull(hello);
         _path = path;
         _hello = hello;
         _logger = logger;
+        _time = time ?? TimeProvider.System;
     }
+
+    readonly TimeProvider _time;
 
     public string Path => _path;
 
@@ -250,7 +254,7 @@ public sealed class CheckpointPrimary : IAsyncDisposable
         {
             try
             {
-                await Task.Delay(CheckpointWire.HeartbeatInterval, _disposed.Token);
+                await Task.Delay(CheckpointWire.HeartbeatInterval, _time, _disposed.Token);
                 await _gate.WaitAsync(_disposed.Token);
             }
             catch (OperationCanceledException)
@@ -310,8 +314,11 @@ public sealed class CheckpointBackup : IAsyncDisposable
     readonly ILogger _logger;
     readonly CheckpointTable _table = new();
 
-    CheckpointBackup(Socket socket, ILogger logger)
+    readonly TimeProvider _time;
+
+    CheckpointBackup(Socket socket, ILogger logger, TimeProvider time)
     {
+        _time = time;
         _socket = socket;
         _stream = new NetworkStream(socket, ownsSocket: true);
         _logger = logger;
@@ -323,24 +330,27 @@ public sealed class CheckpointBackup : IAsyncDisposable
     public int Unfinished { get { lock (_table) return _table.Count; } }
 
     /// <summary>Connects (retrying while the primary is not listening yet, up to <paramref name="timeout"/>) and reads the hello.</summary>
-    public static async Task<CheckpointBackup> ConnectAsync(string path, TimeSpan timeout, ILogger logger, CancellationToken cancellationToken = default)
+    /// <param name="time">The clock of the connect deadline and of the primary's silence (<see cref="CheckpointWire.DeadAfter"/>).</param>
+    public static async Task<CheckpointBackup> ConnectAsync(string path, TimeSpan timeout, ILogger logger, CancellationToken cancellationToken = default,
+        TimeProvider? time = null)
     {
-        var giveUp = DateTime.UtcNow + timeout;
+        time ??= TimeProvider.System;
+        long start = time.GetTimestamp();
         while (true)
         {
             var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
             try
             {
                 await socket.ConnectAsync(new UnixDomainSocketEndPoint(path), cancellationToken);
-                var backup = new CheckpointBackup(socket, logger);
+                var backup = new CheckpointBackup(socket, logger, time);
                 await backup.ReadHelloAsync(cancellationToken);
                 return backup;
             }
             catch (Exception e) when (e is SocketException or IOException or InvalidDataException)
             {
                 socket.Dispose();
-                if (DateTime.UtcNow > giveUp) throw new IOException($"no primary adapter on checkpoint socket {path}: {e.Message}", e);
-                await Task.Delay(50, cancellationToken);
+                if (time.GetElapsedTime(start) > timeout) throw new IOException($"no primary adapter on checkpoint socket {path}: {e.Message}", e);
+                await Task.Delay(TimeSpan.FromMilliseconds(50), time, cancellationToken);
             }
         }
     }
@@ -366,9 +376,9 @@ public sealed class CheckpointBackup : IAsyncDisposable
             while (true)
             {
                 ReadResult result;
-                using (var silence = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
+                using (var deadline = new CancellationTokenSource(CheckpointWire.DeadAfter, _time))
+                using (var silence = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, deadline.Token))
                 {
-                    silence.CancelAfter(CheckpointWire.DeadAfter);
                     try
                     {
                         result = await input.ReadAsync(silence.Token);

@@ -163,7 +163,7 @@ public sealed class HostAdapter : IAsyncDisposable
     {
         if (_options.Pair is { Role: AdapterRole.Backup } pair)
         {
-            _backup = await CheckpointBackup.ConnectAsync(pair.CheckpointSocket, pair.ConnectTimeout, _logger, cancellationToken);
+            _backup = await CheckpointBackup.ConnectAsync(pair.CheckpointSocket, pair.ConnectTimeout, _logger, cancellationToken, _options.Clock);
             HostId = _backup.Hello.HostId;
             Generation = _backup.Hello.Generation;
             _backupRun = TakeOverWhenThePrimaryDiesAsync(_backup);
@@ -177,7 +177,7 @@ public sealed class HostAdapter : IAsyncDisposable
 
     void StartCheckpoints()
     {
-        var channel = new CheckpointPrimary(_options.Pair!.CheckpointSocket, new CheckpointHello(HostId, Generation, Environment.ProcessId), _logger);
+        var channel = new CheckpointPrimary(_options.Pair!.CheckpointSocket, new CheckpointHello(HostId, Generation, Environment.ProcessId), _logger, _options.Clock);
         channel.Start();
         _pair!.Checkpoints = channel;
     }
@@ -193,7 +193,8 @@ public sealed class HostAdapter : IAsyncDisposable
         {
             var plan = await backup.WatchAsync(_stopping.Token);
             await backup.DisposeAsync();
-            var started = DateTime.UtcNow;
+            var clock = _options.Clock;
+            long started = clock.GetTimestamp();
             HostId = plan.HostId;
             Generation = plan.Generation;
             _tags = HostTagSource.ForGeneration(plan.Generation);
@@ -209,15 +210,15 @@ public sealed class HostAdapter : IAsyncDisposable
                 catch (IOException e) when (!_stopping.IsCancellationRequested)
                 {
                     // The dead primary's listener is not closed yet (or something else holds the port).
-                    if (DateTime.UtcNow - started > TimeSpan.FromSeconds(1) && !portWarned)
+                    if (clock.GetElapsedTime(started) > TimeSpan.FromSeconds(1) && !portWarned)
                     {
                         portWarned = true;
                         AdapterLog.PortBusy(_logger, e.Message);
                     }
-                    await Task.Delay(20, _stopping.Token);
+                    await Task.Delay(TimeSpan.FromMilliseconds(20), clock, _stopping.Token);
                 }
             }
-            var bound = DateTime.UtcNow - started;
+            var bound = clock.GetElapsedTime(started);
             await _catalog.RefreshAsync(_stopping.Token);
             foreach (var write in plan.Unfinished)
             {
