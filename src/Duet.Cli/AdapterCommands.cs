@@ -18,22 +18,10 @@ public static partial class Program
         cmd.SetAction(async (parse, ct) =>
         {
             var error = parse.InvocationConfiguration.Error;
-            try
+            return await RunBenchAsync(error, () => Duet.Bench.AdapterBench.RunAsync(new Duet.Bench.AdapterBenchOptions
             {
-                return await Duet.Bench.AdapterBench.RunAsync(new Duet.Bench.AdapterBenchOptions
-                {
-                    DuetCommand = SelfCommand(), Status = BenchControllerStatusAsync, Seconds = parse.GetValue(seconds),
-                }, parse.InvocationConfiguration.Output, error, ct);
-            }
-            catch (ArgumentOutOfRangeException e)
-            {
-                await error.WriteLineAsync($"duet: {e.Message}");
-                return ExitUsage;
-            }
-            catch (OperationCanceledException)
-            {
-                return ExitInterrupted;
-            }
+                DuetCommand = SelfCommand(), Status = BenchControllerStatusAsync, Seconds = parse.GetValue(seconds),
+            }, parse.InvocationConfiguration.Output, error, ct));
         });
         return cmd;
     }

@@ -388,6 +388,24 @@ public static partial class Program
         return true;
     }
 
+    /// <summary>A bench run: a bad option it finds is a usage error, Ctrl-C an interruption.</summary>
+    static async Task<int> RunBenchAsync(TextWriter error, Func<Task<int>> run)
+    {
+        try
+        {
+            return await run();
+        }
+        catch (ArgumentOutOfRangeException e)
+        {
+            await error.WriteLineAsync($"duet: {e.Message}");
+            return ExitUsage;
+        }
+        catch (OperationCanceledException)
+        {
+            return ExitInterrupted;
+        }
+    }
+
     static Command BenchCommand()
     {
         var bench = new Command("bench", "Measure Duet beside its peers; prints `key value` lines");
@@ -463,19 +481,7 @@ public static partial class Program
                 DuetCommand = parse.GetValue(countsOnly) ? null : SelfCommand(), Seconds = parse.GetValue(seconds), NvramBytes = nvramBytes, SizeBytes = bytes,
                 Writes = n, LargeWrites = Math.Max(4, n / 8), Counters = PairCountersAsync,
             };
-            try
-            {
-                return await MirrorBench.RunAsync(options, parse.InvocationConfiguration.Output, error, ct);
-            }
-            catch (ArgumentOutOfRangeException e)
-            {
-                await error.WriteLineAsync($"duet: {e.Message}");
-                return ExitUsage;
-            }
-            catch (OperationCanceledException)
-            {
-                return ExitInterrupted;
-            }
+            return await RunBenchAsync(error, () => MirrorBench.RunAsync(options, parse.InvocationConfiguration.Output, error, ct));
         });
         return cmd;
     }
@@ -500,19 +506,7 @@ public static partial class Program
                 HeartbeatTimeoutMs = new Duet.Host.Controller.FailoverOptions().HeartbeatTimeout.TotalMilliseconds,
                 Status = BenchControllerStatusAsync, MoveArray = BenchMoveArrayAsync,
             };
-            try
-            {
-                return await FailoverBench.RunAsync(options, parse.InvocationConfiguration.Output, error, ct);
-            }
-            catch (ArgumentOutOfRangeException e)
-            {
-                await error.WriteLineAsync($"duet: {e.Message}");
-                return ExitUsage;
-            }
-            catch (OperationCanceledException)
-            {
-                return ExitInterrupted;
-            }
+            return await RunBenchAsync(error, () => FailoverBench.RunAsync(options, parse.InvocationConfiguration.Output, error, ct));
         });
         return cmd;
     }
@@ -568,19 +562,7 @@ public static partial class Program
                 return ExitUsage;
             }
             var options = new NbdBenchOptions { DuetCommand = SelfCommand(), Seconds = parse.GetValue(seconds), Runs = parse.GetValue(runs), SizeBytes = bytes };
-            try
-            {
-                return await NbdBench.RunAsync(options, parse.InvocationConfiguration.Output, error, ct);
-            }
-            catch (ArgumentOutOfRangeException e)
-            {
-                await error.WriteLineAsync($"duet: {e.Message}");
-                return ExitUsage;
-            }
-            catch (OperationCanceledException)
-            {
-                return ExitInterrupted;
-            }
+            return await RunBenchAsync(error, () => NbdBench.RunAsync(options, parse.InvocationConfiguration.Output, error, ct));
         });
         return cmd;
     }
@@ -607,19 +589,7 @@ public static partial class Program
             {
                 DuetCommand = SelfCommand(), Seconds = parse.GetValue(seconds), Runs = parse.GetValue(runs), SizeBytes = bytes, Counters = PairCountersAsync,
             };
-            try
-            {
-                return await IscsiBench.RunAsync(options, parse.InvocationConfiguration.Output, error, ct);
-            }
-            catch (ArgumentOutOfRangeException e)
-            {
-                await error.WriteLineAsync($"duet: {e.Message}");
-                return ExitUsage;
-            }
-            catch (OperationCanceledException)
-            {
-                return ExitInterrupted;
-            }
+            return await RunBenchAsync(error, () => IscsiBench.RunAsync(options, parse.InvocationConfiguration.Output, error, ct));
         });
         return cmd;
     }
