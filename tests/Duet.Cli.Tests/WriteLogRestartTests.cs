@@ -24,14 +24,7 @@ public sealed class WriteLogRestartTests
     [Trait("Claim", "AW-4")]
     public async Task ARestartSettlesTheStripesOfTheWritesItsLogKeptAndOnlyThose()
     {
-        var bay = new MemoryShelf();
-        for (int i = 0; i < 3; i++) bay.Insert($"d{i}", DriveBytes);
-        await using (var setup = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = bay, Controller = "A" }))
-        {
-            await setup.CreateArrayAsync(new CreateArrayRequest("arr0", 5, ["d0", "d1", "d2"], Owner: "A"));
-            await setup.CreateVolumeAsync(new CreateVolumeRequest("vol0", "arr0", 16L << 20));
-        }
-        var shelf = new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore());
+        var shelf = await ShelfWithVolumeAsync();
         var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
         var store = NvramStore.For(layout, "nvram-A");
         var data = new byte[256 << 10];
@@ -92,14 +85,7 @@ public sealed class WriteLogRestartTests
     [Trait("Claim", "AW-4")]
     public async Task WithTheLogOffNoArrayWriteIsRecorded()
     {
-        var bay = new MemoryShelf();
-        for (int i = 0; i < 3; i++) bay.Insert($"d{i}", DriveBytes);
-        await using (var setup = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = bay, Controller = "A" }))
-        {
-            await setup.CreateArrayAsync(new CreateArrayRequest("arr0", 5, ["d0", "d1", "d2"], Owner: "A"));
-            await setup.CreateVolumeAsync(new CreateVolumeRequest("vol0", "arr0", 16L << 20));
-        }
-        var shelf = new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore());
+        var shelf = await ShelfWithVolumeAsync();
         var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
         var (link, _) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default, TimeProvider.System);
         var a = await StartAsync(1, shelf, NvramStore.For(layout, "nvram-A"), layout, link, writeLog: false);
@@ -119,6 +105,19 @@ public sealed class WriteLogRestartTests
         {
             await a.DisposeAsync();
         }
+    }
+
+    /// <summary>A shelf of three drives holding arr0 (RAID 5, owned by A) with a 16 MiB vol0.</summary>
+    static async Task<Duet.Shelf.Shelf> ShelfWithVolumeAsync()
+    {
+        var bay = new MemoryShelf();
+        for (int i = 0; i < 3; i++) bay.Insert($"d{i}", DriveBytes);
+        await using (var setup = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = bay, Controller = "A" }))
+        {
+            await setup.CreateArrayAsync(new CreateArrayRequest("arr0", 5, ["d0", "d1", "d2"], Owner: "A"));
+            await setup.CreateVolumeAsync(new CreateVolumeRequest("vol0", "arr0", 16L << 20));
+        }
+        return new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore());
     }
 
     static async Task<PairController> StartAsync(ulong session, Duet.Shelf.Shelf shelf, NvramStore store, NvramLayout layout, IIclLink link, bool writeLog = true)
