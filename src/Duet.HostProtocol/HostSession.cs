@@ -259,39 +259,7 @@ public sealed class HostSession : IAsyncDisposable
 
     async Task ReceiveAsync(Link link, Stream stream)
     {
-        var input = PipeReader.Create(stream, new StreamPipeReaderOptions(leaveOpen: true));
-        try
-        {
-            while (true)
-            {
-                var result = await input.ReadAsync(_disposed.Token);
-                var buffer = result.Buffer;
-                var reader = new SequenceReader<byte>(buffer);
-                bool broken = false;
-                while (true)
-                {
-                    var status = HostCodec.TryReadCompletion(ref reader, HostWire.PayloadBytesMax, out var completion, out var error);
-                    if (status == OperationStatus.NeedMoreData) break;
-                    if (status == OperationStatus.InvalidData && error.LosesFraming())
-                    {
-                        link.LastError = $"malformed completion ({error})";
-                        broken = true;
-                        break;
-                    }
-                    if (completion is not null) Deliver(link, status == OperationStatus.Done ? completion : completion with { Status = HostStatus.ProtocolError });
-                }
-                input.AdvanceTo(reader.Position, buffer.End);
-                if (broken || result.IsCompleted) break;
-            }
-        }
-        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or OperationCanceledException)
-        {
-            link.LastError = e.Message;
-        }
-        finally
-        {
-            await input.CompleteAsync();
-        }
+        if (await HostCompletionReader.ReceiveAsync(stream, c => Deliver(link, c), _disposed.Token) is { } why) link.LastError = why;
     }
 
     static bool Retryable(HostStatus status) => status is HostStatus.Unavailable or HostStatus.NotAttached;

@@ -201,33 +201,13 @@ public sealed class TestHost : IAsyncDisposable
 
     async Task ReceiveLoopAsync(UnitLink link)
     {
-        var input = PipeReader.Create(link.Stream, new StreamPipeReaderOptions(leaveOpen: true));
         try
         {
-            while (true)
-            {
-                var result = await input.ReadAsync();
-                var buffer = result.Buffer;
-                var reader = new SequenceReader<byte>(buffer);
-                bool broken = false;
-                while (true)
-                {
-                    var status = HostCodec.TryReadCompletion(ref reader, HostWire.PayloadBytesMax, out var completion, out var error);
-                    if (status == OperationStatus.NeedMoreData) break;
-                    if (status == OperationStatus.InvalidData && error.LosesFraming()) { broken = true; break; }
-                    if (completion is not null) Deliver(status == OperationStatus.Done ? completion : completion with { Status = HostStatus.ProtocolError });
-                }
-                input.AdvanceTo(reader.Position, buffer.End);
-                if (broken || result.IsCompleted) break;
-            }
-        }
-        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or OperationCanceledException)
-        {
+            await HostCompletionReader.ReceiveAsync(link.Stream, Deliver, CancellationToken.None);
         }
         finally
         {
             link.Closed = true;
-            await input.CompleteAsync();
             foreach (var (tag, pending) in _pending) FailIfAllClosed(tag, pending);
         }
     }
