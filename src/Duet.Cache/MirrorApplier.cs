@@ -24,10 +24,16 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
     /// or why they cannot be had here: the host's bytes from the command this controller holds, and
     /// the kept sectors from this region's mirror of the element the image replaces.
     /// </summary>
-    /// <remarks>A receiver checking a batch before applying any of it passes
-    /// <paramref name="baseStoredEarlier"/> for a base element an earlier header of the batch
-    /// stores: it is checked when the batch is applied, in order.</remarks>
-    public string? Resolve(in CoherencyHeader h, ReadOnlySpan<byte> block, out ReadOnlyMemory<byte> bytes, Func<int, bool>? baseStoredEarlier = null)
+    /// <summary>As <see cref="Resolve"/>, for a receiver checking a batch before it applies any of it: no
+    /// bytes are composed, and a base element an earlier header of the batch stores
+    /// (<paramref name="baseStoredEarlier"/>) is checked when the batch is applied, in order.</summary>
+    public string? Check(in CoherencyHeader h, ReadOnlySpan<byte> block, Func<int, bool> baseStoredEarlier) =>
+        Resolve(h, block, out _, baseStoredEarlier, compose: false);
+
+    public string? Resolve(in CoherencyHeader h, ReadOnlySpan<byte> block, out ReadOnlyMemory<byte> bytes) =>
+        Resolve(h, block, out bytes, baseStoredEarlier: null, compose: true);
+
+    string? Resolve(in CoherencyHeader h, ReadOnlySpan<byte> block, out ReadOnlyMemory<byte> bytes, Func<int, bool>? baseStoredEarlier, bool compose)
     {
         bytes = default;
         if (!HostReferenceBlock.TryDecode(block, out var b)) return "malformed host reference block";
@@ -51,6 +57,7 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
         long lba = (long)h.Lba - first;
         if (old.ArrayNumber != h.Volume || old.ArrayLba != lba || (old.ValidMask & b.KeepMask) != b.KeepMask)
             return $"host reference: base element {b.BaseElement} holds array {old.ArrayNumber} LBA {old.ArrayLba} mask {old.ValidMask:x8}, not the kept sectors {b.KeepMask:x8} of LBA {lba}";
+        if (!compose) return null;
         var image = new byte[h.BlockCount * Units.SectorBytes];
         var oldData = Region.Data(b.BaseElement);
         for (int s = first; s < first + (int)h.BlockCount; s++)

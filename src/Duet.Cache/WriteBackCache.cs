@@ -354,9 +354,8 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         var olds = new int[n];
         var replayed = new bool[n];
         var descriptors = new ElementDescriptor[n];
-        var references = new HostDataReference?[n];
-        var keepFrom = new int[n];
-        var keepMasks = new uint[n];
+        // A multicast write: per element, how the peer can build the image from what it holds (none: it travels whole).
+        var byName = reference is null ? null : new (HostDataReference Host, int KeepFrom, uint KeepMask)?[n];
         for (int i = 0; i < n; i++) elements[i] = -1;
         var got = await AllocateAsync(n, ct);
         got.CopyTo(elements, 0);
@@ -409,12 +408,10 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 // With a multicast write the peer holds the host's bytes; the old element's dirty
                 // sectors it holds in its mirror of that element. Only gap-filled sectors (read from
                 // the array here) are nowhere there: such an image travels whole.
-                keepFrom[i] = -1;
-                if (reference is { } r && IsContiguous(valid))
+                if (byName is not null && IsContiguous(valid))
                 {
-                    references[i] = r.At((from - sector) * Units.SectorBytes);
-                    keepMasks[i] = oldMask & ~mask;
-                    if (keepMasks[i] != 0) keepFrom[i] = old;
+                    uint keep = oldMask & ~mask;
+                    byName[i] = (reference!.Value.At((from - sector) * Units.SectorBytes), keep != 0 ? old : -1, keep);
                 }
                 if (!IsContiguous(valid))
                 {
@@ -451,8 +448,11 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     // The peer's mirror of the replaced element must still be the one whose sectors the
                     // image keeps: it is, while the index still names it (eviction would have queued
                     // its invalidation ahead of this group).
-                    if (keepFrom[i] >= 0 && olds[i] != keepFrom[i]) references[i] = null;
-                    changes.Add(new MirrorChange(e, d, _nvram.Memory(e), false, references[i], keepFrom[i], keepMasks[i]));
+                    var held = byName?[i];
+                    if (held is { KeepFrom: >= 0 } h && olds[i] != h.KeepFrom) held = null;
+                    changes.Add(held is { } x
+                        ? new MirrorChange(e, d, _nvram.Memory(e), false, x.Host, x.KeepFrom, x.KeepMask)
+                        : new MirrorChange(e, d, _nvram.Memory(e), false));
                 }
                 for (int i = 0; i < n; i++)
                 {

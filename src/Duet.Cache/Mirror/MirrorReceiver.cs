@@ -122,6 +122,14 @@ public sealed partial class MirrorReceiver(
         // Check every header before writing any, so a refused batch writes nothing. A by-reference
         // header may keep sectors of an element an earlier header of this batch stores.
         HashSet<int>? stored = null;
+        byte[]? reference = null; // a reference block split across segments is gathered here
+        static ReadOnlySpan<byte> Block(ReadOnlySequence<byte> data, ref byte[]? into)
+        {
+            if (data.IsSingleSegment) return data.FirstSpan;
+            into ??= new byte[MirrorWire.HostReferenceBytes];
+            data.CopyTo(into);
+            return into.AsSpan(0, (int)data.Length);
+        }
         for (int i = 0; i < batch.Headers.Count; i++)
         {
             var h = batch.Headers[i];
@@ -130,8 +138,7 @@ public sealed partial class MirrorReceiver(
                 await RefuseAsync(batch.BatchNumber, MirrorStatusCode.Malformed, $"header sequence {h.Sequence} does not follow {_sequence}");
                 return;
             }
-            if (h.Kind == CoherencyHeaderKind.MirrorByReference
-                && applier.Resolve(h, batch.DataOf(i).ToArray(), out _, e => stored?.Contains(e) == true) is { } missing)
+            if (h.Kind == CoherencyHeaderKind.MirrorByReference && applier.Check(h, Block(batch.DataOf(i), ref reference), e => stored?.Contains(e) == true) is { } missing)
             {
                 await RefuseAsync(batch.BatchNumber, MirrorStatusCode.Malformed, missing);
                 return;
