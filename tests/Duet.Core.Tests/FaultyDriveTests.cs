@@ -327,6 +327,28 @@ public class FaultyDriveTests
     }
 
     [Fact]
+    public async Task DiscardingPowerCutDropsRequestsStillInFlight()
+    {
+        var time = new ManualTimeProvider();
+        await using var drive = Faulty(new FaultOptions { Seed = 7, LatencyFixed = 10 * Ms, PowerCutKeepProbability = 1 }, time);
+        var data = Data(1, new DeterministicRandom(8));
+        var delayedWrite = drive.WriteAsync(4, data).AsTask();
+        var delayedFlush = drive.FlushAsync().AsTask();
+        Assert.Equal(0, await drive.PowerCutAsync(discardInFlight: true));
+        time.Advance(10 * Ms);
+        var e = await Assert.ThrowsAsync<BlockIoException>(() => delayedWrite);
+        Assert.Equal(BlockErrorKind.Unavailable, e.Kind);
+        Assert.Equal(BlockErrorKind.Unavailable, (await Assert.ThrowsAsync<BlockIoException>(() => delayedFlush)).Kind);
+        Assert.Equal(new byte[B], Block(drive.Inner, 4)); // issued before the cut: never lands
+
+        // Requests issued after the cut work as before.
+        var after = drive.WriteAsync(4, data).AsTask();
+        time.Advance(10 * Ms);
+        await after;
+        Assert.Equal(data, Block(drive.Inner, 4));
+    }
+
+    [Fact]
     public async Task PowerCutCanLeaveABlockAtAnyOfItsUnflushedVersions()
     {
         var random = new DeterministicRandom(10);

@@ -37,7 +37,10 @@ namespace Duet.Drives.Faults;
 //     the newest kept version, or its flushed content if none is kept: any subset of the
 //     unflushed writes is lost, and a block may end up at an older version than its newest.
 //     It flushes the inner drive and forgets the record; the drive keeps working. Writes that
-//     are still delayed at the cut land afterwards, like writes issued after power returns.
+//     are still delayed at the cut land afterwards, like writes issued after power returns;
+//     with discardInFlight (a cut that takes the whole enclosure down, hosts' requests included)
+//     every write and flush issued before the cut that has not reached the inner drive fails
+//     with Unavailable instead, and writes nothing.
 //     A block whose flushed content could not be read (Medium from the inner drive) cannot be
 //     rolled back to it; if none of its versions is kept, it keeps its newest.
 //
@@ -72,6 +75,8 @@ public sealed class FaultyDrive : IBlockDevice
     readonly Lock _record = new();
 
     volatile bool _failed;
+    // Bumped by a discarding power cut: requests issued in an older epoch never reach the inner drive.
+    long _powerEpoch;
     long _requests, _delayed, _unavailable, _mediumReads, _mediumWrites, _tornWrites, _silentTornWrites, _powerCuts, _blocksRolledBack;
 
     public FaultyDrive(IBlockDevice inner, FaultOptions options, TimeProvider timeProvider)
@@ -167,6 +172,7 @@ public sealed class FaultyDrive : IBlockDevice
         TimeSpan delay;
         long mediumLba;
         bool[]? landed;
+        long epoch = Interlocked.Read(ref _powerEpoch);
         lock (_decide)
         {
             delay = DrawDelay();
@@ -184,6 +190,7 @@ public sealed class FaultyDrive : IBlockDevice
         await _writeGate.WaitAsync(cancellationToken);
         try
         {
+            ThrowIfPowerLost(epoch, lba);
             if (landed is null)
             {
                 await WriteRecordedAsync(lba, source, fua, cancellationToken);
@@ -220,12 +227,14 @@ public sealed class FaultyDrive : IBlockDevice
         Interlocked.Increment(ref _requests);
         ThrowIfFailed(-1);
         TimeSpan delay;
+        long epoch = Interlocked.Read(ref _powerEpoch);
         lock (_decide) delay = DrawDelay();
         await DelayAsync(delay, cancellationToken);
         ThrowIfFailed(-1);
         await _writeGate.WaitAsync(cancellationToken);
         try
         {
+            ThrowIfPowerLost(epoch, -1);
             await _inner.FlushAsync(cancellationToken);
             lock (_record) _unflushed.Clear(); // only once the inner flush succeeded
         }
@@ -241,10 +250,18 @@ public sealed class FaultyDrive : IBlockDevice
     /// drive. Returns how many blocks now hold something other than their newest write.
     /// Not a request: works on a failed drive, counts no request, has no latency.
     /// </summary>
-    public async ValueTask<int> PowerCutAsync(CancellationToken cancellationToken = default)
+    public ValueTask<int> PowerCutAsync(CancellationToken cancellationToken = default) => PowerCutAsync(discardInFlight: false, cancellationToken);
+
+    /// <summary>
+    /// <see cref="PowerCutAsync(CancellationToken)"/>; with <paramref name="discardInFlight"/> every write and
+    /// flush issued before the cut that has not yet reached the inner drive fails with Unavailable and
+    /// writes nothing (the whole enclosure lost power, not only the drive's cache).
+    /// </summary>
+    public async ValueTask<int> PowerCutAsync(bool discardInFlight, CancellationToken cancellationToken = default)
     {
         if (!_options.TrackUnflushedWrites)
             throw new InvalidOperationException($"{Name}: PowerCutAsync needs FaultOptions.TrackUnflushedWrites");
+        if (discardInFlight) Interlocked.Increment(ref _powerEpoch); // before the gate: whatever waits for it is older
         await _writeGate.WaitAsync(cancellationToken);
         try
         {
@@ -278,6 +295,13 @@ public sealed class FaultyDrive : IBlockDevice
     public async ValueTask DisposeAsync()
     {
         await _inner.DisposeAsync();
+    }
+
+    void ThrowIfPowerLost(long epoch, long lba)
+    {
+        if (Interlocked.Read(ref _powerEpoch) == epoch) return;
+        Interlocked.Increment(ref _unavailable);
+        throw new BlockIoException(BlockErrorKind.Unavailable, $"{Name}: power was lost while this request was in flight (injected)", lba);
     }
 
     void ThrowIfFailed(long lba)
