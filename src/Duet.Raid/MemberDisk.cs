@@ -201,7 +201,9 @@ public sealed class MemberDisk
     }
 
     /// <summary>Clears every tag of this member's data area: all its blocks read as never written.
-    /// Used when a drive joins a new array, so nothing it held before can pass for data.</summary>
+    /// Used when a drive joins a new array, so nothing it held before can pass for data. Flushed before it
+    /// returns: the superblock that names the new array comes after, and a power cut must not bring back
+    /// tags of the drive's old array (salted differently: every such block would fail its check).</summary>
     public async ValueTask ClearTagsAsync(CancellationToken ct = default)
     {
         var zero = new byte[Units.BlockBytes];
@@ -210,6 +212,7 @@ public sealed class MemberDisk
             await Drive.WriteAsync(MemberLayout.TagLba(g), zero, false, ct);
             Volatile.Write(ref _groups[g].Bytes, new byte[Units.BlockBytes]);
         }
+        await Drive.FlushAsync(ct);
     }
 
     /// <summary>Forgets cached tags (after the drive's content was replaced under us).</summary>

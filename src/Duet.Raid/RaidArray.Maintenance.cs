@@ -159,7 +159,7 @@ public sealed partial class RaidArray
         for (long s = first; s <= last; s++)
         {
             using (await LockStripeAsync(s, ct))
-                await RetryOnMemberFailure(() => ScrubStripeAsync(s, repair: true, result, ct));
+                await RetryOnMemberFailure(() => ScrubStripeAsync(s, repair: true, result, ct, settle: true));
             Interlocked.Increment(ref result.StripesChecked);
         }
         return result;
@@ -167,7 +167,16 @@ public sealed partial class RaidArray
 
     string MemberName(int m) => $"member {m} ({_members[m]?.Drive.Name ?? "missing"})";
 
-    async ValueTask ScrubStripeAsync(long stripe, bool repair, ScrubResult result, CancellationToken ct)
+    /// <summary>
+    /// Scrubs one stripe. With <paramref name="settle"/> (a stripe an interrupted write may have torn, named
+    /// by the write log): a block that was read whole but fails its tag, and that redundancy cannot vouch
+    /// for (no copy or reconstruction matches a tag), holds one of the versions the interrupted write left
+    /// — its old content or a new one, each a content the array held or was asked to hold, the sectors the
+    /// write did not change the same in both — while its tag may name another (data and tag are separate
+    /// drive writes). It is kept as read, rewritten with a fresh tag, and its row's parity recomputed, rather
+    /// than left failing every read. A block that could not be read at all is not guessed at.
+    /// </summary>
+    async ValueTask ScrubStripeAsync(long stripe, bool repair, ScrubResult result, CancellationToken ct, bool settle = false)
     {
         var g = Geometry;
         using var ws = new Workspace(g, stripe, 0, g.ChunkBlocks);
@@ -196,6 +205,21 @@ public sealed partial class RaidArray
                         bool differs = !bad && good >= 0 && !ws.Block(m, r).SequenceEqual(ws.Block(good, r));
                         if (!bad && !differs) continue;
                         if (differs) Interlocked.Increment(ref result.ParityMismatches);
+                        if (good < 0 && settle && repair && copies.FirstOrDefault(c => ws.AsRead(c, r) is not null, -1) is var src and >= 0)
+                        {
+                            // Settling: every copy torn by the interrupted write; the first read whole is kept.
+                            ws.AsRead(src, r)!.CopyTo(ws.Block(src, r));
+                            ws.SetState(src, r, Workspace.Ok);
+                            foreach (int c in copies.Where(Writable))
+                            {
+                                if (c != src) ws.Block(src, r).CopyTo(ws.Block(c, r));
+                                writes.Add((c, stripe * g.ChunkBlocks + r, ws.Rows(c, r, 1), false));
+                            }
+                            Interlocked.Increment(ref result.Repaired);
+                            LogTornRewritten(Name, stripe, r, src, _members[src]!.Drive.Name);
+                            result.Add($"stripe {stripe} row {r} {MemberName(src)}: torn by an interrupted write, kept as read on every copy");
+                            break;
+                        }
                         if (good < 0)
                         {
                             Interlocked.Increment(ref result.Unrepairable);
@@ -233,8 +257,11 @@ public sealed partial class RaidArray
             for (int r = 0; r < g.ChunkBlocks; r++)
                 if (ws.FoundBad[m][r]) bads.Add((m, r));
         var unsolved = await FillAndSolveAsync(ws, ct);
+        var kept = new HashSet<int>();
+        if (settle && repair && unsolved.Count > 0) await KeepTornRowsAsync(ws, unsolved, kept, writes, result, ct);
         foreach (var (m, r) in bads)
         {
+            if (kept.Contains(r)) continue;
             if (unsolved.Contains(r))
             {
                 Interlocked.Increment(ref result.Unrepairable);
@@ -255,7 +282,7 @@ public sealed partial class RaidArray
         var qc = new byte[Units.BlockBytes];
         for (int r = 0; r < g.ChunkBlocks; r++)
         {
-            if (unsolved.Contains(r)) continue;
+            if (unsolved.Contains(r) || kept.Contains(r)) continue;
             bool complete = true;
             for (int m = 0; m < g.MemberCount; m++) complete &= ws.RowState(m, r) == Workspace.Ok && !ws.Reconstructed[m][r];
             if (!complete) continue;
@@ -278,6 +305,57 @@ public sealed partial class RaidArray
             }
         }
         await WriteAllAsync(writes, ct);
+    }
+
+    /// <summary>
+    /// Settling (see <see cref="ScrubStripeAsync"/>): in each row redundancy could not repair, data blocks
+    /// read whole that fail their tags are kept as read (<see cref="KeepTornBlocksAsync"/>, as a recovery
+    /// write does); if that leaves every data block of the row good, the torn blocks are rewritten with
+    /// fresh tags and the row's parity is computed from the data and rewritten. The rows so settled go
+    /// into <paramref name="kept"/> and out of <paramref name="unsolved"/>.
+    /// </summary>
+    async ValueTask KeepTornRowsAsync(Workspace ws, List<int> unsolved, HashSet<int> kept, List<(int, long, ReadOnlyMemory<byte>, bool)> writes,
+        ScrubResult result, CancellationToken ct)
+    {
+        var g = Geometry;
+        long stripe = ws.Stripe;
+        var torn = new List<(int Member, int Row)>();
+        await KeepTornBlocksAsync(ws, new StripePlanner.ChunkWrite[g.DataMembers], unsolved, torn, ct);
+        int p = g.PMember(stripe), q = g.QMember(stripe);
+        var rowData = new ReadOnlyMemory<byte>[g.DataMembers];
+        foreach (int r in unsolved.ToList())
+        {
+            bool dataGood = true;
+            for (int i = 0; i < g.DataMembers; i++) dataGood &= ws.RowState(g.DataMember(stripe, i), r) == Workspace.Ok;
+            if (!dataGood) continue;
+            foreach (var (m, row) in torn)
+                if (row == r && Writable(m))
+                {
+                    ws.Reconstructed[m][r - ws.RowLo] = false;
+                    writes.Add((m, stripe * g.ChunkBlocks + r, ws.Rows(m, r, 1), false));
+                    Interlocked.Increment(ref result.Repaired);
+                    result.Add($"stripe {stripe} row {r} {MemberName(m)}: torn by an interrupted write, kept as read");
+                }
+            for (int i = 0; i < g.DataMembers; i++) rowData[i] = ws.Rows(g.DataMember(stripe, i), r, 1);
+            var pc = new byte[Units.BlockBytes];
+            var qc = new byte[Units.BlockBytes];
+            if (g.ParityMembers == 2) Parity.Parity.GenPQ(rowData, pc, qc);
+            else Parity.Parity.Xor(rowData, pc);
+            foreach (var (member, computed) in g.ParityMembers == 2 ? new[] { (p, pc), (q, qc) } : new[] { (p, pc) })
+            {
+                if (!Writable(member)) continue;
+                bool same = ws.RowState(member, r) == Workspace.Ok && !ws.Reconstructed[member][r - ws.RowLo] && ws.Block(member, r).SequenceEqual(computed);
+                if (same) continue;
+                if (ws.RowState(member, r) == Workspace.Ok && !ws.Reconstructed[member][r - ws.RowLo]) Interlocked.Increment(ref result.ParityMismatches);
+                computed.CopyTo(ws.Block(member, r));
+                ws.SetState(member, r, Workspace.Ok);
+                writes.Add((member, stripe * g.ChunkBlocks + r, ws.Rows(member, r, 1), false));
+                Interlocked.Increment(ref result.Repaired);
+                result.Add($"stripe {stripe} row {r} {MemberName(member)}: {(member == p ? "P" : "Q")} parity recomputed from the data kept");
+            }
+            unsolved.Remove(r);
+            kept.Add(r);
+        }
     }
 
     Task DelayAsync(TimeSpan delay, CancellationToken ct) => _time.DelayAsync(delay, ct);
