@@ -25,6 +25,9 @@ public sealed record CacheOptions
     /// <summary>Test only, a planted bug for the simulator's checkers: forgetting an array (after a
     /// move or delete) drops its elements here but does not tell the peer to drop its copies.</summary>
     internal bool PlantedForgetKeepsPeerCopies { get; init; }
+    /// <summary>Test only, a planted bug for the simulator's power checker: a destage round marks its
+    /// elements clean without flushing the drives first.</summary>
+    internal bool PlantedCleanBeforeFlush { get; init; }
 }
 
 /// <summary>
@@ -155,9 +158,17 @@ public sealed partial class WriteBackCache : IAsyncDisposable
 
     /// <summary>Rebuilds the index from region 1 after a restart: valid elements in sequence order,
     /// a later element for the same address replacing an earlier one.</summary>
-    public int Replay()
+    public int Replay() => Replay(keep: null, out _);
+
+    /// <summary>
+    /// <see cref="Replay()"/>, dropping (and invalidating in NVRAM) every element <paramref name="keep"/> refuses:
+    /// images of an array this controller no longer serves (a move or delete that power cut short after
+    /// the array left, before the cache forgot it) must never be read or destaged again.
+    /// </summary>
+    public int Replay(Func<ElementDescriptor, bool>? keep, out int dropped)
     {
         var order = _nvram.ReplayOrder();
+        dropped = 0;
         lock (_lock)
         {
             Invariant.Assert(_index.Count == 0);
@@ -165,6 +176,12 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             var used = new bool[_slots.Length];
             foreach (var (e, d) in order)
             {
+                if (keep is not null && !keep(d))
+                {
+                    _nvram.Invalidate(e);
+                    dropped++;
+                    continue;
+                }
                 var key = (d.ArrayNumber, d.ArrayLba);
                 if (_index.TryGetValue(key, out var older))
                 {
@@ -864,7 +881,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             catch (Exception e) { LogDestageFailed(e.Message); }
             lock (_lock)
             {
-                if (_dirty == 0)
+                if (_dirty == ParkedCountLocked())
                 {
                     foreach (var w in _drainWaiters) w.TrySetResult();
                     _drainWaiters.Clear();
@@ -898,8 +915,26 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     {
         ulong? oldest = null;
         foreach (var e in _index.Values)
-            if (_slots[e].State == SlotState.Dirty && (oldest is null || _slots[e].Sequence < oldest)) oldest = _slots[e].Sequence;
+            if (_slots[e].State == SlotState.Dirty && !ParkedLocked(e) && (oldest is null || _slots[e].Sequence < oldest)) oldest = _slots[e].Sequence;
         return oldest;
+    }
+
+    /// <summary>
+    /// A dirty element of an array this cache has no backing for: replayed from NVRAM for an array not
+    /// (yet) assembled here — its drives unreachable at start, or its ownership still being settled after
+    /// a move the power cut short. It is the only copy of its data, so it stays, but nothing can destage
+    /// it: destage rounds pass it by and drains do not wait for it, until <see cref="AddArray"/> brings its array.
+    /// </summary>
+    bool ParkedLocked(int e) => !_arrays.ContainsKey(_slots[e].Array);
+
+    /// <summary>Dirty elements no destage can reach now (see <see cref="ParkedLocked"/>).</summary>
+    int ParkedCountLocked()
+    {
+        if (_dirty == 0) return 0;
+        int n = 0;
+        foreach (var e in _index.Values)
+            if (_slots[e].State == SlotState.Dirty && ParkedLocked(e)) n++;
+        return n;
     }
 
     void ReleaseSequenceWaitersLocked()
@@ -924,7 +959,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             foreach (var (key, e) in _index)
             {
                 ref var s = ref _slots[e];
-                if (s.State != SlotState.Dirty || s.Destaging) continue;
+                if (s.State != SlotState.Dirty || s.Destaging || !_arrays.ContainsKey(s.Array)) continue;
                 batch.Add((e, s.Array, s.Lba, s.Valid, s.Sequence, s.Replayed));
             }
             batch.Sort((a, b) => a.Array != b.Array ? a.Array.CompareTo(b.Array) : a.Lba.CompareTo(b.Lba));
@@ -954,7 +989,8 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 i = j;
             }
             await Task.WhenAll(writes);
-            foreach (var a in flushArrays) await Backing(a).FlushAsync(ct);
+            if (!_options.PlantedCleanBeforeFlush)
+                foreach (var a in flushArrays) await Backing(a).FlushAsync(ct);
             done = true;
             foreach (var b in batch) MarkClean(b.E, b.Seq);
             Interlocked.Add(ref _destagedElements, batch.Count);
@@ -1013,13 +1049,14 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         finally { ArrayPool<byte>.Shared.Return(buffer); }
     }
 
-    /// <summary>Destages every dirty element and waits until none is left (entering error-recovery mode, moving an array, stopping).</summary>
+    /// <summary>Destages every dirty element and waits until none is left (entering error-recovery mode, moving an array, stopping);
+    /// parked elements (of arrays not assembled here, <see cref="ParkedLocked"/>) are not waited for.</summary>
     public Task DrainAsync(CancellationToken ct = default)
     {
         var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         lock (_lock)
         {
-            if (_dirty == 0) return Task.CompletedTask;
+            if (_dirty == ParkedCountLocked()) return Task.CompletedTask;
             _drainWaiters.Add(tcs);
         }
         Kick();

@@ -172,8 +172,9 @@ public sealed partial class Controller : IAsyncDisposable
         if (Interlocked.Exchange(ref _started, 1) != 0) throw new InvalidOperationException($"controller {Name} is already started");
         await DecideReplayAsync();
         RegisterServedArrays();
-        ReplayedElements = Cache.Replay();
+        ReplayedElements = Cache.Replay(KeepOnReplay, out int dropped);
         if (ReplayedElements > 0) LogReplayed(ReplayedElements);
+        if (dropped > 0) LogReplayDropped(dropped);
         // AW-4: before anything of ours writes to an array again.
         await SettleRecoveredWritesAsync();
         Cache.Start();
@@ -209,6 +210,20 @@ public sealed partial class Controller : IAsyncDisposable
             // unreachable there, or that the owner could not act on, is not answered again by itself).
             if (Link.IsUp && (Mirror.Mode != MirrorMode.Healthy || _standby) && Volatile.Read(ref _pairing) == 0) await PairAsync();
         }
+    }
+
+    /// <summary>
+    /// Which NVRAM elements a start replays: every dirty one (it may be the only copy of acknowledged data:
+    /// an array not served yet — its ownership still being settled after a move the power cut short —
+    /// takes its elements when it arrives), and the clean ones of arrays served here under the same serial.
+    /// A clean element of any other array is dropped: a move or delete drains first, so what it leaves
+    /// behind when cut short is clean, and replaying it would serve stale data when the array comes back.
+    /// A clean element is on the drives already; dropping one loses nothing.
+    /// </summary>
+    bool KeepOnReplay(ElementDescriptor d)
+    {
+        if (d.Dirty) return true;
+        return Arrays.ArrayTable.TryGetValue(d.ArrayNumber, out var a) && a.Serial == d.ArraySerial && Arrays.Serves(a.Name);
     }
 
     void RegisterServedArrays()
@@ -596,6 +611,8 @@ public sealed partial class Controller : IAsyncDisposable
 
     [LoggerMessage(EventId = 7002, Level = LogLevel.Information, Message = "replayed {Count} cache elements from NVRAM region 1")]
     partial void LogReplayed(int count);
+    [LoggerMessage(EventId = 7044, Level = LogLevel.Warning, Message = "dropped {Count} clean NVRAM elements of arrays not served here (left by a move or delete cut short after the array left)")]
+    partial void LogReplayDropped(int count);
     [LoggerMessage(EventId = 7003, Level = LogLevel.Information, Message = "paired with controller {Peer}; mirror resynchronised, write-back on")]
     partial void LogPaired(string peer);
     [LoggerMessage(EventId = 7004, Level = LogLevel.Error, Message = "{Why}")]
