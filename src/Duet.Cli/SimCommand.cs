@@ -49,7 +49,7 @@ public static partial class Program
             {
                 var r = Simulator.Run(one, options);
                 if (options.KeepTrace) foreach (var line in r.Trace.Lines) output.WriteLine(line);
-                output.WriteLine($"seed {r.Seed} faults {r.Plan} writes {r.Stats.Writes} acked {r.Stats.WritesAcked} reads {r.Stats.Reads} crashes {r.Stats.Crashes} takeovers {r.Stats.Takeovers} hangs {r.Stats.Hangs} " +
+                output.WriteLine($"seed {r.Seed} faults {r.Plan} writes {r.Stats.Writes} acked {r.Stats.WritesAcked} reads {r.Stats.Reads} crashes {r.Stats.Crashes} takeovers {r.Stats.Takeovers} hangs {r.Stats.Hangs} power cuts {r.Stats.PowerCuts} (blocks rolled back {r.Stats.BlocksRolledBack}) " +
                                  $"virtual {r.Stats.VirtualTime.TotalSeconds:F2} s steps {r.Stats.Steps} trace {r.TraceHash:x16}");
                 foreach (var f in r.Failures) output.WriteLine($"failure seed {r.Seed}: {f}");
                 output.WriteLine($"seeds 1 failures {(r.Passed ? 0 : 1)}");
@@ -64,11 +64,11 @@ public static partial class Program
             var summary = Campaign.Run(parse.GetValue(from), count, options, Math.Max(1, parse.GetValue(threads)), r =>
             {
                 if (parse.GetValue(verbose))
-                    output.WriteLine($"seed {r.Seed} faults {r.Plan} writes {r.Stats.Writes} crashes {r.Stats.Crashes} steps {r.Stats.Steps} virtual {r.Stats.VirtualTime.TotalSeconds:F2} s trace {r.TraceHash:x16} {(r.Passed ? "ok" : "FAILED")} heap {GC.GetTotalMemory(true) >> 20} MiB");
+                    output.WriteLine($"seed {r.Seed} faults {r.Plan} writes {r.Stats.Writes} crashes {r.Stats.Crashes} power cuts {r.Stats.PowerCuts} rolled back {r.Stats.BlocksRolledBack} steps {r.Stats.Steps} virtual {r.Stats.VirtualTime.TotalSeconds:F2} s trace {r.TraceHash:x16} {(r.Passed ? "ok" : "FAILED")} heap {GC.GetTotalMemory(true) >> 20} MiB");
                 if (!r.Passed)
                     output.WriteLine($"failure seed {r.Seed} (faults {r.Plan}; replay: duet sim --seed {r.Seed}{ReplayFlags(parse.GetValue(faults)!, parse.GetValue(exact), opCount, parse.GetValue(bug))}): {r.Failures[0]}");
             });
-            output.WriteLine($"virtual time {summary.VirtualTime.TotalSeconds:F0} s, {summary.Writes} writes, {summary.Crashes} crashes, {summary.Takeovers} takeovers, {summary.Hangs} hangs, {summary.Steps} steps");
+            output.WriteLine($"virtual time {summary.VirtualTime.TotalSeconds:F0} s, {summary.Writes} writes, {summary.Crashes} crashes, {summary.Takeovers} takeovers, {summary.Hangs} hangs, {summary.PowerCuts} power cuts ({summary.BlocksRolledBack} drive blocks rolled back), {summary.Steps} steps");
             output.WriteLine($"seeds {summary.Seeds} failures {summary.Failed.Count}");
             return summary.Failed.Count == 0 ? ExitOk : ExitFailed;
         });

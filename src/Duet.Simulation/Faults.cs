@@ -39,6 +39,15 @@
 //                stops; its drive requests fail). With the ICL up, the peer must not take over.
 //   shelf-restart The shelf process restarts: it reloads its state (fences, keys, claims,
 //                epochs) from its store and forgets its heartbeat slots.
+//   power        The power fails for the whole system at a random moment (AW-6, issue 6): both
+//                controllers die at once (in the middle of destages, mirror batches, recovery
+//                after an earlier cut...), the shelf restarts, and every drive keeps only what it
+//                had flushed plus any subset of the writes since, block by block, so a multi-block
+//                write, and a data block and its checksum tag, can land apart (torn). Requests in
+//                flight at the cut never land. NVRAM keeps what was written (battery-backed). Power
+//                returns after a random time and both controllers start and recover together.
+//                `--faults power` also allows crash, full-cache, slow-drive and shuffle, swarm-style;
+//                power is then on for every seed.
 //
 // What is not modelled: torn or lost NVRAM writes (NVRAM is memory the controller writes
 // synchronously), a drive that lies about a write, corruption on the link (the link carries
@@ -66,6 +75,8 @@ public enum FaultKind
     Hang = 1 << 9,
     ShelfPath = 1 << 10,
     ShelfRestart = 1 << 11,
+    /// <summary>Whole-system power cuts with torn drive writes (issue 6, AW-6). Not part of <see cref="All"/>.</summary>
+    Power = 1 << 12,
     /// <summary>The faults of the simulator issue (4): what `./test.sh`'s campaign draws from.</summary>
     Classic = Crash | LinkDelay | LinkDrop | Partition | SlowDrive | FailDrive | FullCache | Shuffle,
     /// <summary>The failover issue's faults (5): takeover, hang, shelf path loss, shelf restart.</summary>
@@ -92,10 +103,13 @@ public sealed record FaultPlan
     public TimeSpan MaxHang { get; init; }
     public TimeSpan ShelfPathEvery { get; init; }
     public TimeSpan MaxShelfPathLoss { get; init; }
+    /// <summary>Mean time between power cuts.</summary>
+    public TimeSpan PowerEvery { get; init; }
+    public TimeSpan MaxPowerDown { get; init; }
 
     public bool Has(FaultKind k) => (On & k) != 0;
 
-    public static readonly string[] Names = ["crash", "link-delay", "link-drop", "partition", "slow-drive", "fail-drive", "full-cache", "shuffle", "takeover", "hang", "shelf-path", "shelf-restart"];
+    public static readonly string[] Names = ["crash", "link-delay", "link-drop", "partition", "slow-drive", "fail-drive", "full-cache", "shuffle", "takeover", "hang", "shelf-path", "shelf-restart", "power"];
 
     public static FaultKind Parse(string list)
     {
@@ -107,6 +121,9 @@ public sealed record FaultPlan
             int i = Array.IndexOf(Names, part);
             if (i < 0) throw new ArgumentException($"unknown fault '{part}' (known: {string.Join(", ", Names)}, all, none)");
             k |= (FaultKind)(1 << i);
+            // The power campaign: power cuts, with controller crashes, small caches (destage under load,
+            // so cuts land mid-destage), slow drives and shuffled work swarm-style.
+            if (part == "power") k |= FaultKind.Crash | FaultKind.FullCache | FaultKind.SlowDrive | FaultKind.Shuffle;
         }
         return k;
     }
@@ -114,13 +131,19 @@ public sealed record FaultPlan
     public static string Describe(FaultKind k) =>
         k == FaultKind.None ? "none" : string.Join(",", Names.Where((_, i) => (k & (FaultKind)(1 << i)) != 0));
 
-    /// <summary>Draws a plan: each fault allowed by <paramref name="allowed"/> is on with probability 1/2 (swarm testing).</summary>
+    /// <summary>Draws a plan: each fault allowed by <paramref name="allowed"/> is on with probability 1/2 (swarm testing),
+    /// except power, which is on whenever it is allowed (it is what a power campaign is for).</summary>
     public static FaultPlan Draw(DeterministicRandom r, FaultKind allowed)
     {
         var on = FaultKind.None;
         for (int i = 0; i < Names.Length; i++)
-            if ((allowed & (FaultKind)(1 << i)) != 0 && r.Chance(0.5)) on |= (FaultKind)(1 << i);
-        return new FaultPlan
+        {
+            var k = (FaultKind)(1 << i);
+            if ((allowed & k) == 0) continue;
+            if (k == FaultKind.Power) on |= k; // draws nothing: seeds without power keep their old random streams
+            else if (r.Chance(0.5)) on |= k;
+        }
+        var plan = new FaultPlan
         {
             On = on,
             // A seed's safety phase lasts a few hundred milliseconds of virtual time (less without
@@ -139,6 +162,13 @@ public sealed record FaultPlan
             ShelfPathEvery = TimeSpan.FromMilliseconds(r.Next(20, 300)),
             MaxShelfPathLoss = TimeSpan.FromMilliseconds(r.Next(5, 2500)),
         };
+        if ((allowed & FaultKind.Power) != 0)
+            plan = plan with
+            {
+                PowerEvery = TimeSpan.FromMilliseconds(r.Next(20, 200)),
+                MaxPowerDown = TimeSpan.FromMilliseconds(r.Next(1, 200)),
+            };
+        return plan;
     }
 
     public override string ToString() => Describe(On);

@@ -19,6 +19,8 @@ public enum PlantedBug
     AckBeforeMirror,
     /// <summary>A controller that hands over or deletes an array drops its cache elements but leaves the peer's copies in region 2.</summary>
     ForgetKeepsPeerCopies,
+    /// <summary>A destage round marks its elements clean before the drives flushed what it wrote (a power cut then loses acknowledged writes).</summary>
+    CleanBeforeFlush,
 }
 
 public sealed record SimOptions
@@ -42,6 +44,8 @@ public sealed record SimStats(long Writes, long WritesAcked, long Reads, long Re
 {
     public long Hangs { get; init; }
     public long Takeovers { get; init; }
+    public long PowerCuts { get; init; }
+    public long BlocksRolledBack { get; init; }
 }
 
 public sealed record SimResult(ulong Seed, FaultPlan Plan, IReadOnlyList<string> Failures, ulong TraceHash, SimStats Stats, SimTrace Trace)
@@ -160,7 +164,7 @@ public sealed partial class Simulator
         foreach (var e in _scheduler.Escaped) Fail($"an exception escaped a work item: {e}");
         if (_scheduler.ForeignPosts > 0) Fail($"{_scheduler.ForeignPosts} work items were posted from another thread (real time or threads leaked into the simulation); the first: {_scheduler.FirstForeignPost}");
         var stats = new SimStats(_writes, _writesAcked, _reads, _readsOk, _flushes, _moves, _movesDone, _creates, _deletes, _crashes, _partitions,
-            _wire.Dropped, _failedDrives, _scheduler.Steps, _scheduler.Elapsed) { Hangs = _hangs, Takeovers = _takeovers };
+            _wire.Dropped, _failedDrives, _scheduler.Steps, _scheduler.Elapsed) { Hangs = _hangs, Takeovers = _takeovers, PowerCuts = _powerCuts, BlocksRolledBack = _blocksRolledBack };
         _trace.Add($"end: {_failures.Count} failures");
         return new SimResult(_seed, _plan, _failures.ToList(), _trace.Hash, stats, _trace);
     }
@@ -215,7 +219,7 @@ public sealed partial class Simulator
             var latency = _plan.Has(FaultKind.SlowDrive) && _random.Chance(0.5) ? _plan.MaxDriveLatency : TimeSpan.Zero;
             _faulty[d] = new FaultyDrive(memory, new FaultOptions
             {
-                Seed = _random.NextUInt64(), TrackUnflushedWrites = false, LatencyJitterMax = latency,
+                Seed = _random.NextUInt64(), TrackUnflushedWrites = _plan.Has(FaultKind.Power), LatencyJitterMax = latency,
             }, _world.Time);
         }
         _enclosure = new Shelf.Shelf(_shelf, _enclosureState, (name, inner) => _faulty.TryGetValue(name, out var f) ? f : inner)
@@ -295,7 +299,11 @@ public sealed partial class Simulator
                 {
                     Name = side.Name, Session = session, Time = node.Time, Loggers = loggers, Shelf = port, Claims = claims,
                     ForwardTimeout = TimeSpan.FromSeconds(2),
-                    ConfigureCache = o => o with { PlantedForgetKeepsPeerCopies = _options.Bug == PlantedBug.ForgetKeepsPeerCopies },
+                    ConfigureCache = o => o with
+                    {
+                        PlantedForgetKeepsPeerCopies = _options.Bug == PlantedBug.ForgetKeepsPeerCopies,
+                        PlantedCleanBeforeFlush = _options.Bug == PlantedBug.CleanBeforeFlush,
+                    },
                     WrapMirror = _options.Bug == PlantedBug.AckBeforeMirror ? m => new AckBeforeMirror(m) : null,
                 }, arrays, nvram, link);
                 c.SteppedDown += reason => _world.Post(() => OnSteppedDown(side, c, reason));
