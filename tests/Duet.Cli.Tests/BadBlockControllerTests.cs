@@ -71,6 +71,7 @@ public sealed class BadBlockControllerTests
             var info = Assert.Single(report.Blocks);
             Assert.Equal((Block, "vol0", (long?)(Block * Units.SectorsPerBlock), "settle"), (info.ArrayBlock, info.Volume, info.VolumeLba, info.FoundBy));
             Assert.Equal(1, a2.ArrayService.Status().Arrays.Single().BadBlocks);
+            Assert.Equal((1L, 1L), (BadBlockGauge(a2, "duet.raid.bad_blocks"), BadBlockGauge(a2, "duet.raid.bad_blocks_listed")));
 
             Assert.True(a2.Volumes.TryGetVolume("vol0", out var vol0));
             var e = await Assert.ThrowsAsync<BlockIoException>(async () => await vol0.ReadAsync(Block * Units.BlockBytes + 2 * Units.SectorBytes, new byte[Units.SectorBytes]));
@@ -182,6 +183,22 @@ public sealed class BadBlockControllerTests
             await a.DisposeAsync();
             await b.DisposeAsync();
         }
+    }
+
+    /// <summary>The value a controller's metrics report for arr0 on one bad-block instrument.</summary>
+    static long BadBlockGauge(PairController c, string instrument)
+    {
+        using var metrics = new ControllerMetrics(c);
+        long value = -1;
+        using var listener = new System.Diagnostics.Metrics.MeterListener();
+        listener.InstrumentPublished = (i, l) => { if (i.Meter == metrics.Meter && i.Name == instrument) l.EnableMeasurementEvents(i); };
+        listener.SetMeasurementEventCallback<long>((_, v, tags, _) =>
+        {
+            foreach (var t in tags) if (t.Key == "array" && (string?)t.Value == "arr0") value = v;
+        });
+        listener.Start();
+        listener.RecordObservableInstruments();
+        return value;
     }
 
     static IIclLink Link() => InMemoryIclTransport.CreatePair(IclWindowOptions.Default, TimeProvider.System).Item1;
