@@ -431,16 +431,14 @@ public sealed partial class RaidArray
     async ValueTask ReadStripeAsync(long stripe, long sectorLo, long sectorHi, Memory<byte> destination, CancellationToken ct)
     {
         using var _ = await LockStripeAsync(stripe, ct);
-        await RetryOnMemberFailure(async () =>
-        {
-            // AW-5: a listed sector fails without touching a drive; and a block this attempt listed (an
-            // unrecoverable one it met) fails too, though the drives now hold its fill with a good tag.
-            ThrowIfListed(stripe, sectorLo, sectorHi);
-            await (Geometry.IsMirrored
-                ? ReadMirrorStripeAsync(stripe, sectorLo, sectorHi, destination, ct)
-                : ReadParityStripeAsync(stripe, sectorLo, sectorHi, destination, ct));
-            ThrowIfListed(stripe, sectorLo, sectorHi);
-        });
+        // AW-5: a listed sector fails without touching a drive.
+        ThrowIfListed(stripe, sectorLo, sectorHi);
+        await RetryOnMemberFailure(() => Geometry.IsMirrored
+            ? ReadMirrorStripeAsync(stripe, sectorLo, sectorHi, destination, ct)
+            : ReadParityStripeAsync(stripe, sectorLo, sectorHi, destination, ct));
+        // And a block the read listed (an unrecoverable one it met, in this attempt or one a member
+        // failure cut short) fails too, though the drives now hold its fill under a good tag.
+        ThrowIfListed(stripe, sectorLo, sectorHi);
     }
 
     /// <summary>Copies the requested sectors of chunk c from a workspace's blocks into the destination.</summary>
