@@ -272,6 +272,31 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         LogResynced(count);
     }
 
+    /// <summary>
+    /// Whether dirty data a pending recovery write will put on the drives covers any of the array sectors
+    /// [<paramref name="sector"/>, +<paramref name="count"/>): an element replayed after a restart, adopted
+    /// at a takeover, or left by a destage that failed part-way. The array leaves a torn block under such
+    /// data to that write (AW-5), which may keep what the crash left of it.
+    /// </summary>
+    public bool HoldsRecoveryData(byte array, long sector, int count)
+    {
+        Invariant.Assert(count > 0 && count <= SectorsPerElement);
+        long first = sector / SectorsPerElement, last = (sector + count - 1) / SectorsPerElement;
+        lock (_lock)
+        {
+            for (long el = first; el <= last; el++)
+            {
+                long lba = el * SectorsPerElement;
+                if (!_index.TryGetValue((array, lba), out var e)) continue;
+                ref var s = ref _slots[e];
+                if (s.State != SlotState.Dirty || !s.Replayed) continue;
+                long from = Math.Max(sector, lba), to = Math.Min(sector + count, lba + SectorsPerElement);
+                if ((s.Valid & MaskOf((int)(from - lba), (int)(to - from))) != 0) return true;
+            }
+        }
+        return false;
+    }
+
     /// <summary>Whether any sector of the element at <paramref name="elementLba"/> is cached.</summary>
     public bool IsCached(byte array, long elementLba)
     {
@@ -679,7 +704,18 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         }
         try
         {
-            if (!fullyCached) await backing.ReadAsync(sector, destination, ct);
+            if (!fullyCached)
+            {
+                try { await backing.ReadAsync(sector, destination, ct); }
+                catch (BlockIoException e) when (e.Kind == BlockErrorKind.Medium && pinned is not null)
+                {
+                    // A sector the array cannot give (a listed bad block, AW-5) may be one this cache holds
+                    // newer data for: read from the array only what the cache does not hold, and fail only
+                    // if that needs the bad sector.
+                    foreach (var (from, n) in Uncached(sector, count, pinned))
+                        await backing.ReadAsync(from, destination.Slice((int)((from - sector) * Units.SectorBytes), (int)(n * Units.SectorBytes)), ct);
+                }
+            }
             if (pinned is null) { Interlocked.Increment(ref _misses); return; }
             Interlocked.Increment(ref fullyCached ? ref _hits : ref _misses);
             foreach (var (e, valid, lba) in pinned)
@@ -695,6 +731,24 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         {
             if (pinned is not null) foreach (var p in pinned) Unpin(p.E);
         }
+    }
+
+    /// <summary>The runs of sectors of [sector, +count) that no pinned element holds: (first sector, count).</summary>
+    static List<(long From, long Count)> Uncached(long sector, long count, List<(int E, uint Valid, long Lba)> pinned)
+    {
+        var runs = new List<(long, long)>();
+        long runStart = -1;
+        for (long x = sector; x < sector + count; x++)
+        {
+            long lba = x / SectorsPerElement * SectorsPerElement;
+            bool held = false;
+            foreach (var p in pinned)
+                if (p.Lba == lba && (p.Valid >> (int)(x - lba) & 1) != 0) { held = true; break; }
+            if (!held && runStart < 0) runStart = x;
+            if (held && runStart >= 0) { runs.Add((runStart, x - runStart)); runStart = -1; }
+        }
+        if (runStart >= 0) runs.Add((runStart, sector + count - runStart));
+        return runs;
     }
 
     /// <summary>

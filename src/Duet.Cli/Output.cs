@@ -96,6 +96,39 @@ sealed class Output(TextWriter writer, TextWriter error, bool json, bool isTermi
         }));
     }
 
+    /// <summary>`duet array bad-blocks`: one line per listed block, with the LBAs a host is told (AW-5).</summary>
+    public static void BadBlocks(Output o, BadBlockReport report)
+    {
+        var w = o.Writer;
+        if (report.Blocks.Count == 0)
+        {
+            w.WriteLine($"array {report.Array}: no bad blocks");
+            return;
+        }
+        w.WriteLine($"array {report.Array}: {report.Blocks.Count} bad block{(report.Blocks.Count == 1 ? "" : "s")} (the list holds at most {report.Capacity}); " +
+                    "reads of a bad sector fail with a medium error until a host writes it again");
+        Table(w, "  ", ["ARRAY BLOCK", "ARRAY LBA", "SECTORS", "VOLUME", "VOLUME LBA", "FOUND BY"], report.Blocks.Select(b => new[]
+        {
+            b.ArrayBlock.ToString(CultureInfo.InvariantCulture), b.ArrayLba.ToString(CultureInfo.InvariantCulture), SectorRanges(b.BadSectors),
+            b.Volume ?? "-", b.VolumeLba?.ToString(CultureInfo.InvariantCulture) ?? "-", b.FoundBy,
+        }));
+    }
+
+    /// <summary>"0-7", "4-7", "0,2-3".</summary>
+    static string SectorRanges(IReadOnlyList<int> sectors)
+    {
+        var parts = new List<string>();
+        int i = 0;
+        while (i < sectors.Count)
+        {
+            int j = i;
+            while (j + 1 < sectors.Count && sectors[j + 1] == sectors[j] + 1) j++;
+            parts.Add(i == j ? sectors[i].ToString(CultureInfo.InvariantCulture) : $"{sectors[i]}-{sectors[j]}");
+            i = j + 1;
+        }
+        return string.Join(",", parts);
+    }
+
     public static void VolumeCreated(Output o, VolumeInfo volume) =>
         o.Writer.WriteLine($"created volume {volume.Name}: {Size(volume.SizeBytes)} on array {volume.Array} at offset {Size(volume.OffsetBytes)}");
 
@@ -130,10 +163,12 @@ sealed class Output(TextWriter writer, TextWriter error, bool json, bool isTermi
             m.Slot.ToString(CultureInfo.InvariantCulture), m.Drive ?? "-", m.State,
         }));
         w.WriteLine($"  spares: {(a.Spares.Count == 0 ? "none" : string.Join(", ", a.Spares))}");
+        if (a.BadBlocks > 0) w.WriteLine($"  bad blocks: {a.BadBlocks} (reads of them fail until a host writes them again; see 'duet array bad-blocks {a.Name}')");
         if (a.Rebuild is { } rebuild) Progress("  ", "rebuild", rebuild);
         if (a.Scrub is { } scrub)
         {
-            var counts = $"{scrub.StripesChecked} stripes checked, {scrub.ChecksumErrors} checksum errors, {scrub.ParityMismatches} parity mismatches, {scrub.Repaired} repaired, {scrub.Unrepairable} unrepairable";
+            var counts = $"{scrub.StripesChecked} stripes checked, {scrub.ChecksumErrors} checksum errors, {scrub.ParityMismatches} parity mismatches, {scrub.Repaired} repaired, {scrub.Unrepairable} unrepairable" +
+                         (scrub.Listed > 0 ? $" ({scrub.Listed} put on the bad-block list)" : "");
             if (scrub.Running)
             {
                 Progress("  ", "scrub", scrub.Progress);

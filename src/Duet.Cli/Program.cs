@@ -175,10 +175,16 @@ public static partial class Program
         var list = new Command("list", "List arrays");
         SetCall(list, Json.IReadOnlyListArrayInfo, (_, client, ct) => client.ListArraysAsync(ct), Output.Arrays);
 
+        var badName = new Argument<string>("NAME") { Description = "The array whose bad-block list to show" };
+        var badBlocks = new Command("bad-blocks", "List the array's bad blocks: data a power cut (or rot) destroyed beyond what redundancy could rebuild; " +
+            "reads of them fail with a medium error until a host writes them again") { badName };
+        SetCall(badBlocks, Json.BadBlockReport, (pr, client, ct) => client.BadBlocksAsync(pr.GetRequiredValue(badName), ct), Output.BadBlocks);
+
         array.Subcommands.Add(create);
         array.Subcommands.Add(delete);
         array.Subcommands.Add(list);
         array.Subcommands.Add(move);
+        array.Subcommands.Add(badBlocks);
         return array;
     }
 

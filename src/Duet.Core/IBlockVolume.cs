@@ -83,4 +83,16 @@ public static class VolumeChecks
         if (offset < 0 || length < 0 || offset > sizeBytes - length)
             throw new BlockIoException(BlockErrorKind.OutOfRange, $"volume {volume}: bytes {offset}+{length} are beyond its size {sizeBytes}", offset / Units.SectorBytes);
     }
+
+    /// <summary>
+    /// An error of the array under a volume, in the volume's terms: its <see cref="BlockIoException.Lba"/> (an
+    /// array sector) becomes the volume's sector, or -1 if it lies outside the volume. A medium error's LBA is
+    /// what SCSI sense reports to the host (the sector to write again, AW-5), so it must be the volume's.
+    /// </summary>
+    public static BlockIoException InVolume(BlockIoException e, long volumeFirstArraySector, long volumeSectors)
+    {
+        if (e.Lba < 0) return e;
+        long lba = e.Lba - volumeFirstArraySector;
+        return new BlockIoException(e.Kind, e.Message, lba >= 0 && lba < volumeSectors ? lba : -1, e);
+    }
 }

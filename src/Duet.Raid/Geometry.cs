@@ -192,7 +192,8 @@ public sealed class ArrayGeometry
 /// <summary>
 /// Placement of a member's data blocks on its drive (all in 4 KiB blocks):
 ///
-///   0 .. 255            metadata area: superblock copies at 0 and 1, the rest reserved
+///   0 .. 255            metadata area: superblock copies at 0 and 1, bad-block list copies at 2 and 3
+///                       (<see cref="BadBlockList"/>), the rest reserved
 ///   256 + g*513         tag block of group g: 512 eight-byte checksum tags
 ///   256 + g*513 + 1 + j data block g*512 + j  (j = 0..511)
 ///
@@ -204,6 +205,8 @@ public static class MemberLayout
     public const int MetadataBlocks = 256;
     public const int SuperblockLba = 0;
     public const int SuperblockCopyLba = 1;
+    public const int BadBlockListLba = 2;
+    public const int BadBlockListCopyLba = 3;
     public const int TagsPerGroup = Units.BlockBytes / Tag.Bytes; // 512
     public const int GroupBlocks = TagsPerGroup + 1;
 

@@ -24,6 +24,10 @@ public sealed class ScrubResult
     public long ParityMismatches;
     public long Repaired;
     public long Unrepairable;
+    /// <summary>AW-5: unrepairable blocks put on the bad-block list (filled, parity regenerated).</summary>
+    public long Listed;
+    /// <summary>Unrepairable blocks left to the recovery write that will rewrite them (the cache holds their new data).</summary>
+    public long Deferred;
     public const int MaxFindings = 200;
 
     public void Add(string finding)
@@ -75,6 +79,7 @@ public sealed partial class RaidArray
                 if (due > elapsed) await DelayAsync(due - elapsed, ct);
             }
         }
+        await RewriteBadBlocksAsync(ct); // the new member holds the list too (it is read from active members)
         await target.Drive.FlushAsync(ct);
         lock (_stateLock) _status[slot] = MemberStatus.Active;
         LogRebuildDone(Name, slot, target.Drive.Name);
@@ -94,14 +99,40 @@ public sealed partial class RaidArray
             return;
         }
         var unsolved = await FillAndSolveAsync(ws, ct);
+        HashSet<(int, int)>? written = null;
         if (unsolved.Count > 0)
         {
-            // Rows with too many losses: write what we have (zeros) so the member is consistent
-            // with itself; the blocks stay unreadable through their tags on the other members.
-            LogRebuildUnrecoverable(Name, stripe, string.Join(",", unsolved));
+            // Rows with too many losses (AW-5): their lost blocks are listed and filled and the rows'
+            // parity regenerated, so the new member gets the fill (under a good tag) rather than
+            // whatever the buffer held. A block held for a recovery write is listed all the same: the
+            // new member needs content for it now.
+            var listed = await ListLostRowsAsync(ws, unsolved, BadBlockSource.Rebuild, honourHold: false, write: null, ct);
+            if (listed.Full.Count > 0)
+            {
+                LogRebuildUnrecoverable(Name, stripe, string.Join(",", listed.Full));
+                throw new BlockIoException(BlockErrorKind.Medium,
+                    $"array {Name}: stripe {stripe} rows {string.Join(",", listed.Full)} cannot be reconstructed and the bad-block list is full; the rebuild stops (rewrite listed blocks to make room)");
+            }
+            var writes = RegenerateRows(ws, listed).Where(w => w.Member != slot).ToList();
+            await WriteAllAsync(writes, ct);
+            written = writes.Select(w => (w.Member, (int)(w.Block - stripe * g.ChunkBlocks))).ToHashSet();
         }
+        for (int r = 0; r < g.ChunkBlocks; r++) Invariant.Assert(ws.RowState(slot, r) == Workspace.Ok);
         await WriteMemberAsync(slot, stripe * g.ChunkBlocks, ws.Rows(slot, 0, g.ChunkBlocks), false, ct);
-        await RepairAsync(ws, ct);
+        await RepairAsync(ws, ct, written);
+    }
+
+    /// <summary>Writes the current bad-block list (generation + 1) to every member that takes writes.</summary>
+    async ValueTask RewriteBadBlocksAsync(CancellationToken ct)
+    {
+        await _badBlockGate.WaitAsync(ct);
+        try
+        {
+            var current = _badBlocks;
+            if (current.IsEmpty && current.Generation == 0) return; // never listed anything: nothing to copy
+            await PersistBadBlocksAsync(current.Renumbered(current.Generation + 1), ct);
+        }
+        finally { _badBlockGate.Release(); }
     }
 
     async ValueTask<int> ReadMirrorChunkForRebuildAsync(Workspace ws, long stripe, StripePlanner.ChunkWrite c, int exclude, CancellationToken ct)
@@ -110,6 +141,7 @@ public sealed partial class RaidArray
         if (copies.Count == 0) throw Unrecoverable(stripe, c.DataIndex, 0);
         int primary = copies[0];
         await ReadMemberAsync(ws, primary, 0, Geometry.ChunkBlocks, ct);
+        var fills = new List<(int, long, ReadOnlyMemory<byte>, bool)>();
         for (int r = 0; r < Geometry.ChunkBlocks; r++)
         {
             if (ws.RowState(primary, r) == Workspace.Ok) continue;
@@ -121,7 +153,14 @@ public sealed partial class RaidArray
                 ws.SetState(primary, r, Workspace.Ok);
                 break;
             }
+            if (ws.RowState(primary, r) == Workspace.Ok) continue;
+            // No copy holds the block (AW-5): listed and filled everywhere, the new member included.
+            if (!await ListMirrorBlockAsync(ws, primary, c.DataIndex, r, BadBlockSource.Rebuild, ct))
+                throw new BlockIoException(BlockErrorKind.Medium,
+                    $"array {Name}: stripe {stripe} chunk {c.DataIndex} row {r} is on no copy and the bad-block list is full; the rebuild stops (rewrite listed blocks to make room)");
+            fills.AddRange(FillCopies(stripe, c.DataIndex, r).Where(w => w.Member != exclude));
         }
+        await WriteAllAsync(fills, ct);
         return primary;
     }
 
@@ -137,7 +176,7 @@ public sealed partial class RaidArray
         {
             ct.ThrowIfCancellationRequested();
             using (await LockStripeAsync(s, ct))
-                await RetryOnMemberFailure(() => ScrubStripeAsync(s, repair, result, ct));
+                await RetryOnMemberFailure(() => ScrubStripeAsync(s, repair, result, BadBlockSource.Scrub, ct));
             Interlocked.Increment(ref result.StripesChecked);
             progress.Advance();
         }
@@ -159,7 +198,7 @@ public sealed partial class RaidArray
         for (long s = first; s <= last; s++)
         {
             using (await LockStripeAsync(s, ct))
-                await RetryOnMemberFailure(() => ScrubStripeAsync(s, repair: true, result, ct, settle: true));
+                await RetryOnMemberFailure(() => ScrubStripeAsync(s, repair: true, result, BadBlockSource.Settle, ct));
             Interlocked.Increment(ref result.StripesChecked);
         }
         return result;
@@ -168,16 +207,18 @@ public sealed partial class RaidArray
     string MemberName(int m) => $"member {m} ({_members[m]?.Drive.Name ?? "missing"})";
 
     /// <summary>
-    /// Scrubs one stripe. With <paramref name="settle"/> (a stripe an interrupted write may have torn, named
-    /// by the write log): a block that was read whole but fails its tag, and that redundancy cannot vouch
-    /// for (no copy or reconstruction matches a tag), holds one of the versions the interrupted write left
-    /// — its old content or a new one, each a content the array held or was asked to hold, the sectors the
-    /// write did not change the same in both — while its tag may name another (data and tag are separate
-    /// drive writes). It is kept as read, rewritten with a fresh tag, and its row's parity recomputed, rather
-    /// than left failing every read. A block that could not be read at all is not guessed at.
+    /// Scrubs one stripe. Settling (<paramref name="source"/> <see cref="BadBlockSource.Settle"/>: a stripe an
+    /// interrupted write may have torn, named by the write log): a block that was read whole but fails its tag,
+    /// and that redundancy cannot vouch for (no copy or reconstruction matches a tag), holds one of the
+    /// versions the interrupted write left — its old content or a new one, each a content the array held or
+    /// was asked to hold, the sectors the write did not change the same in both — while its tag may name
+    /// another (data and tag are separate drive writes). It is kept as read, rewritten with a fresh tag, and
+    /// its row's parity recomputed. Only what is still lost after that (a block that could not be read at
+    /// all, and that nothing reconstructs) goes on the bad-block list (AW-5).
     /// </summary>
-    async ValueTask ScrubStripeAsync(long stripe, bool repair, ScrubResult result, CancellationToken ct, bool settle = false)
+    async ValueTask ScrubStripeAsync(long stripe, bool repair, ScrubResult result, BadBlockSource source, CancellationToken ct)
     {
+        bool settle = source == BadBlockSource.Settle;
         var g = Geometry;
         using var ws = new Workspace(g, stripe, 0, g.ChunkBlocks);
         for (int m = 0; m < g.MemberCount; m++) await ReadMemberAsync(ws, m, 0, g.ChunkBlocks, ct);
@@ -198,6 +239,45 @@ public sealed partial class RaidArray
                 for (int r = 0; r < g.ChunkBlocks; r++)
                 {
                     int good = copies.FirstOrDefault(m => ws.RowState(m, r) == Workspace.Ok, -1);
+                    if (good < 0 && settle && repair && copies.FirstOrDefault(c => ws.AsRead(c, r) is not null, -1) is var src and >= 0)
+                    {
+                        // Settling: every copy torn by the interrupted write; the first read whole is kept on every copy.
+                        ws.AsRead(src, r)!.CopyTo(ws.Block(src, r));
+                        ws.SetState(src, r, Workspace.Ok);
+                        foreach (int c in copies.Where(Writable))
+                        {
+                            if (c != src) ws.Block(src, r).CopyTo(ws.Block(c, r));
+                            writes.Add((c, stripe * g.ChunkBlocks + r, ws.Rows(c, r, 1), false));
+                        }
+                        Interlocked.Increment(ref result.Repaired);
+                        LogTornRewritten(Name, stripe, r, src, _members[src]!.Drive.Name);
+                        result.Add($"stripe {stripe} row {r} {MemberName(src)}: torn by an interrupted write, kept as read on every copy");
+                        continue;
+                    }
+                    if (good < 0 && copies.Count > 0)
+                    {
+                        // No copy holds the block (AW-5): listed and filled on every copy, unless a recovery write
+                        // will rewrite it or the list is full.
+                        Interlocked.Increment(ref result.Unrepairable);
+                        long block = ArrayBlockOf(stripe, i, r);
+                        string where = $"stripe {stripe} row {r} {string.Join(", ", copies.Select(MemberName))}: checksum mismatch on every copy, unrepairable";
+                        if (!repair) { result.Add(where); continue; }
+                        if (Held(block))
+                        {
+                            Interlocked.Increment(ref result.Deferred);
+                            result.Add($"{where}; left to the pending recovery write of block {block}");
+                            continue;
+                        }
+                        if (!await ListMirrorBlockAsync(ws, copies[0], i, r, source, ct))
+                        {
+                            result.Add($"{where}; the bad-block list is full");
+                            continue;
+                        }
+                        writes.AddRange(FillCopies(stripe, i, r));
+                        Interlocked.Increment(ref result.Listed);
+                        result.Add($"{where}: listed as bad block {block}, filled");
+                        continue;
+                    }
                     foreach (int m in copies)
                     {
                         if (m == good) continue;
@@ -205,27 +285,6 @@ public sealed partial class RaidArray
                         bool differs = !bad && good >= 0 && !ws.Block(m, r).SequenceEqual(ws.Block(good, r));
                         if (!bad && !differs) continue;
                         if (differs) Interlocked.Increment(ref result.ParityMismatches);
-                        if (good < 0 && settle && repair && copies.FirstOrDefault(c => ws.AsRead(c, r) is not null, -1) is var src and >= 0)
-                        {
-                            // Settling: every copy torn by the interrupted write; the first read whole is kept.
-                            ws.AsRead(src, r)!.CopyTo(ws.Block(src, r));
-                            ws.SetState(src, r, Workspace.Ok);
-                            foreach (int c in copies.Where(Writable))
-                            {
-                                if (c != src) ws.Block(src, r).CopyTo(ws.Block(c, r));
-                                writes.Add((c, stripe * g.ChunkBlocks + r, ws.Rows(c, r, 1), false));
-                            }
-                            Interlocked.Increment(ref result.Repaired);
-                            LogTornRewritten(Name, stripe, r, src, _members[src]!.Drive.Name);
-                            result.Add($"stripe {stripe} row {r} {MemberName(src)}: torn by an interrupted write, kept as read on every copy");
-                            break;
-                        }
-                        if (good < 0)
-                        {
-                            Interlocked.Increment(ref result.Unrepairable);
-                            result.Add($"stripe {stripe} row {r} {MemberName(m)}: checksum mismatch on every copy, unrepairable");
-                            continue;
-                        }
                         string what = bad ? "checksum mismatch" : $"differs from its mirror {MemberName(good)}";
                         if (repair && Writable(m))
                         {
@@ -241,17 +300,6 @@ public sealed partial class RaidArray
             await WriteAllAsync(writes, ct);
             return;
         }
-        if (g.ParityMembers == 0)
-        {
-            for (int m = 0; m < g.MemberCount; m++)
-                for (int r = 0; r < g.ChunkBlocks; r++)
-                    if (ws.FoundBad[m][r])
-                    {
-                        Interlocked.Increment(ref result.Unrepairable);
-                        result.Add($"stripe {stripe} row {r} {MemberName(m)}: checksum mismatch, no redundancy to repair it");
-                    }
-            return;
-        }
         var bads = new List<(int M, int R)>();
         for (int m = 0; m < g.MemberCount; m++)
             for (int r = 0; r < g.ChunkBlocks; r++)
@@ -259,13 +307,37 @@ public sealed partial class RaidArray
         var unsolved = await FillAndSolveAsync(ws, ct);
         var kept = new HashSet<int>();
         if (settle && repair && unsolved.Count > 0) await KeepTornRowsAsync(ws, unsolved, kept, writes, result, ct);
+        // AW-5: what redundancy cannot bring back is listed, filled, and its row's parity regenerated.
+        var listed = repair && unsolved.Count > 0
+            ? await ListLostRowsAsync(ws, unsolved, source, honourHold: true, write: null, ct)
+            : new ListedRows();
+        var rewrite = RegenerateRows(ws, listed);
+        writes.AddRange(rewrite);
+        var rewritten = rewrite.Select(w => (w.Member, (int)(w.Block - stripe * g.ChunkBlocks))).ToHashSet();
+        var filled = listed.Filled.ToHashSet();
+        string noRedundancy = g.ParityMembers == 0 ? "no redundancy to repair it" : "unrepairable (too many bad blocks in the row)";
         foreach (var (m, r) in bads)
         {
             if (kept.Contains(r)) continue;
-            if (unsolved.Contains(r))
+            if (filled.Contains((m, r)))
             {
                 Interlocked.Increment(ref result.Unrepairable);
-                result.Add($"stripe {stripe} row {r} {MemberName(m)}: checksum mismatch, unrepairable (too many bad blocks in the row)");
+                Interlocked.Increment(ref result.Listed);
+                result.Add($"stripe {stripe} row {r} {MemberName(m)}: checksum mismatch, {noRedundancy}: listed as bad block {ArrayBlockOf(stripe, g.RoleOf(stripe, m).DataIndex, r)}, filled, parity regenerated");
+            }
+            else if (ws.RowState(m, r) != Workspace.Ok)
+            {
+                Interlocked.Increment(ref result.Unrepairable);
+                string why = listed.Held.Contains(r) ? "; left to the pending recovery write of its row"
+                    : listed.Full.Contains(r) ? "; the bad-block list is full" : "";
+                if (listed.Held.Contains(r)) Interlocked.Increment(ref result.Deferred);
+                result.Add($"stripe {stripe} row {r} {MemberName(m)}: checksum mismatch, {noRedundancy}{why}");
+            }
+            else if (rewritten.Contains((m, r)))
+            {
+                // A parity block of a row whose lost blocks were just listed: regenerated and written.
+                Interlocked.Increment(ref result.Repaired);
+                result.Add($"stripe {stripe} row {r} {MemberName(m)}: checksum mismatch, parity regenerated");
             }
             else if (repair && Writable(m))
             {
@@ -274,6 +346,19 @@ public sealed partial class RaidArray
                 result.Add($"stripe {stripe} row {r} {MemberName(m)}: checksum mismatch, repaired");
             }
             else result.Add($"stripe {stripe} row {r} {MemberName(m)}: checksum mismatch");
+        }
+        // Lost blocks no read found bad (on a member that cannot be read) that were listed too.
+        foreach (var (m, r) in listed.Filled)
+        {
+            if (ws.FoundBad[m][r]) continue;
+            Interlocked.Increment(ref result.Unrepairable);
+            Interlocked.Increment(ref result.Listed);
+            result.Add($"stripe {stripe} row {r} {MemberName(m)}: cannot be reconstructed: listed as bad block {ArrayBlockOf(stripe, g.RoleOf(stripe, m).DataIndex, r)}, parity regenerated");
+        }
+        if (g.ParityMembers == 0)
+        {
+            await WriteAllAsync(writes, ct);
+            return;
         }
         // Parity check of every complete row.
         int p = g.PMember(stripe), q = g.QMember(stripe);

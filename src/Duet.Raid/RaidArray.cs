@@ -402,8 +402,9 @@ public sealed partial class RaidArray
         return unsolved;
     }
 
-    /// <summary>Rewrites blocks that were found bad on working members with their reconstructed content.</summary>
-    async ValueTask RepairAsync(Workspace ws, CancellationToken ct)
+    /// <summary>Rewrites blocks that were found bad on working members with their reconstructed content
+    /// (except the (member, row) pairs in <paramref name="done"/>, written already).</summary>
+    async ValueTask RepairAsync(Workspace ws, CancellationToken ct, HashSet<(int Member, int Row)>? done = null)
     {
         var writes = new List<(int, long, ReadOnlyMemory<byte>, bool)>();
         for (int m = 0; m < Geometry.MemberCount; m++)
@@ -412,6 +413,7 @@ public sealed partial class RaidArray
             for (int r = ws.RowLo; r < ws.RowLo + ws.RowCount; r++)
             {
                 if (!ws.FoundBad[m][r - ws.RowLo] || ws.RowState(m, r) != Workspace.Ok) continue;
+                if (done is not null && done.Contains((m, r))) continue;
                 writes.Add((m, ws.Stripe * Geometry.ChunkBlocks + r, ws.Rows(m, r, 1), false));
                 LogRepaired(Name, ws.Stripe, r, m, _members[m]!.Drive.Name);
             }
@@ -429,9 +431,14 @@ public sealed partial class RaidArray
     async ValueTask ReadStripeAsync(long stripe, long sectorLo, long sectorHi, Memory<byte> destination, CancellationToken ct)
     {
         using var _ = await LockStripeAsync(stripe, ct);
+        // AW-5: a listed sector fails without touching a drive.
+        ThrowIfListed(stripe, sectorLo, sectorHi);
         await RetryOnMemberFailure(() => Geometry.IsMirrored
             ? ReadMirrorStripeAsync(stripe, sectorLo, sectorHi, destination, ct)
             : ReadParityStripeAsync(stripe, sectorLo, sectorHi, destination, ct));
+        // And a block the read listed (an unrecoverable one it met, in this attempt or one a member
+        // failure cut short) fails too, though the drives now hold its fill under a good tag.
+        ThrowIfListed(stripe, sectorLo, sectorHi);
     }
 
     /// <summary>Copies the requested sectors of chunk c from a workspace's blocks into the destination.</summary>
@@ -467,6 +474,17 @@ public sealed partial class RaidArray
         if (needSolve)
         {
             var unsolved = await FillAndSolveAsync(ws, ct);
+            HashSet<(int, int)>? written = null;
+            if (unsolved.Count > 0)
+            {
+                // AW-5: what no redundancy can bring back is listed, filled and its row's parity
+                // regenerated (the rest of the row is protected again); ReadStripeAsync then fails the
+                // read if it asked for a listed block.
+                var listed = await ListLostRowsAsync(ws, unsolved, BadBlockSource.Read, honourHold: true, write: null, ct);
+                var writes = RegenerateRows(ws, listed);
+                await WriteAllAsync(writes, ct);
+                written = writes.Select(w => (w.Member, (int)(w.Block - stripe * Geometry.ChunkBlocks))).ToHashSet();
+            }
             foreach (var c in chunks)
             {
                 if (c.IsEmpty) continue;
@@ -474,7 +492,7 @@ public sealed partial class RaidArray
                 foreach (int r in unsolved)
                     if (r >= c.Lo && r < c.Hi && ws.RowState(m, r) == Workspace.Bad) throw Unrecoverable(stripe, c.DataIndex, r);
             }
-            await RepairAsync(ws, ct);
+            await RepairAsync(ws, ct, written);
         }
         foreach (var c in chunks)
             if (!c.IsEmpty) CopyOut(ws, Geometry.DataMember(stripe, c.DataIndex), c, sectorLo, destination);
@@ -514,17 +532,22 @@ public sealed partial class RaidArray
         foreach (var c in chunks)
         {
             if (c.IsEmpty) continue;
-            int good = await ReadMirrorChunkAsync(ws, stripe, c, false, ct);
+            int good = await ReadMirrorChunkAsync(ws, stripe, c, MirrorRead.ForRead, ct);
             CopyOut(ws, good, c, sectorLo, destination);
         }
     }
 
+    enum MirrorRead { ForRead, ForWrite, ForRecoveryWrite }
+
     /// <summary>Reads chunk c's rows from one copy, falling back to the others for bad rows; repairs bad copies.
-    /// Returns the member whose workspace buffer holds the good data for every row. With
-    /// <paramref name="recovery"/> (a recovery write about to rewrite these rows whole), a row no copy
-    /// of which matches its tag takes the content of a copy as read (see <see cref="RecoveryWriteAsync"/>).</summary>
-    async ValueTask<int> ReadMirrorChunkAsync(Workspace ws, long stripe, StripePlanner.ChunkWrite c, bool recovery, CancellationToken ct)
+    /// Returns the member whose workspace buffer holds the good data for every row. For a recovery write
+    /// (about to rewrite these rows whole), a row no copy of which matches its tag takes the content of a
+    /// copy as read (see <see cref="RecoveryWriteAsync"/>). A row no copy holds at all is, for a read or a
+    /// recovery write, put on the bad-block list and filled (AW-5); an ordinary write fails on it. A write
+    /// needs no old content of a row it replaces whole.</summary>
+    async ValueTask<int> ReadMirrorChunkAsync(Workspace ws, long stripe, StripePlanner.ChunkWrite c, MirrorRead mode, CancellationToken ct)
     {
+        bool recovery = mode == MirrorRead.ForRecoveryWrite;
         var copies = Geometry.Copies(c.DataIndex).Where(m => Readable(m, stripe)).ToList();
         if (copies.Count == 0) throw Unrecoverable(stripe, c.DataIndex, c.Lo);
         int start = (int)((uint)Interlocked.Increment(ref _rotor) % (uint)copies.Count);
@@ -558,7 +581,19 @@ public sealed partial class RaidArray
                 }
                 if (ws.RowState(primary, r) == Workspace.Ok) continue; // the write rewrites every copy whole
             }
-            if (!found) throw Unrecoverable(stripe, c.DataIndex, r);
+            if (!found && mode != MirrorRead.ForRead && c.Replaces(r)) continue; // overwritten whole: its old content is not needed
+            if (!found)
+            {
+                var source = mode switch { MirrorRead.ForRead => BadBlockSource.Read, MirrorRead.ForRecoveryWrite => BadBlockSource.RecoveryWrite, _ => (BadBlockSource?)null };
+                if (source is { } src && !(src == BadBlockSource.Read && Held(ArrayBlockOf(stripe, c.DataIndex, r)))
+                    && await ListMirrorBlockAsync(ws, primary, c.DataIndex, r, src, ct))
+                {
+                    // A recovery write puts its merge of the fill on every copy; a read writes the fill.
+                    if (!recovery) repairs.AddRange(FillCopies(stripe, c.DataIndex, r));
+                    continue;
+                }
+                throw Unrecoverable(stripe, c.DataIndex, r);
+            }
             if (Writable(primary))
             {
                 repairs.Add((primary, stripe * Geometry.ChunkBlocks + r, ws.Rows(primary, r, 1), false));
@@ -577,6 +612,10 @@ public sealed partial class RaidArray
         await RetryOnMemberFailure(() => Geometry.IsMirrored
             ? WriteMirrorStripeAsync(stripe, sectorLo, sectorHi, source, hole, recovery, ct)
             : WriteParityStripeAsync(stripe, sectorLo, sectorHi, source, hole, recovery, ct));
+        // AW-5: the sectors just written are good again (after the data, never before: a listed block
+        // that is not listed any more must hold what a host wrote, not the fill).
+        long origin = stripe * Geometry.StripeDataBlocks * Units.SectorsPerBlock;
+        await ClearWrittenAsync(origin + sectorLo, origin + sectorHi, ct);
     }
 
     /// <summary>
@@ -709,6 +748,7 @@ public sealed partial class RaidArray
         (pHolds ? yFromP : yFromQ).CopyTo(ws.Block(my, r));
         ws.SetState(my, r, Workspace.Ok);
         ws.Reconstructed[my][r - ws.RowLo] = true;
+        ws.Vouched[my][r - ws.RowLo] = true;
         LogBlindSettled(Name, stripe, r, my, pHolds ? "P" : "Q", mx);
         return true;
     }
@@ -755,7 +795,20 @@ public sealed partial class RaidArray
         {
             // A block we needed is unreadable: read every row in full, reconstruct, and write whole rows.
             var unsolved = await FillAndSolveAsync(ws, ct);
-            if (unsolved.Count > 0 && recovery) await KeepTornBlocksAsync(ws, chunks, unsolved, tornOutside, ct);
+            if (unsolved.Count > 0 && recovery)
+            {
+                await KeepTornBlocksAsync(ws, chunks, unsolved, tornOutside, ct);
+                // AW-5: what the recovery write could not keep (a row holding a block with no content to
+                // keep, or one whose version nothing vouches for) is listed and filled; the write then goes
+                // on over the fill (a partial block keeps its unwritten sectors listed), and writes the
+                // filled blocks it does not cover whole.
+                var listed = await ListLostRowsAsync(ws, unsolved, BadBlockSource.RecoveryWrite, honourHold: false, write: chunks, ct);
+                foreach (var (m, r) in listed.Filled)
+                {
+                    var c = chunks[g.RoleOf(stripe, m).DataIndex];
+                    if (c.IsEmpty || r < c.Lo || r >= c.Hi) tornOutside.Add((m, r));
+                }
+            }
             if (unsolved.Count > 0 && g.ParityMembers > 0)
             {
                 // A row beyond repair can still be written whole: reconstruct-write needs only the
@@ -869,7 +922,7 @@ public sealed partial class RaidArray
                 {
                     // Old content of the partial blocks, from any good copy.
                     var partial = new StripePlanner.ChunkWrite(c.DataIndex, c.Lo, c.Hi, c.PartialFirst, c.PartialLast);
-                    oldMember = await ReadMirrorChunkAsync(ws, stripe, partial, recovery, ct);
+                    oldMember = await ReadMirrorChunkAsync(ws, stripe, partial, recovery ? MirrorRead.ForRecoveryWrite : MirrorRead.ForWrite, ct);
                 }
                 var buf = ArrayPool<byte>.Shared.Rent((rowHi - rowLo) * Units.BlockBytes);
                 buffers.Add(buf);

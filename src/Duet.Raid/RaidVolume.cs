@@ -22,14 +22,23 @@ public sealed class RaidVolume(string name, RaidArray array, long offsetBlocks, 
     public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken ct = default)
     {
         Check(offset, destination.Length);
-        return destination.IsEmpty ? ValueTask.CompletedTask : Array.ReadAsync(ArraySector(offset), destination, ct);
+        if (destination.IsEmpty) return ValueTask.CompletedTask;
+        var read = Array.ReadAsync(ArraySector(offset), destination, ct);
+        return read.IsCompletedSuccessfully ? read : InVolumeTermsAsync(read);
+    }
+
+    /// <summary>Awaits an array request and reports its failure's sector as this volume's (a medium error's LBA goes to the host).</summary>
+    async ValueTask InVolumeTermsAsync(ValueTask request)
+    {
+        try { await request; }
+        catch (BlockIoException e) when (e.Lba >= 0) { throw VolumeChecks.InVolume(e, OffsetBlocks * Units.SectorsPerBlock, SizeBlocks * Units.SectorsPerBlock); }
     }
 
     public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken ct = default)
     {
         Check(offset, source.Length);
         if (source.IsEmpty) return;
-        await Array.WriteAsync(ArraySector(offset), source, ct);
+        await InVolumeTermsAsync(Array.WriteAsync(ArraySector(offset), source, ct));
         if (fua) await Array.FlushAsync(ct);
     }
 

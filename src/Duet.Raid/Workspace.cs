@@ -23,6 +23,9 @@ internal sealed class Workspace : IDisposable
     public readonly bool[][] FoundBad;
     /// <summary>Blocks <see cref="SolveRow"/> recomputed (their content did not come from their member).</summary>
     public readonly bool[][] Reconstructed;
+    /// <summary>Reconstructed blocks of a member that cannot be read whose content was nonetheless vouched for
+    /// (a torn block's tag told which parity to trust, <see cref="RaidArray"/>'s blind settle): not lost.</summary>
+    public readonly bool[][] Vouched;
 
     /// <summary>Blocks that were read whole but failed their tag, as read (before any reconstruction
     /// overwrote the buffer): what a recovery write may keep of a torn block.</summary>
@@ -39,11 +42,13 @@ internal sealed class Workspace : IDisposable
         State = new byte[geometry.MemberCount][];
         FoundBad = new bool[geometry.MemberCount][];
         Reconstructed = new bool[geometry.MemberCount][];
+        Vouched = new bool[geometry.MemberCount][];
         for (int m = 0; m < geometry.MemberCount; m++)
         {
             State[m] = new byte[rowCount];
             FoundBad[m] = new bool[rowCount];
             Reconstructed[m] = new bool[rowCount];
+            Vouched[m] = new bool[rowCount];
         }
     }
 

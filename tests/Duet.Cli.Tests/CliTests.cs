@@ -234,6 +234,56 @@ public sealed class CliTests : IAsyncLifetime
         Assert.Equal("no array named nope", Parse(r.Out, J.ErrorResponse).Error);
     }
 
+    // ---- array bad-blocks (AW-5) ----
+
+    [Fact]
+    [Trait("Claim", "AW-5")]
+    public async Task ArrayBadBlocksListsEachBlockWithItsVolumeAndLbas()
+    {
+        await CreateR6();
+        Service.SetBadBlocks("r0",
+            new BadBlockInfo(259, 2072, [0, 1, 2, 3, 4, 5, 6, 7], "vol0", 24, "settle"),
+            new BadBlockInfo(4096, 32772, [4, 5, 7], null, null, "scrub"));
+
+        var r = await Duet("array", "bad-blocks", "r0");
+
+        Ok(r);
+        Assert.Equal(
+            "array r0: 2 bad blocks (the list holds at most 504); reads of a bad sector fail with a medium error until a host writes it again\n" +
+            "  ARRAY BLOCK  ARRAY LBA  SECTORS  VOLUME  VOLUME LBA  FOUND BY\n" +
+            "  259          2072       0-7      vol0    24          settle\n" +
+            "  4096         32772      4-5,7    -       -           scrub\n", r.Out);
+
+        var json = await Duet("array", "bad-blocks", "r0", "--json");
+        Ok(json);
+        var report = Parse(json.Out, J.BadBlockReport);
+        Assert.Equal("r0", report.Array);
+        Assert.Equal([259L, 4096L], report.Blocks.Select(b => b.ArrayBlock));
+        Assert.Equal(24L, report.Blocks[0].VolumeLba);
+
+        var status = await Duet("status");
+        Assert.Contains("  bad blocks: 2 (reads of them fail until a host writes them again; see 'duet array bad-blocks r0')\n", status.Out);
+    }
+
+    [Fact]
+    [Trait("Claim", "AW-5")]
+    public async Task ArrayBadBlocksOfAnArrayWithNoneSaysSoAndOfAnUnknownArrayExits1()
+    {
+        await CreateR6();
+        var r = await Duet("array", "bad-blocks", "r0");
+        Ok(r);
+        Assert.Equal("array r0: no bad blocks\n", r.Out);
+        Assert.DoesNotContain("bad blocks:", (await Duet("status")).Out);
+
+        var unknown = await Duet("array", "bad-blocks", "nope");
+        Assert.Equal(1, unknown.Code);
+        Assert.Equal("duet: no array named nope\n", unknown.Err);
+        Assert.Equal("", unknown.Out);
+
+        var missing = await Duet("array", "bad-blocks");
+        Assert.Equal(2, missing.Code);
+    }
+
     [Fact]
     public async Task ArrayDeleteFreesItsDrives()
     {

@@ -34,6 +34,7 @@ sealed class InMemoryArrayService : IArrayService
         public long Generation { get; set; } = 1;
         public ProgressInfo? Rebuild { get; set; }
         public ScrubReport? Scrub { get; set; }
+        public List<BadBlockInfo> BadBlocks { get; } = [];
     }
 
     readonly Lock gate = new();
@@ -59,6 +60,24 @@ sealed class InMemoryArrayService : IArrayService
     public void SetScrub(string array, ScrubReport report)
     {
         lock (gate) arrays[array].Scrub = report;
+    }
+
+    public void SetBadBlocks(string array, params BadBlockInfo[] blocks)
+    {
+        lock (gate)
+        {
+            arrays[array].BadBlocks.Clear();
+            arrays[array].BadBlocks.AddRange(blocks);
+        }
+    }
+
+    public Task<BadBlockReport> BadBlocksAsync(string array, CancellationToken cancellationToken = default)
+    {
+        lock (gate)
+        {
+            var a = FindArray(array);
+            return Task.FromResult(new BadBlockReport(a.Name, 504, a.BadBlocks.Count, [.. a.BadBlocks]));
+        }
     }
 
     public StatusInfo Status()
@@ -295,7 +314,7 @@ sealed class InMemoryArrayService : IArrayService
             : "optimal";
         long used = volumes.Values.Where(v => v.Array == a.Name).Sum(v => v.SizeBytes);
         return new ArrayInfo(a.Name, a.Uuid, a.Level, a.ChunkKiB, a.CapacityBytes, a.CapacityBytes - used, state, a.Generation,
-            members, a.Spares.ToList(), a.Rebuild, a.Scrub);
+            members, a.Spares.ToList(), a.Rebuild, a.Scrub) { BadBlocks = a.BadBlocks.Count };
     }
 
     IEnumerable<(long Offset, long Length)> Gaps(Array array)

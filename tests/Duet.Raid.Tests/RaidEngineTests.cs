@@ -400,6 +400,9 @@ public class MemberFailureOrderingTests
         }
 
         var element = torn0.AsSpan(Units.SectorBytes, 2 * Units.SectorBytes).ToArray();
+        // The controller's cache holds the replayed elements over the torn blocks: the array leaves them to
+        // the recovery write (a read does not put them on the bad-block list, AW-5).
+        h.Array.HeldForRecovery = b => b == 0 || (alsoTornOutside && b == g.ChunkBlocks);
         // An ordinary write must not stamp a fresh checksum over a block it cannot check.
         var e = await Assert.ThrowsAsync<BlockIoException>(async () => await h.Array.WriteAsync(1, element));
         Assert.Equal(BlockErrorKind.Medium, e.Kind);
@@ -408,29 +411,51 @@ public class MemberFailureOrderingTests
         // The cache destaging the element it replayed after the crash may.
         await h.Array.RecoveryWriteAsync(1, element);
         torn0.CopyTo(h.Model, 0); // the sectors outside the write keep their content
+        Assert.True(h.Array.BadBlocks.IsEmpty);
         await h.VerifyAllAsync();
         var result = new ScrubResult();
         await h.Array.ScrubAsync(false, result, new PassProgress { TotalStripes = g.Stripes }, default);
         Assert.Equal((0L, 0L), (result.ChecksumErrors, result.ParityMismatches));
     }
 
+    /// <summary>
+    /// Block 0 torn with the row's parity, and the member of chunk 1 gone: the row's chunk 1 block has
+    /// neither redundancy nor content as read, and the new parity needs it. Before AW-5 the recovery
+    /// write failed (and the cache retried it for ever); now the row's lost blocks go on the bad-block
+    /// list, filled, and the write goes on over the fill: its own sector reads back, the rest fail.
+    /// </summary>
     [Fact]
-    public async Task ARecoveryWriteStillFailsWhenTheRowHoldsABlockWithNoContentToKeep()
+    [Trait("Claim", "AW-5")]
+    public async Task ARecoveryWriteListsTheBlocksOfARowItCannotKeepAndWritesOverTheFill()
     {
         var h = new ArrayHarness(RaidLevel.Raid5, 5, chunkBlocks: 4, seed: 33);
         var g = h.Geometry;
         var data = new byte[h.Model.Length];
         new System.Random(9).NextBytes(data);
         await h.Array.WriteAsync(0, data);
-        // Block 0 torn with the row's parity, and the member of chunk 1 gone: the row's chunk 1 block
-        // has neither redundancy nor content as read, and the new parity would need it.
         var torn = data.AsSpan(0, Units.BlockBytes).ToArray();
         torn[Units.SectorBytes] ^= 0xFF;
         await h.TearAsync(g.DataMember(0, 0), 0, torn);
         await h.CorruptAsync(g.PMember(0), 0);
         await h.Array.FailMember(g.DataMember(0, 1), "test");
-        var e = await Assert.ThrowsAsync<BlockIoException>(async () => await h.Array.RecoveryWriteAsync(1, new byte[Units.SectorBytes]));
-        Assert.Equal(BlockErrorKind.Medium, e.Kind);
+        var element = new byte[Units.SectorBytes];
+        new System.Random(10).NextBytes(element);
+
+        await h.Array.RecoveryWriteAsync(1, element);
+
+        long chunk1 = g.ChunkBlocks; // array block of chunk 1, row 0
+        Assert.Equal([(0L, (byte)0b1111_1101), (chunk1, BadBlockEntry.AllSectors)], h.Array.BadBlocks.Entries.Select(e => (e.ArrayBlock, e.BadSectors)));
+        Assert.All(h.Array.BadBlocks.Entries, e => Assert.Equal(BadBlockSource.RecoveryWrite, e.Source));
+        var back = new byte[Units.SectorBytes];
+        await h.Array.ReadAsync(1, back);
+        Assert.Equal(element, back);
+        var e0 = await Assert.ThrowsAsync<BlockIoException>(async () => await h.Array.ReadAsync(0, new byte[Units.SectorBytes]));
+        Assert.Equal((BlockErrorKind.Medium, 0L), (e0.Kind, e0.Lba));
+        var e1 = await Assert.ThrowsAsync<BlockIoException>(async () => await h.Array.ReadAsync(chunk1 * Units.SectorsPerBlock + 3, new byte[Units.SectorBytes]));
+        Assert.Equal((BlockErrorKind.Medium, chunk1 * Units.SectorsPerBlock + 3), (e1.Kind, e1.Lba));
+        var result = new ScrubResult();
+        await h.Array.ScrubAsync(false, result, new PassProgress { TotalStripes = g.Stripes }, default);
+        Assert.Equal((0L, 0L), (result.ChecksumErrors, result.ParityMismatches));
     }
 
     /// <summary>
@@ -503,12 +528,26 @@ public class MemberFailureOrderingTests
         Assert.Equal((0L, 0L), (result.ChecksumErrors, result.ParityMismatches));
     }
 
+    /// <summary>Neither parity vouches for the torn block: nothing of the row can be kept but what the write
+    /// brings. Both lost blocks are listed (AW-5); the write's sectors read back, the rest fail.</summary>
     [Fact]
-    public async Task ARecoveryWriteStillRefusesADegradedRaid6RowWhenNeitherParityVouchesForTheTornBlock()
+    [Trait("Claim", "AW-5")]
+    public async Task ARecoveryWriteListsADegradedRaid6RowWhenNeitherParityVouchesForTheTornBlock()
     {
-        var (array, _, element, _) = await DegradedRaid6TornAsync(newQ: true, rotted: true);
-        var e = await Assert.ThrowsAsync<BlockIoException>(async () => await array.RecoveryWriteAsync(1, element));
-        Assert.Equal(BlockErrorKind.Medium, e.Kind);
-        Assert.Contains("beyond repair", e.Message);
+        var (array, h, element, _) = await DegradedRaid6TornAsync(newQ: true, rotted: true);
+        var g = h.Geometry;
+        await array.RecoveryWriteAsync(1, element);
+        Assert.Equal([(0L, (byte)0b1111_1001), ((long)g.ChunkBlocks, BadBlockEntry.AllSectors)], array.BadBlocks.Entries.Select(e => (e.ArrayBlock, e.BadSectors)));
+        var back = new byte[2 * Units.SectorBytes];
+        await array.ReadAsync(1, back);
+        Assert.Equal(element, back);
+        await Assert.ThrowsAsync<BlockIoException>(async () => await array.ReadAsync(0, new byte[Units.BlockBytes]));
+        // Every other block of the stripe still reads as it was.
+        var rest = new byte[Units.BlockBytes];
+        await array.ReadAsync(1 * Units.SectorsPerBlock, rest);
+        Assert.True(rest.AsSpan().SequenceEqual(h.Model.AsSpan(Units.BlockBytes, Units.BlockBytes)));
+        var result = new ScrubResult();
+        await array.ScrubAsync(false, result, new PassProgress { TotalStripes = g.Stripes }, default);
+        Assert.Equal((0L, 0L), (result.ChecksumErrors, result.ParityMismatches));
     }
 }

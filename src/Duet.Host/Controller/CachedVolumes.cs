@@ -180,7 +180,8 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
         if (await EnterAsync() is { } moved) { await moved.ReadAsync(offset, destination, ct); return; }
         try
         {
-            await cache.ReadAsync(arrayNumber, ArraySector(offset), destination, ct);
+            try { await cache.ReadAsync(arrayNumber, ArraySector(offset), destination, ct); }
+            catch (BlockIoException e) when (e.Lba >= 0) { throw VolumeChecks.InVolume(e, ArraySector(0), SizeBytes / Units.SectorBytes); }
             // Still holding the lease after the read: the data was not stale when it was read (a
             // controller paused mid-read and taken over meanwhile waits here, then fails).
             if (controller is not null) { await controller.ServeGateAsync(arrayNumber, ct); controller.OnServed(arrayNumber); }
@@ -204,7 +205,9 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
         if (await EnterAsync() is { } moved) { await moved.WriteAsync(offset, source, fua, ct); return; }
         try
         {
-            await cache.WriteAsync(arrayNumber, ArraySector(offset), source, fua, reference, ct);
+            // A write can meet a listed sector too (a gap the cache fills from the array, AW-5): the host is told the volume's sector.
+            try { await cache.WriteAsync(arrayNumber, ArraySector(offset), source, fua, reference, ct); }
+            catch (BlockIoException e) when (e.Lba >= 0) { throw VolumeChecks.InVolume(e, ArraySector(0), SizeBytes / Units.SectorBytes); }
             await AcknowledgeAsync(ct);
         }
         finally { Exit(); }

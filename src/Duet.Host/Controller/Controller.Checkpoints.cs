@@ -97,7 +97,11 @@ public sealed partial class Controller : IArrayWriteLog
 
     RaidBacking NewBacking(Duet.Raid.RaidArray raid)
     {
-        var backing = new RaidBacking(raid, Arrays.NumberOf(raid), Duet.Raid.Management.ArrayManager.SerialOf(raid.Uuid), _options.WriteLog ? this : null);
+        byte number = Arrays.NumberOf(raid);
+        var backing = new RaidBacking(raid, number, Duet.Raid.Management.ArrayManager.SerialOf(raid.Uuid), _options.WriteLog ? this : null);
+        // AW-5: a torn block the cache will rewrite by a recovery write (replayed, adopted, or left by a failed
+        // destage) is that write's to settle, not settle's, scrub's or a read's to put on the bad-block list.
+        raid.HeldForRecovery = block => Cache.HoldsRecoveryData(number, block * Units.SectorsPerBlock, Units.SectorsPerBlock);
         lock (_backings) _backings[backing.ArrayNumber] = backing;
         return backing;
     }

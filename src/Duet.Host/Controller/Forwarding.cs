@@ -89,6 +89,7 @@ public sealed class ForwardingClient
 
     public static int ErrorToErrno(BlockIoException e) => e.Kind switch
     {
+        BlockErrorKind.Medium => 61, // ENODATA, the Linux block layer's errno for a medium error (a listed bad block, AW-5)
         BlockErrorKind.OutOfRange => 28,
         BlockErrorKind.Invalid => 22,
         BlockErrorKind.ReadOnly => 1,
@@ -100,6 +101,8 @@ public sealed class ForwardingClient
         28 => new BlockIoException(BlockErrorKind.OutOfRange, $"volume {volume}: request at {offset} is beyond the volume", offset / Units.SectorBytes),
         22 => new BlockIoException(BlockErrorKind.Invalid, $"volume {volume}: request at {offset} is invalid", offset / Units.SectorBytes),
         1 => new BlockIoException(BlockErrorKind.ReadOnly, $"volume {volume} is read-only"),
+        // The owner knows the sector; the answer carries only the errno, so the host is told the error without it.
+        61 => new BlockIoException(BlockErrorKind.Medium, $"volume {volume}: the owning controller reports a medium error in the request at {offset} (a block on its array's bad-block list)"),
         2 => new BlockIoException(BlockErrorKind.Unavailable, $"volume {volume} is not served by the owning controller"),
         _ => new BlockIoException(BlockErrorKind.Io, $"volume {volume}: the owning controller failed the request (errno {errno})", offset / Units.SectorBytes),
     };

@@ -23,6 +23,7 @@ namespace Duet.Host.Management;
 //   DELETE /v1/arrays/{name}           -> 204
 //   POST   /v1/arrays/{name}/scrub     ScrubRequest (body optional) -> 204
 //   POST   /v1/arrays/{name}/move      MoveArrayRequest -> 200 ArrayInfo (as the new owner serves it)
+//   GET    /v1/arrays/{name}/bad-blocks -> BadBlockReport (AW-5: the array's bad-block list)
 //   GET    /v1/volumes                 -> VolumeInfo[]
 //   POST   /v1/volumes                 CreateVolumeRequest -> 201 VolumeInfo
 //   DELETE /v1/volumes/{name}          -> 204
@@ -155,6 +156,12 @@ public sealed class ManagementHost : IAsyncDisposable
             var request = await ReadBodyAsync(ctx, json.MoveArrayRequest, whenEmpty: null);
             var array = await service.MoveArrayAsync(Route(ctx, "name"), request, ctx.RequestAborted);
             await WriteAsync(ctx, StatusCodes.Status200OK, array, json.ArrayInfo);
+        }));
+
+        app.MapGet("/v1/arrays/{name}/bad-blocks", Handle(log, async ctx =>
+        {
+            var report = await service.BadBlocksAsync(Route(ctx, "name"), ctx.RequestAborted);
+            await WriteAsync(ctx, StatusCodes.Status200OK, report, json.BadBlockReport);
         }));
 
         app.MapPost("/v1/volumes", Handle(log, async ctx =>

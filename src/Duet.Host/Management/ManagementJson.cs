@@ -36,6 +36,7 @@ public sealed record OkResponse(bool Ok);
 [JsonSerializable(typeof(ReplaceDriveRequest))]
 [JsonSerializable(typeof(ScrubRequest))]
 [JsonSerializable(typeof(MoveArrayRequest))]
+[JsonSerializable(typeof(BadBlockReport))]
 [JsonSerializable(typeof(ErrorResponse))]
 [JsonSerializable(typeof(OkResponse))]
 public sealed partial class ManagementJsonContext : JsonSerializerContext

@@ -286,9 +286,9 @@ public sealed partial class ArrayManager
             try
             {
                 await scrub;
-                LogScrubDone(array, result.StripesChecked, result.ChecksumErrors, result.ParityMismatches, result.Repaired);
+                LogScrubDone(array, result.StripesChecked, result.ChecksumErrors, result.ParityMismatches, result.Repaired, result.Unrepairable, result.Listed);
             }
-            catch (OperationCanceledException) { LogScrubDone(array, result.StripesChecked, result.ChecksumErrors, result.ParityMismatches, result.Repaired); }
+            catch (OperationCanceledException) { LogScrubDone(array, result.StripesChecked, result.ChecksumErrors, result.ParityMismatches, result.Repaired, result.Unrepairable, result.Listed); }
             catch (Exception e) { LogBackgroundError(array, $"scrub failed: {e.Message}"); }
         }
     }, ct);
@@ -324,6 +324,26 @@ public sealed partial class ArrayManager
         LogHandedOver(name, to);
         return PeerInfo(a.Current, [.. _drives.Values.Select(ViewOf)]);
     }, ct);
+
+    /// <summary>AW-5: the array's bad-block list as the drives hold it, each block with its volume. Never waits.</summary>
+    public Task<BadBlockReport> BadBlocksAsync(string array, CancellationToken ct = default)
+    {
+        var view = _view;
+        if (!view.Arrays.TryGetValue(array, out var a))
+        {
+            if (view.Peers.TryGetValue(array, out var p)) throw Conflict($"array '{array}' is served by controller {p.Owner}; ask it (duet --controller {p.Owner} ...)");
+            throw NotFound($"no array named '{array}' (see: duet array list)");
+        }
+        var list = a.Raid.BadBlocks;
+        var blocks = list.Entries.Select(e =>
+        {
+            var v = a.Current.Volumes.FirstOrDefault(v => e.ArrayBlock >= v.OffsetBlocks && e.ArrayBlock < v.OffsetBlocks + v.SizeBlocks);
+            long lba = e.FirstBadSector;
+            var sectors = Enumerable.Range(0, Units.SectorsPerBlock).Where(e.IsBad).ToList();
+            return new BadBlockInfo(e.ArrayBlock, lba, sectors, v?.Name, v is null ? null : lba - v.OffsetBlocks * Units.SectorsPerBlock, RaidArray.DescribeSource(e.Source));
+        }).ToList();
+        return Task.FromResult(new BadBlockReport(array, BadBlockList.MaxEntries, list.Generation, blocks));
+    }
 
     /// <summary>Whether this controller serves the array now.</summary>
     public bool Serves(string array) => _view.Arrays.ContainsKey(array);
@@ -383,11 +403,11 @@ public sealed partial class ArrayManager
         ScrubReport? scrub = null;
         if (a.ScrubResult is { } sr && a.ScrubProgress is { } sp)
             scrub = new ScrubReport(a.Scrub is { IsCompleted: false }, Progress(sp, chunkBytes * g.DataMembers), sr.StripesChecked, sr.ChecksumErrors,
-                sr.ParityMismatches, sr.Repaired, sr.Unrepairable, sr.Findings);
+                sr.ParityMismatches, sr.Repaired, sr.Unrepairable, sr.Findings) { Listed = Interlocked.Read(ref sr.Listed) };
         long used = a.Current.Volumes.Sum(v => v.SizeBlocks);
         return new ArrayInfo(a.Raid.Name, a.Raid.Uuid.ToString(), (int)g.Level, g.ChunkBlocks * 4, g.CapacityBlocks * Units.BlockBytes,
             (g.CapacityBlocks - used) * Units.BlockBytes, state, a.Current.Generation, members, a.Spares,
-            rebuilding && a.RebuildProgress is { } rp ? Progress(rp, chunkBytes) : null, scrub, owner);
+            rebuilding && a.RebuildProgress is { } rp ? Progress(rp, chunkBytes) : null, scrub, owner) { BadBlocks = a.Raid.BadBlocks.Count };
     }
 
     static ArrayInfo PeerInfo(Superblock sb, IReadOnlyList<DriveView> drives)
@@ -448,8 +468,8 @@ public sealed partial class ArrayManager
     partial void LogVolumeDeleted(string volume);
     [LoggerMessage(EventId = 2015, Level = LogLevel.Information, Message = "array {Array}: scrub started (repair: {Repair})")]
     partial void LogScrubStarted(string array, bool repair);
-    [LoggerMessage(EventId = 2016, Level = LogLevel.Information, Message = "array {Array}: scrub done: {Stripes} stripes, {Checksum} checksum errors, {Parity} parity mismatches, {Repaired} repaired")]
-    partial void LogScrubDone(string array, long stripes, long checksum, long parity, long repaired);
+    [LoggerMessage(EventId = 2016, Level = LogLevel.Information, Message = "array {Array}: scrub done: {Stripes} stripes, {Checksum} checksum errors, {Parity} parity mismatches, {Repaired} repaired, {Unrepairable} unrepairable ({Listed} put on the bad-block list)")]
+    partial void LogScrubDone(string array, long stripes, long checksum, long parity, long repaired, long unrepairable, long listed);
     [LoggerMessage(EventId = 2040, Level = LogLevel.Warning, Message = "array {Array}: taken over from controller {From}")]
     partial void LogTakenOver(string array, string from);
 }

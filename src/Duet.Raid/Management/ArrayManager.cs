@@ -432,6 +432,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
             }
         }
         var raid = new RaidArray(auth.Name, auth.ArrayUuid, geometry, disks, status, _options.Time, _options.LoggerFactory.CreateLogger($"Duet.Raid.Array.{auth.Name}"));
+        await raid.LoadBadBlocksAsync(ct); // AW-5: the list is on the members, so it survives restarts and takeovers
         var spares = auth.Spares.Select(u => byUuid.GetValueOrDefault(u)).Where(d => d is not null).Select(d => d!).ToList();
         var entry = new ArrayEntry { Raid = raid, Current = auth with { Slots = newSlots, Clean = false }, Slots = slots, Spares = spares };
         foreach (var d in slots) if (d is not null) d.Array = entry;

@@ -52,14 +52,35 @@ public sealed record MemberInfo(int Slot, string? Drive, string State);
 public sealed record ProgressInfo(double Fraction, long DoneBytes, long TotalBytes, double RateMiBps, string? TargetDrive);
 
 /// <param name="Findings">One line per problem found, naming the member: "stripe 12 member 3 (d3): checksum mismatch, repaired".</param>
-public sealed record ScrubReport(bool Running, ProgressInfo Progress, long StripesChecked, long ChecksumErrors, long ParityMismatches, long Repaired, long Unrepairable, IReadOnlyList<string> Findings);
+public sealed record ScrubReport(bool Running, ProgressInfo Progress, long StripesChecked, long ChecksumErrors, long ParityMismatches, long Repaired, long Unrepairable, IReadOnlyList<string> Findings)
+{
+    /// <summary>AW-5: unrepairable blocks the scrub put on the array's bad-block list.</summary>
+    public long Listed { get; init; }
+}
+
+/// <summary>One block on an array's bad-block list (AW-5).</summary>
+/// <param name="ArrayBlock">The array's 4 KiB block.</param>
+/// <param name="ArrayLba">Its first still-bad 512-byte sector, as an array LBA.</param>
+/// <param name="BadSectors">Which of the block's eight 512-byte sectors are still bad (0-7); a host write of a sector clears it.</param>
+/// <param name="Volume">The volume the block belongs to; null if it lies outside every volume.</param>
+/// <param name="VolumeLba">The first still-bad sector as the volume's LBA (512-byte units): what a host's medium error names.</param>
+/// <param name="FoundBy">What found it: "settle", "scrub", "read", "recovery write" or "rebuild".</param>
+public sealed record BadBlockInfo(long ArrayBlock, long ArrayLba, IReadOnlyList<int> BadSectors, string? Volume, long? VolumeLba, string FoundBy);
+
+/// <param name="Capacity">The most blocks the list holds (a full list leaves new unrecoverable blocks unlisted, logged).</param>
+/// <param name="Generation">The list's generation on the drives (+1 on every change).</param>
+public sealed record BadBlockReport(string Array, int Capacity, long Generation, IReadOnlyList<BadBlockInfo> Blocks);
 
 /// <param name="State">"optimal", "degraded", "rebuilding" or "failed" (more members lost than the level survives);
 /// "peer" for an array the other controller serves (this controller forwards its I/O).</param>
 /// <param name="Owner">The controller that serves the array: "A" or "B".</param>
 public sealed record ArrayInfo(
     string Name, string Uuid, int Level, int ChunkKiB, long CapacityBytes, long FreeBytes, string State, long Generation,
-    IReadOnlyList<MemberInfo> Members, IReadOnlyList<string> Spares, ProgressInfo? Rebuild, ScrubReport? Scrub, string Owner = "A");
+    IReadOnlyList<MemberInfo> Members, IReadOnlyList<string> Spares, ProgressInfo? Rebuild, ScrubReport? Scrub, string Owner = "A")
+{
+    /// <summary>AW-5: blocks on the array's bad-block list (reads of them fail until a host writes them again); 0 for a peer's array.</summary>
+    public int BadBlocks { get; init; }
+}
 
 public sealed record VolumeInfo(string Name, string Array, long SizeBytes, long OffsetBytes);
 
@@ -135,4 +156,7 @@ public interface IArrayService
 
     /// <summary>Hands an array to the other controller of the pair, with no data loss (MR-1).</summary>
     Task<ArrayInfo> MoveArrayAsync(string array, MoveArrayRequest request, CancellationToken cancellationToken = default);
+
+    /// <summary>AW-5: the array's bad-block list, each block with its volume and the volume's LBA.</summary>
+    Task<BadBlockReport> BadBlocksAsync(string array, CancellationToken cancellationToken = default);
 }

@@ -23,9 +23,18 @@ internal sealed class MemoryBacking(byte arrayNumber, ulong serial, long sectors
     /// <summary>While set, array writes fail (a failed array).</summary>
     public volatile bool FailWrites;
 
+    /// <summary>Sectors whose reads fail with a medium error (a listed bad block, AW-5).</summary>
+    public readonly HashSet<long> MediumSectors = [];
+    public long Reads;
+
     public async ValueTask ReadAsync(long sector, Memory<byte> destination, CancellationToken ct)
     {
         if (ReadHold is { } hold) await hold.Task.WaitAsync(ct);
+        Interlocked.Increment(ref Reads);
+        long count = destination.Length / Units.SectorBytes;
+        lock (MediumSectors)
+            for (long x = sector; x < sector + count; x++)
+                if (MediumSectors.Contains(x)) throw new BlockIoException(BlockErrorKind.Medium, $"sector {x} is listed bad (test)", x);
         lock (Bytes) Bytes.AsSpan((int)(sector * Units.SectorBytes), destination.Length).CopyTo(destination.Span);
     }
 
@@ -36,6 +45,7 @@ internal sealed class MemoryBacking(byte arrayNumber, ulong serial, long sectors
         lock (Bytes)
         {
             source.Span.CopyTo(Bytes.AsSpan((int)(sector * Units.SectorBytes)));
+            lock (MediumSectors) for (long x = sector; x < sector + source.Length / Units.SectorBytes; x++) MediumSectors.Remove(x);
             WriteLog.Add((sector, source.Length / Units.SectorBytes, recovery));
         }
         Interlocked.Increment(ref Writes);

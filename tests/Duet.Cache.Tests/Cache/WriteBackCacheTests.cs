@@ -104,6 +104,50 @@ public class WriteBackCacheTests
         Assert.Equal(h.Model, h.Backing.Bytes);
     }
 
+    /// <summary>AW-5: a block the array lists as bad whose newer data the cache holds is not bad to a host:
+    /// the cached sectors are served, the array is asked only for the others, and the error stays for
+    /// sectors the cache does not hold.</summary>
+    [Fact]
+    [Trait("Claim", "AW-5")]
+    public async Task AReadOfAListedBlockTheCacheHoldsReturnsTheCachedDataAndOnlyUncachedListedSectorsFail()
+    {
+        await using var h = new CacheHarness();
+        for (long x = 64; x < 72; x++) h.Backing.MediumSectors.Add(x); // array block 8 listed
+        await h.WriteAsync(64, 8);  // a host rewrote the block: dirty in the cache
+        await h.WriteAsync(40, 4);  // and part of another element
+        var buf = new byte[96 * Units.SectorBytes];
+        await h.Cache.ReadAsync(7, 0, buf); // spans uncached sectors, the cached block and more
+        Assert.Equal(h.Model.AsSpan(0, buf.Length).ToArray(), buf);
+
+        h.Backing.MediumSectors.Add(90);
+        var e = await Assert.ThrowsAsync<BlockIoException>(async () => await h.Cache.ReadAsync(7, 60, new byte[40 * Units.SectorBytes]));
+        Assert.Equal((BlockErrorKind.Medium, 90L), (e.Kind, e.Lba));
+        h.Backing.MediumSectors.Remove(90);
+
+        // Destaging the whole-block write puts it on the array, which clears the entry there.
+        await h.Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Empty(h.Backing.MediumSectors);
+        Assert.Equal(h.Model, h.Backing.Bytes);
+    }
+
+    [Fact]
+    [Trait("Claim", "AW-5")]
+    public async Task ReplayedDirtyDataIsReportedAsHeldForTheRecoveryWriteAndNothingElseIs()
+    {
+        await using var h = new CacheHarness();
+        await h.WriteAsync(64 + 3, 2);   // sectors 67-68: block 8 of the array
+        await h.WriteAsync(128, 32);
+        Assert.False(h.Cache.HoldsRecoveryData(7, 64, 8)); // dirty, but an ordinary destage writes it
+        Assert.Equal(2, await h.RestartAsync());
+        Assert.True(h.Cache.HoldsRecoveryData(7, 64, 8));
+        Assert.False(h.Cache.HoldsRecoveryData(7, 72, 8)); // block 9: same element, no sector held
+        Assert.True(h.Cache.HoldsRecoveryData(7, 128 + 24, 8));
+        Assert.False(h.Cache.HoldsRecoveryData(7, 0, 8));
+        Assert.False(h.Cache.HoldsRecoveryData(6, 64, 8));
+        await h.Cache.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.False(h.Cache.HoldsRecoveryData(7, 64, 8)); // on the drives now
+    }
+
     [Fact]
     public async Task AWriteThroughOfAReplayedElementIsARecoveryWrite()
     {
