@@ -88,6 +88,10 @@ public sealed class ManagementClient : IDisposable
     public Task<ArrayInfo> MoveArrayAsync(string array, MoveArrayRequest request, CancellationToken ct = default) =>
         PostAsync($"v1/arrays/{Segment(array)}/move", request, Json.MoveArrayRequest, Json.ArrayInfo, ct);
 
+    /// <summary>AW-6: runs the controller's power-fail window; answers with its report once the window ended.</summary>
+    public Task<PowerFailReport> PowerFailAsync(PowerFailRequest request, CancellationToken ct = default) =>
+        PostAsync("v1/power-fail", request, Json.PowerFailRequest, Json.PowerFailReport, ct);
+
     public void Dispose() => http.Dispose();
 
     static ManagementJsonContext Json => ManagementJsonContext.Default;

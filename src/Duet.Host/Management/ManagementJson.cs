@@ -36,6 +36,9 @@ public sealed record OkResponse(bool Ok);
 [JsonSerializable(typeof(ReplaceDriveRequest))]
 [JsonSerializable(typeof(ScrubRequest))]
 [JsonSerializable(typeof(MoveArrayRequest))]
+[JsonSerializable(typeof(PowerFailRequest))]
+[JsonSerializable(typeof(PowerFailReport))]
+[JsonSerializable(typeof(IReadOnlyList<PowerFailReport>))]
 [JsonSerializable(typeof(ErrorResponse))]
 [JsonSerializable(typeof(OkResponse))]
 public sealed partial class ManagementJsonContext : JsonSerializerContext
