@@ -102,7 +102,7 @@ public static partial class Program
                $"peer {(r.Scope == "pair" ? (r.PeerDone ? "stopped too" : r.PeerTold ? "told, not done within the window" : "not reached") : (r.PeerTold ? "told: takes the arrays over" : "not reached"))}";
     }
 
-    /// <summary>Parses a power-fail window: "5s", "500ms", "2.5" (seconds); between 100 ms and 10 minutes.</summary>
+    /// <summary>Parses a power-fail window: "5s", "500ms", "2.5" (seconds); from 100 ms to 600 s.</summary>
     public static bool TryParseWindow(string text, out TimeSpan window)
     {
         window = default;

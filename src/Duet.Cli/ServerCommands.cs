@@ -137,7 +137,7 @@ public static partial class Program
             }
             if (!TryParseWindow(parse.GetValue(window)!, out var powerFailWindow))
             {
-                await error.WriteLineAsync($"duet: --power-fail-window '{parse.GetValue(window)}' is not a duration from 100ms to 10m (e.g. 5s, 500ms)");
+                await error.WriteLineAsync($"duet: --power-fail-window '{parse.GetValue(window)}' is not a duration from 100ms to 600s (e.g. 5s, 500ms)");
                 return ExitUsage;
             }
             using var loggers = ConsoleLogging(parse.GetValue(quiet));
@@ -250,7 +250,7 @@ public static partial class Program
             }
             if (!TryParseWindow(parse.GetValue(window)!, out var powerFailWindow))
             {
-                await error.WriteLineAsync($"duet: --power-fail-window '{parse.GetValue(window)}' is not a duration from 100ms to 10m (e.g. 5s, 500ms)");
+                await error.WriteLineAsync($"duet: --power-fail-window '{parse.GetValue(window)}' is not a duration from 100ms to 600s (e.g. 5s, 500ms)");
                 return ExitUsage;
             }
             using var stop = new StopSignal(ct);
