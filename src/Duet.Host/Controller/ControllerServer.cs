@@ -296,14 +296,16 @@ public sealed partial class ControllerServer : IAsyncDisposable
 
     /// <summary>
     /// AW-6: a power-fail notice for this controller (SIGTERM: <see cref="Duet.Interconnect.Wire.PowerFailScope.Controller"/>;
-    /// `duet power-fail`, `./duet up` stopping: <see cref="Duet.Interconnect.Wire.PowerFailScope.Pair"/>). The front ends stop
-    /// taking requests, the controller runs its window (<see cref="Controller.PowerFailAsync"/>); the report comes
-    /// when the window ended. Then dispose the server: nothing is destaged.
+    /// `duet power-fail`, `./duet up` stopping: <see cref="Duet.Interconnect.Wire.PowerFailScope.Pair"/>). The controller
+    /// runs its window (<see cref="Controller.PowerFailAsync"/>): its gate closes first, so what it counts in flight is
+    /// what was admitted before the notice; as the window begins the front ends stop listening and reading. The report
+    /// comes when the window ended. Then dispose the server: nothing is destaged.
     /// </summary>
     public Task<PowerFailReport> PowerFailAsync(Duet.Interconnect.Wire.PowerFailScope scope)
     {
-        StopFrontEnds();
-        return Controller.PowerFailAsync(scope);
+        var report = Controller.PowerFailAsync(scope);
+        StopFrontEnds(); // done already by PowerFailBegan, unless the window had begun before (idempotent)
+        return report;
     }
 
     /// <summary>Completes with the window's report once a window ran, whoever began it (this process, or the
