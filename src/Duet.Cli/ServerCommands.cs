@@ -188,7 +188,7 @@ public static partial class Program
                 await Task.WhenAny(signalled, powerFailed);
                 if (!powerFailed.IsCompleted) await output.WriteLineAsync($"duet controller {me}: stopping: power-fail window of {powerFailWindow.TotalMilliseconds:F0} ms");
                 var report = powerFailed.IsCompleted ? await powerFailed : await server.PowerFailAsync(Duet.Interconnect.Wire.PowerFailScope.Controller);
-                await output.WriteLineAsync($"duet controller {me}: {DescribePowerFail(report)}");
+                await output.WriteLineAsync($"duet {DescribePowerFail(report)}");
             }
             finally
             {
