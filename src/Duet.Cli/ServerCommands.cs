@@ -205,7 +205,7 @@ public static partial class Program
     }
 
     /// <summary>After its power-fail window, how long a controller process waits for its parts to close before it exits anyway.</summary>
-    static readonly TimeSpan PowerFailExitGrace = TimeSpan.FromSeconds(5);
+    static readonly TimeSpan PowerFailExitGrace = TimeSpan.FromSeconds(2);
 
     static Command UpCommand()
     {
