@@ -164,12 +164,23 @@ public static partial class Program
                 string.Concat(server.TcpEndPoints.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => $", port {kv.Key} on tcp {kv.Value}")));
             await output.FlushAsync();
             try { await Task.Delay(Timeout.Infinite, stop.Token); } catch (OperationCanceledException) { }
+            if (supervised && server.ControllerConnections > 0)
+            {
+                // SIGTERM to the whole process group (a service manager stopping `./duet up`): the controllers are
+                // running their power-fail windows through these ports; the drives go once they have let go.
+                await output.WriteLineAsync($"duet shelf: stopping once the controllers have let go (at most {SupervisedShelfStopWait.TotalSeconds:0} s)");
+                var until = DateTime.UtcNow + SupervisedShelfStopWait;
+                while (server.ControllerConnections > 0 && DateTime.UtcNow < until) await Task.Delay(100, CancellationToken.None);
+            }
             await output.WriteLineAsync("duet shelf: stopping");
             await server.StopAsync();
         }
         await output.WriteLineAsync("duet shelf: stopped");
         return ExitOk;
     }
+
+    /// <summary>How long a shelf under `./duet up` waits, after SIGTERM, for the controllers to stop using it.</summary>
+    static readonly TimeSpan SupervisedShelfStopWait = TimeSpan.FromSeconds(30);
 
     static void SetShelfVerb(Command command, Func<ParseResult, ShelfAdminClient, CancellationToken, Task> call, Func<ParseResult, string> done)
     {

@@ -89,7 +89,7 @@ public sealed partial class Controller
                 _poweringDown = true;
                 start = true;
             }
-            else if (scope == PowerFailScope.Pair && _powerFailScope == PowerFailScope.Controller)
+            else if (scope == PowerFailScope.Pair && _powerFailScope == PowerFailScope.Controller && !_powerFailFinishing)
             {
                 _powerFailScope = PowerFailScope.Pair;
                 widen = true;
@@ -143,10 +143,14 @@ public sealed partial class Controller
         bool drivesFlushed = destageStopped && await WithinAsync(FlushServedArraysAsync(), until);
         expired |= destageStopped && !drivesFlushed && Now >= until;
 
-        // From here our fence would be the takeover we ask for (alone), or nothing (the pair): no step-down.
-        _powerFailFinishing = true;
+        // From here our fence would be the takeover we ask for (alone), or nothing (the pair): no step-down;
+        // and the scope is what it is (a widening now would tell the peer "began" after "done").
+        lock (_volumesLock)
+        {
+            _powerFailFinishing = true;
+            scope = _powerFailScope; // widened meanwhile?
+        }
         _stopping.Cancel(); // heartbeats, the mirror watchdog, a takeover's retries
-        scope = _powerFailScope; // widened meanwhile?
         int dirty = Cache.DirtyCount, records = WriteLog.LiveCount;
         var (_, finished, failed, unfinished) = HostCommands.Outcomes();
         expired |= unfinished > 0;
