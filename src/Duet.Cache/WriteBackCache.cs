@@ -896,9 +896,46 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         if (DirtyCount >= _slots.Length * _options.DestageStartFraction) Kick();
     }
 
+    // AW-6, the power-fail window: first destage only makes room for writers waiting for it (no idle,
+    // watermark or drain rounds: the dirty elements stay in NVRAM), then no round starts at all.
+    volatile bool _destageForRoomOnly, _destageStopped;
+
+    /// <summary>
+    /// The power-fail window begins (AW-6): from now on a destage round starts only while a writer waits
+    /// for room (a host write in flight must be able to finish); what is dirty otherwise stays dirty in
+    /// NVRAM, for replay at the next start — destaging it all could take any time. Drains wait.
+    /// </summary>
+    public void DestageForRoomOnly() => _destageForRoomOnly = true;
+
+    /// <summary>
+    /// The power-fail window's stop (AW-6): no destage round starts from now on; a round already writing
+    /// finishes, with its flush. Completes once no round is running. Writers that need room, and drains,
+    /// wait from now on; the controller stops after this.
+    /// </summary>
+    public Task StopDestageAsync()
+    {
+        _destageForRoomOnly = true;
+        _destageStopped = true;
+        Kick();
+        return _destager is { } loop ? Quietly(loop) : Task.CompletedTask;
+
+        static async Task Quietly(Task loop)
+        {
+            try { await loop; }
+            catch (OperationCanceledException) { }
+        }
+    }
+
+    public bool DestageStopped => _destageStopped;
+
+    bool WritersWaitForRoom()
+    {
+        lock (_lock) return _spaceWaiters.Count > 0;
+    }
+
     async Task DestageLoopAsync(CancellationToken ct)
     {
-        while (!ct.IsCancellationRequested)
+        while (!ct.IsCancellationRequested && !_destageStopped)
         {
             bool kicked;
             var kick = Volatile.Read(ref _destageKick);
@@ -908,6 +945,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 ct.ThrowIfCancellationRequested();
             }
             catch (OperationCanceledException) { break; }
+            if (_destageStopped) break;
             kicked = kick.Task.IsCompleted;
             if (kicked) Interlocked.CompareExchange(ref _destageKick, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), kick);
             bool idle = _options.Time.GetElapsedTime(_lastWriteTicks) >= _options.IdleDestageDelay;
@@ -915,6 +953,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             bool drain;
             lock (_lock) drain = _drainWaiters.Count > 0 || _spaceWaiters.Count > 0 || _sequenceWaiters.Count > 0;
             if (!(kicked || idle || pressure || drain)) continue;
+            if (_destageForRoomOnly && !WritersWaitForRoom()) continue;
             try
             {
                 double low = Math.Min(_options.DestageStopFraction, _options.DestageStartFraction);
@@ -928,7 +967,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     }
                     // Hysteresis: a pass started by pressure goes down to the low watermark.
                     pressure = pressure ? DirtyCount >= _slots.Length * low : DirtyCount >= _slots.Length * _options.DestageStartFraction;
-                    if (n == 0 || !(drain || pressure)) break;
+                    if (n == 0 || !(drain || pressure) || _destageStopped || _destageForRoomOnly && !WritersWaitForRoom()) break;
                 }
             }
             catch (OperationCanceledException) { break; }

@@ -18,6 +18,7 @@ public static partial class Program
         root.Subcommands.Add(ControllerCommand());
         root.Subcommands.Add(BenchCommand());
         root.Subcommands.Add(SimCommand());
+        root.Subcommands.Add(PowerFailCommand());
     }
 
     [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
@@ -29,16 +30,18 @@ public static partial class Program
         .SetMinimumLevel(quiet ? LogLevel.Warning : LogLevel.Information)
         .AddFilter("Microsoft", LogLevel.Warning));
 
-    /// <summary>Cancelled on SIGTERM or SIGINT (Ctrl-C).</summary>
+    /// <summary>Cancelled on SIGTERM or SIGINT (Ctrl-C). A process `./duet up` supervises ignores SIGINT
+    /// (<paramref name="ignoreInterrupt"/>): Ctrl-C in the terminal reaches the whole process group, and the
+    /// supervisor stops its children in order (the controllers' power-fail windows, then the shelf).</summary>
     sealed class StopSignal : IDisposable
     {
         readonly CancellationTokenSource _cts;
         readonly PosixSignalRegistration _term, _int;
-        public StopSignal(CancellationToken ct)
+        public StopSignal(CancellationToken ct, bool ignoreInterrupt = false)
         {
             _cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
             _term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; _cts.Cancel(); });
-            _int = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; _cts.Cancel(); });
+            _int = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; if (!ignoreInterrupt) _cts.Cancel(); });
         }
         public CancellationToken Token => _cts.Token;
         public void Dispose() { _term.Dispose(); _int.Dispose(); _cts.Dispose(); }
@@ -50,6 +53,12 @@ public static partial class Program
         o.AcceptOnlyFromAmong("on", "off");
         return o;
     }
+
+    static Option<bool> SupervisedOption() => new("--supervised")
+    {
+        Description = "Started by ./duet up: SIGINT (Ctrl-C in the terminal) is left to the supervisor, which stops the processes in order",
+        Hidden = true,
+    };
 
     static Option<string> IclOption()
     {
@@ -79,9 +88,12 @@ public static partial class Program
         var timeout = new Option<int>("--heartbeat-timeout-ms") { Description = "With --shelf: silence on both heartbeat paths for this long is a dead peer", DefaultValueFactory = _ => 1000 };
         var hostPort = new Option<int>("--host-port") { Description = "Duet's host protocol: unit 0 on this port of 127.0.0.1, unit 1 on the next (default: 10811 for A, 10813 for B; unit N of A and of B form multicast group N)" };
         var limit = new Option<int>("--host-time-limit-ms") { Description = "FO-5: a host command the primary has not completed this long after the host sent it is run by the secondary, which fences the primary first (at least the heartbeat timeout)", DefaultValueFactory = _ => 1500 };
-        var cmd = new Command("controller", "Run one controller of the pair on a data directory until SIGTERM (./duet up starts both)")
+        var window = PowerFailWindowOption();
+        var supervised = SupervisedOption();
+        var cmd = new Command("controller", "Run one controller of the pair on a data directory until SIGTERM, which runs its power-fail window "
+            + "(this controller alone: its peer takes its arrays over), or until `duet power-fail` (./duet up starts both)")
         {
-            name, nbdPort, iscsiPort, iclKind, iclPort, nvram, mirror, quiet, shelf, heartbeat, timeout, hostPort, limit, writeLog,
+            name, nbdPort, iscsiPort, iclKind, iclPort, nvram, mirror, quiet, shelf, heartbeat, timeout, hostPort, limit, writeLog, window, supervised,
         };
         cmd.SetAction(async (parse, ct) =>
         {
@@ -123,8 +135,13 @@ public static partial class Program
                 await error.WriteLineAsync($"duet: {e.Message}");
                 return ExitUsage;
             }
+            if (!TryParseWindow(parse.GetValue(window)!, out var powerFailWindow))
+            {
+                await error.WriteLineAsync($"duet: --power-fail-window '{parse.GetValue(window)}' is not a duration from 100ms to 600s (e.g. 5s, 500ms)");
+                return ExitUsage;
+            }
             using var loggers = ConsoleLogging(parse.GetValue(quiet));
-            using var stop = new StopSignal(ct);
+            using var stop = new StopSignal(ct, ignoreInterrupt: parse.GetValue(supervised));
             Duet.Host.Controller.ControllerServer server;
             try
             {
@@ -135,6 +152,7 @@ public static partial class Program
                     IclTransport = IclKind(parse.GetValue(iclKind)),
                     IclEndpoint = new IPEndPoint(IPAddress.Loopback, parse.GetValue(iclPort)), NvramBytes = nvramBytes, Mirror = method,
                     UseShelf = parse.GetValue(shelf), Failover = failover, HostUnitPorts = [unitPort, unitPort + 1], WriteLog = parse.GetValue(writeLog) == "on",
+                    PowerFailWindow = powerFailWindow,
                 }, loggers, stop.Token);
             }
             catch (OperationCanceledException) { return ExitOk; }
@@ -143,7 +161,7 @@ public static partial class Program
                 await error.WriteLineAsync($"duet: controller {me} cannot start on {dir}: {e.Message}");
                 return ExitFailed;
             }
-            await using (server)
+            try
             {
                 await output.WriteLineAsync($"duet controller {me}: ready; NBD on {server.Nbd.LocalEndPoint}; iSCSI on {server.Iscsi.LocalEndPoint} ({server.Iscsi.TargetName}); host units {string.Join(", ", server.HostUnits.Select(u => $"{me}{u.Unit} {u.LocalEndPoint}"))}; management {server.Management.SocketPath}");
                 await output.FlushAsync();
@@ -163,14 +181,31 @@ public static partial class Program
                     Console.Error.Flush();
                     Environment.Exit(ExitSteppedDown);
                 }
-                try { await Task.Delay(Timeout.Infinite, stop.Token); } catch (OperationCanceledException) { }
-                await output.WriteLineAsync($"duet controller {me}: stopping");
+                // AW-6: SIGTERM is a power-fail notice for this controller alone; `duet power-fail` (or the peer,
+                // for a power failure of the pair) begins the window through the controller itself.
+                var signalled = Task.Delay(Timeout.Infinite, stop.Token);
+                var powerFailed = server.PowerFailedAsync();
+                await Task.WhenAny(signalled, powerFailed);
+                if (!powerFailed.IsCompleted) await output.WriteLineAsync($"duet controller {me}: stopping: power-fail window of {powerFailWindow.TotalMilliseconds:F0} ms");
+                var report = powerFailed.IsCompleted ? await powerFailed : await server.PowerFailAsync(Duet.Interconnect.Wire.PowerFailScope.Controller);
+                await output.WriteLineAsync($"duet {DescribePowerFail(report)}");
+            }
+            finally
+            {
+                // Bounded: the window is over, and whatever is still running (a drive that never answers)
+                // is left to recovery, as a power cut would leave it.
+                var disposing = server.DisposeAsync().AsTask();
+                if (await Task.WhenAny(disposing, Task.Delay(PowerFailExitGrace)) != disposing)
+                    await error.WriteLineAsync($"duet controller {me}: stopping without waiting longer for what is still running");
             }
             await output.WriteLineAsync($"duet controller {me}: stopped");
             return ExitOk;
         });
         return cmd;
     }
+
+    /// <summary>After its power-fail window, how long a controller process waits for its parts to close before it exits anyway.</summary>
+    static readonly TimeSpan PowerFailExitGrace = TimeSpan.FromSeconds(2);
 
     static Command UpCommand()
     {
@@ -183,9 +218,11 @@ public static partial class Program
         var writeLog = WriteLogOption();
         var nvram = new Option<string>("--nvram") { Description = "NVRAM size of each controller (up to 1G)", DefaultValueFactory = _ => "256M" };
         var quiet = new Option<bool>("--quiet") { Description = "Log warnings and errors only" };
-        var cmd = new Command("up", "Start the controller pair on a data directory (created with the default layout if new) and serve its volumes until Ctrl-C or SIGTERM")
+        var window = PowerFailWindowOption();
+        var cmd = new Command("up", "Start the controller pair on a data directory (created with the default layout if new) and serve its volumes until Ctrl-C, "
+            + "SIGTERM or `duet power-fail`, which run both controllers' power-fail windows (the dirty cache stays in NVRAM) and stop the shelf")
         {
-            nbdPort, iscsiPort, iclKind, iclPort, mirror, nvram, quiet, writeLog,
+            nbdPort, iscsiPort, iclKind, iclPort, mirror, nvram, quiet, writeLog, window,
         };
         cmd.SetAction(async (parse, ct) =>
         {
@@ -211,6 +248,11 @@ public static partial class Program
                 await error.WriteLineAsync($"duet: --nvram '{parse.GetValue(nvram)}' is not an NVRAM size (1M to 1G)");
                 return ExitUsage;
             }
+            if (!TryParseWindow(parse.GetValue(window)!, out var powerFailWindow))
+            {
+                await error.WriteLineAsync($"duet: --power-fail-window '{parse.GetValue(window)}' is not a duration from 100ms to 600s (e.g. 5s, 500ms)");
+                return ExitUsage;
+            }
             using var stop = new StopSignal(ct);
             bool created;
             try
@@ -231,7 +273,8 @@ public static partial class Program
             string[] ControllerArgs(string who, int p) =>
             [
                 "controller", "--name", who, "--data", dir, "--nbd-port", $"{p}", "--iscsi-port", $"{IscsiPort(who)}", "--host-port", $"{HostPort(who)}", "--icl", parse.GetValue(iclKind)!, "--icl-port", $"{icl}",
-                "--mirror", parse.GetValue(mirror)!, "--nvram", $"{nvramBytes}", "--shelf", "--write-log", parse.GetValue(writeLog)!, .. (parse.GetValue(quiet) ? new[] { "--quiet" } : []),
+                "--mirror", parse.GetValue(mirror)!, "--nvram", $"{nvramBytes}", "--shelf", "--write-log", parse.GetValue(writeLog)!,
+                "--power-fail-window", $"{powerFailWindow.TotalMilliseconds:F0}ms", "--supervised", .. (parse.GetValue(quiet) ? new[] { "--quiet" } : []),
             ];
             (System.Diagnostics.Process Process, TaskCompletionSource Ready) Launch(string who, string[] args)
             {
@@ -258,7 +301,7 @@ public static partial class Program
             var ports = new Dictionary<string, int> { ["A"] = port, ["B"] = port + 1 };
             try
             {
-                var shelf = Launch("shelf", ["shelf", "--data", dir]);
+                var shelf = Launch("shelf", ["shelf", "--data", dir, "--supervised"]);
                 if (await Task.WhenAny(shelf.Ready.Task, shelf.Process.WaitForExitAsync(), Task.Delay(TimeSpan.FromMinutes(1), stop.Token)) != shelf.Ready.Task)
                 {
                     if (!stop.Token.IsCancellationRequested) await error.WriteLineAsync("duet: the shelf did not start");
@@ -299,15 +342,16 @@ public static partial class Program
                     if (status.Volumes.Count > 0)
                         await output.WriteLineAsync($"duet: try: nbdinfo nbd://127.0.0.1:{port}/{status.Volumes[0].Name}");
                 }
-                await output.WriteLineAsync("duet: ready; Ctrl-C or SIGTERM stops (data is kept)");
+                await output.WriteLineAsync("duet: ready; Ctrl-C, SIGTERM or `duet power-fail` stops (data is kept)");
                 await output.FlushAsync();
                 await SuperviseAsync(dir, ports, children, Launch, ControllerArgs, output, stop.Token);
                 await output.WriteLineAsync("duet: stopping");
             }
             finally
             {
-                // Controllers first (each destages its cache through the shelf), then the shelf.
-                await StopControllersAsync(children.Where(kv => kv.Key != "shelf").Select(kv => kv.Value.Process));
+                // Controllers first: both run their power-fail windows at once (AW-6; the dirty cache stays in
+                // NVRAM), through the shelf; then the shelf.
+                await PowerFailControllersAsync(dir, children.Where(kv => kv.Key != "shelf").ToDictionary(kv => kv.Key, kv => kv.Value.Process), powerFailWindow, output, outputLock);
                 await StopControllersAsync(children.Where(kv => kv.Key == "shelf").Select(kv => kv.Value.Process));
             }
             bool clean = children.Values.All(c => c.Process.HasExited && c.Process.ExitCode == 0);
@@ -318,10 +362,13 @@ public static partial class Program
     }
 
     /// <summary>
-    /// `duet up`'s supervisor: runs until the stop signal. A shelf that dies is restarted at once (its
-    /// state is on disk). A controller that dies is restarted only after its peer has taken over (the
-    /// peer reports its port fenced), or, if the peer cannot (it is down too), after a while: the restarted
-    /// controller then finds itself fenced, discards its NVRAM and rejoins as standby.
+    /// `duet up`'s supervisor: runs until the stop signal, or until both controllers stopped after their
+    /// power-fail windows (`duet power-fail`: the power failed for the pair). A shelf that dies is restarted
+    /// at once (its state is on disk). A controller that dies is restarted only after its peer has taken
+    /// over (the peer reports its port fenced), or, if the peer cannot (it is down too), after a while: the
+    /// restarted controller then finds itself fenced, discards its NVRAM and rejoins as standby. A controller
+    /// that stopped after its power-fail window (exit code 0) while its peer is in its own window is not
+    /// restarted: the pair is stopping.
     /// </summary>
     static async Task SuperviseAsync(string dir, Dictionary<string, int> ports,
         Dictionary<string, (System.Diagnostics.Process Process, TaskCompletionSource Ready)> children,
@@ -333,6 +380,12 @@ public static partial class Program
         {
             try { await Task.Delay(TimeSpan.FromMilliseconds(100), stop); }
             catch (OperationCanceledException) { return; }
+            var controllers = children.Where(kv => kv.Key != "shelf").Select(kv => kv.Value.Process).ToList();
+            if (controllers.All(p => p.HasExited && p.ExitCode == 0))
+            {
+                await output.WriteLineAsync("duet: both controllers stopped after their power-fail windows");
+                return;
+            }
             foreach (var (who, c) in children.ToList())
             {
                 if (!c.Process.HasExited) continue;
@@ -344,24 +397,61 @@ public static partial class Program
                 if (who == "shelf")
                 {
                     await output.WriteLineAsync("duet: restarting the shelf");
-                    launch("shelf", ["shelf", "--data", dir]);
+                    launch("shelf", ["shelf", "--data", dir, "--supervised"]);
                     deadSince.Remove(who);
                     continue;
                 }
                 string peer = who == "A" ? "B" : "A";
-                bool takenOver = false;
+                bool takenOver = false, peerStopping = false;
                 try
                 {
                     using var client = new Duet.Host.Management.ManagementClient(Duet.Host.Controller.ControllerOptions.SocketFor(dir, peer), TimeSpan.FromSeconds(2));
                     var s = await client.StatusAsync(stop).WaitAsync(TimeSpan.FromSeconds(2), stop);
                     takenOver = s.Controller?.Failover?.PeerFenced == true;
+                    peerStopping = s.Controller?.PoweringDown == true;
                 }
-                catch (Exception e) when (e is IOException or System.Net.Http.HttpRequestException or TimeoutException or Duet.Raid.Management.ManagementException or System.Net.Sockets.SocketException) { }
+                catch (Exception e) when (e is IOException or System.Net.Http.HttpRequestException or TimeoutException or Duet.Raid.Management.ManagementException
+                    or System.Net.Sockets.SocketException or Duet.Host.Management.ControllerUnavailableException) { }
+                // Both in their power-fail windows: the pair stops (above, once the peer has exited too).
+                if (c.Process.ExitCode == 0 && (peerStopping || children[peer].Process.HasExited && children[peer].Process.ExitCode == 0)) continue;
                 if (!takenOver && DateTime.UtcNow - deadSince[who] < TimeSpan.FromSeconds(10)) continue;
                 await output.WriteLineAsync($"duet: restarting controller {who}{(takenOver ? $" (controller {peer} has taken over)" : "")}");
                 launch(who, controllerArgs(who, ports[who]));
                 deadSince.Remove(who);
             }
+        }
+    }
+
+    /// <summary>
+    /// `./duet up` stopping (AW-6): both controllers run their power-fail windows at once — a power failure
+    /// of the pair, asked through their management sockets — and their reports are printed. A controller
+    /// that cannot be asked (still starting) gets SIGTERM, its own window; one still running well after its
+    /// window is killed (its NVRAM and write log are what the next start recovers from anyway).
+    /// </summary>
+    static async Task PowerFailControllersAsync(string dir, Dictionary<string, System.Diagnostics.Process> controllers, TimeSpan window, TextWriter output, Lock outputLock)
+    {
+        var asked = await Task.WhenAll(controllers.Where(kv => !kv.Value.HasExited).Select(async kv =>
+        {
+            try
+            {
+                using var client = new Duet.Host.Management.ManagementClient(Duet.Host.Controller.ControllerOptions.SocketFor(dir, kv.Key), window + TimeSpan.FromSeconds(30));
+                return (Process: kv.Value, Report: (Duet.Raid.Management.PowerFailReport?)await client.PowerFailAsync(new Duet.Raid.Management.PowerFailRequest("pair")));
+            }
+            catch (Exception e) when (e is IOException or System.Net.Http.HttpRequestException or TaskCanceledException or Duet.Raid.Management.ManagementException
+                or Duet.Host.Management.ControllerUnavailableException)
+            {
+                return (Process: kv.Value, Report: null);
+            }
+        }));
+        foreach (var (process, report) in asked)
+        {
+            if (report is not null) lock (outputLock) output.WriteLine($"duet: {DescribePowerFail(report)}");
+            else if (!process.HasExited) kill(process.Id, SIGTERM);
+        }
+        foreach (var p in controllers.Values)
+        {
+            try { await p.WaitForExitAsync().WaitAsync(window + TimeSpan.FromSeconds(15)); }
+            catch (TimeoutException) { p.Kill(entireProcessTree: true); await p.WaitForExitAsync(); }
         }
     }
 

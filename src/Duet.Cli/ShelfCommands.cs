@@ -30,11 +30,12 @@ public static partial class Program
             CustomParser = ParseTcpListeners,
         };
         var quiet = new Option<bool>("--quiet") { Description = "Log warnings and errors only" };
+        var supervised = SupervisedOption();
         var shelf = new Command("shelf", "Run the drive shelf in the foreground (DATA/drives, one socket per controller port) until SIGTERM; or manage a running one")
         {
-            tcp, quiet,
+            tcp, quiet, supervised,
         };
-        shelf.SetAction((parse, ct) => RunShelfAsync(parse, parse.GetValue(tcp) ?? [], parse.GetValue(quiet), ct));
+        shelf.SetAction((parse, ct) => RunShelfAsync(parse, parse.GetValue(tcp) ?? [], parse.GetValue(quiet), parse.GetValue(supervised), ct));
 
         var status = new Command("status", "Show the shelf's ports (enabled, fenced, key, heartbeat, writes in flight), reservation, epochs, claims and slots");
         status.Options.Add(JsonOption);
@@ -124,13 +125,14 @@ public static partial class Program
         }
     }
 
-    static async Task<int> RunShelfAsync(ParseResult parse, ShelfTcpListener[] tcp, bool quiet, CancellationToken ct)
+    static async Task<int> RunShelfAsync(ParseResult parse, ShelfTcpListener[] tcp, bool quiet, bool supervised, CancellationToken ct)
     {
         var output = parse.InvocationConfiguration.Output;
         var error = parse.InvocationConfiguration.Error;
         string dir = ResolveDataDir(parse);
         using var loggers = ConsoleLogging(quiet);
-        using var stop = new StopSignal(ct);
+        // Under ./duet up, Ctrl-C is the supervisor's: the controllers' power-fail windows need the shelf.
+        using var stop = new StopSignal(ct, ignoreInterrupt: supervised);
         Duet.Shelf.Shelf shelf;
         ShelfServer server;
         try
@@ -162,12 +164,23 @@ public static partial class Program
                 string.Concat(server.TcpEndPoints.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => $", port {kv.Key} on tcp {kv.Value}")));
             await output.FlushAsync();
             try { await Task.Delay(Timeout.Infinite, stop.Token); } catch (OperationCanceledException) { }
+            if (supervised && server.ControllerConnections > 0)
+            {
+                // SIGTERM to the whole process group (a service manager stopping `./duet up`): the controllers are
+                // running their power-fail windows through these ports; the drives go once they have let go.
+                await output.WriteLineAsync($"duet shelf: stopping once the controllers have let go (at most {SupervisedShelfStopWait.TotalSeconds:0} s)");
+                var until = DateTime.UtcNow + SupervisedShelfStopWait;
+                while (server.ControllerConnections > 0 && DateTime.UtcNow < until) await Task.Delay(100, CancellationToken.None);
+            }
             await output.WriteLineAsync("duet shelf: stopping");
             await server.StopAsync();
         }
         await output.WriteLineAsync("duet shelf: stopped");
         return ExitOk;
     }
+
+    /// <summary>How long a shelf under `./duet up` waits, after SIGTERM, for the controllers to stop using it.</summary>
+    static readonly TimeSpan SupervisedShelfStopWait = TimeSpan.FromSeconds(30);
 
     static void SetShelfVerb(Command command, Func<ParseResult, ShelfAdminClient, CancellationToken, Task> call, Func<ParseResult, string> done)
     {

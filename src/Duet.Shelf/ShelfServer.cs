@@ -85,6 +85,9 @@ public sealed class ShelfServer : IAsyncDisposable
 
     public Shelf Shelf => _shelf;
 
+    /// <summary>Connections open on the controller ports (not the admin socket): a controller still using its drives.</summary>
+    public int ControllerConnections => _connections.Values.Count(c => c.Role != ShelfWire.AdminRole);
+
     /// <summary>The bound TCP endpoints by port (with the real port number when 0 was asked for).</summary>
     public IReadOnlyDictionary<string, IPEndPoint> TcpEndPoints { get { lock (_gate) return new Dictionary<string, IPEndPoint>(_tcpEndPoints); } }
 

@@ -123,6 +123,36 @@ public class DuetMessageTests
     }
 
     [Fact]
+    [Trait("Claim", "AW-6")]
+    public void Power_fail_notice_has_the_documented_layout_and_round_trips()
+    {
+        var began = new PowerFailNotice(PowerFailPhase.Began, PowerFailScope.Pair, WindowExpired: false, WindowMs: 5000, DirtyElements: 0, LogRecords: 0);
+        Assert.Equal("010b 0000 00000018 01 02 00 00 00001388 00000000 00000000".Replace(" ", "", StringComparison.Ordinal), ToHex(Encode(began)));
+        Assert.Equal(began, RoundTrip(began));
+        var done = new PowerFailNotice(PowerFailPhase.Done, PowerFailScope.Controller, WindowExpired: true, WindowMs: 250, DirtyElements: 0x01020304, LogRecords: 7);
+        Assert.Equal("010b 0000 00000018 02 01 01 00 000000fa 01020304 00000007".Replace(" ", "", StringComparison.Ordinal), ToHex(Encode(done)));
+        Assert.Equal(done, RoundTrip(done));
+    }
+
+    [Theory]
+    [Trait("Claim", "AW-6")]
+    [InlineData("010b 0000 00000018 00 02 00 00 00001388 00000000 00000000", WireError.BadEnum)]
+    [InlineData("010b 0000 00000018 03 02 00 00 00001388 00000000 00000000", WireError.BadEnum)]
+    [InlineData("010b 0000 00000018 01 00 00 00 00001388 00000000 00000000", WireError.BadEnum)]
+    [InlineData("010b 0000 00000018 02 03 00 00 00001388 00000000 00000000", WireError.BadEnum)]
+    [InlineData("010b 0000 00000018 02 02 02 00 00001388 00000000 00000000", WireError.NonZeroReserved)]
+    [InlineData("010b 0000 00000018 02 02 00 01 00001388 00000000 00000000", WireError.NonZeroReserved)]
+    [InlineData("010b 0000 00000018 01 02 01 00 00001388 00000000 00000000", WireError.NonZeroReserved)]
+    [InlineData("010b 0000 00000018 01 02 00 00 00001388 00000001 00000000", WireError.NonZeroReserved)]
+    [InlineData("010b 0000 00000018 01 02 00 00 00001388 00000000 00000001", WireError.NonZeroReserved)]
+    [InlineData("010b 0000 00000014 01 02 00 00 00001388 00000000", WireError.BadLength)]
+    public void Power_fail_notice_decode_rejects(string hex, WireError expected)
+    {
+        Assert.Equal(OperationStatus.InvalidData, PowerFailNotice.TryDecode(Hex(hex), out _, out _, out var error));
+        Assert.Equal(expected, error);
+    }
+
+    [Fact]
     public void Duet_messages_need_more_bytes_until_the_declared_length_arrived()
     {
         var b = Encode(new DestagedNotice([1, 2, 3]));
@@ -172,7 +202,8 @@ public class MessageClassifierTests
     [InlineData("0108", MessageKind.PairHello)]
     [InlineData("0109", MessageKind.HostHandshake)]
     [InlineData("010a", MessageKind.ReservationState)]
-    [InlineData("010b", MessageKind.Unknown)]
+    [InlineData("010b", MessageKind.PowerFail)]
+    [InlineData("010c", MessageKind.Unknown)]
     [InlineData("a1", MessageKind.Unknown)]
     [InlineData("ff ff", MessageKind.Unknown)]
     public void Classifies_by_first_bytes(string hex, MessageKind expected) =>
@@ -196,5 +227,7 @@ public class MessageClassifierTests
         Assert.Equal(MessageKind.ForwardedResponse, MessageClassifier.Classify(b));
         new ArrayTableUpdate(1, []).Encode(b);
         Assert.Equal(MessageKind.ArrayTableUpdate, MessageClassifier.Classify(b));
+        new PowerFailNotice(PowerFailPhase.Began, PowerFailScope.Pair, false, 5000, 0, 0).Encode(b);
+        Assert.Equal(MessageKind.PowerFail, MessageClassifier.Classify(b));
     }
 }

@@ -128,34 +128,54 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
         hold?.TrySetResult();
     }
 
+    /// <summary>
+    /// Admits a request: AW-6's gate (none is started once the controller is powering down), then FO-7's
+    /// serve gate, then the move hold. Returns the volume a move sent the array's requests to, or null
+    /// (served here: <see cref="Exit"/> with <c>here: true</c> when it is answered).
+    /// </summary>
     async ValueTask<IBlockVolume?> EnterAsync()
     {
-        // FO-7: no lease, no answer (and a takeover of this array finishes before it serves).
-        if (controller is not null) await controller.ServeGateAsync(arrayNumber, default);
-        while (true)
+        controller?.HostCommands.Enter();
+        try
         {
-            if (_movedTo is { } moved) return moved;
-            Task? wait = null;
-            lock (_moveLock)
+            // FO-7: no lease, no answer (and a takeover of this array finishes before it serves).
+            if (controller is not null) await controller.ServeGateAsync(arrayNumber, default);
+            while (true)
             {
-                if (_hold is null && _movedTo is null) { _inFlight++; return null; }
-                wait = _hold?.Task;
+                if (_movedTo is { } moved) return moved;
+                Task? wait = null;
+                lock (_moveLock)
+                {
+                    if (_hold is null && _movedTo is null) { _inFlight++; return null; }
+                    wait = _hold?.Task;
+                }
+                if (wait is not null) await wait;
             }
-            if (wait is not null) await wait;
+        }
+        catch
+        {
+            controller?.HostCommands.Exit(ok: false);
+            throw;
         }
     }
 
-    void Exit()
+    /// <summary>A request admitted by <see cref="EnterAsync"/> was answered (<paramref name="here"/>: it was
+    /// served here, not by the volume a move sent it to).</summary>
+    void Exit(bool here, bool ok)
     {
-        lock (_moveLock)
+        if (here)
         {
-            _inFlight--;
-            if (_inFlight == 0 && _idle is { } idle)
+            lock (_moveLock)
             {
-                _idle = null;
-                idle.TrySetResult();
+                _inFlight--;
+                if (_inFlight == 0 && _idle is { } idle)
+                {
+                    _idle = null;
+                    idle.TrySetResult();
+                }
             }
         }
+        controller?.HostCommands.Exit(ok);
     }
 
     /// <summary>Before a write is acknowledged: the mirror's state is what the shelf says (a write the peer
@@ -177,16 +197,22 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
     {
         Check(offset, destination.Length);
         if (destination.IsEmpty) return;
-        if (await EnterAsync() is { } moved) { await moved.ReadAsync(offset, destination, ct); return; }
+        var moved = await EnterAsync();
+        bool ok = false;
         try
         {
-            try { await cache.ReadAsync(arrayNumber, ArraySector(offset), destination, ct); }
-            catch (BlockIoException e) when (e.Lba >= 0) { throw VolumeChecks.InVolume(e, ArraySector(0), SizeBytes / Units.SectorBytes); }
-            // Still holding the lease after the read: the data was not stale when it was read (a
-            // controller paused mid-read and taken over meanwhile waits here, then fails).
-            if (controller is not null) { await controller.ServeGateAsync(arrayNumber, ct); controller.OnServed(arrayNumber); }
+            if (moved is not null) await moved.ReadAsync(offset, destination, ct);
+            else
+            {
+                try { await cache.ReadAsync(arrayNumber, ArraySector(offset), destination, ct); }
+                catch (BlockIoException e) when (e.Lba >= 0) { throw VolumeChecks.InVolume(e, ArraySector(0), SizeBytes / Units.SectorBytes); }
+                // Still holding the lease after the read: the data was not stale when it was read (a
+                // controller paused mid-read and taken over meanwhile waits here, then fails).
+                if (controller is not null) { await controller.ServeGateAsync(arrayNumber, ct); controller.OnServed(arrayNumber); }
+            }
+            ok = true;
         }
-        finally { Exit(); }
+        finally { Exit(moved is null, ok); }
     }
 
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken ct = default) =>
@@ -201,43 +227,61 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
     {
         Check(offset, source.Length);
         if (source.IsEmpty) return;
-        // Moved: the new owner's peer is this controller, which may not hold the command: send the bytes.
-        if (await EnterAsync() is { } moved) { await moved.WriteAsync(offset, source, fua, ct); return; }
+        var moved = await EnterAsync();
+        bool ok = false;
         try
         {
-            // A write can meet a listed sector too (a gap the cache fills from the array, AW-5): the host is told the volume's sector.
-            try { await cache.WriteAsync(arrayNumber, ArraySector(offset), source, fua, reference, ct); }
-            catch (BlockIoException e) when (e.Lba >= 0) { throw VolumeChecks.InVolume(e, ArraySector(0), SizeBytes / Units.SectorBytes); }
-            await AcknowledgeAsync(ct);
+            // Moved: the new owner's peer is this controller, which may not hold the command: send the bytes.
+            if (moved is not null) await moved.WriteAsync(offset, source, fua, ct);
+            else
+            {
+                // A write can meet a listed sector too (a gap the cache fills from the array, AW-5): the host is told the volume's sector.
+                try { await cache.WriteAsync(arrayNumber, ArraySector(offset), source, fua, reference, ct); }
+                catch (BlockIoException e) when (e.Lba >= 0) { throw VolumeChecks.InVolume(e, ArraySector(0), SizeBytes / Units.SectorBytes); }
+                await AcknowledgeAsync(ct);
+            }
+            ok = true;
         }
-        finally { Exit(); }
+        finally { Exit(moved is null, ok); }
     }
 
     /// <summary>FLUSH: with a healthy mirror every acknowledged write is already in two NVRAMs.</summary>
     public async ValueTask FlushAsync(CancellationToken ct = default)
     {
-        if (await EnterAsync() is { } moved) { await moved.FlushAsync(ct); return; }
-        try { await cache.FlushAsync(arrayNumber, ct); }
-        finally { Exit(); }
+        var moved = await EnterAsync();
+        bool ok = false;
+        try
+        {
+            if (moved is not null) await moved.FlushAsync(ct);
+            else await cache.FlushAsync(arrayNumber, ct);
+            ok = true;
+        }
+        finally { Exit(moved is null, ok); }
     }
 
     public async ValueTask WriteZeroesAsync(long offset, long length, bool fua, CancellationToken ct = default)
     {
         Check(offset, length);
-        if (await EnterAsync() is { } moved) { await moved.WriteZeroesAsync(offset, length, fua, ct); return; }
+        var moved = await EnterAsync();
+        bool ok = false;
         try
         {
-            const int Step = 1 << 20;
-            var zeros = new byte[(int)Math.Min(length, Step)];
-            for (long done = 0; done < length;)
+            if (moved is not null) await moved.WriteZeroesAsync(offset, length, fua, ct);
+            else
             {
-                int n = (int)Math.Min(Step, length - done);
-                await cache.WriteAsync(arrayNumber, ArraySector(offset + done), zeros.AsMemory(0, n), fua, ct);
-                done += n;
+                const int Step = 1 << 20;
+                var zeros = new byte[(int)Math.Min(length, Step)];
+                for (long done = 0; done < length;)
+                {
+                    int n = (int)Math.Min(Step, length - done);
+                    await cache.WriteAsync(arrayNumber, ArraySector(offset + done), zeros.AsMemory(0, n), fua, ct);
+                    done += n;
+                }
+                await AcknowledgeAsync(ct);
             }
-            await AcknowledgeAsync(ct);
+            ok = true;
         }
-        finally { Exit(); }
+        finally { Exit(moved is null, ok); }
     }
 
     /// <summary>TRIM through the cache is a zero write: the cache must not keep older data for the range.</summary>
@@ -245,9 +289,16 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
 
     public async ValueTask<IReadOnlyList<AllocationExtent>> GetAllocationAsync(long offset, long length, CancellationToken ct = default)
     {
-        if (await EnterAsync() is { } moved) return await moved.GetAllocationAsync(offset, length, ct);
+        var moved = await EnterAsync();
+        bool ok = false;
         try
         {
+            if (moved is not null)
+            {
+                var forwarded = await moved.GetAllocationAsync(offset, length, ct);
+                ok = true;
+                return forwarded;
+            }
             var extents = await Volume.GetAllocationAsync(offset, length, ct);
             // Data still in the cache is allocated whatever the drives say.
             var result = new List<AllocationExtent>();
@@ -265,9 +316,10 @@ public sealed class CachedVolume(RaidVolume volume, WriteBackCache cache, byte a
                 }
                 at += e.Length;
             }
+            ok = true;
             return result;
         }
-        finally { Exit(); }
+        finally { Exit(moved is null, ok); }
     }
 }
 

@@ -317,6 +317,8 @@ public sealed partial class Controller
     bool ShouldTakeOver()
     {
         if (_peerFenced || _standby || _steppedDown || Volatile.Read(ref _takingOver) != 0) return false;
+        // AW-6: not while this controller powers down, nor while the peer does (its "done" decides).
+        if (_poweringDown || PeerInPowerFailWindow) return false;
         var timeout = Failover.HeartbeatTimeout;
         // The ICL: our beats have found no heartbeat of the peer for a whole timeout.
         if (Since(Volatile.Read(ref _iclQuietSince)) < timeout) return false;
@@ -539,6 +541,9 @@ public sealed partial class Controller
     public async Task TakeOverAsync(string reason)
     {
         if (Shelf is null || _standby || _steppedDown || _peerFenced) return;
+        // AW-6: a controller powering down takes nothing over; a peer powering down is taken over once it
+        // says it is done (alone), or never (with the pair).
+        if (_poweringDown || PeerInPowerFailWindow) return;
         if (Interlocked.Exchange(ref _takingOver, 1) != 0) return;
         RaiseAccessChanged();
         try
@@ -650,6 +655,14 @@ public sealed partial class Controller
     void StepDown(string reason)
     {
         if (_steppedDown) return;
+        if (_powerFailFinishing)
+        {
+            // The peer took us over after our power-fail window, as we asked: we are stopping anyway.
+            _steppedDown = true;
+            Volatile.Write(ref _leaseUntil, 0);
+            LogSteppedDown($"{reason} (after this controller's power-fail window)");
+            return;
+        }
         _stepDownReason = reason;
         _steppedDown = true;
         Volatile.Write(ref _leaseUntil, 0);

@@ -27,6 +27,10 @@ public sealed record ControllerCoreOptions
     public TimeSpan ForwardTimeout { get; init; } = TimeSpan.FromSeconds(5);
     /// <summary>How long an orderly stop waits for the cache to destage.</summary>
     public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>AW-6: the graceful power-fail window, from the notice to the stop (the seed's battery hold-up
+    /// time). See <see cref="Controller.PowerFailAsync"/>.</summary>
+    public TimeSpan PowerFailWindow { get; init; } = DefaultPowerFailWindow;
+    public static readonly TimeSpan DefaultPowerFailWindow = TimeSpan.FromSeconds(5);
     public TimeProvider Time { get; init; } = TimeProvider.System;
     public ILoggerFactory Loggers { get; init; } = NullLoggerFactory.Instance;
     /// <summary>How long pairing waits for the peer to answer its hello.</summary>
@@ -128,6 +132,8 @@ public sealed partial class Controller : IAsyncDisposable
         if (options.ConfigureCache is { } configure) cacheOptions = configure(cacheOptions);
         WriteLog = new WriteLog(nvram);
         Cache = new WriteBackCache(nvram.Own, cacheMirror, cacheOptions, loggers.CreateLogger<WriteBackCache>());
+        if (options.PowerFailWindow <= TimeSpan.Zero) throw new ArgumentException($"the power-fail window ({options.PowerFailWindow}) must be positive", nameof(options));
+        HostCommands = new HostCommandGate(options.Name);
         Forwarding = new ForwardingClient(link, Epoch, options.ForwardTimeout, options.Time, firstRequestId: options.Session);
         ForwardingServer = new ForwardingServer(link, Epoch, name => ServedVolume(name), loggers.CreateLogger<ForwardingServer>(), RescanAsync);
         Volumes = new Catalog(this);
@@ -242,6 +248,8 @@ public sealed partial class Controller : IAsyncDisposable
         // Not while taking the peer over: its copy in our region 2 is what we adopt; pairing would
         // resume the mirror under the adoption (the watchdog pairs again afterwards).
         if (Volatile.Read(ref _takingOver) != 0) return;
+        // Nor in a power-fail window: the pair is stopping, not forming.
+        if (_poweringDown) return;
         Interlocked.Increment(ref _pairing);
         try
         {
@@ -304,8 +312,9 @@ public sealed partial class Controller : IAsyncDisposable
     {
         Mirror.Fail(why);
         FailReservationAck(why);
-        // Error-recovery mode: the data only this controller holds now goes to the drives.
-        _ = DrainAfterLossAsync();
+        // Error-recovery mode: the data only this controller holds now goes to the drives — unless this
+        // controller is powering down itself: its NVRAM keeps that data for the next start (AW-6).
+        if (!_poweringDown) _ = DrainAfterLossAsync();
     }
 
     async Task DrainAfterLossAsync()
@@ -358,6 +367,9 @@ public sealed partial class Controller : IAsyncDisposable
                 return;
             case MessageKind.ReservationState:
                 OnReservationState(t);
+                return;
+            case MessageKind.PowerFail:
+                OnPowerFailNotice(t.Message.Span);
                 return;
         }
         if (!await Receiver.HandleAsync(t)) LogUnknown("command", kind.ToString());
@@ -462,6 +474,7 @@ public sealed partial class Controller : IAsyncDisposable
         // gets one now): the peer serves it only once the shelf names it.
         if (Claims?.Of(serial) is null) await ClaimAsync(serial, Name);
         var info = await GiveUpArrayAsync(array, () => Arrays.HandOverAsync(array, to, ct),
+            // Held requests were admitted (and are counted) by their CachedVolume: no second count.
             v => new ForwardedVolume(v.Name, v.SizeBytes, Forwarding), () => HandOverClaimAsync(to, serial), ct);
         LogMoved(array, to);
         return info;
@@ -569,7 +582,7 @@ public sealed partial class Controller : IAsyncDisposable
                 lock (c._volumesLock)
                 {
                     if (!c._forwarded.TryGetValue(name, out var fv) || fv.SizeBytes != peer.SizeBytes)
-                        c._forwarded[name] = fv = new ForwardedVolume(name, peer.SizeBytes, c.Forwarding);
+                        c._forwarded[name] = fv = new ForwardedVolume(name, peer.SizeBytes, c.Forwarding, c.HostCommands);
                     volume = fv;
                 }
                 return true;
@@ -590,23 +603,31 @@ public sealed partial class Controller : IAsyncDisposable
         return new ControllerInfo(Name, _options.PeerName, Link.IsUp, Mirror.Mode == MirrorMode.Healthy ? "healthy" : "error-recovery",
             Mirror.DownReason, _options.Mirror.ToString().ToLowerInvariant(), Cache.ElementCount, cc.Dirty, cc.Hits, cc.Misses, cc.DestagedElements,
             cc.WriteThroughs, cc.Mirrored, mc.Batches, mc.SmallWrites, mc.LargeWrites, lc.DoorbellsRung, lc.MessageBytesSent, lc.DataBytesSent,
-            Forwarding.Forwarded, Interlocked.Read(ref ForwardingServer.Served), Receiver.Refused) { Failover = FailoverState() };
+            Forwarding.Forwarded, Interlocked.Read(ref ForwardingServer.Served), Receiver.Refused) { Failover = FailoverState(), PoweringDown = _poweringDown };
     }
 
+    /// <summary>
+    /// Stops the controller and disposes its parts. The orderly stop destages the whole cache first (the
+    /// peer's mirror of us is then not needed); after a power-fail window (<see cref="PowerFailAsync"/>)
+    /// nothing is destaged: the dirty elements stay in NVRAM for the next start to replay.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
         _stopping.Cancel();
         Handshake.Stop();
-        // An orderly stop destages everything, so the peer's mirror of us is no longer needed.
-        try { await Waits.WithTimeout(Cache.DrainAsync(), _options.DrainTimeout, _options.Time); }
-        catch (Exception e) { LogDrainFailed(e.Message); }
+        if (!_poweringDown)
+        {
+            try { await Waits.WithTimeout(Cache.DrainAsync(), _options.DrainTimeout, _options.Time); }
+            catch (Exception e) { LogDrainFailed(e.Message); }
+        }
         await Cache.DisposeAsync();
         await Mirror.DisposeAsync();
         await Link.DisposeAsync();
         await Arrays.DisposeAsync();
         if (Shelf is IAsyncDisposable port) await port.DisposeAsync();
         Nvram.Dispose();
-        LogStopped(Name);
+        if (_poweringDown) LogPoweredDown(Name);
+        else LogStopped(Name);
     }
 
     [LoggerMessage(EventId = 7002, Level = LogLevel.Information, Message = "replayed {Count} cache elements from NVRAM region 1")]
@@ -623,6 +644,8 @@ public sealed partial class Controller : IAsyncDisposable
     partial void LogDrainFailed(string error);
     [LoggerMessage(EventId = 7007, Level = LogLevel.Information, Message = "controller {Name} stopped; cache destaged")]
     partial void LogStopped(string name);
+    [LoggerMessage(EventId = 7009, Level = LogLevel.Information, Message = "controller {Name} stopped after its power-fail window; its dirty cache is in NVRAM")]
+    partial void LogPoweredDown(string name);
     [LoggerMessage(EventId = 7008, Level = LogLevel.Information, Message = "array {Array} moved to controller {To}; its requests are forwarded there")]
     partial void LogMoved(string array, string to);
 }

@@ -48,6 +48,8 @@ public sealed record ControllerOptions
     /// <summary>The ports (127.0.0.1) of this controller's two units of Duet's host protocol, unit 0 then unit 1;
     /// unit N of A and unit N of B form multicast group N. Null: A 10811 and 10812, B 10813 and 10814.</summary>
     public IReadOnlyList<int>? HostUnitPorts { get; init; }
+    /// <summary>AW-6: the graceful power-fail window (see <see cref="Controller.PowerFailAsync"/>).</summary>
+    public TimeSpan PowerFailWindow { get; init; } = ControllerCoreOptions.DefaultPowerFailWindow;
 
     public string PeerName => Name == "A" ? "B" : "A";
     public static string SocketFor(string dataDirectory, string name) =>
@@ -138,12 +140,20 @@ public sealed partial class ControllerServer : IAsyncDisposable
                 Name = options.Name, Session = session, Mirror = options.Mirror, WriteLog = options.WriteLog,
                 ForwardTimeout = options.ForwardTimeout, Time = options.Time, Loggers = loggers, Shelf = shelf, Claims = claims, Failover = options.Failover,
                 ReservationPersistence = new FileReservationPersistence(ControllerOptions.ReservationPathFor(dir, options.Name)),
+                PowerFailWindow = options.PowerFailWindow,
             }, arrays, nvram, link);
             server = new ControllerServer(options with { DataDirectory = dir }, controller, loggers);
             await controller.StartAsync();
             server._metrics = new ControllerMetrics(controller);
-            server.Management = await ManagementHost.StartAsync(controller.ArrayService, ControllerOptions.SocketFor(dir, options.Name), loggers, ct);
-            server.Nbd = new NbdServer(controller.Volumes, new NbdServerOptions { Endpoint = options.NbdEndpoint, TimeProvider = options.Time }, loggers.CreateLogger<NbdServer>());
+            // A window begun by the peer (a power failure of the pair) stops the front ends too.
+            var self = server;
+            controller.PowerFailBegan += _ => self.StopFrontEnds();
+            server.Management = await ManagementHost.StartAsync(controller.ArrayService, ControllerOptions.SocketFor(dir, options.Name), loggers, ct,
+                (request, _) => self.PowerFailAsync(ParseScope(request.Scope)));
+            server.Nbd = new NbdServer(controller.Volumes, new NbdServerOptions
+            {
+                Endpoint = options.NbdEndpoint, TimeProvider = options.Time, ShutdownTimeout = HostPhase(options.PowerFailWindow),
+            }, loggers.CreateLogger<NbdServer>());
             await server.Nbd.StartAsync(ct);
             server._iscsiDevice = IscsiCatalogDevice.Create(controller.Volumes, IscsiServerOptions.DefaultTargetName, options.Time,
                 () => VolumeAccessStates(controller), controller.Reservations, IscsiCatalogDevice.ControllerFailoverHold);
@@ -216,7 +226,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
         return new IscsiServerOptions
         {
             Endpoint = endpoint, PortalGroupTag = group, RelativeTargetPort = group, Portals = portals,
-            TargetAlias = $"duet-{options.Name}", TimeProvider = options.Time,
+            TargetAlias = $"duet-{options.Name}", TimeProvider = options.Time, ShutdownTimeout = HostPhase(options.PowerFailWindow),
         };
     }
 
@@ -244,6 +254,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
                 var unit = new HostUnitServer(controller.Volumes, controller.Handshake, new HostUnitServerOptions
                 {
                     Unit = (byte)u, Controller = options.Name[0], Endpoint = new IPEndPoint(IPAddress.Loopback, ports[u]), TimeProvider = options.Time,
+                    ShutdownTimeout = HostPhase(options.PowerFailWindow),
                 }, loggers.CreateLogger<HostUnitServer>());
                 units.Add(unit);
                 await unit.StartAsync(ct);
@@ -259,14 +270,65 @@ public sealed partial class ControllerServer : IAsyncDisposable
 
     public ControllerInfo Info() => Controller.Info();
 
-    /// <summary>Stops serving (host units, NBD, management), then stops the controller in order (its cache destaged).</summary>
+    /// <summary>The front ends' share of a power-fail window: their requests in flight are answered within
+    /// the controller's host phase (three quarters of the window), then their connections close.</summary>
+    static TimeSpan HostPhase(TimeSpan window) => window * 3 / 4;
+
+    static Duet.Interconnect.Wire.PowerFailScope ParseScope(string scope) => scope switch
+    {
+        "pair" => Duet.Interconnect.Wire.PowerFailScope.Pair,
+        "controller" => Duet.Interconnect.Wire.PowerFailScope.Controller,
+        _ => throw new ManagementException(ManagementErrorKind.Invalid, $"power-fail scope '{scope}' is not 'pair' or 'controller'"),
+    };
+
+    Task? _frontEndsStopped;
+    readonly Lock _frontEndsLock = new();
+
+    /// <summary>The front ends stop listening and reading requests; those in flight are answered (within the
+    /// host phase of the window), then the connections close. Idempotent.</summary>
+    void StopFrontEnds()
+    {
+        lock (_frontEndsLock)
+        {
+            _frontEndsStopped ??= Waits.WhenAll([.. HostUnits.Select(u => u.StopAsync()), Nbd.StopAsync(), Iscsi.StopAsync()]);
+        }
+    }
+
+    /// <summary>
+    /// AW-6: a power-fail notice for this controller (SIGTERM: <see cref="Duet.Interconnect.Wire.PowerFailScope.Controller"/>;
+    /// `duet power-fail`, `./duet up` stopping: <see cref="Duet.Interconnect.Wire.PowerFailScope.Pair"/>). The controller
+    /// runs its window (<see cref="Controller.PowerFailAsync"/>): its gate closes first, so what it counts in flight is
+    /// what was admitted before the notice; as the window begins the front ends stop listening and reading. The report
+    /// comes when the window ended. Then dispose the server: nothing is destaged.
+    /// </summary>
+    public Task<PowerFailReport> PowerFailAsync(Duet.Interconnect.Wire.PowerFailScope scope)
+    {
+        var report = Controller.PowerFailAsync(scope);
+        StopFrontEnds(); // done already by PowerFailBegan, unless the window had begun before (idempotent)
+        return report;
+    }
+
+    /// <summary>Completes with the window's report once a window ran, whoever began it (this process, or the
+    /// peer for a power failure of the pair); never otherwise.</summary>
+    public async Task<PowerFailReport> PowerFailedAsync()
+    {
+        var began = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Controller.PowerFailBegan += _ => began.TrySetResult();
+        if (Controller.PowerFailCompletion is null) await began.Task;
+        return await Controller.PowerFailCompletion!;
+    }
+
+    /// <summary>Stops serving (host units, NBD, management), then stops the controller: in order (its cache
+    /// destaged), or after a power-fail window without destaging.</summary>
     public async ValueTask DisposeAsync()
     {
+        if (Volatile.Read(ref _frontEndsStopped) is { } stopping) await stopping;
         foreach (var unit in HostUnits) await unit.DisposeAsync();
         await Nbd.DisposeAsync();
         await Iscsi.DisposeAsync();
         _iscsiDevice?.Dispose();
-        await Management.DisposeAsync();
+        // After a power-fail window the answer to `duet power-fail` may still be on its way; anything else is cut.
+        await Management.StopAsync(Controller.IsPoweringDown ? TimeSpan.FromSeconds(2) : Timeout.InfiniteTimeSpan);
         _metrics?.Dispose();
         await Controller.DisposeAsync();
     }

@@ -90,6 +90,10 @@ public sealed class ForwardingClient
     public static int ErrorToErrno(BlockIoException e) => e.Kind switch
     {
         BlockErrorKind.Medium => 61, // ENODATA, the Linux block layer's errno for a medium error (a listed bad block, AW-5)
+        // Not served there now (no lease, stepped down, powering down): EAGAIN, which the asker reads as
+        // its path to the owner being down, so its iSCSI target holds the command and retries it, as
+        // across a takeover.
+        BlockErrorKind.Unavailable => 11,
         BlockErrorKind.OutOfRange => 28,
         BlockErrorKind.Invalid => 22,
         BlockErrorKind.ReadOnly => 1,
@@ -104,6 +108,7 @@ public sealed class ForwardingClient
         // The owner knows the sector; the answer carries only the errno, so the host is told the error without it.
         61 => new BlockIoException(BlockErrorKind.Medium, $"volume {volume}: the owning controller reports a medium error in the request at {offset} (a block on its array's bad-block list)"),
         2 => new BlockIoException(BlockErrorKind.Unavailable, $"volume {volume} is not served by the owning controller"),
+        11 => new BlockIoException(BlockErrorKind.PathDown, $"volume {volume}: the owning controller cannot serve it now"),
         _ => new BlockIoException(BlockErrorKind.Io, $"volume {volume}: the owning controller failed the request (errno {errno})", offset / Units.SectorBytes),
     };
 }
@@ -179,8 +184,10 @@ public sealed partial class ForwardingServer(IIclLink link, Func<ulong> epoch, F
     partial void LogMalformed(string error);
 }
 
-/// <summary>A volume the peer serves, reached by forwarding every request to it.</summary>
-public sealed class ForwardedVolume(string name, long sizeBytes, ForwardingClient client) : IBlockVolume
+/// <summary>A volume the peer serves, reached by forwarding every request to it. With a
+/// <paramref name="gate"/>, each request counts as a host command in flight here (AW-6); without one,
+/// the caller has counted it (a request a move handed over).</summary>
+public sealed class ForwardedVolume(string name, long sizeBytes, ForwardingClient client, HostCommandGate? gate = null) : IBlockVolume
 {
     public string Name { get; } = name;
     public long SizeBytes { get; } = sizeBytes;
@@ -188,30 +195,45 @@ public sealed class ForwardedVolume(string name, long sizeBytes, ForwardingClien
 
     void Check(long offset, long length) => VolumeChecks.CheckRequest(Name, SizeBytes, offset, length);
 
+    ValueTask SendAsync(ForwardedOp op, long offset, long length, bool fua, ReadOnlyMemory<byte> data, Memory<byte> readInto, CancellationToken ct) =>
+        gate is null ? client.SendAsync(op, Name, offset, length, fua, data, readInto, ct) : SendCountedAsync(gate, op, offset, length, fua, data, readInto, ct);
+
+    async ValueTask SendCountedAsync(HostCommandGate g, ForwardedOp op, long offset, long length, bool fua, ReadOnlyMemory<byte> data, Memory<byte> readInto, CancellationToken ct)
+    {
+        g.Enter();
+        bool ok = false;
+        try
+        {
+            await client.SendAsync(op, Name, offset, length, fua, data, readInto, ct);
+            ok = true;
+        }
+        finally { g.Exit(ok); }
+    }
+
     public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken ct = default)
     {
         Check(offset, destination.Length);
-        return client.SendAsync(ForwardedOp.Read, Name, offset, destination.Length, false, default, destination, ct);
+        return SendAsync(ForwardedOp.Read, offset, destination.Length, false, default, destination, ct);
     }
 
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken ct = default)
     {
         Check(offset, source.Length);
-        return client.SendAsync(ForwardedOp.Write, Name, offset, source.Length, fua, source, default, ct);
+        return SendAsync(ForwardedOp.Write, offset, source.Length, fua, source, default, ct);
     }
 
-    public ValueTask FlushAsync(CancellationToken ct = default) => client.SendAsync(ForwardedOp.Flush, Name, 0, 0, false, default, default, ct);
+    public ValueTask FlushAsync(CancellationToken ct = default) => SendAsync(ForwardedOp.Flush, 0, 0, false, default, default, ct);
 
     public ValueTask WriteZeroesAsync(long offset, long length, bool fua, CancellationToken ct = default)
     {
         Check(offset, length);
-        return client.SendAsync(ForwardedOp.WriteZeroes, Name, offset, length, fua, default, default, ct);
+        return SendAsync(ForwardedOp.WriteZeroes, offset, length, fua, default, default, ct);
     }
 
     public ValueTask TrimAsync(long offset, long length, CancellationToken ct = default)
     {
         Check(offset, length);
-        return client.SendAsync(ForwardedOp.Trim, Name, offset, length, false, default, default, ct);
+        return SendAsync(ForwardedOp.Trim, offset, length, false, default, default, ct);
     }
 
     public ValueTask<IReadOnlyList<AllocationExtent>> GetAllocationAsync(long offset, long length, CancellationToken ct = default)

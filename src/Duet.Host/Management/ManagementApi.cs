@@ -32,6 +32,8 @@ namespace Duet.Host.Management;
 //   POST   /v1/drives/{name}/fail      -> 204
 //   POST   /v1/drives/{name}/replace   ReplaceDriveRequest -> 204
 //   POST   /v1/spares                  AddSpareRequest     -> 204
+//   POST   /v1/power-fail              PowerFailRequest (body optional: the pair) -> 200 PowerFailReport,
+//                                      once the controller's power-fail window ended (AW-6); it then stops
 //
 // Refusals: ManagementException Invalid/NotFound/Conflict -> 400/404/409, malformed or
 // incomplete JSON -> 400, unknown route -> 404, all with {"error": "message"}. Anything
@@ -61,7 +63,10 @@ public sealed class ManagementHost : IAsyncDisposable
 
     /// <summary>Binds <paramref name="socketPath"/> (removing a stale socket file left by a
     /// dead controller) and starts serving. Refuses if another process is listening there.</summary>
-    public static async Task<ManagementHost> StartAsync(IArrayService service, string socketPath, ILoggerFactory loggerFactory, CancellationToken ct)
+    /// <param name="powerFail">AW-6: runs the controller's power-fail window and returns its report (null: the
+    /// route answers 404: nothing here has such a window).</param>
+    public static async Task<ManagementHost> StartAsync(IArrayService service, string socketPath, ILoggerFactory loggerFactory, CancellationToken ct,
+        Func<PowerFailRequest, CancellationToken, Task<PowerFailReport>>? powerFail = null)
     {
         ArgumentNullException.ThrowIfNull(service);
         ArgumentNullException.ThrowIfNull(loggerFactory);
@@ -85,19 +90,25 @@ public sealed class ManagementHost : IAsyncDisposable
         var app = builder.Build();
 
         var log = loggerFactory.CreateLogger<ManagementHost>();
-        MapRoutes(app, service, log);
+        MapRoutes(app, service, log, powerFail);
         await app.StartAsync(ct);
         if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(socketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
         Log.Listening(log, socketPath);
         return new ManagementHost(app, socketPath);
     }
 
-    public async ValueTask DisposeAsync()
+    public ValueTask DisposeAsync() => new(StopAsync(Timeout.InfiniteTimeSpan));
+
+    /// <summary>Stops serving: requests in flight get up to <paramref name="grace"/> to finish, then their
+    /// connections are cut. Idempotent.</summary>
+    public async Task StopAsync(TimeSpan grace)
     {
         if (Interlocked.Exchange(ref disposed, 1) != 0) return;
         try
         {
-            await app.StopAsync(CancellationToken.None);
+            using var cut = grace == Timeout.InfiniteTimeSpan ? new CancellationTokenSource() : new CancellationTokenSource(grace);
+            try { await app.StopAsync(cut.Token); }
+            catch (OperationCanceledException) { } // the grace ran out: the rest was cut
         }
         finally
         {
@@ -124,7 +135,7 @@ public sealed class ManagementHost : IAsyncDisposable
         File.Delete(socketPath);
     }
 
-    static void MapRoutes(WebApplication app, IArrayService service, ILogger log)
+    static void MapRoutes(WebApplication app, IArrayService service, ILogger log, Func<PowerFailRequest, CancellationToken, Task<PowerFailReport>>? powerFail)
     {
         var json = ManagementJsonContext.Default;
 
@@ -199,6 +210,15 @@ public sealed class ManagementHost : IAsyncDisposable
             var request = await ReadBodyAsync(ctx, json.AddSpareRequest, whenEmpty: null);
             await service.AddSpareAsync(request, ctx.RequestAborted);
             ctx.Response.StatusCode = StatusCodes.Status204NoContent;
+        }));
+
+        app.MapPost("/v1/power-fail", Handle(log, async ctx =>
+        {
+            if (powerFail is null) throw new ManagementException(ManagementErrorKind.NotFound, "this server has no power-fail window (it is not a controller of a pair)");
+            var request = await ReadBodyAsync(ctx, json.PowerFailRequest, whenEmpty: new PowerFailRequest());
+            // Not cancelled by the client going away: the window, once begun, runs to its end.
+            var report = await powerFail(request, CancellationToken.None);
+            await WriteAsync(ctx, StatusCodes.Status200OK, report, json.PowerFailReport);
         }));
 
         app.MapFallback(Handle(log, ctx => throw new ManagementException(ManagementErrorKind.NotFound,

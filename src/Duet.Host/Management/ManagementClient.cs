@@ -91,6 +91,10 @@ public sealed class ManagementClient : IDisposable
     public Task<BadBlockReport> BadBlocksAsync(string array, CancellationToken ct = default) =>
         GetAsync($"v1/arrays/{Segment(array)}/bad-blocks", Json.BadBlockReport, ct);
 
+    /// <summary>AW-6: runs the controller's power-fail window; answers with its report once the window ended.</summary>
+    public Task<PowerFailReport> PowerFailAsync(PowerFailRequest request, CancellationToken ct = default) =>
+        PostAsync("v1/power-fail", request, Json.PowerFailRequest, Json.PowerFailReport, ct);
+
     public void Dispose() => http.Dispose();
 
     static ManagementJsonContext Json => ManagementJsonContext.Default;

@@ -37,6 +37,9 @@ public sealed record OkResponse(bool Ok);
 [JsonSerializable(typeof(ScrubRequest))]
 [JsonSerializable(typeof(MoveArrayRequest))]
 [JsonSerializable(typeof(BadBlockReport))]
+[JsonSerializable(typeof(PowerFailRequest))]
+[JsonSerializable(typeof(PowerFailReport))]
+[JsonSerializable(typeof(IReadOnlyList<PowerFailReport>))]
 [JsonSerializable(typeof(ErrorResponse))]
 [JsonSerializable(typeof(OkResponse))]
 public sealed partial class ManagementJsonContext : JsonSerializerContext

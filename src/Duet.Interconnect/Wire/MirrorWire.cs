@@ -170,6 +170,8 @@ public static class MirrorWire
     public const ushort TypeHostHandshake = 0x0109;
     /// <summary>A LUN's persistent-reservation state, mirrored so that it survives a failover.</summary>
     public const ushort TypeReservationState = 0x010A;
+    /// <summary>AW-6: a controller's power-fail window began or ended (<see cref="PowerFailNotice"/>).</summary>
+    public const ushort TypePowerFail = 0x010B;
 
     /// <summary>The array table maps to 8-bit volume numbers: at most 256 arrays (MR-5).</summary>
     public const int ArrayTableEntriesMax = 256;

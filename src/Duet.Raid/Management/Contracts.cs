@@ -94,7 +94,30 @@ public sealed record ControllerInfo(
 {
     /// <summary>Heartbeats, lease and takeovers (issue 5); null when the controller runs without a shelf.</summary>
     public FailoverInfo? Failover { get; init; }
+    /// <summary>AW-6: the controller is in (or past) its power-fail window: it starts no host command and will stop.</summary>
+    public bool PoweringDown { get; init; }
 }
+
+/// <param name="Scope">"pair" (default: the power fails for both controllers; each runs its window and
+/// neither takes the other over) or "controller" (this controller alone: its peer takes its arrays over).</param>
+public sealed record PowerFailRequest(string Scope = "pair");
+
+/// <summary>
+/// What one controller did in its power-fail window (AW-6). Host commands: in flight when the window
+/// began, and of those how many finished, failed, and were still running at its end; "refused" came
+/// after it began and were not started. What the window leaves to the next start: dirty cache elements
+/// (in NVRAM, replayed) and write-log records (their stripes settled).
+/// </summary>
+/// <param name="WindowExpired">Some work did not finish within the window and was left as it was (recovery handles it).</param>
+/// <param name="DestageStopped">No destage round was running at the end (the last one finished).</param>
+/// <param name="DrivesFlushed">The drives of the arrays served here were flushed (the records of finished writes cleared).</param>
+/// <param name="NvramSynced">The NVRAM file was synced (msync) at the end.</param>
+/// <param name="PeerTold">The peer heard of the window.</param>
+/// <param name="PeerDone">The peer said its own window ended (with scope "pair").</param>
+public sealed record PowerFailReport(
+    string Controller, string Scope, double WindowMs, double ElapsedMs, bool WindowExpired,
+    int HostCommandsInFlight, int HostCommandsFinished, int HostCommandsFailed, int HostCommandsUnfinished, long HostCommandsRefused,
+    bool DestageStopped, bool DrivesFlushed, bool NvramSynced, int DirtyElementsKept, int LogRecordsLeft, bool PeerTold, bool PeerDone);
 
 /// <summary>
 /// FO-1/FO-7 state of one controller. <see cref="State"/>: "active" (serving with a lease), "no lease"

@@ -275,4 +275,37 @@ public class WriteBackCacheTests
         await h.VerifyAsync();
         h.CheckMirrorInvariant();
     }
+
+    [Fact]
+    [Trait("Claim", "AW-6")]
+    public async Task InAPowerFailWindowDestageOnlyMakesRoomForWaitingWritersAndOnceStoppedStartsNoRound()
+    {
+        // Idle destage would run 20 ms after the last write: in the window it must not.
+        var options = new CacheOptions { IdleDestageDelay = TimeSpan.FromMilliseconds(20) };
+        await using var h = new CacheHarness(nvramBytes: 1 << 20, arraySectors: 65536, options: options);
+        int elements = h.Cache.ElementCount;
+        h.Cache.DestageForRoomOnly();
+        for (int i = 0; i < elements / 2; i++) await h.WriteAsync(i * 32L, 32);
+        await Task.Delay(300);
+        Assert.Equal(0, Interlocked.Read(ref h.Backing.Writes));
+        Assert.Equal(elements / 2, h.Cache.DirtyCount);
+
+        // A write in flight that needs room gets it: a round runs for it.
+        for (int i = elements / 2; i < elements + 4; i++) await h.WriteAsync(i * 32L, 32).WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.True(Interlocked.Read(ref h.Backing.Writes) > 0);
+
+        // Stopped: no round starts again, whatever waits. Writes that find clean elements to reuse still go in
+        // (dirty, in NVRAM); the first that finds none waits.
+        await h.Cache.StopDestageAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.True(h.Cache.DestageStopped);
+        long writes = Interlocked.Read(ref h.Backing.Writes);
+        long next = elements + 4;
+        while (h.Cache.DirtyCount < elements) await h.WriteAsync(next++ * 32L, 32).WaitAsync(TimeSpan.FromSeconds(30));
+        var waiting = h.Cache.WriteAsync(7, next * 32L, new byte[16384], false).AsTask();
+        await Task.Delay(300);
+        Assert.False(waiting.IsCompleted, "a full cache with destage stopped has no room");
+        Assert.Equal(writes, Interlocked.Read(ref h.Backing.Writes));
+        Assert.Equal(elements, h.Cache.DirtyCount);
+        Assert.Equal(elements, h.Owner.Own.ReplayOrder().Count(x => x.Descriptor.Dirty));
+    }
 }
