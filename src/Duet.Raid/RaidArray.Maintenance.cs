@@ -412,7 +412,31 @@ public sealed partial class RaidArray
         {
             bool dataGood = true;
             for (int i = 0; i < g.DataMembers; i++) dataGood &= ws.RowState(g.DataMember(stripe, i), r) == Workspace.Ok;
-            if (!dataGood) continue;
+            if (!dataGood)
+            {
+                // Something in the row is lost (a member that cannot be read, and parity the cut may have torn):
+                // still keep every block that was read whole, and leave only the lost ones to the bad-block list,
+                // which fills them and regenerates the row's parity over what is kept.
+                for (int i = 0; i < g.DataMembers; i++)
+                {
+                    int m = g.DataMember(stripe, i);
+                    if (ws.RowState(m, r) == Workspace.Bad && ws.AsRead(m, r) is { } asRead && Writable(m))
+                    {
+                        asRead.CopyTo(ws.Block(m, r));
+                        ws.SetState(m, r, Workspace.Ok);
+                        ws.Reconstructed[m][r - ws.RowLo] = false;
+                        writes.Add((m, stripe * g.ChunkBlocks + r, ws.Rows(m, r, 1), false));
+                        Interlocked.Increment(ref result.Repaired);
+                        LogTornRewritten(Name, stripe, r, m, _members[m]!.Drive.Name);
+                        result.Add($"stripe {stripe} row {r} {MemberName(m)}: torn by an interrupted write, kept as read");
+                    }
+                    else if (ws.RowState(m, r) == Workspace.Ok && ws.Reconstructed[m][r - ws.RowLo] && !ws.FoundBad[m][r - ws.RowLo])
+                    {
+                        ws.SetState(m, r, Workspace.Bad); // rebuilt from parity the cut may have torn, with no tag to check it: lost
+                    }
+                }
+                continue;
+            }
             foreach (var (m, row) in torn)
                 if (row == r && Writable(m))
                 {

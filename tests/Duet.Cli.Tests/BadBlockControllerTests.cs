@@ -12,7 +12,8 @@ using PairController = Duet.Host.Controller.Controller;
 namespace Duet.Cli.Tests;
 
 /// <summary>
-/// AW-5 through the real controller: a torn block its write log names is listed at the next start, the
+/// AW-5 through the real controller: a block its write log names that is lost (its member gone, its row's
+/// parity torn) is listed at the next start, the
 /// host is told (a medium error naming the volume's sector, the management API's list), a host write
 /// clears it for good; in write-back mode a listed block the cache holds newer data for reads from the
 /// cache, and its destage clears the entry.
@@ -26,6 +27,14 @@ public sealed class BadBlockControllerTests
     /// <summary>Tears array block <paramref name="block"/> and its row's parity behind the array's back:
     /// what a power cut in the middle of a write leaves when the data block's tag and the parity write
     /// landed but not the data (or the other way round).</summary>
+    /// <summary>Tears the parity of array block <paramref name="block"/>'s row behind the array's back.</summary>
+    static async Task TearParityAsync(RaidArray raid, long block)
+    {
+        var g = raid.Geometry;
+        var (stripe, _, _, memberBlock) = g.Map(block);
+        await raid.Member(g.PMember(stripe))!.Drive.WriteAsync(MemberLayout.DataLba(memberBlock), Enumerable.Repeat((byte)0x33, Units.BlockBytes).ToArray());
+    }
+
     static async Task TearAsync(RaidArray raid, long block)
     {
         var g = raid.Geometry;
@@ -37,7 +46,8 @@ public sealed class BadBlockControllerTests
     [Fact]
     public async Task ARestartListsATornBlockItsLogNamedTheHostIsToldAndARewriteClearsItForGood()
     {
-        var shelf = await ShelfWithVolumeAsync();
+        var faulty = new Dictionary<string, Duet.Drives.Faults.FaultyDrive>(StringComparer.Ordinal);
+        var shelf = await ShelfWithVolumeAsync(faulty);
         var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
         var store = NvramStore.For(layout, "nvram-A");
         var data = new byte[64 << 10];
@@ -46,7 +56,10 @@ public sealed class BadBlockControllerTests
 
         // First life: the data has long been on the drives (no cache element holds it: a clean copy in
         // the cache is as good as the host's write, and reads would be served from it); then a write of
-        // block 5 is logged and torn, and nothing holds its data any more.
+        // block 5's row is logged and torn (its parity), nothing holds its data any more, and the drive
+        // holding block 5 fails with the controller: the write hole with a member missing. (A block read
+        // whole that fails its tag is not lost: settling keeps it as read.)
+        string dataDrive;
         var a = await StartAsync(1, shelf, store, layout, Link());
         try
         {
@@ -54,9 +67,12 @@ public sealed class BadBlockControllerTests
             await onDrives.WriteAsync(0, data, fua: true);
             var raid = a.Arrays.ServedArrays.Single();
             await ((IArrayWriteLog)a).StartedAsync(a.Arrays.NumberOf(raid), Block, 1, default);
-            await TearAsync(raid, Block);
+            await TearParityAsync(raid, Block);
+            var (stripe, dataIndex, _, _) = raid.Geometry.Map(Block);
+            dataDrive = raid.Member(raid.Geometry.DataMember(stripe, dataIndex))!.Drive.Name;
         }
         finally { await a.DisposeAsync(); }
+        faulty[dataDrive].Fail();
 
         // Second life: the start settles the logged stripe and lists the block before it serves.
         var fresh = new byte[Units.BlockBytes];
@@ -214,7 +230,7 @@ public sealed class BadBlockControllerTests
     }
 
     /// <summary>A shelf of three drives holding arr0 (RAID 5, owned by A) with a 16 MiB vol0.</summary>
-    static async Task<Duet.Shelf.Shelf> ShelfWithVolumeAsync()
+    static async Task<Duet.Shelf.Shelf> ShelfWithVolumeAsync(Dictionary<string, Duet.Drives.Faults.FaultyDrive>? faulty = null)
     {
         var bay = new MemoryShelf();
         for (int i = 0; i < 3; i++) bay.Insert($"d{i}", DriveBytes);
@@ -223,7 +239,12 @@ public sealed class BadBlockControllerTests
             await setup.CreateArrayAsync(new CreateArrayRequest("arr0", 5, ["d0", "d1", "d2"], Owner: "A"));
             await setup.CreateVolumeAsync(new CreateVolumeRequest("vol0", "arr0", 16L << 20));
         }
-        return new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore());
+        return new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore(), faulty is null ? null : (name, inner) =>
+        {
+            if (!faulty.TryGetValue(name, out var f))
+                faulty[name] = f = new Duet.Drives.Faults.FaultyDrive(inner, new Duet.Drives.Faults.FaultOptions { TrackUnflushedWrites = false }, TimeProvider.System);
+            return f;
+        });
     }
 
     static async Task<PairController> StartAsync(ulong session, Duet.Shelf.Shelf shelf, NvramStore store, NvramLayout layout, IIclLink link)

@@ -116,16 +116,16 @@ public class BadBlockTests
     [Theory]
     [InlineData(RaidLevel.Raid5, 4)]
     [InlineData(RaidLevel.Raid6, 5)]
-    public async Task SettleListsATornBlockThatRedundancyCannotRecoverFillsItAndRegeneratesParity(RaidLevel level, int members)
+    public async Task ScrubListsATornBlockThatRedundancyCannotRecoverFillsItAndRegeneratesParity(RaidLevel level, int members)
     {
         var h = await TornRowAsync(level, members);
         var g = h.Geometry;
 
-        var settled = await h.Array.SettleStripesAsync(0, 1);
+        var settled = await ScrubRepairAsync(h.Array);
 
         Assert.Equal(1, settled.Listed);
         var entry = Assert.Single(h.Array.BadBlocks.Entries);
-        Assert.Equal(new BadBlockEntry(0, BadBlockEntry.AllSectors, BadBlockSource.Settle), entry);
+        Assert.Equal(new BadBlockEntry(0, BadBlockEntry.AllSectors, BadBlockSource.Scrub), entry);
         Assert.Equal(1, h.Array.BadBlocksListed);
         // Filled with the known pattern under a good tag: checks pass, and the row's parity covers the fill.
         Assert.All(await DataBlockOnDriveAsync(h, g.DataMember(0, 0), 0), b => Assert.Equal(BadBlockList.FillByte, b));
@@ -150,6 +150,44 @@ public class BadBlockTests
         Assert.True(beside.AsSpan().SequenceEqual(h.Model.AsSpan(Units.BlockBytes, Units.BlockBytes)));
     }
 
+    static async Task<ScrubResult> ScrubRepairAsync(RaidArray array)
+    {
+        var result = new ScrubResult();
+        await array.ScrubAsync(true, result, new PassProgress { TotalStripes = array.Geometry.Stripes }, default);
+        return result;
+    }
+
+    /// <summary>
+    /// Settling a stripe the write log named (an interrupted write) is not a scrub: a block read whole that fails
+    /// its tag holds a version that write left (old sectors where it changed none), so it is kept as read and
+    /// its row's parity recomputed; what is listed is only what could not be read at all and that nothing
+    /// rebuilds — here the block of a member missing from a row whose parity the cut tore too.
+    /// </summary>
+    [Theory]
+    [InlineData(RaidLevel.Raid5, 4)]
+    [InlineData(RaidLevel.Raid6, 5)]
+    public async Task SettleKeepsATornBlockAsReadAndListsOnlyWhatItCannotRead(RaidLevel level, int members)
+    {
+        var h = await TornRowAsync(level, members);
+        var g = h.Geometry;
+        var asLeft = await DataBlockOnDriveAsync(h, g.DataMember(0, 0), 0);
+        asLeft.CopyTo(h.Model, 0);
+        int gone = g.DataMember(0, 1);
+        await h.Array.FailMember(gone, "test");
+        if (g.ParityMembers == 2) await h.Array.FailMember(g.DataMember(0, 2), "test"); // RAID 6 would rebuild one from Q otherwise
+
+        var settled = await h.Array.SettleStripesAsync(0, 1);
+
+        Assert.Contains(settled.Findings, f => f.Contains("kept as read"));
+        var back = new byte[Units.BlockBytes];
+        await h.Array.ReadAsync(0, back);
+        Assert.True(back.AsSpan().SequenceEqual(asLeft), "block 0 reads as the cut left it");
+        // Chunk 1's block of row 0 exists only in the torn parity: listed (and RAID 6's chunk 2 too).
+        Assert.Contains(h.Array.BadBlocks.Entries, e => e.ArrayBlock == g.ChunkBlocks && e.Source == BadBlockSource.Settle);
+        Assert.DoesNotContain(h.Array.BadBlocks.Entries, e => e.ArrayBlock == 0);
+        await Assert.ThrowsAsync<BlockIoException>(async () => await h.Array.ReadAsync(g.ChunkBlocks * Units.SectorsPerBlock, new byte[Units.BlockBytes]));
+    }
+
     [Fact]
     public async Task WithoutTheListTheSameTornRowOnlyFailsItsReads()
     {
@@ -166,7 +204,7 @@ public class BadBlockTests
     public async Task AHostWriteOfTheWholeBlockClearsTheEntryAndAPartialWriteClearsOnlyItsSectors()
     {
         var h = await TornRowAsync();
-        await h.Array.SettleStripesAsync(0, 1);
+        await ScrubRepairAsync(h.Array);
         var first = new byte[4 * Units.SectorBytes];
         new System.Random(3).NextBytes(first);
 
@@ -210,7 +248,7 @@ public class BadBlockTests
         int m = g.DataMember(0, 0);
         await drives[m].Inner.WriteAsync(MemberLayout.DataLba(1), new byte[Units.BlockBytes]);
         await drives[g.PMember(0)].Inner.WriteAsync(MemberLayout.DataLba(1), new byte[Units.BlockBytes].Select(_ => (byte)7).ToArray());
-        await array.SettleStripesAsync(1, 1);
+        await array.ScrubAsync(true, new ScrubResult(), new PassProgress { TotalStripes = g.Stripes }, default);
         Assert.Equal(1, Assert.Single(array.BadBlocks.Entries).ArrayBlock);
 
         long reads = drives.Sum(d => d.Reads);
@@ -276,7 +314,7 @@ public class BadBlockTests
     {
         var h = await TornRowAsync(seed: 55);
         h.Array.HeldForRecovery = b => b == 0;
-        var settled = await h.Array.SettleStripesAsync(0, 1);
+        var settled = await ScrubRepairAsync(h.Array);
         Assert.Equal((0L, 2L), (settled.Listed, settled.Deferred)); // the torn block and its row's parity, both left to the write
         Assert.True(h.Array.BadBlocks.IsEmpty);
         await Assert.ThrowsAsync<BlockIoException>(async () => await h.Array.ReadAsync(0, new byte[Units.BlockBytes]));
@@ -349,14 +387,14 @@ public class BadBlockTests
             Assert.True(a.TryGetServedVolume("vol0", out var vol0));
             await vol0.WriteAsync(0, data, fua: true);
             raid = vol0.Array;
-            // Tear the volume's block 3 and its row's parity behind the array's back, then settle.
+            // Tear the volume's block 3 and its row's parity behind the array's back, then scrub with repair.
             long arrayBlock = vol0.OffsetBlocks + 3;
             var (stripe, dataIndex, row, memberBlock) = raid.Geometry.Map(arrayBlock);
             var torn = new byte[Units.BlockBytes];
             await raid.Member(raid.Geometry.DataMember(stripe, dataIndex))!.Drive.WriteAsync(MemberLayout.DataLba(memberBlock), torn);
             var parity = torn.Select(_ => (byte)0x33).ToArray();
             await raid.Member(raid.Geometry.PMember(stripe))!.Drive.WriteAsync(MemberLayout.DataLba(memberBlock), parity);
-            await raid.SettleStripesAsync(arrayBlock, 1);
+            await raid.ScrubAsync(true, new ScrubResult(), new PassProgress { TotalStripes = raid.Geometry.Stripes }, default);
             Assert.Equal(arrayBlock, Assert.Single(raid.BadBlocks.Entries).ArrayBlock);
             // Through the volume, the medium error names the volume's sector.
             var e = await Assert.ThrowsAsync<BlockIoException>(async () => await vol0.ReadAsync(3 * Units.BlockBytes, new byte[Units.BlockBytes]));
