@@ -170,6 +170,9 @@ public static class MirrorWire
     public const ushort TypeHostHandshake = 0x0109;
     /// <summary>A LUN's persistent-reservation state, mirrored so that it survives a failover.</summary>
     public const ushort TypeReservationState = 0x010A;
+    /// <summary>Idempotent re-issue: entries of the sender's table of finished host commands (<see cref="HostTagEntries"/>).
+    /// (0x010B is left to AW-6's power-fail notice.)</summary>
+    public const ushort TypeHostTagEntries = 0x010C;
 
     /// <summary>The array table maps to 8-bit volume numbers: at most 256 arrays (MR-5).</summary>
     public const int ArrayTableEntriesMax = 256;
