@@ -224,8 +224,12 @@ public sealed class CommandHandshake
     /// <summary>A finished command as remembered: its answer when known (this controller ran it, or
     /// the partner's "completed" carried it), its status always (the partner's "completed" carries
     /// it), and what it was, so that a tag reused for another command is told apart from a late copy
-    /// of this one.</summary>
-    readonly record struct Finished(HostCompletion? Completion, HostStatus Status, string Volume, HostRequest? Request, long Sequence);
+    /// of this one — down to the payload when its digest is known (a write recorded in, or recalled
+    /// from, the durable table).</summary>
+    readonly record struct Finished(HostCompletion? Completion, HostStatus Status, string Volume, HostRequest? Request, long Sequence, uint? Digest);
+
+    static bool SameCommand(HostCommand c, Finished done) =>
+        SameCommand(c, done.Volume, done.Request) && (done.Digest is not { } digest || HostCommandDigest.Of(c) == digest);
 
     /// <summary>Whether <paramref name="c"/> is the same command as one with this volume and request
     /// (a copy: the other unit's, the forwarded one, or a host's retry on the same tag).</summary>
@@ -309,11 +313,11 @@ public sealed class CommandHandshake
             // (on the primary; or forwarded by the partner unit, which holds it afresh).
             bool forwarded = (command.Request.Flags & HostRequestFlags.Forwarded) != 0;
             if (_finished.TryGetValue(key, out var done) && done.Status == HostStatus.Unavailable && (forwarded || (primary && route is not null))
-                && SameCommand(command, done.Volume, done.Request)) _finished.Remove(key);
+                && SameCommand(command, done)) _finished.Remove(key);
             if (_finished.TryGetValue(key, out done))
             {
                 finished = true;
-                reused = !SameCommand(command, done.Volume, done.Request);
+                reused = !SameCommand(command, done);
                 remembered = done;
                 // Answered Unavailable from memory once; the host's next copy is queued afresh.
                 if (!reused && done.Status == HostStatus.Unavailable && route is not null) _finished.Remove(key);
@@ -536,7 +540,7 @@ public sealed class CommandHandshake
             // The partner ran this very command and recorded it before it answered (its "completed" was
             // lost with it): running it again here could undo a later acknowledged write.
             Notify(HandshakeEventKind.RecalledFromTable, key);
-            await FinishAsync(e, HostCompletion.Error(key.HostTag, recorded), recorded, executedHere: false);
+            await FinishAsync(e, HostCompletion.Error(key.HostTag, recorded.Status), recorded.Status, executedHere: false, recorded.Digest);
             return;
         }
         Notify(HandshakeEventKind.Executing, key);
@@ -558,26 +562,28 @@ public sealed class CommandHandshake
         Invariant.Assert(completion.HostTag == key.HostTag);
         // Durable before any host hears the answer, and while the command is still queued here (a copy
         // that arrives meanwhile merges with it): a host that had its answer never sees it run again.
-        await RecordAsync(e.Command, completion.Status);
-        await FinishAsync(e, completion, completion.Status, executedHere: true);
+        uint? digest = _options.Table is not null && HostCommandDigest.IsRecorded(e.Command.Request.Opcode, completion.Status) ? HostCommandDigest.Of(e.Command) : null;
+        if (digest is { } d) await RecordAsync(e.Command, completion.Status, d);
+        await FinishAsync(e, completion, completion.Status, executedHere: true, digest);
     }
 
     /// <summary>The status the durable table has for this very command (same digest), or null: a queued
     /// command is in the table only if it ran elsewhere — the secondary about to run a command it held
     /// after a takeover, when the dead primary ran it and its "completed" never came.</summary>
-    HostStatus? FinishedElsewhere(HostCommand command)
+    FinishedCommandRecord? FinishedElsewhere(HostCommand command)
     {
         if (_options.Table is not { } table || !HostCommandDigest.IsRecorded(command.Request.Opcode, HostStatus.Ok)) return null;
         if (!table.TryRecall(command.Key, out var record)) return null;
-        return record.Digest == HostCommandDigest.Of(command) ? record.Status : null;
+        return record.Digest == HostCommandDigest.Of(command) ? record : null;
     }
 
-    async ValueTask RecordAsync(HostCommand command, HostStatus status)
+    async ValueTask RecordAsync(HostCommand command, HostStatus status, uint digest)
     {
-        if (_options.Table is not { } table || !HostCommandDigest.IsRecorded(command.Request.Opcode, status)) return;
+        var table = _options.Table;
+        Invariant.Assert(table is not null);
         try
         {
-            await table.RecordAsync(new FinishedCommandRecord(command.Key, HostCommandDigest.Of(command), status));
+            await table.RecordAsync(new FinishedCommandRecord(command.Key, digest, status));
         }
         catch (Exception x) when (x is not InvariantViolationException)
         {
@@ -590,7 +596,7 @@ public sealed class CommandHandshake
     /// <summary>Takes the command out of the queue, answers each host route once, and (when it
     /// ran here) tells the partner. <paramref name="completion"/> is null when the partner
     /// finished the command and answered the host itself; <paramref name="status"/> is its status either way.</summary>
-    async Task FinishAsync(Entry e, HostCompletion? completion, HostStatus status, bool executedHere)
+    async Task FinishAsync(Entry e, HostCompletion? completion, HostStatus status, bool executedHere, uint? digest = null)
     {
         var key = e.Command.Key;
         IHostCompletionRoute[] routes;
@@ -600,7 +606,7 @@ public sealed class CommandHandshake
             e.Finished = true;
             bool removed = _queue.Remove(key);
             Invariant.Assert(removed);
-            Remember(key, completion, status, e.Command.Volume, e.Command.Request);
+            Remember(key, completion, status, e.Command.Volume, e.Command.Request, digest);
             routes = [.. e.Routes];
         }
         if (e.Watch is not null)
@@ -664,7 +670,7 @@ public sealed class CommandHandshake
         Notify(HandshakeEventKind.RecalledFromTable, key);
         lock (_lock)
         {
-            if (!_finished.ContainsKey(key) && !_queue.ContainsKey(key)) Remember(key, completion: null, record.Status, command.Volume, command.Request);
+            if (!_finished.ContainsKey(key) && !_queue.ContainsKey(key)) Remember(key, completion: null, record.Status, command.Volume, command.Request, record.Digest);
         }
         var answer = HostCompletion.Error(key.HostTag, record.Status);
         if (route is not null && await route.TrySendAsync(answer))
@@ -774,7 +780,7 @@ public sealed class CommandHandshake
         return delay;
     }
 
-    void Remember(HostCommandKey key, HostCompletion? completion, HostStatus status, string volume, HostRequest? request)
+    void Remember(HostCommandKey key, HostCompletion? completion, HostStatus status, string volume, HostRequest? request, uint? digest = null)
     {
         if (_finished.TryGetValue(key, out var known))
         {
@@ -782,7 +788,7 @@ public sealed class CommandHandshake
             return;
         }
         long sequence = ++_finishedSequence;
-        _finished.Add(key, new Finished(completion, status, volume, request, sequence));
+        _finished.Add(key, new Finished(completion, status, volume, request, sequence, digest));
         _finishedOrder.Enqueue((key, sequence));
         while (_finishedOrder.Count > _options.FinishedRememberedMax)
         {

@@ -69,6 +69,29 @@ public class IdempotentReissueTests
         Assert.Equal([HostCompletion.Ok(T)], late.Answers);
         Assert.Equal(1L, pair.A.Counters.TableRecalls);
         Assert.Equal(1L, pair.A.Counters.Duplicates);
+
+        // Memory kept the digest too: the tag with other bytes at the same place is another command.
+        var other = new RecordingRoute();
+        _ = pair.A.SubmitAsync(Command(Write(T, pair.NowMicros, 0, Pattern(4096, 3), HostRequestFlags.Multicast, Host7)), other);
+        await AnsweredAsync(pair, other, "A answers the reused tag");
+        Assert.Equal([HostCompletion.Error(T, HostStatus.Invalid)], other.Answers);
+        Assert.Equal(Y, await BlockAsync(pair));
+    }
+
+    [Fact]
+    public async Task With_a_table_memory_tells_a_write_of_other_bytes_under_a_finished_tag_from_a_retry()
+    {
+        var pair = new TestPair(durable: true);
+        await WriteXThenYAsync(pair);
+        var retry = new RecordingRoute();
+        await pair.A.SubmitAsync(Command(Write(U, pair.NowMicros, 0, Y, HostRequestFlags.Multicast, Host8)), retry);
+        Assert.Equal([HostCompletion.Ok(U)], retry.Answers);
+        var other = new RecordingRoute();
+        _ = pair.A.SubmitAsync(Command(Write(U, pair.NowMicros, 0, X, HostRequestFlags.Multicast, Host8)), other);
+        await AnsweredAsync(pair, other, "A answers the reused tag");
+        Assert.Equal([HostCompletion.Error(U, HostStatus.Invalid)], other.Answers);
+        Assert.Equal((0L, 1L), (pair.A.Counters.TableRecalls, pair.A.Counters.TagsReused));
+        Assert.Equal(Y, await BlockAsync(pair));
     }
 
     [Fact]

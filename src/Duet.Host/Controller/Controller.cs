@@ -127,6 +127,7 @@ public sealed partial class Controller : IAsyncDisposable
         var cacheOptions = new CacheOptions { Time = options.Time };
         if (options.ConfigureCache is { } configure) cacheOptions = configure(cacheOptions);
         WriteLog = new WriteLog(nvram);
+        HostTags = new HostTagTable(nvram);
         Cache = new WriteBackCache(nvram.Own, cacheMirror, cacheOptions, loggers.CreateLogger<WriteBackCache>());
         Forwarding = new ForwardingClient(link, Epoch, options.ForwardTimeout, options.Time, firstRequestId: options.Session);
         ForwardingServer = new ForwardingServer(link, Epoch, name => ServedVolume(name), loggers.CreateLogger<ForwardingServer>(), RescanAsync);
@@ -170,6 +171,7 @@ public sealed partial class Controller : IAsyncDisposable
     public async Task StartAsync()
     {
         if (Interlocked.Exchange(ref _started, 1) != 0) throw new InvalidOperationException($"controller {Name} is already started");
+        LogHostTagsOpened();
         await DecideReplayAsync();
         RegisterServedArrays();
         ReplayedElements = Cache.Replay();
@@ -250,6 +252,7 @@ public sealed partial class Controller : IAsyncDisposable
             await SendReservationSyncAsync();
             await SendOpenCheckpointsAsync();
             await Cache.ResyncMirrorAsync(Mirror.Resume);
+            await SendHostTagsAsync();
             await ClearStaleAsync();
             LogPaired(_options.PeerName);
         }
@@ -265,7 +268,7 @@ public sealed partial class Controller : IAsyncDisposable
     byte[] HelloBytes()
     {
         var layout = Nvram.Layout;
-        return DuetFrame.ToArray(new PairHello(Name[0], _options.Session, layout.TotalBytes, layout.ElementCount, layout.ElementBytes));
+        return DuetFrame.ToArray(new PairHello(Name[0], _options.Session, layout.TotalBytes, layout.ElementCount, layout.ElementBytes, NvramFile.FormatVersion));
     }
 
     /// <summary>Posts one of Duet's own messages, stamped with our epoch; a link that is down drops it (the
@@ -344,6 +347,9 @@ public sealed partial class Controller : IAsyncDisposable
             case MessageKind.ReservationState:
                 OnReservationState(t);
                 return;
+            case MessageKind.HostTagEntries:
+                OnHostTagEntries(t.Message.Span);
+                return;
         }
         if (!await Receiver.HandleAsync(t)) LogUnknown("command", kind.ToString());
     }
@@ -359,10 +365,13 @@ public sealed partial class Controller : IAsyncDisposable
             return;
         }
         var mine = Nvram.Layout;
-        if (hello.NvramBytes != mine.TotalBytes || hello.ElementsPerRegion != mine.ElementCount || hello.ElementBytes != mine.ElementBytes)
+        if (hello.NvramBytes != mine.TotalBytes || hello.ElementsPerRegion != mine.ElementCount || hello.ElementBytes != mine.ElementBytes
+            || hello.NvramFormat != NvramFile.FormatVersion)
         {
-            var why = $"the pair refuses to form: NVRAM layouts differ (mine: {mine.TotalBytes} bytes, {mine.ElementCount} elements of {mine.ElementBytes}; " +
-                      $"{hello.Controller}'s: {hello.NvramBytes} bytes, {hello.ElementsPerRegion} elements of {hello.ElementBytes})";
+            // The format fixes where the write logs and the host tag tables are, and their sizes: equal
+            // sizes of another format are not the same layout.
+            var why = $"the pair refuses to form: NVRAM layouts differ (mine: format {NvramFile.FormatVersion}, {mine.TotalBytes} bytes, {mine.ElementCount} elements of {mine.ElementBytes}; " +
+                      $"{hello.Controller}'s: format {hello.NvramFormat}, {hello.NvramBytes} bytes, {hello.ElementsPerRegion} elements of {hello.ElementBytes})";
             Receiver.RefuseAll = why;
             LogRefused(why);
             return;
