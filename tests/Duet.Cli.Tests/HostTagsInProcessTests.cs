@@ -14,7 +14,8 @@ namespace Duet.Cli.Tests;
 /// write finished by A is in A's NVRAM table of finished host commands and in B's copy of it; after B
 /// took A over and B itself restarted (so no handshake remembers anything), the write re-issued under
 /// its tag is answered with its status and not run again — another host's later write over the same
-/// block stays. And a pairing sends each controller's table to the other.
+/// block stays. And a pairing sends each controller's table to the other, and is refused with a peer whose
+/// NVRAM is of another format (where the tables are, and their sizes, differ).
 /// </summary>
 public sealed class HostTagsInProcessTests
 {
@@ -121,6 +122,30 @@ public sealed class HostTagsInProcessTests
         finally
         {
             if (b is not null) await b.DisposeAsync();
+            await a.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-1")]
+    public async Task AControllerRefusesToPairWithAPeerWhoseNvramIsOfAnotherFormat()
+    {
+        var shelf = await ShelfAsync();
+        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
+        var (linkA, peer) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default, TimeProvider.System);
+        var a = await StartAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA);
+        try
+        {
+            // A peer of the previous format (2: no host tag tables) with an NVRAM of the same size and element count.
+            peer.Start(_ => ValueTask.CompletedTask);
+            var hello = new Duet.Interconnect.Wire.PairHello('B', 9, layout.TotalBytes, layout.ElementCount, layout.ElementBytes, NvramFormat: 2);
+            await peer.PostAsync(IclSignal.Message, 0, Duet.Interconnect.Wire.DuetFrame.ToArray(hello), default);
+            await Until(() => a.Receiver.RefuseAll is not null, "A to refuse the pair");
+            Assert.Contains("format 3", a.Receiver.RefuseAll);
+            Assert.Contains("format 2", a.Receiver.RefuseAll);
+        }
+        finally
+        {
             await a.DisposeAsync();
         }
     }
