@@ -670,15 +670,19 @@ public sealed class CommandHandshake
         Notify(HandshakeEventKind.RecalledFromTable, key);
         lock (_lock)
         {
+            _earlyReadies.Remove(key);
             if (!_finished.ContainsKey(key) && !_queue.ContainsKey(key)) Remember(key, completion: null, record.Status, command.Volume, command.Request, record.Digest);
         }
         var answer = HostCompletion.Error(key.HostTag, record.Status);
-        if (route is not null && await route.TrySendAsync(answer))
-            Notify(HandshakeEventKind.AnsweredHost, key);
-        // A copy the partner forwarded: the partner holds it for its host and would wait for it until its
-        // time limit. Tell it how the command ended, as "completed" does for a command run here.
-        if (route is null && (command.Request.Flags & HostRequestFlags.Forwarded) != 0)
-            await TrySendAsync(command, HandshakePhase.Completed, HostCodec.EncodeCompletion(answer), HandshakeEventKind.CompletedSent, record.Status);
+        bool answered = route is not null && await route.TrySendAsync(answer);
+        if (answered) Notify(HandshakeEventKind.AnsweredHost, key);
+        // The partner has a copy too (multicast, or it forwarded this one) and may not know the command
+        // ended: a secondary would hold it until its time limit, a primary that does not find it in its
+        // tables would run it after ReadyWait. Tell it, as "completed" does for a command run here (with
+        // the answer when no host heard it from us).
+        if ((command.Request.Flags & (HostRequestFlags.Multicast | HostRequestFlags.Forwarded)) != 0)
+            await TrySendAsync(command, HandshakePhase.Completed, answered ? ReadOnlyMemory<byte>.Empty : HostCodec.EncodeCompletion(answer),
+                HandshakeEventKind.CompletedSent, record.Status);
     }
 
     // ------------------------------------------------------------------ messages from the partner

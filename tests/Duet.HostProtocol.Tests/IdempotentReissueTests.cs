@@ -55,13 +55,22 @@ public class IdempotentReissueTests
 
         var reissue = Write(T, pair.NowMicros, 0, X, HostRequestFlags.Multicast, Host7);
         var (onA, onB) = (new RecordingRoute(), new RecordingRoute());
-        await Task.WhenAll(pair.B.SubmitAsync(Command(reissue), onB), pair.A.SubmitAsync(Command(reissue), onA));
-
+        await pair.A.SubmitAsync(Command(reissue), onA);
         Assert.Equal([HostCompletion.Ok(T)], onA.Answers); // from A's own table
-        Assert.Equal([HostCompletion.Ok(T)], onB.Answers); // from B's copy of A's table
+        Assert.Equal(["A: Completed"], pair.MessageLog()[^1..]); // B has a copy coming: A tells it how T ended
+        await pair.B.SubmitAsync(Command(reissue), onB);
+        Assert.Equal([HostCompletion.Ok(T)], onB.Answers); // from memory, after A's "completed"
+
         Assert.Equal(Y, await BlockAsync(pair));
-        Assert.Equal((0L, 1L, 1L), (pair.A.Counters.ExecutedAsPrimary, pair.A.Counters.TableRecalls, pair.B.Counters.TableRecalls));
+        Assert.Equal((0L, 1L, 1L), (pair.A.Counters.ExecutedAsPrimary, pair.A.Counters.TableRecalls, pair.B.Counters.Duplicates));
         Assert.Equal((0, 0, 0), (pair.A.QueuedCount, pair.B.QueuedCount, pair.FenceCalls));
+
+        // B's copy of A's table answers on its own too: a copy that reaches only B, as secondary.
+        var onlyB = new RecordingRoute();
+        pair.Restart('B');
+        await pair.B.SubmitAsync(Command(reissue), onlyB);
+        Assert.Equal([HostCompletion.Ok(T)], onlyB.Answers);
+        Assert.Equal((1L, 0), (pair.B.Counters.TableRecalls, pair.B.QueuedCount));
 
         // Remembered now: a further copy is answered from memory.
         var late = new RecordingRoute();
@@ -92,6 +101,33 @@ public class IdempotentReissueTests
         Assert.Equal([HostCompletion.Error(U, HostStatus.Invalid)], other.Answers);
         Assert.Equal((0L, 1L), (pair.A.Counters.TableRecalls, pair.A.Counters.TagsReused));
         Assert.Equal(Y, await BlockAsync(pair));
+    }
+
+    [Fact]
+    public async Task A_primary_that_lost_the_entry_does_not_run_a_reissue_its_partner_knows_finished()
+    {
+        var pair = new TestPair(durable: true);
+        await WriteXThenYAsync(pair);
+        // A's entry for T (sequence 1) is torn (say); both restart. Only B's copy still knows T.
+        var nvramA = Duet.Cache.Nvram.NvramFile.OpenOrCreate(pair.StoreA!, Layout, "A", PairId);
+        nvramA.Own.TagEntry(1)[20] ^= 0x01;
+        pair.Restart('A');
+        pair.Restart('B');
+        Assert.Single(pair.TagsA!.Skipped);
+
+        var reissue = Write(T, pair.NowMicros, 0, X, HostRequestFlags.Multicast, Host7);
+        var (onA, onB) = (new RecordingRoute(), new RecordingRoute());
+        var atA = pair.A.SubmitAsync(Command(reissue), onA); // queued: A waits for B's "ready"
+        await pair.B.SubmitAsync(Command(reissue), onB);    // B finds T in its copy, answers, tells A
+        Assert.Equal([HostCompletion.Ok(T)], onB.Answers);
+        Assert.Empty(onA.Answers); // as for any "completed" after the partner answered the host itself
+        Assert.False(pair.A.Holds(Command(reissue).Key));
+
+        pair.Time.Advance(pair.A.TimeLimit); // past A's ReadyWait: A would run T now if it still held it
+        await atA;
+        Assert.Equal(0L, pair.A.Counters.ExecutedAsPrimary);
+        Assert.Equal(Y, await BlockAsync(pair));
+        Assert.Equal(0, pair.FenceCalls);
     }
 
     [Fact]

@@ -40,8 +40,8 @@ sealed class TestPair
     /// (as while the pair is not formed).</summary>
     public bool MirrorTags = true;
     public static readonly NvramLayout Layout = NvramLayout.For(NvramLayout.MinTotalBytes);
-    static readonly Guid PairId = new("00000000-0000-4000-8000-00000000a6a6");
-    readonly NvramStore? _storeA, _storeB;
+    public static readonly Guid PairId = new("00000000-0000-4000-8000-00000000a6a6");
+    public readonly NvramStore? StoreA, StoreB;
     public HostTagTable? TagsA, TagsB;
 
     public TestPair(bool durable = false)
@@ -49,8 +49,8 @@ sealed class TestPair
         Catalog = new MemoryCatalog(Volume);
         if (durable)
         {
-            _storeA = NvramStore.For(Layout, "nvram-A");
-            _storeB = NvramStore.For(Layout, "nvram-B");
+            StoreA = NvramStore.For(Layout, "nvram-A");
+            StoreB = NvramStore.For(Layout, "nvram-B");
             TagsA = OpenTags('A');
             TagsB = OpenTags('B');
         }
@@ -58,7 +58,7 @@ sealed class TestPair
         B = Make('B', () => A);
     }
 
-    HostTagTable OpenTags(char me) => new(NvramFile.OpenOrCreate(me == 'A' ? _storeA! : _storeB!, Layout, me.ToString(), PairId));
+    HostTagTable OpenTags(char me) => new(NvramFile.OpenOrCreate(me == 'A' ? StoreA! : StoreB!, Layout, me.ToString(), PairId));
 
     /// <summary>A crash (kill -9, a power cut) and restart of one controller: its handshake stops and a new one
     /// starts with an empty memory; its table of finished commands is read back from its NVRAM.</summary>
@@ -67,20 +67,20 @@ sealed class TestPair
         if (me == 'A')
         {
             A.Stop();
-            if (_storeA is not null) TagsA = OpenTags('A');
+            if (StoreA is not null) TagsA = OpenTags('A');
             A = Make('A', () => B);
         }
         else
         {
             B.Stop();
-            if (_storeB is not null) TagsB = OpenTags('B');
+            if (StoreB is not null) TagsB = OpenTags('B');
             B = Make('B', () => A);
         }
     }
 
     CommandHandshake Make(char me, Func<CommandHandshake> partner) => new(new CommandHandshakeOptions
     {
-        Table = _storeA is null ? null : new NvramTable(this, me),
+        Table = StoreA is null ? null : new NvramTable(this, me),
         Time = Time,
         IsPrimaryFor = _ => Owner == me,
         SendToPartner = async m =>
