@@ -40,6 +40,11 @@ public sealed class CommandHandshakeOptions
     /// <summary>How many finished commands are remembered, so a late copy of one is not run again.</summary>
     public int FinishedRememberedMax { get; init; } = 4096;
 
+    /// <summary>The durable table of finished commands (idempotent re-issue): every write run here is
+    /// recorded in it before its host is answered, and a command the handshake neither holds nor
+    /// remembers is looked up in it (after a restart, a power cut, a takeover). Null: memory only.</summary>
+    public IFinishedCommandTable? Table { get; init; }
+
     /// <summary>Sees every step (tests, tracing). Called outside the handshake's lock; must not block.</summary>
     public Action<HandshakeEvent>? Observer { get; init; }
 
@@ -87,6 +92,13 @@ public enum HandshakeEventKind
     /// <summary>A host reused the tag of another command (another volume, opcode or range) that is
     /// queued or remembered here: the new one is answered Invalid, never given the other's answer.</summary>
     TagReused,
+    /// <summary>A write that ran here went into the durable table of finished commands (before its host is answered).</summary>
+    RecordedInTable,
+    /// <summary>Recording in the durable table failed (the controller is stopping); the host is answered anyway.</summary>
+    TableRecordFailed,
+    /// <summary>A copy of a command this controller did not hold or remember was found in the durable
+    /// table with the same digest: answered with the recorded status, not run again.</summary>
+    RecalledFromTable,
 }
 
 public readonly record struct HandshakeEvent(HandshakeEventKind Kind, HostCommandKey Key);
@@ -96,7 +108,8 @@ public sealed class HandshakeCounters
 {
     long _forwardedFramesSent, _forwardedFramesReceived, _primaryReadiesSent, _secondaryReadiesSent, _secondaryReadiesReceived,
         _acksSent, _acksReceived, _completionsSent, _completionsReceived, _executedAsPrimary, _executedAfterTakeover, _hostAnswers,
-        _limitsReached, _takeoversByLimit, _takeoverFailures, _readyTimeouts, _partnerUnreachable, _duplicates, _roleConflicts, _badMessages, _tagsReused;
+        _limitsReached, _takeoversByLimit, _takeoverFailures, _readyTimeouts, _partnerUnreachable, _duplicates, _roleConflicts, _badMessages, _tagsReused,
+        _tableRecords, _tableRecordFailures, _tableRecalls;
 
     public long ForwardedFramesSent => Volatile.Read(ref _forwardedFramesSent);
     public long ForwardedFramesReceived => Volatile.Read(ref _forwardedFramesReceived);
@@ -122,6 +135,11 @@ public sealed class HandshakeCounters
     public long BadMessages => Volatile.Read(ref _badMessages);
     /// <summary>Commands answered Invalid because their tag named another command here.</summary>
     public long TagsReused => Volatile.Read(ref _tagsReused);
+    /// <summary>Writes recorded in the durable table of finished commands.</summary>
+    public long TableRecords => Volatile.Read(ref _tableRecords);
+    public long TableRecordFailures => Volatile.Read(ref _tableRecordFailures);
+    /// <summary>Copies answered from the durable table (not from memory), never run again.</summary>
+    public long TableRecalls => Volatile.Read(ref _tableRecalls);
 
     internal void Count(HandshakeEventKind kind)
     {
@@ -140,6 +158,9 @@ public sealed class HandshakeCounters
             case HandshakeEventKind.ReadyTimedOut: Interlocked.Increment(ref _readyTimeouts); break;
             case HandshakeEventKind.PartnerUnreachable: Interlocked.Increment(ref _partnerUnreachable); break;
             case HandshakeEventKind.TagReused: Interlocked.Increment(ref _tagsReused); break;
+            case HandshakeEventKind.RecordedInTable: Interlocked.Increment(ref _tableRecords); break;
+            case HandshakeEventKind.TableRecordFailed: Interlocked.Increment(ref _tableRecordFailures); break;
+            case HandshakeEventKind.RecalledFromTable: Interlocked.Increment(ref _tableRecalls); break;
             case HandshakeEventKind.Duplicate: Interlocked.Increment(ref _duplicates); break;
             case HandshakeEventKind.RoleConflict: Interlocked.Increment(ref _roleConflicts); break;
             case HandshakeEventKind.BadMessage: Interlocked.Increment(ref _badMessages); break;
@@ -181,6 +202,12 @@ public sealed class HandshakeCounters
 /// answered Unavailable (it did not run it): a host's next copy of it is queued afresh. "Completed" carries the completion frame when the sender could answer no host
 /// itself, so a secondary holding the host's only connection (FO-6) answers it.
 ///
+/// Memory is lost with the process. With <see cref="CommandHandshakeOptions.Table"/> (the controller's
+/// NVRAM table, mirrored to the partner) every write run here is recorded, with a digest of its
+/// request, before any host hears its answer; a copy that is neither queued nor remembered is looked up
+/// there, so a write re-issued after a restart, a power cut or a takeover is answered with its status
+/// and not run again (a different command under the tag: Invalid).
+///
 /// Deterministic: no threads, no clock but <see cref="CommandHandshakeOptions.Time"/>, waits
 /// through <see cref="Waits"/> and <see cref="TimeProviderExtensions.DelayAsync"/>.
 /// </summary>
@@ -197,8 +224,12 @@ public sealed class CommandHandshake
     /// <summary>A finished command as remembered: its answer when known (this controller ran it, or
     /// the partner's "completed" carried it), its status always (the partner's "completed" carries
     /// it), and what it was, so that a tag reused for another command is told apart from a late copy
-    /// of this one.</summary>
-    readonly record struct Finished(HostCompletion? Completion, HostStatus Status, string Volume, HostRequest? Request, long Sequence);
+    /// of this one — down to the payload when its digest is known (a write recorded in, or recalled
+    /// from, the durable table).</summary>
+    readonly record struct Finished(HostCompletion? Completion, HostStatus Status, string Volume, HostRequest? Request, long Sequence, uint? Digest);
+
+    static bool SameCommand(HostCommand c, Finished done) =>
+        SameCommand(c, done.Volume, done.Request) && (done.Digest is not { } digest || HostCommandDigest.Of(c) == digest);
 
     /// <summary>Whether <paramref name="c"/> is the same command as one with this volume and request
     /// (a copy: the other unit's, the forwarded one, or a host's retry on the same tag).</summary>
@@ -274,18 +305,19 @@ public sealed class CommandHandshake
         bool primary = _options.IsPrimaryFor(command.Volume);
         Entry? entry = null;
         Finished remembered = default;
-        bool finished = false, merged = false, reused = false;
+        FinishedCommandRecord recalled = default;
+        bool finished = false, merged = false, reused = false, inTable = false;
         lock (_lock)
         {
             // A command the primary answered Unavailable was not run: a host's copy of it may run now
             // (on the primary; or forwarded by the partner unit, which holds it afresh).
             bool forwarded = (command.Request.Flags & HostRequestFlags.Forwarded) != 0;
             if (_finished.TryGetValue(key, out var done) && done.Status == HostStatus.Unavailable && (forwarded || (primary && route is not null))
-                && SameCommand(command, done.Volume, done.Request)) _finished.Remove(key);
+                && SameCommand(command, done)) _finished.Remove(key);
             if (_finished.TryGetValue(key, out done))
             {
                 finished = true;
-                reused = !SameCommand(command, done.Volume, done.Request);
+                reused = !SameCommand(command, done);
                 remembered = done;
                 // Answered Unavailable from memory once; the host's next copy is queued afresh.
                 if (!reused && done.Status == HostStatus.Unavailable && route is not null) _finished.Remove(key);
@@ -300,6 +332,12 @@ public sealed class CommandHandshake
                 if (route is not null) entry.Routes.Add(route);
                 merged = true;
             }
+            else if (_options.Table is { } table && table.TryRecall(key, out recalled))
+            {
+                // Finished before this controller's memory began (a restart, a power cut), or by the
+                // partner that this controller took over: the durable table remembers it.
+                inTable = true;
+            }
             else
             {
                 entry = new Entry(command, primary, primary ? null : CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token));
@@ -310,6 +348,7 @@ public sealed class CommandHandshake
         }
         if (reused) return AnswerTagReusedAsync(key, route);
         if (finished) return AnswerLateCopyAsync(command, remembered, route);
+        if (inTable) return AnswerRecalledAsync(command, recalled, route);
         Invariant.Assert(entry is not null);
         if (merged)
         {
@@ -376,8 +415,8 @@ public sealed class CommandHandshake
     async Task RunPrimaryAsync(Entry e, bool forward)
     {
         bool linked = true;
-        if (forward) linked = await TrySendAsync(e, HandshakePhase.ForwardedFrame, ForwardedFrame(e.Command), HandshakeEventKind.ForwardedFrameSent);
-        if (linked) linked = await TrySendAsync(e, HandshakePhase.PrimaryReady, default, HandshakeEventKind.PrimaryReadySent);
+        if (forward) linked = await TrySendAsync(e.Command, HandshakePhase.ForwardedFrame, ForwardedFrame(e.Command), HandshakeEventKind.ForwardedFrameSent);
+        if (linked) linked = await TrySendAsync(e.Command, HandshakePhase.PrimaryReady, default, HandshakeEventKind.PrimaryReadySent);
         if (linked)
         {
             try
@@ -393,7 +432,7 @@ public sealed class CommandHandshake
             {
                 return;
             }
-            await TrySendAsync(e, HandshakePhase.PrimaryAck, default, HandshakeEventKind.PrimaryAckSent);
+            await TrySendAsync(e.Command, HandshakePhase.PrimaryAck, default, HandshakeEventKind.PrimaryAckSent);
         }
         await ExecuteAndFinishAsync(e, afterTakeover: false);
         await e.Done.Task;
@@ -402,7 +441,7 @@ public sealed class CommandHandshake
     async Task RunSecondaryAsync(Entry e, bool forward)
     {
         // A partner that cannot be reached changes nothing here: the limit decides.
-        if (forward) await TrySendAsync(e, HandshakePhase.ForwardedFrame, ForwardedFrame(e.Command), HandshakeEventKind.ForwardedFrameSent);
+        if (forward) await TrySendAsync(e.Command, HandshakePhase.ForwardedFrame, ForwardedFrame(e.Command), HandshakeEventKind.ForwardedFrameSent);
         await SendSecondaryReadyIfDueAsync(e);
         await e.Done.Task;
     }
@@ -414,7 +453,7 @@ public sealed class CommandHandshake
             if (!e.PrimaryReadySeen || e.SecondaryReadySent || e.Finished) return;
             e.SecondaryReadySent = true;
         }
-        await TrySendAsync(e, HandshakePhase.SecondaryReady, default, HandshakeEventKind.SecondaryReadySent);
+        await TrySendAsync(e.Command, HandshakePhase.SecondaryReady, default, HandshakeEventKind.SecondaryReadySent);
     }
 
     /// <summary>FO-5 on the secondary: at the limit, fence the primary and run the command here.</summary>
@@ -496,6 +535,14 @@ public sealed class CommandHandshake
             e.Executing = true;
         }
         var key = e.Command.Key;
+        if (FinishedElsewhere(e.Command) is { } recorded)
+        {
+            // The partner ran this very command and recorded it before it answered (its "completed" was
+            // lost with it): running it again here could undo a later acknowledged write.
+            Notify(HandshakeEventKind.RecalledFromTable, key);
+            await FinishAsync(e, HostCompletion.Error(key.HostTag, recorded.Status), recorded.Status, executedHere: false, recorded.Digest);
+            return;
+        }
         Notify(HandshakeEventKind.Executing, key);
         Counters.Executed(afterTakeover);
         HostCompletion completion;
@@ -513,13 +560,43 @@ public sealed class CommandHandshake
             completion = HostCompletion.Error(key.HostTag, HostStatus.IoError);
         }
         Invariant.Assert(completion.HostTag == key.HostTag);
-        await FinishAsync(e, completion, completion.Status, executedHere: true);
+        // Durable before any host hears the answer, and while the command is still queued here (a copy
+        // that arrives meanwhile merges with it): a host that had its answer never sees it run again.
+        uint? digest = _options.Table is not null && HostCommandDigest.IsRecorded(e.Command.Request.Opcode, completion.Status) ? HostCommandDigest.Of(e.Command) : null;
+        if (digest is { } d) await RecordAsync(e.Command, completion.Status, d);
+        await FinishAsync(e, completion, completion.Status, executedHere: true, digest);
+    }
+
+    /// <summary>The status the durable table has for this very command (same digest), or null: a queued
+    /// command is in the table only if it ran elsewhere — the secondary about to run a command it held
+    /// after a takeover, when the dead primary ran it and its "completed" never came.</summary>
+    FinishedCommandRecord? FinishedElsewhere(HostCommand command)
+    {
+        if (_options.Table is not { } table || !HostCommandDigest.IsRecorded(command.Request.Opcode, HostStatus.Ok)) return null;
+        if (!table.TryRecall(command.Key, out var record)) return null;
+        return record.Digest == HostCommandDigest.Of(command) ? record : null;
+    }
+
+    async ValueTask RecordAsync(HostCommand command, HostStatus status, uint digest)
+    {
+        var table = _options.Table;
+        Invariant.Assert(table is not null);
+        try
+        {
+            await table.RecordAsync(new FinishedCommandRecord(command.Key, digest, status));
+        }
+        catch (Exception x) when (x is not InvariantViolationException)
+        {
+            Notify(HandshakeEventKind.TableRecordFailed, command.Key);
+            return;
+        }
+        Notify(HandshakeEventKind.RecordedInTable, command.Key);
     }
 
     /// <summary>Takes the command out of the queue, answers each host route once, and (when it
     /// ran here) tells the partner. <paramref name="completion"/> is null when the partner
     /// finished the command and answered the host itself; <paramref name="status"/> is its status either way.</summary>
-    async Task FinishAsync(Entry e, HostCompletion? completion, HostStatus status, bool executedHere)
+    async Task FinishAsync(Entry e, HostCompletion? completion, HostStatus status, bool executedHere, uint? digest = null)
     {
         var key = e.Command.Key;
         IHostCompletionRoute[] routes;
@@ -529,7 +606,7 @@ public sealed class CommandHandshake
             e.Finished = true;
             bool removed = _queue.Remove(key);
             Invariant.Assert(removed);
-            Remember(key, completion, status, e.Command.Volume, e.Command.Request);
+            Remember(key, completion, status, e.Command.Volume, e.Command.Request, digest);
             routes = [.. e.Routes];
         }
         if (e.Watch is not null)
@@ -551,7 +628,7 @@ public sealed class CommandHandshake
         {
             // The partner needs the answer itself only when no host heard it from us.
             var data = answered ? ReadOnlyMemory<byte>.Empty : HostCodec.EncodeCompletion(completion!);
-            await TrySendAsync(e, HandshakePhase.Completed, data, HandshakeEventKind.CompletedSent, status);
+            await TrySendAsync(e.Command, HandshakePhase.Completed, data, HandshakeEventKind.CompletedSent, status);
         }
         Notify(HandshakeEventKind.Removed, key);
         e.Done.TrySetResult();
@@ -577,6 +654,35 @@ public sealed class CommandHandshake
             answer = HostCompletion.Error(key.HostTag, remembered.Status);
         if (answer is not null && route is not null && await route.TrySendAsync(answer))
             Notify(HandshakeEventKind.AnsweredHost, key);
+    }
+
+    /// <summary>A copy of a command found in the durable table only: the same command (same digest) is
+    /// answered with the recorded status — the whole answer of a write — and remembered; another
+    /// command under the tag is answered Invalid, as in memory.</summary>
+    async Task AnswerRecalledAsync(HostCommand command, FinishedCommandRecord record, IHostCompletionRoute? route)
+    {
+        var key = command.Key;
+        if (HostCommandDigest.Of(command) != record.Digest)
+        {
+            await AnswerTagReusedAsync(key, route);
+            return;
+        }
+        Notify(HandshakeEventKind.RecalledFromTable, key);
+        lock (_lock)
+        {
+            _earlyReadies.Remove(key);
+            if (!_finished.ContainsKey(key) && !_queue.ContainsKey(key)) Remember(key, completion: null, record.Status, command.Volume, command.Request, record.Digest);
+        }
+        var answer = HostCompletion.Error(key.HostTag, record.Status);
+        bool answered = route is not null && await route.TrySendAsync(answer);
+        if (answered) Notify(HandshakeEventKind.AnsweredHost, key);
+        // The partner has a copy too (multicast, or it forwarded this one) and may not know the command
+        // ended: a secondary would hold it until its time limit, a primary that does not find it in its
+        // tables would run it after ReadyWait. Tell it, as "completed" does for a command run here (with
+        // the answer when no host heard it from us).
+        if ((command.Request.Flags & (HostRequestFlags.Multicast | HostRequestFlags.Forwarded)) != 0)
+            await TrySendAsync(command, HandshakePhase.Completed, answered ? ReadOnlyMemory<byte>.Empty : HostCodec.EncodeCompletion(answer),
+                HandshakeEventKind.CompletedSent, record.Status);
     }
 
     // ------------------------------------------------------------------ messages from the partner
@@ -642,9 +748,8 @@ public sealed class CommandHandshake
 
     // ------------------------------------------------------------------ helpers
 
-    async ValueTask<bool> TrySendAsync(Entry e, HandshakePhase phase, ReadOnlyMemory<byte> data, HandshakeEventKind sent, HostStatus status = HostStatus.Ok)
+    async ValueTask<bool> TrySendAsync(HostCommand c, HandshakePhase phase, ReadOnlyMemory<byte> data, HandshakeEventKind sent, HostStatus status = HostStatus.Ok)
     {
-        var c = e.Command;
         var message = new HandshakeMessage(phase, c.Unit, c.Request.HostId, c.Request.HostTag, c.Request.HostTimestampMicros, c.Volume, data)
         {
             Status = checked((byte)status),
@@ -679,7 +784,7 @@ public sealed class CommandHandshake
         return delay;
     }
 
-    void Remember(HostCommandKey key, HostCompletion? completion, HostStatus status, string volume, HostRequest? request)
+    void Remember(HostCommandKey key, HostCompletion? completion, HostStatus status, string volume, HostRequest? request, uint? digest = null)
     {
         if (_finished.TryGetValue(key, out var known))
         {
@@ -687,7 +792,7 @@ public sealed class CommandHandshake
             return;
         }
         long sequence = ++_finishedSequence;
-        _finished.Add(key, new Finished(completion, status, volume, request, sequence));
+        _finished.Add(key, new Finished(completion, status, volume, request, sequence, digest));
         _finishedOrder.Enqueue((key, sequence));
         while (_finishedOrder.Count > _options.FinishedRememberedMax)
         {

@@ -1,9 +1,12 @@
+using Duet.Cache;
 using Duet.Cache.Nvram;
 
 // Usage: Duet.Cache.Crasher <nvram-path> <element-count> <epoch>
 // Opens an existing NVRAM file, sets its epoch, writes elements 0..count-1 of region 1 and
 // the same elements of region 2 (each with all 32 sectors valid and a pattern that
-// NvramKillTests recomputes), prints "written", then blocks until it is killed. It never
+// NvramKillTests recomputes), records count finished host commands in its host tag table and
+// stores count entries in its copy of the peer's (HostTag below), prints "written", then blocks
+// until it is killed. It never
 // flushes: after kill -9 the bytes must be in the file because the mapping is shared.
 if (args.Length != 3 || !int.TryParse(args[1], out int count) || !ulong.TryParse(args[2], out ulong epoch))
 {
@@ -24,11 +27,20 @@ foreach (var region in new[] { nvram.Own, nvram.Peer })
         region.Write(e, descriptor, sectors);
     }
 }
+var tags = new HostTagTable(nvram);
+for (int i = 0; i < count; i++)
+{
+    var (key, digest, status) = HostTag(i);
+    tags.Record(key, digest, status);
+    tags.StoreMirrored(new HostTagEntry(key with { HostId = key.HostId + 1 }, digest, status, 100UL + (ulong)i));
+}
 Console.Out.WriteLine("written");
 Console.Out.Flush();
 new ManualResetEventSlim(false).Wait(); // until SIGKILL
 GC.KeepAlive(nvram);
 return 0;
 
-// The same formula is in tests/Duet.Cache.Tests/NvramKillTests.cs.
+// The same formulas are in tests/Duet.Cache.Tests/NvramKillTests.cs.
+static (HostTagKey, uint, byte) HostTag(int i) => (new HostTagKey((byte)(i % 2), 0xD0E7_0000UL, (0x0001UL << 48) + (ulong)i + 1), 0xC0FFEE00u + (uint)i, (byte)(i % 3));
+
 static byte Pattern(int region, int element, int index) => (byte)(region * 101 + element * 31 + index * 7 + (index >> 9));

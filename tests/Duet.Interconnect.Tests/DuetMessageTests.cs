@@ -167,6 +167,53 @@ public class DuetMessageTests
     }
 
     [Fact]
+    [Trait("Claim", "AW-1")]
+    public void Host_tag_entries_have_the_documented_layout_and_round_trip()
+    {
+        var one = new HostTagEntries([new HostTagWireEntry(Unit: 1, HostId: 0x1122334455667788, HostTag: 0x0003_0000_0000_002a, Digest: 0xCAFEF00D, Status: 5, Sequence: 4097)]);
+        Assert.Equal(("010c 0000 00000030 0001 00 0000000000" +
+                      "01 05 0000 cafef00d 0000000000001001 1122334455667788 000300000000002a").Replace(" ", "", StringComparison.Ordinal), ToHex(Encode(one)));
+        Assert.Equal(one, RoundTrip(one));
+        Assert.Equal(MessageKind.HostTagEntries, MessageClassifier.Classify(Encode(one)));
+
+        var resend = new HostTagEntries([.. Enumerable.Range(1, HostTagEntries.EntriesMax).Select(i => new HostTagWireEntry((byte)(i % 2), 7, (ulong)i, (uint)i, 0, (ulong)(i * 3)))], Resend: true);
+        Assert.Equal(8 + 8 + 32 * HostTagEntries.EntriesMax, Encode(resend).Length);
+        Assert.Equal(resend, RoundTrip(resend));
+    }
+
+    [Theory]
+    [Trait("Claim", "AW-1")]
+    [InlineData("010c 0000 00000010 0000 00 0000000000", WireError.BadLength)]                     // no entries
+    [InlineData("010c 0000 00000010 0201 00 0000000000", WireError.TooManyEntries)]                // 513
+    [InlineData("010c 0000 00000010 0002 00 0000000000", WireError.BadLength)]                     // says 2, has none
+    [InlineData("010c 0000 00000030 0001 02 0000000000 01 05 0000 cafef00d 0000000000001001 1122334455667788 000300000000002a", WireError.NonZeroReserved)] // unknown flag
+    [InlineData("010c 0000 00000030 0001 00 0000000100 01 05 0000 cafef00d 0000000000001001 1122334455667788 000300000000002a", WireError.NonZeroReserved)]
+    [InlineData("010c 0000 00000030 0001 00 0000000000 01 05 0001 cafef00d 0000000000001001 1122334455667788 000300000000002a", WireError.NonZeroReserved)]
+    [InlineData("010c 0000 00000030 0001 00 0000000000 01 05 0000 cafef00d 0000000000000000 1122334455667788 000300000000002a", WireError.OutOfOrder)] // sequence 0
+    [InlineData("010c 0000 00000050 0002 00 0000000000 01 05 0000 cafef00d 0000000000000002 1122334455667788 000300000000002a" +
+                                                    " 01 05 0000 cafef00d 0000000000000002 1122334455667788 000300000000002b", WireError.OutOfOrder)] // not increasing
+    public void Host_tag_entries_decode_rejects(string hex, WireError expected)
+    {
+        Assert.Equal(OperationStatus.InvalidData, HostTagEntries.TryDecode(Hex(hex), out _, out _, out var error));
+        Assert.Equal(expected, error);
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-1")]
+    public void Pair_hello_carries_the_nvram_format_and_reads_an_older_hello_as_format_0()
+    {
+        var hello = new PairHello('B', SessionId: 0x0102030405060708, NvramBytes: 1L << 28, ElementsPerRegion: 8141, ElementBytes: 16384, NvramFormat: 3);
+        Assert.Equal("0108 0000 00000028 42 000000 00000003 0102030405060708 0000000010000000 00001fcd 00004000".Replace(" ", "", StringComparison.Ordinal), ToHex(Encode(hello)));
+        Assert.Equal(hello, RoundTrip(hello));
+        var older = Hex("0108 0000 00000028 42 000000 00000000 0102030405060708 0000000010000000 00001fcd 00004000");
+        Assert.Equal(OperationStatus.Done, PairHello.TryDecode(older, out var decoded, out _, out _));
+        Assert.Equal(0u, decoded.NvramFormat);
+        var reserved = Hex("0108 0000 00000028 42 000100 00000003 0102030405060708 0000000010000000 00001fcd 00004000");
+        Assert.Equal(OperationStatus.InvalidData, PairHello.TryDecode(reserved, out _, out _, out var error));
+        Assert.Equal(WireError.NonZeroReserved, error);
+    }
+
+    [Fact]
     public void Heartbeats_round_trip() =>
         Prop.ForAll(
             (from side in Gen.Elements(ControllerSide.A, ControllerSide.B)
@@ -203,7 +250,8 @@ public class MessageClassifierTests
     [InlineData("0109", MessageKind.HostHandshake)]
     [InlineData("010a", MessageKind.ReservationState)]
     [InlineData("010b", MessageKind.PowerFail)]
-    [InlineData("010c", MessageKind.Unknown)]
+    [InlineData("010c", MessageKind.HostTagEntries)]
+    [InlineData("010d", MessageKind.Unknown)]
     [InlineData("a1", MessageKind.Unknown)]
     [InlineData("ff ff", MessageKind.Unknown)]
     public void Classifies_by_first_bytes(string hex, MessageKind expected) =>

@@ -48,8 +48,8 @@ public sealed unsafe class NvramFile : IDisposable
         _view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
         Invariant.Assert(_view.PointerOffset == 0);
         _base = pointer;
-        Own = new NvramRegion(this, 1, _base + layout.DescriptorTable1Offset, _base + layout.Region1Offset, _base + layout.Log1Offset);
-        Peer = new NvramRegion(this, 2, _base + layout.DescriptorTable2Offset, _base + layout.Region2Offset, _base + layout.Log2Offset);
+        Own = new NvramRegion(this, 1, _base + layout.DescriptorTable1Offset, _base + layout.Region1Offset, _base + layout.Log1Offset, _base + layout.Tags1Offset);
+        Peer = new NvramRegion(this, 2, _base + layout.DescriptorTable2Offset, _base + layout.Region2Offset, _base + layout.Log2Offset, _base + layout.Tags2Offset);
     }
 
     NvramFile(NvramStore store, NvramLayout layout, NvramHeader header)
@@ -60,12 +60,16 @@ public sealed unsafe class NvramFile : IDisposable
         _header = header;
         Invariant.Assert(store.Length == layout.TotalBytes);
         _base = store.Pointer;
-        Own = new NvramRegion(this, 1, _base + layout.DescriptorTable1Offset, _base + layout.Region1Offset, _base + layout.Log1Offset);
-        Peer = new NvramRegion(this, 2, _base + layout.DescriptorTable2Offset, _base + layout.Region2Offset, _base + layout.Log2Offset);
+        Own = new NvramRegion(this, 1, _base + layout.DescriptorTable1Offset, _base + layout.Region1Offset, _base + layout.Log1Offset, _base + layout.Tags1Offset);
+        Peer = new NvramRegion(this, 2, _base + layout.DescriptorTable2Offset, _base + layout.Region2Offset, _base + layout.Log2Offset, _base + layout.Tags2Offset);
         store.Holder = this;
     }
 
     public NvramLayout Layout { get; }
+
+    /// <summary>The NVRAM format this build reads and writes (header bytes 8-11); both controllers of a pair
+    /// must use the same one (their <c>PairHello</c> says which).</summary>
+    public const uint FormatVersion = NvramHeader.FormatVersion;
     /// <summary>The file's path, or the store's name.</summary>
     public string Path => _path;
     public string Owner => _header.Owner;
@@ -234,6 +238,8 @@ public sealed unsafe class NvramFile : IDisposable
         if (a.ElementBytes != b.ElementBytes) differences.Add($"element size {a.ElementBytes} vs {b.ElementBytes} bytes");
         if (a.ElementCount != b.ElementCount) differences.Add($"element count {a.ElementCount} vs {b.ElementCount}");
         if (a.Region1Offset != b.Region1Offset || a.Region2Offset != b.Region2Offset) differences.Add("region offsets differ");
+        if (a.Log1Offset != b.Log1Offset || a.Log2Offset != b.Log2Offset || a.Tags1Offset != b.Tags1Offset || a.Tags2Offset != b.Tags2Offset)
+            differences.Add("write-log or host-tag-table offsets differ");
         Invariant.Assert(differences.Count > 0);
         return $"the NVRAM layouts differ ({string.Join("; ", differences)}); both controllers of a pair must have the same NVRAM layout (CC-1)";
     }

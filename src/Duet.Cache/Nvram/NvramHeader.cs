@@ -12,7 +12,7 @@ namespace Duet.Cache.Nvram;
 /// (little-endian):
 /// <code>
 ///  0-7     magic "DUETNVRM"
-///  8-11    format version (2: the write logs of AW-4 follow region 2)
+///  8-11    format version (3: the write logs of AW-4, then the tables of finished host commands, follow region 2)
 ///  12-15   header bytes (4096)
 ///  16-23   total bytes
 ///  24-27   element bytes (16384)
@@ -51,7 +51,7 @@ internal sealed record NvramHeader(
     public const int CopyBytes = 512;
     public const int CopyAOffset = 0;
     public const int CopyBOffset = 512;
-    public const uint FormatVersion = 2;
+    public const uint FormatVersion = 3;
     public const int MaxOwnerBytes = 15;
     const int CrcOffset = CopyBytes - sizeof(uint);
     public static ReadOnlySpan<byte> Magic => "DUETNVRM"u8;

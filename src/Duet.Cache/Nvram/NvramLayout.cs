@@ -15,6 +15,8 @@ namespace Duet.Cache.Nvram;
 ///  Region2            ElementCount x 16 KiB: the mirror of the peer's region 1
 ///  Log1               LogSlots x 64-byte write-log records (AW-4): this controller's array writes in flight
 ///  Log2               the same for the peer's (the mirror of its Log1)
+///  Tags1              TagSlots x 64-byte entries: the host commands this controller finished (host-protocol.md)
+///  Tags2              the same for the peer's (the mirror of its Tags1)
 ///  UsedBytes..Total   unused slack (zero)
 /// </code>
 ///
@@ -42,6 +44,11 @@ public sealed record NvramLayout
     public const int LogSlots = 512;
     public const int LogRecordBytes = 64;
     public const int LogBytes = LogSlots * LogRecordBytes;
+    /// <summary>Entries per table of finished host commands (idempotent re-issue; host-protocol.md):
+    /// as many as the handshake remembers in memory, so a restart forgets nothing memory held.</summary>
+    public const int TagSlots = 4096;
+    public const int TagEntryBytes = 64;
+    public const int TagTableBytes = TagSlots * TagEntryBytes;
 
     static NvramLayout()
     {
@@ -58,6 +65,9 @@ public sealed record NvramLayout
         Invariant.Assert(DefaultTotalBytes >= MinTotalBytes);
         Invariant.Assert(DefaultTotalBytes <= MaxTotalBytes);
         Invariant.Assert(LogBytes % PageBytes == 0);
+        Invariant.Assert(TagTableBytes % PageBytes == 0);
+        // An entry's slot is its sequence number modulo the slot count, taken as a mask.
+        Invariant.Assert(System.Numerics.BitOperations.IsPow2(TagSlots));
         // Two maximal regions would not fit beside the header: 1 GiB never needs > 512 MiB.
         Invariant.Assert(2 * MaxRegionBytes + HeaderBytes > MaxTotalBytes);
         // The smallest file holds at least one element per region.
@@ -76,7 +86,9 @@ public sealed record NvramLayout
         Region2Offset = Region1Offset + RegionBytes;
         Log1Offset = Region2Offset + RegionBytes;
         Log2Offset = Log1Offset + LogBytes;
-        UsedBytes = Log2Offset + LogBytes;
+        Tags1Offset = Log2Offset + LogBytes;
+        Tags2Offset = Tags1Offset + TagTableBytes;
+        UsedBytes = Tags2Offset + TagTableBytes;
 
         Invariant.Assert(UsedBytes <= TotalBytes);
         Invariant.Assert(RegionBytes <= MaxRegionBytes);
@@ -85,6 +97,8 @@ public sealed record NvramLayout
         Invariant.Assert(Region1Offset % PageBytes == 0);
         Invariant.Assert(Region2Offset % PageBytes == 0);
         Invariant.Assert(Log1Offset % PageBytes == 0 && Log2Offset % PageBytes == 0);
+        Invariant.Assert(Tags1Offset % PageBytes == 0 && Tags2Offset % PageBytes == 0);
+        Invariant.Assert(UsedBytes == UsedFor(elementCount));
         Invariant.Assert(TotalBytes % PageBytes == 0);
         Invariant.Assert(DescriptorTableBytes >= (long)ElementCount * DescriptorBytes);
         // The last element's MR-3 descriptor fits 20 bits.
@@ -106,7 +120,11 @@ public sealed record NvramLayout
     public long Log1Offset { get; }
     /// <summary>The mirror of the peer's write log.</summary>
     public long Log2Offset { get; }
-    /// <summary>End of the second write log; the bytes from here to <see cref="TotalBytes"/> are unused.</summary>
+    /// <summary>This controller's table of finished host commands, after the write logs.</summary>
+    public long Tags1Offset { get; }
+    /// <summary>The mirror of the peer's table of finished host commands.</summary>
+    public long Tags2Offset { get; }
+    /// <summary>End of the second tag table; the bytes from here to <see cref="TotalBytes"/> are unused.</summary>
     public long UsedBytes { get; }
 
     public long DescriptorTableOffset(int region) => region switch
@@ -120,6 +138,13 @@ public sealed record NvramLayout
     {
         1 => Log1Offset,
         2 => Log2Offset,
+        _ => throw new ArgumentOutOfRangeException(nameof(region), region, "NVRAM regions are 1 and 2"),
+    };
+
+    public long TagTableOffset(int region) => region switch
+    {
+        1 => Tags1Offset,
+        2 => Tags2Offset,
         _ => throw new ArgumentOutOfRangeException(nameof(region), region, "NVRAM regions are 1 and 2"),
     };
 
@@ -170,11 +195,11 @@ public sealed record NvramLayout
     }
 
     static long UsedFor(long elementCount) =>
-        HeaderBytes + 2 * AlignUp(elementCount * DescriptorBytes, PageBytes) + 2 * elementCount * ElementBytesFixed + 2L * LogBytes;
+        HeaderBytes + 2 * AlignUp(elementCount * DescriptorBytes, PageBytes) + 2 * elementCount * ElementBytesFixed + 2L * LogBytes + 2L * TagTableBytes;
 
     static int MaxElementCount(long totalBytes)
     {
-        long n = Math.Min((totalBytes - HeaderBytes - 2L * LogBytes) / (2 * (ElementBytesFixed + DescriptorBytes)), MaxRegionBytes / ElementBytesFixed);
+        long n = Math.Min((totalBytes - HeaderBytes - 2L * LogBytes - 2L * TagTableBytes) / (2 * (ElementBytesFixed + DescriptorBytes)), MaxRegionBytes / ElementBytesFixed);
         while (n > 0 && UsedFor(n) > totalBytes) n--;
         Invariant.Assert(n >= 0);
         Invariant.Assert(n <= int.MaxValue);
@@ -188,5 +213,6 @@ public sealed record NvramLayout
         $"descriptor tables of {ElementCount} x {DescriptorBytes} B ({Units.FormatSize(DescriptorTableBytes)} each) at 0x{DescriptorTable1Offset:x} and 0x{DescriptorTable2Offset:x}; " +
         $"region 1 at 0x{Region1Offset:x} and region 2 at 0x{Region2Offset:x}, each {ElementCount} elements of {Units.FormatSize(ElementBytes)} ({Units.FormatSize(RegionBytes)}); " +
         $"write logs of {LogSlots} x {LogRecordBytes} B at 0x{Log1Offset:x} and 0x{Log2Offset:x}; " +
+        $"host tag tables of {TagSlots} x {TagEntryBytes} B at 0x{Tags1Offset:x} and 0x{Tags2Offset:x}; " +
         $"{Units.FormatSize(TotalBytes - UsedBytes)} unused";
 }

@@ -35,14 +35,16 @@ public sealed unsafe class NvramRegion
     readonly byte* _descriptors;
     readonly byte* _data;
     readonly byte* _log;
+    readonly byte* _tags;
 
-    internal NvramRegion(NvramFile file, int number, byte* descriptors, byte* data, byte* log)
+    internal NvramRegion(NvramFile file, int number, byte* descriptors, byte* data, byte* log, byte* tags)
     {
         Invariant.Assert(number is 1 or 2);
         _file = file;
         _descriptors = descriptors;
         _data = data;
         _log = log;
+        _tags = tags;
         Number = number;
         ElementCount = file.Layout.ElementCount;
         RegionBytes = file.Layout.RegionBytes;
@@ -226,6 +228,15 @@ public sealed unsafe class NvramRegion
         _file.ThrowIfDisposed();
         if ((uint)slot >= NvramLayout.LogSlots) throw new ArgumentOutOfRangeException(nameof(slot), slot, $"write-log slots are 0..{NvramLayout.LogSlots - 1}");
         return new Span<byte>(_log + (long)slot * NvramLayout.LogRecordBytes, NvramLayout.LogRecordBytes);
+    }
+
+    /// <summary>The 64 bytes of entry <paramref name="slot"/> of this region's table of finished host
+    /// commands (<see cref="HostTagEntry"/> encodes them).</summary>
+    public Span<byte> TagEntry(int slot)
+    {
+        _file.ThrowIfDisposed();
+        if ((uint)slot >= NvramLayout.TagSlots) throw new ArgumentOutOfRangeException(nameof(slot), slot, $"host tag slots are 0..{NvramLayout.TagSlots - 1}");
+        return new Span<byte>(_tags + (long)slot * NvramLayout.TagEntryBytes, NvramLayout.TagEntryBytes);
     }
 
     public override string ToString() => $"NVRAM region {Number} ({ElementCount} elements)";

@@ -196,6 +196,8 @@ public sealed partial class Controller
             Nvram.Peer.Clear();
             WriteLog.DiscardOwn();
             WriteLog.ClearAllMirrored();
+            // The tables of finished host commands stay: they say what ran, which stays true; the
+            // survivor's copy of ours is refreshed when we pair, and a host may still re-issue to us.
             // Our messages must clear the survivor's epoch floor when we come back.
             if (status.EpochCounter > Nvram.Epoch) Nvram.Epoch = status.EpochCounter;
             LogStandby(status.EpochCounter, discarded);

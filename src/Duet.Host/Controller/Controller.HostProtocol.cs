@@ -22,6 +22,8 @@ namespace Duet.Host.Controller;
 //    throws otherwise, so the handshake never runs a command beside a primary that may still write.
 //    Without a shelf there is no fence, so it always throws: the secondary then never runs a command;
 //    the primary's run is the only one (a primary that hangs leaves the host to time out and retry).
+//  - Table: the controller's NVRAM table of finished host commands and its copy of the peer's
+//    (Controller.HostTags.cs), so a write re-issued after a restart, a power cut or a takeover runs at most once.
 //
 // The units (HostUnitServer, two per controller) are the shell's (ControllerServer); the handshake is
 // the controller's, so the ICL dispatcher reaches it and the simulator could drive it on virtual time.
@@ -43,6 +45,7 @@ public sealed partial class Controller
             ReadyWait = limit / 3,
             MaxClockSkew = TimeSpan.FromTicks(Math.Min(CommandHandshakeOptions.DefaultTimeLimit.Ticks / 6, limit.Ticks / 4)),
             Time = _options.Time,
+            Table = this,
         });
     }
 

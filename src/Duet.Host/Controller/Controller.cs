@@ -131,6 +131,7 @@ public sealed partial class Controller : IAsyncDisposable
         var cacheOptions = new CacheOptions { Time = options.Time };
         if (options.ConfigureCache is { } configure) cacheOptions = configure(cacheOptions);
         WriteLog = new WriteLog(nvram);
+        HostTags = new HostTagTable(nvram);
         Cache = new WriteBackCache(nvram.Own, cacheMirror, cacheOptions, loggers.CreateLogger<WriteBackCache>());
         if (options.PowerFailWindow <= TimeSpan.Zero) throw new ArgumentException($"the power-fail window ({options.PowerFailWindow}) must be positive", nameof(options));
         HostCommands = new HostCommandGate(options.Name);
@@ -176,6 +177,7 @@ public sealed partial class Controller : IAsyncDisposable
     public async Task StartAsync()
     {
         if (Interlocked.Exchange(ref _started, 1) != 0) throw new InvalidOperationException($"controller {Name} is already started");
+        LogHostTagsOpened();
         await DecideReplayAsync();
         RegisterServedArrays();
         ReplayedElements = Cache.Replay(KeepOnReplay, out int dropped);
@@ -273,6 +275,7 @@ public sealed partial class Controller : IAsyncDisposable
             await SendReservationSyncAsync();
             await SendOpenCheckpointsAsync();
             await Cache.ResyncMirrorAsync(Mirror.Resume);
+            await SendHostTagsAsync();
             await ClearStaleAsync();
             LogPaired(_options.PeerName);
         }
@@ -288,7 +291,7 @@ public sealed partial class Controller : IAsyncDisposable
     byte[] HelloBytes()
     {
         var layout = Nvram.Layout;
-        return DuetFrame.ToArray(new PairHello(Name[0], _options.Session, layout.TotalBytes, layout.ElementCount, layout.ElementBytes));
+        return DuetFrame.ToArray(new PairHello(Name[0], _options.Session, layout.TotalBytes, layout.ElementCount, layout.ElementBytes, NvramFile.FormatVersion));
     }
 
     /// <summary>Posts one of Duet's own messages, stamped with our epoch; a link that is down drops it (the
@@ -371,6 +374,9 @@ public sealed partial class Controller : IAsyncDisposable
             case MessageKind.PowerFail:
                 OnPowerFailNotice(t.Message.Span);
                 return;
+            case MessageKind.HostTagEntries:
+                OnHostTagEntries(t.Message.Span);
+                return;
         }
         if (!await Receiver.HandleAsync(t)) LogUnknown("command", kind.ToString());
     }
@@ -386,10 +392,13 @@ public sealed partial class Controller : IAsyncDisposable
             return;
         }
         var mine = Nvram.Layout;
-        if (hello.NvramBytes != mine.TotalBytes || hello.ElementsPerRegion != mine.ElementCount || hello.ElementBytes != mine.ElementBytes)
+        if (hello.NvramBytes != mine.TotalBytes || hello.ElementsPerRegion != mine.ElementCount || hello.ElementBytes != mine.ElementBytes
+            || hello.NvramFormat != NvramFile.FormatVersion)
         {
-            var why = $"the pair refuses to form: NVRAM layouts differ (mine: {mine.TotalBytes} bytes, {mine.ElementCount} elements of {mine.ElementBytes}; " +
-                      $"{hello.Controller}'s: {hello.NvramBytes} bytes, {hello.ElementsPerRegion} elements of {hello.ElementBytes})";
+            // The format fixes where the write logs and the host tag tables are, and their sizes: equal
+            // sizes of another format are not the same layout.
+            var why = $"the pair refuses to form: NVRAM layouts differ (mine: format {NvramFile.FormatVersion}, {mine.TotalBytes} bytes, {mine.ElementCount} elements of {mine.ElementBytes}; " +
+                      $"{hello.Controller}'s: format {hello.NvramFormat}, {hello.NvramBytes} bytes, {hello.ElementsPerRegion} elements of {hello.ElementBytes})";
             Receiver.RefuseAll = why;
             LogRefused(why);
             return;

@@ -416,11 +416,12 @@ public sealed record ScsiStateUpdate(ScsiStateKind Kind, ReadOnlyMemory<byte> Bl
 
 /// <summary>
 /// Pairing (CC-1): sent by each controller as soon as the link is up, before any mirror transfer.
-/// Body: 0 controller name ('A' or 'B'), 1-7 zero, 8-15 session id (random per controller start),
-/// 16-23 NVRAM total bytes, 24-27 NVRAM elements per region, 28-31 NVRAM element bytes.
-/// The receiver checks that both NVRAMs have the same layout; if not, the pair refuses to form.
+/// Body: 0 controller name ('A' or 'B'), 1-3 zero, 4-7 NVRAM format version (0 from a build that
+/// predates the field), 8-15 session id (random per controller start), 16-23 NVRAM total bytes,
+/// 24-27 NVRAM elements per region, 28-31 NVRAM element bytes. The receiver checks that both NVRAMs
+/// have the same format and layout; if not, the pair refuses to form.
 /// </summary>
-public readonly record struct PairHello(char Controller, ulong SessionId, long NvramBytes, int ElementsPerRegion, int ElementBytes) : IDuetMessage<PairHello>
+public readonly record struct PairHello(char Controller, ulong SessionId, long NvramBytes, int ElementsPerRegion, int ElementBytes, uint NvramFormat = 0) : IDuetMessage<PairHello>
 {
     const int Body = 32;
     public static ushort MessageType => MirrorWire.TypePairHello;
@@ -431,12 +432,12 @@ public readonly record struct PairHello(char Controller, ulong SessionId, long N
         value = default;
         if (b.Length != Body) return DuetFrame.Fail(out error, WireError.BadLength);
         if (b[0] is not ((byte)'A' or (byte)'B')) return DuetFrame.Fail(out error, WireError.BadEnum);
-        if (b[1..8].ContainsAnyExcept((byte)0)) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
+        if (b[1..4].ContainsAnyExcept((byte)0)) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
         long nvram = BinaryPrimitives.ReadInt64BigEndian(b[16..]);
         int elements = BinaryPrimitives.ReadInt32BigEndian(b[24..]);
         int elementBytes = BinaryPrimitives.ReadInt32BigEndian(b[28..]);
         if (nvram <= 0 || elements <= 0 || elementBytes <= 0) return DuetFrame.Fail(out error, WireError.BadLength);
-        value = new PairHello((char)b[0], BinaryPrimitives.ReadUInt64BigEndian(b[8..]), nvram, elements, elementBytes);
+        value = new PairHello((char)b[0], BinaryPrimitives.ReadUInt64BigEndian(b[8..]), nvram, elements, elementBytes, BinaryPrimitives.ReadUInt32BigEndian(b[4..]));
         error = WireError.None;
         return true;
     }
@@ -445,6 +446,7 @@ public readonly record struct PairHello(char Controller, ulong SessionId, long N
     {
         b[..Body].Clear();
         b[0] = (byte)Controller;
+        BinaryPrimitives.WriteUInt32BigEndian(b[4..], NvramFormat);
         BinaryPrimitives.WriteUInt64BigEndian(b[8..], SessionId);
         BinaryPrimitives.WriteInt64BigEndian(b[16..], NvramBytes);
         BinaryPrimitives.WriteInt32BigEndian(b[24..], ElementsPerRegion);

@@ -172,6 +172,8 @@ public static class MirrorWire
     public const ushort TypeReservationState = 0x010A;
     /// <summary>AW-6: a controller's power-fail window began or ended (<see cref="PowerFailNotice"/>).</summary>
     public const ushort TypePowerFail = 0x010B;
+    /// <summary>Idempotent re-issue: entries of the sender's table of finished host commands (<see cref="HostTagEntries"/>).</summary>
+    public const ushort TypeHostTagEntries = 0x010C;
 
     /// <summary>The array table maps to 8-bit volume numbers: at most 256 arrays (MR-5).</summary>
     public const int ArrayTableEntriesMax = 256;

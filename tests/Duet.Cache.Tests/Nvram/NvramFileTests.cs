@@ -142,8 +142,9 @@ public sealed class NvramFileTests : IDisposable
     {
         var path = _dir.File("a.nvram");
         NvramFile.Create(path, Sample.Small, "A", Sample.Pair).Dispose();
-        foreach (var copy in new[] { 0, 512 }) RewriteHeaderCopy(path, copy, h => h[8] = 1);
-        Assert.Contains("format version 1", Assert.Throws<NvramException>(() => NvramFile.Open(path)).Message);
+        // Version 2 had no host tag tables after the write logs: its layout is not this one.
+        foreach (var copy in new[] { 0, 512 }) RewriteHeaderCopy(path, copy, h => h[8] = 2);
+        Assert.Contains("format version 2; this build reads version 3", Assert.Throws<NvramException>(() => NvramFile.Open(path)).Message);
     }
 
     [Fact]
@@ -166,7 +167,7 @@ public sealed class NvramFileTests : IDisposable
         var problem = NvramFile.CompatibilityProblem(NvramLayout.For(16L << 20), NvramLayout.For(256L << 20));
         Assert.NotNull(problem);
         Assert.Contains("size 16 MiB vs 256 MiB", problem);
-        Assert.Contains("element count 507 vs 8157", problem);
+        Assert.Contains("element count 491 vs 8141", problem);
         Assert.Contains("same NVRAM layout", problem);
 
         // Same size, different element count: still refused.

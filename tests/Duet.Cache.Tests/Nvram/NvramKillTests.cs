@@ -18,12 +18,14 @@ public sealed class NvramKillTests : IDisposable
     public void Dispose() => _dir.Dispose();
 
     [Fact]
-    public void Elements_written_by_a_process_killed_with_sigkill_are_all_in_the_file()
+    [Trait("Claim", "AW-1")]
+    public void Elements_and_host_tag_entries_written_by_a_process_killed_with_sigkill_are_all_in_the_file()
     {
         const int count = 20;
         const ulong epoch = 7;
         var path = _dir.File("killed.nvram");
-        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
+        var layout = NvramLayout.For(2L << 20);
+        Assert.True(layout.ElementCount >= count);
         NvramFile.Create(path, layout, "A", Sample.Pair).Dispose();
 
         using (var crasher = StartCrasher(path, count, epoch))
@@ -59,7 +61,25 @@ public sealed class NvramKillTests : IDisposable
                         Assert.Fail($"region {region.Number} element {element} byte {i}: {data[i]} != {Pattern(region.Number, element, i)}");
             }
         }
+
+        // The host tag tables: every finished command the crasher recorded, and every entry of the peer's it stored.
+        var tags = new HostTagTable(nvram);
+        Assert.Equal((count, count), (tags.RecoveredOwn, tags.RecoveredPeer));
+        Assert.Empty(tags.Skipped);
+        Assert.Equal((ulong)count, tags.Sequence);
+        for (int i = 0; i < count; i++)
+        {
+            var (key, digest, status) = HostTag(i);
+            Assert.True(tags.TryFind(key, out var own, out bool peers));
+            Assert.False(peers);
+            Assert.Equal(new HostTagEntry(key, digest, status, (ulong)i + 1), own);
+            Assert.True(tags.TryFind(key with { HostId = key.HostId + 1 }, out var theirs, out peers));
+            Assert.True(peers);
+            Assert.Equal(100UL + (ulong)i, theirs.Sequence);
+        }
     }
+
+    static (HostTagKey, uint, byte) HostTag(int i) => (new HostTagKey((byte)(i % 2), 0xD0E7_0000UL, (0x0001UL << 48) + (ulong)i + 1), 0xC0FFEE00u + (uint)i, (byte)(i % 3));
 
     // The same formula is in tests/Duet.Cache.Crasher/Program.cs.
     static byte Pattern(int region, int element, int index) => (byte)(region * 101 + element * 31 + index * 7 + (index >> 9));

@@ -8,9 +8,10 @@ public sealed class NvramLayoutTests
 {
     [Theory]
     //          total MiB, elements, table bytes, table 2,   region 1,   region bytes, region 2,   used
-    [InlineData(16L,        507,      32768L,      36864L,    69632L,     8306688L,     8376320L,   16748544L)]
-    [InlineData(256L,       8157,     524288L,     528384L,   1052672L,   133644288L,   134696960L, 268406784L)]
-    [InlineData(1024L,      32638,    2088960L,    2093056L,  4182016L,   534740992L,   538923008L, 1073729536L)]
+    [InlineData(1L,         13,       4096L,       8192L,     12288L,     212992L,      225280L,    1028096L)]
+    [InlineData(16L,        491,      32768L,      36864L,    69632L,     8044544L,     8114176L,   16748544L)]
+    [InlineData(256L,       8141,     524288L,     528384L,   1052672L,   133382144L,   134434816L, 268406784L)]
+    [InlineData(1024L,      32622,    2088960L,    2093056L,  4182016L,   534478848L,   538660864L, 1073729536L)]
     public void Layout_for_a_size_fits_as_many_whole_elements_as_the_file_holds(
         long totalMiB, int elements, long tableBytes, long table2, long region1, long regionBytes, long region2, long used)
     {
@@ -26,6 +27,12 @@ public sealed class NvramLayoutTests
         Assert.Equal(regionBytes, layout.RegionBytes);
         Assert.Equal(region2, layout.Region2Offset);
         Assert.Equal(used, layout.UsedBytes);
+        // After region 2: the two write logs (512 x 64 B), then the two host tag tables (4096 x 64 B).
+        Assert.Equal(region2 + regionBytes, layout.Log1Offset);
+        Assert.Equal(layout.Log1Offset + 32768, layout.Log2Offset);
+        Assert.Equal(layout.Log2Offset + 32768, layout.Tags1Offset);
+        Assert.Equal(layout.Tags1Offset + 262144, layout.Tags2Offset);
+        Assert.Equal(layout.Tags2Offset + 262144, layout.UsedBytes);
         // One more element per region would not fit.
         Assert.NotNull(NvramLayout.Problem(layout.TotalBytes, layout.ElementCount + 1));
     }
@@ -95,7 +102,8 @@ public sealed class NvramLayoutTests
         Assert.Equal(NvramLayout.For(NvramLayout.DefaultTotalBytes), NvramLayout.For(256L << 20));
         var text = NvramLayout.For(16L << 20).Describe();
         Assert.Contains("NVRAM 16 MiB", text);
-        Assert.Contains("507 elements", text);
+        Assert.Contains("491 elements", text);
+        Assert.Contains("host tag tables of 4096 x 64 B at 0xf79000 and 0xfb9000", text);
         Assert.Contains("0x11000", text); // region 1
     }
 }

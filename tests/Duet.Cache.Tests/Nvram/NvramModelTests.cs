@@ -19,7 +19,7 @@ public sealed class NvramModelTests : IDisposable
     static readonly Gen<Op> Ops =
         from roll in Gen.Choose(0, 99)
         from region in Gen.Choose(1, 2)
-        from element in Gen.Choose(0, 28)
+        from element in Gen.Choose(0, Sample.Small.ElementCount - 1)
         from blockCount in Gen.Choose(1, 32)
         from raw in Gen.Choose(int.MinValue, int.MaxValue)
         from seed in Gen.Choose(0, int.MaxValue)

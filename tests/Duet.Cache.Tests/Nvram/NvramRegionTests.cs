@@ -30,7 +30,7 @@ public sealed class NvramRegionTests : IDisposable
     {
         Assert.Equal(_nvram.Own.ElementCount, _nvram.Peer.ElementCount);
         Assert.Equal(_nvram.Own.RegionBytes, _nvram.Peer.RegionBytes);
-        Assert.Equal(29, _nvram.Own.ElementCount);
+        Assert.Equal(13, _nvram.Own.ElementCount);
 
         _nvram.Own.Write(4, Sample.Descriptor(4, 1), Sample.Sectors(32, 1));
         Assert.Equal(ElementState.Valid, _nvram.Own.StateOf(4));

@@ -1,0 +1,101 @@
+using Duet.Cache;
+using Duet.Core;
+using Duet.HostProtocol;
+using Duet.Interconnect.Link;
+using Duet.Interconnect.Wire;
+using Microsoft.Extensions.Logging;
+
+namespace Duet.Host.Controller;
+
+// Idempotent re-issue for the host protocol (host-protocol.md, "Finished commands survive a restart").
+// The handshake's memory of finished commands dies with the process. So every host write this
+// controller runs is also recorded in a table in its NVRAM (HostTagTable: key, request digest, status,
+// sequence, CRC), before the host is answered, and the entry goes to the peer, which keeps it in its
+// copy of our table (message HostTagEntries, 0x010C). The sender waits for the post at most 100 ms, as
+// for a write checkpoint (a hung peer must not stall host writes); the link is FIFO, so the peer has
+// the entry before any later message of ours — our answer's consequences included. A pairing sends
+// the whole table. The handshake looks a command it neither holds nor remembers up in both tables, own
+// first: after a restart, a power cut (both tables are read back from NVRAM) or a takeover (the
+// survivor has the dead peer's entries) a write re-issued under its tag is answered with its status
+// and not run again.
+//
+// Neither table is cleared: not when the peer says hello (its resend overwrites the same slots, and
+// until then the old entries are still true: those commands did finish), not when this controller
+// starts fenced (the survivor still needs our entries, and we need them when we serve again). An entry
+// only ever leaves its ring when a newer one takes its slot.
+public sealed partial class Controller : IFinishedCommandTable
+{
+    /// <summary>This controller's table of finished host commands in NVRAM, and its copy of the peer's.</summary>
+    public HostTagTable HostTags { get; }
+
+    async ValueTask IFinishedCommandTable.RecordAsync(FinishedCommandRecord record)
+    {
+        var entry = HostTags.Record(ToTagKey(record.Key), record.Digest, checked((byte)record.Status));
+        if (!HostTagsFlow) return;
+        var post = PostOrDropAsync(IclSignal.Message, HostTagBytes([entry], resend: false));
+        try { await Waits.WithTimeout(post, CheckpointPostLimit, _options.Time); }
+        catch (TimeoutException) { }
+    }
+
+    bool IFinishedCommandTable.TryRecall(HostCommandKey key, out FinishedCommandRecord record)
+    {
+        if (HostTags.TryFind(ToTagKey(key), out var e, out _))
+        {
+            record = new FinishedCommandRecord(key, e.Digest, (HostStatus)e.Status);
+            return true;
+        }
+        record = default;
+        return false;
+    }
+
+    static HostTagKey ToTagKey(HostCommandKey key) => new(key.Unit, key.HostId, key.HostTag);
+
+    // Entries go to a peer that is paired and listening, as checkpoints do (with or without a shelf: the
+    // copy also answers re-issues after a restart of this side). Between pairings the peer's copy misses
+    // entries; the pairing's resend fills it.
+    bool HostTagsFlow => Link.IsUp && !_peerFenced && Mirror.Mode == MirrorMode.Healthy;
+
+    static byte[] HostTagBytes(IEnumerable<HostTagEntry> entries, bool resend) =>
+        DuetFrame.ToArray(new HostTagEntries([.. entries.Select(e => new HostTagWireEntry(e.Key.Unit, e.Key.HostId, e.Key.HostTag, e.Digest, e.Status, e.Sequence))], resend));
+
+    /// <summary>Pairing: the peer's copy of our table gets every entry we have, oldest first. Entries
+    /// recorded meanwhile flow on their own (the mirror is healthy by now); a resent entry older than
+    /// what the peer's slot holds is not stored there.</summary>
+    async Task SendHostTagsAsync()
+    {
+        var entries = HostTags.OwnEntries();
+        for (int i = 0; i < entries.Count; i += HostTagEntries.EntriesMax)
+            await PostOrDropAsync(IclSignal.Message, HostTagBytes(entries.Skip(i).Take(HostTagEntries.EntriesMax), resend: true));
+    }
+
+    void OnHostTagEntries(ReadOnlySpan<byte> message)
+    {
+        if (HostTagEntries.TryDecode(message, out var m, out _, out var error) != System.Buffers.OperationStatus.Done)
+        {
+            LogUnknown("host tag entries", error.ToString());
+            return;
+        }
+        foreach (var e in m!.Entries)
+        {
+            if (e.Status > (byte)HostStatus.NotAttached)
+            {
+                LogUnknown("host tag entry", $"status {e.Status}");
+                continue;
+            }
+            HostTags.StoreMirrored(new HostTagEntry(new HostTagKey(e.Unit, e.HostId, e.HostTag), e.Digest, e.Status, e.Sequence));
+        }
+    }
+
+    void LogHostTagsOpened()
+    {
+        if (HostTags.RecoveredOwn > 0 || HostTags.RecoveredPeer > 0 || HostTags.Skipped.Count > 0)
+            LogHostTags(HostTags.RecoveredOwn, HostTags.RecoveredPeer, HostTags.Skipped.Count);
+        foreach (var why in HostTags.Skipped.Take(8)) LogHostTagSkipped(why);
+    }
+
+    [LoggerMessage(EventId = 7070, Level = LogLevel.Information, Message = "host tag tables: {Own} finished host commands of ours and {Peer} of the peer's read back from NVRAM; {Skipped} damaged entries skipped")]
+    partial void LogHostTags(int own, int peer, int skipped);
+
+    [LoggerMessage(EventId = 7071, Level = LogLevel.Warning, Message = "host tag table: entry skipped: {Why}")]
+    partial void LogHostTagSkipped(string why);
+}

@@ -1,0 +1,221 @@
+using Duet.Cache.Nvram;
+using Duet.Drives;
+using Duet.Host.Controller;
+using Duet.HostProtocol;
+using Duet.Interconnect.Link;
+using Duet.Raid.Management;
+using Duet.Shelf;
+using PairController = Duet.Host.Controller.Controller;
+
+namespace Duet.Cli.Tests;
+
+/// <summary>
+/// Idempotent re-issue through real controllers (both in one process behind one shelf core): a host
+/// write finished by A is in A's NVRAM table of finished host commands and in B's copy of it; after B
+/// took A over and B itself restarted (so no handshake remembers anything), the write re-issued under
+/// its tag is answered with its status and not run again — another host's later write over the same
+/// block stays. And a pairing sends each controller's table to the other, and is refused with a peer whose
+/// NVRAM is of another format (where the tables are, and their sizes, differ).
+/// </summary>
+public sealed class HostTagsInProcessTests
+{
+    const long DriveBytes = 64L << 20;
+    static readonly Guid Pair = new("5d3c1b0a-0000-4000-8000-00000000d0ea");
+    const ulong Host7 = 7, Host8 = 8;
+
+    static byte[] Pattern(byte seed) => [.. Enumerable.Range(0, 4096).Select(i => (byte)(seed + i * 13))];
+
+    static HostCommand Write(ulong host, ulong tag, byte[] data, HostRequestFlags flags = HostRequestFlags.Multicast) =>
+        new(0, "vol0", new HostRequest(HostOpcode.Write, flags, host, tag, NowMicros, 0, (uint)data.Length, data));
+
+    static ulong NowMicros => (ulong)(DateTimeOffset.UtcNow - DateTimeOffset.UnixEpoch).Ticks / 10;
+
+    [Fact]
+    [Trait("Claim", "AW-1")]
+    [Trait("Claim", "FO-2")]
+    public async Task AWriteReissuedAfterATakeoverAndARestartOfTheSurvivorIsAnsweredFromTheTableAndNotRunAgain()
+    {
+        var shelf = await ShelfAsync();
+        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
+        var storeB = NvramStore.For(layout, "nvram-B");
+        var (linkA, linkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 }, TimeProvider.System);
+        var a = await StartAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA);
+        var b = await StartAsync("B", 2, shelf, storeB, layout, linkB);
+        var (x, y) = (Pattern(1), Pattern(2));
+        try
+        {
+            await Until(() => a.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && b.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && a.HoldsLease && b.HoldsLease, "the pair to form");
+
+            // Host 7 writes X under tag 1; then host 8 writes Y over the same block. A (vol0's owner) runs both.
+            Assert.Equal([HostCompletion.Ok(1)], await MulticastAsync(a, b, Write(Host7, 1, x)));
+            Assert.Equal([HostCompletion.Ok(1)], await MulticastAsync(a, b, Write(Host8, 1, y)));
+            Assert.Equal(2, a.HostTags.OwnCount);
+            // Each entry went to B before A answered, and the link is FIFO: B has both.
+            await Until(() => b.HostTags.PeerCount == 2, "B to store A's entries");
+
+            // A dies (B takes it over), then B restarts: no handshake memory is left anywhere.
+            await b.TakeOverAsync("test: A stopped answering");
+            Assert.True(shelf.Status().Port("A").Fenced);
+        }
+        finally
+        {
+            await b.DisposeAsync();
+        }
+
+        var (linkB2, _) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default, TimeProvider.System);
+        var b2 = await StartAsync("B", 3, shelf, storeB, layout, linkB2);
+        try
+        {
+            Assert.Equal((0, 2), (b2.HostTags.RecoveredOwn, b2.HostTags.RecoveredPeer));
+            await Until(() => b2.HoldsLease && b2.Handshake.IsPrimaryFor("vol0"), "B to serve vol0 again");
+
+            // Host 7 re-issues tag 1 (its answer was lost, say): the status A gave, and Y stays.
+            var reissue = new Route();
+            await b2.Handshake.SubmitAsync(Write(Host7, 1, x), reissue);
+            Assert.Equal([HostCompletion.Ok(1)], reissue.Answers);
+            Assert.Equal((1L, 0L), (b2.Handshake.Counters.TableRecalls, b2.Handshake.Counters.ExecutedAsPrimary));
+            Assert.Equal(y, await ReadAsync(b2));
+
+            // Tag 1 for other bytes is another command: Invalid, not applied. A new tag runs, and is recorded by B.
+            var reused = new Route();
+            await b2.Handshake.SubmitAsync(Write(Host7, 1, Pattern(3)), reused);
+            Assert.Equal([HostCompletion.Error(1, HostStatus.Invalid)], reused.Answers);
+            Assert.Equal(y, await ReadAsync(b2));
+            var next = new Route();
+            await b2.Handshake.SubmitAsync(Write(Host7, 2, x), next);
+            Assert.Equal([HostCompletion.Ok(2)], next.Answers);
+            Assert.Equal(x, await ReadAsync(b2));
+            Assert.Equal(1, b2.HostTags.OwnCount);
+        }
+        finally
+        {
+            // A, fenced, is left as a killed controller is (its orderly stop would wait for a drain it may not do).
+            await b2.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    [Trait("Claim", "AW-1")]
+    public async Task APairingSendsEachControllerItsPeersTable()
+    {
+        var shelf = await ShelfAsync();
+        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
+        var (linkA, linkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 }, TimeProvider.System);
+        var a = await StartAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA);
+        PairController? b = null;
+        try
+        {
+            // A alone: its writes are recorded in its own table and reach no copy.
+            await Until(() => a.HoldsLease, "A to hold its lease");
+            var route = new Route();
+            await a.Handshake.SubmitAsync(Write(Host7, 1, Pattern(1), HostRequestFlags.None), route);
+            Assert.Equal([HostCompletion.Ok(1)], route.Answers);
+            Assert.Equal(1, a.HostTags.OwnCount);
+
+            b = await StartAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB);
+            await Until(() => b.HostTags.PeerCount == 1, "the pairing to bring A's table to B");
+            Assert.True(b.HostTags.TryFind(new Duet.Cache.HostTagKey(0, Host7, 1), out var entry, out bool peers));
+            Assert.True(peers);
+            Assert.Equal((byte)HostStatus.Ok, entry.Status);
+            Assert.Equal(HostCommandDigest.Of(Write(Host7, 1, Pattern(1), HostRequestFlags.None)), entry.Digest);
+        }
+        finally
+        {
+            if (b is not null) await b.DisposeAsync();
+            await a.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-1")]
+    public async Task AControllerRefusesToPairWithAPeerWhoseNvramIsOfAnotherFormat()
+    {
+        var shelf = await ShelfAsync();
+        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
+        var (linkA, peer) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default, TimeProvider.System);
+        var a = await StartAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA);
+        try
+        {
+            // A peer of the previous format (2: no host tag tables) with an NVRAM of the same size and element count.
+            peer.Start(_ => ValueTask.CompletedTask);
+            var hello = new Duet.Interconnect.Wire.PairHello('B', 9, layout.TotalBytes, layout.ElementCount, layout.ElementBytes, NvramFormat: 2);
+            await peer.PostAsync(IclSignal.Message, 0, Duet.Interconnect.Wire.DuetFrame.ToArray(hello), default);
+            await Until(() => a.Receiver.RefuseAll is not null, "A to refuse the pair");
+            Assert.Contains("format 3", a.Receiver.RefuseAll);
+            Assert.Contains("format 2", a.Receiver.RefuseAll);
+        }
+        finally
+        {
+            await a.DisposeAsync();
+        }
+    }
+
+    /// <summary>The command to both controllers' handshakes, as a host multicasting to unit 0 of each;
+    /// returns what the primary's connection was answered.</summary>
+    static async Task<IReadOnlyList<HostCompletion>> MulticastAsync(PairController primary, PairController secondary, HostCommand command)
+    {
+        var route = new Route();
+        await Task.WhenAll(secondary.Handshake.SubmitAsync(command, new Route()), primary.Handshake.SubmitAsync(command, route));
+        return route.Answers;
+    }
+
+    static async Task<byte[]> ReadAsync(PairController c)
+    {
+        Assert.True(c.Volumes.TryGetVolume("vol0", out var vol0));
+        var back = new byte[4096];
+        await vol0.ReadAsync(0, back);
+        return back;
+    }
+
+    sealed class Route : IHostCompletionRoute
+    {
+        readonly Lock _lock = new();
+        readonly List<HostCompletion> _answers = [];
+
+        public IReadOnlyList<HostCompletion> Answers { get { lock (_lock) return [.. _answers]; } }
+
+        public ValueTask<bool> TrySendAsync(HostCompletion completion)
+        {
+            lock (_lock) _answers.Add(completion);
+            return ValueTask.FromResult(true);
+        }
+    }
+
+    /// <summary>A shelf of six drives: arr0 (RAID 5, owned by A) with a 16 MiB vol0, arr1 (owned by B).</summary>
+    static async Task<Duet.Shelf.Shelf> ShelfAsync()
+    {
+        var bay = new MemoryShelf();
+        for (int i = 0; i < 6; i++) bay.Insert($"d{i}", DriveBytes);
+        await using (var setup = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = bay, Controller = "A" }))
+        {
+            await setup.CreateArrayAsync(new CreateArrayRequest("arr0", 5, ["d0", "d1", "d2"], Owner: "A"));
+            await setup.CreateArrayAsync(new CreateArrayRequest("arr1", 5, ["d3", "d4", "d5"], Owner: "B"));
+            await setup.CreateVolumeAsync(new CreateVolumeRequest("vol0", "arr0", 16L << 20));
+        }
+        return new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore());
+    }
+
+    // The controllers run on the system clock (their heartbeats and leases), as in the other in-process
+    // tests; the test itself only waits for conditions, never for time.
+    static async Task Until(Func<bool> condition, string what)
+    {
+        var until = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (!condition())
+        {
+            if (DateTime.UtcNow > until) throw new TimeoutException($"waited 20 s for {what}");
+            await Task.Delay(10);
+        }
+    }
+
+    static async Task<PairController> StartAsync(string name, ulong session, Duet.Shelf.Shelf shelf, NvramStore store, NvramLayout layout, IIclLink link)
+    {
+        var port = shelf.Port(name);
+        var claims = new ShelfClaims(name);
+        Assert.True(await PairController.JoinShelfAsync(port, session, TimeProvider.System, claims));
+        var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = port, Controller = name, MayServe = claims.MayServe });
+        var nvram = NvramFile.OpenOrCreate(store, layout, name, Pair);
+        var c = new PairController(new Duet.Host.Controller.ControllerCoreOptions { Name = name, Session = session, Shelf = port, Claims = claims }, arrays, nvram, link);
+        await c.StartAsync();
+        return c;
+    }
+}
