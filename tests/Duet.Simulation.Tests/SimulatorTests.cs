@@ -187,9 +187,15 @@ public sealed class SimulatorTests
     //      once let back in, served them beside their owner (now a fenced controller lets go of them);
     // 333, 353: a controller started without its arrays (shelf path down, or a failed drive) replayed their dirty
     //      elements, and every destage round failed on them and no drain ever finished (now they are parked
-    //      until their array arrives).
+    //      until their array arrives);
+    // 283, 415, 429: a torn block listed whole took acknowledged sectors with it (settling now keeps a block read
+    //      whole); a replayed element of a deleted array kept the pair from forming; a destage torn by lost
+    //      shelf paths and then a failed member left rows a retry refused for good (now listed, AW-5).
     [Theory]
     [Trait("Claim", "FO-7")]
+    [InlineData(283UL)]
+    [InlineData(415UL)]
+    [InlineData(429UL)]
     [InlineData(333UL)]
     [InlineData(353UL)]
     [InlineData(384UL)]

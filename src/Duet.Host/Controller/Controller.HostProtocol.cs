@@ -91,8 +91,8 @@ public sealed partial class Controller
         if (!_peerFenced) throw new InvalidOperationException($"controller {Name} could not fence controller {PeerName}");
     }
 
-    [LoggerMessage(EventId = 7040, Level = LogLevel.Warning, Message = "FO-5: a host command was not completed by controller {Peer} within {LimitMs:F0} ms of its host timestamp: fencing it")]
+    [LoggerMessage(EventId = 7045, Level = LogLevel.Warning, Message = "FO-5: a host command was not completed by controller {Peer} within {LimitMs:F0} ms of its host timestamp: fencing it")]
     partial void LogLimitReached(string peer, double limitMs);
-    [LoggerMessage(EventId = 7041, Level = LogLevel.Warning, Message = "host handshake message ({Phase}) failed: {Error}")]
+    [LoggerMessage(EventId = 7046, Level = LogLevel.Warning, Message = "host handshake message ({Phase}) failed: {Error}")]
     partial void LogHandshakeFailed(string phase, string error);
 }
