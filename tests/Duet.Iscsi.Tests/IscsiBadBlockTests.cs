@@ -33,7 +33,7 @@ public class IscsiBadBlockTests
         var (stripe, dataIndex, _, memberBlock) = g.Map(5);
         await drives[g.DataMember(stripe, dataIndex)].WriteAsync(MemberLayout.DataLba(memberBlock), new byte[Units.BlockBytes]);
         await drives[g.PMember(stripe)].WriteAsync(MemberLayout.DataLba(memberBlock), Enumerable.Repeat((byte)9, Units.BlockBytes).ToArray());
-        await array.SettleStripesAsync(5, 1);
+        await array.ScrubAsync(true, new ScrubResult(), new PassProgress { TotalStripes = g.Stripes }, default); // a scrub with repair lists it
         Assert.Equal(5, Assert.Single(array.BadBlocks.Entries).ArrayBlock);
         return (array, volume, data);
     }

@@ -25,11 +25,11 @@ public sealed class NbdBadBlockTests
         var data = new byte[64 * Units.BlockBytes];
         new System.Random(71).NextBytes(data);
         await volume.WriteAsync(0, data, fua: true);
-        // The volume's block 1 (array block 5) torn by a power cut together with its row's parity: settled and listed.
+        // The volume's block 1 (array block 5) torn behind the array's back together with its row's parity: a scrub lists it.
         var (stripe, dataIndex, _, memberBlock) = g.Map(5);
         await drives[g.DataMember(stripe, dataIndex)].WriteAsync(MemberLayout.DataLba(memberBlock), new byte[Units.BlockBytes]);
         await drives[g.PMember(stripe)].WriteAsync(MemberLayout.DataLba(memberBlock), Enumerable.Repeat((byte)1, Units.BlockBytes).ToArray());
-        await array.SettleStripesAsync(5, 1);
+        await array.ScrubAsync(true, new ScrubResult(), new PassProgress { TotalStripes = g.Stripes }, default); // a scrub with repair lists it
         Assert.Equal(5, Assert.Single(array.BadBlocks.Entries).ArrayBlock);
 
         await using var server = new NbdServer(new MemoryCatalog(volume), new NbdServerOptions { Endpoint = new IPEndPoint(IPAddress.Loopback, 0) }, NullLogger.Instance);
