@@ -44,7 +44,7 @@ public sealed record PeerVolume(string Name, string Array, string Owner, long Si
 /// go, so a reader sees the state before or after an operation, never half of one, and never
 /// blocks (a single-threaded simulator would deadlock on a blocking wait).
 /// </summary>
-public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsyncDisposable
+public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDisposable
 {
     sealed class DriveEntry
     {
@@ -75,9 +75,11 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     // What the read paths see: the management state as the last operation left it. The live
     // parts (member status, rebuild and scrub progress) are read from the RaidArray and the pass
     // objects, which the data path and the passes update themselves.
-    sealed record View(IReadOnlyDictionary<string, ArrayView> Arrays, IReadOnlyDictionary<string, Superblock> Peers, IReadOnlyList<DriveView> Drives)
+    sealed record View(IReadOnlyDictionary<string, ArrayView> Arrays, IReadOnlyDictionary<string, Superblock> Peers, IReadOnlyList<DriveView> Drives,
+        LunTable Luns, IReadOnlyDictionary<(Guid Array, Guid Volume), string> LunWarnings)
     {
-        public static readonly View Empty = new(new Dictionary<string, ArrayView>(), new Dictionary<string, Superblock>(), []);
+        public static readonly View Empty = new(new Dictionary<string, ArrayView>(), new Dictionary<string, Superblock>(), [], LunTable.Empty,
+            new Dictionary<(Guid, Guid), string>());
     }
 
     sealed record ArrayView(RaidArray Raid, Superblock Current, string?[] SlotDrives, IReadOnlyList<string> Spares, Task? Rebuild,
@@ -97,6 +99,11 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     readonly CancellationTokenSource _stopping = new();
     readonly ILogger _logger;
     volatile IReadOnlyDictionary<string, RaidVolume> _volumes = new Dictionary<string, RaidVolume>();
+    // LUN warnings seen since start (two volumes stored one LUN; none free), by volume: kept after the owner
+    // stored a new LUN (which ends the conflict on the drives) so status still tells the operator.
+    readonly Dictionary<(Guid Array, Guid Volume), string> _lunWarnings = [];
+    // LUNs the table gave volumes whose superblock (as last read) stores another or none: see ResolveLuns.
+    readonly Dictionary<(Guid Array, Guid Volume), (int? Stored, int Lun)> _lunsGiven = [];
 
     ArrayManager(ArrayManagerOptions options)
     {
@@ -135,7 +142,70 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
         var arrays = new Dictionary<string, ArrayView>(StringComparer.Ordinal);
         foreach (var (name, a) in _arrays) arrays[name] = ViewOf(a);
         var drives = _drives.Values.OrderBy(d => d.Name, StringComparer.Ordinal).Select(ViewOf).ToList();
-        _view = new View(arrays, new Dictionary<string, Superblock>(_peerArrays, StringComparer.Ordinal), drives);
+        _view = new View(arrays, new Dictionary<string, Superblock>(_peerArrays, StringComparer.Ordinal), drives, ResolveLuns(),
+            new Dictionary<(Guid, Guid), string>(_lunWarnings));
+    }
+
+    /// <summary>
+    /// The LUNs of every volume both controllers know (<see cref="LunTable"/>), from the superblocks as this controller
+    /// holds them. A LUN the table gave a volume of the peer's that its superblock does not store (one without a LUN,
+    /// or the loser of two that stored one) is remembered and counts as stored until the peer's superblock says
+    /// otherwise: our copy of it may be older than the peer's write of that LUN, and deleting the other volume
+    /// meanwhile must not hand the loser its old LUN back here. Records warnings (and logs each once). Caller holds
+    /// the management lock.
+    /// </summary>
+    LunTable ResolveLuns()
+    {
+        var arrays = _arrays.Values.Select(a => a.Current).Concat(_peerArrays.Values).ToList();
+        var stored = new Dictionary<(Guid Array, Guid Volume), int?>();
+        foreach (var sb in arrays)
+            foreach (var v in sb.Volumes) stored.TryAdd((sb.ArrayUuid, v.Uuid), v.Lun);
+        foreach (var (key, given) in _lunsGiven.ToList())
+            if (!stored.TryGetValue(key, out var now) || now != given.Stored) _lunsGiven.Remove(key); // the owner wrote, or the volume is gone
+        var table = LunTable.Resolve(_lunsGiven.Count == 0 ? arrays : arrays.Select(sb => sb with
+        {
+            Volumes = [.. sb.Volumes.Select(v => _lunsGiven.TryGetValue((sb.ArrayUuid, v.Uuid), out var g) ? v with { Lun = g.Lun } : v)],
+        }));
+        foreach (var e in table.Entries)
+        {
+            var key = (e.ArrayUuid, e.VolumeUuid);
+            if (e.Lun is { } lun && !_lunsGiven.ContainsKey(key) && stored[key] != lun) _lunsGiven[key] = (stored[key], lun);
+            if (e.Warning is null || _lunWarnings.TryGetValue(key, out var known) && known == e.Warning) continue;
+            _lunWarnings[key] = e.Warning;
+            LogLunWarning(e.Volume, e.Array, e.Warning);
+        }
+        return table;
+    }
+
+    /// <summary>
+    /// Stores in the superblocks of the arrays served here the LUN each volume has (<see cref="LunTable"/>) where it
+    /// differs from the one stored: volumes of a superblock written before LUNs were kept, and a volume whose LUN
+    /// another volume also stored and kept. Run after assembly and every rescan, under the management lock; writes
+    /// nothing when every LUN is stored (the usual case).
+    /// </summary>
+    async Task SettleLunsAsync(CancellationToken ct)
+    {
+        var luns = ResolveLuns();
+        foreach (var a in _arrays.Values)
+        {
+            var volumes = a.Current.Volumes;
+            bool differs = false;
+            var settled = new VolumeEntry[volumes.Count];
+            for (int i = 0; i < volumes.Count; i++)
+            {
+                var e = luns.Of(a.Current.ArrayUuid, volumes[i].Uuid);
+                Invariant.Assert(e is not null);
+                settled[i] = volumes[i] with { Lun = e!.Lun };
+                differs |= settled[i].Lun != volumes[i].Lun;
+            }
+            if (!differs) continue;
+            LogLunsStored(a.Raid.Name, string.Join(", ", settled.Where(v => v.Lun is not null).Select(v => $"{v.Name}={v.Lun}")));
+            a.Current = a.Current with { Volumes = settled };
+            // Kept in Current either way: a write that fails here (the path to the shelf is down) is made by the
+            // array's next superblock write.
+            try { await PersistAsync(a, ct); }
+            catch (BlockIoException e) { LogBackgroundError(a.Raid.Name, $"storing LUNs failed ({e.Message}); the next superblock write stores them"); }
+        }
     }
 
     static ArrayView ViewOf(ArrayEntry a) => new(a.Raid, a.Current, [.. a.Slots.Select(d => d?.Name)], [.. a.Spares.Select(s => s.Name)],
@@ -144,7 +214,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     static DriveView ViewOf(DriveEntry d) => new(d.Name, d.Device.BlockCount, d.Superblock, d.Problem, d.PeerArray, d.Array?.Raid, d.IsSpare,
         d.Array is { } a && !d.IsSpare ? Array.IndexOf(a.Slots, d) : -1);
 
-    // ---- IVolumeCatalog --------------------------------------------------------------------
+    // ---- ILunCatalog ----------------------------------------------------------------------
 
     public bool TryGetVolume(string name, out IBlockVolume volume)
     {
@@ -154,6 +224,30 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     }
 
     public IReadOnlyList<IBlockVolume> Volumes => [.. _volumes.Values.OrderBy(v => v.Name, StringComparer.Ordinal)];
+
+    /// <summary>The volumes served here that have a LUN, in LUN order (<see cref="ILunCatalog"/>).</summary>
+    public IReadOnlyList<LunVolume> LunVolumes
+    {
+        get
+        {
+            var volumes = _volumes;
+            var list = new List<LunVolume>();
+            foreach (var (lun, name) in LunAssignments)
+                if (volumes.TryGetValue(name, out var v)) list.Add(new LunVolume(lun, v));
+            return list;
+        }
+    }
+
+    /// <summary>Every volume both controllers know that has a LUN (the peer's too), in LUN order: what either
+    /// controller's iSCSI target serves at each LUN. A name that two arrays hold is listed once, at its lower LUN.</summary>
+    public IReadOnlyList<(int Lun, string Volume)> LunAssignments
+    {
+        get
+        {
+            var names = new HashSet<string>(StringComparer.Ordinal);
+            return [.. _view.Luns.Entries.Where(e => e.Lun is not null).OrderBy(e => e.Lun).Where(e => names.Add(e.Volume)).Select(e => (e.Lun!.Value, e.Volume))];
+        }
+    }
 
     /// <summary>Rebuilds the volume map (new RaidVolume objects: call it only when volumes or arrays
     /// changed). Publishes the view first, so a volume found is always in the view too.</summary>
@@ -207,6 +301,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
         }
 
         await AssembleGroupsAsync(_drives.Values.Where(d => d.Superblock is not null).ToList(), ct);
+        await SettleLunsAsync(ct);
         RefreshVolumes();
     }
 
@@ -306,6 +401,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
                 if (sb is not null) loose.Add(d);
             }
             await AssembleGroupsAsync(loose, ct, takeFrom);
+            await SettleLunsAsync(ct);
             RefreshVolumes();
         }
         finally { Unlock(); }
