@@ -558,7 +558,9 @@ public sealed partial class Controller : IAsyncDisposable
         }
     }
 
-    sealed class Catalog(Controller c) : IVolumeCatalog
+    /// <summary>Served and forwarded volumes; each volume's LUN is the one stored in its array's superblock, the
+    /// same on both controllers (<see cref="ArrayManager.LunAssignments"/>).</summary>
+    sealed class Catalog(Controller c) : ILunCatalog
     {
         public bool TryGetVolume(string name, out IBlockVolume volume)
         {
@@ -580,6 +582,17 @@ public sealed partial class Controller : IAsyncDisposable
 
         public IReadOnlyList<IBlockVolume> Volumes =>
             c.Arrays.Status().Volumes.Select(v => TryGetVolume(v.Name, out var vol) ? vol : null).Where(v => v is not null).Select(v => v!).ToList();
+
+        public IReadOnlyList<LunVolume> LunVolumes
+        {
+            get
+            {
+                var list = new List<LunVolume>();
+                foreach (var (lun, name) in c.Arrays.LunAssignments)
+                    if (TryGetVolume(name, out var volume)) list.Add(new LunVolume(lun, volume));
+                return list;
+            }
+        }
     }
 
     public ControllerInfo Info()
