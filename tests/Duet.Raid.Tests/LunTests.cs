@@ -99,8 +99,7 @@ public sealed class LunTests
     {
         var t = LunTable.Resolve([Array("arr0", 0, ("db", 1, 0), ("web", 2, 2), ("c", 3, null), ("b", 4, null), ("a", 5, 7))]);
         Assert.Equal(new Dictionary<string, int?> { ["db"] = 0, ["web"] = 2, ["b"] = 1, ["c"] = 3, ["a"] = 7 }, LunsOf(t));
-        Assert.Equal(4, t.LowestFree(new HashSet<int>()));
-        Assert.Equal(5, t.LowestFree(new HashSet<int> { 4 }));
+        Assert.Equal(4, t.LowestFree());
         Assert.Equal("web", t.Holder(2)!.Volume);
         Assert.Null(t.Holder(4));
     }
@@ -131,7 +130,7 @@ public sealed class LunTests
         var last = t.Entries.Single(e => e.Volume == "v255");
         Assert.Null(last.Lun);
         Assert.Equal("no LUN is free (0..254 are all in use): not served over iSCSI", last.Warning);
-        Assert.Null(t.LowestFree(new HashSet<int>()));
+        Assert.Null(t.LowestFree());
     }
 
     // ---- the array manager
@@ -240,22 +239,21 @@ public sealed class LunTests
     }
 
     [Fact]
-    public async Task BothControllersGiveEachVolumeTheSameLun_AndBSkipsALunAStoredBeforeTellingB()
+    public async Task BothControllersGiveEachVolumeTheSameLun_AndAVolumeCreatedThroughEitherCountsThePeersLuns()
     {
         var shelf = await PairShelfAsync();
         await using var a = await OpenAsync(new MemoryShelf(shelf), "A", 0x1000);
         await using var b = await OpenAsync(new MemoryShelf(shelf), "B", 0x2000);
         Assert.Equal(0, (await CreateAsync(a, "db", "arr0")).Lun);
-        // B has not rescanned (A's notice is still on its way): it reads the other arrays' superblocks before choosing.
-        Assert.DoesNotContain(b.Status().Volumes, v => v.Name == "db");
+        await b.RescanAsync(); // what A's controller's array-table update makes B do
         Assert.Equal(1, (await CreateAsync(b, "aaa", "arr1")).Lun);
         await a.RescanAsync();
-        await b.RescanAsync();
         var expected = new Dictionary<string, int?> { ["aaa"] = 1, ["db"] = 0 };
         Assert.Equal(expected, LunsOf(a));
         Assert.Equal(expected, LunsOf(b));
         Assert.Equal(a.LunAssignments, b.LunAssignments);
-        // A volume name either controller has is taken on both.
+        Assert.Equal([(0, "db")], a.LunVolumes.Select(v => (v.Lun, v.Volume.Name))); // the volumes A serves
+        // A volume name either controller has is taken on both; so is a LUN.
         var again = await Assert.ThrowsAsync<ManagementException>(() => CreateAsync(a, "aaa", "arr0"));
         Assert.Equal((ManagementErrorKind.Conflict, "a volume named 'aaa' already exists (on array arr1)"), (again.Kind, again.Message));
         var usedByPeer = await Assert.ThrowsAsync<ManagementException>(() => CreateAsync(a, "web", "arr0", lun: 1));
@@ -290,35 +288,46 @@ public sealed class LunTests
     }
 
     [Fact]
-    public async Task TwoVolumesThatStoredOneLunAreResolvedTheSameWayOnBothControllers_WarnedInStatus_AndTheLosersOwnerStoresItsNewLun()
+    public async Task TwoVolumesCreatedAtOnceThroughBothControllersAreGivenOneLun_BothResolveItTheSameWay_WarnInStatus_AndTheLosersOwnerStoresItsNewLun()
     {
         var shelf = await PairShelfAsync();
-        await using (var a = await OpenAsync(new MemoryShelf(shelf), "A", 0x1000))
-            Assert.Equal(0, (await CreateAsync(a, "x", "arr0")).Lun);
-        // B created "y" at the same moment, before it could see "x": both stored LUN 0 (written here by hand).
-        await using (var b = await OpenAsync(new MemoryShelf(shelf), "B", 0x2000))
-            Assert.Equal(1, (await CreateAsync(b, "y", "arr1")).Lun);
-        await RewriteSuperblocksAsync(shelf, ["d3", "d4", "d5"], sb => sb with { Volumes = [.. sb.Volumes.Select(v => v with { Lun = 0 })] });
+        // A's volume UUIDs from 0x5000, B's from 0x2000: B's volume has the lower UUID.
+        await using var a = await OpenAsync(new MemoryShelf(shelf), "A", 0x5000);
+        await using var b = await OpenAsync(new MemoryShelf(shelf), "B", 0x2000);
+        // Each creates a volume before it has read the other's superblocks: both take LUN 0.
+        Assert.Equal(0, (await CreateAsync(a, "x", "arr0")).Lun);
+        Assert.Equal(0, (await CreateAsync(b, "y", "arr1")).Lun);
+        int toldByA = 0, toldByB = 0;
+        a.LunsStored += () => toldByA++;
+        b.LunsStored += () => toldByB++;
 
-        // x's UUID (A's, from 0x1000) is lower than y's (B's, from 0x2000): x keeps LUN 0; y takes the lowest free.
-        await using var a2 = await OpenAsync(new MemoryShelf(shelf), "A", 0x1000);
-        await using var b2 = await OpenAsync(new MemoryShelf(shelf), "B", 0x2000);
-        const string Warning = "LUN 0 is also stored for volume 'x' (array arr0), which keeps it (lower volume UUID); this volume now has LUN 1";
-        foreach (var m in new[] { a2, b2 })
-        {
-            Assert.Equal(new Dictionary<string, int?> { ["x"] = 0, ["y"] = 1 }, LunsOf(m));
-            Assert.Equal(Warning, m.Status().Volumes.Single(v => v.Name == "y").LunWarning);
-            Assert.Null(m.Status().Volumes.Single(v => v.Name == "x").LunWarning);
-        }
-        Assert.Equal([1], (await StoredVolumesAsync(shelf, "d3")).Select(v => v.Lun)); // B stored y's new LUN
+        // B reads A's superblocks: y (lower UUID) keeps LUN 0, x takes the lowest free; x is A's to store, so B writes nothing.
+        await b.RescanAsync();
+        const string Warning = "LUN 0 is also stored for volume 'y' (array arr1), which keeps it (lower volume UUID); this volume now has LUN 1";
+        Assert.Equal(new Dictionary<string, int?> { ["x"] = 1, ["y"] = 0 }, LunsOf(b));
+        Assert.Equal(Warning, b.Status().Volumes.Single(v => v.Name == "x").LunWarning);
         Assert.Equal([0], (await StoredVolumesAsync(shelf, "d0")).Select(v => v.Lun));
+        Assert.Equal(0, toldByB);
 
-        // Deleting x frees LUN 0 and moves nothing: y keeps LUN 1, on both, and the warning stays in status.
-        await a2.DeleteVolumeAsync("x");
-        await b2.RescanAsync();
-        Assert.Equal(new Dictionary<string, int?> { ["y"] = 1 }, LunsOf(a2));
-        Assert.Equal(new Dictionary<string, int?> { ["y"] = 1 }, LunsOf(b2));
-        Assert.Equal(Warning, b2.Status().Volumes.Single().LunWarning);
-        Assert.Equal(0, (await CreateAsync(a2, "z", "arr0")).Lun);
+        // A reads B's: the same answer; A stores x's new LUN and says so (its controller tells B to read it).
+        await a.RescanAsync();
+        Assert.Equal(1, toldByA);
+        Assert.Equal([1], (await StoredVolumesAsync(shelf, "d0")).Select(v => v.Lun));
+        await b.RescanAsync();
+        foreach (var m in new[] { a, b })
+        {
+            Assert.Equal(new Dictionary<string, int?> { ["x"] = 1, ["y"] = 0 }, LunsOf(m));
+            Assert.Equal(Warning, m.Status().Volumes.Single(v => v.Name == "x").LunWarning);
+            Assert.Null(m.Status().Volumes.Single(v => v.Name == "y").LunWarning);
+        }
+
+        // Deleting y frees LUN 0 and moves nothing: x keeps LUN 1 on both (it is stored now), still warned.
+        await b.DeleteVolumeAsync("y");
+        await a.RescanAsync();
+        Assert.Equal((1, 0), (toldByA, toldByB));
+        Assert.Equal(new Dictionary<string, int?> { ["x"] = 1 }, LunsOf(a));
+        Assert.Equal(new Dictionary<string, int?> { ["x"] = 1 }, LunsOf(b));
+        Assert.Equal(Warning, a.Status().Volumes.Single().LunWarning);
+        Assert.Equal(0, (await CreateAsync(b, "z", "arr1")).Lun);
     }
 }

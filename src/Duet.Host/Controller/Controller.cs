@@ -131,6 +131,8 @@ public sealed partial class Controller : IAsyncDisposable
         Forwarding = new ForwardingClient(link, Epoch, options.ForwardTimeout, options.Time, firstRequestId: options.Session);
         ForwardingServer = new ForwardingServer(link, Epoch, name => ServedVolume(name), loggers.CreateLogger<ForwardingServer>(), RescanAsync);
         Volumes = new Catalog(this);
+        // LUNs stored after a rescan (a contested one moved, one a superblock lacked): the peer reads them at once.
+        arrays.LunsStored += () => _ = NotifyPeerArraysChangedAsync();
         ArrayService = new ControllerArrayService(this);
         options.Failover.Validate();
         Handshake = CreateHandshake();

@@ -154,7 +154,7 @@ public sealed partial class ArrayManager
         var extent = FirstFit(a, blocks, Align);
         if (blocks == 0 || extent < 0)
             throw Invalid($"array '{r.Array}' has no free extent of {Units.FormatSize(size)} (largest free: {Units.FormatSize(free * Units.BlockBytes)})");
-        int lun = await ChooseLunAsync(r.Lun, ct);
+        int lun = ChooseLun(r.Lun);
         var v = new VolumeEntry(r.Name, _options.NewUuid(), extent, blocks) { Lun = lun };
         a.Current = a.Current with { Volumes = [.. a.Current.Volumes, v] };
         await PersistAsync(a, ct);
@@ -164,48 +164,21 @@ public sealed partial class ArrayManager
     }, ct);
 
     /// <summary>
-    /// The LUN of a new volume: <paramref name="asked"/> if no volume has it, else the lowest free one. "Has" covers
-    /// every volume this controller knows (<see cref="LunTable"/>) and, read from the drives now, every LUN stored in
-    /// the newest superblock of each array not served here: the peer may have created a volume it has not told us
-    /// of yet. Two creations at the same moment on both controllers can still pick one LUN; the table resolves that.
+    /// The LUN of a new volume: <paramref name="asked"/> if no volume has it, else the lowest free one, over every volume
+    /// this controller knows (<see cref="LunTable"/>: its own and, from their superblocks as last read, the peer's).
+    /// The peer reads a new volume's superblock when told of it (the array-table update every change sends); a volume
+    /// created through each controller before it heard of the other's can share a LUN, which the table resolves.
     /// </summary>
-    async Task<int> ChooseLunAsync(int? asked, CancellationToken ct)
+    int ChooseLun(int? asked)
     {
         var luns = ResolveLuns();
-        var onDrives = await ReadOtherArraysLunsAsync(ct);
         if (asked is { } n)
         {
             if (luns.Holder(n) is { } holder)
                 throw Conflict($"LUN {n} is already used by volume '{holder.Volume}' (array {holder.Array}); choose another, or leave --lun out for the lowest free LUN");
-            if (onDrives.TryGetValue(n, out var other))
-                throw Conflict($"LUN {n} is already used by {other}; choose another, or leave --lun out for the lowest free LUN");
             return n;
         }
-        return luns.LowestFree(onDrives.Keys.ToHashSet())
-            ?? throw Conflict($"every LUN (0 to {Superblock.MaxLun}) is in use; delete a volume first");
-    }
-
-    /// <summary>LUN → "volume 'NAME' (array A)" for each LUN stored in the newest superblock, on the drives now, of
-    /// every array this controller does not serve. A drive that cannot be read is passed over (the table still
-    /// holds what the last rescan read); a path to the shelf that is down fails the request.</summary>
-    async Task<Dictionary<int, string>> ReadOtherArraysLunsAsync(CancellationToken ct)
-    {
-        var newest = new Dictionary<Guid, Superblock>();
-        foreach (var d in _drives.Values)
-        {
-            if (d.Array is not null) continue;
-            Superblock? sb;
-            try { sb = await ReadSuperblockAsync(d.Device, ct); }
-            catch (BlockIoException e) when (e.Kind == BlockErrorKind.PathDown) { throw; }
-            catch (Exception e) when (e is SuperblockException or BlockIoException) { continue; }
-            if (sb is null || _arrays.Values.Any(a => a.Current.ArrayUuid == sb.ArrayUuid)) continue;
-            if (!newest.TryGetValue(sb.ArrayUuid, out var seen) || sb.Generation > seen.Generation) newest[sb.ArrayUuid] = sb;
-        }
-        var used = new Dictionary<int, string>();
-        foreach (var sb in newest.Values)
-            foreach (var v in sb.Volumes)
-                if (v.Lun is { } lun) used.TryAdd(lun, $"volume '{v.Name}' (array {sb.Name}, controller {sb.Owner})");
-        return used;
+        return luns.LowestFree() ?? throw Conflict($"every LUN (0 to {Superblock.MaxLun}) is in use; delete a volume first");
     }
 
     static IEnumerable<(long Start, long Length)> FreeExtents(ArrayEntry a, long align)

@@ -102,8 +102,6 @@ public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDis
     // LUN warnings seen since start (two volumes stored one LUN; none free), by volume: kept after the owner
     // stored a new LUN (which ends the conflict on the drives) so status still tells the operator.
     readonly Dictionary<(Guid Array, Guid Volume), string> _lunWarnings = [];
-    // LUNs the table gave volumes whose superblock (as last read) stores another or none: see ResolveLuns.
-    readonly Dictionary<(Guid Array, Guid Volume), (int? Stored, int Lun)> _lunsGiven = [];
 
     ArrayManager(ArrayManagerOptions options)
     {
@@ -131,8 +129,14 @@ public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDis
     /// <summary>Publishes what the operation did, then lets the next one in.</summary>
     void Unlock()
     {
+        bool lunsStored;
         try { Publish(); }
-        finally { _mgmt.Release(); }
+        finally
+        {
+            (lunsStored, _lunsStoredPending) = (_lunsStoredPending, false);
+            _mgmt.Release();
+        }
+        if (lunsStored) LunsStored?.Invoke();
     }
 
     /// <summary>Copies the management state into a new <see cref="View"/>. Caller holds the management lock
@@ -146,36 +150,29 @@ public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDis
             new Dictionary<(Guid, Guid), string>(_lunWarnings));
     }
 
-    /// <summary>
-    /// The LUNs of every volume both controllers know (<see cref="LunTable"/>), from the superblocks as this controller
-    /// holds them. A LUN the table gave a volume of the peer's that its superblock does not store (one without a LUN,
-    /// or the loser of two that stored one) is remembered and counts as stored until the peer's superblock says
-    /// otherwise: our copy of it may be older than the peer's write of that LUN, and deleting the other volume
-    /// meanwhile must not hand the loser its old LUN back here. Records warnings (and logs each once). Caller holds
-    /// the management lock.
-    /// </summary>
+    /// <summary>The LUNs of every volume both controllers know (<see cref="LunTable"/>), from the superblocks as this
+    /// controller holds them; records warnings (and logs each once). Caller holds the management lock.</summary>
     LunTable ResolveLuns()
     {
-        var arrays = _arrays.Values.Select(a => a.Current).Concat(_peerArrays.Values).ToList();
-        var stored = new Dictionary<(Guid Array, Guid Volume), int?>();
-        foreach (var sb in arrays)
-            foreach (var v in sb.Volumes) stored.TryAdd((sb.ArrayUuid, v.Uuid), v.Lun);
-        foreach (var (key, given) in _lunsGiven.ToList())
-            if (!stored.TryGetValue(key, out var now) || now != given.Stored) _lunsGiven.Remove(key); // the owner wrote, or the volume is gone
-        var table = LunTable.Resolve(_lunsGiven.Count == 0 ? arrays : arrays.Select(sb => sb with
-        {
-            Volumes = [.. sb.Volumes.Select(v => _lunsGiven.TryGetValue((sb.ArrayUuid, v.Uuid), out var g) ? v with { Lun = g.Lun } : v)],
-        }));
+        var table = LunTable.Resolve(_arrays.Values.Select(a => a.Current).Concat(_peerArrays.Values));
         foreach (var e in table.Entries)
         {
             var key = (e.ArrayUuid, e.VolumeUuid);
-            if (e.Lun is { } lun && !_lunsGiven.ContainsKey(key) && stored[key] != lun) _lunsGiven[key] = (stored[key], lun);
             if (e.Warning is null || _lunWarnings.TryGetValue(key, out var known) && known == e.Warning) continue;
             _lunWarnings[key] = e.Warning;
             LogLunWarning(e.Volume, e.Array, e.Warning);
         }
         return table;
     }
+
+    /// <summary>
+    /// Raised (after the operation, its view published and the management lock let go) when LUNs were stored in a
+    /// superblock after assembly or a rescan: the peer's copy of that superblock is older now, and until it reads the new one its table may give a
+    /// volume of ours another LUN (after the volume that kept a contested LUN is deleted there, say). A controller
+    /// tells its peer to rescan.
+    /// </summary>
+    public event Action? LunsStored;
+    bool _lunsStoredPending;
 
     /// <summary>
     /// Stores in the superblocks of the arrays served here the LUN each volume has (<see cref="LunTable"/>) where it
@@ -186,6 +183,7 @@ public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDis
     async Task SettleLunsAsync(CancellationToken ct)
     {
         var luns = ResolveLuns();
+        bool stored = false;
         foreach (var a in _arrays.Values)
         {
             var volumes = a.Current.Volumes;
@@ -203,9 +201,14 @@ public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDis
             a.Current = a.Current with { Volumes = settled };
             // Kept in Current either way: a write that fails here (the path to the shelf is down) is made by the
             // array's next superblock write.
-            try { await PersistAsync(a, ct); }
+            try
+            {
+                await PersistAsync(a, ct);
+                stored = true;
+            }
             catch (BlockIoException e) { LogBackgroundError(a.Raid.Name, $"storing LUNs failed ({e.Message}); the next superblock write stores them"); }
         }
+        _lunsStoredPending |= stored;
     }
 
     static ArrayView ViewOf(ArrayEntry a) => new(a.Raid, a.Current, [.. a.Slots.Select(d => d?.Name)], [.. a.Spares.Select(s => s.Name)],

@@ -54,11 +54,11 @@ public sealed class LunTable
     /// <summary>The volume that has <paramref name="lun"/>, if any.</summary>
     public Entry? Holder(int lun) => lun is >= 0 and <= Superblock.MaxLun ? _byLun[lun] : null;
 
-    /// <summary>The lowest LUN no volume has and none of <paramref name="alsoUsed"/>; null when all are taken.</summary>
-    public int? LowestFree(IReadOnlySet<int> alsoUsed)
+    /// <summary>The lowest LUN no volume has; null when all are taken.</summary>
+    public int? LowestFree()
     {
         for (int lun = 0; lun <= Superblock.MaxLun; lun++)
-            if (_byLun[lun] is null && !alsoUsed.Contains(lun)) return lun;
+            if (_byLun[lun] is null) return lun;
         return null;
     }
 
