@@ -130,7 +130,8 @@ sealed class Output(TextWriter writer, TextWriter error, bool json, bool isTermi
     }
 
     public static void VolumeCreated(Output o, VolumeInfo volume) =>
-        o.Writer.WriteLine($"created volume {volume.Name}: {Size(volume.SizeBytes)} on array {volume.Array} at offset {Size(volume.OffsetBytes)}");
+        o.Writer.WriteLine($"created volume {volume.Name}: {Size(volume.SizeBytes)} on array {volume.Array} at offset {Size(volume.OffsetBytes)}" +
+                           (volume.Lun is { } lun ? $", iSCSI LUN {lun}" : ""));
 
     public static void Volumes(Output o, IReadOnlyList<VolumeInfo> volumes)
     {
@@ -197,11 +198,14 @@ sealed class Output(TextWriter writer, TextWriter error, bool json, bool isTermi
         AnsiConsole.MarkupLine($"{indent}[green]{new string('━', filled)}[/][grey]{new string('━', width - filled)}[/] {Markup.Escape(text)}");
     }
 
-    static void VolumeTable(TextWriter w, string indent, IReadOnlyList<VolumeInfo> volumes) =>
-        Table(w, indent, ["NAME", "ARRAY", "SIZE", "OFFSET"], volumes.Select(v => new[]
+    static void VolumeTable(TextWriter w, string indent, IReadOnlyList<VolumeInfo> volumes)
+    {
+        Table(w, indent, ["NAME", "ARRAY", "SIZE", "OFFSET", "LUN"], volumes.Select(v => new[]
         {
-            v.Name, v.Array, Size(v.SizeBytes), Size(v.OffsetBytes),
+            v.Name, v.Array, Size(v.SizeBytes), Size(v.OffsetBytes), v.Lun?.ToString(CultureInfo.InvariantCulture) ?? "-",
         }));
+        foreach (var v in volumes.Where(v => v.LunWarning is not null)) w.WriteLine($"{indent}warning: volume {v.Name}: {v.LunWarning}");
+    }
 
     static string DriveSummary(DriveInfo d) => d.State == "ok" ? $"{d.Name} ({Size(d.SizeBytes)})" : $"{d.Name} ({Size(d.SizeBytes)}, {d.State})";
 

@@ -195,9 +195,14 @@ public static partial class Program
         var name = new Argument<string>("NAME") { Description = "Name of the new volume" };
         var array = new Option<string>("--array") { Description = "The array to carve it from", HelpName = "ARRAY", Required = true };
         var size = SizeOption("--size", "Size, e.g. 512M or 1G; 0 or omitted takes the rest of the array", required: false);
-        var create = new Command("create", "Create a volume on an array") { name, array, size };
+        var lun = new Option<int?>("--lun")
+        {
+            Description = "The volume's iSCSI LUN, 0 to 254, kept for its life (both controllers serve it there); omitted: the lowest free LUN",
+            HelpName = "N",
+        };
+        var create = new Command("create", "Create a volume on an array") { name, array, size, lun };
         SetCall(create, Json.VolumeInfo,
-            (pr, client, ct) => client.CreateVolumeAsync(new CreateVolumeRequest(pr.GetRequiredValue(name), pr.GetRequiredValue(array), pr.GetValue(size)), ct),
+            (pr, client, ct) => client.CreateVolumeAsync(new CreateVolumeRequest(pr.GetRequiredValue(name), pr.GetRequiredValue(array), pr.GetValue(size), pr.GetValue(lun)), ct),
             Output.VolumeCreated);
 
         var deleteName = new Argument<string>("NAME") { Description = "The volume to delete" };

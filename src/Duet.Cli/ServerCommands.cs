@@ -336,8 +336,10 @@ public static partial class Program
                             await output.WriteLineAsync($"duet: NBD nbd://127.0.0.1:{p}/{v.Name} ({Units.FormatSize(v.SizeBytes)} on {v.Array}; {(who == owner ? "served" : $"forwarded to {owner}")} by {who})");
                     }
                     await output.WriteLineAsync($"duet: iSCSI target {Duet.Iscsi.IscsiServerOptions.DefaultTargetName}: controller A portal 127.0.0.1:{IscsiPort("A")},1; controller B portal 127.0.0.1:{IscsiPort("B")},2");
-                    for (int lun = 0; lun < status.Volumes.Count; lun++)
-                        await output.WriteLineAsync($"duet: iSCSI iscsi://127.0.0.1:{IscsiPort("A")}/{Duet.Iscsi.IscsiServerOptions.DefaultTargetName}/{lun} and iscsi://127.0.0.1:{IscsiPort("B")}/{Duet.Iscsi.IscsiServerOptions.DefaultTargetName}/{lun} ({status.Volumes[lun].Name})");
+                    foreach (var v in status.Volumes.Where(v => v.Lun is not null).OrderBy(v => v.Lun))
+                        await output.WriteLineAsync($"duet: iSCSI iscsi://127.0.0.1:{IscsiPort("A")}/{Duet.Iscsi.IscsiServerOptions.DefaultTargetName}/{v.Lun} and iscsi://127.0.0.1:{IscsiPort("B")}/{Duet.Iscsi.IscsiServerOptions.DefaultTargetName}/{v.Lun} ({v.Name})");
+                    foreach (var v in status.Volumes.Where(v => v.LunWarning is not null))
+                        await output.WriteLineAsync($"duet: volume {v.Name}: {v.LunWarning}");
                     await output.WriteLineAsync($"duet: host protocol units: A0 127.0.0.1:{HostPort("A")}, A1 127.0.0.1:{HostPort("A") + 1}, B0 127.0.0.1:{HostPort("B")}, B1 127.0.0.1:{HostPort("B") + 1} (group N: AN and BN)");
                     if (status.Volumes.Count > 0)
                         await output.WriteLineAsync($"duet: try: nbdinfo nbd://127.0.0.1:{port}/{status.Volumes[0].Name}");

@@ -47,6 +47,20 @@ public interface IVolumeCatalog
     IReadOnlyList<IBlockVolume> Volumes { get; }
 }
 
+/// <summary>A volume and its logical unit number (iSCSI).</summary>
+public readonly record struct LunVolume(int Lun, IBlockVolume Volume);
+
+/// <summary>
+/// A catalog whose volumes keep their LUN for good (a controller's: each volume's LUN is stored in its array's
+/// superblock), so a SCSI target maps LUNs by it and creating or deleting a volume renumbers no other. A target
+/// over a plain <see cref="IVolumeCatalog"/> gives LUN i to its i-th volume instead.
+/// </summary>
+public interface ILunCatalog : IVolumeCatalog
+{
+    /// <summary>Every volume that has a LUN, in increasing LUN order, each LUN once.</summary>
+    IReadOnlyList<LunVolume> LunVolumes { get; }
+}
+
 /// <summary>
 /// Names the bytes of a host write the peer controller already holds (a multicast command, FO-3):
 /// the command (unit, host id, host tag) and where in its payload the bytes start. The owner's

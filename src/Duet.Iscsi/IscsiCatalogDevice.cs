@@ -5,11 +5,12 @@ namespace Duet.Iscsi;
 
 /// <summary>
 /// Serves a changing <see cref="IVolumeCatalog"/> (a controller's: volumes are created, deleted,
-/// taken over) through a <see cref="ScsiDevice"/>, which maps LUN i to the catalog's i-th volume
-/// as it was when the device was built. A timer looks at the catalog every
-/// <see cref="RefreshInterval"/> (and the controller calls <see cref="Refresh"/> when its link or a
-/// takeover changes something); when its volumes differ (names, sizes or the volume objects
-/// themselves, as after a takeover turns a forwarded volume into a served one) a new device is
+/// taken over) through a <see cref="ScsiDevice"/>, which maps each LUN to its volume as the catalog
+/// had them when the device was built: an <see cref="ILunCatalog"/>'s stored LUNs (a controller's, so
+/// a new volume takes a free LUN and no other volume's LUN changes), else LUN i = the i-th volume.
+/// A timer looks at the catalog every <see cref="RefreshInterval"/> (and the controller calls
+/// <see cref="Refresh"/> when its link or a takeover changes something); when its LUNs or volumes
+/// differ (the volume objects themselves, as after a takeover turns a forwarded volume into a served one) a new device is
 /// built over the same reservation store and port-group view, so reservations survive, and takes
 /// over the old one's unit attentions and SPC-2 reservations per volume (the old one is disposed:
 /// it stops following the store and the view). The same tick sets each volume's ALUA states to what
@@ -28,7 +29,7 @@ public sealed class IscsiCatalogDevice : IScsiDevice, IDisposable
     private readonly ITimer _timer;
     private readonly TimeProvider _time;
     private IScsiDevice _device;
-    private IBlockVolume[] _snapshot;
+    private LunVolume[] _snapshot;
 
     public IscsiCatalogDevice(IVolumeCatalog catalog, Func<IVolumeCatalog, IScsiDevice> create, TimeProvider? time = null,
         FixedScsiPortGroups? portGroups = null, Func<IReadOnlyList<VolumeAccess>>? access = null)
@@ -39,7 +40,7 @@ public sealed class IscsiCatalogDevice : IScsiDevice, IDisposable
         _create = create;
         _portGroups = portGroups;
         _access = access;
-        _snapshot = [.. catalog.Volumes];
+        _snapshot = Read(catalog);
         SyncOwners();
         _device = Build(new Snapshot(_snapshot));
         _time = time ?? TimeProvider.System;
@@ -128,12 +129,13 @@ public sealed class IscsiCatalogDevice : IScsiDevice, IDisposable
             lock (_gate)
             {
                 if (_disposed) return; // a late tick or controller event
-                var volumes = _catalog.Volumes;
-                bool same = volumes.Count == _snapshot.Length;
-                for (int i = 0; same && i < volumes.Count; i++) same = ReferenceEquals(volumes[i], _snapshot[i]);
+                var volumes = Read(_catalog);
+                bool same = volumes.Length == _snapshot.Length;
+                for (int i = 0; same && i < volumes.Length; i++)
+                    same = volumes[i].Lun == _snapshot[i].Lun && ReferenceEquals(volumes[i].Volume, _snapshot[i].Volume);
                 SyncOwners();
                 if (same) return;
-                _snapshot = [.. volumes];
+                _snapshot = volumes;
                 var old = Current;
                 var next = Build(new Snapshot(_snapshot));
                 if (next is ScsiDevice n && old is ScsiDevice o) n.CarryOver(o);
@@ -161,18 +163,22 @@ public sealed class IscsiCatalogDevice : IScsiDevice, IDisposable
         return device;
     }
 
-    /// <summary>The catalog as it was at one moment.</summary>
-    private sealed class Snapshot(IBlockVolume[] volumes) : IVolumeCatalog
+    private static LunVolume[] Read(IVolumeCatalog catalog) => [.. ScsiDevice.LunsOf(catalog)];
+
+    /// <summary>The catalog as it was at one moment, with its LUNs.</summary>
+    private sealed class Snapshot(LunVolume[] volumes) : ILunCatalog
     {
-        public IReadOnlyList<IBlockVolume> Volumes => volumes;
+        public IReadOnlyList<LunVolume> LunVolumes => volumes;
+
+        public IReadOnlyList<IBlockVolume> Volumes => [.. volumes.Select(v => v.Volume)];
 
         public bool TryGetVolume(string name, out IBlockVolume volume)
         {
             foreach (var v in volumes)
             {
-                if (v.Name == name)
+                if (v.Volume.Name == name)
                 {
-                    volume = v;
+                    volume = v.Volume;
                     return true;
                 }
             }

@@ -17,7 +17,14 @@ public enum SlotState : uint
 
 public readonly record struct SlotEntry(Guid Drive, SlotState State);
 
-public sealed record VolumeEntry(string Name, Guid Uuid, long OffsetBlocks, long SizeBlocks);
+/// <param name="Name">Unique among the volumes of both controllers.</param>
+public sealed record VolumeEntry(string Name, Guid Uuid, long OffsetBlocks, long SizeBlocks)
+{
+    /// <summary>The volume's iSCSI LUN (0..<see cref="Superblock.MaxLun"/>), fixed when the volume is created and
+    /// kept until it is deleted; null in a superblock written before LUNs were stored (the array manager assigns
+    /// one at load, <see cref="Management.LunTable"/>, and the next superblock write stores it).</summary>
+    public int? Lun { get; init; }
+}
 
 /// <summary>
 /// The superblock: block 0 (and a copy in block 1) of every member and spare, 4096 bytes,
@@ -43,7 +50,14 @@ public sealed record VolumeEntry(string Name, Guid Uuid, long OffsetBlocks, long
 ///   128 1024 slot table: 32 × { drive UUID (16), state (4), reserved (12) }
 ///   1152 128 spares: 8 × drive UUID (16); all-zero = unused
 ///   1280 2048 volumes: 32 × { name (32, UTF-8, zero padded), UUID (16), offset blocks (8), size blocks (8) }
-///   3328 768 reserved (zero)
+///   3328  32 LUNs: one byte per volume slot (byte 3328 + i for the volume in slot i): the volume's iSCSI LUN + 1,
+///            so 1..255 = LUN 0..254; 0 = no LUN stored (a superblock written before LUNs were kept: these bytes
+///            were reserved and zero). The byte of an empty slot is 0.
+///   3360 736 reserved (zero)
+///
+/// The LUN bytes use what version 1 left reserved and zero, so the format version stays 1: a reader that
+/// does not know them (an older Duet) reads the superblock correctly and ignores them — but also rewrites
+/// them as zero, after which the next reader assigns LUNs again as for any superblock without them.
 /// </summary>
 public sealed record Superblock
 {
@@ -51,6 +65,17 @@ public sealed record Superblock
     public const int MaxSpares = 8;
     public const int MaxVolumes = 32;
     public const int MaxNameBytes = 32;
+    /// <summary>The highest LUN a volume can have: the LUN byte holds LUN + 1, and 0 means none.</summary>
+    public const int MaxLun = 254;
+    const int LunTableOffset = 3328;
+
+    static Superblock()
+    {
+        // The LUN bytes sit right after the volume table, one per volume slot, inside the block.
+        Invariant.Assert(1280 + MaxVolumes * 64 == LunTableOffset);
+        Invariant.Assert(LunTableOffset + MaxVolumes <= Units.BlockBytes);
+        Invariant.Assert(MaxLun + 1 <= byte.MaxValue);
+    }
     public const uint SpareSlot = 0xFFFFFFFF;
     static ReadOnlySpan<byte> Magic => "DUETRAID"u8;
 
@@ -111,6 +136,8 @@ public sealed record Superblock
             v.Uuid.TryWriteBytes(e[32..48]);
             BinaryPrimitives.WriteInt64LittleEndian(e[48..], v.OffsetBlocks);
             BinaryPrimitives.WriteInt64LittleEndian(e[56..], v.SizeBlocks);
+            Invariant.Assert(v.Lun is null or (>= 0 and <= MaxLun));
+            block[LunTableOffset + i] = v.Lun is { } lun ? (byte)(lun + 1) : (byte)0;
         }
         BinaryPrimitives.WriteUInt32LittleEndian(block[12..], Crc32C.Compute(block));
     }
@@ -149,7 +176,11 @@ public sealed record Superblock
             var e = block.Slice(1280 + i * 64, 64);
             var name = ReadName(e[..32]);
             if (name.Length == 0) continue;
-            volumes.Add(new VolumeEntry(name, new Guid(e[32..48]), BinaryPrimitives.ReadInt64LittleEndian(e[48..]), BinaryPrimitives.ReadInt64LittleEndian(e[56..])));
+            byte lun = block[LunTableOffset + i];
+            volumes.Add(new VolumeEntry(name, new Guid(e[32..48]), BinaryPrimitives.ReadInt64LittleEndian(e[48..]), BinaryPrimitives.ReadInt64LittleEndian(e[56..]))
+            {
+                Lun = lun == 0 ? null : lun - 1,
+            });
         }
         uint slot = BinaryPrimitives.ReadUInt32LittleEndian(block[68..]);
         string owner = block[120] switch { 0 or (byte)'A' => "A", (byte)'B' => "B", var b => "" + (char)b };

@@ -51,7 +51,7 @@ public sealed class CliTests : IAsyncLifetime
         Assert.Contains("array r0: RAID 6, optimal, 2 GiB (1.5 GiB free), chunk 64 KiB", r.Out);
         Assert.Contains("  SLOT  DRIVE  STATE\n  0     d0     active\n  1     d1     active\n  2     d2     active\n  3     d3     active\n", r.Out);
         Assert.Contains("  spares: d4\n", r.Out);
-        Assert.Contains("volumes:\n  NAME  ARRAY  SIZE     OFFSET\n  vol0  r0     512 MiB  0 B\n", r.Out);
+        Assert.Contains("volumes:\n  NAME  ARRAY  SIZE     OFFSET  LUN\n  vol0  r0     512 MiB  0 B     0\n", r.Out);
         Assert.Contains("free drives: d5 (1 GiB), d6 (1 GiB), d7 (1 GiB), d8 (1 GiB), d9 (1 GiB)\n", r.Out);
         Assert.DoesNotContain("rebuild", r.Out);
     }
@@ -349,7 +349,7 @@ public sealed class CliTests : IAsyncLifetime
         var r = await Duet("volume", "create", "vol0", "--array", "r0", "--size", "512M");
 
         Ok(r);
-        Assert.Equal("created volume vol0: 512 MiB on array r0 at offset 0 B\n", r.Out);
+        Assert.Equal("created volume vol0: 512 MiB on array r0 at offset 0 B, iSCSI LUN 0\n", r.Out);
         Assert.Equal(Units.MiB(512), Assert.Single(Service.Status().Volumes).SizeBytes);
     }
 
@@ -363,7 +363,28 @@ public sealed class CliTests : IAsyncLifetime
 
         Ok(r);
         var volume = Parse(r.Out, J.VolumeInfo);
-        Assert.Equal(new VolumeInfo("vol1", "r0", GiB * 3 / 2, GiB / 2), volume);
+        Assert.Equal(new VolumeInfo("vol1", "r0", GiB * 3 / 2, GiB / 2) { Lun = 1 }, volume);
+    }
+
+    [Fact]
+    [Trait("Claim", "ISCSI")]
+    public async Task VolumeCreateWithLunAsksForThatLun_AndALunInUseIsRefusedWithTheControllersMessage()
+    {
+        await CreateR6();
+        await Service.CreateVolumeAsync(new CreateVolumeRequest("vol0", "r0", GiB / 2));
+
+        var r = await Duet("volume", "create", "vol1", "--array", "r0", "--size", "512M", "--lun", "7");
+        Ok(r);
+        Assert.Equal("created volume vol1: 512 MiB on array r0 at offset 512 MiB, iSCSI LUN 7\n", r.Out);
+        Assert.Equal(7, Service.Status().Volumes.Single(v => v.Name == "vol1").Lun);
+
+        var taken = await Duet("volume", "create", "vol2", "--array", "r0", "--size", "512M", "--lun", "0");
+        Assert.Equal(1, taken.Code);
+        Assert.Equal("duet: LUN 0 is already used by volume 'vol0'\n", taken.Err);
+
+        var bad = await Duet("volume", "create", "vol2", "--array", "r0", "--size", "512M", "--lun", "x");
+        Assert.Equal(2, bad.Code);
+        Assert.Equal(2, Service.Status().Volumes.Count);
     }
 
     [Fact]
@@ -396,7 +417,7 @@ public sealed class CliTests : IAsyncLifetime
 
         var list = await Duet("volume", "list");
         Ok(list);
-        Assert.Equal("NAME  ARRAY  SIZE   OFFSET\nvol0  r0     1 GiB  0 B\nvol1  r0     1 GiB  1 GiB\n", list.Out);
+        Assert.Equal("NAME  ARRAY  SIZE   OFFSET  LUN\nvol0  r0     1 GiB  0 B     0\nvol1  r0     1 GiB  1 GiB   1\n", list.Out);
 
         var delete = await Duet("volume", "delete", "vol0");
         Ok(delete);

@@ -185,7 +185,7 @@ public sealed class ControllerScsiStateInProcessTests
 
     // ---- the pair
 
-    static async Task<(Duet.Shelf.Shelf, PairController, PairController)> StartPairAsync()
+    internal static async Task<(Duet.Shelf.Shelf, PairController, PairController)> StartPairAsync()
     {
         var bay = new MemoryShelf();
         for (int i = 0; i < 6; i++) bay.Insert($"d{i}", DriveBytes);

@@ -164,6 +164,7 @@ sealed class InMemoryArrayService : IArrayService
         lock (gate)
         {
             RequireName(request.Name, "volume");
+            if (request.Lun is { } asked && asked is < 0 or > 254) throw Invalid($"LUN {asked} is out of range: a volume's LUN is 0 to 254");
             if (volumes.ContainsKey(request.Name)) throw Conflict($"a volume named {request.Name} already exists");
             var array = FindArray(request.Array);
             if (request.SizeBytes < 0 || request.SizeBytes % 4096 != 0) throw Invalid($"volume size {request.SizeBytes} is not a multiple of 4 KiB");
@@ -180,7 +181,10 @@ sealed class InMemoryArrayService : IArrayService
                 if (chosen.Length == 0) throw Invalid($"array {array.Name} has no free extent of {request.SizeBytes} bytes");
                 chosen.Length = request.SizeBytes;
             }
-            var volume = new VolumeInfo(request.Name, array.Name, chosen.Length, chosen.Offset);
+            var used = volumes.Values.Select(v => v.Lun).OfType<int>().ToHashSet();
+            int lun = request.Lun ?? Enumerable.Range(0, 255).First(n => !used.Contains(n));
+            if (used.Contains(lun)) throw Conflict($"LUN {lun} is already used by volume '{volumes.Values.First(v => v.Lun == lun).Name}'");
+            var volume = new VolumeInfo(request.Name, array.Name, chosen.Length, chosen.Offset) { Lun = lun };
             volumes.Add(volume.Name, volume);
             return Task.FromResult(volume);
         }

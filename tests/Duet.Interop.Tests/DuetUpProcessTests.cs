@@ -140,6 +140,87 @@ public sealed class DuetUpProcessTests(ITestOutputHelper log) : IDisposable
         }
     }
 
+    async Task CliAsync(params string[] args)
+    {
+        using StringWriter o = new(), e = new();
+        int code = await Duet.Cli.Program.RunAsync([.. args, "--data", _dir], o, e);
+        log.WriteLine($"$ duet {string.Join(' ', args)}\nexit {code}\n{o}{e}");
+        Assert.True(code == 0, $"duet {string.Join(' ', args)} exited {code}: {e}");
+    }
+
+    /// <summary>LUN → volume name as libiscsi's tools see them through one portal: iscsi-ls for the LUNs,
+    /// iscsi-inq's unit serial number (VPD 0x80, the first 10 bytes of SHA-256 of the volume name) for each.</summary>
+    async Task<Dictionary<int, string>> LunsThroughAsync(int portal, params string[] volumes)
+    {
+        const string target = "iqn.2026-12.org.duet:array";
+        var names = volumes.ToDictionary(n => Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(n)), 0, 10));
+        var ls = await _run.RunOkAsync("iscsi-ls", "-s", $"iscsi://127.0.0.1:{portal}");
+        var luns = new Dictionary<int, string>();
+        foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(ls, @"Lun:(\d+)"))
+        {
+            int lun = int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+            var inq = await _run.RunOkAsync("iscsi-inq", "-e", "1", "-c", "128", $"iscsi://127.0.0.1:{portal}/{target}/{lun}");
+            var serial = System.Text.RegularExpressions.Regex.Match(inq, "[0-9A-F]{20}").Value;
+            luns[lun] = names.TryGetValue(serial, out var name) ? name : $"unknown serial '{serial}'";
+        }
+        return luns;
+    }
+
+    /// <summary>Both portals, until both list <paramref name="expected"/>: B hears of a change made through A by a
+    /// notice over the link and its target looks at its catalog once a second.</summary>
+    async Task BothPortalsServeAsync(int portalA, int portalB, Dictionary<int, string> expected)
+    {
+        var volumes = expected.Values.ToArray();
+        var limit = System.Diagnostics.Stopwatch.StartNew();
+        foreach (var portal in new[] { portalA, portalB })
+        {
+            while (true)
+            {
+                var seen = await LunsThroughAsync(portal, volumes);
+                if (seen.Count == expected.Count && !seen.Except(expected).Any()) break;
+                // A LUN that already names a volume must never name another.
+                foreach (var (lun, name) in seen) Assert.True(!expected.TryGetValue(lun, out var want) || want == name, $"portal {portal}: LUN {lun} is {name}, not {want}");
+                Assert.True(limit.Elapsed < TimeSpan.FromSeconds(20), $"portal {portal} serves {string.Join(", ", seen.Select(kv => $"{kv.Key}={kv.Value}"))}");
+                await Task.Delay(200);
+            }
+        }
+    }
+
+    [Fact]
+    [Trait("Claim", "ISCSI")]
+    public async Task VolumesCreatedBThenAKeepTheirLunsThroughBothPortals_AndDeletingOneMovesNoOther()
+    {
+        var (up, port, _) = await UpAsync();
+        await using (up)
+        {
+            int a = port + 7, b = port + 8;
+            await BothPortalsServeAsync(a, b, new() { [0] = "vol0", [1] = "vol1" });
+
+            await CliAsync("drive", "add", "d8", "--size", "256M");
+            await CliAsync("drive", "add", "d9", "--size", "256M");
+            await CliAsync("array", "create", "arr2", "--level", "1", "--drives", "d8,d9");
+            await CliAsync("volume", "create", "b", "--array", "arr2", "--size", "64M");
+            await BothPortalsServeAsync(a, b, new() { [0] = "vol0", [1] = "vol1", [2] = "b" });
+            // "a" sorts before every other volume: it takes the next LUN; vol0, vol1 and b stay where they were.
+            await CliAsync("volume", "create", "a", "--array", "arr2", "--size", "64M");
+            await BothPortalsServeAsync(a, b, new() { [0] = "vol0", [1] = "vol1", [2] = "b", [3] = "a" });
+            Assert.Equal(new Dictionary<string, int?> { ["a"] = 3, ["b"] = 2, ["vol0"] = 0, ["vol1"] = 1 },
+                (await StatusAsync()).Volumes.ToDictionary(v => v.Name, v => v.Lun));
+
+            await CliAsync("volume", "delete", "b");
+            await BothPortalsServeAsync(a, b, new() { [0] = "vol0", [1] = "vol1", [3] = "a" });
+            await StopAsync(up);
+        }
+        // The LUNs are in the superblocks: the next start serves every volume where it was.
+        var (again, port2, output2) = await UpAsync();
+        await using (again)
+        {
+            Assert.Contains($"iscsi://127.0.0.1:{port2 + 7}/iqn.2026-12.org.duet:array/3 and iscsi://127.0.0.1:{port2 + 8}/iqn.2026-12.org.duet:array/3 (a)", output2);
+            await BothPortalsServeAsync(port2 + 7, port2 + 8, new() { [0] = "vol0", [1] = "vol1", [3] = "a" });
+            await StopAsync(again);
+        }
+    }
+
     [Fact]
     public async Task UpStartsDegradedWithADriveFileGoneAndAnotherDamagedAndServesBothVolumes()
     {

@@ -48,4 +48,53 @@ public sealed class IscsiCatalogDeviceTests
         device.Refresh();
         Assert.Equal([0UL, 1UL], device.Luns);
     }
+
+    [Fact]
+    public async Task A_volume_named_to_sort_first_takes_its_own_lun_and_every_other_lun_keeps_its_volume()
+    {
+        var catalog = new NumberedCatalog();
+        catalog.List.Add(new LunVolume(0, new MemoryBlockVolume("db", 64 * 512)));
+        catalog.List.Add(new LunVolume(1, new MemoryBlockVolume("web", 128 * 512)));
+        var reservations = new InMemoryReservationStore();
+        using var device = new IscsiCatalogDevice(catalog, c => new ScsiDevice(c, reservations), TimeProvider.System);
+        Assert.Equal([0UL, 1UL], device.Luns);
+        Assert.Equal(["db", "web"], await SerialsAsync(device, 0, 1));
+
+        // "aaa" sorts first; it was given LUN 2 (the lowest free): LUN 0 and 1 still name db and web.
+        catalog.List.Add(new LunVolume(2, new MemoryBlockVolume("aaa", 256 * 512)));
+        device.Refresh();
+        Assert.Equal([0UL, 1UL, 2UL], device.Luns);
+        Assert.Equal(["db", "web", "aaa"], await SerialsAsync(device, 0, 1, 2));
+
+        // Deleting db frees LUN 0 and moves nothing.
+        catalog.List.RemoveAt(0);
+        device.Refresh();
+        Assert.Equal([1UL, 2UL], device.Luns);
+        Assert.Equal(["web", "aaa"], await SerialsAsync(device, 1, 2));
+        var gone = await device.ExecuteAsync(new ScsiCommand { Nexus = Nexus, Lun = 0, Cdb = new byte[6] }, default);
+        Assert.Equal((ScsiStatus.CheckCondition, (byte)0x25), (gone.Status, gone.Sense.Span[12]));
+
+        // A volume whose LUN changed (the same volume object) is a change too: the device is rebuilt.
+        var web = catalog.List.Single(v => v.Volume.Name == "web");
+        catalog.List.Remove(web);
+        catalog.List.Add(web with { Lun = 7 });
+        device.Refresh();
+        Assert.Equal([2UL, 7UL], device.Luns);
+    }
+
+    static readonly ItNexus Nexus = new("iqn.test", 1, 1, 1);
+
+    /// <summary>The volume name behind each LUN, from its unit serial number (VPD 0x80: the name's hash).</summary>
+    static async Task<string[]> SerialsAsync(IScsiDevice device, params ulong[] luns)
+    {
+        var names = new[] { "db", "web", "aaa" }.ToDictionary(n => Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(n)), 0, 10));
+        var result = new string[luns.Length];
+        for (int i = 0; i < luns.Length; i++)
+        {
+            var r = await device.ExecuteAsync(new ScsiCommand { Nexus = Nexus, Lun = luns[i], Cdb = new byte[] { 0x12, 1, 0x80, 0, 255, 0 }, ExpectedDataInLength = 255 }, default);
+            Assert.Equal(ScsiStatus.Good, r.Status);
+            result[i] = names[System.Text.Encoding.ASCII.GetString(r.DataIn.Span[4..24])];
+        }
+        return result;
+    }
 }

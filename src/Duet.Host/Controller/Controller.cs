@@ -138,6 +138,8 @@ public sealed partial class Controller : IAsyncDisposable
         Forwarding = new ForwardingClient(link, Epoch, options.ForwardTimeout, options.Time, firstRequestId: options.Session);
         ForwardingServer = new ForwardingServer(link, Epoch, name => ServedVolume(name), loggers.CreateLogger<ForwardingServer>(), RescanAsync);
         Volumes = new Catalog(this);
+        // LUNs stored after a rescan (a contested one moved, one a superblock lacked): the peer reads them at once.
+        arrays.LunsStored += () => _ = NotifyPeerArraysChangedAsync();
         ArrayService = new ControllerArrayService(this);
         options.Failover.Validate();
         Handshake = CreateHandshake();
@@ -580,7 +582,9 @@ public sealed partial class Controller : IAsyncDisposable
         }
     }
 
-    sealed class Catalog(Controller c) : IVolumeCatalog
+    /// <summary>Served and forwarded volumes; each volume's LUN is the one stored in its array's superblock, the
+    /// same on both controllers (<see cref="ArrayManager.LunAssignments"/>).</summary>
+    sealed class Catalog(Controller c) : ILunCatalog
     {
         public bool TryGetVolume(string name, out IBlockVolume volume)
         {
@@ -602,6 +606,17 @@ public sealed partial class Controller : IAsyncDisposable
 
         public IReadOnlyList<IBlockVolume> Volumes =>
             c.Arrays.Status().Volumes.Select(v => TryGetVolume(v.Name, out var vol) ? vol : null).Where(v => v is not null).Select(v => v!).ToList();
+
+        public IReadOnlyList<LunVolume> LunVolumes
+        {
+            get
+            {
+                var list = new List<LunVolume>();
+                foreach (var (lun, name) in c.Arrays.LunAssignments)
+                    if (TryGetVolume(name, out var volume)) list.Add(new LunVolume(lun, volume));
+                return list;
+            }
+        }
     }
 
     public ControllerInfo Info()

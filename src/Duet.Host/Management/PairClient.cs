@@ -52,7 +52,9 @@ public sealed class PairClient : IDisposable
         // Each array as its owner reports it; the other controller lists it as "peer".
         var arrays = a.Arrays.Concat(b.Arrays).GroupBy(x => x.Name).Select(g => g.FirstOrDefault(x => x.State != "peer") ?? g.First())
             .OrderBy(x => x.Name, StringComparer.Ordinal).ToList();
-        var volumes = a.Volumes.Concat(b.Volumes).GroupBy(v => v.Name).Select(g => g.First()).OrderBy(v => v.Name, StringComparer.Ordinal).ToList();
+        // A LUN warning may be known to one controller only (the other read the superblocks after the conflict was settled).
+        var volumes = a.Volumes.Concat(b.Volumes).GroupBy(v => v.Name).Select(g => g.FirstOrDefault(v => v.LunWarning is not null) ?? g.First())
+            .OrderBy(v => v.Name, StringComparer.Ordinal).ToList();
         var drives = a.Drives.Concat(b.Drives).GroupBy(d => d.Name).Select(g => g.FirstOrDefault(d => d.Role != "peer") ?? g.First())
             .OrderBy(d => d.Name, StringComparer.Ordinal).ToList();
         return new StatusInfo(arrays, volumes, drives, a.Controller) { PeerController = b.Controller };

@@ -4,13 +4,15 @@ namespace Duet.Iscsi.Scsi;
 
 /// <summary>
 /// The SCSI device server (SPC-4 / SBC-3) behind Duet's iSCSI target: one LUN per volume of the
-/// catalog (LUN i = the catalog's i-th volume), 512-byte logical blocks. It parses CDBs, keeps
+/// catalog — the volume's own LUN for an <see cref="ILunCatalog"/> (a controller's: stored with the
+/// volume), else LUN i = the catalog's i-th volume — 512-byte logical blocks. It parses CDBs, keeps
 /// unit attentions, SPC-2 and persistent reservations, and answers with fixed-format sense.
 /// No sockets, threads or clocks: the transport calls <see cref="ExecuteAsync"/> per command.
 /// </summary>
 public sealed partial class ScsiDevice : IScsiDevice, IDisposable
 {
-    readonly LogicalUnit[] _units;
+    readonly LogicalUnit[] _units;   // in LUN order
+    readonly LogicalUnit?[] _byLun;  // indexed by LUN; null where no volume has that LUN
     readonly ulong[] _luns;
     readonly IReservationStore _store;
     readonly IScsiPortGroups _portGroups;
@@ -22,22 +24,37 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
         _store = reservations ?? new InMemoryReservationStore();
         _portGroups = portGroups ?? new FixedScsiPortGroups();
         _options = options ?? new ScsiDeviceOptions();
-        var volumes = catalog.Volumes;
+        var volumes = LunsOf(catalog);
         _units = new LogicalUnit[volumes.Count];
         _luns = new ulong[volumes.Count];
+        _byLun = new LogicalUnit?[volumes.Count == 0 ? 0 : volumes[^1].Lun + 1];
         for (int i = 0; i < volumes.Count; i++)
         {
-            var unit = new LogicalUnit((ulong)i, volumes[i], _store.Load(volumes[i].Name));
+            var (lun, volume) = volumes[i];
+            Invariant.Assert(lun >= 0);
+            Invariant.Assert(i == 0 || lun > volumes[i - 1].Lun); // increasing: each LUN once
+            var unit = new LogicalUnit((ulong)lun, volume, _store.Load(volume.Name));
             unit.Pr.Attention = unit.AddAttention;
             unit.PortGroups = [.. _portGroups.GroupsFor(unit.Name)];
             _units[i] = unit;
-            _luns[i] = (ulong)i;
+            _byLun[lun] = unit;
+            _luns[i] = (ulong)lun;
         }
         _store.Changed += OnReservationsChanged;
         _portGroups.Changed += OnPortGroupsChanged;
     }
 
     public IReadOnlyList<ulong> Luns => _luns;
+
+    /// <summary>The catalog's volumes with their LUNs: an <see cref="ILunCatalog"/>'s own, else LUN i for the i-th.</summary>
+    internal static IReadOnlyList<LunVolume> LunsOf(IVolumeCatalog catalog)
+    {
+        if (catalog is ILunCatalog numbered) return numbered.LunVolumes;
+        var volumes = catalog.Volumes;
+        var list = new LunVolume[volumes.Count];
+        for (int i = 0; i < list.Length; i++) list[i] = new LunVolume(i, volumes[i]);
+        return list;
+    }
 
     /// <summary>Stops listening to the reservation store and the port-group view (a device replaced by a
     /// newer one over the same store and view must not keep reloading state or queueing attentions).</summary>
@@ -71,7 +88,7 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
         }
     }
 
-    LogicalUnit? Unit(ulong lun) => lun < (ulong)_units.Length ? _units[lun] : null;
+    LogicalUnit? Unit(ulong lun) => lun < (ulong)_byLun.Length ? _byLun[lun] : null;
 
     LogicalUnit? UnitByName(string name)
     {

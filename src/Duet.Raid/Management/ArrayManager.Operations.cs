@@ -140,7 +140,9 @@ public sealed partial class ArrayManager
     public Task<VolumeInfo> CreateVolumeAsync(CreateVolumeRequest r, CancellationToken ct = default) => Locked(async () =>
     {
         if (!Superblock.IsValidName(r.Name)) throw Invalid($"volume name '{r.Name}' must be 1-32 letters, digits, '-', '_' or '.'");
-        if (_arrays.Values.Any(a => a.Current.Volumes.Any(v => v.Name == r.Name))) throw Conflict($"a volume named '{r.Name}' already exists");
+        if (r.Lun is { } asked && asked is < 0 or > Superblock.MaxLun) throw Invalid($"LUN {asked} is out of range: a volume's LUN is 0 to {Superblock.MaxLun}");
+        if (_arrays.Values.Select(a => a.Current).Concat(_peerArrays.Values).FirstOrDefault(a => a.Volumes.Any(v => v.Name == r.Name)) is { } holder)
+            throw Conflict($"a volume named '{r.Name}' already exists (on array {holder.Name})");
         var a = ArrayNamed(r.Array);
         if (a.Raid.IsFailed) throw Conflict($"array '{r.Array}' has failed; no volume can be created on it");
         if (r.SizeBytes < 0 || r.SizeBytes % Units.BlockBytes != 0) throw Invalid($"volume size {r.SizeBytes} must be a multiple of 4 KiB");
@@ -152,13 +154,32 @@ public sealed partial class ArrayManager
         var extent = FirstFit(a, blocks, Align);
         if (blocks == 0 || extent < 0)
             throw Invalid($"array '{r.Array}' has no free extent of {Units.FormatSize(size)} (largest free: {Units.FormatSize(free * Units.BlockBytes)})");
-        var v = new VolumeEntry(r.Name, _options.NewUuid(), extent, blocks);
+        int lun = ChooseLun(r.Lun);
+        var v = new VolumeEntry(r.Name, _options.NewUuid(), extent, blocks) { Lun = lun };
         a.Current = a.Current with { Volumes = [.. a.Current.Volumes, v] };
         await PersistAsync(a, ct);
         RefreshVolumes();
-        LogVolumeCreated(r.Name, r.Array, Units.FormatSize(size));
-        return new VolumeInfo(v.Name, r.Array, v.SizeBlocks * Units.BlockBytes, v.OffsetBlocks * Units.BlockBytes);
+        LogVolumeCreated(r.Name, r.Array, Units.FormatSize(size), lun);
+        return new VolumeInfo(v.Name, r.Array, v.SizeBlocks * Units.BlockBytes, v.OffsetBlocks * Units.BlockBytes) { Lun = lun };
     }, ct);
+
+    /// <summary>
+    /// The LUN of a new volume: <paramref name="asked"/> if no volume has it, else the lowest free one, over every volume
+    /// this controller knows (<see cref="LunTable"/>: its own and, from their superblocks as last read, the peer's).
+    /// The peer reads a new volume's superblock when told of it (the array-table update every change sends); a volume
+    /// created through each controller before it heard of the other's can share a LUN, which the table resolves.
+    /// </summary>
+    int ChooseLun(int? asked)
+    {
+        var luns = ResolveLuns();
+        if (asked is { } n)
+        {
+            if (luns.Holder(n) is { } holder)
+                throw Conflict($"LUN {n} is already used by volume '{holder.Volume}' (array {holder.Array}); choose another, or leave --lun out for the lowest free LUN");
+            return n;
+        }
+        return luns.LowestFree() ?? throw Conflict($"every LUN (0 to {Superblock.MaxLun}) is in use; delete a volume first");
+    }
 
     static IEnumerable<(long Start, long Length)> FreeExtents(ArrayEntry a, long align)
     {
@@ -368,11 +389,17 @@ public sealed partial class ArrayManager
         var view = _view;
         return new StatusInfo(
             view.Arrays.Values.Select(Info).Concat(view.Peers.Values.Select(p => PeerInfo(p, view.Drives))).OrderBy(a => a.Name, StringComparer.Ordinal).ToList(),
-            view.Arrays.Values.SelectMany(a => a.Current.Volumes.Select(v => new VolumeInfo(v.Name, a.Raid.Name, v.SizeBlocks * Units.BlockBytes, v.OffsetBlocks * Units.BlockBytes)))
-                .Concat(view.Peers.Values.SelectMany(a => a.Volumes.Select(v => new VolumeInfo(v.Name, a.Name, v.SizeBlocks * Units.BlockBytes, v.OffsetBlocks * Units.BlockBytes))))
+            view.Arrays.Values.Select(a => a.Current).Concat(view.Peers.Values).SelectMany(a => a.Volumes.Select(v => VolumeInfoOf(view, a, v)))
                 .OrderBy(v => v.Name, StringComparer.Ordinal).ToList(),
             view.Drives.Select(DriveInfoOf).ToList());
     }
+
+    static VolumeInfo VolumeInfoOf(View view, Superblock array, VolumeEntry v) =>
+        new(v.Name, array.Name, v.SizeBlocks * Units.BlockBytes, v.OffsetBlocks * Units.BlockBytes)
+        {
+            Lun = view.Luns.Of(array.ArrayUuid, v.Uuid)?.Lun,
+            LunWarning = view.LunWarnings.GetValueOrDefault((array.ArrayUuid, v.Uuid)),
+        };
 
     ProgressInfo Progress(PassProgress p, long stripeBytes)
     {
@@ -462,8 +489,12 @@ public sealed partial class ArrayManager
     partial void LogArrayCreated(string array, int level, int drives, string capacity);
     [LoggerMessage(EventId = 2012, Level = LogLevel.Information, Message = "array {Array} deleted")]
     partial void LogArrayDeleted(string array);
-    [LoggerMessage(EventId = 2013, Level = LogLevel.Information, Message = "volume {Volume} created on {Array}: {Size}")]
-    partial void LogVolumeCreated(string volume, string array, string size);
+    [LoggerMessage(EventId = 2013, Level = LogLevel.Information, Message = "volume {Volume} created on {Array}: {Size}, LUN {Lun}")]
+    partial void LogVolumeCreated(string volume, string array, string size, int lun);
+    [LoggerMessage(EventId = 2018, Level = LogLevel.Warning, Message = "volume {Volume} (array {Array}): {Warning}")]
+    partial void LogLunWarning(string volume, string array, string warning);
+    [LoggerMessage(EventId = 2019, Level = LogLevel.Information, Message = "array {Array}: LUNs stored in the superblock: {Luns}")]
+    partial void LogLunsStored(string array, string luns);
     [LoggerMessage(EventId = 2014, Level = LogLevel.Information, Message = "volume {Volume} deleted")]
     partial void LogVolumeDeleted(string volume);
     [LoggerMessage(EventId = 2015, Level = LogLevel.Information, Message = "array {Array}: scrub started (repair: {Repair})")]

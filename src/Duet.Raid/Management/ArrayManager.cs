@@ -44,7 +44,7 @@ public sealed record PeerVolume(string Name, string Array, string Owner, long Si
 /// go, so a reader sees the state before or after an operation, never half of one, and never
 /// blocks (a single-threaded simulator would deadlock on a blocking wait).
 /// </summary>
-public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsyncDisposable
+public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDisposable
 {
     sealed class DriveEntry
     {
@@ -75,9 +75,11 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     // What the read paths see: the management state as the last operation left it. The live
     // parts (member status, rebuild and scrub progress) are read from the RaidArray and the pass
     // objects, which the data path and the passes update themselves.
-    sealed record View(IReadOnlyDictionary<string, ArrayView> Arrays, IReadOnlyDictionary<string, Superblock> Peers, IReadOnlyList<DriveView> Drives)
+    sealed record View(IReadOnlyDictionary<string, ArrayView> Arrays, IReadOnlyDictionary<string, Superblock> Peers, IReadOnlyList<DriveView> Drives,
+        LunTable Luns, IReadOnlyDictionary<(Guid Array, Guid Volume), string> LunWarnings)
     {
-        public static readonly View Empty = new(new Dictionary<string, ArrayView>(), new Dictionary<string, Superblock>(), []);
+        public static readonly View Empty = new(new Dictionary<string, ArrayView>(), new Dictionary<string, Superblock>(), [], LunTable.Empty,
+            new Dictionary<(Guid, Guid), string>());
     }
 
     sealed record ArrayView(RaidArray Raid, Superblock Current, string?[] SlotDrives, IReadOnlyList<string> Spares, Task? Rebuild,
@@ -97,6 +99,9 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     readonly CancellationTokenSource _stopping = new();
     readonly ILogger _logger;
     volatile IReadOnlyDictionary<string, RaidVolume> _volumes = new Dictionary<string, RaidVolume>();
+    // LUN warnings seen since start (two volumes stored one LUN; none free), by volume: kept after the owner
+    // stored a new LUN (which ends the conflict on the drives) so status still tells the operator.
+    readonly Dictionary<(Guid Array, Guid Volume), string> _lunWarnings = [];
 
     ArrayManager(ArrayManagerOptions options)
     {
@@ -124,8 +129,14 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     /// <summary>Publishes what the operation did, then lets the next one in.</summary>
     void Unlock()
     {
+        bool lunsStored;
         try { Publish(); }
-        finally { _mgmt.Release(); }
+        finally
+        {
+            (lunsStored, _lunsStoredPending) = (_lunsStoredPending, false);
+            _mgmt.Release();
+        }
+        if (lunsStored) LunsStored?.Invoke();
     }
 
     /// <summary>Copies the management state into a new <see cref="View"/>. Caller holds the management lock
@@ -135,7 +146,69 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
         var arrays = new Dictionary<string, ArrayView>(StringComparer.Ordinal);
         foreach (var (name, a) in _arrays) arrays[name] = ViewOf(a);
         var drives = _drives.Values.OrderBy(d => d.Name, StringComparer.Ordinal).Select(ViewOf).ToList();
-        _view = new View(arrays, new Dictionary<string, Superblock>(_peerArrays, StringComparer.Ordinal), drives);
+        _view = new View(arrays, new Dictionary<string, Superblock>(_peerArrays, StringComparer.Ordinal), drives, ResolveLuns(),
+            new Dictionary<(Guid, Guid), string>(_lunWarnings));
+    }
+
+    /// <summary>The LUNs of every volume both controllers know (<see cref="LunTable"/>), from the superblocks as this
+    /// controller holds them; records warnings (and logs each once). Caller holds the management lock.</summary>
+    LunTable ResolveLuns()
+    {
+        var table = LunTable.Resolve(_arrays.Values.Select(a => a.Current).Concat(_peerArrays.Values));
+        foreach (var e in table.Entries)
+        {
+            var key = (e.ArrayUuid, e.VolumeUuid);
+            if (e.Warning is null || _lunWarnings.TryGetValue(key, out var known) && known == e.Warning) continue;
+            _lunWarnings[key] = e.Warning;
+            LogLunWarning(e.Volume, e.Array, e.Warning);
+        }
+        return table;
+    }
+
+    /// <summary>
+    /// Raised (after the operation, its view published and the management lock let go) when LUNs were stored in a
+    /// superblock after assembly or a rescan: the peer's copy of that superblock is older now, and until it reads the new one its table may give a
+    /// volume of ours another LUN (after the volume that kept a contested LUN is deleted there, say). A controller
+    /// tells its peer to rescan.
+    /// </summary>
+    public event Action? LunsStored;
+    bool _lunsStoredPending;
+
+    /// <summary>
+    /// Stores in the superblocks of the arrays served here the LUN each volume has (<see cref="LunTable"/>) where it
+    /// differs from the one stored: volumes of a superblock written before LUNs were kept, and a volume whose LUN
+    /// another volume also stored and kept. Run after assembly and every rescan, under the management lock; writes
+    /// nothing when every LUN is stored (the usual case).
+    /// </summary>
+    async Task SettleLunsAsync(CancellationToken ct)
+    {
+        var luns = ResolveLuns();
+        bool stored = false;
+        foreach (var a in _arrays.Values)
+        {
+            var volumes = a.Current.Volumes;
+            bool differs = false;
+            var settled = new VolumeEntry[volumes.Count];
+            for (int i = 0; i < volumes.Count; i++)
+            {
+                var e = luns.Of(a.Current.ArrayUuid, volumes[i].Uuid);
+                Invariant.Assert(e is not null);
+                settled[i] = volumes[i] with { Lun = e!.Lun };
+                differs |= settled[i].Lun != volumes[i].Lun;
+            }
+            if (!differs) continue;
+            LogLunsStored(a.Raid.Name, string.Join(", ", settled.Where(v => v.Lun is not null).Select(v => $"{v.Name}={v.Lun}")));
+            a.Current = a.Current with { Volumes = settled };
+            // Kept in Current either way: a write that fails here (the path to the shelf is down) is made by the
+            // array's next superblock write.
+            try
+            {
+                await PersistAsync(a, ct);
+                stored = true;
+            }
+            catch (BlockIoException e) { LogBackgroundError(a.Raid.Name, $"storing LUNs failed ({e.Message}); the next superblock write stores them"); }
+        }
+        _lunsStoredPending |= stored;
     }
 
     static ArrayView ViewOf(ArrayEntry a) => new(a.Raid, a.Current, [.. a.Slots.Select(d => d?.Name)], [.. a.Spares.Select(s => s.Name)],
@@ -144,7 +217,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     static DriveView ViewOf(DriveEntry d) => new(d.Name, d.Device.BlockCount, d.Superblock, d.Problem, d.PeerArray, d.Array?.Raid, d.IsSpare,
         d.Array is { } a && !d.IsSpare ? Array.IndexOf(a.Slots, d) : -1);
 
-    // ---- IVolumeCatalog --------------------------------------------------------------------
+    // ---- ILunCatalog ----------------------------------------------------------------------
 
     public bool TryGetVolume(string name, out IBlockVolume volume)
     {
@@ -154,6 +227,30 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
     }
 
     public IReadOnlyList<IBlockVolume> Volumes => [.. _volumes.Values.OrderBy(v => v.Name, StringComparer.Ordinal)];
+
+    /// <summary>The volumes served here that have a LUN, in LUN order (<see cref="ILunCatalog"/>).</summary>
+    public IReadOnlyList<LunVolume> LunVolumes
+    {
+        get
+        {
+            var volumes = _volumes;
+            var list = new List<LunVolume>();
+            foreach (var (lun, name) in LunAssignments)
+                if (volumes.TryGetValue(name, out var v)) list.Add(new LunVolume(lun, v));
+            return list;
+        }
+    }
+
+    /// <summary>Every volume both controllers know that has a LUN (the peer's too), in LUN order: what either
+    /// controller's iSCSI target serves at each LUN. A name that two arrays hold is listed once, at its lower LUN.</summary>
+    public IReadOnlyList<(int Lun, string Volume)> LunAssignments
+    {
+        get
+        {
+            var names = new HashSet<string>(StringComparer.Ordinal);
+            return [.. _view.Luns.Entries.Where(e => e.Lun is not null).OrderBy(e => e.Lun).Where(e => names.Add(e.Volume)).Select(e => (e.Lun!.Value, e.Volume))];
+        }
+    }
 
     /// <summary>Rebuilds the volume map (new RaidVolume objects: call it only when volumes or arrays
     /// changed). Publishes the view first, so a volume found is always in the view too.</summary>
@@ -207,6 +304,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
         }
 
         await AssembleGroupsAsync(_drives.Values.Where(d => d.Superblock is not null).ToList(), ct);
+        await SettleLunsAsync(ct);
         RefreshVolumes();
     }
 
@@ -306,6 +404,7 @@ public sealed partial class ArrayManager : IArrayService, IVolumeCatalog, IAsync
                 if (sb is not null) loose.Add(d);
             }
             await AssembleGroupsAsync(loose, ct, takeFrom);
+            await SettleLunsAsync(ct);
             RefreshVolumes();
         }
         finally { Unlock(); }

@@ -29,7 +29,9 @@ public sealed class ManagementException(ManagementErrorKind kind, string message
 public sealed record CreateArrayRequest(string Name, int Level, IReadOnlyList<string> Drives, int ChunkKiB = 64, int RebuildMiBps = 0, string? Owner = null);
 
 /// <param name="SizeBytes">Multiple of 4 KiB; 0 takes the largest free extent of the array.</param>
-public sealed record CreateVolumeRequest(string Name, string Array, long SizeBytes);
+/// <param name="Lun">The volume's iSCSI LUN, 0..254, kept for the volume's life; one another volume has is a Conflict.
+/// Null: the lowest LUN no volume of either controller has.</param>
+public sealed record CreateVolumeRequest(string Name, string Array, long SizeBytes, int? Lun = null);
 
 public sealed record AddDriveRequest(string Name, long SizeBytes);
 
@@ -82,7 +84,15 @@ public sealed record ArrayInfo(
     public int BadBlocks { get; init; }
 }
 
-public sealed record VolumeInfo(string Name, string Array, long SizeBytes, long OffsetBytes);
+public sealed record VolumeInfo(string Name, string Array, long SizeBytes, long OffsetBytes)
+{
+    /// <summary>The iSCSI LUN both controllers' targets serve the volume at (stored in its array's superblock);
+    /// null when it has none (every LUN taken: not served over iSCSI).</summary>
+    public int? Lun { get; init; }
+    /// <summary>Set when something about the LUN needs an operator's eye: two volumes stored the same LUN (created at
+    /// the same moment through both controllers) and this one was given another, or none was free.</summary>
+    public string? LunWarning { get; init; }
+}
 
 /// <summary>The controller answering, its peer and its cache mirror (MR-1, MR-6, ICL-5).</summary>
 /// <param name="Mirror">"healthy" (write-back, mirrored) or "error-recovery" (peer gone: write-through).</param>
