@@ -974,7 +974,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
             catch (Exception e) { LogDestageFailed(e.Message); }
             lock (_lock)
             {
-                if (_dirty == ParkedCountLocked())
+                if (_drainWaiters.Count > 0 && _dirty == ParkedCountLocked()) // counting walks the index: only when someone waits
                 {
                     foreach (var w in _drainWaiters) w.TrySetResult();
                     _drainWaiters.Clear();

@@ -182,7 +182,7 @@ public sealed partial class Controller : IAsyncDisposable
         LogHostTagsOpened();
         await DecideReplayAsync();
         RegisterServedArrays();
-        ReplayedElements = Cache.Replay(KeepOnReplay, out int dropped);
+        ReplayedElements = Cache.Replay(KeepOnReplay(), out int dropped);
         if (ReplayedElements > 0) LogReplayed(ReplayedElements);
         if (dropped > 0) LogReplayDropped(dropped);
         // AW-4: before anything of ours writes to an array again.
@@ -230,10 +230,11 @@ public sealed partial class Controller : IAsyncDisposable
     /// behind when cut short is clean, and replaying it would serve stale data when the array comes back.
     /// A clean element is on the drives already; dropping one loses nothing.
     /// </summary>
-    bool KeepOnReplay(ElementDescriptor d)
+    Func<ElementDescriptor, bool> KeepOnReplay()
     {
-        if (d.Dirty) return true;
-        return Arrays.ArrayTable.TryGetValue(d.ArrayNumber, out var a) && a.Serial == d.ArraySerial && Arrays.Serves(a.Name);
+        // Served arrays by number and serial, built once (ArrayTable builds a new table on every read).
+        var served = Arrays.ArrayTable.Where(kv => Arrays.Serves(kv.Value.Name)).Select(kv => (kv.Key, kv.Value.Serial)).ToHashSet();
+        return d => d.Dirty || served.Contains((d.ArrayNumber, d.ArraySerial));
     }
 
     void RegisterServedArrays()
