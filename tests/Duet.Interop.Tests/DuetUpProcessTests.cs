@@ -159,8 +159,11 @@ public sealed class DuetUpProcessTests(ITestOutputHelper log) : IDisposable
         foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(ls, @"Lun:(\d+)"))
         {
             int lun = int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
-            var inq = await _run.RunOkAsync("iscsi-inq", "-e", "1", "-c", "128", $"iscsi://127.0.0.1:{portal}/{target}/{lun}");
-            var serial = System.Text.RegularExpressions.Regex.Match(inq, "[0-9A-F]{20}").Value;
+            var inq = await _run.RunAsync("iscsi-inq", ["-e", "1", "-c", "128", $"iscsi://127.0.0.1:{portal}/{target}/{lun}"]);
+            // The target rebuilt its LUN map between the listing and this inquiry (it looks at its catalog once a
+            // second): not seen this time; the caller asks again.
+            if (inq.ExitCode != 0) continue;
+            var serial = System.Text.RegularExpressions.Regex.Match(inq.Stdout, "[0-9A-F]{20}").Value;
             luns[lun] = names.TryGetValue(serial, out var name) ? name : $"unknown serial '{serial}'";
         }
         return luns;
