@@ -101,7 +101,7 @@ public static class RecoveryBench
                 using (var nvram = NvramFile.Open(nvramPath))
                 {
                     var wl = new WriteLog(nvram);
-                    retired = await wl.SettleRecoveredAsync(async r =>
+                    retired = await wl.SettleRecoveredAsync(async (_, r) =>
                     {
                         await raid.SettleStripesAsync(r.FirstBlock, r.BlockCount, ct);
                         return true;

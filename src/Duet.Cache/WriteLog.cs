@@ -87,8 +87,12 @@ public sealed class WriteLog
     readonly Stack<int> _free = new();
     readonly List<(int Slot, WriteLogRecord Record)> _recovered = [];
     TaskCompletionSource? _slotFreed;
+    readonly PartialParityPool _pp;
+    /// <summary>Pool entries promised to each open record (its write's estimate), and their total.</summary>
+    readonly int[] _reservedFor = new int[NvramLayout.LogSlots];
+    int _reserved;
     ulong _sequence;
-    long _opened, _closed, _waits;
+    long _opened, _closed, _waits, _ppStored, _ppUnguarded;
 
     public WriteLog(NvramFile nvram)
     {
@@ -111,6 +115,69 @@ public sealed class WriteLog
             }
         }
         _recovered.Sort((a, b) => a.Record.Sequence.CompareTo(b.Record.Sequence));
+        _pp = new PartialParityPool(nvram, _recovered.ToDictionary(x => x.Slot, x => x.Record.Sequence));
+    }
+
+    /// <summary>Rows whose partial parity was stored in the pool.</summary>
+    public long PartialParityStored => Interlocked.Read(ref _ppStored);
+    /// <summary>Rows a write changed in part whose partial parity found no room in the pool (unguarded).</summary>
+    public long PartialParityUnguarded => Interlocked.Read(ref _ppUnguarded);
+    public int PartialParityFree { get { lock (_lock) return _pp.Free; } }
+    public int PartialParityCapacity => _pp.Capacity;
+    /// <summary>Pool entries promised to writes in flight and not stored yet.</summary>
+    public int PartialParityReserved { get { lock (_lock) return _reserved; } }
+
+    /// <summary>
+    /// Stores the partial parity of one row the write of the open record in <paramref name="slot"/> changes in
+    /// part, whole in NVRAM when this returns true; false (counted as unguarded) if the pool is full. A row
+    /// stored twice for one record keeps both entries; settling uses any (they agree: each was taken before
+    /// the record's write touched that row, or after an attempt whose writes all completed).
+    /// </summary>
+    public bool StorePartialParity(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum)
+    {
+        lock (_lock)
+        {
+            Invariant.Assert(_state[slot] == SlotState.Open, "partial parity belongs to a write in flight");
+            var r = _records[slot];
+            if (_reservedFor[slot] > 0)
+            {
+                _reservedFor[slot]--;
+                _reserved--;
+            }
+            else if (_pp.Free <= _reserved) // beyond the write's estimate, and what is left is promised to others
+            {
+                Interlocked.Increment(ref _ppUnguarded);
+                return false;
+            }
+            if (!_pp.TryStore(new PartialParityEntry(r.Array, slot, r.Sequence, stripe, row, unchanged), sum))
+            {
+                Interlocked.Increment(ref _ppUnguarded);
+                return false;
+            }
+            Interlocked.Increment(ref _ppStored);
+            return true;
+        }
+    }
+
+    /// <summary>The write of the open record in <paramref name="slot"/> is about to change a row: the sums other
+    /// records hold for it are stale (the array flushed what they wrote there) and are freed.</summary>
+    public void SupersedePartialParity(int slot, long stripe, int row)
+    {
+        lock (_lock)
+        {
+            Invariant.Assert(_state[slot] == SlotState.Open, "partial parity belongs to a write in flight");
+            _pp.Supersede(_records[slot].Array, stripe, row, slot);
+        }
+    }
+
+    /// <summary>The partial parity a recovered record's write stored (for settling its stripes).</summary>
+    public List<(PartialParityEntry Meta, byte[] Sum)> RecoveredPartialParity(int slot)
+    {
+        lock (_lock)
+        {
+            Invariant.Assert(_state[slot] == SlotState.Recovered);
+            return _pp.Of(slot);
+        }
     }
 
     public int Slots => NvramLayout.LogSlots;
@@ -140,18 +207,19 @@ public sealed class WriteLog
     /// <summary>
     /// Start-up recovery: hands every recovered record, oldest first, to <paramref name="settle"/>, which
     /// checks its stripes (or finds them not this controller's) and returns true, or returns false to keep
-    /// the record for a later start. Returns how many were retired.
+    /// the record for a later start. The records settled are retired only after <paramref name="flush"/>
+    /// returned true (the drives flushed: what settling wrote is durable; a cut before that finds the records
+    /// again). Returns how many were retired.
     /// </summary>
-    public async Task<int> SettleRecoveredAsync(Func<WriteLogRecord, Task<bool>> settle)
+    public async Task<int> SettleRecoveredAsync(Func<int, WriteLogRecord, Task<bool>> settle, Func<Task<bool>>? flush = null)
     {
-        int retired = 0;
+        var done = new List<int>();
         foreach (var (slot, record) in Recovered)
-        {
-            if (!await settle(record)) continue;
-            Retire(slot);
-            retired++;
-        }
-        return retired;
+            if (await settle(slot, record)) done.Add(slot);
+        if (done.Count == 0) return 0;
+        if (flush is not null && !await flush()) return 0;
+        foreach (int slot in done) Retire(slot);
+        return done.Count;
     }
 
     /// <summary>A recovered record's stripes were checked (or belong to another controller now): frees it.</summary>
@@ -165,11 +233,15 @@ public sealed class WriteLog
         }
     }
 
-    /// <summary>Opens a record, whole in NVRAM before this returns; false if every slot is taken.</summary>
-    public bool TryOpen(byte array, long firstBlock, int blockCount, out int slot, out WriteLogRecord record)
+    /// <summary>Opens a record, whole in NVRAM before this returns, and promises its write up to
+    /// <paramref name="partialSums"/> entries of the partial-parity pool (as many as are not promised to
+    /// others: a write never waits for the pool; a sum that finds no room is counted unguarded); false if
+    /// every slot is taken.</summary>
+    public bool TryOpen(byte array, long firstBlock, int blockCount, out int slot, out WriteLogRecord record, int partialSums = 0)
     {
         lock (_lock)
         {
+            int promise = Math.Max(0, Math.Min(partialSums, _pp.Free - _reserved));
             if (_free.Count == 0)
             {
                 slot = -1;
@@ -178,6 +250,11 @@ public sealed class WriteLog
                 return false;
             }
             slot = _free.Pop();
+            if (promise > 0)
+            {
+                _reservedFor[slot] = promise;
+                _reserved += promise;
+            }
             Invariant.Assert(_state[slot] == SlotState.Free);
             record = new WriteLogRecord(array, firstBlock, blockCount, ++_sequence);
             record.Encode(_nvram.Own.LogRecord(slot));
@@ -188,7 +265,7 @@ public sealed class WriteLog
         }
     }
 
-    /// <summary>Completes when a slot is freed (or at once if one is free).</summary>
+    /// <summary>Completes when a record is freed or a write returns (or at once if a slot is free).</summary>
     public Task SlotFreedAsync()
     {
         lock (_lock)
@@ -206,7 +283,15 @@ public sealed class WriteLog
         {
             Invariant.Assert(_state[slot] == SlotState.Open, "a write-log record is written once, after it was opened");
             _state[slot] = SlotState.Written;
+            ReleasePromiseLocked(slot);
         }
+    }
+
+    void ReleasePromiseLocked(int slot)
+    {
+        _reserved -= _reservedFor[slot];
+        _reservedFor[slot] = 0;
+        Invariant.Assert(_reserved >= 0);
     }
 
     /// <summary>Arrays with written records waiting for a flush.</summary>
@@ -310,6 +395,8 @@ public sealed class WriteLog
     void FreeLocked(int slot)
     {
         WriteLogRecord.Clear(_nvram.Own.LogRecord(slot));
+        _pp.Release(slot);
+        ReleasePromiseLocked(slot);
         _state[slot] = SlotState.Free;
         _records[slot] = default;
         _free.Push(slot);

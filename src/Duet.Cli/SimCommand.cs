@@ -68,7 +68,8 @@ public static partial class Program
                 if (!r.Passed)
                     output.WriteLine($"failure seed {r.Seed} (faults {r.Plan}; replay: duet sim --seed {r.Seed}{ReplayFlags(parse.GetValue(faults)!, parse.GetValue(exact), opCount, parse.GetValue(bug))}): {r.Failures[0]}");
             });
-            output.WriteLine($"virtual time {summary.VirtualTime.TotalSeconds:F0} s, {summary.Writes} writes, {summary.Crashes} crashes, {summary.Takeovers} takeovers, {summary.Hangs} hangs, {summary.PowerCuts} power cuts ({summary.BlocksRolledBack} drive blocks rolled back), {summary.Steps} steps");
+            output.WriteLine($"virtual time {summary.VirtualTime.TotalSeconds:F0} s, {summary.Writes} writes, {summary.Crashes} crashes, {summary.Takeovers} takeovers, {summary.Hangs} hangs, {summary.PowerCuts} power cuts ({summary.BlocksRolledBack} drive blocks rolled back), " +
+                $"{summary.PartialParityRows} rows with partial parity ({summary.UnguardedRows} unguarded), {summary.Steps} steps");
             output.WriteLine($"seeds {summary.Seeds} failures {summary.Failed.Count}");
             return summary.Failed.Count == 0 ? ExitOk : ExitFailed;
         });

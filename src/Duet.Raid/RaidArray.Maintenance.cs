@@ -188,7 +188,16 @@ public sealed partial class RaidArray
     /// each stripe is scrubbed and repaired as a scrub with repair does it, so its parity agrees with
     /// its data again (every data block is whole, old or new: the tags say which are good).
     /// </summary>
-    public async Task<ScrubResult> SettleStripesAsync(long firstBlock, long blockCount, CancellationToken ct = default)
+    public Task<ScrubResult> SettleStripesAsync(long firstBlock, long blockCount, CancellationToken ct = default) =>
+        SettleStripesAsync(firstBlock, blockCount, partial: null, ct);
+
+    /// <summary>
+    /// As <see cref="SettleStripesAsync(long, long, CancellationToken)"/>, with the partial parity the interrupted write
+    /// stored for rows it changed in part (<see cref="IPartialParitySink"/>): in such a row, a data block the write left
+    /// as it was, on a member that cannot be read, is computed from it instead of from parity the cut may have torn,
+    /// and the row's parity is then recomputed from the data.
+    /// </summary>
+    public async Task<ScrubResult> SettleStripesAsync(long firstBlock, long blockCount, IReadOnlyList<PartialParity>? partial, CancellationToken ct = default)
     {
         var g = Geometry;
         var result = new ScrubResult();
@@ -198,7 +207,10 @@ public sealed partial class RaidArray
         for (long s = first; s <= last; s++)
         {
             using (await LockStripeAsync(s, ct))
-                await RetryOnMemberFailure(() => ScrubStripeAsync(s, repair: true, result, BadBlockSource.Settle, ct));
+            {
+                var rows = partial?.Where(x => x.Stripe == s).ToList();
+                await RetryOnMemberFailure(() => ScrubStripeAsync(s, repair: true, result, BadBlockSource.Settle, ct, rows));
+            }
             Interlocked.Increment(ref result.StripesChecked);
         }
         return result;
@@ -216,12 +228,15 @@ public sealed partial class RaidArray
     /// its row's parity recomputed. Only what is still lost after that (a block that could not be read at
     /// all, and that nothing reconstructs) goes on the bad-block list (AW-5).
     /// </summary>
-    async ValueTask ScrubStripeAsync(long stripe, bool repair, ScrubResult result, BadBlockSource source, CancellationToken ct)
+    async ValueTask ScrubStripeAsync(long stripe, bool repair, ScrubResult result, BadBlockSource source, CancellationToken ct,
+        IReadOnlyList<PartialParity>? partial = null)
     {
         bool settle = source == BadBlockSource.Settle;
         var g = Geometry;
         using var ws = new Workspace(g, stripe, 0, g.ChunkBlocks);
         for (int m = 0; m < g.MemberCount; m++) await ReadMemberAsync(ws, m, 0, g.ChunkBlocks, ct);
+        // Rows whose lost block the interrupted write's partial parity gave back: their parity is recomputed below.
+        var guarded = settle && repair && partial is { Count: > 0 } && g.ParityMembers > 0 ? ApplyPartialParity(ws, partial, result) : null;
         var writes = new List<(int, long, ReadOnlyMemory<byte>, bool)>();
         for (int r = 0; r < g.ChunkBlocks; r++)
         {
@@ -389,7 +404,70 @@ public sealed partial class RaidArray
                 else result.Add($"stripe {stripe} row {r} {MemberName(member)}: {role} parity mismatch");
             }
         }
+        if (guarded is not null)
+            foreach (int r in guarded)
+            {
+                if (unsolved.Contains(r) || kept.Contains(r)) continue;
+                bool dataGood = true;
+                for (int i = 0; i < g.DataMembers; i++) dataGood &= ws.RowState(g.DataMember(stripe, i), r) == Workspace.Ok;
+                if (!dataGood) continue;
+                for (int i = 0; i < g.DataMembers; i++) rowData[i] = ws.Rows(g.DataMember(stripe, i), r, 1);
+                if (g.ParityMembers == 2) Parity.Parity.GenPQ(rowData, pc, qc);
+                else Parity.Parity.Xor(rowData, pc);
+                foreach (var (member, computed) in g.ParityMembers == 2 ? new[] { (p, pc), (q, qc) } : new[] { (p, pc) })
+                {
+                    if (!Writable(member)) continue;
+                    if (ws.RowState(member, r) == Workspace.Ok && !ws.Reconstructed[member][r] && ws.Block(member, r).SequenceEqual(computed)) continue;
+                    Interlocked.Increment(ref result.ParityMismatches);
+                    computed.CopyTo(ws.Block(member, r));
+                    ws.SetState(member, r, Workspace.Ok);
+                    writes.Add((member, stripe * g.ChunkBlocks + r, ws.Rows(member, r, 1), false));
+                    Interlocked.Increment(ref result.Repaired);
+                    result.Add($"stripe {stripe} row {r} {MemberName(member)}: {(member == p ? "P" : "Q")} parity recomputed over the block the write's partial parity kept");
+                }
+            }
         await WriteAllAsync(writes, ct);
+    }
+
+    /// <summary>
+    /// Settling with the interrupted writes' partial sums (<see cref="PartialParity"/>): in each of their rows, a data
+    /// block on a member that cannot be read is the latest sum that covers it plus that sum's other blocks, if those
+    /// were read good. It is put in the workspace as reconstructed and vouched for (not rebuilt from parity the cut
+    /// may have torn). Returns the rows so filled.
+    /// </summary>
+    HashSet<int> ApplyPartialParity(Workspace ws, IReadOnlyList<PartialParity> partial, ScrubResult result)
+    {
+        var g = Geometry;
+        long stripe = ws.Stripe;
+        var guarded = new HashSet<int>();
+        foreach (int r in partial.Select(x => x.Row).Distinct().Order())
+        {
+            if (r < 0 || r >= g.ChunkBlocks) continue;
+            for (int lost = 0; lost < g.DataMembers; lost++)
+            {
+                int ml = g.DataMember(stripe, lost);
+                if (ws.RowState(ml, r) == Workspace.Ok || Readable(ml, stripe)) continue;
+                // The latest write's sum that covers the lost block: its other blocks are as the drives hold them.
+                PartialParity? best = null;
+                foreach (var x in partial)
+                    if (x.Row == r && x.Leaves(lost) && x.Sum.Length == Units.BlockBytes && (best is null || x.Order > best.Value.Order)) best = x;
+                if (best is not { } pp) continue;
+                bool usable = true;
+                for (int i = 0; i < g.DataMembers && usable; i++)
+                    if (i != lost && pp.Leaves(i)) usable = ws.RowState(g.DataMember(stripe, i), r) == Workspace.Ok;
+                if (!usable) continue;
+                var block = ws.Block(ml, r);
+                pp.Sum.Span.CopyTo(block);
+                for (int i = 0; i < g.DataMembers; i++)
+                    if (i != lost && pp.Leaves(i)) Parity.Parity.XorInto(ws.Block(g.DataMember(stripe, i), r), block);
+                ws.SetState(ml, r, Workspace.Ok);
+                ws.Reconstructed[ml][r] = true;
+                ws.Vouched[ml][r] = true;
+                guarded.Add(r);
+                result.Add($"stripe {stripe} row {r} {MemberName(ml)}: cannot be read; its block taken from the partial parity of the interrupted write");
+            }
+        }
+        return guarded;
     }
 
     /// <summary>
@@ -430,7 +508,7 @@ public sealed partial class RaidArray
                         LogTornRewritten(Name, stripe, r, m, _members[m]!.Drive.Name);
                         result.Add($"stripe {stripe} row {r} {MemberName(m)}: torn by an interrupted write, kept as read");
                     }
-                    else if (ws.RowState(m, r) == Workspace.Ok && ws.Reconstructed[m][r - ws.RowLo] && !ws.FoundBad[m][r - ws.RowLo])
+                    else if (ws.RowState(m, r) == Workspace.Ok && ws.Reconstructed[m][r - ws.RowLo] && !ws.FoundBad[m][r - ws.RowLo] && !ws.Vouched[m][r - ws.RowLo])
                     {
                         ws.SetState(m, r, Workspace.Bad); // rebuilt from parity the cut may have torn, with no tag to check it: lost
                     }

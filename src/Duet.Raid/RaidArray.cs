@@ -126,7 +126,12 @@ public sealed partial class RaidArray
     public ValueTask ReadAsync(long sector, Memory<byte> destination, CancellationToken ct = default) =>
         ForEachStripeAsync(sector, destination.Length, (s, lo, hi, offset) => ReadStripeAsync(s, lo, hi, destination.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), ct));
 
-    public ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct = default) => WriteCoreAsync(sector, source, recovery: false, ct);
+    public ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct = default) => WriteCoreAsync(sector, source, recovery: false, guard: null, ct);
+
+    /// <summary>As <see cref="WriteAsync(long, ReadOnlyMemory{byte}, CancellationToken)"/>, keeping in <paramref name="guard"/> the
+    /// partial parity of every row the write changes in part, before any drive is written (parity levels).</summary>
+    public ValueTask WriteAsync(long sector, ReadOnlyMemory<byte> source, IPartialParitySink? guard, CancellationToken ct = default) =>
+        WriteCoreAsync(sector, source, recovery: false, guard, ct);
 
     /// <summary>
     /// A write that may meet blocks a crash tore (the cache destaging again what it replayed from
@@ -139,10 +144,14 @@ public sealed partial class RaidArray
     /// may be stale. Never use it for an ordinary write, which must fail on an unrecoverable block
     /// rather than stamp a fresh checksum over data that may have rotted.
     /// </summary>
-    public ValueTask RecoveryWriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct = default) => WriteCoreAsync(sector, source, recovery: true, ct);
+    public ValueTask RecoveryWriteAsync(long sector, ReadOnlyMemory<byte> source, CancellationToken ct = default) => WriteCoreAsync(sector, source, recovery: true, guard: null, ct);
 
-    ValueTask WriteCoreAsync(long sector, ReadOnlyMemory<byte> source, bool recovery, CancellationToken ct) =>
-        ForEachStripeAsync(sector, source.Length, (s, lo, hi, offset) => WriteStripeAsync(s, lo, hi, source.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), false, recovery, ct));
+    /// <summary>A recovery write that keeps partial parity in <paramref name="guard"/> as <see cref="WriteAsync(long, ReadOnlyMemory{byte}, IPartialParitySink?, CancellationToken)"/> does.</summary>
+    public ValueTask RecoveryWriteAsync(long sector, ReadOnlyMemory<byte> source, IPartialParitySink? guard, CancellationToken ct = default) =>
+        WriteCoreAsync(sector, source, recovery: true, guard, ct);
+
+    ValueTask WriteCoreAsync(long sector, ReadOnlyMemory<byte> source, bool recovery, IPartialParitySink? guard, CancellationToken ct) =>
+        ForEachStripeAsync(sector, source.Length, (s, lo, hi, offset) => WriteStripeAsync(s, lo, hi, source.Slice(offset, (int)((hi - lo) * Units.SectorBytes)), false, recovery, ct, guard));
 
     /// <summary>Writes zeros over whole blocks and marks them never-written (TRIM). Block-aligned only.</summary>
     public ValueTask TrimAsync(long sector, long sectorCount, CancellationToken ct = default)
@@ -189,6 +198,7 @@ public sealed partial class RaidArray
 
     async ValueTask FlushCoreAsync(bool awaitFailures, CancellationToken ct)
     {
+
         // Members flush together; a drive that blocks to flush does so off this path (FileDrive).
         var tasks = new List<Task>();
         for (int m = 0; m < _members.Length; m++)
@@ -606,12 +616,15 @@ public sealed partial class RaidArray
 
     // ---- write ---------------------------------------------------------------------------
 
-    async ValueTask WriteStripeAsync(long stripe, long sectorLo, long sectorHi, ReadOnlyMemory<byte> source, bool hole, bool recovery, CancellationToken ct)
+    async ValueTask WriteStripeAsync(long stripe, long sectorLo, long sectorHi, ReadOnlyMemory<byte> source, bool hole, bool recovery, CancellationToken ct,
+        IPartialParitySink? guard = null)
     {
         using var _ = await LockStripeAsync(stripe, ct);
+        // A retry after a member failed keeps the partial parity the first attempt stored (taken before any drive write).
+        var stored = guard is null ? null : new HashSet<int>();
         await RetryOnMemberFailure(() => Geometry.IsMirrored
             ? WriteMirrorStripeAsync(stripe, sectorLo, sectorHi, source, hole, recovery, ct)
-            : WriteParityStripeAsync(stripe, sectorLo, sectorHi, source, hole, recovery, ct));
+            : WriteParityStripeAsync(stripe, sectorLo, sectorHi, source, hole, recovery, ct, guard, stored));
         // AW-5: the sectors just written are good again (after the data, never before: a listed block
         // that is not listed any more must hold what a host wrote, not the fill).
         long origin = stripe * Geometry.StripeDataBlocks * Units.SectorsPerBlock;
@@ -648,7 +661,7 @@ public sealed partial class RaidArray
                     if (ws.AsRead(m, r) is null) usable = false;
                     else torn.Add(i);
                 }
-                else if (ws.Reconstructed[m][r - ws.RowLo] && !ws.FoundBad[m][r - ws.RowLo] && !blindSettled)
+                else if (ws.Reconstructed[m][r - ws.RowLo] && !ws.FoundBad[m][r - ws.RowLo] && !blindSettled && !ws.Vouched[m][r - ws.RowLo])
                 {
                     usable = false; // rebuilt from a row that does not add up, with nothing to check it against
                 }
@@ -775,7 +788,8 @@ public sealed partial class RaidArray
         }
     }
 
-    async ValueTask WriteParityStripeAsync(long stripe, long sectorLo, long sectorHi, ReadOnlyMemory<byte> source, bool hole, bool recovery, CancellationToken ct)
+    async ValueTask WriteParityStripeAsync(long stripe, long sectorLo, long sectorHi, ReadOnlyMemory<byte> source, bool hole, bool recovery, CancellationToken ct,
+        IPartialParitySink? guard = null, HashSet<int>? stored = null)
     {
         var g = Geometry;
         var plan = StripePlanner.PlanWrite(g, stripe, sectorLo, sectorHi, m => Readable(m, stripe), Writable);
@@ -843,6 +857,12 @@ public sealed partial class RaidArray
             }
 
             int p = g.PMember(stripe), q = g.QMember(stripe);
+            if (guard is not null && g.ParityMembers > 0)
+            {
+                // Sums other writes stored for these rows go stale once this write changes them.
+                for (int r = plan.RowLo; r < plan.RowLo + plan.RowCount; r++) guard.Supersede(stripe, r);
+                StorePartialParity(ws, chunks, newData, plan.RowLo, guard, stored!);
+            }
             bool writeP = p >= 0 && Writable(p), writeQ = q >= 0 && Writable(q);
             if (g.ParityMembers > 0 && (writeP || writeQ))
             {
@@ -902,6 +922,69 @@ public sealed partial class RaidArray
         finally
         {
             foreach (var b in newData) if (b is not null) ArrayPool<byte>.Shared.Return(b);
+        }
+    }
+
+    /// <summary>
+    /// Before a parity write touches a drive: the partial parity of every row it changes in part (some data
+    /// blocks, not all) goes to <paramref name="guard"/> — from the unchanged blocks if the workspace holds
+    /// them all (a reconstruct-write read them), else from the old parity and the old changed blocks (a
+    /// read-modify-write read those): P + Σ changed = Σ unchanged. Besides, the new content of every changed
+    /// block that the cache could not give back whole after a cut goes in as a one-block sum: a block the
+    /// write changes only in part (its other sectors are old data nothing else holds once its member is
+    /// lost), and a block of a member that cannot be read now (its content lives only in parity). Rows already
+    /// stored by an earlier attempt (<paramref name="stored"/>) are left as they are. A partial sum neither way
+    /// can be computed for (P cannot be read and an unchanged block was not) is not stored: with P lost a cut
+    /// leaves nothing to reconstruct from anyway.
+    /// </summary>
+    void StorePartialParity(Workspace ws, StripePlanner.ChunkWrite[] chunks, byte[]?[] newData, int bufRowLo, IPartialParitySink guard, HashSet<int> stored)
+    {
+        var g = Geometry;
+        long stripe = ws.Stripe;
+        int p = g.PMember(stripe);
+        Invariant.Assert(g.DataMembers <= 64);
+        var sum = ArrayPool<byte>.Shared.Rent(Units.BlockBytes);
+        try
+        {
+            var block = sum.AsSpan(0, Units.BlockBytes);
+            for (int r = ws.RowLo; r < ws.RowLo + ws.RowCount; r++)
+            {
+                if (stored.Contains(r)) continue;
+                stored.Add(r);
+                for (int i = 0; i < g.DataMembers; i++)
+                {
+                    var c = chunks[i];
+                    if (c.IsEmpty || r < c.Lo || r >= c.Hi) continue;
+                    bool partial = c.PartialFirst && r == c.Lo || c.PartialLast && r == c.Hi - 1;
+                    if (partial || !Readable(g.DataMember(stripe, i), stripe))
+                        guard.Store(stripe, r, 1UL << i, newData[i].AsSpan((r - bufRowLo) * Units.BlockBytes, Units.BlockBytes));
+                }
+                ulong unchanged = 0;
+                bool fromUnchanged = true, fromParity = p >= 0 && ws.RowState(p, r) == Workspace.Ok;
+                for (int i = 0; i < g.DataMembers; i++)
+                {
+                    var c = chunks[i];
+                    bool changed = !c.IsEmpty && r >= c.Lo && r < c.Hi;
+                    bool held = ws.RowState(g.DataMember(stripe, i), r) == Workspace.Ok;
+                    if (changed) fromParity &= held;
+                    else
+                    {
+                        unchanged |= 1UL << i;
+                        fromUnchanged &= held;
+                    }
+                }
+                if (unchanged == 0 || unchanged == (g.DataMembers == 64 ? ulong.MaxValue : (1UL << g.DataMembers) - 1)) continue;
+                if (!fromUnchanged && !fromParity) continue;
+                block.Clear();
+                if (!fromUnchanged) Parity.Parity.XorInto(ws.Block(p, r), block);
+                for (int i = 0; i < g.DataMembers; i++)
+                    if (((unchanged >> i) & 1) != 0 == fromUnchanged) Parity.Parity.XorInto(ws.Block(g.DataMember(stripe, i), r), block);
+                guard.Store(stripe, r, unchanged, block);
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(sum);
         }
     }
 

@@ -3,14 +3,15 @@ namespace Duet.Simulation;
 /// <summary>Runs many seeds (on a few threads, each simulation single-threaded) and collects the failures.</summary>
 public static class Campaign
 {
-    public sealed record Summary(int Seeds, IReadOnlyList<SimResult> Failed, TimeSpan VirtualTime, long Steps, long Writes, long Crashes, long Takeovers = 0, long Hangs = 0, long PowerCuts = 0, long BlocksRolledBack = 0);
+    public sealed record Summary(int Seeds, IReadOnlyList<SimResult> Failed, TimeSpan VirtualTime, long Steps, long Writes, long Crashes, long Takeovers = 0, long Hangs = 0, long PowerCuts = 0, long BlocksRolledBack = 0,
+        long PartialParityRows = 0, long UnguardedRows = 0);
 
     /// <summary>Seeds <paramref name="first"/> .. first + count - 1; <paramref name="onResult"/> sees each result (on a worker thread, serialised).</summary>
     public static Summary Run(ulong first, int count, SimOptions options, int threads, Action<SimResult>? onResult = null)
     {
         var failed = new List<SimResult>();
         var gate = new Lock();
-        long next = 0, steps = 0, writes = 0, crashes = 0, takeovers = 0, hangs = 0, powerCuts = 0, rolledBack = 0;
+        long next = 0, steps = 0, writes = 0, crashes = 0, takeovers = 0, hangs = 0, powerCuts = 0, rolledBack = 0, ppRows = 0, unguarded = 0;
         var virtualTime = TimeSpan.Zero;
         var workers = new Thread[Math.Max(1, threads)];
         for (int t = 0; t < workers.Length; t++)
@@ -32,6 +33,8 @@ public static class Campaign
                         hangs += r.Stats.Hangs;
                         powerCuts += r.Stats.PowerCuts;
                         rolledBack += r.Stats.BlocksRolledBack;
+                        ppRows += r.Stats.PartialParityRows;
+                        unguarded += r.Stats.UnguardedRows;
                         virtualTime += r.Stats.VirtualTime;
                         onResult?.Invoke(r);
                     }
@@ -41,6 +44,6 @@ public static class Campaign
         }
         foreach (var w in workers) w.Join();
         failed.Sort((a, b) => a.Seed.CompareTo(b.Seed));
-        return new Summary(count, failed, virtualTime, steps, writes, crashes, takeovers, hangs, powerCuts, rolledBack);
+        return new Summary(count, failed, virtualTime, steps, writes, crashes, takeovers, hangs, powerCuts, rolledBack, ppRows, unguarded);
     }
 }

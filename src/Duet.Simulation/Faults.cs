@@ -47,7 +47,8 @@
 //                flight at the cut never land. NVRAM keeps what was written (battery-backed). Power
 //                returns after a random time and both controllers start and recover together.
 //                `--faults power` also allows crash, full-cache, slow-drive and shuffle, swarm-style;
-//                power is then on for every seed.
+//                power is then on for every seed. `--faults power,fail-drive` adds a drive failure at
+//                any time or, with power cuts, a parity-array drive that does not come back at power-on.
 //
 // What is not modelled: torn or lost NVRAM writes (NVRAM is memory the controller writes
 // synchronously), a drive that lies about a write, corruption on the link (the link carries
@@ -122,7 +123,9 @@ public sealed record FaultPlan
             if (i < 0) throw new ArgumentException($"unknown fault '{part}' (known: {string.Join(", ", Names)}, all, none)");
             k |= (FaultKind)(1 << i);
             // The power campaign: power cuts, with controller crashes, small caches (destage under load,
-            // so cuts land mid-destage), slow drives and shuffled work swarm-style.
+            // so cuts land mid-destage), slow drives and shuffled work swarm-style. With fail-drive too
+            // (`power,fail-drive`), a drive fails before, between or right after cuts: the write hole with a
+            // member missing (write-log.md, "Closing the hole with a member missing").
             if (part == "power") k |= FaultKind.Crash | FaultKind.FullCache | FaultKind.SlowDrive | FaultKind.Shuffle;
         }
         return k;

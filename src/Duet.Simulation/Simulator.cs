@@ -21,6 +21,8 @@ public enum PlantedBug
     ForgetKeepsPeerCopies,
     /// <summary>A destage round marks its elements clean before the drives flushed what it wrote (a power cut then loses acknowledged writes).</summary>
     CleanBeforeFlush,
+    /// <summary>Array writes keep no partial parity (a cut that tears a row, then a member lost, loses what it held).</summary>
+    NoPartialParity,
 }
 
 public sealed record SimOptions
@@ -46,6 +48,9 @@ public sealed record SimStats(long Writes, long WritesAcked, long Reads, long Re
     public long Takeovers { get; init; }
     public long PowerCuts { get; init; }
     public long BlocksRolledBack { get; init; }
+    /// <summary>Rows whose partial parity the controllers stored, and rows a full pool left unguarded.</summary>
+    public long PartialParityRows { get; init; }
+    public long UnguardedRows { get; init; }
 }
 
 public sealed record SimResult(ulong Seed, FaultPlan Plan, IReadOnlyList<string> Failures, ulong TraceHash, SimStats Stats, SimTrace Trace)
@@ -164,7 +169,9 @@ public sealed partial class Simulator
         foreach (var e in _scheduler.Escaped) Fail($"an exception escaped a work item: {e}");
         if (_scheduler.ForeignPosts > 0) Fail($"{_scheduler.ForeignPosts} work items were posted from another thread (real time or threads leaked into the simulation); the first: {_scheduler.FirstForeignPost}");
         var stats = new SimStats(_writes, _writesAcked, _reads, _readsOk, _flushes, _moves, _movesDone, _creates, _deletes, _crashes, _partitions,
-            _wire.Dropped, _failedDrives, _scheduler.Steps, _scheduler.Elapsed) { Hangs = _hangs, Takeovers = _takeovers, PowerCuts = _powerCuts, BlocksRolledBack = _blocksRolledBack };
+            _wire.Dropped, _failedDrives, _scheduler.Steps, _scheduler.Elapsed) { Hangs = _hangs, Takeovers = _takeovers, PowerCuts = _powerCuts, BlocksRolledBack = _blocksRolledBack,
+              PartialParityRows = _ppRows + _sides.Sum(x => x.Controller?.WriteLog.PartialParityStored ?? 0),
+              UnguardedRows = _ppUnguarded + _sides.Sum(x => x.Controller?.WriteLog.PartialParityUnguarded ?? 0) };
         _trace.Add($"end: {_failures.Count} failures");
         return new SimResult(_seed, _plan, _failures.ToList(), _trace.Hash, stats, _trace);
     }
@@ -209,7 +216,7 @@ public sealed partial class Simulator
     async Task SetUpAsync()
     {
         long elements = _plan.Has(FaultKind.FullCache) ? _plan.NvramElements : 256;
-        _layout = NvramLayout.Of(2 * elements * NvramLayout.ElementBytesFixed + (1L << 20), (int)elements);
+        _layout = NvramLayout.Of(2 * elements * NvramLayout.ElementBytesFixed + (4L << 20), (int)elements);
         foreach (var s in _sides) s.Store = NvramStore.For(_layout, $"nvram-{s.Name}");
         // The shelf: RAID 1 (2 drives), RAID 5 (3), RAID 6 (4), two drives for the scratch array, one spare.
         string[] drives = ["d0", "d1", "d2", "d3", "d4", "d5", "d6", "d7", "d8", "s0", "s1"];
@@ -305,6 +312,7 @@ public sealed partial class Simulator
                         PlantedCleanBeforeFlush = _options.Bug == PlantedBug.CleanBeforeFlush,
                     },
                     WrapMirror = _options.Bug == PlantedBug.AckBeforeMirror ? m => new AckBeforeMirror(m) : null,
+                    PlantedNoPartialParity = _options.Bug == PlantedBug.NoPartialParity,
                 }, arrays, nvram, link);
                 c.SteppedDown += reason => _world.Post(() => OnSteppedDown(side, c, reason));
                 await c.StartAsync();

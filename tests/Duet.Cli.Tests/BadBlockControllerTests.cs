@@ -66,7 +66,7 @@ public sealed class BadBlockControllerTests
             Assert.True(a.Arrays.TryGetServedVolume("vol0", out var onDrives));
             await onDrives.WriteAsync(0, data, fua: true);
             var raid = a.Arrays.ServedArrays.Single();
-            await ((IArrayWriteLog)a).StartedAsync(a.Arrays.NumberOf(raid), Block, 1, default);
+            await ((IArrayWriteLog)a).StartedAsync(a.Arrays.NumberOf(raid), Block, 1, 0, default);
             await TearParityAsync(raid, Block);
             var (stripe, dataIndex, _, _) = raid.Geometry.Map(Block);
             dataDrive = raid.Member(raid.Geometry.DataMember(stripe, dataIndex))!.Drive.Name;

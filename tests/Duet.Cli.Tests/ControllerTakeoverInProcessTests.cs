@@ -53,7 +53,7 @@ public sealed class ControllerTakeoverInProcessTests
             byte number = a.Arrays.NumberOf(raid);
             await a.Cache.DrainAsync();
             await Until(() => b.PeerOpenCheckpoints == 0, "A's destage records to be cleared at B after A's flush");
-            await ((IArrayWriteLog)a).StartedAsync(number, 0, 1, default);
+            await ((IArrayWriteLog)a).StartedAsync(number, 0, 1, 0, default);
             await Until(() => b.PeerOpenCheckpoints == 1, "B to hear A's checkpoint");
             await raid.FlushAsync();
             var garbage = new byte[Units.BlockBytes];

@@ -136,12 +136,12 @@ public sealed class HostTagsInProcessTests
         var a = await StartAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA);
         try
         {
-            // A peer of the previous format (2: no host tag tables) with an NVRAM of the same size and element count.
+            // A peer of an older format (2: no host tag tables, no partial-parity pool) with an NVRAM of the same size and element count.
             peer.Start(_ => ValueTask.CompletedTask);
             var hello = new Duet.Interconnect.Wire.PairHello('B', 9, layout.TotalBytes, layout.ElementCount, layout.ElementBytes, NvramFormat: 2);
             await peer.PostAsync(IclSignal.Message, 0, Duet.Interconnect.Wire.DuetFrame.ToArray(hello), default);
             await Until(() => a.Receiver.RefuseAll is not null, "A to refuse the pair");
-            Assert.Contains("format 3", a.Receiver.RefuseAll);
+            Assert.Contains($"format {NvramFile.FormatVersion}", a.Receiver.RefuseAll);
             Assert.Contains("format 2", a.Receiver.RefuseAll);
         }
         finally

@@ -46,7 +46,7 @@ public sealed class WriteLogRestartTests
 
             raid = a.Arrays.ServedArrays.Single(r => r.Name == "arr0");
             byte number = a.Arrays.NumberOf(raid);
-            await ((IArrayWriteLog)a).StartedAsync(number, 0, 1, default);
+            await ((IArrayWriteLog)a).StartedAsync(number, 0, 1, 0, default);
             var garbage = new byte[Units.BlockBytes];
             new System.Random(9).NextBytes(garbage);
             await raid.Member(raid.Geometry.PMember(0))!.WriteAsync(0, garbage);

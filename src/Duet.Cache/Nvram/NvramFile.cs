@@ -67,6 +67,22 @@ public sealed unsafe class NvramFile : IDisposable
 
     public NvramLayout Layout { get; }
 
+    /// <summary>The 64-byte descriptor of partial-parity entry <paramref name="slot"/> (<see cref="PartialParityLog"/> encodes it).</summary>
+    public Span<byte> PpDescriptor(int slot)
+    {
+        ThrowIfDisposed();
+        if ((uint)slot >= (uint)Layout.PpSlots) throw new ArgumentOutOfRangeException(nameof(slot), slot, $"partial-parity slots are 0..{Layout.PpSlots - 1}");
+        return new Span<byte>(_base + Layout.PpDescriptorsOffset + (long)slot * NvramLayout.PpDescriptorBytes, NvramLayout.PpDescriptorBytes);
+    }
+
+    /// <summary>The 4 KiB block of partial-parity entry <paramref name="slot"/>.</summary>
+    public Span<byte> PpBlock(int slot)
+    {
+        ThrowIfDisposed();
+        if ((uint)slot >= (uint)Layout.PpSlots) throw new ArgumentOutOfRangeException(nameof(slot), slot, $"partial-parity slots are 0..{Layout.PpSlots - 1}");
+        return new Span<byte>(_base + Layout.PpBlocksOffset + (long)slot * NvramLayout.PpBlockBytes, NvramLayout.PpBlockBytes);
+    }
+
     /// <summary>The NVRAM format this build reads and writes (header bytes 8-11); both controllers of a pair
     /// must use the same one (their <c>PairHello</c> says which).</summary>
     public const uint FormatVersion = NvramHeader.FormatVersion;
@@ -238,8 +254,9 @@ public sealed unsafe class NvramFile : IDisposable
         if (a.ElementBytes != b.ElementBytes) differences.Add($"element size {a.ElementBytes} vs {b.ElementBytes} bytes");
         if (a.ElementCount != b.ElementCount) differences.Add($"element count {a.ElementCount} vs {b.ElementCount}");
         if (a.Region1Offset != b.Region1Offset || a.Region2Offset != b.Region2Offset) differences.Add("region offsets differ");
-        if (a.Log1Offset != b.Log1Offset || a.Log2Offset != b.Log2Offset || a.Tags1Offset != b.Tags1Offset || a.Tags2Offset != b.Tags2Offset)
-            differences.Add("write-log or host-tag-table offsets differ");
+        if (a.Log1Offset != b.Log1Offset || a.Log2Offset != b.Log2Offset || a.Tags1Offset != b.Tags1Offset || a.Tags2Offset != b.Tags2Offset
+            || a.PpDescriptorsOffset != b.PpDescriptorsOffset || a.PpSlots != b.PpSlots)
+            differences.Add("write-log, host-tag-table or partial-parity offsets differ");
         Invariant.Assert(differences.Count > 0);
         return $"the NVRAM layouts differ ({string.Join("; ", differences)}); both controllers of a pair must have the same NVRAM layout (CC-1)";
     }

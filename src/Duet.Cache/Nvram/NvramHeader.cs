@@ -51,7 +51,7 @@ internal sealed record NvramHeader(
     public const int CopyBytes = 512;
     public const int CopyAOffset = 0;
     public const int CopyBOffset = 512;
-    public const uint FormatVersion = 3;
+    public const uint FormatVersion = 4;
     public const int MaxOwnerBytes = 15;
     const int CrcOffset = CopyBytes - sizeof(uint);
     public static ReadOnlySpan<byte> Magic => "DUETNVRM"u8;

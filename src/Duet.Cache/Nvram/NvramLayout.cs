@@ -17,6 +17,8 @@ namespace Duet.Cache.Nvram;
 ///  Log2               the same for the peer's (the mirror of its Log1)
 ///  Tags1              TagSlots x 64-byte entries: the host commands this controller finished (host-protocol.md)
 ///  Tags2              the same for the peer's (the mirror of its Tags1)
+///  PpDescriptors      PpSlots x 64-byte descriptors of the partial-parity pool (AW-4, write-log.md), padded to 4 KiB
+///  PpBlocks           PpSlots x 4 KiB: partial parity of the rows this controller's array writes change in part
 ///  UsedBytes..Total   unused slack (zero)
 /// </code>
 ///
@@ -49,6 +51,15 @@ public sealed record NvramLayout
     public const int TagSlots = 4096;
     public const int TagEntryBytes = 64;
     public const int TagTableBytes = TagSlots * TagEntryBytes;
+    /// <summary>Partial-parity pool entries (write-log.md "Closing the hole with a member missing"): half the
+    /// element count, within these bounds. The pool bounds how many array writes run at once with their sums
+    /// promised (a write waits for its promise), not what they store.</summary>
+    public const int MinPpSlots = 32, MaxPpSlots = 1024;
+    public const int PpDescriptorBytes = 64;
+    public const int PpBlockBytes = Units.BlockBytes;
+
+    /// <summary>Partial-parity entries of a layout with <paramref name="elementCount"/> elements per region.</summary>
+    public static int PpSlotsFor(long elementCount) => (int)Math.Clamp(elementCount / 2, MinPpSlots, MaxPpSlots);
 
     static NvramLayout()
     {
@@ -66,6 +77,8 @@ public sealed record NvramLayout
         Invariant.Assert(DefaultTotalBytes <= MaxTotalBytes);
         Invariant.Assert(LogBytes % PageBytes == 0);
         Invariant.Assert(TagTableBytes % PageBytes == 0);
+        Invariant.Assert(PpBlockBytes % PageBytes == 0);
+        Invariant.Assert(PageBytes % PpDescriptorBytes == 0);
         // An entry's slot is its sequence number modulo the slot count, taken as a mask.
         Invariant.Assert(System.Numerics.BitOperations.IsPow2(TagSlots));
         // Two maximal regions would not fit beside the header: 1 GiB never needs > 512 MiB.
@@ -88,7 +101,10 @@ public sealed record NvramLayout
         Log2Offset = Log1Offset + LogBytes;
         Tags1Offset = Log2Offset + LogBytes;
         Tags2Offset = Tags1Offset + TagTableBytes;
-        UsedBytes = Tags2Offset + TagTableBytes;
+        PpSlots = PpSlotsFor(elementCount);
+        PpDescriptorsOffset = Tags2Offset + TagTableBytes;
+        PpBlocksOffset = PpDescriptorsOffset + AlignUp((long)PpSlots * PpDescriptorBytes, PageBytes);
+        UsedBytes = PpBlocksOffset + (long)PpSlots * PpBlockBytes;
 
         Invariant.Assert(UsedBytes <= TotalBytes);
         Invariant.Assert(RegionBytes <= MaxRegionBytes);
@@ -98,6 +114,7 @@ public sealed record NvramLayout
         Invariant.Assert(Region2Offset % PageBytes == 0);
         Invariant.Assert(Log1Offset % PageBytes == 0 && Log2Offset % PageBytes == 0);
         Invariant.Assert(Tags1Offset % PageBytes == 0 && Tags2Offset % PageBytes == 0);
+        Invariant.Assert(PpDescriptorsOffset % PageBytes == 0 && PpBlocksOffset % PageBytes == 0);
         Invariant.Assert(UsedBytes == UsedFor(elementCount));
         Invariant.Assert(TotalBytes % PageBytes == 0);
         Invariant.Assert(DescriptorTableBytes >= (long)ElementCount * DescriptorBytes);
@@ -124,7 +141,13 @@ public sealed record NvramLayout
     public long Tags1Offset { get; }
     /// <summary>The mirror of the peer's table of finished host commands.</summary>
     public long Tags2Offset { get; }
-    /// <summary>End of the second tag table; the bytes from here to <see cref="TotalBytes"/> are unused.</summary>
+    /// <summary>Entries of this controller's partial-parity pool.</summary>
+    public int PpSlots { get; }
+    /// <summary>The partial-parity pool's descriptors, after the tag tables.</summary>
+    public long PpDescriptorsOffset { get; }
+    /// <summary>The partial-parity pool's 4 KiB blocks, after its descriptors.</summary>
+    public long PpBlocksOffset { get; }
+    /// <summary>End of the partial-parity pool; the bytes from here to <see cref="TotalBytes"/> are unused.</summary>
     public long UsedBytes { get; }
 
     public long DescriptorTableOffset(int region) => region switch
@@ -195,7 +218,8 @@ public sealed record NvramLayout
     }
 
     static long UsedFor(long elementCount) =>
-        HeaderBytes + 2 * AlignUp(elementCount * DescriptorBytes, PageBytes) + 2 * elementCount * ElementBytesFixed + 2L * LogBytes + 2L * TagTableBytes;
+        HeaderBytes + 2 * AlignUp(elementCount * DescriptorBytes, PageBytes) + 2 * elementCount * ElementBytesFixed + 2L * LogBytes + 2L * TagTableBytes
+        + AlignUp((long)PpSlotsFor(elementCount) * PpDescriptorBytes, PageBytes) + (long)PpSlotsFor(elementCount) * PpBlockBytes;
 
     static int MaxElementCount(long totalBytes)
     {
@@ -214,5 +238,6 @@ public sealed record NvramLayout
         $"region 1 at 0x{Region1Offset:x} and region 2 at 0x{Region2Offset:x}, each {ElementCount} elements of {Units.FormatSize(ElementBytes)} ({Units.FormatSize(RegionBytes)}); " +
         $"write logs of {LogSlots} x {LogRecordBytes} B at 0x{Log1Offset:x} and 0x{Log2Offset:x}; " +
         $"host tag tables of {TagSlots} x {TagEntryBytes} B at 0x{Tags1Offset:x} and 0x{Tags2Offset:x}; " +
+        $"partial-parity pool of {PpSlots} x ({PpDescriptorBytes} B + {Units.FormatSize(PpBlockBytes)}) at 0x{PpDescriptorsOffset:x}; " +
         $"{Units.FormatSize(TotalBytes - UsedBytes)} unused";
 }

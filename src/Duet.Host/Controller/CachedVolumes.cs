@@ -27,17 +27,55 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
             await WriteCoreAsync(sector, source, recovery, ct);
             return;
         }
-        long firstBlock = sector / Units.SectorsPerBlock;
-        long endBlock = (sector + source.Length / Units.SectorBytes + Units.SectorsPerBlock - 1) / Units.SectorsPerBlock;
-        int slot = await log.StartedAsync(ArrayNumber, firstBlock, endBlock - firstBlock, ct);
+        await WriteLoggedAsync(sector, source, recovery, log, ct);
+    }
+
+    static long BlockOf(long sector) => sector / Units.SectorsPerBlock;
+    static long BlockEnd(long sectorEnd) => (sectorEnd + Units.SectorsPerBlock - 1) / Units.SectorsPerBlock;
+
+    async ValueTask WriteLoggedAsync(long sector, ReadOnlyMemory<byte> source, bool recovery, IArrayWriteLog log, CancellationToken ct)
+    {
+        long firstBlock = BlockOf(sector);
+        long endBlock = BlockEnd(sector + source.Length / Units.SectorBytes);
+        int slot = await log.StartedAsync(ArrayNumber, firstBlock, endBlock - firstBlock, PartialSumsFor(firstBlock, endBlock), ct);
         // Failed or not, the record waits for the next flush: a write that failed part-way leaves its
-        // elements dirty and marked for a recovery write, which settles the rows it tore.
-        try { await WriteCoreAsync(sector, source, recovery, ct); }
+        // elements dirty and marked for a recovery write, which settles the rows it tore. The rows the
+        // write changes in part keep their partial parity beside the record until then.
+        var guard = new RecordGuard(log, slot);
+        try { await (recovery ? Array.RecoveryWriteAsync(sector, source, guard, ct) : Array.WriteAsync(sector, source, guard, ct)); }
         finally { log.Written(slot); }
     }
 
     ValueTask WriteCoreAsync(long sector, ReadOnlyMemory<byte> source, bool recovery, CancellationToken ct) =>
         recovery ? Array.RecoveryWriteAsync(sector, source, ct) : Array.WriteAsync(sector, source, ct);
+
+    /// <summary>
+    /// At most how many partial sums a write of array blocks [<paramref name="firstBlock"/>, <paramref name="endBlock"/>)
+    /// stores (<see cref="RaidArray"/>'s StorePartialParity): one per row of a stripe it changes in part, one per
+    /// block it changes in part (its first and last), and one per row and per member that cannot be read now.
+    /// </summary>
+    int PartialSumsFor(long firstBlock, long endBlock)
+    {
+        var g = Array.Geometry;
+        if (g.ParityMembers == 0 || g.IsMirrored) return 0;
+        int unreadable = 0;
+        for (int m = 0; m < g.MemberCount; m++) if (Array.Status(m) != MemberStatus.Active) unreadable++;
+        long sdb = g.StripeDataBlocks, total = 2;
+        for (long s = firstBlock / sdb; s <= (endBlock - 1) / sdb && total < int.MaxValue / 2; s++)
+        {
+            long n = Math.Min(endBlock, (s + 1) * sdb) - Math.Max(firstBlock, s * sdb);
+            long rows = Math.Min(g.ChunkBlocks, n);
+            if (n < sdb) total += rows;
+            total += unreadable * rows;
+        }
+        return (int)Math.Min(total, int.MaxValue / 2);
+    }
+
+    sealed class RecordGuard(IArrayWriteLog log, int slot) : IPartialParitySink
+    {
+        public bool Store(long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum) => log.StorePartialParity(slot, stripe, row, unchanged, sum);
+        public void Supersede(long stripe, int row) => log.SupersedePartialParity(slot, stripe, row);
+    }
 
     /// <summary>Flushes the drives; the log records of every write that returned before the flush started are then cleared.</summary>
     public ValueTask FlushAsync(CancellationToken ct) => FlushCoreAsync(persistFailures: true, ct);
@@ -70,8 +108,14 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
 public interface IArrayWriteLog
 {
     /// <summary>Records array blocks [first, +count) as being written (in NVRAM, whole when this returns; and
-    /// towards the peer) and returns the record's slot. Waits while the log is full.</summary>
-    ValueTask<int> StartedAsync(byte array, long firstBlock, long blockCount, CancellationToken ct);
+    /// towards the peer), promises the write <paramref name="partialSums"/> entries of the partial-parity pool, and
+    /// returns the record's slot. Waits while the log is full or the pool cannot promise that many.</summary>
+    ValueTask<int> StartedAsync(byte array, long firstBlock, long blockCount, int partialSums, CancellationToken ct);
+    /// <summary>Keeps the partial parity of a row the record's write changes in part (in NVRAM, whole when this
+    /// returns true; false if there is no room); freed with the record.</summary>
+    bool StorePartialParity(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum);
+    /// <summary>The record's write is about to change a row: other records' sums for it are stale.</summary>
+    void SupersedePartialParity(int slot, long stripe, int row);
     /// <summary>The write returned; its record waits for the next flush of the array.</summary>
     void Written(int slot);
     /// <summary>Before a flush: the records of the array's returned writes.</summary>

@@ -50,6 +50,8 @@ public sealed record ControllerCoreOptions
     public Func<CacheOptions, CacheOptions>? ConfigureCache { get; init; }
     /// <summary>Test only (the simulator's planted bugs): wraps the mirror the cache sees.</summary>
     public Func<ICacheMirror, ICacheMirror>? WrapMirror { get; init; }
+    /// <summary>Test only (the simulator's planted bug): array writes keep no partial parity.</summary>
+    public bool PlantedNoPartialParity { get; init; }
 
     public string PeerName => Name == "A" ? "B" : "A";
 }

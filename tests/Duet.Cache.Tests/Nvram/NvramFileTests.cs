@@ -142,9 +142,11 @@ public sealed class NvramFileTests : IDisposable
     {
         var path = _dir.File("a.nvram");
         NvramFile.Create(path, Sample.Small, "A", Sample.Pair).Dispose();
-        // Version 2 had no host tag tables after the write logs: its layout is not this one.
+        // Version 2 had no host tag tables after the write logs, version 3 no partial-parity pool: their layouts are not this one.
         foreach (var copy in new[] { 0, 512 }) RewriteHeaderCopy(path, copy, h => h[8] = 2);
-        Assert.Contains("format version 2; this build reads version 3", Assert.Throws<NvramException>(() => NvramFile.Open(path)).Message);
+        Assert.Contains("format version 2; this build reads version 4", Assert.Throws<NvramException>(() => NvramFile.Open(path)).Message);
+        foreach (var copy in new[] { 0, 512 }) RewriteHeaderCopy(path, copy, h => h[8] = 3);
+        Assert.Contains("format version 3; this build reads version 4", Assert.Throws<NvramException>(() => NvramFile.Open(path)).Message);
     }
 
     [Fact]
@@ -167,7 +169,7 @@ public sealed class NvramFileTests : IDisposable
         var problem = NvramFile.CompatibilityProblem(NvramLayout.For(16L << 20), NvramLayout.For(256L << 20));
         Assert.NotNull(problem);
         Assert.Contains("size 16 MiB vs 256 MiB", problem);
-        Assert.Contains("element count 491 vs 8141", problem);
+        Assert.Contains("element count 462 vs 8012", problem);
         Assert.Contains("same NVRAM layout", problem);
 
         // Same size, different element count: still refused.

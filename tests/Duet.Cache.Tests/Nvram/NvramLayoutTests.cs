@@ -8,10 +8,10 @@ public sealed class NvramLayoutTests
 {
     [Theory]
     //          total MiB, elements, table bytes, table 2,   region 1,   region bytes, region 2,   used
-    [InlineData(1L,         13,       4096L,       8192L,     12288L,     212992L,      225280L,    1028096L)]
-    [InlineData(16L,        491,      32768L,      36864L,    69632L,     8044544L,     8114176L,   16748544L)]
-    [InlineData(256L,       8141,     524288L,     528384L,   1052672L,   133382144L,   134434816L, 268406784L)]
-    [InlineData(1024L,      32622,    2088960L,    2093056L,  4182016L,   534478848L,   538660864L, 1073729536L)]
+    [InlineData(1L,         9,        4096L,       8192L,     12288L,     147456L,      159744L,    1032192L)]
+    [InlineData(16L,        462,      32768L,      36864L,    69632L,     7569408L,     7639040L,   16760832L)]
+    [InlineData(256L,       8012,     516096L,     520192L,   1036288L,   131268608L,   132304896L, 268423168L)]
+    [InlineData(1024L,      32492,    2080768L,    2084864L,  4165632L,   532348928L,   536514560L, 1073713152L)]
     public void Layout_for_a_size_fits_as_many_whole_elements_as_the_file_holds(
         long totalMiB, int elements, long tableBytes, long table2, long region1, long regionBytes, long region2, long used)
     {
@@ -32,7 +32,12 @@ public sealed class NvramLayoutTests
         Assert.Equal(layout.Log1Offset + 32768, layout.Log2Offset);
         Assert.Equal(layout.Log2Offset + 32768, layout.Tags1Offset);
         Assert.Equal(layout.Tags1Offset + 262144, layout.Tags2Offset);
-        Assert.Equal(layout.Tags2Offset + 262144, layout.UsedBytes);
+        // Then the partial-parity pool: half the element count (32..1024) of 64-byte descriptors, padded
+        // to 4 KiB, and as many 4 KiB blocks.
+        Assert.Equal(Math.Clamp(elements / 2, 32, 1024), layout.PpSlots);
+        Assert.Equal(layout.Tags2Offset + 262144, layout.PpDescriptorsOffset);
+        Assert.Equal(layout.PpDescriptorsOffset + (layout.PpSlots * 64 + 4095) / 4096 * 4096, layout.PpBlocksOffset);
+        Assert.Equal(layout.PpBlocksOffset + layout.PpSlots * 4096L, layout.UsedBytes);
         // One more element per region would not fit.
         Assert.NotNull(NvramLayout.Problem(layout.TotalBytes, layout.ElementCount + 1));
     }
@@ -102,8 +107,9 @@ public sealed class NvramLayoutTests
         Assert.Equal(NvramLayout.For(NvramLayout.DefaultTotalBytes), NvramLayout.For(256L << 20));
         var text = NvramLayout.For(16L << 20).Describe();
         Assert.Contains("NVRAM 16 MiB", text);
-        Assert.Contains("491 elements", text);
-        Assert.Contains("host tag tables of 4096 x 64 B at 0xf79000 and 0xfb9000", text);
+        Assert.Contains("462 elements", text);
+        Assert.Contains("host tag tables of 4096 x 64 B at 0xe91000 and 0xed1000", text);
+        Assert.Contains("partial-parity pool of 231 x (64 B + 4 KiB) at 0xf11000", text);
         Assert.Contains("0x11000", text); // region 1
     }
 }

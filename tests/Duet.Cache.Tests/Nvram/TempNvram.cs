@@ -22,7 +22,7 @@ internal static class Sample
 {
     public static readonly Guid Pair = new("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
 
-    /// <summary>1 MiB: 13 elements per region, the smallest layout.</summary>
+    /// <summary>1 MiB: 9 elements per region, the smallest layout.</summary>
     public static NvramLayout Small => NvramLayout.For(NvramLayout.MinTotalBytes);
 
     public static ElementDescriptor Descriptor(int element, ulong sequence, uint mask = uint.MaxValue, int blockCount = 32, bool dirty = true) =>

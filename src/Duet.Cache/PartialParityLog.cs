@@ -1,0 +1,177 @@
+using System.Buffers.Binary;
+using Duet.Cache.Nvram;
+using Duet.Core;
+
+namespace Duet.Cache;
+
+/// <summary>
+/// One entry of the partial-parity pool (write-log.md, "Closing the hole with a member missing"): the partial
+/// parity of row <see cref="Row"/> of stripe <see cref="Stripe"/> of array <see cref="Array"/>, taken by the write
+/// of write-log record (<see cref="LogSlot"/>, <see cref="Sequence"/>) before it touched a drive. The 4 KiB block
+/// is in the pool beside its 64-byte descriptor, little-endian:
+/// <code>
+///  0-3   magic "PPL1"
+///  4     array number
+///  5     zero
+///  6-7   write-log slot
+///  8-15  write-log record sequence
+///  16-23 stripe
+///  24-27 row
+///  28-31 zero
+///  32-39 unchanged data indexes (bit i: data block i of the row is not written by the record's write)
+///  40-43 CRC32C of the 4 KiB block
+///  44-59 zero
+///  60-63 CRC32C over bytes 0-59
+/// </code>
+/// The block is stored before the descriptor, so a descriptor that passes its CRC names a whole block (the
+/// block's own CRC checks it again). All zero is a free entry.
+/// </summary>
+public readonly record struct PartialParityEntry(byte Array, int LogSlot, ulong Sequence, long Stripe, int Row, ulong Unchanged)
+{
+    public const uint Magic = 0x314C5050; // "PPL1"
+    const int CrcOffset = NvramLayout.PpDescriptorBytes - sizeof(uint);
+
+    public void Encode(Span<byte> descriptor, uint blockCrc)
+    {
+        Invariant.Assert(descriptor.Length == NvramLayout.PpDescriptorBytes);
+        Span<byte> d = stackalloc byte[NvramLayout.PpDescriptorBytes];
+        d.Clear();
+        BinaryPrimitives.WriteUInt32LittleEndian(d, Magic);
+        d[4] = Array;
+        BinaryPrimitives.WriteUInt16LittleEndian(d[6..], (ushort)LogSlot);
+        BinaryPrimitives.WriteUInt64LittleEndian(d[8..], Sequence);
+        BinaryPrimitives.WriteInt64LittleEndian(d[16..], Stripe);
+        BinaryPrimitives.WriteInt32LittleEndian(d[24..], Row);
+        BinaryPrimitives.WriteUInt64LittleEndian(d[32..], Unchanged);
+        BinaryPrimitives.WriteUInt32LittleEndian(d[40..], blockCrc);
+        BinaryPrimitives.WriteUInt32LittleEndian(d[CrcOffset..], Crc32C.Compute(d[..CrcOffset]));
+        d.CopyTo(descriptor);
+    }
+
+    /// <summary>The entry of a descriptor and its block, or null if free, torn, or the block fails its CRC.</summary>
+    public static PartialParityEntry? Decode(ReadOnlySpan<byte> descriptor, ReadOnlySpan<byte> block)
+    {
+        if (BinaryPrimitives.ReadUInt32LittleEndian(descriptor) != Magic) return null;
+        if (BinaryPrimitives.ReadUInt32LittleEndian(descriptor[CrcOffset..]) != Crc32C.Compute(descriptor[..CrcOffset])) return null;
+        if (BinaryPrimitives.ReadUInt32LittleEndian(descriptor[40..]) != Crc32C.Compute(block)) return null;
+        var e = new PartialParityEntry(descriptor[4], BinaryPrimitives.ReadUInt16LittleEndian(descriptor[6..]), BinaryPrimitives.ReadUInt64LittleEndian(descriptor[8..]),
+            BinaryPrimitives.ReadInt64LittleEndian(descriptor[16..]), BinaryPrimitives.ReadInt32LittleEndian(descriptor[24..]), BinaryPrimitives.ReadUInt64LittleEndian(descriptor[32..]));
+        if (e.LogSlot >= NvramLayout.LogSlots || e.Stripe < 0 || e.Row < 0 || e.Unchanged == 0) return null;
+        return e;
+    }
+
+    public static void Clear(Span<byte> descriptor)
+    {
+        // The magic first: from then on the entry reads as free whatever the rest holds.
+        BinaryPrimitives.WriteUInt32LittleEndian(descriptor, 0);
+        Interlocked.MemoryBarrier();
+        descriptor[4..].Clear();
+    }
+}
+
+/// <summary>
+/// The partial-parity pool of a controller's NVRAM: entries tied to its own write-log records, stored by
+/// their writes before a drive is touched and freed with the record (<see cref="WriteLog"/> calls
+/// <see cref="Release"/> whenever a record is freed). Not thread-safe: <see cref="WriteLog"/> holds its lock.
+/// </summary>
+internal sealed class PartialParityPool
+{
+    readonly NvramFile _nvram;
+    readonly Stack<int> _free = new();
+    /// <summary>Entries per write-log slot (live, or recovered for a recovered record).</summary>
+    readonly Dictionary<int, List<(int Entry, PartialParityEntry Meta)>> _bySlot = [];
+    /// <summary>Entries per row (array, stripe, row), for <see cref="Supersede"/>.</summary>
+    readonly Dictionary<(byte, long, int), List<int>> _byRow = [];
+
+    /// <summary>Opens the pool: keeps the entries of <paramref name="recovered"/> records (by slot and sequence)
+    /// and frees every other (a record cleared at the cut, or a store cut half-way).</summary>
+    public PartialParityPool(NvramFile nvram, IReadOnlyDictionary<int, ulong> recovered)
+    {
+        _nvram = nvram;
+        for (int e = nvram.Layout.PpSlots - 1; e >= 0; e--)
+        {
+            var meta = PartialParityEntry.Decode(nvram.PpDescriptor(e), nvram.PpBlock(e));
+            if (meta is { } m && recovered.TryGetValue(m.LogSlot, out ulong seq) && seq == m.Sequence) Index(e, m);
+            else
+            {
+                if (meta is not null || nvram.PpDescriptor(e)[0] != 0) PartialParityEntry.Clear(nvram.PpDescriptor(e));
+                _free.Push(e);
+            }
+        }
+    }
+
+    public int Free => _free.Count;
+    public int Capacity => _nvram.Layout.PpSlots;
+
+    /// <summary>Stores one row's partial parity for the record in <paramref name="logSlot"/>; false if the pool is full.</summary>
+    public bool TryStore(PartialParityEntry meta, ReadOnlySpan<byte> sum)
+    {
+        Invariant.Assert(sum.Length == NvramLayout.PpBlockBytes);
+        if (_free.Count == 0) return false;
+        int e = _free.Pop();
+        sum.CopyTo(_nvram.PpBlock(e));
+        Interlocked.MemoryBarrier();
+        meta.Encode(_nvram.PpDescriptor(e), Crc32C.Compute(sum));
+        Index(e, meta);
+        return true;
+    }
+
+    void Index(int e, PartialParityEntry meta)
+    {
+        if (!_bySlot.TryGetValue(meta.LogSlot, out var list)) _bySlot[meta.LogSlot] = list = [];
+        list.Add((e, meta));
+        var key = (meta.Array, meta.Stripe, meta.Row);
+        if (!_byRow.TryGetValue(key, out var row)) _byRow[key] = row = [];
+        row.Add(e);
+    }
+
+    void Unindex(int e, PartialParityEntry meta)
+    {
+        var key = (meta.Array, meta.Stripe, meta.Row);
+        if (_byRow.TryGetValue(key, out var row) && row.Remove(e) && row.Count == 0) _byRow.Remove(key);
+    }
+
+    /// <summary>Frees the entries other records than <paramref name="logSlot"/>'s hold for a row a newer write changes.</summary>
+    public int Supersede(byte array, long stripe, int row, int logSlot)
+    {
+        if (!_byRow.TryGetValue((array, stripe, row), out var entries)) return 0;
+        int n = 0;
+        foreach (int e in entries.ToList())
+        {
+            int owner = -1;
+            foreach (var (slot, list) in _bySlot)
+                if (list.Exists(x => x.Entry == e)) { owner = slot; break; }
+            if (owner < 0 || owner == logSlot) continue;
+            var list2 = _bySlot[owner];
+            var item = list2.Find(x => x.Entry == e);
+            list2.Remove(item);
+            if (list2.Count == 0) _bySlot.Remove(owner);
+            Unindex(e, item.Meta);
+            PartialParityEntry.Clear(_nvram.PpDescriptor(e));
+            _free.Push(e);
+            n++;
+        }
+        return n;
+    }
+
+    /// <summary>The entries of the record in <paramref name="logSlot"/>, with copies of their blocks.</summary>
+    public List<(PartialParityEntry Meta, byte[] Sum)> Of(int logSlot)
+    {
+        var found = new List<(PartialParityEntry, byte[])>();
+        if (_bySlot.TryGetValue(logSlot, out var list))
+            foreach (var (e, meta) in list) found.Add((meta, _nvram.PpBlock(e).ToArray()));
+        return found;
+    }
+
+    /// <summary>Frees the entries of the record in <paramref name="logSlot"/> (it was cleared, retired or dropped).</summary>
+    public void Release(int logSlot)
+    {
+        if (!_bySlot.Remove(logSlot, out var list)) return;
+        foreach (var (e, meta) in list)
+        {
+            Unindex(e, meta);
+            PartialParityEntry.Clear(_nvram.PpDescriptor(e));
+            _free.Push(e);
+        }
+    }
+}
