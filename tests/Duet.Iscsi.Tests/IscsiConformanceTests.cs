@@ -24,7 +24,7 @@ public sealed partial class IscsiConformanceTests(ITestOutputHelper output)
         // The second path (the tool's multipath URL, used by MultipathIO.*): the same device server behind a
         // second portal, as controller B's target port (portal group 2, relative target port 2: the ALUA view's
         // active/non-optimized group), so both paths are distinct I_T nexuses to the same LUN. Across a real
-        // pair (B forwarding to A over the ICL) the suite runs in tests/Duet.Cli.Tests (ControllerMultipathInProcessTests).
+        // pair (B forwarding to A over the ICL) the suite runs in tests/Duet.Interop.Tests (IscsiConformancePairProcessTests).
         await using var pathB = await IscsiServerFixture.StartAsync(o => new IscsiServerOptions
         {
             Endpoint = o.Endpoint,
