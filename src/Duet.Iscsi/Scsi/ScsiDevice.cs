@@ -15,6 +15,8 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
     readonly LogicalUnit?[] _byLun;  // indexed by LUN; null where no volume has that LUN
     readonly ulong[] _luns;
     readonly IReservationStore _store;
+    /// <summary>The peer's side of resets (the reservation store's, when it mirrors to a peer).</summary>
+    readonly IUnitResetRelay? _resets;
     readonly IScsiPortGroups _portGroups;
     readonly ScsiDeviceOptions _options;
 
@@ -45,9 +47,6 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
         _resets = _store as IUnitResetRelay;
         if (_resets is not null) _resets.ResetElsewhere += OnResetElsewhere;
     }
-
-    /// <summary>The peer's side of resets (the reservation store's, when it mirrors to a peer).</summary>
-    readonly IUnitResetRelay? _resets;
 
     public IReadOnlyList<ulong> Luns => _luns;
 
