@@ -73,7 +73,10 @@ internal sealed partial class IscsiConnection
                 return Next.Cut;
             case IscsiFrameError.DataDigest:
                 await RejectAsync(h, RejectReason.DataDigestError, "data digest mismatch");
-                // At ErrorRecoveryLevel 0 lost command data cannot be asked for again.
+                // A Data-Out's data is lost: at ErrorRecoveryLevel 0 it cannot be asked for again, so its task ends
+                // CHECK CONDITION once its sequences have (RFC 7143 §7.7 b), as for a DataSN out of order.
+                if (h.Opcode == IscsiOpcode.ScsiDataOut && _session is { Discovery: false }) return await HandleDataOutAsync(pdu, dataLost: true);
+                // A SCSI Command's immediate data cannot be asked for again either, nor the command re-sent in its slot.
                 return h.Opcode is IscsiOpcode.ScsiCommand or IscsiOpcode.ScsiDataOut ? Next.Cut : Next.Continue;
         }
         var session = _session!;
@@ -260,7 +263,8 @@ internal sealed partial class IscsiConnection
 
     // ------------------------------------------------------------------ Data-Out
 
-    private async ValueTask<Next> HandleDataOutAsync(Pdu pdu)
+    /// <param name="dataLost">The PDU's data failed its digest (the header is sound): a sequence error for its task.</param>
+    private async ValueTask<Next> HandleDataOutAsync(Pdu pdu, bool dataLost = false)
     {
         var h = pdu.Header;
         int length = pdu.Data.Length;
@@ -295,9 +299,10 @@ internal sealed partial class IscsiConnection
         {
             if (!task.UnsolicitedOpen || offset >= task.UnsolicitedEnd)
                 problem = $"unsolicited Data-Out offset {offset} DataSN {h.DataSN} length {length}, none (more) expected (unsolicited data ends at {task.UnsolicitedEnd})";
-            else if (task.SequenceError || h.DataSN != task.NextUnsolicitedDataSN)
+            else if (dataLost || task.SequenceError || h.DataSN != task.NextUnsolicitedDataSN)
             {
-                sequenceError = $"unsolicited Data-Out DataSN {h.DataSN} offset {offset}, expected DataSN {task.NextUnsolicitedDataSN} offset {task.NextUnsolicitedOffset}";
+                sequenceError = dataLost ? $"data digest error on unsolicited Data-Out DataSN {h.DataSN} offset {offset}"
+                    : $"unsolicited Data-Out DataSN {h.DataSN} offset {offset}, expected DataSN {task.NextUnsolicitedDataSN} offset {task.NextUnsolicitedOffset}";
                 if (h.Final) task.UnsolicitedOpen = false;
             }
             else if (offset != task.NextUnsolicitedOffset || length > task.UnsolicitedEnd - offset)
@@ -328,9 +333,10 @@ internal sealed partial class IscsiConnection
             else
             {
                 var burst = task.Bursts[index];
-                if (task.SequenceError || h.DataSN != burst.NextDataSN)
+                if (dataLost || task.SequenceError || h.DataSN != burst.NextDataSN)
                 {
-                    sequenceError = $"Data-Out DataSN {h.DataSN} offset {offset}, R2T {burst.R2TSN} expected DataSN {burst.NextDataSN} offset {burst.Next}";
+                    sequenceError = dataLost ? $"data digest error on Data-Out DataSN {h.DataSN} offset {offset} (R2T {burst.R2TSN})"
+                        : $"Data-Out DataSN {h.DataSN} offset {offset}, R2T {burst.R2TSN} expected DataSN {burst.NextDataSN} offset {burst.Next}";
                     if (h.Final) task.Bursts.RemoveAt(index);
                 }
                 else if (offset != burst.Next || length > burst.Offset + burst.Length - offset)

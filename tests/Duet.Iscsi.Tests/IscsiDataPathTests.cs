@@ -197,6 +197,25 @@ public sealed class IscsiDataPathTests
     }
 
     [Fact]
+    public async Task A_data_out_whose_data_digest_fails_is_rejected_and_its_task_ends_with_check_condition_and_the_connection_stays()
+    {
+        await using var fixture = await IscsiServerFixture.StartAsync();
+        await using var client = await fixture.LoginAsync(("DataDigest", "CRC32C"), ("InitialR2T", "Yes"), ("ImmediateData", "No"));
+        Assert.True(client.DataDigest);
+        var h = client.Command(IscsiTestClient.Write10(0, 16), 8192, read: false, write: true);
+        await client.SendAsync(h);
+        var r2t = (await client.ExpectAsync(IscsiOpcode.ReadyToTransfer)).Header;
+        var first = client.DataOut(h.InitiatorTaskTag, r2t.TargetTransferTag, 0, 0, final: false);
+        var bytes = new byte[IscsiCodec.PduBytes(4096, false, true)];
+        IscsiCodec.WritePdu(bytes, first, new byte[4096], false, true);
+        bytes[^1] ^= 0xff; // the data digest
+        await client.SendRawAsync(bytes);
+        Assert.Equal((byte)RejectReason.DataDigestError, (await client.ExpectAsync(IscsiOpcode.Reject)).Header.Byte2);
+        await client.SendAsync(client.DataOut(h.InitiatorTaskTag, r2t.TargetTransferTag, 1, 4096, final: true), new byte[4096]);
+        await AssertProtocolServiceCrcErrorAsync(fixture, client, h.InitiatorTaskTag);
+    }
+
+    [Fact]
     public async Task Data_out_at_a_wrong_offset_is_rejected_and_the_connection_dropped()
     {
         await using var fixture = await IscsiServerFixture.StartAsync();
