@@ -73,7 +73,10 @@ internal sealed partial class IscsiConnection
                 return Next.Cut;
             case IscsiFrameError.DataDigest:
                 await RejectAsync(h, RejectReason.DataDigestError, "data digest mismatch");
-                // At ErrorRecoveryLevel 0 lost command data cannot be asked for again.
+                // A Data-Out's data is lost: at ErrorRecoveryLevel 0 it cannot be asked for again, so its task ends
+                // CHECK CONDITION once its sequences have (RFC 7143 §7.7 b), as for a DataSN out of order.
+                if (h.Opcode == IscsiOpcode.ScsiDataOut && _session is { Discovery: false }) return await HandleDataOutAsync(pdu, dataLost: true);
+                // A SCSI Command's immediate data cannot be asked for again either, nor the command re-sent in its slot.
                 return h.Opcode is IscsiOpcode.ScsiCommand or IscsiOpcode.ScsiDataOut ? Next.Cut : Next.Continue;
         }
         var session = _session!;
@@ -179,6 +182,7 @@ internal sealed partial class IscsiConnection
             task.NextUnsolicitedOffset = immediate;
             // F clear: unsolicited Data-Out follows, up to FirstBurstLength (RFC 7143 §11.3.4); F set: none does.
             task.UnsolicitedEnd = h.Final ? immediate : Math.Max(immediate, Math.Min(_parameters.FirstBurstLength, task.ExpectedOut));
+            task.UnsolicitedOpen = task.UnsolicitedEnd > immediate;
             task.NextR2TOffset = task.UnsolicitedEnd;
             if (immediate > 0) _metrics.BytesWritten(immediate);
             if (!task.HasAllData)
@@ -259,7 +263,8 @@ internal sealed partial class IscsiConnection
 
     // ------------------------------------------------------------------ Data-Out
 
-    private async ValueTask<Next> HandleDataOutAsync(Pdu pdu)
+    /// <param name="dataLost">The PDU's data failed its digest (the header is sound): a sequence error for its task.</param>
+    private async ValueTask<Next> HandleDataOutAsync(Pdu pdu, bool dataLost = false)
     {
         var h = pdu.Header;
         int length = pdu.Data.Length;
@@ -289,10 +294,18 @@ internal sealed partial class IscsiConnection
             return Next.Continue;
         }
 
-        string? problem = null;
+        string? problem = null, sequenceError = null;
         if (!solicited)
         {
-            if (offset != task.NextUnsolicitedOffset || h.DataSN != task.NextUnsolicitedDataSN || length > task.UnsolicitedEnd - offset)
+            if (!task.UnsolicitedOpen || offset >= task.UnsolicitedEnd)
+                problem = $"unsolicited Data-Out offset {offset} DataSN {h.DataSN} length {length}, none (more) expected (unsolicited data ends at {task.UnsolicitedEnd})";
+            else if (dataLost || task.SequenceError || h.DataSN != task.NextUnsolicitedDataSN)
+            {
+                sequenceError = dataLost ? $"data digest error on unsolicited Data-Out DataSN {h.DataSN} offset {offset}"
+                    : $"unsolicited Data-Out DataSN {h.DataSN} offset {offset}, expected DataSN {task.NextUnsolicitedDataSN} offset {task.NextUnsolicitedOffset}";
+                if (h.Final) task.UnsolicitedOpen = false;
+            }
+            else if (offset != task.NextUnsolicitedOffset || length > task.UnsolicitedEnd - offset)
                 problem = $"unsolicited Data-Out offset {offset} DataSN {h.DataSN} length {length}, expected offset {task.NextUnsolicitedOffset} DataSN {task.NextUnsolicitedDataSN} up to {task.UnsolicitedEnd}";
             else
             {
@@ -302,6 +315,7 @@ internal sealed partial class IscsiConnection
                 task.Received += length;
                 if (h.Final && task.NextUnsolicitedOffset != task.UnsolicitedEnd)
                     problem = $"unsolicited data ended at {task.NextUnsolicitedOffset}, FirstBurstLength called for {task.UnsolicitedEnd}";
+                if (h.Final || task.NextUnsolicitedOffset == task.UnsolicitedEnd) task.UnsolicitedOpen = false;
             }
         }
         else
@@ -319,7 +333,13 @@ internal sealed partial class IscsiConnection
             else
             {
                 var burst = task.Bursts[index];
-                if (offset != burst.Next || h.DataSN != burst.NextDataSN || length > burst.Offset + burst.Length - offset)
+                if (dataLost || task.SequenceError || h.DataSN != burst.NextDataSN)
+                {
+                    sequenceError = dataLost ? $"data digest error on Data-Out DataSN {h.DataSN} offset {offset} (R2T {burst.R2TSN})"
+                        : $"Data-Out DataSN {h.DataSN} offset {offset}, R2T {burst.R2TSN} expected DataSN {burst.NextDataSN} offset {burst.Next}";
+                    if (h.Final) task.Bursts.RemoveAt(index);
+                }
+                else if (offset != burst.Next || length > burst.Offset + burst.Length - offset)
                 {
                     problem = $"Data-Out offset {offset} DataSN {h.DataSN} length {length}, R2T {burst.R2TSN} expected offset {burst.Next} DataSN {burst.NextDataSN} up to {burst.Offset + burst.Length}";
                 }
@@ -338,10 +358,25 @@ internal sealed partial class IscsiConnection
         }
         if (problem is not null)
         {
-            // ErrorRecoveryLevel 0 has no way to ask for the data again: the session goes.
+            // A PDU that fits no sequence, or breaks one other than by its DataSN: the stream cannot be
+            // trusted and ErrorRecoveryLevel 0 has no recovery for it: the connection goes.
             await RejectAsync(h, RejectReason.ProtocolError, problem);
             IscsiLog.ProtocolViolation(_logger, Id, problem);
             return Next.Cut;
+        }
+        if (sequenceError is not null)
+        {
+            // RFC 7143 §7.8: a DataSN out of order means Data-Out was lost (the implied digest error of §7.7).
+            // ERL 0 cannot ask for it again (no recovery R2T), so the task is ended with CHECK CONDITION
+            // once the initiator has ended every sequence it still owes (§7.7 b); the connection stays.
+            if (!task.SequenceError) IscsiLog.DataSequenceError(_logger, Id, task.Itt, sequenceError);
+            task.SequenceError = true;
+            if (task.NoSequenceOpen)
+            {
+                lock (_tasksGate) _gathering.Remove(task.Ttt);
+                StartTask(task, ProtocolServiceCrcError(task));
+            }
+            return Next.Continue;
         }
         _metrics.BytesWritten(length);
         if (task.HasAllData)
@@ -626,6 +661,19 @@ internal sealed partial class IscsiConnection
         sense[7] = 10;
         sense[12] = 0x24;
         return new ScsiResult(ScsiStatus.CheckCondition, default, sense, Math.Max(task.ExpectedIn, task.ExpectedOut));
+    }
+
+    /// <summary>CHECK CONDITION, ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR (RFC 7143 §11.4.7.2): Data-Out of
+    /// the task was lost (§7.7, §7.8); the command was not carried out.</summary>
+    private static ScsiResult ProtocolServiceCrcError(IscsiTask task)
+    {
+        var sense = new byte[18];
+        sense[0] = 0x70;
+        sense[2] = 0x0B;
+        sense[7] = 10;
+        sense[12] = 0x47;
+        sense[13] = 0x05;
+        return new ScsiResult(ScsiStatus.CheckCondition, default, sense, task.ExpectedOut);
     }
 
     /// <summary>At connection end: tasks still gathering data are dropped (their buffers returned).</summary>

@@ -72,4 +72,7 @@ internal static partial class IscsiLog
 
     [LoggerMessage(39, LogLevel.Warning, "iSCSI connection {ConnectionId}: {Error} on {Opcode}; closing")]
     public static partial void FrameError(ILogger logger, long connectionId, IscsiFrameError error, IscsiOpcode opcode);
+
+    [LoggerMessage(40, LogLevel.Warning, "iSCSI connection {ConnectionId}: ITT 0x{Itt:x8}: {Detail}; its data is discarded and it ends CHECK CONDITION (protocol service CRC error) once every burst has ended")]
+    public static partial void DataSequenceError(ILogger logger, long connectionId, uint itt, string detail);
 }

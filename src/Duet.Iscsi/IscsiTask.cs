@@ -42,6 +42,17 @@ internal sealed class IscsiTask
     public int UnsolicitedEnd;
     public int NextUnsolicitedOffset;
     public uint NextUnsolicitedDataSN;
+    /// <summary>Unsolicited Data-Out is still to come (the initiator has not ended that sequence with F).</summary>
+    public bool UnsolicitedOpen;
+
+    /// <summary>A Data-Out came with a DataSN out of order (RFC 7143 §7.8: data of the sequence was lost).
+    /// ERL 0 cannot ask for it again, so the task will end CHECK CONDITION, ABORTED COMMAND, PROTOCOL SERVICE
+    /// CRC ERROR (§7.7, §11.4.7.2) once every sequence the initiator still owes has ended (F bit); until then
+    /// its Data-Out is discarded and no further R2T goes out.</summary>
+    public bool SequenceError;
+
+    /// <summary>No sequence of Data-Out is still owed: the unsolicited one ended and no R2T is outstanding.</summary>
+    public bool NoSequenceOpen => !UnsolicitedOpen && Bursts.Count == 0;
 
     // Solicited data: R2Ts for [UnsolicitedEnd, ExpectedOut).
     public int NextR2TOffset;

@@ -183,6 +183,45 @@ public sealed class ControllerScsiStateInProcessTests
         return (d[4], d[16]);
     }
 
+    /// <summary>A LUN is one logical unit behind both controllers' ports: a LOGICAL UNIT RESET through A's port is
+    /// seen by the nexuses that reach it through B's (POWER ON, RESET, OR BUS DEVICE RESET OCCURRED next, their SPC-2
+    /// reservation gone), before the task management function completes; a target reset through B likewise at A.
+    /// (iscsi-test-cu MultipathIO.Reset across both portals.)</summary>
+    [Fact]
+    public async Task AResetThroughOneControllersPortIsSeenByTheNexusesOfTheOthers()
+    {
+        var (_, a, b) = await StartPairAsync();
+        try
+        {
+            using var viaA = new ScsiDevice(a.Volumes, a.Reservations);
+            using var viaB = new ScsiDevice(b.Volumes, b.Reservations);
+            await ClearAsync(viaA, HostViaA);
+            await ClearAsync(viaB, HostViaB);
+            await ClearAsync(viaB, OtherViaB);
+            Good(await RunAsync(viaB, OtherViaB, [0x16, 0, 0, 0, 0, 0])); // RESERVE(6) through B
+            Assert.Equal(ScsiStatus.ReservationConflict, (await RunAsync(viaB, HostViaB, Write10(0, 1), new byte[512])).Status);
+
+            Assert.Equal(0, await viaA.TaskManagementAsync(HostViaA, TaskManagementFunction.LogicalUnitReset, 0, default));
+            Assert.Equal((1L, 1L), (a.Reservations.ResetsSent, b.Reservations.ResetsApplied));
+            foreach (var (device, nexus) in new[] { (viaA, HostViaA), (viaB, HostViaB), (viaB, OtherViaB) })
+            {
+                AssertSense(await RunAsync(device, nexus, new byte[6]), 6, 0x29, 0x00);
+                Good(await RunAsync(device, nexus, new byte[6]));
+            }
+            Good(await RunAsync(viaB, HostViaB, Write10(0, 1), new byte[512])); // the reset released B's SPC-2 reservation
+
+            Assert.Equal(0, await viaB.TaskManagementAsync(HostViaB, TaskManagementFunction.TargetWarmReset, 0, default));
+            Assert.Equal((1L, 1L), (b.Reservations.ResetsSent, a.Reservations.ResetsApplied));
+            AssertSense(await RunAsync(viaA, HostViaA, new byte[6]), 6, 0x29, 0x00);
+            AssertSense(await RunAsync(viaB, HostViaB, new byte[6]), 6, 0x29, 0x00);
+        }
+        finally
+        {
+            await a.DisposeAsync();
+            await b.DisposeAsync();
+        }
+    }
+
     // ---- the pair
 
     internal static async Task<(Duet.Shelf.Shelf, PairController, PairController)> StartPairAsync()

@@ -52,6 +52,38 @@ public sealed class MirroredReservationStoreTests
     }
 
     [Fact]
+    public async Task AResetGoesToThePeerAfterTheChangesBeforeIt_AndOneFromThePeerIsRaised()
+    {
+        var order = new List<string>();
+        var gate = new TaskCompletionSource();
+        var store = new MirroredReservationStore(async m =>
+        {
+            order.Add($"state {m.Generation}");
+            await gate.Task;
+        }, sendUpdate: m =>
+        {
+            order.Add($"{m.Kind} {System.Text.Encoding.UTF8.GetString(m.Blob.Span)}");
+            return ValueTask.CompletedTask;
+        });
+        var change = store.SaveAsync("vol0", State(1, false, 7));
+        var reset = store.RelayResetAsync("vol0");
+        Assert.False(reset.IsCompleted); // behind the change, which waits for the peer
+        gate.SetResult();
+        await change;
+        await reset;
+        await store.RelayResetAsync(null);  // a target reset: every volume
+        Assert.Equal(["state 1", "UnitReset vol0", "UnitReset "], order);
+        Assert.Equal(2, store.ResetsSent);
+
+        var raised = new List<string?>();
+        store.ResetElsewhere += v => raised.Add(v);
+        store.ApplyReset("vol1");
+        store.ApplyReset(null);
+        Assert.Equal(["vol1", null], raised);
+        Assert.Equal(1, store.Sent);
+    }
+
+    [Fact]
     public void WhatThePeerSendsReplacesOurStateAndIsRaised_ASyncCarriesEveryVolumeHeld()
     {
         var store = new MirroredReservationStore(_ => ValueTask.CompletedTask);

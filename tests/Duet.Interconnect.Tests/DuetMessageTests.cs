@@ -77,6 +77,10 @@ public class DuetMessageTests
         Assert.Equal("010700000000000f02000000010203", ToHex(Encode(s)));
         Assert.Equal(s, RoundTrip(s));
         Assert.Equal(new ScsiStateUpdate(ScsiStateKind.Reservations, Array.Empty<byte>()), RoundTrip(new ScsiStateUpdate(ScsiStateKind.Reservations, Array.Empty<byte>())));
+        // A logical unit reset: the volume's name (empty: every volume).
+        var reset = new ScsiStateUpdate(ScsiStateKind.UnitReset, "vol0"u8.ToArray());
+        Assert.Equal("010700000000001003000000766f6c30", ToHex(Encode(reset)));
+        Assert.Equal(reset, RoundTrip(reset));
     }
 
     [Theory]
@@ -105,7 +109,7 @@ public class DuetMessageTests
     [InlineData("0104 0000 00000021 000000000000002a 01 00 0001 0000000000000000 00000000 ff", WireError.BadText)]
     [InlineData("0104 0000 00000021 000000000000002a 01 00 0002 0000000000000000 00000000 41", WireError.BadLength)]
     [InlineData("0105 0000 00000018 000000000000002a ffffffff 00000000", WireError.BadEnum)]
-    [InlineData("0107 0000 0000000c 03 000000", WireError.BadEnum)]
+    [InlineData("0107 0000 0000000c 04 000000", WireError.BadEnum)]
     [InlineData("0107 0000 0000000c 01 000100", WireError.NonZeroReserved)]
     public void Other_Duet_messages_reject_malformed_bodies(string hex, WireError expected)
     {

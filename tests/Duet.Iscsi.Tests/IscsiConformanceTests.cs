@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.RegularExpressions;
 using Duet.Core;
+using Duet.Iscsi.Scsi;
 using Xunit.Abstractions;
 
 namespace Duet.Iscsi.Tests;
@@ -20,8 +21,18 @@ public sealed partial class IscsiConformanceTests(ITestOutputHelper output)
     {
         await using var fixture = await IscsiRealDevice.StartAsync(
             [new MemoryBlockVolume("vol0", 64 << 20), new MemoryBlockVolume("vol1", 64 << 20)]);
+        // The second path (the tool's multipath URL, used by MultipathIO.*): the same device server behind a
+        // second portal, as controller B's target port (portal group 2, relative target port 2: the ALUA view's
+        // active/non-optimized group), so both paths are distinct I_T nexuses to the same LUN. Across a real
+        // pair (B forwarding to A over the ICL) the suite runs in tests/Duet.Interop.Tests (IscsiConformancePairProcessTests).
+        await using var pathB = await IscsiServerFixture.StartAsync(o => new IscsiServerOptions
+        {
+            Endpoint = o.Endpoint,
+            PortalGroupTag = FixedScsiPortGroups.GroupB,
+            RelativeTargetPort = FixedScsiPortGroups.PortB,
+        }, fixture.Device);
         string url = $"iscsi://127.0.0.1:{fixture.EndPoint.Port}/{IscsiServerOptions.DefaultTargetName}/0";
-        string url2 = $"iscsi://127.0.0.1:{fixture.EndPoint.Port}/{IscsiServerOptions.DefaultTargetName}/0";
+        string url2 = $"iscsi://127.0.0.1:{pathB.EndPoint.Port}/{IscsiServerOptions.DefaultTargetName}/0";
 
         // DUET_ISCSI_TEST_CU=FAMILY[.SUITE[.TEST]] runs only those (for looking into one failure).
         string filter = Environment.GetEnvironmentVariable("DUET_ISCSI_TEST_CU") is { Length: > 0 } f ? $"--test={f} " : "";
@@ -99,11 +110,14 @@ public sealed partial class IscsiConformanceTests(ITestOutputHelper output)
         var summary = SummaryLine().Match(text);
         if (summary.Success) output.WriteLine($"CUnit summary: {summary.Value.Trim()}");
         File.WriteAllText(Path.Combine(Path.GetTempPath(), "duet-iscsi-test-cu.txt"),
-            $"{passed} passed ({skipped} skipped), {failed.Count} failed\n{string.Join("\n", failed)}\n\n{text}\n\ntarget log:\n{fixture.Logger}");
+            $"{passed} passed ({skipped} skipped), {failed.Count} failed\n{string.Join("\n", failed)}\n\n{text}\n\ntarget log:\n{fixture.Logger}\n\nsecond portal's log:\n{pathB.Logger}");
 
         Assert.True(filter.Length > 0 || passed + failed.Count > 100, $"iscsi-test-cu ran almost nothing:\n{(text.Length > 4000 ? text[..4000] : text)}");
         Assert.DoesNotContain(fixture.Logger.Entries, e => e.Level == Microsoft.Extensions.Logging.LogLevel.Critical);
         Assert.DoesNotContain(fixture.Logger.Entries, e => e.Exception is InvariantViolationException);
+        Assert.DoesNotContain(pathB.Logger.Entries, e => e.Level == Microsoft.Extensions.Logging.LogLevel.Critical);
+        Assert.DoesNotContain(pathB.Logger.Entries, e => e.Exception is InvariantViolationException);
+        Assert.Contains(pathB.Logger.Entries, e => e.EventId.Id == 13); // the tool logged in through the second portal
         // The target still serves a well-behaved session after all of that.
         await using var client = await IscsiTestClient.ConnectAsync(fixture.EndPoint);
         Assert.Equal(LoginStatus.Success, await client.LoginAsync(IscsiServerOptions.DefaultTargetName));

@@ -114,23 +114,39 @@ public sealed class IscsiDataPathTests
         Assert.Equal(data, fixture.TestDevice.Contents.AsSpan(0, 32768).ToArray());
     }
 
+    /// <summary>RFC 7143 §7.8 / §7.7 (b) at ERL 0: the task ends CHECK CONDITION, ABORTED COMMAND, PROTOCOL
+    /// SERVICE CRC ERROR (47/05), the device never runs it, and the connection carries on.</summary>
+    private static async Task AssertProtocolServiceCrcErrorAsync(IscsiServerFixture fixture, IscsiTestClient client, uint itt)
+    {
+        var r = await client.CollectAsync(itt, 0);
+        Assert.Equal(2, r.Status);
+        Assert.Equal(0x0B, r.Sense[2] & 0x0F);
+        Assert.Equal(0x47, r.Sense[12]);
+        Assert.Equal(0x05, r.Sense[13]);
+        Assert.DoesNotContain(fixture.TestDevice.Commands, c => c.Tag == itt);
+        Assert.True(fixture.Logger.Has(40));
+        Assert.False(fixture.Logger.Has(31)); // no protocol violation: the connection stays
+        var w = await client.WriteAsync(IscsiTestClient.Write10(8, 2), new byte[1024]);
+        Assert.Equal(0, w.Status);
+    }
+
     [Fact]
-    public async Task Data_out_out_of_order_is_rejected_and_the_connection_dropped()
+    public async Task Solicited_data_out_with_a_wrong_datasn_ends_the_task_with_check_condition_and_the_connection_stays()
     {
         await using var fixture = await IscsiServerFixture.StartAsync();
         await using var client = await fixture.LoginAsync(("InitialR2T", "Yes"), ("ImmediateData", "No"));
         var h = client.Command(IscsiTestClient.Write10(0, 16), 8192, read: false, write: true);
         await client.SendAsync(h);
         var r2t = (await client.ExpectAsync(IscsiOpcode.ReadyToTransfer)).Header;
-        await client.SendAsync(client.DataOut(h.InitiatorTaskTag, r2t.TargetTransferTag, 5, 4096, final: true), new byte[4096]);
-        var (reject, _) = await client.ExpectAsync(IscsiOpcode.Reject);
-        Assert.Equal((byte)RejectReason.ProtocolError, reject.Byte2);
-        Assert.Null(await client.ReceiveAsync(5000));
-        await fixture.AssertStillServesAsync();
+        await client.SendAsync(client.DataOut(h.InitiatorTaskTag, r2t.TargetTransferTag, 5, 0, final: false), new byte[4096]);
+        // Nothing is answered until the burst ends (F): its remaining Data-Out is taken and discarded.
+        Assert.Null(await client.ReceiveAsync(300));
+        await client.SendAsync(client.DataOut(h.InitiatorTaskTag, r2t.TargetTransferTag, 6, 4096, final: true), new byte[4096]);
+        await AssertProtocolServiceCrcErrorAsync(fixture, client, h.InitiatorTaskTag);
     }
 
     [Fact]
-    public async Task Unsolicited_data_out_with_datasn_reversed_is_rejected_and_the_connection_dropped()
+    public async Task Unsolicited_data_out_with_datasn_reversed_ends_the_task_with_check_condition_and_the_connection_stays()
     {
         await using var fixture = await IscsiServerFixture.StartAsync();
         await using var client = await fixture.LoginAsync(("InitialR2T", "No"), ("ImmediateData", "No"));
@@ -138,10 +154,81 @@ public sealed class IscsiDataPathTests
         h.Flags &= unchecked((byte)~IscsiWire.FinalBit); // unsolicited Data-Out follows
         await client.SendAsync(h);
         await client.SendAsync(client.DataOut(h.InitiatorTaskTag, IscsiWire.ReservedTag, 1, 0, final: false), new byte[512]);
+        await client.SendAsync(client.DataOut(h.InitiatorTaskTag, IscsiWire.ReservedTag, 0, 512, final: true), new byte[512]);
+        await AssertProtocolServiceCrcErrorAsync(fixture, client, h.InitiatorTaskTag);
+    }
+
+    [Theory]
+    [InlineData(0u)]   // the second Data-Out repeats DataSN 0
+    [InlineData(27u)]
+    [InlineData(uint.MaxValue)]
+    public async Task A_single_unsolicited_data_out_with_a_wrong_datasn_is_answered_at_once(uint dataSn)
+    {
+        await using var fixture = await IscsiServerFixture.StartAsync();
+        await using var client = await fixture.LoginAsync(("InitialR2T", "No"), ("ImmediateData", "No"));
+        var h = client.Command(IscsiTestClient.Write10(100, 2), 1024, read: false, write: true);
+        h.Flags &= unchecked((byte)~IscsiWire.FinalBit);
+        await client.SendAsync(h);
+        if (dataSn == 0)
+        {
+            await client.SendAsync(client.DataOut(h.InitiatorTaskTag, IscsiWire.ReservedTag, 0, 0, final: false), new byte[512]);
+            await client.SendAsync(client.DataOut(h.InitiatorTaskTag, IscsiWire.ReservedTag, 0, 512, final: true), new byte[512]);
+        }
+        else
+        {
+            await client.SendAsync(client.DataOut(h.InitiatorTaskTag, IscsiWire.ReservedTag, dataSn, 0, final: true), new byte[512]);
+        }
+        await AssertProtocolServiceCrcErrorAsync(fixture, client, h.InitiatorTaskTag);
+    }
+
+    [Fact]
+    public async Task After_a_datasn_error_no_more_r2ts_go_out_and_the_task_ends_when_every_outstanding_burst_has()
+    {
+        await using var fixture = await IscsiServerFixture.StartAsync();
+        await using var client = await fixture.LoginAsync(("InitialR2T", "Yes"), ("ImmediateData", "No"), ("MaxBurstLength", "8192"), ("MaxOutstandingR2T", "2"));
+        var h = client.Command(IscsiTestClient.Write10(0, 64), 32768, read: false, write: true);
+        await client.SendAsync(h);
+        var first = (await client.ExpectAsync(IscsiOpcode.ReadyToTransfer)).Header;
+        var second = (await client.ExpectAsync(IscsiOpcode.ReadyToTransfer)).Header;
+        await client.SendAsync(client.DataOut(h.InitiatorTaskTag, first.TargetTransferTag, 3, first.BufferOffset, final: true), new byte[8192]);
+        Assert.Null(await client.ReceiveAsync(300)); // no third R2T, no response: the second burst is still owed
+        await client.SendAsync(client.DataOut(h.InitiatorTaskTag, second.TargetTransferTag, 0, second.BufferOffset, final: true), new byte[8192]);
+        await AssertProtocolServiceCrcErrorAsync(fixture, client, h.InitiatorTaskTag);
+    }
+
+    [Fact]
+    public async Task A_data_out_whose_data_digest_fails_is_rejected_and_its_task_ends_with_check_condition_and_the_connection_stays()
+    {
+        await using var fixture = await IscsiServerFixture.StartAsync();
+        await using var client = await fixture.LoginAsync(("DataDigest", "CRC32C"), ("InitialR2T", "Yes"), ("ImmediateData", "No"));
+        Assert.True(client.DataDigest);
+        var h = client.Command(IscsiTestClient.Write10(0, 16), 8192, read: false, write: true);
+        await client.SendAsync(h);
+        var r2t = (await client.ExpectAsync(IscsiOpcode.ReadyToTransfer)).Header;
+        var first = client.DataOut(h.InitiatorTaskTag, r2t.TargetTransferTag, 0, 0, final: false);
+        var bytes = new byte[IscsiCodec.PduBytes(4096, false, true)];
+        IscsiCodec.WritePdu(bytes, first, new byte[4096], false, true);
+        bytes[^1] ^= 0xff; // the data digest
+        await client.SendRawAsync(bytes);
+        Assert.Equal((byte)RejectReason.DataDigestError, (await client.ExpectAsync(IscsiOpcode.Reject)).Header.Byte2);
+        await client.SendAsync(client.DataOut(h.InitiatorTaskTag, r2t.TargetTransferTag, 1, 4096, final: true), new byte[4096]);
+        await AssertProtocolServiceCrcErrorAsync(fixture, client, h.InitiatorTaskTag);
+    }
+
+    [Fact]
+    public async Task Data_out_at_a_wrong_offset_is_rejected_and_the_connection_dropped()
+    {
+        await using var fixture = await IscsiServerFixture.StartAsync();
+        await using var client = await fixture.LoginAsync(("InitialR2T", "Yes"), ("ImmediateData", "No"));
+        var h = client.Command(IscsiTestClient.Write10(0, 16), 8192, read: false, write: true);
+        await client.SendAsync(h);
+        var r2t = (await client.ExpectAsync(IscsiOpcode.ReadyToTransfer)).Header;
+        await client.SendAsync(client.DataOut(h.InitiatorTaskTag, r2t.TargetTransferTag, 0, 512, final: false), new byte[4096]);
         var (reject, _) = await client.ExpectAsync(IscsiOpcode.Reject);
         Assert.Equal((byte)RejectReason.ProtocolError, reject.Byte2);
         Assert.Null(await client.ReceiveAsync(5000));
         Assert.DoesNotContain(fixture.TestDevice.Commands, c => c.Tag == h.InitiatorTaskTag);
+        await fixture.AssertStillServesAsync();
     }
 
     [Fact]

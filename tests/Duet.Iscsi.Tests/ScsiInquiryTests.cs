@@ -144,7 +144,7 @@ public class ScsiInquiryTests
         Assert.Equal(1u << 20, BinaryPrimitives.ReadUInt32BigEndian(bl[20..]));
         Assert.Equal(256u, BinaryPrimitives.ReadUInt32BigEndian(bl[24..]));
         Assert.Equal(8u, BinaryPrimitives.ReadUInt32BigEndian(bl[28..]));
-        Assert.Equal(1ul << 20, BinaryPrimitives.ReadUInt64BigEndian(bl[36..]));
+        Assert.Equal(32768ul, BinaryPrimitives.ReadUInt64BigEndian(bl[36..])); // MAXIMUM WRITE SAME LENGTH = MAXIMUM TRANSFER LENGTH
 
         var bdc = h.Run(Cdb.Inquiry(true, 0xB1)).DataIn.Span;
         Assert.Equal(1, BinaryPrimitives.ReadUInt16BigEndian(bdc[4..]));

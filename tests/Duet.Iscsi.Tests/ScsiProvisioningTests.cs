@@ -67,7 +67,8 @@ public class ScsiProvisioningTests
         var r = h.Run(zero, new byte[512]); // WSNZ
         InvalidField(r);
         Assert.Equal((true, 7, -1), FieldPointer(r));
-        InvalidField(h.Run(Cdb.WriteSame16(0, (1u << 20) + 1), new byte[512]));
+        InvalidField(h.Run(Cdb.WriteSame16(0, 32769), new byte[512]));            // over MAXIMUM WRITE SAME LENGTH
+        InvalidField(h.Run(Cdb.WriteSame16(0, 65536, flags: 0x08), new byte[512])); // with UNMAP too
         OutOfRange(h.Run(Cdb.WriteSame10((uint)Blocks, 1), new byte[512]));
         OutOfRange(h.Run(Cdb.WriteSame16((ulong)Blocks - 1, 2), new byte[512]));
         CheckCondition(h.Run(Cdb.WriteSame10(0, 1), new byte[256]), 5, 0x0E, 0x03);

@@ -25,11 +25,16 @@ public sealed partial class Controller
     TaskCompletionSource? _reservationAck;
     byte[]? _reservationPending;
 
-    async ValueTask SendReservationStateAsync(ReservationStateMessage message)
+    ValueTask SendReservationStateAsync(ReservationStateMessage message) => SendScsiStateAsync(DuetFrame.ToArray(message), "a reservation change");
+
+    /// <summary>A logical unit reset made here (ScsiStateUpdate kind UnitReset), for the peer's nexuses.</summary>
+    ValueTask SendScsiStateUpdateAsync(ScsiStateUpdate message) => SendScsiStateAsync(DuetFrame.ToArray(message), "a logical unit reset");
+
+    /// <summary>Posts one SCSI state message (the store sends one at a time) and waits for the peer's echo.</summary>
+    async ValueTask SendScsiStateAsync(byte[] bytes, string what)
     {
         if (_peerFenced) throw new IclLinkDownException($"controller {PeerName} is fenced: its session is dead");
         if (!Link.IsUp) throw new IclLinkDownException($"the link to controller {PeerName} is down");
-        var bytes = DuetFrame.ToArray(message);
         var ack = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         lock (_reservationAckLock)
         {
@@ -40,7 +45,7 @@ public sealed partial class Controller
         {
             await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default);
             try { await Waits.WithTimeout(ack.Task, _options.ForwardTimeout, _options.Time); }
-            catch (TimeoutException) { throw new IclLinkDownException($"controller {PeerName} did not answer a reservation change within {_options.ForwardTimeout.TotalMilliseconds:F0} ms"); }
+            catch (TimeoutException) { throw new IclLinkDownException($"controller {PeerName} did not answer {what} within {_options.ForwardTimeout.TotalMilliseconds:F0} ms"); }
         }
         finally
         {
@@ -85,6 +90,12 @@ public sealed partial class Controller
             Reservations.Apply(message);
             return;
         }
+        AckScsiState(bytes);
+    }
+
+    /// <summary>The peer's echo of the SCSI state message we sent last: its sender may go on.</summary>
+    void AckScsiState(ReadOnlySpan<byte> bytes)
+    {
         TaskCompletionSource? ack = null;
         lock (_reservationAckLock)
         {
@@ -96,6 +107,33 @@ public sealed partial class Controller
         }
         ack?.TrySetResult();
     }
+
+    /// <summary>A logical unit reset made through the peer's port (kind UnitReset; the blob names the volume, empty:
+    /// every volume): our device server's nexuses see it too; echoed so that the peer's task management completes.</summary>
+    void OnScsiStateUpdate(IclTransfer t)
+    {
+        if (ScsiStateUpdate.TryDecode(t.Message.Span, out var message, out _, out var error) != System.Buffers.OperationStatus.Done)
+        {
+            LogUnknown("SCSI state update", error.ToString());
+            return;
+        }
+        if (message!.Kind != ScsiStateKind.UnitReset || message.Blob.Length > ReservationStateMessage.VolumeNameBytesMax)
+        {
+            LogUnknown("SCSI state update", message.Kind.ToString());
+            return;
+        }
+        string? volume;
+        try { volume = message.Blob.IsEmpty ? null : StrictUtf8.GetString(message.Blob.Span); }
+        catch (System.Text.DecoderFallbackException)
+        {
+            LogUnknown("SCSI state update", "volume name is not UTF-8");
+            return;
+        }
+        Reservations.ApplyReset(volume);
+        _ = PostOrDropAsync(IclSignal.Reply, t.Message.ToArray());
+    }
+
+    static readonly System.Text.UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
     /// <summary>The link went down or the peer was fenced: a reservation change waiting for its echo completes
     /// without it.</summary>

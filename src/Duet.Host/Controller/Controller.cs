@@ -145,7 +145,7 @@ public sealed partial class Controller : IAsyncDisposable
         ArrayService = new ControllerArrayService(this);
         options.Failover.Validate();
         Handshake = CreateHandshake();
-        Reservations = new MirroredReservationStore(SendReservationStateAsync, options.ReservationPersistence);
+        Reservations = new MirroredReservationStore(SendReservationStateAsync, options.ReservationPersistence, SendScsiStateUpdateAsync);
         if (Reservations.LoadError is { } prError) LogUnknown("persisted reservation state (not used)", prError);
     }
 
@@ -352,6 +352,7 @@ public sealed partial class Controller : IAsyncDisposable
             else if (kind == MessageKind.PairHello) Volatile.Read(ref _helloAck)?.TrySetResult();
             else if (kind == MessageKind.ForwardedResponse) Forwarding.OnResponse(t.Message.Span, t.Data.Span);
             else if (kind == MessageKind.ReservationState) OnReservationStateReply(t.Message.Span);
+            else if (kind == MessageKind.ScsiStateUpdate) AckScsiState(t.Message.Span);
             else LogUnknown("reply", kind.ToString());
             return;
         }
@@ -375,6 +376,9 @@ public sealed partial class Controller : IAsyncDisposable
                 return;
             case MessageKind.ReservationState:
                 OnReservationState(t);
+                return;
+            case MessageKind.ScsiStateUpdate:
+                OnScsiStateUpdate(t);
                 return;
             case MessageKind.PowerFail:
                 OnPowerFailNotice(t.Message.Span);

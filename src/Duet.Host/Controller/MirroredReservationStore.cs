@@ -29,22 +29,28 @@ namespace Duet.Host.Controller;
 /// No clocks, threads or sockets: sending and persisting are injected (the controller posts on the ICL,
 /// the shell writes the file).
 /// </summary>
-public sealed class MirroredReservationStore : IReservationStore
+public sealed class MirroredReservationStore : IReservationStore, IUnitResetRelay
 {
     readonly Lock _lock = new();
     readonly Dictionary<string, PrSnapshot> _snapshots = new(StringComparer.Ordinal);
     readonly Func<ReservationStateMessage, ValueTask> _send;
     readonly IReservationPersistence? _persistence;
+    readonly Func<ScsiStateUpdate, ValueTask>? _sendUpdate;
     Task _tail = Task.CompletedTask;
-    long _sent, _applied, _persisted;
+    long _sent, _applied, _persisted, _resetsSent, _resetsApplied;
 
     /// <param name="send">Posts one message to the peer; throws (<see cref="IclLinkDownException"/>) when the
     /// link is down or the peer cannot be reached (the change then stays local).</param>
     /// <param name="persistence">Where APTPL states survive a power loss (null: nowhere).</param>
-    public MirroredReservationStore(Func<ReservationStateMessage, ValueTask> send, IReservationPersistence? persistence = null)
+    /// <param name="sendUpdate">Posts a logical unit reset (<see cref="ScsiStateUpdate"/>, kind
+    /// <see cref="ScsiStateKind.UnitReset"/>) to the peer, in the same order as the states, and throws as
+    /// <paramref name="send"/> does (null: resets stay here).</param>
+    public MirroredReservationStore(Func<ReservationStateMessage, ValueTask> send, IReservationPersistence? persistence = null,
+        Func<ScsiStateUpdate, ValueTask>? sendUpdate = null)
     {
         ArgumentNullException.ThrowIfNull(send);
         _send = send;
+        _sendUpdate = sendUpdate;
         _persistence = persistence;
         if (persistence?.Read() is not { } bytes) return;
         if (!ReservationFile.TryDecode(bytes, out var states, out var why))
@@ -97,18 +103,48 @@ public sealed class MirroredReservationStore : IReservationStore
             previous = _tail;
             _tail = done.Task;
         }
-        var sent = SendAfterAsync(previous, ToMessage(volumeName, snapshot, sync: false), done);
+        var message = ToMessage(volumeName, snapshot, sync: false);
+        var sent = SendAfterAsync(previous, () => _send(message), () => Interlocked.Increment(ref _sent), done);
         Changed?.Invoke(volumeName, snapshot);
         return new ValueTask(sent);
     }
 
-    async Task SendAfterAsync(Task previous, ReservationStateMessage message, TaskCompletionSource done)
+    public event Action<string?>? ResetElsewhere;
+
+    /// <summary>Logical unit resets sent to the peer; received from it and raised.</summary>
+    public long ResetsSent => Interlocked.Read(ref _resetsSent);
+    public long ResetsApplied => Interlocked.Read(ref _resetsApplied);
+
+    /// <summary>A LUN (null: every LUN) was reset here: the peer is told, after every change saved before it; the
+    /// task completes when it has been (or could not be: the peer is not there, and then it has no nexuses to tell).</summary>
+    public ValueTask RelayResetAsync(string? volumeName)
+    {
+        if (_sendUpdate is null) return ValueTask.CompletedTask;
+        var message = new ScsiStateUpdate(ScsiStateKind.UnitReset, volumeName is null ? Array.Empty<byte>() : System.Text.Encoding.UTF8.GetBytes(volumeName));
+        Task previous;
+        var done = new TaskCompletionSource();
+        lock (_lock)
+        {
+            previous = _tail;
+            _tail = done.Task;
+        }
+        return new ValueTask(SendAfterAsync(previous, () => _sendUpdate(message), () => Interlocked.Increment(ref _resetsSent), done));
+    }
+
+    /// <summary>A reset the peer made (null: of every LUN): raised for the device server.</summary>
+    public void ApplyReset(string? volumeName)
+    {
+        Interlocked.Increment(ref _resetsApplied);
+        ResetElsewhere?.Invoke(volumeName);
+    }
+
+    async Task SendAfterAsync(Task previous, Func<ValueTask> send, Action sent, TaskCompletionSource done)
     {
         await previous.ConfigureAwait(false); // never faults: see below
         try
         {
-            await _send(message).ConfigureAwait(false);
-            Interlocked.Increment(ref _sent);
+            await send().ConfigureAwait(false);
+            sent();
         }
         catch (Exception e) when (e is not Duet.Core.InvariantViolationException)
         {

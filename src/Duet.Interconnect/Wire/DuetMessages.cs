@@ -376,11 +376,13 @@ public sealed record ArrayTableUpdate(ulong Version, IReadOnlyList<ArrayTableEnt
     public int Encode(Span<byte> destination) => DuetFrame.Encode(this, destination);
 }
 
-public enum ScsiStateKind : byte { Reservations = 1, Alua = 2 }
+public enum ScsiStateKind : byte { Reservations = 1, Alua = 2, UnitReset = 3 }
 
 /// <summary>
-/// SCSI state that must survive a failover, as an opaque blob whose format belongs to the
-/// iSCSI front end. Body: 0 kind (1 persistent reservations, 2 ALUA), 1-3 zero, 4.. blob.
+/// SCSI state shared by both controllers' device servers, as a blob whose format belongs to the
+/// iSCSI front end. Body: 0 kind (1 persistent reservations, 2 ALUA, 3 a logical unit reset), 1-3 zero,
+/// 4.. blob. Kind 3 is sent: its blob is the reset volume's name in UTF-8 (at most 255 bytes; empty: every
+/// volume, a target reset), and the receiver's nexuses of it see the reset (docs/internals/scsi.md).
 /// </summary>
 public sealed record ScsiStateUpdate(ScsiStateKind Kind, ReadOnlyMemory<byte> Blob) : IDuetMessage<ScsiStateUpdate>
 {
@@ -392,7 +394,7 @@ public sealed record ScsiStateUpdate(ScsiStateKind Kind, ReadOnlyMemory<byte> Bl
     {
         value = null;
         if (b.Length < Fixed) return DuetFrame.Fail(out error, WireError.BadLength);
-        if (b[0] is not ((byte)ScsiStateKind.Reservations or (byte)ScsiStateKind.Alua)) return DuetFrame.Fail(out error, WireError.BadEnum);
+        if (b[0] is not ((byte)ScsiStateKind.Reservations or (byte)ScsiStateKind.Alua or (byte)ScsiStateKind.UnitReset)) return DuetFrame.Fail(out error, WireError.BadEnum);
         if (b[1] != 0 || b[2] != 0 || b[3] != 0) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
         value = new ScsiStateUpdate((ScsiStateKind)b[0], b[Fixed..].ToArray());
         error = WireError.None;

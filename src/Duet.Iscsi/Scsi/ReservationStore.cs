@@ -49,6 +49,24 @@ public interface IReservationStore
     event Action<string, PrSnapshot>? Changed;
 }
 
+/// <summary>
+/// Resets that the other controller's device server must carry out too: a LUN is one logical unit behind both
+/// controllers' target ports, so a LOGICAL UNIT RESET (or a target reset) made through one port reaches the
+/// I_T nexuses of the other (SAM-5: every nexus sees the reset's unit attention, SPC-2 reservations go). A
+/// reservation store that mirrors to the peer implements it; <see cref="ScsiDevice"/> calls
+/// <see cref="RelayResetAsync"/> after each reset it carries out (the task management function completes once
+/// the peer has it, or the peer cannot be reached) and carries out those raised by <see cref="ResetElsewhere"/>.
+/// Persistent reservations need nothing more: a cold reset's change to them is saved, hence mirrored, as any other.
+/// </summary>
+public interface IUnitResetRelay
+{
+    /// <summary>Tells the peer that a LUN (by volume name; null: every LUN, a target reset) was reset here.</summary>
+    ValueTask RelayResetAsync(string? volumeName);
+
+    /// <summary>Raised with the volume name (null: every volume) when the peer reports a reset made there.</summary>
+    event Action<string?>? ResetElsewhere;
+}
+
 public sealed class InMemoryReservationStore : IReservationStore
 {
     readonly Lock _lock = new();

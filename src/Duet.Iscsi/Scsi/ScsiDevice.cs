@@ -15,6 +15,8 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
     readonly LogicalUnit?[] _byLun;  // indexed by LUN; null where no volume has that LUN
     readonly ulong[] _luns;
     readonly IReservationStore _store;
+    /// <summary>The peer's side of resets (the reservation store's, when it mirrors to a peer).</summary>
+    readonly IUnitResetRelay? _resets;
     readonly IScsiPortGroups _portGroups;
     readonly ScsiDeviceOptions _options;
 
@@ -42,6 +44,8 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
         }
         _store.Changed += OnReservationsChanged;
         _portGroups.Changed += OnPortGroupsChanged;
+        _resets = _store as IUnitResetRelay;
+        if (_resets is not null) _resets.ResetElsewhere += OnResetElsewhere;
     }
 
     public IReadOnlyList<ulong> Luns => _luns;
@@ -62,6 +66,7 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
     {
         _store.Changed -= OnReservationsChanged;
         _portGroups.Changed -= OnPortGroupsChanged;
+        if (_resets is not null) _resets.ResetElsewhere -= OnResetElsewhere;
     }
 
     public ScsiDeviceOptions Options => _options;
@@ -313,10 +318,13 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
             case TaskManagementFunction.LogicalUnitReset:
                 if (Unit(lun) is not { } lu) return TmfLunDoesNotExist;
                 await ResetUnit(lu, cold: false).ConfigureAwait(false);
+                // The same logical unit behind the other controller's port: its nexuses see the reset too.
+                if (_resets is not null) await _resets.RelayResetAsync(lu.Name).ConfigureAwait(false);
                 break;
             case TaskManagementFunction.TargetWarmReset:
             case TaskManagementFunction.TargetColdReset:
                 foreach (var u in _units) await ResetUnit(u, cold: function == TaskManagementFunction.TargetColdReset).ConfigureAwait(false);
+                if (_resets is not null) await _resets.RelayResetAsync(null).ConfigureAwait(false);
                 break;
             case TaskManagementFunction.ClearTaskSet:
                 if (Unit(lun) is null) return TmfLunDoesNotExist;
@@ -372,6 +380,22 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
             PersistentReservation.AttentionsForChange(lu.Pr, snapshot, lu.AddAttention);
             lu.Pr = new PersistentReservation(snapshot) { Attention = lu.AddAttention };
             lu.LastSaved = snapshot;
+        }
+    }
+
+    /// <summary>A reset made through the other controller's port (null: every LUN): the nexuses here see it as
+    /// they would have there (POWER ON, RESET, OR BUS DEVICE RESET OCCURRED next; SPC-2 reservation released).
+    /// Persistent reservations arrive, when a cold reset changed them, as a reservation change.</summary>
+    void OnResetElsewhere(string? volume)
+    {
+        foreach (var lu in _units)
+        {
+            if (volume is not null && lu.Name != volume) continue;
+            lock (lu.Sync)
+            {
+                lu.Spc2Holder = null;
+                lu.ResetAttentions();
+            }
         }
     }
 

@@ -21,8 +21,10 @@ public sealed class ScsiDeviceOptions
     public uint MaxUnmapBlocks { get; init; } = 1 << 20;
     /// <summary>MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.</summary>
     public uint MaxUnmapDescriptors { get; init; } = 256;
-    /// <summary>MAXIMUM WRITE SAME LENGTH in logical blocks.</summary>
-    public uint MaxWriteSameBlocks { get; init; } = 1 << 20;
+    /// <summary>MAXIMUM WRITE SAME LENGTH in logical blocks (16 MiB): a WRITE SAME covers at most what one WRITE
+    /// may (<see cref="MaxTransferBlocks"/>), so one command's work (replicated writes, zeroes, trims) stays
+    /// bounded like any other write's. UNMAP takes more per command (<see cref="MaxUnmapBlocks"/>).</summary>
+    public uint MaxWriteSameBlocks { get; init; } = 32768;
     /// <summary>MAXIMUM COMPARE AND WRITE LENGTH in logical blocks (1..255).</summary>
     public byte MaxCompareAndWriteBlocks { get; init; } = 128;
 }
