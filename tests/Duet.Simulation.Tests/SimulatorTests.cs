@@ -289,4 +289,19 @@ public sealed class SimulatorTests
         Assert.NotNull(caught);
         Assert.True(Simulator.Run(caught.Seed, Power).Passed, "the same seed passes without the planted bug");
     }
+
+    [Fact]
+    [Trait("Claim", "AW-4")]
+    public void The_power_and_drive_failure_campaign_catches_writes_that_keep_no_partial_sums()
+    {
+        // Seed 15 of `--faults power,fail-drive`: a drive of a parity array is lost with stripes a cut tore.
+        // With the partial sums the lost member's blocks come back; without them they are listed as bad blocks.
+        var options = new SimOptions { Operations = 300, AllowedFaults = FaultPlan.Parse("power,fail-drive") };
+        var planted = Simulator.Run(15, options with { Bug = PlantedBug.NoPartialParity });
+        Assert.False(planted.Passed);
+        Assert.Contains(planted.Failures, f => f.Contains("bad-block list"));
+        var r = Simulator.Run(15, options);
+        Assert.True(r.Passed, string.Join("; ", r.Failures.Take(3)));
+        Assert.True(r.Stats.PartialParityRows > 0);
+    }
 }
