@@ -78,8 +78,10 @@ internal sealed class PartialParityPool
 {
     readonly NvramFile _nvram;
     readonly Stack<int> _free = new();
+    /// <summary>What each entry holds (null: free); its record is <c>LogSlot</c>.</summary>
+    readonly PartialParityEntry?[] _meta;
     /// <summary>Entries per write-log slot (live, or recovered for a recovered record).</summary>
-    readonly Dictionary<int, List<(int Entry, PartialParityEntry Meta)>> _bySlot = [];
+    readonly Dictionary<int, List<int>> _bySlot = [];
     /// <summary>Entries per row (array, stripe, row), for <see cref="Supersede"/>.</summary>
     readonly Dictionary<(byte, long, int), List<int>> _byRow = [];
 
@@ -88,6 +90,7 @@ internal sealed class PartialParityPool
     public PartialParityPool(NvramFile nvram, IReadOnlyDictionary<int, ulong> recovered)
     {
         _nvram = nvram;
+        _meta = new PartialParityEntry?[nvram.Layout.PpSlots];
         for (int e = nvram.Layout.PpSlots - 1; e >= 0; e--)
         {
             var meta = PartialParityEntry.Decode(nvram.PpDescriptor(e), nvram.PpBlock(e));
@@ -103,7 +106,7 @@ internal sealed class PartialParityPool
     public int Free => _free.Count;
     public int Capacity => _nvram.Layout.PpSlots;
 
-    /// <summary>Stores one row's partial parity for the record in <paramref name="logSlot"/>; false if the pool is full.</summary>
+    /// <summary>Stores one row's partial parity for the record <paramref name="meta"/> names; false if the pool is full.</summary>
     public bool TryStore(PartialParityEntry meta, ReadOnlySpan<byte> sum)
     {
         Invariant.Assert(sum.Length == NvramLayout.PpBlockBytes);
@@ -118,17 +121,23 @@ internal sealed class PartialParityPool
 
     void Index(int e, PartialParityEntry meta)
     {
+        _meta[e] = meta;
         if (!_bySlot.TryGetValue(meta.LogSlot, out var list)) _bySlot[meta.LogSlot] = list = [];
-        list.Add((e, meta));
+        list.Add(e);
         var key = (meta.Array, meta.Stripe, meta.Row);
         if (!_byRow.TryGetValue(key, out var row)) _byRow[key] = row = [];
         row.Add(e);
     }
 
-    void Unindex(int e, PartialParityEntry meta)
+    /// <summary>Frees entry <paramref name="e"/> and drops it from the row index (the caller drops it from its slot's list).</summary>
+    void FreeEntry(int e)
     {
+        var meta = _meta[e]!.Value;
         var key = (meta.Array, meta.Stripe, meta.Row);
         if (_byRow.TryGetValue(key, out var row) && row.Remove(e) && row.Count == 0) _byRow.Remove(key);
+        _meta[e] = null;
+        PartialParityEntry.Clear(_nvram.PpDescriptor(e));
+        _free.Push(e);
     }
 
     /// <summary>Frees the entries other records than <paramref name="logSlot"/>'s hold for a row a newer write changes.</summary>
@@ -136,19 +145,14 @@ internal sealed class PartialParityPool
     {
         if (!_byRow.TryGetValue((array, stripe, row), out var entries)) return 0;
         int n = 0;
-        foreach (int e in entries.ToList())
+        foreach (int e in entries.ToArray())
         {
-            int owner = -1;
-            foreach (var (slot, list) in _bySlot)
-                if (list.Exists(x => x.Entry == e)) { owner = slot; break; }
-            if (owner < 0 || owner == logSlot) continue;
-            var list2 = _bySlot[owner];
-            var item = list2.Find(x => x.Entry == e);
-            list2.Remove(item);
-            if (list2.Count == 0) _bySlot.Remove(owner);
-            Unindex(e, item.Meta);
-            PartialParityEntry.Clear(_nvram.PpDescriptor(e));
-            _free.Push(e);
+            int owner = _meta[e]!.Value.LogSlot;
+            if (owner == logSlot) continue;
+            var list = _bySlot[owner];
+            list.Remove(e);
+            if (list.Count == 0) _bySlot.Remove(owner);
+            FreeEntry(e);
             n++;
         }
         return n;
@@ -159,7 +163,7 @@ internal sealed class PartialParityPool
     {
         var found = new List<(PartialParityEntry, byte[])>();
         if (_bySlot.TryGetValue(logSlot, out var list))
-            foreach (var (e, meta) in list) found.Add((meta, _nvram.PpBlock(e).ToArray()));
+            foreach (int e in list) found.Add((_meta[e]!.Value, _nvram.PpBlock(e).ToArray()));
         return found;
     }
 
@@ -167,11 +171,6 @@ internal sealed class PartialParityPool
     public void Release(int logSlot)
     {
         if (!_bySlot.Remove(logSlot, out var list)) return;
-        foreach (var (e, meta) in list)
-        {
-            Unindex(e, meta);
-            PartialParityEntry.Clear(_nvram.PpDescriptor(e));
-            _free.Push(e);
-        }
+        foreach (int e in list) FreeEntry(e);
     }
 }

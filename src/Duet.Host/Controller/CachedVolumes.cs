@@ -27,16 +27,8 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
             await WriteCoreAsync(sector, source, recovery, ct);
             return;
         }
-        await WriteLoggedAsync(sector, source, recovery, log, ct);
-    }
-
-    static long BlockOf(long sector) => sector / Units.SectorsPerBlock;
-    static long BlockEnd(long sectorEnd) => (sectorEnd + Units.SectorsPerBlock - 1) / Units.SectorsPerBlock;
-
-    async ValueTask WriteLoggedAsync(long sector, ReadOnlyMemory<byte> source, bool recovery, IArrayWriteLog log, CancellationToken ct)
-    {
-        long firstBlock = BlockOf(sector);
-        long endBlock = BlockEnd(sector + source.Length / Units.SectorBytes);
+        long firstBlock = sector / Units.SectorsPerBlock;
+        long endBlock = (sector + source.Length / Units.SectorBytes + Units.SectorsPerBlock - 1) / Units.SectorsPerBlock;
         int slot = await log.StartedAsync(ArrayNumber, firstBlock, endBlock - firstBlock, PartialSumsFor(firstBlock, endBlock), ct);
         // Failed or not, the record waits for the next flush: a write that failed part-way leaves its
         // elements dirty and marked for a recovery write, which settles the rows it tore. The rows the
