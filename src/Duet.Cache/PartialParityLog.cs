@@ -106,20 +106,48 @@ internal sealed class PartialParityPool
     public int Free => _free.Count;
     public int Capacity => _nvram.Layout.PpSlots;
 
-    /// <summary>Stores one row's partial parity for the record <paramref name="meta"/> names; false if the pool is full.</summary>
-    public bool TryStore(PartialParityEntry meta, ReadOnlySpan<byte> sum)
+    /// <summary>Takes a free entry for a store (<see cref="Write"/> then <see cref="Index"/> or <see cref="Drop"/>); false if the pool is full.</summary>
+    public bool TryReserve(out int e)
+    {
+        if (_free.Count == 0)
+        {
+            e = -1;
+            return false;
+        }
+        e = _free.Pop();
+        return true;
+    }
+
+    /// <summary>
+    /// Writes a reserved entry into NVRAM: the block, then the descriptor that names it. Touches only entry
+    /// <paramref name="e"/>'s bytes, so the caller runs it without the write log's lock (the copy and the CRC
+    /// of 4 KiB are the pool's whole cost on the write path).
+    /// </summary>
+    public void Write(int e, PartialParityEntry meta, ReadOnlySpan<byte> sum)
     {
         Invariant.Assert(sum.Length == NvramLayout.PpBlockBytes);
-        if (_free.Count == 0) return false;
-        int e = _free.Pop();
         sum.CopyTo(_nvram.PpBlock(e));
         Interlocked.MemoryBarrier();
         meta.Encode(_nvram.PpDescriptor(e), Crc32C.Compute(sum));
+    }
+
+    /// <summary>A reserved entry whose record ended before it was indexed: cleared and free again.</summary>
+    public void Drop(int e)
+    {
+        PartialParityEntry.Clear(_nvram.PpDescriptor(e));
+        _free.Push(e);
+    }
+
+    /// <summary>Stores one row's partial parity for the record <paramref name="meta"/> names; false if the pool is full.</summary>
+    public bool TryStore(PartialParityEntry meta, ReadOnlySpan<byte> sum)
+    {
+        if (!TryReserve(out int e)) return false;
+        Write(e, meta, sum);
         Index(e, meta);
         return true;
     }
 
-    void Index(int e, PartialParityEntry meta)
+    public void Index(int e, PartialParityEntry meta)
     {
         _meta[e] = meta;
         if (!_bySlot.TryGetValue(meta.LogSlot, out var list)) _bySlot[meta.LogSlot] = list = [];

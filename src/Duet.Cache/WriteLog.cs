@@ -135,6 +135,8 @@ public sealed class WriteLog
     /// </summary>
     public bool StorePartialParity(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum)
     {
+        int e;
+        PartialParityEntry meta;
         lock (_lock)
         {
             Invariant.Assert(_state[slot] == SlotState.Open, "partial parity belongs to a write in flight");
@@ -149,14 +151,27 @@ public sealed class WriteLog
                 Interlocked.Increment(ref _ppUnguarded);
                 return false;
             }
-            if (!_pp.TryStore(new PartialParityEntry(r.Array, slot, r.Sequence, stripe, row, unchanged), sum))
+            if (!_pp.TryReserve(out e))
             {
                 Interlocked.Increment(ref _ppUnguarded);
                 return false;
             }
-            Interlocked.Increment(ref _ppStored);
-            return true;
+            meta = new PartialParityEntry(r.Array, slot, r.Sequence, stripe, row, unchanged);
         }
+        // The 4 KiB copy and its CRC outside the lock: the entry is this write's alone until it is indexed.
+        _pp.Write(e, meta, sum);
+        lock (_lock)
+        {
+            if (_state[slot] != SlotState.Open || _records[slot].Sequence != meta.Sequence)
+            {
+                // The record was dropped meanwhile (the log discarded: a standby rejoin); so is its sum.
+                _pp.Drop(e);
+                return false;
+            }
+            _pp.Index(e, meta);
+        }
+        Interlocked.Increment(ref _ppStored);
+        return true;
     }
 
     /// <summary>The write of the open record in <paramref name="slot"/> is about to change a row: the sums other

@@ -521,12 +521,18 @@ public static partial class Program
         var logged = new Option<string>("--logged") { Description = "Comma list of logged-stripe counts", DefaultValueFactory = _ => "10,100,1000" };
         var steady = new Option<bool>("--no-steady") { Description = "Skip the write log's cost: steady-state 4 KiB random-write IOPS through duet up with and without the log" };
         var seconds = new Option<double>("--seconds") { Description = "Seconds of each steady-state fio run", DefaultValueFactory = _ => 5 };
-        var command = new Command("recovery", "AW-4: recovery time after a power cut with N logged stripes, beside a full parity check of the same array; then the log's cost in steady-state write IOPS") { size, logged, steady, seconds };
+        var runs = new Option<int>("--runs") { Description = "Steady-state runs of each mode (with and without the log, alternated on fresh pairs); the median is printed", DefaultValueFactory = _ => 2 };
+        var command = new Command("recovery", "AW-4: recovery time after a power cut with N logged stripes, beside a full parity check of the same array; then the log's cost in steady-state write IOPS") { size, logged, steady, seconds, runs };
         command.SetAction(async (parse, ct) =>
         {
             if (!Units.TryParseSize(parse.GetValue(size)!, out long bytes) || bytes < Units.MiB(16))
             {
                 await parse.InvocationConfiguration.Error.WriteLineAsync($"duet: --size {parse.GetValue(size)} is not a size of at least 16M");
+                return ExitUsage;
+            }
+            if (parse.GetValue(runs) is < 1 or > 50)
+            {
+                await parse.InvocationConfiguration.Error.WriteLineAsync($"duet: --runs {parse.GetValue(runs)} is not a count from 1 to 50");
                 return ExitUsage;
             }
             var counts = new List<int>();
@@ -542,7 +548,7 @@ public static partial class Program
             int code = await RecoveryBench.RunAsync(new RecoveryBenchOptions { ArrayBytes = bytes, LoggedStripes = counts },
                 parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error, ct);
             if (code != 0 || parse.GetValue(steady)) return code;
-            return await WriteLogCostBench.RunAsync(new WriteLogCostBenchOptions { DuetCommand = SelfCommand(), Seconds = parse.GetValue(seconds) },
+            return await WriteLogCostBench.RunAsync(new WriteLogCostBenchOptions { DuetCommand = SelfCommand(), Seconds = parse.GetValue(seconds), Runs = parse.GetValue(runs) },
                 parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error, ct);
         });
         return command;

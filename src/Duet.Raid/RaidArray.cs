@@ -188,6 +188,10 @@ public sealed partial class RaidArray
 
     public ValueTask FlushAsync(CancellationToken ct = default) => FlushCoreAsync(awaitFailures: true, ct);
 
+    long _flushesBeforeSums;
+    /// <summary>Flushes a logged write made before taking partial sums over rows an unflushed write had changed.</summary>
+    public long FlushesBeforeSums => Interlocked.Read(ref _flushesBeforeSums);
+
     /// <summary>
     /// Flush for the array manager while it holds its management lock: a member whose flush fails is
     /// dropped as by <see cref="FlushAsync"/>, but the flush does not wait for that failure to be
@@ -198,6 +202,8 @@ public sealed partial class RaidArray
 
     async ValueTask FlushCoreAsync(bool awaitFailures, CancellationToken ct)
     {
+        long upTo;
+        lock (_unflushed) upTo = _writeGeneration;
 
         // Members flush together; a drive that blocks to flush does so off this path (FileDrive).
         var tasks = new List<Task>();
@@ -205,6 +211,40 @@ public sealed partial class RaidArray
             if (Writable(m)) tasks.Add(FlushMemberAsync(m, awaitFailures, ct));
         await Task.WhenAll(tasks);
         ThrowIfFailed();
+        lock (_unflushed)
+        {
+            if (upTo > _flushedGeneration)
+            {
+                _flushedGeneration = upTo;
+                foreach (var (key, generation) in _unflushed)
+                    if (generation <= upTo) _unflushed.Remove(key);
+            }
+        }
+    }
+
+    // Rows of parity stripes written since a flush covered them: (stripe, row) -> the write's generation, given
+    // when the write returned; a flush covers every generation given before it started.
+    readonly Dictionary<(long Stripe, int Row), long> _unflushed = [];
+    long _writeGeneration, _flushedGeneration;
+
+    void NoteWritten(long stripe, int rowLo, int rowCount)
+    {
+        lock (_unflushed)
+        {
+            long generation = ++_writeGeneration;
+            for (int r = rowLo; r < rowLo + rowCount; r++) _unflushed[(stripe, r)] = generation;
+        }
+    }
+
+    bool WrittenSinceFlush(long stripe, int rowLo, int rowCount)
+    {
+        lock (_unflushed)
+        {
+            if (_unflushed.Count == 0) return false;
+            for (int r = rowLo; r < rowLo + rowCount; r++)
+                if (_unflushed.TryGetValue((stripe, r), out long generation) && generation > _flushedGeneration) return true;
+            return false;
+        }
     }
 
     async Task FlushMemberAsync(int slot, bool awaitFailure, CancellationToken ct)
@@ -859,6 +899,14 @@ public sealed partial class RaidArray
             int p = g.PMember(stripe), q = g.QMember(stripe);
             if (guard is not null && g.ParityMembers > 0)
             {
+                // A partial sum is taken over the blocks this write leaves as the drives hold them now; if an
+                // earlier write to these rows is not flushed yet, a cut could roll its blocks back under the sum
+                // (and the sum supersedes that write's own). So those blocks are made durable first.
+                if (WrittenSinceFlush(stripe, plan.RowLo, plan.RowCount))
+                {
+                    Interlocked.Increment(ref _flushesBeforeSums);
+                    await FlushCoreAsync(awaitFailures: false, ct);
+                }
                 // Sums other writes stored for these rows go stale once this write changes them.
                 for (int r = plan.RowLo; r < plan.RowLo + plan.RowCount; r++) guard.Supersede(stripe, r);
                 StorePartialParity(ws, chunks, newData, plan.RowLo, guard, stored!);
@@ -917,7 +965,8 @@ public sealed partial class RaidArray
                 if (Writable(m)) writes.Add((m, stripe * g.ChunkBlocks + r, ws.Rows(m, r, 1), false));
             if (writeP) writes.Add((p, stripe * g.ChunkBlocks + plan.RowLo, ws.Rows(p, plan.RowLo, plan.RowCount), false));
             if (writeQ) writes.Add((q, stripe * g.ChunkBlocks + plan.RowLo, ws.Rows(q, plan.RowLo, plan.RowCount), false));
-            await WriteAllAsync(writes, ct);
+            try { await WriteAllAsync(writes, ct); }
+            finally { NoteWritten(stripe, plan.RowLo, plan.RowCount); }
         }
         finally
         {
@@ -975,10 +1024,21 @@ public sealed partial class RaidArray
                 }
                 if (unchanged == 0 || unchanged == (g.DataMembers == 64 ? ulong.MaxValue : (1UL << g.DataMembers) - 1)) continue;
                 if (!fromUnchanged && !fromParity) continue;
-                block.Clear();
-                if (!fromUnchanged) Parity.Parity.XorInto(ws.Block(p, r), block);
+                // The first term is copied rather than XORed into a cleared block: one pass less.
+                bool first = true;
+                if (!fromUnchanged)
+                {
+                    ws.Block(p, r).CopyTo(block);
+                    first = false;
+                }
                 for (int i = 0; i < g.DataMembers; i++)
-                    if (((unchanged >> i) & 1) != 0 == fromUnchanged) Parity.Parity.XorInto(ws.Block(g.DataMember(stripe, i), r), block);
+                {
+                    if (((unchanged >> i) & 1) != 0 != fromUnchanged) continue;
+                    if (first) ws.Block(g.DataMember(stripe, i), r).CopyTo(block);
+                    else Parity.Parity.XorInto(ws.Block(g.DataMember(stripe, i), r), block);
+                    first = false;
+                }
+                Invariant.Assert(!first, "a partial sum has at least one term");
                 guard.Store(stripe, r, unchanged, block);
             }
         }

@@ -26,22 +26,9 @@ public sealed class ControllerTakeoverInProcessTests
     [Trait("Claim", "FO-7")]
     public async Task TheSurvivorFencesAdoptsSettlesTheUnfinishedWriteAndServesWhileTheFencedControllerStepsDown()
     {
-        var bay = new MemoryShelf();
-        for (int i = 0; i < 6; i++) bay.Insert($"d{i}", DriveBytes);
-        await using (var setup = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = bay, Controller = "A" }))
-        {
-            await setup.CreateArrayAsync(new CreateArrayRequest("arr0", 5, ["d0", "d1", "d2"], Owner: "A"));
-            await setup.CreateArrayAsync(new CreateArrayRequest("arr1", 5, ["d3", "d4", "d5"], Owner: "B"));
-            await setup.CreateVolumeAsync(new CreateVolumeRequest("vol0", "arr0", 16L << 20));
-        }
-        var shelf = new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore());
-        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
-        var (linkA, linkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 }, TimeProvider.System);
-        var a = await StartAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA);
-        var b = await StartAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB);
+        var (shelf, a, b) = await FormPairAsync();
         try
         {
-            await Until(() => a.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && b.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && a.HoldsLease, "the pair to form");
             var data = new byte[256 << 10];
             new System.Random(5).NextBytes(data);
             Assert.True(a.Volumes.TryGetVolume("vol0", out var vol0OnA));
@@ -88,6 +75,53 @@ public sealed class ControllerTakeoverInProcessTests
         {
             await b.DisposeAsync();
         }
+    }
+
+    [Fact]
+    [Trait("Claim", "AW-3")]
+    public async Task CheckpointsReachThePeerWhileTheLinkIsUpEvenWithTheMirrorDown()
+    {
+        // A controller writes to the drives while its mirror is not healthy (a restarted controller writes its
+        // dirty cache before it pairs; error-recovery mode writes through): if it dies then, its peer's takeover
+        // must know which stripes those writes may have torn, so the checkpoints still go while the link is up.
+        var (_, a, b) = await FormPairAsync();
+        try
+        {
+            var raid = a.Arrays.ServedArrays.Single(r => r.Name == "arr0");
+            byte number = a.Arrays.NumberOf(raid);
+            await a.Cache.DrainAsync();
+            await Until(() => b.PeerOpenCheckpoints == 0, "A's destage records to be cleared at B");
+            a.Mirror.Fail("test: the mirror is down, the link is not");
+            Assert.True(a.Link.IsUp);
+            long posted = a.StartedCheckpointsPosted;
+            await ((IArrayWriteLog)a).StartedAsync(number, 0, 1, 0, default);
+            Assert.Equal(posted + 1, a.StartedCheckpointsPosted); // posted by the write itself, not left to a pairing
+            await Until(() => b.PeerOpenCheckpoints == 1, "B to hear A's checkpoint with A's mirror down");
+        }
+        finally
+        {
+            await a.DisposeAsync();
+            await b.DisposeAsync();
+        }
+    }
+
+    static async Task<(Duet.Shelf.Shelf Shelf, PairController A, PairController B)> FormPairAsync()
+    {
+        var bay = new MemoryShelf();
+        for (int i = 0; i < 6; i++) bay.Insert($"d{i}", DriveBytes);
+        await using (var setup = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = bay, Controller = "A" }))
+        {
+            await setup.CreateArrayAsync(new CreateArrayRequest("arr0", 5, ["d0", "d1", "d2"], Owner: "A"));
+            await setup.CreateArrayAsync(new CreateArrayRequest("arr1", 5, ["d3", "d4", "d5"], Owner: "B"));
+            await setup.CreateVolumeAsync(new CreateVolumeRequest("vol0", "arr0", 16L << 20));
+        }
+        var shelf = new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore());
+        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
+        var (linkA, linkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 }, TimeProvider.System);
+        var a = await StartAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA);
+        var b = await StartAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB);
+        await Until(() => a.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && b.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && a.HoldsLease, "the pair to form");
+        return (shelf, a, b);
     }
 
     static async Task Until(Func<bool> condition, string what)

@@ -121,6 +121,29 @@ public class PartialParityTests
     }
 
     [Fact]
+    public async Task ASumIsNeverTakenOverBlocksAnUnflushedWriteLeftInItsRows()
+    {
+        // A sum rests on the blocks its write leaves as the drives hold them. If an earlier write to the same rows
+        // is not flushed yet, a cut may roll those blocks back under the sum (which supersedes the earlier write's
+        // own): the array flushes first. Rows flushed since, or rows no write touched, need no flush.
+        var h = new ArrayHarness(RaidLevel.Raid5, 4, chunkBlocks: 4, seed: 5);
+        var pp = new Captured();
+        var block = new byte[Units.BlockBytes];
+        await h.Array.WriteAsync(0, block, pp);                              // stripe 0 row 0, data index 0
+        Assert.Equal(0, h.Array.FlushesBeforeSums);
+        await h.Array.WriteAsync(4 * Units.SectorsPerBlock, block, pp);      // the same row, data index 1: flush first
+        Assert.Equal(1, h.Array.FlushesBeforeSums);
+        await h.Array.WriteAsync(Units.SectorsPerBlock, block, pp);          // row 1 of stripe 0: never written
+        Assert.Equal(1, h.Array.FlushesBeforeSums);
+        await h.Array.FlushAsync();
+        await h.Array.WriteAsync(8 * Units.SectorsPerBlock, block, pp);      // row 0 again (data index 2), after a flush
+        Assert.Equal(1, h.Array.FlushesBeforeSums);
+        await h.Array.WriteAsync(4 * Units.SectorsPerBlock, block);          // unlogged writes take no sums and never flush
+        await h.Array.WriteAsync(0, block);
+        Assert.Equal(1, h.Array.FlushesBeforeSums);
+    }
+
+    [Fact]
     public async Task AWriteThatReplacesWholeRowsStoresNothing()
     {
         var h = new ArrayHarness(RaidLevel.Raid5, 4, chunkBlocks: 4, seed: 3);

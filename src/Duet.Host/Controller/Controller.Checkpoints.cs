@@ -17,9 +17,10 @@ namespace Duet.Host.Controller;
 //  - a peer that takes this controller over settles the stripes of the records it holds,
 // and in both cases only those stripes are checked, never the whole array. "Started" is on the link
 // before the first drive write (the sender waits for the post, at most 100 ms) and the link is FIFO, so
-// the peer has it whenever the drives may hold part of the write. Checkpoints flow only while the pair
-// is healthy (mirror up, peer not fenced): a hung peer's full link must never stall this controller's
-// writes; a pairing sends the peer every record still open.
+// the peer has it whenever the drives may hold part of the write. Checkpoints flow while the link is up
+// and the peer is not fenced (also before a restarted controller has paired: it writes its dirty cache to
+// the drives first); a hung peer's full link costs a write at most the post limit; a pairing sends the
+// peer every record still open (its hello made the peer forget the older ones).
 public sealed partial class Controller : IArrayWriteLog
 {
     /// <summary>This controller's write log (AW-4) in its NVRAM, and its copy of the peer's.</summary>
@@ -29,6 +30,10 @@ public sealed partial class Controller : IArrayWriteLog
 
     /// <summary>The peer's writes started and not yet durable, as far as this controller heard.</summary>
     public int PeerOpenCheckpoints => WriteLog.Mirrored().Count;
+
+    /// <summary>"Started" checkpoints this controller posted to its peer (AW-3).</summary>
+    public long StartedCheckpointsPosted => Interlocked.Read(ref _startedPosted);
+    long _startedPosted;
 
     /// <summary>Records of this controller's own log settled at its last start.</summary>
     public long RecoveredWritesSettled => Interlocked.Read(ref _recoveredSettled);
@@ -63,6 +68,7 @@ public sealed partial class Controller : IArrayWriteLog
         }
         if (CheckpointsFlow)
         {
+            Interlocked.Increment(ref _startedPosted);
             // Bounded: a peer that stopped reading its link (hung) must not stop our writes; the mirror has
             // failed by then anyway, and a peer that takes us over after that settles nothing it was not told.
             var post = PostOrDropAsync(IclSignal.Message, StartedBytes(slot, record));
@@ -99,8 +105,12 @@ public sealed partial class Controller : IArrayWriteLog
     static byte[] StartedBytes(int slot, WriteLogRecord r) =>
         DuetFrame.ToArray(new WriteCheckpoint(CheckpointPhase.Started, WriteLog.LinkId(slot, r.Sequence), r.Array, (ulong)r.FirstBlock, (uint)r.BlockCount));
 
-    // Checkpoints go to a peer that can take over and is listening: a shelf, paired (mirror healthy), not fenced.
-    bool CheckpointsFlow => Shelf is not null && Link.IsUp && !_peerFenced && Mirror.Mode == MirrorMode.Healthy;
+    // Checkpoints go to a peer that can take over: a shelf, the link up, the peer not fenced. Not only while the
+    // mirror is healthy: a controller that restarts writes its dirty cache to the drives before it pairs (and
+    // destages in error-recovery mode while a pairing is refused or times out); if it dies then, the peer's
+    // takeover must know which stripes those writes may have torn. A peer that is not listening costs each
+    // write at most the post limit until the link or the fence stops the flow.
+    bool CheckpointsFlow => Shelf is not null && Link.IsUp && !_peerFenced;
     static readonly TimeSpan CheckpointPostLimit = TimeSpan.FromMilliseconds(100);
 
     RaidBacking NewBacking(Duet.Raid.RaidArray raid)
@@ -179,10 +189,15 @@ public sealed partial class Controller : IArrayWriteLog
             }
             settled++;
             return true;
+        }, async () =>
+        {
+            // What settling wrote must be durable before the records that name those stripes go: a cut before
+            // that flush may tear a settled row again (with a member missing, its partial sums are then all that
+            // can give the lost block back). A flush that fails keeps every record for the next start.
+            bool all = true;
+            foreach (var raid in served.Values) all &= await FlushSettledAsync(raid);
+            return all;
         });
-        // Not flushed before the records go (as before the partial sums): a flush here changed the start's timing
-        // enough to expose a parity mismatch in the classic campaign (seed 401), not understood yet. So a cut
-        // between settling and the next flush can leave a settled row torn again, with no record: see write-log.md.
         Interlocked.Add(ref _recoveredSettled, settled);
         LogRecoveredLog(found, sums.Values.Sum(x => x.Count), settled);
     }
