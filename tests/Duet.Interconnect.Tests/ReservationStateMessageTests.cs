@@ -55,10 +55,33 @@ public class ReservationStateMessageTests
         Assert.Equal(empty, e);
     }
 
+    [Fact]
+    public void An_SPC2_holder_follows_the_registrations_with_a_zero_key_and_round_trips()
+    {
+        var holder = new ReservationRegistration("iqn.c", 0x23d_0000_0009, 2, 2, 0);
+        var m = new ReservationStateMessage("v0", 3, Aptpl: false, Type: 0, HolderIndex: -1, [First], Spc2Holder: holder);
+        var b = Encode(m);
+        Assert.Equal(0x04, b[8]); // flag bit 2
+        Assert.EndsWith("0000000000000000 0000023d00000009 0002 0002 05 000000 69716e2e63".Replace(" ", "", StringComparison.Ordinal), ToHex(b), StringComparison.Ordinal);
+        Assert.Equal(OperationStatus.Done, ReservationStateMessage.TryDecode(b, out var back, out _, out _));
+        Assert.Equal(m, back);
+        Assert.NotEqual(m with { Spc2Holder = null }, back);
+
+        // A holder with a key, or the flag with nothing after the registrations, is refused.
+        var keyed = Encode(m);
+        keyed[^(24 + 5 - 7)] = 1; // last byte of the holder's key
+        Assert.Equal(OperationStatus.InvalidData, ReservationStateMessage.TryDecode(keyed, out _, out _, out var error));
+        Assert.Equal(WireError.BadEnum, error);
+        var flagOnly = Encode(m with { Spc2Holder = null });
+        flagOnly[8] |= 0x04;
+        Assert.Equal(OperationStatus.InvalidData, ReservationStateMessage.TryDecode(flagOnly, out _, out _, out error));
+        Assert.Equal(WireError.BadLength, error);
+    }
+
     const string Head = "010a 0000 ";
 
     [Theory]
-    [InlineData("00000019 04 00 01 00 00000000 0000 ffff 00000000 76", WireError.NonZeroReserved)]  // unknown flag
+    [InlineData("00000019 08 00 01 00 00000000 0000 ffff 00000000 76", WireError.NonZeroReserved)]  // unknown flag
     [InlineData("00000019 00 00 01 01 00000000 0000 ffff 00000000 76", WireError.NonZeroReserved)]  // byte 3
     [InlineData("00000019 00 00 01 00 00000000 0000 ffff 00000001 76", WireError.NonZeroReserved)]  // bytes 12-15
     [InlineData("00000019 00 02 01 00 00000000 0000 ffff 00000000 76", WireError.BadEnum)]          // type 2

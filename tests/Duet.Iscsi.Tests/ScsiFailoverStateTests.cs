@@ -103,6 +103,32 @@ public sealed class ScsiFailoverStateTests
         Good(h.Run(Cdb.TestUnitReady()));
     }
 
+    [Fact]
+    public void AnSpc2ReservationIsOneForBothControllersPorts()
+    {
+        // RESERVE(6) through the peer's port arrives with the LUN's state: a nexus here conflicts with it.
+        var h = Ready();
+        _ = h.Store.SaveAsync("vol0", PrSnapshot.Empty with { Spc2Holder = D });
+        Conflict(h.Run(Cdb.Reserve6()));
+        Conflict(h.Run(Cdb.Read10(0, 1)));
+        Good(h.Run(Cdb.Release6()));                                      // someone else's: GOOD, changes nothing
+        Conflict(h.Run(Cdb.Read10(0, 1)));
+
+        // Released there: ours to take, and what we take goes to the store (hence to the peer).
+        _ = h.Store.SaveAsync("vol0", PrSnapshot.Empty);
+        Good(h.Run(Cdb.Reserve6()));
+        Assert.Equal(A, h.Store.Load("vol0")!.Spc2Holder);
+        Good(h.Run(Cdb.Release6()));
+        Assert.Null(h.Store.Load("vol0")!.Spc2Holder);
+
+        // A holder that logs out leaves no reservation behind at the peer either.
+        Good(h.Run(Cdb.Reserve6(), nexus: B));
+        Assert.Equal(B, h.Store.Load("vol0")!.Spc2Holder);
+        h.Device.NexusLost(B);
+        Assert.Null(h.Store.Load("vol0")!.Spc2Holder);
+        Good(h.Run(Cdb.Reserve6()));
+    }
+
     sealed class MutableCatalog : IVolumeCatalog
     {
         public List<IBlockVolume> List { get; } = [];

@@ -71,7 +71,7 @@ public sealed class MirroredReservationStore : IReservationStore, IUnitResetRela
     {
         if (_persistence is null || !(after.Aptpl || before?.Aptpl == true)) return;
         var states = _snapshots.Where(kv => kv.Value.Aptpl).OrderBy(kv => kv.Key, StringComparer.Ordinal)
-            .Select(kv => ToMessage(kv.Key, kv.Value, sync: false)).ToList();
+            .Select(kv => ToMessage(kv.Key, kv.Value with { Spc2Holder = null }, sync: false)).ToList(); // SPC-2 reservations end with the power
         _persistence.Write(ReservationFile.Encode(states));
         Interlocked.Increment(ref _persisted);
     }
@@ -196,7 +196,9 @@ public sealed class MirroredReservationStore : IReservationStore, IUnitResetRela
             regs[i] = new ReservationRegistration(r.InitiatorName, r.Isid, r.TargetPortGroup, r.RelativeTargetPort, r.Key);
         }
         bool single = s.Type is not (PrType.None or PrType.WriteExclusiveAllRegistrants or PrType.ExclusiveAccessAllRegistrants);
-        return new ReservationStateMessage(volume, s.Generation, s.Aptpl, (byte)s.Type, single ? s.HolderIndex : -1, regs, sync);
+        var h = s.Spc2Holder;
+        return new ReservationStateMessage(volume, s.Generation, s.Aptpl, (byte)s.Type, single ? s.HolderIndex : -1, regs, sync,
+            h is null ? null : new ReservationRegistration(h.InitiatorName, h.Isid, h.TargetPortGroup, h.RelativeTargetPort, 0));
     }
 
     public static PrSnapshot ToSnapshot(ReservationStateMessage m)
@@ -207,6 +209,8 @@ public sealed class MirroredReservationStore : IReservationStore, IUnitResetRela
             var r = m.Registrations[i];
             regs[i] = new PrRegistration(r.InitiatorName, r.Isid, r.TargetPortGroup, r.RelativeTargetPort, r.Key);
         }
-        return new PrSnapshot(m.Generation, m.Aptpl, regs, (PrType)m.Type, m.HolderIndex);
+        var h = m.Spc2Holder;
+        return new PrSnapshot(m.Generation, m.Aptpl, regs, (PrType)m.Type, m.HolderIndex,
+            h is null ? null : new ItNexus(h.InitiatorName, h.Isid, h.TargetPortGroup, h.RelativeTargetPort));
     }
 }

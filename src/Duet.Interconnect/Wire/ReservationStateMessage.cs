@@ -21,10 +21,12 @@ public sealed record ReservationRegistration(string InitiatorName, ulong Isid, u
 /// for a reservation that is not all-registrants, and only then); 12-15 zero; 16.. volume name UTF-8;
 /// then r registrations of 24 bytes + name: 0-7 key (nonzero), 8-15 ISID (48 bits: bytes 8-9 zero),
 /// 16-17 target port group, 18-19 relative target port, 20 initiator name length m (1-223), 21-23 zero,
-/// 24.. initiator name UTF-8. No two registrations name the same nexus.
+/// 24.. initiator name UTF-8. No two registrations name the same nexus. With flag bit 2, the I_T nexus that holds
+/// the LUN's SPC-2 reservation (RESERVE(6)/(10): one logical unit behind both controllers' ports) follows, laid out
+/// as a registration whose key is zero.
 /// </summary>
 public sealed record ReservationStateMessage(string Volume, uint Generation, bool Aptpl, byte Type, int HolderIndex,
-    IReadOnlyList<ReservationRegistration> Registrations, bool Sync = false) : IDuetMessage<ReservationStateMessage>
+    IReadOnlyList<ReservationRegistration> Registrations, bool Sync = false, ReservationRegistration? Spc2Holder = null) : IDuetMessage<ReservationStateMessage>
 {
     public const int FixedBodyBytes = 16;
     public const int RegistrationFixedBytes = 24;
@@ -34,7 +36,7 @@ public sealed record ReservationStateMessage(string Volume, uint Generation, boo
     public const int RegistrationsMax = 2048;
     public const ushort NoHolder = 0xFFFF;
 
-    const byte FlagAptpl = 0x01, FlagSync = 0x02;
+    const byte FlagAptpl = 0x01, FlagSync = 0x02, FlagSpc2 = 0x04;
 
     static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
@@ -46,6 +48,7 @@ public sealed record ReservationStateMessage(string Volume, uint Generation, boo
         {
             int n = FixedBodyBytes + Encoding.UTF8.GetByteCount(Volume);
             foreach (var r in Registrations) n += RegistrationFixedBytes + Encoding.UTF8.GetByteCount(r.InitiatorName);
+            if (Spc2Holder is { } h) n += RegistrationFixedBytes + Encoding.UTF8.GetByteCount(h.InitiatorName);
             return n;
         }
     }
@@ -58,7 +61,7 @@ public sealed record ReservationStateMessage(string Volume, uint Generation, boo
         value = null;
         if (b.Length < FixedBodyBytes) return DuetFrame.Fail(out error, WireError.BadLength);
         byte flags = b[0], type = b[1];
-        if ((flags & ~(FlagAptpl | FlagSync)) != 0 || b[3] != 0 || b[12..16].ContainsAnyExcept((byte)0)) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
+        if ((flags & ~(FlagAptpl | FlagSync | FlagSpc2)) != 0 || b[3] != 0 || b[12..16].ContainsAnyExcept((byte)0)) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
         if (!IsValidType(type)) return DuetFrame.Fail(out error, WireError.BadEnum);
         int nameBytes = b[2];
         if (nameBytes == 0) return DuetFrame.Fail(out error, WireError.BadText);
@@ -73,25 +76,40 @@ public sealed record ReservationStateMessage(string Volume, uint Generation, boo
         var registrations = new ReservationRegistration[count];
         for (int i = 0; i < count; i++)
         {
-            if (b.Length - at < RegistrationFixedBytes) return DuetFrame.Fail(out error, WireError.BadLength);
-            var r = b[at..];
-            ulong key = BinaryPrimitives.ReadUInt64BigEndian(r);
-            ulong isid = BinaryPrimitives.ReadUInt64BigEndian(r[8..]);
-            int m = r[20];
-            if (key == 0) return DuetFrame.Fail(out error, WireError.BadEnum);
-            if (isid >> 48 != 0 || r[21] != 0 || r[22] != 0 || r[23] != 0) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
-            if (m is 0 or > InitiatorNameBytesMax) return DuetFrame.Fail(out error, WireError.BadText);
-            if (r.Length < RegistrationFixedBytes + m) return DuetFrame.Fail(out error, WireError.BadLength);
-            if (!TryText(r.Slice(RegistrationFixedBytes, m), out var initiator)) return DuetFrame.Fail(out error, WireError.BadText);
-            var reg = new ReservationRegistration(initiator, isid, BinaryPrimitives.ReadUInt16BigEndian(r[16..]), BinaryPrimitives.ReadUInt16BigEndian(r[18..]), key);
+            if (!TryReadNexus(b, ref at, spc2: false, out var reg, out error)) return false;
             for (int j = 0; j < i; j++)
                 if (SameNexus(registrations[j], reg)) return DuetFrame.Fail(out error, WireError.DuplicateEntry);
             registrations[i] = reg;
-            at += RegistrationFixedBytes + m;
+        }
+        ReservationRegistration? spc2 = null;
+        if ((flags & FlagSpc2) != 0)
+        {
+            if (!TryReadNexus(b, ref at, spc2: true, out var h, out error)) return false;
+            spc2 = h;
         }
         if (at != b.Length) return DuetFrame.Fail(out error, WireError.BadLength);
         value = new ReservationStateMessage(volume, BinaryPrimitives.ReadUInt32BigEndian(b[4..]), (flags & FlagAptpl) != 0, type,
-            needsHolder ? holder : -1, registrations, (flags & FlagSync) != 0);
+            needsHolder ? holder : -1, registrations, (flags & FlagSync) != 0, spc2);
+        error = WireError.None;
+        return true;
+    }
+
+    /// <summary>One registration (a nonzero key) or the SPC-2 holder (key zero) at <paramref name="at"/>.</summary>
+    static bool TryReadNexus(ReadOnlySpan<byte> b, ref int at, bool spc2, [MaybeNullWhen(false)] out ReservationRegistration value, out WireError error)
+    {
+        value = null;
+        if (b.Length - at < RegistrationFixedBytes) return DuetFrame.Fail(out error, WireError.BadLength);
+        var r = b[at..];
+        ulong key = BinaryPrimitives.ReadUInt64BigEndian(r);
+        ulong isid = BinaryPrimitives.ReadUInt64BigEndian(r[8..]);
+        int m = r[20];
+        if (spc2 ? key != 0 : key == 0) return DuetFrame.Fail(out error, WireError.BadEnum);
+        if (isid >> 48 != 0 || r[21] != 0 || r[22] != 0 || r[23] != 0) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
+        if (m is 0 or > InitiatorNameBytesMax) return DuetFrame.Fail(out error, WireError.BadText);
+        if (r.Length < RegistrationFixedBytes + m) return DuetFrame.Fail(out error, WireError.BadLength);
+        if (!TryText(r.Slice(RegistrationFixedBytes, m), out var initiator)) return DuetFrame.Fail(out error, WireError.BadText);
+        value = new ReservationRegistration(initiator, isid, BinaryPrimitives.ReadUInt16BigEndian(r[16..]), BinaryPrimitives.ReadUInt16BigEndian(r[18..]), key);
+        at += RegistrationFixedBytes + m;
         error = WireError.None;
         return true;
     }
@@ -115,7 +133,7 @@ public sealed record ReservationStateMessage(string Volume, uint Generation, boo
         bool needsHolder = Type != 0 && !IsAllRegistrants(Type);
         Duet.Core.Invariant.Assert(needsHolder ? HolderIndex >= 0 && HolderIndex < Registrations.Count : HolderIndex < 0);
         b[..FixedBodyBytes].Clear();
-        b[0] = (byte)((Aptpl ? FlagAptpl : 0) | (Sync ? FlagSync : 0));
+        b[0] = (byte)((Aptpl ? FlagAptpl : 0) | (Sync ? FlagSync : 0) | (Spc2Holder is not null ? FlagSpc2 : 0));
         b[1] = Type;
         b[2] = (byte)nameBytes;
         BinaryPrimitives.WriteUInt32BigEndian(b[4..], Generation);
@@ -125,24 +143,35 @@ public sealed record ReservationStateMessage(string Volume, uint Generation, boo
         int at = FixedBodyBytes + nameBytes;
         foreach (var r in Registrations)
         {
-            int m = Encoding.UTF8.GetByteCount(r.InitiatorName);
-            Duet.Core.Invariant.Assert(m is > 0 and <= InitiatorNameBytesMax);
-            Duet.Core.Invariant.Assert(r.Key != 0 && r.Isid >> 48 == 0);
-            var d = b[at..];
-            d[..RegistrationFixedBytes].Clear();
-            BinaryPrimitives.WriteUInt64BigEndian(d, r.Key);
-            BinaryPrimitives.WriteUInt64BigEndian(d[8..], r.Isid);
-            BinaryPrimitives.WriteUInt16BigEndian(d[16..], r.TargetPortGroup);
-            BinaryPrimitives.WriteUInt16BigEndian(d[18..], r.RelativeTargetPort);
-            d[20] = (byte)m;
-            Encoding.UTF8.GetBytes(r.InitiatorName, d.Slice(RegistrationFixedBytes, m));
-            at += RegistrationFixedBytes + m;
+            Duet.Core.Invariant.Assert(r.Key != 0);
+            at += WriteNexus(b[at..], r);
         }
+        if (Spc2Holder is { } holderNexus)
+        {
+            Duet.Core.Invariant.Assert(holderNexus.Key == 0);
+            at += WriteNexus(b[at..], holderNexus);
+        }
+        Duet.Core.Invariant.Assert(at == b.Length);
+    }
+
+    static int WriteNexus(Span<byte> d, ReservationRegistration r)
+    {
+        int m = Encoding.UTF8.GetByteCount(r.InitiatorName);
+        Duet.Core.Invariant.Assert(m is > 0 and <= InitiatorNameBytesMax);
+        Duet.Core.Invariant.Assert(r.Isid >> 48 == 0);
+        d[..RegistrationFixedBytes].Clear();
+        BinaryPrimitives.WriteUInt64BigEndian(d, r.Key);
+        BinaryPrimitives.WriteUInt64BigEndian(d[8..], r.Isid);
+        BinaryPrimitives.WriteUInt16BigEndian(d[16..], r.TargetPortGroup);
+        BinaryPrimitives.WriteUInt16BigEndian(d[18..], r.RelativeTargetPort);
+        d[20] = (byte)m;
+        Encoding.UTF8.GetBytes(r.InitiatorName, d.Slice(RegistrationFixedBytes, m));
+        return RegistrationFixedBytes + m;
     }
 
     public bool Equals(ReservationStateMessage? other) =>
         other is not null && Volume == other.Volume && Generation == other.Generation && Aptpl == other.Aptpl && Type == other.Type
-        && HolderIndex == other.HolderIndex && Sync == other.Sync && Registrations.SequenceEqual(other.Registrations);
+        && HolderIndex == other.HolderIndex && Sync == other.Sync && Registrations.SequenceEqual(other.Registrations) && Spc2Holder == other.Spc2Holder;
 
     public override int GetHashCode() => HashCode.Combine(Volume, Generation, Type, Registrations.Count);
 

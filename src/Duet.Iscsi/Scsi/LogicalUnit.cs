@@ -23,6 +23,7 @@ sealed class LogicalUnit
         Naa = DeriveNaa(hash);
         Serial = Convert.ToHexString(hash, 0, 10);
         Pr = new PersistentReservation(saved ?? PrSnapshot.Empty);
+        Spc2Holder = saved?.Spc2Holder;
         LastSaved = saved ?? PrSnapshot.Empty;
     }
 

@@ -23,9 +23,12 @@ public sealed record PrRegistration(string InitiatorName, ulong Isid, ushort Tar
 /// A LUN's persistent reservation state as one immutable, serialisable value: what the controller
 /// mirrors to its peer so that registrations and the reservation survive a failover.
 /// <see cref="HolderIndex"/> indexes <see cref="Registrations"/> (-1: no reservation, or an
-/// all-registrants reservation, whose holders are every registrant).
+/// all-registrants reservation, whose holders are every registrant). <see cref="Spc2Holder"/> is the nexus that holds
+/// the LUN's SPC-2 reservation (RESERVE(6)/(10)), if one does: mirrored with the rest, never persisted (APTPL is a
+/// persistent reservation's; an SPC-2 reservation ends with the power).
 /// </summary>
-public sealed record PrSnapshot(uint Generation, bool Aptpl, IReadOnlyList<PrRegistration> Registrations, PrType Type, int HolderIndex)
+public sealed record PrSnapshot(uint Generation, bool Aptpl, IReadOnlyList<PrRegistration> Registrations, PrType Type, int HolderIndex,
+    ItNexus? Spc2Holder = null)
 {
     public static PrSnapshot Empty { get; } = new(0, false, [], PrType.None, -1);
 }

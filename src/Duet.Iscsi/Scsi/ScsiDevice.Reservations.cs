@@ -6,27 +6,54 @@ namespace Duet.Iscsi.Scsi;
 // SPC-2 RESERVE/RELEASE and SPC-4 PERSISTENT RESERVE IN/OUT.
 public sealed partial class ScsiDevice
 {
-    static ScsiResult Reserve(LogicalUnit lu, ItNexus nexus)
+    // SPC-2 RESERVE/RELEASE. The LUN is one logical unit behind both controllers' target ports, so its holder is
+    // saved with its PR state (mirrored to the peer, never persisted): a RESERVE through one controller's port
+    // conflicts with the other's nexuses too. The command completes once the peer has the change.
+    async ValueTask<ScsiResult> Spc2Async(LogicalUnit lu, ItNexus nexus, bool reserve)
     {
+        var result = reserve ? Reserve(lu, nexus, out var saved) : Release(lu, nexus, out saved);
+        await saved.ConfigureAwait(false);
+        return result;
+    }
+
+    ScsiResult Reserve(LogicalUnit lu, ItNexus nexus, out ValueTask saved)
+    {
+        saved = ValueTask.CompletedTask;
+        PrSnapshot snapshot;
+        using var saving = lu.SaveLock.EnterScope();
         lock (lu.Sync)
         {
             if (lu.Pr.HasRegistrations) return Conflict;
             if (lu.Spc2Holder is { } holder && !holder.Equals(nexus)) return Conflict;
+            if (nexus.Equals(lu.Spc2Holder)) return GoodNoData;
             lu.Spc2Holder = nexus;
+            snapshot = StateOf(lu);
+            lu.MarkSaved(snapshot);
         }
+        saved = SaveReservations(lu, snapshot);
         return GoodNoData;
     }
 
-    static ScsiResult Release(LogicalUnit lu, ItNexus nexus)
+    ScsiResult Release(LogicalUnit lu, ItNexus nexus, out ValueTask saved)
     {
+        saved = ValueTask.CompletedTask;
+        PrSnapshot snapshot;
+        using var saving = lu.SaveLock.EnterScope();
         lock (lu.Sync)
         {
             if (lu.Pr.HasRegistrations) return Conflict;
             // Releasing someone else's reservation (or none) is GOOD and changes nothing (SPC-2 7.17).
-            if (nexus.Equals(lu.Spc2Holder)) lu.Spc2Holder = null;
+            if (!nexus.Equals(lu.Spc2Holder)) return GoodNoData;
+            lu.Spc2Holder = null;
+            snapshot = StateOf(lu);
+            lu.MarkSaved(snapshot);
         }
+        saved = SaveReservations(lu, snapshot);
         return GoodNoData;
     }
+
+    /// <summary>The LUN's reservation state to save: its persistent reservation and its SPC-2 holder (under its lock).</summary>
+    static PrSnapshot StateOf(LogicalUnit lu) => lu.Pr.Snapshot() with { Spc2Holder = lu.Spc2Holder };
 
     /// <summary>Raised after a PREEMPT AND ABORT with the LUN and the I_T nexuses whose registrations it removed:
     /// the transport aborts their tasks on that LUN (SPC-4 5.12.11.2.5), as the device server keeps no task set.</summary>
@@ -212,7 +239,7 @@ public sealed partial class ScsiDevice
                     case 5: aborted = pr.Preempt(nexus, key, serviceKey, (PrType)type); break;
                 }
             }
-            snapshot = pr.Snapshot();
+            snapshot = StateOf(lu);
             if (lu.LastSaved is { } last && SameState(last, snapshot)) return GoodNoData;
             lu.MarkSaved(snapshot);
         }
@@ -222,7 +249,7 @@ public sealed partial class ScsiDevice
 
     static bool SameState(PrSnapshot a, PrSnapshot b) =>
         a.Generation == b.Generation && a.Aptpl == b.Aptpl && a.Type == b.Type && a.HolderIndex == b.HolderIndex
-        && a.Registrations.SequenceEqual(b.Registrations);
+        && a.Registrations.SequenceEqual(b.Registrations) && Equals(a.Spc2Holder, b.Spc2Holder);
 
     /// <summary>REGISTER AND MOVE: the parameter list names the target I_T nexus by relative target port and TransportID.</summary>
     static void RegisterAndMove(PersistentReservation pr, ItNexus nexus, ReadOnlySpan<byte> list, ulong key, ulong serviceKey, IReadOnlyList<TargetPortGroup> groups)

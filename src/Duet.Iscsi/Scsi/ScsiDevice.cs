@@ -244,8 +244,8 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
             Op.ModeSense10 => Done(ModeSense(lu, cdb, ten: true)),
             Op.ModeSelect6 => Done(ModeSelect(lu, command, cdb, ten: false)),
             Op.ModeSelect10 => Done(ModeSelect(lu, command, cdb, ten: true)),
-            Op.Reserve6 or Op.Reserve10 => Done(Reserve(lu, nexus)),
-            Op.Release6 or Op.Release10 => Done(Release(lu, nexus)),
+            Op.Reserve6 or Op.Reserve10 => Spc2Async(lu, nexus, reserve: true),
+            Op.Release6 or Op.Release10 => Spc2Async(lu, nexus, reserve: false),
             Op.PersistentReserveIn => Done(PersistentReserveIn(lu, info.ServiceAction, Be16(cdb, 7))),
             Op.PersistentReserveOut => PersistentReserveOutAsync(lu, command, info.ServiceAction),
             _ => throw new InvariantViolationException($"opcode 0x{op:X2} is in the command table but has no handler"),
@@ -343,11 +343,15 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
         PrSnapshot? save = null;
         lock (lu.Sync)
         {
+            bool held = lu.Spc2Holder is not null;
             lu.Spc2Holder = null;
             lu.ResetAttentions();
-            if (cold && lu.Pr.ClearUnlessPersistent())
+            bool cleared = cold && lu.Pr.ClearUnlessPersistent();
+            if (cleared || held)
             {
-                save = lu.Pr.Snapshot();
+                // (The peer drops its copy of the SPC-2 holder on the relayed reset as well; saving keeps the
+                // store's state, which a pairing sends, from naming it again.)
+                save = StateOf(lu);
                 lu.MarkSaved(save);
             }
         }
@@ -359,11 +363,20 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
         ArgumentNullException.ThrowIfNull(nexus);
         foreach (var lu in _units)
         {
+            using var saving = lu.SaveLock.EnterScope();
+            PrSnapshot? save = null;
             lock (lu.Sync)
             {
-                if (nexus.Equals(lu.Spc2Holder)) lu.Spc2Holder = null;
+                if (nexus.Equals(lu.Spc2Holder))
+                {
+                    // Its SPC-2 reservation goes with it, at the peer's ports too.
+                    lu.Spc2Holder = null;
+                    save = StateOf(lu);
+                    lu.MarkSaved(save);
+                }
                 lu.ForgetNexus(nexus);
             }
+            if (save is not null) _ = SaveReservations(lu, save).AsTask();
         }
     }
 
@@ -379,6 +392,7 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
             // the registrants it affected hear of it here as they would have there.
             PersistentReservation.AttentionsForChange(lu.Pr, snapshot, lu.AddAttention);
             lu.Pr = new PersistentReservation(snapshot) { Attention = lu.AddAttention };
+            lu.Spc2Holder = snapshot.Spc2Holder;
             lu.LastSaved = snapshot;
         }
     }
