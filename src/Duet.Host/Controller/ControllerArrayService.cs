@@ -41,5 +41,6 @@ public sealed class ControllerArrayService(Controller controller) : IArrayServic
     public Task ReplaceDriveAsync(string drive, ReplaceDriveRequest request, CancellationToken ct = default) => A.ReplaceDriveAsync(drive, request, ct);
     public Task StartScrubAsync(string array, ScrubRequest request, CancellationToken ct = default) => A.StartScrubAsync(array, request, ct);
     public Task<ArrayInfo> MoveArrayAsync(string array, MoveArrayRequest request, CancellationToken ct = default) => controller.MoveArrayAsync(array, request.To, ct);
+    public Task<ArrayInfo> PreferArrayAsync(string array, PreferArrayRequest request, CancellationToken ct = default) => Changed(A.PreferArrayAsync(array, request, ct));
     public Task<BadBlockReport> BadBlocksAsync(string array, CancellationToken ct = default) => A.BadBlocksAsync(array, ct);
 }
