@@ -9,7 +9,15 @@ public sealed class ControllerArrayService(Controller controller) : IArrayServic
 {
     ArrayManager A => controller.Arrays;
 
-    public StatusInfo Status() => A.Status() with { Controller = controller.Info() };
+    public StatusInfo Status()
+    {
+        var status = A.Status();
+        return status with
+        {
+            Arrays = [.. status.Arrays.Select(a => controller.FailbackNote(a.Name) is { } note ? a with { Failback = note } : a)],
+            Controller = controller.Info(),
+        };
+    }
 
     async Task<T> Changed<T>(Task<T> op)
     {
