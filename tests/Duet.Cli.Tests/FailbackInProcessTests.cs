@@ -47,7 +47,7 @@ public sealed class FailbackInProcessTests
             await vol0.WriteAsync(0, first, fua: false);
 
             // An operator's move carries the preference: B keeps arr0 (no failback undoes the move).
-            var moved = await a.MoveArrayAsync("arr0", "B", CancellationToken.None);
+            var moved = await MoveWhenPairedAsync(a, "arr0", "B");
             Assert.Equal(("B", "B"), (moved.Owner, moved.PreferredOwner));
             await Task.Delay(Settle * 2.5);
             Assert.True(b.Arrays.Serves("arr0"));
@@ -85,6 +85,18 @@ public sealed class FailbackInProcessTests
         {
             await b.DisposeAsync();
             await a.DisposeAsync();
+        }
+    }
+
+    // A loaded machine (tests run in parallel) can miss a mirror status deadline: the pair then re-forms, and a move
+    // refused meanwhile ("not paired") is asked again.
+    static async Task<ArrayInfo> MoveWhenPairedAsync(PairController from, string array, string to)
+    {
+        var until = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (true)
+        {
+            try { return await from.MoveArrayAsync(array, to, CancellationToken.None); }
+            catch (ManagementException e) when (e.Kind == ManagementErrorKind.Conflict && DateTime.UtcNow < until) { await Task.Delay(50); }
         }
     }
 

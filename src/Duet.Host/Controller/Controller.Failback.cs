@@ -26,14 +26,10 @@ public sealed partial class Controller
     List<FailbackCandidate> FailbackCandidates()
     {
         var list = new List<FailbackCandidate>();
-        foreach (var a in Arrays.Status().Arrays)
+        foreach (var (array, busy) in Arrays.PreferringServed(PeerName))
         {
-            if (a.State == "peer" || a.PreferredOwner != PeerName) continue;
-            lock (_volumesLock) if (_givingUp.Contains(a.Name)) continue;
-            string? busy = a.Rebuild is not null ? $"array {a.Name} is rebuilding (it moves when the rebuild is done)"
-                : a.Scrub is { Running: true } ? $"array {a.Name} is being scrubbed (it moves when the scrub is done)"
-                : null;
-            list.Add(new FailbackCandidate(a.Name, busy));
+            lock (_volumesLock) if (_givingUp.Contains(array)) continue;
+            list.Add(new FailbackCandidate(array, busy));
         }
         return list;
     }

@@ -387,6 +387,22 @@ public sealed partial class ArrayManager
         return Task.FromResult(new BadBlockReport(array, BadBlockList.MaxEntries, list.Generation, blocks));
     }
 
+    /// <summary>Failback: the arrays served here whose preferred owner is <paramref name="controller"/>, each with what keeps it
+    /// from moving now (a rebuild or a scrub), or null. Never waits; cheap enough for every heartbeat.</summary>
+    public IReadOnlyList<(string Array, string? Busy)> PreferringServed(string controller)
+    {
+        List<(string, string?)>? list = null;
+        foreach (var a in _view.Arrays.Values)
+        {
+            if (a.Current.PreferredOwner != controller) continue;
+            string? busy = a.Rebuild is { IsCompleted: false } ? $"array {a.Raid.Name} is rebuilding (it moves when the rebuild is done)"
+                : a.Scrub is { IsCompleted: false } ? $"array {a.Raid.Name} is being scrubbed (it moves when the scrub is done)"
+                : null;
+            (list ??= []).Add((a.Raid.Name, busy));
+        }
+        return list is null ? [] : [.. list.OrderBy(x => x.Item1, StringComparer.Ordinal)];
+    }
+
     /// <summary>Whether this controller serves the array now.</summary>
     public bool Serves(string array) => _view.Arrays.ContainsKey(array);
 
