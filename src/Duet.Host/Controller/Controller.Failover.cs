@@ -29,7 +29,7 @@ public sealed record FailoverOptions
     public TimeSpan HostCommandTimeLimit { get; init; } = Duet.HostProtocol.CommandHandshakeOptions.DefaultTimeLimit;
     /// <summary>Failback: whether this controller gives the arrays it serves whose preferred owner is its peer back by
     /// itself (<see cref="FailbackMode.Auto"/>) or only when an operator moves them. Manual by default: see
-    /// docs/internals/failover.md ("Failback") for why.</summary>
+    /// docs/internals/cache-mirroring.md ("Failback") for why.</summary>
     public FailbackMode Failback { get; init; } = FailbackMode.Manual;
     /// <summary>With <see cref="FailbackMode.Auto"/>: how long the pair must have been healthy, without a break, before
     /// an array goes back to its preferred owner.</summary>
