@@ -18,6 +18,9 @@ public sealed partial class Controller
     volatile bool _peerLeaseHeld;    // as the peer's last heartbeat said
     int _failingBack;
 
+    /// <summary>Arrays this controller moved back to the peer by itself (failback "auto").</summary>
+    public long FailBacks { get { lock (_failbackLock) return _failback?.FailBacks ?? 0; } }
+
     PairHealth CurrentPairHealth() => new(
         Link.IsUp, Mirror.Mode == MirrorMode.Healthy, _peerFenced, _peerRegistered, _peerLeaseHeld, _standby, _steppedDown,
         Volatile.Read(ref _takingOver) != 0, _poweringDown, PeerInPowerFailWindow, _shelfLost, Interlocked.Read(ref _pairGeneration));
