@@ -172,6 +172,16 @@ public sealed class FailbackProcessTests(ITestOutputHelper log) : IDisposable
         var a = await WaitForAsync("A", s => Arr0(s) is { Owner: "A", State: not "peer" }, TimeSpan.FromSeconds(30), "A to serve arr0");
         Assert.Null(Arr0(a).Failback);
 
+        // The preference is the operator's to set, on the array's owner (the CLI finds it): arr1 (B's) now prefers A,
+        // which B shows pending at once; arr0 prefers nothing.
+        var prefer = await _run.RunOkAsync(DuetProcesses.Dotnet, DuetProcesses.DuetDll, "array", "prefer", "arr1", "--owner", "A", "--data", _dir);
+        Assert.Contains("array arr1 prefers controller A (served by B)", prefer);
+        await WaitForAsync("B", s => s.Arrays.Single(x => x.Name == "arr1") is { Owner: "B", PreferredOwner: "A", Failback: not null }
+            && s.Controller?.Failback?.Pending is ["arr1"], TimeSpan.FromSeconds(10), "B to show arr1's failback pending");
+        var none = await _run.RunOkAsync(DuetProcesses.Dotnet, DuetProcesses.DuetDll, "array", "prefer", "arr0", "--owner", "none", "--data", _dir);
+        Assert.Contains("array arr0 has no preferred owner", none);
+        await WaitForAsync("B", s => Arr0(s).PreferredOwner == "none", TimeSpan.FromSeconds(10), "B to re-read arr0's superblocks");
+
         await ReadBackAsync(port, "vol0", During, expected, "out-a.img");
         await ReadBackAsync(port + 1, "vol1", 16L << 20, vol1, "out-vol1.img");
         up.Terminate();
