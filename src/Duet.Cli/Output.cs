@@ -77,7 +77,7 @@ sealed class Output(TextWriter writer, TextWriter error, bool json, bool isTermi
         if (c.Failback is { } f)
             w.WriteLine($"  failback {f.Mode} (settle {f.SettleMs / 1000:0.#} s): {f.State}" +
                         (f.Pending.Count > 0 ? $" [{string.Join(", ", f.Pending)} to {c.Peer}]" : "") +
-                        (f.Waiting is { } wait ? $": {wait}" : "") + (f.DueInMs is { } due ? $"; moves in {due / 1000:0.0} s" : "") +
+                        (f.Waiting is { } wait ? $": {wait}" : "") + (f.State == "settling" && f.DueInMs is { } due ? $"; moves in {due / 1000:0.0} s" : "") +
                         $"; {f.FailBacks} moved back" + (f.LastError is { } err ? $"; last attempt: {err}" : ""));
     }
 

@@ -99,7 +99,7 @@ public sealed partial class Controller
             if (Volatile.Read(ref _failingBack) != 0 || d.State == "moving") return "moving now";
             return d.State switch
             {
-                "manual" => $"pending (failback is manual): `duet array move {array} --to {PeerName}`" + (d.Waiting is { } w && !w.StartsWith("failback is manual", StringComparison.Ordinal) ? $" once {w} no longer holds" : ""),
+                "manual" => $"pending (failback is manual): `duet array move {array} --to {PeerName}`" + (d.Waiting is { } w && !w.StartsWith("failback is manual", StringComparison.Ordinal) ? $" (not yet possible: {w})" : ""),
                 "settling" => $"in {d.DueIn?.TotalSeconds ?? 0:0.0} s ({d.Waiting})",
                 _ => $"waiting: {d.Waiting}" + (_failback.LastError is { } e ? $" (last attempt: {e})" : ""),
             };
