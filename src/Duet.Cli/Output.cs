@@ -74,6 +74,11 @@ sealed class Output(TextWriter writer, TextWriter error, bool json, bool isTermi
         w.WriteLine($"  mirror: {c.MirroredWrites} writes mirrored ({c.Batches} batches, {c.SmallWrites} small, {c.LargeWrites} large); " +
                     $"{c.Doorbells} doorbells rung, {c.LinkMessageBytes + c.LinkDataBytes} link bytes sent ({(double)c.Doorbells / writes:0.##} doorbells per write)");
         w.WriteLine($"  forwarded: {c.ForwardedRequests} requests to {c.Peer}, {c.ForwardedServed} served for {c.Peer}; refused link transfers {c.RefusedTransfers}");
+        if (c.Failback is { } f)
+            w.WriteLine($"  failback {f.Mode} (settle {f.SettleMs / 1000:0.#} s): {f.State}" +
+                        (f.Pending.Count > 0 ? $" [{string.Join(", ", f.Pending)} to {c.Peer}]" : "") +
+                        (f.Waiting is { } wait ? $": {wait}" : "") + (f.State == "settling" && f.DueInMs is { } due ? $"; moves in {due / 1000:0.0} s" : "") +
+                        $"; {f.FailBacks} moved back" + (f.LastError is { } err ? $"; last attempt: {err}" : ""));
     }
 
     public static void ArrayCreated(Output o, ArrayInfo array)
@@ -89,11 +94,21 @@ sealed class Output(TextWriter writer, TextWriter error, bool json, bool isTermi
             o.Writer.WriteLine("no arrays");
             return;
         }
-        Table(o.Writer, "", ["NAME", "LEVEL", "CAPACITY", "FREE", "STATE", "MEMBERS", "SPARES"], arrays.Select(a => new[]
+        Table(o.Writer, "", ["NAME", "LEVEL", "CAPACITY", "FREE", "STATE", "OWNER", "PREFERRED", "MEMBERS", "SPARES"], arrays.Select(a => new[]
         {
-            a.Name, $"RAID {a.Level}", Size(a.CapacityBytes), Size(a.FreeBytes), a.State,
+            a.Name, $"RAID {a.Level}", Size(a.CapacityBytes), Size(a.FreeBytes), a.State, a.Owner, a.PreferredOwner,
             string.Join(",", a.Members.Select(m => m.Drive ?? "-")), a.Spares.Count == 0 ? "-" : string.Join(",", a.Spares),
         }));
+        foreach (var a in arrays.Where(a => a.Failback is not null)) o.Writer.WriteLine($"{a.Name}: failback to {a.PreferredOwner}: {a.Failback}");
+    }
+
+    /// <summary>`duet array prefer`: the array's preferred owner, and what the failback does about it.</summary>
+    public static void Preferred(Output o, ArrayInfo a)
+    {
+        o.Writer.WriteLine(a.PreferredOwner == "none"
+            ? $"array {a.Name} has no preferred owner: it stays where it is served (controller {a.Owner}) until moved"
+            : $"array {a.Name} prefers controller {a.PreferredOwner} (served by {a.Owner})");
+        if (a.Failback is { } f) o.Writer.WriteLine($"failback to {a.PreferredOwner}: {f}");
     }
 
     /// <summary>`duet array bad-blocks`: one line per listed block, with the LBAs a host is told (AW-5).</summary>
@@ -164,6 +179,8 @@ sealed class Output(TextWriter writer, TextWriter error, bool json, bool isTermi
             m.Slot.ToString(CultureInfo.InvariantCulture), m.Drive ?? "-", m.State,
         }));
         w.WriteLine($"  spares: {(a.Spares.Count == 0 ? "none" : string.Join(", ", a.Spares))}");
+        w.WriteLine($"  served by {a.Owner}; preferred owner {a.PreferredOwner}");
+        if (a.Failback is { } failback) w.WriteLine($"  failback to {a.PreferredOwner}: {failback}");
         if (a.BadBlocks > 0) w.WriteLine($"  bad blocks: {a.BadBlocks} (reads of them fail until a host writes them again; see 'duet array bad-blocks {a.Name}')");
         if (a.Rebuild is { } rebuild) Progress("  ", "rebuild", rebuild);
         if (a.Scrub is { } scrub)

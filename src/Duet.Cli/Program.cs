@@ -167,6 +167,14 @@ public static partial class Program
         SetCall(move, Json.ArrayInfo, (pr, client, ct) => client.MoveArrayAsync(pr.GetRequiredValue(moveName), new MoveArrayRequest(pr.GetRequiredValue(to)), ct),
             (o, a) => o.Writer.WriteLine($"array {a.Name} is now served by controller {a.Owner}"));
 
+        var preferName = new Argument<string>("NAME") { Description = "The array" };
+        var preferOwner = new Option<string>("--owner") { Description = "The controller the array belongs on when both run: A, B, or none (it stays wherever it is served)", Required = true };
+        preferOwner.AcceptOnlyFromAmong("A", "B", "none");
+        var prefer = new Command("prefer", "Set the controller an array belongs on (its preferred owner, kept in its superblock): with `duet up --failback auto` "
+            + "the controller serving it moves it there once the pair has been healthy for the settle time, e.g. after a takeover; `duet array move` also sets it") { preferName, preferOwner };
+        SetCall(prefer, Json.ArrayInfo, (pr, client, ct) => client.PreferArrayAsync(pr.GetRequiredValue(preferName), new PreferArrayRequest(pr.GetRequiredValue(preferOwner)), ct),
+            Output.Preferred);
+
         var deleteName = new Argument<string>("NAME") { Description = "The array to delete (it must have no volumes)" };
         var delete = new Command("delete", "Delete an array; its drives become free") { deleteName };
         SetCall(delete, (pr, client, ct) => client.DeleteArrayAsync(pr.GetRequiredValue(deleteName), ct),
@@ -182,6 +190,7 @@ public static partial class Program
 
         array.Subcommands.Add(create);
         array.Subcommands.Add(delete);
+        array.Subcommands.Add(prefer);
         array.Subcommands.Add(list);
         array.Subcommands.Add(move);
         array.Subcommands.Add(badBlocks);

@@ -54,6 +54,24 @@ public static partial class Program
         return o;
     }
 
+    static Option<string> FailbackOption()
+    {
+        var o = new Option<string>("--failback")
+        {
+            Description = "With --shelf: auto (the controller serving an array whose preferred owner is its peer moves it back once the pair has been healthy for the settle time, "
+                + "e.g. after a takeover and the peer's restart) or manual (only `duet array move` does; `duet status` shows what is pending)",
+            DefaultValueFactory = _ => "manual",
+        };
+        o.AcceptOnlyFromAmong("auto", "manual");
+        return o;
+    }
+
+    static Option<int> FailbackSettleOption() => new("--failback-settle-ms")
+    {
+        Description = "With --failback auto: how long the pair must have been healthy, without a break, before an array goes back (doubles if the peer fails again soon after)",
+        DefaultValueFactory = _ => (int)Duet.Host.Controller.FailoverOptions.DefaultFailbackSettle.TotalMilliseconds,
+    };
+
     static Option<bool> SupervisedOption() => new("--supervised")
     {
         Description = "Started by ./duet up: SIGINT (Ctrl-C in the terminal) is left to the supervisor, which stops the processes in order",
@@ -90,10 +108,12 @@ public static partial class Program
         var limit = new Option<int>("--host-time-limit-ms") { Description = "FO-5: a host command the primary has not completed this long after the host sent it is run by the secondary, which fences the primary first (at least the heartbeat timeout)", DefaultValueFactory = _ => 1500 };
         var window = PowerFailWindowOption();
         var supervised = SupervisedOption();
+        var failback = FailbackOption();
+        var failbackSettle = FailbackSettleOption();
         var cmd = new Command("controller", "Run one controller of the pair on a data directory until SIGTERM, which runs its power-fail window "
             + "(this controller alone: its peer takes its arrays over), or until `duet power-fail` (./duet up starts both)")
         {
-            name, nbdPort, iscsiPort, iclKind, iclPort, nvram, mirror, quiet, shelf, heartbeat, timeout, hostPort, limit, writeLog, window, supervised,
+            name, nbdPort, iscsiPort, iclKind, iclPort, nvram, mirror, quiet, shelf, heartbeat, timeout, hostPort, limit, writeLog, window, supervised, failback, failbackSettle,
         };
         cmd.SetAction(async (parse, ct) =>
         {
@@ -128,6 +148,8 @@ public static partial class Program
             {
                 HeartbeatPeriod = TimeSpan.FromMilliseconds(parse.GetValue(heartbeat)), HeartbeatTimeout = TimeSpan.FromMilliseconds(parse.GetValue(timeout)),
                 HostCommandTimeLimit = TimeSpan.FromMilliseconds(parse.GetValue(limit)),
+                Failback = parse.GetValue(failback) == "auto" ? Duet.Host.Controller.FailbackMode.Auto : Duet.Host.Controller.FailbackMode.Manual,
+                FailbackSettle = TimeSpan.FromMilliseconds(parse.GetValue(failbackSettle)),
             };
             try { failover.Validate(); }
             catch (ArgumentException e)
@@ -219,10 +241,12 @@ public static partial class Program
         var nvram = new Option<string>("--nvram") { Description = "NVRAM size of each controller (up to 1G)", DefaultValueFactory = _ => "256M" };
         var quiet = new Option<bool>("--quiet") { Description = "Log warnings and errors only" };
         var window = PowerFailWindowOption();
+        var failback = FailbackOption();
+        var failbackSettle = FailbackSettleOption();
         var cmd = new Command("up", "Start the controller pair on a data directory (created with the default layout if new) and serve its volumes until Ctrl-C, "
             + "SIGTERM or `duet power-fail`, which run both controllers' power-fail windows (the dirty cache stays in NVRAM) and stop the shelf")
         {
-            nbdPort, iscsiPort, iclKind, iclPort, mirror, nvram, quiet, writeLog, window,
+            nbdPort, iscsiPort, iclKind, iclPort, mirror, nvram, quiet, writeLog, window, failback, failbackSettle,
         };
         cmd.SetAction(async (parse, ct) =>
         {
@@ -253,6 +277,11 @@ public static partial class Program
                 await error.WriteLineAsync($"duet: --power-fail-window '{parse.GetValue(window)}' is not a duration from 100ms to 600s (e.g. 5s, 500ms)");
                 return ExitUsage;
             }
+            if (parse.GetValue(failbackSettle) < 0)
+            {
+                await error.WriteLineAsync($"duet: --failback-settle-ms {parse.GetValue(failbackSettle)} must not be negative");
+                return ExitUsage;
+            }
             using var stop = new StopSignal(ct);
             bool created;
             try
@@ -274,7 +303,8 @@ public static partial class Program
             [
                 "controller", "--name", who, "--data", dir, "--nbd-port", $"{p}", "--iscsi-port", $"{IscsiPort(who)}", "--host-port", $"{HostPort(who)}", "--icl", parse.GetValue(iclKind)!, "--icl-port", $"{icl}",
                 "--mirror", parse.GetValue(mirror)!, "--nvram", $"{nvramBytes}", "--shelf", "--write-log", parse.GetValue(writeLog)!,
-                "--power-fail-window", $"{powerFailWindow.TotalMilliseconds:F0}ms", "--supervised", .. (parse.GetValue(quiet) ? new[] { "--quiet" } : []),
+                "--power-fail-window", $"{powerFailWindow.TotalMilliseconds:F0}ms", "--supervised",
+                "--failback", parse.GetValue(failback)!, "--failback-settle-ms", $"{parse.GetValue(failbackSettle)}", .. (parse.GetValue(quiet) ? new[] { "--quiet" } : []),
             ];
             (System.Diagnostics.Process Process, TaskCompletionSource Ready) Launch(string who, string[] args)
             {
@@ -326,7 +356,10 @@ public static partial class Program
                     foreach (var a in status.Arrays)
                         await output.WriteLineAsync($"duet: array {a.Name}: RAID {a.Level}, {a.Members.Count} drives, {Units.FormatSize(a.CapacityBytes)}, {a.State}" +
                             (a.State == "optimal" ? "" : $" ({string.Join(", ", a.Members.Where(m => m.State != "active").Select(m => $"slot {m.Slot} {m.Drive ?? "-"} {m.State}"))})") +
-                            $", served by {a.Owner}");
+                            $", served by {a.Owner}" + (a.PreferredOwner != a.Owner ? $" (preferred owner {a.PreferredOwner})" : ""));
+                    await output.WriteLineAsync(parse.GetValue(failback) == "auto"
+                        ? $"duet: failback auto: an array goes back to its preferred owner once the pair has been healthy for {parse.GetValue(failbackSettle) / 1000.0:0.#} s"
+                        : "duet: failback manual: after a takeover, `duet array move NAME --to A|B` gives the arrays back (or start with --failback auto)");
                     foreach (var d in status.Drives.Where(d => d.Role == "foreign"))
                         await output.WriteLineAsync($"duet: drive {d.Name} not used: {d.State}");
                     foreach (var v in status.Volumes)

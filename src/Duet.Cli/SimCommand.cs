@@ -18,10 +18,11 @@ public static partial class Program
         var trace = new Option<bool>("--trace") { Description = "With --seed: print the event trace" };
         var threads = new Option<int>("--threads") { Description = "Seeds run in parallel (each simulation is single-threaded)", DefaultValueFactory = _ => Environment.ProcessorCount };
         var verbose = new Option<bool>("--verbose") { Description = "Print a line for every seed (seed, faults, operations, steps, virtual time, trace hash)" };
+        var failbackSettle = new Option<int?>("--failback-settle-ms") { Description = "Failback auto with this settle time (virtual ms): the controllers move arrays back to their preferred owner themselves; default: manual, as duet up" };
         var bug = new Option<PlantedBug>("--planted-bug") { Description = "Test only: switch on a deliberate bug, to see the checkers fail", DefaultValueFactory = _ => PlantedBug.None };
         var cmd = new Command("sim", "Run the deterministic simulator: both controllers, the link, the drives and hosts on virtual time, with faults drawn per seed")
         {
-            seeds, from, seed, faults, exact, ops, trace, threads, verbose, bug,
+            seeds, from, seed, faults, exact, ops, trace, threads, verbose, bug, failbackSettle,
         };
         cmd.SetAction(parse =>
         {
@@ -44,6 +45,7 @@ public static partial class Program
             {
                 Operations = opCount, AllowedFaults = allowed, ForcedFaults = parse.GetValue(exact) ? allowed : null,
                 KeepTrace = parse.GetValue(trace), Bug = parse.GetValue(bug),
+                FailbackSettle = parse.GetValue(failbackSettle) is { } settleMs ? TimeSpan.FromMilliseconds(Math.Max(0, settleMs)) : null,
             };
             if (parse.GetValue(seed) is { } one)
             {
@@ -66,10 +68,12 @@ public static partial class Program
                 if (parse.GetValue(verbose))
                     output.WriteLine($"seed {r.Seed} faults {r.Plan} writes {r.Stats.Writes} crashes {r.Stats.Crashes} power cuts {r.Stats.PowerCuts} rolled back {r.Stats.BlocksRolledBack} steps {r.Stats.Steps} virtual {r.Stats.VirtualTime.TotalSeconds:F2} s trace {r.TraceHash:x16} {(r.Passed ? "ok" : "FAILED")} heap {GC.GetTotalMemory(true) >> 20} MiB");
                 if (!r.Passed)
-                    output.WriteLine($"failure seed {r.Seed} (faults {r.Plan}; replay: duet sim --seed {r.Seed}{ReplayFlags(parse.GetValue(faults)!, parse.GetValue(exact), opCount, parse.GetValue(bug))}): {r.Failures[0]}");
+                    output.WriteLine($"failure seed {r.Seed} (faults {r.Plan}; replay: duet sim --seed {r.Seed}{ReplayFlags(parse.GetValue(faults)!, parse.GetValue(exact), opCount, parse.GetValue(bug))}" +
+                                     (options.FailbackSettle is { } s ? $" --failback-settle-ms {s.TotalMilliseconds:F0}" : "") + $"): {r.Failures[0]}");
             });
             output.WriteLine($"virtual time {summary.VirtualTime.TotalSeconds:F0} s, {summary.Writes} writes, {summary.Crashes} crashes, {summary.Takeovers} takeovers, {summary.Hangs} hangs, {summary.PowerCuts} power cuts ({summary.BlocksRolledBack} drive blocks rolled back), " +
-                $"{summary.PartialParityRows} rows with partial parity ({summary.UnguardedRows} unguarded), {summary.Steps} steps");
+                $"{summary.PartialParityRows} rows with partial parity ({summary.UnguardedRows} unguarded), {summary.Steps} steps" +
+                (options.FailbackSettle is null ? "" : $", {summary.FailBacks} failbacks"));
             output.WriteLine($"seeds {summary.Seeds} failures {summary.Failed.Count}");
             return summary.Failed.Count == 0 ? ExitOk : ExitFailed;
         });

@@ -46,7 +46,9 @@ public sealed record VolumeEntry(string Name, Guid Uuid, long OffsetBlocks, long
 ///   88   32  array name, UTF-8, zero padded
 ///   120   1  owning controller: 'A' (0x41) or 'B' (0x42); 0 in a single-controller array (served by A)
 ///   121   1  array number (MR-5): the 8-bit number both controllers name this array by on the link
-///   122   6  reserved (zero)
+///   122   1  preferred owner (failback): 'A', 'B', or '-' (0x2D) for none; 0 in a superblock written before
+///            preferences were kept (those bytes were reserved and zero): read as the owner byte 120 names
+///   123   5  reserved (zero)
 ///   128 1024 slot table: 32 × { drive UUID (16), state (4), reserved (12) }
 ///   1152 128 spares: 8 × drive UUID (16); all-zero = unused
 ///   1280 2048 volumes: 32 × { name (32, UTF-8, zero padded), UUID (16), offset blocks (8), size blocks (8) }
@@ -92,6 +94,10 @@ public sealed record Superblock
     public int RebuildMiBps { get; init; }
     /// <summary>The controller that serves this array (MR-1: ownership is per array): "A" or "B".</summary>
     public string Owner { get; init; } = "A";
+    /// <summary>The controller the array belongs on when both run (failback, issue 5): "A", "B", or null for none.
+    /// The owner moves the array there once the pair is healthy again, with failback "auto"; a superblock
+    /// written before preferences were kept reads as its owner.</summary>
+    public string? PreferredOwner { get; init; }
     /// <summary>MR-5's 8-bit number of the array, the same on both controllers; chosen at creation.</summary>
     public byte Number { get; init; }
     public required string Name { get; init; }
@@ -121,6 +127,8 @@ public sealed record Superblock
         Invariant.Assert(Owner is "A" or "B");
         block[120] = (byte)Owner[0];
         block[121] = Number;
+        Invariant.Assert(PreferredOwner is null or "A" or "B");
+        block[122] = PreferredOwner is null ? (byte)'-' : (byte)PreferredOwner[0];
         for (int i = 0; i < Slots.Count; i++)
         {
             var e = block.Slice(128 + i * 32, 32);
@@ -185,6 +193,15 @@ public sealed record Superblock
         uint slot = BinaryPrimitives.ReadUInt32LittleEndian(block[68..]);
         string owner = block[120] switch { 0 or (byte)'A' => "A", (byte)'B' => "B", var b => "" + (char)b };
         if (owner is not ("A" or "B")) { error = $"superblock names an unknown owning controller 0x{block[120]:x2}"; return null; }
+        string? preferred;
+        switch (block[122])
+        {
+            case 0: preferred = owner; break;
+            case (byte)'-': preferred = null; break;
+            case (byte)'A': preferred = "A"; break;
+            case (byte)'B': preferred = "B"; break;
+            default: error = $"superblock names an unknown preferred controller 0x{block[122]:x2}"; return null;
+        }
         return new Superblock
         {
             ArrayUuid = new Guid(block[16..32]),
@@ -199,6 +216,7 @@ public sealed record Superblock
             RebuildMiBps = BinaryPrimitives.ReadInt32LittleEndian(block[84..]),
             Name = ReadName(block.Slice(88, MaxNameBytes)),
             Owner = owner,
+            PreferredOwner = preferred,
             Number = block[121],
             Slots = slots,
             Spares = spares,

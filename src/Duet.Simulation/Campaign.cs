@@ -4,13 +4,14 @@ namespace Duet.Simulation;
 public static class Campaign
 {
     public sealed record Summary(int Seeds, IReadOnlyList<SimResult> Failed, TimeSpan VirtualTime, long Steps, long Writes, long Crashes, long Takeovers = 0, long Hangs = 0, long PowerCuts = 0, long BlocksRolledBack = 0,
-        long PartialParityRows = 0, long UnguardedRows = 0);
+        long PartialParityRows = 0, long UnguardedRows = 0, long FailBacks = 0);
 
     /// <summary>Seeds <paramref name="first"/> .. first + count - 1; <paramref name="onResult"/> sees each result (on a worker thread, serialised).</summary>
     public static Summary Run(ulong first, int count, SimOptions options, int threads, Action<SimResult>? onResult = null)
     {
         var failed = new List<SimResult>();
         var gate = new Lock();
+        long failBacks = 0;
         long next = 0, steps = 0, writes = 0, crashes = 0, takeovers = 0, hangs = 0, powerCuts = 0, rolledBack = 0, ppRows = 0, unguarded = 0;
         var virtualTime = TimeSpan.Zero;
         var workers = new Thread[Math.Max(1, threads)];
@@ -30,6 +31,7 @@ public static class Campaign
                         writes += r.Stats.Writes;
                         crashes += r.Stats.Crashes;
                         takeovers += r.Stats.Takeovers;
+                        failBacks += r.Stats.FailBacks;
                         hangs += r.Stats.Hangs;
                         powerCuts += r.Stats.PowerCuts;
                         rolledBack += r.Stats.BlocksRolledBack;
@@ -44,6 +46,6 @@ public static class Campaign
         }
         foreach (var w in workers) w.Join();
         failed.Sort((a, b) => a.Seed.CompareTo(b.Seed));
-        return new Summary(count, failed, virtualTime, steps, writes, crashes, takeovers, hangs, powerCuts, rolledBack, ppRows, unguarded);
+        return new Summary(count, failed, virtualTime, steps, writes, crashes, takeovers, hangs, powerCuts, rolledBack, ppRows, unguarded, failBacks);
     }
 }

@@ -351,6 +351,7 @@ public sealed partial class Simulator
     }
 
     readonly List<Task> _restarts = [];
+    long _failBacks;
     long _hangs, _takeovers, _powerCuts, _blocksRolledBack, _ppRows, _ppUnguarded;
     bool _powerOff, _driveFailed;
 
@@ -444,6 +445,12 @@ public sealed partial class Simulator
                 s.TakeoversSeen = c.Takeovers;
                 _takeovers++;
                 _trace.Add($"{s.Name} took over from {Other(s).Name}");
+            }
+            if (c.FailBacks > s.FailBacksSeen)
+            {
+                _failBacks += c.FailBacks - s.FailBacksSeen;
+                s.FailBacksSeen = c.FailBacks;
+                _trace.Add($"{s.Name} failed back to {Other(s).Name} ({c.FailBacks} so far)");
             }
             if (c.ServedWithoutLease > 0) Fail($"controller {s.Name} answered {c.ServedWithoutLease} host requests without a lease");
         }

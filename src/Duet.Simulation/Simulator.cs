@@ -39,6 +39,9 @@ public sealed record SimOptions
     public long DriveBytes { get; init; } = 8L << 20;
     /// <summary>How long, after the faults heal, the pair has to converge and serve every volume.</summary>
     public TimeSpan LivenessBudget { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>Failback "auto" with this settle time (null: manual, the default, as `duet up`): a controller serving an
+    /// array its peer prefers moves it back on its own once the pair has settled, among the faults.</summary>
+    public TimeSpan? FailbackSettle { get; init; }
 }
 
 public sealed record SimStats(long Writes, long WritesAcked, long Reads, long ReadsOk, long Flushes, long Moves, long MovesDone,
@@ -51,6 +54,8 @@ public sealed record SimStats(long Writes, long WritesAcked, long Reads, long Re
     /// <summary>Rows whose partial parity the controllers stored, and rows a full pool left unguarded.</summary>
     public long PartialParityRows { get; init; }
     public long UnguardedRows { get; init; }
+    /// <summary>Arrays moved back to their preferred owner by the controllers themselves (<see cref="SimOptions.FailbackSettle"/>).</summary>
+    public long FailBacks { get; init; }
 }
 
 public sealed record SimResult(ulong Seed, FaultPlan Plan, IReadOnlyList<string> Failures, ulong TraceHash, SimStats Stats, SimTrace Trace)
@@ -115,7 +120,7 @@ public sealed partial class Simulator
         /// <summary>The last moment this controller could not be heard on both paths (down, hung, or its
         /// shelf path lost with the link cut): a takeover of it is legitimate only soon after one.</summary>
         public TimeSpan? LastSilent;
-        public long TakeoversSeen, DecisionsSeen;
+        public long TakeoversSeen, DecisionsSeen, FailBacksSeen;
         public bool IsUp => Node.IsAlive && Controller is not null;
     }
 
@@ -169,7 +174,7 @@ public sealed partial class Simulator
         foreach (var e in _scheduler.Escaped) Fail($"an exception escaped a work item: {e}");
         if (_scheduler.ForeignPosts > 0) Fail($"{_scheduler.ForeignPosts} work items were posted from another thread (real time or threads leaked into the simulation); the first: {_scheduler.FirstForeignPost}");
         var stats = new SimStats(_writes, _writesAcked, _reads, _readsOk, _flushes, _moves, _movesDone, _creates, _deletes, _crashes, _partitions,
-            _wire.Dropped, _failedDrives, _scheduler.Steps, _scheduler.Elapsed) { Hangs = _hangs, Takeovers = _takeovers, PowerCuts = _powerCuts, BlocksRolledBack = _blocksRolledBack,
+            _wire.Dropped, _failedDrives, _scheduler.Steps, _scheduler.Elapsed) { Hangs = _hangs, Takeovers = _takeovers, FailBacks = _failBacks, PowerCuts = _powerCuts, BlocksRolledBack = _blocksRolledBack,
               PartialParityRows = _ppRows + _sides.Sum(x => x.Controller?.WriteLog.PartialParityStored ?? 0),
               UnguardedRows = _ppUnguarded + _sides.Sum(x => x.Controller?.WriteLog.PartialParityUnguarded ?? 0) };
         _trace.Add($"end: {_failures.Count} failures");
@@ -306,6 +311,7 @@ public sealed partial class Simulator
                 {
                     Name = side.Name, Session = session, Time = node.Time, Loggers = loggers, Shelf = port, Claims = claims,
                     ForwardTimeout = TimeSpan.FromSeconds(2),
+                    Failover = _options.FailbackSettle is { } settle ? new FailoverOptions { Failback = FailbackMode.Auto, FailbackSettle = settle } : new FailoverOptions(),
                     ConfigureCache = o => o with
                     {
                         PlantedForgetKeepsPeerCopies = _options.Bug == PlantedBug.ForgetKeepsPeerCopies,

@@ -330,8 +330,8 @@ public sealed class CliTests : IAsyncLifetime
         var human = await Duet("array", "list");
         Ok(human);
         Assert.Equal(
-            "NAME  LEVEL   CAPACITY  FREE   STATE    MEMBERS      SPARES\n" +
-            "r0    RAID 6  2 GiB     2 GiB  optimal  d0,d1,d2,d3  d4\n", human.Out);
+            "NAME  LEVEL   CAPACITY  FREE   STATE    OWNER  PREFERRED  MEMBERS      SPARES\n" +
+            "r0    RAID 6  2 GiB     2 GiB  optimal  A      A          d0,d1,d2,d3  d4\n", human.Out);
 
         var json = await Duet("array", "list", "--json");
         Ok(json);

@@ -285,6 +285,15 @@ sealed class InMemoryArrayService : IArrayService
         }
     }
 
+    public Task<ArrayInfo> PreferArrayAsync(string array, PreferArrayRequest request, CancellationToken cancellationToken = default)
+    {
+        lock (gate)
+        {
+            FindArray(array);
+            throw new ManagementException(ManagementErrorKind.Invalid, "a preferred owner needs the controller pair");
+        }
+    }
+
     void StartRebuildIfDegraded(Array array)
     {
         int slot = array.SlotStates.IndexOf("failed");
@@ -318,7 +327,7 @@ sealed class InMemoryArrayService : IArrayService
             : "optimal";
         long used = volumes.Values.Where(v => v.Array == a.Name).Sum(v => v.SizeBytes);
         return new ArrayInfo(a.Name, a.Uuid, a.Level, a.ChunkKiB, a.CapacityBytes, a.CapacityBytes - used, state, a.Generation,
-            members, a.Spares.ToList(), a.Rebuild, a.Scrub) { BadBlocks = a.BadBlocks.Count };
+            members, a.Spares.ToList(), a.Rebuild, a.Scrub) { BadBlocks = a.BadBlocks.Count, PreferredOwner = "A" };
     }
 
     IEnumerable<(long Offset, long Length)> Gaps(Array array)

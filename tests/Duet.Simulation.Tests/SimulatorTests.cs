@@ -259,6 +259,27 @@ public sealed class SimulatorTests
     }
 
     [Fact]
+    [Trait("Claim", "FO-6")]
+    public void Controllers_that_fail_back_on_their_own_among_takeovers_hangs_and_crashes_lose_nothing()
+    {
+        // Failback "auto" (a 500 ms settle time): after a takeover and the peer's return, the survivor moves the
+        // arrays the peer prefers back to it itself, through the ordinary move, while the faults go on.
+        var options = new SimOptions
+        {
+            Operations = 300, AllowedFaults = FaultPlan.Parse("takeover,hang,crash,partition"), FailbackSettle = TimeSpan.FromMilliseconds(500),
+        };
+        long failBacks = 0, takeovers = 0;
+        for (ulong seed = 1; seed <= 16; seed++)
+        {
+            var r = Simulator.Run(seed, options);
+            Assert.True(r.Passed, $"seed {seed} ({r.Plan}): " + string.Join("\n", r.Failures));
+            failBacks += r.Stats.FailBacks;
+            takeovers += r.Stats.Takeovers;
+        }
+        Assert.True(takeovers > 0 && failBacks > 0, $"{takeovers} takeovers, {failBacks} failbacks");
+    }
+
+    [Fact]
     [Trait("Claim", "AW-6")]
     public void Power_cuts_roll_drive_writes_back_and_every_seed_recovers()
     {

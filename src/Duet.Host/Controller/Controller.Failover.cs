@@ -27,6 +27,14 @@ public sealed record FailoverOptions
     /// before it fences the primary and runs the command itself. Never below the heartbeat timeout: a primary
     /// the heartbeats still call alive is given at least as long as a dead one.</summary>
     public TimeSpan HostCommandTimeLimit { get; init; } = Duet.HostProtocol.CommandHandshakeOptions.DefaultTimeLimit;
+    /// <summary>Failback: whether this controller gives the arrays it serves whose preferred owner is its peer back by
+    /// itself (<see cref="FailbackMode.Auto"/>) or only when an operator moves them. Manual by default: see
+    /// docs/internals/cache-mirroring.md ("Failback") for why.</summary>
+    public FailbackMode Failback { get; init; } = FailbackMode.Manual;
+    /// <summary>With <see cref="FailbackMode.Auto"/>: how long the pair must have been healthy, without a break, before
+    /// an array goes back to its preferred owner.</summary>
+    public TimeSpan FailbackSettle { get; init; } = DefaultFailbackSettle;
+    public static readonly TimeSpan DefaultFailbackSettle = TimeSpan.FromSeconds(10);
 
     public void Validate()
     {
@@ -35,6 +43,7 @@ public sealed record FailoverOptions
             throw new ArgumentException($"the heartbeat timeout ({HeartbeatTimeout.TotalMilliseconds} ms) must be at least two periods ({2 * HeartbeatPeriod.TotalMilliseconds} ms)");
         if (HostCommandTimeLimit < HeartbeatTimeout)
             throw new ArgumentException($"the host command time limit ({HostCommandTimeLimit.TotalMilliseconds} ms) must be at least the heartbeat timeout ({HeartbeatTimeout.TotalMilliseconds} ms)");
+        if (FailbackSettle < TimeSpan.Zero) throw new ArgumentException($"the failback settle time ({FailbackSettle.TotalMilliseconds} ms) must not be negative");
     }
 }
 
@@ -212,6 +221,7 @@ public sealed partial class Controller
         Failover.Validate();
         _startedAt = _peerIclHeardAt = _peerSlotChangedAt = Now;
         _beat = Session << 16;
+        _failback = new FailbackPolicy(Failover.Failback, Failover.FailbackSettle, PeerName, _options.Time);
         _ = HeartbeatLoopAsync();
     }
 
@@ -304,6 +314,7 @@ public sealed partial class Controller
         await KeepClaimsAsync(status);
         // Not awaited: the heartbeats (and so our lease) go on while the takeover runs.
         if (ShouldTakeOver()) _ = TakeOverAsync($"no heartbeat from controller {PeerName} on the ICL or at the shelf for {Since(LastHeard).TotalMilliseconds:F0} ms");
+        else EvaluateFailback();
     }
 
     void RenewLease(long sentAt)
@@ -346,6 +357,7 @@ public sealed partial class Controller
         }
         Volatile.Write(ref _peerIclHeardAt, Now);
         Volatile.Write(ref _iclQuietSince, 0);
+        _peerLeaseHeld = hb.LeaseHeld;
         if (reply)
         {
             // The peer heard the heartbeat we sent at hb.TimestampTicks (our clock).
@@ -606,6 +618,8 @@ public sealed partial class Controller
             Volatile.Write(ref _adopting, null);
             double adoptedMs = Since(heard).TotalMilliseconds;
             Interlocked.Increment(ref _takeovers);
+            Interlocked.Increment(ref _pairGeneration);
+            lock (_failbackLock) _failback?.PeerTakenOver();
             Volatile.Write(ref _lastTakeover, new TakeoverInfo(reason, taken, adopted, detected, fenced, adoptedMs, null) { SettledWrites = settled });
             LogTookOver(PeerName, string.Join(", ", taken), adopted, adoptedMs);
             _ = DrainAfterLossAsync();

@@ -282,6 +282,7 @@ public sealed partial class Controller : IAsyncDisposable
             await Cache.ResyncMirrorAsync(Mirror.Resume);
             await SendHostTagsAsync();
             await ClearStaleAsync();
+            Interlocked.Increment(ref _pairGeneration);
             LogPaired(_options.PeerName);
         }
         catch (Exception e) when (e is IclLinkDownException or MirrorUnavailableException or TimeoutException or ShelfException or BlockIoException)
@@ -318,6 +319,7 @@ public sealed partial class Controller : IAsyncDisposable
 
     void OnPeerLost(string why)
     {
+        Interlocked.Increment(ref _pairGeneration);
         Mirror.Fail(why);
         FailReservationAck(why);
         // Error-recovery mode: the data only this controller holds now goes to the drives — unless this
@@ -413,6 +415,7 @@ public sealed partial class Controller : IAsyncDisposable
             return;
         }
         Receiver.RefuseAll = null;
+        Interlocked.Increment(ref _pairGeneration);
         // A new session of the peer: it replayed its own region 1 and resynchronises us next, with
         // sequence numbers that may start lower than its old session's.
         Receiver.Reset();
@@ -634,7 +637,7 @@ public sealed partial class Controller : IAsyncDisposable
         return new ControllerInfo(Name, _options.PeerName, Link.IsUp, Mirror.Mode == MirrorMode.Healthy ? "healthy" : "error-recovery",
             Mirror.DownReason, _options.Mirror.ToString().ToLowerInvariant(), Cache.ElementCount, cc.Dirty, cc.Hits, cc.Misses, cc.DestagedElements,
             cc.WriteThroughs, cc.Mirrored, mc.Batches, mc.SmallWrites, mc.LargeWrites, lc.DoorbellsRung, lc.MessageBytesSent, lc.DataBytesSent,
-            Forwarding.Forwarded, Interlocked.Read(ref ForwardingServer.Served), Receiver.Refused) { Failover = FailoverState(), PoweringDown = _poweringDown };
+            Forwarding.Forwarded, Interlocked.Read(ref ForwardingServer.Served), Receiver.Refused) { Failover = FailoverState(), PoweringDown = _poweringDown, Failback = FailbackState() };
     }
 
     /// <summary>

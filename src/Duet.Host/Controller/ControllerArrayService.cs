@@ -9,7 +9,15 @@ public sealed class ControllerArrayService(Controller controller) : IArrayServic
 {
     ArrayManager A => controller.Arrays;
 
-    public StatusInfo Status() => A.Status() with { Controller = controller.Info() };
+    public StatusInfo Status()
+    {
+        var status = A.Status();
+        return status with
+        {
+            Arrays = [.. status.Arrays.Select(a => controller.FailbackNote(a.Name) is { } note ? a with { Failback = note } : a)],
+            Controller = controller.Info(),
+        };
+    }
 
     async Task<T> Changed<T>(Task<T> op)
     {
@@ -41,5 +49,6 @@ public sealed class ControllerArrayService(Controller controller) : IArrayServic
     public Task ReplaceDriveAsync(string drive, ReplaceDriveRequest request, CancellationToken ct = default) => A.ReplaceDriveAsync(drive, request, ct);
     public Task StartScrubAsync(string array, ScrubRequest request, CancellationToken ct = default) => A.StartScrubAsync(array, request, ct);
     public Task<ArrayInfo> MoveArrayAsync(string array, MoveArrayRequest request, CancellationToken ct = default) => controller.MoveArrayAsync(array, request.To, ct);
+    public Task<ArrayInfo> PreferArrayAsync(string array, PreferArrayRequest request, CancellationToken ct = default) => Changed(A.PreferArrayAsync(array, request, ct));
     public Task<BadBlockReport> BadBlocksAsync(string array, CancellationToken ct = default) => A.BadBlocksAsync(array, ct);
 }

@@ -169,6 +169,13 @@ public sealed class ManagementHost : IAsyncDisposable
             await WriteAsync(ctx, StatusCodes.Status200OK, array, json.ArrayInfo);
         }));
 
+        app.MapPost("/v1/arrays/{name}/prefer", Handle(log, async ctx =>
+        {
+            var request = await ReadBodyAsync(ctx, json.PreferArrayRequest, whenEmpty: null);
+            var array = await service.PreferArrayAsync(Route(ctx, "name"), request, ctx.RequestAborted);
+            await WriteAsync(ctx, StatusCodes.Status200OK, array, json.ArrayInfo);
+        }));
+
         app.MapGet("/v1/arrays/{name}/bad-blocks", Handle(log, async ctx =>
         {
             var report = await service.BadBlocksAsync(Route(ctx, "name"), ctx.RequestAborted);

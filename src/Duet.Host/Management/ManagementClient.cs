@@ -88,6 +88,9 @@ public sealed class ManagementClient : IDisposable
     public Task<ArrayInfo> MoveArrayAsync(string array, MoveArrayRequest request, CancellationToken ct = default) =>
         PostAsync($"v1/arrays/{Segment(array)}/move", request, Json.MoveArrayRequest, Json.ArrayInfo, ct);
 
+    public Task<ArrayInfo> PreferArrayAsync(string array, PreferArrayRequest request, CancellationToken ct = default) =>
+        PostAsync($"v1/arrays/{Segment(array)}/prefer", request, Json.PreferArrayRequest, Json.ArrayInfo, ct);
+
     public Task<BadBlockReport> BadBlocksAsync(string array, CancellationToken ct = default) =>
         GetAsync($"v1/arrays/{Segment(array)}/bad-blocks", Json.BadBlockReport, ct);
 

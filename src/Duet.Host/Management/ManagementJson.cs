@@ -36,6 +36,7 @@ public sealed record OkResponse(bool Ok);
 [JsonSerializable(typeof(ReplaceDriveRequest))]
 [JsonSerializable(typeof(ScrubRequest))]
 [JsonSerializable(typeof(MoveArrayRequest))]
+[JsonSerializable(typeof(PreferArrayRequest))]
 [JsonSerializable(typeof(BadBlockReport))]
 [JsonSerializable(typeof(PowerFailRequest))]
 [JsonSerializable(typeof(PowerFailReport))]

@@ -74,6 +74,7 @@ public sealed class PairClient : IDisposable
     public Task StartScrubAsync(string array, ScrubRequest request, CancellationToken ct = default) => Route(c => c.StartScrubAsync(array, request, ct));
 
     public Task<ArrayInfo> MoveArrayAsync(string array, MoveArrayRequest request, CancellationToken ct = default) => Route(c => c.MoveArrayAsync(array, request, ct));
+    public Task<ArrayInfo> PreferArrayAsync(string array, PreferArrayRequest request, CancellationToken ct = default) => Route(c => c.PreferArrayAsync(array, request, ct));
     public Task<BadBlockReport> BadBlocksAsync(string array, CancellationToken ct = default) => Route(c => c.BadBlocksAsync(array, ct));
 
     public void Dispose()

@@ -77,7 +77,7 @@ public sealed partial class ArrayManager
         {
             ArrayUuid = uuid, DriveUuid = Guid.Empty, Generation = 0, Level = level, MemberCount = drives.Count,
             ChunkBlocks = chunkBlocks, Slot = 0, MemberBlocks = geometry.MemberBlocks, Clean = false,
-            RebuildMiBps = r.RebuildMiBps, Name = r.Name, Slots = slots, Owner = owner, Number = FreeArrayNumber(),
+            RebuildMiBps = r.RebuildMiBps, Name = r.Name, Slots = slots, Owner = owner, PreferredOwner = owner, Number = FreeArrayNumber(),
         };
         var disks = new MemberDisk?[drives.Count];
         for (int i = 0; i < drives.Count; i++)
@@ -336,7 +336,9 @@ public sealed partial class ArrayManager
         // drops is recorded by the persist below (it writes the members' current states), not
         // awaited here (that wait never ended: a move stuck for good behind a failing drive).
         await a.Raid.FlushWithoutPersistingFailuresAsync(ct);
-        a.Current = a.Current with { Owner = to, Clean = true };
+        // A move says where the array belongs now: a preference it had goes with it, so an automatic failback
+        // never undoes an operator's move (and a failback, moving it to its preference, changes nothing).
+        a.Current = a.Current with { Owner = to, Clean = true, PreferredOwner = a.Current.PreferredOwner is null ? null : to };
         await PersistAsync(a, ct);
         _arrays.Remove(name);
         foreach (var d in a.Slots.Concat(a.Spares)) if (d is not null) { d.Array = null; d.IsSpare = false; d.PeerArray = name; }
@@ -344,6 +346,25 @@ public sealed partial class ArrayManager
         RefreshVolumes();
         LogHandedOver(name, to);
         return PeerInfo(a.Current, [.. _drives.Values.Select(ViewOf)]);
+    }, ct);
+
+    /// <summary>
+    /// Sets the controller the array belongs on when both run (failback): "A", "B", or null for none. Only
+    /// the owner writes an array's superblocks, so only the owner sets it (the peer's array is a Conflict
+    /// naming the owner, which the pair client follows).
+    /// </summary>
+    public Task<ArrayInfo> PreferArrayAsync(string name, PreferArrayRequest request, CancellationToken ct = default) => Locked(async () =>
+    {
+        var a = ArrayNamed(name);
+        string? owner = request.Owner is null or "none" ? null : request.Owner;
+        if (owner is not (null or "A" or "B")) throw Invalid($"'{request.Owner}' is not a controller: use A, B or none");
+        if (owner != a.Current.PreferredOwner)
+        {
+            a.Current = a.Current with { PreferredOwner = owner };
+            await PersistAsync(a, ct);
+            LogPreferred(name, owner ?? "none");
+        }
+        return Info(ViewOf(a));
     }, ct);
 
     /// <summary>AW-5: the array's bad-block list as the drives hold it, each block with its volume. Never waits.</summary>
@@ -364,6 +385,22 @@ public sealed partial class ArrayManager
             return new BadBlockInfo(e.ArrayBlock, lba, sectors, v?.Name, v is null ? null : lba - v.OffsetBlocks * Units.SectorsPerBlock, RaidArray.DescribeSource(e.Source));
         }).ToList();
         return Task.FromResult(new BadBlockReport(array, BadBlockList.MaxEntries, list.Generation, blocks));
+    }
+
+    /// <summary>Failback: the arrays served here whose preferred owner is <paramref name="controller"/>, each with what keeps it
+    /// from moving now (a rebuild or a scrub), or null. Never waits; cheap enough for every heartbeat.</summary>
+    public IReadOnlyList<(string Array, string? Busy)> PreferringServed(string controller)
+    {
+        List<(string, string?)>? list = null;
+        foreach (var a in _view.Arrays.Values)
+        {
+            if (a.Current.PreferredOwner != controller) continue;
+            string? busy = a.Rebuild is { IsCompleted: false } ? $"array {a.Raid.Name} is rebuilding (it moves when the rebuild is done)"
+                : a.Scrub is { IsCompleted: false } ? $"array {a.Raid.Name} is being scrubbed (it moves when the scrub is done)"
+                : null;
+            (list ??= []).Add((a.Raid.Name, busy));
+        }
+        return list is null ? [] : [.. list.OrderBy(x => x.Item1, StringComparer.Ordinal)];
     }
 
     /// <summary>Whether this controller serves the array now.</summary>
@@ -434,7 +471,8 @@ public sealed partial class ArrayManager
         long used = a.Current.Volumes.Sum(v => v.SizeBlocks);
         return new ArrayInfo(a.Raid.Name, a.Raid.Uuid.ToString(), (int)g.Level, g.ChunkBlocks * 4, g.CapacityBlocks * Units.BlockBytes,
             (g.CapacityBlocks - used) * Units.BlockBytes, state, a.Current.Generation, members, a.Spares,
-            rebuilding && a.RebuildProgress is { } rp ? Progress(rp, chunkBytes) : null, scrub, owner) { BadBlocks = a.Raid.BadBlocks.Count };
+            rebuilding && a.RebuildProgress is { } rp ? Progress(rp, chunkBytes) : null, scrub, owner)
+        { BadBlocks = a.Raid.BadBlocks.Count, PreferredOwner = a.Current.PreferredOwner ?? "none" };
     }
 
     static ArrayInfo PeerInfo(Superblock sb, IReadOnlyList<DriveView> drives)
@@ -445,7 +483,8 @@ public sealed partial class ArrayManager
         long used = sb.Volumes.Sum(v => v.SizeBlocks);
         return new ArrayInfo(sb.Name, sb.ArrayUuid.ToString(), (int)sb.Level, sb.ChunkBlocks * 4, g.CapacityBlocks * Units.BlockBytes,
             (g.CapacityBlocks - used) * Units.BlockBytes, "peer", sb.Generation, members,
-            drives.Where(d => d.Superblock is { Slot: -1 } s && s.ArrayUuid == sb.ArrayUuid).Select(d => d.Name).ToList(), null, null, sb.Owner);
+            drives.Where(d => d.Superblock is { Slot: -1 } s && s.ArrayUuid == sb.ArrayUuid).Select(d => d.Name).ToList(), null, null, sb.Owner)
+        { PreferredOwner = sb.PreferredOwner ?? "none" };
     }
 
     static DriveInfo DriveInfoOf(DriveView d)
@@ -464,6 +503,8 @@ public sealed partial class ArrayManager
 
     [LoggerMessage(EventId = 2017, Level = LogLevel.Information, Message = "array {Array} handed over to controller {To}")]
     partial void LogHandedOver(string array, string to);
+    [LoggerMessage(EventId = 2041, Level = LogLevel.Information, Message = "array {Array}: preferred owner now {Owner}")]
+    partial void LogPreferred(string array, string owner);
 
     [LoggerMessage(EventId = 2001, Level = LogLevel.Warning, Message = "drive {Drive}: {Problem}")]
     partial void LogDriveUnreadable(string drive, string problem);

@@ -44,6 +44,9 @@ public sealed record ScrubRequest(bool Repair = true);
 /// <param name="To">The controller that will serve the array: "A" or "B".</param>
 public sealed record MoveArrayRequest(string To);
 
+/// <param name="Owner">The controller the array belongs on when both run: "A", "B", or "none" (null is "none" too).</param>
+public sealed record PreferArrayRequest(string? Owner);
+
 /// <param name="Role">"free", "member", "spare" or "foreign" (a superblock of an array this controller does not know).</param>
 /// <param name="State">"ok", "failed", "missing", "stale" (an old member that must be resynced) or "unreadable".</param>
 public sealed record DriveInfo(string Name, long SizeBytes, string Role, string? Array, int? Slot, string State);
@@ -82,6 +85,12 @@ public sealed record ArrayInfo(
 {
     /// <summary>AW-5: blocks on the array's bad-block list (reads of them fail until a host writes them again); 0 for a peer's array.</summary>
     public int BadBlocks { get; init; }
+    /// <summary>The controller the array belongs on when both run: "A", "B" or "none" (stored in its superblock;
+    /// a failback moves it there, see <see cref="FailbackInfo"/>).</summary>
+    public string PreferredOwner { get; init; } = "none";
+    /// <summary>Set by the controller serving the array when it is not on its preferred owner: what the failback waits
+    /// for, or what to run (with failback "manual"). Null when the array is where it belongs, or has no preference.</summary>
+    public string? Failback { get; init; }
 }
 
 public sealed record VolumeInfo(string Name, string Array, long SizeBytes, long OffsetBytes)
@@ -106,7 +115,24 @@ public sealed record ControllerInfo(
     public FailoverInfo? Failover { get; init; }
     /// <summary>AW-6: the controller is in (or past) its power-fail window: it starts no host command and will stop.</summary>
     public bool PoweringDown { get; init; }
+    /// <summary>Failback of arrays this controller serves whose preferred owner is its peer; null without a shelf.</summary>
+    public FailbackInfo? Failback { get; init; }
 }
+
+/// <summary>
+/// Failback (issue 5): how this controller gives the arrays it serves for its peer (their preferred owner is
+/// the peer, typically after a takeover) back once the pair is healthy again.
+/// </summary>
+/// <param name="Mode">"auto" (moved back once the pair has been healthy for the settle time) or "manual" (only by `duet array move`).</param>
+/// <param name="SettleMs">How long the pair must have been healthy, without a break, before an automatic failback.</param>
+/// <param name="Pending">Arrays served here whose preferred owner is the peer.</param>
+/// <param name="State">"none" (nothing pending), "waiting" (see <paramref name="Waiting"/>), "settling" (moves in
+/// <paramref name="DueInMs"/>), "moving", or "manual" (pending, but failback is manual).</param>
+/// <param name="Waiting">Why a pending failback cannot start yet (the peer is standby, the mirror is resynchronising...).</param>
+/// <param name="FailBacks">Arrays moved back automatically by this controller since it started.</param>
+/// <param name="LastError">Why the last automatic move was refused or failed (it is tried again after another settle time).</param>
+public sealed record FailbackInfo(string Mode, double SettleMs, IReadOnlyList<string> Pending, string State, string? Waiting, double? DueInMs,
+    long FailBacks, string? LastError);
 
 /// <param name="Scope">"pair" (default: the power fails for both controllers; each runs its window and
 /// neither takes the other over) or "controller" (this controller alone: its peer takes its arrays over).</param>
@@ -189,6 +215,9 @@ public interface IArrayService
 
     /// <summary>Hands an array to the other controller of the pair, with no data loss (MR-1).</summary>
     Task<ArrayInfo> MoveArrayAsync(string array, MoveArrayRequest request, CancellationToken cancellationToken = default);
+
+    /// <summary>Sets the controller the array belongs on when both run (failback); asked of the array's owner.</summary>
+    Task<ArrayInfo> PreferArrayAsync(string array, PreferArrayRequest request, CancellationToken cancellationToken = default);
 
     /// <summary>AW-5: the array's bad-block list, each block with its volume and the volume's LBA.</summary>
     Task<BadBlockReport> BadBlocksAsync(string array, CancellationToken cancellationToken = default);
