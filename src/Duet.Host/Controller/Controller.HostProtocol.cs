@@ -46,6 +46,7 @@ public sealed partial class Controller
             MaxClockSkew = TimeSpan.FromTicks(Math.Min(CommandHandshakeOptions.DefaultTimeLimit.Ticks / 6, limit.Ticks / 4)),
             Time = _options.Time,
             Table = this,
+            Observer = _options.HandshakeObserver,
         });
     }
 
