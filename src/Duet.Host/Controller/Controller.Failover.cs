@@ -563,6 +563,17 @@ public sealed partial class Controller
             // Nothing the fenced session sends counts any more: its heartbeats, mirror writes, hellos.
             Mirror.Fail($"controller {PeerName} was fenced: {reason}");
             FailReservationAck($"controller {PeerName} was fenced: {reason}");
+            // FO-7 after an FO-5 fence: a peer heard within the timeout may still be beating, and holds its lease
+            // until half a timeout after its last successful beat — issued before the fence completed; beats
+            // after it fail at the shelf, and its ICL traffic is now below our floor. Serve its arrays only once
+            // that lease has lapsed: until then the fenced peer may still answer hosts (from its cache; the
+            // drives refuse it), and no array may be served by two controllers holding a lease. A peer silent
+            // for the whole timeout (the heartbeats' trigger) holds no lease already.
+            if (Since(heard) < Failover.HeartbeatTimeout)
+            {
+                try { await _options.Time.DelayAsync(Failover.HeartbeatTimeout / 2, _stopping.Token); }
+                catch (OperationCanceledException) { return; }
+            }
             // The peer's arrays: those its superblocks name, and those the shelf still gives it (a move
             // to us it did not finish).
             var numbers = Arrays.ArrayTable.Where(kv => kv.Value.Owner == PeerName || Claims?.Of(kv.Value.Serial)?.Owner == PeerName)
