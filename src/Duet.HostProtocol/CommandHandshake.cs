@@ -48,6 +48,13 @@ public sealed class CommandHandshakeOptions
     /// <summary>Sees every step (tests, tracing). Called outside the handshake's lock; must not block.</summary>
     public Action<HandshakeEvent>? Observer { get; init; }
 
+    /// <summary>False while this controller can neither run a command nor take over (standby after it was
+    /// fenced, stepped down): a host's command is then answered Unavailable and not queued, a forwarded
+    /// frame dropped. Such a controller holding commands as secondary would time them out against a primary
+    /// that cannot tell it they completed (the primary treats it as fenced), then fence that healthy primary
+    /// the moment it rejoins. Null: always.</summary>
+    public Func<bool>? MayHoldCommands { get; init; }
+
     internal void Validate()
     {
         ArgumentNullException.ThrowIfNull(SendToPartner);
@@ -99,6 +106,11 @@ public enum HandshakeEventKind
     /// <summary>A copy of a command this controller did not hold or remember was found in the durable
     /// table with the same digest: answered with the recorded status, not run again.</summary>
     RecalledFromTable,
+    /// <summary>A command refused (Unavailable, not queued) because this controller may hold none now
+    /// (<see cref="CommandHandshakeOptions.MayHoldCommands"/>).</summary>
+    RefusedNotHolding,
+    /// <summary>A command held as secondary is run here because its volume's array moved here meanwhile.</summary>
+    BecamePrimary,
 }
 
 public readonly record struct HandshakeEvent(HandshakeEventKind Kind, HostCommandKey Key);
@@ -302,6 +314,11 @@ public sealed class CommandHandshake
         ArgumentNullException.ThrowIfNull(command);
         if (_stopping.IsCancellationRequested) return Task.CompletedTask;
         var key = command.Key;
+        if (_options.MayHoldCommands is { } may && !may())
+        {
+            Notify(HandshakeEventKind.RefusedNotHolding, key);
+            return route is null ? Task.CompletedTask : route.TrySendAsync(HostCompletion.Error(key.HostTag, HostStatus.Unavailable)).AsTask();
+        }
         bool primary = _options.IsPrimaryFor(command.Volume);
         Entry? entry = null;
         Finished remembered = default;
@@ -443,7 +460,40 @@ public sealed class CommandHandshake
         // A partner that cannot be reached changes nothing here: the limit decides.
         if (forward) await TrySendAsync(e.Command, HandshakePhase.ForwardedFrame, ForwardedFrame(e.Command), HandshakeEventKind.ForwardedFrameSent);
         await SendSecondaryReadyIfDueAsync(e);
+        _ = ForwardWhileHeldAsync(e);
         await e.Done.Task;
+    }
+
+    /// <summary>
+    /// FO-6 from the secondary, for a command it still holds a <see cref="CommandHandshakeOptions.ReadyWait"/>
+    /// after it arrived, and every ReadyWait after: the primary may never have had it (the host's copy to the
+    /// primary's unit was lost with its connection), or may have finished it with its "completed" lost (a link
+    /// cut, a pairing that dropped it). The forwarded copy makes the primary run it, or merges with the copy it
+    /// is running, or is answered "completed" from memory; so only a primary that cannot be reached or does not
+    /// answer (hung, dead) leaves the command to the time limit. (Without this, every lost host copy and every
+    /// lost "completed" fenced a healthy primary at the limit: the simulator's multicast hosts found it.)
+    /// </summary>
+    async Task ForwardWhileHeldAsync(Entry e)
+    {
+        var token = e.WatchToken;
+        while (true)
+        {
+            try { await _options.Time.DelayAsync(_options.ReadyWait, token); }
+            catch (OperationCanceledException) { return; }
+            lock (_lock)
+            {
+                if (e.Finished || e.Executing) return;
+            }
+            if (_options.IsPrimaryFor(e.Command.Volume))
+            {
+                // The volume's array moved here since the command arrived (a move): this controller is its
+                // primary now, and the partner, its old owner, may never have had the command.
+                Notify(HandshakeEventKind.BecamePrimary, e.Command.Key);
+                await ExecuteAndFinishAsync(e, afterTakeover: false);
+                return;
+            }
+            await TrySendAsync(e.Command, HandshakePhase.ForwardedFrame, ForwardedFrame(e.Command), HandshakeEventKind.ForwardedFrameSent);
+        }
     }
 
     async ValueTask SendSecondaryReadyIfDueAsync(Entry e)
@@ -473,6 +523,13 @@ public sealed class CommandHandshake
             lock (_lock)
             {
                 if (e.Finished || e.Executing) return;
+            }
+            if (_options.IsPrimaryFor(e.Command.Volume))
+            {
+                // Held as secondary, but the array moved here meanwhile: run it; there is nobody to fence.
+                Notify(HandshakeEventKind.BecamePrimary, e.Command.Key);
+                await ExecuteAndFinishAsync(e, afterTakeover: false);
+                return;
             }
             Notify(HandshakeEventKind.LimitReached, e.Command.Key);
             if (await TakeOverOnceAsync(e.Command.Key)) break;
@@ -654,6 +711,11 @@ public sealed class CommandHandshake
             answer = HostCompletion.Error(key.HostTag, remembered.Status);
         if (answer is not null && route is not null && await route.TrySendAsync(answer))
             Notify(HandshakeEventKind.AnsweredHost, key);
+        // The partner forwarded its copy because it still holds the command (our "completed" did not reach
+        // it): tell it again, with the answer when we know it (its host may be attached there only).
+        if (route is null && (command.Request.Flags & HostRequestFlags.Forwarded) != 0)
+            await TrySendAsync(command, HandshakePhase.Completed, answer is null ? ReadOnlyMemory<byte>.Empty : HostCodec.EncodeCompletion(answer),
+                HandshakeEventKind.CompletedSent, remembered.Status);
     }
 
     /// <summary>A copy of a command found in the durable table only: the same command (same digest) is

@@ -47,6 +47,7 @@ public sealed partial class Controller
             Time = _options.Time,
             Table = this,
             Observer = _options.HandshakeObserver,
+            MayHoldCommands = () => !_standby && !_steppedDown,
         });
     }
 
