@@ -805,6 +805,13 @@ public sealed class CommandHandshake
             _earlyReadies.Remove(key);
             if (!_queue.TryGetValue(key, out e) && !_finished.ContainsKey(key)) Remember(key, completion, status, m.Volume, request: null);
         }
+        // The host's copy held here is answered as a late copy would be: with the status alone when that is the
+        // whole answer (a write, a flush, a failure; not a read's data). The host takes the first answer per tag,
+        // so this is a duplicate when the primary's answer reached it — and the answer itself when that one was
+        // lost with its connection, or when the primary did not run it (Unavailable): otherwise the host would
+        // wait out its attempt's timeout for an answer that no unit is going to send.
+        if (e is not null && completion is null && (e.Command.Request.Opcode != HostOpcode.Read || status != HostStatus.Ok))
+            completion = HostCompletion.Error(key.HostTag, status);
         if (e is not null) await FinishAsync(e, completion, status, executedHere: false);
     }
 

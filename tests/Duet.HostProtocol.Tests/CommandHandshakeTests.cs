@@ -24,7 +24,9 @@ public class CommandHandshakeTests
 
         Assert.Equal(["A: PrimaryReady", "B: SecondaryReady", "A: PrimaryAck", "A: Completed"], pair.MessageLog());
         Assert.Equal([HostCompletion.Ok(1)], routeA.Answers);
-        Assert.Empty(routeB.Answers); // the host took A's answer; B was only told to drop its copy
+        // B answers its host's copy with the status "completed" carried: a duplicate the host drops, or the
+        // answer itself should A's have been lost with its connection.
+        Assert.Equal([HostCompletion.Ok(1)], routeB.Answers);
         Assert.Equal(0, pair.A.QueuedCount);
         Assert.Equal(0, pair.B.QueuedCount);
         Assert.Equal((1, 1, 1, 1, 1), (pair.A.Counters.PrimaryReadiesSent, pair.B.Counters.SecondaryReadiesSent, pair.A.Counters.AcksSent, pair.A.Counters.CompletionsSent, pair.B.Counters.CompletionsReceived));
@@ -119,11 +121,11 @@ public class CommandHandshakeTests
         await pair.Volume.ReadAsync(4096, back);
         Assert.Equal(data, back);
 
-        // The hung primary wakes up and finishes too, but B's "completed" already took the command
-        // out of its queue: each unit answers its host at most once, here B only.
+        // B's "completed" took the command out of A's queue and answered A's host connection with its status;
+        // the hung primary wakes up and finishes too, but answers nobody again: each unit answers at most once.
         pair.HoldA.SetResult();
         await onA;
-        Assert.Empty(routeA.Answers);
+        Assert.Equal([HostCompletion.Ok(4)], routeA.Answers);
         Assert.Single(routeB.Answers);
         Assert.Equal(0, pair.A.QueuedCount);
         Assert.Equal(0, pair.B.QueuedCount);
@@ -205,6 +207,22 @@ public class CommandHandshakeTests
         Assert.Equal([HostCompletion.Ok(43)], routeA.Answers);
         pair.Time.Advance(CommandHandshakeOptions.DefaultTimeLimit * 2);
         Assert.Equal(0, pair.FenceCalls);
+    }
+
+    [Fact, Trait("Claim", "FO-5")]
+    public async Task A_secondary_told_the_primary_answered_unavailable_answers_its_host_so_and_the_host_retries_at_once()
+    {
+        // Its drives unreachable (shelf path lost: PathDown), the primary runs nothing and answers Unavailable.
+        Assert.Equal(HostStatus.Unavailable, HostCommandExecutor.ToStatus(BlockErrorKind.PathDown));
+        var pair = new TestPair { RefuseA = HostStatus.Unavailable };
+        var (routeA, routeB) = (new RecordingRoute(), new RecordingRoute());
+        var request = Write(44, pair.NowMicros, 0, Pattern(512, 44), HostRequestFlags.Multicast);
+        var onB = pair.B.SubmitAsync(Command(request), routeB);
+        await pair.A.SubmitAsync(Command(request), routeA);
+        await onB;
+        Assert.Equal([HostCompletion.Error(44, HostStatus.Unavailable)], routeA.Answers);
+        Assert.Equal([HostCompletion.Error(44, HostStatus.Unavailable)], routeB.Answers); // not left waiting
+        Assert.Equal(0, pair.B.QueuedCount);
     }
 
     [Fact, Trait("Claim", "FO-5")]
