@@ -44,20 +44,22 @@ public sealed partial class Simulator
         public readonly TimeSpan ClockSkew = clockSkew;
         public ulong LastTag;
         public readonly Dictionary<ulong, HostAttempt> Pending = [];
-        /// <summary>Per controller: the incarnation its connection belongs to, or -1 when not connected.</summary>
-        public readonly int[] Connection = [-1, -1];
+        /// <summary>Per controller: the id of the host's connection to its unit, or -1 when not connected.</summary>
+        public readonly long[] Connection = [-1, -1];
+        public long LastConnectionId;
         /// <summary>Per controller: when the last frame sent on the connection arrives (a TCP stream keeps order).</summary>
         public readonly TimeSpan[] FramesArrive = new TimeSpan[2];
         public readonly TimeSpan[] AnswersArrive = new TimeSpan[2];
     }
 
     /// <summary>One try of a command: the controllers it went to, and which of them are out of it.</summary>
-    sealed class HostAttempt(HostCommandKey key, int[] targets, int[] incarnations, TimeSpan sentAt)
+    sealed class HostAttempt(HostCommandKey key, HostOpcode opcode, int[] targets, long[] connections, TimeSpan sentAt)
     {
+        public readonly HostOpcode Opcode = opcode;
         public readonly TaskCompletionSource<HostCompletion?> Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public readonly HostCommandKey Key = key;
         public readonly int[] Targets = targets;
-        public readonly int[] Incarnations = incarnations;
+        public readonly long[] Connections = connections;
         public readonly bool[] Out = new bool[2];
         public readonly TimeSpan SentAt = sentAt;
     }
@@ -230,11 +232,11 @@ public sealed partial class Simulator
         {
             var s = _sides[i];
             if (!s.Node.IsAlive || s.Controller is null || s.Starting) { h.Connection[i] = -1; continue; }
-            if (h.Connection[i] != s.Node.Incarnation)
+            if (h.Connection[i] < 0)
             {
                 // A hung process takes no new connection (its hello would not be answered).
                 if (s.Node.IsPaused) continue;
-                h.Connection[i] = s.Node.Incarnation;
+                h.Connection[i] = ++h.LastConnectionId;
                 h.FramesArrive[i] = h.AnswersArrive[i] = TimeSpan.Zero;
                 _trace.Add($"{h.Node.Name} connected to unit {s.Name}{h.Unit}");
             }
@@ -246,7 +248,8 @@ public sealed partial class Simulator
     async Task<HostCompletion?> AttemptAsync(ProtocolHost h, List<int> connected, HostOpcode opcode, string volume, long offset, int length,
         ReadOnlyMemory<byte> payload, bool fua, ulong writeTag, string what)
     {
-        // The path, drawn per attempt: both units (FO-3), one unit only (FO-6: it forwards), or both with one copy lost.
+        // The path, drawn per attempt: both units (FO-3), one unit only (FO-6: it forwards), or both with one copy
+        // lost: the connection to that unit drops as the frame goes out (the host learns it, as from a reset).
         int[] targets = [.. connected];
         int dropped = -1;
         if (targets.Length == 2 && _random.Chance(_singleUnitShare)) { targets = [targets[_random.Next(2)]]; _singleUnitSends++; }
@@ -257,13 +260,14 @@ public sealed partial class Simulator
         var hostNow = h.Node.Time.GetUtcNow() + h.ClockSkew;
         ulong timestamp = (ulong)(hostNow - DateTimeOffset.UnixEpoch).Ticks / 10;
         var frame = HostCodec.EncodeRequest(new HostRequest(opcode, flags, h.HostId, tag, timestamp, (ulong)offset, (uint)length, payload));
-        var attempt = new HostAttempt(key, targets, [.. targets.Select(i => h.Connection[i])], _scheduler.Elapsed);
+        var attempt = new HostAttempt(key, opcode, targets, [.. targets.Select(i => h.Connection[i])], _scheduler.Elapsed);
         Invariant.Assert(!h.Pending.ContainsKey(tag));
         h.Pending[tag] = attempt;
         _hostAttempts++;
         _trace.Add($"{h.Node.Name} sends {what} ({volume}) as tag {tag} to {string.Join("+", targets.Select(i => $"{_sides[i].Name}{h.Unit}"))}{(flags.HasFlag(HostRequestFlags.Multicast) ? " multicast" : "")}{(dropped >= 0 ? $", the copy to {_sides[dropped].Name} lost" : "")}");
         foreach (var i in targets)
             if (i != dropped) SendFrame(h, i, volume, frame);
+        if (dropped >= 0) ResetConnection(h, dropped);
         HostCompletion? answer;
         try { answer = await Waits.WithTimeout(attempt.Done.Task, AttemptTimeout, h.Node.Time); }
         catch (TimeoutException) { answer = null; }
@@ -295,19 +299,19 @@ public sealed partial class Simulator
         _ = DeliverFrameAsync(h, i, h.Connection[i], volume, frame, arrive - now);
     }
 
-    async Task DeliverFrameAsync(ProtocolHost h, int i, int incarnation, string volume, byte[] frame, TimeSpan delay)
+    async Task DeliverFrameAsync(ProtocolHost h, int i, long connection, string volume, byte[] frame, TimeSpan delay)
     {
         await h.Node.Time.DelayAsync(delay);
         var s = _sides[i];
-        // A connection reset by the controller's crash loses what was on it.
-        if (!s.Node.IsAlive || s.Node.Incarnation != incarnation) return;
-        s.Node.Post(() => OnFrameAtUnit(h, s, i, incarnation, volume, frame));
+        // A connection reset (the controller's crash, or the host's side) loses what was on it.
+        if (!s.Node.IsAlive || h.Connection[i] != connection) return;
+        s.Node.Post(() => OnFrameAtUnit(h, s, i, connection, volume, frame));
     }
 
     /// <summary>The unit's side (on the controller's node): decode the frame as HostUnitConnection does and hand it to the handshake.</summary>
-    void OnFrameAtUnit(ProtocolHost h, Side s, int i, int incarnation, string volume, byte[] frame)
+    void OnFrameAtUnit(ProtocolHost h, Side s, int i, long connection, string volume, byte[] frame)
     {
-        if (s.Node.Incarnation != incarnation || s.Controller is not { } c) return;
+        if (h.Connection[i] != connection || s.Controller is not { } c) return;
         var error = HostCodec.TryDecodeRequest(frame, out var request);
         if (error != HostWireError.None || request is null)
         {
@@ -315,30 +319,29 @@ public sealed partial class Simulator
             return;
         }
         Invariant.Assert(request.HostId == h.HostId);
-        _ = c.Handshake.SubmitAsync(new HostCommand(h.Unit, volume, request), new SimRoute(this, h, i, incarnation));
+        _ = c.Handshake.SubmitAsync(new HostCommand(h.Unit, volume, request), new SimRoute(this, h, i, connection));
     }
 
     /// <summary>The host's connection to one unit as the handshake answers on it.</summary>
-    sealed class SimRoute(Simulator sim, ProtocolHost h, int i, int incarnation) : IHostCompletionRoute
+    sealed class SimRoute(Simulator sim, ProtocolHost h, int i, long connection) : IHostCompletionRoute
     {
         public ValueTask<bool> TrySendAsync(HostCompletion completion)
         {
-            var s = sim._sides[i];
-            if (!s.Node.IsAlive || s.Node.Incarnation != incarnation || h.Connection[i] != incarnation) return ValueTask.FromResult(false);
+            if (!sim._sides[i].Node.IsAlive || h.Connection[i] != connection) return ValueTask.FromResult(false);
             var frame = HostCodec.EncodeCompletion(completion);
             var now = sim._scheduler.Elapsed;
             var arrive = now + TimeSpan.FromMicroseconds(sim._random.Next(20, 500));
             if (arrive < h.AnswersArrive[i]) arrive = h.AnswersArrive[i];
             h.AnswersArrive[i] = arrive;
-            h.Node.Post(() => _ = sim.DeliverCompletionAsync(h, i, incarnation, frame, arrive - now));
+            h.Node.Post(() => _ = sim.DeliverCompletionAsync(h, i, connection, frame, arrive - now));
             return ValueTask.FromResult(true);
         }
     }
 
-    async Task DeliverCompletionAsync(ProtocolHost h, int i, int incarnation, byte[] frame, TimeSpan delay)
+    async Task DeliverCompletionAsync(ProtocolHost h, int i, long connection, byte[] frame, TimeSpan delay)
     {
         await h.Node.Time.DelayAsync(delay);
-        if (h.Connection[i] != incarnation) return; // the connection was reset meanwhile
+        if (h.Connection[i] != connection) return; // the connection was reset meanwhile
         var completion = HostCodec.TryDecodeCompletion(frame);
         if (completion is null)
         {
@@ -361,14 +364,26 @@ public sealed partial class Simulator
     void ResetHostConnections(Side side)
     {
         int i = side == _sides[0] ? 0 : 1;
-        foreach (var h in _protocolHosts.Values)
-        {
-            if (h.Connection[i] < 0) continue;
-            int incarnation = h.Connection[i];
-            h.Connection[i] = -1;
-            foreach (var attempt in h.Pending.Values.ToList())
-                for (int t = 0; t < attempt.Targets.Length; t++)
-                    if (attempt.Targets[t] == i && attempt.Incarnations[t] == incarnation) TakeOut(attempt, i);
-        }
+        foreach (var h in _protocolHosts.Values) ResetConnection(h, i);
+    }
+
+    /// <summary>The host's connection to controller <paramref name="i"/>'s unit is gone: what was on it is lost,
+    /// attempts waiting on it learn so; the host connects again for its next attempt.</summary>
+    void ResetConnection(ProtocolHost h, int i)
+    {
+        long connection = h.Connection[i];
+        if (connection < 0) return;
+        h.Connection[i] = -1;
+        _trace.Add($"{h.Node.Name}: connection to unit {_sides[i].Name}{h.Unit} reset");
+        foreach (var attempt in h.Pending.Values.ToList())
+            for (int t = 0; t < attempt.Targets.Length; t++)
+                if (attempt.Targets[t] == i && attempt.Connections[t] == connection)
+                {
+                    TakeOut(attempt, i);
+                    // A successful read is answered with its data by the unit that ran it only (the other unit is told
+                    // it completed, not what it read): if that answer was on this connection, no unit will send it
+                    // again. A read is sent again at once, under a new tag, rather than after the attempt's timeout.
+                    if (attempt.Opcode == HostOpcode.Read) attempt.Done.TrySetResult(null);
+                }
     }
 }
