@@ -258,10 +258,12 @@ public sealed class CommandHandshake
     sealed class Entry(HostCommand command, bool primary, CancellationTokenSource? watch)
     {
         public readonly HostCommand Command = command;
-        public readonly bool Primary = primary;
+        /// <summary>Set at arrival; cleared when a primary finds, before it runs the command, that the partner
+        /// owns the volume's array now (a move): it then holds the command as a secondary does.</summary>
+        public bool Primary = primary;
         // The secondary's limit timer; cancelled (and disposed) when the command finishes.
-        public readonly CancellationTokenSource? Watch = watch;
-        public readonly CancellationToken WatchToken = watch?.Token ?? CancellationToken.None;
+        public CancellationTokenSource? Watch = watch;
+        public CancellationToken WatchToken => Watch?.Token ?? CancellationToken.None;
         public readonly List<IHostCompletionRoute> Routes = [];
         public readonly TaskCompletionSource SecondaryReady = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public readonly TaskCompletionSource Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -449,9 +451,12 @@ public sealed class CommandHandshake
             {
                 return;
             }
-            await TrySendAsync(e.Command, HandshakePhase.PrimaryAck, default, HandshakeEventKind.PrimaryAckSent);
+            bool steppedBack;
+            lock (_lock) steppedBack = !e.Primary;
+            if (!steppedBack) await TrySendAsync(e.Command, HandshakePhase.PrimaryAck, default, HandshakeEventKind.PrimaryAckSent);
         }
-        await ExecuteAndFinishAsync(e, afterTakeover: false);
+        // Not if it stepped back meanwhile (OnPrimaryReadyAsync): the partner owns the array now and runs its copy.
+        await ExecuteAndFinishAsync(e, afterTakeover: false, asPrimary: true);
         await e.Done.Task;
     }
 
@@ -484,10 +489,10 @@ public sealed class CommandHandshake
             {
                 if (e.Finished || e.Executing) return;
             }
-            if (_options.IsPrimaryFor(e.Command.Volume))
+            if (!e.PrimaryReadySeen && _options.IsPrimaryFor(e.Command.Volume))
             {
                 // The volume's array moved here since the command arrived (a move): this controller is its
-                // primary now, and the partner, its old owner, may never have had the command.
+                // primary now, and the partner, its old owner, never said it had the command.
                 Notify(HandshakeEventKind.BecamePrimary, e.Command.Key);
                 await ExecuteAndFinishAsync(e, afterTakeover: false);
                 return;
@@ -524,9 +529,10 @@ public sealed class CommandHandshake
             {
                 if (e.Finished || e.Executing) return;
             }
-            if (_options.IsPrimaryFor(e.Command.Volume))
+            if (!e.PrimaryReadySeen && _options.IsPrimaryFor(e.Command.Volume))
             {
-                // Held as secondary, but the array moved here meanwhile: run it; there is nobody to fence.
+                // Held as secondary, but the array moved here meanwhile and the partner never said it had the
+                // command: run it; there is nobody to fence.
                 Notify(HandshakeEventKind.BecamePrimary, e.Command.Key);
                 await ExecuteAndFinishAsync(e, afterTakeover: false);
                 return;
@@ -584,11 +590,11 @@ public sealed class CommandHandshake
 
     // ------------------------------------------------------------------ execution and completion
 
-    async Task ExecuteAndFinishAsync(Entry e, bool afterTakeover)
+    async Task ExecuteAndFinishAsync(Entry e, bool afterTakeover, bool asPrimary = false)
     {
         lock (_lock)
         {
-            if (e.Executing || e.Finished) return;
+            if (e.Executing || e.Finished || (asPrimary && !e.Primary)) return;
             e.Executing = true;
         }
         var key = e.Command.Key;
@@ -781,10 +787,26 @@ public sealed class CommandHandshake
         if (e is null) return;
         if (conflict)
         {
-            // Both sides think they own the volume (ownership moved under the command): each runs
-            // its copy; the host takes the first answer.
+            // Both sides took the command as primary: its volume's array moved between the two arrivals. Running
+            // both copies would apply a write twice, the second perhaps after the host, answered by the first,
+            // wrote the same blocks again. The one that no longer owns the array steps back and holds its copy as
+            // a secondary; one that still owns it ignores the partner's "ready" (the partner steps back when
+            // ours reaches it, or, taking ours for an early one, runs only if it owns the array).
             Notify(HandshakeEventKind.RoleConflict, key);
-            return;
+            if (_options.IsPrimaryFor(e.Command.Volume)) return;
+            bool stepBack;
+            lock (_lock)
+            {
+                stepBack = e.Primary && !e.Executing && !e.Finished;
+                if (stepBack)
+                {
+                    e.Primary = false;
+                    e.Watch = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token);
+                }
+            }
+            if (!stepBack) return;
+            _ = WatchAsync(e, LimitDelay(e.Command.Request.HostTimestampMicros));
+            _ = ForwardWhileHeldAsync(e);
         }
         await SendSecondaryReadyIfDueAsync(e);
     }

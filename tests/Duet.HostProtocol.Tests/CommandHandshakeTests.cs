@@ -209,6 +209,28 @@ public class CommandHandshakeTests
         Assert.Equal(0, pair.FenceCalls);
     }
 
+    [Fact, Trait("Claim", "FO-4")]
+    public async Task Two_primaries_after_a_move_the_old_owner_steps_back_and_the_write_runs_once()
+    {
+        // The array moves from A to B between the two copies' arrivals: both take the command as primary.
+        // Running both would apply the write twice, the second perhaps after the host wrote the blocks again
+        // (seed 33 of the simulator's --faults failover,multicast --ops 300: 'ran 2 times').
+        var pair = new TestPair();
+        var (routeA, routeB) = (new RecordingRoute(), new RecordingRoute());
+        var request = Write(45, pair.NowMicros, 0, Pattern(512, 45), HostRequestFlags.Multicast);
+        var onA = pair.A.SubmitAsync(Command(request), routeA);
+        pair.Owner = 'B';
+        await pair.B.SubmitAsync(Command(request), routeB);
+        Assert.Equal([HostCompletion.Ok(45)], routeB.Answers);
+        Assert.Equal([HostCompletion.Ok(45)], routeA.Answers); // A stepped back; B's "completed" answered its copy
+        pair.Time.Advance(TimeSpan.FromMilliseconds(500));
+        await onA;
+        Assert.Equal((0L, 1L), (pair.A.Counters.ExecutedAsPrimary, pair.B.Counters.ExecutedAsPrimary));
+        Assert.Equal(1, pair.A.Counters.RoleConflicts);
+        pair.Time.Advance(CommandHandshakeOptions.DefaultTimeLimit * 2);
+        Assert.Equal(0, pair.FenceCalls);
+    }
+
     [Fact, Trait("Claim", "FO-5")]
     public async Task A_secondary_told_the_primary_answered_unavailable_answers_its_host_so_and_the_host_retries_at_once()
     {
