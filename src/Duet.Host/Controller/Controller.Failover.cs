@@ -353,6 +353,10 @@ public sealed partial class Controller
             return;
         }
         _peerHeard = true;
+        // A peer we fenced gets no answer: an answer renews its lease (FO-7), and the takeover waits for that
+        // lease to lapse before it serves the peer's arrays. (Its traffic falls below our epoch floor only once
+        // the claims are made, after that wait.)
+        if (_peerFenced) return;
         _ = PostOrDropAsync(IclSignal.Reply, DuetFrame.ToArray(hb with { Controller = Side, Epoch = Nvram.Epoch, LeaseHeld = HoldsLease }));
     }
 
