@@ -433,6 +433,7 @@ public sealed partial class Simulator
         foreach (var s in _sides)
             if (!s.Node.IsAlive || s.Node.IsPaused || s.Controller is null || (s.ShelfPathLost && (_wire.Partitioned || !s.Controller.Link.IsUp)))
                 s.LastSilent = now;
+        NoteDoubleFault();
         foreach (var s in _sides)
         {
             if (s.Controller is not { } c || !s.Node.IsAlive) continue;

@@ -58,6 +58,8 @@ public sealed record SimStats(long Writes, long WritesAcked, long Reads, long Re
     public long HostLimitsReached { get; init; }
     public TimeSpan HostStallMax { get; init; }
     public TimeSpan HostCommandMax { get; init; }
+    /// <summary>Attempts the stall checker did not judge: both controllers were impaired at once near them.</summary>
+    public long HostStallsExempt { get; init; }
 }
 
 public sealed record SimResult(ulong Seed, FaultPlan Plan, IReadOnlyList<string> Failures, ulong TraceHash, SimStats Stats, SimTrace Trace)
@@ -184,7 +186,7 @@ public sealed partial class Simulator
             _wire.Dropped, _failedDrives, _scheduler.Steps, _scheduler.Elapsed) { Hangs = _hangs, Takeovers = _takeovers, PowerCuts = _powerCuts, BlocksRolledBack = _blocksRolledBack,
               PartialParityRows = _ppRows + _sides.Sum(x => x.Controller?.WriteLog.PartialParityStored ?? 0),
               UnguardedRows = _ppUnguarded + _sides.Sum(x => x.Controller?.WriteLog.PartialParityUnguarded ?? 0),
-              HostCommands = _hostCommands, HostResends = _hostResends, HostLimitsReached = _limitsReached, HostStallMax = _maxStall, HostCommandMax = _maxCommand };
+              HostCommands = _hostCommands, HostResends = _hostResends, HostLimitsReached = _limitsReached, HostStallMax = _maxStall, HostCommandMax = _maxCommand, HostStallsExempt = _stallsExempt };
         _trace.Add($"end: {_failures.Count} failures");
         return new SimResult(_seed, _plan, _failures.ToList(), _trace.Hash, stats, _trace);
     }
