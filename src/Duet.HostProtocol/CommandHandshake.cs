@@ -489,14 +489,9 @@ public sealed class CommandHandshake
             {
                 if (e.Finished || e.Executing) return;
             }
-            if (!e.PrimaryReadySeen && _options.IsPrimaryFor(e.Command.Volume))
-            {
-                // The volume's array moved here since the command arrived (a move): this controller is its
-                // primary now, and the partner, its old owner, never said it had the command.
-                Notify(HandshakeEventKind.BecamePrimary, e.Command.Key);
-                await ExecuteAndFinishAsync(e, afterTakeover: false);
-                return;
-            }
+            // Forwarded even when the volume's array has moved here meanwhile: the partner, its old owner, may have
+            // run the command without being able to tell us (our "completed" would never come). Only at the
+            // limit, when the partner answered none of these copies, does this controller run it (WatchAsync).
             await TrySendAsync(e.Command, HandshakePhase.ForwardedFrame, ForwardedFrame(e.Command), HandshakeEventKind.ForwardedFrameSent);
         }
     }
@@ -531,8 +526,10 @@ public sealed class CommandHandshake
             }
             if (!e.PrimaryReadySeen && _options.IsPrimaryFor(e.Command.Volume))
             {
-                // Held as secondary, but the array moved here meanwhile and the partner never said it had the
-                // command: run it; there is nobody to fence.
+                // Held as secondary, but the array moved here meanwhile, and the partner, its old owner, never said
+                // it had the command nor answered the copies forwarded to it every ReadyWait: run it; there is
+                // nobody to fence. (Running it at the first forward tick ran writes twice: the old owner had run
+                // them while it could not reach us, seed 163 of --faults failover,multicast --ops 500.)
                 Notify(HandshakeEventKind.BecamePrimary, e.Command.Key);
                 await ExecuteAndFinishAsync(e, afterTakeover: false);
                 return;
@@ -604,6 +601,15 @@ public sealed class CommandHandshake
             // lost with it): running it again here could undo a later acknowledged write.
             Notify(HandshakeEventKind.RecalledFromTable, key);
             await FinishAsync(e, HostCompletion.Error(key.HostTag, recorded.Status), recorded.Status, executedHere: false, recorded.Digest);
+            return;
+        }
+        if (_options.MayHoldCommands is { } may && !may())
+        {
+            // Stepped down (fenced) with the command still queued, a hung controller's queue waking up: it runs
+            // nothing. Its catalog may no longer name the volume, and an answer such as NoSuchVolume would be
+            // final for the host and recorded as if the write had run.
+            Notify(HandshakeEventKind.RefusedNotHolding, key);
+            await FinishAsync(e, HostCompletion.Error(key.HostTag, HostStatus.Unavailable), HostStatus.Unavailable, executedHere: true);
             return;
         }
         Notify(HandshakeEventKind.Executing, key);

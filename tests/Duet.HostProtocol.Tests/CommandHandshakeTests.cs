@@ -183,7 +183,10 @@ public class CommandHandshakeTests
         var request = Write(42, pair.NowMicros, 0, Pattern(512, 42), HostRequestFlags.Multicast);
         var onB = pair.B.SubmitAsync(Command(request), routeB); // B is secondary; A, the owner, never gets its copy
         pair.Owner = 'B';                                      // the array moves to B
+        pair.LinkUp = false;                                   // and B's forwarded copies do not reach A
         pair.Time.Advance(TimeSpan.FromMilliseconds(500));
+        Assert.Empty(routeB.Answers);                          // not at the forward tick: A may have run it
+        pair.Time.Advance(CommandHandshakeOptions.DefaultTimeLimit);
         await onB;
         Assert.Equal([HostCompletion.Ok(42)], routeB.Answers);
         Assert.Equal(0, pair.FenceCalls);
@@ -207,6 +210,26 @@ public class CommandHandshakeTests
         Assert.Equal([HostCompletion.Ok(43)], routeA.Answers);
         pair.Time.Advance(CommandHandshakeOptions.DefaultTimeLimit * 2);
         Assert.Equal(0, pair.FenceCalls);
+    }
+
+    [Fact, Trait("Claim", "FO-5")]
+    public async Task A_controller_that_stepped_down_with_commands_queued_runs_none_and_answers_unavailable()
+    {
+        // Fenced while hung, it wakes with its queue: its catalog may no longer name the volume, and an answer
+        // such as NoSuchVolume would be final for the host and recorded as if the write had run (seed 119 of
+        // the simulator's --faults failover,multicast --ops 500: 'ran 2 times').
+        var pair = new TestPair(durable: true);
+        var routeA = new RecordingRoute();
+        var request = Write(46, pair.NowMicros, 0, Pattern(512, 46), HostRequestFlags.Multicast);
+        var onA = pair.A.SubmitAsync(Command(request), routeA); // waits for B's "ready", which never comes
+        pair.MayHoldA = false;                                    // A steps down meanwhile
+        pair.Time.Advance(TimeSpan.FromMilliseconds(500));
+        await onA;
+        Assert.Equal([HostCompletion.Error(46, HostStatus.Unavailable)], routeA.Answers);
+        Assert.Equal((0L, 0L), (pair.A.Counters.ExecutedAsPrimary, pair.A.Counters.TableRecords));
+        var back = new byte[512];
+        await pair.Volume.ReadAsync(0, back);
+        Assert.Equal(new byte[512], back);
     }
 
     [Fact, Trait("Claim", "FO-4")]
