@@ -285,9 +285,12 @@ public sealed partial class Simulator
         var now = _scheduler.Elapsed;
         // The stall checker: once both controllers held the command, the handshake owes the host an answer
         // (or the news that its unit is gone) within the time limit, plus the takeover and the run.
-        // Not promised when both controllers were impaired at once near or during the attempt (one hung or down,
-        // the other without its shelf path, say: the secondary cannot fence, the primary cannot answer).
-        if (_queuedAt.Remove(key, out var queued) && queued[0] >= attempt.SentAt && queued[1] >= attempt.SentAt)
+        // Promised to a multicast that reached both units (FO-3): the host then has a connection to each controller
+        // that holds it. (Sent to one unit, or with a copy lost, the host hears only through that unit; the partner
+        // holds the forwarded copy with no connection to the host.) Not promised when both controllers were
+        // impaired at once near or during the attempt (one hung or down, the other without its shelf path, say:
+        // the secondary cannot fence, the primary cannot answer).
+        if (_queuedAt.Remove(key, out var queued) && targets.Length == 2 && dropped < 0 && queued[0] >= attempt.SentAt && queued[1] >= attempt.SentAt)
         {
             var held = queued[0] > queued[1] ? queued[0] : queued[1];
             var stall = now - held;
