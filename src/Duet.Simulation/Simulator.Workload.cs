@@ -461,7 +461,9 @@ public sealed partial class Simulator
             _lateWritesReported = true;
             Fail($"{_enclosure.LateWrites} writes from a fenced port reached a drive after the fence completed");
         }
-        if (_sides.All(x => x.Controller is { } c && x.Node.IsAlive && !x.Node.IsPaused && c.HoldsLease))
+        // A controller still taking the peer's arrays over holds their requests until it is done (and, after an FO-5
+        // fence, until the peer's lease has lapsed): it does not serve them yet.
+        if (_sides.All(x => x.Controller is { } c && x.Node.IsAlive && !x.Node.IsPaused && c.HoldsLease && !c.IsAdoptingPeerArrays))
             foreach (var a in _sides[0].Controller!.Arrays.ServedArrays)
                 if (_sides[1].Controller!.Arrays.Serves(a.Name) && !_twoOwnersReported)
                 {
