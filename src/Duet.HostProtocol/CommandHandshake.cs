@@ -510,8 +510,10 @@ public sealed class CommandHandshake
     async Task WatchAsync(Entry e, TimeSpan delay)
     {
         var token = e.WatchToken;
+        bool graced = false;
         while (true)
         {
+            var due = _options.Time.GetTimestamp() + (long)(delay.TotalSeconds * _options.Time.TimestampFrequency);
             try
             {
                 await _options.Time.DelayAsync(delay, token);
@@ -523,6 +525,17 @@ public sealed class CommandHandshake
             lock (_lock)
             {
                 if (e.Finished || e.Executing) return;
+            }
+            if (!graced && _options.Time.GetElapsedTime(due) > _options.ReadyWait / 5)
+            {
+                // The timer fired late: this controller was stopped itself (SIGSTOP, a long pause), and what the
+                // partner sent meanwhile — "completed" among it — is still queued for us. Ask once more (a forwarded
+                // copy is answered from memory) and give it a ReadyWait before fencing a primary that may have
+                // done its part (seed 403 of the simulator's --faults failover,multicast --ops 300).
+                graced = true;
+                await TrySendAsync(e.Command, HandshakePhase.ForwardedFrame, ForwardedFrame(e.Command), HandshakeEventKind.ForwardedFrameSent);
+                delay = _options.ReadyWait;
+                continue;
             }
             if (!e.PrimaryReadySeen && _options.IsPrimaryFor(e.Command.Volume))
             {
