@@ -270,6 +270,8 @@ public sealed class CommandHandshake
         public bool PrimaryReadySeen;
         public bool SecondaryReadySent;
         public bool Acked;
+        /// <summary>When the primary's ack arrived (the time provider's timestamp), if it did.</summary>
+        public long AckedAt;
         /// <summary>The partner answered "ready": it holds the command until "completed".</summary>
         public bool PartnerHolds;
         public bool Executing;
@@ -407,7 +409,11 @@ public sealed class CommandHandshake
                 Counters.AckReceived();
                 lock (_lock)
                 {
-                    if (_queue.TryGetValue(key, out var acked)) acked.Acked = true;
+                    if (_queue.TryGetValue(key, out var acked))
+                    {
+                        acked.Acked = true;
+                        acked.AckedAt = _options.Time.GetTimestamp();
+                    }
                 }
                 return;
             case HandshakePhase.Completed:
@@ -510,7 +516,7 @@ public sealed class CommandHandshake
     async Task WatchAsync(Entry e, TimeSpan delay)
     {
         var token = e.WatchToken;
-        bool graced = false;
+        bool graced = false, ackGraced = false;
         while (true)
         {
             var due = _options.Time.GetTimestamp() + (long)(delay.TotalSeconds * _options.Time.TimestampFrequency);
@@ -537,6 +543,18 @@ public sealed class CommandHandshake
                 delay = _options.ReadyWait;
                 continue;
             }
+            bool ackedJustNow;
+            lock (_lock) ackedJustNow = e.Acked && _options.Time.GetElapsedTime(e.AckedAt) < _options.ReadyWait;
+            if (!ackGraced && ackedJustNow)
+            {
+                // The primary only just started it: a command both controllers held as secondary (its array was
+                // moving) run by the new owner at its own limit (BecamePrimary below, which announces itself).
+                // Give it a ReadyWait rather than fence it mid-run: its "completed" and table entry would not
+                // reach us, and we would run the write again (seeds 238 and 355 of --faults failover,multicast).
+                ackGraced = true;
+                delay = _options.ReadyWait;
+                continue;
+            }
             if (!e.PrimaryReadySeen && _options.IsPrimaryFor(e.Command.Volume))
             {
                 // Held as secondary, but the array moved here meanwhile, and the partner, its old owner, never said
@@ -544,6 +562,9 @@ public sealed class CommandHandshake
                 // nobody to fence. (Running it at the first forward tick ran writes twice: the old owner had run
                 // them while it could not reach us, seed 163 of --faults failover,multicast --ops 500.)
                 Notify(HandshakeEventKind.BecamePrimary, e.Command.Key);
+                // Announced as a primary does, so a partner holding its copy knows it runs now (and waits for it).
+                if (await TrySendAsync(e.Command, HandshakePhase.PrimaryReady, default, HandshakeEventKind.PrimaryReadySent))
+                    await TrySendAsync(e.Command, HandshakePhase.PrimaryAck, default, HandshakeEventKind.PrimaryAckSent);
                 await ExecuteAndFinishAsync(e, afterTakeover: false);
                 return;
             }
