@@ -75,14 +75,16 @@ public sealed partial class Simulator
     readonly HashSet<HostCommandKey> _writeKeys = [];
     long _hostCommands, _hostAttempts, _hostResends, _hostDuplicates, _singleUnitSends, _droppedCopies, _limitsReached;
     TimeSpan _maxStall, _maxCommand;
-    /// <summary>The last moment both controllers were impaired at once (down, starting, hung, or without their shelf path).</summary>
+    /// <summary>The last moment both controllers were impaired at once (down, starting, hung, standby after a fence, or
+    /// without their shelf path).</summary>
     TimeSpan? _lastDoubleFault;
     long _stallsExempt;
 
     /// <summary>Every millisecond (from the failover checker): notes when both controllers are impaired at once.</summary>
     void NoteDoubleFault()
     {
-        static bool Impaired(Side s) => !s.Node.IsAlive || s.Node.IsPaused || s.Controller is null || s.Starting || s.ShelfPathLost;
+        static bool Impaired(Side s) => !s.Node.IsAlive || s.Node.IsPaused || s.Controller is null || s.Starting || s.ShelfPathLost
+            || s.Controller.IsStandby || s.Controller.IsSteppedDown;
         if (Impaired(_sides[0]) && Impaired(_sides[1])) _lastDoubleFault = _scheduler.Elapsed;
     }
 
