@@ -8,10 +8,11 @@ namespace Duet.Simulation;
 // group). A command goes, as a real encoded request frame with one host tag and the host's timestamp,
 // to both units with the multicast flag, as HostSession does in its multicast mode. Per seed, a share
 // of commands goes to one unit only (that unit forwards it to its partner, FO-6) and a share of
-// multicasts loses one of its two copies on the way. A unit is the controller's own CommandHandshake,
-// fed on the controller's node after a network delay; the completion route posts the encoded answer
-// back to the host's node. A connection belongs to one incarnation of a controller: its crash resets it
-// (every attempt waiting on it learns so), and the host connects again once the controller is back.
+// multicasts loses one of its two copies: the connection to that unit drops as the frame goes out. A
+// unit is the controller's own CommandHandshake, fed on the controller's node after a network delay
+// (in order per connection); the completion route posts the encoded answer back to the host's node. A
+// controller's crash resets its connections (every attempt waiting on one learns so), and the host
+// connects again once the controller is back.
 //
 //   host node ──frame (delay)──▶ unit N of A: Handshake.SubmitAsync(command, route)
 //             ──frame (delay)──▶ unit N of B: Handshake.SubmitAsync(command, route)
