@@ -116,6 +116,28 @@ rc=$?
 grep '^failure seed' "$powerlog" | head -n 20
 echo "campaign duet sim --seeds 1000 --faults power --ops 300: $(tail -n 2 "$powerlog" | head -n 1); $(tail -n 1 "$powerlog") in $(( $(date +%s) - t0 )) s"
 if [ "$(tail -n 1 "$powerlog")" == "seeds 1000 failures 0" ] && [ $rc -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+# The host protocol campaign (issue 5, FO-3..FO-6): 500 seeds whose hosts speak Duet's host protocol to
+# unit N of both controllers (multicast, one-unit frames forwarded, lost copies), with the failover
+# faults (takeover, hang, shelf-path loss, shelf restart) drawn swarm-style. Checked: no host-visible
+# error, no stall of a multicast both controllers held beyond the time limit + 1 s (virtual time), each
+# write tag run at most once, every acknowledged write read back. Seeds listed in
+# tests/sim-multicast-known-failures.txt are reported, not counted (and must still fail).
+t0=$(date +%s)
+mclog="$results/sim-multicast-campaign.log"
+duet_sim --seeds 500 --faults failover,multicast --ops 300 > "$mclog" 2>&1
+rc=$?
+known=$(grep -v '^#' tests/sim-multicast-known-failures.txt | awk 'NF {print $1}' | sort -n)
+found=$(grep -o '^failure seed [0-9]*' "$mclog" | awk '{print $3}' | sort -n)
+unexpected=$(comm -13 <(echo "$known") <(echo "$found") | grep . || true)
+stale=$(comm -23 <(echo "$known") <(echo "$found") | grep . || true)
+grep '^failure seed' "$mclog" | head -n 20
+echo "campaign duet sim --seeds 500 --faults failover,multicast --ops 300: $(tail -n 2 "$mclog" | head -n 1); $(tail -n 1 "$mclog") in $(( $(date +%s) - t0 )) s; known: $(echo $known)"
+if [[ "$(tail -n 1 "$mclog")" == "seeds 500 failures "* ]] && [ -z "$unexpected" ] && [ -z "$stale" ]; then
+    passed=$((passed + 1))
+else
+    echo "multicast campaign: unexpected failures: ${unexpected:-none}; listed seeds that passed: ${stale:-none} (exit $rc)"
+    failed=$((failed + 1))
+fi
 one=$(duet_sim --seed 4242 --ops 500 | grep -o 'trace [0-9a-f]*')
 two=$(duet_sim --seed 4242 --ops 500 | grep -o 'trace [0-9a-f]*')
 echo "replay duet sim --seed 4242 in two processes: $one / $two"

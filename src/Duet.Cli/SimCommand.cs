@@ -74,6 +74,10 @@ public static partial class Program
             output.WriteLine($"virtual time {summary.VirtualTime.TotalSeconds:F0} s, {summary.Writes} writes, {summary.Crashes} crashes, {summary.Takeovers} takeovers, {summary.Hangs} hangs, {summary.PowerCuts} power cuts ({summary.BlocksRolledBack} drive blocks rolled back), " +
                 $"{summary.PartialParityRows} rows with partial parity ({summary.UnguardedRows} unguarded), {summary.Steps} steps" +
                 (options.FailbackSettle is null ? "" : $", {summary.FailBacks} failbacks"));
+            if (summary.HostCommands > 0)
+                output.WriteLine($"host protocol: {summary.HostCommands} commands, {summary.HostResends} sent again, {summary.HostLimitsReached} time limits reached, " +
+                    $"longest wait of a command both controllers held {summary.HostStallMax.TotalMilliseconds:F0} ms ({summary.HostStallsExempt} not judged: both controllers impaired), " +
+                    $"longest command {summary.HostCommandMax.TotalMilliseconds:F0} ms");
             output.WriteLine($"seeds {summary.Seeds} failures {summary.Failed.Count}");
             return summary.Failed.Count == 0 ? ExitOk : ExitFailed;
         });

@@ -48,6 +48,13 @@ public sealed class CommandHandshakeOptions
     /// <summary>Sees every step (tests, tracing). Called outside the handshake's lock; must not block.</summary>
     public Action<HandshakeEvent>? Observer { get; init; }
 
+    /// <summary>False while this controller can neither run a command nor take over (standby after it was
+    /// fenced, stepped down): a host's command is then answered Unavailable and not queued, a forwarded
+    /// frame dropped. Such a controller holding commands as secondary would time them out against a primary
+    /// that cannot tell it they completed (the primary treats it as fenced), then fence that healthy primary
+    /// the moment it rejoins. Null: always.</summary>
+    public Func<bool>? MayHoldCommands { get; init; }
+
     internal void Validate()
     {
         ArgumentNullException.ThrowIfNull(SendToPartner);
@@ -99,6 +106,11 @@ public enum HandshakeEventKind
     /// <summary>A copy of a command this controller did not hold or remember was found in the durable
     /// table with the same digest: answered with the recorded status, not run again.</summary>
     RecalledFromTable,
+    /// <summary>A command refused (Unavailable, not queued) because this controller may hold none now
+    /// (<see cref="CommandHandshakeOptions.MayHoldCommands"/>).</summary>
+    RefusedNotHolding,
+    /// <summary>A command held as secondary is run here because its volume's array moved here meanwhile.</summary>
+    BecamePrimary,
 }
 
 public readonly record struct HandshakeEvent(HandshakeEventKind Kind, HostCommandKey Key);
@@ -246,16 +258,20 @@ public sealed class CommandHandshake
     sealed class Entry(HostCommand command, bool primary, CancellationTokenSource? watch)
     {
         public readonly HostCommand Command = command;
-        public readonly bool Primary = primary;
+        /// <summary>Set at arrival; cleared when a primary finds, before it runs the command, that the partner
+        /// owns the volume's array now (a move): it then holds the command as a secondary does.</summary>
+        public bool Primary = primary;
         // The secondary's limit timer; cancelled (and disposed) when the command finishes.
-        public readonly CancellationTokenSource? Watch = watch;
-        public readonly CancellationToken WatchToken = watch?.Token ?? CancellationToken.None;
+        public CancellationTokenSource? Watch = watch;
+        public CancellationToken WatchToken => Watch?.Token ?? CancellationToken.None;
         public readonly List<IHostCompletionRoute> Routes = [];
         public readonly TaskCompletionSource SecondaryReady = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public readonly TaskCompletionSource Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public bool PrimaryReadySeen;
         public bool SecondaryReadySent;
         public bool Acked;
+        /// <summary>When the primary's ack arrived (the time provider's timestamp), if it did.</summary>
+        public long AckedAt;
         /// <summary>The partner answered "ready": it holds the command until "completed".</summary>
         public bool PartnerHolds;
         public bool Executing;
@@ -302,6 +318,11 @@ public sealed class CommandHandshake
         ArgumentNullException.ThrowIfNull(command);
         if (_stopping.IsCancellationRequested) return Task.CompletedTask;
         var key = command.Key;
+        if (_options.MayHoldCommands is { } may && !may())
+        {
+            Notify(HandshakeEventKind.RefusedNotHolding, key);
+            return route is null ? Task.CompletedTask : route.TrySendAsync(HostCompletion.Error(key.HostTag, HostStatus.Unavailable)).AsTask();
+        }
         bool primary = _options.IsPrimaryFor(command.Volume);
         Entry? entry = null;
         Finished remembered = default;
@@ -388,7 +409,11 @@ public sealed class CommandHandshake
                 Counters.AckReceived();
                 lock (_lock)
                 {
-                    if (_queue.TryGetValue(key, out var acked)) acked.Acked = true;
+                    if (_queue.TryGetValue(key, out var acked))
+                    {
+                        acked.Acked = true;
+                        acked.AckedAt = _options.Time.GetTimestamp();
+                    }
                 }
                 return;
             case HandshakePhase.Completed:
@@ -432,9 +457,12 @@ public sealed class CommandHandshake
             {
                 return;
             }
-            await TrySendAsync(e.Command, HandshakePhase.PrimaryAck, default, HandshakeEventKind.PrimaryAckSent);
+            bool steppedBack;
+            lock (_lock) steppedBack = !e.Primary;
+            if (!steppedBack) await TrySendAsync(e.Command, HandshakePhase.PrimaryAck, default, HandshakeEventKind.PrimaryAckSent);
         }
-        await ExecuteAndFinishAsync(e, afterTakeover: false);
+        // Not if it stepped back meanwhile (OnPrimaryReadyAsync): the partner owns the array now and runs its copy.
+        await ExecuteAndFinishAsync(e, afterTakeover: false, asPrimary: true);
         await e.Done.Task;
     }
 
@@ -443,7 +471,35 @@ public sealed class CommandHandshake
         // A partner that cannot be reached changes nothing here: the limit decides.
         if (forward) await TrySendAsync(e.Command, HandshakePhase.ForwardedFrame, ForwardedFrame(e.Command), HandshakeEventKind.ForwardedFrameSent);
         await SendSecondaryReadyIfDueAsync(e);
+        _ = ForwardWhileHeldAsync(e);
         await e.Done.Task;
+    }
+
+    /// <summary>
+    /// FO-6 from the secondary, for a command it still holds a <see cref="CommandHandshakeOptions.ReadyWait"/>
+    /// after it arrived, and every ReadyWait after: the primary may never have had it (the host's copy to the
+    /// primary's unit was lost with its connection), or may have finished it with its "completed" lost (a link
+    /// cut, a pairing that dropped it). The forwarded copy makes the primary run it, or merges with the copy it
+    /// is running, or is answered "completed" from memory; so only a primary that cannot be reached or does not
+    /// answer (hung, dead) leaves the command to the time limit. (Without this, every lost host copy and every
+    /// lost "completed" fenced a healthy primary at the limit: the simulator's multicast hosts found it.)
+    /// </summary>
+    async Task ForwardWhileHeldAsync(Entry e)
+    {
+        var token = e.WatchToken;
+        while (true)
+        {
+            try { await _options.Time.DelayAsync(_options.ReadyWait, token); }
+            catch (OperationCanceledException) { return; }
+            lock (_lock)
+            {
+                if (e.Finished || e.Executing) return;
+            }
+            // Forwarded even when the volume's array has moved here meanwhile: the partner, its old owner, may have
+            // run the command without being able to tell us (our "completed" would never come). Only at the
+            // limit, when the partner answered none of these copies, does this controller run it (WatchAsync).
+            await TrySendAsync(e.Command, HandshakePhase.ForwardedFrame, ForwardedFrame(e.Command), HandshakeEventKind.ForwardedFrameSent);
+        }
     }
 
     async ValueTask SendSecondaryReadyIfDueAsync(Entry e)
@@ -460,8 +516,10 @@ public sealed class CommandHandshake
     async Task WatchAsync(Entry e, TimeSpan delay)
     {
         var token = e.WatchToken;
+        bool graced = false, ackGraced = false;
         while (true)
         {
+            var due = _options.Time.GetTimestamp() + (long)(delay.TotalSeconds * _options.Time.TimestampFrequency);
             try
             {
                 await _options.Time.DelayAsync(delay, token);
@@ -473,6 +531,42 @@ public sealed class CommandHandshake
             lock (_lock)
             {
                 if (e.Finished || e.Executing) return;
+            }
+            if (!graced && _options.Time.GetElapsedTime(due) > _options.ReadyWait / 5)
+            {
+                // The timer fired late: this controller was stopped itself (SIGSTOP, a long pause), and what the
+                // partner sent meanwhile — "completed" among it — is still queued for us. Ask once more (a forwarded
+                // copy is answered from memory) and give it a ReadyWait before fencing a primary that may have
+                // done its part (seed 403 of the simulator's --faults failover,multicast --ops 300).
+                graced = true;
+                await TrySendAsync(e.Command, HandshakePhase.ForwardedFrame, ForwardedFrame(e.Command), HandshakeEventKind.ForwardedFrameSent);
+                delay = _options.ReadyWait;
+                continue;
+            }
+            bool ackedJustNow;
+            lock (_lock) ackedJustNow = e.Acked && _options.Time.GetElapsedTime(e.AckedAt) < _options.ReadyWait;
+            if (!ackGraced && ackedJustNow)
+            {
+                // The primary only just started it: a command both controllers held as secondary (its array was
+                // moving) run by the new owner at its own limit (BecamePrimary below, which announces itself).
+                // Give it a ReadyWait rather than fence it mid-run: its "completed" and table entry would not
+                // reach us, and we would run the write again (seeds 238 and 355 of --faults failover,multicast).
+                ackGraced = true;
+                delay = _options.ReadyWait;
+                continue;
+            }
+            if (!e.PrimaryReadySeen && _options.IsPrimaryFor(e.Command.Volume))
+            {
+                // Held as secondary, but the array moved here meanwhile, and the partner, its old owner, never said
+                // it had the command nor answered the copies forwarded to it every ReadyWait: run it; there is
+                // nobody to fence. (Running it at the first forward tick ran writes twice: the old owner had run
+                // them while it could not reach us, seed 163 of --faults failover,multicast --ops 500.)
+                Notify(HandshakeEventKind.BecamePrimary, e.Command.Key);
+                // Announced as a primary does, so a partner holding its copy knows it runs now (and waits for it).
+                if (await TrySendAsync(e.Command, HandshakePhase.PrimaryReady, default, HandshakeEventKind.PrimaryReadySent))
+                    await TrySendAsync(e.Command, HandshakePhase.PrimaryAck, default, HandshakeEventKind.PrimaryAckSent);
+                await ExecuteAndFinishAsync(e, afterTakeover: false);
+                return;
             }
             Notify(HandshakeEventKind.LimitReached, e.Command.Key);
             if (await TakeOverOnceAsync(e.Command.Key)) break;
@@ -527,11 +621,11 @@ public sealed class CommandHandshake
 
     // ------------------------------------------------------------------ execution and completion
 
-    async Task ExecuteAndFinishAsync(Entry e, bool afterTakeover)
+    async Task ExecuteAndFinishAsync(Entry e, bool afterTakeover, bool asPrimary = false)
     {
         lock (_lock)
         {
-            if (e.Executing || e.Finished) return;
+            if (e.Executing || e.Finished || (asPrimary && !e.Primary)) return;
             e.Executing = true;
         }
         var key = e.Command.Key;
@@ -541,6 +635,15 @@ public sealed class CommandHandshake
             // lost with it): running it again here could undo a later acknowledged write.
             Notify(HandshakeEventKind.RecalledFromTable, key);
             await FinishAsync(e, HostCompletion.Error(key.HostTag, recorded.Status), recorded.Status, executedHere: false, recorded.Digest);
+            return;
+        }
+        if (_options.MayHoldCommands is { } may && !may())
+        {
+            // Stepped down (fenced) with the command still queued, a hung controller's queue waking up: it runs
+            // nothing. Its catalog may no longer name the volume, and an answer such as NoSuchVolume would be
+            // final for the host and recorded as if the write had run.
+            Notify(HandshakeEventKind.RefusedNotHolding, key);
+            await FinishAsync(e, HostCompletion.Error(key.HostTag, HostStatus.Unavailable), HostStatus.Unavailable, executedHere: true);
             return;
         }
         Notify(HandshakeEventKind.Executing, key);
@@ -654,6 +757,11 @@ public sealed class CommandHandshake
             answer = HostCompletion.Error(key.HostTag, remembered.Status);
         if (answer is not null && route is not null && await route.TrySendAsync(answer))
             Notify(HandshakeEventKind.AnsweredHost, key);
+        // The partner forwarded its copy because it still holds the command (our "completed" did not reach
+        // it): tell it again, with the answer when we know it (its host may be attached there only).
+        if (route is null && (command.Request.Flags & HostRequestFlags.Forwarded) != 0)
+            await TrySendAsync(command, HandshakePhase.Completed, answer is null ? ReadOnlyMemory<byte>.Empty : HostCodec.EncodeCompletion(answer),
+                HandshakeEventKind.CompletedSent, remembered.Status);
     }
 
     /// <summary>A copy of a command found in the durable table only: the same command (same digest) is
@@ -719,10 +827,26 @@ public sealed class CommandHandshake
         if (e is null) return;
         if (conflict)
         {
-            // Both sides think they own the volume (ownership moved under the command): each runs
-            // its copy; the host takes the first answer.
+            // Both sides took the command as primary: its volume's array moved between the two arrivals. Running
+            // both copies would apply a write twice, the second perhaps after the host, answered by the first,
+            // wrote the same blocks again. The one that no longer owns the array steps back and holds its copy as
+            // a secondary; one that still owns it ignores the partner's "ready" (the partner steps back when
+            // ours reaches it, or, taking ours for an early one, runs only if it owns the array).
             Notify(HandshakeEventKind.RoleConflict, key);
-            return;
+            if (_options.IsPrimaryFor(e.Command.Volume)) return;
+            bool stepBack;
+            lock (_lock)
+            {
+                stepBack = e.Primary && !e.Executing && !e.Finished;
+                if (stepBack)
+                {
+                    e.Primary = false;
+                    e.Watch = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token);
+                }
+            }
+            if (!stepBack) return;
+            _ = WatchAsync(e, LimitDelay(e.Command.Request.HostTimestampMicros));
+            _ = ForwardWhileHeldAsync(e);
         }
         await SendSecondaryReadyIfDueAsync(e);
     }
@@ -743,6 +867,13 @@ public sealed class CommandHandshake
             _earlyReadies.Remove(key);
             if (!_queue.TryGetValue(key, out e) && !_finished.ContainsKey(key)) Remember(key, completion, status, m.Volume, request: null);
         }
+        // The host's copy held here is answered as a late copy would be: with the status alone when that is the
+        // whole answer (a write, a flush, a failure; not a read's data). The host takes the first answer per tag,
+        // so this is a duplicate when the primary's answer reached it — and the answer itself when that one was
+        // lost with its connection, or when the primary did not run it (Unavailable): otherwise the host would
+        // wait out its attempt's timeout for an answer that no unit is going to send.
+        if (e is not null && completion is null && (e.Command.Request.Opcode != HostOpcode.Read || status != HostStatus.Ok))
+            completion = HostCompletion.Error(key.HostTag, status);
         if (e is not null) await FinishAsync(e, completion, status, executedHere: false);
     }
 

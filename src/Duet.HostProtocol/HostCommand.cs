@@ -86,6 +86,9 @@ public static class HostCommandExecutor
         BlockErrorKind.Invalid => HostStatus.Invalid,
         BlockErrorKind.ReadOnly => HostStatus.ReadOnly,
         BlockErrorKind.Unavailable => HostStatus.Unavailable,
+        // Its drives (the shelf path) or the owning controller unreachable: not here now, as iSCSI reports it
+        // (target port unavailable); the host tries again, on the other unit if need be.
+        BlockErrorKind.PathDown => HostStatus.Unavailable,
         _ => HostStatus.IoError,
     };
 }

@@ -49,6 +49,16 @@
 //                `--faults power` also allows crash, full-cache, slow-drive and shuffle, swarm-style;
 //                power is then on for every seed. `--faults power,fail-drive` adds a drive failure at
 //                any time or, with power cuts, a parity-array drive that does not come back at power-on.
+//   multicast    Not a fault of the pair but of the hosts' path (FO-3..FO-6): hosts speak Duet's host
+//                protocol. Each command goes with one host tag and the host's timestamp (its clock
+//                off by up to ±100 ms) to unit N of both controllers; per seed, a share of commands
+//                goes to one unit only (forwarded to its partner, FO-6) and a share of multicasts
+//                loses one of its two copies on the way. A controller's crash resets the host's
+//                connections to its units; hung controllers hold the frames sent to them. Writes
+//                are re-sent under their tag (at most once, AW-1), reads and flushes under a new
+//                one. On for every seed whenever allowed (`--faults failover,multicast`: with the
+//                failover faults drawn swarm-style; `failover` names takeover, hang, shelf-path and
+//                shelf-restart).
 //
 // What is not modelled: torn or lost NVRAM writes (NVRAM is memory the controller writes
 // synchronously), a drive that lies about a write, corruption on the link (the link carries
@@ -78,6 +88,9 @@ public enum FaultKind
     ShelfRestart = 1 << 11,
     /// <summary>Whole-system power cuts with torn drive writes (issue 6, AW-6). Not part of <see cref="All"/>.</summary>
     Power = 1 << 12,
+    /// <summary>Hosts speak Duet's host protocol (FO-3..FO-6) to the units of both controllers instead of calling
+    /// volumes directly. Not part of <see cref="All"/>: on for every seed whenever it is allowed.</summary>
+    Multicast = 1 << 13,
     /// <summary>The faults of the simulator issue (4): what `./test.sh`'s campaign draws from.</summary>
     Classic = Crash | LinkDelay | LinkDrop | Partition | SlowDrive | FailDrive | FullCache | Shuffle,
     /// <summary>The failover issue's faults (5): takeover, hang, shelf path loss, shelf restart.</summary>
@@ -110,7 +123,7 @@ public sealed record FaultPlan
 
     public bool Has(FaultKind k) => (On & k) != 0;
 
-    public static readonly string[] Names = ["crash", "link-delay", "link-drop", "partition", "slow-drive", "fail-drive", "full-cache", "shuffle", "takeover", "hang", "shelf-path", "shelf-restart", "power"];
+    public static readonly string[] Names = ["crash", "link-delay", "link-drop", "partition", "slow-drive", "fail-drive", "full-cache", "shuffle", "takeover", "hang", "shelf-path", "shelf-restart", "power", "multicast"];
 
     public static FaultKind Parse(string list)
     {
@@ -118,9 +131,10 @@ public sealed record FaultPlan
         foreach (var part in list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
             if (part == "all") { k |= FaultKind.All; continue; }
+            if (part == "failover") { k |= FaultKind.Failover; continue; }
             if (part == "none") continue;
             int i = Array.IndexOf(Names, part);
-            if (i < 0) throw new ArgumentException($"unknown fault '{part}' (known: {string.Join(", ", Names)}, all, none)");
+            if (i < 0) throw new ArgumentException($"unknown fault '{part}' (known: {string.Join(", ", Names)}, all, failover, none)");
             k |= (FaultKind)(1 << i);
             // The power campaign: power cuts, with controller crashes, small caches (destage under load,
             // so cuts land mid-destage), slow drives and shuffled work swarm-style. With fail-drive too
@@ -143,7 +157,8 @@ public sealed record FaultPlan
         {
             var k = (FaultKind)(1 << i);
             if ((allowed & k) == 0) continue;
-            if (k == FaultKind.Power) on |= k; // draws nothing: seeds without power keep their old random streams
+            // Power and multicast draw nothing: seeds of campaigns without them keep their old random streams.
+            if (k is FaultKind.Power or FaultKind.Multicast) on |= k;
             else if (r.Chance(0.5)) on |= k;
         }
         var plan = new FaultPlan

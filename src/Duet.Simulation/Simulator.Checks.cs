@@ -70,8 +70,9 @@ public sealed partial class Simulator
     void CheckOwners()
     {
         if (!_sides[0].IsUp || !_sides[1].IsUp) return;
-        // A hung controller, or one without a lease, serves nothing whatever its view says (FO-7).
-        if (_sides.Any(s => s.Node.IsPaused || !s.Controller!.HoldsLease)) return;
+        // A hung controller, or one without a lease, serves nothing whatever its view says (FO-7); one still taking
+        // the peer's arrays over holds their requests until it is done.
+        if (_sides.Any(s => s.Node.IsPaused || !s.Controller!.HoldsLease || s.Controller.IsAdoptingPeerArrays)) return;
         foreach (var a in _sides[0].Controller!.Arrays.ServedArrays)
             if (_sides[1].Controller!.Arrays.Serves(a.Name)) Fail($"array {a.Name} is served by both controllers");
     }

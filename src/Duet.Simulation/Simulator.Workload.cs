@@ -21,7 +21,13 @@ public sealed partial class Simulator
             {
                 int dice = _random.Next(100);
                 _inflight[op] = dice < 50 ? "write" : dice < 85 ? "read" : dice < 92 ? "flush" : dice < 96 ? "move" : "create/delete";
-                if (dice < 50) await WriteAsync(host, op);
+                if (_protocolHosts.TryGetValue(host, out var ph) && dice < 92)
+                {
+                    if (dice < 50) await ProtocolWriteAsync(ph, op);
+                    else if (dice < 85) await ProtocolReadAsync(ph, op);
+                    else await ProtocolFlushAsync(ph, op);
+                }
+                else if (dice < 50) await WriteAsync(host, op);
                 else if (dice < 85) await ReadAsync(host, op);
                 else if (dice < 92) await FlushAsync(host, op);
                 else if (dice < 96) await MoveAsync(op);
@@ -428,6 +434,7 @@ public sealed partial class Simulator
         foreach (var s in _sides)
             if (!s.Node.IsAlive || s.Node.IsPaused || s.Controller is null || (s.ShelfPathLost && (_wire.Partitioned || !s.Controller.Link.IsUp)))
                 s.LastSilent = now;
+        NoteDoubleFault();
         foreach (var s in _sides)
         {
             if (s.Controller is not { } c || !s.Node.IsAlive) continue;
@@ -437,7 +444,9 @@ public sealed partial class Simulator
             {
                 s.DecisionsSeen = c.TakeoverDecisions;
                 var peer = Other(s);
-                if (peer.LastSilent is not { } silent || now - silent > TimeSpan.FromMilliseconds(1300))
+                // FO-5: a host command held past its time limit is the other legitimate trigger.
+                bool limit = s.LastLimitReached is { } reached && now - reached <= TimeSpan.FromMilliseconds(50);
+                if (!limit && (peer.LastSilent is not { } silent || now - silent > TimeSpan.FromMilliseconds(1300)))
                     Fail($"{s.Name} decided to take over from {peer.Name}, which was heard on both heartbeat paths (last silent {(peer.LastSilent is { } t ? $"at {t.TotalMilliseconds:F0} ms" : "never")})");
             }
             if (c.Takeovers > s.TakeoversSeen)
@@ -459,7 +468,9 @@ public sealed partial class Simulator
             _lateWritesReported = true;
             Fail($"{_enclosure.LateWrites} writes from a fenced port reached a drive after the fence completed");
         }
-        if (_sides.All(x => x.Controller is { } c && x.Node.IsAlive && !x.Node.IsPaused && c.HoldsLease))
+        // A controller still taking the peer's arrays over holds their requests until it is done (and, after an FO-5
+        // fence, until the peer's lease has lapsed): it does not serve them yet.
+        if (_sides.All(x => x.Controller is { } c && x.Node.IsAlive && !x.Node.IsPaused && c.HoldsLease && !c.IsAdoptingPeerArrays))
             foreach (var a in _sides[0].Controller!.Arrays.ServedArrays)
                 if (_sides[1].Controller!.Arrays.Serves(a.Name) && !_twoOwnersReported)
                 {
@@ -491,6 +502,7 @@ public sealed partial class Simulator
         side.Node.Crash();
         side.Controller = null;
         _wire.Cut($"{side.Name} crashed");
+        ResetHostConnections(side);
     }
 
     async Task RestartLaterAsync(Side side, TimeSpan down)

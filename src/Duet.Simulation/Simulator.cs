@@ -56,6 +56,15 @@ public sealed record SimStats(long Writes, long WritesAcked, long Reads, long Re
     public long UnguardedRows { get; init; }
     /// <summary>Arrays moved back to their preferred owner by the controllers themselves (<see cref="SimOptions.FailbackSettle"/>).</summary>
     public long FailBacks { get; init; }
+    /// <summary>Host-protocol hosts (the multicast fault): commands, attempts sent again, time limits reached,
+    /// the longest wait of an attempt both controllers held, and the longest command.</summary>
+    public long HostCommands { get; init; }
+    public long HostResends { get; init; }
+    public long HostLimitsReached { get; init; }
+    public TimeSpan HostStallMax { get; init; }
+    public TimeSpan HostCommandMax { get; init; }
+    /// <summary>Attempts the stall checker did not judge: both controllers were impaired at once near them.</summary>
+    public long HostStallsExempt { get; init; }
 }
 
 public sealed record SimResult(ulong Seed, FaultPlan Plan, IReadOnlyList<string> Failures, ulong TraceHash, SimStats Stats, SimTrace Trace)
@@ -121,6 +130,8 @@ public sealed partial class Simulator
         /// shelf path lost with the link cut): a takeover of it is legitimate only soon after one.</summary>
         public TimeSpan? LastSilent;
         public long TakeoversSeen, DecisionsSeen, FailBacksSeen;
+        /// <summary>The last moment this controller's handshake held a host command past its time limit (FO-5).</summary>
+        public TimeSpan? LastLimitReached;
         public bool IsUp => Node.IsAlive && Controller is not null;
     }
 
@@ -137,9 +148,12 @@ public sealed partial class Simulator
         if (options.ForcedFaults is { } forced) plan = plan with { On = forced };
         _plan = plan;
         _scheduler.ShuffleReady = _plan.Has(FaultKind.Shuffle);
+        // With host-protocol hosts a whole 512 KiB request frame travels as one ICL message (forwarded-frame,
+        // completed with a read's data): the message buffer is 2 MiB, as `duet controller`'s.
+        int messageBytes = _plan.Has(FaultKind.Multicast) ? 2 << 20 : 64 << 10;
         _wire = new SimWire(_world, _trace, IclWindowOptions.Default with
         {
-            DataBufferBytes = 1 << 20, ReplyDataBufferBytes = 1 << 20, MessageBufferBytes = 64 << 10, ReplyMessageBufferBytes = 64 << 10,
+            DataBufferBytes = 1 << 20, ReplyDataBufferBytes = 1 << 20, MessageBufferBytes = messageBytes, ReplyMessageBufferBytes = 64 << 10,
         });
         _pairId = new Guid((int)(seed >> 32), (short)seed, (short)(seed >> 16), 1, 2, 3, 4, 5, 6, 7, 8);
         for (int i = 0; i < 2; i++) _sides[i] = new Side(Controllers[i], new SimNode(_scheduler, Controllers[i]));
@@ -176,7 +190,8 @@ public sealed partial class Simulator
         var stats = new SimStats(_writes, _writesAcked, _reads, _readsOk, _flushes, _moves, _movesDone, _creates, _deletes, _crashes, _partitions,
             _wire.Dropped, _failedDrives, _scheduler.Steps, _scheduler.Elapsed) { Hangs = _hangs, Takeovers = _takeovers, FailBacks = _failBacks, PowerCuts = _powerCuts, BlocksRolledBack = _blocksRolledBack,
               PartialParityRows = _ppRows + _sides.Sum(x => x.Controller?.WriteLog.PartialParityStored ?? 0),
-              UnguardedRows = _ppUnguarded + _sides.Sum(x => x.Controller?.WriteLog.PartialParityUnguarded ?? 0) };
+              UnguardedRows = _ppUnguarded + _sides.Sum(x => x.Controller?.WriteLog.PartialParityUnguarded ?? 0),
+              HostCommands = _hostCommands, HostResends = _hostResends, HostLimitsReached = _limitsReached, HostStallMax = _maxStall, HostCommandMax = _maxCommand, HostStallsExempt = _stallsExempt };
         _trace.Add($"end: {_failures.Count} failures");
         return new SimResult(_seed, _plan, _failures.ToList(), _trace.Hash, stats, _trace);
     }
@@ -202,10 +217,12 @@ public sealed partial class Simulator
         var workers = new List<Task>();
         int hosts = _random.Next(2, 5);
         _thinkMax = TimeSpan.FromMicroseconds(_random.Next(100, 20_000));
+        if (_plan.Has(FaultKind.Multicast)) DrawProtocolHosts();
         for (int h = 0; h < hosts; h++)
         {
             var node = new SimNode(_scheduler, $"host{h}");
             _hosts.Add(node);
+            if (_plan.Has(FaultKind.Multicast)) AddProtocolHost(node);
             int depth = _random.Next(1, 5);
             for (int q = 0; q < depth; q++) workers.Add(node.InvokeAsync(() => WorkerAsync(node)));
         }
@@ -319,6 +336,7 @@ public sealed partial class Simulator
                     },
                     WrapMirror = _options.Bug == PlantedBug.AckBeforeMirror ? m => new AckBeforeMirror(m) : null,
                     PlantedNoPartialParity = _options.Bug == PlantedBug.NoPartialParity,
+                    HandshakeObserver = _plan.Has(FaultKind.Multicast) ? e => OnHandshakeEvent(side, e) : null,
                 }, arrays, nvram, link);
                 c.SteppedDown += reason => _world.Post(() => OnSteppedDown(side, c, reason));
                 await c.StartAsync();

@@ -35,6 +35,8 @@ sealed class TestPair
     public TaskCompletionSource? HoldA;
     /// <summary>When set, A answers every command with this status without running it (a serve gate that refuses).</summary>
     public HostStatus? RefuseA;
+    /// <summary>When false, that controller may hold no command (a standby): its handshake refuses them.</summary>
+    public bool MayHoldA = true, MayHoldB = true;
 
     /// <summary>When false, a table entry recorded by one controller does not reach the partner's copy
     /// (as while the pair is not formed).</summary>
@@ -112,6 +114,7 @@ sealed class TestPair
             return Task.CompletedTask;
         },
         Observer = _ => Pulse(),
+        MayHoldCommands = () => me == 'A' ? MayHoldA : MayHoldB,
     });
 
     public string[] MessageLog() { lock (_lock) return [.. Messages]; }

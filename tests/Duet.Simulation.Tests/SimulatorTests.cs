@@ -353,4 +353,73 @@ public sealed class SimulatorTests
         var r = Simulator.Run(401, Small with { Operations = 500 });
         Assert.True(r.Passed, string.Join("\n", r.Failures.Take(5)));
     }
+
+    // ---- hosts of the host protocol (FO-3..FO-6; --faults multicast) ------------------------------------------
+
+    static readonly SimOptions Multicast = new() { Operations = 300, AllowedFaults = FaultPlan.Parse("failover,multicast") };
+
+    [Fact]
+    [Trait("Claim", "FO-3")]
+    [Trait("Claim", "FO-5")]
+    [Trait("Claim", "FO-6")]
+    public void Multicast_hosts_see_no_error_and_lose_no_write_over_a_few_seeds()
+    {
+        // As `duet sim --seeds 6 --faults failover,multicast --ops 300`: takeover, hang, shelf path and shelf restart
+        // drawn swarm-style; every host speaks the host protocol (multicast, one-unit frames, lost copies).
+        var summary = Campaign.Run(1, 6, Multicast, threads: 2);
+        Assert.True(summary.Failed.Count == 0, string.Join("\n", summary.Failed.Select(f => $"seed {f.Seed}: {f.Failures[0]}")));
+        Assert.True(summary.HostCommands > 1000);
+        Assert.True(summary.HostResends > 0);
+    }
+
+    [Fact]
+    [Trait("Claim", "FO-5")]
+    public void A_multicast_seed_with_a_hung_controller_reaches_the_time_limit_and_the_host_sees_no_error()
+    {
+        // Seed 31: B hangs for 822 ms, later A hangs 896 ms while its shelf path is lost; B's handshake holds commands
+        // past the limit, fences A and runs them; the hosts see no error and every write reads back.
+        var r = Simulator.Run(31, Multicast);
+        Assert.True(r.Passed, string.Join("\n", r.Failures));
+        Assert.True(r.Stats.HostLimitsReached > 0, $"seed 31 reached {r.Stats.HostLimitsReached} limits");
+        Assert.True(r.Stats.Takeovers > 0);
+    }
+
+    // What the multicast hosts found (fixed; docs/internals/simulator.md):
+    // multicast 4:   an FO-5 takeover served the fenced primary's arrays while it still held its lease.
+    // multicast 6:   a host copy lost on its way to the primary (then a move) left both controllers holding the
+    //                command as secondary; FO-5 fenced a healthy primary.
+    // multicast 1:   a standby queued commands the owner could not tell it had completed, fenced the owner once
+    //                let back in, and ran writes the owner had run.
+    // multicast 24:  the secondary answered nobody on "completed" while the host's connection to the primary had
+    //                dropped with its answer: a 5 s stall.
+    // 33:            two primaries after a move each ran a write.
+    // 149, 157:      a shelf path lost, or a fence, turned into a final IoError for the host.
+    // 13, 43:        the survivor kept answering the fenced peer's heartbeats, renewing its lease.
+    // 87:            a crash in the FO-5 lease wait, placed between the fence and the adoption, lost the peer's
+    //                mirrored writes.
+    // 403, 40:       a secondary that had been hung found its limit passed on waking and fenced the primary before
+    //                reading the "completed" queued for it; the write ran again after the takeover.
+    // 119, 163 (500 operations): a stepped-down controller ran its queue; a secondary ran a moved array's write
+    //                at its first forward tick, after the old owner had run it (an acknowledged write lost).
+    [Theory]
+    [Trait("Claim", "FO-5")]
+    [InlineData("multicast", 4UL, 300)]
+    [InlineData("multicast", 6UL, 300)]
+    [InlineData("multicast", 1UL, 300)]
+    [InlineData("failover,multicast", 24UL, 300)]
+    [InlineData("failover,multicast", 33UL, 300)]
+    [InlineData("failover,multicast", 149UL, 300)]
+    [InlineData("failover,multicast", 157UL, 300)]
+    [InlineData("failover,multicast", 13UL, 300)]
+    [InlineData("failover,multicast", 43UL, 300)]
+    [InlineData("failover,multicast", 87UL, 300)]
+    [InlineData("failover,multicast", 403UL, 300)]
+    [InlineData("failover,multicast", 40UL, 300)]
+    [InlineData("failover,multicast", 119UL, 500)]
+    [InlineData("failover,multicast", 163UL, 500)]
+    public void Multicast_regression_seeds_pass(string faults, ulong seed, int operations)
+    {
+        var r = Simulator.Run(seed, new SimOptions { Operations = operations, AllowedFaults = FaultPlan.Parse(faults) });
+        Assert.True(r.Passed, string.Join("\n", r.Failures));
+    }
 }

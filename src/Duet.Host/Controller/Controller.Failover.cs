@@ -113,6 +113,8 @@ public sealed partial class Controller
     public event Action<string>? SteppedDown;
 
     public bool IsSteppedDown => _steppedDown;
+    /// <summary>Taking the peer's arrays over: they are assembled here, but their requests wait until it is done.</summary>
+    public bool IsAdoptingPeerArrays => Volatile.Read(ref _adopting) is not null;
     public bool IsStandby => _standby;
     public bool PeerFenced => _peerFenced;
     public long Takeovers => Interlocked.Read(ref _takeovers);
@@ -365,6 +367,10 @@ public sealed partial class Controller
             return;
         }
         _peerHeard = true;
+        // A peer we fenced gets no answer: an answer renews its lease (FO-7), and the takeover waits for that
+        // lease to lapse before it serves the peer's arrays. (Its traffic falls below our epoch floor only once
+        // the claims are made, after that wait.)
+        if (_peerFenced) return;
         _ = PostOrDropAsync(IclSignal.Reply, DuetFrame.ToArray(hb with { Controller = Side, Epoch = Nvram.Epoch, LeaseHeld = HoldsLease }));
     }
 
@@ -575,6 +581,8 @@ public sealed partial class Controller
             // Nothing the fenced session sends counts any more: its heartbeats, mirror writes, hellos.
             Mirror.Fail($"controller {PeerName} was fenced: {reason}");
             FailReservationAck($"controller {PeerName} was fenced: {reason}");
+            long fencedAt = Now;
+            bool peerMayHoldLease = Since(heard) < Failover.HeartbeatTimeout;
             // The peer's arrays: those its superblocks name, and those the shelf still gives it (a move
             // to us it did not finish).
             var numbers = Arrays.ArrayTable.Where(kv => kv.Value.Owner == PeerName || Claims?.Of(kv.Value.Serial)?.Owner == PeerName)
@@ -614,6 +622,21 @@ public sealed partial class Controller
                     try { await _options.Time.DelayAsync(Failover.HeartbeatPeriod, _stopping.Token); }
                     catch (OperationCanceledException) { return; }
                 }
+            }
+            // FO-7 after an FO-5 fence: a peer heard within the timeout may still be beating, and holds its lease
+            // until half a timeout after its last successful beat — issued before the fence completed; beats
+            // after it fail at the shelf, and we answer none of its ICL beats. Its arrays' requests go on waiting
+            // here (they wait while we adopt) until that lease has lapsed: until then the fenced peer may still
+            // answer hosts (from its cache; the drives refuse it). A peer silent for the whole timeout (the
+            // heartbeats' trigger) holds no lease already. The wait comes after the claims and the adoption,
+            // never between the fence and them: a crash there leaves the peer's mirrored writes adopted by
+            // nobody (the peer, restarted fenced, discards its NVRAM), and it widened that window to half a
+            // timeout (seed 87 of the simulator's --faults failover,multicast --ops 300: writes lost).
+            var lapse = Failover.HeartbeatTimeout / 2 - Since(fencedAt);
+            if (peerMayHoldLease && lapse > TimeSpan.Zero)
+            {
+                try { await _options.Time.DelayAsync(lapse, _stopping.Token); }
+                catch (OperationCanceledException) { return; }
             }
             Volatile.Write(ref _adopting, null);
             double adoptedMs = Since(heard).TotalMilliseconds;

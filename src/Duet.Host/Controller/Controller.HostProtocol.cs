@@ -2,6 +2,7 @@ using Duet.Core;
 using Duet.HostProtocol;
 using Duet.Interconnect.Link;
 using Duet.Interconnect.Wire;
+using Duet.Shelf;
 using Microsoft.Extensions.Logging;
 
 namespace Duet.Host.Controller;
@@ -39,14 +40,33 @@ public sealed partial class Controller
         {
             SendToPartner = SendHandshakeAsync,
             IsPrimaryFor = volume => Arrays.TryGetServedVolume(volume, out _),
-            Execute = HostCommandExecutor.For(Volumes),
+            Execute = ExecuteHostCommandAsync,
             FencePrimaryAndTakeOver = FencePrimaryForHandshakeAsync,
             TimeLimit = limit,
             ReadyWait = limit / 3,
             MaxClockSkew = TimeSpan.FromTicks(Math.Min(CommandHandshakeOptions.DefaultTimeLimit.Ticks / 6, limit.Ticks / 4)),
             Time = _options.Time,
             Table = this,
+            Observer = _options.HandshakeObserver,
+            MayHoldCommands = () => !_standby && !_steppedDown,
         });
+    }
+
+    /// <summary>Runs a host command against <see cref="Volumes"/>. An error from a controller whose port the shelf
+    /// has fenced (the peer took over; we learn it at our next heartbeat) is not the volume's: its drives refused
+    /// us, and the survivor serves the volume. The host is told Unavailable (try again, on the other unit), not an
+    /// I/O error that would be final for it.</summary>
+    async ValueTask<HostCompletion> ExecuteHostCommandAsync(HostCommand command, CancellationToken ct)
+    {
+        var completion = await HostCommandExecutor.ExecuteAsync(Volumes, command, ct);
+        if (completion.Status is HostStatus.Ok or HostStatus.Unavailable || Shelf is null) return completion;
+        bool fenced = _steppedDown;
+        if (!fenced)
+        {
+            try { fenced = (await Shelf.StatusAsync(ct)).Port(Name).Fenced; }
+            catch (ShelfException) { }
+        }
+        return fenced ? HostCompletion.Error(command.Request.HostTag, HostStatus.Unavailable) : completion;
     }
 
     async ValueTask SendHandshakeAsync(HandshakeMessage message)

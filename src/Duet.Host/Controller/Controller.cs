@@ -52,6 +52,8 @@ public sealed record ControllerCoreOptions
     public Func<ICacheMirror, ICacheMirror>? WrapMirror { get; init; }
     /// <summary>Test only (the simulator's planted bug): array writes keep no partial parity.</summary>
     public bool PlantedNoPartialParity { get; init; }
+    /// <summary>Sees every event of the host-protocol handshake (the simulator counts the runs of each host tag).</summary>
+    public Action<Duet.HostProtocol.HandshakeEvent>? HandshakeObserver { get; init; }
 
     public string PeerName => Name == "A" ? "B" : "A";
 }

@@ -90,10 +90,10 @@ public sealed class ForwardingClient
     public static int ErrorToErrno(BlockIoException e) => e.Kind switch
     {
         BlockErrorKind.Medium => 61, // ENODATA, the Linux block layer's errno for a medium error (a listed bad block, AW-5)
-        // Not served there now (no lease, stepped down, powering down): EAGAIN, which the asker reads as
-        // its path to the owner being down, so its iSCSI target holds the command and retries it, as
-        // across a takeover.
-        BlockErrorKind.Unavailable => 11,
+        // Not served there now (no lease, stepped down, powering down; or the owner's own shelf path is down):
+        // EAGAIN, which the asker reads as its path to the owner being down, so its iSCSI target holds the
+        // command and retries it, as across a takeover, and a host-protocol host is told Unavailable.
+        BlockErrorKind.Unavailable or BlockErrorKind.PathDown => 11,
         BlockErrorKind.OutOfRange => 28,
         BlockErrorKind.Invalid => 22,
         BlockErrorKind.ReadOnly => 1,
