@@ -24,16 +24,15 @@ public static class TcpPorts
     /// them was handed out by this process before.</summary>
     public static int FreePorts(int count)
     {
+        // Below the kernel's ephemeral range: a port from it (what binding port 0 hands out) can be taken, while a
+        // server is down, by the local end of any outgoing connection (the bench's own clients), and a controller
+        // restarted on it then cannot bind its listener (seen: `duet bench failover`, round 6, A's iSCSI port).
+        var (low, high) = EphemeralRange();
         for (int attempt = 0; attempt < 200; attempt++)
         {
-            int first;
-            using (var probe = new TcpListener(IPAddress.Loopback, 0))
-            {
-                probe.Start();
-                first = ((IPEndPoint)probe.LocalEndpoint).Port;
-                probe.Stop();
-            }
-            if (first + count > 65535) continue;
+            int first = low > 12_000 + count ? Random.Shared.Next(10_000, low - count)
+                : high + 1 < 65_536 - count ? Random.Shared.Next(high + 1, 65_536 - count)
+                : Random.Shared.Next(1_024, 65_536 - count); // no room outside it: any unprivileged port
             var held = new List<TcpListener>();
             try
             {
@@ -57,4 +56,17 @@ public static class TcpPorts
     }
 
     static readonly HashSet<int> Given = [];
+
+    /// <summary>The kernel's ephemeral port range (Linux: /proc/sys/net/ipv4/ip_local_port_range; else IANA's).</summary>
+    static (int Low, int High) EphemeralRange()
+    {
+        try
+        {
+            var parts = File.ReadAllText("/proc/sys/net/ipv4/ip_local_port_range").Split((char[])[' ', '\t', '\n'], StringSplitOptions.RemoveEmptyEntries);
+            if (parts.Length == 2 && int.TryParse(parts[0], out int low) && int.TryParse(parts[1], out int high) && low <= high) return (low, high);
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return (49_152, 65_535);
+    }
 }
