@@ -9,6 +9,8 @@ using Duet.Raid.Management;
 using Duet.Shelf;
 using PairController = Duet.Host.Controller.Controller;
 
+using static Duet.Cli.Tests.InProcessPair;
+
 namespace Duet.Cli.Tests;
 
 /// <summary>
@@ -20,7 +22,6 @@ namespace Duet.Cli.Tests;
 [Trait("Claim", "ISCSI-FO")]
 public sealed class ControllerScsiStateInProcessTests
 {
-    const long DriveBytes = 64L << 20;
     static readonly Guid Pair = new("5d3c1b0a-0000-4000-8000-00000000d0e9");
 
     // One host, one initiator port, reaching the LUN through A's port (group 1) and B's port (group 2).
@@ -226,44 +227,14 @@ public sealed class ControllerScsiStateInProcessTests
 
     internal static async Task<(Duet.Shelf.Shelf, PairController, PairController)> StartPairAsync()
     {
-        var bay = new MemoryShelf();
-        for (int i = 0; i < 6; i++) bay.Insert($"d{i}", DriveBytes);
-        await using (var setup = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = bay, Controller = "A" }))
-        {
-            await setup.CreateArrayAsync(new CreateArrayRequest("arr0", 5, ["d0", "d1", "d2"], Owner: "A"));
-            await setup.CreateArrayAsync(new CreateArrayRequest("arr1", 5, ["d3", "d4", "d5"], Owner: "B"));
-            await setup.CreateVolumeAsync(new CreateVolumeRequest("vol0", "arr0", 16L << 20));
-        }
-        var shelf = new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore());
+        var shelf = await TwoArrayShelfAsync();
         var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
         var (linkA, linkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 }, TimeProvider.System);
-        var a = await StartAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA);
-        var b = await StartAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB);
+        var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);
+        var b = await StartControllerAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB, Pair);
         await Until(() => a.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && b.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && a.HoldsLease && b.HoldsLease,
             "the pair to form");
         return (shelf, a, b);
-    }
-
-    static async Task<PairController> StartAsync(string name, ulong session, Duet.Shelf.Shelf shelf, NvramStore store, NvramLayout layout, IIclLink link)
-    {
-        var port = shelf.Port(name);
-        var claims = new ShelfClaims(name);
-        Assert.True(await PairController.JoinShelfAsync(port, session, TimeProvider.System, claims));
-        var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = port, Controller = name, MayServe = claims.MayServe });
-        var nvram = NvramFile.OpenOrCreate(store, layout, name, Pair);
-        var c = new PairController(new Duet.Host.Controller.ControllerCoreOptions { Name = name, Session = session, Shelf = port, Claims = claims }, arrays, nvram, link);
-        await c.StartAsync();
-        return c;
-    }
-
-    static async Task Until(Func<bool> condition, string what)
-    {
-        var until = DateTime.UtcNow + TimeSpan.FromSeconds(20);
-        while (!condition())
-        {
-            if (DateTime.UtcNow > until) throw new TimeoutException($"waited 20 s for {what}");
-            await Task.Delay(10);
-        }
     }
 
     // ---- SCSI

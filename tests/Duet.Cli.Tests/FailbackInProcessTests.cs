@@ -7,6 +7,8 @@ using Duet.Raid.Management;
 using Duet.Shelf;
 using PairController = Duet.Host.Controller.Controller;
 
+using static Duet.Cli.Tests.InProcessPair;
+
 namespace Duet.Cli.Tests;
 
 /// <summary>
@@ -16,7 +18,6 @@ namespace Duet.Cli.Tests;
 /// </summary>
 public sealed class FailbackInProcessTests
 {
-    const long DriveBytes = 64L << 20;
     static readonly Guid Pair = new("5d3c1b0a-0000-4000-8000-00000000fb01");
     static readonly TimeSpan Settle = TimeSpan.FromSeconds(1);
 
@@ -24,24 +25,16 @@ public sealed class FailbackInProcessTests
     [Trait("Claim", "FO-6")]
     public async Task TheServingControllerGivesAnArrayToItsPreferredOwnerOnceThePairHasBeenHealthyForTheSettleTime()
     {
-        var bay = new MemoryShelf();
-        for (int i = 0; i < 6; i++) bay.Insert($"d{i}", DriveBytes);
-        await using (var setup = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = bay, Controller = "A" }))
-        {
-            await setup.CreateArrayAsync(new CreateArrayRequest("arr0", 5, ["d0", "d1", "d2"], Owner: "A"));
-            await setup.CreateArrayAsync(new CreateArrayRequest("arr1", 5, ["d3", "d4", "d5"], Owner: "B"));
-            await setup.CreateVolumeAsync(new CreateVolumeRequest("vol0", "arr0", 16L << 20));
-        }
-        var shelf = new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore());
+        var shelf = await TwoArrayShelfAsync();
         var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
         var (linkA, linkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 }, TimeProvider.System);
-        var a = await StartAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA);
-        var b = await StartAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB);
+        var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair, new FailoverOptions { Failback = FailbackMode.Auto, FailbackSettle = Settle });
+        var b = await StartControllerAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB, Pair, new FailoverOptions { Failback = FailbackMode.Auto, FailbackSettle = Settle });
         try
         {
-            await Until(() => a.Mirror.Mode == MirrorMode.Healthy && b.Mirror.Mode == MirrorMode.Healthy && a.HoldsLease && b.HoldsLease, "the pair to form");
+            await Until(() => a.Mirror.Mode == MirrorMode.Healthy && b.Mirror.Mode == MirrorMode.Healthy && a.HoldsLease && b.HoldsLease, "the pair to form", seconds: 30);
             // Every array on its preferred owner: nothing pending.
-            await Until(() => b.Info().Failback is { State: "none" } && a.Info().Failback is { State: "none" }, "both controllers to evaluate the failback");
+            await Until(() => b.Info().Failback is { State: "none" } && a.Info().Failback is { State: "none" }, "both controllers to evaluate the failback", seconds: 30);
             var first = Pattern(1, 256 << 10);
             Assert.True(a.Volumes.TryGetVolume("vol0", out var vol0));
             await vol0.WriteAsync(0, first, fua: false);
@@ -57,7 +50,7 @@ public sealed class FailbackInProcessTests
             var preferred = await b.ArrayService.PreferArrayAsync("arr0", new PreferArrayRequest("A"));
             Assert.Equal(("B", "A"), (preferred.Owner, preferred.PreferredOwner));
             linkB.Cut();
-            await Until(() => b.Info().Failback is { State: "waiting" }, "B to see the pair broken");
+            await Until(() => b.Info().Failback is { State: "waiting" }, "B to see the pair broken", seconds: 30);
             await Task.Delay(Settle * 2.5);
             Assert.True(b.Arrays.Serves("arr0"));
             var waiting = b.ArrayService.Status().Arrays.Single(x => x.Name == "arr0");
@@ -66,8 +59,8 @@ public sealed class FailbackInProcessTests
 
             // Healed: the pair forms again, settles, and B moves arr0 to A through the ordinary move.
             linkB.Heal();
-            await Until(() => a.Arrays.Serves("arr0") && !b.Arrays.Serves("arr0"), "B to give arr0 back to A");
-            await Until(() => b.Info().Failback is { State: "none" }, "B's next evaluation to find nothing pending");
+            await Until(() => a.Arrays.Serves("arr0") && !b.Arrays.Serves("arr0"), "B to give arr0 back to A", seconds: 30);
+            await Until(() => b.Info().Failback is { State: "none" }, "B's next evaluation to find nothing pending", seconds: 30);
             Assert.Equal(1L, b.Info().Failback!.FailBacks);
             var back = a.ArrayService.Status().Arrays.Single(x => x.Name == "arr0");
             Assert.Equal(("A", "A", null), (back.Owner, back.PreferredOwner, back.Failback));
@@ -107,29 +100,4 @@ public sealed class FailbackInProcessTests
         return data;
     }
 
-    static async Task Until(Func<bool> condition, string what)
-    {
-        var until = DateTime.UtcNow + TimeSpan.FromSeconds(30);
-        while (!condition())
-        {
-            if (DateTime.UtcNow > until) throw new TimeoutException($"waited 30 s for {what}");
-            await Task.Delay(10);
-        }
-    }
-
-    static async Task<PairController> StartAsync(string name, ulong session, Duet.Shelf.Shelf shelf, NvramStore store, NvramLayout layout, IIclLink link)
-    {
-        var port = shelf.Port(name);
-        var claims = new ShelfClaims(name);
-        Assert.True(await PairController.JoinShelfAsync(port, session, TimeProvider.System, claims));
-        var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = port, Controller = name, MayServe = claims.MayServe });
-        var nvram = NvramFile.OpenOrCreate(store, layout, name, Pair);
-        var c = new PairController(new ControllerCoreOptions
-        {
-            Name = name, Session = session, Shelf = port, Claims = claims,
-            Failover = new FailoverOptions { Failback = FailbackMode.Auto, FailbackSettle = Settle },
-        }, arrays, nvram, link);
-        await c.StartAsync();
-        return c;
-    }
 }

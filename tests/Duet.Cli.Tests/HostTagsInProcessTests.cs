@@ -7,6 +7,8 @@ using Duet.Raid.Management;
 using Duet.Shelf;
 using PairController = Duet.Host.Controller.Controller;
 
+using static Duet.Cli.Tests.InProcessPair;
+
 namespace Duet.Cli.Tests;
 
 /// <summary>
@@ -19,7 +21,6 @@ namespace Duet.Cli.Tests;
 /// </summary>
 public sealed class HostTagsInProcessTests
 {
-    const long DriveBytes = 64L << 20;
     static readonly Guid Pair = new("5d3c1b0a-0000-4000-8000-00000000d0ea");
     const ulong Host7 = 7, Host8 = 8;
 
@@ -35,12 +36,12 @@ public sealed class HostTagsInProcessTests
     [Trait("Claim", "FO-2")]
     public async Task AWriteReissuedAfterATakeoverAndARestartOfTheSurvivorIsAnsweredFromTheTableAndNotRunAgain()
     {
-        var shelf = await ShelfAsync();
+        var shelf = await TwoArrayShelfAsync();
         var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
         var storeB = NvramStore.For(layout, "nvram-B");
         var (linkA, linkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 }, TimeProvider.System);
-        var a = await StartAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA);
-        var b = await StartAsync("B", 2, shelf, storeB, layout, linkB);
+        var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);
+        var b = await StartControllerAsync("B", 2, shelf, storeB, layout, linkB, Pair);
         var (x, y) = (Pattern(1), Pattern(2));
         try
         {
@@ -63,7 +64,7 @@ public sealed class HostTagsInProcessTests
         }
 
         var (linkB2, _) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default, TimeProvider.System);
-        var b2 = await StartAsync("B", 3, shelf, storeB, layout, linkB2);
+        var b2 = await StartControllerAsync("B", 3, shelf, storeB, layout, linkB2, Pair);
         try
         {
             Assert.Equal((0, 2), (b2.HostTags.RecoveredOwn, b2.HostTags.RecoveredPeer));
@@ -98,10 +99,10 @@ public sealed class HostTagsInProcessTests
     [Trait("Claim", "AW-1")]
     public async Task APairingSendsEachControllerItsPeersTable()
     {
-        var shelf = await ShelfAsync();
+        var shelf = await TwoArrayShelfAsync();
         var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
         var (linkA, linkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 }, TimeProvider.System);
-        var a = await StartAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA);
+        var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);
         PairController? b = null;
         try
         {
@@ -112,7 +113,7 @@ public sealed class HostTagsInProcessTests
             Assert.Equal([HostCompletion.Ok(1)], route.Answers);
             Assert.Equal(1, a.HostTags.OwnCount);
 
-            b = await StartAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB);
+            b = await StartControllerAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB, Pair);
             await Until(() => b.HostTags.PeerCount == 1, "the pairing to bring A's table to B");
             Assert.True(b.HostTags.TryFind(new Duet.Cache.HostTagKey(0, Host7, 1), out var entry, out bool peers));
             Assert.True(peers);
@@ -130,10 +131,10 @@ public sealed class HostTagsInProcessTests
     [Trait("Claim", "CC-1")]
     public async Task AControllerRefusesToPairWithAPeerWhoseNvramIsOfAnotherFormat()
     {
-        var shelf = await ShelfAsync();
+        var shelf = await TwoArrayShelfAsync();
         var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
         var (linkA, peer) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default, TimeProvider.System);
-        var a = await StartAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA);
+        var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);
         try
         {
             // A peer of an older format (2: no host tag tables, no partial-parity pool) with an NVRAM of the same size and element count.
@@ -181,41 +182,4 @@ public sealed class HostTagsInProcessTests
         }
     }
 
-    /// <summary>A shelf of six drives: arr0 (RAID 5, owned by A) with a 16 MiB vol0, arr1 (owned by B).</summary>
-    static async Task<Duet.Shelf.Shelf> ShelfAsync()
-    {
-        var bay = new MemoryShelf();
-        for (int i = 0; i < 6; i++) bay.Insert($"d{i}", DriveBytes);
-        await using (var setup = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = bay, Controller = "A" }))
-        {
-            await setup.CreateArrayAsync(new CreateArrayRequest("arr0", 5, ["d0", "d1", "d2"], Owner: "A"));
-            await setup.CreateArrayAsync(new CreateArrayRequest("arr1", 5, ["d3", "d4", "d5"], Owner: "B"));
-            await setup.CreateVolumeAsync(new CreateVolumeRequest("vol0", "arr0", 16L << 20));
-        }
-        return new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore());
-    }
-
-    // The controllers run on the system clock (their heartbeats and leases), as in the other in-process
-    // tests; the test itself only waits for conditions, never for time.
-    static async Task Until(Func<bool> condition, string what)
-    {
-        var until = DateTime.UtcNow + TimeSpan.FromSeconds(20);
-        while (!condition())
-        {
-            if (DateTime.UtcNow > until) throw new TimeoutException($"waited 20 s for {what}");
-            await Task.Delay(10);
-        }
-    }
-
-    static async Task<PairController> StartAsync(string name, ulong session, Duet.Shelf.Shelf shelf, NvramStore store, NvramLayout layout, IIclLink link)
-    {
-        var port = shelf.Port(name);
-        var claims = new ShelfClaims(name);
-        Assert.True(await PairController.JoinShelfAsync(port, session, TimeProvider.System, claims));
-        var arrays = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = port, Controller = name, MayServe = claims.MayServe });
-        var nvram = NvramFile.OpenOrCreate(store, layout, name, Pair);
-        var c = new PairController(new Duet.Host.Controller.ControllerCoreOptions { Name = name, Session = session, Shelf = port, Claims = claims }, arrays, nvram, link);
-        await c.StartAsync();
-        return c;
-    }
 }

@@ -279,11 +279,14 @@ public class CommandHandshakeTests
         var request = Write(5, sentAt, 0, Pattern(512, 5), HostRequestFlags.Multicast);
         _ = pair.A.SubmitAsync(Command(request), new RecordingRoute());
         var onB = pair.B.SubmitAsync(Command(request), new RecordingRoute());
+        // The handshake's ready / ready / ack delivered before the clock moves: an ack that reached B only after the
+        // jump would find B's limit timer fired late, as after a pause of its own, and B would wait once more.
+        await pair.UntilAsync(() => pair.MessageLog().Contains("A: PrimaryAck"), "the handshake to reach the ack");
 
         pair.Time.Advance(CommandHandshakeOptions.DefaultTimeLimit - TimeSpan.FromMilliseconds(200) - Tick);
         Assert.Equal(0, pair.FenceCalls);
         pair.Time.Advance(Tick);
-        await onB;
+        await onB.WaitAsync(TimeSpan.FromSeconds(30));
         Assert.Equal(1, pair.FenceCalls);
     }
 
@@ -294,11 +297,14 @@ public class CommandHandshakeTests
         var request = Write(6, pair.NowMicros - 3_600_000_000UL, 0, Pattern(512, 6), HostRequestFlags.Multicast);
         _ = pair.A.SubmitAsync(Command(request), new RecordingRoute());
         var onB = pair.B.SubmitAsync(Command(request), new RecordingRoute());
+        // The handshake's ready / ready / ack delivered before the clock moves: an ack that reached B only after the
+        // jump would find B's limit timer fired late, as after a pause of its own, and B would wait once more.
+        await pair.UntilAsync(() => pair.MessageLog().Contains("A: PrimaryAck"), "the handshake to reach the ack");
         var skew = TimeSpan.FromMilliseconds(250);
         pair.Time.Advance(CommandHandshakeOptions.DefaultTimeLimit - skew - Tick);
         Assert.Equal(0, pair.FenceCalls);
         pair.Time.Advance(Tick);
-        await onB;
+        await onB.WaitAsync(TimeSpan.FromSeconds(30));
         Assert.Equal(1, pair.FenceCalls);
     }
 
