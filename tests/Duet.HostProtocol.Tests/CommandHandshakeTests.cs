@@ -186,8 +186,10 @@ public class CommandHandshakeTests
         pair.LinkUp = false;                                   // and B's forwarded copies do not reach A
         pair.Time.Advance(TimeSpan.FromMilliseconds(500));
         Assert.Empty(routeB.Answers);                          // not at the forward tick: A may have run it
-        pair.Time.Advance(CommandHandshakeOptions.DefaultTimeLimit);
-        await onB;
+        // To the limit exactly: a jump past it would make B's limit timer fire late, which B takes for a pause of its
+        // own and answers by asking once more (a ReadyWait the test would then have to give as well).
+        pair.Time.Advance(CommandHandshakeOptions.DefaultTimeLimit - TimeSpan.FromMilliseconds(500));
+        await onB.WaitAsync(TimeSpan.FromSeconds(30));
         Assert.Equal([HostCompletion.Ok(42)], routeB.Answers);
         Assert.Equal(0, pair.FenceCalls);
         Assert.Equal(0, pair.B.Counters.LimitsReached);
