@@ -138,15 +138,6 @@ internal sealed class PartialParityPool
         _free.Push(e);
     }
 
-    /// <summary>Stores one row's partial parity for the record <paramref name="meta"/> names; false if the pool is full.</summary>
-    public bool TryStore(PartialParityEntry meta, ReadOnlySpan<byte> sum)
-    {
-        if (!TryReserve(out int e)) return false;
-        Write(e, meta, sum);
-        Index(e, meta);
-        return true;
-    }
-
     public void Index(int e, PartialParityEntry meta)
     {
         _meta[e] = meta;
