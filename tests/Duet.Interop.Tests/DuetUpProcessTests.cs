@@ -154,9 +154,13 @@ public sealed class DuetUpProcessTests(ITestOutputHelper log) : IDisposable
     {
         const string target = "iqn.2026-12.org.duet:array";
         var names = volumes.ToDictionary(n => Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(n)), 0, 10));
-        var ls = await _run.RunOkAsync("iscsi-ls", "-s", $"iscsi://127.0.0.1:{portal}");
         var luns = new Dictionary<int, string>();
-        foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(ls, @"Lun:(\d+)"))
+        var ls = await _run.RunAsync("iscsi-ls", ["-s", $"iscsi://127.0.0.1:{portal}"]);
+        // A LUN's access states changed while iscsi-ls looked (a new volume's owner settling): the target says so
+        // once with a unit attention (2A/06), which iscsi-ls does not retry. Not seen this time; the caller asks again.
+        if (ls.ExitCode != 0 && ls.Stderr.Contains("UNIT_ATTENTION", StringComparison.Ordinal)) return luns;
+        Assert.True(ls.ExitCode == 0, ls.ToString());
+        foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(ls.Stdout, @"Lun:(\d+)"))
         {
             int lun = int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
             var inq = await _run.RunAsync("iscsi-inq", ["-e", "1", "-c", "128", $"iscsi://127.0.0.1:{portal}/{target}/{lun}"]);

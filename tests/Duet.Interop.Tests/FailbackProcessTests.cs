@@ -53,7 +53,9 @@ public sealed class FailbackProcessTests(ITestOutputHelper log) : IDisposable
         return null!;
     }
 
-    static ArrayInfo Arr0(StatusInfo s) => s.Arrays.Single(a => a.Name == "arr0");
+    /// <summary>arr0 as a controller lists it; null while it does not (a controller just started, or rejoining
+    /// as standby, has not read the array yet): a wait asks again, an assertion on it fails.</summary>
+    static ArrayInfo? Arr0(StatusInfo s) => s.Arrays.SingleOrDefault(a => a.Name == "arr0");
 
     /// <summary>Up to A's return: data written, A killed, B serving arr0 with more data, A restarted and paired.
     /// Returns `duet up`, the port block, and the hash of vol0's first <see cref="During"/> bytes.</summary>
@@ -64,7 +66,7 @@ public sealed class FailbackProcessTests(ITestOutputHelper log) : IDisposable
             [DuetProcesses.DuetDll, "up", "--data", _dir, "--failback", failback, "--failback-settle-ms", $"{Settle.TotalMilliseconds:F0}", .. TestData.DuetUpArgs(port)], log);
         await up.WaitForOutputAsync("duet: ready", TimeSpan.FromSeconds(90));
         await up.WaitForOutputAsync($"duet: failback {failback}", TimeSpan.FromSeconds(5));
-        var a0 = Arr0((await StatusAsync("A"))!);
+        var a0 = Arr0(await WaitForAsync("A", s => Arr0(s) is not null, TimeSpan.FromSeconds(30), "A to list arr0"))!;
         Assert.Equal(("A", "A", null), (a0.Owner, a0.PreferredOwner, a0.Failback));
 
         // Before the kill: acknowledged through A (nbdcopy exits 0 only when every write and the flush were answered).
@@ -117,7 +119,7 @@ public sealed class FailbackProcessTests(ITestOutputHelper log) : IDisposable
         var rejoined = Stopwatch.StartNew();
         var a = await WaitForAsync("A", s => Arr0(s) is { Owner: "A", State: not "peer" }, TimeSpan.FromSeconds(90), "B to give arr0 back to A");
         log.WriteLine($"arr0 back on A {rejoined.Elapsed.TotalMilliseconds:F0} ms after A's restart was seen");
-        Assert.Equal(("A", null), (Arr0(a).PreferredOwner, Arr0(a).Failback));
+        Assert.Equal(("A", null), (Arr0(a)!.PreferredOwner, Arr0(a)!.Failback));
         await up.WaitForOutputAsync("failback: array arr0 is served by controller A again", TimeSpan.FromSeconds(10));
         var b = await WaitForAsync("B", s => s.Controller?.Failback is { State: "none" }, TimeSpan.FromSeconds(10), "B to see nothing pending");
         Assert.Equal(1, b.Controller!.Failback!.FailBacks);
@@ -140,7 +142,7 @@ public sealed class FailbackProcessTests(ITestOutputHelper log) : IDisposable
 
         // And it stays there: nothing moves arr0 again.
         await Task.Delay(Settle * 2);
-        Assert.Equal("A", Arr0((await StatusAsync("B"))!).Owner);
+        Assert.Equal("A", Arr0((await StatusAsync("B"))!)?.Owner);
         up.Terminate();
         await up.WaitForExitAsync(TimeSpan.FromSeconds(60));
     }
@@ -159,8 +161,8 @@ public sealed class FailbackProcessTests(ITestOutputHelper log) : IDisposable
         Assert.Equal(["arr0"], b.Controller!.Failback!.Pending);
         await Task.Delay(Settle * 3);
         b = (await StatusAsync("B"))!;
-        Assert.Equal(("B", "A"), (Arr0(b).Owner, Arr0(b).PreferredOwner));
-        Assert.Contains("duet array move arr0 --to A", Arr0(b).Failback);
+        Assert.Equal(("B", "A"), (Arr0(b)?.Owner, Arr0(b)?.PreferredOwner));
+        Assert.Contains("duet array move arr0 --to A", Arr0(b)!.Failback);
         Assert.Equal(0, b.Controller!.Failback!.FailBacks);
 
         // What an operator sees, and does.
@@ -170,7 +172,7 @@ public sealed class FailbackProcessTests(ITestOutputHelper log) : IDisposable
         Assert.Contains("arr0: failback to A: pending", list);
         await _run.RunOkAsync(DuetProcesses.Dotnet, DuetProcesses.DuetDll, "array", "move", "arr0", "--to", "A", "--data", _dir);
         var a = await WaitForAsync("A", s => Arr0(s) is { Owner: "A", State: not "peer" }, TimeSpan.FromSeconds(30), "A to serve arr0");
-        Assert.Null(Arr0(a).Failback);
+        Assert.Null(Arr0(a)!.Failback);
 
         // The preference is the operator's to set, on the array's owner (the CLI finds it): arr1 (B's) now prefers A,
         // which B shows pending at once; arr0 prefers nothing.
@@ -180,7 +182,7 @@ public sealed class FailbackProcessTests(ITestOutputHelper log) : IDisposable
             && s.Controller?.Failback?.Pending is ["arr1"], TimeSpan.FromSeconds(10), "B to show arr1's failback pending");
         var none = await _run.RunOkAsync(DuetProcesses.Dotnet, DuetProcesses.DuetDll, "array", "prefer", "arr0", "--owner", "none", "--data", _dir);
         Assert.Contains("array arr0 has no preferred owner", none);
-        await WaitForAsync("B", s => Arr0(s).PreferredOwner == "none", TimeSpan.FromSeconds(10), "B to re-read arr0's superblocks");
+        await WaitForAsync("B", s => Arr0(s)?.PreferredOwner == "none", TimeSpan.FromSeconds(10), "B to re-read arr0's superblocks");
 
         await ReadBackAsync(port, "vol0", During, expected, "out-a.img");
         await ReadBackAsync(port + 1, "vol1", 16L << 20, vol1, "out-vol1.img");

@@ -421,10 +421,22 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
             var groups = _portGroups.GroupsFor(lu.Name);
             lock (lu.Sync)
             {
+                // A notice names every LUN when it cannot tell which changed: only a LUN whose groups did change
+                // tells its nexuses (SPC-4 5.15.2.1), or a host listing the LUNs meets a unit attention for nothing.
+                if (SamePortGroups(lu.PortGroups, groups)) continue;
                 lu.PortGroups = [.. groups];
                 lu.AddAttentionToAll(SenseCondition.AsymmetricAccessStateChanged);
             }
         }
+    }
+
+    static bool SamePortGroups(IReadOnlyList<TargetPortGroup> had, IReadOnlyList<TargetPortGroup> now)
+    {
+        if (had.Count != now.Count) return false;
+        for (int i = 0; i < had.Count; i++)
+            if (had[i].Id != now[i].Id || had[i].State != now[i].State || !had[i].RelativePorts.SequenceEqual(now[i].RelativePorts))
+                return false;
+        return true;
     }
 
     /// <summary>Saves a LUN's PR state after a change (outside its lock, under its save lock: the store sees
