@@ -83,7 +83,7 @@ public sealed partial class Controller
     long _startedAt;             // timestamp ticks
     long _leaseUntil;            // timestamp ticks; the lease is held while now < this
     long _peerIclHeardAt;        // last Heartbeat message of the peer
-    long _iclQuietSince;         // our first heartbeat after the peer's last ICL contact (0: contact since our last beat)
+    long _iclQuietSince;         // the peer's last ICL contact as our beats saw it, or later: our start or a pause of our own (0: contact since our last beat)
     long _lastBeatAt;
     long _peerSlotChangedAt;     // last time a shelf read saw the peer's slot change
     ulong _peerSlot;
@@ -250,7 +250,10 @@ public sealed partial class Controller
         long now = Now;
         bool wePaused = _lastBeatAt != 0 && _options.Time.GetElapsedTime(_lastBeatAt, now) > 3 * Failover.HeartbeatPeriod;
         _lastBeatAt = now;
-        if (Volatile.Read(ref _iclQuietSince) == 0 || wePaused) Volatile.Write(ref _iclQuietSince, now);
+        // Otherwise silence counts from the contact itself, not from this beat: counted from the first beat after it,
+        // a peer that died just after answering our beat was declared dead a whole period late.
+        if (wePaused) Volatile.Write(ref _iclQuietSince, now);
+        else if (Volatile.Read(ref _iclQuietSince) == 0) Volatile.Write(ref _iclQuietSince, Math.Min(now, Volatile.Read(ref _peerIclHeardAt)));
         if (Link.IsUp && !_peerFenced) _ = SendIclHeartbeatAsync();
         var issued = Now;
         ShelfStatus status;
@@ -336,7 +339,8 @@ public sealed partial class Controller
         if (_poweringDown || PeerInPowerFailWindow) return false;
         var timeout = Failover.HeartbeatTimeout;
         // The ICL: our beats have found no heartbeat of the peer for a whole timeout.
-        if (Since(Volatile.Read(ref _iclQuietSince)) < timeout) return false;
+        // (The contact's own time may be newer than the one the beat copied, if a heartbeat arrived meanwhile.)
+        if (Since(Math.Max(Volatile.Read(ref _iclQuietSince), Volatile.Read(ref _peerIclHeardAt))) < timeout) return false;
         // The shelf read that saw no change must have been issued a whole timeout after the last change.
         if (_options.Time.GetElapsedTime(_peerSlotChangedAt, _lastShelfReadIssuedAt) < timeout) return false;
         if (!_peerHeard && Since(_startedAt) < Failover.StartGrace) return false;
