@@ -177,12 +177,27 @@ internal sealed class PartialParityPool
         return n;
     }
 
+    /// <summary>How many entries the record in <paramref name="logSlot"/> holds.</summary>
+    public int CountOf(int logSlot) => _bySlot.TryGetValue(logSlot, out var list) ? list.Count : 0;
+
     /// <summary>The entries of the record in <paramref name="logSlot"/>, with copies of their blocks.</summary>
     public List<(PartialParityEntry Meta, byte[] Sum)> Of(int logSlot)
     {
         var found = new List<(PartialParityEntry, byte[])>();
         if (_bySlot.TryGetValue(logSlot, out var list))
             foreach (int e in list) found.Add((_meta[e]!.Value, _nvram.PpBlock(e).ToArray()));
+        return found;
+    }
+
+    /// <summary>The entries for rows [<paramref name="rowLo"/>, +<paramref name="rowCount"/>) of a stripe whose records
+    /// <paramref name="held"/> names, with copies of their blocks.</summary>
+    public List<(PartialParityEntry Meta, byte[] Sum)> OfRows(byte array, long stripe, int rowLo, int rowCount, Func<int, bool> held)
+    {
+        var found = new List<(PartialParityEntry, byte[])>();
+        for (int row = rowLo; row < rowLo + rowCount; row++)
+            if (_byRow.TryGetValue((array, stripe, row), out var entries))
+                foreach (int e in entries)
+                    if (held(_meta[e]!.Value.LogSlot)) found.Add((_meta[e]!.Value, _nvram.PpBlock(e).ToArray()));
         return found;
     }
 

@@ -78,7 +78,9 @@ public readonly record struct WriteLogRecord(byte Array, long FirstBlock, int Bl
 /// </summary>
 public sealed class WriteLog
 {
-    enum SlotState : byte { Free, Open, Written, Closing, Recovered }
+    /// <summary>Failed: the record's write returned an error, so it may have torn the rows it changed; the record
+    /// and its partial sums stay (not taken by a flush) until later writes have covered its blocks.</summary>
+    enum SlotState : byte { Free, Open, Written, Closing, Recovered, Failed }
 
     readonly NvramFile _nvram;
     readonly Lock _lock = new();
@@ -86,7 +88,19 @@ public sealed class WriteLog
     readonly WriteLogRecord[] _records = new WriteLogRecord[NvramLayout.LogSlots];
     readonly Stack<int> _free = new();
     readonly List<(int Slot, WriteLogRecord Record)> _recovered = [];
+    /// <summary>Per failed record: the blocks of its range no write opened after the failure has written since.</summary>
+    readonly List<(long First, long End)>?[] _unsettled = new List<(long, long)>?[NvramLayout.LogSlots];
+    /// <summary>Per failed record: the last sequence handed out when it failed (only later writes settle it).</summary>
+    readonly ulong[] _failedAt = new ulong[NvramLayout.LogSlots];
+    int _failedCount;
+    /// <summary>The last open found the log full or the pool short: failed records give their slots and sums back.</summary>
+    bool _pressed;
+    long _failedWrites, _failedSettled;
     TaskCompletionSource? _slotFreed;
+    TaskCompletionSource? _poolFreed;
+    /// <summary>Pool entries the recovered records hold (until they are retired: not for new writes).</summary>
+    int _heldByRecovered;
+    long _poolWaits;
     readonly PartialParityPool _pp;
     /// <summary>Pool entries promised to each open record (its write's estimate), and their total.</summary>
     readonly int[] _reservedFor = new int[NvramLayout.LogSlots];
@@ -116,6 +130,7 @@ public sealed class WriteLog
         }
         _recovered.Sort((a, b) => a.Record.Sequence.CompareTo(b.Record.Sequence));
         _pp = new PartialParityPool(nvram, _recovered.ToDictionary(x => x.Slot, x => x.Record.Sequence));
+        foreach (var (s, _) in _recovered) _heldByRecovered += _pp.CountOf(s);
     }
 
     /// <summary>Rows whose partial parity was stored in the pool.</summary>
@@ -181,7 +196,7 @@ public sealed class WriteLog
         lock (_lock)
         {
             Invariant.Assert(_state[slot] == SlotState.Open, "partial parity belongs to a write in flight");
-            _pp.Supersede(_records[slot].Array, stripe, row, slot);
+            if (_pp.Supersede(_records[slot].Array, stripe, row, slot) > 0) SignalPoolLocked();
         }
     }
 
@@ -213,9 +228,9 @@ public sealed class WriteLog
     {
         lock (_lock)
         {
-            var counts = new int[5];
+            var counts = new int[6];
             foreach (var st in _state) counts[(int)st]++;
-            return $"open {counts[1]}, written {counts[2]}, closing {counts[3]}, recovered {counts[4]}, free {counts[0]}, slot waiter {(_slotFreed is null ? "no" : "yes")}";
+            return $"open {counts[1]}, written {counts[2]}, closing {counts[3]}, recovered {counts[4]}, failed {counts[5]}, free {counts[0]}, slot waiter {(_slotFreed is null ? "no" : "yes")}";
         }
     }
 
@@ -244,27 +259,46 @@ public sealed class WriteLog
         {
             Invariant.Assert(_state[slot] == SlotState.Recovered, "only a recovered write-log record is retired");
             _recovered.RemoveAll(x => x.Slot == slot);
+            _heldByRecovered -= _pp.CountOf(slot);
             FreeLocked(slot);
         }
     }
 
     /// <summary>Opens a record, whole in NVRAM before this returns, and promises its write up to
     /// <paramref name="partialSums"/> entries of the partial-parity pool (as many as are not promised to
-    /// others: a write never waits for the pool; a sum that finds no room is counted unguarded); false if
-    /// every slot is taken.</summary>
-    public bool TryOpen(byte array, long firstBlock, int blockCount, out int slot, out WriteLogRecord record, int partialSums = 0)
+    /// others; a sum that finds no room is counted unguarded); false if every slot is taken, or if the pool
+    /// cannot promise the write its need (see the overload with <c>poolShort</c>).</summary>
+    public bool TryOpen(byte array, long firstBlock, int blockCount, out int slot, out WriteLogRecord record, int partialSums = 0) =>
+        TryOpen(array, firstBlock, blockCount, out slot, out record, partialSums, out _);
+
+    /// <summary>As <see cref="TryOpen(byte, long, int, out int, out WriteLogRecord, int)"/>; also false, with
+    /// <paramref name="poolShort"/>, while the pool cannot promise the write its need (<see cref="PoolRoomAsync"/>).</summary>
+    public bool TryOpen(byte array, long firstBlock, int blockCount, out int slot, out WriteLogRecord record, int partialSums, out bool poolShort)
     {
         lock (_lock)
         {
             int promise = Math.Max(0, Math.Min(partialSums, _pp.Free - _reserved));
+            poolShort = false;
             if (_free.Count == 0)
             {
                 slot = -1;
                 record = default;
                 Interlocked.Increment(ref _waits);
+                _pressed = true;
+                return false;
+            }
+            if (promise < NeedLocked(partialSums))
+            {
+                // A sum refused later could leave a torn row with nothing to rebuild a lost member's block from.
+                slot = -1;
+                record = default;
+                poolShort = true;
+                _pressed = true;
+                Interlocked.Increment(ref _poolWaits);
                 return false;
             }
             slot = _free.Pop();
+            _pressed = false;
             if (promise > 0)
             {
                 _reservedFor[slot] = promise;
@@ -291,14 +325,88 @@ public sealed class WriteLog
         }
     }
 
-    /// <summary>The write of <paramref name="slot"/> returned (well or not): the record waits for the array's next flush.</summary>
-    public void Written(int slot)
+    /// <summary>
+    /// The write of <paramref name="slot"/> returned. Done, its record waits for the array's next flush, and
+    /// it settles what failed records of the array it covers. <paramref name="failed"/>: the write may have
+    /// torn the rows it changed (some members written, others not) and the row's blocks on a member that cannot
+    /// be read are known only from its partial sums; so the record and its sums stay, past any flush, until
+    /// writes opened after the failure (the cache's recovery writes) have written its blocks again (or a full
+    /// log needs its slot: <see cref="TakeWritten"/>). Until then <see cref="HeldPartialParity"/> gives its sums to them.
+    /// </summary>
+    public void Written(int slot, bool failed = false)
     {
         lock (_lock)
         {
             Invariant.Assert(_state[slot] == SlotState.Open, "a write-log record is written once, after it was opened");
-            _state[slot] = SlotState.Written;
             ReleasePromiseLocked(slot);
+            var r = _records[slot];
+            if (failed && _pp.CountOf(slot) > 0)
+            {
+                _state[slot] = SlotState.Failed;
+                _unsettled[slot] = [(r.FirstBlock, r.FirstBlock + r.BlockCount)];
+                _failedAt[slot] = _sequence;
+                _failedCount++;
+                Interlocked.Increment(ref _failedWrites);
+                return;
+            }
+            _state[slot] = SlotState.Written;
+            if (!failed && _failedCount > 0) SettleFailedLocked(r);
+        }
+    }
+
+    /// <summary>A write waits for a slot or for pool room, and nothing but failed records holds them (no write in
+    /// flight, none written and waiting for a flush): only giving those back lets the writes that settle them open.</summary>
+    bool OnlyFailedHoldLocked()
+    {
+        if (!_pressed || _failedCount == 0) return false;
+        foreach (var st in _state)
+            if (st is SlotState.Open or SlotState.Written or SlotState.Closing) return false;
+        return true;
+    }
+
+    /// <summary>A write opened after some failures returned well: the blocks it wrote are settled in those records.</summary>
+    void SettleFailedLocked(WriteLogRecord done)
+    {
+        long first = done.FirstBlock, end = done.FirstBlock + done.BlockCount;
+        for (int s = 0; s < _state.Length; s++)
+        {
+            if (_state[s] != SlotState.Failed || _records[s].Array != done.Array || done.Sequence <= _failedAt[s]) continue;
+            var left = _unsettled[s]!;
+            for (int i = left.Count - 1; i >= 0; i--)
+            {
+                var (a, b) = left[i];
+                if (b <= first || a >= end) continue;
+                left.RemoveAt(i);
+                if (a < first) left.Add((a, first));
+                if (b > end) left.Add((end, b));
+            }
+            if (left.Count == 0) ToWrittenLocked(s);
+        }
+    }
+
+    void ToWrittenLocked(int s)
+    {
+        Invariant.Assert(_state[s] == SlotState.Failed);
+        _state[s] = SlotState.Written;
+        _unsettled[s] = null;
+        _failedCount--;
+        Interlocked.Increment(ref _failedSettled);
+    }
+
+    /// <summary>Writes that failed with partial sums kept (<see cref="Written"/>), and how many of them later writes settled.</summary>
+    public (long Failed, long Settled, int Held) FailedWrites { get { lock (_lock) return (Interlocked.Read(ref _failedWrites), Interlocked.Read(ref _failedSettled), _failedCount); } }
+
+    /// <summary>
+    /// The partial sums failed records of <paramref name="array"/> hold for rows [<paramref name="rowLo"/>, +<paramref name="rowCount"/>)
+    /// of <paramref name="stripe"/>, with copies of their blocks: what a later write of those rows rebuilds a lost
+    /// member's block from, instead of parity the failure may have torn.
+    /// </summary>
+    public List<(PartialParityEntry Meta, byte[] Sum)> HeldPartialParity(byte array, long stripe, int rowLo, int rowCount)
+    {
+        lock (_lock)
+        {
+            if (_failedCount == 0) return [];
+            return _pp.OfRows(array, stripe, rowLo, rowCount, s => _state[s] == SlotState.Failed);
         }
     }
 
@@ -307,24 +415,61 @@ public sealed class WriteLog
         _reserved -= _reservedFor[slot];
         _reservedFor[slot] = 0;
         Invariant.Assert(_reserved >= 0);
+        SignalPoolLocked();
     }
+
+    void SignalPoolLocked()
+    {
+        var waiter = _poolFreed;
+        _poolFreed = null;
+        waiter?.TrySetResult();
+    }
+
+    /// <summary>How many pool entries a write asking for <paramref name="partialSums"/> must be promised before its
+    /// record opens: all it asks for, up to half the pool that recovered records do not hold (a write larger than
+    /// that is guarded as far as its promise and what is free go; one write never waits for the whole pool).</summary>
+    int NeedLocked(int partialSums) => Math.Min(partialSums, Math.Max(0, (_pp.Capacity - _heldByRecovered) / 2));
+
+    /// <summary>Completes when pool entries may have been freed or promises handed back (or at once if a write
+    /// asking for <paramref name="partialSums"/> would be promised its need now).</summary>
+    public Task PoolRoomAsync(int partialSums)
+    {
+        lock (_lock)
+        {
+            if (_pp.Free - _reserved >= NeedLocked(partialSums)) return Task.CompletedTask;
+            _poolFreed ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            return _poolFreed.Task;
+        }
+    }
+
+    /// <summary>Times a write waited for room in the partial-parity pool.</summary>
+    public long PoolWaits => Interlocked.Read(ref _poolWaits);
 
     /// <summary>Arrays with written records waiting for a flush.</summary>
     public IReadOnlyList<byte> ArraysWaitingForFlush()
     {
         var arrays = new List<byte>();
         lock (_lock)
+        {
+            bool giveBack = OnlyFailedHoldLocked();
             for (int s = 0; s < _state.Length; s++)
-                if (_state[s] == SlotState.Written && !arrays.Contains(_records[s].Array)) arrays.Add(_records[s].Array);
+                if ((_state[s] == SlotState.Written || _state[s] == SlotState.Failed && giveBack) && !arrays.Contains(_records[s].Array))
+                    arrays.Add(_records[s].Array);
+        }
         return arrays;
     }
 
     /// <summary>Before a flush of <paramref name="array"/>: takes its written records (their writes
-    /// returned before the flush starts, so the flush covers them).</summary>
+    /// returned before the flush starts, so the flush covers them). Failed records stay, with their sums (see
+    /// <see cref="Written"/>) — unless a write waits for a slot or for pool room that only they hold: then they are
+    /// taken too, or the recovery writes that would settle them could never open a record.</summary>
     public int[] TakeWritten(byte array)
     {
         lock (_lock)
         {
+            if (OnlyFailedHoldLocked())
+                for (int s = 0; s < _state.Length; s++)
+                    if (_state[s] == SlotState.Failed && _records[s].Array == array) ToWrittenLocked(s);
             int n = 0;
             for (int s = 0; s < _state.Length; s++)
                 if (_state[s] == SlotState.Written && _records[s].Array == array) n++;
@@ -374,8 +519,9 @@ public sealed class WriteLog
         int n = 0;
         lock (_lock)
             for (int s = 0; s < _state.Length; s++)
-                if (_state[s] == SlotState.Written && _records[s].Array == array)
+                if (_state[s] is SlotState.Written or SlotState.Failed && _records[s].Array == array)
                 {
+                    if (_state[s] == SlotState.Failed) ToWrittenLocked(s);
                     FreeLocked(s);
                     n++;
                 }
@@ -404,6 +550,7 @@ public sealed class WriteLog
                     FreeLocked(s);
                 }
             _recovered.Clear();
+            _heldByRecovered = 0;
         }
     }
 
@@ -412,6 +559,7 @@ public sealed class WriteLog
         WriteLogRecord.Clear(_nvram.Own.LogRecord(slot));
         _pp.Release(slot);
         ReleasePromiseLocked(slot);
+        SignalPoolLocked();
         _state[slot] = SlotState.Free;
         _records[slot] = default;
         _free.Push(slot);

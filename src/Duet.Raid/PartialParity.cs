@@ -28,4 +28,9 @@ public interface IPartialParitySink
     /// <summary>The write is about to change <paramref name="row"/> of <paramref name="stripe"/>: sums other writes
     /// stored for it are stale from now on (what they changed there is on the drives: the array flushed first).</summary>
     void Supersede(long stripe, int row);
+
+    /// <summary>Sums that writes which failed part-way (and may have torn these rows) still hold for rows
+    /// [<paramref name="rowLo"/>, +<paramref name="rowCount"/>) of <paramref name="stripe"/>: a block there on a
+    /// member that cannot be read is taken from them, not rebuilt from parity the failure may have torn.</summary>
+    IReadOnlyList<PartialParity> Held(long stripe, int rowLo, int rowCount) => [];
 }

@@ -357,6 +357,9 @@ public sealed partial class RaidArray
     [LoggerMessage(EventId = 1023, Level = LogLevel.Warning, Message = "array {Array}: {Count} blocks on the bad-block list (generation {Generation})")]
     partial void LogBadBlocksLoaded(string array, int count, long generation);
 
+    [LoggerMessage(EventId = 1025, Level = LogLevel.Warning, Message = "array {Array}: a write over rows an earlier write of ours tore: {Finding}")]
+    partial void LogHeldSumUsed(string array, string finding);
+
     [LoggerMessage(EventId = 1024, Level = LogLevel.Error, Message = "array {Array}: no copy of the bad-block list could be read ({Problem}); it is taken as empty")]
     partial void LogBadBlockListUnreadable(string array, string problem);
 }

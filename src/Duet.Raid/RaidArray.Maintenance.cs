@@ -461,8 +461,8 @@ public sealed partial class RaidArray
                 for (int i = 0; i < g.DataMembers; i++)
                     if (i != lost && pp.Leaves(i)) Parity.Parity.XorInto(ws.Block(g.DataMember(stripe, i), r), block);
                 ws.SetState(ml, r, Workspace.Ok);
-                ws.Reconstructed[ml][r] = true;
-                ws.Vouched[ml][r] = true;
+                ws.Reconstructed[ml][r - ws.RowLo] = true;
+                ws.Vouched[ml][r - ws.RowLo] = true;
                 guarded.Add(r);
                 result.Add($"stripe {stripe} row {r} {MemberName(ml)}: cannot be read; its block taken from the partial parity of the interrupted write");
             }

@@ -103,6 +103,13 @@ public sealed partial class RaidArray
         return _members[m] is not null && (s == MemberStatus.Active || (s == MemberStatus.Rebuilding && stripe < Volatile.Read(ref _rebuiltStripes[m])));
     }
 
+    bool DataMemberUnreadable(long stripe)
+    {
+        for (int i = 0; i < Geometry.DataMembers; i++)
+            if (!Readable(Geometry.DataMember(stripe, i), stripe)) return true;
+        return false;
+    }
+
     bool Writable(int m) => _members[m] is not null && _status[m] != MemberStatus.Missing;
 
     /// <summary>Drops a member: it is neither read nor written from now on. The task completes when
@@ -188,7 +195,9 @@ public sealed partial class RaidArray
 
     public ValueTask FlushAsync(CancellationToken ct = default) => FlushCoreAsync(awaitFailures: true, ct);
 
-    long _flushesBeforeSums;
+    long _flushesBeforeSums, _writesGuardedByHeldSums;
+    /// <summary>Stripe writes that took a lost member's blocks from the partial sums of a write that had failed there.</summary>
+    public long WritesGuardedByHeldSums => Interlocked.Read(ref _writesGuardedByHeldSums);
     /// <summary>Flushes a logged write made before taking partial sums over rows an unflushed write had changed.</summary>
     public long FlushesBeforeSums => Interlocked.Read(ref _flushesBeforeSums);
 
@@ -837,11 +846,27 @@ public sealed partial class RaidArray
         using var ws = new Workspace(g, stripe, plan.RowLo, plan.RowCount);
 
         bool needSolve = false;
-        foreach (var read in plan.Reads)
+        var held = guard is not null && g.ParityMembers > 0 && DataMemberUnreadable(stripe) ? guard.Held(stripe, plan.RowLo, plan.RowCount) : [];
+        if (held.Count > 0)
         {
-            await ReadMemberAsync(ws, read.Member, read.RowLo, read.RowCount, ct);
-            for (int r = read.RowLo; r < read.RowLo + read.RowCount; r++) needSolve |= ws.RowState(read.Member, r) == Workspace.Bad;
+            // A write of ours to these rows failed part-way (some members written, others not) and a data member
+            // cannot be read: its blocks here are the failed write's partial sums, not what parity the failure may
+            // have torn gives (AW-4 with a member missing). Every row is read whole and written whole.
+            for (int m = 0; m < g.MemberCount; m++) await ReadMemberAsync(ws, m, plan.RowLo, plan.RowCount, ct);
+            var found = new ScrubResult();
+            if (ApplyPartialParity(ws, held, found).Count > 0)
+            {
+                Interlocked.Increment(ref _writesGuardedByHeldSums);
+                foreach (var f in found.Findings) LogHeldSumUsed(Name, f);
+            }
+            needSolve = true;
         }
+        else
+            foreach (var read in plan.Reads)
+            {
+                await ReadMemberAsync(ws, read.Member, read.RowLo, read.RowCount, ct);
+                for (int r = read.RowLo; r < read.RowLo + read.RowCount; r++) needSolve |= ws.RowState(read.Member, r) == Workspace.Bad;
+            }
         var strategy = plan.Strategy;
         // Torn blocks a recovery write keeps that lie outside the write: rewritten whole as read.
         var tornOutside = new List<(int Member, int Row)>();

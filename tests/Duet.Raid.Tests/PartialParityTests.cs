@@ -23,6 +23,15 @@ public class PartialParityTests
         public void Supersede(long stripe, int row) { }
     }
 
+    /// <summary>A later write's sink: what the failed write stored is held for it (the write log's failed records).</summary>
+    sealed class Holding(IReadOnlyList<PartialParity> held) : IPartialParitySink
+    {
+        public bool Store(long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum) => true;
+        public void Supersede(long stripe, int row) { }
+        public IReadOnlyList<PartialParity> Held(long stripe, int rowLo, int rowCount) =>
+            [.. held.Where(x => x.Stripe == stripe && x.Row >= rowLo && x.Row < rowLo + rowCount)];
+    }
+
     /// <summary>A drive's data block and the tag block that covers it, raw.</summary>
     static async Task<(byte[] Data, byte[] Tags)> RawAsync(MemoryDrive d, long memberBlock)
     {
@@ -150,5 +159,47 @@ public class PartialParityTests
         var pp = new Captured();
         await h.Array.WriteAsync(0, new byte[h.Geometry.StripeDataBlocks * Units.BlockBytes], pp);
         Assert.Empty(pp.Rows);
+    }
+    /// <summary>
+    /// The same hole while the controller runs: the write failed part-way (its data landed, its parity did not: a
+    /// shelf path lost mid-write), then a member is lost, and the cache writes the range again (a recovery write).
+    /// Parity says nothing true of the lost member's block any more; the failed write's sums, held for the
+    /// recovery write, give it back, and the row is written whole over it.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public async Task ARecoveryWriteAfterAFailedWriteTakesTheLostBlockFromTheSumsTheFailedWriteHolds(
+        RaidLevel level, int members, long at, int sectors, int lost, int rows)
+    {
+        _ = rows;
+        var (h, pp) = await TornThenLostAsync(level, members, at, sectors, lost);
+        var data = h.Model.AsMemory((int)(at * Units.SectorBytes), sectors * Units.SectorBytes).ToArray();
+        await h.Array.RecoveryWriteAsync(at, data, new Holding(pp.Rows));
+        Assert.Equal(1, h.Array.WritesGuardedByHeldSums);
+        Assert.True(h.Array.BadBlocks.IsEmpty);
+        await h.VerifyAllAsync(); // the lost member's block, rebuilt from the row's new parity, is what it held
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public async Task ARecoveryWriteWithNoSumsHeldLosesTheBlock(RaidLevel level, int members, long at, int sectors, int lost, int rows)
+    {
+        // The contrast: the failed write's record cleared by a flush before the recovery write came.
+        _ = rows;
+        var (h, _) = await TornThenLostAsync(level, members, at, sectors, lost);
+        var data = h.Model.AsMemory((int)(at * Units.SectorBytes), sectors * Units.SectorBytes).ToArray();
+        await h.Array.RecoveryWriteAsync(at, data, new Holding([]));
+        Assert.Equal(0, h.Array.WritesGuardedByHeldSums);
+        var g = h.Geometry;
+        var back = new byte[Units.BlockBytes];
+        long block = (long)lost * g.ChunkBlocks + (at / Units.SectorsPerBlock) % g.ChunkBlocks;
+        bool wrong;
+        try
+        {
+            await h.Array.ReadAsync(block * Units.SectorsPerBlock, back);
+            wrong = !back.AsSpan().SequenceEqual(h.Model.AsSpan((int)(block * Units.BlockBytes), Units.BlockBytes));
+        }
+        catch (BlockIoException) { wrong = true; }
+        Assert.True(wrong);
     }
 }

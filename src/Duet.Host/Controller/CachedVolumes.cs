@@ -33,9 +33,14 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
         // Failed or not, the record waits for the next flush: a write that failed part-way leaves its
         // elements dirty and marked for a recovery write, which settles the rows it tore. The rows the
         // write changes in part keep their partial parity beside the record until then.
-        var guard = new RecordGuard(log, slot);
-        try { await (recovery ? Array.RecoveryWriteAsync(sector, source, guard, ct) : Array.WriteAsync(sector, source, guard, ct)); }
-        finally { log.Written(slot); }
+        var guard = new RecordGuard(log, slot, ArrayNumber);
+        bool done = false;
+        try
+        {
+            await (recovery ? Array.RecoveryWriteAsync(sector, source, guard, ct) : Array.WriteAsync(sector, source, guard, ct));
+            done = true;
+        }
+        finally { log.Written(slot, failed: !done); }
     }
 
     ValueTask WriteCoreAsync(long sector, ReadOnlyMemory<byte> source, bool recovery, CancellationToken ct) =>
@@ -63,10 +68,11 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
         return (int)Math.Min(total, int.MaxValue / 2);
     }
 
-    sealed class RecordGuard(IArrayWriteLog log, int slot) : IPartialParitySink
+    sealed class RecordGuard(IArrayWriteLog log, int slot, byte array) : IPartialParitySink
     {
         public bool Store(long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum) => log.StorePartialParity(slot, stripe, row, unchanged, sum);
         public void Supersede(long stripe, int row) => log.SupersedePartialParity(slot, stripe, row);
+        public IReadOnlyList<PartialParity> Held(long stripe, int rowLo, int rowCount) => log.HeldPartialParity(array, stripe, rowLo, rowCount);
     }
 
     /// <summary>Flushes the drives; the log records of every write that returned before the flush started are then cleared.</summary>
@@ -108,8 +114,11 @@ public interface IArrayWriteLog
     bool StorePartialParity(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum);
     /// <summary>The record's write is about to change a row: other records' sums for it are stale.</summary>
     void SupersedePartialParity(int slot, long stripe, int row);
-    /// <summary>The write returned; its record waits for the next flush of the array.</summary>
-    void Written(int slot);
+    /// <summary>The write returned; its record waits for the next flush of the array (<paramref name="failed"/>: and,
+    /// holding its partial sums, for later writes of its blocks: <see cref="Duet.Cache.WriteLog.Written"/>).</summary>
+    void Written(int slot, bool failed = false);
+    /// <summary>The sums failed writes of <paramref name="array"/> hold for those rows (<see cref="IPartialParitySink.Held"/>).</summary>
+    IReadOnlyList<PartialParity> HeldPartialParity(byte array, long stripe, int rowLo, int rowCount) => [];
     /// <summary>Before a flush: the records of the array's returned writes.</summary>
     int[] TakeWritten(byte array);
     void FlushFailed(int[] slots);

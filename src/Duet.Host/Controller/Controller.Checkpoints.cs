@@ -42,14 +42,16 @@ public sealed partial class Controller : IArrayWriteLog
     {
         int slot;
         WriteLogRecord record;
-        while (!WriteLog.TryOpen(array, firstBlock, (int)blockCount, out slot, out record, partialSums))
+        while (!WriteLog.TryOpen(array, firstBlock, (int)blockCount, out slot, out record, partialSums, out bool poolShort))
         {
-            // Full: the records of writes that returned are cleared by a flush (with their partial sums); flush
-            // those arrays. With none, every slot is a write in flight: wait for one to end.
+            // Full (every slot, or the partial-parity pool for this write's sums): the records of writes that
+            // returned are cleared by a flush, with their partial sums; flush those arrays. With none, every
+            // slot (every entry) belongs to a write in flight: wait for one to end.
             var waiting = WriteLog.ArraysWaitingForFlush();
             if (waiting.Count == 0)
             {
-                await WriteLog.SlotFreedAsync(); // no WaitAsync(ct): its completion would run on the thread pool (the simulator forbids that)
+                // No WaitAsync(ct): its completion would run on the thread pool (the simulator forbids that).
+                await (poolShort ? WriteLog.PoolRoomAsync(partialSums) : WriteLog.SlotFreedAsync());
                 continue;
             }
             foreach (var a in waiting)
@@ -86,7 +88,9 @@ public sealed partial class Controller : IArrayWriteLog
         if (!_options.PlantedNoPartialParity) WriteLog.SupersedePartialParity(slot, stripe, row);
     }
 
-    void IArrayWriteLog.Written(int slot) => WriteLog.Written(slot);
+    void IArrayWriteLog.Written(int slot, bool failed) => WriteLog.Written(slot, failed);
+    IReadOnlyList<Duet.Raid.PartialParity> IArrayWriteLog.HeldPartialParity(byte array, long stripe, int rowLo, int rowCount) =>
+        [.. WriteLog.HeldPartialParity(array, stripe, rowLo, rowCount).Select(x => new Duet.Raid.PartialParity(x.Meta.Stripe, x.Meta.Row, x.Meta.Unchanged, x.Sum, x.Meta.Sequence))];
     int[] IArrayWriteLog.TakeWritten(byte array) => WriteLog.TakeWritten(array);
     void IArrayWriteLog.FlushFailed(int[] slots) => WriteLog.FlushFailed(slots);
 

@@ -4,7 +4,7 @@ using Duet.Core;
 namespace Duet.Cache.Tests.Nvram;
 
 /// <summary>The partial-parity pool beside the AW-4 write log: entries live and die with their record, outlive a
-/// crash with it, and a full pool refuses (counted as unguarded) instead of waiting.</summary>
+/// crash with it, and a write waits for the room its sums need (a sum past that is refused and counted unguarded).</summary>
 [Trait("Claim", "AW-4")]
 public sealed class PartialParityPoolTests
 {
@@ -76,28 +76,42 @@ public sealed class PartialParityPoolTests
     }
 
     [Fact]
-    public void A_write_is_promised_what_is_not_promised_to_others_and_a_row_beyond_its_promise_takes_what_is_left_or_is_unguarded()
+    public async Task A_write_waits_until_the_pool_can_promise_its_sums_and_is_promised_what_others_are_not()
     {
         var log = new WriteLog(NvramFile.OpenOrCreate(NvramStore.For(Sample.Small), Sample.Small, "A", Sample.Pair));
         Assert.Equal(32, log.PartialParityCapacity);
-        Assert.True(log.TryOpen(1, 0, 64, out int a, out _, partialSums: 20));
-        Assert.True(log.TryOpen(1, 64, 64, out int b, out _, partialSums: 10));
-        Assert.True(log.TryOpen(1, 128, 1, out int c, out _, partialSums: 3)); // never waits: promised the 2 left
-        Assert.Equal(32, log.PartialParityReserved);
+        Assert.True(log.TryOpen(1, 0, 64, out int a, out _, partialSums: 20, out _));
+        Assert.True(log.TryOpen(1, 64, 64, out int b, out _, partialSums: 10, out _));
+        Assert.Equal(30, log.PartialParityReserved);
+        // Two entries left and three asked for: the record does not open (a sum refused later could leave a torn
+        // row with nothing to rebuild a lost member's block from); the write waits for room.
+        Assert.False(log.TryOpen(1, 128, 1, out _, out _, partialSums: 3, out bool poolShort));
+        Assert.True(poolShort);
+        var room = log.PoolRoomAsync(3);
+        Assert.False(room.IsCompleted);
         for (int r = 0; r < 20; r++) Assert.True(log.StorePartialParity(a, 0, r, 1, Sum((byte)r)));
-        Assert.False(log.StorePartialParity(a, 1, 0, 1, Sum(99)));   // beyond A's promise, and the rest is promised
-        Assert.Equal(1L, log.PartialParityUnguarded);
+        Assert.True(log.StorePartialParity(a, 1, 0, 1, Sum(99)));    // beyond A's promise: one of the two unpromised
+        Assert.False(room.IsCompleted);
         log.Written(b);                                               // B stored nothing: its promise goes back
-        Assert.Equal(2, log.PartialParityReserved);
-        Assert.True(log.StorePartialParity(a, 1, 0, 1, Sum(99)));    // now unpromised entries are free
-        for (int r = 0; r < 3; r++) log.StorePartialParity(c, 2, r, 1, Sum(7)); // two promised, the third from what is left
+        await room;
+        Assert.True(log.TryOpen(1, 128, 1, out int c, out _, partialSums: 3, out _));
+        Assert.Equal(3, log.PartialParityReserved);
+        Assert.Equal(1L, log.PoolWaits);
         log.Written(a);
         log.Written(c);
         Assert.Equal(0, log.PartialParityReserved);
-        Assert.Equal(8, log.PartialParityFree);
         log.Close(log.TakeWritten(1));
         Assert.Equal(32, log.PartialParityFree);
-        Assert.Equal((24L, 1L), (log.PartialParityStored, log.PartialParityUnguarded));
+        Assert.Equal((21L, 0L), (log.PartialParityStored, log.PartialParityUnguarded));
+
+        // A write that asks for more than half the pool waits only for half of it, and is promised all that is free.
+        Assert.True(log.TryOpen(1, 0, 64, out int big, out _, partialSums: 40, out _));
+        Assert.Equal(32, log.PartialParityReserved);
+        Assert.False(log.TryOpen(1, 64, 1, out _, out _, partialSums: 1, out poolShort));
+        Assert.True(poolShort);
+        for (int r = 0; r < 32; r++) Assert.True(log.StorePartialParity(big, 0, r, 1, Sum(1)));
+        Assert.False(log.StorePartialParity(big, 1, 0, 1, Sum(1)));  // past the whole pool: unguarded
+        Assert.Equal(1L, log.PartialParityUnguarded);
     }
 
     [Fact]
@@ -120,5 +134,67 @@ public sealed class PartialParityPoolTests
         Assert.Equal([1], again.RecoveredPartialParity(older).Select(x => x.Meta.Row));
         Assert.Equal(Sum(4), Assert.Single(again.RecoveredPartialParity(newer)).Sum);
         Assert.Equal(Sum(3), Assert.Single(again.RecoveredPartialParity(other)).Sum);
+    }
+    [Fact]
+    public void A_failed_writes_record_keeps_its_sums_past_flushes_until_later_writes_have_covered_its_blocks()
+    {
+        var store = NvramStore.For(Sample.Small, "nvram-A");
+        var log = new WriteLog(NvramFile.OpenOrCreate(store, Sample.Small, "A", Sample.Pair));
+        // A write in flight when the other fails opened before the failure: it settles nothing.
+        Assert.True(log.TryOpen(1, 100, 8, out int before, out _));
+        Assert.True(log.TryOpen(1, 100, 8, out int failed, out _));
+        Assert.True(log.StorePartialParity(failed, 12, 4, 0b10, Sum(7)));
+        log.Written(failed, failed: true);
+        log.Written(before);
+        Assert.Equal([before], log.TakeWritten(1));
+        log.Close([before]);
+        var (sum, _) = Assert.Single(log.HeldPartialParity(1, 12, 0, 16));
+        Assert.Equal((12L, 4, 0b10UL), (sum.Stripe, sum.Row, sum.Unchanged));
+        Assert.Empty(log.HeldPartialParity(1, 12, 5, 11));  // other rows
+        Assert.Empty(log.HeldPartialParity(2, 12, 0, 16));  // another array
+
+        // The recovery writes come: half of its blocks, then (after a write that failed again, with no sums) the rest.
+        Assert.True(log.TryOpen(1, 96, 8, out int half, out _));
+        log.Written(half);
+        Assert.Equal([half], log.TakeWritten(1));
+        log.Close([half]);
+        Assert.True(log.TryOpen(1, 104, 4, out int again, out _));
+        log.Written(again, failed: true);                   // no sums stored: an ordinary record, closed by a flush
+        Assert.Equal([again], log.TakeWritten(1));
+        log.Close([again]);
+        Assert.Single(log.HeldPartialParity(1, 12, 0, 16));
+        Assert.Equal((1L, 0L, 1), log.FailedWrites);
+        Assert.True(log.TryOpen(1, 104, 40, out int rest, out _));
+        log.Written(rest);
+        Assert.Equal((1L, 1L, 0), log.FailedWrites);
+        Assert.Empty(log.HeldPartialParity(1, 12, 0, 16));
+        Assert.Equal(new[] { failed, rest }.Order(), log.TakeWritten(1).Order());
+        log.Close([failed, rest]);
+        Assert.Equal(32, log.PartialParityFree);
+        Assert.Equal(0, log.LiveCount);
+    }
+
+    [Fact]
+    public void Failed_records_give_their_sums_back_when_only_they_hold_the_room_a_write_waits_for()
+    {
+        var store = NvramStore.For(Sample.Small, "nvram-A");
+        var log = new WriteLog(NvramFile.OpenOrCreate(store, Sample.Small, "A", Sample.Pair));
+        Assert.True(log.TryOpen(3, 0, 64, out int failed, out _));
+        for (int r = 0; r < 20; r++) Assert.True(log.StorePartialParity(failed, r / 16, r % 16, 0b10, Sum((byte)r)));
+        log.Written(failed, failed: true);
+        Assert.True(log.TryOpen(3, 500, 1, out int inFlight, out _));
+        // 12 entries free; a write asking for 16 waits. A write in flight may still free room: nothing is given back.
+        Assert.False(log.TryOpen(3, 600, 64, out _, out _, 16, out bool poolShort));
+        Assert.True(poolShort);
+        Assert.Empty(log.ArraysWaitingForFlush());
+        log.Written(inFlight);
+        Assert.Equal([inFlight], log.TakeWritten(3));
+        log.Close([inFlight]);
+        Assert.False(log.TryOpen(3, 600, 64, out _, out _, 16, out poolShort));
+        // Now only the failed record holds it: the next flush takes it, or the write waits for good.
+        Assert.Equal([(byte)3], log.ArraysWaitingForFlush());
+        Assert.Equal([failed], log.TakeWritten(3));
+        log.Close([failed]);
+        Assert.True(log.TryOpen(3, 600, 64, out _, out _, 16, out _));
     }
 }
