@@ -234,7 +234,11 @@ public sealed partial class RaidArray
         bool settle = source == BadBlockSource.Settle;
         var g = Geometry;
         using var ws = new Workspace(g, stripe, 0, g.ChunkBlocks);
-        for (int m = 0; m < g.MemberCount; m++) await ReadMemberAsync(ws, m, 0, g.ChunkBlocks, ct);
+        // Every member at once: a settle at a takeover reads whole stripes before the array is served again, and
+        // one member after another cost a round trip to the shelf each.
+        var reads = new Task[g.MemberCount];
+        for (int m = 0; m < g.MemberCount; m++) reads[m] = ReadMemberAsync(ws, m, 0, g.ChunkBlocks, ct).AsTask();
+        await Task.WhenAll(reads);
         // Rows whose lost block the interrupted write's partial parity gave back: their parity is recomputed below.
         var guarded = settle && repair && partial is { Count: > 0 } && g.ParityMembers > 0 ? ApplyPartialParity(ws, partial, result) : null;
         var writes = new List<(int, long, ReadOnlyMemory<byte>, bool)>();

@@ -64,12 +64,22 @@ internal sealed class Workspace : IDisposable
     /// <summary>Keeps a copy of a block just read that failed its tag.</summary>
     public void KeepAsRead(int member, int row)
     {
-        _asRead ??= [];
-        _asRead[(member, row)] = Block(member, row).ToArray();
+        var copy = Block(member, row).ToArray();
+        // Members may be read at once (a scrub or a settle): each keeps its own rows, in one dictionary.
+        lock (_asReadLock)
+        {
+            _asRead ??= [];
+            _asRead[(member, row)] = copy;
+        }
     }
 
+    readonly Lock _asReadLock = new();
+
     /// <summary>A block's content as read, if it was read whole and failed its tag.</summary>
-    public byte[]? AsRead(int member, int row) => _asRead?.GetValueOrDefault((member, row));
+    public byte[]? AsRead(int member, int row)
+    {
+        lock (_asReadLock) return _asRead?.GetValueOrDefault((member, row));
+    }
 
     public byte RowState(int member, int row) => State[member][row - RowLo];
 

@@ -49,6 +49,18 @@ public class DuetMessageTests
     }
 
     [Fact]
+    [Trait("Claim", "AW-3")]
+    public void Write_checkpoints_done_has_the_documented_layout_and_round_trips_long_lists()
+    {
+        var d = new WriteCheckpointsDone([0xAABB, 0x1_0000_0002]);
+        Assert.Equal("010d 0000 00000020 00000002 00000000 000000000000aabb 0000000100000002".Replace(" ", "", StringComparison.Ordinal), ToHex(Encode(d)));
+        Assert.Equal(d, RoundTrip(d));
+        Assert.Equal(MessageKind.WriteCheckpointsDone, MessageClassifier.Classify(Encode(d)));
+        var many = new WriteCheckpointsDone(Enumerable.Range(1, 5000).Select(i => (ulong)i << 16 | 3).ToArray());
+        Assert.Equal(many, RoundTrip(many));
+    }
+
+    [Fact]
     public void Destaged_notice_round_trips_empty_and_long_lists()
     {
         Assert.Equal("010300000000000c00000000", ToHex(Encode(new DestagedNotice([]))));
@@ -103,6 +115,9 @@ public class DuetMessageTests
     [InlineData("0102 0000 00000020 03 03 0000 00000008 000000000000aabb 0000000100000000", WireError.BadEnum)]
     [InlineData("0102 0000 00000020 01 03 0100 00000008 000000000000aabb 0000000100000000", WireError.NonZeroReserved)]
     [InlineData("0103 0000 00000010 00000002 00000001", WireError.BadLength)]
+    [InlineData("010d 0000 00000010 00000000 00000000", WireError.BadLength)]
+    [InlineData("010d 0000 00000018 00000002 00000000 000000000000aabb", WireError.BadLength)]
+    [InlineData("010d 0000 00000018 00000001 00000001 000000000000aabb", WireError.NonZeroReserved)]
     [InlineData("0104 0000 00000020 000000000000002a 06 00 0000 0000000000000000 00000000", WireError.BadEnum)]
     [InlineData("0104 0000 00000020 000000000000002a 01 02 0000 0000000000000000 00000000", WireError.NonZeroReserved)]
     [InlineData("0104 0000 00000020 000000000000002a 01 00 0000 0000000000000000 00000000", WireError.BadText)]
@@ -118,6 +133,7 @@ public class DuetMessageTests
         {
             MessageKind.WriteCheckpoint => WriteCheckpoint.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
             MessageKind.DestagedNotice => DestagedNotice.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
+            MessageKind.WriteCheckpointsDone => WriteCheckpointsDone.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
             MessageKind.ForwardedRequest => ForwardedRequest.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
             MessageKind.ForwardedResponse => ForwardedResponse.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
             MessageKind.ScsiStateUpdate => ScsiStateUpdate.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
@@ -255,7 +271,8 @@ public class MessageClassifierTests
     [InlineData("010a", MessageKind.ReservationState)]
     [InlineData("010b", MessageKind.PowerFail)]
     [InlineData("010c", MessageKind.HostTagEntries)]
-    [InlineData("010d", MessageKind.Unknown)]
+    [InlineData("010d", MessageKind.WriteCheckpointsDone)]
+    [InlineData("010e", MessageKind.Unknown)]
     [InlineData("a1", MessageKind.Unknown)]
     [InlineData("ff ff", MessageKind.Unknown)]
     public void Classifies_by_first_bytes(string hex, MessageKind expected) =>

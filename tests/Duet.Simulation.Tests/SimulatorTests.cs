@@ -370,6 +370,20 @@ public sealed class SimulatorTests
         Assert.True(r.Passed, string.Join("\n", r.Failures.Take(5)));
     }
 
+    // Classic seed 131: B hung, A took it over; B resumed with its shelf path down (so it could not learn it was fenced)
+    // and said hello again on the link; A lifted the fence for that hello, and B, never stepped down, served on with its
+    // registration preempted: its mirror never formed again (liveness). Now only a new session is let back in.
+    // Seed 125: the first version of that rule kept out a standby fenced again mid-rejoin, which waited for good.
+    [Theory]
+    [Trait("Claim", "FO-7")]
+    [InlineData(131UL)]
+    [InlineData(125UL)]
+    public void A_hello_from_the_fenced_session_does_not_lift_its_fence(ulong seed)
+    {
+        var r = Simulator.Run(seed, Small with { Operations = 500 });
+        Assert.True(r.Passed, string.Join("\n", r.Failures.Take(5)));
+    }
+
     // ---- hosts of the host protocol (FO-3..FO-6; --faults multicast) ------------------------------------------
 
     static readonly SimOptions Multicast = new() { Operations = 300, AllowedFaults = FaultPlan.Parse("failover,multicast") };

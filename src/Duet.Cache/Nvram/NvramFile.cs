@@ -48,6 +48,7 @@ public sealed unsafe class NvramFile : IDisposable
         _view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
         Invariant.Assert(_view.PointerOffset == 0);
         _base = pointer;
+        Prefault(pointer, layout.TotalBytes);
         Own = new NvramRegion(this, 1, _base + layout.DescriptorTable1Offset, _base + layout.Region1Offset, _base + layout.Log1Offset, _base + layout.Tags1Offset);
         Peer = new NvramRegion(this, 2, _base + layout.DescriptorTable2Offset, _base + layout.Region2Offset, _base + layout.Log2Offset, _base + layout.Tags2Offset);
     }
@@ -66,6 +67,19 @@ public sealed unsafe class NvramFile : IDisposable
     }
 
     public NvramLayout Layout { get; }
+
+    /// <summary>
+    /// Touches every page of the mapping once, at open: NVRAM is memory the controller owns whole, and a page first
+    /// touched on the write path (a takeover adopting thousands of the peer's elements into parts of region 1 this
+    /// controller had never used) costs a page fault each there instead (tens of milliseconds of a takeover).
+    /// Reading keeps the contents; on tmpfs a read fault of a shared mapping allocates the page.
+    /// </summary>
+    static void Prefault(byte* p, long bytes)
+    {
+        int sum = 0;
+        for (long at = 0; at < bytes; at += Environment.SystemPageSize) sum += Volatile.Read(ref p[at]);
+        GC.KeepAlive(sum);
+    }
 
     /// <summary>The 64-byte descriptor of partial-parity entry <paramref name="slot"/> (<see cref="PartialParityLog"/> encodes it).</summary>
     public Span<byte> PpDescriptor(int slot)

@@ -29,7 +29,9 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
         }
         long firstBlock = sector / Units.SectorsPerBlock;
         long endBlock = (sector + source.Length / Units.SectorBytes + Units.SectorsPerBlock - 1) / Units.SectorsPerBlock;
-        int slot = await log.StartedAsync(ArrayNumber, firstBlock, endBlock - firstBlock, PartialSumsFor(firstBlock, endBlock), ct);
+        long endSector = sector + source.Length / Units.SectorBytes;
+        int partialEnds = (sector % Units.SectorsPerBlock != 0 ? 1 : 0) + (endSector % Units.SectorsPerBlock != 0 ? 1 : 0);
+        int slot = await log.StartedAsync(ArrayNumber, firstBlock, endBlock - firstBlock, PartialSumsFor(firstBlock, endBlock, partialEnds), ct);
         // Failed or not, the record waits for the next flush: a write that failed part-way leaves its
         // elements dirty and marked for a recovery write, which settles the rows it tore. The rows the
         // write changes in part keep their partial parity beside the record until then.
@@ -49,15 +51,17 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
     /// <summary>
     /// At most how many partial sums a write of array blocks [<paramref name="firstBlock"/>, <paramref name="endBlock"/>)
     /// stores (<see cref="RaidArray"/>'s StorePartialParity): one per row of a stripe it changes in part, one per
-    /// block it changes in part (its first and last), and one per row and per member that cannot be read now.
+    /// block it changes in part (<paramref name="partialEnds"/>: its first and last, if they are not whole), and
+    /// one per row and per member that cannot be read now. (Counting two end blocks for every write, whole or
+    /// not, tripled what a 4 KiB write was promised and made destage rounds wait for the pool.)
     /// </summary>
-    int PartialSumsFor(long firstBlock, long endBlock)
+    int PartialSumsFor(long firstBlock, long endBlock, int partialEnds)
     {
         var g = Array.Geometry;
         if (g.ParityMembers == 0 || g.IsMirrored) return 0;
         int unreadable = 0;
         for (int m = 0; m < g.MemberCount; m++) if (Array.Status(m) != MemberStatus.Active) unreadable++;
-        long sdb = g.StripeDataBlocks, total = 2;
+        long sdb = g.StripeDataBlocks, total = partialEnds;
         for (long s = firstBlock / sdb; s <= (endBlock - 1) / sdb && total < int.MaxValue / 2; s++)
         {
             long n = Math.Min(endBlock, (s + 1) * sdb) - Math.Max(firstBlock, s * sdb);

@@ -42,6 +42,9 @@ public sealed partial class Controller : IArrayWriteLog
     {
         int slot;
         WriteLogRecord record;
+        // The planted bug is a build without sums: no promise either (a promise never used would hold the pool
+        // and make writes wait for it, which changes what a campaign does instead of only what it keeps).
+        if (_options.PlantedNoPartialParity) partialSums = 0;
         while (!WriteLog.TryOpen(array, firstBlock, (int)blockCount, out slot, out record, partialSums, out bool poolShort))
         {
             // Full (every slot, or the partial-parity pool for this write's sums): the records of writes that
@@ -99,10 +102,13 @@ public sealed partial class Controller : IArrayWriteLog
         if (slots.Length == 0) return;
         var closed = WriteLog.Close(slots);
         if (!CheckpointsFlow) return;
-        for (int i = 0; i < slots.Length; i++)
+        // One message for the flush: a destage round's records end together.
+        for (int from = 0; from < slots.Length; from += WriteCheckpointsDone.IdsMax)
         {
-            var r = closed[i];
-            _ = PostOrDropAsync(IclSignal.Message, DuetFrame.ToArray(new WriteCheckpoint(CheckpointPhase.Done, WriteLog.LinkId(slots[i], r.Sequence), r.Array, (ulong)r.FirstBlock, (uint)r.BlockCount)));
+            int n = Math.Min(WriteCheckpointsDone.IdsMax, slots.Length - from);
+            var ids = new ulong[n];
+            for (int i = 0; i < n; i++) ids[i] = WriteLog.LinkId(slots[from + i], closed[from + i].Sequence);
+            _ = PostOrDropAsync(IclSignal.Message, DuetFrame.ToArray(new WriteCheckpointsDone(ids)));
         }
     }
 
@@ -151,6 +157,25 @@ public sealed partial class Controller : IArrayWriteLog
         }
         if (c.Phase == CheckpointPhase.Started) WriteLog.StoreMirrored(slot, new WriteLogRecord(c.Volume, (long)c.Lba, (int)c.BlockCount, sequence));
         else WriteLog.ClearMirrored(slot, sequence);
+    }
+
+    void OnWriteCheckpointsDone(ReadOnlySpan<byte> message)
+    {
+        if (WriteCheckpointsDone.TryDecode(message, out var done, out _, out var error) != System.Buffers.OperationStatus.Done)
+        {
+            LogUnknown("write checkpoints done", error.ToString());
+            return;
+        }
+        foreach (ulong id in done!.Ids)
+        {
+            var (slot, sequence) = WriteLog.FromLinkId(id);
+            if ((uint)slot >= (uint)WriteLog.Slots)
+            {
+                LogUnknown("write checkpoints done", $"slot {slot}");
+                continue;
+            }
+            WriteLog.ClearMirrored(slot, sequence);
+        }
     }
 
     /// <summary>A new session of the peer: what its old session started is its own replay's to finish.</summary>

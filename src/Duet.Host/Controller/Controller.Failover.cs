@@ -85,7 +85,7 @@ public sealed partial class Controller
     long _peerIclHeardAt;        // last Heartbeat message of the peer
     long _iclQuietSince;         // the peer's last ICL contact as our beats saw it, or later: our start or a pause of our own (0: contact since our last beat)
     long _lastBeatAt;
-    long _peerSlotChangedAt;     // last time a shelf read saw the peer's slot change
+    long _peerSlotChangedAt;     // when the last shelf read that saw the peer's slot change was issued
     ulong _peerSlot;
     ulong _shelfBoot;
     bool _peerSlotSeen;
@@ -260,6 +260,13 @@ public sealed partial class Controller
         try { status = await Shelf!.HeartbeatAsync(++_beat); }
         catch (ShelfException e) when (e.Error == ShelfError.Fenced)
         {
+            if (_standby && _joinedWhileStandby)
+            {
+                // Fenced again after our fence had been lifted and we had registered (the rejoin was under way): the
+                // owner will not lift a fence for this session's hello any more. A new session will be let back in.
+                StepDown("this controller's port was fenced again while it rejoined: the peer took over");
+                return;
+            }
             if (_standby)
             {
                 // Still fenced: the owner lifts it when it hears our hello, which must carry an epoch at
@@ -310,7 +317,11 @@ public sealed partial class Controller
             if (_peerSlotSeen) _peerHeard = true;
             _peerSlotSeen = true;
             _peerSlot = peer.Heartbeat;
-            _peerSlotChangedAt = Now;
+            // When the read was issued, not answered: silence is judged between the issue times of two reads, and
+            // ten periods of reads are not always a round-trip longer than the timeout (the takeover came a whole
+            // period late). The peer's beat may have landed up to a round-trip later; its lease (half the timeout
+            // from when it sent that beat) is long gone by the time the timeout is reached either way.
+            _peerSlotChangedAt = issued;
         }
         _lastShelfReadIssuedAt = issued;
         _peerFenced = peer.Fenced;
@@ -318,7 +329,10 @@ public sealed partial class Controller
         Claims?.Replace(status.Claims);
         await KeepClaimsAsync(status);
         // Not awaited: the heartbeats (and so our lease) go on while the takeover runs.
-        if (ShouldTakeOver()) _ = TakeOverAsync($"no heartbeat from controller {PeerName} on the ICL or at the shelf for {Since(LastHeard).TotalMilliseconds:F0} ms");
+        if (ShouldTakeOver())
+            _ = TakeOverAsync($"no heartbeat from controller {PeerName} on the ICL or at the shelf for {Since(LastHeard).TotalMilliseconds:F0} ms " +
+                $"(ICL quiet {Since(Math.Max(Volatile.Read(ref _iclQuietSince), Volatile.Read(ref _peerIclHeardAt))).TotalMilliseconds:F1} ms, " +
+                $"its shelf slot unchanged over {_options.Time.GetElapsedTime(_peerSlotChangedAt, _lastShelfReadIssuedAt).TotalMilliseconds:F1} ms of reads)");
         else EvaluateFailback();
     }
 
@@ -332,12 +346,17 @@ public sealed partial class Controller
 
     long LastHeard => Math.Max(Volatile.Read(ref _peerIclHeardAt), _peerSlotChangedAt);
 
+    static readonly TimeSpan TimerSlack = TimeSpan.FromMilliseconds(1);
+
     bool ShouldTakeOver()
     {
         if (_peerFenced || _standby || _steppedDown || Volatile.Read(ref _takingOver) != 0) return false;
         // AW-6: not while this controller powers down, nor while the peer does (its "done" decides).
         if (_poweringDown || PeerInPowerFailWindow) return false;
-        var timeout = Failover.HeartbeatTimeout;
+        // Less a millisecond: the beats are timers, which fire up to a fraction of a millisecond early by the clock
+        // they are judged on, so ten periods of them can add up to 999.9 ms and the takeover came a whole period
+        // late. (The peer's lease, half the timeout, is long gone either way.)
+        var timeout = Failover.HeartbeatTimeout - TimerSlack;
         // The ICL: our beats have found no heartbeat of the peer for a whole timeout.
         // (The contact's own time may be newer than the one the beat copied, if a heartbeat arrived meanwhile.)
         if (Since(Math.Max(Volatile.Read(ref _iclQuietSince), Volatile.Read(ref _peerIclHeardAt))) < timeout) return false;
@@ -581,6 +600,12 @@ public sealed partial class Controller
             catch (ShelfException e) when (e.Error == ShelfError.Fenced) { StepDown("fenced at the shelf while taking over: the peer took over first"); return; }
             catch (ShelfException e) { LogTakeoverFailed(e.Message); return; }
             _peerFenced = true;
+            // That session of the peer may not know yet (its shelf path down, hung): if it was registered at the
+            // shelf (serving, or a standby already rejoining), a hello of it must not lift the fence; only a new
+            // session, which discarded its NVRAM, is let back in (OnPeerHello). A standby that never registered
+            // holds nothing and serves nothing: its hello lifts the fence as before (it would wait for good
+            // otherwise); a standby fenced again after it registered steps down (BeatAsync), as a new session.
+            Volatile.Write(ref _fencedPeerSession, _peerRegistered ? Volatile.Read(ref _peerSession) : 0);
             double fenced = Since(heard).TotalMilliseconds;
             // Nothing the fenced session sends counts any more: its heartbeats, mirror writes, hellos.
             Mirror.Fail($"controller {PeerName} was fenced: {reason}");
@@ -673,6 +698,7 @@ public sealed partial class Controller
             Receiver.Reset();
             return 0;
         }
+        var taken = new List<(int Element, ElementDescriptor Descriptor)>();
         foreach (var (e, d) in peer.ReplayOrder())
         {
             if (!d.Dirty) continue;
@@ -683,8 +709,17 @@ public sealed partial class Controller
                 LogNotAdopted(d.ArrayNumber, d.ArrayLba);
                 continue;
             }
-            // A copy: the region is cleared below, and the cache copies it into its own element anyway.
-            list.Add((d, peer.Memory(e).ToArray()));
+            taken.Add((e, d));
+        }
+        // A copy (the region is cleared below, and the cache copies it into its own element anyway), in one buffer:
+        // thousands of 4 KiB arrays cost the takeover tens of milliseconds in allocation.
+        int bytes = Nvram.Layout.ElementBytes;
+        var copy = new byte[taken.Count * bytes];
+        for (int i = 0; i < taken.Count; i++)
+        {
+            var into = copy.AsMemory(i * bytes, bytes);
+            peer.Memory(taken[i].Element).CopyTo(into);
+            list.Add((taken[i].Descriptor, into));
         }
         // A pairing that was already under way when the takeover began may have resumed the mirror: the
         // adopted elements are not on it, so it goes down again (the next pairing resynchronises them).
@@ -729,15 +764,21 @@ public sealed partial class Controller
             if (status.Port(Name).Fenced) return;
             try { if (!await TryJoinShelfAsync(Shelf, Session)) return; }
             catch (ShelfException) { return; } // the next heartbeat tries again
+            _joinedWhileStandby = true;
+            // Look at the drives before leaving standby: the rescans while fenced read nothing (a fenced port's
+            // reads are refused), so until this one the view lacks every array, and a controller shown active
+            // answered "no array named ..." to a move of its peer's array (the failover bench's restore did).
+            await RescanAsync();
             _standby = false;
             LogRejoined();
             RaiseAccessChanged();
         }
         finally { Volatile.Write(ref _rejoining, 0); }
-        await RescanAsync();
     }
 
     int _rejoining;
+    /// <summary>This standby session registered at the shelf again (its fence had been lifted); see BeatAsync.</summary>
+    volatile bool _joinedWhileStandby;
 
     /// <summary>The owner's side of a standby's return: a hello from a new session of a fenced peer lifts the fence.</summary>
     async Task UnfencePeerAsync()
@@ -767,6 +808,9 @@ public sealed partial class Controller
         return new FailoverInfo(state, HoldsLease, _peerFenced, Nvram.Epoch, Interlocked.Read(ref _heartbeats), Takeovers,
             Since(LastHeard).TotalMilliseconds, LastTakeover);
     }
+
+    [LoggerMessage(EventId = 7072, Level = LogLevel.Warning, Message = "a hello from the session of controller {Peer} that was fenced (it has not stepped down yet): not paired, the fence stays; a new session is let back in")]
+    partial void LogFencedSessionHello(string peer);
 
     [LoggerMessage(EventId = 7020, Level = LogLevel.Warning, Message = "taking over: {Reason}")]
     partial void LogTakingOver(string reason);

@@ -295,6 +295,8 @@ public sealed partial class Controller : IAsyncDisposable
     }
 
     TaskCompletionSource? _helloAck;
+    /// <summary>The session id of the peer's last hello, and of the peer when we fenced it (0: none).</summary>
+    ulong _peerSession, _fencedPeerSession;
 
     byte[] HelloBytes()
     {
@@ -371,6 +373,9 @@ public sealed partial class Controller : IAsyncDisposable
             case MessageKind.WriteCheckpoint:
                 OnWriteCheckpoint(t.Message.Span);
                 return;
+            case MessageKind.WriteCheckpointsDone:
+                OnWriteCheckpointsDone(t.Message.Span);
+                return;
             case MessageKind.ArrayTableUpdate:
                 OnArrayTableUpdate(t.Message.Span);
                 _ = RescanAsync();
@@ -404,6 +409,15 @@ public sealed partial class Controller : IAsyncDisposable
             LogUnknown("pair hello", error.ToString());
             return;
         }
+        if (_peerFenced && hello.SessionId != 0 && hello.SessionId == Volatile.Read(ref _fencedPeerSession))
+        {
+            // The session we fenced, back on the link after a hang or a partition before its shelf path told it: it
+            // steps down when its next heartbeat reaches the shelf. Lifting the fence now let it serve on, with
+            // its registration preempted (classic seed 131: a mirror that never formed again).
+            LogFencedSessionHello(_options.PeerName);
+            return;
+        }
+        Volatile.Write(ref _peerSession, hello.SessionId);
         var mine = Nvram.Layout;
         if (hello.NvramBytes != mine.TotalBytes || hello.ElementsPerRegion != mine.ElementCount || hello.ElementBytes != mine.ElementBytes
             || hello.NvramFormat != NvramFile.FormatVersion)

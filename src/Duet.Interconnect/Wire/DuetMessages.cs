@@ -187,6 +187,49 @@ public readonly record struct WriteCheckpoint(CheckpointPhase Phase, ulong HostT
 }
 
 /// <summary>
+/// AW-3: "done" for every write-log record one flush cleared (a destage round's writes end together), instead of
+/// one <see cref="WriteCheckpoint"/> each. Body: 0-3 count (at least 1), 4-7 zero, then count x u64 record id
+/// (the started checkpoint's host tag).
+/// </summary>
+public sealed record WriteCheckpointsDone(IReadOnlyList<ulong> Ids) : IDuetMessage<WriteCheckpointsDone>
+{
+    public static ushort MessageType => MirrorWire.TypeWriteCheckpointsDone;
+    public int BodyBytes => 8 + 8 * Ids.Count;
+
+    /// <summary>The most ids one message can carry within the 1 MiB message limit.</summary>
+    public const int IdsMax = (MirrorWire.DuetMessageBytesMax - MirrorWire.DuetHeaderBytes - 8) / 8;
+
+    public static bool TryReadBody(ReadOnlySpan<byte> b, [MaybeNullWhen(false)] out WriteCheckpointsDone value, out WireError error)
+    {
+        value = null;
+        if (b.Length < 8) return DuetFrame.Fail(out error, WireError.BadLength);
+        uint count = BinaryPrimitives.ReadUInt32BigEndian(b);
+        if (count == 0 || count > IdsMax || b.Length != 8 + 8 * (long)count) return DuetFrame.Fail(out error, WireError.BadLength);
+        if (BinaryPrimitives.ReadUInt32BigEndian(b[4..]) != 0) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
+        var ids = new ulong[count];
+        for (int i = 0; i < ids.Length; i++) ids[i] = BinaryPrimitives.ReadUInt64BigEndian(b[(8 + 8 * i)..]);
+        value = new WriteCheckpointsDone(ids);
+        error = WireError.None;
+        return true;
+    }
+
+    public void WriteBody(Span<byte> b)
+    {
+        Duet.Core.Invariant.Assert(Ids.Count is > 0 and <= IdsMax);
+        BinaryPrimitives.WriteUInt32BigEndian(b, (uint)Ids.Count);
+        BinaryPrimitives.WriteUInt32BigEndian(b[4..], 0);
+        for (int i = 0; i < Ids.Count; i++) BinaryPrimitives.WriteUInt64BigEndian(b[(8 + 8 * i)..], Ids[i]);
+    }
+
+    public bool Equals(WriteCheckpointsDone? other) => other is not null && Ids.SequenceEqual(other.Ids);
+    public override int GetHashCode() => Ids.Count;
+
+    public static OperationStatus TryDecode(ReadOnlySpan<byte> source, out WriteCheckpointsDone? value, out int consumed, out WireError error) => DuetFrame.TryDecode<WriteCheckpointsDone>(source, out value, out consumed, out error);
+    public static OperationStatus TryDecode(ref SequenceReader<byte> reader, out WriteCheckpointsDone? value, out WireError error) => DuetFrame.TryDecode<WriteCheckpointsDone>(ref reader, out value, out error);
+    public int Encode(Span<byte> destination) => DuetFrame.Encode(this, destination);
+}
+
+/// <summary>
 /// The owner wrote these cache elements to the drives; the peer may drop their mirrors.
 /// Body: 0-3 count, then count x u32 cache element index (NVRAM offset within region / 512).
 /// </summary>

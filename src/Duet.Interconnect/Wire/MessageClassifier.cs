@@ -22,6 +22,7 @@ public enum MessageKind
     ReservationState,
     PowerFail,
     HostTagEntries,
+    WriteCheckpointsDone,
 }
 
 /// <summary>
@@ -60,6 +61,7 @@ public static class MessageClassifier
             MirrorWire.TypeReservationState => MessageKind.ReservationState,
             MirrorWire.TypePowerFail => MessageKind.PowerFail,
             MirrorWire.TypeHostTagEntries => MessageKind.HostTagEntries,
+            MirrorWire.TypeWriteCheckpointsDone => MessageKind.WriteCheckpointsDone,
             _ => MessageKind.Unknown,
         };
     }

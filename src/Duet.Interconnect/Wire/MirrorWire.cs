@@ -174,6 +174,8 @@ public static class MirrorWire
     public const ushort TypePowerFail = 0x010B;
     /// <summary>Idempotent re-issue: entries of the sender's table of finished host commands (<see cref="HostTagEntries"/>).</summary>
     public const ushort TypeHostTagEntries = 0x010C;
+    /// <summary>AW-3: the "done" checkpoints of every record one flush cleared, in one message (<see cref="WriteCheckpointsDone"/>).</summary>
+    public const ushort TypeWriteCheckpointsDone = 0x010D;
 
     /// <summary>The array table maps to 8-bit volume numbers: at most 256 arrays (MR-5).</summary>
     public const int ArrayTableEntriesMax = 256;
