@@ -77,6 +77,21 @@ public class PartialParityTests
         return (h, pp);
     }
 
+    /// <summary>Whether the lost member's block in the written row reads other than the model (or not at all: listed
+    /// as bad, lost either way).</summary>
+    static async Task<bool> LostBlockReadsWrongAsync(ArrayHarness h, long at, int lost)
+    {
+        var g = h.Geometry;
+        var back = new byte[Units.BlockBytes];
+        long block = (long)lost * g.ChunkBlocks + (at / Units.SectorsPerBlock) % g.ChunkBlocks;
+        try
+        {
+            await h.Array.ReadAsync(block * Units.SectorsPerBlock, back);
+            return !back.AsSpan().SequenceEqual(h.Model.AsSpan((int)(block * Units.BlockBytes), Units.BlockBytes));
+        }
+        catch (BlockIoException) { return true; }
+    }
+
     public static TheoryData<RaidLevel, int, long, int, int, int> Cases => new()
     {
         // level, members, first sector, sectors, lost data index, rows with partial parity
@@ -116,17 +131,7 @@ public class PartialParityTests
         _ = rows;
         var (h, _) = await TornThenLostAsync(level, members, at, sectors, lost);
         await h.Array.SettleStripesAsync(0, h.Geometry.StripeDataBlocks);
-        var g = h.Geometry;
-        var back = new byte[Units.BlockBytes];
-        long block = (long)lost * g.ChunkBlocks + (at / Units.SectorsPerBlock) % g.ChunkBlocks;
-        bool wrong;
-        try
-        {
-            await h.Array.ReadAsync(block * Units.SectorsPerBlock, back);
-            wrong = !back.AsSpan().SequenceEqual(h.Model.AsSpan((int)(block * Units.BlockBytes), Units.BlockBytes));
-        }
-        catch (BlockIoException) { wrong = true; } // or listed as bad: lost either way
-        Assert.True(wrong);
+        Assert.True(await LostBlockReadsWrongAsync(h, at, lost));
     }
 
     [Fact]
@@ -190,16 +195,6 @@ public class PartialParityTests
         var data = h.Model.AsMemory((int)(at * Units.SectorBytes), sectors * Units.SectorBytes).ToArray();
         await h.Array.RecoveryWriteAsync(at, data, new Holding([]));
         Assert.Equal(0, h.Array.WritesGuardedByHeldSums);
-        var g = h.Geometry;
-        var back = new byte[Units.BlockBytes];
-        long block = (long)lost * g.ChunkBlocks + (at / Units.SectorsPerBlock) % g.ChunkBlocks;
-        bool wrong;
-        try
-        {
-            await h.Array.ReadAsync(block * Units.SectorsPerBlock, back);
-            wrong = !back.AsSpan().SequenceEqual(h.Model.AsSpan((int)(block * Units.BlockBytes), Units.BlockBytes));
-        }
-        catch (BlockIoException) { wrong = true; }
-        Assert.True(wrong);
+        Assert.True(await LostBlockReadsWrongAsync(h, at, lost));
     }
 }
