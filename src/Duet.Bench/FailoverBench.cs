@@ -184,6 +184,7 @@ public static class FailoverBench
         using var probesCts = CancellationTokenSource.CreateLinkedTokenSource(roundCts.Token);
         var probes = new List<Task>();
         string lastProbeError = "", served = "";
+        var probeErrors = new List<string>();
         while (!firstServed.Task.IsCompleted && sinceKill.Elapsed < ServeDeadline)
         {
             probes.Add(Task.Run(async () =>
@@ -204,6 +205,8 @@ public static class FailoverBench
                 catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or NbdRequestException or OperationCanceledException)
                 {
                     Volatile.Write(ref lastProbeError, e.Message);
+                    if (e is not OperationCanceledException)
+                        lock (probeErrors) probeErrors.Add(FormattableString.Invariant($"{sinceKill.Elapsed.TotalMilliseconds:F0} ms: {e.Message}"));
                 }
             }));
             await Task.WhenAny(firstServed.Task, Task.Delay(ProbeEvery, ct)).ConfigureAwait(false);
@@ -244,6 +247,9 @@ public static class FailoverBench
         log.WriteLine(FormattableString.Invariant(
             $"  round {n}: kill -> first write acknowledged by B {takeoverMs:F0} ms ({probes.Count} probes; the first served: {served}); B's phases from A last heard: detect {phases.DetectedMs:F0}, fence {phases.FencedMs:F0}, adopt {phases.AdoptedMs:F0}, first I/O {phases.FirstIoMs:F0} ms; ") +
             $"{phases.AdoptedElements} mirrored elements adopted; {acked.Count} writes acknowledged ({ackedAtKill} before the kill), {lost} lost");
+        lock (probeErrors)
+            if (probeErrors.Count > 0)
+                log.WriteLine($"    probes that failed ({probeErrors.Count}; ms from the kill): first {probeErrors[0]}; last {probeErrors[^1]}");
         return new Round(n, takeoverMs, phases, acked.Count, lost, probes.Count);
     }
 

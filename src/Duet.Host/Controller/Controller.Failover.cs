@@ -234,8 +234,7 @@ public sealed partial class Controller
         {
             try { await BeatAsync(); }
             catch (Exception e) when (e is not OperationCanceledException) { LogHeartbeatFailed(e.Message); }
-            var done = Interlocked.Exchange(ref _beatDone, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
-            done.TrySetResult();
+            WakeWaiters();
             try { await _options.Time.DelayAsync(Failover.HeartbeatPeriod, ct); }
             catch (OperationCanceledException) { return; }
         }
@@ -668,6 +667,9 @@ public sealed partial class Controller
                 catch (OperationCanceledException) { return; }
             }
             Volatile.Write(ref _adopting, null);
+            // The requests held while we adopted go on now, not at the next heartbeat (up to a period later: the
+            // first write of the bench's takeover waited for it).
+            WakeWaiters();
             double adoptedMs = Since(heard).TotalMilliseconds;
             Interlocked.Increment(ref _takeovers);
             Interlocked.Increment(ref _pairGeneration);
@@ -679,9 +681,15 @@ public sealed partial class Controller
         finally
         {
             Volatile.Write(ref _takingOver, 0);
+            WakeWaiters();
             RaiseAccessChanged();
         }
     }
+
+    /// <summary>Wakes whoever waits for a heartbeat to look again (the serve gate, a takeover's end): each beat does,
+    /// and so does the end of an adoption or a takeover.</summary>
+    void WakeWaiters() =>
+        Interlocked.Exchange(ref _beatDone, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
 
     /// <summary>The peer's mirrored elements (region 2), valid and dirty, in sequence order, into our cache.</summary>
     async Task<int> AdoptPeerElementsAsync(HashSet<byte> numbers)
