@@ -70,6 +70,10 @@ public class HostUnitServerTests
         }
 
         await tcp.Pair.UntilAsync(() => tcp.Pair.A.QueuedCount == 0 && tcp.Pair.B.QueuedCount == 0, "both queues empty");
+        // The counters are bumped after the queues change, on the link's own tasks: wait for them too (CI once read
+        // 32 of 33 here, the last command's count still on its way).
+        await tcp.Pair.UntilAsync(() => tcp.Pair.A.Counters.CompletionsSent == 33 && tcp.Pair.B.Counters.CompletionsReceived == 33
+            && tcp.Pair.B.Counters.SecondaryReadiesSent == 33, "every command's ready and completion counted");
         Assert.Equal(33, tcp.Pair.A.Counters.CompletionsSent);
         Assert.Equal(33, tcp.Pair.B.Counters.CompletionsReceived);
         Assert.Equal(33, tcp.Pair.B.Counters.SecondaryReadiesSent);
