@@ -32,6 +32,11 @@ public interface ICacheMirror
 {
     MirrorMode Mode { get; }
     Task AppendGroup(IReadOnlyList<MirrorChange> changes);
+
+    /// <summary>Whether an element image may have gaps (invalid sectors between valid ones) on its way to the
+    /// peer: the coherency batch's headers carry them (CC-3); the seed's per-write messages carry one run of
+    /// sectors, so without this the cache fills a gap from the array before it mirrors the image.</summary>
+    bool CarriesGaps => false;
 }
 
 public sealed class MirrorUnavailableException(string message) : Exception(message);

@@ -244,9 +244,10 @@ public sealed class CommandHandshake
         SameCommand(c, done.Volume, done.Request) && (done.Digest is not { } digest || HostCommandDigest.Of(c) == digest);
 
     /// <summary>Whether <paramref name="c"/> is the same command as one with this volume and request
-    /// (a copy: the other unit's, the forwarded one, or a host's retry on the same tag).</summary>
+    /// (a copy: the other unit's, the forwarded one, or a host's retry on the same tag). A command remembered
+    /// from a partner's compact "completed" (<see cref="HandshakeBatch"/>: no volume name) matches any volume.</summary>
     static bool SameCommand(HostCommand c, string volume, HostRequest? request) =>
-        string.Equals(c.Volume, volume, StringComparison.Ordinal)
+        (volume.Length == 0 || string.Equals(c.Volume, volume, StringComparison.Ordinal))
         && (request is null || (c.Request.Opcode == request.Opcode && c.Request.Offset == request.Offset && c.Request.Length == request.Length));
     // Oldest first; an entry whose sequence no longer matches its key's record (the record was
     // forgotten and remembered again) is skipped when it leaves.
@@ -617,6 +618,21 @@ public sealed class CommandHandshake
         Notify(ok ? HandshakeEventKind.TakeoverDone : HandshakeEventKind.TakeoverFailed, key);
         foreach (var e in held) _ = ExecuteAndFinishAsync(e, afterTakeover: true);
         return ok;
+    }
+
+    /// <summary>
+    /// The partner is fenced and its arrays are served here: a takeover the heartbeats set off (FO-1, FO-2) ended.
+    /// Every command held as secondary runs now, as after a takeover its own limit set off, instead of waiting
+    /// for that limit (up to <see cref="CommandHandshakeOptions.TimeLimit"/> from the host's timestamp: the
+    /// adapter bench's longest stall was the limit plus the run). A command the partner finished is still
+    /// answered from the durable table, never run again.
+    /// </summary>
+    public void PartnerTakenOver()
+    {
+        if (_stopping.IsCancellationRequested) return;
+        Entry[] held;
+        lock (_lock) held = [.. _queue.Values.Where(x => !x.Primary && !x.Executing && !x.Finished)];
+        foreach (var e in held) _ = ExecuteAndFinishAsync(e, afterTakeover: true);
     }
 
     // ------------------------------------------------------------------ execution and completion

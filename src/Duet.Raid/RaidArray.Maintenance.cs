@@ -216,6 +216,80 @@ public sealed partial class RaidArray
         return result;
     }
 
+    // ---- stripes owed a settle (a takeover's, AW-3) ------------------------------------------
+
+    readonly Lock _unsettledLock = new();
+    readonly HashSet<long> _unsettled = [];
+    int _unsettledCount;
+    long _settledOnAccess, _settledMarked;
+    readonly ScrubResult _markedResult = new();
+
+    /// <summary>
+    /// AW-3 at a takeover: the stripes under [<paramref name="firstBlock"/>, +<paramref name="blockCount"/>) may
+    /// be torn by a write the peer died in (its checkpoint said started, never done). Instead of settling them
+    /// all before the array is served, each is settled (as <see cref="SettleStripesAsync(long, long, CancellationToken)"/>
+    /// does) the first time anything takes its lock: a read, a write, a scrub, a rebuild, or
+    /// <see cref="SettleMarkedAsync"/>. Only requests to such a stripe wait for it. Returns the stripes newly marked.
+    /// </summary>
+    public int MarkUnsettled(long firstBlock, long blockCount)
+    {
+        var g = Geometry;
+        if (blockCount <= 0) return 0;
+        long first = Math.Max(0, firstBlock) / g.StripeDataBlocks;
+        long last = Math.Min(g.CapacityBlocks - 1, firstBlock + blockCount - 1) / g.StripeDataBlocks;
+        int added = 0;
+        lock (_unsettledLock)
+        {
+            for (long s = first; s <= last; s++)
+                if (_unsettled.Add(s)) added++;
+            Volatile.Write(ref _unsettledCount, _unsettled.Count);
+        }
+        return added;
+    }
+
+    /// <summary>Stripes still owed a settle.</summary>
+    public int UnsettledStripes => Volatile.Read(ref _unsettledCount);
+
+    /// <summary>Owed stripes settled because a request (not <see cref="SettleMarkedAsync"/>) reached them first.</summary>
+    public long StripesSettledOnAccess => Interlocked.Read(ref _settledOnAccess);
+
+    /// <summary>Owed stripes settled, however reached.</summary>
+    public long MarkedStripesSettled => Interlocked.Read(ref _settledMarked);
+
+    /// <summary>What settling the owed stripes found and repaired, so far.</summary>
+    public ScrubResult MarkedSettleResult => _markedResult;
+
+    /// <summary>Settles every owed stripe under [<paramref name="firstBlock"/>, +<paramref name="blockCount"/>) not
+    /// settled yet (all of them with the defaults). Throws what a settle throws; the stripe stays owed.</summary>
+    public async Task SettleMarkedAsync(long firstBlock = 0, long blockCount = long.MaxValue, CancellationToken ct = default)
+    {
+        var g = Geometry;
+        if (blockCount <= 0 || Volatile.Read(ref _unsettledCount) == 0) return;
+        long first = Math.Max(0, firstBlock) / g.StripeDataBlocks;
+        long lastBlock = blockCount > g.CapacityBlocks ? g.CapacityBlocks - 1 : Math.Min(g.CapacityBlocks - 1, firstBlock + blockCount - 1);
+        long last = lastBlock / g.StripeDataBlocks;
+        List<long> owed;
+        lock (_unsettledLock) owed = [.. _unsettled.Where(s => s >= first && s <= last).Order()];
+        foreach (long s in owed)
+            using (await LockStripeAsync(s, ct, onAccess: false)) { }
+    }
+
+    async ValueTask SettleIfOwedLockedAsync(long stripe, CancellationToken ct, bool onAccess = true)
+    {
+        lock (_unsettledLock)
+            if (!_unsettled.Contains(stripe)) return;
+        // Settled under the caller's lock; only then is it no longer owed (a settle that throws leaves it owed).
+        await RetryOnMemberFailure(() => ScrubStripeAsync(stripe, repair: true, _markedResult, BadBlockSource.Settle, ct));
+        Interlocked.Increment(ref _markedResult.StripesChecked);
+        lock (_unsettledLock)
+        {
+            _unsettled.Remove(stripe);
+            Volatile.Write(ref _unsettledCount, _unsettled.Count);
+        }
+        Interlocked.Increment(ref _settledMarked);
+        if (onAccess) Interlocked.Increment(ref _settledOnAccess);
+    }
+
     string MemberName(int m) => $"member {m} ({_members[m]?.Drive.Name ?? "missing"})";
 
     /// <summary>

@@ -319,11 +319,23 @@ public sealed partial class RaidArray
         await Task.WhenAll(tasks);
     }
 
-    async ValueTask<IDisposable> LockStripeAsync(long stripe, CancellationToken ct)
+    /// <summary>Takes a stripe's lock; a stripe still owed a settle (<see cref="MarkUnsettled"/>) is settled
+    /// first, under the lock, so no read, write, scrub or rebuild ever sees it torn.</summary>
+    async ValueTask<IDisposable> LockStripeAsync(long stripe, CancellationToken ct, bool onAccess = true)
     {
         var gate = _stripeLocks[stripe % StripeLockCount];
         await gate.WaitAsync(ct);
-        return new Releaser(gate);
+        var held = new Releaser(gate);
+        if (Volatile.Read(ref _unsettledCount) > 0)
+        {
+            try { await SettleIfOwedLockedAsync(stripe, ct, onAccess); }
+            catch
+            {
+                held.Dispose();
+                throw;
+            }
+        }
+        return held;
     }
 
     sealed class Releaser(AsyncGate gate) : IDisposable

@@ -62,6 +62,12 @@ public sealed class ControllerTakeoverInProcessTests
             await vol0OnB.ReadAsync(0, back);
             Assert.Equal(data, back);
             await b.Cache.DrainAsync();
+            // The stripe was owed a settle from the takeover on, and is settled behind it (or by the first request
+            // that reached it); then A's record goes.
+            await Until(() => b.PeerSettlesPending == 0 && b.PeerOpenCheckpoints == 0, "B to settle A's logged write behind the takeover and clear its record");
+            var arr0OnB = b.Arrays.ServedArrays.Single(r => r.Name == "arr0");
+            Assert.Equal((0, 1L), (arr0OnB.UnsettledStripes, arr0OnB.MarkedStripesSettled));
+            Assert.True(arr0OnB.MarkedSettleResult.ParityMismatches + arr0OnB.MarkedSettleResult.ChecksumErrors > 0);
             var scrub = new ScrubResult();
             await b.Arrays.ServedArrays.Single(r => r.Name == "arr0").ScrubAsync(false, scrub, new PassProgress(), default);
             Assert.Equal((0L, 0L), (scrub.ChecksumErrors, scrub.ParityMismatches));

@@ -61,6 +61,44 @@ public class DuetMessageTests
     }
 
     [Fact]
+    [Trait("Claim", "FO-4")]
+    public void Handshake_batch_has_the_documented_layout_and_round_trips_every_phase_and_field_extreme()
+    {
+        var b = new HandshakeBatch([
+            new HandshakeStep(HandshakePhase.PrimaryReady, 0, 0x0102030405060708, 0xAABB),
+            new HandshakeStep(HandshakePhase.Completed, 0xFF, ulong.MaxValue, ulong.MaxValue, Status: 0x0A),
+        ]);
+        Assert.Equal(("010e 0000 00000038 00000002 00000000 01 00 00 00 0102030405060708 000000000000aabb"
+            + " 04 ff 0a 00 ffffffffffffffff ffffffffffffffff").Replace(" ", "", StringComparison.Ordinal), ToHex(Encode(b)));
+        Assert.Equal(b, RoundTrip(b));
+        Assert.Equal(MessageKind.HandshakeBatch, MessageClassifier.Classify(Encode(b)));
+        foreach (var phase in new[] { HandshakePhase.PrimaryReady, HandshakePhase.SecondaryReady, HandshakePhase.PrimaryAck, HandshakePhase.Completed })
+        {
+            var one = new HandshakeBatch([new HandshakeStep(phase, 1, 2, 3)]);
+            Assert.Equal(one, RoundTrip(one));
+        }
+        var many = new HandshakeBatch(Enumerable.Range(0, 5000).Select(i => new HandshakeStep(HandshakePhase.PrimaryAck, (byte)i, (ulong)i * 7, (ulong)i)).ToArray());
+        Assert.Equal(many, RoundTrip(many));
+    }
+
+    [Fact]
+    [Trait("Claim", "FO-4")]
+    public void Only_steps_without_a_name_timestamp_or_data_fit_a_batch_and_they_come_back_as_the_same_step()
+    {
+        var frame = new byte[] { 1, 2, 3 };
+        var ready = new HandshakeMessage(HandshakePhase.SecondaryReady, 1, 5, 6, 0x1234, "vol0", default);
+        var done = new HandshakeMessage(HandshakePhase.Completed, 1, 5, 6, 0x1234, "vol0", default) { Status = 3 };
+        Assert.True(HandshakeStep.Fits(ready));
+        Assert.True(HandshakeStep.Fits(done));
+        Assert.False(HandshakeStep.Fits(done with { Data = frame }));
+        Assert.False(HandshakeStep.Fits(new HandshakeMessage(HandshakePhase.ForwardedFrame, 1, 5, 6, 0x1234, "vol0", frame)));
+        var back = HandshakeStep.Of(done).ToMessage();
+        Assert.Equal((done.Phase, done.Unit, done.HostId, done.HostTag, done.Status), (back.Phase, back.Unit, back.HostId, back.HostTag, back.Status));
+        Assert.Equal("", back.Volume);
+        Assert.True(back.Data.IsEmpty);
+    }
+
+    [Fact]
     public void Destaged_notice_round_trips_empty_and_long_lists()
     {
         Assert.Equal("010300000000000c00000000", ToHex(Encode(new DestagedNotice([]))));
@@ -118,6 +156,13 @@ public class DuetMessageTests
     [InlineData("010d 0000 00000010 00000000 00000000", WireError.BadLength)]
     [InlineData("010d 0000 00000018 00000002 00000000 000000000000aabb", WireError.BadLength)]
     [InlineData("010d 0000 00000018 00000001 00000001 000000000000aabb", WireError.NonZeroReserved)]
+    [InlineData("010e 0000 00000010 00000000 00000000", WireError.BadLength)]
+    [InlineData("010e 0000 00000024 00000002 00000000 01 00 00 00 0102030405060708 000000000000aabb", WireError.BadLength)]
+    [InlineData("010e 0000 00000024 00000001 00000001 01 00 00 00 0102030405060708 000000000000aabb", WireError.NonZeroReserved)]
+    [InlineData("010e 0000 00000024 00000001 00000000 00 00 00 00 0102030405060708 000000000000aabb", WireError.BadEnum)]
+    [InlineData("010e 0000 00000024 00000001 00000000 05 00 00 00 0102030405060708 000000000000aabb", WireError.BadEnum)]
+    [InlineData("010e 0000 00000024 00000001 00000000 01 00 01 00 0102030405060708 000000000000aabb", WireError.NonZeroReserved)]
+    [InlineData("010e 0000 00000024 00000001 00000000 04 00 01 01 0102030405060708 000000000000aabb", WireError.NonZeroReserved)]
     [InlineData("0104 0000 00000020 000000000000002a 06 00 0000 0000000000000000 00000000", WireError.BadEnum)]
     [InlineData("0104 0000 00000020 000000000000002a 01 02 0000 0000000000000000 00000000", WireError.NonZeroReserved)]
     [InlineData("0104 0000 00000020 000000000000002a 01 00 0000 0000000000000000 00000000", WireError.BadText)]
@@ -134,6 +179,7 @@ public class DuetMessageTests
             MessageKind.WriteCheckpoint => WriteCheckpoint.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
             MessageKind.DestagedNotice => DestagedNotice.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
             MessageKind.WriteCheckpointsDone => WriteCheckpointsDone.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
+            MessageKind.HandshakeBatch => HandshakeBatch.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
             MessageKind.ForwardedRequest => ForwardedRequest.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
             MessageKind.ForwardedResponse => ForwardedResponse.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
             MessageKind.ScsiStateUpdate => ScsiStateUpdate.TryDecode(b, out _, out _, out var e) is var s ? (s, e) : default,
@@ -272,7 +318,8 @@ public class MessageClassifierTests
     [InlineData("010b", MessageKind.PowerFail)]
     [InlineData("010c", MessageKind.HostTagEntries)]
     [InlineData("010d", MessageKind.WriteCheckpointsDone)]
-    [InlineData("010e", MessageKind.Unknown)]
+    [InlineData("010e", MessageKind.HandshakeBatch)]
+    [InlineData("010f", MessageKind.Unknown)]
     [InlineData("a1", MessageKind.Unknown)]
     [InlineData("ff ff", MessageKind.Unknown)]
     public void Classifies_by_first_bytes(string hex, MessageKind expected) =>

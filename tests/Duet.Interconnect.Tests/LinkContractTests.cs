@@ -277,6 +277,32 @@ public abstract class LinkContractTests : IAsyncLifetime
     }
 
     [Fact]
+    [Trait("Claim", "ICL-5")]
+    public async Task Sent_bytes_are_counted_by_message_type()
+    {
+        var (a, b) = await OpenAsync(Small);
+        var rb = new Recorder();
+        a.Start(new Recorder().Handle);
+        b.Start(rb.Handle);
+        var heartbeat = new byte[44];
+        heartbeat[0] = 0x01;
+        heartbeat[1] = 0x01; // Duet type 0x0101: the classifier reads the first bytes only
+        var batch = Duet.Interconnect.Wire.DuetFrame.ToArray(new Duet.Interconnect.Wire.HandshakeBatch(
+            [new Duet.Interconnect.Wire.HandshakeStep(Duet.Interconnect.Wire.HandshakePhase.PrimaryAck, 0, 1, 2)]));
+        await a.PostAsync(IclSignal.Message, 7, heartbeat, default);
+        await a.PostAsync(IclSignal.Message, 7, heartbeat, default);
+        await a.PostAsync(IclSignal.Message, 7, batch, default);
+        await a.PostAsync(IclSignal.MessageWithData, 7, default, new byte[512]);
+        await rb.WaitForAsync(4);
+        var by = a.Counters.SentByType;
+        Assert.Equal(new IclTrafficCounts(2, 88, 0), by["Heartbeat"]);
+        Assert.Equal(new IclTrafficCounts(1, batch.Length, 0), by["HandshakeBatch"]);
+        Assert.Equal(new IclTrafficCounts(1, 0, 512), by["Data"]);
+        Assert.Equal(3, by.Count);
+        Assert.Empty(b.Counters.SentByType);
+    }
+
+    [Fact]
     [Trait("Claim", "ICL-4")]
     public async Task Replies_do_not_deadlock_when_both_command_queues_are_full()
     {

@@ -316,11 +316,13 @@ public sealed class SimulatorTests
     public void The_power_and_drive_failure_campaign_catches_writes_that_keep_no_partial_sums()
     {
         // Seed 31 of `--faults power,fail-drive`: a drive of a parity array is lost with stripes a cut tore.
-        // With the partial sums the lost member's blocks come back; without them they are listed as bad blocks.
+        // With the partial sums the lost member's blocks come back; without them they are lost.
         var options = new SimOptions { Operations = 300, AllowedFaults = FaultPlan.Parse("power,fail-drive") };
+        // Caught either way the lost block shows: listed as bad, or rebuilt from the torn parity into another block's
+        // data (the write hole itself; which one depends on the schedule, and changes with unrelated changes).
         var planted = Simulator.Run(31, options with { Bug = PlantedBug.NoPartialParity });
         Assert.False(planted.Passed);
-        Assert.Contains(planted.Failures, f => f.Contains("bad-block list"));
+        Assert.Contains(planted.Failures, f => f.Contains("bad-block list") || f.Contains("misplaced") || f.Contains("wrong"));
         var r = Simulator.Run(31, options);
         Assert.True(r.Passed, string.Join("; ", r.Failures.Take(3)));
         Assert.True(r.Stats.PartialParityRows > 0);
@@ -367,6 +369,18 @@ public sealed class SimulatorTests
     public void A_recovery_write_after_a_torn_destage_with_a_member_missing_takes_the_lost_blocks_from_the_failed_writes_sums()
     {
         var r = Simulator.Run(196, Small with { Operations = 500 });
+        Assert.True(r.Passed, string.Join("\n", r.Failures.Take(5)));
+    }
+
+    // Classic seed 159: A restarted with its shelf path down, so the start could not settle its own logged writes; they
+    // held every slot of its write log until a next start, so no destage could open a record, and A, which destages
+    // before it pairs, never paired again (liveness). Now what a start could not settle is owed a settle (no request
+    // reaches such a stripe unsettled) and is settled behind the start once the drives answer, freeing the slots.
+    [Fact]
+    [Trait("Claim", "AW-4")]
+    public void Logged_writes_a_start_could_not_settle_are_settled_once_the_drives_answer_and_free_the_log()
+    {
+        var r = Simulator.Run(159, Small with { Operations = 500 });
         Assert.True(r.Passed, string.Join("\n", r.Failures.Take(5)));
     }
 

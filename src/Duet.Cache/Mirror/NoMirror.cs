@@ -9,4 +9,5 @@ public sealed class NoMirror : ICacheMirror
 {
     public MirrorMode Mode => MirrorMode.Healthy;
     public Task AppendGroup(IReadOnlyList<MirrorChange> changes) => Task.CompletedTask;
+    public bool CarriesGaps => true; // nothing travels
 }

@@ -110,6 +110,10 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
                    $"status awaited {_status is not null}, pump {_pump.Status}{(_pump.Exception is { } e ? $" ({e.InnerException?.GetType().Name}: {e.InnerException?.Message})" : "")}";
     }
 
+    /// <summary>Batched: a coherency header carries an image with gaps (by reference too: the peer composes the
+    /// kept and the host's sectors and leaves the gaps invalid).</summary>
+    public bool CarriesGaps => _options.Path == MirrorMethod.Batched;
+
     public Task AppendGroup(IReadOnlyList<MirrorChange> changes)
     {
         // Batched: the pump completes a batch's groups itself, while the next batch is on the link,

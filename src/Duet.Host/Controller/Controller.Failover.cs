@@ -620,6 +620,7 @@ public sealed partial class Controller
             // dropping, a drive): until it has, the peer's arrays are served by nobody and its mirrored
             // writes live only in our region 2. Each step is safe to repeat.
             int adopted = 0, settled = 0;
+            var settle = new List<PeerSettle>();
             IReadOnlyList<string> taken = [];
             for (int attempt = 0; ; attempt++)
             {
@@ -638,8 +639,8 @@ public sealed partial class Controller
                     double before = Since(heard).TotalMilliseconds;
                     adopted += await AdoptPeerElementsAsync(numbers);
                     double afterAdopt = Since(heard).TotalMilliseconds;
-                    settled += await SettlePeerCheckpointsAsync(numbers);
-                    LogTakeoverPhases(before, afterAdopt - before, Since(heard).TotalMilliseconds - afterAdopt, settled);
+                    settled = MarkPeerCheckpoints(numbers, settle);
+                    LogTakeoverPhases(before, afterAdopt - before, settled);
                     _takenNumbers = numbers;
                     break;
                 }
@@ -676,6 +677,9 @@ public sealed partial class Controller
             lock (_failbackLock) _failback?.PeerTakenOver();
             Volatile.Write(ref _lastTakeover, new TakeoverInfo(reason, taken, adopted, detected, fenced, adoptedMs, null) { SettledWrites = settled });
             LogTookOver(PeerName, string.Join(", ", taken), adopted, adoptedMs);
+            // The host commands held as secondary for the peer's volumes run now, not at their time limit.
+            Handshake.PartnerTakenOver();
+            _peerSettle = SettlePeerWritesAsync(settle);
             _ = DrainAfterLossAsync();
         }
         finally
@@ -825,8 +829,8 @@ public sealed partial class Controller
     [LoggerMessage(EventId = 7021, Level = LogLevel.Warning, Message = "took over from controller {Peer}: arrays [{Arrays}], {Adopted} mirrored elements adopted, serving {Ms:F0} ms after the peer was last heard")]
     partial void LogTookOver(string peer, string arrays, int adopted, double ms);
 
-    [LoggerMessage(EventId = 7036, Level = LogLevel.Information, Message = "takeover phases: fenced, claimed and assembled at {Ready:F0} ms; adopting region 2 took {Adopt:F0} ms; settling {Settled} logged writes of the peer took {Settle:F0} ms")]
-    partial void LogTakeoverPhases(double ready, double adopt, double settle, int settled);
+    [LoggerMessage(EventId = 7036, Level = LogLevel.Information, Message = "takeover phases: fenced, claimed and assembled at {Ready:F0} ms; adopting region 2 took {Adopt:F0} ms; {Settled} logged writes of the peer are settled behind it (a request to one of their stripes settles that stripe first)")]
+    partial void LogTakeoverPhases(double ready, double adopt, int settled);
     [LoggerMessage(EventId = 7022, Level = LogLevel.Error, Message = "takeover failed: {Error}")]
     partial void LogTakeoverFailed(string error);
     [LoggerMessage(EventId = 7023, Level = LogLevel.Error, Message = "stepping down: {Reason}")]

@@ -383,6 +383,9 @@ public sealed partial class Controller : IAsyncDisposable
             case MessageKind.HostHandshake:
                 OnHostHandshake(t.Message);
                 return;
+            case MessageKind.HandshakeBatch:
+                OnHandshakeBatch(t.Message.Span);
+                return;
             case MessageKind.ReservationState:
                 OnReservationState(t);
                 return;
@@ -553,7 +556,10 @@ public sealed partial class Controller : IAsyncDisposable
         try
         {
             await Cache.DrainAsync(ct);
-            byte number = Arrays.NumberOf(Arrays.ServedArrays.First(a => a.Name == array));
+            var raid = Arrays.ServedArrays.First(a => a.Name == array);
+            // Stripes a takeover still owes a settle are settled here, not left torn to the next owner.
+            await raid.SettleMarkedAsync(ct: ct);
+            byte number = Arrays.NumberOf(raid);
             var result = await change();
             changed = true;
             await Cache.ForgetAsync(number);
@@ -653,7 +659,8 @@ public sealed partial class Controller : IAsyncDisposable
         return new ControllerInfo(Name, _options.PeerName, Link.IsUp, Mirror.Mode == MirrorMode.Healthy ? "healthy" : "error-recovery",
             Mirror.DownReason, _options.Mirror.ToString().ToLowerInvariant(), Cache.ElementCount, cc.Dirty, cc.Hits, cc.Misses, cc.DestagedElements,
             cc.WriteThroughs, cc.Mirrored, mc.Batches, mc.SmallWrites, mc.LargeWrites, lc.DoorbellsRung, lc.MessageBytesSent, lc.DataBytesSent,
-            Forwarding.Forwarded, Interlocked.Read(ref ForwardingServer.Served), Receiver.Refused) { Failover = FailoverState(), PoweringDown = _poweringDown, Failback = FailbackState() };
+            Forwarding.Forwarded, Interlocked.Read(ref ForwardingServer.Served), Receiver.Refused) { Failover = FailoverState(), PoweringDown = _poweringDown, Failback = FailbackState(),
+              LinkBytesByType = lc.SentByType.ToDictionary(kv => kv.Key, kv => kv.Value.MessageBytes + kv.Value.DataBytes) };
     }
 
     /// <summary>

@@ -32,6 +32,10 @@ public sealed record IclCounters
     public required IReadOnlyDictionary<IclSignal, IclTrafficCounts> Sent { get; init; }
     /// <summary>By signal, transfers this end took from its window.</summary>
     public required IReadOnlyDictionary<IclSignal, IclTrafficCounts> Received { get; init; }
+    /// <summary>By message type (<see cref="Wire.MessageKind"/>, named as the classifier names it from the
+    /// message's first bytes; "Data" for a transfer that carries data only), transfers this end posted.
+    /// Types never sent are left out.</summary>
+    public IReadOnlyDictionary<string, IclTrafficCounts> SentByType { get; init; } = new Dictionary<string, IclTrafficCounts>();
 
     public long TransfersSent => Sent.Values.Sum(c => c.Transfers);
     public long TransfersReceived => Received.Values.Sum(c => c.Transfers);
@@ -45,7 +49,8 @@ public sealed record IclCounters
 /// The live counters of one link end, mirrored into the "Duet.Interconnect" meter (ICL-5):
 /// duet.icl.doorbells{link, peer, direction=rung|taken}, duet.icl.transfers and
 /// duet.icl.message_bytes / duet.icl.data_bytes {link, peer, signal, direction=sent|received},
-/// duet.icl.post_timeouts, duet.icl.partial_assembled, duet.icl.dropped {link, peer}.
+/// duet.icl.post_timeouts, duet.icl.partial_assembled, duet.icl.dropped {link, peer};
+/// duet.icl.sent_bytes {link, peer, type}: message + data bytes posted, by message type.
 /// </summary>
 internal sealed class IclCounterSet(string link, string peer)
 {
@@ -58,6 +63,8 @@ internal sealed class IclCounterSet(string link, string peer)
     static readonly Counter<long> PostTimeoutCounter = Meter.CreateCounter<long>("duet.icl.post_timeouts", "{post}", "PostAsync calls that found no window space within PostTimeout");
     static readonly Counter<long> PartialCounter = Meter.CreateCounter<long>("duet.icl.partial_assembled", "{transfer}", "message-with-partial-data sequences assembled");
     static readonly Counter<long> DroppedCounter = Meter.CreateCounter<long>("duet.icl.dropped", "{transfer}", "received transfers not delivered");
+    static readonly Counter<long> SentBytesByType = Meter.CreateCounter<long>("duet.icl.sent_bytes", "By", "ICL message + data bytes posted, by message type");
+    static readonly int Kinds = Enum.GetValues<Wire.MessageKind>().Length;
 
     const int Signals = 5;
     readonly long[] _sent = new long[Signals * 3];
@@ -65,6 +72,22 @@ internal sealed class IclCounterSet(string link, string peer)
     long _rung, _taken, _timeouts, _partials, _dropped, _protocol, _handler, _space;
 
     public void Sent(IclSignal s, int message, int data) => Count(_sent, s, message, data, "sent");
+
+    // By message type: transfers, message bytes, data bytes (index Kinds: data only).
+    readonly long[] _byType = new long[(Enum.GetValues<Wire.MessageKind>().Length + 1) * 3];
+
+    public void Sent(IclSignal s, ReadOnlySpan<byte> message, int data)
+    {
+        Sent(s, message.Length, data);
+        int kind = message.IsEmpty ? Kinds : (int)Wire.MessageClassifier.Classify(message);
+        int i = kind * 3;
+        Interlocked.Increment(ref _byType[i]);
+        Interlocked.Add(ref _byType[i + 1], message.Length);
+        Interlocked.Add(ref _byType[i + 2], data);
+        SentBytesByType.Add(message.Length + data, new TagList { { "link", link }, { "peer", peer }, { "type", TypeName(kind) } });
+    }
+
+    static string TypeName(int kind) => kind == Kinds ? "Data" : ((Wire.MessageKind)kind).ToString();
     public void Received(IclSignal s, int message, int data) => Count(_received, s, message, data, "received");
 
     void Count(long[] a, IclSignal s, int message, int data, string direction)
@@ -111,7 +134,19 @@ internal sealed class IclCounterSet(string link, string peer)
         SpaceNotificationsSent = Interlocked.Read(ref _space),
         Sent = Read(_sent),
         Received = Read(_received),
+        SentByType = ReadByType(),
     };
+
+    Dictionary<string, IclTrafficCounts> ReadByType()
+    {
+        var d = new Dictionary<string, IclTrafficCounts>();
+        for (int k = 0; k <= Kinds; k++)
+        {
+            long n = Interlocked.Read(ref _byType[k * 3]);
+            if (n > 0) d[TypeName(k)] = new IclTrafficCounts(n, Interlocked.Read(ref _byType[k * 3 + 1]), Interlocked.Read(ref _byType[k * 3 + 2]));
+        }
+        return d;
+    }
 
     static Dictionary<IclSignal, IclTrafficCounts> Read(long[] a)
     {

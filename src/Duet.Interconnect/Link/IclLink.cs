@@ -269,7 +269,7 @@ public abstract class IclLink : IIclLink
         {
             throw new IclLinkDownException($"ICL {LocalName}->{PeerName}: transfer failed: {ex.Message}", ex);
         }
-        CounterSet.Sent(signal, message.Length, data.Length);
+        CounterSet.Sent(signal, message.Span, data.Length);
         CounterSet.Rung();
     }
 

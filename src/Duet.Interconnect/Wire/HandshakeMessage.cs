@@ -102,3 +102,88 @@ public sealed record HandshakeMessage(HandshakePhase Phase, byte Unit, ulong Hos
     public static OperationStatus TryDecode(ref SequenceReader<byte> reader, out HandshakeMessage? value, out WireError error) => DuetFrame.TryDecode<HandshakeMessage>(ref reader, out value, out error);
     public int Encode(Span<byte> destination) => DuetFrame.Encode(this, destination);
 }
+
+/// <summary>One step of a <see cref="HandshakeBatch"/>: a handshake message without a volume name, a host
+/// timestamp or data.</summary>
+public readonly record struct HandshakeStep(HandshakePhase Phase, byte Unit, ulong HostId, ulong HostTag, byte Status = 0)
+{
+    /// <summary>Whether <paramref name="m"/> travels as a step: ready, ready, ack, or completed without a completion frame.</summary>
+    public static bool Fits(HandshakeMessage m) =>
+        (m.Phase is HandshakePhase.PrimaryReady or HandshakePhase.SecondaryReady or HandshakePhase.PrimaryAck or HandshakePhase.Completed) && m.Data.IsEmpty;
+
+    public static HandshakeStep Of(HandshakeMessage m)
+    {
+        Duet.Core.Invariant.Assert(Fits(m));
+        return new HandshakeStep(m.Phase, m.Unit, m.HostId, m.HostTag, m.Status);
+    }
+
+    /// <summary>The step as a handshake message: no volume name (the receiver holds the command, or remembers
+    /// it without one), no timestamp, no data.</summary>
+    public HandshakeMessage ToMessage() => new(Phase, Unit, HostId, HostTag, 0, "", default) { Status = Status };
+}
+
+/// <summary>
+/// FO-4's steps for many commands in one message: the handshake's messages without a volume name, a
+/// timestamp or data (ready, ready, ack, and completed when the sender answered the host itself) are what
+/// every multicast command sends, so a controller gathers those posted while its last batch was on the link
+/// (as the coherency log's filling list does) and sends 20 bytes a step instead of 44 a message. Forwarded
+/// frames and completions that carry the host's answer stay <see cref="HandshakeMessage"/>s.
+/// Body: 0-3 count (at least 1), 4-7 zero, then count x 20-byte steps: 0 phase (1-4), 1 unit, 2 host status
+/// (Completed only, else zero), 3 zero, 4-11 host id, 12-19 host tag. Steps apply in order.
+/// </summary>
+public sealed record HandshakeBatch(IReadOnlyList<HandshakeStep> Steps) : IDuetMessage<HandshakeBatch>
+{
+    public const int StepBytes = 20;
+    public static ushort MessageType => MirrorWire.TypeHandshakeBatch;
+    public int BodyBytes => 8 + StepBytes * Steps.Count;
+
+    /// <summary>The most steps one message carries within the 1 MiB message limit.</summary>
+    public const int StepsMax = (MirrorWire.DuetMessageBytesMax - MirrorWire.DuetHeaderBytes - 8) / StepBytes;
+
+    public static bool TryReadBody(ReadOnlySpan<byte> b, [MaybeNullWhen(false)] out HandshakeBatch value, out WireError error)
+    {
+        value = null;
+        if (b.Length < 8) return DuetFrame.Fail(out error, WireError.BadLength);
+        uint count = BinaryPrimitives.ReadUInt32BigEndian(b);
+        if (count == 0 || count > StepsMax || b.Length != 8 + StepBytes * (long)count) return DuetFrame.Fail(out error, WireError.BadLength);
+        if (BinaryPrimitives.ReadUInt32BigEndian(b[4..]) != 0) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
+        var steps = new HandshakeStep[count];
+        for (int i = 0; i < steps.Length; i++)
+        {
+            var s = b.Slice(8 + StepBytes * i, StepBytes);
+            if (s[0] is < (byte)HandshakePhase.PrimaryReady or > (byte)HandshakePhase.Completed) return DuetFrame.Fail(out error, WireError.BadEnum);
+            if (s[3] != 0 || (s[2] != 0 && s[0] != (byte)HandshakePhase.Completed)) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
+            steps[i] = new HandshakeStep((HandshakePhase)s[0], s[1], BinaryPrimitives.ReadUInt64BigEndian(s[4..]), BinaryPrimitives.ReadUInt64BigEndian(s[12..]), s[2]);
+        }
+        value = new HandshakeBatch(steps);
+        error = WireError.None;
+        return true;
+    }
+
+    public void WriteBody(Span<byte> b)
+    {
+        Duet.Core.Invariant.Assert(Steps.Count is > 0 and <= StepsMax);
+        BinaryPrimitives.WriteUInt32BigEndian(b, (uint)Steps.Count);
+        BinaryPrimitives.WriteUInt32BigEndian(b[4..], 0);
+        for (int i = 0; i < Steps.Count; i++)
+        {
+            var step = Steps[i];
+            Duet.Core.Invariant.Assert(step.Phase is >= HandshakePhase.PrimaryReady and <= HandshakePhase.Completed);
+            Duet.Core.Invariant.Assert(step.Status == 0 || step.Phase == HandshakePhase.Completed);
+            var s = b.Slice(8 + StepBytes * i, StepBytes);
+            s[0] = (byte)step.Phase;
+            s[1] = step.Unit;
+            s[2] = step.Status;
+            s[3] = 0;
+            BinaryPrimitives.WriteUInt64BigEndian(s[4..], step.HostId);
+            BinaryPrimitives.WriteUInt64BigEndian(s[12..], step.HostTag);
+        }
+    }
+
+    public bool Equals(HandshakeBatch? other) => other is not null && Steps.SequenceEqual(other.Steps);
+    public override int GetHashCode() => Steps.Count;
+
+    public static OperationStatus TryDecode(ReadOnlySpan<byte> source, out HandshakeBatch? value, out int consumed, out WireError error) => DuetFrame.TryDecode<HandshakeBatch>(source, out value, out consumed, out error);
+    public static OperationStatus TryDecode(ref SequenceReader<byte> reader, out HandshakeBatch? value, out WireError error) => DuetFrame.TryDecode<HandshakeBatch>(ref reader, out value, out error);
+    public int Encode(Span<byte> destination) => DuetFrame.Encode(this, destination);
+}

@@ -23,6 +23,7 @@ public enum MessageKind
     PowerFail,
     HostTagEntries,
     WriteCheckpointsDone,
+    HandshakeBatch,
 }
 
 /// <summary>
@@ -62,6 +63,7 @@ public static class MessageClassifier
             MirrorWire.TypePowerFail => MessageKind.PowerFail,
             MirrorWire.TypeHostTagEntries => MessageKind.HostTagEntries,
             MirrorWire.TypeWriteCheckpointsDone => MessageKind.WriteCheckpointsDone,
+            MirrorWire.TypeHandshakeBatch => MessageKind.HandshakeBatch,
             _ => MessageKind.Unknown,
         };
     }

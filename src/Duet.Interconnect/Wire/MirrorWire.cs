@@ -176,6 +176,8 @@ public static class MirrorWire
     public const ushort TypeHostTagEntries = 0x010C;
     /// <summary>AW-3: the "done" checkpoints of every record one flush cleared, in one message (<see cref="WriteCheckpointsDone"/>).</summary>
     public const ushort TypeWriteCheckpointsDone = 0x010D;
+    /// <summary>FO-4: several handshake steps (ready, ready, ack, completed without data) in one compact message (<see cref="HandshakeBatch"/>).</summary>
+    public const ushort TypeHandshakeBatch = 0x010E;
 
     /// <summary>The array table maps to 8-bit volume numbers: at most 256 arrays (MR-5).</summary>
     public const int ArrayTableEntriesMax = 256;

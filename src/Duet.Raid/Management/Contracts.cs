@@ -117,6 +117,8 @@ public sealed record ControllerInfo(
     public bool PoweringDown { get; init; }
     /// <summary>Failback of arrays this controller serves whose preferred owner is its peer; null without a shelf.</summary>
     public FailbackInfo? Failback { get; init; }
+    /// <summary>Bytes (message + data) this controller posted on the link, by message type ("Data": data-only transfers).</summary>
+    public IReadOnlyDictionary<string, long>? LinkBytesByType { get; init; }
 }
 
 /// <summary>
@@ -172,7 +174,8 @@ public sealed record FailoverInfo(string State, bool LeaseHeld, bool PeerFenced,
 public sealed record TakeoverInfo(string Reason, IReadOnlyList<string> Arrays, int AdoptedElements, double DetectedMs, double FencedMs,
     double AdoptedMs, double? FirstIoMs)
 {
-    /// <summary>AW-3: writes the peer had started and not finished whose stripes were settled.</summary>
+    /// <summary>AW-3: writes the peer had started and not finished whose stripes are settled: behind the
+    /// takeover, each stripe before the first request that reaches it.</summary>
     public int SettledWrites { get; init; }
 }
 

@@ -60,6 +60,8 @@ internal sealed class DirectMirror(MirrorApplier applier) : ICacheMirror
 {
     public MirrorMode Mode { get; set; } = MirrorMode.Healthy;
     public long Changes;
+    /// <summary>As the batched mirror (true) or the seed's per-write messages (false, the default).</summary>
+    public bool CarriesGaps { get; set; }
 
     public Task AppendGroup(IReadOnlyList<MirrorChange> changes)
     {

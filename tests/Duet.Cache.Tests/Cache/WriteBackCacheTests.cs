@@ -189,6 +189,32 @@ public class WriteBackCacheTests
         Assert.Equal(0, h.Cache.DirtyCount);
     }
 
+    /// <summary>MR-4: write-throughs that wait for the array together are written together, with one flush, and each
+    /// is on the array before it is acknowledged.</summary>
+    [Fact]
+    [Trait("Claim", "MR-4")]
+    public async Task InErrorRecoveryModeWriteThroughsThatWaitTogetherShareAFlush()
+    {
+        await using var h = new CacheHarness();
+        h.Mirror.Mode = MirrorMode.ErrorRecovery;
+        h.Backing.Hold = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously); // the array stalls
+        var first = h.WriteAsync(0, 8); // holds the array write gate, stuck in its array write
+        for (int i = 0; i < 500 && Interlocked.Read(ref h.Backing.Writes) == 0 && h.Backing.WriteLog.Count == 0 && h.Cache.WriteThroughGroups == 0; i++) await Task.Delay(2);
+        var rest = Enumerable.Range(1, 8).Select(i => h.WriteAsync(i * 64L, 8)).ToList(); // wait for the gate together
+        await Task.Delay(50);
+        Assert.All(rest, t => Assert.False(t.IsCompleted));
+        long flushesBefore = h.Backing.Flushes;
+        h.Backing.Hold.SetResult();
+        h.Backing.Hold = null;
+        await first;
+        await Task.WhenAll(rest);
+        Assert.Equal(2L, h.Cache.WriteThroughGroups);
+        Assert.Equal(flushesBefore + 2, h.Backing.Flushes);
+        Assert.Equal(9L, h.Cache.Counters.WriteThroughs);
+        Assert.True(h.Backing.Bytes.AsSpan().SequenceEqual(h.Model));
+        Assert.Equal(0, h.Cache.DirtyCount);
+    }
+
     [Fact]
     public async Task AFullCacheMakesWritersWaitAndNeverFails()
     {
@@ -307,5 +333,30 @@ public class WriteBackCacheTests
         Assert.Equal(writes, Interlocked.Read(ref h.Backing.Writes));
         Assert.Equal(elements, h.Cache.DirtyCount);
         Assert.Equal(elements, h.Owner.Own.ReplayOrder().Count(x => x.Descriptor.Dirty));
+    }
+
+    /// <summary>
+    /// A write that leaves a gap between its sectors and an element's dirty ones: a mirror that carries one
+    /// run of sectors per image (the seed's messages) gets the gap filled from the array first; one that
+    /// carries gaps (the coherency batch) gets the image with its gap, and nothing is read on the write path.
+    /// Either way reads, the mirror and the destage agree with the model.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    [Trait("Claim", "CC-3")]
+    public async Task A_gap_between_new_and_dirty_sectors_is_filled_only_for_a_mirror_that_cannot_carry_it(bool carriesGaps)
+    {
+        await using var h = new CacheHarness();
+        h.Mirror.CarriesGaps = carriesGaps;
+        await h.WriteAsync(0, 4);
+        await h.WriteAsync(16, 4);
+        var element = h.Owner.Own.ReplayOrder().Single(x => x.Descriptor.ArrayLba == 0);
+        Assert.Equal(carriesGaps ? 0x000F000Fu : 0x000FFFFFu, element.Descriptor.ValidMask);
+        Assert.Equal(carriesGaps ? 0L : 1L, h.Backing.Reads);
+        h.CheckMirrorInvariant();
+        await h.VerifyAsync();
+        await h.Cache.DrainAsync();
+        Assert.True(h.Backing.Bytes.AsSpan().SequenceEqual(h.Model));
     }
 }
