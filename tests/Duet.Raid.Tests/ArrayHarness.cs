@@ -26,6 +26,15 @@ internal sealed class ArrayHarness
 
     public ArrayGeometry Geometry => Array.Geometry;
 
+    /// <summary>Writes random data (from <paramref name="seed"/>) over the whole array, so every block has a tag, and into the model.</summary>
+    public async Task FillAsync(int seed)
+    {
+        var data = new byte[Model.Length];
+        new System.Random(seed).NextBytes(data);
+        await Array.WriteAsync(0, data);
+        data.CopyTo(Model, 0);
+    }
+
     public async Task RandomWritesAsync(int count, int maxSectors = 64)
     {
         long sectors = Array.CapacitySectors;

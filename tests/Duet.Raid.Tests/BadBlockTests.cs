@@ -84,10 +84,7 @@ public class BadBlockTests
     static async Task<ArrayHarness> TornRowAsync(RaidLevel level = RaidLevel.Raid5, int members = 4, int seed = 51)
     {
         var h = new ArrayHarness(level, members, chunkBlocks: 4, seed: seed);
-        var data = new byte[h.Model.Length];
-        new System.Random(seed).NextBytes(data);
-        await h.Array.WriteAsync(0, data);
-        data.CopyTo(h.Model, 0);
+        await h.FillAsync(seed);
         var g = h.Geometry;
         var torn = h.Model.AsSpan(0, Units.BlockBytes).ToArray();
         torn.AsSpan(0, 3 * Units.SectorBytes).Fill(0x5A); // the first three sectors of a write landed
@@ -97,14 +94,7 @@ public class BadBlockTests
         return h;
     }
 
-    /// <summary>Writes random data over the whole array (so every block has a tag) and into the model.</summary>
-    static async Task FillAsync(ArrayHarness h, int seed)
-    {
-        var data = new byte[h.Model.Length];
-        new System.Random(seed).NextBytes(data);
-        await h.Array.WriteAsync(0, data);
-        data.CopyTo(h.Model, 0);
-    }
+    static Task FillAsync(ArrayHarness h, int seed) => h.FillAsync(seed);
 
     static async Task<byte[]> DataBlockOnDriveAsync(ArrayHarness h, int member, long memberBlock)
     {

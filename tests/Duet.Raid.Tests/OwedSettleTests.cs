@@ -15,10 +15,7 @@ public sealed class OwedSettleTests
     static async Task<(ArrayHarness H, int Landed)> TornParityAsync(RaidLevel level, int members)
     {
         var h = new ArrayHarness(level, members, chunkBlocks: 4, seed: 17);
-        var data = new byte[h.Model.Length];
-        new System.Random(17).NextBytes(data);
-        await h.Array.WriteAsync(0, data);
-        data.CopyTo(h.Model, 0);
+        await h.FillAsync(17);
         var g = h.Geometry;
         var landed = new byte[Units.BlockBytes];
         new System.Random(18).NextBytes(landed);

@@ -56,10 +56,7 @@ public class PartialParityTests
     static async Task<(ArrayHarness H, Captured Pp)> TornThenLostAsync(RaidLevel level, int members, long at, int sectors, int lost)
     {
         var h = new ArrayHarness(level, members, chunkBlocks: 4, seed: 11);
-        var fill = new byte[h.Model.Length];
-        new System.Random(11).NextBytes(fill);
-        await h.Array.WriteAsync(0, fill);
-        fill.CopyTo(h.Model, 0);
+        await h.FillAsync(11);
         var g = h.Geometry;
         var parity = new[] { g.PMember(0), g.QMember(0) }.Where(m => m >= 0).ToArray();
         var before = new Dictionary<(int, int), (byte[], byte[])>();
