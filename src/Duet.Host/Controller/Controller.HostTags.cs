@@ -11,7 +11,8 @@ namespace Duet.Host.Controller;
 // The handshake's memory of finished commands dies with the process. So every host write this
 // controller runs is also recorded in a table in its NVRAM (HostTagTable: key, request digest, status,
 // sequence, CRC), before the host is answered, and the entry goes to the peer, which keeps it in its
-// copy of our table (message HostTagEntries, 0x010C). The sender waits for the post at most 100 ms, as
+// copy of our table (message HostTagEntries, 0x010C; entries recorded while the last one was posted go
+// together). The sender waits for the post at most 100 ms, as
 // for a write checkpoint (a hung peer must not stall host writes); the link is FIFO, so the peer has
 // the entry before any later message of ours — our answer's consequences included. A pairing sends
 // the whole table. The handshake looks a command it neither holds nor remembers up in both tables, own
@@ -32,9 +33,50 @@ public sealed partial class Controller : IFinishedCommandTable
     {
         var entry = HostTags.Record(ToTagKey(record.Key), record.Digest, checked((byte)record.Status));
         if (!HostTagsFlow) return;
-        var post = PostOrDropAsync(IclSignal.Message, HostTagBytes([entry], resend: false));
-        try { await Waits.WithTimeout(post, CheckpointPostLimit, _options.Time); }
+        // Entries recorded while the last message was posted go together (as the handshake's steps do): one
+        // 16-byte head for several 32-byte entries instead of one each. The writer still waits for the post of its own.
+        var posted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        bool pump;
+        lock (_hostTagSendLock)
+        {
+            _hostTagSends.Add((entry, posted));
+            pump = !_hostTagPumping;
+            _hostTagPumping = true;
+        }
+        if (pump) _ = PumpHostTagsAsync();
+        try { await Waits.WithTimeout(posted.Task, CheckpointPostLimit, _options.Time); }
         catch (TimeoutException) { }
+    }
+
+    readonly Lock _hostTagSendLock = new();
+    readonly List<(HostTagEntry Entry, TaskCompletionSource Posted)> _hostTagSends = [];
+    bool _hostTagPumping;
+
+    /// <summary>Posts the recorded entries, those gathered meanwhile together, until none wait.</summary>
+    async Task PumpHostTagsAsync()
+    {
+        await Task.Yield();
+        while (true)
+        {
+            List<(HostTagEntry Entry, TaskCompletionSource Posted)> run;
+            lock (_hostTagSendLock)
+            {
+                if (_hostTagSends.Count == 0)
+                {
+                    _hostTagPumping = false;
+                    return;
+                }
+                int n = Math.Min(_hostTagSends.Count, HostTagEntries.EntriesMax);
+                run = _hostTagSends.GetRange(0, n);
+                _hostTagSends.RemoveRange(0, n);
+            }
+            try { await PostOrDropAsync(IclSignal.Message, HostTagBytes(run.Select(r => r.Entry), resend: false)); }
+            catch (Exception e) when (e is not InvariantViolationException) { LogUnknown("host tag entries post", e.Message); }
+            finally
+            {
+                foreach (var r in run) r.Posted.TrySetResult();
+            }
+        }
     }
 
     bool IFinishedCommandTable.TryRecall(HostCommandKey key, out FinishedCommandRecord record)
