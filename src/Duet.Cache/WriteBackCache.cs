@@ -519,7 +519,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 }
             }
             for (int i = 0; i < n; i++) _nvram.WriteDescriptorOnly(elements[i], descriptors[i]);
-            if (writeThrough) await WriteThroughKeysHeldAsync(elements, ct);
+            if (writeThrough) await WriteThroughKeysHeldAsync(elements);
         }
         catch when (!committed)
         {
@@ -556,7 +556,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 lock (_lock)
                     for (int i = 0; i < n; i++)
                         if (_index.TryGetValue((array, (firstEl + i) * SectorsPerElement), out var c) && _slots[c].State == SlotState.Dirty) current.Add(c);
-                await WriteThroughKeysHeldAsync(current, ct);
+                await WriteThroughKeysHeldAsync(current);
             }
             finally
             {
@@ -584,7 +584,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     /// at once and flushes each array once. In error-recovery mode every host write comes here; one at a time, each
     /// with its own flush, behind destage rounds, they queued for tens of milliseconds each (after a takeover, the
     /// held host commands of the adapter bench completed one every 15 ms).</summary>
-    async ValueTask WriteThroughKeysHeldAsync(IReadOnlyList<int> elements, CancellationToken ct)
+    async ValueTask WriteThroughKeysHeldAsync(IReadOnlyList<int> elements)
     {
         var slots = new List<Slot>();
         lock (_lock) foreach (var e in elements) { slots.Add(_slots[e]); _slots[e].Pins++; }

@@ -277,8 +277,6 @@ public sealed partial class Controller : IArrayWriteLog
     const int SettleLanes = 2;
 
     long _peerSettlesPending;
-    // The settle behind the last takeover (its end clears the peer's records).
-    Task _peerSettle = Task.CompletedTask;
 
     /// <summary>Logged writes of a taken-over peer whose stripes are not all settled yet (AW-3).</summary>
     public long PeerSettlesPending => Interlocked.Read(ref _peerSettlesPending);

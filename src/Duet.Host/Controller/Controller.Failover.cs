@@ -679,7 +679,7 @@ public sealed partial class Controller
             LogTookOver(PeerName, string.Join(", ", taken), adopted, adoptedMs);
             // The host commands held as secondary for the peer's volumes run now, not at their time limit.
             Handshake.PartnerTakenOver();
-            _peerSettle = SettlePeerWritesAsync(settle);
+            _ = SettlePeerWritesAsync(settle);
             _ = DrainAfterLossAsync();
         }
         finally
