@@ -15,9 +15,11 @@ public enum MirrorMode
 /// same index of its region 2, or invalidate an element there. <see cref="Reference"/>, when set, names the same bytes in a host command the peer holds (a
 /// multicast write): a mirror that can may send the name instead of the bytes.
 /// With a reference, <see cref="KeepFrom"/> (when not -1) is the element the image replaces, whose
-/// sectors in <see cref="KeepMask"/> the image keeps: the peer has them in its own mirror of it.</summary>
+/// sectors in <see cref="KeepMask"/> the image keeps: the peer has them in its own mirror of it.
+/// <see cref="Replaces"/> is the element an image replaces (-1: none), whose invalidation follows in the same
+/// group: a mirror that can may fold the two into one header.</summary>
 public readonly record struct MirrorChange(int Element, ElementDescriptor Descriptor, ReadOnlyMemory<byte> Data, bool Invalidate,
-    Duet.Core.HostDataReference? Reference = null, int KeepFrom = -1, uint KeepMask = 0);
+    Duet.Core.HostDataReference? Reference = null, int KeepFrom = -1, uint KeepMask = 0, int Replaces = -1);
 
 /// <summary>
 /// How the cache reaches the peer. Implementations batch (CC-2/CC-3) or send the seed's per-write

@@ -40,6 +40,8 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
         var r = b.Host;
         if (hostData?.Invoke(r) is not { } payload) return $"host command (unit {r.Unit}, host {r.HostId:x}, tag {r.HostTag}) is not held here";
         int first = (int)(h.ElementIndex % WriteBackCache.SectorsPerElement);
+        if (b.RetiresBase && (b.BaseElement >= Region.ElementCount || b.BaseElement == (int)(h.ElementIndex / WriteBackCache.SectorsPerElement)))
+            return $"host reference: element {b.BaseElement} cannot be retired by the image at element {h.ElementIndex / WriteBackCache.SectorsPerElement}";
         uint carried = h.CoveredMask;
         uint fresh = h.ValidMask & ~b.KeepMask;
         if ((b.KeepMask & ~h.ValidMask) != 0 || fresh == 0 || !Contiguous(fresh)) return "host reference: keep mask does not fit the image";
@@ -95,9 +97,11 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
             Invalidated++;
             return null;
         }
+        int retire = -1;
         if (h.Kind == CoherencyHeaderKind.MirrorByReference)
         {
             if (Resolve(h, data, out var held) is { } missing) { Rejected++; return missing; }
+            if (HostReferenceBlock.TryDecode(data, out var block) && block.RetiresBase) retire = block.BaseElement;
             data = held.Span;
             AppliedByReference++;
         }
@@ -114,13 +118,23 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
         data.CopyTo(Region.Data(element)[(first * Units.SectorBytes)..]);
         Region.WriteDescriptorOnly(element, descriptor);
         Applied++;
+        // The element this image replaced, which the owner retired: as the invalidation header that used to
+        // follow (after the new image, so a stop in between leaves both, and replay in sequence order ends
+        // with the new one).
+        if (retire >= 0)
+        {
+            Region.Invalidate(retire);
+            Invalidated++;
+        }
         return null;
     }
 
     /// <summary>The header that carries a cache change: an element from its first to its last valid
     /// sector; with <paramref name="byReference"/> and a change that names its bytes in a host
-    /// command the peer holds, a by-reference header and its 32-byte reference block instead.</summary>
-    public static (CoherencyHeader Header, ReadOnlyMemory<byte> Data) Encode(in MirrorChange change, bool byReference = false)
+    /// command the peer holds, a by-reference header and its 32-byte reference block instead, which
+    /// with <paramref name="retiresReplaced"/> also retires the element the change replaces
+    /// (<see cref="MirrorChange.Replaces"/>) at the peer.</summary>
+    public static (CoherencyHeader Header, ReadOnlyMemory<byte> Data) Encode(in MirrorChange change, bool byReference = false, bool retiresReplaced = false)
     {
         uint baseIndex = (uint)(change.Element * WriteBackCache.SectorsPerElement);
         if (change.Invalidate)
@@ -133,7 +147,11 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
         if (byReference && change.Reference is { } r)
         {
             var block = new byte[MirrorWire.HostReferenceBytes];
-            new HostReferenceBlock(r, change.KeepFrom, change.KeepMask).Encode(block);
+            Invariant.Assert(!retiresReplaced || (change.Replaces >= 0 && (change.KeepFrom < 0 || change.KeepFrom == change.Replaces)));
+            var reference = retiresReplaced
+                ? new HostReferenceBlock(r, change.Replaces, change.KeepMask, RetiresBase: true)
+                : new HostReferenceBlock(r, change.KeepFrom, change.KeepMask);
+            reference.Encode(block);
             return (new CoherencyHeader(CoherencyHeaderKind.MirrorByReference, d.ArrayNumber, (ulong)(d.ArrayLba + first), (uint)count,
                 baseIndex + (uint)first, d.ValidMask, d.Sequence), block);
         }

@@ -502,8 +502,8 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     var held = byName?[i];
                     if (held is { KeepFrom: >= 0 } h && olds[i] != h.KeepFrom) held = null;
                     changes.Add(held is { } x
-                        ? new MirrorChange(e, d, _nvram.Memory(e), false, x.Host, x.KeepFrom, x.KeepMask)
-                        : new MirrorChange(e, d, _nvram.Memory(e), false));
+                        ? new MirrorChange(e, d, _nvram.Memory(e), false, x.Host, x.KeepFrom, x.KeepMask, Replaces: olds[i])
+                        : new MirrorChange(e, d, _nvram.Memory(e), false, Replaces: olds[i]));
                 }
                 for (int i = 0; i < n; i++)
                 {

@@ -237,16 +237,72 @@ public class CoherencyTests
         var log = new CoherencyLog();
         log.AppendMirror(Mirror(128, 32, 1, lba: 5000), Data(32, 0xAA));
         Assert.True(log.TryTakeActive(out _));
-        // Flushed to make room for a read, then the element is reused for another LBA.
+        // Flushed to make room for a read: the read's fill is not mirrored, so only the invalidation goes.
         log.AppendInvalidate(Invalidate(128, 2, lba: 5000));
+        log.CompleteActive();
+        Assert.True(log.TryTakeActive(out var batch));
+        Assert.Equal([CoherencyHeaderKind.Invalidate], Decode(batch.ToSequence()).Headers.Select(h => h.Kind));
+        log.CompleteActive();
+        // Later the element is reused for another LBA: the mirror follows the invalidation.
         log.AppendMirror(Mirror(128, 8, 3, lba: 9000), Data(8, 0xBB));
+        Assert.True(log.TryTakeActive(out batch));
+        var cmd = Decode(batch.ToSequence());
+        Assert.Equal([CoherencyHeaderKind.Mirror], cmd.Headers.Select(h => h.Kind));
+        Assert.Equal(Data(8, 0xBB), cmd.DataOf(0).ToArray());
+        Assert.Equal(1, log.InvalidationsSent);
+        Assert.Equal(0, log.InvalidationsAbsorbed);
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-4")]
+    public void An_invalidation_a_store_of_the_same_element_follows_in_the_batch_is_not_sent()
+    {
+        var log = new CoherencyLog();
+        log.AppendMirror(Mirror(0, 1, 1), Data(1, 1));
+        Assert.True(log.TryTakeActive(out _));
+        // Evicted for a write that reuses the element (sequence 3): the store drops the old image at the peer.
+        log.AppendInvalidate(Invalidate(128, 2, lba: 5000));
+        log.AppendInvalidate(Invalidate(160, 3, lba: 6000)); // evicted for a read: nothing stores element 5
+        log.AppendMirror(Mirror(128 + 8, 8, 4, lba: 9000 + 8), Data(8, 0xBB));
+        log.AppendMirror(Mirror(64, 1, 5), Data(1, 2));
         log.CompleteActive();
         Assert.True(log.TryTakeActive(out var batch));
         var cmd = Decode(batch.ToSequence());
-        Assert.Equal([CoherencyHeaderKind.Invalidate, CoherencyHeaderKind.Mirror], cmd.Headers.Select(h => h.Kind));
-        Assert.True(cmd.Headers[0].Sequence < cmd.Headers[1].Sequence);
+        Assert.Equal([3UL, 4UL, 5UL], cmd.Headers.Select(h => h.Sequence));
+        Assert.Equal(CoherencyHeaderKind.Invalidate, cmd.Headers[0].Kind);
         Assert.Equal(Data(8, 0xBB), cmd.DataOf(1).ToArray());
+        Assert.Equal(4, batch.Appends); // every append is carried out, the absorbed one too
+        Assert.Equal(1, log.InvalidationsAbsorbed);
         Assert.Equal(1, log.InvalidationsSent);
+        Assert.Equal(batch.TotalBytes, Flatten(batch).Length);
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-4")]
+    public void An_invalidation_whose_store_falls_into_the_next_batch_is_sent()
+    {
+        // 64 KiB batches: the invalidation of element 9 ends the first, the store of element 9 starts the second.
+        var log = new CoherencyLog(batchBytesMax: 64 << 10);
+        ulong seq = 0;
+        for (uint i = 0; i < 3; i++) log.AppendMirror(Mirror(i * 32, 32, ++seq), Data(32, (byte)i));
+        log.AppendInvalidate(Invalidate(9 * 32, ++seq));
+        log.AppendMirror(Mirror(9 * 32, 32, ++seq), Data(32, 9));
+        log.AppendInvalidate(Invalidate(10 * 32, ++seq));
+        log.AppendMirror(Mirror(10 * 32, 1, ++seq), Data(1, 10));
+        var kinds = new List<(CoherencyHeaderKind, uint)>();
+        int appends = 0;
+        while (log.TryTakeActive(out var batch))
+        {
+            Assert.True(batch.TotalBytes <= 64 << 10);
+            kinds.AddRange(Decode(batch.ToSequence()).Headers.Select(h => (h.Kind, h.ElementIndex / 32)));
+            appends += batch.Appends;
+            log.CompleteActive();
+        }
+        Assert.Equal(7, appends);
+        Assert.Contains((CoherencyHeaderKind.Invalidate, 9u), kinds);
+        Assert.DoesNotContain((CoherencyHeaderKind.Invalidate, 10u), kinds);
+        Assert.Equal(1, log.InvalidationsAbsorbed);
+        Assert.Equal(0, log.FillingCount);
     }
 
     [Fact]
@@ -278,5 +334,37 @@ public class CoherencyTests
         b[31] = 0; b[30] = 0; // a base element with nothing to keep
         Assert.False(HostReferenceBlock.TryDecode(b, out _));
         Assert.False(HostReferenceBlock.TryDecode(b.AsSpan(0, 31), out _));
+    }
+
+    [Fact]
+    [Trait("Claim", "FO-3")]
+    public void Host_reference_block_retire_flag_sits_in_byte_1_and_needs_a_base_element()
+    {
+        var host = new Duet.Core.HostDataReference(255, ulong.MaxValue, ulong.MaxValue, uint.MaxValue);
+        // Retiring the replaced element with nothing kept: a base with a zero keep mask is valid with the flag.
+        var retire = new HostReferenceBlock(host, BaseElement: int.MaxValue - 1, KeepMask: 0, RetiresBase: true);
+        var b = new byte[MirrorWire.HostReferenceBytes];
+        retire.Encode(b);
+        Assert.Equal("ff010000 ffffffff ffffffffffffffff ffffffffffffffff 7fffffff 00000000".Replace(" ", ""), Convert.ToHexString(b).ToLowerInvariant());
+        Assert.True(HostReferenceBlock.TryDecode(b, out var back));
+        Assert.Equal(retire, back);
+        // Keeping sectors and retiring the same element.
+        var both = retire with { BaseElement = 0, KeepMask = 0x80000001 };
+        both.Encode(b);
+        Assert.True(HostReferenceBlock.TryDecode(b, out back));
+        Assert.Equal(both, back);
+
+        var bad = (byte[])b.Clone();
+        bad[1] = 0x02; // an unknown flag
+        Assert.False(HostReferenceBlock.TryDecode(bad, out _));
+        bad = (byte[])b.Clone();
+        bad[1] = 0x03;
+        Assert.False(HostReferenceBlock.TryDecode(bad, out _));
+        bad = new byte[MirrorWire.HostReferenceBytes];
+        bad[1] = 0x01; // the flag without a base element
+        Assert.False(HostReferenceBlock.TryDecode(bad, out _));
+        bad[24] = 0x80; // a base element beyond int range
+        Assert.False(HostReferenceBlock.TryDecode(bad, out _));
+        Assert.ThrowsAny<Exception>(() => new HostReferenceBlock(host, RetiresBase: true).Encode(new byte[MirrorWire.HostReferenceBytes]));
     }
 }

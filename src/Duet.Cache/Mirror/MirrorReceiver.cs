@@ -138,13 +138,20 @@ public sealed partial class MirrorReceiver(
                 await RefuseAsync(batch.BatchNumber, MirrorStatusCode.Malformed, $"header sequence {h.Sequence} does not follow {_sequence}");
                 return;
             }
-            if (h.Kind == CoherencyHeaderKind.MirrorByReference && applier.Check(h, Block(batch.DataOf(i), ref reference), e => stored?.Contains(e) == true) is { } missing)
+            int retired = -1;
+            if (h.Kind == CoherencyHeaderKind.MirrorByReference)
             {
-                await RefuseAsync(batch.BatchNumber, MirrorStatusCode.Malformed, missing);
-                return;
+                var block = Block(batch.DataOf(i), ref reference);
+                if (applier.Check(h, block, e => stored?.Contains(e) == true) is { } missing)
+                {
+                    await RefuseAsync(batch.BatchNumber, MirrorStatusCode.Malformed, missing);
+                    return;
+                }
+                if (HostReferenceBlock.TryDecode(block, out var b) && b.RetiresBase) retired = b.BaseElement;
             }
             if (h.Stores) (stored ??= []).Add((int)(h.ElementIndex / WriteBackCache.SectorsPerElement));
             else stored?.Remove((int)(h.ElementIndex / WriteBackCache.SectorsPerElement));
+            if (retired >= 0) stored?.Remove(retired);
         }
         byte[]? scratch = null;
         try

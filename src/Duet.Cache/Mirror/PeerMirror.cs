@@ -86,6 +86,11 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
 
     public string? DownReason { get { lock (_sync) return _down ? _downReason : null; } }
 
+    /// <summary>Replaced elements the peer retired by the flag of their successor's reference block, each one
+    /// invalidation header not sent.</summary>
+    public long RetiredByReference => Interlocked.Read(ref _retiredByReference);
+    long _retiredByReference;
+
     public MirrorCounters Counters => new(Interlocked.Read(ref _batches), Interlocked.Read(ref _smallWrites), Interlocked.Read(ref _largeWrites),
         Interlocked.Read(ref _groupsMirrored), Interlocked.Read(ref _groupsAppended));
 
@@ -127,13 +132,37 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
             if (_down || !_link.IsUp) throw new MirrorUnavailableException($"the peer mirror is down: {_downReason}");
             if (_options.Path == MirrorMethod.Batched)
             {
+                // An image sent by reference retires the element it replaces itself (a flag of its reference block):
+                // the group's invalidation of that element is not sent (32 bytes of a 4 KiB multicast rewrite's ~90).
+                HashSet<int>? retired = null;
+                foreach (var c in changes)
+                    if (!c.Invalidate && c.Reference is not null && c.Replaces >= 0 && (c.KeepFrom < 0 || c.KeepFrom == c.Replaces))
+                        (retired ??= []).Add(c.Replaces);
+                if (retired is not null)
+                {
+                    // Only an element the group does invalidate, after the image (the cache's order).
+                    var invalidated = changes.Where(c => c.Invalidate).Select(c => c.Element).ToHashSet();
+                    retired.IntersectWith(invalidated);
+                }
+                int headers = 0;
                 foreach (var c in changes)
                 {
-                    var (header, data) = MirrorApplier.Encode(c, byReference: true);
-                    if (c.Invalidate) _log.AppendInvalidate(header);
-                    else _log.AppendMirror(header, data);
+                    headers++;
+                    if (c.Invalidate)
+                    {
+                        if (retired?.Contains(c.Element) == true)
+                        {
+                            headers--;
+                            _retiredByReference++;
+                        }
+                        else _log.AppendInvalidate(MirrorApplier.Encode(c).Header);
+                        continue;
+                    }
+                    bool retires = c.Reference is not null && retired?.Contains(c.Replaces) == true;
+                    var (header, data) = MirrorApplier.Encode(c, byReference: true, retiresReplaced: retires);
+                    _log.AppendMirror(header, data);
                 }
-                _appended += changes.Count;
+                _appended += headers;
                 _groups.Enqueue((_appended, done));
             }
             else
@@ -253,7 +282,7 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
                 lock (_sync)
                 {
                     _log.CompleteActive();
-                    _completed += batch.Headers.Count;
+                    _completed += batch.Appends;
                     while (_groups.TryPeek(out var g) && g.End <= _completed) done.Add(_groups.Dequeue().Done);
                 }
                 Interlocked.Increment(ref _batches);

@@ -46,15 +46,25 @@ public enum CoherencyHeaderKind : byte
 /// <summary>
 /// The data of a by-reference mirror header: which host command's payload holds the new bytes, and
 /// optionally an element of the receiver's region 2 (the mirror of the element the new image
-/// replaces) whose sectors in <see cref="KeepMask"/> the new image keeps.
+/// replaces) whose sectors in <see cref="KeepMask"/> the new image keeps, and which the receiver
+/// invalidates once the image is stored when <see cref="RetiresBase"/> is set (the owner retired it:
+/// the invalidation header that would follow is not sent).
+///
+/// 32 bytes, big-endian: 0 unit; 1 flags (bit 0: retires the base element; other bits zero); 2-3 zero;
+/// 4-7 payload offset; 8-15 host id; 16-23 host tag; 24-27 base element + 1 (0: none); 28-31 keep mask.
+/// A base element needs a keep mask or the retire flag; no base, neither.
 /// </summary>
-public readonly record struct HostReferenceBlock(Duet.Core.HostDataReference Host, int BaseElement = -1, uint KeepMask = 0)
+public readonly record struct HostReferenceBlock(Duet.Core.HostDataReference Host, int BaseElement = -1, uint KeepMask = 0, bool RetiresBase = false)
 {
+    const byte FlagRetiresBase = 0x01;
+
     public void Encode(Span<byte> destination)
     {
+        Duet.Core.Invariant.Assert(BaseElement >= 0 ? KeepMask != 0 || RetiresBase : KeepMask == 0 && !RetiresBase);
         var d = destination[..MirrorWire.HostReferenceBytes];
         d.Clear();
         d[0] = Host.Unit;
+        d[1] = RetiresBase ? FlagRetiresBase : (byte)0;
         BinaryPrimitives.WriteUInt32BigEndian(d[4..], Host.PayloadOffset);
         BinaryPrimitives.WriteUInt64BigEndian(d[8..], Host.HostId);
         BinaryPrimitives.WriteUInt64BigEndian(d[16..], Host.HostTag);
@@ -65,12 +75,14 @@ public readonly record struct HostReferenceBlock(Duet.Core.HostDataReference Hos
     public static bool TryDecode(ReadOnlySpan<byte> source, out HostReferenceBlock value)
     {
         value = default;
-        if (source.Length != MirrorWire.HostReferenceBytes || source[1] != 0 || source[2] != 0 || source[3] != 0) return false;
+        if (source.Length != MirrorWire.HostReferenceBytes || (source[1] & ~FlagRetiresBase) != 0 || source[2] != 0 || source[3] != 0) return false;
+        bool retires = (source[1] & FlagRetiresBase) != 0;
         uint baseElement = BinaryPrimitives.ReadUInt32BigEndian(source[24..]);
         uint keep = BinaryPrimitives.ReadUInt32BigEndian(source[28..]);
-        if ((baseElement == 0) != (keep == 0) || baseElement > int.MaxValue) return false;
+        if (baseElement > int.MaxValue) return false;
+        if (baseElement == 0 ? keep != 0 || retires : keep == 0 && !retires) return false;
         value = new HostReferenceBlock(new Duet.Core.HostDataReference(source[0], BinaryPrimitives.ReadUInt64BigEndian(source[8..]),
-            BinaryPrimitives.ReadUInt64BigEndian(source[16..]), BinaryPrimitives.ReadUInt32BigEndian(source[4..])), (int)baseElement - 1, keep);
+            BinaryPrimitives.ReadUInt64BigEndian(source[16..]), BinaryPrimitives.ReadUInt32BigEndian(source[4..])), (int)baseElement - 1, keep, retires);
         return true;
     }
 }

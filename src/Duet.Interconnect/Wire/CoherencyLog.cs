@@ -5,13 +5,18 @@ namespace Duet.Interconnect.Wire;
 /// <summary>A batch taken from the log for transmission: one WRITE BUFFER command.</summary>
 public sealed class CoherencyBatch
 {
-    internal CoherencyBatch(uint batchNumber, IReadOnlyList<CoherencyHeader> headers, IReadOnlyList<ReadOnlyMemory<byte>> segments, long totalBytes)
+    internal CoherencyBatch(uint batchNumber, IReadOnlyList<CoherencyHeader> headers, IReadOnlyList<ReadOnlyMemory<byte>> segments, long totalBytes, int appends)
     {
         BatchNumber = batchNumber;
         Headers = headers;
         Segments = segments;
         TotalBytes = totalBytes;
+        Appends = appends;
     }
+
+    /// <summary>How many appends this batch carries out: its headers and the invalidations a store of the same
+    /// element later in the batch made unnecessary (<see cref="CoherencyLog.InvalidationsAbsorbed"/>).</summary>
+    public int Appends { get; }
 
     /// <summary>24-bit batch number carried in the CDB and echoed by the peer's status.</summary>
     public uint BatchNumber { get; }
@@ -50,6 +55,12 @@ public sealed class CoherencyBatch
 ///
 /// The data memory passed to <see cref="AppendMirror"/> is referenced, not copied: the
 /// caller keeps it unchanged until the batch that carries it has completed.
+///
+/// An invalidation followed in the same batch by a header that stores the same element is not sent: the
+/// peer drops the element's old image when it stores the new one anyway (a store invalidates the element
+/// before it writes). That is the cache reusing an element it evicted for a write (the victim's invalidation,
+/// then the write's image at the same index): under steady random writes, nearly every write. An eviction to
+/// make room for a read (CC-4) stores nothing (a read fill is clean, not mirrored), so its invalidation goes.
 /// </summary>
 public sealed class CoherencyLog
 {
@@ -58,6 +69,10 @@ public sealed class CoherencyLog
     List<ReadOnlyMemory<byte>> fillingData = [];
     List<CoherencyHeader> spare = [];
     List<ReadOnlyMemory<byte>> spareData = [];
+    // Per filling entry: -1, or (an invalidation a later store of the same element absorbed) that store's position.
+    List<int> fillingAbsorbedBy = [];
+    // Invalidations in the filling list no store has absorbed yet, by element (index / 32): position.
+    readonly Dictionary<uint, int> pendingInvalidations = [];
     CoherencyBatch? active;
     uint nextBatchNumber;
     ulong lastSequence;
@@ -80,6 +95,8 @@ public sealed class CoherencyLog
     public long BatchesCompleted { get; private set; }
     public long HeadersSent { get; private set; }
     public long InvalidationsSent { get; private set; }
+    /// <summary>Invalidations not sent because a store of the same element followed in the same batch.</summary>
+    public long InvalidationsAbsorbed { get; private set; }
     public long MirrorBytesSent { get; private set; }
 
     public void AppendMirror(CoherencyHeader header, ReadOnlyMemory<byte> data)
@@ -101,8 +118,12 @@ public sealed class CoherencyLog
         if (error != WireError.None) throw new ArgumentException($"invalid header: {error}", nameof(header));
         if (anyAppended && header.Sequence <= lastSequence)
             throw new ArgumentException($"sequence {header.Sequence} does not follow {lastSequence}", nameof(header));
+        uint element = header.ElementIndex / MirrorWire.ElementSectors;
+        if (header.Stores && pendingInvalidations.Remove(element, out int invalidation)) fillingAbsorbedBy[invalidation] = filling.Count;
+        else if (header.Kind == CoherencyHeaderKind.Invalidate) pendingInvalidations[element] = filling.Count;
         filling.Add(header);
         fillingData.Add(data);
+        fillingAbsorbedBy.Add(-1);
         lastSequence = header.Sequence;
         anyAppended = true;
     }
@@ -116,31 +137,64 @@ public sealed class CoherencyLog
         batch = null;
         if (active is not null || filling.Count == 0) return false;
 
-        // Take headers in order while the command stays within the batch limit.
+        // Take entries in order while the command stays within the batch limit (an absorbed invalidation
+        // counted as if it went: the limit holds whatever is dropped).
         int take = 0;
-        long bytes = CoherencyBatchCommand.HeadBytes(0);
+        long bound = CoherencyBatchCommand.HeadBytes(0);
         while (take < filling.Count)
         {
             long more = CoherencyHeader.Size + filling[take].DataBytes;
-            if (take > 0 && bytes + more > batchBytesMax) break;
-            bytes += more;
+            if (take > 0 && bound + more > batchBytesMax) break;
+            bound += more;
             take++;
         }
 
         List<CoherencyHeader> headers;
         List<ReadOnlyMemory<byte>> data;
-        if (take == filling.Count)
+        bool absorbed = false;
+        for (int i = 0; i < take; i++)
+        {
+            // An invalidation whose store stays behind in the filling list goes: the peer must not hold the old
+            // image after this batch.
+            if (fillingAbsorbedBy[i] >= take) fillingAbsorbedBy[i] = -1;
+            absorbed |= fillingAbsorbedBy[i] >= 0;
+        }
+        if (take == filling.Count && !absorbed)
         {
             // The swap of seed 003: the filling list becomes the active one, the spare one fills.
             headers = filling; data = fillingData;
             filling = spare; fillingData = spareData;
             spare = []; spareData = [];
+            fillingAbsorbedBy.Clear();
         }
         else
         {
-            headers = filling.GetRange(0, take); data = fillingData.GetRange(0, take);
-            filling.RemoveRange(0, take); fillingData.RemoveRange(0, take);
+            headers = new List<CoherencyHeader>(take);
+            data = new List<ReadOnlyMemory<byte>>(take);
+            for (int i = 0; i < take; i++)
+            {
+                if (fillingAbsorbedBy[i] >= 0)
+                {
+                    InvalidationsAbsorbed++;
+                    continue;
+                }
+                headers.Add(filling[i]);
+                data.Add(fillingData[i]);
+            }
+            filling.RemoveRange(0, take); fillingData.RemoveRange(0, take); fillingAbsorbedBy.RemoveRange(0, take);
+            for (int i = 0; i < fillingAbsorbedBy.Count; i++)
+                if (fillingAbsorbedBy[i] >= 0) fillingAbsorbedBy[i] -= take;
         }
+        if (pendingInvalidations.Count > 0)
+        {
+            foreach (var (element, at) in pendingInvalidations.ToList())
+            {
+                if (at < take) pendingInvalidations.Remove(element);
+                else pendingInvalidations[element] = at - take;
+            }
+        }
+        long bytes = CoherencyBatchCommand.HeadBytes(headers.Count) + headers.Sum(h => h.DataBytes);
+        Duet.Core.Invariant.Assert(bytes <= bound);
 
         uint number = nextBatchNumber;
         nextBatchNumber = (nextBatchNumber + 1) & CoherencyBatchCommand.BatchNumberMask;
@@ -150,7 +204,7 @@ public sealed class CoherencyLog
         foreach (var d in data) if (!d.IsEmpty) segments.Add(d);
         Duet.Core.Invariant.Assert(segments.Sum(s => (long)s.Length) == bytes);
 
-        active = new CoherencyBatch(number, headers, segments, bytes);
+        active = new CoherencyBatch(number, headers, segments, bytes, take);
         BatchesSent++;
         HeadersSent += headers.Count;
         InvalidationsSent += headers.Count(h => h.Kind == CoherencyHeaderKind.Invalidate);

@@ -229,6 +229,71 @@ public class MirrorProtocolTests
 
     [Fact]
     [Trait("Claim", "FO-3")]
+    public async Task A_multicast_rewrite_retires_the_replaced_element_at_the_peer_without_an_invalidation_header()
+    {
+        await using var h = new PairHarness(MirrorMethod.Batched);
+        await h.MulticastWriteAsync(tag: 1, sector: 8, sectors: 8);
+        Assert.True(h.NvramA.Own.TryRead(OwnElementAt(h, 0), out _));
+        int first = OwnElementAt(h, 0);
+        long invalidatedBefore = h.Applier.Invalidated;
+        long before = h.LinkBytes;
+        // The same sectors again: a fresh element replaces the first; the peer drops its mirror of the first.
+        await h.MulticastWriteAsync(tag: 2, sector: 8, sectors: 8);
+        int second = OwnElementAt(h, 0);
+        Assert.NotEqual(first, second);
+        Assert.Equal(2, h.Applier.AppliedByReference);
+        Assert.Equal(1, h.Mirror.RetiredByReference);
+        Assert.Equal(invalidatedBefore + 1, h.Applier.Invalidated);
+        Assert.False(h.NvramB.Peer.TryRead(first, out _));
+        Assert.True(h.NvramB.Peer.TryRead(second, out _));
+        Assert.True(h.LinkBytes - before <= 128, $"{h.LinkBytes - before} link bytes for a 4 KiB multicast rewrite");
+        // A plain (not multicast) rewrite still sends its invalidation header, and the peer's region 2 holds
+        // exactly the elements the owner holds dirty.
+        await h.WriteAsync(8, 8);
+        Assert.Equal(1, h.Mirror.RetiredByReference);
+        Assert.False(h.NvramB.Peer.TryRead(second, out _));
+        Assert.Equal(h.NvramA.Own.ReplayOrder().Select(x => x.Element).Order(), h.NvramB.Peer.ReplayOrder().Select(x => x.Element).Order());
+        Assert.Equal(h.Model, h.PeerReplay());
+        await h.VerifyAsync();
+
+        static int OwnElementAt(PairHarness h, long elementLba) => h.NvramA.Own.ReplayOrder().Single(x => x.Descriptor.ArrayLba == elementLba).Element;
+    }
+
+    [Fact]
+    [Trait("Claim", "FO-3")]
+    public void The_receiver_retires_only_another_element_inside_its_region()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "duet-retire-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(dir);
+        try
+        {
+            using var nvram = Duet.Cache.Nvram.NvramFile.Create(Path.Combine(dir, "b.nvram"), Duet.Cache.Nvram.NvramLayout.For(4 << 20), "B", Guid.NewGuid());
+            var payload = new byte[4096];
+            new Random(5).NextBytes(payload);
+            var applier = new MirrorApplier(nvram.Peer, v => v == 7 ? 0xABCDEFUL : null, r => r.HostTag == 1 ? payload : null);
+            var host = new Duet.Core.HostDataReference(0, 0x77, 1, 0);
+            byte[] Block(HostReferenceBlock b) { var x = new byte[MirrorWire.HostReferenceBytes]; b.Encode(x); return x; }
+            CoherencyHeader ByRef(int element, ulong seq) => new(CoherencyHeaderKind.MirrorByReference, 7, (ulong)(element * 32), 8, (uint)(element * 32), 0xFF, seq);
+
+            Assert.Null(applier.Apply(ByRef(1, 1), Block(new HostReferenceBlock(host))));
+            Assert.True(nvram.Peer.TryRead(1, out _));
+            // Retiring itself, or an element past the region: refused, nothing written.
+            Assert.NotNull(applier.Apply(ByRef(1, 2), Block(new HostReferenceBlock(host, 1, 0, RetiresBase: true))));
+            Assert.NotNull(applier.Apply(ByRef(2, 3), Block(new HostReferenceBlock(host, nvram.Peer.ElementCount, 0, RetiresBase: true))));
+            Assert.False(nvram.Peer.TryRead(2, out _));
+            Assert.True(nvram.Peer.TryRead(1, out _));
+            // The image at element 2 replaces element 1: stored, then 1 is invalidated.
+            Assert.Null(applier.Apply(ByRef(2, 4), Block(new HostReferenceBlock(host, 1, 0, RetiresBase: true))));
+            Assert.True(nvram.Peer.TryRead(2, out var d));
+            Assert.Equal(4UL, d.Sequence);
+            Assert.False(nvram.Peer.TryRead(1, out _));
+            Assert.True(nvram.Peer.Data(2)[..4096].SequenceEqual(payload));
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+
+    [Fact]
+    [Trait("Claim", "FO-3")]
     public async Task A_reference_to_a_command_the_peer_does_not_hold_is_refused_and_nothing_of_it_is_written()
     {
         await using var h = new PairHarness(MirrorMethod.Batched);
@@ -270,6 +335,8 @@ public class MirrorProtocolTests
         Assert.True(h.Applier.AppliedByReference > 100, $"only {h.Applier.AppliedByReference} images by reference");
         Assert.Null(h.Mirror.DownReason);
         Assert.Equal(h.Model, h.PeerReplay());
+        // No replaced element is left behind at the peer (retired by its successor's reference or invalidated).
+        Assert.Equal(h.NvramA.Own.ReplayOrder().Select(x => x.Element).Order(), h.NvramB.Peer.ReplayOrder().Select(x => x.Element).Order());
         await h.VerifyAsync();
     }
 }
