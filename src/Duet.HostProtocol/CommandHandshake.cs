@@ -545,7 +545,12 @@ public sealed class CommandHandshake
                 continue;
             }
             bool ackedJustNow;
-            lock (_lock) ackedJustNow = e.Acked && _options.Time.GetElapsedTime(e.AckedAt) < _options.ReadyWait;
+            lock (_lock)
+                ackedJustNow = (e.Acked && _options.Time.GetElapsedTime(e.AckedAt) < _options.ReadyWait)
+                    // Any command held here that the primary only just started: the fence would cut its run as well,
+                    // and we would run it again at its own limit (seed 23 of --faults failover,multicast --ops 300:
+                    // fenced for another command's limit 87 ms after it acked this one, whose entry never came).
+                    || _queue.Values.Any(x => x != e && !x.Primary && !x.Finished && x.Acked && _options.Time.GetElapsedTime(x.AckedAt) < _options.ReadyWait);
             if (!ackGraced && ackedJustNow)
             {
                 // The primary only just started it: a command both controllers held as secondary (its array was

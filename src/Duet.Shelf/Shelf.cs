@@ -38,6 +38,8 @@ public sealed class Shelf : IAsyncDisposable
     // One open handle per drive, shared by both ports (disposed with the shelf).
     readonly Dictionary<string, IBlockDevice> _open = new(StringComparer.Ordinal);
     readonly Dictionary<string, ulong> _heartbeats = new(StringComparer.Ordinal) { ["A"] = 0, ["B"] = 0 };
+    readonly Dictionary<string, int> _attached = new(StringComparer.Ordinal) { ["A"] = 0, ["B"] = 0 };
+    readonly Dictionary<string, bool> _departed = new(StringComparer.Ordinal) { ["A"] = false, ["B"] = false };
     readonly Dictionary<string, PortIo> _io = new(StringComparer.Ordinal) { ["A"] = new(), ["B"] = new() };
 
     sealed class PortIo
@@ -92,6 +94,30 @@ public sealed class Shelf : IAsyncDisposable
     /// the controller that sent them, and a crash or hang of that controller must not stop them). Null: on the caller's.</summary>
     public SynchronizationContext? Context { get; set; }
 
+    // ---- connections ------------------------------------------------------------------------------
+
+    /// <summary>A connection of <paramref name="port"/>'s controller opened (the server, on accept; the simulator, when
+    /// it starts a controller).</summary>
+    public void Attach(string port)
+    {
+        lock (_gate)
+        {
+            _attached[ShelfPorts.Check(port)]++;
+            _departed[port] = false;
+        }
+    }
+
+    /// <summary>A connection of <paramref name="port"/>'s controller closed; the last one marks the port departed
+    /// (<see cref="PortState.Departed"/>).</summary>
+    public void Detach(string port)
+    {
+        lock (_gate)
+        {
+            if (_attached[ShelfPorts.Check(port)] == 0) return;
+            if (--_attached[port] == 0) _departed[port] = true;
+        }
+    }
+
     // ---- state ------------------------------------------------------------------------------------
 
     public ShelfStatus Status()
@@ -104,6 +130,7 @@ public sealed class Shelf : IAsyncDisposable
         var ports = _state.Ports.Select(kv => new PortState(kv.Key, kv.Value.Enabled, kv.Value.Fenced, kv.Value.Key, _heartbeats[kv.Key], _io[kv.Key].Writes)
         {
             MirrorStale = kv.Value.MirrorStale,
+            Departed = _departed[kv.Key],
         }).ToList();
         var slots = _drives.List().Select(n => new SlotState(n, BlockCountOrZero(n), SerialOf(n), _state.Pulled.Contains(n))).ToList();
         return new ShelfStatus(ports, _state.ReservationHolder, _state.EpochCounter, [.. _state.Claims.Values], slots) { Boot = _state.Boots };

@@ -294,7 +294,7 @@ public static class ShelfCodec
         foreach (var p in s.Ports)
         {
             w.String(p.Port);
-            w.U8((byte)((p.Enabled ? 1 : 0) | (p.Fenced ? 2 : 0) | (p.MirrorStale ? 4 : 0)));
+            w.U8((byte)((p.Enabled ? 1 : 0) | (p.Fenced ? 2 : 0) | (p.MirrorStale ? 4 : 0) | (p.Departed ? 8 : 0)));
             w.U64(p.Key);
             w.U64(p.Heartbeat);
             w.U64((ulong)p.InFlightWrites);
@@ -322,8 +322,8 @@ public static class ShelfCodec
         {
             var name = r.String();
             var bits = r.U8();
-            if (bits > 7) throw new ShelfProtocolException($"port state bits 0x{bits:x2} are not known");
-            ports.Add(new PortState(name, (bits & 1) != 0, (bits & 2) != 0, r.U64(), r.U64(), r.I64("writes in flight")) { MirrorStale = (bits & 4) != 0 });
+            if (bits > 15) throw new ShelfProtocolException($"port state bits 0x{bits:x2} are not known");
+            ports.Add(new PortState(name, (bits & 1) != 0, (bits & 2) != 0, r.U64(), r.U64(), r.I64("writes in flight")) { MirrorStale = (bits & 4) != 0, Departed = (bits & 8) != 0 });
         }
         var holder = r.U64();
         var epoch = r.U64();

@@ -193,8 +193,14 @@ public sealed class ShelfServer : IAsyncDisposable
             }
             if (socket.ProtocolType == ProtocolType.Tcp) socket.NoDelay = true;
             long id = Interlocked.Increment(ref _lastConnectionId);
+            // A controller port's connections tell the shelf whether its controller is still there (PortState.Departed).
+            bool controller = role != ShelfWire.AdminRole;
+            if (controller) _shelf.Attach(role);
             var connection = new ShelfConnection(id, role, socket, _shelf, _options.MaxInFlightRequests, _logger,
-                c => _connections.TryRemove(c.Id, out _));
+                c =>
+                {
+                    if (_connections.TryRemove(c.Id, out _) && controller) _shelf.Detach(role);
+                });
             _connections[id] = connection;
             connection.Start();
         }

@@ -65,6 +65,12 @@ public sealed record PortState(string Port, bool Enabled, bool Fenced, ulong Key
     /// <summary>The port's controller acknowledged writes without mirroring them (error-recovery mode): its
     /// peer's copy of its cache (NVRAM region 2) may be older than the drives and must not be adopted.</summary>
     public bool MirrorStale { get; init; }
+
+    /// <summary>Every connection of the port's controller closed (its process is gone, or its path to the shelf) and
+    /// none has come since: a hint of the controller's death that comes long before its heartbeats stop counting
+    /// (the survivor still requires the link to have gone quiet too). Not persisted: a shelf that starts knows of
+    /// no connection before it, so it says false until one came and went.</summary>
+    public bool Departed { get; init; }
 }
 
 /// <summary>Who owns an array (by its 64-bit serial) and at which epoch. Epochs come from one

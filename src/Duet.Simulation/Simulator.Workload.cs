@@ -501,6 +501,15 @@ public sealed partial class Simulator
         _trace.Add($"crash {side.Name}");
         side.Node.Crash();
         side.Controller = null;
+        // Every other crash is its process dying: its connection to the shelf closes with it and the shelf says the port
+        // departed (the survivor may take over after two quiet ICL periods). The others are its host lost: the
+        // connection lingers until that controller starts again, and only the heartbeat timeout tells. (By the count,
+        // not a draw: the seed's random stream stays what it was.)
+        if ((_crashes & 1) == 1 && side.Attached)
+        {
+            _enclosure.Detach(side.Name);
+            side.Attached = false;
+        }
         _wire.Cut($"{side.Name} crashed");
         ResetHostConnections(side);
     }

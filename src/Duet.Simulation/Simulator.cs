@@ -126,6 +126,8 @@ public sealed partial class Simulator
         public Controller? Controller;    // null while down or starting
         public bool Starting;
         public bool ShelfPathLost;
+        /// <summary>Whether the shelf counts a connection of this controller (<see cref="Shelf.Shelf.Attach"/>).</summary>
+        public bool Attached;
         /// <summary>The last moment this controller could not be heard on both paths (down, hung, or its
         /// shelf path lost with the link cut): a takeover of it is legitimate only soon after one.</summary>
         public TimeSpan? LastSilent;
@@ -313,6 +315,9 @@ public sealed partial class Simulator
             var node = side.Node;
             var port = (LocalShelfPort)_enclosure.Port(side.Name);
             port.PathLost = () => side.ShelfPathLost;
+            // As `duet shelf` counts a controller's connections: this one's process is there until it crashes.
+            if (!side.Attached) _enclosure.Attach(side.Name);
+            side.Attached = true;
             var loggers = new TraceLoggerFactory(_trace, side.Name);
             ulong session = _random.NextUInt64() | 1;
             var controller = await node.InvokeAsync(async () =>

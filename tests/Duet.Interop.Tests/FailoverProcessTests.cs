@@ -78,6 +78,9 @@ public sealed class FailoverProcessTests(ITestOutputHelper log) : IDisposable
         Assert.NotNull(b.Controller!.Failover);
         Assert.True(b.Controller.Failover!.Takeovers >= 1);
         Assert.Contains("arr0", b.Controller.Failover.LastTakeover!.Arrays);
+        // kill -9 closed A's connections to the shelf: B took over on that and the quiet ICL, not after the whole
+        // heartbeat timeout.
+        Assert.Contains("closed every connection to the shelf", b.Controller.Failover.LastTakeover.Reason);
 
         // The supervisor restarts A only after the takeover; A finds its port fenced and comes back as standby.
         await up.WaitForOutputAsync("restarting controller A", TimeSpan.FromSeconds(30));

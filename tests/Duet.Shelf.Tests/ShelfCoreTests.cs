@@ -24,6 +24,31 @@ public class ShelfCoreTests
 
     [Fact]
     [Trait("Claim", "FO-2")]
+    public void Departed_follows_the_last_connection_of_a_port_and_is_not_persisted()
+    {
+        var (shelf, bay, store) = NewShelf();
+        shelf.Detach("A"); // a close the shelf never saw open: ignored
+        Assert.False(shelf.Status().Port("A").Departed);
+        shelf.Attach("A");
+        shelf.Attach("A");
+        shelf.Detach("A");
+        Assert.False(shelf.Status().Port("A").Departed);
+        shelf.Detach("A");
+        Assert.True(shelf.Status().Port("A").Departed);
+        Assert.False(shelf.Status().Port("B").Departed);
+        shelf.Detach("A");
+        Assert.True(shelf.Status().Port("A").Departed);
+        shelf.Attach("A");
+        Assert.False(shelf.Status().Port("A").Departed);
+        shelf.Detach("A");
+        Assert.Throws<ShelfException>(() => shelf.Attach("C"));
+        // A shelf that starts again knows of no connection before it.
+        var (again, _, _) = NewShelf(bay: bay, store: store);
+        Assert.False(again.Status().Port("A").Departed);
+    }
+
+    [Fact]
+    [Trait("Claim", "FO-2")]
     public async Task A_registered_port_reads_and_writes_and_an_unregistered_one_is_refused()
     {
         var (shelf, bay, _) = NewShelf();

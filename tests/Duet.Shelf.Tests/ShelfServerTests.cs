@@ -62,6 +62,39 @@ public class ShelfServerTests
     }
 
     [Fact]
+    [Trait("Claim", "FO-2")]
+    public async Task A_port_whose_last_connection_closed_is_departed_until_one_comes_again()
+    {
+        await using var rig = await ShelfRig.StartAsync();
+        var b = rig.Port("B");
+        Assert.False((await b.StatusAsync()).Port("A").Departed); // never connected: nothing departed
+        var a1 = rig.Port("A");
+        var a2 = rig.Port("A");
+        await a1.RegisterAsync(0xA);
+        await a2.StatusAsync();
+        Assert.False((await b.StatusAsync()).Port("A").Departed);
+        await a1.DisposeAsync();
+        await Until(async () => rig.Server.ControllerConnections == 2);
+        Assert.False((await b.StatusAsync()).Port("A").Departed); // one of A's connections is still open
+        await a2.DisposeAsync();
+        await Until(async () => (await b.StatusAsync()).Port("A").Departed);
+        Assert.False((await b.StatusAsync()).Port("B").Departed);
+        // The admin socket's clients are not a controller's.
+        await using (var admin = rig.Admin()) await admin.StatusAsync();
+        Assert.True((await b.StatusAsync()).Port("A").Departed);
+        // A new process of A connects again.
+        var a3 = rig.Port("A");
+        await a3.StatusAsync();
+        Assert.False((await b.StatusAsync()).Port("A").Departed);
+
+        static async Task Until(Func<Task<bool>> condition)
+        {
+            for (int i = 0; i < 500 && !await condition(); i++) await Task.Delay(10);
+            Assert.True(await condition());
+        }
+    }
+
+    [Fact]
     public async Task A_remote_drive_refuses_what_a_local_one_refuses_with_the_same_error()
     {
         await using var rig = await ShelfRig.StartAsync();

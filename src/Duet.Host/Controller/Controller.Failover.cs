@@ -83,6 +83,7 @@ public sealed partial class Controller
     long _startedAt;             // timestamp ticks
     long _leaseUntil;            // timestamp ticks; the lease is held while now < this
     long _peerIclHeardAt;        // last Heartbeat message of the peer
+    bool _peerDeparted;          // the shelf's last status: every connection of the peer's port closed (PortState.Departed)
     long _iclQuietSince;         // the peer's last ICL contact as our beats saw it, or later: our start or a pause of our own (0: contact since our last beat)
     long _lastBeatAt;
     long _peerSlotChangedAt;     // when the last shelf read that saw the peer's slot change was issued
@@ -325,11 +326,14 @@ public sealed partial class Controller
         _lastShelfReadIssuedAt = issued;
         _peerFenced = peer.Fenced;
         _peerRegistered = peer.Key != 0 && peer.Enabled;
+        _peerDeparted = peer.Departed;
         Claims?.Replace(status.Claims);
         await KeepClaimsAsync(status);
         // Not awaited: the heartbeats (and so our lease) go on while the takeover runs.
-        if (ShouldTakeOver())
-            _ = TakeOverAsync($"no heartbeat from controller {PeerName} on the ICL or at the shelf for {Since(LastHeard).TotalMilliseconds:F0} ms " +
+        if (ShouldTakeOver(out bool departed))
+            _ = TakeOverAsync(departed
+                ? $"controller {PeerName} closed every connection to the shelf and its ICL has been quiet for {Since(Math.Max(Volatile.Read(ref _iclQuietSince), Volatile.Read(ref _peerIclHeardAt))).TotalMilliseconds:F0} ms"
+                : $"no heartbeat from controller {PeerName} on the ICL or at the shelf for {Since(LastHeard).TotalMilliseconds:F0} ms " +
                 $"(ICL quiet {Since(Math.Max(Volatile.Read(ref _iclQuietSince), Volatile.Read(ref _peerIclHeardAt))).TotalMilliseconds:F1} ms, " +
                 $"its shelf slot unchanged over {_options.Time.GetElapsedTime(_peerSlotChangedAt, _lastShelfReadIssuedAt).TotalMilliseconds:F1} ms of reads)");
         else EvaluateFailback();
@@ -347,8 +351,9 @@ public sealed partial class Controller
 
     static readonly TimeSpan TimerSlack = TimeSpan.FromMilliseconds(1);
 
-    bool ShouldTakeOver()
+    bool ShouldTakeOver(out bool departed)
     {
+        departed = false;
         if (_peerFenced || _standby || _steppedDown || Volatile.Read(ref _takingOver) != 0) return false;
         // AW-6: not while this controller powers down, nor while the peer does (its "done" decides).
         if (_poweringDown || PeerInPowerFailWindow) return false;
@@ -356,12 +361,23 @@ public sealed partial class Controller
         // they are judged on, so ten periods of them can add up to 999.9 ms and the takeover came a whole period
         // late. (The peer's lease, half the timeout, is long gone either way.)
         var timeout = Failover.HeartbeatTimeout - TimerSlack;
+        if (!_peerHeard && Since(_startedAt) < Failover.StartGrace) return false;
+        var iclQuiet = Since(Math.Max(Volatile.Read(ref _iclQuietSince), Volatile.Read(ref _peerIclHeardAt)));
+        // The peer's process is gone: the shelf saw every connection of its port close (none came since), and its
+        // ICL heartbeats have stopped too (two periods missed). Both at once is a dead controller, not a slow one
+        // (a hung process keeps its connections; a lost shelf path leaves its ICL beating): no need to wait out the
+        // whole timeout, which was most of a takeover under load. The takeover fences it first as always, and waits
+        // for the lease it may still hold (half a timeout from the fence) before it serves.
+        if (_peerDeparted && iclQuiet >= 2 * Failover.HeartbeatPeriod - TimerSlack)
+        {
+            departed = true;
+            return true;
+        }
         // The ICL: our beats have found no heartbeat of the peer for a whole timeout.
         // (The contact's own time may be newer than the one the beat copied, if a heartbeat arrived meanwhile.)
-        if (Since(Math.Max(Volatile.Read(ref _iclQuietSince), Volatile.Read(ref _peerIclHeardAt))) < timeout) return false;
+        if (iclQuiet < timeout) return false;
         // The shelf read that saw no change must have been issued a whole timeout after the last change.
         if (_options.Time.GetElapsedTime(_peerSlotChangedAt, _lastShelfReadIssuedAt) < timeout) return false;
-        if (!_peerHeard && Since(_startedAt) < Failover.StartGrace) return false;
         return true;
     }
 
