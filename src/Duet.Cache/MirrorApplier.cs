@@ -26,22 +26,25 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
     /// </summary>
     /// <summary>As <see cref="Resolve"/>, for a receiver checking a batch before it applies any of it: no
     /// bytes are composed, and a base element an earlier header of the batch stores
-    /// (<paramref name="baseStoredEarlier"/>) is checked when the batch is applied, in order.</summary>
-    public string? Check(in CoherencyHeader h, ReadOnlySpan<byte> block, Func<int, bool> baseStoredEarlier) =>
-        Resolve(h, block, out _, baseStoredEarlier, compose: false);
+    /// (<paramref name="baseStoredEarlier"/>) is checked when the batch is applied, in order.
+    /// <paramref name="retires"/>: the element the header retires (its reference block's flag), or -1.</summary>
+    public string? Check(in CoherencyHeader h, ReadOnlySpan<byte> block, Func<int, bool> baseStoredEarlier, out int retires) =>
+        Resolve(h, block, out _, out retires, baseStoredEarlier, compose: false);
 
-    public string? Resolve(in CoherencyHeader h, ReadOnlySpan<byte> block, out ReadOnlyMemory<byte> bytes) =>
-        Resolve(h, block, out bytes, baseStoredEarlier: null, compose: true);
+    public string? Resolve(in CoherencyHeader h, ReadOnlySpan<byte> block, out ReadOnlyMemory<byte> bytes, out int retires) =>
+        Resolve(h, block, out bytes, out retires, baseStoredEarlier: null, compose: true);
 
-    string? Resolve(in CoherencyHeader h, ReadOnlySpan<byte> block, out ReadOnlyMemory<byte> bytes, Func<int, bool>? baseStoredEarlier, bool compose)
+    string? Resolve(in CoherencyHeader h, ReadOnlySpan<byte> block, out ReadOnlyMemory<byte> bytes, out int retires, Func<int, bool>? baseStoredEarlier, bool compose)
     {
         bytes = default;
+        retires = -1;
         if (!HostReferenceBlock.TryDecode(block, out var b)) return "malformed host reference block";
         var r = b.Host;
         if (hostData?.Invoke(r) is not { } payload) return $"host command (unit {r.Unit}, host {r.HostId:x}, tag {r.HostTag}) is not held here";
         int first = (int)(h.ElementIndex % WriteBackCache.SectorsPerElement);
         if (b.RetiresBase && (b.BaseElement >= Region.ElementCount || b.BaseElement == (int)(h.ElementIndex / WriteBackCache.SectorsPerElement)))
             return $"host reference: element {b.BaseElement} cannot be retired by the image at element {h.ElementIndex / WriteBackCache.SectorsPerElement}";
+        if (b.RetiresBase) retires = b.BaseElement;
         uint carried = h.CoveredMask;
         uint fresh = h.ValidMask & ~b.KeepMask;
         if ((b.KeepMask & ~h.ValidMask) != 0 || fresh == 0 || !Contiguous(fresh)) return "host reference: keep mask does not fit the image";
@@ -100,8 +103,7 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
         int retire = -1;
         if (h.Kind == CoherencyHeaderKind.MirrorByReference)
         {
-            if (Resolve(h, data, out var held) is { } missing) { Rejected++; return missing; }
-            if (HostReferenceBlock.TryDecode(data, out var block) && block.RetiresBase) retire = block.BaseElement;
+            if (Resolve(h, data, out var held, out retire) is { } missing) { Rejected++; return missing; }
             data = held.Span;
             AppliedByReference++;
         }

@@ -141,13 +141,11 @@ public sealed partial class MirrorReceiver(
             int retired = -1;
             if (h.Kind == CoherencyHeaderKind.MirrorByReference)
             {
-                var block = Block(batch.DataOf(i), ref reference);
-                if (applier.Check(h, block, e => stored?.Contains(e) == true) is { } missing)
+                if (applier.Check(h, Block(batch.DataOf(i), ref reference), e => stored?.Contains(e) == true, out retired) is { } missing)
                 {
                     await RefuseAsync(batch.BatchNumber, MirrorStatusCode.Malformed, missing);
                     return;
                 }
-                if (HostReferenceBlock.TryDecode(block, out var b) && b.RetiresBase) retired = b.BaseElement;
             }
             if (h.Stores) (stored ??= []).Add((int)(h.ElementIndex / WriteBackCache.SectorsPerElement));
             else stored?.Remove((int)(h.ElementIndex / WriteBackCache.SectorsPerElement));

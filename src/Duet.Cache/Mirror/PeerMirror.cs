@@ -134,33 +134,35 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
             {
                 // An image sent by reference retires the element it replaces itself (a flag of its reference block):
                 // the group's invalidation of that element is not sent (32 bytes of a 4 KiB multicast rewrite's ~90).
-                HashSet<int>? retired = null;
-                foreach (var c in changes)
-                    if (!c.Invalidate && c.Reference is not null && c.Replaces >= 0 && (c.KeepFrom < 0 || c.KeepFrom == c.Replaces))
-                        (retired ??= []).Add(c.Replaces);
-                if (retired is not null)
+                // Only an element the group does invalidate (the cache's order: images, then invalidations). A group
+                // is one host write's few elements: looked up in place, nothing allocated on the write path.
+                static bool Retires(in MirrorChange c) => !c.Invalidate && c.Reference is not null && c.Replaces >= 0 && (c.KeepFrom < 0 || c.KeepFrom == c.Replaces);
+                bool Invalidated(int element)
                 {
-                    // Only an element the group does invalidate, after the image (the cache's order).
-                    var invalidated = changes.Where(c => c.Invalidate).Select(c => c.Element).ToHashSet();
-                    retired.IntersectWith(invalidated);
+                    foreach (var x in changes) if (x.Invalidate && x.Element == element) return true;
+                    return false;
+                }
+                bool RetiredByImage(int element)
+                {
+                    foreach (var x in changes) if (Retires(x) && x.Replaces == element) return true;
+                    return false;
                 }
                 int headers = 0;
                 foreach (var c in changes)
                 {
-                    headers++;
                     if (c.Invalidate)
                     {
-                        if (retired?.Contains(c.Element) == true)
+                        if (RetiredByImage(c.Element)) _retiredByReference++;
+                        else
                         {
-                            headers--;
-                            _retiredByReference++;
+                            _log.AppendInvalidate(MirrorApplier.Encode(c).Header);
+                            headers++;
                         }
-                        else _log.AppendInvalidate(MirrorApplier.Encode(c).Header);
                         continue;
                     }
-                    bool retires = c.Reference is not null && retired?.Contains(c.Replaces) == true;
-                    var (header, data) = MirrorApplier.Encode(c, byReference: true, retiresReplaced: retires);
+                    var (header, data) = MirrorApplier.Encode(c, byReference: true, retiresReplaced: Retires(c) && Invalidated(c.Replaces));
                     _log.AppendMirror(header, data);
+                    headers++;
                 }
                 _appended += headers;
                 _groups.Enqueue((_appended, done));

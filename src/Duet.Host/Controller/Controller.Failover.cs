@@ -332,9 +332,9 @@ public sealed partial class Controller
         // Not awaited: the heartbeats (and so our lease) go on while the takeover runs.
         if (ShouldTakeOver(out bool departed))
             _ = TakeOverAsync(departed
-                ? $"controller {PeerName} closed every connection to the shelf and its ICL has been quiet for {Since(Math.Max(Volatile.Read(ref _iclQuietSince), Volatile.Read(ref _peerIclHeardAt))).TotalMilliseconds:F0} ms"
+                ? $"controller {PeerName} closed every connection to the shelf and its ICL has been quiet for {IclQuiet.TotalMilliseconds:F0} ms"
                 : $"no heartbeat from controller {PeerName} on the ICL or at the shelf for {Since(LastHeard).TotalMilliseconds:F0} ms " +
-                $"(ICL quiet {Since(Math.Max(Volatile.Read(ref _iclQuietSince), Volatile.Read(ref _peerIclHeardAt))).TotalMilliseconds:F1} ms, " +
+                $"(ICL quiet {IclQuiet.TotalMilliseconds:F1} ms, " +
                 $"its shelf slot unchanged over {_options.Time.GetElapsedTime(_peerSlotChangedAt, _lastShelfReadIssuedAt).TotalMilliseconds:F1} ms of reads)");
         else EvaluateFailback();
     }
@@ -349,6 +349,10 @@ public sealed partial class Controller
 
     long LastHeard => Math.Max(Volatile.Read(ref _peerIclHeardAt), _peerSlotChangedAt);
 
+    /// <summary>How long our beats have found the ICL quiet: since the peer's last message, or since a pause of our own.
+    /// (The contact's own time may be newer than the one the beat copied, if a heartbeat arrived meanwhile.)</summary>
+    TimeSpan IclQuiet => Since(Math.Max(Volatile.Read(ref _iclQuietSince), Volatile.Read(ref _peerIclHeardAt)));
+
     static readonly TimeSpan TimerSlack = TimeSpan.FromMilliseconds(1);
 
     bool ShouldTakeOver(out bool departed)
@@ -362,7 +366,7 @@ public sealed partial class Controller
         // late. (The peer's lease, half the timeout, is long gone either way.)
         var timeout = Failover.HeartbeatTimeout - TimerSlack;
         if (!_peerHeard && Since(_startedAt) < Failover.StartGrace) return false;
-        var iclQuiet = Since(Math.Max(Volatile.Read(ref _iclQuietSince), Volatile.Read(ref _peerIclHeardAt)));
+        var iclQuiet = IclQuiet;
         // The peer's process is gone: the shelf saw every connection of its port close (none came since), and its
         // ICL heartbeats have stopped too (two periods missed). Both at once is a dead controller, not a slow one
         // (a hung process keeps its connections; a lost shelf path leaves its ICL beating): no need to wait out the
