@@ -67,11 +67,9 @@ public sealed class RemoteShelfPort : IShelfPort, IAsyncDisposable
     /// <summary>Connections made so far (each reconnect after a drop adds one).</summary>
     public int Connects => _channel.Connects;
 
+    /// <summary>The request's response; a refusal fails the task with its <see cref="ShelfException"/>.</summary>
     Task<ShelfResponse> Call(ShelfRequest request, CancellationToken ct, Memory<byte> readInto = default, TimeSpan? timeout = null) =>
-        CallOk(request, ct, readInto, timeout);
-
-    async Task<ShelfResponse> CallOk(ShelfRequest request, CancellationToken ct, Memory<byte> readInto, TimeSpan? timeout) =>
-        (await _channel.CallAsync(request, readInto, ct, timeout).ConfigureAwait(false)).Ok();
+        _channel.CallAsync(request, readInto, ct, timeout, throwOnError: true);
 
     ShelfResponse Blocking(ShelfRequest request) => Call(request, CancellationToken.None).GetAwaiter().GetResult();
 
@@ -149,9 +147,19 @@ public sealed class RemoteShelfPort : IShelfPort, IAsyncDisposable
         public string Name => name;
         public long BlockCount => blocks;
 
-        public async ValueTask ReadAsync(long lba, Memory<byte> destination, CancellationToken ct = default)
+        // One request (the usual case) is returned as its task; a larger transfer goes as several, in order.
+
+        public ValueTask ReadAsync(long lba, Memory<byte> destination, CancellationToken ct = default)
         {
-            BlockDeviceChecks.CheckRange(this, lba, destination.Length);
+            try { BlockDeviceChecks.CheckRange(this, lba, destination.Length); }
+            catch (Exception e) { return ValueTask.FromException(e); }
+            if (destination.Length <= ShelfWire.MaxTransferBytes)
+                return new ValueTask(port.Call(new(ShelfOp.Read, 0) { Name = name, Lba = lba, Length = destination.Length }, ct, destination));
+            return ReadInPiecesAsync(lba, destination, ct);
+        }
+
+        async ValueTask ReadInPiecesAsync(long lba, Memory<byte> destination, CancellationToken ct)
+        {
             for (int done = 0; done < destination.Length;)
             {
                 int n = Math.Min(destination.Length - done, ShelfWire.MaxTransferBytes);
@@ -160,9 +168,20 @@ public sealed class RemoteShelfPort : IShelfPort, IAsyncDisposable
             }
         }
 
-        public async ValueTask WriteAsync(long lba, ReadOnlyMemory<byte> source, bool fua = false, CancellationToken ct = default)
+        public ValueTask WriteAsync(long lba, ReadOnlyMemory<byte> source, bool fua = false, CancellationToken ct = default)
         {
-            BlockDeviceChecks.CheckRange(this, lba, source.Length);
+            try { BlockDeviceChecks.CheckRange(this, lba, source.Length); }
+            catch (Exception e) { return ValueTask.FromException(e); }
+            if (source.Length <= ShelfWire.MaxTransferBytes)
+                return new ValueTask(port.Call(new(ShelfOp.Write, 0)
+                {
+                    Name = name, Lba = lba, Payload = source, Flags = fua ? ShelfRequestFlags.Fua : ShelfRequestFlags.None,
+                }, ct));
+            return WriteInPiecesAsync(lba, source, fua, ct);
+        }
+
+        async ValueTask WriteInPiecesAsync(long lba, ReadOnlyMemory<byte> source, bool fua, CancellationToken ct)
+        {
             for (int done = 0; done < source.Length;)
             {
                 int n = Math.Min(source.Length - done, ShelfWire.MaxTransferBytes);
@@ -175,8 +194,7 @@ public sealed class RemoteShelfPort : IShelfPort, IAsyncDisposable
             }
         }
 
-        public async ValueTask FlushAsync(CancellationToken ct = default) =>
-            await port.Call(new(ShelfOp.Flush, 0) { Name = name }, ct).ConfigureAwait(false);
+        public ValueTask FlushAsync(CancellationToken ct = default) => new(port.Call(new(ShelfOp.Flush, 0) { Name = name }, ct));
 
         public ValueTask DisposeAsync() => ValueTask.CompletedTask; // the shelf owns the drive
     }

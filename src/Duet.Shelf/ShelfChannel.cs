@@ -9,17 +9,21 @@ namespace Duet.Shelf;
 
 // The client end of one role's connection to `duet shelf` (RemoteShelfPort, ShelfAdminClient).
 //
-// One socket, pipelined: any number of callers send requests at once (each frame written whole
-// under a lock), one reader task matches responses to requests by tag and completes them. A
-// read's data is copied by the reader straight into the caller's buffer.
+// One socket, pipelined: any number of callers send requests at once (each frame encoded whole;
+// frames queued together go out in one socket write, FrameSender), one reader task matches
+// responses to requests by tag and completes them. A read's data is copied by the reader
+// straight into the caller's buffer.
 //
 // Failure model. A connection that drops (shelf stopped or crashed, socket error, a response
 // that is not the protocol) fails every request in flight with ShelfError.Unreachable; the
 // next request connects again (and says Hello, so a socket serving another port is refused).
 // Every request has a deadline (RequestTimeout, from the injected TimeProvider): past it, the
-// caller gets Unreachable and a late response is dropped. Who gives up on a request and who
-// completes it race on one TryRemove of its tag, so a reader never writes into a buffer whose
-// caller has returned.
+// caller gets Unreachable and a late response is dropped. One timer per connection sweeps the
+// requests in flight every eighth of RequestTimeout (a timer per request cost more than the
+// request), so a deadline is kept to within that. A connection whose socket has not taken a
+// write for a whole RequestTimeout is broken (the shelf stopped reading). Who gives up on a
+// request and who completes it race on one TryRemove of its tag, so a reader never writes into
+// a buffer whose caller has returned.
 //
 // The shell: real sockets; continuations run on the thread pool (ConfigureAwait(false)), so the
 // synchronous management calls of IDriveShelf can block on a round trip without deadlocking.
@@ -47,21 +51,31 @@ internal sealed class ShelfChannel : IAsyncDisposable
     /// <summary>Connections made so far (a reconnect after a drop counts again).</summary>
     public int Connects { get; private set; }
 
-    sealed class Pending(ShelfOp op, Memory<byte> readInto)
+    sealed class Pending(ShelfOp op, Memory<byte> readInto, long started, TimeSpan limit, bool throwOnError)
     {
+        public readonly bool ThrowOnError = throwOnError;
         public readonly ShelfOp Op = op;
         public readonly Memory<byte> ReadInto = readInto;
+        public readonly long Started = started;
+        public readonly TimeSpan Limit = limit;
         public readonly TaskCompletionSource<ShelfResponse> Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
     /// <summary>One connection: its socket, its pipes and the requests waiting for it.</summary>
-    sealed class Link(Socket socket)
+    sealed class Link
     {
-        public readonly Socket Socket = socket;
-        public readonly NetworkStream Stream = new(socket, ownsSocket: true);
+        public Link(Socket socket, TimeProvider time)
+        {
+            Socket = socket;
+            Stream = new(socket, ownsSocket: true);
+            Sender = new FrameSender(socket, time, e => Break($"the connection to the shelf failed while sending: {e.Message}"));
+        }
+
+        public readonly Socket Socket;
+        public readonly NetworkStream Stream;
+        public readonly FrameSender Sender;
         public PipeReader Input = null!;
-        public PipeWriter Output = null!;
-        public readonly SemaphoreSlim WriteLock = new(1, 1);
+        public ITimer? Sweep;
         public readonly ConcurrentDictionary<ulong, Pending> Pending = new();
         volatile string? _brokenBy;
         public string? BrokenBy => _brokenBy;
@@ -74,6 +88,7 @@ internal sealed class ShelfChannel : IAsyncDisposable
                 if (_brokenBy is not null) return;
                 _brokenBy = why;
             }
+            Sweep?.Dispose();
             try { Socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
             Socket.Dispose();
             foreach (var tag in Pending.Keys)
@@ -81,62 +96,75 @@ internal sealed class ShelfChannel : IAsyncDisposable
         }
     }
 
-    /// <summary>Sends <paramref name="request"/> (its tag is replaced) and returns the response, whatever its status.
-    /// A read's data lands in <paramref name="readInto"/>. Throws ShelfException(Unreachable) when the shelf cannot be
-    /// reached or does not answer in time; OperationCanceledException when <paramref name="ct"/> is cancelled.</summary>
-    public async Task<ShelfResponse> CallAsync(ShelfRequest request, Memory<byte> readInto = default, CancellationToken ct = default, TimeSpan? timeout = null)
+    /// <summary>Sends <paramref name="request"/> (its tag is replaced) and returns the response, whatever its status
+    /// (with <paramref name="throwOnError"/>: a refusal fails the task with its <see cref="ShelfException"/>).
+    /// A read's data lands in <paramref name="readInto"/>. Fails with ShelfException(Unreachable) when the shelf cannot be
+    /// reached or does not answer in time; OperationCanceledException when <paramref name="ct"/> is cancelled.
+    /// Never throws on its own: the task carries every failure. No async frame of its own on the way (one request per
+    /// drive I/O: the path is kept short).</summary>
+    public Task<ShelfResponse> CallAsync(ShelfRequest request, Memory<byte> readInto = default, CancellationToken ct = default, TimeSpan? timeout = null,
+        bool throwOnError = false)
     {
-        using var deadline = new CancellationTokenSource(timeout ?? RequestTimeout, _time);
-        using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, deadline.Token);
-        var link = await ConnectedAsync(linked.Token, ct).ConfigureAwait(false);
-        return await SendAsync(link, request, readInto, linked.Token, ct, timeout ?? RequestTimeout).ConfigureAwait(false);
+        var limit = timeout ?? RequestTimeout;
+        var link = _link;
+        if (link is null || link.BrokenBy is not null) return ConnectThenSendAsync(request, readInto, ct, limit, throwOnError);
+        return Send(link, request, readInto, ct, limit, throwOnError);
     }
 
-    async Task<ShelfResponse> SendAsync(Link link, ShelfRequest request, Memory<byte> readInto, CancellationToken token, CancellationToken callerToken, TimeSpan timeout)
+    async Task<ShelfResponse> ConnectThenSendAsync(ShelfRequest request, Memory<byte> readInto, CancellationToken ct, TimeSpan limit, bool throwOnError)
     {
+        var link = await ConnectedAsync(ct).ConfigureAwait(false);
+        return await Send(link, request, readInto, ct, limit, throwOnError).ConfigureAwait(false);
+    }
+
+    Task<ShelfResponse> Send(Link link, ShelfRequest request, Memory<byte> readInto, CancellationToken ct, TimeSpan limit, bool throwOnError)
+    {
+        if (ct.IsCancellationRequested) return Task.FromCanceled<ShelfResponse>(ct);
         ulong tag = (ulong)Interlocked.Increment(ref _lastTag);
-        var pending = new Pending(request.Op, readInto);
+        var pending = new Pending(request.Op, readInto, _time.GetTimestamp(), limit, throwOnError);
         link.Pending[tag] = pending;
         if (link.BrokenBy is { } why && link.Pending.TryRemove(tag, out _))
-            throw new ShelfException(ShelfError.Unreachable, why);
+            return Task.FromException<ShelfResponse>(new ShelfException(ShelfError.Unreachable, why));
 
-        var frame = request with { Tag = tag };
         try
         {
-            await link.WriteLock.WaitAsync(token).ConfigureAwait(false);
+            // Not awaited: a write that fails breaks the link, which fails this request; one that
+            // stalls is caught by the sweep. Either way the answer comes through pending.Done.
+            var sent = link.Sender.SendAsync(ShelfCodec.RequestBytes(request), (request, tag), static (span, f) => ShelfCodec.WriteRequest(span, f.request, f.tag));
+            if (!sent.IsCompleted) _ = sent.AsTask();
         }
-        catch (OperationCanceledException)
+        catch (IOException e)
         {
             link.Pending.TryRemove(tag, out _);
-            throw Abandoned(callerToken, timeout);
+            return Task.FromException<ShelfResponse>(new ShelfException(ShelfError.Unreachable, link.BrokenBy ?? e.Message));
         }
-        try
-        {
-            int n = ShelfCodec.RequestBytes(frame);
-            ShelfCodec.WriteRequest(link.Output.GetSpan(n), frame);
-            link.Output.Advance(n);
-            await link.Output.FlushAsync(token).ConfigureAwait(false);
-        }
-        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or OperationCanceledException or InvalidOperationException)
-        {
-            // A frame may be half written: the stream cannot be trusted any more.
-            link.Break($"the connection to the shelf at {_endPoint} failed while sending: {e.Message}");
-            if (e is OperationCanceledException) throw Abandoned(callerToken, timeout);
-            throw new ShelfException(ShelfError.Unreachable, link.BrokenBy!);
-        }
-        finally
-        {
-            link.WriteLock.Release();
-        }
+        return ct.CanBeCanceled ? CancellableAsync(link, tag, pending, ct) : pending.Done.Task;
+    }
 
-        using (token.Register(() =>
+    static async Task<ShelfResponse> CancellableAsync(Link link, ulong tag, Pending pending, CancellationToken ct)
+    {
+        using (ct.Register(() =>
         {
-            if (link.Pending.TryRemove(tag, out var p))
-                p.Done.TrySetException(callerToken.IsCancellationRequested ? new OperationCanceledException(callerToken) : TimedOut(timeout));
+            if (link.Pending.TryRemove(tag, out var p)) p.Done.TrySetException(new OperationCanceledException(ct));
         }))
         {
             return await pending.Done.Task.ConfigureAwait(false);
         }
+    }
+
+    /// <summary>The sweep: fails every request past its deadline, and breaks a link whose socket stopped taking writes.</summary>
+    void Sweep(Link link)
+    {
+        if (link.BrokenBy is not null) return;
+        long now = _time.GetTimestamp();
+        if (link.Sender.WriteStartedAt is { } since && _time.GetElapsedTime(since, now) >= RequestTimeout)
+        {
+            link.Break($"the shelf at {_endPoint} has not taken a request for {RequestTimeout.TotalSeconds:0.###} s");
+            return;
+        }
+        foreach (var (tag, p) in link.Pending)
+            if (_time.GetElapsedTime(p.Started, now) >= p.Limit && link.Pending.TryRemove(tag, out _))
+                p.Done.TrySetException(TimedOut(p.Limit));
     }
 
     Exception Abandoned(CancellationToken callerToken, TimeSpan timeout) =>
@@ -145,10 +173,11 @@ internal sealed class ShelfChannel : IAsyncDisposable
     ShelfException TimedOut(TimeSpan timeout) =>
         new(ShelfError.Unreachable, $"the shelf at {_endPoint} did not answer within {timeout.TotalSeconds:0.###} s");
 
-    async Task<Link> ConnectedAsync(CancellationToken token, CancellationToken callerToken)
+    async Task<Link> ConnectedAsync(CancellationToken callerToken)
     {
-        var link = _link;
-        if (link is not null && link.BrokenBy is null) return link;
+        using var deadline = new CancellationTokenSource(RequestTimeout, _time);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(callerToken, deadline.Token);
+        var token = linked.Token;
         try
         {
             await _connectLock.WaitAsync(token).ConfigureAwait(false);
@@ -160,7 +189,7 @@ internal sealed class ShelfChannel : IAsyncDisposable
         try
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            link = _link;
+            var link = _link;
             if (link is not null && link.BrokenBy is null) return link;
             var socket = new Socket(_endPoint.AddressFamily, SocketType.Stream,
                 _endPoint.AddressFamily == AddressFamily.Unix ? ProtocolType.Unspecified : ProtocolType.Tcp);
@@ -175,13 +204,23 @@ internal sealed class ShelfChannel : IAsyncDisposable
                 throw new ShelfException(ShelfError.Unreachable, $"the shelf at {_endPoint} cannot be reached: {e.Message}");
             }
             if (socket.ProtocolType == ProtocolType.Tcp) socket.NoDelay = true;
-            link = new Link(socket);
+            link = new Link(socket, _time);
             link.Input = PipeReader.Create(link.Stream, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
-            link.Output = PipeWriter.Create(link.Stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true));
+            var period = TimeSpan.FromTicks(Math.Max(TimeSpan.TicksPerMillisecond, RequestTimeout.Ticks / 8));
+            link.Sweep = _time.CreateTimer(static s => { var (channel, l) = ((ShelfChannel, Link))s!; channel.Sweep(l); }, (this, link), period, period);
             _ = ReadLoopAsync(link);
             Connects++;
 
-            var hello = await SendAsync(link, new ShelfRequest(ShelfOp.Hello, 0) { Name = _role }, default, token, callerToken, RequestTimeout).ConfigureAwait(false);
+            ShelfResponse hello;
+            try
+            {
+                hello = await Send(link, new ShelfRequest(ShelfOp.Hello, 0) { Name = _role }, default, token, RequestTimeout, throwOnError: false).ConfigureAwait(false);
+            }
+            catch
+            {
+                link.Break($"the shelf at {_endPoint} did not answer Hello");
+                throw;
+            }
             if (hello.Status != ShelfError.None)
             {
                 link.Break($"the shelf at {_endPoint} refused this connection: {hello.Message}");
@@ -189,6 +228,10 @@ internal sealed class ShelfChannel : IAsyncDisposable
             }
             _link = link;
             return link;
+        }
+        catch (OperationCanceledException) when (!callerToken.IsCancellationRequested)
+        {
+            throw Abandoned(callerToken, RequestTimeout);
         }
         finally
         {
@@ -257,7 +300,9 @@ internal sealed class ShelfChannel : IAsyncDisposable
             }
             else
             {
-                p.Done.TrySetResult(ShelfCodec.ReadResponseBody(header, body.ToArray()));
+                var response = ShelfCodec.ReadResponseBody(header, body.ToArray());
+                if (p.ThrowOnError && response.Status != ShelfError.None) p.Done.TrySetException(response.Refusal());
+                else p.Done.TrySetResult(response);
             }
         }
         catch (ShelfProtocolException e)
@@ -287,5 +332,8 @@ internal sealed class ShelfChannel : IAsyncDisposable
 internal static class ShelfResponses
 {
     public static ShelfResponse Ok(this ShelfResponse response) =>
-        response.Status == ShelfError.None ? response : throw new ShelfException(response.Status, response.Message, response.Lba);
+        response.Status == ShelfError.None ? response : throw response.Refusal();
+
+    /// <summary>The exception a refused request fails with.</summary>
+    public static ShelfException Refusal(this ShelfResponse response) => new(response.Status, response.Message, response.Lba);
 }

@@ -65,14 +65,17 @@ public static class ShelfCodec
     }
 
     /// <summary>Writes header and body; returns the bytes written (<see cref="RequestBytes"/>).</summary>
-    public static int WriteRequest(Span<byte> destination, ShelfRequest request)
+    public static int WriteRequest(Span<byte> destination, ShelfRequest request) => WriteRequest(destination, request, request.Tag);
+
+    /// <summary>As <see cref="WriteRequest(Span{byte}, ShelfRequest)"/>, with <paramref name="tag"/> in place of the request's own.</summary>
+    public static int WriteRequest(Span<byte> destination, ShelfRequest request, ulong tag)
     {
         var body = new BodyWriter(destination[ShelfWire.RequestHeaderBytes..]);
         WriteRequestBody(ref body, request);
         BinaryPrimitives.WriteUInt32BigEndian(destination, ShelfWire.RequestMagic);
         BinaryPrimitives.WriteUInt16BigEndian(destination[4..], (ushort)request.Op);
         BinaryPrimitives.WriteUInt16BigEndian(destination[6..], (ushort)request.Flags);
-        BinaryPrimitives.WriteUInt64BigEndian(destination[8..], request.Tag);
+        BinaryPrimitives.WriteUInt64BigEndian(destination[8..], tag);
         BinaryPrimitives.WriteInt32BigEndian(destination[16..], body.Position);
         return ShelfWire.RequestHeaderBytes + body.Position;
     }

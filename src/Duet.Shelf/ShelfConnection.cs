@@ -15,11 +15,12 @@ namespace Duet.Shelf;
 // and body), copies the body into a pooled buffer, and hands the request to the thread pool,
 // then reads the next one without waiting. Up to MaxInFlightRequests run at once; with every
 // slot taken the reader stops reading and the socket pushes back. Requests finish in any
-// order (a slow write to one drive does not hold a heartbeat); each response is written whole
-// under one lock, tagged with its request's tag.
+// order (a slow write to one drive does not hold a heartbeat); each response is encoded whole,
+// tagged with its request's tag, and responses finished together go out in one socket write
+// (FrameSender).
 //
 //   socket -> PipeReader -> reader --(request, pooled body)--> thread pool x N -> Shelf / drive
-//   socket <- PipeWriter <- write lock <--------------------------- response --+
+//   socket <- FrameSender <---------------------------------------- response --+
 //
 // Errors. A request the shelf refuses gets its ShelfError and message. A body that is not its
 // opcode's (or an unknown opcode) gets Invalid with the tag, and the connection carries on: the
@@ -34,12 +35,11 @@ internal sealed class ShelfConnection
     readonly Socket _socket;
     readonly NetworkStream _stream;
     readonly PipeReader _input;
-    readonly PipeWriter _output;
+    readonly FrameSender _output;
     readonly Shelf _shelf;
     readonly IShelfPort? _port; // null on the admin socket
     readonly ILogger _logger;
     readonly Action<ShelfConnection> _onClosed;
-    readonly SemaphoreSlim _writeLock = new(1, 1);
     readonly SemaphoreSlim _slots;
     readonly CancellationTokenSource _abort = new();
     readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -58,7 +58,7 @@ internal sealed class ShelfConnection
         _slots = new SemaphoreSlim(maxInFlight, maxInFlight);
         _stream = new NetworkStream(socket, ownsSocket: true);
         _input = PipeReader.Create(_stream, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
-        _output = PipeWriter.Create(_stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true));
+        _output = new FrameSender(socket, TimeProvider.System, _ => Abort()); // the time is unused here: nothing sweeps a shelf connection
     }
 
     public long Id { get; }
@@ -319,21 +319,9 @@ internal sealed class ShelfConnection
         return _drives.GetOrAdd(name, d);
     }
 
-    async Task RespondAsync(ShelfResponse response)
-    {
-        await _writeLock.WaitAsync(_abort.Token);
-        try
-        {
-            int n = ShelfCodec.ResponseBytes(response);
-            ShelfCodec.WriteResponse(_output.GetSpan(n), response);
-            _output.Advance(n);
-            await _output.FlushAsync(_abort.Token);
-        }
-        finally
-        {
-            _writeLock.Release();
-        }
-    }
+    /// <summary>Queues the response; it is written at once, or with the write under way. The payload is copied here.</summary>
+    ValueTask RespondAsync(ShelfResponse response) =>
+        _output.SendAsync(ShelfCodec.ResponseBytes(response), response, static (span, r) => ShelfCodec.WriteResponse(span, r));
 
     void ReleaseInFlight()
     {
@@ -346,7 +334,7 @@ internal sealed class ShelfConnection
     {
         ReleaseInFlight();
         await _drained.Task;
-        try { await _output.CompleteAsync(); } catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException) { }
+        await _output.WhenIdleAsync(); // every answer queued is written (or the socket failed)
         await _input.CompleteAsync();
         try { _socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
         await _stream.DisposeAsync();
