@@ -158,8 +158,19 @@ internal sealed class ShelfConnection
         }
         await _slots.WaitAsync(_abort.Token);
         Interlocked.Increment(ref _inFlight);
-        _ = Task.Run(() => HandleAsync(request, body));
+        // A small read or plain write runs here on the reader, up to its first wait: at a drive file that
+        // is the whole request (FileDrive does small I/O inline), and a thread-pool hop costs more than
+        // it. Anything that may block (FUA, Flush, fences, management) goes to the thread pool, so a slow
+        // drive holds no other request of this connection (a heartbeat least of all).
+        if (RunsInline(request)) _ = HandleAsync(request, body);
+        else _ = Task.Run(() => HandleAsync(request, body));
     }
+
+    const int InlineBytes = 64 * 1024;
+
+    static bool RunsInline(ShelfRequest r) =>
+        r.Op == ShelfOp.Read && r.Length <= InlineBytes ||
+        r.Op == ShelfOp.Write && r.Payload.Length <= InlineBytes && (r.Flags & ShelfRequestFlags.Fua) == 0;
 
     async Task HandleAsync(ShelfRequest request, byte[] body)
     {
