@@ -14,8 +14,9 @@ public enum MirrorMode
 /// <summary>One change the peer must apply, in order: store an element's data and descriptor at the
 /// same index of its region 2, or invalidate an element there. <see cref="Reference"/>, when set, names the same bytes in a host command the peer holds (a
 /// multicast write): a mirror that can may send the name instead of the bytes.
-/// With a reference, <see cref="KeepFrom"/> (when not -1) is the element the image replaces, whose
-/// sectors in <see cref="KeepMask"/> the image keeps: the peer has them in its own mirror of it.
+/// <see cref="KeepFrom"/> (when not -1) is the element the image replaces, whose sectors in
+/// <see cref="KeepMask"/> the image keeps: the peer has them in its own mirror of it (a multicast write
+/// names the rest in the host command; any other may send just the rest, with that element as its base).
 /// <see cref="Replaces"/> is the element an image replaces (-1: none), whose invalidation follows in the same
 /// group: a mirror that can may fold the two into one header.</summary>
 public readonly record struct MirrorChange(int Element, ElementDescriptor Descriptor, ReadOnlyMemory<byte> Data, bool Invalidate,

@@ -19,6 +19,21 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
     /// <summary>Elements stored from a host command this controller held (by-reference headers).</summary>
     public long AppliedByReference { get; private set; }
 
+    /// <summary>Elements built from a base element of region 2 and the sectors carried (with-base headers).</summary>
+    public long AppliedWithBase { get; private set; }
+
+    /// <summary>The runs of set bits of <paramref name="mask"/>: (first sector, count).</summary>
+    static IEnumerable<(int First, int Count)> Runs(uint mask)
+    {
+        while (mask != 0)
+        {
+            int s = System.Numerics.BitOperations.TrailingZeroCount(mask);
+            int k = System.Numerics.BitOperations.TrailingZeroCount(~(mask >> s));
+            yield return (s, k);
+            mask &= k == 32 ? 0 : ~(((1u << k) - 1) << s);
+        }
+    }
+
     /// <summary>
     /// The carried sectors a by-reference header names (first to last valid sector of its image),
     /// or why they cannot be had here: the host's bytes from the command this controller holds, and
@@ -75,6 +90,32 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
         return null;
     }
 
+    /// <summary>A with-base header's base block and base element, or why the image cannot be built here. A base an
+    /// earlier header of the batch stores (<paramref name="baseStoredEarlier"/>) is checked when the batch is applied.</summary>
+    string? CheckBase(in CoherencyHeader h, ReadOnlySpan<byte> data, out BaseBlock block, Func<int, bool>? baseStoredEarlier)
+    {
+        int element = (int)(h.ElementIndex / WriteBackCache.SectorsPerElement);
+        if (!BaseBlock.TryDecode(data, out block)) return "malformed base block";
+        if (block.BaseElement >= Region.ElementCount || block.BaseElement == element)
+            return $"with-base image at element {element}: element {block.BaseElement} cannot be its base";
+        if (baseStoredEarlier?.Invoke(block.BaseElement) == true) return null;
+        uint kept = h.KeptMask;
+        long lba = (long)h.Lba - (int)(h.ElementIndex % WriteBackCache.SectorsPerElement);
+        if (!Region.TryReadFields(block.BaseElement, out var old)) return $"with-base image: base element {block.BaseElement} is not valid here";
+        if (old.ArrayNumber != h.Volume || old.ArrayLba != lba || (old.ValidMask & kept) != kept)
+            return $"with-base image: base element {block.BaseElement} holds array {old.ArrayNumber} LBA {old.ArrayLba} mask {old.ValidMask:x8}, not the kept sectors {kept:x8} of LBA {lba}";
+        return null;
+    }
+
+    /// <summary>For a receiver checking a batch before it applies any of it (see <see cref="Check"/>).</summary>
+    public string? CheckWithBase(in CoherencyHeader h, ReadOnlySpan<byte> data, Func<int, bool> baseStoredEarlier, out int retires)
+    {
+        retires = -1;
+        if (CheckBase(h, data, out var block, baseStoredEarlier) is { } why) return why;
+        if (block.RetiresBase) retires = block.BaseElement;
+        return null;
+    }
+
     static bool Contiguous(uint mask)
     {
         uint m = mask >> System.Numerics.BitOperations.TrailingZeroCount(mask);
@@ -101,11 +142,20 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
             return null;
         }
         int retire = -1;
+        int baseElement = -1;
         if (h.Kind == CoherencyHeaderKind.MirrorByReference)
         {
             if (Resolve(h, data, out var held, out retire) is { } missing) { Rejected++; return missing; }
             data = held.Span;
             AppliedByReference++;
+        }
+        else if (h.Kind == CoherencyHeaderKind.MirrorWithBase)
+        {
+            if (data.Length != h.DataBytes) { Rejected++; return $"with-base header carries {h.BlockCount} blocks but {data.Length} bytes came"; }
+            if (CheckBase(h, data, out var block, baseStoredEarlier: null) is { } why) { Rejected++; return why; }
+            baseElement = block.BaseElement;
+            if (block.RetiresBase) retire = block.BaseElement;
+            data = data[MirrorWire.BaseBlockBytes..];
         }
         if (arraySerialOf(h.Volume) is not { } serial) { Rejected++; return $"volume number {h.Volume} is not in the array table"; }
         if (data.Length != (int)h.BlockCount * Units.SectorBytes) { Rejected++; return $"header carries {h.BlockCount} blocks but {data.Length} bytes came"; }
@@ -113,11 +163,19 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
         var descriptor = new ElementDescriptor(serial, h.Volume, (long)h.Lba - first, WriteBackCache.SectorsPerElement, h.ValidMask, h.Sequence, Dirty: true);
         if (descriptor.Problem() is { } problem) { Rejected++; return problem; }
         // The valid sectors outside the carried range must already be there: the owner sends each
-        // element whole from its first to its last valid sector.
-        if ((h.ValidMask & ~h.CoveredMask) != 0) { Rejected++; return "valid mask names sectors the header does not carry"; }
+        // element whole from its first to its last valid sector (or, with a base, the base has them).
+        if ((h.ValidMask & ~h.CoveredMask) != 0 && baseElement < 0) { Rejected++; return "valid mask names sectors the header does not carry"; }
         // Invalidate first: the element's old descriptor must not vouch for half-new data.
         Region.Invalidate(element);
-        data.CopyTo(Region.Data(element)[(first * Units.SectorBytes)..]);
+        var image = Region.Data(element);
+        if (baseElement >= 0)
+        {
+            var from = Region.Data(baseElement);
+            foreach (var (s, k) in Runs(h.KeptMask))
+                from.Slice(s * Units.SectorBytes, k * Units.SectorBytes).CopyTo(image[(s * Units.SectorBytes)..]);
+            AppliedWithBase++;
+        }
+        data.CopyTo(image[(first * Units.SectorBytes)..]);
         Region.WriteDescriptorOnly(element, descriptor);
         Applied++;
         // The element this image replaced, which the owner retired: as the invalidation header that used to
@@ -131,12 +189,23 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
         return null;
     }
 
+    /// <summary>Whether a change can travel as a with-base header: a rewrite that keeps sectors of the element it
+    /// replaces (<see cref="MirrorChange.KeepFrom"/>, which the peer holds) and writes one run of others.</summary>
+    public static bool GoesWithBase(in MirrorChange change)
+    {
+        if (change.Invalidate || change.Reference is not null || change.KeepFrom < 0 || change.KeepMask == 0) return false;
+        uint carried = change.Descriptor.ValidMask & ~change.KeepMask;
+        return carried != 0 && Contiguous(carried) && (change.KeepMask & ~change.Descriptor.ValidMask) == 0;
+    }
+
     /// <summary>The header that carries a cache change: an element from its first to its last valid
     /// sector; with <paramref name="byReference"/> and a change that names its bytes in a host
     /// command the peer holds, a by-reference header and its 32-byte reference block instead, which
     /// with <paramref name="retiresReplaced"/> also retires the element the change replaces
-    /// (<see cref="MirrorChange.Replaces"/>) at the peer.</summary>
-    public static (CoherencyHeader Header, ReadOnlyMemory<byte> Data) Encode(in MirrorChange change, bool byReference = false, bool retiresReplaced = false)
+    /// (<see cref="MirrorChange.Replaces"/>) at the peer. With <paramref name="withBase"/> a rewrite that
+    /// <see cref="GoesWithBase"/> travels as a with-base header: its base block and the sectors it wrote.</summary>
+    public static (CoherencyHeader Header, ReadOnlyMemory<byte> Data) Encode(in MirrorChange change, bool byReference = false, bool retiresReplaced = false,
+        bool withBase = false)
     {
         uint baseIndex = (uint)(change.Element * WriteBackCache.SectorsPerElement);
         if (change.Invalidate)
@@ -156,6 +225,18 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
             reference.Encode(block);
             return (new CoherencyHeader(CoherencyHeaderKind.MirrorByReference, d.ArrayNumber, (ulong)(d.ArrayLba + first), (uint)count,
                 baseIndex + (uint)first, d.ValidMask, d.Sequence), block);
+        }
+        if (withBase && GoesWithBase(change))
+        {
+            Invariant.Assert(!retiresReplaced || change.KeepFrom == change.Replaces);
+            uint carried = d.ValidMask & ~change.KeepMask;
+            int at = System.Numerics.BitOperations.TrailingZeroCount(carried);
+            int n = System.Numerics.BitOperations.PopCount(carried);
+            var bytes = new byte[MirrorWire.BaseBlockBytes + n * Units.SectorBytes];
+            new BaseBlock(change.KeepFrom, retiresReplaced).Encode(bytes);
+            change.Data.Span.Slice(at * Units.SectorBytes, n * Units.SectorBytes).CopyTo(bytes.AsSpan(MirrorWire.BaseBlockBytes));
+            return (new CoherencyHeader(CoherencyHeaderKind.MirrorWithBase, d.ArrayNumber, (ulong)(d.ArrayLba + at), (uint)n,
+                baseIndex + (uint)at, d.ValidMask, d.Sequence), bytes);
         }
         var header = new CoherencyHeader(CoherencyHeaderKind.Mirror, d.ArrayNumber, (ulong)(d.ArrayLba + first), (uint)count,
             baseIndex + (uint)first, d.ValidMask, d.Sequence);

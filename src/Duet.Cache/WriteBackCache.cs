@@ -404,6 +404,10 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         var descriptors = new ElementDescriptor[n];
         // A multicast write: per element, how the peer can build the image from what it holds (none: it travels whole).
         var byName = reference is null ? null : new (HostDataReference Host, int KeepFrom, uint KeepMask)?[n];
+        // Per element, the dirty sectors of the element it replaces that the new image keeps (the peer's mirror
+        // of that element holds them too: a mirror that can sends only the rest, MirrorApplier.GoesWithBase).
+        var keepFrom = new int[n];
+        var keepMask = new uint[n];
         for (int i = 0; i < n; i++) elements[i] = -1;
         var got = await AllocateAsync(n, ct);
         got.CopyTo(elements, 0);
@@ -454,6 +458,8 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 }
                 data.Span.Slice((int)((from - sector) * Units.SectorBytes), (int)((to - from) * Units.SectorBytes)).CopyTo(dst.Span[(firstSector * Units.SectorBytes)..]);
                 uint valid = oldMask | mask;
+                keepFrom[i] = oldDirty && (oldMask & ~mask) != 0 ? old : -1;
+                keepMask[i] = keepFrom[i] >= 0 ? oldMask & ~mask : 0;
                 // With a multicast write the peer holds the host's bytes; the old element's dirty
                 // sectors it holds in its mirror of that element. Gap-filled sectors (read from the
                 // array here, for a mirror that cannot carry gaps) are nowhere there: such an image
@@ -501,9 +507,10 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     // its invalidation ahead of this group).
                     var held = byName?[i];
                     if (held is { KeepFrom: >= 0 } h && olds[i] != h.KeepFrom) held = null;
+                    bool keeps = keepFrom[i] >= 0 && olds[i] == keepFrom[i];
                     changes.Add(held is { } x
                         ? new MirrorChange(e, d, _nvram.Memory(e), false, x.Host, x.KeepFrom, x.KeepMask, Replaces: olds[i])
-                        : new MirrorChange(e, d, _nvram.Memory(e), false, Replaces: olds[i]));
+                        : new MirrorChange(e, d, _nvram.Memory(e), false, KeepFrom: keeps ? keepFrom[i] : -1, KeepMask: keeps ? keepMask[i] : 0, Replaces: olds[i]));
                 }
                 for (int i = 0; i < n; i++)
                 {

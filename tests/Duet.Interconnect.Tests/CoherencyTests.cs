@@ -100,7 +100,7 @@ public class CoherencyTests
         { "control", 9, "01", WireError.NonZeroReserved },
         { "header count", 10, "00000003", WireError.BadLength },
         { "data bytes", 14, "00000600", WireError.BadLength },
-        { "kind", 18, "04", WireError.BadEnum },
+        { "kind", 18, "05", WireError.BadEnum },
         { "header reserved", 20, "0001", WireError.NonZeroReserved },
         { "mirror blocks 0", 34, "00000000", WireError.BadBlockCount },
         { "blocks 33", 34, "00000021", WireError.BadBlockCount },
@@ -366,5 +366,59 @@ public class CoherencyTests
         bad[24] = 0x80; // a base element beyond int range
         Assert.False(HostReferenceBlock.TryDecode(bad, out _));
         Assert.ThrowsAny<Exception>(() => new HostReferenceBlock(host, RetiresBase: true).Encode(new byte[MirrorWire.HostReferenceBytes]));
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-3")]
+    public void Base_block_has_its_fields_at_their_offsets_and_refuses_reserved_bits_and_a_missing_base()
+    {
+        var b = new byte[MirrorWire.BaseBlockBytes];
+        new BaseBlock(5, RetiresBase: true).Encode(b);
+        Assert.Equal("00000006 01000000".Replace(" ", ""), Convert.ToHexString(b).ToLowerInvariant());
+        Assert.True(BaseBlock.TryDecode(b, out var back));
+        Assert.Equal(new BaseBlock(5, true), back);
+        new BaseBlock(int.MaxValue - 1, RetiresBase: false).Encode(b);
+        Assert.Equal("7fffffff 00000000".Replace(" ", ""), Convert.ToHexString(b).ToLowerInvariant());
+        Assert.True(BaseBlock.TryDecode(b, out back));
+        Assert.Equal(new BaseBlock(int.MaxValue - 1, false), back);
+
+        Assert.False(BaseBlock.TryDecode(new byte[MirrorWire.BaseBlockBytes], out _)); // base element + 1 = 0: none named
+        var bad = (byte[])b.Clone(); bad[0] = 0x80; // beyond int range
+        Assert.False(BaseBlock.TryDecode(bad, out _));
+        bad = (byte[])b.Clone(); bad[4] = 0x02; // an unknown flag
+        Assert.False(BaseBlock.TryDecode(bad, out _));
+        bad = (byte[])b.Clone(); bad[7] = 0x01;
+        Assert.False(BaseBlock.TryDecode(bad, out _));
+        Assert.False(BaseBlock.TryDecode(b.AsSpan(0, 7), out _));
+    }
+
+    [Theory]
+    [InlineData(8u, 8u, 0xFFFFFFFFu, WireError.None)]          // 4 KiB carried, the rest kept
+    [InlineData(0u, 31u, 0xFFFFFFFFu, WireError.None)]         // all but the last sector carried
+    [InlineData(31u, 1u, 0x80000001u, WireError.None)]         // one carried, one kept, a gap between
+    [InlineData(8u, 8u, 0x0000FF00u, WireError.BadValidMask)]  // nothing kept: a plain mirror header
+    [InlineData(8u, 8u, 0xFFFF7FFFu, WireError.BadValidMask)]  // a carried sector not valid
+    [InlineData(0u, 32u, 0xFFFFFFFFu, WireError.BadValidMask)] // the whole element carried: nothing kept
+    [InlineData(8u, 0u, 0xFFFFFFFFu, WireError.BadBlockCount)]
+    [InlineData(30u, 3u, 0xFFFFFFFFu, WireError.BadBlockCount)] // past the element
+    [Trait("Claim", "CC-3")]
+    public void A_with_base_header_carries_only_valid_sectors_and_keeps_some(uint first, uint count, uint mask, WireError expected)
+    {
+        var h = new CoherencyHeader(CoherencyHeaderKind.MirrorWithBase, 1, 64 + first, count, 2 * 32 + first, mask, 9);
+        Assert.Equal(expected, h.Validate(1 << 20));
+        if (expected != WireError.None) return;
+        Assert.Equal(MirrorWire.BaseBlockBytes + count * 512L, h.DataBytes);
+        Assert.True(h.Stores);
+        Assert.Equal(mask & ~h.CoveredMask, h.KeptMask);
+        // In a batch it round-trips, its data (base block, then the sectors) framed by the header.
+        var data = new byte[h.DataBytes];
+        new BaseBlock(1, false).Encode(data);
+        var head = new byte[CoherencyBatchCommand.HeadBytes(1)];
+        CoherencyBatchCommand.EncodeHead(4, [h], head);
+        var reader = new SequenceReader<byte>(new ReadOnlySequence<byte>(head.Concat(data).ToArray()));
+        Assert.Equal(OperationStatus.Done, CoherencyBatchCommand.TryDecode(ref reader, 1 << 20, out var batch, out var error));
+        Assert.Equal(WireError.None, error);
+        Assert.Equal(h, batch!.Headers.Single());
+        Assert.Equal(data, batch.DataOf(0).ToArray());
     }
 }

@@ -119,8 +119,8 @@ public sealed partial class MirrorReceiver(
             await RefuseAsync(0, MirrorStatusCode.Malformed, $"coherency batch refused: {(status == OperationStatus.Done ? "trailing bytes" : error.ToString())}");
             return;
         }
-        // Check every header before writing any, so a refused batch writes nothing. A by-reference
-        // header may keep sectors of an element an earlier header of this batch stores.
+        // Check every header before writing any, so a refused batch writes nothing. A by-reference or
+        // with-base header may keep sectors of an element an earlier header of this batch stores.
         HashSet<int>? stored = null;
         byte[]? reference = null; // a reference block split across segments is gathered here
         static ReadOnlySpan<byte> Block(ReadOnlySequence<byte> data, ref byte[]? into)
@@ -142,6 +142,14 @@ public sealed partial class MirrorReceiver(
             if (h.Kind == CoherencyHeaderKind.MirrorByReference)
             {
                 if (applier.Check(h, Block(batch.DataOf(i), ref reference), e => stored?.Contains(e) == true, out retired) is { } missing)
+                {
+                    await RefuseAsync(batch.BatchNumber, MirrorStatusCode.Malformed, missing);
+                    return;
+                }
+            }
+            else if (h.Kind == CoherencyHeaderKind.MirrorWithBase)
+            {
+                if (applier.CheckWithBase(h, Block(batch.DataOf(i).Slice(0, MirrorWire.BaseBlockBytes), ref reference), e => stored?.Contains(e) == true, out retired) is { } missing)
                 {
                     await RefuseAsync(batch.BatchNumber, MirrorStatusCode.Malformed, missing);
                     return;

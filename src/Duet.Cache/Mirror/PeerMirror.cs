@@ -86,8 +86,8 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
 
     public string? DownReason { get { lock (_sync) return _down ? _downReason : null; } }
 
-    /// <summary>Replaced elements the peer retired by the flag of their successor's reference block, each one
-    /// invalidation header not sent.</summary>
+    /// <summary>Replaced elements the peer retired by the flag of their successor's reference block or base block
+    /// (a multicast image, or a rewrite sent with its base), each one invalidation header not sent.</summary>
     public long RetiredByReference => Interlocked.Read(ref _retiredByReference);
     long _retiredByReference;
 
@@ -132,11 +132,12 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
             if (_down || !_link.IsUp) throw new MirrorUnavailableException($"the peer mirror is down: {_downReason}");
             if (_options.Path == MirrorMethod.Batched)
             {
-                // An image sent by reference retires the element it replaces itself (a flag of its reference block):
-                // the group's invalidation of that element is not sent (32 bytes of a 4 KiB multicast rewrite's ~90).
+                // An image sent by reference, or with the element it replaces as its base, retires that element itself
+                // (a flag of its reference or base block): the group's invalidation of it is not sent (32 bytes).
                 // Only an element the group does invalidate (the cache's order: images, then invalidations). A group
                 // is one host write's few elements: looked up in place, nothing allocated on the write path.
-                static bool Retires(in MirrorChange c) => !c.Invalidate && c.Reference is not null && c.Replaces >= 0 && (c.KeepFrom < 0 || c.KeepFrom == c.Replaces);
+                static bool Retires(in MirrorChange c) => !c.Invalidate && c.Replaces >= 0 &&
+                    (c.Reference is not null ? c.KeepFrom < 0 || c.KeepFrom == c.Replaces : MirrorApplier.GoesWithBase(c) && c.KeepFrom == c.Replaces);
                 bool Invalidated(int element)
                 {
                     foreach (var x in changes) if (x.Invalidate && x.Element == element) return true;
@@ -160,7 +161,7 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
                         }
                         continue;
                     }
-                    var (header, data) = MirrorApplier.Encode(c, byReference: true, retiresReplaced: Retires(c) && Invalidated(c.Replaces));
+                    var (header, data) = MirrorApplier.Encode(c, byReference: true, retiresReplaced: Retires(c) && Invalidated(c.Replaces), withBase: true);
                     _log.AppendMirror(header, data);
                     headers++;
                 }

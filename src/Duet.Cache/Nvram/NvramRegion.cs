@@ -118,6 +118,20 @@ public sealed unsafe class NvramRegion
     /// <summary>The descriptor if the element is valid and checks.</summary>
     public bool TryRead(int element, out ElementDescriptor descriptor) => Examine(element, out descriptor, out _) == ElementState.Valid;
 
+    /// <summary>The descriptor of a valid element, its fields only: the CRC over its data is not checked. For an
+    /// element this process stored itself and nothing else writes (the mirror's base of a with-base image):
+    /// a torn one could only come from a crash, and a crash restarts the reader, which replays with the check.</summary>
+    public bool TryReadFields(int element, out ElementDescriptor descriptor)
+    {
+        CheckElement(element);
+        _file.ThrowIfDisposed();
+        descriptor = default;
+        var slot = Slot(element);
+        if (!DescriptorCodec.IsValid(slot)) return false;
+        descriptor = DescriptorCodec.DecodeFields(slot);
+        return true;
+    }
+
     /// <summary>The element's descriptor; an empty or damaged element is an <see cref="NvramException"/>.</summary>
     public ElementDescriptor Read(int element) => Examine(element, out var descriptor, out var problem) switch
     {

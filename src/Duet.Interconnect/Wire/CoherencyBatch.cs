@@ -21,7 +21,7 @@ namespace Duet.Interconnect.Wire;
 //   +----------------------+
 //
 // Header block (32 bytes, big-endian):
-//   0      kind: 1 mirror data, 2 invalidate
+//   0      kind: 1 mirror data, 2 invalidate, 3 mirror by reference, 4 mirror with base
 //   1      volume number (MR-5)
 //   2-3    zero
 //   4-7    cache element index = NVRAM offset within the region / 512 where the data starts
@@ -35,12 +35,48 @@ namespace Duet.Interconnect.Wire;
 // an element in place: a rewrite goes to a fresh element): it carries the image from its first to
 // its last valid sector, so its mask lies inside the carried range, with the first and the last
 // carried sectors valid (sectors between them may be invalid gaps). An invalidate header's mask is zero.
+//
+// Kind 4, mirror with base: a rewrite of part of a dirty element. The new image is the receiver's
+// own mirror of the element it replaces (the base) with the carried sectors written over it: the
+// header's range (index, block count) is the sectors carried, every one of them valid, and the
+// mask's other sectors are the ones kept from the base, which must hold them (same array, same
+// element LBA). The data is an 8-byte base block (u32 base element + 1, never 0; u8 flags, bit 0:
+// the base is retired, i.e. invalidated once the image is stored, and the owner sends no
+// invalidation header for it; 3 zero bytes), then the carried sectors. A 4 KiB rewrite of a full
+// 16 KiB element travels as 4 KiB + 8 bytes instead of 16 KiB.
 
 public enum CoherencyHeaderKind : byte
 {
     Mirror = MirrorWire.HeaderKindMirror,
     Invalidate = MirrorWire.HeaderKindInvalidate,
     MirrorByReference = MirrorWire.HeaderKindMirrorByReference,
+    MirrorWithBase = MirrorWire.HeaderKindMirrorWithBase,
+}
+
+/// <summary>The 8 bytes before a <see cref="CoherencyHeaderKind.MirrorWithBase"/> header's sectors: the element of the
+/// receiver's region 2 the image keeps its other sectors from, and whether the image retires it.</summary>
+public readonly record struct BaseBlock(int BaseElement, bool RetiresBase)
+{
+    const byte FlagRetiresBase = 0x01;
+
+    public void Encode(Span<byte> destination)
+    {
+        Duet.Core.Invariant.Assert(BaseElement >= 0 && BaseElement < int.MaxValue);
+        var d = destination[..MirrorWire.BaseBlockBytes];
+        BinaryPrimitives.WriteUInt32BigEndian(d, (uint)BaseElement + 1);
+        d[4] = RetiresBase ? FlagRetiresBase : (byte)0;
+        d[5] = 0; d[6] = 0; d[7] = 0;
+    }
+
+    public static bool TryDecode(ReadOnlySpan<byte> source, out BaseBlock value)
+    {
+        value = default;
+        if (source.Length < MirrorWire.BaseBlockBytes || (source[4] & ~FlagRetiresBase) != 0 || source[5] != 0 || source[6] != 0 || source[7] != 0) return false;
+        uint element = BinaryPrimitives.ReadUInt32BigEndian(source);
+        if (element == 0 || element > int.MaxValue) return false;
+        value = new BaseBlock((int)element - 1, (source[4] & FlagRetiresBase) != 0);
+        return true;
+    }
 }
 
 /// <summary>
@@ -97,11 +133,15 @@ public readonly record struct CoherencyHeader(
     {
         CoherencyHeaderKind.Mirror => (long)BlockCount * MirrorWire.SectorBytes,
         CoherencyHeaderKind.MirrorByReference => MirrorWire.HostReferenceBytes,
+        CoherencyHeaderKind.MirrorWithBase => MirrorWire.BaseBlockBytes + (long)BlockCount * MirrorWire.SectorBytes,
         _ => 0,
     };
 
     /// <summary>A header that stores an element image (its bytes carried or named).</summary>
-    public bool Stores => Kind is CoherencyHeaderKind.Mirror or CoherencyHeaderKind.MirrorByReference;
+    public bool Stores => Kind is CoherencyHeaderKind.Mirror or CoherencyHeaderKind.MirrorByReference or CoherencyHeaderKind.MirrorWithBase;
+
+    /// <summary>A with-base header's sectors kept from the base element: the valid ones it does not carry.</summary>
+    public uint KeptMask => Kind == CoherencyHeaderKind.MirrorWithBase ? ValidMask & ~CoveredMask : 0;
 
     /// <summary>The sectors of the 16 KiB element this header covers, as a mask.</summary>
     public uint CoveredMask => BlockCount == 0 ? 0
@@ -110,7 +150,7 @@ public readonly record struct CoherencyHeader(
     /// <summary>Checks the header rules; <paramref name="regionBytes"/> bounds the element index.</summary>
     public WireError Validate(long regionBytes)
     {
-        if (Kind is not (CoherencyHeaderKind.Mirror or CoherencyHeaderKind.Invalidate or CoherencyHeaderKind.MirrorByReference)) return WireError.BadEnum;
+        if (Kind is not (CoherencyHeaderKind.Mirror or CoherencyHeaderKind.Invalidate or CoherencyHeaderKind.MirrorByReference or CoherencyHeaderKind.MirrorWithBase)) return WireError.BadEnum;
         if (BlockCount > MirrorWire.ElementSectors) return WireError.BadBlockCount;
         if (Stores && BlockCount == 0) return WireError.BadBlockCount;
         if (ElementIndex % MirrorWire.ElementSectors + BlockCount > MirrorWire.ElementSectors) return WireError.BadBlockCount;
@@ -120,6 +160,12 @@ public readonly record struct CoherencyHeader(
             uint covered = CoveredMask;
             int first = (int)(ElementIndex % MirrorWire.ElementSectors);
             int last = first + (int)BlockCount - 1;
+            if (Kind == CoherencyHeaderKind.MirrorWithBase)
+            {
+                // Every carried sector is valid, and some are kept from the base (else it is a plain mirror header).
+                if ((covered & ~ValidMask) != 0 || (ValidMask & ~covered) == 0) return WireError.BadValidMask;
+                return WireError.None;
+            }
             if (ValidMask == 0 || (ValidMask & ~covered) != 0) return WireError.BadValidMask;
             if ((ValidMask & (1u << first)) == 0 || (ValidMask & (1u << last)) == 0) return WireError.BadValidMask;
         }

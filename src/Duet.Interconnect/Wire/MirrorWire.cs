@@ -146,6 +146,13 @@ public static class MirrorWire
     /// <summary>A reference block: u8 unit, 3 zero bytes, u32 payload offset, u64 host id, u64 host tag, 8 zero bytes.</summary>
     public const int HostReferenceBytes = 32;
 
+    /// <summary>Header block kind: a new element image built from the receiver's mirror of the element it
+    /// replaces (the base) and the sectors the header carries; an 8-byte base block precedes the data.</summary>
+    public const byte HeaderKindMirrorWithBase = 4;
+
+    /// <summary>A base block: u32 base element + 1, u8 flags (bit 0: retires the base), 3 zero bytes.</summary>
+    public const int BaseBlockBytes = 8;
+
     // ---- Duet's own messages ----------------------------------------------------------
 
     /// <summary>Duet message types start here, so byte 0 is 0x01 and never collides with the above.</summary>

@@ -339,4 +339,108 @@ public class MirrorProtocolTests
         Assert.Equal(h.NvramA.Own.ReplayOrder().Select(x => x.Element).Order(), h.NvramB.Peer.ReplayOrder().Select(x => x.Element).Order());
         await h.VerifyAsync();
     }
+
+    [Fact]
+    [Trait("Claim", "CC-3")]
+    [Trait("Claim", "MR-1")]
+    public async Task A_rewrite_of_part_of_a_dirty_element_travels_as_its_own_sectors_over_the_peers_copy_of_the_element_it_replaces()
+    {
+        await using var h = new PairHarness(MirrorMethod.Batched);
+        await h.WriteAsync(0, 32); // a whole 16 KiB element, dirty
+        int first = h.NvramA.Own.ReplayOrder().Single(x => x.Descriptor.ArrayLba == 0).Element;
+        long before = h.LinkBytes, invalidated = h.Applier.Invalidated;
+        await h.WriteAsync(8, 8); // 4 KiB of it again: a new element keeps the other 12 KiB
+        long bytes = h.LinkBytes - before;
+        int second = h.NvramA.Own.ReplayOrder().Single(x => x.Descriptor.ArrayLba == 0).Element;
+        Assert.NotEqual(first, second);
+        Assert.Equal(1, h.Applier.AppliedWithBase);
+        // 4 KiB + the 8-byte base block + one header and the batch's head; the whole image would be 16 KiB.
+        Assert.True(bytes < 4096 + 512, $"{bytes} link bytes for a 4 KiB rewrite of a full element");
+        // The image retired its base at the peer: no invalidation header, the old element gone there too.
+        Assert.Equal(1, h.Mirror.RetiredByReference);
+        Assert.Equal(invalidated + 1, h.Applier.Invalidated);
+        Assert.False(h.NvramB.Peer.TryRead(first, out _));
+        Assert.True(h.NvramB.Peer.TryRead(second, out var d));
+        Assert.Equal(uint.MaxValue, d.ValidMask);
+        Assert.True(h.NvramB.Peer.Data(second).SequenceEqual(h.NvramA.Own.Data(second)));
+        Assert.Equal(h.Model, h.PeerReplay());
+        await h.VerifyAsync();
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [Trait("Claim", "CC-3")]
+    [Trait("Claim", "MR-1")]
+    public async Task Random_rewrites_inside_dirty_elements_leave_the_peers_region_2_equal_to_the_owners(int seed)
+    {
+        await using var h = new PairHarness(MirrorMethod.Batched, arraySectors: 2048, seed: seed);
+        var rng = new Random(seed);
+        for (int wave = 0; wave < 100; wave++)
+        {
+            // Four writes at once, to disjoint sectors of a few elements: their groups meet in one batch, where a
+            // later image's base is an element an earlier header of the same batch stores.
+            var taken = new List<(long From, long To)>();
+            var writes = new List<Task>();
+            for (int k = 0; k < 4; k++)
+            {
+                int n = rng.Next(1, 25);
+                long at = rng.NextInt64(0, 128 - n + 1) + (wave % 8) * 128;
+                if (taken.Any(t => at < t.To && t.From < at + n)) continue;
+                taken.Add((at, at + n));
+                writes.Add(h.WriteAsync(at, n));
+            }
+            await Task.WhenAll(writes);
+        }
+        Assert.True(h.Applier.AppliedWithBase > 100, $"only {h.Applier.AppliedWithBase} images with a base");
+        Assert.Null(h.Mirror.DownReason);
+        Assert.Equal(0, h.Receiver.Refused);
+        Assert.Equal(h.Model, h.PeerReplay());
+        Assert.Equal(h.NvramA.Own.ReplayOrder().Select(x => x.Element).Order(), h.NvramB.Peer.ReplayOrder().Select(x => x.Element).Order());
+        await h.VerifyAsync();
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-3")]
+    public void A_with_base_image_whose_base_the_receiver_does_not_hold_is_refused_and_nothing_of_it_is_written()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "duet-base-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(dir);
+        try
+        {
+            using var nvram = Duet.Cache.Nvram.NvramFile.Create(Path.Combine(dir, "b.nvram"), Duet.Cache.Nvram.NvramLayout.For(4 << 20), "B", Guid.NewGuid());
+            var applier = new MirrorApplier(nvram.Peer, v => v == 7 ? 0xABCDEFUL : null);
+            var whole = new byte[16384];
+            new Random(3).NextBytes(whole);
+            Assert.Null(applier.Apply(new CoherencyHeader(CoherencyHeaderKind.Mirror, 7, 64, 32, 1 * 32, uint.MaxValue, 1), whole));
+            byte[] WithBase(int baseElement, bool retires, byte fill)
+            {
+                var x = new byte[MirrorWire.BaseBlockBytes + 4096];
+                new BaseBlock(baseElement, retires).Encode(x);
+                x.AsSpan(MirrorWire.BaseBlockBytes).Fill(fill);
+                return x;
+            }
+            // Sectors 8..15 of the element at LBA 64, over element 1's copy, into element 2.
+            CoherencyHeader Rewrite(int element, ulong lba, ulong seq) => new(CoherencyHeaderKind.MirrorWithBase, 7, lba + 8, 8, (uint)(element * 32 + 8), uint.MaxValue, seq);
+            Assert.NotNull(applier.Apply(Rewrite(2, 64, 2), WithBase(3, false, 0x11)));   // the base is empty
+            Assert.NotNull(applier.Apply(Rewrite(2, 96, 3), WithBase(1, false, 0x11)));   // the base holds another LBA
+            Assert.NotNull(applier.Apply(Rewrite(2, 64, 4), WithBase(2, false, 0x11)));   // its own element as base
+            Assert.NotNull(applier.Apply(Rewrite(2, 64, 5), WithBase(nvram.Peer.ElementCount, false, 0x11)));
+            var bad = WithBase(1, false, 0x11);
+            bad[5] = 1; // a reserved byte
+            Assert.NotNull(applier.Apply(Rewrite(2, 64, 6), bad));
+            Assert.False(nvram.Peer.TryRead(2, out _));
+            Assert.Equal(5, applier.Rejected);
+
+            Assert.Null(applier.Apply(Rewrite(2, 64, 7), WithBase(1, true, 0x22)));
+            Assert.True(nvram.Peer.TryRead(2, out var d));
+            Assert.Equal((64L, uint.MaxValue, 7UL), (d.ArrayLba, d.ValidMask, d.Sequence));
+            Assert.False(nvram.Peer.TryRead(1, out _)); // retired
+            var expected = (byte[])whole.Clone();
+            expected.AsSpan(8 * 512, 4096).Fill(0x22);
+            Assert.True(nvram.Peer.Data(2).SequenceEqual(expected));
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
 }
