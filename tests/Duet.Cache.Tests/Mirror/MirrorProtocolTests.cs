@@ -314,24 +314,8 @@ public class MirrorProtocolTests
     public async Task Random_multicast_writes_leave_the_peers_region_2_equal_to_the_owners_data(int seed)
     {
         await using var h = new PairHarness(MirrorMethod.Batched, arraySectors: 2048, seed: seed);
-        var rng = new Random(seed);
         ulong tag = 0;
-        for (int wave = 0; wave < 100; wave++)
-        {
-            // Four writes at once, to disjoint sectors that often share elements: their groups meet
-            // in one batch, where a later image keeps sectors an earlier header of the batch stores.
-            var taken = new List<(long From, long To)>();
-            var writes = new List<Task>();
-            for (int k = 0; k < 4; k++)
-            {
-                int n = rng.Next(1, 25);
-                long at = rng.NextInt64(0, 256 - n + 1) + (wave % 8) * 256;
-                if (taken.Any(t => at < t.To && t.From < at + n)) continue;
-                taken.Add((at, at + n));
-                writes.Add(h.MulticastWriteAsync(++tag, at, n));
-            }
-            await Task.WhenAll(writes);
-        }
+        await WavesAsync(new Random(seed), window: 256, (at, n) => h.MulticastWriteAsync(++tag, at, n));
         Assert.True(h.Applier.AppliedByReference > 100, $"only {h.Applier.AppliedByReference} images by reference");
         Assert.Null(h.Mirror.DownReason);
         Assert.Equal(h.Model, h.PeerReplay());
@@ -376,23 +360,7 @@ public class MirrorProtocolTests
     public async Task Random_rewrites_inside_dirty_elements_leave_the_peers_region_2_equal_to_the_owners(int seed)
     {
         await using var h = new PairHarness(MirrorMethod.Batched, arraySectors: 2048, seed: seed);
-        var rng = new Random(seed);
-        for (int wave = 0; wave < 100; wave++)
-        {
-            // Four writes at once, to disjoint sectors of a few elements: their groups meet in one batch, where a
-            // later image's base is an element an earlier header of the same batch stores.
-            var taken = new List<(long From, long To)>();
-            var writes = new List<Task>();
-            for (int k = 0; k < 4; k++)
-            {
-                int n = rng.Next(1, 25);
-                long at = rng.NextInt64(0, 128 - n + 1) + (wave % 8) * 128;
-                if (taken.Any(t => at < t.To && t.From < at + n)) continue;
-                taken.Add((at, at + n));
-                writes.Add(h.WriteAsync(at, n));
-            }
-            await Task.WhenAll(writes);
-        }
+        await WavesAsync(new Random(seed), window: 128, (at, n) => h.WriteAsync(at, n));
         Assert.True(h.Applier.AppliedWithBase > 100, $"only {h.Applier.AppliedWithBase} images with a base");
         Assert.Null(h.Mirror.DownReason);
         Assert.Equal(0, h.Receiver.Refused);
@@ -442,5 +410,26 @@ public class MirrorProtocolTests
             Assert.True(nvram.Peer.Data(2).SequenceEqual(expected));
         }
         finally { Directory.Delete(dir, recursive: true); }
+    }
+
+    /// <summary>100 waves of up to four writes at once, to disjoint sectors of a <paramref name="window"/>-sector window
+    /// (one of eight in turn) that often share elements: their groups meet in one batch, where a later image keeps
+    /// sectors of an element an earlier header of the batch stores.</summary>
+    static async Task WavesAsync(Random rng, int window, Func<long, int, Task> write)
+    {
+        for (int wave = 0; wave < 100; wave++)
+        {
+            var taken = new List<(long From, long To)>();
+            var writes = new List<Task>();
+            for (int k = 0; k < 4; k++)
+            {
+                int n = rng.Next(1, 25);
+                long at = rng.NextInt64(0, window - n + 1) + (wave % 8) * window;
+                if (taken.Any(t => at < t.To && t.From < at + n)) continue;
+                taken.Add((at, at + n));
+                writes.Add(write(at, n));
+            }
+            await Task.WhenAll(writes);
+        }
     }
 }
