@@ -494,10 +494,15 @@ public class CommandHandshakeTests
         var first = Write(13, pair.NowMicros, 0, Pattern(512, 13), HostRequestFlags.Multicast);
         _ = pair.A.SubmitAsync(Command(first), new RecordingRoute());
         var onB1 = pair.B.SubmitAsync(Command(first), new RecordingRoute());
+        // Before time moves, the handshake must have run up to A's execution (which hangs): B then holds the
+        // command and its limit is armed. Advancing first let a loaded machine arm it after the last Advance,
+        // due at once but never fired, and the test hung (seen twice in fresh-clone CI).
+        await pair.UntilAsync(() => pair.A.Counters.ExecutedAsPrimary == 1, "A executes the first (and hangs)");
         pair.Time.Advance(TimeSpan.FromMilliseconds(1000));
         var second = Write(14, pair.NowMicros, 512, Pattern(512, 14), HostRequestFlags.Multicast);
         _ = pair.A.SubmitAsync(Command(second), new RecordingRoute());
         var onB2 = pair.B.SubmitAsync(Command(second), new RecordingRoute());
+        await pair.UntilAsync(() => pair.A.Counters.ExecutedAsPrimary == 2, "A executes the second (and hangs)");
 
         pair.Time.Advance(TimeSpan.FromMilliseconds(500)); // the first command's limit only
         await onB1;
