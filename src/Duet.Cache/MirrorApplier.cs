@@ -22,18 +22,6 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
     /// <summary>Elements built from a base element of region 2 and the sectors carried (with-base headers).</summary>
     public long AppliedWithBase { get; private set; }
 
-    /// <summary>The runs of set bits of <paramref name="mask"/>: (first sector, count).</summary>
-    static IEnumerable<(int First, int Count)> Runs(uint mask)
-    {
-        while (mask != 0)
-        {
-            int s = System.Numerics.BitOperations.TrailingZeroCount(mask);
-            int k = System.Numerics.BitOperations.TrailingZeroCount(~(mask >> s));
-            yield return (s, k);
-            mask &= k == 32 ? 0 : ~(((1u << k) - 1) << s);
-        }
-    }
-
     /// <summary>
     /// The carried sectors a by-reference header names (first to last valid sector of its image),
     /// or why they cannot be had here: the host's bytes from the command this controller holds, and
@@ -151,7 +139,6 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
         }
         else if (h.Kind == CoherencyHeaderKind.MirrorWithBase)
         {
-            if (data.Length != h.DataBytes) { Rejected++; return $"with-base header carries {h.BlockCount} blocks but {data.Length} bytes came"; }
             if (CheckBase(h, data, out var block, baseStoredEarlier: null) is { } why) { Rejected++; return why; }
             baseElement = block.BaseElement;
             if (block.RetiresBase) retire = block.BaseElement;
@@ -171,7 +158,7 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
         if (baseElement >= 0)
         {
             var from = Region.Data(baseElement);
-            foreach (var (s, k) in Runs(h.KeptMask))
+            foreach (var (s, k) in WriteBackCache.Runs(h.KeptMask))
                 from.Slice(s * Units.SectorBytes, k * Units.SectorBytes).CopyTo(image[(s * Units.SectorBytes)..]);
             AppliedWithBase++;
         }

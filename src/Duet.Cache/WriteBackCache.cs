@@ -402,10 +402,12 @@ public sealed partial class WriteBackCache : IAsyncDisposable
         var olds = new int[n];
         var replayed = new bool[n];
         var descriptors = new ElementDescriptor[n];
-        // A multicast write: per element, how the peer can build the image from what it holds (none: it travels whole).
-        var byName = reference is null ? null : new (HostDataReference Host, int KeepFrom, uint KeepMask)?[n];
+        // A multicast write: per element, where the host's bytes of the image lie in the command the peer holds
+        // (none: the image travels whole, or with its base).
+        var byName = reference is null ? null : new HostDataReference?[n];
         // Per element, the dirty sectors of the element it replaces that the new image keeps (the peer's mirror
-        // of that element holds them too: a mirror that can sends only the rest, MirrorApplier.GoesWithBase).
+        // of that element holds them too: a by-reference image names only the rest, and any other may send
+        // only the rest, MirrorApplier.GoesWithBase).
         var keepFrom = new int[n];
         var keepMask = new uint[n];
         for (int i = 0; i < n; i++) elements[i] = -1;
@@ -466,10 +468,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                 // travels whole. A mirror that carries gaps gets the image with them (no array read on
                 // the write path, and by reference: the peer leaves the gaps invalid as we do).
                 if (byName is not null && (gapsTravel || IsContiguous(valid)))
-                {
-                    uint keep = oldMask & ~mask;
-                    byName[i] = (reference!.Value.At((from - sector) * Units.SectorBytes), keep != 0 ? old : -1, keep);
-                }
+                    byName[i] = reference!.Value.At((from - sector) * Units.SectorBytes);
                 if (!gapsTravel && !IsContiguous(valid))
                 {
                     // Fill the gaps from the array (the sectors are not cached, so the array holds
@@ -505,12 +504,11 @@ public sealed partial class WriteBackCache : IAsyncDisposable
                     // The peer's mirror of the replaced element must still be the one whose sectors the
                     // image keeps: it is, while the index still names it (eviction would have queued
                     // its invalidation ahead of this group).
-                    var held = byName?[i];
-                    if (held is { KeepFrom: >= 0 } h && olds[i] != h.KeepFrom) held = null;
+                    // If it is not, the image travels whole (a by-reference one could not name the kept sectors).
                     bool keeps = keepFrom[i] >= 0 && olds[i] == keepFrom[i];
-                    changes.Add(held is { } x
-                        ? new MirrorChange(e, d, _nvram.Memory(e), false, x.Host, x.KeepFrom, x.KeepMask, Replaces: olds[i])
-                        : new MirrorChange(e, d, _nvram.Memory(e), false, KeepFrom: keeps ? keepFrom[i] : -1, KeepMask: keeps ? keepMask[i] : 0, Replaces: olds[i]));
+                    var host = keepFrom[i] >= 0 && !keeps ? null : byName?[i];
+                    changes.Add(new MirrorChange(e, d, _nvram.Memory(e), false, host,
+                        KeepFrom: keeps ? keepFrom[i] : -1, KeepMask: keeps ? keepMask[i] : 0, Replaces: olds[i]));
                 }
                 for (int i = 0; i < n; i++)
                 {
@@ -729,7 +727,7 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     }
 
     /// <summary>Contiguous runs of set bits: (first sector, count).</summary>
-    static IEnumerable<(int First, int Count)> Runs(uint mask)
+    internal static IEnumerable<(int First, int Count)> Runs(uint mask)
     {
         int i = 0;
         while (mask != 0)

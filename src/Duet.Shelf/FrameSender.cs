@@ -83,7 +83,8 @@ internal sealed class FrameSender
     public long Writes => Interlocked.Read(ref _writes);
 
     /// <summary>Queues one frame of <paramref name="bytes"/> bytes, written by <paramref name="encode"/>, and
-    /// returns once it is written or handed to the task writing now. Throws IOException after a failed write.</summary>
+    /// returns once it is written or handed to the task writing now. Throws IOException after a failed write; the task
+    /// it returns never faults (a failure of this write goes to onFailed).</summary>
     public ValueTask SendAsync<T>(int bytes, T frame, Encoder<T> encode)
     {
         Invariant.Assert(bytes > 0);

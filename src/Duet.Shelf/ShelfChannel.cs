@@ -128,10 +128,9 @@ internal sealed class ShelfChannel : IAsyncDisposable
 
         try
         {
-            // Not awaited: a write that fails breaks the link, which fails this request; one that
-            // stalls is caught by the sweep. Either way the answer comes through pending.Done.
-            var sent = link.Sender.SendAsync(ShelfCodec.RequestBytes(request), (request, tag), static (span, f) => ShelfCodec.WriteRequest(span, f.request, f.tag));
-            if (!sent.IsCompleted) _ = sent.AsTask();
+            // Not awaited (it never faults): a write that fails breaks the link, which fails this request;
+            // one that stalls is caught by the sweep. Either way the answer comes through pending.Done.
+            _ = link.Sender.SendAsync(ShelfCodec.RequestBytes(request), (request, tag), static (span, f) => ShelfCodec.WriteRequest(span, f.request, f.tag));
         }
         catch (IOException e)
         {
