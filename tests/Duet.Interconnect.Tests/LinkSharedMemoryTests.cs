@@ -199,6 +199,78 @@ public sealed class LinkSharedMemoryTests(ITestOutputHelper output) : LinkContra
     }
 
     [Fact]
+    [Trait("Claim", "ICL-4")]
+    public async Task Space_is_announced_to_the_producer_only_while_it_waits_for_some()
+    {
+        var (a, b) = await OpenAsync(Small);
+        var rb = new Recorder();
+        b.Start(rb.Handle);
+        // Room to spare all the way: B frees every transfer it takes and tells A nothing.
+        for (int i = 0; i < 4 * Small.QueueEntries; i++)
+        {
+            await a.PostAsync(IclSignal.MessageWithData, 1, BitConverter.GetBytes(i), new byte[100]);
+            await rb.WaitForAsync(i + 1);
+        }
+        Assert.Equal(0, b.Counters.SpaceNotificationsSent);
+
+        // A full queue: the post that waits says so, and B's next release wakes it.
+        var (c, d) = await OpenAsync(Small);
+        var rd = new Recorder(blocked: true);
+        d.Start(rd.Handle);
+        for (int i = 0; i < Small.QueueEntries; i++) await c.PostAsync(IclSignal.Message, 1, BitConverter.GetBytes(i), default);
+        var waiting = c.PostAsync(IclSignal.Message, 1, BitConverter.GetBytes(Small.QueueEntries), default).AsTask();
+        await Task.Delay(50);
+        Assert.False(waiting.IsCompleted);
+        rd.Release();
+        await waiting.WaitAsync(TimeSpan.FromSeconds(20));
+        await rd.WaitForAsync(Small.QueueEntries + 1);
+        Assert.InRange(d.Counters.SpaceNotificationsSent, 1, Small.QueueEntries + 1);
+        Assert.Equal(Enumerable.Range(0, Small.QueueEntries + 1), rd.Items.Select(x => BitConverter.ToInt32(x.Message)));
+        Assert.Equal(0, c.Counters.PostTimeouts);
+    }
+
+    [Fact]
+    [Trait("Claim", "ICL-2")]
+    public async Task A_handler_that_does_not_wait_runs_on_the_link_thread_and_one_that_waits_keeps_the_order()
+    {
+        var (a, b) = await OpenAsync(Small);
+        var threads = new List<string?>();
+        var rb = new Recorder
+        {
+            OnReceived = async r =>
+            {
+                int i = BitConverter.ToInt32(r.Message);
+                lock (threads) threads.Add(Thread.CurrentThread.Name);
+                if (i % 3 == 1) await Task.Delay(1); // every third handler waits: the rest follow it, in order
+            },
+        };
+        b.Start(rb.Handle);
+        const int n = 60;
+        for (int i = 0; i < n; i++) await a.PostAsync(IclSignal.Message, 1, BitConverter.GetBytes(i), default);
+        await rb.WaitForAsync(n);
+        Assert.Equal(Enumerable.Range(0, n), rb.Items.Select(x => BitConverter.ToInt32(x.Message)));
+        // The doorbell's thread took transfers itself (no hand-off to the thread pool for a handler that does not wait).
+        lock (threads) Assert.Contains("icl-B", threads);
+    }
+
+    [Fact]
+    public async Task A_handler_may_dispose_its_own_link_while_it_runs_on_the_link_thread()
+    {
+        var (a, b) = await OpenAsync(Small);
+        var disposed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        b.Start(async t =>
+        {
+            await b.DisposeAsync();
+            disposed.TrySetResult();
+        });
+        await a.PostAsync(IclSignal.Message, 1, new byte[8], default);
+        await disposed.Task.WaitAsync(TimeSpan.FromSeconds(20));
+        await LinkTestUtil.Until(() => !a.IsUp);
+        Assert.False(File.Exists(((SharedMemoryIclLink)b).WindowPath));
+        await Assert.ThrowsAsync<IclLinkDownException>(() => a.PostAsync(IclSignal.Message, 1, new byte[1], default).AsTask());
+    }
+
+    [Fact]
     [Trait("Claim", "ICL-2")]
     public async Task Round_trip_latency_of_a_small_transfer_and_its_reply()
     {

@@ -33,6 +33,10 @@ internal abstract class PeerSink(WindowLayout layout)
     /// </summary>
     public abstract ValueTask PublishAsync(int lane, IclEntry entry, ReadOnlyMemory<byte> message, ReadOnlyMemory<byte> data, CancellationToken ct);
 
+    /// <summary>A post found no space: ask the peer to say when it frees some (transports that tell it every time ignore this).
+    /// The caller checks <see cref="HasSpace"/> again after this, so a release in between is not missed.</summary>
+    public virtual void WantSpace() { }
+
     public bool HasSpace(int lane, int message, int data)
     {
         var l = Layout.Lane(lane);
@@ -60,6 +64,10 @@ internal sealed class DirectSink : PeerSink
             Heads[lane * 3 + 2] = Volatile.Read(ref peer.Counter(lane, WindowLayout.DataHead));
         }
     }
+
+    // The flag, then (a full fence) the tails again in HasSpace; the owner writes its tails, then (a full
+    // fence) reads the flag: one of the two sees the other's write.
+    public override void WantSpace() => Interlocked.Exchange(ref _peer.SpaceWanted, 1);
 
     public override long Tail(int lane, int ring) =>
         Volatile.Read(ref _peer.Counter(lane, ring switch { 0 => WindowLayout.EntryTail, 1 => WindowLayout.MessageTail, _ => WindowLayout.DataTail }));
@@ -281,6 +289,8 @@ public abstract class IclLink : IIclLink
             var freed = Space.WaitTask;
             if (sink.IsDown || IsDisposed) throw new IclLinkDownException($"ICL {LocalName}->{PeerName}: link went down");
             if (sink.HasSpace(lane, message, data)) return;
+            sink.WantSpace();
+            if (sink.HasSpace(lane, message, data)) return;
             var left = Options.PostTimeout - Time.GetElapsedTime(start);
             if (left <= TimeSpan.Zero) break;
             try
@@ -318,15 +328,41 @@ public abstract class IclLink : IIclLink
         {
             var rung = Interrupt.WaitTask;
             while (!stop.IsCancellationRequested && await PumpOnceCoreAsync()) { }
-            try
-            {
-                await Waits.OrCancel(rung, stop);
-            }
-            catch (OperationCanceledException)
-            {
-                break;
-            }
+            await rung; // DisposeAsync sets Interrupt after it cancels _stop
         }
+    }
+
+    /// <summary>
+    /// For a transport whose own thread sees the doorbell (shared memory): takes what is queued on
+    /// that thread, entry by entry, while each completes at once, so a transfer whose handler does not
+    /// wait costs no thread-pool hand-off. The first entry whose handler does wait finishes on its own
+    /// and then hands the rest to the pump. Entries stay in order: every take is under the pump gate.
+    /// A handler that blocks this thread delays the transport's notifications until it returns; the
+    /// handlers here answer from memory and post (a post that must wait for space waits asynchronously).
+    /// </summary>
+    private protected void PumpInline()
+    {
+        if (ManualDelivery || Volatile.Read(ref _handler) is null)
+        {
+            Interrupt.Set();
+            return;
+        }
+        while (!IsDisposed)
+        {
+            var step = PumpOnceCoreAsync();
+            if (!step.IsCompletedSuccessfully)
+            {
+                _ = ThenPumpAsync(step);
+                return;
+            }
+            if (!step.Result) return;
+        }
+    }
+
+    async Task ThenPumpAsync(ValueTask<bool> step)
+    {
+        try { await step; }
+        finally { Interrupt.Set(); }
     }
 
     /// <summary>
@@ -481,6 +517,7 @@ public abstract class IclLink : IIclLink
     async Task ReleaseAfterAsync(Task pump)
     {
         try { await pump; } catch (Exception) { }
+        await _pumpGate.WaitAsync(); // a handler running in line on the transport's thread (PumpInline)
         ReleaseWindows();
     }
 

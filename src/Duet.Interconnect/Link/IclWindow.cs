@@ -62,6 +62,7 @@ internal sealed unsafe class IclWindow : IDisposable
     public ref int Sleeping => ref Int(WindowLayout.SleepingOffset);
     public ref long SpaceFreed => ref Long(WindowLayout.SpaceFreedOffset);
     public ref long Accepted => ref Long(WindowLayout.AcceptedOffset);
+    public ref int SpaceWanted => ref Int(WindowLayout.SpaceWantedOffset);
     public ref int OwnerPid => ref Int(WindowLayout.OwnerPidOffset);
     public ref long OwnerNonce => ref Long(WindowLayout.OwnerNonceOffset);
     public ref long OwnerStart => ref Long(WindowLayout.OwnerStartOffset);

@@ -224,7 +224,13 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
             int wake = Volatile.Read(ref w.Wake);
             bool any = false;
             long d = Volatile.Read(ref w.Doorbell);
-            if (d != doorbell) { doorbell = d; Interrupt.Set(); any = true; }
+            if (d != doorbell)
+            {
+                doorbell = d;
+                PumpInline();
+                if (_stopping) break; // disposed from a handler: the window may be going
+                any = true;
+            }
             long f = Volatile.Read(ref w.SpaceFreed);
             if (f != freed) { freed = f; Space.Set(); any = true; }
             long now = Time.GetTimestamp();
@@ -348,10 +354,14 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
         if (Volatile.Read(ref w.Sleeping) != 0) Futex.Wake((int*)(w.Pointer + WindowLayout.WakeOffset));
     }
 
+    /// <summary>Tells the producer that space was freed, only when it said it waits for some (spaceWanted):
+    /// otherwise every transfer taken would wake its interrupt thread for nothing.</summary>
     private protected override void NotifySpaceFreed(int lane)
     {
         var peer = _peer;
         if (peer is null) return;
+        Interlocked.MemoryBarrier(); // the tails written before this are visible before the flag is read (see DirectSink.WantSpace)
+        if (Volatile.Read(ref Local.SpaceWanted) == 0 || Interlocked.Exchange(ref Local.SpaceWanted, 0) == 0) return;
         Interlocked.Increment(ref peer.SpaceFreed);
         Interlocked.Increment(ref peer.Wake);
         CounterSet.SpaceNotification();

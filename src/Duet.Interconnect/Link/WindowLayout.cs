@@ -13,7 +13,8 @@ namespace Duet.Interconnect.Link;
 ///          lane count, owner name, and per lane {entries, offsets and sizes}
 ///          (at 160) owner pid u32, (at 168) owner session nonce u64, (at 176) owner process start time u64
 ///   256    interrupt range (128 B): doorbell u64, wake u32 (futex word), sleeping u32, spaceFreed u64,
-///          accepted u64 (the peer session nonce the owner accepts as producer)
+///          accepted u64 (the peer session nonce the owner accepts as producer), spaceWanted u32 (the
+///          producer waits for space in this window: the owner tells it when it frees some)
 ///   384    lane control, 384 B per lane (2 lanes), one 64-byte line per counter:
 ///          entryHead, entryTail, messageHead, messageTail, dataHead, dataTail
 ///   1152   (4 KiB aligned from here) command queue entries, reply queue entries,
@@ -24,7 +25,7 @@ namespace Duet.Interconnect.Link;
 internal sealed record WindowLayout(LaneLayout Commands, LaneLayout Replies, int TotalBytes)
 {
     public const ulong Magic = 0x314C434954455544UL; // "DUETICL1" as little-endian bytes
-    public const uint Version = 1;
+    public const uint Version = 2; // 2: spaceWanted (a v1 producer would never be told of freed space)
     public const int HeaderBytes = 256;
     public const int EntryBytes = 64;
     public const int Lanes = 2;
@@ -53,6 +54,7 @@ internal sealed record WindowLayout(LaneLayout Commands, LaneLayout Replies, int
     public const int SleepingOffset = 268;        // u32: 1 while the owner sleeps in FUTEX_WAIT
     public const int SpaceFreedOffset = 272;      // u64: bumped by the peer when it frees space in ITS window
     public const int AcceptedOffset = 280;        // u64: the nonce of the peer session the owner accepts as producer (0: none yet)
+    public const int SpaceWantedOffset = 288;     // u32: 1 while the producer waits for space here (set by it, cleared by the owner when it notifies)
 
     // Lane control: six counters, each on its own cache line.
     public const int ControlOffset = 384;
