@@ -36,7 +36,29 @@ public sealed class MemoryVolume(string name, long sizeBytes, bool readOnly = fa
         return ValueTask.CompletedTask;
     }
 
+    /// <summary>When set, every write waits for it (after its range check): tests complete many writes at once.</summary>
+    public TaskCompletionSource? WriteGate { get; set; }
+
+    /// <summary>Writes waiting at <see cref="WriteGate"/>.</summary>
+    public int WritesAtGate => Volatile.Read(ref _atGate);
+    int _atGate;
+
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken = default)
+    {
+        if (WriteGate is { } gate) return GatedWriteAsync(gate, offset, source, fua);
+        return WriteNow(offset, source, fua);
+    }
+
+    async ValueTask GatedWriteAsync(TaskCompletionSource gate, long offset, ReadOnlyMemory<byte> source, bool fua)
+    {
+        Check(offset, source.Length, write: true);
+        Interlocked.Increment(ref _atGate);
+        await gate.Task;
+        Interlocked.Decrement(ref _atGate);
+        await WriteNow(offset, source, fua);
+    }
+
+    ValueTask WriteNow(long offset, ReadOnlyMemory<byte> source, bool fua)
     {
         Check(offset, source.Length, write: true);
         source.Span.CopyTo(_data.AsSpan((int)offset));

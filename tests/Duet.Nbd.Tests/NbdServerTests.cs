@@ -205,6 +205,40 @@ public class NbdServerTests
     }
 
     [Fact]
+    public async Task WritesThatCompleteTogetherAreAllAnsweredAndADisconnectRightAfterStillAnswersThem()
+    {
+        await using var f = await ServerFixture.StartAsync();
+        await using var client = await NbdTestClient.OpenAsync(f.EndPoint, "vol");
+        // The volume holds every write, then one thread completes them all in turn (as a mirrored batch
+        // acknowledges its writes): their replies are queued together and flushed behind that thread's work.
+        foreach (int round in new[] { 0, 1 })
+        {
+            var gate = new TaskCompletionSource();
+            f.Volume.WriteGate = gate;
+            int n = round == 0 ? 24 : 8;
+            var cookies = new HashSet<ulong>();
+            for (int i = 0; i < n; i++)
+                cookies.Add(await client.SendRequestAsync(NbdCommand.Write, (ulong)((round * 32 + i) * 4096), 4096, NbdCommandFlags.None, Pattern(4096, 100 + round * 32 + i)));
+            if (round == 1) await client.DisconnectAsync();
+            var deadline = DateTime.UtcNow.AddSeconds(20);
+            while (f.Volume.WritesAtGate < n && DateTime.UtcNow < deadline) await Task.Delay(5);
+            Assert.Equal(n, f.Volume.WritesAtGate);
+            f.Volume.WriteGate = null;
+            gate.SetResult(); // continuations in line: this thread completes all n writes
+            for (int i = 0; i < n; i++)
+            {
+                var reply = await client.ReadReplyAsync();
+                Assert.Equal(NbdError.None, reply.Error);
+                Assert.True(cookies.Remove(reply.Cookie));
+            }
+            Assert.Empty(cookies);
+        }
+        Assert.True(await client.IsClosedByServerAsync());
+        for (int i = 0; i < 24; i++) Assert.Equal(Pattern(4096, 100 + i), f.Volume.Contents.Slice(i * 4096, 4096).ToArray());
+        for (int i = 0; i < 8; i++) Assert.Equal(Pattern(4096, 132 + i), f.Volume.Contents.Slice((32 + i) * 4096, 4096).ToArray());
+    }
+
+    [Fact]
     public async Task StopClosesConnectionsAndTheListener()
     {
         var f = await ServerFixture.StartAsync();
