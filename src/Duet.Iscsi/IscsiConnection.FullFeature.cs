@@ -570,7 +570,7 @@ internal sealed partial class IscsiConnection
                     }
                 }
             }
-            await FlushAsync();
+            QueueFlush();
         }
         finally
         {
