@@ -20,6 +20,10 @@ namespace Duet.Shelf;
 // A sender that keeps finding more hands the loop to the thread pool after a few rounds, so a
 // caller is never held sending other callers' frames for long.
 //
+// Hold/Resume: while held, a frame is only queued (no write starts); Resume writes what queued.
+// The shelf's reader holds while it runs the requests of one socket read in line, so their
+// answers leave in one write rather than one each.
+//
 // Failure: a write that fails poisons the sender (every later Send throws IOException) and is
 // reported once through onFailed, which breaks the connection and fails whatever waits on it.
 // A frame queued before the failure and not yet written is lost with the connection: its
@@ -39,6 +43,7 @@ internal sealed class FrameSender
     ArrayBufferWriter<byte> _filling = new(64 * 1024);
     ArrayBufferWriter<byte> _sending = new(64 * 1024);
     bool _busy;
+    int _held;
     long? _writeStarted;
     TaskCompletionSource? _idle;
     Exception? _failed;
@@ -95,7 +100,27 @@ internal sealed class FrameSender
             encode(_filling.GetSpan(bytes)[..bytes], frame);
             _filling.Advance(bytes);
             _frames++;
-            send = !_busy;
+            send = !_busy && _held == 0;
+            if (send) _busy = true;
+        }
+        return send ? SendQueuedAsync() : ValueTask.CompletedTask;
+    }
+
+    /// <summary>Frames sent from now on are only queued, until the matching <see cref="Resume"/>.</summary>
+    public void Hold()
+    {
+        lock (_lock) _held++;
+    }
+
+    /// <summary>Ends a <see cref="Hold"/>: when none is left, writes what queued meanwhile (as SendAsync would have).</summary>
+    public ValueTask Resume()
+    {
+        bool send;
+        lock (_lock)
+        {
+            Invariant.Assert(_held > 0);
+            _held--;
+            send = _held == 0 && !_busy && _failed is null && _filling.WrittenCount > 0;
             if (send) _busy = true;
         }
         return send ? SendQueuedAsync() : ValueTask.CompletedTask;

@@ -103,6 +103,8 @@ internal sealed class ShelfConnection
             var result = await _input.ReadAsync(_abort.Token);
             var buffer = result.Buffer;
             var consumed = buffer.Start;
+            // The answers of the requests run here in line leave together, in one write, after the last.
+            _output.Hold();
             try
             {
                 while (TryTakeRequest(ref buffer, out var header, out var body, out var bodyBytes))
@@ -122,6 +124,7 @@ internal sealed class ShelfConnection
             finally
             {
                 _input.AdvanceTo(consumed, buffer.End);
+                await _output.Resume();
             }
             if (result.IsCompleted || result.IsCanceled) return;
         }
@@ -156,7 +159,13 @@ internal sealed class ShelfConnection
             await RespondAsync(new ShelfResponse(header.Op, header.Tag, ShelfError.Invalid) { Message = $"protocol error: {e.Message}" });
             return;
         }
-        await _slots.WaitAsync(_abort.Token);
+        if (!_slots.Wait(0))
+        {
+            // Every slot is taken: what is held goes out now, not after a wait for a slow request.
+            await _output.Resume();
+            try { await _slots.WaitAsync(_abort.Token); }
+            finally { _output.Hold(); }
+        }
         Interlocked.Increment(ref _inFlight);
         // A small read or plain write runs here on the reader, up to its first wait: at a drive file that
         // is the whole request (FileDrive does small I/O inline), and a thread-pool hop costs more than

@@ -80,6 +80,45 @@ public class FrameSenderTests
 
     [Fact]
     [Trait("Claim", "FO-2")]
+    public async Task Frames_sent_while_held_wait_and_leave_together_in_one_write_on_resume()
+    {
+        var (send, receive) = Pair();
+        using var _ = send;
+        using var __ = receive;
+        int failures = 0;
+        var sender = new FrameSender(send, TimeProvider.System, _ => failures++);
+
+        sender.Hold();
+        sender.Hold(); // holds nest: only the last Resume writes
+        for (int i = 0; i < 50; i++) Assert.True(sender.SendAsync(1 + i, ((byte)i, 1 + i), Fill).IsCompletedSuccessfully);
+        Assert.Equal(0, sender.Writes);
+        Assert.True(sender.WhenIdleAsync().IsCompleted); // nothing is being written
+        Assert.True(sender.Resume().IsCompletedSuccessfully);
+        Assert.Equal(0, sender.Writes);
+        await sender.Resume();
+        Assert.Equal(1, sender.Writes);
+
+        int total = Enumerable.Range(1, 50).Sum();
+        var bytes = await ReceiveAsync(receive, total);
+        int at = 0;
+        for (int i = 0; i < 50; i++)
+        {
+            Assert.True(bytes.AsSpan(at, 1 + i).IndexOfAnyExcept((byte)i) < 0, $"frame {i} is not whole or not in its place");
+            at += 1 + i;
+        }
+
+        // A resume with nothing queued writes nothing; a frame after it goes out at once.
+        sender.Hold();
+        await sender.Resume();
+        Assert.Equal(1, sender.Writes);
+        await sender.SendAsync(3, ((byte)7, 3), Fill);
+        Assert.Equal(2, sender.Writes);
+        Assert.Equal([7, 7, 7], await ReceiveAsync(receive, 3));
+        Assert.Equal(0, failures);
+    }
+
+    [Fact]
+    [Trait("Claim", "FO-2")]
     public async Task A_lone_frame_goes_out_at_once_in_its_own_write()
     {
         var (send, receive) = Pair();
