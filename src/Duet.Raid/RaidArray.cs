@@ -929,7 +929,7 @@ public sealed partial class RaidArray
             foreach (var c in chunks)
             {
                 if (c.IsEmpty) continue;
-                newData[c.DataIndex] = ArrayPool<byte>.Shared.Rent(plan.RowCount * Units.BlockBytes);
+                newData[c.DataIndex] = BlockBuffers.Rent(plan.RowCount * Units.BlockBytes);
                 MergeNewData(ws, g.DataMember(stripe, c.DataIndex), newData[c.DataIndex]!, plan.RowLo, c, sectorLo, source.Span);
             }
 
@@ -1007,7 +1007,7 @@ public sealed partial class RaidArray
         }
         finally
         {
-            foreach (var b in newData) if (b is not null) ArrayPool<byte>.Shared.Return(b);
+            foreach (var b in newData) if (b is not null) BlockBuffers.Return(b);
         }
     }
 
@@ -1029,7 +1029,7 @@ public sealed partial class RaidArray
         long stripe = ws.Stripe;
         int p = g.PMember(stripe);
         Invariant.Assert(g.DataMembers <= 64);
-        var sum = ArrayPool<byte>.Shared.Rent(Units.BlockBytes);
+        var sum = BlockBuffers.Rent(Units.BlockBytes);
         try
         {
             var block = sum.AsSpan(0, Units.BlockBytes);
@@ -1081,7 +1081,7 @@ public sealed partial class RaidArray
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(sum);
+            BlockBuffers.Return(sum);
         }
     }
 
@@ -1104,7 +1104,7 @@ public sealed partial class RaidArray
                     var partial = new StripePlanner.ChunkWrite(c.DataIndex, c.Lo, c.Hi, c.PartialFirst, c.PartialLast);
                     oldMember = await ReadMirrorChunkAsync(ws, stripe, partial, recovery ? MirrorRead.ForRecoveryWrite : MirrorRead.ForWrite, ct);
                 }
-                var buf = ArrayPool<byte>.Shared.Rent((rowHi - rowLo) * Units.BlockBytes);
+                var buf = BlockBuffers.Rent((rowHi - rowLo) * Units.BlockBytes);
                 buffers.Add(buf);
                 MergeNewData(ws, Math.Max(oldMember, 0), buf, rowLo, c, sectorLo, source.Span);
                 foreach (int m in Geometry.Copies(c.DataIndex))
@@ -1115,7 +1115,7 @@ public sealed partial class RaidArray
         }
         finally
         {
-            foreach (var b in buffers) ArrayPool<byte>.Shared.Return(b);
+            foreach (var b in buffers) BlockBuffers.Return(b);
         }
     }
 

@@ -53,7 +53,7 @@ internal sealed class Workspace : IDisposable
     }
 
     public byte[] Buffer(int member) =>
-        Buffers[member] ??= ArrayPool<byte>.Shared.Rent(RowCount * Units.BlockBytes);
+        Buffers[member] ??= BlockBuffers.Rent(RowCount * Units.BlockBytes);
 
     public Memory<byte> Rows(int member, int rowLo, int rowCount) =>
         Buffer(member).AsMemory((rowLo - RowLo) * Units.BlockBytes, rowCount * Units.BlockBytes);
@@ -181,7 +181,7 @@ internal sealed class Workspace : IDisposable
     {
         for (int m = 0; m < Buffers.Length; m++)
         {
-            if (Buffers[m] is { } b) ArrayPool<byte>.Shared.Return(b);
+            if (Buffers[m] is { } b) BlockBuffers.Return(b);
             Buffers[m] = null;
         }
     }

@@ -59,6 +59,23 @@ internal sealed class ShelfChannel : IAsyncDisposable
         public readonly long Started = started;
         public readonly TimeSpan Limit = limit;
         public readonly TaskCompletionSource<ShelfResponse> Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        // A caller's token that can be cancelled: registered on the request itself (no async frame per request);
+        // whoever removes the request from Pending unregisters it (Taken).
+        public CancellationTokenRegistration Cancel;
+        public Link? Link;
+        public ulong Tag;
+
+        public void Cancelled(CancellationToken token)
+        {
+            if (Link!.Pending.TryRemove(Tag, out _)) Done.TrySetException(new OperationCanceledException(token));
+        }
+
+        /// <summary>Taken out of Pending by someone other than its cancellation: it is not cancellable any more.</summary>
+        public Pending Taken()
+        {
+            Cancel.Unregister();
+            return this;
+        }
     }
 
     /// <summary>One connection: its socket, its pipes and the requests waiting for it.</summary>
@@ -92,7 +109,7 @@ internal sealed class ShelfChannel : IAsyncDisposable
             try { Socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
             Socket.Dispose();
             foreach (var tag in Pending.Keys)
-                if (Pending.TryRemove(tag, out var p)) p.Done.TrySetException(new ShelfException(ShelfError.Unreachable, why));
+                if (Pending.TryRemove(tag, out var p)) p.Taken().Done.TrySetException(new ShelfException(ShelfError.Unreachable, why));
         }
     }
 
@@ -122,9 +139,23 @@ internal sealed class ShelfChannel : IAsyncDisposable
         if (ct.IsCancellationRequested) return Task.FromCanceled<ShelfResponse>(ct);
         ulong tag = (ulong)Interlocked.Increment(ref _lastTag);
         var pending = new Pending(request.Op, readInto, _time.GetTimestamp(), limit, throwOnError);
+        if (ct.CanBeCanceled)
+        {
+            pending.Link = link;
+            pending.Tag = tag;
+            pending.Cancel = ct.UnsafeRegister(static (s, token) => ((Pending)s!).Cancelled(token), pending);
+        }
         link.Pending[tag] = pending;
+        if (ct.IsCancellationRequested && link.Pending.TryRemove(tag, out _)) // cancelled before it was in Pending
+        {
+            pending.Taken();
+            return Task.FromCanceled<ShelfResponse>(ct);
+        }
         if (link.BrokenBy is { } why && link.Pending.TryRemove(tag, out _))
+        {
+            pending.Taken();
             return Task.FromException<ShelfResponse>(new ShelfException(ShelfError.Unreachable, why));
+        }
 
         try
         {
@@ -134,21 +165,10 @@ internal sealed class ShelfChannel : IAsyncDisposable
         }
         catch (IOException e)
         {
-            link.Pending.TryRemove(tag, out _);
+            if (link.Pending.TryRemove(tag, out var p)) p.Taken();
             return Task.FromException<ShelfResponse>(new ShelfException(ShelfError.Unreachable, link.BrokenBy ?? e.Message));
         }
-        return ct.CanBeCanceled ? CancellableAsync(link, tag, pending, ct) : pending.Done.Task;
-    }
-
-    static async Task<ShelfResponse> CancellableAsync(Link link, ulong tag, Pending pending, CancellationToken ct)
-    {
-        using (ct.Register(() =>
-        {
-            if (link.Pending.TryRemove(tag, out var p)) p.Done.TrySetException(new OperationCanceledException(ct));
-        }))
-        {
-            return await pending.Done.Task.ConfigureAwait(false);
-        }
+        return pending.Done.Task;
     }
 
     /// <summary>The sweep: fails every request past its deadline, and breaks a link whose socket stopped taking writes.</summary>
@@ -163,7 +183,7 @@ internal sealed class ShelfChannel : IAsyncDisposable
         }
         foreach (var (tag, p) in link.Pending)
             if (_time.GetElapsedTime(p.Started, now) >= p.Limit && link.Pending.TryRemove(tag, out _))
-                p.Done.TrySetException(TimedOut(p.Limit));
+                p.Taken().Done.TrySetException(TimedOut(p.Limit));
     }
 
     Exception Abandoned(CancellationToken callerToken, TimeSpan timeout) =>
@@ -287,6 +307,7 @@ internal sealed class ShelfChannel : IAsyncDisposable
                     ShelfCodec.ReadResponseBody(header, body.ToArray()).Message);
             return true;
         }
+        p.Taken();
         try
         {
             if (header.Op != p.Op) throw new ShelfProtocolException($"response {header.Tag} is a {header.Op}, its request a {p.Op}");

@@ -222,4 +222,48 @@ public class ShelfChannelDeadlineTests
             File.Delete(path);
         }
     }
+
+    [Fact]
+    [Trait("Claim", "FO-2")]
+    public async Task A_request_whose_caller_cancels_fails_at_once_as_cancelled_and_a_cancelled_token_sends_nothing()
+    {
+        var path = Path.Combine(Path.GetTempPath(), $"duet-cancel-{Guid.NewGuid():N}.sock");
+        using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        listener.Bind(new UnixDomainSocketEndPoint(path));
+        listener.Listen(1);
+        var stalled = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _ = ServeThenStallAsync(listener, stalled);
+        try
+        {
+            var time = new ManualTimeProvider();
+            await using var port = new RemoteShelfPort(new RemoteShelfPortOptions
+            {
+                Port = "A", EndPoint = new UnixDomainSocketEndPoint(path), TimeProvider = time, RequestTimeout = TimeSpan.FromSeconds(5),
+            });
+            var drive = port.Open("d0");
+            await stalled.Task;
+
+            // The shelf never answers: the caller's cancel ends the read, on no clock.
+            using var cts = new CancellationTokenSource();
+            var read = drive.ReadAsync(0, new byte[4096], cts.Token).AsTask();
+            Assert.False(read.IsCompleted);
+            cts.Cancel();
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => read.WaitAsync(TimeSpan.FromSeconds(20)));
+
+            // Already cancelled: fails as cancelled.
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => drive.ReadAsync(0, new byte[4096], cts.Token).AsTask());
+
+            // A request that is not cancelled still ends at its deadline (the cancelled ones are not counted twice).
+            using var other = new CancellationTokenSource();
+            var late = drive.ReadAsync(0, new byte[4096], other.Token).AsTask();
+            time.Advance(TimeSpan.FromSeconds(6));
+            var e = await Assert.ThrowsAsync<ShelfException>(() => late.WaitAsync(TimeSpan.FromSeconds(20)));
+            Assert.Equal(ShelfError.Unreachable, e.Error);
+            other.Cancel(); // after its end: nothing happens
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
 }
