@@ -570,7 +570,7 @@ internal sealed partial class IscsiConnection
                     }
                 }
             }
-            QueueFlush();
+            _responses.Request(); // one flush behind the work in hand (Duet.Core.DeferredFlush)
         }
         finally
         {

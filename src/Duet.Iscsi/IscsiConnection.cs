@@ -46,8 +46,7 @@ internal sealed partial class IscsiConnection
     private readonly IScsiDevice _device;
     private readonly Action<IscsiConnection> _onClosed;
     private readonly SemaphoreSlim _writeLock = new(1, 1);
-    private bool _flushQueued; // under _writeLock: a FlushQueuedAsync is on its way
-    private bool _closing;     // under _writeLock: CloseAsync has completed the pipe
+    private readonly DeferredFlush _responses; // the flush of data-less responses, queued behind the work in hand
     private readonly CancellationTokenSource _abort = new();
     private readonly CancellationTokenSource _readerDone = new();
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -78,6 +77,7 @@ internal sealed partial class IscsiConnection
         _stream = new NetworkStream(socket, ownsSocket: true);
         _input = PipeReader.Create(_stream, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
         _output = PipeWriter.Create(_stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true));
+        _responses = new DeferredFlush(_writeLock, FlushAsync, e => { IscsiLog.ConnectionFailed(_logger, Id, e); Abort(); }, IsTransportFailure, _abort.Token);
     }
 
     public long Id { get; }
@@ -140,11 +140,11 @@ internal sealed partial class IscsiConnection
         DropGatheringTasks();
         ReleaseInFlight();
         await _drained.Task;
-        // Under the write lock: a flush QueueFlush asked for may not have run yet (it then finds the pipe closed).
+        // Under the write lock: a flush the responses asked for may not have run yet (it then does nothing).
         await _writeLock.WaitAsync();
         try
         {
-            _closing = true;
+            _responses.Close();
             try
             {
                 if (!_abort.IsCancellationRequested) await _output.FlushAsync(AbortToken);
@@ -310,45 +310,6 @@ internal sealed partial class IscsiConnection
             Stamp(ref header, advanceStatSn);
             WritePdu(header, data.Span);
             await FlushAsync();
-        }
-        finally
-        {
-            _writeLock.Release();
-        }
-    }
-
-    /// <summary>
-    /// Caller holds the write lock and has written PDUs: one flush is queued behind the work in hand, so
-    /// responses that complete together (a mirrored batch acknowledges a dozen writes in turn on one
-    /// thread) leave in one socket write rather than one each.
-    /// </summary>
-    private void QueueFlush()
-    {
-        if (_closing) throw new IOException("the connection is closed");
-        if (_flushQueued) return;
-        _flushQueued = true;
-        ThreadPool.UnsafeQueueUserWorkItem(static c => _ = c.FlushQueuedAsync(), this, preferLocal: true);
-    }
-
-    private async Task FlushQueuedAsync()
-    {
-        try
-        {
-            await _writeLock.WaitAsync(AbortToken);
-        }
-        catch (OperationCanceledException)
-        {
-            return; // aborted: nobody to answer
-        }
-        try
-        {
-            _flushQueued = false;
-            if (!_closing) await FlushAsync();
-        }
-        catch (Exception e) when (IsTransportFailure(e))
-        {
-            IscsiLog.ConnectionFailed(_logger, Id, e);
-            Abort();
         }
         finally
         {

@@ -54,8 +54,7 @@ internal sealed class NbdConnection
     private readonly NbdMetrics _metrics;
     private readonly Action<NbdConnection> _onClosed;
     private readonly SemaphoreSlim _writeLock = new(1, 1);
-    private bool _flushQueued; // under _writeLock: a FlushQueuedAsync is on its way
-    private bool _closing;     // under _writeLock: CloseAsync has completed the pipe
+    private readonly DeferredFlush _replies; // the flush of data-less replies, queued behind the work in hand
     private readonly SemaphoreSlim _slots;
     private readonly CancellationTokenSource _abort = new();
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -91,6 +90,7 @@ internal sealed class NbdConnection
         _stream = new NetworkStream(socket, ownsSocket: true);
         _input = PipeReader.Create(_stream, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
         _output = PipeWriter.Create(_stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true));
+        _replies = new DeferredFlush(_writeLock, FlushAsync, e => { NbdLog.ConnectionFailed(_logger, Id, e); Abort(); }, IsTransportFailure, _abort.Token);
     }
 
     public long Id { get; }
@@ -149,11 +149,11 @@ internal sealed class NbdConnection
     {
         ReleaseInFlight();
         await _drained.Task;
-        // Under the write lock: a flush SendDoneAsync queued may not have run yet (it then finds the pipe closed).
+        // Under the write lock: a flush SendDoneAsync asked for may not have run yet (it then does nothing).
         await _writeLock.WaitAsync();
         try
         {
-            _closing = true;
+            _replies.Close();
             try
             {
                 if (!_abort.IsCancellationRequested) await _output.FlushAsync(AbortToken);
@@ -922,43 +922,11 @@ internal sealed class NbdConnection
         await _writeLock.WaitAsync(AbortToken);
         try
         {
-            if (_closing) throw new IOException("the connection is closed");
             var span = _output.GetSpan(NbdWire.StructuredReplyHeaderBytes);
             _output.Advance(_structured
                 ? NbdCodec.WriteStructuredReplyHeader(span, NbdReplyFlags.Done, NbdReplyType.None, request.Cookie, 0)
                 : NbdCodec.WriteSimpleReply(span, NbdError.None, request.Cookie));
-            if (!_flushQueued)
-            {
-                _flushQueued = true;
-                ThreadPool.UnsafeQueueUserWorkItem(static c => _ = c.FlushQueuedAsync(), this, preferLocal: true);
-            }
-        }
-        finally
-        {
-            _writeLock.Release();
-        }
-    }
-
-    /// <summary>The flush SendDoneAsync queued: whatever replies are in the pipe by now go in one write.</summary>
-    private async Task FlushQueuedAsync()
-    {
-        try
-        {
-            await _writeLock.WaitAsync(AbortToken);
-        }
-        catch (OperationCanceledException)
-        {
-            return; // aborted: nobody to answer
-        }
-        try
-        {
-            _flushQueued = false;
-            if (!_closing) await FlushAsync();
-        }
-        catch (Exception e) when (IsTransportFailure(e))
-        {
-            NbdLog.ConnectionFailed(_logger, Id, e);
-            Abort();
+            _replies.Request();
         }
         finally
         {
