@@ -6,7 +6,7 @@ namespace Duet.Core;
 /// ask queues a thread-pool item on the current thread's local queue, later ones before it runs ride
 /// along. So replies that complete together (a mirrored batch acknowledges a dozen writes in turn on one
 /// thread) leave in one socket write, not one each. The item takes the write lock, then flushes whatever
-/// is in the pipe. Closing (<see cref="Close"/>, under the lock) makes a late item do nothing.
+/// is in the pipe. Closing (<see cref="CloseAsync"/>, under the lock) makes a late item do nothing.
 /// </summary>
 public sealed class DeferredFlush
 {
@@ -42,8 +42,37 @@ public sealed class DeferredFlush
         ThreadPool.UnsafeQueueUserWorkItem(static f => _ = f.RunAsync(), this, preferLocal: true);
     }
 
-    /// <summary>Caller holds the write lock and is about to complete the output: a queued flush does nothing after this.</summary>
-    public void Close() => _closed = true;
+    /// <summary>
+    /// The end of the output: under the write lock, marks it closed (a flush still queued does nothing), flushes
+    /// what is in the pipe (unless the connection was aborted) and calls <paramref name="complete"/>. Transport
+    /// failures are not thrown: there is nobody left to answer.
+    /// </summary>
+    public async Task CloseAsync(Func<ValueTask> complete)
+    {
+        await _writeLock.WaitAsync();
+        try
+        {
+            _closed = true;
+            try
+            {
+                if (!_abort.IsCancellationRequested) await _flush();
+            }
+            catch (Exception e) when (_isTransportFailure(e))
+            {
+            }
+            try
+            {
+                await complete();
+            }
+            catch (Exception e) when (_isTransportFailure(e))
+            {
+            }
+        }
+        finally
+        {
+            _writeLock.Release();
+        }
+    }
 
     async Task RunAsync()
     {

@@ -140,30 +140,8 @@ internal sealed partial class IscsiConnection
         DropGatheringTasks();
         ReleaseInFlight();
         await _drained.Task;
-        // Under the write lock: a flush the responses asked for may not have run yet (it then does nothing).
-        await _writeLock.WaitAsync();
-        try
-        {
-            _responses.Close();
-            try
-            {
-                if (!_abort.IsCancellationRequested) await _output.FlushAsync(AbortToken);
-            }
-            catch (Exception e) when (IsTransportFailure(e))
-            {
-            }
-            try
-            {
-                await _output.CompleteAsync();
-            }
-            catch (Exception e) when (IsTransportFailure(e))
-            {
-            }
-        }
-        finally
-        {
-            _writeLock.Release();
-        }
+        // Under the write lock: a flush asked for may not have run yet (it then does nothing).
+        await _responses.CloseAsync(() => _output.CompleteAsync());
         await _input.CompleteAsync();
         try
         {
