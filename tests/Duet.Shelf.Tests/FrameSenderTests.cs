@@ -21,6 +21,36 @@ public class FrameSenderTests
         return (a, b);
     }
 
+    /// <summary>A connected socket pair and a sender on one end that counts the failures it reports.</summary>
+    sealed class Rig : IDisposable
+    {
+        public readonly Socket Send, Receive;
+        public readonly FrameSender Sender;
+        public int Failures;
+
+        public Rig()
+        {
+            (Send, Receive) = Pair();
+            Sender = new FrameSender(Send, TimeProvider.System, _ => Failures++);
+        }
+
+        public void Dispose()
+        {
+            Send.Dispose();
+            Receive.Dispose();
+        }
+    }
+
+    /// <summary>Frames 0..count-1, frame i being i+1 bytes of the value i, lie whole and in order from <paramref name="at"/>.</summary>
+    static void AssertSmallFrames(byte[] bytes, int at, int count)
+    {
+        for (int i = 0; i < count; i++)
+        {
+            Assert.True(bytes.AsSpan(at, 1 + i).IndexOfAnyExcept((byte)i) < 0, $"frame {i} is not whole or not in its place");
+            at += 1 + i;
+        }
+    }
+
     static readonly FrameSender.Encoder<(byte Fill, int Length)> Fill = static (span, f) => span[..f.Length].Fill(f.Fill);
 
     static async Task<byte[]> ReceiveAsync(Socket s, int bytes)
@@ -39,11 +69,8 @@ public class FrameSenderTests
     [Trait("Claim", "FO-2")]
     public async Task Frames_queued_while_a_write_is_under_way_go_out_together_in_the_next_write_whole_and_in_order()
     {
-        var (send, receive) = Pair();
-        using var _ = send;
-        using var __ = receive;
-        int failures = 0;
-        var sender = new FrameSender(send, TimeProvider.System, _ => failures++);
+        using var rig = new Rig();
+        var (sender, receive) = (rig.Sender, rig.Receive);
 
         // 8 MiB: more than the socket buffers hold, so this write stays under way until the receiver reads.
         const int big = 8 << 20;
@@ -66,27 +93,19 @@ public class FrameSenderTests
         await idle;
 
         Assert.True(bytes.AsSpan(0, big).IndexOfAnyExcept((byte)0xEE) < 0);
-        int at = big;
-        for (int i = 0; i < 100; i++)
-        {
-            Assert.True(bytes.AsSpan(at, 1 + i).IndexOfAnyExcept((byte)i) < 0, $"frame {i} is not whole or not in its place");
-            at += 1 + i;
-        }
+        AssertSmallFrames(bytes, big, 100);
         Assert.Equal(101, sender.Frames);
         Assert.Equal(2, sender.Writes); // the big one, then the hundred in one write
         Assert.Null(sender.WriteStartedAt);
-        Assert.Equal(0, failures);
+        Assert.Equal(0, rig.Failures);
     }
 
     [Fact]
     [Trait("Claim", "FO-2")]
     public async Task Frames_sent_while_held_wait_and_leave_together_in_one_write_on_resume()
     {
-        var (send, receive) = Pair();
-        using var _ = send;
-        using var __ = receive;
-        int failures = 0;
-        var sender = new FrameSender(send, TimeProvider.System, _ => failures++);
+        using var rig = new Rig();
+        var (sender, receive) = (rig.Sender, rig.Receive);
 
         sender.Hold();
         sender.Hold(); // holds nest: only the last Resume writes
@@ -99,13 +118,7 @@ public class FrameSenderTests
         Assert.Equal(1, sender.Writes);
 
         int total = Enumerable.Range(1, 50).Sum();
-        var bytes = await ReceiveAsync(receive, total);
-        int at = 0;
-        for (int i = 0; i < 50; i++)
-        {
-            Assert.True(bytes.AsSpan(at, 1 + i).IndexOfAnyExcept((byte)i) < 0, $"frame {i} is not whole or not in its place");
-            at += 1 + i;
-        }
+        AssertSmallFrames(await ReceiveAsync(receive, total), 0, 50);
 
         // A resume with nothing queued writes nothing; a frame after it goes out at once.
         sender.Hold();
@@ -114,7 +127,7 @@ public class FrameSenderTests
         await sender.SendAsync(3, ((byte)7, 3), Fill);
         Assert.Equal(2, sender.Writes);
         Assert.Equal([7, 7, 7], await ReceiveAsync(receive, 3));
-        Assert.Equal(0, failures);
+        Assert.Equal(0, rig.Failures);
     }
 
     [Fact]
