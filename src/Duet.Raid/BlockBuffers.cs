@@ -15,7 +15,7 @@ internal static class BlockBuffers
     public const int LargestPooled = 64 * 1024;
     public const int PerSize = 512;
 
-    public static readonly ArrayPool<byte> Pool = Create();
+    static readonly ArrayPool<byte> Pool = Create();
 
     /// <summary>A pool made as <see cref="Pool"/> is (tests check the sizes on one of their own).</summary>
     public static ArrayPool<byte> Create() => ArrayPool<byte>.Create(LargestPooled, PerSize);

@@ -51,7 +51,7 @@ internal sealed class ShelfChannel : IAsyncDisposable
     /// <summary>Connections made so far (a reconnect after a drop counts again).</summary>
     public int Connects { get; private set; }
 
-    sealed class Pending(ShelfOp op, Memory<byte> readInto, long started, TimeSpan limit, bool throwOnError)
+    sealed class Pending(Link link, ulong tag, ShelfOp op, Memory<byte> readInto, long started, TimeSpan limit, bool throwOnError)
     {
         public readonly bool ThrowOnError = throwOnError;
         public readonly ShelfOp Op = op;
@@ -60,21 +60,12 @@ internal sealed class ShelfChannel : IAsyncDisposable
         public readonly TimeSpan Limit = limit;
         public readonly TaskCompletionSource<ShelfResponse> Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
         // A caller's token that can be cancelled: registered on the request itself (no async frame per request);
-        // whoever removes the request from Pending unregisters it (Taken).
+        // whoever else takes the request out of Pending unregisters it (Link.TryTake).
         public CancellationTokenRegistration Cancel;
-        public Link? Link;
-        public ulong Tag;
 
         public void Cancelled(CancellationToken token)
         {
-            if (Link!.Pending.TryRemove(Tag, out _)) Done.TrySetException(new OperationCanceledException(token));
-        }
-
-        /// <summary>Taken out of Pending by someone other than its cancellation: it is not cancellable any more.</summary>
-        public Pending Taken()
-        {
-            Cancel.Unregister();
-            return this;
+            if (link.Pending.TryRemove(tag, out _)) Done.TrySetException(new OperationCanceledException(token));
         }
     }
 
@@ -94,6 +85,14 @@ internal sealed class ShelfChannel : IAsyncDisposable
         public PipeReader Input = null!;
         public ITimer? Sweep;
         public readonly ConcurrentDictionary<ulong, Pending> Pending = new();
+
+        /// <summary>Takes a request out of Pending to complete it (it is not cancellable any more); false if someone else did.</summary>
+        public bool TryTake(ulong tag, [System.Diagnostics.CodeAnalysis.MaybeNullWhen(false)] out Pending pending)
+        {
+            if (!Pending.TryRemove(tag, out pending)) return false;
+            pending.Cancel.Unregister();
+            return true;
+        }
         volatile string? _brokenBy;
         public string? BrokenBy => _brokenBy;
 
@@ -109,7 +108,7 @@ internal sealed class ShelfChannel : IAsyncDisposable
             try { Socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
             Socket.Dispose();
             foreach (var tag in Pending.Keys)
-                if (Pending.TryRemove(tag, out var p)) p.Taken().Done.TrySetException(new ShelfException(ShelfError.Unreachable, why));
+                if (TryTake(tag, out var p)) p.Done.TrySetException(new ShelfException(ShelfError.Unreachable, why));
         }
     }
 
@@ -138,24 +137,13 @@ internal sealed class ShelfChannel : IAsyncDisposable
     {
         if (ct.IsCancellationRequested) return Task.FromCanceled<ShelfResponse>(ct);
         ulong tag = (ulong)Interlocked.Increment(ref _lastTag);
-        var pending = new Pending(request.Op, readInto, _time.GetTimestamp(), limit, throwOnError);
-        if (ct.CanBeCanceled)
-        {
-            pending.Link = link;
-            pending.Tag = tag;
-            pending.Cancel = ct.UnsafeRegister(static (s, token) => ((Pending)s!).Cancelled(token), pending);
-        }
+        var pending = new Pending(link, tag, request.Op, readInto, _time.GetTimestamp(), limit, throwOnError);
+        if (ct.CanBeCanceled) pending.Cancel = ct.UnsafeRegister(static (s, token) => ((Pending)s!).Cancelled(token), pending);
         link.Pending[tag] = pending;
-        if (ct.IsCancellationRequested && link.Pending.TryRemove(tag, out _)) // cancelled before it was in Pending
-        {
-            pending.Taken();
+        if (ct.IsCancellationRequested && link.TryTake(tag, out _)) // cancelled before it was in Pending
             return Task.FromCanceled<ShelfResponse>(ct);
-        }
-        if (link.BrokenBy is { } why && link.Pending.TryRemove(tag, out _))
-        {
-            pending.Taken();
+        if (link.BrokenBy is { } why && link.TryTake(tag, out _))
             return Task.FromException<ShelfResponse>(new ShelfException(ShelfError.Unreachable, why));
-        }
 
         try
         {
@@ -165,7 +153,7 @@ internal sealed class ShelfChannel : IAsyncDisposable
         }
         catch (IOException e)
         {
-            if (link.Pending.TryRemove(tag, out var p)) p.Taken();
+            link.TryTake(tag, out _);
             return Task.FromException<ShelfResponse>(new ShelfException(ShelfError.Unreachable, link.BrokenBy ?? e.Message));
         }
         return pending.Done.Task;
@@ -182,8 +170,8 @@ internal sealed class ShelfChannel : IAsyncDisposable
             return;
         }
         foreach (var (tag, p) in link.Pending)
-            if (_time.GetElapsedTime(p.Started, now) >= p.Limit && link.Pending.TryRemove(tag, out _))
-                p.Taken().Done.TrySetException(TimedOut(p.Limit));
+            if (_time.GetElapsedTime(p.Started, now) >= p.Limit && link.TryTake(tag, out _))
+                p.Done.TrySetException(TimedOut(p.Limit));
     }
 
     Exception Abandoned(CancellationToken callerToken, TimeSpan timeout) =>
@@ -298,7 +286,7 @@ internal sealed class ShelfChannel : IAsyncDisposable
         var body = reader.UnreadSequence.Slice(0, header.BodyBytes);
         buffer = buffer.Slice(reader.Position).Slice(header.BodyBytes);
 
-        if (!link.Pending.TryRemove(header.Tag, out var p))
+        if (!link.TryTake(header.Tag, out var p))
         {
             // Tag 0 is the shelf's "framing lost" answer before it closes; any other unknown tag belongs to
             // a request its caller gave up on (timeout, cancel): drop it.
@@ -307,7 +295,6 @@ internal sealed class ShelfChannel : IAsyncDisposable
                     ShelfCodec.ReadResponseBody(header, body.ToArray()).Message);
             return true;
         }
-        p.Taken();
         try
         {
             if (header.Op != p.Op) throw new ShelfProtocolException($"response {header.Tag} is a {header.Op}, its request a {p.Op}");
