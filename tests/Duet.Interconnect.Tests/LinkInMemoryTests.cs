@@ -150,6 +150,36 @@ public sealed class LinkInMemoryTests : LinkContractTests
     }
 
     [Fact]
+    [Trait("Claim", "ICL-2")]
+    public async Task Disposing_an_end_while_doorbells_keep_its_pump_busy_always_ends()
+    {
+        // The pump must see a dispose that lands between two of its wake-ups (the fresh-clone CI
+        // once hung here: the pump took a new wake-up after the dispose had rung the last one).
+        var options = new IclWindowOptions { PostTimeout = TimeSpan.FromSeconds(1) };
+        for (int round = 0; round < 500; round++)
+        {
+            var (a, b) = InMemoryIclTransport.CreatePair(options, TimeProvider.System);
+            await using var _a = a;
+            long taken = 0;
+            b.Start(_ => { Interlocked.Increment(ref taken); return ValueTask.CompletedTask; });
+            using var stop = new CancellationTokenSource();
+            var poster = Task.Run(async () =>
+            {
+                try
+                {
+                    while (!stop.IsCancellationRequested) await a.PostAsync(IclSignal.Message, 1, new byte[] { 1 }, default);
+                }
+                catch (IclLinkDownException) { }
+            });
+            while (Volatile.Read(ref taken) < 1 + round % 7) await Task.Yield();
+            var dispose = b.DisposeAsync().AsTask();
+            Assert.True(await Task.WhenAny(dispose, Task.Delay(TimeSpan.FromSeconds(30))) == dispose, $"round {round}: the dispose never ended");
+            stop.Cancel();
+            await poster;
+        }
+    }
+
+    [Fact]
     [Trait("Claim", "ICL-4")]
     public async Task A_handler_that_throws_does_not_stop_the_link()
     {

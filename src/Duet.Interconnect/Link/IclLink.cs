@@ -324,11 +324,15 @@ public abstract class IclLink : IIclLink
     {
         await Task.Yield();
         var stop = _stop.Token;
-        while (!stop.IsCancellationRequested)
+        while (true)
         {
             var rung = Interrupt.WaitTask;
-            while (!stop.IsCancellationRequested && await PumpOnceCoreAsync()) { }
-            await rung; // DisposeAsync sets Interrupt after it cancels _stop
+            // Looked at after taking the wake-up: DisposeAsync cancels _stop, then rings. Looked at before
+            // taking it, a dispose in between would ring a wake-up this loop never waits for, and the
+            // next one never comes (the fresh-clone CI once hung in a link's dispose that way).
+            if (stop.IsCancellationRequested) return;
+            while (await PumpOnceCoreAsync()) { }
+            await rung;
         }
     }
 

@@ -189,9 +189,13 @@ public class MirrorProtocolTests
         meta.Encode(metaBytes);
         System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(metaBytes.AsSpan(512), 0x7FFF_F000); // offset outside the region
         await Send(IclSignal.Message, metaBytes);
-        // A batch from a stale epoch is dropped without an answer.
+        // A batch from a stale epoch is dropped without an answer. (Once the five refusals above are counted,
+        // their handler has stamped the epoch it saw: setting the floor now is not undone by a late one.)
+        for (int i = 0; i < 2000 && h.Receiver.Refused < refused + 5; i++) await Task.Delay(1);
+        Assert.True(h.Receiver.Refused >= refused + 5, $"refused {h.Receiver.Refused - refused}");
         h.Receiver.PeerEpoch = 5;
         await Send(IclSignal.Message, Convert.FromHexString("a0" + "02" + "00" + "07" + "0100" + "0000" + "00000000"), epoch: 4);
+        for (int i = 0; i < 2000 && h.Receiver.StaleEpochs < 1; i++) await Task.Delay(1);
         Assert.Equal(1, h.Receiver.StaleEpochs);
         Assert.True(h.Receiver.Refused >= refused + 5, $"refused {h.Receiver.Refused - refused}");
         Assert.Equal(before, h.NvramB.Peer.ReplayOrder().Select(x => (x.Element, x.Descriptor)).ToList());
