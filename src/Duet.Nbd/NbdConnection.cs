@@ -46,6 +46,7 @@ internal sealed class NbdConnection
 
     private readonly Socket _socket;
     private readonly NetworkStream _stream;
+    private readonly ThreadReceiveStream _receive; // the reader's own thread receives with recv/poll
     private readonly PipeReader _input;
     private readonly PipeWriter _output;
     private readonly IVolumeCatalog _catalog;
@@ -88,7 +89,8 @@ internal sealed class NbdConnection
         _onClosed = onClosed;
         _slots = new SemaphoreSlim(options.MaxInFlightRequests, options.MaxInFlightRequests);
         _stream = new NetworkStream(socket, ownsSocket: true);
-        _input = PipeReader.Create(_stream, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
+        _receive = new ThreadReceiveStream(socket, _stream);
+        _input = PipeReader.Create(_receive, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
         _output = PipeWriter.Create(_stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true));
         _replies = new DeferredFlush(_writeLock, FlushAsync, e => { NbdLog.ConnectionFailed(_logger, Id, e); Abort(); }, IsTransportFailure, _abort.Token);
     }
@@ -97,10 +99,43 @@ internal sealed class NbdConnection
 
     public Task Completion { get; private set; } = Task.CompletedTask;
 
-    public void Start() => Completion = RunAsync();
+    /// <summary>
+    /// Runs the connection. Its reader (negotiation, then the request loop) starts on a thread of its own that
+    /// sleeps in the socket's receive, so a request wakes the thread that decodes it and starts its task, with
+    /// no thread-pool hand-off in between (<see cref="ThreadReceiveStream"/>). Request tasks run on from there
+    /// to their first wait; replies are written by whichever thread completes them. If the reader has to wait
+    /// for something else (every request slot taken) it carries on from the thread pool with async reads.
+    /// </summary>
+    public void Start()
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Completion = done.Task;
+        var thread = new Thread(() =>
+        {
+            _receive.Own();
+            try
+            {
+                RunAsync().GetAwaiter().GetResult();
+                done.TrySetResult();
+            }
+            catch (Exception e)
+            {
+                done.TrySetException(e);
+            }
+        })
+        { IsBackground = true, Name = $"nbd-{Id}" };
+        thread.Start();
+    }
+
+    /// <summary>Reads served on the reader's own thread, and how many of them slept first (tests, diagnostics).</summary>
+    public (long Reads, long Sleeps) DirectReads => _receive.DirectReads;
 
     /// <summary>Stop reading requests; in-flight ones are answered, then the connection closes.</summary>
-    public void BeginShutdown() => _input.CancelPendingRead();
+    public void BeginShutdown()
+    {
+        _input.CancelPendingRead();
+        _receive.StopReceiving(); // a reader asleep in its own receive sees the end of the stream
+    }
 
     /// <summary>Cut the connection now: cancels volume I/O, reads and reply writes.</summary>
     public void Abort()
@@ -112,6 +147,7 @@ internal sealed class NbdConnection
         catch (ObjectDisposedException)
         {
         }
+        _receive.StopReceiving();
     }
 
     private CancellationToken AbortToken => _abort.Token;

@@ -239,6 +239,39 @@ public class NbdServerTests
     }
 
     [Fact]
+    public async Task TheRequestLoopReadsOnItsOwnThreadAndCarriesOnFromThePoolWhenEverySlotIsTaken()
+    {
+        await using var f = await ServerFixture.StartAsync(maxInFlight: 4);
+        await using var client = await NbdTestClient.OpenAsync(f.EndPoint, "vol");
+        for (int i = 0; i < 8; i++) Assert.Equal(NbdError.None, (await client.WriteAsync((ulong)(i * 4096), Pattern(4096, i))).Error);
+        var (reads, sleeps) = f.Server.ReaderThreadReads; // the one connection's
+        Assert.True(reads >= 8, $"{reads} reads on the connection's own thread");
+        Assert.True(sleeps >= 8, $"{sleeps} of them slept in poll first");
+
+        // Four writes held by the volume take every slot: the reader waits for one, then reads on from the pool.
+        var gate = new TaskCompletionSource();
+        f.Volume.WriteGate = gate;
+        var cookies = new HashSet<ulong>();
+        for (int i = 0; i < 12; i++)
+            cookies.Add(await client.SendRequestAsync(NbdCommand.Write, (ulong)((16 + i) * 4096), 4096, NbdCommandFlags.None, Pattern(4096, 16 + i)));
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (f.Volume.WritesAtGate < 4 && DateTime.UtcNow < deadline) await Task.Delay(5);
+        Assert.Equal(4, f.Volume.WritesAtGate);
+        f.Volume.WriteGate = null;
+        gate.SetResult();
+        for (int i = 0; i < 12; i++)
+        {
+            var reply = await client.ReadReplyAsync();
+            Assert.Equal(NbdError.None, reply.Error);
+            Assert.True(cookies.Remove(reply.Cookie));
+        }
+        for (int i = 0; i < 8; i++) Assert.Equal(Pattern(4096, i), f.Volume.Contents.Slice(i * 4096, 4096).ToArray());
+        for (int i = 0; i < 12; i++) Assert.Equal(Pattern(4096, 16 + i), f.Volume.Contents.Slice((16 + i) * 4096, 4096).ToArray());
+        var read = await client.ReadAsync(16 * 4096UL, 4096); // still served, now from the pool
+        Assert.Equal(Pattern(4096, 16), read.Data);
+    }
+
+    [Fact]
     public async Task StopClosesConnectionsAndTheListener()
     {
         var f = await ServerFixture.StartAsync();

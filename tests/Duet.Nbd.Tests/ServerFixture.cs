@@ -24,13 +24,13 @@ public sealed class ServerFixture : IAsyncDisposable
     public IPEndPoint EndPoint => Server.LocalEndPoint;
     public string Uri => $"nbd://127.0.0.1:{EndPoint.Port}/{VolumeName}";
 
-    public static async Task<ServerFixture> StartAsync(long sizeBytes = 16 << 20, int maxPayloadBytes = 32 << 20)
+    public static async Task<ServerFixture> StartAsync(long sizeBytes = 16 << 20, int maxPayloadBytes = 32 << 20, int maxInFlight = 64)
     {
         var volume = new MemoryVolume(VolumeName, sizeBytes);
         var readOnly = new MemoryVolume(ReadOnlyName, 1 << 20, readOnly: true);
         var logger = new ListLogger();
         var server = new NbdServer(new MemoryCatalog(volume, readOnly),
-            new NbdServerOptions { Endpoint = new IPEndPoint(IPAddress.Loopback, 0), MaxPayloadBytes = maxPayloadBytes }, logger);
+            new NbdServerOptions { Endpoint = new IPEndPoint(IPAddress.Loopback, 0), MaxPayloadBytes = maxPayloadBytes, MaxInFlightRequests = maxInFlight }, logger);
         await server.StartAsync();
         return new ServerFixture(volume, readOnly, server, logger);
     }
