@@ -35,8 +35,13 @@ internal sealed partial class IscsiConnection
             Interlocked.Increment(ref _inFlightCount);
             _ = PingLoopAsync(interval);
         }
+        // From here the reader runs on its own thread and sleeps in the socket's receive (ThreadReceiveStream); a
+        // handler that waited on something else resumed on the pool and comes back before the next read.
+        await _reader.SwitchTo();
+        _receive.Own();
         while (true)
         {
+            if (!_reader.IsCurrent) await _reader.SwitchTo();
             var (ok, pdu) = await ReadPduAsync(_parameters.TargetMaxRecvDataSegmentLength, AbortToken);
             if (!ok) return;
             Next next;

@@ -65,6 +65,12 @@ public sealed class IscsiServer : IAsyncDisposable
     }
 
     /// <summary>The bound address (with the real port when the endpoint used port 0).</summary>
+    /// <summary>Over the connections open now: PDU reads served on their readers' own threads, how many of those
+    /// slept in poll first, and the times readers moved onto their threads (diagnostics and tests; see
+    /// <see cref="ThreadReceiveStream"/>, <see cref="ReaderThread"/>).</summary>
+    public (long Reads, long Sleeps, long Switches) ReaderThreadReads =>
+        _connections.Values.Aggregate((0L, 0L, 0L), (sum, c) => (sum.Item1 + c.DirectReads.Reads, sum.Item2 + c.DirectReads.Sleeps, sum.Item3 + c.DirectReads.Switches));
+
     public IPEndPoint LocalEndPoint => _localEndPoint ?? throw new InvalidOperationException("the iSCSI server has not been started");
 
     public string TargetName => _options.TargetName;

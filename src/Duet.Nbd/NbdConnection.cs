@@ -47,6 +47,7 @@ internal sealed class NbdConnection
     private readonly Socket _socket;
     private readonly NetworkStream _stream;
     private readonly ThreadReceiveStream _receive; // the reader's own thread receives with recv/poll
+    private ReaderThread _reader = null!; // made by Start
     private readonly PipeReader _input;
     private readonly PipeWriter _output;
     private readonly IVolumeCatalog _catalog;
@@ -100,35 +101,22 @@ internal sealed class NbdConnection
     public Task Completion { get; private set; } = Task.CompletedTask;
 
     /// <summary>
-    /// Runs the connection. Its reader (negotiation, then the request loop) starts on a thread of its own that
-    /// sleeps in the socket's receive, so a request wakes the thread that decodes it and starts its task, with
-    /// no thread-pool hand-off in between (<see cref="ThreadReceiveStream"/>). Request tasks run on from there
-    /// to their first wait; replies are written by whichever thread completes them. If the reader has to wait
-    /// for something else (every request slot taken) it carries on from the thread pool with async reads.
+    /// Runs the connection. Its reader (negotiation, then the request loop) runs on a thread of its own
+    /// (<see cref="ReaderThread"/>) that sleeps in the socket's receive, so a request wakes the thread that
+    /// decodes it and starts its task, with no thread-pool hand-off in between (<see cref="ThreadReceiveStream"/>).
+    /// Request tasks run on from there to their first wait; replies are written by whichever thread completes
+    /// them. A reader that had to wait for something else (every request slot taken) comes back to its thread
+    /// before its next read.
     /// </summary>
     public void Start()
     {
-        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        Completion = done.Task;
-        var thread = new Thread(() =>
-        {
-            _receive.Own();
-            try
-            {
-                RunAsync().GetAwaiter().GetResult();
-                done.TrySetResult();
-            }
-            catch (Exception e)
-            {
-                done.TrySetException(e);
-            }
-        })
-        { IsBackground = true, Name = $"nbd-{Id}" };
-        thread.Start();
+        _reader = new ReaderThread($"nbd-{Id}");
+        Completion = RunAsync();
     }
 
-    /// <summary>Reads served on the reader's own thread, and how many of them slept first (tests, diagnostics).</summary>
-    public (long Reads, long Sleeps) DirectReads => _receive.DirectReads;
+    /// <summary>Reads served on the reader's own thread, how many of them slept first, and the times the reader
+    /// moved onto its thread (tests, diagnostics).</summary>
+    public (long Reads, long Sleeps, long Switches) DirectReads => (_receive.DirectReads.Reads, _receive.DirectReads.Sleeps, _reader.Switches);
 
     /// <summary>Stop reading requests; in-flight ones are answered, then the connection closes.</summary>
     public void BeginShutdown()
@@ -154,6 +142,8 @@ internal sealed class NbdConnection
 
     private async Task RunAsync()
     {
+        await _reader.SwitchTo();
+        _receive.Own();
         _metrics.ConnectionOpened();
         NbdLog.ConnectionAccepted(_logger, Id, _socket.RemoteEndPoint);
         try
@@ -178,6 +168,7 @@ internal sealed class NbdConnection
         finally
         {
             await CloseAsync();
+            _reader.Stop();
         }
     }
 
@@ -679,6 +670,7 @@ internal sealed class NbdConnection
                 _bufferHeld = bufferWanted;
                 bufferWanted = 0;
             }
+            if (!_reader.IsCurrent) await _reader.SwitchTo(); // back from a wait that resumed on the pool
             var result = await _input.ReadAsync(AbortToken);
             var buffer = result.Buffer;
             var consumed = buffer.Start;

@@ -40,10 +40,11 @@ public sealed class NbdServer : IAsyncDisposable
     }
 
     /// <summary>The bound address (with the real port when <see cref="NbdServerOptions.Endpoint"/> used port 0).</summary>
-    /// <summary>Over the connections open now: reads served on their readers' own threads, and how many of those
-    /// slept in poll first (diagnostics and tests; see <see cref="Duet.Core.ThreadReceiveStream"/>).</summary>
-    public (long Reads, long Sleeps) ReaderThreadReads =>
-        _connections.Values.Aggregate((0L, 0L), (sum, c) => (sum.Item1 + c.DirectReads.Reads, sum.Item2 + c.DirectReads.Sleeps));
+    /// <summary>Over the connections open now: reads served on their readers' own threads, how many of those
+    /// slept in poll first, and the times readers moved onto their threads (diagnostics and tests; see
+    /// <see cref="Duet.Core.ThreadReceiveStream"/>, <see cref="Duet.Core.ReaderThread"/>).</summary>
+    public (long Reads, long Sleeps, long Switches) ReaderThreadReads =>
+        _connections.Values.Aggregate((0L, 0L, 0L), (sum, c) => (sum.Item1 + c.DirectReads.Reads, sum.Item2 + c.DirectReads.Sleeps, sum.Item3 + c.DirectReads.Switches));
 
     public IPEndPoint LocalEndPoint => _localEndPoint ?? throw new InvalidOperationException("the NBD server has not been started");
 

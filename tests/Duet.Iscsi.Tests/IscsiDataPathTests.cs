@@ -89,6 +89,28 @@ public sealed class IscsiDataPathTests
     }
 
     [Fact]
+    public async Task The_full_feature_phase_reads_on_the_connections_own_thread_and_a_stop_wakes_it()
+    {
+        await using var fixture = await IscsiServerFixture.StartAsync();
+        await using var client = await fixture.LoginAsync();
+        // Login reads on the pool (its time limit holds): at most the first full feature read has started on the thread.
+        Assert.True(fixture.Server.ReaderThreadReads.Reads <= 1, $"{fixture.Server.ReaderThreadReads.Reads} reads on the thread after login");
+        for (int i = 0; i < 8; i++)
+        {
+            var data = Pattern(4096, 10 + i);
+            Assert.Equal(0, (await client.WriteAsync(IscsiTestClient.Write10((uint)(8 * i), 8), data, immediateBytes: 4096)).Status);
+            Assert.Equal(data, (await client.ReadAsync(IscsiTestClient.Read10((uint)(8 * i), 8), 4096)).DataIn);
+        }
+        var (reads, sleeps, switches) = fixture.Server.ReaderThreadReads;
+        Assert.True(reads >= 16, $"{reads} reads on the connection's own thread");
+        Assert.True(sleeps >= 8, $"{sleeps} of them slept in poll first");
+        Assert.True(switches >= 1);
+        // The reader is asleep in poll now: stopping the server wakes it (shut receive side) and the session ends.
+        await fixture.Server.StopAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(0, fixture.Server.SessionCount);
+    }
+
+    [Fact]
     public async Task Outstanding_r2ts_never_exceed_max_outstanding_r2t()
     {
         await using var fixture = await IscsiServerFixture.StartAsync();

@@ -239,14 +239,15 @@ public class NbdServerTests
     }
 
     [Fact]
-    public async Task TheRequestLoopReadsOnItsOwnThreadAndCarriesOnFromThePoolWhenEverySlotIsTaken()
+    public async Task TheRequestLoopReadsOnItsOwnThreadAndComesBackToItAfterWaitingForASlot()
     {
         await using var f = await ServerFixture.StartAsync(maxInFlight: 4);
         await using var client = await NbdTestClient.OpenAsync(f.EndPoint, "vol");
         for (int i = 0; i < 8; i++) Assert.Equal(NbdError.None, (await client.WriteAsync((ulong)(i * 4096), Pattern(4096, i))).Error);
-        var (reads, sleeps) = f.Server.ReaderThreadReads; // the one connection's
+        var (reads, sleeps, switches) = f.Server.ReaderThreadReads; // the one connection's
         Assert.True(reads >= 8, $"{reads} reads on the connection's own thread");
         Assert.True(sleeps >= 8, $"{sleeps} of them slept in poll first");
+        Assert.Equal(1, switches); // it moved there once, at the start, and stayed
 
         // Four writes held by the volume take every slot: the reader waits for one, then reads on from the pool.
         var gate = new TaskCompletionSource();
@@ -267,8 +268,12 @@ public class NbdServerTests
         }
         for (int i = 0; i < 8; i++) Assert.Equal(Pattern(4096, i), f.Volume.Contents.Slice(i * 4096, 4096).ToArray());
         for (int i = 0; i < 12; i++) Assert.Equal(Pattern(4096, 16 + i), f.Volume.Contents.Slice((16 + i) * 4096, 4096).ToArray());
-        var read = await client.ReadAsync(16 * 4096UL, 4096); // still served, now from the pool
+        // The reader came back to its own thread after the wait for a slot, and reads there again.
+        var before = f.Server.ReaderThreadReads;
+        Assert.True(before.Switches >= 2, $"{before.Switches} moves onto the reader's thread");
+        var read = await client.ReadAsync(16 * 4096UL, 4096);
         Assert.Equal(Pattern(4096, 16), read.Data);
+        Assert.True(f.Server.ReaderThreadReads.Reads > before.Reads);
     }
 
     [Fact]
