@@ -18,7 +18,7 @@ public sealed partial class ThreadReceiveStream : Stream
 {
     readonly Socket _socket;
     readonly NetworkStream _inner;
-    readonly int _fd;
+    readonly SafeSocketHandle _handle;
     Thread? _owner;
     long _direct, _sleeps;
 
@@ -26,7 +26,7 @@ public sealed partial class ThreadReceiveStream : Stream
     {
         _socket = socket;
         _inner = inner;
-        _fd = (int)socket.SafeHandle.DangerousGetHandle();
+        _handle = socket.SafeHandle;
     }
 
     /// <summary>Reads on the calling thread are served by recv/poll from now on.</summary>
@@ -59,17 +59,40 @@ public sealed partial class ThreadReceiveStream : Stream
     unsafe int Receive(Span<byte> into)
     {
         Interlocked.Increment(ref _direct);
+        // A reference on the handle while we use its descriptor: a socket disposed meanwhile is closed only after
+        // we let go, so the number is never another socket's. (Whoever disposes shuts it down first, which wakes poll.)
+        bool added = false;
+        try
+        {
+            _handle.DangerousAddRef(ref added);
+        }
+        catch (ObjectDisposedException)
+        {
+            return 0; // closed: the end of the stream
+        }
+        try
+        {
+            return Receive((int)_handle.DangerousGetHandle(), into);
+        }
+        finally
+        {
+            if (added) _handle.DangerousRelease();
+        }
+    }
+
+    unsafe int Receive(int fd, Span<byte> into)
+    {
         fixed (byte* p = into)
         {
             while (true)
             {
-                nint n = recv(_fd, p, into.Length, 0);
+                nint n = recv(fd, p, into.Length, 0);
                 if (n >= 0) return (int)n;
                 int errno = Marshal.GetLastPInvokeError();
                 if (errno == EINTR) continue;
                 if (errno != EAGAIN) throw new IOException($"recv failed: errno {errno}", new SocketException(errno));
                 Interlocked.Increment(ref _sleeps);
-                var fds = new PollFd { Fd = _fd, Events = POLLIN };
+                var fds = new PollFd { Fd = fd, Events = POLLIN };
                 if (poll(&fds, 1, -1) < 0 && Marshal.GetLastPInvokeError() is int e && e != EINTR)
                     throw new IOException($"poll failed: errno {e}", new SocketException(e));
             }

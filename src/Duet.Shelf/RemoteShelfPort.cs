@@ -67,6 +67,9 @@ public sealed class RemoteShelfPort : IShelfPort, IAsyncDisposable
     /// <summary>Connections made so far (each reconnect after a drop adds one).</summary>
     public int Connects => _channel.Connects;
 
+    /// <summary>Responses read on the connection reader's own thread, and how many of those reads slept in poll first (tests, diagnostics).</summary>
+    public (long Reads, long Sleeps) ReaderThreadReads => _channel.ReaderThreadReads;
+
     /// <summary>The request's response; a refusal fails the task with its <see cref="ShelfException"/>.</summary>
     Task<ShelfResponse> Call(ShelfRequest request, CancellationToken ct, Memory<byte> readInto = default, TimeSpan? timeout = null) =>
         _channel.CallAsync(request, readInto, ct, timeout, throwOnError: true);

@@ -51,6 +51,9 @@ internal sealed class ShelfChannel : IAsyncDisposable
     /// <summary>Connections made so far (a reconnect after a drop counts again).</summary>
     public int Connects { get; private set; }
 
+    /// <summary>The current connection's responses read on its reader's own thread, and how many of those reads slept in poll first.</summary>
+    public (long Reads, long Sleeps) ReaderThreadReads => _link?.Receive.DirectReads ?? (0, 0);
+
     sealed class Pending(Link link, ulong tag, ShelfOp op, Memory<byte> readInto, long started, TimeSpan limit, bool throwOnError)
     {
         public readonly bool ThrowOnError = throwOnError;
@@ -76,11 +79,15 @@ internal sealed class ShelfChannel : IAsyncDisposable
         {
             Socket = socket;
             Stream = new(socket, ownsSocket: true);
+            Receive = new ThreadReceiveStream(socket, Stream);
             Sender = new FrameSender(socket, time, e => Break($"the connection to the shelf failed while sending: {e.Message}"));
         }
 
         public readonly Socket Socket;
         public readonly NetworkStream Stream;
+        /// <summary>The reader's own thread takes responses with recv and sleeps in poll between them.</summary>
+        public readonly ThreadReceiveStream Receive;
+        public ReaderThread? Reader;
         public readonly FrameSender Sender;
         public PipeReader Input = null!;
         public ITimer? Sweep;
@@ -212,7 +219,7 @@ internal sealed class ShelfChannel : IAsyncDisposable
             }
             if (socket.ProtocolType == ProtocolType.Tcp) socket.NoDelay = true;
             link = new Link(socket, _time);
-            link.Input = PipeReader.Create(link.Stream, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
+            link.Input = PipeReader.Create(link.Receive, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
             var period = TimeSpan.FromTicks(Math.Max(TimeSpan.TicksPerMillisecond, RequestTimeout.Ticks / 8));
             link.Sweep = _time.CreateTimer(static s => { var (channel, l) = ((ShelfChannel, Link))s!; channel.Sweep(l); }, (this, link), period, period);
             _ = ReadLoopAsync(link);
@@ -246,13 +253,24 @@ internal sealed class ShelfChannel : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Takes responses off the connection, on a thread of its own (<see cref="ReaderThread"/>) that sleeps in the
+    /// socket's receive: a response wakes the thread that completes its request (whose continuation runs on the
+    /// pool), not the socket engine's epoll thread and then a pool worker. Nothing here waits on anything but the
+    /// socket, so the management path's blocking calls (which wait for a response) are never on this thread.
+    /// Break shuts the socket down, which ends a read asleep in poll.
+    /// </summary>
     async Task ReadLoopAsync(Link link)
     {
         string why = $"the shelf at {_endPoint} closed the connection";
+        var reader = link.Reader = new ReaderThread("shelf-client");
+        await reader.SwitchTo();
+        link.Receive.Own();
         try
         {
             while (true)
             {
+                if (!reader.IsCurrent) await reader.SwitchTo();
                 var result = await link.Input.ReadAsync().ConfigureAwait(false);
                 var buffer = result.Buffer;
                 try
@@ -276,6 +294,7 @@ internal sealed class ShelfChannel : IAsyncDisposable
         }
         link.Break(why);
         try { await link.Input.CompleteAsync().ConfigureAwait(false); } catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException) { }
+        reader.Stop();
     }
 
     static bool TryTakeResponse(Link link, ref ReadOnlySequence<byte> buffer)

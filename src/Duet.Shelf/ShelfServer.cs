@@ -85,6 +85,11 @@ public sealed class ShelfServer : IAsyncDisposable
 
     public Shelf Shelf => _shelf;
 
+    /// <summary>Over the connections open now: reads served on their readers' own threads, how many of those
+    /// slept in poll first, and the times readers moved onto their threads (diagnostics and tests).</summary>
+    public (long Reads, long Sleeps, long Switches) ReaderThreadReads =>
+        _connections.Values.Aggregate((0L, 0L, 0L), (sum, c) => (sum.Item1 + c.DirectReads.Reads, sum.Item2 + c.DirectReads.Sleeps, sum.Item3 + c.DirectReads.Switches));
+
     /// <summary>Connections open on the controller ports (not the admin socket): a controller still using its drives.</summary>
     public int ControllerConnections => _connections.Values.Count(c => c.Role != ShelfWire.AdminRole);
 
