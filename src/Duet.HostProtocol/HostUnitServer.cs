@@ -48,6 +48,11 @@ public sealed class HostUnitServer : IAsyncDisposable
     /// <summary>Connections open now.</summary>
     public int ConnectionCount => _connections.Count;
 
+    /// <summary>Over the connections open now: reads served on their readers' own threads, how many of those
+    /// slept in poll first, and the times readers moved onto their threads (diagnostics and tests).</summary>
+    public (long Reads, long Sleeps, long Switches) ReaderThreadReads =>
+        _connections.Values.Aggregate((0L, 0L, 0L), (sum, c) => (sum.Item1 + c.DirectReads.Reads, sum.Item2 + c.DirectReads.Sleeps, sum.Item3 + c.DirectReads.Switches));
+
     /// <summary>The bound address (with the real port when the options asked for port 0).</summary>
     public IPEndPoint LocalEndPoint => _localEndPoint ?? throw new InvalidOperationException("the host unit has not been started");
 

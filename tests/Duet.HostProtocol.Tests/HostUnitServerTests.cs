@@ -78,6 +78,13 @@ public class HostUnitServerTests
         Assert.Equal(33, tcp.Pair.B.Counters.CompletionsReceived);
         Assert.Equal(33, tcp.Pair.B.Counters.SecondaryReadiesSent);
         Assert.Equal(0, tcp.Pair.FenceCalls);
+        // Each unit's connection read the host's frames on its own thread, asleep in the socket between them.
+        foreach (var unit in new[] { tcp.A[0], tcp.B[0] })
+        {
+            var (reads, _, switches) = unit.ReaderThreadReads;
+            Assert.True(reads >= 2, $"unit {unit.Controller}{unit.Unit}: {reads} reads on its connection's own thread");
+            Assert.True(switches >= 1);
+        }
     }
 
     [Theory, Trait("Claim", "FO-6")]
