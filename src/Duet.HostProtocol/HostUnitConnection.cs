@@ -25,8 +25,7 @@ internal sealed class HostUnitConnection : IHostCompletionRoute
 {
     readonly Socket _socket;
     readonly NetworkStream _stream;
-    readonly ThreadReceiveStream _receive; // the reader's own thread receives with recv/poll
-    ReaderThread _reader = null!; // made by Start
+    readonly ConnectionReader _reader; // its own thread, receiving with recv/poll
     readonly PipeReader _input;
     readonly PipeWriter _output;
     readonly IVolumeCatalog _catalog;
@@ -55,8 +54,8 @@ internal sealed class HostUnitConnection : IHostCompletionRoute
         _onClosed = onClosed;
         _slots = new AsyncGate(options.MaxInFlightRequests, options.MaxInFlightRequests);
         _stream = new NetworkStream(socket, ownsSocket: true);
-        _receive = new ThreadReceiveStream(socket, _stream);
-        _input = PipeReader.Create(_receive, new StreamPipeReaderOptions(leaveOpen: true));
+        _reader = new ConnectionReader(socket, _stream, $"unit-{id}");
+        _input = PipeReader.Create(_reader.Stream, new StreamPipeReaderOptions(leaveOpen: true));
         _output = PipeWriter.Create(_stream, new StreamPipeWriterOptions(leaveOpen: true));
     }
 
@@ -65,28 +64,23 @@ internal sealed class HostUnitConnection : IHostCompletionRoute
     public Task Completion { get; private set; } = Task.CompletedTask;
 
     /// <summary>Runs the connection; its reader on a thread of its own that sleeps in the socket's receive
-    /// (<see cref="ReaderThread"/>, <see cref="ThreadReceiveStream"/>), as NBD's.</summary>
-    public void Start()
-    {
-        _reader = new ReaderThread($"unit-{Id}");
-        Completion = RunAsync();
-    }
+    /// (<see cref="ConnectionReader"/>), as NBD's.</summary>
+    public void Start() => Completion = RunAsync();
 
     /// <summary>Reads served on the reader's own thread, how many of them slept first, and the times the reader
     /// moved onto its thread (tests, diagnostics).</summary>
-    public (long Reads, long Sleeps, long Switches) DirectReads => (_receive.DirectReads.Reads, _receive.DirectReads.Sleeps, _reader.Switches);
+    public (long Reads, long Sleeps, long Switches) DirectReads => _reader.Counts;
 
     /// <summary>Stop reading; in-flight commands may still be answered until the connection closes.</summary>
     public void BeginShutdown()
     {
         _input.CancelPendingRead();
-        _receive.StopReceiving(); // a reader asleep in its own receive sees the end of the stream
+        _reader.StopReceiving(); // a reader asleep in its own receive sees the end of the stream
     }
 
     async Task RunAsync()
     {
         await _reader.SwitchTo();
-        _receive.Own();
         HostLog.Accepted(_logger, Id, _socket.RemoteEndPoint);
         try
         {
@@ -111,7 +105,7 @@ internal sealed class HostUnitConnection : IHostCompletionRoute
     {
         while (true)
         {
-            if (!_reader.IsCurrent) await _reader.SwitchTo(); // back from a wait (a slot, the write gate) that resumed on the pool
+            await _reader.SwitchTo(); // back from a wait (a slot, the write gate) that resumed on the pool
             var result = await _input.ReadAsync();
             var buffer = result.Buffer;
             var consumed = buffer.Start;

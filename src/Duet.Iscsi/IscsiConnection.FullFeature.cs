@@ -37,11 +37,9 @@ internal sealed partial class IscsiConnection
         }
         // From here the reader runs on its own thread and sleeps in the socket's receive (ThreadReceiveStream); a
         // handler that waited on something else resumed on the pool and comes back before the next read.
-        await _reader.SwitchTo();
-        _receive.Own();
         while (true)
         {
-            if (!_reader.IsCurrent) await _reader.SwitchTo();
+            await _reader.SwitchTo(); // at once when it is there
             var (ok, pdu) = await ReadPduAsync(_parameters.TargetMaxRecvDataSegmentLength, AbortToken);
             if (!ok) return;
             Next next;

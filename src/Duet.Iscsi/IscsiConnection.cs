@@ -37,8 +37,7 @@ internal sealed partial class IscsiConnection
 
     private readonly Socket _socket;
     private readonly NetworkStream _stream;
-    private readonly ThreadReceiveStream _receive; // in the full feature phase the reader's own thread receives with recv/poll
-    private ReaderThread _reader = null!; // made by Start
+    private readonly ConnectionReader _reader; // its own thread, receiving with recv/poll
     private readonly PipeReader _input;
     private readonly PipeWriter _output;
     private readonly IscsiServer _server;
@@ -77,8 +76,8 @@ internal sealed partial class IscsiConnection
         _device = server.Device;
         _onClosed = onClosed;
         _stream = new NetworkStream(socket, ownsSocket: true);
-        _receive = new ThreadReceiveStream(socket, _stream);
-        _input = PipeReader.Create(_receive, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
+        _reader = new ConnectionReader(socket, _stream, $"iscsi-{id}");
+        _input = PipeReader.Create(_reader.Stream, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
         _output = PipeWriter.Create(_stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true));
         _responses = new DeferredFlush(_writeLock, FlushAsync, e => { IscsiLog.ConnectionFailed(_logger, Id, e); Abort(); }, IsTransportFailure, _abort.Token);
     }
@@ -88,22 +87,18 @@ internal sealed partial class IscsiConnection
     public Task Completion { get; private set; } = Task.CompletedTask;
 
     /// <summary>Runs the connection: login on the thread pool (its reads keep their time limit), then the full
-    /// feature phase's reader on a thread of its own (<see cref="ReaderThread"/>), as NBD's.</summary>
-    public void Start()
-    {
-        _reader = new ReaderThread($"iscsi-{Id}");
-        Completion = RunAsync();
-    }
+    /// feature phase's reader on a thread of its own (<see cref="ConnectionReader"/>), as NBD's.</summary>
+    public void Start() => Completion = RunAsync();
 
     /// <summary>Reads served on the reader's own thread, how many of them slept first, and the times the reader
     /// moved onto its thread (tests, diagnostics).</summary>
-    public (long Reads, long Sleeps, long Switches) DirectReads => (_receive.DirectReads.Reads, _receive.DirectReads.Sleeps, _reader.Switches);
+    public (long Reads, long Sleeps, long Switches) DirectReads => _reader.Counts;
 
     /// <summary>Stop reading PDUs; commands with the device are answered, then the connection closes.</summary>
     public void BeginShutdown()
     {
         _input.CancelPendingRead();
-        _receive.StopReceiving(); // a reader asleep in its own receive sees the end of the stream
+        _reader.StopReceiving(); // a reader asleep in its own receive sees the end of the stream
     }
 
     /// <summary>Cut the connection now: cancels device tasks, reads and writes.</summary>
@@ -116,7 +111,7 @@ internal sealed partial class IscsiConnection
         catch (ObjectDisposedException)
         {
         }
-        _receive.StopReceiving();
+        _reader.StopReceiving();
     }
 
     private CancellationToken AbortToken => _abort.Token;

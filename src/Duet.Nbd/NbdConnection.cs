@@ -46,8 +46,7 @@ internal sealed class NbdConnection
 
     private readonly Socket _socket;
     private readonly NetworkStream _stream;
-    private readonly ThreadReceiveStream _receive; // the reader's own thread receives with recv/poll
-    private ReaderThread _reader = null!; // made by Start
+    private readonly ConnectionReader _reader; // its own thread, receiving with recv/poll
     private readonly PipeReader _input;
     private readonly PipeWriter _output;
     private readonly IVolumeCatalog _catalog;
@@ -90,8 +89,8 @@ internal sealed class NbdConnection
         _onClosed = onClosed;
         _slots = new SemaphoreSlim(options.MaxInFlightRequests, options.MaxInFlightRequests);
         _stream = new NetworkStream(socket, ownsSocket: true);
-        _receive = new ThreadReceiveStream(socket, _stream);
-        _input = PipeReader.Create(_receive, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
+        _reader = new ConnectionReader(socket, _stream, $"nbd-{id}");
+        _input = PipeReader.Create(_reader.Stream, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
         _output = PipeWriter.Create(_stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true));
         _replies = new DeferredFlush(_writeLock, FlushAsync, e => { NbdLog.ConnectionFailed(_logger, Id, e); Abort(); }, IsTransportFailure, _abort.Token);
     }
@@ -102,27 +101,23 @@ internal sealed class NbdConnection
 
     /// <summary>
     /// Runs the connection. Its reader (negotiation, then the request loop) runs on a thread of its own
-    /// (<see cref="ReaderThread"/>) that sleeps in the socket's receive, so a request wakes the thread that
+    /// (<see cref="ConnectionReader"/>) that sleeps in the socket's receive, so a request wakes the thread that
     /// decodes it and starts its task, with no thread-pool hand-off in between (<see cref="ThreadReceiveStream"/>).
     /// Request tasks run on from there to their first wait; replies are written by whichever thread completes
     /// them. A reader that had to wait for something else (every request slot taken) comes back to its thread
     /// before its next read.
     /// </summary>
-    public void Start()
-    {
-        _reader = new ReaderThread($"nbd-{Id}");
-        Completion = RunAsync();
-    }
+    public void Start() => Completion = RunAsync();
 
     /// <summary>Reads served on the reader's own thread, how many of them slept first, and the times the reader
     /// moved onto its thread (tests, diagnostics).</summary>
-    public (long Reads, long Sleeps, long Switches) DirectReads => (_receive.DirectReads.Reads, _receive.DirectReads.Sleeps, _reader.Switches);
+    public (long Reads, long Sleeps, long Switches) DirectReads => _reader.Counts;
 
     /// <summary>Stop reading requests; in-flight ones are answered, then the connection closes.</summary>
     public void BeginShutdown()
     {
         _input.CancelPendingRead();
-        _receive.StopReceiving(); // a reader asleep in its own receive sees the end of the stream
+        _reader.StopReceiving(); // a reader asleep in its own receive sees the end of the stream
     }
 
     /// <summary>Cut the connection now: cancels volume I/O, reads and reply writes.</summary>
@@ -135,7 +130,7 @@ internal sealed class NbdConnection
         catch (ObjectDisposedException)
         {
         }
-        _receive.StopReceiving();
+        _reader.StopReceiving();
     }
 
     private CancellationToken AbortToken => _abort.Token;
@@ -143,7 +138,6 @@ internal sealed class NbdConnection
     private async Task RunAsync()
     {
         await _reader.SwitchTo();
-        _receive.Own();
         _metrics.ConnectionOpened();
         NbdLog.ConnectionAccepted(_logger, Id, _socket.RemoteEndPoint);
         try
@@ -670,7 +664,7 @@ internal sealed class NbdConnection
                 _bufferHeld = bufferWanted;
                 bufferWanted = 0;
             }
-            if (!_reader.IsCurrent) await _reader.SwitchTo(); // back from a wait that resumed on the pool
+            await _reader.SwitchTo(); // back from a wait that resumed on the pool
             var result = await _input.ReadAsync(AbortToken);
             var buffer = result.Buffer;
             var consumed = buffer.Start;

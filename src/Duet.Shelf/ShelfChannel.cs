@@ -52,7 +52,7 @@ internal sealed class ShelfChannel : IAsyncDisposable
     public int Connects { get; private set; }
 
     /// <summary>The current connection's responses read on its reader's own thread, and how many of those reads slept in poll first.</summary>
-    public (long Reads, long Sleeps) ReaderThreadReads => _link?.Receive.DirectReads ?? (0, 0);
+    public (long Reads, long Sleeps) ReaderThreadReads => _link?.Reader.Stream.DirectReads ?? (0, 0);
 
     sealed class Pending(Link link, ulong tag, ShelfOp op, Memory<byte> readInto, long started, TimeSpan limit, bool throwOnError)
     {
@@ -79,15 +79,14 @@ internal sealed class ShelfChannel : IAsyncDisposable
         {
             Socket = socket;
             Stream = new(socket, ownsSocket: true);
-            Receive = new ThreadReceiveStream(socket, Stream);
+            Reader = new ConnectionReader(socket, Stream, "shelf-client");
             Sender = new FrameSender(socket, time, e => Break($"the connection to the shelf failed while sending: {e.Message}"));
         }
 
         public readonly Socket Socket;
         public readonly NetworkStream Stream;
         /// <summary>The reader's own thread takes responses with recv and sleeps in poll between them.</summary>
-        public readonly ThreadReceiveStream Receive;
-        public ReaderThread? Reader;
+        public readonly ConnectionReader Reader;
         public readonly FrameSender Sender;
         public PipeReader Input = null!;
         public ITimer? Sweep;
@@ -219,7 +218,7 @@ internal sealed class ShelfChannel : IAsyncDisposable
             }
             if (socket.ProtocolType == ProtocolType.Tcp) socket.NoDelay = true;
             link = new Link(socket, _time);
-            link.Input = PipeReader.Create(link.Receive, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
+            link.Input = PipeReader.Create(link.Reader.Stream, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
             var period = TimeSpan.FromTicks(Math.Max(TimeSpan.TicksPerMillisecond, RequestTimeout.Ticks / 8));
             link.Sweep = _time.CreateTimer(static s => { var (channel, l) = ((ShelfChannel, Link))s!; channel.Sweep(l); }, (this, link), period, period);
             _ = ReadLoopAsync(link);
@@ -254,7 +253,7 @@ internal sealed class ShelfChannel : IAsyncDisposable
     }
 
     /// <summary>
-    /// Takes responses off the connection, on a thread of its own (<see cref="ReaderThread"/>) that sleeps in the
+    /// Takes responses off the connection, on a thread of its own (<see cref="ConnectionReader"/>) that sleeps in the
     /// socket's receive: a response wakes the thread that completes its request (whose continuation runs on the
     /// pool), not the socket engine's epoll thread and then a pool worker. Nothing here waits on anything but the
     /// socket, so the management path's blocking calls (which wait for a response) are never on this thread.
@@ -263,14 +262,12 @@ internal sealed class ShelfChannel : IAsyncDisposable
     async Task ReadLoopAsync(Link link)
     {
         string why = $"the shelf at {_endPoint} closed the connection";
-        var reader = link.Reader = new ReaderThread("shelf-client");
-        await reader.SwitchTo();
-        link.Receive.Own();
+        var reader = link.Reader;
         try
         {
             while (true)
             {
-                if (!reader.IsCurrent) await reader.SwitchTo();
+                await reader.SwitchTo(); // at once when it is there
                 var result = await link.Input.ReadAsync().ConfigureAwait(false);
                 var buffer = result.Buffer;
                 try

@@ -34,8 +34,7 @@ internal sealed class ShelfConnection
 {
     readonly Socket _socket;
     readonly NetworkStream _stream;
-    readonly ThreadReceiveStream _receive; // the reader's own thread receives with recv/poll
-    ReaderThread _reader = null!; // made by Start
+    readonly ConnectionReader _reader; // its own thread, receiving with recv/poll
     readonly PipeReader _input;
     readonly FrameSender _output;
     readonly Shelf _shelf;
@@ -59,8 +58,8 @@ internal sealed class ShelfConnection
         _onClosed = onClosed;
         _slots = new SemaphoreSlim(maxInFlight, maxInFlight);
         _stream = new NetworkStream(socket, ownsSocket: true);
-        _receive = new ThreadReceiveStream(socket, _stream);
-        _input = PipeReader.Create(_receive, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
+        _reader = new ConnectionReader(socket, _stream, $"shelf-{id}");
+        _input = PipeReader.Create(_reader.Stream, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
         _output = new FrameSender(socket, TimeProvider.System, _ => Abort()); // the time is unused here: nothing sweeps a shelf connection
     }
 
@@ -68,18 +67,14 @@ internal sealed class ShelfConnection
     public string Role { get; }
     public Task Completion { get; private set; } = Task.CompletedTask;
 
-    /// <summary>Runs the connection. The reader runs on a thread of its own (<see cref="ReaderThread"/>) that sleeps
+    /// <summary>Runs the connection. The reader runs on a thread of its own (<see cref="ConnectionReader"/>) that sleeps
     /// in the socket's receive (<see cref="ThreadReceiveStream"/>): a request that arrives wakes the thread that
     /// runs it in line, with no socket-engine thread and pool hand-off in between.</summary>
-    public void Start()
-    {
-        _reader = new ReaderThread($"shelf-{Id}");
-        Completion = RunAsync();
-    }
+    public void Start() => Completion = RunAsync();
 
     /// <summary>Reads served on the reader's own thread, how many of them slept first, and the times the reader
     /// moved onto its thread (tests, diagnostics).</summary>
-    public (long Reads, long Sleeps, long Switches) DirectReads => (_receive.DirectReads.Reads, _receive.DirectReads.Sleeps, _reader.Switches);
+    public (long Reads, long Sleeps, long Switches) DirectReads => _reader.Counts;
 
     /// <summary>Cuts the connection: the reader stops, the client sees the socket close at once.
     /// Requests already handed out still run to their end (their responses are dropped).</summary>
@@ -92,7 +87,6 @@ internal sealed class ShelfConnection
     async Task RunAsync()
     {
         await _reader.SwitchTo();
-        _receive.Own();
         ShelfLog.ConnectionAccepted(_logger, Id, Role);
         try
         {
@@ -117,7 +111,7 @@ internal sealed class ShelfConnection
     {
         while (true)
         {
-            if (!_reader.IsCurrent) await _reader.SwitchTo(); // back from a wait (a request slot) that resumed on the pool
+            await _reader.SwitchTo(); // back from a wait (a request slot) that resumed on the pool
             var result = await _input.ReadAsync(_abort.Token);
             var buffer = result.Buffer;
             var consumed = buffer.Start;
