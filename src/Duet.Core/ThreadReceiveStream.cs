@@ -19,13 +19,11 @@ public sealed partial class ThreadReceiveStream : Stream
     readonly Socket _socket;
     readonly NetworkStream _inner;
     readonly SafeSocketHandle _handle;
-    readonly Func<bool>? _onOwnThread;
-    Thread? _owner;
+    readonly Func<bool> _onOwnThread;
     long _direct, _sleeps;
 
-    /// <param name="onOwnThread">True on the thread whose reads recv/poll serves (a <see cref="ConnectionReader"/>'s);
-    /// null: the thread that calls <see cref="Own"/>.</param>
-    public ThreadReceiveStream(Socket socket, NetworkStream inner, Func<bool>? onOwnThread = null)
+    /// <param name="onOwnThread">True on the thread whose reads recv/poll serves (a <see cref="ConnectionReader"/>'s).</param>
+    public ThreadReceiveStream(Socket socket, NetworkStream inner, Func<bool> onOwnThread)
     {
         _socket = socket;
         _inner = inner;
@@ -33,10 +31,6 @@ public sealed partial class ThreadReceiveStream : Stream
         _onOwnThread = onOwnThread;
     }
 
-    /// <summary>Reads on the calling thread are served by recv/poll from now on.</summary>
-    public void Own() => Volatile.Write(ref _owner, Thread.CurrentThread);
-
-    bool OnOwnThread => _onOwnThread?.Invoke() ?? ReferenceEquals(Thread.CurrentThread, Volatile.Read(ref _owner));
 
     /// <summary>Reads served on the owning thread so far, and how many of them had to sleep in poll first.</summary>
     public (long Reads, long Sleeps) DirectReads => (Interlocked.Read(ref _direct), Interlocked.Read(ref _sleeps));
@@ -50,7 +44,7 @@ public sealed partial class ThreadReceiveStream : Stream
 
     public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken ct = default)
     {
-        if (!OnOwnThread) return _inner.ReadAsync(buffer, ct);
+        if (!_onOwnThread()) return _inner.ReadAsync(buffer, ct);
         if (ct.IsCancellationRequested) return ValueTask.FromCanceled<int>(ct);
         try
         {

@@ -12,13 +12,14 @@ public class ThreadReceiveStreamTests
         public readonly Socket Server, Client;
         public readonly NetworkStream Inner;
         public readonly ThreadReceiveStream Stream;
+        Thread? _owner; // whose reads recv/poll serves
 
         Pair(Socket server, Socket client)
         {
             Server = server;
             Client = client;
             Inner = new NetworkStream(server, ownsSocket: true);
-            Stream = new ThreadReceiveStream(server, Inner);
+            Stream = new ThreadReceiveStream(server, Inner, () => Thread.CurrentThread == Volatile.Read(ref _owner));
         }
 
         public static async Task<Pair> OpenAsync()
@@ -41,7 +42,7 @@ public class ThreadReceiveStreamTests
             var done = new TaskCompletionSource<(int, byte[], bool)>(TaskCreationOptions.RunContinuationsAsynchronously);
             var thread = new Thread(() =>
             {
-                Stream.Own();
+                Own();
                 var buffer = new byte[bytes];
                 var read = Stream.ReadAsync(buffer);
                 bool completedInline = read.IsCompleted; // the read ran on this thread, to its end
@@ -50,6 +51,17 @@ public class ThreadReceiveStreamTests
             }) { IsBackground = true };
             thread.Start();
             return done.Task;
+        }
+
+        public void Own() => Volatile.Write(ref _owner, Thread.CurrentThread);
+
+        /// <summary>Starts a read on a thread that owns the stream and returns it once it sleeps in poll.</summary>
+        public async Task<Task<(int Count, byte[] Bytes, bool OnOwner)>> SleepingReadAsync()
+        {
+            long sleeps = Stream.DirectReads.Sleeps;
+            var read = ReadOnOwnThreadAsync(16);
+            await UntilAsleepAsync(sleeps + 1);
+            return read;
         }
 
         public async Task UntilAsleepAsync(long sleeps)
@@ -70,8 +82,7 @@ public class ThreadReceiveStreamTests
     public async Task A_read_on_the_owning_thread_sleeps_until_bytes_arrive_and_takes_them_itself()
     {
         using var p = await Pair.OpenAsync();
-        var read = p.ReadOnOwnThreadAsync(16);
-        await p.UntilAsleepAsync(1); // nothing there yet: it sleeps in poll
+        var read = await p.SleepingReadAsync(); // nothing there yet: it sleeps in poll
         Assert.False(read.IsCompleted);
         p.Client.Send([1, 2, 3, 4, 5]);
         var (count, bytes, onOwner) = await read.WaitAsync(TimeSpan.FromSeconds(20));
@@ -92,8 +103,7 @@ public class ThreadReceiveStreamTests
     public async Task Shutting_the_receive_side_ends_a_read_asleep_in_poll_as_the_end_of_the_stream()
     {
         using var p = await Pair.OpenAsync();
-        var read = p.ReadOnOwnThreadAsync(16);
-        await p.UntilAsleepAsync(1);
+        var read = await p.SleepingReadAsync();
         p.Stream.StopReceiving();
         var (count, _, _) = await read.WaitAsync(TimeSpan.FromSeconds(20));
         Assert.Equal(0, count);
@@ -104,7 +114,7 @@ public class ThreadReceiveStreamTests
     public async Task A_read_on_any_other_thread_goes_through_the_network_stream()
     {
         using var p = await Pair.OpenAsync();
-        var owner = new Thread(p.Stream.Own);
+        var owner = new Thread(p.Own); // another thread owns the stream (and ends); this one does not
         owner.Start();
         owner.Join();
         var buffer = new byte[8];
@@ -119,8 +129,7 @@ public class ThreadReceiveStreamTests
     public async Task A_peer_that_closes_ends_the_stream_and_a_reset_is_an_io_error()
     {
         using var p = await Pair.OpenAsync();
-        var read = p.ReadOnOwnThreadAsync(16);
-        await p.UntilAsleepAsync(1);
+        var read = await p.SleepingReadAsync();
         p.Client.Shutdown(SocketShutdown.Send);
         Assert.Equal(0, (await read.WaitAsync(TimeSpan.FromSeconds(20))).Count);
 
