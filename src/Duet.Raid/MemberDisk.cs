@@ -143,26 +143,21 @@ public sealed class MemberDisk
         {
             long block = memberBlock + done;
             int inGroup = (int)Math.Min(count - done, MemberLayout.TagsPerGroup - block % MemberLayout.TagsPerGroup);
-            var slice = source.Slice(done * Units.BlockBytes, inGroup * Units.BlockBytes);
-            var dataWrite = Drive.WriteAsync(MemberLayout.DataLba(block), slice, false, ct);
-            var tagWrite = UpdateTagsAsync(block, slice, asHole, ct);
-            // Both must finish; a failure of either is the member's failure.
-            try
-            {
-                await dataWrite;
-            }
-            finally
-            {
-                await tagWrite;
-            }
+            await WriteWithTagsAsync(block, source.Slice(done * Units.BlockBytes, inGroup * Units.BlockBytes), asHole, ct);
             done += inGroup;
         }
     }
 
-    async ValueTask UpdateTagsAsync(long firstBlock, ReadOnlyMemory<byte> data, bool asHole, CancellationToken ct)
+    /// <summary>
+    /// Writes blocks of one tag group and the group's tag block as one gathered write (one request to a shelf,
+    /// where they used to be two), under the group's gate. Both extents are attempted; a failure of either is
+    /// the member's failure.
+    /// </summary>
+    async ValueTask WriteWithTagsAsync(long firstBlock, ReadOnlyMemory<byte> data, bool asHole, CancellationToken ct)
     {
         int count = data.Length / Units.BlockBytes;
         long group = MemberLayout.GroupOf(firstBlock);
+        Invariant.Assert(group == MemberLayout.GroupOf(firstBlock + count - 1));
         // Checksums first, outside the gate: they are the expensive part.
         ulong[] rented = ArrayPool<ulong>.Shared.Rent(count);
         try
@@ -187,7 +182,8 @@ public sealed class MemberDisk
             {
                 for (int i = 0; i < count; i++)
                     Tag.Write(bytes, (int)((firstBlock + i) % MemberLayout.TagsPerGroup), rented[i]);
-                await Drive.WriteAsync(MemberLayout.TagLba(group), bytes, false, ct);
+                WriteExtent[] extents = [new(MemberLayout.DataLba(firstBlock), data), new(MemberLayout.TagLba(group), bytes)];
+                await Drive.WriteGatherAsync(extents, ct);
             }
             finally
             {

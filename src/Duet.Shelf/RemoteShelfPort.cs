@@ -199,6 +199,24 @@ public sealed class RemoteShelfPort : IShelfPort, IAsyncDisposable
 
         public ValueTask FlushAsync(CancellationToken ct = default) => new(port.Call(new(ShelfOp.Flush, 0) { Name = name }, ct));
 
+        /// <summary>One WriteGather request when the extents fit one (and the shelf knows the opcode); else a write each.</summary>
+        public ValueTask WriteGatherAsync(ReadOnlyMemory<WriteExtent> extents, CancellationToken ct = default)
+        {
+            long total = 0;
+            try
+            {
+                foreach (var e in extents.Span)
+                {
+                    BlockDeviceChecks.CheckRange(this, e.Lba, e.Data.Length);
+                    total += e.Data.Length;
+                }
+            }
+            catch (Exception e) { return ValueTask.FromException(e); }
+            if (extents.Length is 0 or > ShelfWire.MaxGatherExtents || total > ShelfWire.MaxTransferBytes || port._channel.ShelfVersion < 2)
+                return BlockDeviceChecks.WriteEachAsync(this, extents, ct);
+            return new ValueTask(port.Call(new(ShelfOp.WriteGather, 0) { Name = name, Extents = extents.ToArray() }, ct));
+        }
+
         public ValueTask DisposeAsync() => ValueTask.CompletedTask; // the shelf owns the drive
     }
 }

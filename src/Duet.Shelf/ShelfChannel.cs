@@ -54,6 +54,10 @@ internal sealed class ShelfChannel : IAsyncDisposable
     /// <summary>The current connection's responses read on its reader's own thread, and how many of those reads slept in poll first.</summary>
     public (long Reads, long Sleeps) ReaderThreadReads => _link?.Reader.Stream.DirectReads ?? (0, 0);
 
+    /// <summary>The protocol version the shelf of the live connection reported in its Hello (0: no live connection).
+    /// A request sent now goes on that connection, or on a new one made first.</summary>
+    public int ShelfVersion => _link is { BrokenBy: null } l ? l.Version : 0;
+
     sealed class Pending(Link link, ulong tag, ShelfOp op, Memory<byte> readInto, long started, TimeSpan limit, bool throwOnError)
     {
         public readonly bool ThrowOnError = throwOnError;
@@ -90,6 +94,8 @@ internal sealed class ShelfChannel : IAsyncDisposable
         public readonly FrameSender Sender;
         public PipeReader Input = null!;
         public ITimer? Sweep;
+        /// <summary>The version the shelf's Hello reported.</summary>
+        public int Version;
         public readonly ConcurrentDictionary<ulong, Pending> Pending = new();
 
         /// <summary>Takes a request out of Pending to complete it (it is not cancellable any more); false if someone else did.</summary>
@@ -239,6 +245,7 @@ internal sealed class ShelfChannel : IAsyncDisposable
                 link.Break($"the shelf at {_endPoint} refused this connection: {hello.Message}");
                 throw new ShelfException(hello.Status, hello.Message);
             }
+            link.Version = (int)hello.Value;
             _link = link;
             return link;
         }

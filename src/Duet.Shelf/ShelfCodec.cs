@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.Text;
+using Duet.Drives;
 
 namespace Duet.Shelf;
 
@@ -112,6 +113,16 @@ public static class ShelfCodec
                 w.U32((uint)r.Payload.Length);
                 w.Bytes(r.Payload.Span);
                 break;
+            case ShelfOp.WriteGather:
+                w.String(r.Name);
+                w.U8((byte)r.Extents.Count);
+                foreach (var e in r.Extents)
+                {
+                    w.U64((ulong)e.Lba);
+                    w.U32((uint)e.Data.Length);
+                }
+                foreach (var e in r.Extents) w.Bytes(e.Data.Span);
+                break;
             case ShelfOp.Register or ShelfOp.Preempt or ShelfOp.Heartbeat:
                 w.U64(r.Value);
                 break;
@@ -166,6 +177,34 @@ public static class ShelfCodec
                 int at = body.Length - r.Remaining;
                 r.Skip((int)length);
                 request = request with { Name = name, Lba = lba, Payload = body.Slice(at, (int)length) };
+                break;
+            }
+            case ShelfOp.WriteGather:
+            {
+                var name = r.String();
+                int count = r.U8();
+                if (count is 0 or > ShelfWire.MaxGatherExtents) throw new ShelfProtocolException($"a gathered write of {count} extents (1 to {ShelfWire.MaxGatherExtents})");
+                var lbas = new long[count];
+                var lengths = new int[count];
+                long total = 0;
+                for (int i = 0; i < count; i++)
+                {
+                    lbas[i] = r.I64("LBA");
+                    uint length = r.U32();
+                    total += length;
+                    if (total > ShelfWire.MaxTransferBytes) throw new ShelfProtocolException($"a gathered write of more than {ShelfWire.MaxTransferBytes} bytes");
+                    lengths[i] = (int)length;
+                }
+                if (total != r.Remaining) throw new ShelfProtocolException($"gathered write says {total} bytes of data but the body holds {r.Remaining}");
+                int at = body.Length - r.Remaining;
+                var extents = new WriteExtent[count];
+                for (int i = 0; i < count; i++)
+                {
+                    extents[i] = new WriteExtent(lbas[i], body.Slice(at, lengths[i]));
+                    at += lengths[i];
+                }
+                r.Skip((int)total);
+                request = request with { Name = name, Extents = extents };
                 break;
             }
             case ShelfOp.Register or ShelfOp.Preempt or ShelfOp.Heartbeat:
@@ -394,7 +433,7 @@ public static class ShelfCodec
             case ShelfOp.Heartbeat or ShelfOp.Status:
                 response = response with { ShelfStatus = ReadStatus(ref r) };
                 break;
-            case ShelfOp.Write or ShelfOp.Flush or ShelfOp.Register or ShelfOp.Reserve or ShelfOp.Preempt or ShelfOp.SetEnabled or ShelfOp.SetMirrorStale
+            case ShelfOp.Write or ShelfOp.WriteGather or ShelfOp.Flush or ShelfOp.Register or ShelfOp.Reserve or ShelfOp.Preempt or ShelfOp.SetEnabled or ShelfOp.SetMirrorStale
                 or ShelfOp.Fence or ShelfOp.Unfence or ShelfOp.Release or ShelfOp.Pull or ShelfOp.Insert or ShelfOp.AdminFence or ShelfOp.AdminUnfence:
                 break;
             default:

@@ -47,8 +47,11 @@ internal sealed class ShelfConnection
     readonly ConcurrentDictionary<string, IBlockDevice> _drives = new(StringComparer.Ordinal);
     int _inFlight = 1; // requests running, plus one held by the reader until it stops
 
-    public ShelfConnection(long id, string role, Socket socket, Shelf shelf, int maxInFlight, ILogger logger, Action<ShelfConnection> onClosed)
+    readonly long[] _served; // the server's requests by opcode
+
+    public ShelfConnection(long id, string role, Socket socket, Shelf shelf, int maxInFlight, long[] served, ILogger logger, Action<ShelfConnection> onClosed)
     {
+        _served = served;
         Id = id;
         Role = role;
         _socket = socket;
@@ -171,6 +174,7 @@ internal sealed class ShelfConnection
             await RespondAsync(new ShelfResponse(header.Op, header.Tag, ShelfError.Invalid) { Message = $"protocol error: {e.Message}" });
             return;
         }
+        if ((ushort)request.Op < _served.Length) Interlocked.Increment(ref _served[(ushort)request.Op]);
         if (!_slots.Wait(0))
         {
             // Every slot is taken: what is held goes out now, not after a wait for a slow request.
@@ -191,7 +195,15 @@ internal sealed class ShelfConnection
 
     static bool RunsInline(ShelfRequest r) =>
         r.Op == ShelfOp.Read && r.Length <= InlineBytes ||
-        r.Op == ShelfOp.Write && r.Payload.Length <= InlineBytes && (r.Flags & ShelfRequestFlags.Fua) == 0;
+        r.Op == ShelfOp.Write && r.Payload.Length <= InlineBytes && (r.Flags & ShelfRequestFlags.Fua) == 0 ||
+        r.Op == ShelfOp.WriteGather && GatheredBytes(r) <= InlineBytes;
+
+    static long GatheredBytes(ShelfRequest r)
+    {
+        long n = 0;
+        foreach (var e in r.Extents) n += e.Data.Length;
+        return n;
+    }
 
     async Task HandleAsync(ShelfRequest request, byte[] body)
     {
@@ -286,6 +298,10 @@ internal sealed class ShelfConnection
             }
             case ShelfOp.Write:
                 await DriveFor(r.Name).WriteAsync(r.Lba, r.Payload, fua: (r.Flags & ShelfRequestFlags.Fua) != 0);
+                return ok;
+            case ShelfOp.WriteGather:
+                // Each extent is admitted and written as a Write of its own would be (the port's drive runs them).
+                await DriveFor(r.Name).WriteGatherAsync(r.Extents as WriteExtent[] ?? [.. r.Extents]);
                 return ok;
             case ShelfOp.Flush:
                 await DriveFor(r.Name).FlushAsync();

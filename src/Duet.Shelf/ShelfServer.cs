@@ -90,6 +90,12 @@ public sealed class ShelfServer : IAsyncDisposable
     public (long Reads, long Sleeps, long Switches) ReaderThreadReads =>
         _connections.Values.Aggregate((0L, 0L, 0L), (sum, c) => (sum.Item1 + c.DirectReads.Reads, sum.Item2 + c.DirectReads.Sleeps, sum.Item3 + c.DirectReads.Switches));
 
+    /// <summary>Requests of opcode <paramref name="op"/> taken off the wire (decoded, so well formed) since the server started,
+    /// on every connection (diagnostics and tests: a gathered write is one request).</summary>
+    public long RequestsServed(ShelfOp op) => (ushort)op < _served.Length ? Interlocked.Read(ref _served[(ushort)op]) : 0;
+
+    readonly long[] _served = new long[64];
+
     /// <summary>Connections open on the controller ports (not the admin socket): a controller still using its drives.</summary>
     public int ControllerConnections => _connections.Values.Count(c => c.Role != ShelfWire.AdminRole);
 
@@ -201,7 +207,7 @@ public sealed class ShelfServer : IAsyncDisposable
             // A controller port's connections tell the shelf whether its controller is still there (PortState.Departed).
             bool controller = role != ShelfWire.AdminRole;
             if (controller) _shelf.Attach(role);
-            var connection = new ShelfConnection(id, role, socket, _shelf, _options.MaxInFlightRequests, _logger,
+            var connection = new ShelfConnection(id, role, socket, _shelf, _options.MaxInFlightRequests, _served, _logger,
                 c =>
                 {
                     if (_connections.TryRemove(c.Id, out _) && controller) _shelf.Detach(role);

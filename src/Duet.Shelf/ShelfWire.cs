@@ -1,3 +1,5 @@
+using Duet.Drives;
+
 namespace Duet.Shelf;
 
 // The shelf wire: what `duet shelf` and its clients (RemoteShelfPort, ShelfAdminClient) say to
@@ -35,8 +37,12 @@ public static class ShelfWire
     /// <summary>Response header: magic (4) + opcode (2) + status (1) + reserved zero (1) + tag (8) + body length (4).</summary>
     public const int ResponseHeaderBytes = 20;
 
-    /// <summary>The protocol version Hello reports.</summary>
-    public const ushort Version = 1;
+    /// <summary>The protocol version Hello reports: 2 since WriteGather. A client sends WriteGather only to a shelf
+    /// that reported 2 or more (to an older one, the extents go as separate writes).</summary>
+    public const ushort Version = 2;
+
+    /// <summary>The most extents in one WriteGather.</summary>
+    public const int MaxGatherExtents = 8;
 
     /// <summary>The largest read or write (bytes).</summary>
     public const int MaxTransferBytes = 8 << 20;
@@ -106,6 +112,10 @@ public enum ShelfOp : ushort
     SetMirrorStale = 19,
     /// <summary>Body: string owner port, u32 count, count u64 serials: names that port owner (an array handed over). Result: as Claim.</summary>
     ClaimFor = 20,
+    /// <summary>Body: string drive, u8 count (1..<see cref="ShelfWire.MaxGatherExtents"/>), count × (u64 LBA, u32 length),
+    /// then the extents' data one after another (at most <see cref="ShelfWire.MaxTransferBytes"/> in all). Each extent is
+    /// written as a Write would be (no FUA); all are attempted, the first failure answers. Result: none.</summary>
+    WriteGather = 21,
 
     /// <summary>Admin: `duet shelf pull`. Body: string slot. Result: none.</summary>
     Pull = 32,
@@ -143,6 +153,8 @@ public sealed record ShelfRequest(ShelfOp Op, ulong Tag)
     public IReadOnlyList<ulong> Serials { get; init; } = [];
     /// <summary>Write: the data.</summary>
     public ReadOnlyMemory<byte> Payload { get; init; }
+    /// <summary>WriteGather: the extents (each one's data decoded as a slice of the request's body).</summary>
+    public IReadOnlyList<WriteExtent> Extents { get; init; } = [];
 }
 
 /// <summary>One response: <see cref="Status"/> None with the opcode's result, or an error with its message (and LBA, or -1).</summary>

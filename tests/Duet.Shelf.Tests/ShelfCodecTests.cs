@@ -89,6 +89,29 @@ public class ShelfCodecTests
         Assert.Equal(WriteRequestBytes, encoded);
     }
 
+    // A gathered write to drive "d1", tag 5: 2 bytes "AAAA" at LBA 3, then 1 byte "BB" at LBA 9.
+    static readonly byte[] GatherRequestBytes = Hex(
+        "44535251 0015 0000 0000000000000005 00000020" +
+        "0002 6431  02  0000000000000003 00000002  0000000000000009 00000001  AAAA BB");
+
+    [Fact]
+    public void A_gathered_write_decodes_from_hand_built_bytes_in_any_segmentation()
+    {
+        foreach (var sequence in AllSplits(GatherRequestBytes))
+        {
+            var r = DecodeRequest(sequence);
+            Assert.Equal((ShelfOp.WriteGather, 5UL, "d1", 2), (r.Op, r.Tag, r.Name, r.Extents.Count));
+            Assert.Equal((3L, 9L), (r.Extents[0].Lba, r.Extents[1].Lba));
+            Assert.Equal(Hex("AAAA"), r.Extents[0].Data.ToArray());
+            Assert.Equal(Hex("BB"), r.Extents[1].Data.ToArray());
+        }
+        var encoded = ShelfCodec.EncodeRequest(new ShelfRequest(ShelfOp.WriteGather, 5)
+        {
+            Name = "d1", Extents = [new(3, Hex("AAAA")), new(9, Hex("BB"))],
+        });
+        Assert.Equal(GatherRequestBytes, encoded);
+    }
+
     [Fact]
     public void Read_claim_and_set_enabled_requests_encode_to_the_documented_bytes()
     {
@@ -176,6 +199,12 @@ public class ShelfCodecTests
         Assert.Contains("holds", BodyError("44535251 0007 0000 0000000000000001 00000011 0002 6430 0000000000000000 00000008 00").Message);
         Assert.Contains("over the limit", BodyError("44535251 0006 0000 0000000000000001 00000010 0002 6430 0000000000000000 7fffffff").Message);
         Assert.Contains("over 2^63", BodyError("44535251 0005 0000 0000000000000001 0000000c 0002 6430 ffffffffffffffff").Message);
+        // Gathered writes: 0 or more than 8 extents, data that is not what the lengths say, over the transfer limit, FUA.
+        Assert.Contains("of 0 extents", BodyError("44535251 0015 0000 0000000000000001 00000005 0002 6430 00").Message);
+        Assert.Contains("of 9 extents", BodyError("44535251 0015 0000 0000000000000001 00000005 0002 6430 09").Message);
+        Assert.Contains("holds 1", BodyError("44535251 0015 0000 0000000000000001 00000012 0002 6430 01 0000000000000000 00000004 00").Message);
+        Assert.Contains("more than", BodyError("44535251 0015 0000 0000000000000001 00000011 0002 6430 01 0000000000000000 00800001").Message);
+        Assert.Contains("FUA", BodyError("44535251 0015 0001 0000000000000001 00000005 0002 6430 00").Message);
     }
 
     // ---- round trips -------------------------------------------------------------------------------
@@ -197,10 +226,12 @@ public class ShelfCodecTests
         from serials in Gen.Choose(0, 5).SelectMany(n => Gen.ArrayOf(U64s, n))
         from payload in Payloads
         from fua in Gen.Elements(true, false)
+        from extents in Gen.Choose(1, ShelfWire.MaxGatherExtents).SelectMany(n => Gen.ArrayOf(from l in Lbas from p in Payloads select new Duet.Drives.WriteExtent(l, p), n))
         select new ShelfRequest(op, tag)
         {
             Name = name, Lba = lba, Length = length, SizeBytes = lba, Value = op == ShelfOp.SetEnabled ? value & 1 : value,
             Serials = serials, Payload = payload, Flags = fua && op == ShelfOp.Write ? ShelfRequestFlags.Fua : ShelfRequestFlags.None,
+            Extents = op == ShelfOp.WriteGather ? extents : [],
         };
 
     static readonly Gen<ShelfStatus> Statuses =

@@ -57,6 +57,48 @@ public class ShelfServerTests
     }
 
     [Fact]
+    public async Task A_gathered_write_is_one_request_that_writes_every_extent_and_a_refused_extent_answers_with_its_lba()
+    {
+        await using var rig = await ShelfRig.StartAsync();
+        var a = rig.Port("A");
+        await a.RegisterAsync(0xA1);
+        var d0 = a.Open("d0");
+        long writes = rig.Server.RequestsServed(ShelfOp.Write);
+
+        // A data run and a block elsewhere (as a member writes data and its tag block): one request, both written.
+        WriteExtent[] extents = [new(5, Blocks.Of(0x21, 2)), new(200, Blocks.Of(0x22))];
+        await d0.WriteGatherAsync(extents);
+        Assert.Equal(1, rig.Server.RequestsServed(ShelfOp.WriteGather));
+        Assert.Equal(writes, rig.Server.RequestsServed(ShelfOp.Write));
+        var back = new byte[2 * Units.BlockBytes];
+        await d0.ReadAsync(5, back);
+        Assert.Equal(Blocks.Of(0x21, 2), back);
+        await d0.ReadAsync(200, back.AsMemory(0, Units.BlockBytes));
+        Assert.Equal(Blocks.Of(0x22), back[..Units.BlockBytes]);
+
+        // The client checks every extent's range first, as it does a write's: nothing is sent.
+        var outside = await Assert.ThrowsAnyAsync<BlockIoException>(() => d0.WriteGatherAsync(new WriteExtent[] { new(0, Blocks.Of(1)), new(256, Blocks.Of(2)) }).AsTask());
+        Assert.Equal(BlockErrorKind.OutOfRange, outside.Kind);
+        Assert.Equal(1, rig.Server.RequestsServed(ShelfOp.WriteGather));
+
+        // On the wire, a gather whose second extent lies outside the drive: the first is written, the answer is
+        // OutOfRange with the refused LBA, and the connection carries on.
+        using var raw = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        await raw.ConnectAsync(new UnixDomainSocketEndPoint(ShelfServer.SocketPathFor(rig.DataDir, "A")));
+        await raw.SendAsync(ShelfCodec.EncodeRequest(new ShelfRequest(ShelfOp.WriteGather, 0x77)
+        {
+            Name = "d0", Extents = [new(9, Blocks.Of(0x33)), new(300, Blocks.Of(0x34))],
+        }));
+        var r = await ReadResponse(raw);
+        Assert.Equal((0x77UL, ShelfError.OutOfRange, 300L), (r.Tag, r.Status, r.Lba));
+        await d0.ReadAsync(9, back.AsMemory(0, Units.BlockBytes));
+        Assert.Equal(Blocks.Of(0x33), back[..Units.BlockBytes]);
+        await raw.SendAsync(ShelfCodec.EncodeRequest(new ShelfRequest(ShelfOp.Status, 0x78)));
+        var status = await ReadResponse(raw);
+        Assert.Equal((0x78UL, ShelfError.None), (status.Tag, status.Status));
+    }
+
+    [Fact]
     [Trait("Claim", "FO-7")]
     public async Task The_mirror_stale_record_travels_over_the_wire()
     {

@@ -315,16 +315,24 @@ public sealed class SimulatorTests
     [Trait("Claim", "AW-4")]
     public void The_power_and_drive_failure_campaign_catches_writes_that_keep_no_partial_sums()
     {
-        // Seed 31 of `--faults power,fail-drive`: a drive of a parity array is lost with stripes a cut tore.
-        // With the partial sums the lost member's blocks come back; without them they are lost.
+        // `--faults power,fail-drive`: a drive of a parity array is lost with stripes a cut tore. With the partial sums
+        // the lost member's blocks come back; without them they are lost. Which seeds tear such a stripe depends on the
+        // schedule, and that changes with unrelated changes (seed 31 did until member writes became gathered writes;
+        // then 3 seeds of 1..400 did: 204, 213, 273), so the first seed from 200 on that catches the planted bug is
+        // the one checked.
         var options = new SimOptions { Operations = 300, AllowedFaults = FaultPlan.Parse("power,fail-drive") };
         // Caught either way the lost block shows: listed as bad, or rebuilt from the torn parity into another block's
-        // data (the write hole itself; which one depends on the schedule, and changes with unrelated changes).
-        var planted = Simulator.Run(31, options with { Bug = PlantedBug.NoPartialParity });
-        Assert.False(planted.Passed);
+        // data (the write hole itself).
+        SimResult? planted = null;
+        for (ulong seed = 200; seed < 600 && planted is null; seed++)
+        {
+            var p = Simulator.Run(seed, options with { Bug = PlantedBug.NoPartialParity });
+            if (!p.Passed) planted = p;
+        }
+        Assert.NotNull(planted);
         Assert.Contains(planted.Failures, f => f.Contains("bad-block list") || f.Contains("misplaced") || f.Contains("wrong"));
-        var r = Simulator.Run(31, options);
-        Assert.True(r.Passed, string.Join("; ", r.Failures.Take(3)));
+        var r = Simulator.Run(planted.Seed, options);
+        Assert.True(r.Passed, $"seed {planted.Seed}: " + string.Join("; ", r.Failures.Take(3)));
         Assert.True(r.Stats.PartialParityRows > 0);
     }
 
