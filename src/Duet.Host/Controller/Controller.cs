@@ -560,7 +560,19 @@ public sealed partial class Controller : IAsyncDisposable
             // Stripes a takeover still owes a settle are settled here, not left torn to the next owner.
             await raid.SettleMarkedAsync(ct: ct);
             byte number = Arrays.NumberOf(raid);
-            var result = await change();
+            T result;
+            try
+            {
+                result = await change();
+            }
+            catch (HandOverInterruptedException e)
+            {
+                // Some superblocks may name the peer now: the volumes stay held (no write is taken, so none is
+                // acknowledged that a restart finding the array the peer's would lose) until ours say it is ours.
+                await ReassertOwnerAsync(array);
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(e.InnerException ?? e);
+                throw;
+            }
             changed = true;
             await Cache.ForgetAsync(number);
             lock (_volumesLock)
@@ -575,6 +587,30 @@ public sealed partial class Controller : IAsyncDisposable
         {
             lock (_volumesLock) _givingUp.Remove(array);
             foreach (var v in volumes) v.Release(changed ? heldGoTo(v) : null);
+        }
+    }
+
+    /// <summary>After a hand-over cut part-way: writes our ownership back into the array's superblocks, again every
+    /// 100 ms while the drives cannot be reached, until it is done, the array is no longer ours, or we stop.</summary>
+    async Task ReassertOwnerAsync(string array)
+    {
+        while (!_stopping.IsCancellationRequested && Arrays.Serves(array))
+        {
+            try
+            {
+                await Arrays.ReassertOwnerAsync(array, _stopping.Token);
+                return;
+            }
+            catch (BlockIoException e) when (e.Kind == BlockErrorKind.PathDown)
+            {
+                LogReassertWaits(array, e.Message);
+            }
+            catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
+            {
+                return;
+            }
+            try { await _options.Time.DelayAsync(TimeSpan.FromMilliseconds(100), _stopping.Token); }
+            catch (OperationCanceledException) { return; }
         }
     }
 
@@ -695,6 +731,8 @@ public sealed partial class Controller : IAsyncDisposable
     partial void LogPaired(string peer);
     [LoggerMessage(EventId = 7004, Level = LogLevel.Error, Message = "{Why}")]
     partial void LogRefused(string why);
+    [LoggerMessage(EventId = 7010, Level = LogLevel.Warning, Message = "array {Array}: a hand-over was cut part-way; its volumes wait until its superblocks name this controller again: {Why}")]
+    partial void LogReassertWaits(string array, string why);
     [LoggerMessage(EventId = 7005, Level = LogLevel.Warning, Message = "unknown {Where} on the ICL refused: {Kind}")]
     partial void LogUnknown(string where, string kind);
     [LoggerMessage(EventId = 7006, Level = LogLevel.Error, Message = "destage after losing the peer failed: {Error}")]

@@ -338,14 +338,42 @@ public sealed partial class ArrayManager
         await a.Raid.FlushWithoutPersistingFailuresAsync(ct);
         // A move says where the array belongs now: a preference it had goes with it, so an automatic failback
         // never undoes an operator's move (and a failback, moving it to its preference, changes nothing).
+        var before = a.Current;
         a.Current = a.Current with { Owner = to, Clean = true, PreferredOwner = a.Current.PreferredOwner is null ? null : to };
-        await PersistAsync(a, ct);
+        try
+        {
+            await PersistAsync(a, ct);
+        }
+        catch (Exception e) when (e is BlockIoException or OperationCanceledException)
+        {
+            // Cut part-way (the path to the drives lost): some members may name the new owner now, at a newer
+            // generation than the rest, and an assembly takes the newest. The array stays ours, and its superblocks
+            // must say so again, at a newer generation still, before it takes another write
+            // (ReassertOwnerAsync): a write acknowledged here meanwhile would be lost to a restart that found
+            // the array the peer's.
+            a.Current = a.Current with { Owner = before.Owner, Clean = before.Clean, PreferredOwner = before.PreferredOwner };
+            throw new HandOverInterruptedException(name, to, e);
+        }
         _arrays.Remove(name);
         foreach (var d in a.Slots.Concat(a.Spares)) if (d is not null) { d.Array = null; d.IsSpare = false; d.PeerArray = name; }
         _peerArrays[name] = a.Current;
         RefreshVolumes();
         LogHandedOver(name, to);
         return PeerInfo(a.Current, [.. _drives.Values.Select(ViewOf)]);
+    }, ct);
+
+    /// <summary>
+    /// Writes this controller, the array's owner, into its superblocks again at a new generation: after a
+    /// hand-over cut part-way (<see cref="HandOverInterruptedException"/>), so that no member's newer copy
+    /// names the peer. Throws the path's <see cref="BlockIoException"/> (PathDown) while the drives cannot be
+    /// reached; a member whose drive refuses is failed, as any persist does.
+    /// </summary>
+    public Task ReassertOwnerAsync(string name, CancellationToken ct = default) => Locked(async () =>
+    {
+        var a = ArrayNamed(name);
+        await PersistAsync(a, ct);
+        LogOwnerReasserted(name, a.Current.Owner, a.Current.Generation);
+        return true;
     }, ct);
 
     /// <summary>
@@ -503,6 +531,8 @@ public sealed partial class ArrayManager
 
     [LoggerMessage(EventId = 2017, Level = LogLevel.Information, Message = "array {Array} handed over to controller {To}")]
     partial void LogHandedOver(string array, string to);
+    [LoggerMessage(EventId = 2042, Level = LogLevel.Warning, Message = "array {Array}: superblocks name controller {Owner} again (generation {Generation}), after a hand-over cut part-way")]
+    partial void LogOwnerReasserted(string array, string owner, long generation);
     [LoggerMessage(EventId = 2041, Level = LogLevel.Information, Message = "array {Array}: preferred owner now {Owner}")]
     partial void LogPreferred(string array, string owner);
 
