@@ -5,14 +5,16 @@ namespace Duet.Raid.Tests;
 /// <summary>The stripe write's buffer pool keeps what a destage round held at once and returned from other threads.</summary>
 public class BlockBuffersTests
 {
-    [Fact]
-    public async Task Buffers_held_at_once_and_returned_on_other_threads_are_handed_out_again()
+    [Theory]
+    [InlineData(300, Units.BlockBytes)] // a destage round's read-modify-writes: more than ArrayPool.Shared keeps per size and core
+    [InlineData(2_000, Units.BlockBytes)] // a 512-element round of 4 KiB writes holds about this many single blocks
+    [InlineData(300, 4 * Units.BlockBytes)]
+    public async Task Buffers_held_at_once_and_returned_on_other_threads_are_handed_out_again(int held, int bytes)
     {
-        const int held = 300; // a destage round's read-modify-writes: more than ArrayPool.Shared keeps per size and core
         var pool = BlockBuffers.Create(); // made as the shared one is, and used by this test alone
         var first = new byte[held][];
-        for (int i = 0; i < held; i++) first[i] = pool.Rent(Units.BlockBytes);
-        Assert.All(first, b => Assert.Equal(Units.BlockBytes, b.Length));
+        for (int i = 0; i < held; i++) first[i] = pool.Rent(bytes);
+        Assert.All(first, b => Assert.Equal(bytes, b.Length));
         Assert.Equal(held, first.Distinct().Count());
 
         // Returned from thread-pool threads, as the drives' completions do.
@@ -23,7 +25,7 @@ public class BlockBuffersTests
 
         var known = new HashSet<byte[]>(first, ReferenceEqualityComparer.Instance);
         var again = new byte[held][];
-        for (int i = 0; i < held; i++) again[i] = pool.Rent(Units.BlockBytes);
+        for (int i = 0; i < held; i++) again[i] = pool.Rent(bytes);
         try
         {
             Assert.All(again, b => Assert.Contains(b, known)); // none allocated afresh
