@@ -1,6 +1,5 @@
 using System.Net;
 using System.Net.Sockets;
-using System.Runtime.InteropServices;
 using Duet.Core;
 using Duet.Drives;
 
@@ -215,10 +214,7 @@ public sealed class RemoteShelfPort : IShelfPort, IAsyncDisposable
             catch (Exception e) { return ValueTask.FromException(e); }
             if (extents.Length is 0 or > ShelfWire.MaxGatherExtents || total > ShelfWire.MaxTransferBytes || port._channel.ShelfVersion < 2)
                 return BlockDeviceChecks.WriteEachAsync(this, extents, ct);
-            // The caller's array itself when the extents are one whole (MemberDisk's are): no copy.
-            IReadOnlyList<WriteExtent> list = MemoryMarshal.TryGetArray(extents, out var whole) && whole.Offset == 0 && whole.Count == whole.Array!.Length
-                ? whole.Array : extents.ToArray();
-            return new ValueTask(port.Call(new(ShelfOp.WriteGather, 0) { Name = name, Extents = list }, ct));
+            return new ValueTask(port.Call(new(ShelfOp.WriteGather, 0) { Name = name, Extents = extents.ToArray() }, ct));
         }
 
         public ValueTask DisposeAsync() => ValueTask.CompletedTask; // the shelf owns the drive

@@ -15,8 +15,6 @@ public enum ManagementErrorKind
     Conflict,
 }
 
-/// <summary>A refused management request. The message is for a person: it says what is wrong
-/// and, where it can, what to do. A refused request has changed nothing.</summary>
 /// <summary>
 /// A hand-over of an array failed after it began writing the new owner into the superblocks (the path to the
 /// drives was lost part-way): some members may name the peer at a newer generation. The array is still this
@@ -24,11 +22,10 @@ public enum ManagementErrorKind
 /// written its ownership back (the controller holds the array's volumes until then).
 /// </summary>
 public sealed class HandOverInterruptedException(string array, string to, Exception inner)
-    : Exception($"the hand-over of array '{array}' to controller {to} was cut part-way: {inner.Message}", inner)
-{
-    public string Array { get; } = array;
-}
+    : Exception($"the hand-over of array '{array}' to controller {to} was cut part-way: {inner.Message}", inner);
 
+/// <summary>A refused management request. The message is for a person: it says what is wrong
+/// and, where it can, what to do. A refused request has changed nothing.</summary>
 public sealed class ManagementException(ManagementErrorKind kind, string message) : Exception(message)
 {
     public ManagementErrorKind Kind { get; } = kind;
