@@ -194,9 +194,24 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
     public static (CoherencyHeader Header, ReadOnlyMemory<byte> Data) Encode(in MirrorChange change, bool byReference = false, bool retiresReplaced = false,
         bool withBase = false)
     {
+        var (header, prefix, data) = EncodeParts(change, byReference, retiresReplaced, withBase);
+        if (prefix.IsEmpty) return (header, data);
+        if (data.IsEmpty) return (header, prefix);
+        var bytes = new byte[prefix.Length + data.Length];
+        prefix.Span.CopyTo(bytes);
+        data.Span.CopyTo(bytes.AsSpan(prefix.Length));
+        return (header, bytes);
+    }
+
+    /// <summary><see cref="Encode"/> with the header's data in two parts, to be sent one after the other: a block of its
+    /// own (a reference or base block; empty for a plain image) and a slice of the change's data (empty by reference).
+    /// Only the small block is allocated: the host's bytes are not copied.</summary>
+    public static (CoherencyHeader Header, ReadOnlyMemory<byte> Prefix, ReadOnlyMemory<byte> Data) EncodeParts(in MirrorChange change, bool byReference = false,
+        bool retiresReplaced = false, bool withBase = false)
+    {
         uint baseIndex = (uint)(change.Element * WriteBackCache.SectorsPerElement);
         if (change.Invalidate)
-            return (new CoherencyHeader(CoherencyHeaderKind.Invalidate, 0, 0, 0, baseIndex, 0, change.Descriptor.Sequence), default);
+            return (new CoherencyHeader(CoherencyHeaderKind.Invalidate, 0, 0, 0, baseIndex, 0, change.Descriptor.Sequence), default, default);
         var d = change.Descriptor;
         Invariant.Assert(d.ValidMask != 0);
         int first = System.Numerics.BitOperations.TrailingZeroCount(d.ValidMask);
@@ -211,7 +226,7 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
                 : new HostReferenceBlock(r, change.KeepFrom, change.KeepMask);
             reference.Encode(block);
             return (new CoherencyHeader(CoherencyHeaderKind.MirrorByReference, d.ArrayNumber, (ulong)(d.ArrayLba + first), (uint)count,
-                baseIndex + (uint)first, d.ValidMask, d.Sequence), block);
+                baseIndex + (uint)first, d.ValidMask, d.Sequence), block, default);
         }
         if (withBase && GoesWithBase(change))
         {
@@ -219,14 +234,13 @@ public sealed class MirrorApplier(NvramRegion region, Func<byte, ulong?> arraySe
             uint carried = d.ValidMask & ~change.KeepMask;
             int at = System.Numerics.BitOperations.TrailingZeroCount(carried);
             int n = System.Numerics.BitOperations.PopCount(carried);
-            var bytes = new byte[MirrorWire.BaseBlockBytes + n * Units.SectorBytes];
-            new BaseBlock(change.KeepFrom, retiresReplaced).Encode(bytes);
-            change.Data.Span.Slice(at * Units.SectorBytes, n * Units.SectorBytes).CopyTo(bytes.AsSpan(MirrorWire.BaseBlockBytes));
+            var block = new byte[MirrorWire.BaseBlockBytes];
+            new BaseBlock(change.KeepFrom, retiresReplaced).Encode(block);
             return (new CoherencyHeader(CoherencyHeaderKind.MirrorWithBase, d.ArrayNumber, (ulong)(d.ArrayLba + at), (uint)n,
-                baseIndex + (uint)at, d.ValidMask, d.Sequence), bytes);
+                baseIndex + (uint)at, d.ValidMask, d.Sequence), block, change.Data.Slice(at * Units.SectorBytes, n * Units.SectorBytes));
         }
         var header = new CoherencyHeader(CoherencyHeaderKind.Mirror, d.ArrayNumber, (ulong)(d.ArrayLba + first), (uint)count,
             baseIndex + (uint)first, d.ValidMask, d.Sequence);
-        return (header, change.Data.Slice(first * Units.SectorBytes, count * Units.SectorBytes));
+        return (header, default, change.Data.Slice(first * Units.SectorBytes, count * Units.SectorBytes));
     }
 }

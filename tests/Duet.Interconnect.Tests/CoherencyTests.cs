@@ -71,6 +71,29 @@ public class CoherencyTests
 
     [Fact]
     [Trait("Claim", "CC-3")]
+    public void A_header_whose_data_comes_in_two_parts_sends_them_in_order_without_copying()
+    {
+        var log = new CoherencyLog();
+        var withBase = new CoherencyHeader(CoherencyHeaderKind.MirrorWithBase, 1, 1008, 8, 8, uint.MaxValue, 1);
+        var block = Enumerable.Range(1, MirrorWire.BaseBlockBytes).Select(i => (byte)i).ToArray();
+        var host = Data(8, 0x5A);
+        Assert.Equal(block.Length + host.Length, (int)withBase.DataBytes);
+        log.AppendMirror(withBase, block, host);
+        log.AppendMirror(Mirror(64, 2, 2), Data(2, 0x66));
+        // The parts must add up to what the header says.
+        Assert.Throws<ArgumentException>(() => log.AppendMirror(withBase with { Sequence = 3 }, block, Data(7, 0)));
+        Assert.Throws<ArgumentException>(() => log.AppendMirror(withBase with { Sequence = 3 }, default, host));
+        Assert.True(log.TryTakeActive(out var batch));
+        Assert.Equal(4, batch.Segments.Count); // head, the block, the host's bytes, the second image
+        Assert.True(batch.Segments[1].Span == block.AsSpan());
+        Assert.True(batch.Segments[2].Span == host.AsSpan()); // the caller's buffers themselves
+        var cmd = Decode(batch.ToSequence());
+        Assert.Equal(block.Concat(host).ToArray(), cmd.DataOf(0).ToArray());
+        Assert.Equal(Data(2, 0x66), cmd.DataOf(1).ToArray());
+    }
+
+    [Fact]
+    [Trait("Claim", "CC-3")]
     public void Batch_command_needs_more_bytes_until_the_whole_parameter_list_arrived()
     {
         var log = new CoherencyLog();

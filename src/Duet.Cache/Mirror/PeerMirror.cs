@@ -140,17 +140,18 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
                     (c.Reference is not null ? c.KeepFrom < 0 || c.KeepFrom == c.Replaces : MirrorApplier.GoesWithBase(c) && c.KeepFrom == c.Replaces);
                 bool Invalidated(int element)
                 {
-                    foreach (var x in changes) if (x.Invalidate && x.Element == element) return true;
+                    for (int i = 0; i < changes.Count; i++) if (changes[i].Invalidate && changes[i].Element == element) return true;
                     return false;
                 }
                 bool RetiredByImage(int element)
                 {
-                    foreach (var x in changes) if (Retires(x) && x.Replaces == element) return true;
+                    for (int i = 0; i < changes.Count; i++) if (Retires(changes[i]) && changes[i].Replaces == element) return true;
                     return false;
                 }
                 int headers = 0;
-                foreach (var c in changes)
+                for (int i = 0; i < changes.Count; i++)
                 {
+                    var c = changes[i];
                     if (c.Invalidate)
                     {
                         if (RetiredByImage(c.Element)) _retiredByReference++;
@@ -161,8 +162,8 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
                         }
                         continue;
                     }
-                    var (header, data) = MirrorApplier.Encode(c, byReference: true, retiresReplaced: Retires(c) && Invalidated(c.Replaces), withBase: true);
-                    _log.AppendMirror(header, data);
+                    var (header, prefix, data) = MirrorApplier.EncodeParts(c, byReference: true, retiresReplaced: Retires(c) && Invalidated(c.Replaces), withBase: true);
+                    _log.AppendMirror(header, prefix, data);
                     headers++;
                 }
                 _appended += headers;

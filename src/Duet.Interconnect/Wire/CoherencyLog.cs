@@ -22,7 +22,8 @@ public sealed class CoherencyBatch
     public uint BatchNumber { get; }
     public IReadOnlyList<CoherencyHeader> Headers { get; }
 
-    /// <summary>What to transmit, in order: [0] CDB + list header + header blocks, then each mirror header's data.</summary>
+    /// <summary>What to transmit, in order: [0] CDB + list header + header blocks, then each mirror header's data
+    /// (one segment, or two: its base or reference block, then the host's bytes).</summary>
     public IReadOnlyList<ReadOnlyMemory<byte>> Segments { get; }
     public long TotalBytes { get; }
 
@@ -66,9 +67,9 @@ public sealed class CoherencyLog
 {
     readonly int batchBytesMax;
     List<CoherencyHeader> filling = [];
-    List<ReadOnlyMemory<byte>> fillingData = [];
+    List<Payload> fillingData = [];
     List<CoherencyHeader> spare = [];
-    List<ReadOnlyMemory<byte>> spareData = [];
+    List<Payload> spareData = [];
     // Per filling entry: -1, or (an invalidation a later store of the same element absorbed) that store's position.
     List<int> fillingAbsorbedBy = [];
     // Invalidations in the filling list no store has absorbed yet, by element (index / 32): position.
@@ -99,20 +100,29 @@ public sealed class CoherencyLog
     public long InvalidationsAbsorbed { get; private set; }
     public long MirrorBytesSent { get; private set; }
 
-    public void AppendMirror(CoherencyHeader header, ReadOnlyMemory<byte> data)
+    // A header's data: a short block of its own (a base or reference block) and the host's bytes, kept
+    // apart so that neither is copied into a new buffer on the write path; they travel one after the other.
+    readonly record struct Payload(ReadOnlyMemory<byte> Prefix, ReadOnlyMemory<byte> Body);
+
+    public void AppendMirror(CoherencyHeader header, ReadOnlyMemory<byte> data) => AppendMirror(header, default, data);
+
+    /// <summary>A mirror header whose data is <paramref name="prefix"/> followed by <paramref name="data"/> (a with-base
+    /// image: its base block, then the carried sectors), neither copied.</summary>
+    public void AppendMirror(CoherencyHeader header, ReadOnlyMemory<byte> prefix, ReadOnlyMemory<byte> data)
     {
         if (!header.Stores) throw new ArgumentException("not a mirror header", nameof(header));
-        if (data.Length != header.DataBytes) throw new ArgumentException($"data is {data.Length} bytes; the header says {header.DataBytes}", nameof(data));
-        Append(header, data);
+        if (prefix.Length + data.Length != header.DataBytes)
+            throw new ArgumentException($"data is {prefix.Length + data.Length} bytes; the header says {header.DataBytes}", nameof(data));
+        Append(header, new Payload(prefix, data));
     }
 
     public void AppendInvalidate(CoherencyHeader header)
     {
         if (header.Kind != CoherencyHeaderKind.Invalidate) throw new ArgumentException("not an invalidate header", nameof(header));
-        Append(header, ReadOnlyMemory<byte>.Empty);
+        Append(header, default);
     }
 
-    void Append(CoherencyHeader header, ReadOnlyMemory<byte> data)
+    void Append(CoherencyHeader header, Payload data)
     {
         var error = header.Validate(long.MaxValue);
         if (error != WireError.None) throw new ArgumentException($"invalid header: {error}", nameof(header));
@@ -150,7 +160,7 @@ public sealed class CoherencyLog
         }
 
         List<CoherencyHeader> headers;
-        List<ReadOnlyMemory<byte>> data;
+        List<Payload> data;
         bool absorbed = false;
         for (int i = 0; i < take; i++)
         {
@@ -170,7 +180,7 @@ public sealed class CoherencyLog
         else
         {
             headers = new List<CoherencyHeader>(take);
-            data = new List<ReadOnlyMemory<byte>>(take);
+            data = new List<Payload>(take);
             for (int i = 0; i < take; i++)
             {
                 if (fillingAbsorbedBy[i] >= 0)
@@ -201,7 +211,11 @@ public sealed class CoherencyLog
         var head = new byte[CoherencyBatchCommand.HeadBytes(headers.Count)];
         CoherencyBatchCommand.EncodeHead(number, headers, head);
         var segments = new List<ReadOnlyMemory<byte>>(1 + headers.Count) { head };
-        foreach (var d in data) if (!d.IsEmpty) segments.Add(d);
+        foreach (var d in data)
+        {
+            if (!d.Prefix.IsEmpty) segments.Add(d.Prefix);
+            if (!d.Body.IsEmpty) segments.Add(d.Body);
+        }
         Duet.Core.Invariant.Assert(segments.Sum(s => (long)s.Length) == bytes);
 
         active = new CoherencyBatch(number, headers, segments, bytes, take);
