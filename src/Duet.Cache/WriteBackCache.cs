@@ -343,15 +343,30 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     /// <summary>A host write; <paramref name="reference"/>, when set, names <paramref name="data"/>'s
     /// first byte in a host command the peer holds too (multicast), so that element images made of
     /// the host's bytes alone are mirrored by name.</summary>
-    public async ValueTask WriteAsync(byte array, long sector, ReadOnlyMemory<byte> data, bool fua, HostDataReference? reference, CancellationToken ct = default)
+    public ValueTask WriteAsync(byte array, long sector, ReadOnlyMemory<byte> data, bool fua, HostDataReference? reference, CancellationToken ct = default)
     {
-        var backing = Backing(array);
-        Invariant.Assert(data.Length % Units.SectorBytes == 0 && data.Length > 0);
-        long count = data.Length / Units.SectorBytes;
-        Invariant.Assert(sector >= 0 && sector + count <= backing.CapacitySectors);
-        _lastWriteTicks = _options.Time.GetTimestamp();
-        long groupSectors = (long)Math.Max(1, Math.Min(MaxGroupElements, _slots.Length / 4)) * SectorsPerElement;
-        // Groups start on element boundaries so no two groups share an element.
+        ICacheBacking backing;
+        long count, groupSectors;
+        try
+        {
+            backing = Backing(array);
+            Invariant.Assert(data.Length % Units.SectorBytes == 0 && data.Length > 0);
+            count = data.Length / Units.SectorBytes;
+            Invariant.Assert(sector >= 0 && sector + count <= backing.CapacitySectors);
+            _lastWriteTicks = _options.Time.GetTimestamp();
+            groupSectors = (long)Math.Max(1, Math.Min(MaxGroupElements, _slots.Length / 4)) * SectorsPerElement;
+        }
+        catch (Exception e) { return ValueTask.FromException(e); }
+        // Groups start on element boundaries so no two groups share an element. The common write, one group and no
+        // FUA, is that group's write itself (no frame of its own: a host write's path is kept short).
+        long firstGroupEnd = Math.Min(sector + count, (sector / groupSectors + 1) * groupSectors);
+        if (firstGroupEnd == sector + count && !fua) return WriteGroupAsync(backing, sector, data, reference, ct);
+        return WriteGroupsAsync(backing, sector, count, groupSectors, data, fua, reference, ct);
+    }
+
+    async ValueTask WriteGroupsAsync(ICacheBacking backing, long sector, long count, long groupSectors, ReadOnlyMemory<byte> data, bool fua,
+        HostDataReference? reference, CancellationToken ct)
+    {
         long firstGroupEnd = Math.Min(sector + count, (sector / groupSectors + 1) * groupSectors);
         if (firstGroupEnd == sector + count)
         {

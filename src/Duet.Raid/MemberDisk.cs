@@ -133,11 +133,24 @@ public sealed class MemberDisk
     /// Writes data blocks and their tags. With <paramref name="asHole"/> the blocks must be zeros and their
     /// tags are cleared, so they read back as never written (TRIM).
     /// </summary>
-    public async ValueTask WriteAsync(long memberBlock, ReadOnlyMemory<byte> source, bool asHole = false, CancellationToken ct = default)
+    public ValueTask WriteAsync(long memberBlock, ReadOnlyMemory<byte> source, bool asHole = false, CancellationToken ct = default)
     {
         int count = source.Length / Units.BlockBytes;
-        Invariant.Assert(count * Units.BlockBytes == source.Length);
-        Invariant.Assert(memberBlock >= 0 && memberBlock + count <= MemberBlocks);
+        int first;
+        try
+        {
+            Invariant.Assert(count * Units.BlockBytes == source.Length);
+            Invariant.Assert(memberBlock >= 0 && memberBlock + count <= MemberBlocks);
+            first = (int)Math.Min(count, MemberLayout.TagsPerGroup - memberBlock % MemberLayout.TagsPerGroup);
+        }
+        catch (Exception e) { return ValueTask.FromException(e); }
+        // Blocks of one tag group (a destage's member write, nearly always): that group's write itself, no frame of its own.
+        return first == count && count > 0 ? WriteWithTagsAsync(memberBlock, source, asHole, ct) : WriteGroupsAsync(memberBlock, source, asHole, ct);
+    }
+
+    async ValueTask WriteGroupsAsync(long memberBlock, ReadOnlyMemory<byte> source, bool asHole, CancellationToken ct)
+    {
+        int count = source.Length / Units.BlockBytes;
         int done = 0;
         while (done < count)
         {
@@ -158,22 +171,27 @@ public sealed class MemberDisk
         int count = data.Length / Units.BlockBytes;
         long group = MemberLayout.GroupOf(firstBlock);
         Invariant.Assert(group == MemberLayout.GroupOf(firstBlock + count - 1));
-        // Checksums first, outside the gate: they are the expensive part.
-        ulong[] rented = ArrayPool<ulong>.Shared.Rent(count);
+        // Checksums first, outside the gate: they are the expensive part. A destage round writes thousands of
+        // single blocks at once, more than a shared pool keeps: one block's tag needs no array.
+        ulong single = 0;
+        ulong[]? rented = count > 1 ? ArrayPool<ulong>.Shared.Rent(count) : null;
         try
         {
             for (int i = 0; i < count; i++)
             {
                 var block = data.Span.Slice(i * Units.BlockBytes, Units.BlockBytes);
+                ulong tag;
                 if (asHole)
                 {
                     Invariant.Assert(!block.ContainsAnyExcept((byte)0));
-                    rented[i] = 0;
+                    tag = 0;
                 }
                 else
                 {
-                    rented[i] = Tag.Compute(Salt, firstBlock + i, block);
+                    tag = Tag.Compute(Salt, firstBlock + i, block);
                 }
+                if (rented is null) single = tag;
+                else rented[i] = tag;
             }
             var bytes = await GroupBytesAsync(group, ct);
             var g = _groups[group];
@@ -181,7 +199,7 @@ public sealed class MemberDisk
             try
             {
                 for (int i = 0; i < count; i++)
-                    Tag.Write(bytes, (int)((firstBlock + i) % MemberLayout.TagsPerGroup), rented[i]);
+                    Tag.Write(bytes, (int)((firstBlock + i) % MemberLayout.TagsPerGroup), rented is null ? single : rented[i]);
                 WriteExtent[] extents = [new(MemberLayout.DataLba(firstBlock), data), new(MemberLayout.TagLba(group), bytes)];
                 await Drive.WriteGatherAsync(extents, ct);
             }
@@ -192,7 +210,7 @@ public sealed class MemberDisk
         }
         finally
         {
-            ArrayPool<ulong>.Shared.Return(rented);
+            if (rented is not null) ArrayPool<ulong>.Shared.Return(rented);
         }
     }
 

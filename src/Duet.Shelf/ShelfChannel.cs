@@ -328,7 +328,7 @@ internal sealed class ShelfChannel : IAsyncDisposable
                 body.CopyTo(p.ReadInto.Span);
                 p.Done.TrySetResult(new ShelfResponse(ShelfOp.Read, header.Tag, ShelfError.None));
             }
-            else if (header.Status == ShelfError.None && header.BodyBytes == 0 && header.Op is ShelfOp.Write or ShelfOp.Flush)
+            else if (header.Status == ShelfError.None && header.BodyBytes == 0 && header.Op is ShelfOp.Write or ShelfOp.WriteGather or ShelfOp.Flush)
             {
                 p.Done.TrySetResult(new ShelfResponse(header.Op, header.Tag, ShelfError.None)); // the common answer, without a body to copy
             }

@@ -316,24 +316,34 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
             {
                 if (_down || !_seedQueue.TryDequeue(out item)) return;
             }
-            var mirrors = item.Changes.Where(c => !c.Invalidate).ToList();
-            var invalidations = item.Changes.Where(c => c.Invalidate).ToList();
-            // Consecutive element images that continue each other form one seed write.
-            int i = 0;
-            while (i < mirrors.Count)
+            try
             {
-                int j = i + 1;
-                while (j < mirrors.Count && Start(mirrors[j]) == End(mirrors[j - 1]) && mirrors[j].Descriptor.ArrayNumber == mirrors[i].Descriptor.ArrayNumber) j++;
-                await SendSeedWriteAsync(mirrors.GetRange(i, j - i), ct);
-                i = j;
+                var mirrors = item.Changes.Where(c => !c.Invalidate).ToList();
+                var invalidations = item.Changes.Where(c => c.Invalidate).ToList();
+                // Consecutive element images that continue each other form one seed write.
+                int i = 0;
+                while (i < mirrors.Count)
+                {
+                    int j = i + 1;
+                    while (j < mirrors.Count && Start(mirrors[j]) == End(mirrors[j - 1]) && mirrors[j].Descriptor.ArrayNumber == mirrors[i].Descriptor.ArrayNumber) j++;
+                    await SendSeedWriteAsync(mirrors.GetRange(i, j - i), ct);
+                    i = j;
+                }
+                if (invalidations.Count > 0)
+                {
+                    // The seed has no message for dropping an element: Duet sends a header-only batch.
+                    var log = new CoherencyLog(_options.BatchBytesMax);
+                    foreach (var c in invalidations) log.AppendInvalidate(MirrorApplier.Encode(c).Header);
+                    Invariant.Assert(log.TryTakeActive(out var batch));
+                    await ExchangeAsync(() => _link.PostAsync(IclSignal.Message, _epoch(), batch.Segments[0], default, ct), ct);
+                }
             }
-            if (invalidations.Count > 0)
+            catch (Exception e)
             {
-                // The seed has no message for dropping an element: Duet sends a header-only batch.
-                var log = new CoherencyLog(_options.BatchBytesMax);
-                foreach (var c in invalidations) log.AppendInvalidate(MirrorApplier.Encode(c).Header);
-                Invariant.Assert(log.TryTakeActive(out var batch));
-                await ExchangeAsync(() => _link.PostAsync(IclSignal.Message, _epoch(), batch.Segments[0], default, ct), ct);
+                // The group in hand is out of the queue, so Fail (which the pump calls next) cannot reach it: its writer
+                // learns here that it was not mirrored, and writes through (it used to wait for ever).
+                item.Done.TrySetException(new MirrorUnavailableException($"the peer mirror went down: {e.Message}"));
+                throw;
             }
             Interlocked.Increment(ref _groupsMirrored);
             item.Done.TrySetResult();

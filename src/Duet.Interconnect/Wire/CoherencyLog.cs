@@ -174,7 +174,8 @@ public sealed class CoherencyLog
             // The swap of seed 003: the filling list becomes the active one, the spare one fills.
             headers = filling; data = fillingData;
             filling = spare; fillingData = spareData;
-            spare = []; spareData = [];
+            // The next spare list starts at this batch's size rather than growing to it again by doubling.
+            spare = new(headers.Count); spareData = new(headers.Count);
             fillingAbsorbedBy.Clear();
         }
         else
@@ -210,7 +211,7 @@ public sealed class CoherencyLog
         nextBatchNumber = (nextBatchNumber + 1) & CoherencyBatchCommand.BatchNumberMask;
         var head = new byte[CoherencyBatchCommand.HeadBytes(headers.Count)];
         CoherencyBatchCommand.EncodeHead(number, headers, head);
-        var segments = new List<ReadOnlyMemory<byte>>(1 + headers.Count) { head };
+        var segments = new List<ReadOnlyMemory<byte>>(1 + 2 * headers.Count) { head };
         foreach (var d in data)
         {
             if (!d.Prefix.IsEmpty) segments.Add(d.Prefix);

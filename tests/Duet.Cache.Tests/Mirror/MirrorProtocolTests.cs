@@ -1,3 +1,4 @@
+using Duet.Core;
 using Duet.Cache.Mirror;
 using Duet.Interconnect.Link;
 using Duet.Interconnect.Wire;
@@ -142,6 +143,32 @@ public class MirrorProtocolTests
         }
         await h.VerifyAsync();
         Assert.Equal(0, h.Receiver.Refused);
+    }
+
+    [Theory]
+    [InlineData(MirrorMethod.Batched)]
+    [InlineData(MirrorMethod.Seed)]
+    [InlineData(MirrorMethod.SeedLarge)]
+    [Trait("Claim", "MR-4")]
+    public async Task A_peer_that_never_answers_puts_the_owner_in_error_recovery_at_the_status_time_limit(MirrorMethod path)
+    {
+        var time = new ManualTimeProvider();
+        await using var h = new PairHarness(path, mirrorTime: time, peerSilent: true);
+        var write = h.WriteAsync(0, 8);
+        // The link is up and B takes the transfer, so nothing fails until A's time limit for B's status passes.
+        for (int i = 0; i < 200 && h.LinkA.Counters.DoorbellsRung == 0; i++) await Task.Delay(5);
+        Assert.True(h.LinkA.Counters.DoorbellsRung > 0);
+        Assert.False(write.IsCompleted);
+        Assert.Equal(Duet.Cache.MirrorMode.Healthy, h.Mirror.Mode);
+        for (int i = 0; i < 200 && !write.IsCompleted; i++)
+        {
+            time.Advance(TimeSpan.FromMilliseconds(500));
+            await Task.Delay(5);
+        }
+        await write.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(Duet.Cache.MirrorMode.ErrorRecovery, h.Mirror.Mode);
+        // Not acknowledged from the cache alone: the write went through to the drives.
+        Assert.Equal(h.Model.AsSpan(0, 4096).ToArray(), h.Backing.Bytes.AsSpan(0, 4096).ToArray());
     }
 
     [Fact]

@@ -27,7 +27,10 @@ internal sealed class PairHarness : IAsyncDisposable
     /// <summary>B's copies of multicast host commands, by tag: what a by-reference header names.</summary>
     public readonly System.Collections.Concurrent.ConcurrentDictionary<ulong, byte[]> HeldByB = new();
 
-    public PairHarness(MirrorMethod path, bool manualDelivery = false, long nvramBytes = 4 << 20, long arraySectors = 16384, int seed = 1)
+    /// <param name="mirrorTime">The clock of A's mirror (its status time limit).</param>
+    /// <param name="peerSilent">B takes A's transfers and never answers (a peer that hangs).</param>
+    public PairHarness(MirrorMethod path, bool manualDelivery = false, long nvramBytes = 4 << 20, long arraySectors = 16384, int seed = 1,
+        TimeProvider? mirrorTime = null, bool peerSilent = false)
     {
         Directory.CreateDirectory(Dir);
         var layout = NvramLayout.For(nvramBytes);
@@ -35,7 +38,7 @@ internal sealed class PairHarness : IAsyncDisposable
         NvramA = NvramFile.Create(Path.Combine(Dir, "a.nvram"), layout, "A", pair);
         NvramB = NvramFile.Create(Path.Combine(Dir, "b.nvram"), layout, "B", pair);
         (LinkA, LinkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default, TimeProvider.System, "A", "B", manualDelivery);
-        Mirror = new PeerMirror(LinkA, () => 1, new PeerMirrorOptions { Path = path, SmallWriteOpcode = 0xA0 }, NullLogger.Instance);
+        Mirror = new PeerMirror(LinkA, () => 1, new PeerMirrorOptions { Path = path, SmallWriteOpcode = 0xA0, Time = mirrorTime ?? TimeProvider.System }, NullLogger.Instance);
         Applier = new MirrorApplier(NvramB.Peer, v => v == 7 ? 0xABCDEFUL : null,
             r => HeldByB.TryGetValue(r.HostTag, out var held) ? held : null);
         Receiver = new MirrorReceiver(Applier,
@@ -45,7 +48,8 @@ internal sealed class PairHarness : IAsyncDisposable
             if (t.Signal == IclSignal.Reply) Mirror.OnReply(t.Message.Span);
             return ValueTask.CompletedTask;
         });
-        LinkB.Start(async t => { await Receiver.HandleAsync(t); });
+        if (peerSilent) LinkB.Start(_ => ValueTask.CompletedTask);
+        else LinkB.Start(async t => { await Receiver.HandleAsync(t); });
         Backing = new MemoryBacking(7, 0xABCDEF, arraySectors);
         Cache = new WriteBackCache(NvramA.Own, Mirror, new CacheOptions { IdleDestageDelay = TimeSpan.FromHours(1) }, NullLogger.Instance);
         Cache.AddArray(Backing);
