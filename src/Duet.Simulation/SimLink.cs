@@ -126,7 +126,19 @@ public sealed class SimLinkEnd : IIclLink
     internal void Bind(InMemoryIclLink inner)
     {
         _inner = inner;
+        inner.Salvage = OnInnerSalvage;
         Enqueue(inner, true);
+    }
+
+    public Action<IclSignal, ulong, ReadOnlySpan<byte>>? Salvage { get; set; }
+
+    // At a cut, on whichever node cut the wire: the controller sees what its window still held on its own node, ahead of
+    // the link-down event (queued after this), and not at all if it is dead.
+    void OnInnerSalvage(IclSignal signal, ulong epoch, ReadOnlySpan<byte> message)
+    {
+        if (Salvage is not { } salvage || !IsAlive) return;
+        var copy = message.ToArray();
+        _node.Post(() => salvage(signal, epoch, copy));
     }
 
     internal void Unbind()

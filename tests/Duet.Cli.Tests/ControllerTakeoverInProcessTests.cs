@@ -86,6 +86,44 @@ public sealed class ControllerTakeoverInProcessTests
 
     [Fact]
     [Trait("Claim", "AW-3")]
+    public async Task A_started_checkpoint_still_unread_when_the_link_is_cut_is_kept_and_its_stripe_settled_by_the_takeover()
+    {
+        var (shelf, a, b) = await FormPairAsync();
+        try
+        {
+            var raid = a.Arrays.ServedArrays.Single(r => r.Name == "arr0");
+            byte number = a.Arrays.NumberOf(raid);
+            await a.Cache.DrainAsync();
+            await Until(() => b.PeerOpenCheckpoints == 0, "A's destage records to be cleared at B after A's flush");
+            // A posted "started" for stripe 0, wrote part of it (parity disagrees with the data) and died; the
+            // message was still in B's window at the cut. The link shows it to B's hook before dropping it (the
+            // window mechanics: LinkInMemoryTests.A_cut_shows_the_salvage_hook_…).
+            var started = Duet.Interconnect.Wire.DuetFrame.ToArray(new Duet.Interconnect.Wire.WriteCheckpoint(
+                Duet.Interconnect.Wire.CheckpointPhase.Started, Duet.Cache.WriteLog.LinkId(5, 77), number, 0, 1));
+            b.Link.Salvage!(IclSignal.Message, a.Nvram.Epoch, started);
+            Assert.Equal(1, b.PeerOpenCheckpoints);
+            Assert.Equal(1, b.CheckpointsSalvaged);
+            await raid.FlushAsync();
+            var garbage = new byte[Units.BlockBytes];
+            new System.Random(9).NextBytes(garbage);
+            await raid.Member(raid.Geometry.PMember(0))!.WriteAsync(0, garbage);
+
+            await b.TakeOverAsync("test: A died with its checkpoint unread");
+            Assert.Equal(1, b.LastTakeover!.SettledWrites);
+            await b.Cache.DrainAsync();
+            await Until(() => b.PeerSettlesPending == 0 && b.PeerOpenCheckpoints == 0, "B to settle the stripe behind the takeover");
+            var scrub = new ScrubResult();
+            await b.Arrays.ServedArrays.Single(r => r.Name == "arr0").ScrubAsync(false, scrub, new PassProgress(), default);
+            Assert.Equal((0L, 0L), (scrub.ChecksumErrors, scrub.ParityMismatches));
+        }
+        finally
+        {
+            await b.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    [Trait("Claim", "AW-3")]
     public async Task CheckpointsReachThePeerWhileTheLinkIsUpEvenWithTheMirrorDown()
     {
         // A controller writes to the drives while its mirror is not healthy (a restarted controller writes its

@@ -90,6 +90,42 @@ public sealed class LinkInMemoryTests : LinkContractTests
 
     [Fact]
     [Trait("Claim", "ICL-4")]
+    [Trait("Claim", "AW-3")]
+    public async Task A_cut_shows_the_salvage_hook_each_unread_message_in_order_and_still_delivers_none()
+    {
+        var (a, b) = InMemoryIclTransport.CreatePair(Options, new ManualTimeProvider(), "A", "B", manualDelivery: true);
+        await using var _a = a;
+        await using var _b = b;
+        var rb = new Recorder();
+        b.Start(rb.Handle);
+        var salvaged = new List<(IclSignal Signal, ulong Epoch, byte[] Message)>();
+        b.Salvage = (signal, epoch, message) => salvaged.Add((signal, epoch, message.ToArray()));
+        await a.PostAsync(IclSignal.Message, 3, new byte[] { 1, 1 }, default);
+        Assert.Equal(1, await b.PumpAllAsync()); // read before the cut: not salvaged
+        await a.PostAsync(IclSignal.Message, 3, new byte[] { 2 }, default);
+        await a.PostAsync(IclSignal.MessageWithData, 3, new byte[] { 3 }, new byte[] { 9 }); // carries data: not for the hook
+        await a.PostAsync(IclSignal.Message, 4, new byte[] { 4, 4, 4 }, default);
+        await a.PostAsync(IclSignal.Reply, 4, new byte[] { 5 }, default);
+
+        a.Cut();
+        // Command queue in order, then the reply queue; only whole message-only transfers.
+        Assert.Equal([(IclSignal.Message, 3UL, "02"), (IclSignal.Message, 4UL, "040404"), (IclSignal.Reply, 4UL, "05")],
+            salvaged.Select(x => (x.Signal, x.Epoch, Convert.ToHexString(x.Message))).ToArray());
+        // Seen, and still dropped: the handler gets none of them, before or after the link heals.
+        Assert.Equal(4, await b.PumpAllAsync());
+        Assert.Single(rb.Items);
+        b.Heal();
+        Assert.Equal(0, await b.PumpAllAsync());
+        Assert.Single(rb.Items);
+
+        // A second cut does not show them again.
+        salvaged.Clear();
+        a.Cut();
+        Assert.Empty(salvaged);
+    }
+
+    [Fact]
+    [Trait("Claim", "ICL-4")]
     public async Task A_cut_link_reports_down_fails_posts_fast_loses_what_was_in_flight_and_heals()
     {
         var (a, b) = InMemoryIclTransport.CreatePair(Options, new ManualTimeProvider(), "A", "B", manualDelivery: true);

@@ -240,7 +240,11 @@ public sealed partial class PeerMirror : ICacheMirror, IAsyncDisposable
         try
         {
             await send();
-            var status = await Waits.WithTimeout(waiter.Task, _options.StatusTimeout, _options.Time, ct);
+            var limitMs = _options.StatusTimeout.TotalMilliseconds;
+            using var limit = _options.Time.CreateTimer(s => ((TaskCompletionSource<StatusMessage>)s!).TrySetException(
+                new TimeoutException($"the peer's status of a mirror transfer did not come within {limitMs} ms")), waiter, _options.StatusTimeout, Timeout.InfiniteTimeSpan);
+            using var cancel = ct.UnsafeRegister(static (s, token) => ((TaskCompletionSource<StatusMessage>)s!).TrySetCanceled(token), waiter);
+            var status = await waiter.Task;
             if (status.Code != MirrorStatusCode.Ok) throw new InvalidDataException($"the peer refused a mirror transfer: {status.Code}");
             return status;
         }

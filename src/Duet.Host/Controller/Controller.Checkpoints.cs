@@ -142,6 +142,28 @@ public sealed partial class Controller : IArrayWriteLog
             await PostOrDropAsync(IclSignal.Message, StartedBytes(slot, record));
     }
 
+    /// <summary>Write checkpoints of the peer that were still in this end's window when the link was cut, kept rather
+    /// than dropped with the rest (<see cref="IclLink.Salvage"/>).</summary>
+    public long CheckpointsSalvaged => Interlocked.Read(ref _checkpointsSalvaged);
+    long _checkpointsSalvaged;
+
+    // A "started" the peer posted before its drive writes, still unread here when it died, is what a takeover needs
+    // to settle the stripe those writes may have torn; a "done" after it closes it again. Anything else of a cut link
+    // goes (a mirror image or a forwarded request of a dead session is answered by no one).
+    void OnSalvaged(IclSignal signal, ulong epoch, ReadOnlySpan<byte> message)
+    {
+        if (signal != IclSignal.Message || epoch < _epochFloor) return;
+        var kind = MessageClassifier.Classify(message);
+        if (kind == MessageKind.WriteCheckpoint) OnWriteCheckpoint(message);
+        else if (kind == MessageKind.WriteCheckpointsDone) OnWriteCheckpointsDone(message);
+        else return;
+        Interlocked.Increment(ref _checkpointsSalvaged);
+        LogCheckpointSalvaged(kind.ToString());
+    }
+
+    [LoggerMessage(EventId = 7074, Level = LogLevel.Information, Message = "kept a {Kind} of the peer that was still unread when the link was cut (AW-3)")]
+    partial void LogCheckpointSalvaged(string kind);
+
     void OnWriteCheckpoint(ReadOnlySpan<byte> message)
     {
         if (WriteCheckpoint.TryDecode(message, out var c, out _, out var error) != System.Buffers.OperationStatus.Done)

@@ -198,6 +198,7 @@ public sealed partial class Controller : IAsyncDisposable
             else OnPeerLost("the link to the peer went down");
             RaiseAccessChanged();
         };
+        Link.Salvage = OnSalvaged;
         Link.Start(DispatchAsync);
         if (Link.IsUp) _ = PairAsync();
         _ = WatchMirrorAsync();

@@ -80,4 +80,8 @@ public interface IIclLink : IAsyncDisposable
 
     /// <summary>A snapshot of this end's counters (ICL-5).</summary>
     IclCounters Counters { get; }
+
+    /// <summary>Sees, when the link is cut, each whole message-only transfer still unread in this end's window, in
+    /// order (signal, epoch, message), before they are dropped; none reaches the handler (<see cref="IclLink.Salvage"/>).</summary>
+    Action<IclSignal, ulong, ReadOnlySpan<byte>>? Salvage { get; set; }
 }

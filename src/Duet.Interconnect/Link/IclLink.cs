@@ -173,12 +173,44 @@ public abstract class IclLink : IIclLink
         catch (Exception) { /* a subscriber's bug must not break the link */ }
     }
 
-    /// <summary>Transfers already in this end's window at the moment of a cut are dropped, not delivered later.</summary>
+    /// <summary>
+    /// Called when the link is cut, before the transfers still in this end's window are dropped: once for each whole
+    /// message-only transfer among them, in order (signal, epoch, message). None of them reaches the handler; this is
+    /// for what must not be lost with a dead peer. A "started" checkpoint (AW-3) names a stripe the peer's drive writes
+    /// may have torn: posted, it sat in this window while the peer wrote and died, and a takeover that never heard of
+    /// it left the stripe's parity wrong (`duet sim --seed 428` with the pump's status wait one hand-off shorter).
+    /// Runs on the thread that noticed the cut; must not block.
+    /// </summary>
+    public Action<IclSignal, ulong, ReadOnlySpan<byte>>? Salvage { get; set; }
+
+    /// <summary>Transfers already in this end's window at the moment of a cut are dropped, not delivered later
+    /// (after <see cref="Salvage"/> has seen the message-only ones).</summary>
     private protected void DiscardPending()
     {
+        var salvage = Salvage;
         for (int lane = 0; lane < WindowLayout.Lanes; lane++)
-            Volatile.Write(ref _discardBelow[lane], Volatile.Read(ref Local.Counter(lane, WindowLayout.EntryHead)));
+        {
+            long head = Volatile.Read(ref Local.Counter(lane, WindowLayout.EntryHead));
+            if (salvage is not null) SalvageLane(lane, head, salvage);
+            Volatile.Write(ref _discardBelow[lane], head);
+        }
         Interrupt.Set();
+    }
+
+    void SalvageLane(int lane, long head, Action<IclSignal, ulong, ReadOnlySpan<byte>> salvage)
+    {
+        var l = Local.Layout.Lane(lane);
+        long from = Math.Max(Volatile.Read(ref Local.Counter(lane, WindowLayout.EntryTail)), Volatile.Read(ref _discardBelow[lane]));
+        if (head - from > l.Entries || head < from) return; // a ring the peer broke: nothing in it is trusted
+        byte[]? scratch = null;
+        for (long i = from; i < head; i++)
+        {
+            var e = Local.ReadEntry(lane, i);
+            if ((e.Flags & IclEntryFlags.Partial) != 0 || e.DataLength != 0 || e.MessageLength == 0 || !Valid(lane, l, e)) continue;
+            var message = Local.ReadRing(l.MessageOffset, l.MessageBytes, e.MessagePos, e.MessageLength, ref scratch);
+            try { salvage((IclSignal)e.Signal, e.Epoch, message.Span); }
+            catch (Exception) { CounterSet.HandlerError(); }
+        }
     }
 
     /// <summary>Transfers in this end's window not yet taken by the handler.</summary>
