@@ -178,8 +178,7 @@ public abstract class IclLink : IIclLink
     /// message-only transfer among them, in order (signal, epoch, message). None of them reaches the handler; this is
     /// for what must not be lost with a dead peer. A "started" checkpoint (AW-3) names a stripe the peer's drive writes
     /// may have torn: posted, it sat in this window while the peer wrote and died, and a takeover that never heard of
-    /// it left the stripe's parity wrong (`duet sim --seed 428` with the pump's status wait one hand-off shorter).
-    /// Runs on the thread that noticed the cut; must not block.
+    /// it left the stripe's parity wrong (simulator seed 428). Runs on the thread that noticed the cut; must not block.
     /// </summary>
     public Action<IclSignal, ulong, ReadOnlySpan<byte>>? Salvage { get; set; }
 
