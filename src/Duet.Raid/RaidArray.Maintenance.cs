@@ -219,7 +219,9 @@ public sealed partial class RaidArray
     // ---- stripes owed a settle (a takeover's, AW-3) ------------------------------------------
 
     readonly Lock _unsettledLock = new();
-    readonly HashSet<long> _unsettled = [];
+    // One bit per stripe, made at the first mark: a takeover that must settle a whole array (its peer's log copy
+    // was incomplete) marks every stripe, and a set of stripe numbers would cost ~30 bytes a stripe.
+    ulong[]? _unsettled;
     int _unsettledCount;
     long _settledOnAccess, _settledMarked;
     readonly ScrubResult _markedResult = new();
@@ -236,15 +238,39 @@ public sealed partial class RaidArray
         var g = Geometry;
         if (blockCount <= 0) return 0;
         long first = Math.Max(0, firstBlock) / g.StripeDataBlocks;
-        long last = Math.Min(g.CapacityBlocks - 1, firstBlock + blockCount - 1) / g.StripeDataBlocks;
+        long last = Math.Min(g.CapacityBlocks - 1, firstBlock + Math.Min(blockCount, g.CapacityBlocks) - 1) / g.StripeDataBlocks;
         int added = 0;
         lock (_unsettledLock)
         {
+            var bits = _unsettled ??= new ulong[(StripeCount + 63) / 64];
             for (long s = first; s <= last; s++)
-                if (_unsettled.Add(s)) added++;
-            Volatile.Write(ref _unsettledCount, _unsettled.Count);
+            {
+                ulong bit = 1UL << (int)(s & 63);
+                if ((bits[s >> 6] & bit) != 0) continue;
+                bits[s >> 6] |= bit;
+                added++;
+            }
+            Volatile.Write(ref _unsettledCount, _unsettledCount + added);
         }
         return added;
+    }
+
+    long StripeCount => (Geometry.CapacityBlocks + Geometry.StripeDataBlocks - 1) / Geometry.StripeDataBlocks;
+
+    /// <summary>The first owed stripe in [<paramref name="from"/>, <paramref name="last"/>], or -1. Under the lock.</summary>
+    long NextOwedLocked(long from, long last)
+    {
+        var bits = _unsettled;
+        if (bits is null || from > last) return -1;
+        for (long w = from >> 6; w <= last >> 6; w++)
+        {
+            ulong word = bits[w];
+            if (w == from >> 6) word &= ~0UL << (int)(from & 63);
+            if (word == 0) continue;
+            long s = (w << 6) + System.Numerics.BitOperations.TrailingZeroCount(word);
+            return s <= last ? s : -1;
+        }
+        return -1;
     }
 
     /// <summary>Stripes still owed a settle.</summary>
@@ -268,8 +294,10 @@ public sealed partial class RaidArray
         long first = Math.Max(0, firstBlock) / g.StripeDataBlocks;
         long lastBlock = blockCount > g.CapacityBlocks ? g.CapacityBlocks - 1 : Math.Min(g.CapacityBlocks - 1, firstBlock + blockCount - 1);
         long last = lastBlock / g.StripeDataBlocks;
-        List<long> owed;
-        lock (_unsettledLock) owed = [.. _unsettled.Where(s => s >= first && s <= last).Order()];
+        // The stripes owed now, each then taken in turn (one a request settled meanwhile is let go at once).
+        var owed = new List<long>();
+        lock (_unsettledLock)
+            for (long s = NextOwedLocked(first, last); s >= 0; s = NextOwedLocked(s + 1, last)) owed.Add(s);
         foreach (long s in owed)
             using (await LockStripeAsync(s, ct, onAccess: false)) { }
     }
@@ -277,14 +305,14 @@ public sealed partial class RaidArray
     async ValueTask SettleIfOwedLockedAsync(long stripe, CancellationToken ct, bool onAccess = true)
     {
         lock (_unsettledLock)
-            if (!_unsettled.Contains(stripe)) return;
+            if (_unsettled is null || (_unsettled[stripe >> 6] & (1UL << (int)(stripe & 63))) == 0) return;
         // Settled under the caller's lock; only then is it no longer owed (a settle that throws leaves it owed).
         await RetryOnMemberFailure(() => ScrubStripeAsync(stripe, repair: true, _markedResult, BadBlockSource.Settle, ct));
         Interlocked.Increment(ref _markedResult.StripesChecked);
         lock (_unsettledLock)
         {
-            _unsettled.Remove(stripe);
-            Volatile.Write(ref _unsettledCount, _unsettled.Count);
+            _unsettled![stripe >> 6] &= ~(1UL << (int)(stripe & 63));
+            Volatile.Write(ref _unsettledCount, _unsettledCount - 1);
         }
         Interlocked.Increment(ref _settledMarked);
         if (onAccess) Interlocked.Increment(ref _settledOnAccess);

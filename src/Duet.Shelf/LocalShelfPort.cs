@@ -54,6 +54,7 @@ public sealed class LocalShelfPort : IShelfPort
     public Task PreemptAsync(ulong victimKey, CancellationToken ct = default) => Run(() => _shelf.Preempt(PortName, victimKey));
     public Task SetEnabledAsync(bool enabled, CancellationToken ct = default) => Run(() => _shelf.SetEnabled(PortName, enabled));
     public Task SetMirrorStaleAsync(bool stale, CancellationToken ct = default) => Run(() => _shelf.SetMirrorStale(PortName, stale));
+    public Task SetLogStaleAsync(bool stale, CancellationToken ct = default) => Run(() => _shelf.SetLogStale(PortName, stale));
     public Task UnfenceAsync(string victim, CancellationToken ct = default) => Run(() => _shelf.Unfence(PortName, victim));
 
     public Task FenceAsync(string victim, CancellationToken ct = default)

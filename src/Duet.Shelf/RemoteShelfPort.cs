@@ -124,6 +124,7 @@ public sealed class RemoteShelfPort : IShelfPort, IAsyncDisposable
     public Task PreemptAsync(ulong victimKey, CancellationToken ct = default) => Call(new(ShelfOp.Preempt, 0) { Value = victimKey }, ct);
     public Task SetEnabledAsync(bool enabled, CancellationToken ct = default) => Call(new(ShelfOp.SetEnabled, 0) { Value = enabled ? 1UL : 0 }, ct);
     public Task SetMirrorStaleAsync(bool stale, CancellationToken ct = default) => Call(new(ShelfOp.SetMirrorStale, 0) { Value = stale ? 1UL : 0 }, ct);
+    public Task SetLogStaleAsync(bool stale, CancellationToken ct = default) => Call(new(ShelfOp.SetLogStale, 0) { Value = stale ? 1UL : 0 }, ct);
     public Task FenceAsync(string victim, CancellationToken ct = default) => Call(new(ShelfOp.Fence, 0) { Name = victim }, ct, timeout: _options.FenceTimeout);
     public Task UnfenceAsync(string victim, CancellationToken ct = default) => Call(new(ShelfOp.Unfence, 0) { Name = victim }, ct);
 

@@ -130,6 +130,7 @@ public sealed class Shelf : IAsyncDisposable
         var ports = _state.Ports.Select(kv => new PortState(kv.Key, kv.Value.Enabled, kv.Value.Fenced, kv.Value.Key, _heartbeats[kv.Key], _io[kv.Key].Writes)
         {
             MirrorStale = kv.Value.MirrorStale,
+            LogStale = kv.Value.LogStale,
             Departed = _departed[kv.Key],
         }).ToList();
         var slots = _drives.List().Select(n => new SlotState(n, BlockCountOrZero(n), SerialOf(n), _state.Pulled.Contains(n))).ToList();
@@ -222,6 +223,17 @@ public sealed class Shelf : IAsyncDisposable
             var p = Registered(port);
             if (p.MirrorStale == stale) return;
             p.MirrorStale = stale;
+            Persist();
+        }
+    }
+
+    internal void SetLogStale(string port, bool stale)
+    {
+        lock (_gate)
+        {
+            var p = Registered(port);
+            if (p.LogStale == stale) return;
+            p.LogStale = stale;
             Persist();
         }
     }

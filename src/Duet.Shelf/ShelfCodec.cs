@@ -126,7 +126,7 @@ public static class ShelfCodec
             case ShelfOp.Register or ShelfOp.Preempt or ShelfOp.Heartbeat:
                 w.U64(r.Value);
                 break;
-            case ShelfOp.SetEnabled or ShelfOp.SetMirrorStale:
+            case ShelfOp.SetEnabled or ShelfOp.SetMirrorStale or ShelfOp.SetLogStale:
                 w.U8((byte)(r.Value == 0 ? 0 : 1));
                 break;
             case ShelfOp.Claim or ShelfOp.Release or ShelfOp.ClaimFor:
@@ -210,10 +210,10 @@ public static class ShelfCodec
             case ShelfOp.Register or ShelfOp.Preempt or ShelfOp.Heartbeat:
                 request = request with { Value = r.U64() };
                 break;
-            case ShelfOp.SetEnabled or ShelfOp.SetMirrorStale:
+            case ShelfOp.SetEnabled or ShelfOp.SetMirrorStale or ShelfOp.SetLogStale:
             {
                 var b = r.U8();
-                if (b > 1) throw new ShelfProtocolException($"{(request.Op == ShelfOp.SetEnabled ? "set-enabled" : "set-mirror-stale")} takes 0 or 1, not {b}");
+                if (b > 1) throw new ShelfProtocolException($"{request.Op switch { ShelfOp.SetEnabled => "set-enabled", ShelfOp.SetMirrorStale => "set-mirror-stale", _ => "set-log-stale" }} takes 0 or 1, not {b}");
                 request = request with { Value = b };
                 break;
             }
@@ -327,7 +327,7 @@ public static class ShelfCodec
 
     static ArrayClaim ReadClaim(ref BodyReader r) => new(r.U64(), r.String(), r.U64());
 
-    // Status: u8 port count, each: string name, u8 bits (1 enabled, 2 fenced), u64 key, u64 heartbeat,
+    // Status: u8 port count, each: string name, u8 bits (1 enabled, 2 fenced, 4 mirror stale, 8 departed, 16 log stale), u64 key, u64 heartbeat,
     // u64 writes in flight; u64 reservation holder; u64 epoch counter; u32 claim count, claims;
     // u32 slot count, each: string name, u64 block count, string serial, u8 pulled.
     static void WriteStatus(ref BodyWriter w, ShelfStatus s)
@@ -336,7 +336,7 @@ public static class ShelfCodec
         foreach (var p in s.Ports)
         {
             w.String(p.Port);
-            w.U8((byte)((p.Enabled ? 1 : 0) | (p.Fenced ? 2 : 0) | (p.MirrorStale ? 4 : 0) | (p.Departed ? 8 : 0)));
+            w.U8((byte)((p.Enabled ? 1 : 0) | (p.Fenced ? 2 : 0) | (p.MirrorStale ? 4 : 0) | (p.Departed ? 8 : 0) | (p.LogStale ? 16 : 0)));
             w.U64(p.Key);
             w.U64(p.Heartbeat);
             w.U64((ulong)p.InFlightWrites);
@@ -364,8 +364,8 @@ public static class ShelfCodec
         {
             var name = r.String();
             var bits = r.U8();
-            if (bits > 15) throw new ShelfProtocolException($"port state bits 0x{bits:x2} are not known");
-            ports.Add(new PortState(name, (bits & 1) != 0, (bits & 2) != 0, r.U64(), r.U64(), r.I64("writes in flight")) { MirrorStale = (bits & 4) != 0, Departed = (bits & 8) != 0 });
+            if (bits > 31) throw new ShelfProtocolException($"port state bits 0x{bits:x2} are not known");
+            ports.Add(new PortState(name, (bits & 1) != 0, (bits & 2) != 0, r.U64(), r.U64(), r.I64("writes in flight")) { MirrorStale = (bits & 4) != 0, Departed = (bits & 8) != 0, LogStale = (bits & 16) != 0 });
         }
         var holder = r.U64();
         var epoch = r.U64();
@@ -434,7 +434,7 @@ public static class ShelfCodec
                 response = response with { ShelfStatus = ReadStatus(ref r) };
                 break;
             case ShelfOp.Write or ShelfOp.WriteGather or ShelfOp.Flush or ShelfOp.Register or ShelfOp.Reserve or ShelfOp.Preempt or ShelfOp.SetEnabled or ShelfOp.SetMirrorStale
-                or ShelfOp.Fence or ShelfOp.Unfence or ShelfOp.Release or ShelfOp.Pull or ShelfOp.Insert or ShelfOp.AdminFence or ShelfOp.AdminUnfence:
+                or ShelfOp.SetLogStale or ShelfOp.Fence or ShelfOp.Unfence or ShelfOp.Release or ShelfOp.Pull or ShelfOp.Insert or ShelfOp.AdminFence or ShelfOp.AdminUnfence:
                 break;
             default:
                 throw new ShelfProtocolException($"response to unknown opcode {(ushort)header.Op}");

@@ -321,6 +321,9 @@ internal sealed class ShelfConnection
             case ShelfOp.SetMirrorStale:
                 await Port.SetMirrorStaleAsync(r.Value != 0);
                 return ok;
+            case ShelfOp.SetLogStale:
+                await Port.SetLogStaleAsync(r.Value != 0);
+                return ok;
             case ShelfOp.Fence:
                 await Port.FenceAsync(r.Name);
                 return ok;

@@ -11,8 +11,8 @@ namespace Duet.Shelf;
 /// Stored as a small text file, one fact per line, ending in a CRC32C of everything before it:
 /// <code>
 /// duet-shelf 1
-/// port A enabled 1 fenced 0 key 0x1a2b mirror-stale 0
-/// port B enabled 0 fenced 1 key 0x0 mirror-stale 1
+/// port A enabled 1 fenced 0 key 0x1a2b mirror-stale 0 log-stale 0
+/// port B enabled 0 fenced 1 key 0x0 mirror-stale 1 log-stale 1
 /// reservation 0x1a2b
 /// epoch 7
 /// claim 0x0123456789abcdef A 7
@@ -28,6 +28,7 @@ public sealed class ShelfState
         public bool Fenced;
         public ulong Key;
         public bool MirrorStale;
+        public bool LogStale;
     }
 
     public readonly SortedDictionary<string, Port> Ports = new(StringComparer.Ordinal) { ["A"] = new(), ["B"] = new() };
@@ -44,7 +45,7 @@ public sealed class ShelfState
         var sb = new StringBuilder();
         sb.Append(Magic).Append('\n');
         foreach (var (name, p) in Ports)
-            sb.Append(CultureInfo.InvariantCulture, $"port {name} enabled {(p.Enabled ? 1 : 0)} fenced {(p.Fenced ? 1 : 0)} key 0x{p.Key:x} mirror-stale {(p.MirrorStale ? 1 : 0)}\n");
+            sb.Append(CultureInfo.InvariantCulture, $"port {name} enabled {(p.Enabled ? 1 : 0)} fenced {(p.Fenced ? 1 : 0)} key 0x{p.Key:x} mirror-stale {(p.MirrorStale ? 1 : 0)} log-stale {(p.LogStale ? 1 : 0)}\n");
         sb.Append(CultureInfo.InvariantCulture, $"reservation 0x{ReservationHolder:x}\n");
         sb.Append(CultureInfo.InvariantCulture, $"epoch {EpochCounter}\n");
         sb.Append(CultureInfo.InvariantCulture, $"boots {Boots}\n");
@@ -72,8 +73,12 @@ public sealed class ShelfState
             {
                 switch (f[0])
                 {
-                    case "port" when f.Length is 8 or 10:
-                        s.Ports[ShelfPorts.Check(f[1])] = new Port { Enabled = f[3] == "1", Fenced = f[5] == "1", Key = Hex(f[7]), MirrorStale = f.Length == 10 && f[9] == "1" };
+                    case "port" when f.Length is 8 or 10 or 12:
+                        s.Ports[ShelfPorts.Check(f[1])] = new Port
+                        {
+                            Enabled = f[3] == "1", Fenced = f[5] == "1", Key = Hex(f[7]),
+                            MirrorStale = f.Length >= 10 && f[9] == "1", LogStale = f.Length == 12 && f[11] == "1",
+                        };
                         break;
                     case "reservation" when f.Length == 2: s.ReservationHolder = Hex(f[1]); break;
                     case "epoch" when f.Length == 2: s.EpochCounter = ulong.Parse(f[1], CultureInfo.InvariantCulture); break;

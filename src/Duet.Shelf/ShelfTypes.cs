@@ -66,6 +66,11 @@ public sealed record PortState(string Port, bool Enabled, bool Fenced, ulong Key
     /// peer's copy of its cache (NVRAM region 2) may be older than the drives and must not be adopted.</summary>
     public bool MirrorStale { get; init; }
 
+    /// <summary>The port's controller wrote to the drives while its peer's copy of its write log (NVRAM log 2) could
+    /// lack the record of that write (the link down, or a "started" checkpoint not taken in time): a takeover cannot
+    /// know every stripe such a write may have torn, so it settles the whole of every array it takes (AW-3).</summary>
+    public bool LogStale { get; init; }
+
     /// <summary>Every connection of the port's controller closed (its process is gone, or its path to the shelf) and
     /// none has come since: a hint of the controller's death that comes long before its heartbeats stop counting
     /// (the survivor still requires the link to have gone quiet too). Not persisted: a shelf that starts knows of
@@ -123,6 +128,11 @@ public interface IShelfPort : IDriveShelf
     /// <summary>Records whether the peer's copy of this controller's cache is stale (set before the first write
     /// acknowledged without the mirror; cleared once the mirror is resynchronised). Persisted.</summary>
     Task SetMirrorStaleAsync(bool stale, CancellationToken ct = default);
+
+    /// <summary>Records whether the peer's copy of this controller's write log may lack a record (set before a drive
+    /// write whose "started" checkpoint did not reach the peer; cleared once a pairing sent the peer every open
+    /// record). Persisted.</summary>
+    Task SetLogStaleAsync(bool stale, CancellationToken ct = default);
 
     /// <summary>Fences the other port (FO-2): disabled, preempted, marked fenced (persisted). Completes once every
     /// write the shelf had already accepted from that port has finished.</summary>

@@ -37,9 +37,10 @@ public static class ShelfWire
     /// <summary>Response header: magic (4) + opcode (2) + status (1) + reserved zero (1) + tag (8) + body length (4).</summary>
     public const int ResponseHeaderBytes = 20;
 
-    /// <summary>The protocol version Hello reports: 2 since WriteGather. A client sends WriteGather only to a shelf
-    /// that reported 2 or more (to an older one, the extents go as separate writes).</summary>
-    public const ushort Version = 2;
+    /// <summary>The protocol version Hello reports: 2 since WriteGather, 3 since SetLogStale. A client sends
+    /// WriteGather only to a shelf that reported 2 or more (to an older one, the extents go as separate writes); an
+    /// older shelf answers SetLogStale as an unknown opcode, which the controller takes as the shelf unreachable.</summary>
+    public const ushort Version = 3;
 
     /// <summary>The most extents in one WriteGather.</summary>
     public const int MaxGatherExtents = 8;
@@ -116,6 +117,9 @@ public enum ShelfOp : ushort
     /// then the extents' data one after another (at most <see cref="ShelfWire.MaxTransferBytes"/> in all). Each extent is
     /// written as a Write would be (no FUA); all are attempted, the first failure answers. Result: none.</summary>
     WriteGather = 21,
+    /// <summary>Body: u8 0 or 1: whether the peer's copy of this port's write log (its NVRAM log 2) may lack a record
+    /// of a write this port made to the drives. Result: none.</summary>
+    SetLogStale = 22,
 
     /// <summary>Admin: `duet shelf pull`. Body: string slot. Result: none.</summary>
     Pull = 32,

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Duet.Cache.Nvram;
 using Duet.Core;
 using Duet.Drives;
@@ -124,6 +125,176 @@ public sealed class ControllerTakeoverInProcessTests
 
     [Fact]
     [Trait("Claim", "AW-3")]
+    public async Task A_write_whose_checkpoint_cannot_reach_the_peer_is_recorded_at_the_shelf_first_and_the_takeover_settles_the_whole_array()
+    {
+        var (shelf, a, b) = await FormPairAsync();
+        try
+        {
+            var raid = a.Arrays.ServedArrays.Single(r => r.Name == "arr0");
+            byte number = a.Arrays.NumberOf(raid);
+            await a.Cache.DrainAsync();
+            await Until(() => b.PeerOpenCheckpoints == 0, "A's destage records to be cleared at B after A's flush");
+            Assert.False(shelf.Status().Port("A").LogStale);
+
+            // The link goes down; A starts a write of the array's last stripe: B cannot hear of it, so before the
+            // write may touch a drive the shelf records A's log copy incomplete.
+            ((InMemoryIclLink)a.Link).Cut();
+            await Until(() => !a.Link.IsUp, "A to see its link down");
+            await ((IArrayWriteLog)a).StartedAsync(number, raid.Geometry.CapacityBlocks - 1, 1, 0, default);
+            Assert.True(shelf.Status().Port("A").LogStale);
+            Assert.True(a.LogMarkedStale);
+            Assert.Equal(0, b.PeerOpenCheckpoints);
+
+            // A dies in the middle of that write: P of the last stripe disagrees with its data.
+            await raid.FlushAsync();
+            var (lastStripe, _, _, memberBlock) = raid.Geometry.Map(raid.Geometry.CapacityBlocks - 1);
+            var garbage = new byte[Units.BlockBytes];
+            new System.Random(11).NextBytes(garbage);
+            await raid.Member(raid.Geometry.PMember(lastStripe))!.WriteAsync(memberBlock, garbage);
+            var before = new ScrubResult();
+            await raid.ScrubAsync(false, before, new PassProgress(), default);
+            Assert.Equal(1L, before.ParityMismatches); // what a takeover told only of B's log copy would leave
+
+            await b.TakeOverAsync("test: A died with its link down");
+            Assert.Equal(["arr0"], b.LastTakeover!.SettledWhole);
+            await b.Cache.DrainAsync();
+            await Until(() => b.PeerSettlesPending == 0, "B to settle the whole of arr0 behind the takeover");
+            var arr0OnB = b.Arrays.ServedArrays.Single(r => r.Name == "arr0");
+            Assert.Equal(0, arr0OnB.UnsettledStripes);
+            var scrub = new ScrubResult();
+            await arr0OnB.ScrubAsync(false, scrub, new PassProgress(), default);
+            Assert.Equal((0L, 0L), (scrub.ChecksumErrors, scrub.ParityMismatches));
+        }
+        finally
+        {
+            await a.DisposeAsync();
+            await b.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    [Trait("Claim", "AW-3")]
+    public async Task A_started_checkpoint_that_waits_past_its_limit_is_covered_by_the_shelfs_record_until_it_arrives()
+    {
+        // Both ends deliver only when pumped, so B can stop reading its window (hung) while A goes on.
+        var shelf = await TwoArrayShelfAsync();
+        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
+        var window = IclWindowOptions.Default with { QueueEntries = 8, ReplyQueueEntries = 8, ReplyDataBufferBytes = 4 << 20 };
+        var (linkA, linkB) = InMemoryIclTransport.CreatePair(window, TimeProvider.System, "A", "B", manualDelivery: true);
+        using var stop = new CancellationTokenSource();
+        var bReads = new StrongBox<bool>(true);
+        async Task PumpAsync(InMemoryIclLink link, StrongBox<bool> reads)
+        {
+            while (!stop.IsCancellationRequested)
+                if (!reads.Value || !await link.PumpOnceAsync()) await Task.Delay(1);
+        }
+        var pumps = new[] { PumpAsync(linkA, new StrongBox<bool>(true)), PumpAsync(linkB, bReads) };
+        var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);
+        var b = await StartControllerAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB, Pair);
+        try
+        {
+            await Until(() => a.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && b.Mirror.Mode == Duet.Cache.MirrorMode.Healthy, "the pair to form");
+            var raid = a.Arrays.ServedArrays.Single(r => r.Name == "arr0");
+            byte number = a.Arrays.NumberOf(raid);
+            await a.Cache.DrainAsync();
+            await Until(() => b.PeerOpenCheckpoints == 0, "A's destage records to be cleared at B");
+
+            // B stops reading; A's writes fill B's command queue, and then a "started" waits for room past its limit:
+            // the shelf records A's log copy incomplete before that write goes on.
+            bReads.Value = false;
+            int started = 0;
+            while (!a.LogMarkedStale && started < 32)
+                await ((IArrayWriteLog)a).StartedAsync(number, started++, 1, 0, default);
+            Assert.True(a.LogMarkedStale);
+            Assert.True(shelf.Status().Port("A").LogStale);
+
+            // B reads again: the late posts arrive, nothing was lost, and the record goes.
+            bReads.Value = true;
+            await Until(() => !shelf.Status().Port("A").LogStale, "the late checkpoints to arrive and the shelf's record to be cleared");
+            await Until(() => b.PeerOpenCheckpoints == started, "B to hold every record A started");
+            Assert.False(a.LogMarkedStale);
+        }
+        finally
+        {
+            await a.DisposeAsync();
+            await b.DisposeAsync();
+            stop.Cancel();
+            await Task.WhenAll(pumps);
+        }
+    }
+
+    [Fact]
+    [Trait("Claim", "AW-3")]
+    public async Task The_pairing_that_gives_the_peer_every_open_record_clears_the_shelfs_record_of_an_incomplete_log_copy()
+    {
+        var (shelf, a, b) = await FormPairAsync();
+        try
+        {
+            var raid = a.Arrays.ServedArrays.Single(r => r.Name == "arr0");
+            byte number = a.Arrays.NumberOf(raid);
+            await a.Cache.DrainAsync();
+            await Until(() => b.PeerOpenCheckpoints == 0, "A's destage records to be cleared at B after A's flush");
+            ((InMemoryIclLink)a.Link).Cut();
+            await Until(() => !a.Link.IsUp, "A to see its link down");
+            await ((IArrayWriteLog)a).StartedAsync(number, 0, 1, 0, default);
+            Assert.True(shelf.Status().Port("A").LogStale);
+
+            ((InMemoryIclLink)a.Link).Heal();
+            await Until(() => a.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && b.Mirror.Mode == Duet.Cache.MirrorMode.Healthy, "the pair to form again");
+            // The record still open went to B with the pairing; nothing is missing from B's copy now.
+            await Until(() => b.PeerOpenCheckpoints == 1 && !shelf.Status().Port("A").LogStale, "the pairing to send A's open record and clear the shelf's record");
+            Assert.False(a.LogMarkedStale);
+        }
+        finally
+        {
+            await a.DisposeAsync();
+            await b.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    [Trait("Claim", "FO-2")]
+    public async Task A_survivor_stopped_between_its_fence_and_the_adoption_finishes_the_takeover_when_it_starts_again()
+    {
+        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
+        var storeB = NvramStore.For(layout, "nvram-B");
+        var (shelf, a, b) = await FormPairAsync(storeB);
+        PairController? again = null;
+        try
+        {
+            // A acknowledges a write once B's region 2 holds it, and keeps it dirty (no destage but for room).
+            a.Cache.DestageForRoomOnly();
+            var data = new byte[64 << 10];
+            new System.Random(23).NextBytes(data);
+            Assert.True(a.Volumes.TryGetVolume("vol0", out var vol0OnA));
+            await vol0OnA.WriteAsync(1 << 20, data, fua: false);
+            Assert.Contains(b.Nvram.Peer.ReplayOrder(), x => x.Descriptor.Dirty);
+
+            // B takes A over and stops right after the fence, before it adopted anything; A, fenced, steps down
+            // (a restart of A would discard its NVRAM: the acknowledged write is in B's region 2 alone).
+            await shelf.Port("B").FenceAsync("A");
+            await b.DisposeAsync();
+            await Until(() => a.IsSteppedDown, "A, fenced, to step down");
+
+            // B starts again: the peer is fenced and region 2 holds its writes, so B finishes the takeover first.
+            var (_, linkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default, TimeProvider.System);
+            again = await StartControllerAsync("B", 3, shelf, storeB, layout, linkB, Pair);
+            await Until(() => again.LastTakeover is not null, "B to finish the takeover it started before it stopped");
+            Assert.True(again.LastTakeover!.AdoptedElements > 0);
+            Assert.Contains("arr0", again.LastTakeover.Arrays);
+            Assert.True(again.Volumes.TryGetVolume("vol0", out var vol0OnB));
+            var back = new byte[data.Length];
+            await vol0OnB.ReadAsync(1 << 20, back);
+            Assert.Equal(data, back);
+        }
+        finally
+        {
+            if (again is not null) await again.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    [Trait("Claim", "AW-3")]
     public async Task CheckpointsReachThePeerWhileTheLinkIsUpEvenWithTheMirrorDown()
     {
         // A controller writes to the drives while its mirror is not healthy (a restarted controller writes its
@@ -150,13 +321,13 @@ public sealed class ControllerTakeoverInProcessTests
         }
     }
 
-    static async Task<(Duet.Shelf.Shelf Shelf, PairController A, PairController B)> FormPairAsync()
+    static async Task<(Duet.Shelf.Shelf Shelf, PairController A, PairController B)> FormPairAsync(NvramStore? storeB = null)
     {
         var shelf = await TwoArrayShelfAsync();
         var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
         var (linkA, linkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 }, TimeProvider.System);
         var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);
-        var b = await StartControllerAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB, Pair);
+        var b = await StartControllerAsync("B", 2, shelf, storeB ?? NvramStore.For(layout, "nvram-B"), layout, linkB, Pair);
         await Until(() => a.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && b.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && a.HoldsLease, "the pair to form");
         return (shelf, a, b);
     }

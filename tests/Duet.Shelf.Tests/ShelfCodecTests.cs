@@ -243,7 +243,7 @@ public class ShelfCodecTests
         from epoch in U64s
         from claims in Gen.Choose(0, 3).SelectMany(n => Gen.ArrayOf(U64s.Select(s => new ArrayClaim(s, "B", s >> 3)), n))
         from slots in Gen.Choose(0, 3).SelectMany(n => Gen.ArrayOf(Names.Select(s => new SlotState(s, 256, Shelf.SerialOf(s), s.Length % 2 == 0)), n))
-        select new ShelfStatus([new PortState("A", !fenced, fenced, key, beat, writes) { Departed = departed, MirrorStale = !departed }, new PortState("B", true, false, 0, 0, 0)], key, epoch, claims, slots);
+        select new ShelfStatus([new PortState("A", !fenced, fenced, key, beat, writes) { Departed = departed, MirrorStale = !departed, LogStale = fenced }, new PortState("B", true, false, 0, 0, 0)], key, epoch, claims, slots);
 
     static readonly Gen<ShelfResponse> Responses =
         from op in Gen.Elements(Enum.GetValues<ShelfOp>())

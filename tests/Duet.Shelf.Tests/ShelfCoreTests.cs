@@ -277,4 +277,36 @@ public class ShelfCoreTests
         await again.Port("A").SetMirrorStaleAsync(false);
         Assert.False(again.Status().Port("A").MirrorStale);
     }
+
+    [Fact]
+    [Trait("Claim", "AW-3")]
+    public async Task A_port_records_its_log_stale_apart_from_its_mirror_and_the_record_survives_a_restart()
+    {
+        var (shelf, bay, store) = NewShelf();
+        var a = shelf.Port("A");
+        Assert.Equal(ShelfError.NotRegistered, (await Assert.ThrowsAsync<ShelfException>(() => a.SetLogStaleAsync(true))).Error);
+        await a.RegisterAsync(1);
+        await a.SetLogStaleAsync(true);
+        var seen = (await shelf.Port("B").StatusAsync()).Port("A");
+        Assert.Equal((true, false), (seen.LogStale, seen.MirrorStale));
+        var (again, _, _) = NewShelf(store: store, bay: bay);
+        Assert.Equal((true, false), (again.Status().Port("A").LogStale, again.Status().Port("A").MirrorStale));
+        Assert.False(again.Status().Port("B").LogStale);
+        await again.Port("A").SetLogStaleAsync(false);
+        Assert.False(again.Status().Port("A").LogStale);
+    }
+
+    [Fact]
+    [Trait("Claim", "AW-3")]
+    public void A_state_file_written_before_the_log_stale_record_reads_with_it_clear()
+    {
+        var old = new ShelfState();
+        old.Ports["A"].MirrorStale = true;
+        var text = old.Encode().Replace(" log-stale 0", "", StringComparison.Ordinal);
+        int crcAt = text.LastIndexOf("crc32c ", StringComparison.Ordinal);
+        var body = text[..crcAt];
+        text = body + $"crc32c 0x{Duet.Core.Crc32C.Compute(System.Text.Encoding.UTF8.GetBytes(body)):x8}\n";
+        var back = ShelfState.Decode(text);
+        Assert.Equal((true, false), (back.Ports["A"].MirrorStale, back.Ports["A"].LogStale));
+    }
 }

@@ -112,6 +112,20 @@ public class ShelfServerTests
     }
 
     [Fact]
+    [Trait("Claim", "AW-3")]
+    public async Task The_log_stale_record_travels_over_the_wire()
+    {
+        await using var rig = await ShelfRig.StartAsync();
+        var a = rig.Port("A");
+        await a.RegisterAsync(0xA);
+        await a.SetLogStaleAsync(true);
+        var seen = (await rig.Port("B").StatusAsync()).Port("A");
+        Assert.Equal((true, false), (seen.LogStale, seen.MirrorStale));
+        await a.SetLogStaleAsync(false);
+        Assert.False((await a.StatusAsync()).Port("A").LogStale);
+    }
+
+    [Fact]
     [Trait("Claim", "FO-2")]
     public async Task A_port_whose_last_connection_closed_is_departed_until_one_comes_again()
     {

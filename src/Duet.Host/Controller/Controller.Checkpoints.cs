@@ -2,6 +2,7 @@ using Duet.Cache;
 using Duet.Core;
 using Duet.Interconnect.Link;
 using Duet.Interconnect.Wire;
+using Duet.Shelf;
 using Microsoft.Extensions.Logging;
 
 namespace Duet.Host.Controller;
@@ -71,17 +72,105 @@ public sealed partial class Controller : IArrayWriteLog
                 }
             }
         }
+        if (Shelf is null) return slot; // no shelf, no peer that could take us over
+        bool heard = false;
         if (CheckpointsFlow)
         {
             Interlocked.Increment(ref _startedPosted);
-            // Bounded: a peer that stopped reading its link (hung) must not stop our writes; the mirror has
-            // failed by then anyway, and a peer that takes us over after that settles nothing it was not told.
-            var post = PostOrDropAsync(IclSignal.Message, StartedBytes(slot, record));
-            try { await Waits.WithTimeout(post, CheckpointPostLimit, _options.Time); }
-            catch (TimeoutException) { }
+            // Bounded: a peer that stopped reading its link (hung) must not stop our writes. Late or lost, the
+            // shelf records the peer's copy of our log incomplete before the write touches a drive (below).
+            var post = PostCheckpointAsync(StartedBytes(slot, record));
+            try { heard = await Waits.WithTimeout(post, CheckpointPostLimit, _options.Time); }
+            catch (TimeoutException)
+            {
+                // Counted late before the mark, and watched only after it: a post that arrives meanwhile then clears
+                // the record it no longer needs instead of finding nothing to clear and leaving it set.
+                Interlocked.Increment(ref _logPostsLate);
+                try { await MarkLogStaleAsync(slot, hole: false); }
+                finally { _ = AfterLatePostAsync(post); }
+                return slot;
+            }
         }
+        // The link down, the peer fenced, or the post dropped: the peer's copy of our log lacks this record.
+        if (!heard) await MarkLogStaleAsync(slot, hole: true);
         return slot;
     }
+
+    // ---- the peer's copy of our log, incomplete (AW-3) -------------------------------------------------------
+    // A drive write whose "started" is not in the peer's window (the link down, the peer fenced, the post dropped or
+    // still waiting at its time limit) is one a takeover by that peer would not settle: if we died in it, the
+    // stripe would stay torn. So before such a write touches a drive, the shelf records our port "log stale"; a
+    // takeover that sees it settles the whole of every array it takes. It is cleared once the peer's copy is whole
+    // again: after a pairing sent the peer every open record (its hello emptied its copy), with no hole since and no
+    // late post still waiting; or once the late posts arrived, if nothing was lost meanwhile. One gate serialises
+    // the two, so a clear never overtakes a mark that counted its hole first.
+    readonly AsyncGate _logStaleGate = new(1, 1);
+    volatile bool _logMarkedStale;
+    long _logHoles, _logHolesAtSync = -1;
+    int _logPostsLate;
+
+    /// <summary>Whether the shelf records our peer's copy of our write log as incomplete (AW-3).</summary>
+    public bool LogMarkedStale => _logMarkedStale;
+
+    /// <summary>Posts a checkpoint: true once it is in the peer's window, false if the link dropped it.</summary>
+    async Task<bool> PostCheckpointAsync(byte[] message)
+    {
+        try { await Link.PostAsync(IclSignal.Message, Nvram.Epoch, message, default); return true; }
+        catch (IclLinkDownException) { return false; }
+    }
+
+    async Task AfterLatePostAsync(Task<bool> post)
+    {
+        bool arrived;
+        try { arrived = await post; }
+        catch (Exception) { arrived = false; } // the link disposed under it (a stop): lost, as far as we know
+        if (!arrived) Interlocked.Increment(ref _logHoles);
+        Interlocked.Decrement(ref _logPostsLate);
+        await TryClearLogStaleAsync();
+    }
+
+    /// <summary>Before a drive write whose record the peer may not have: the shelf records our log copy stale. If
+    /// the shelf cannot, the write does not start (its record is released).</summary>
+    async ValueTask MarkLogStaleAsync(int slot, bool hole)
+    {
+        if (hole) Interlocked.Increment(ref _logHoles);
+        await _logStaleGate.WaitAsync(CancellationToken.None);
+        try
+        {
+            if (_logMarkedStale) return;
+            await Shelf!.SetLogStaleAsync(true);
+            _logMarkedStale = true;
+            LogLogStale(true);
+        }
+        catch (ShelfException e)
+        {
+            WriteLog.Written(slot);
+            throw new BlockIoException(BlockErrorKind.Unavailable,
+                $"controller {Name} cannot record at the shelf that its peer's copy of its write log is incomplete, so the array write does not start: {e.Message}");
+        }
+        finally { _logStaleGate.Release(); }
+    }
+
+    /// <summary>Clears the shelf's record if the peer's copy of our log is whole: synchronised by a pairing, no hole
+    /// since, no late post waiting. Failing, it stays set (a takeover then settles more than it needs).</summary>
+    async Task TryClearLogStaleAsync()
+    {
+        if (!_logMarkedStale || Shelf is null) return;
+        await _logStaleGate.WaitAsync(CancellationToken.None);
+        try
+        {
+            if (!_logMarkedStale || Volatile.Read(ref _logPostsLate) != 0 || Interlocked.Read(ref _logHoles) != Interlocked.Read(ref _logHolesAtSync)) return;
+            await Shelf.SetLogStaleAsync(false);
+            _logMarkedStale = false;
+            LogLogStale(false);
+        }
+        catch (Exception e) when (e is ShelfException or ObjectDisposedException) { } // stays set
+        finally { _logStaleGate.Release(); }
+    }
+
+    [LoggerMessage(EventId = 7075, Level = LogLevel.Information, Message = "write log: the peer's copy is {State} at the shelf (AW-3)")]
+    partial void LogLogStaleCore(string state);
+    void LogLogStale(bool stale) => LogLogStaleCore(stale ? "recorded incomplete (a takeover settles whole arrays)" : "whole again");
 
     bool IArrayWriteLog.StorePartialParity(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum) =>
         !_options.PlantedNoPartialParity && WriteLog.StorePartialParity(slot, stripe, row, unchanged, sum);
@@ -135,11 +224,16 @@ public sealed partial class Controller : IArrayWriteLog
     }
 
     /// <summary>Pairing: the peer's copy of our log starts empty; it gets every record still open.</summary>
-    async Task SendOpenCheckpointsAsync()
+    async Task SendOpenCheckpointsAsync(long holesBefore)
     {
         if (Shelf is null) return;
+        // A record lost on the way would be a hole the shelf's record must keep covering: the pairing fails instead.
         foreach (var (slot, record) in WriteLog.Live())
-            await PostOrDropAsync(IclSignal.Message, StartedBytes(slot, record));
+            await Link.PostAsync(IclSignal.Message, Nvram.Epoch, StartedBytes(slot, record), default);
+        // Every record opened before the hello is in the peer's copy now (the hello emptied it, these refilled it);
+        // a hole counted since then keeps the shelf's record.
+        Interlocked.Exchange(ref _logHolesAtSync, holesBefore);
+        await TryClearLogStaleAsync();
     }
 
     /// <summary>Write checkpoints of the peer that were still in this end's window when the link was cut, kept rather
@@ -289,6 +383,32 @@ public sealed partial class Controller : IArrayWriteLog
         return marked;
     }
 
+    /// <summary>
+    /// Takeover (AW-3) of a peer whose port the shelf records "log stale": it wrote to the drives while its log's
+    /// copy here could lack the record, so any stripe of its arrays may be torn. Every stripe of each taken array is
+    /// owed a settle, settled behind the takeover in pieces (slot -1: no record of ours to clear) or first by the
+    /// request that reaches it. Returns the arrays.
+    /// </summary>
+    List<string> MarkWholeArrays(HashSet<byte> numbers, List<PeerSettle> work)
+    {
+        var names = new List<string>();
+        foreach (var raid in Arrays.ServedArrays)
+        {
+            byte number = Arrays.NumberOf(raid);
+            if (!numbers.Contains(number)) continue;
+            long capacity = raid.Geometry.CapacityBlocks;
+            raid.MarkUnsettled(0, capacity);
+            long piece = WholeSettlePieceStripes * raid.Geometry.StripeDataBlocks;
+            for (long first = 0; first < capacity; first += piece)
+                work.Add(new PeerSettle(-1, new WriteLogRecord(number, first, (int)Math.Min(piece, capacity - first), 0), raid, Own: false));
+            names.Add(raid.Name);
+        }
+        return names;
+    }
+
+    /// <summary>Stripes in one piece of a whole-array settle: the lanes take pieces in turn.</summary>
+    const int WholeSettlePieceStripes = 1024;
+
     /// <summary>A logged write whose stripes are owed a settle: the peer's (a takeover) or this controller's own (a
     /// start that could not settle it).</summary>
     readonly record struct PeerSettle(int Slot, WriteLogRecord Record, Duet.Raid.RaidArray Raid, bool Own);
@@ -348,7 +468,7 @@ public sealed partial class Controller : IArrayWriteLog
             foreach (var w in done)
             {
                 if (!flushed.Contains(w.Raid)) left.Add(w);
-                else if (!w.Own) WriteLog.ClearMirrored(w.Slot, w.Record.Sequence);
+                else if (!w.Own) { if (w.Slot >= 0) WriteLog.ClearMirrored(w.Slot, w.Record.Sequence); }
                 else if (WriteLog.Recovered.Any(x => x.Slot == w.Slot && x.Record.Sequence == w.Record.Sequence)) WriteLog.Retire(w.Slot);
             }
             foreach (var raid in done.Select(w => w.Raid).Distinct())

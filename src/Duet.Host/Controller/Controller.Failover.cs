@@ -197,6 +197,8 @@ public sealed partial class Controller
         var mine = status.Claims.Where(c => c.Owner == Name).Select(c => c.Epoch).DefaultIfEmpty(0UL).Max();
         // What the shelf says of our mirror outlives a process: the first mirrored acknowledgement must clear it.
         _markedStale = status.Port(Name).MirrorStale;
+        _logMarkedStale = status.Port(Name).LogStale;
+        _peerFencedAtStart = !status.Port(Name).Fenced && status.Port(PeerName).Fenced;
         if (status.Port(Name).Fenced)
         {
             _standby = true;
@@ -595,6 +597,7 @@ public sealed partial class Controller
     }
 
     HashSet<byte> _takenNumbers = [];
+    bool _peerFencedAtStart;
 
     /// <summary>
     /// Takes over the peer's arrays (FO-2): fence, claim, assemble, adopt, serve. Also the handshake's
@@ -607,6 +610,33 @@ public sealed partial class Controller
         // says it is done (alone), or never (with the pair).
         if (_poweringDown || PeerInPowerFailWindow) return;
         if (Interlocked.Exchange(ref _takingOver, 1) != 0) return;
+        await TakeOverCoreAsync(reason, resume: null);
+    }
+
+    /// <summary>
+    /// Start-up, with the peer's port fenced at the shelf and our own not: a takeover of ours may have been cut
+    /// (this controller stopped) after the fence and before the peer's mirrored writes were adopted and its logged
+    /// writes settled. Those are still in our NVRAM (region 2, log 2), and the peer, fenced, discards its own when
+    /// it comes back: so the takeover is finished now, before anything else — no hello of the peer is answered and
+    /// no request to those arrays runs until it is. Returns the arrays it takes: those whose superblocks or claims
+    /// still name the peer, and those region 2 or log 2 hold anything of (the takeover's first step after the fence
+    /// dropped every other element of region 2, so what is left is the peer's arrays' at the fence).
+    /// </summary>
+    HashSet<byte> ArraysOfACutTakeover()
+    {
+        var table = Arrays.ArrayTable;
+        var numbers = table.Where(kv => kv.Value.Owner == PeerName || Claims?.Of(kv.Value.Serial)?.Owner == PeerName).Select(kv => kv.Key).ToHashSet();
+        foreach (var (_, d) in Nvram.Peer.ReplayOrder())
+            if (d.Dirty && table.TryGetValue(d.ArrayNumber, out var a) && a.Serial == d.ArraySerial) numbers.Add(d.ArrayNumber);
+        foreach (var (_, r) in WriteLog.Mirrored())
+            if (table.ContainsKey(r.Array)) numbers.Add(r.Array);
+        return numbers;
+    }
+
+    /// <summary>The takeover after <see cref="TakeOverAsync"/>'s checks, or (<paramref name="resume"/>: the arrays) the
+    /// rest of one a stop cut after the fence (<see cref="ArraysOfACutTakeover"/>). Runs with <c>_takingOver</c> set.</summary>
+    async Task TakeOverCoreAsync(string reason, HashSet<byte>? resume)
+    {
         RaiseAccessChanged();
         try
         {
@@ -615,31 +645,40 @@ public sealed partial class Controller
             _lastHeardAtTakeover = heard;
             double detected = Since(heard).TotalMilliseconds;
             LogTakingOver(reason);
-            try { await Shelf.FenceAsync(PeerName); }
-            catch (ShelfException e) when (e.Error == ShelfError.Fenced) { StepDown("fenced at the shelf while taking over: the peer took over first"); return; }
-            catch (ShelfException e) { LogTakeoverFailed(e.Message); return; }
+            if (resume is null)
+            {
+                try { await Shelf!.FenceAsync(PeerName); }
+                catch (ShelfException e) when (e.Error == ShelfError.Fenced) { StepDown("fenced at the shelf while taking over: the peer took over first"); return; }
+                catch (ShelfException e) { LogTakeoverFailed(e.Message); return; }
+            }
             _peerFenced = true;
             // That session of the peer may not know yet (its shelf path down, hung): if it was registered at the
             // shelf (serving, or a standby already rejoining), a hello of it must not lift the fence; only a new
             // session, which discarded its NVRAM, is let back in (OnPeerHello). A standby that never registered
             // holds nothing and serves nothing: its hello lifts the fence as before (it would wait for good
             // otherwise); a standby fenced again after it registered steps down (BeatAsync), as a new session.
-            Volatile.Write(ref _fencedPeerSession, _peerRegistered ? Volatile.Read(ref _peerSession) : 0);
+            Volatile.Write(ref _fencedPeerSession, resume is null && _peerRegistered ? Volatile.Read(ref _peerSession) : 0);
             double fenced = Since(heard).TotalMilliseconds;
             // Nothing the fenced session sends counts any more: its heartbeats, mirror writes, hellos.
             Mirror.Fail($"controller {PeerName} was fenced: {reason}");
             FailReservationAck($"controller {PeerName} was fenced: {reason}");
             long fencedAt = Now;
-            bool peerMayHoldLease = Since(heard) < Failover.HeartbeatTimeout;
+            // (Resumed: we do not know when the peer was last heard; its lease is waited out from now.)
+            bool peerMayHoldLease = resume is not null || Since(heard) < Failover.HeartbeatTimeout;
             // The peer's arrays: those its superblocks name, and those the shelf still gives it (a move
             // to us it did not finish).
-            var numbers = Arrays.ArrayTable.Where(kv => kv.Value.Owner == PeerName || Claims?.Of(kv.Value.Serial)?.Owner == PeerName)
+            var numbers = resume ?? Arrays.ArrayTable.Where(kv => kv.Value.Owner == PeerName || Claims?.Of(kv.Value.Serial)?.Owner == PeerName)
                 .Select(kv => kv.Key).ToHashSet();
             Volatile.Write(ref _adopting, numbers);
+            // Region 2 keeps only what this takeover adopts (copies of an array the peer handed us earlier, whose
+            // invalidations it did not get to send, are older than the drives): in the same step as the fence, so a
+            // start that finds this takeover cut adopts all that is left (ArraysOfACutTakeover).
+            DropPeerCopiesNotTaken(numbers);
             // Once the peer is fenced the takeover must finish, whatever fails on the way (the shelf path
             // dropping, a drive): until it has, the peer's arrays are served by nobody and its mirrored
             // writes live only in our region 2. Each step is safe to repeat.
             int adopted = 0, settled = 0;
+            List<string> settledWhole = [];
             var settle = new List<PeerSettle>();
             IReadOnlyList<string> taken = [];
             for (int attempt = 0; ; attempt++)
@@ -647,9 +686,9 @@ public sealed partial class Controller
                 try
                 {
                     var serials = Arrays.ArrayTable.Where(kv => numbers.Contains(kv.Key)).Select(kv => kv.Value.Serial).ToList();
-                    var claims = serials.Count > 0 ? await Shelf.ClaimAsync(serials) : [];
+                    var claims = serials.Count > 0 ? await Shelf!.ClaimAsync(serials) : [];
                     Claims?.Merge(claims);
-                    var status = await Shelf.StatusAsync();
+                    var status = await Shelf!.StatusAsync();
                     var epoch = Math.Max(Math.Max(Nvram.Epoch, claims.Select(c => c.Epoch).DefaultIfEmpty(0UL).Max()), status.EpochCounter);
                     Nvram.Epoch = epoch;
                     _epochFloor = epoch;
@@ -660,6 +699,12 @@ public sealed partial class Controller
                     adopted += await AdoptPeerElementsAsync(numbers);
                     double afterAdopt = Since(heard).TotalMilliseconds;
                     settled = MarkPeerCheckpoints(numbers, settle);
+                    // The shelf's record was final at the fence: a fenced port can set nothing, and writes nothing.
+                    if (status.Port(PeerName).LogStale && settledWhole.Count == 0)
+                    {
+                        settledWhole = MarkWholeArrays(numbers, settle);
+                        LogSettlingWhole(PeerName, string.Join(", ", settledWhole));
+                    }
                     LogTakeoverPhases(before, afterAdopt - before, settled);
                     _takenNumbers = numbers;
                     break;
@@ -695,7 +740,7 @@ public sealed partial class Controller
             Interlocked.Increment(ref _takeovers);
             Interlocked.Increment(ref _pairGeneration);
             lock (_failbackLock) _failback?.PeerTakenOver();
-            Volatile.Write(ref _lastTakeover, new TakeoverInfo(reason, taken, adopted, detected, fenced, adoptedMs, null) { SettledWrites = settled });
+            Volatile.Write(ref _lastTakeover, new TakeoverInfo(reason, taken, adopted, detected, fenced, adoptedMs, null) { SettledWrites = settled, SettledWhole = settledWhole });
             LogTookOver(PeerName, string.Join(", ", taken), adopted, adoptedMs);
             // The host commands held as secondary for the peer's volumes run now, not at their time limit.
             Handshake.PartnerTakenOver();
@@ -709,6 +754,23 @@ public sealed partial class Controller
             RaiseAccessChanged();
         }
     }
+
+    void DropPeerCopiesNotTaken(HashSet<byte> numbers)
+    {
+        var peer = Nvram.Peer;
+        var table = Arrays.ArrayTable;
+        int dropped = 0;
+        foreach (var (e, d) in peer.ReplayOrder())
+        {
+            if (numbers.Contains(d.ArrayNumber) && table.TryGetValue(d.ArrayNumber, out var a) && a.Serial == d.ArraySerial) continue;
+            peer.Invalidate(e);
+            dropped++;
+        }
+        if (dropped > 0) LogNotAdoptedDropped(dropped);
+    }
+
+    [LoggerMessage(EventId = 7077, Level = LogLevel.Information, Message = "takeover: {Count} elements of region 2 dropped at the fence (copies of arrays not taken now)")]
+    partial void LogNotAdoptedDropped(int count);
 
     /// <summary>Wakes whoever waits for a heartbeat to look again (the serve gate, a takeover's end): each beat does,
     /// and so does the end of an adoption or a takeover.</summary>
@@ -838,7 +900,7 @@ public sealed partial class Controller
         if (Shelf is null) return null;
         string state = _steppedDown ? "stepped down" : _standby ? "standby" : HoldsLease ? "active" : "no lease";
         return new FailoverInfo(state, HoldsLease, _peerFenced, Nvram.Epoch, Interlocked.Read(ref _heartbeats), Takeovers,
-            Since(LastHeard).TotalMilliseconds, LastTakeover);
+            Since(LastHeard).TotalMilliseconds, LastTakeover) { LogStale = _logMarkedStale };
     }
 
     [LoggerMessage(EventId = 7072, Level = LogLevel.Warning, Message = "a hello from the session of controller {Peer} that was fenced (it has not stepped down yet): not paired, the fence stays; a new session is let back in")]
@@ -867,6 +929,9 @@ public sealed partial class Controller
     partial void LogHeartbeatFailed(string error);
     [LoggerMessage(EventId = 7030, Level = LogLevel.Information, Message = "mirror stale at the shelf: {Stale}")]
     partial void LogMirrorStale(bool stale);
+
+    [LoggerMessage(EventId = 7076, Level = LogLevel.Warning, Message = "controller {Peer} wrote while its write log's copy here was incomplete (the shelf says so): settling the whole of {Arrays} behind the takeover (AW-3)")]
+    partial void LogSettlingWhole(string peer, string arrays);
     [LoggerMessage(EventId = 7031, Level = LogLevel.Warning, Message = "controller {Peer} had acknowledged writes without its mirror: its {Count} mirrored elements here are older than the drives and are dropped, not adopted")]
     partial void LogStaleCopyDropped(string peer, int count);
     [LoggerMessage(EventId = 7029, Level = LogLevel.Warning, Message = "mirrored element of array {Array} at {Lba} not adopted: the array is not one this controller took over")]

@@ -192,6 +192,14 @@ public sealed partial class Controller : IAsyncDisposable
         // AW-4: before anything of ours writes to an array again.
         await SettleRecoveredWritesAsync();
         Cache.Start();
+        // A takeover of ours that a stop cut after the fence is finished first: before the link can bring a hello of
+        // the peer (which would empty region 2) and before a request reaches those arrays.
+        if (_peerFencedAtStart && ArraysOfACutTakeover() is { Count: > 0 } cut)
+        {
+            Volatile.Write(ref _takingOver, 1);
+            Volatile.Write(ref _adopting, cut);
+            _ = TakeOverCoreAsync($"controller {PeerName} is fenced at the shelf and this controller holds its arrays' mirrored writes or logged writes (a takeover cut by a stop): finishing it", cut);
+        }
         Link.UpChanged += up =>
         {
             if (up) _ = PairAsync();
@@ -271,6 +279,7 @@ public sealed partial class Controller : IAsyncDisposable
             // first everything dirty goes to the drives and the shelf records the peer's copy stale.
             // (A standby, or a cache with nothing dirty, has nothing the copy alone would hold.)
             if (Shelf is not null && !_standby && Cache.DirtyCount > 0) await StaleMarkAsync();
+            long holes = Interlocked.Read(ref _logHoles);
             var ack = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             Volatile.Write(ref _helloAck, ack);
             await Link.PostAsync(IclSignal.Message, Nvram.Epoch, HelloBytes(), default);
@@ -281,7 +290,7 @@ public sealed partial class Controller : IAsyncDisposable
             // (a change announced while the link was down never reached it).
             await NotifyPeerArraysChangedAsync();
             await SendReservationSyncAsync();
-            await SendOpenCheckpointsAsync();
+            await SendOpenCheckpointsAsync(holes);
             await Cache.ResyncMirrorAsync(Mirror.Resume);
             await SendHostTagsAsync();
             await ClearStaleAsync();

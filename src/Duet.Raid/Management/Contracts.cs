@@ -172,7 +172,12 @@ public sealed record PowerFailReport(
 /// the owner to lift the fence), "stepped down" (found itself fenced; the process restarts).
 /// </summary>
 public sealed record FailoverInfo(string State, bool LeaseHeld, bool PeerFenced, ulong Epoch, long Heartbeats, long Takeovers,
-    double PeerSilentMs, TakeoverInfo? LastTakeover);
+    double PeerSilentMs, TakeoverInfo? LastTakeover)
+{
+    /// <summary>AW-3: the shelf records the peer's copy of this controller's write log incomplete (a takeover by the
+    /// peer would settle whole arrays).</summary>
+    public bool LogStale { get; init; }
+}
 
 /// <summary>
 /// One takeover's phases, in milliseconds from the moment the peer was last heard (on either path):
@@ -186,6 +191,10 @@ public sealed record TakeoverInfo(string Reason, IReadOnlyList<string> Arrays, i
     /// <summary>AW-3: writes the peer had started and not finished whose stripes are settled: behind the
     /// takeover, each stripe before the first request that reaches it.</summary>
     public int SettledWrites { get; init; }
+
+    /// <summary>AW-3: arrays settled whole behind the takeover, because the peer had written while its log's copy
+    /// here could lack a record (the shelf said so: <c>PortState.LogStale</c>).</summary>
+    public IReadOnlyList<string> SettledWhole { get; init; } = [];
 }
 
 public sealed record StatusInfo(IReadOnlyList<ArrayInfo> Arrays, IReadOnlyList<VolumeInfo> Volumes, IReadOnlyList<DriveInfo> Drives, ControllerInfo? Controller = null)
