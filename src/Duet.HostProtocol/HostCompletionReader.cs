@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.IO.Pipelines;
 using System.Net.Sockets;
+using Duet.Core;
 
 namespace Duet.HostProtocol;
 
@@ -13,13 +14,20 @@ static class HostCompletionReader
     /// unit closes the connection, the framing is lost, the transport fails or <paramref name="ct"/>
     /// fires. Returns why it stopped: null for an orderly end of stream.
     /// </summary>
-    public static async Task<string?> ReceiveAsync(Stream stream, Action<HostCompletion> deliver, CancellationToken ct)
+    public static Task<string?> ReceiveAsync(Stream stream, Action<HostCompletion> deliver, CancellationToken ct) =>
+        ReceiveAsync(stream, null, deliver, ct);
+
+    /// <summary>As above; with <paramref name="thread"/>, the loop runs on the connection's own reader thread and reads
+    /// through its stream, which sleeps in the socket there (a completion is then taken with one wake-up, not the
+    /// socket engine's epoll thread's and a pool worker's). <paramref name="deliver"/> must not block.</summary>
+    public static async Task<string?> ReceiveAsync(Stream stream, ConnectionReader? thread, Action<HostCompletion> deliver, CancellationToken ct)
     {
-        var input = PipeReader.Create(stream, new StreamPipeReaderOptions(leaveOpen: true));
+        var input = PipeReader.Create(thread?.Stream ?? stream, new StreamPipeReaderOptions(leaveOpen: true));
         try
         {
             while (true)
             {
+                if (thread is not null) await thread.SwitchTo(); // at once when it is there
                 var result = await input.ReadAsync(ct);
                 var buffer = result.Buffer;
                 var reader = new SequenceReader<byte>(buffer);

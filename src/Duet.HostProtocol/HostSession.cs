@@ -115,6 +115,8 @@ public sealed class HostSession : IAsyncDisposable
         public readonly EndPoint Endpoint = endpoint;
         public readonly AsyncGate WriteGate = new(1, 1);
         public volatile Stream? Stream;
+        /// <summary>The connection's reader thread (<see cref="ConnectionReader"/>), made with the connection.</summary>
+        public volatile ConnectionReader? Reader;
         public HostHelloReply Hello;
         public Task Runner = Task.CompletedTask;
         public string? LastError;
@@ -149,6 +151,19 @@ public sealed class HostSession : IAsyncDisposable
     public long DuplicateCompletions => Interlocked.Read(ref _duplicates);
 
     /// <summary>Which units are connected now, e.g. "A0 up, B0 down (connection refused)".</summary>
+    /// <summary>Completions read on the reader threads of the live unit connections, and how many of those reads slept
+    /// in poll first (tests, diagnostics).</summary>
+    public (long Reads, long Sleeps) ReaderThreadReads
+    {
+        get
+        {
+            long reads = 0, sleeps = 0;
+            foreach (var link in _links)
+                if (link.Reader is { } r) { var c = r.Counts; reads += c.Reads; sleeps += c.Sleeps; }
+            return (reads, sleeps);
+        }
+    }
+
     public string Describe() => string.Join(", ", _links.Select(l => l.Stream is null
         ? $"{l.Endpoint} down{(l.LastError is null ? "" : $" ({l.LastError})")}"
         : $"{l.Hello.Controller}{l.Hello.Unit} up{((l.Hello.Flags & HostVolumeFlags.Primary) != 0 ? " (primary)" : "")}"));
@@ -208,6 +223,7 @@ public sealed class HostSession : IAsyncDisposable
                 link.Hello = reply;
                 link.LastError = null;
                 link.Connects++;
+                link.Reader = new ConnectionReader(stream.Socket, stream, $"host-session-{link.Index}");
                 link.Stream = stream;
                 stream = null!;
             }
@@ -239,6 +255,10 @@ public sealed class HostSession : IAsyncDisposable
                 var stream = link.Stream;
                 link.Stream = null;
                 if (stream is not null) await stream.DisposeAsync();
+                // The loop ended on the reader's thread: it ends once what is queued on it has run (this continuation).
+                var reader = link.Reader;
+                link.Reader = null;
+                reader?.Stop();
                 HostSessionLog.UnitDown(_options.Logger, _options.Volume, link.Endpoint, link.LastError ?? "closed");
                 // Path failover moves to the other path now and stays there: a path that comes back is
                 // the standby path, as an ALUA initiator treats it.
@@ -259,7 +279,7 @@ public sealed class HostSession : IAsyncDisposable
 
     async Task ReceiveAsync(Link link, Stream stream)
     {
-        if (await HostCompletionReader.ReceiveAsync(stream, c => Deliver(link, c), _disposed.Token) is { } why) link.LastError = why;
+        if (await HostCompletionReader.ReceiveAsync(stream, link.Reader, c => Deliver(link, c), _disposed.Token) is { } why) link.LastError = why;
     }
 
     static bool Retryable(HostStatus status) => status is HostStatus.Unavailable or HostStatus.NotAttached;
@@ -439,6 +459,7 @@ public sealed class HostSession : IAsyncDisposable
         _disposed.Cancel();
         foreach (var link in _links)
         {
+            link.Reader?.StopReceiving(); // a read asleep in its own receive sees the end of the stream
             if (link.Stream is { } s) await s.DisposeAsync();
         }
         foreach (var link in _links)

@@ -98,6 +98,18 @@ public class HostAdapterTests
         Assert.Equal(0, tcp.Pair.A.Counters.TagsReused);
     }
 
+    [Fact, Trait("Claim", "FO-3")]
+    public async Task A_session_reads_the_units_completions_on_reader_threads_of_its_own()
+    {
+        await using var tcp = await TcpPair.StartAsync();
+        await using var session = await OpenAsync(tcp, HostPathMode.Multicast);
+        var data = Pattern(4096, 9);
+        for (int i = 0; i < 20; i++)
+            Assert.Equal(HostStatus.Ok, (await session.ExecuteAsync(HostOpcode.Write, i * 4096L, data.Length, data, fua: false)).Status);
+        // Every completion came through a reader thread's own receive (both units answer a multicast command).
+        Assert.True(session.ReaderThreadReads.Reads >= 20, $"{session.ReaderThreadReads.Reads} reads on the reader threads");
+    }
+
     static async Task<HostAdapter> AdapterAsync(TcpPair tcp, long bufferBytes = 64L << 20)
     {
         var adapter = new HostAdapter(new HostAdapterOptions
