@@ -216,24 +216,20 @@ public sealed class Shelf : IAsyncDisposable
         }
     }
 
-    internal void SetMirrorStale(string port, bool stale)
-    {
-        lock (_gate)
-        {
-            var p = Registered(port);
-            if (p.MirrorStale == stale) return;
-            p.MirrorStale = stale;
-            Persist();
-        }
-    }
+    internal void SetMirrorStale(string port, bool stale) => SetRecord(port, stale, static p => ref p.MirrorStale);
 
-    internal void SetLogStale(string port, bool stale)
+    internal void SetLogStale(string port, bool stale) => SetRecord(port, stale, static p => ref p.LogStale);
+
+    delegate ref bool PortRecord(ShelfState.Port port);
+
+    /// <summary>Sets one persisted record of a registered port; the state file is written only when it changed.</summary>
+    void SetRecord(string port, bool value, PortRecord record)
     {
         lock (_gate)
         {
-            var p = Registered(port);
-            if (p.LogStale == stale) return;
-            p.LogStale = stale;
+            ref bool field = ref record(Registered(port));
+            if (field == value) return;
+            field = value;
             Persist();
         }
     }

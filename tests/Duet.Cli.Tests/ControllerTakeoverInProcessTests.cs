@@ -38,10 +38,7 @@ public sealed class ControllerTakeoverInProcessTests
 
             // A starts a write of stripe 0 and dies in the middle: the checkpoint reached B, parity did not
             // get its new value (a whole block with a good tag that disagrees with the data).
-            var raid = a.Arrays.ServedArrays.Single(r => r.Name == "arr0");
-            byte number = a.Arrays.NumberOf(raid);
-            await a.Cache.DrainAsync();
-            await Until(() => b.PeerOpenCheckpoints == 0, "A's destage records to be cleared at B after A's flush");
+            var (raid, number) = await DrainedArr0Async(a, b);
             await ((IArrayWriteLog)a).StartedAsync(number, 0, 1, 0, default);
             await Until(() => b.PeerOpenCheckpoints == 1, "B to hear A's checkpoint");
             await raid.FlushAsync();
@@ -92,10 +89,7 @@ public sealed class ControllerTakeoverInProcessTests
         var (shelf, a, b) = await FormPairAsync();
         try
         {
-            var raid = a.Arrays.ServedArrays.Single(r => r.Name == "arr0");
-            byte number = a.Arrays.NumberOf(raid);
-            await a.Cache.DrainAsync();
-            await Until(() => b.PeerOpenCheckpoints == 0, "A's destage records to be cleared at B after A's flush");
+            var (raid, number) = await DrainedArr0Async(a, b);
             // A posted "started" for stripe 0, wrote part of it (parity disagrees with the data) and died; the
             // message was still in B's window at the cut. The link shows it to B's hook before dropping it (the
             // window mechanics: LinkInMemoryTests.A_cut_shows_the_salvage_hook_…).
@@ -130,10 +124,7 @@ public sealed class ControllerTakeoverInProcessTests
         var (shelf, a, b) = await FormPairAsync();
         try
         {
-            var raid = a.Arrays.ServedArrays.Single(r => r.Name == "arr0");
-            byte number = a.Arrays.NumberOf(raid);
-            await a.Cache.DrainAsync();
-            await Until(() => b.PeerOpenCheckpoints == 0, "A's destage records to be cleared at B after A's flush");
+            var (raid, number) = await DrainedArr0Async(a, b);
             Assert.False(shelf.Status().Port("A").LogStale);
 
             // The link goes down; A starts a write of the array's last stripe: B cannot hear of it, so before the
@@ -194,10 +185,7 @@ public sealed class ControllerTakeoverInProcessTests
         try
         {
             await Until(() => a.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && b.Mirror.Mode == Duet.Cache.MirrorMode.Healthy, "the pair to form");
-            var raid = a.Arrays.ServedArrays.Single(r => r.Name == "arr0");
-            byte number = a.Arrays.NumberOf(raid);
-            await a.Cache.DrainAsync();
-            await Until(() => b.PeerOpenCheckpoints == 0, "A's destage records to be cleared at B");
+            var (raid, number) = await DrainedArr0Async(a, b);
 
             // B stops reading; A's writes fill B's command queue, and then a "started" waits for room past its limit:
             // the shelf records A's log copy incomplete before that write goes on.
@@ -230,10 +218,7 @@ public sealed class ControllerTakeoverInProcessTests
         var (shelf, a, b) = await FormPairAsync();
         try
         {
-            var raid = a.Arrays.ServedArrays.Single(r => r.Name == "arr0");
-            byte number = a.Arrays.NumberOf(raid);
-            await a.Cache.DrainAsync();
-            await Until(() => b.PeerOpenCheckpoints == 0, "A's destage records to be cleared at B after A's flush");
+            var (raid, number) = await DrainedArr0Async(a, b);
             ((InMemoryIclLink)a.Link).Cut();
             await Until(() => !a.Link.IsUp, "A to see its link down");
             await ((IArrayWriteLog)a).StartedAsync(number, 0, 1, 0, default);
@@ -303,10 +288,7 @@ public sealed class ControllerTakeoverInProcessTests
         var (_, a, b) = await FormPairAsync();
         try
         {
-            var raid = a.Arrays.ServedArrays.Single(r => r.Name == "arr0");
-            byte number = a.Arrays.NumberOf(raid);
-            await a.Cache.DrainAsync();
-            await Until(() => b.PeerOpenCheckpoints == 0, "A's destage records to be cleared at B");
+            var (raid, number) = await DrainedArr0Async(a, b);
             a.Mirror.Fail("test: the mirror is down, the link is not");
             Assert.True(a.Link.IsUp);
             long posted = a.StartedCheckpointsPosted;
@@ -319,6 +301,15 @@ public sealed class ControllerTakeoverInProcessTests
             await a.DisposeAsync();
             await b.DisposeAsync();
         }
+    }
+
+    /// <summary>A's arr0 and its number, once A's cache is drained and B has cleared the records of that destage.</summary>
+    static async Task<(RaidArray Raid, byte Number)> DrainedArr0Async(PairController a, PairController b)
+    {
+        var raid = a.Arrays.ServedArrays.Single(r => r.Name == "arr0");
+        await a.Cache.DrainAsync();
+        await Until(() => b.PeerOpenCheckpoints == 0, "A's destage records to be cleared at B after A's flush");
+        return (raid, a.Arrays.NumberOf(raid));
     }
 
     static async Task<(Duet.Shelf.Shelf Shelf, PairController A, PairController B)> FormPairAsync(NvramStore? storeB = null)
