@@ -46,10 +46,13 @@ public sealed class FailbackInProcessTests
             Assert.True(b.Arrays.Serves("arr0"));
             Assert.Equal("none", b.Info().Failback!.State);
 
-            // arr0 now prefers A; while the link is cut nothing moves, however long that lasts.
+            // The link is cut, then arr0 comes to prefer A: while the link is cut nothing moves, however long that lasts.
+            // (Cut first: a preference set while the pair is healthy, and settled already, may start its move at B's next
+            // evaluation, before a cut that follows; that move then finishes, as a move begun while paired does.)
+            linkB.Cut();
+            await Until(() => !b.Link.IsUp, "B to see its link down");
             var preferred = await b.ArrayService.PreferArrayAsync("arr0", new PreferArrayRequest("A"));
             Assert.Equal(("B", "A"), (preferred.Owner, preferred.PreferredOwner));
-            linkB.Cut();
             await Until(() => b.Info().Failback is { State: "waiting" }, "B to see the pair broken", seconds: 30);
             await Task.Delay(Settle * 2.5);
             Assert.True(b.Arrays.Serves("arr0"));
