@@ -150,7 +150,6 @@ public sealed class HostSession : IAsyncDisposable
     /// <summary>Answers after the first for a tag (both units answered).</summary>
     public long DuplicateCompletions => Interlocked.Read(ref _duplicates);
 
-    /// <summary>Which units are connected now, e.g. "A0 up, B0 down (connection refused)".</summary>
     /// <summary>Completions read on the reader threads of the live unit connections, and how many of those reads slept
     /// in poll first (tests, diagnostics).</summary>
     public (long Reads, long Sleeps) ReaderThreadReads
@@ -164,6 +163,7 @@ public sealed class HostSession : IAsyncDisposable
         }
     }
 
+    /// <summary>Which units are connected now, e.g. "A0 up, B0 down (connection refused)".</summary>
     public string Describe() => string.Join(", ", _links.Select(l => l.Stream is null
         ? $"{l.Endpoint} down{(l.LastError is null ? "" : $" ({l.LastError})")}"
         : $"{l.Hello.Controller}{l.Hello.Unit} up{((l.Hello.Flags & HostVolumeFlags.Primary) != 0 ? " (primary)" : "")}"));

@@ -242,12 +242,11 @@ public sealed partial class RaidArray
         int added = 0;
         lock (_unsettledLock)
         {
-            var bits = _unsettled ??= new ulong[(StripeCount + 63) / 64];
+            _unsettled ??= new ulong[(Geometry.Stripes + 63) / 64];
             for (long s = first; s <= last; s++)
             {
-                ulong bit = 1UL << (int)(s & 63);
-                if ((bits[s >> 6] & bit) != 0) continue;
-                bits[s >> 6] |= bit;
+                if (OwedLocked(s)) continue;
+                _unsettled[s >> 6] |= Bit(s);
                 added++;
             }
             Volatile.Write(ref _unsettledCount, _unsettledCount + added);
@@ -255,7 +254,9 @@ public sealed partial class RaidArray
         return added;
     }
 
-    long StripeCount => (Geometry.CapacityBlocks + Geometry.StripeDataBlocks - 1) / Geometry.StripeDataBlocks;
+    static ulong Bit(long stripe) => 1UL << (int)(stripe & 63);
+
+    bool OwedLocked(long stripe) => _unsettled is not null && (_unsettled[stripe >> 6] & Bit(stripe)) != 0;
 
     /// <summary>The first owed stripe in [<paramref name="from"/>, <paramref name="last"/>], or -1. Under the lock.</summary>
     long NextOwedLocked(long from, long last)
@@ -305,13 +306,13 @@ public sealed partial class RaidArray
     async ValueTask SettleIfOwedLockedAsync(long stripe, CancellationToken ct, bool onAccess = true)
     {
         lock (_unsettledLock)
-            if (_unsettled is null || (_unsettled[stripe >> 6] & (1UL << (int)(stripe & 63))) == 0) return;
+            if (!OwedLocked(stripe)) return;
         // Settled under the caller's lock; only then is it no longer owed (a settle that throws leaves it owed).
         await RetryOnMemberFailure(() => ScrubStripeAsync(stripe, repair: true, _markedResult, BadBlockSource.Settle, ct));
         Interlocked.Increment(ref _markedResult.StripesChecked);
         lock (_unsettledLock)
         {
-            _unsettled![stripe >> 6] &= ~(1UL << (int)(stripe & 63));
+            _unsettled![stripe >> 6] &= ~Bit(stripe);
             Volatile.Write(ref _unsettledCount, _unsettledCount - 1);
         }
         Interlocked.Increment(ref _settledMarked);

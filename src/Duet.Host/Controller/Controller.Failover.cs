@@ -625,13 +625,18 @@ public sealed partial class Controller
     HashSet<byte> ArraysOfACutTakeover()
     {
         var table = Arrays.ArrayTable;
-        var numbers = table.Where(kv => kv.Value.Owner == PeerName || Claims?.Of(kv.Value.Serial)?.Owner == PeerName).Select(kv => kv.Key).ToHashSet();
+        var numbers = PeerArrayNumbers(table);
         foreach (var (_, d) in Nvram.Peer.ReplayOrder())
             if (d.Dirty && table.TryGetValue(d.ArrayNumber, out var a) && a.Serial == d.ArraySerial) numbers.Add(d.ArrayNumber);
         foreach (var (_, r) in WriteLog.Mirrored())
             if (table.ContainsKey(r.Array)) numbers.Add(r.Array);
         return numbers;
     }
+
+    /// <summary>The peer's arrays: those its superblocks name, and those the shelf still gives it (a move to us it did
+    /// not finish).</summary>
+    HashSet<byte> PeerArrayNumbers(IReadOnlyDictionary<byte, (ulong Serial, string Name, string Owner)> table) =>
+        table.Where(kv => kv.Value.Owner == PeerName || Claims?.Of(kv.Value.Serial)?.Owner == PeerName).Select(kv => kv.Key).ToHashSet();
 
     /// <summary>The takeover after <see cref="TakeOverAsync"/>'s checks, or (<paramref name="resume"/>: the arrays) the
     /// rest of one a stop cut after the fence (<see cref="ArraysOfACutTakeover"/>). Runs with <c>_takingOver</c> set.</summary>
@@ -667,8 +672,7 @@ public sealed partial class Controller
             bool peerMayHoldLease = resume is not null || Since(heard) < Failover.HeartbeatTimeout;
             // The peer's arrays: those its superblocks name, and those the shelf still gives it (a move
             // to us it did not finish).
-            var numbers = resume ?? Arrays.ArrayTable.Where(kv => kv.Value.Owner == PeerName || Claims?.Of(kv.Value.Serial)?.Owner == PeerName)
-                .Select(kv => kv.Key).ToHashSet();
+            var numbers = resume ?? PeerArrayNumbers(Arrays.ArrayTable);
             Volatile.Write(ref _adopting, numbers);
             // Region 2 keeps only what this takeover adopts (copies of an array the peer handed us earlier, whose
             // invalidations it did not get to send, are older than the drives): in the same step as the fence, so a
