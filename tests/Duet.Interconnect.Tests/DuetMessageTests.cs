@@ -116,8 +116,16 @@ public class DuetMessageTests
         Assert.Equal(r, RoundTrip(r));
         foreach (ForwardedOp op in Enum.GetValues<ForwardedOp>()) Assert.Equal(r with { Op = op, Fua = false }, RoundTrip(r with { Op = op, Fua = false }));
         var answer = new ForwardedResponse(42, 5, 0);
-        Assert.Equal("0105 0000 00000018 000000000000002a 00000005 00000000".Replace(" ", "", StringComparison.Ordinal), ToHex(Encode(answer)));
+        Assert.Equal("0105 0000 00000020 000000000000002a 00000005 00000000 ffffffffffffffff".Replace(" ", "", StringComparison.Ordinal), ToHex(Encode(answer)));
         Assert.Equal(answer, RoundTrip(answer));
+        // A medium error names the volume's first unreadable sector (AW-5: the asker's sense carries it).
+        var medium = new ForwardedResponse(43, 61, 0, ErrorLba: 0x1_0000_0008);
+        Assert.Equal("0105 0000 00000020 000000000000002b 0000003d 00000000 0000000100000008".Replace(" ", "", StringComparison.Ordinal), ToHex(Encode(medium)));
+        Assert.Equal(medium, RoundTrip(medium));
+        // A peer from before the field sends a 16-byte body: it names no sector.
+        Assert.Equal(OperationStatus.Done, ForwardedResponse.TryDecode(Hex("0105 0000 00000018 000000000000002a 0000003d 00000000"), out var old, out _, out _));
+        Assert.Equal(new ForwardedResponse(42, 61, 0), old);
+        Assert.Equal(-1, old.ErrorLba);
     }
 
     [Fact]
@@ -169,6 +177,9 @@ public class DuetMessageTests
     [InlineData("0104 0000 00000021 000000000000002a 01 00 0001 0000000000000000 00000000 ff", WireError.BadText)]
     [InlineData("0104 0000 00000021 000000000000002a 01 00 0002 0000000000000000 00000000 41", WireError.BadLength)]
     [InlineData("0105 0000 00000018 000000000000002a ffffffff 00000000", WireError.BadEnum)]
+    [InlineData("0105 0000 00000020 000000000000002a ffffffff 00000000 ffffffffffffffff", WireError.BadEnum)]
+    [InlineData("0105 0000 00000020 000000000000002a 0000003d 00000000 8000000000000000", WireError.BadLba)]
+    [InlineData("0105 0000 0000001c 000000000000002a 0000003d 00000000 00000000", WireError.BadLength)]
     [InlineData("0107 0000 0000000c 04 000000", WireError.BadEnum)]
     [InlineData("0107 0000 0000000c 01 000100", WireError.NonZeroReserved)]
     public void Other_Duet_messages_reject_malformed_bodies(string hex, WireError expected)

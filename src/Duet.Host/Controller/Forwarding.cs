@@ -17,7 +17,7 @@ public sealed class ForwardingClient
     readonly Func<ulong> _epoch;
     readonly TimeSpan _timeout;
     readonly TimeProvider _time;
-    readonly ConcurrentDictionary<ulong, (TaskCompletionSource<int> Done, Memory<byte> Into)> _pending = new();
+    readonly ConcurrentDictionary<ulong, (TaskCompletionSource<(int Errno, long Lba)> Done, Memory<byte> Into)> _pending = new();
     long _nextId;
     readonly long _firstId;
 
@@ -48,7 +48,7 @@ public sealed class ForwardingClient
         // TARGET PORT IN UNAVAILABLE STATE, which the iSCSI target holds and retries across a takeover).
         if (!_link.IsUp) throw new BlockIoException(BlockErrorKind.PathDown, $"volume {volume}: its owning controller is unreachable");
         ulong id = (ulong)Interlocked.Increment(ref _nextId);
-        var done = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var done = new TaskCompletionSource<(int Errno, long Lba)>(TaskCreationOptions.RunContinuationsAsynchronously);
         _pending[id] = (done, readInto);
         try
         {
@@ -63,10 +63,10 @@ public sealed class ForwardingClient
             {
                 throw new BlockIoException(BlockErrorKind.PathDown, $"volume {volume}: its owning controller is unreachable: {e.Message}", -1, e);
             }
-            int errno;
-            try { errno = await Waits.WithTimeout(done.Task, _timeout, _time, ct); }
+            (int Errno, long Lba) answer;
+            try { answer = await Waits.WithTimeout(done.Task, _timeout, _time, ct); }
             catch (TimeoutException) { throw new BlockIoException(BlockErrorKind.PathDown, $"volume {volume}: the owning controller did not answer within {_timeout.TotalSeconds:0.#} s"); }
-            if (errno != 0) throw ErrnoToError(errno, volume, offset);
+            if (answer.Errno != 0) throw ErrnoToError(answer.Errno, volume, offset, length, answer.Lba);
         }
         finally
         {
@@ -81,10 +81,10 @@ public sealed class ForwardingClient
         if (!_pending.TryGetValue(response.RequestId, out var p)) return;
         if (response.Errno == 0 && !p.Into.IsEmpty)
         {
-            if (data.Length != p.Into.Length) { p.Done.TrySetResult(5); return; }
+            if (data.Length != p.Into.Length) { p.Done.TrySetResult((5, -1)); return; }
             data.CopyTo(p.Into.Span);
         }
-        p.Done.TrySetResult(response.Errno);
+        p.Done.TrySetResult((response.Errno, response.ErrorLba));
     }
 
     public static int ErrorToErrno(BlockIoException e) => e.Kind switch
@@ -100,12 +100,15 @@ public sealed class ForwardingClient
         _ => 5,
     };
 
-    static BlockIoException ErrnoToError(int errno, string volume, long offset) => errno switch
+    static BlockIoException ErrnoToError(int errno, string volume, long offset, long length, long lba) => errno switch
     {
+        // The owner names the first sector it cannot read; trusted only inside this request.
+        61 when lba >= offset / Units.SectorBytes && lba < (offset + length + Units.SectorBytes - 1) / Units.SectorBytes =>
+            new BlockIoException(BlockErrorKind.Medium, $"volume {volume}: the owning controller reports a medium error at sector {lba} (a block on its array's bad-block list)", lba),
         28 => new BlockIoException(BlockErrorKind.OutOfRange, $"volume {volume}: request at {offset} is beyond the volume", offset / Units.SectorBytes),
         22 => new BlockIoException(BlockErrorKind.Invalid, $"volume {volume}: request at {offset} is invalid", offset / Units.SectorBytes),
         1 => new BlockIoException(BlockErrorKind.ReadOnly, $"volume {volume} is read-only"),
-        // The owner knows the sector; the answer carries only the errno, so the host is told the error without it.
+        // An owner from before the answer named the sector (or a sector outside the request): the error without it.
         61 => new BlockIoException(BlockErrorKind.Medium, $"volume {volume}: the owning controller reports a medium error in the request at {offset} (a block on its array's bad-block list)"),
         2 => new BlockIoException(BlockErrorKind.Unavailable, $"volume {volume} is not served by the owning controller"),
         11 => new BlockIoException(BlockErrorKind.PathDown, $"volume {volume}: the owning controller cannot serve it now"),
@@ -133,6 +136,7 @@ public sealed partial class ForwardingServer(IIclLink link, Func<ulong> epoch, F
     async Task ExecuteAsync(ForwardedRequest r, byte[] payload)
     {
         int errno = 0;
+        long errorLba = -1;
         byte[]? read = null;
         var volume = volumes(r.VolumeName);
         if (volume is null && rescan is not null)
@@ -167,10 +171,11 @@ public sealed partial class ForwardingServer(IIclLink link, Func<ulong> epoch, F
         catch (BlockIoException e)
         {
             errno = ForwardingClient.ErrorToErrno(e);
+            errorLba = errno == 61 ? e.Lba : -1;
             read = null;
         }
         Interlocked.Increment(ref Served);
-        var response = new ForwardedResponse(r.RequestId, errno, errno == 0 && read is not null ? (uint)read.Length : 0);
+        var response = new ForwardedResponse(r.RequestId, errno, errno == 0 && read is not null ? (uint)read.Length : 0, errorLba < 0 ? -1 : errorLba);
         var bytes = new byte[DuetFrame.EncodedBytes(response)];
         response.Encode(bytes);
         try

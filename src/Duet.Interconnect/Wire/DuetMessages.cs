@@ -326,31 +326,42 @@ public sealed record ForwardedRequest(ulong RequestId, ForwardedOp Op, string Vo
 
 /// <summary>
 /// The owner's answer to a <see cref="ForwardedRequest"/>; read data follows as the transfer's
-/// data. Body 16 bytes: 0-7 request id, 8-11 status (0 ok, else a positive errno), 12-15 data length.
+/// data. Body 24 bytes: 0-7 request id, 8-11 status (0 ok, else a positive errno), 12-15 data length,
+/// 16-23 the volume LBA (512-byte sector) the error names, all ones when it names none. That is the
+/// first unreadable sector of a medium error (AW-5), which the asker's SCSI sense carries in
+/// INFORMATION as the owner's does. A 16-byte body (a peer from before the field) reads as naming none.
 /// </summary>
-public readonly record struct ForwardedResponse(ulong RequestId, int Errno, uint DataLength) : IDuetMessage<ForwardedResponse>
+public readonly record struct ForwardedResponse(ulong RequestId, int Errno, uint DataLength, long ErrorLba = -1) : IDuetMessage<ForwardedResponse>
 {
-    const int Body = 16;
+    const int Body = 24, BodyWithoutLba = 16;
     public static ushort MessageType => MirrorWire.TypeForwardedResponse;
     public int BodyBytes => Body;
 
     public static bool TryReadBody(ReadOnlySpan<byte> b, out ForwardedResponse value, out WireError error)
     {
         value = default;
-        if (b.Length != Body) return DuetFrame.Fail(out error, WireError.BadLength);
+        if (b.Length is not (Body or BodyWithoutLba)) return DuetFrame.Fail(out error, WireError.BadLength);
         int errno = BinaryPrimitives.ReadInt32BigEndian(b[8..]);
         if (errno < 0) return DuetFrame.Fail(out error, WireError.BadEnum);
-        value = new ForwardedResponse(BinaryPrimitives.ReadUInt64BigEndian(b), errno, BinaryPrimitives.ReadUInt32BigEndian(b[12..]));
+        long lba = -1;
+        if (b.Length == Body)
+        {
+            ulong raw = BinaryPrimitives.ReadUInt64BigEndian(b[16..]);
+            if (raw != ulong.MaxValue && raw > long.MaxValue) return DuetFrame.Fail(out error, WireError.BadLba);
+            lba = raw == ulong.MaxValue ? -1 : (long)raw;
+        }
+        value = new ForwardedResponse(BinaryPrimitives.ReadUInt64BigEndian(b), errno, BinaryPrimitives.ReadUInt32BigEndian(b[12..]), lba);
         error = WireError.None;
         return true;
     }
 
     public void WriteBody(Span<byte> b)
     {
-        Duet.Core.Invariant.Assert(Errno >= 0);
+        Duet.Core.Invariant.Assert(Errno >= 0 && ErrorLba >= -1);
         BinaryPrimitives.WriteUInt64BigEndian(b, RequestId);
         BinaryPrimitives.WriteInt32BigEndian(b[8..], Errno);
         BinaryPrimitives.WriteUInt32BigEndian(b[12..], DataLength);
+        BinaryPrimitives.WriteUInt64BigEndian(b[16..], ErrorLba < 0 ? ulong.MaxValue : (ulong)ErrorLba);
     }
 
     public static OperationStatus TryDecode(ReadOnlySpan<byte> source, out ForwardedResponse value, out int consumed, out WireError error) => DuetFrame.TryDecode<ForwardedResponse>(source, out value, out consumed, out error);

@@ -242,4 +242,6 @@ public enum WireError
     BadText,
     /// <summary>Coherency header sequence numbers do not strictly increase within a batch.</summary>
     OutOfOrder,
+    /// <summary>An LBA field holds a value no volume has (a forwarded answer's error LBA at or above 2^63, not all ones).</summary>
+    BadLba,
 }
