@@ -453,6 +453,8 @@ public sealed class SimulatorTests
     //                reading the "completed" queued for it; the write ran again after the takeover.
     // 119, 163 (500 operations): a stepped-down controller ran its queue; a secondary ran a moved array's write
     //                at its first forward tick, after the old owner had run it (an acknowledged write lost).
+    // 5159:          a move whose cache drain waited out a lost shelf path handed the array to the peer this controller
+    //                had fenced meanwhile (FO-5): served by nobody, its commands answered 3.3 s late.
     [Theory]
     [Trait("Claim", "FO-5")]
     [InlineData("multicast", 4UL, 300)]
@@ -469,6 +471,7 @@ public sealed class SimulatorTests
     [InlineData("failover,multicast", 40UL, 300)]
     [InlineData("failover,multicast", 119UL, 500)]
     [InlineData("failover,multicast", 163UL, 500)]
+    [InlineData("failover,multicast", 5159UL, 300)]
     public void Multicast_regression_seeds_pass(string faults, ulong seed, int operations)
     {
         var r = Simulator.Run(seed, new SimOptions { Operations = operations, AllowedFaults = FaultPlan.Parse(faults) });

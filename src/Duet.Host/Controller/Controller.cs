@@ -513,21 +513,37 @@ public sealed partial class Controller : IAsyncDisposable
             throw new ManagementException(ManagementErrorKind.Conflict, $"array '{array}' is served by controller {owner}; ask it (duet --controller {owner} ...)");
         }
         if (to == Name) throw new ManagementException(ManagementErrorKind.Invalid, $"array '{array}' is already served by controller {Name}");
-        if (_peerFenced)
-            throw new ManagementException(ManagementErrorKind.Conflict, $"controller {to} is fenced at the shelf (standby until its fence is lifted: `duet shelf unfence {to}`); it cannot take array '{array}' now");
-        if (Shelf is not null && !_peerRegistered)
-            throw new ManagementException(ManagementErrorKind.Conflict, $"controller {to} is not registered at the shelf yet (a standby rejoining); it cannot take array '{array}' now");
-        if (!Link.IsUp || Mirror.Mode != MirrorMode.Healthy)
-            throw new ManagementException(ManagementErrorKind.Conflict, $"controller {to} is not paired with {Name} (link {(Link.IsUp ? "up" : "down")}, mirror {(Mirror.Mode == MirrorMode.Healthy ? "healthy" : "in error-recovery mode")}); it cannot take array '{array}' now");
+        CheckPeerMayTake(array, to, "");
         ulong serial = ArrayManager.SerialOf(Arrays.ServedArrays.First(a => a.Name == array).Uuid);
         // The shelf names us owner until the very end of the move (an array created before it had a claim
         // gets one now): the peer serves it only once the shelf names it.
         if (Claims?.Of(serial) is null) await ClaimAsync(serial, Name);
-        var info = await GiveUpArrayAsync(array, () => Arrays.HandOverAsync(array, to, ct),
+        // Asked again once the cache has drained, just before the superblocks name the peer: the drain can take as
+        // long as the drives are out of reach, and meanwhile the peer may have been fenced (an FO-5 takeover by this
+        // very controller). Handed over then, the array was served by nobody: the fenced peer cannot reach its
+        // drives, and the commands for it waited here as secondary until the peer stepped down (simulator seed 5159
+        // of --faults failover,multicast --ops 300: answers 3.3 s late). Refused, the held requests go back to the
+        // array here.
+        var info = await GiveUpArrayAsync(array, () =>
+            {
+                CheckPeerMayTake(array, to, " (it changed while the move drained the cache)");
+                return Arrays.HandOverAsync(array, to, ct);
+            },
             // Held requests were admitted (and are counted) by their CachedVolume: no second count.
             v => new ForwardedVolume(v.Name, v.SizeBytes, Forwarding), () => HandOverClaimAsync(to, serial), ct);
         LogMoved(array, to);
         return info;
+    }
+
+    /// <summary>Refuses a move to a peer that cannot take the array now: fenced, not registered at the shelf, or not paired.</summary>
+    void CheckPeerMayTake(string array, string to, string when)
+    {
+        if (_peerFenced)
+            throw new ManagementException(ManagementErrorKind.Conflict, $"controller {to} is fenced at the shelf (standby until its fence is lifted: `duet shelf unfence {to}`); it cannot take array '{array}' now{when}");
+        if (Shelf is not null && !_peerRegistered)
+            throw new ManagementException(ManagementErrorKind.Conflict, $"controller {to} is not registered at the shelf yet (a standby rejoining); it cannot take array '{array}' now{when}");
+        if (!Link.IsUp || Mirror.Mode != MirrorMode.Healthy)
+            throw new ManagementException(ManagementErrorKind.Conflict, $"controller {to} is not paired with {Name} (link {(Link.IsUp ? "up" : "down")}, mirror {(Mirror.Mode == MirrorMode.Healthy ? "healthy" : "in error-recovery mode")}); it cannot take array '{array}' now{when}");
     }
 
     /// <summary>Names <paramref name="owner"/> owner of an array at the shelf (a new array; an array about to
