@@ -185,6 +185,81 @@ public sealed class LinkSharedMemoryTests(ITestOutputHelper output) : LinkContra
         }
     }
 
+    /// <summary>FO-7: the proof a takeover may skip the lease wait on. Not while the peer process runs, nor while it is
+    /// only stopped (a hang); once it is killed, yes; not while the peer's window names a live process (a later
+    /// controller process, which may come to hold a lease); yes again once that one is gone too.</summary>
+    [Fact]
+    [Trait("Claim", "FO-7")]
+    public async Task The_link_proves_a_killed_peer_process_gone_only_while_no_live_process_holds_its_window()
+    {
+        var script = Path.Combine(AppContext.BaseDirectory, "LinkCrossProcessPeer.py");
+        if (!File.Exists("/usr/bin/python3") || !Directory.Exists("/dev/shm") || !File.Exists("/bin/sleep"))
+        {
+            output.WriteLine("python3, sleep or /dev/shm missing: cross-process check not run");
+            return;
+        }
+        string pair = "x" + Guid.NewGuid().ToString("N")[..12];
+        await using var a = SharedMemoryIclTransport.Open(pair, "A", "B", Small, directory: "/dev/shm");
+        a.Start(_ => ValueTask.CompletedTask);
+        Assert.False(a.PeerProcessGone); // never paired
+        var psi = new ProcessStartInfo("/usr/bin/python3", [script, "/dev/shm", pair, "hold"]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var peer = Process.Start(psi)!;
+        using var later = Process.Start(new ProcessStartInfo("/bin/sleep", ["60"]))!;
+        var peerWindow = SharedMemoryIclTransport.WindowPath("/dev/shm", pair, "B");
+        try
+        {
+            await LinkTestUtil.Until(() => a.IsUp, 30);
+            Assert.False(a.PeerProcessGone);
+            Signal(peer.Id, "STOP");
+            await Task.Delay(3 * SharedMemoryIclLink.ProbeInterval);
+            Assert.False(a.PeerProcessGone); // stopped is not gone
+            Signal(peer.Id, "CONT");
+            peer.Kill();
+            await peer.WaitForExitAsync();
+            await LinkTestUtil.Until(() => a.PeerProcessGone, 30);
+
+            // The window now names a live process (its session nonce is the dead one's, so this end does not pair
+            // with it): a later controller process may hold a lease, so nothing is proven.
+            using (var f = new FileStream(peerWindow, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete))
+            {
+                var identity = new byte[12];
+                BitConverter.TryWriteBytes(identity.AsSpan(0, 4), later.Id);
+                f.Position = WindowLayout.OwnerPidOffset;
+                f.Write(identity, 0, 4);
+                BitConverter.TryWriteBytes(identity.AsSpan(4, 8), StartTime(later.Id));
+                f.Position = WindowLayout.OwnerStartOffset;
+                f.Write(identity, 4, 8);
+            }
+            Assert.False(a.PeerProcessGone);
+            later.Kill();
+            await later.WaitForExitAsync();
+            Assert.True(a.PeerProcessGone);
+            File.Delete(peerWindow);
+            Assert.True(a.PeerProcessGone); // no window at all
+        }
+        finally
+        {
+            if (!peer.HasExited) peer.Kill();
+            if (!later.HasExited) later.Kill();
+            File.Delete(peerWindow);
+        }
+
+        static void Signal(int pid, string signal)
+        {
+            using var kill = Process.Start(new ProcessStartInfo("/bin/kill", [$"-{signal}", pid.ToString(System.Globalization.CultureInfo.InvariantCulture)]))!;
+            kill.WaitForExit();
+            Assert.Equal(0, kill.ExitCode);
+        }
+
+        // Field 22 of /proc/{pid}/stat, counted after the command name's closing parenthesis.
+        static long StartTime(int pid)
+        {
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            return long.Parse(fields[19], System.Globalization.CultureInfo.InvariantCulture);
+        }
+    }
+
     [Fact]
     public async Task Disposing_removes_the_own_window_file()
     {

@@ -81,6 +81,8 @@ public sealed class FailoverProcessTests(ITestOutputHelper log) : IDisposable
         // kill -9 closed A's connections to the shelf: B took over on that and the quiet ICL, not after the whole
         // heartbeat timeout.
         Assert.Contains("closed every connection to the shelf", b.Controller.Failover.LastTakeover.Reason);
+        // Both on one host: the shared-memory ICL proved A's process gone, so B waited out no lease (FO-7).
+        Assert.True(b.Controller.Failover.LastTakeover.PeerProcessGone);
 
         // The supervisor restarts A only after the takeover; A finds its port fenced and comes back as standby.
         await up.WaitForOutputAsync("restarting controller A", TimeSpan.FromSeconds(30));
@@ -128,6 +130,8 @@ public sealed class FailoverProcessTests(ITestOutputHelper log) : IDisposable
                 await Task.Delay(100);
             }
             await _run.RunOkAsync("nbdcopy", "--requests=32", File("new.img"), $"nbd://127.0.0.1:{port + 1}/vol0");
+            // A stopped process is not a gone one: B waited out the lease A might still hold (FO-7).
+            Assert.False((await StatusAsync("B")).Controller!.Failover!.LastTakeover!.PeerProcessGone);
 
             Assert.Equal(0, Posix.Kill(a, 18)); // SIGCONT
             await up.WaitForOutputAsync("duet: controller A exited with code 3", TimeSpan.FromSeconds(30));

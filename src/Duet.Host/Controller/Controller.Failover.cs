@@ -374,7 +374,9 @@ public sealed partial class Controller
         // (a hung process keeps its connections; a lost shelf path leaves its ICL beating): no need to wait out the
         // whole timeout, which was most of a takeover under load. The takeover fences it first as always, and waits
         // for the lease it may still hold (half a timeout from the fence) before it serves.
-        if (_peerDeparted && iclQuiet >= 2 * Failover.HeartbeatPeriod - TimerSlack)
+        // Where the link can see the peer's process (both on one host), its proof that the process is gone stands in
+        // for the ICL's quiet: no need to wait two periods for it.
+        if (_peerDeparted && (iclQuiet >= 2 * Failover.HeartbeatPeriod - TimerSlack || Link.PeerProcessGone))
         {
             departed = true;
             return true;
@@ -657,6 +659,14 @@ public sealed partial class Controller
                 catch (ShelfException e) { LogTakeoverFailed(e.Message); return; }
             }
             _peerFenced = true;
+            // FO-7's proof, asked as soon as the peer is fenced (the lease wait below uses it): the link proves the
+            // peer's process gone and no later one there (IIclLink.PeerProcessGone). A process that no longer runs
+            // answers nobody, whatever lease it held. A later one makes its window before it can hold a lease, so one
+            // made by now shows; one that makes it from now on finds its port fenced and starts as a standby (its
+            // beats are refused at the shelf, we answer none of its ICL beats: it never holds a lease). A supervisor
+            // restarts a killed controller once it is fenced: asked after the adoption, the restarted process was
+            // there already.
+            bool peerGone = resume is null && Link.PeerProcessGone;
             // That session of the peer may not know yet (its shelf path down, hung): if it was registered at the
             // shelf (serving, or a standby already rejoining), a hello of it must not lift the fence; only a new
             // session, which discarded its NVRAM, is let back in (OnPeerHello). A standby that never registered
@@ -730,8 +740,11 @@ public sealed partial class Controller
             // never between the fence and them: a crash there leaves the peer's mirrored writes adopted by
             // nobody (the peer, restarted fenced, discards its NVRAM), and it widened that window to half a
             // timeout (seed 87 of the simulator's --faults failover,multicast --ops 300: writes lost).
+            // Unless the link proved the peer's process gone at the fence (above): then no process of the peer holds a
+            // lease, and a kill -9 of the owner on one host does not cost the takeover half a timeout.
             var lapse = Failover.HeartbeatTimeout / 2 - Since(fencedAt);
-            if (peerMayHoldLease && lapse > TimeSpan.Zero)
+            if (peerMayHoldLease && lapse > TimeSpan.Zero && peerGone) LogPeerProcessGone(PeerName, lapse.TotalMilliseconds);
+            if (peerMayHoldLease && lapse > TimeSpan.Zero && !peerGone)
             {
                 try { await _options.Time.DelayAsync(lapse, _stopping.Token); }
                 catch (OperationCanceledException) { return; }
@@ -744,7 +757,7 @@ public sealed partial class Controller
             Interlocked.Increment(ref _takeovers);
             Interlocked.Increment(ref _pairGeneration);
             lock (_failbackLock) _failback?.PeerTakenOver();
-            Volatile.Write(ref _lastTakeover, new TakeoverInfo(reason, taken, adopted, detected, fenced, adoptedMs, null) { SettledWrites = settled, SettledWhole = settledWhole });
+            Volatile.Write(ref _lastTakeover, new TakeoverInfo(reason, taken, adopted, detected, fenced, adoptedMs, null) { SettledWrites = settled, SettledWhole = settledWhole, PeerProcessGone = peerGone });
             LogTookOver(PeerName, string.Join(", ", taken), adopted, adoptedMs);
             // The host commands held as secondary for the peer's volumes run now, not at their time limit.
             Handshake.PartnerTakenOver();
@@ -772,6 +785,9 @@ public sealed partial class Controller
         }
         if (dropped > 0) LogNotAdoptedDropped(dropped);
     }
+
+    [LoggerMessage(EventId = 7078, Level = LogLevel.Information, Message = "controller {Peer}'s process is gone and no later one is there (the ICL sees it): no lease to wait out ({LapseMs:F0} ms it would have waited)")]
+    partial void LogPeerProcessGone(string peer, double lapseMs);
 
     [LoggerMessage(EventId = 7077, Level = LogLevel.Information, Message = "takeover: {Count} elements of region 2 dropped at the fence (copies of arrays not taken now)")]
     partial void LogNotAdoptedDropped(int count);

@@ -84,4 +84,13 @@ public interface IIclLink : IAsyncDisposable
     /// <summary>Sees, when the link is cut, each whole message-only transfer still unread in this end's window, in
     /// order (signal, epoch, message), before they are dropped; none reaches the handler (<see cref="IclLink.Salvage"/>).</summary>
     Action<IclSignal, ulong, ReadOnlySpan<byte>>? Salvage { get; set; }
+
+    /// <summary>
+    /// True only on proof that the process of the peer this end last paired with no longer runs (it exited, or is a
+    /// zombie: every thread gone, every connection closed), not merely that it is silent. Only a link that can see
+    /// the peer's process says so: the shared-memory link, both ends on one host. Such a peer serves nothing any
+    /// more, from its cache or otherwise, whatever lease it held (FO-7). False while nothing proves it, or before
+    /// any pairing.
+    /// </summary>
+    bool PeerProcessGone => false;
 }

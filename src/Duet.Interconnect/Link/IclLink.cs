@@ -182,6 +182,9 @@ public abstract class IclLink : IIclLink
     /// </summary>
     public Action<IclSignal, ulong, ReadOnlySpan<byte>>? Salvage { get; set; }
 
+    /// <inheritdoc cref="IIclLink.PeerProcessGone"/>
+    public virtual bool PeerProcessGone => false;
+
     /// <summary>Transfers already in this end's window at the moment of a cut are dropped, not delivered later
     /// (after <see cref="Salvage"/> has seen the message-only ones).</summary>
     private protected void DiscardPending()

@@ -74,6 +74,8 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
     long _deadNonce;
     int _peerPid;
     long _peerStart;
+    /// <summary>The process of the peer this end last paired with (kept after the peer is lost: <see cref="PeerProcessGone"/>).</summary>
+    PeerProcess? _lastPeer;
     DirectSink? _sink;
     int _sessions;
     volatile bool _stopping;
@@ -255,6 +257,30 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
         }
     }
 
+    sealed record PeerProcess(int Pid, long Start);
+
+    /// <summary>
+    /// The process of the peer last paired with is gone (kill(pid, 0) finds none, or a zombie, or another process
+    /// under its id: another start time), and no later process of the peer is there either: the peer's window file
+    /// is absent or names a process that is not alive. A controller makes its window before it can hold a lease,
+    /// so a later process that might hold one shows in the window; a window being made (not readable yet) proves
+    /// nothing. Errors reading /proc prove nothing, and neither does a peer in this very process (the in-process
+    /// tests' pairs).
+    /// </summary>
+    public override bool PeerProcessGone
+    {
+        get
+        {
+            if (Volatile.Read(ref _lastPeer) is not { } p || p.Pid == Environment.ProcessId || ProcessAlive(p.Pid, p.Start)) return false;
+            return ReadIdentity(_peerPath, out _, out int pid, out long start) switch
+            {
+                PeerState.Absent => true,
+                PeerState.Present => pid != Environment.ProcessId && !ProcessAlive(pid, start),
+                _ => false,
+            };
+        }
+    }
+
     /// <summary>The peer's window is still the one mapped, and its owner process still runs.</summary>
     bool PeerAlive()
     {
@@ -276,6 +302,7 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
         _peerNonce = nonce;
         _peerPid = pid;
         _peerStart = start;
+        Volatile.Write(ref _lastPeer, new PeerProcess(pid, start));
         // Whatever an earlier producer left in our window is not for this session: drop it before
         // the new peer may post (it posts only once it sees its nonce accepted here).
         DiscardPending();

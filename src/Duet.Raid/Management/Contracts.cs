@@ -195,6 +195,10 @@ public sealed record TakeoverInfo(string Reason, IReadOnlyList<string> Arrays, i
     /// <summary>AW-3: arrays settled whole behind the takeover, because the peer had written while its log's copy
     /// here could lack a record (the shelf said so: <c>PortState.LogStale</c>).</summary>
     public IReadOnlyList<string> SettledWhole { get; init; } = [];
+
+    /// <summary>FO-7: the peer's process was proven gone, with no later one there (the shared-memory ICL sees both on
+    /// one host), so the takeover served without waiting out the lease the peer might still have held.</summary>
+    public bool PeerProcessGone { get; init; }
 }
 
 public sealed record StatusInfo(IReadOnlyList<ArrayInfo> Arrays, IReadOnlyList<VolumeInfo> Volumes, IReadOnlyList<DriveInfo> Drives, ControllerInfo? Controller = null)
