@@ -190,6 +190,10 @@ public static class AdapterBench
             log.WriteLine($"bench adapter: kill -9 of controller A (pid {pid})");
         }).ConfigureAwait(false);
         log.WriteLine($"bench adapter: fio went on with {r.Iops:F0} IOPS; longest completion {r.MaxMs:F0} ms");
+        // What the stall is made of: the survivor's own account of its takeover (from when it last heard A).
+        if (await o.Status(pair.Dir, "B", ct).ConfigureAwait(false) is { Controller.Failover.LastTakeover: { } t })
+            log.WriteLine($"bench adapter: B took over: detected {t.DetectedMs:F0} ms, fenced {t.FencedMs:F0} ms, {t.AdoptedElements} mirrored elements adopted, " +
+                $"serving {t.AdoptedMs:F0} ms after A was last heard; lease wait skipped (A's process proven gone): {(t.PeerProcessGone ? "yes" : "no")}");
         return r.MaxMs;
     }
 
