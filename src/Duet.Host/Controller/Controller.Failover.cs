@@ -373,7 +373,8 @@ public sealed partial class Controller
         // ICL heartbeats have stopped too (two periods missed). Both at once is a dead controller, not a slow one
         // (a hung process keeps its connections; a lost shelf path leaves its ICL beating): no need to wait out the
         // whole timeout, which was most of a takeover under load. The takeover fences it first as always, and waits
-        // for the lease it may still hold (half a timeout from the fence) before it serves.
+        // for the lease it may still hold (half a timeout from the fence) before it serves, unless the link proves its
+        // process gone (TakeOverCoreAsync).
         // Where the link can see the peer's process (both on one host), its proof that the process is gone stands in
         // for the ICL's quiet: no need to wait two periods for it.
         if (_peerDeparted && (iclQuiet >= 2 * Failover.HeartbeatPeriod - TimerSlack || Link.PeerProcessGone))
