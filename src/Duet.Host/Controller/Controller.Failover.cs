@@ -374,9 +374,8 @@ public sealed partial class Controller
         // (a hung process keeps its connections; a lost shelf path leaves its ICL beating): no need to wait out the
         // whole timeout, which was most of a takeover under load. The takeover fences it first as always, and waits
         // for the lease it may still hold (half a timeout from the fence) before it serves, unless the link proves its
-        // process gone (TakeOverCoreAsync).
-        // Where the link can see the peer's process (both on one host), its proof that the process is gone stands in
-        // for the ICL's quiet: no need to wait two periods for it.
+        // process gone (TakeOverCoreAsync). Where the link can see the peer's process (both on one host), that proof
+        // also stands in for the ICL's quiet: no need to wait two periods for it.
         if (_peerDeparted && (iclQuiet >= 2 * Failover.HeartbeatPeriod - TimerSlack || Link.PeerProcessGone))
         {
             departed = true;
@@ -744,11 +743,14 @@ public sealed partial class Controller
             // Unless the link proved the peer's process gone at the fence (above): then no process of the peer holds a
             // lease, and a kill -9 of the owner on one host does not cost the takeover half a timeout.
             var lapse = Failover.HeartbeatTimeout / 2 - Since(fencedAt);
-            if (peerMayHoldLease && lapse > TimeSpan.Zero && peerGone) LogPeerProcessGone(PeerName, lapse.TotalMilliseconds);
-            if (peerMayHoldLease && lapse > TimeSpan.Zero && !peerGone)
+            if (peerMayHoldLease && lapse > TimeSpan.Zero)
             {
-                try { await _options.Time.DelayAsync(lapse, _stopping.Token); }
-                catch (OperationCanceledException) { return; }
+                if (peerGone) LogPeerProcessGone(PeerName, lapse.TotalMilliseconds);
+                else
+                {
+                    try { await _options.Time.DelayAsync(lapse, _stopping.Token); }
+                    catch (OperationCanceledException) { return; }
+                }
             }
             Volatile.Write(ref _adopting, null);
             // The requests held while we adopted go on now, not at the next heartbeat (up to a period later: the

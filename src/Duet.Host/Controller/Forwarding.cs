@@ -171,11 +171,11 @@ public sealed partial class ForwardingServer(IIclLink link, Func<ulong> epoch, F
         catch (BlockIoException e)
         {
             errno = ForwardingClient.ErrorToErrno(e);
-            errorLba = errno == 61 ? e.Lba : -1;
+            errorLba = errno == 61 ? Math.Max(e.Lba, -1) : -1;
             read = null;
         }
         Interlocked.Increment(ref Served);
-        var response = new ForwardedResponse(r.RequestId, errno, errno == 0 && read is not null ? (uint)read.Length : 0, errorLba < 0 ? -1 : errorLba);
+        var response = new ForwardedResponse(r.RequestId, errno, errno == 0 && read is not null ? (uint)read.Length : 0, errorLba);
         var bytes = new byte[DuetFrame.EncodedBytes(response)];
         response.Encode(bytes);
         try

@@ -72,9 +72,8 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
     IclWindow? _peer;
     long _peerNonce;
     long _deadNonce;
-    int _peerPid;
-    long _peerStart;
-    /// <summary>The process of the peer this end last paired with (kept after the peer is lost: <see cref="PeerProcessGone"/>).</summary>
+    /// <summary>The process of the peer this end last paired with: one snapshot, read by other threads too (kept after
+    /// the peer is lost: <see cref="PeerProcessGone"/>).</summary>
     PeerProcess? _lastPeer;
     DirectSink? _sink;
     int _sessions;
@@ -287,7 +286,7 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
         var state = ReadIdentity(_peerPath, out long nonce, out _, out _);
         if (state == PeerState.Absent) return false;
         if (state == PeerState.Present && nonce != _peerNonce) return false;
-        return ProcessAlive(_peerPid, _peerStart);
+        return Volatile.Read(ref _lastPeer) is { } p && ProcessAlive(p.Pid, p.Start);
     }
 
     /// <summary>Maps a peer window with a new nonce and a live owner, and accepts it as this window's producer.</summary>
@@ -300,8 +299,6 @@ public sealed unsafe partial class SharedMemoryIclLink : IclLink
         if (Volatile.Read(ref peer.OwnerNonce) != nonce) { peer.Dispose(); return false; } // re-created meanwhile: look again
         _peer = peer;
         _peerNonce = nonce;
-        _peerPid = pid;
-        _peerStart = start;
         Volatile.Write(ref _lastPeer, new PeerProcess(pid, start));
         // Whatever an earlier producer left in our window is not for this session: drop it before
         // the new peer may post (it posts only once it sees its nonce accepted here).
