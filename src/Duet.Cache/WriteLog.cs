@@ -529,6 +529,16 @@ public sealed class WriteLog
     }
 
     /// <summary>Every record of the own log (for a pairing: the peer's mirror of them starts empty).</summary>
+    /// <summary>The record of the write in flight in <paramref name="slot"/> (its write holds the slot, so it stays).</summary>
+    public WriteLogRecord OpenRecord(int slot)
+    {
+        lock (_lock)
+        {
+            Invariant.Assert(_state[slot] == SlotState.Open, "the record of a write in flight");
+            return _records[slot];
+        }
+    }
+
     public IReadOnlyList<(int Slot, WriteLogRecord Record)> Live()
     {
         var live = new List<(int, WriteLogRecord)>();
@@ -577,6 +587,7 @@ public sealed class WriteLog
         {
             record.Encode(_nvram.Peer.LogRecord(slot));
             _sequence = Math.Max(_sequence, record.Sequence);
+            if (_peerSums.TryGetValue(slot, out var held) && held.Sequence != record.Sequence) DropPeerSumsLocked(slot);
         }
     }
 
@@ -587,13 +598,77 @@ public sealed class WriteLog
         {
             var span = _nvram.Peer.LogRecord(slot);
             if (WriteLogRecord.Decode(span) is { } r && r.Sequence == sequence) WriteLogRecord.Clear(span);
+            if (_peerSums.TryGetValue(slot, out var held) && held.Sequence == sequence) DropPeerSumsLocked(slot);
         }
     }
 
     public void ClearAllMirrored()
     {
         lock (_lock)
+        {
             for (int s = 0; s < NvramLayout.LogSlots; s++) WriteLogRecord.Clear(_nvram.Peer.LogRecord(s));
+            _peerSums.Clear();
+            _peerSumCount = 0;
+        }
+    }
+
+    // ---- the peer's partial sums (AW-4 with AW-3) ---------------------------------------------------------------
+    // While an array has a member that cannot be read, its owner sends us each partial sum it stores beside a record
+    // (after the record's "started", before the write touches a drive): a takeover then rebuilds that member's blocks
+    // of the rows the write may have torn from them, not from parity the tear left stale. Kept in memory, by the
+    // record's slot, and dropped with the record; at most twice our own pool's entries (a peer that sends more
+    // is refused the rest, which are counted).
+    readonly Dictionary<int, (ulong Sequence, List<(PartialParityEntry Meta, byte[] Sum)> Sums)> _peerSums = [];
+    int _peerSumCount;
+    long _peerSumsRefused;
+
+    /// <summary>Partial sums of the peer held here now.</summary>
+    public int PeerPartialSums { get { lock (_lock) return _peerSumCount; } }
+
+    /// <summary>Partial sums of the peer refused: no record of theirs here, or more than this log keeps.</summary>
+    public long PeerPartialSumsRefused => Interlocked.Read(ref _peerSumsRefused);
+
+    /// <summary>Keeps a partial sum of the peer's record (<paramref name="slot"/>, <paramref name="sequence"/>); false
+    /// (refused, counted) if that record is not in our copy of its log, the array is not the record's, or we hold as
+    /// many as we keep.</summary>
+    public bool StoreMirroredSum(int slot, ulong sequence, byte array, long stripe, int row, ulong unchanged, byte[] sum)
+    {
+        Invariant.Assert(sum.Length == NvramLayout.PpBlockBytes);
+        lock (_lock)
+        {
+            if ((uint)slot >= (uint)NvramLayout.LogSlots || WriteLogRecord.Decode(_nvram.Peer.LogRecord(slot)) is not { } r ||
+                r.Sequence != sequence || r.Array != array || _peerSumCount >= 2 * _nvram.Layout.PpSlots)
+            {
+                Interlocked.Increment(ref _peerSumsRefused);
+                return false;
+            }
+            if (!_peerSums.TryGetValue(slot, out var held)) _peerSums[slot] = held = (sequence, []);
+            held.Sums.Add((new PartialParityEntry(array, slot, sequence, stripe, row, unchanged), sum));
+            _peerSumCount++;
+            return true;
+        }
+    }
+
+    void DropPeerSumsLocked(int slot)
+    {
+        if (_peerSums.Remove(slot, out var held)) _peerSumCount -= held.Sums.Count;
+    }
+
+    /// <summary>The partial sums the peer's records of <paramref name="array"/> hold here (each with its record's sequence).</summary>
+    public List<(PartialParityEntry Meta, byte[] Sum)> MirroredPartialParity(byte array)
+    {
+        var found = new List<(PartialParityEntry, byte[])>();
+        lock (_lock)
+            foreach (var (_, held) in _peerSums)
+                foreach (var x in held.Sums)
+                    if (x.Meta.Array == array) found.Add(x);
+        return found;
+    }
+
+    /// <summary>The partial sums an open record of ours holds (a pairing sends them to the peer again).</summary>
+    public List<(PartialParityEntry Meta, byte[] Sum)> PartialParityOf(int slot)
+    {
+        lock (_lock) return _pp.Of(slot);
     }
 
     /// <summary>The peer's records, oldest first.</summary>

@@ -223,6 +223,8 @@ public sealed partial class RaidArray
     // was incomplete) marks every stripe, and a set of stripe numbers would cost ~30 bytes a stripe.
     ulong[]? _unsettled;
     int _unsettledCount;
+    /// <summary>The partial sums an owed stripe is to be settled with (a takeover's, of the peer's writes).</summary>
+    readonly Dictionary<long, List<PartialParity>> _owedSums = [];
     long _settledOnAccess, _settledMarked;
     readonly ScrubResult _markedResult = new();
 
@@ -233,7 +235,12 @@ public sealed partial class RaidArray
     /// does) the first time anything takes its lock: a read, a write, a scrub, a rebuild, or
     /// <see cref="SettleMarkedAsync"/>. Only requests to such a stripe wait for it. Returns the stripes newly marked.
     /// </summary>
-    public int MarkUnsettled(long firstBlock, long blockCount)
+    public int MarkUnsettled(long firstBlock, long blockCount) => MarkUnsettled(firstBlock, blockCount, null);
+
+    /// <summary>As <see cref="MarkUnsettled(long, long)"/>, with the partial parity of the writes that may have torn
+    /// those stripes (<see cref="SettleStripesAsync(long, long, IReadOnlyList{PartialParity}?, CancellationToken)"/>):
+    /// kept with each owed stripe of the range they fall in, and used when it is settled.</summary>
+    public int MarkUnsettled(long firstBlock, long blockCount, IReadOnlyList<PartialParity>? partial)
     {
         var g = Geometry;
         if (blockCount <= 0) return 0;
@@ -249,6 +256,13 @@ public sealed partial class RaidArray
                 _unsettled[s >> 6] |= Bit(s);
                 added++;
             }
+            if (partial is not null)
+                foreach (var x in partial)
+                {
+                    if (x.Stripe < first || x.Stripe > last || !OwedLocked(x.Stripe)) continue;
+                    if (!_owedSums.TryGetValue(x.Stripe, out var list)) _owedSums[x.Stripe] = list = [];
+                    if (!list.Contains(x)) list.Add(x);
+                }
             Volatile.Write(ref _unsettledCount, _unsettledCount + added);
         }
         return added;
@@ -305,15 +319,20 @@ public sealed partial class RaidArray
 
     async ValueTask SettleIfOwedLockedAsync(long stripe, CancellationToken ct, bool onAccess = true)
     {
+        List<PartialParity>? sums;
         lock (_unsettledLock)
+        {
             if (!OwedLocked(stripe)) return;
+            sums = _owedSums.GetValueOrDefault(stripe);
+        }
         // Settled under the caller's lock; only then is it no longer owed (a settle that throws leaves it owed).
-        await RetryOnMemberFailure(() => ScrubStripeAsync(stripe, repair: true, _markedResult, BadBlockSource.Settle, ct));
+        await RetryOnMemberFailure(() => ScrubStripeAsync(stripe, repair: true, _markedResult, BadBlockSource.Settle, ct, sums));
         Interlocked.Increment(ref _markedResult.StripesChecked);
         lock (_unsettledLock)
         {
             _unsettled![stripe >> 6] &= ~Bit(stripe);
             Volatile.Write(ref _unsettledCount, _unsettledCount - 1);
+            _owedSums.Remove(stripe);
         }
         Interlocked.Increment(ref _settledMarked);
         if (onAccess) Interlocked.Increment(ref _settledOnAccess);

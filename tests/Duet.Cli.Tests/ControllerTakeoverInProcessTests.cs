@@ -303,6 +303,94 @@ public sealed class ControllerTakeoverInProcessTests
         }
     }
 
+    /// <summary>
+    /// A degraded RAID 5 (arr0, the member of stripe 0's second data block failed) and A dies in a write of stripe 0's
+    /// first block that tore: the data landed, the parity did not. The lost block now exists only in the partial sum A
+    /// took before the write: A sent it to B with the record, and B's takeover settles the row with it, so the lost
+    /// block reads back as it was. The contrast: the member fails after the write (the array was healthy then, so the
+    /// sum stayed with A), and B's takeover rebuilds the lost block from the stale parity: it does not read back.
+    /// </summary>
+    [Theory]
+    [Trait("Claim", "AW-4")]
+    [Trait("Claim", "AW-3")]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task A_takeover_rebuilds_a_lost_members_block_of_a_torn_row_from_the_partial_sum_the_owner_sent_with_its_record(bool degradedBeforeTheWrite)
+    {
+        var faulty = new Dictionary<string, Duet.Drives.Faults.FaultyDrive>(StringComparer.Ordinal);
+        var (_, a, b) = await FormPairAsync(faulty: faulty);
+        try
+        {
+            var (raid, number) = await DrainedArr0Async(a, b);
+            var g = raid.Geometry;
+            int lost = g.DataMember(0, 1), p = g.PMember(0);
+            var old = new byte[2 * g.ChunkBlocks * Units.BlockBytes];
+            new System.Random(17).NextBytes(old);
+            await raid.WriteAsync(0, old); // stripe 0, both data chunks
+            await raid.FlushAsync();
+            string lostDrive = raid.Member(lost)!.Drive.Name;
+            async Task FailAsync()
+            {
+                faulty[lostDrive].Fail(); // dead to both controllers
+                await a.Arrays.FailDriveAsync(lostDrive);
+            }
+            if (degradedBeforeTheWrite) await FailAsync();
+
+            // A's logged write of array block 0 (row 0 of data block 0): the record and, degraded, the row's sum go to B.
+            var pOld = new byte[Units.BlockBytes];
+            await raid.Member(p)!.ReadAsync(0, pOld);
+            var fresh = new byte[Units.BlockBytes];
+            new System.Random(18).NextBytes(fresh);
+            var backing = new RaidBacking(raid, number, ArrayManager.SerialOf(raid.Uuid), a);
+            await backing.WriteAsync(0, fresh, recovery: false, default);
+            await Until(() => b.PeerOpenCheckpoints == 1, "B to hear A's record");
+            if (degradedBeforeTheWrite)
+            {
+                Assert.True(a.PartialSumsPosted >= 1);
+                await Until(() => b.WriteLog.PeerPartialSums >= 1, "B to hold A's partial sum");
+            }
+            else
+            {
+                Assert.Equal(0, a.PartialSumsPosted);
+                await FailAsync();
+            }
+            Assert.Equal(0, a.PartialSumsLost);
+            // The tear: the parity write did not land.
+            await raid.Member(p)!.WriteAsync(0, pOld);
+
+            await b.TakeOverAsync("test: A died in a write to a degraded array");
+            var arr0OnB = b.Arrays.ServedArrays.Single(r => r.Name == "arr0");
+            Assert.Equal(MemberStatus.Missing, arr0OnB.Status(lost));
+            var first = new byte[Units.BlockBytes];
+            await arr0OnB.ReadAsync(0, first);
+            Assert.Equal(fresh, first);
+            var second = new byte[Units.BlockBytes];
+            long lostBlockSector = (long)g.ChunkBlocks * Units.SectorsPerBlock; // data block 1, row 0
+            var expected = old.AsSpan(g.ChunkBlocks * Units.BlockBytes, Units.BlockBytes).ToArray();
+            if (degradedBeforeTheWrite)
+            {
+                await arr0OnB.ReadAsync(lostBlockSector, second);
+                Assert.Equal(expected, second);
+            }
+            else
+            {
+                // Rebuilt from parity that does not cover the block that landed: wrong, or listed as lost.
+                bool readBack;
+                try
+                {
+                    await arr0OnB.ReadAsync(lostBlockSector, second);
+                    readBack = second.AsSpan().SequenceEqual(expected);
+                }
+                catch (BlockIoException) { readBack = false; }
+                Assert.False(readBack);
+            }
+        }
+        finally
+        {
+            await b.DisposeAsync();
+        }
+    }
+
     /// <summary>A's arr0 and its number, once A's cache is drained and B has cleared the records of that destage.</summary>
     static async Task<(RaidArray Raid, byte Number)> DrainedArr0Async(PairController a, PairController b)
     {
@@ -312,9 +400,10 @@ public sealed class ControllerTakeoverInProcessTests
         return (raid, a.Arrays.NumberOf(raid));
     }
 
-    static async Task<(Duet.Shelf.Shelf Shelf, PairController A, PairController B)> FormPairAsync(NvramStore? storeB = null)
+    static async Task<(Duet.Shelf.Shelf Shelf, PairController A, PairController B)> FormPairAsync(NvramStore? storeB = null,
+        Dictionary<string, Duet.Drives.Faults.FaultyDrive>? faulty = null)
     {
-        var shelf = await TwoArrayShelfAsync();
+        var shelf = await TwoArrayShelfAsync(faulty);
         var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
         var (linkA, linkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 }, TimeProvider.System);
         var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);

@@ -18,7 +18,7 @@ internal static class InProcessPair
     public const long DriveBytes = 64L << 20;
 
     /// <summary>A shelf of six drives: arr0 (RAID 5 on d0-d2, owned by A) with a 16 MiB vol0, arr1 (RAID 5 on d3-d5, owned by B).</summary>
-    public static async Task<Duet.Shelf.Shelf> TwoArrayShelfAsync()
+    public static async Task<Duet.Shelf.Shelf> TwoArrayShelfAsync(Dictionary<string, Duet.Drives.Faults.FaultyDrive>? faulty = null)
     {
         var bay = new MemoryShelf();
         for (int i = 0; i < 6; i++) bay.Insert($"d{i}", DriveBytes);
@@ -28,7 +28,14 @@ internal static class InProcessPair
             await setup.CreateArrayAsync(new CreateArrayRequest("arr1", 5, ["d3", "d4", "d5"], Owner: "B"));
             await setup.CreateVolumeAsync(new CreateVolumeRequest("vol0", "arr0", 16L << 20));
         }
-        return new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore());
+        // With <paramref name="faulty"/>: every drive behind a fault injector (one per drive, both ports' opens share it).
+        return new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore(), faulty is null ? null : (name, inner) =>
+        {
+            lock (faulty)
+                if (!faulty.TryGetValue(name, out var f))
+                    faulty[name] = f = new Duet.Drives.Faults.FaultyDrive(inner, new Duet.Drives.Faults.FaultOptions { TrackUnflushedWrites = false }, TimeProvider.System);
+            lock (faulty) return faulty[name];
+        });
     }
 
     /// <summary>Joins controller <paramref name="name"/> to the shelf (a session), opens its arrays and NVRAM, and starts it.</summary>

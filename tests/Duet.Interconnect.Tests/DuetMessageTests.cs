@@ -61,6 +61,40 @@ public class DuetMessageTests
     }
 
     [Fact]
+    [Trait("Claim", "AW-4")]
+    public void Partial_sum_has_the_documented_layout_round_trips_and_rejects_a_damaged_sum_or_bad_fields()
+    {
+        var sum = new byte[PartialSumCheckpoint.SumBytes];
+        new Random(3).NextBytes(sum);
+        var m = new PartialSumCheckpoint(0x0000_0001_0002_0003, 7, 0x0102030405, 15, 0b110, sum);
+        var b = Encode(m);
+        Assert.Equal(8 + 40 + 4096, b.Length);
+        Assert.Equal(("010f 0000 00001030 0000000100020003 07 000000 0000000f 0000000102030405 0000000000000006"
+            + Duet.Core.Crc32C.Compute(sum).ToString("x8") + " 00000000").Replace(" ", "", StringComparison.Ordinal), ToHex(b.AsSpan(0, 48).ToArray()));
+        Assert.Equal(sum, b.AsSpan(48).ToArray());
+        Assert.Equal(m, RoundTrip(m));
+        Assert.Equal(MessageKind.PartialSum, MessageClassifier.Classify(b));
+
+        static WireError Decode(byte[] bytes) => PartialSumCheckpoint.TryDecode(bytes, out _, out _, out var e) == OperationStatus.Done ? WireError.None : e;
+        var damaged = b.ToArray();
+        damaged[^1] ^= 1; // the sum no longer matches its CRC
+        Assert.Equal(WireError.BadChecksum, Decode(damaged));
+        var reserved = b.ToArray();
+        reserved[8 + 9] = 1;
+        Assert.Equal(WireError.NonZeroReserved, Decode(reserved));
+        var noneUnchanged = b.ToArray();
+        noneUnchanged.AsSpan(8 + 24, 8).Clear();
+        Assert.Equal(WireError.BadLba, Decode(noneUnchanged));
+        var negativeRow = b.ToArray();
+        negativeRow[8 + 12] = 0x80;
+        Assert.Equal(WireError.BadLba, Decode(negativeRow));
+        // A body a byte short, with its length saying so.
+        var shortBody = b.AsSpan(0, b.Length - 1).ToArray();
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(shortBody.AsSpan(4), (uint)shortBody.Length);
+        Assert.Equal(WireError.BadLength, Decode(shortBody));
+    }
+
+    [Fact]
     [Trait("Claim", "FO-4")]
     public void Handshake_batch_has_the_documented_layout_and_round_trips_every_phase_and_field_extreme()
     {

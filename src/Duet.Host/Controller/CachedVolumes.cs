@@ -35,7 +35,7 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
         // Failed or not, the record waits for the next flush: a write that failed part-way leaves its
         // elements dirty and marked for a recovery write, which settles the rows it tore. The rows the
         // write changes in part keep their partial parity beside the record until then.
-        var guard = new RecordGuard(log, slot, ArrayNumber);
+        var guard = new RecordGuard(log, slot, ArrayNumber, this);
         bool done = false;
         try
         {
@@ -59,8 +59,7 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
     {
         var g = Array.Geometry;
         if (g.ParityMembers == 0 || g.IsMirrored) return 0;
-        int unreadable = 0;
-        for (int m = 0; m < g.MemberCount; m++) if (Array.Status(m) != MemberStatus.Active) unreadable++;
+        int unreadable = Unreadable();
         long sdb = g.StripeDataBlocks, total = partialEnds;
         for (long s = firstBlock / sdb; s <= (endBlock - 1) / sdb && total < int.MaxValue / 2; s++)
         {
@@ -72,10 +71,30 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
         return (int)Math.Min(total, int.MaxValue / 2);
     }
 
-    sealed class RecordGuard(IArrayWriteLog log, int slot, byte array) : IPartialParitySink
+    /// <summary>Members that are not active (lost, or being rebuilt).</summary>
+    public int Unreadable()
     {
-        public bool Store(long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum) => log.StorePartialParity(slot, stripe, row, unchanged, sum);
+        int n = 0;
+        for (int m = 0; m < Array.Geometry.MemberCount; m++) if (Array.Status(m) != MemberStatus.Active) n++;
+        return n;
+    }
+
+    sealed class RecordGuard(IArrayWriteLog log, int slot, byte array, RaidBacking backing) : IPartialParitySink
+    {
+        bool _toPeer;
+
+        // With a member that cannot be read (as the write found the array: its reads may just have failed one), the
+        // sums go to the peer too, before the drive writes: a takeover rebuilds that member's blocks of the rows this
+        // write may tear from them.
+        public bool Store(long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum)
+        {
+            bool toPeer = backing.Unreadable() > 0;
+            _toPeer |= toPeer;
+            return log.StorePartialParity(slot, stripe, row, unchanged, sum, toPeer);
+        }
+
         public void Supersede(long stripe, int row) => log.SupersedePartialParity(slot, stripe, row);
+        public ValueTask StoredAsync() => _toPeer ? log.PartialSumsSentAsync(slot) : ValueTask.CompletedTask;
         public IReadOnlyList<PartialParity> Held(long stripe, int rowLo, int rowCount) => log.HeldPartialParity(array, stripe, rowLo, rowCount);
     }
 
@@ -115,7 +134,10 @@ public interface IArrayWriteLog
     ValueTask<int> StartedAsync(byte array, long firstBlock, long blockCount, int partialSums, CancellationToken ct);
     /// <summary>Keeps the partial parity of a row the record's write changes in part (in NVRAM, whole when this
     /// returns true; false if there is no room); freed with the record.</summary>
-    bool StorePartialParity(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum);
+    bool StorePartialParity(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum, bool toPeer = false);
+    /// <summary>Completes once the sums stored with <c>toPeer</c> for the record are with the peer (or could not get
+    /// there within the checkpoint limit: counted).</summary>
+    ValueTask PartialSumsSentAsync(int slot) => ValueTask.CompletedTask;
     /// <summary>The record's write is about to change a row: other records' sums for it are stale.</summary>
     void SupersedePartialParity(int slot, long stripe, int row);
     /// <summary>The write returned; its record waits for the next flush of the array (<paramref name="failed"/>: and,

@@ -172,8 +172,81 @@ public sealed partial class Controller : IArrayWriteLog
     partial void LogLogStaleCore(string state);
     void LogLogStale(bool stale) => LogLogStaleCore(stale ? "recorded incomplete (a takeover settles whole arrays)" : "whole again");
 
-    bool IArrayWriteLog.StorePartialParity(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum) =>
-        !_options.PlantedNoPartialParity && WriteLog.StorePartialParity(slot, stripe, row, unchanged, sum);
+    // ---- partial sums towards the peer (AW-4 with AW-3) ----------------------------------------------------------
+    // While an array has a member that cannot be read, a torn row's block on that member lives only in the partial
+    // sums of the write that tore it; a takeover settles the peer's logged writes, so it needs them as much as a
+    // restart does. Each sum such a write stores goes to the peer after its record's "started" and before the
+    // stripe's drive writes (the write waits for the posts, each at most the post limit, as it waits for "started").
+    // A healthy array's sums stay here: a takeover recomputes parity from whole data, and 4 KiB more on the link
+    // for most small writes is not worth a member failing in the window between a tear and its settle.
+    readonly Dictionary<int, List<Task<bool>>> _sumPosts = [];
+    long _sumsPosted, _sumsLost;
+
+    /// <summary>Partial sums posted to the peer (writes to arrays with a member that cannot be read).</summary>
+    public long PartialSumsPosted => Interlocked.Read(ref _sumsPosted);
+
+    /// <summary>Partial sums that did not reach the peer's window before their write went on (link down, or late).</summary>
+    public long PartialSumsLost => Interlocked.Read(ref _sumsLost);
+
+    bool IArrayWriteLog.StorePartialParity(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum, bool toPeer)
+    {
+        if (_options.PlantedNoPartialParity) return false;
+        bool stored = WriteLog.StorePartialParity(slot, stripe, row, unchanged, sum);
+        if (stored && toPeer && CheckpointsFlow)
+        {
+            var r = WriteLog.OpenRecord(slot);
+            var message = DuetFrame.ToArray(new PartialSumCheckpoint(WriteLog.LinkId(slot, r.Sequence), r.Array, stripe, row, unchanged, sum.ToArray()));
+            Interlocked.Increment(ref _sumsPosted);
+            var post = PostCheckpointAsync(message);
+            lock (_sumPosts)
+            {
+                if (!_sumPosts.TryGetValue(slot, out var posts)) _sumPosts[slot] = posts = [];
+                posts.Add(post);
+            }
+        }
+        return stored;
+    }
+
+    async ValueTask IArrayWriteLog.PartialSumsSentAsync(int slot)
+    {
+        List<Task<bool>>? posts;
+        lock (_sumPosts) _sumPosts.Remove(slot, out posts);
+        if (posts is null) return;
+        foreach (var post in posts)
+        {
+            bool heard;
+            try { heard = await Waits.WithTimeout(post, CheckpointPostLimit, _options.Time); }
+            catch (TimeoutException) { heard = false; }
+            if (!heard)
+            {
+                Interlocked.Increment(ref _sumsLost);
+                LogSumLost();
+            }
+        }
+    }
+
+    [LoggerMessage(EventId = 7079, Level = LogLevel.Warning, Message = "write log: a partial sum of a write to an array with a member missing did not reach the peer before the write went on; a takeover in it could not rebuild that member's blocks of the torn rows (AW-4)")]
+    partial void LogSumLost();
+
+    /// <summary>Whether array <paramref name="number"/>, served here, has a member that cannot be read now.</summary>
+    bool IsDegraded(byte number)
+    {
+        RaidBacking? backing;
+        lock (_backings) _backings.TryGetValue(number, out backing);
+        return backing is not null && backing.Unreadable() > 0;
+    }
+
+    void OnPartialSum(ReadOnlySpan<byte> message)
+    {
+        if (PartialSumCheckpoint.TryDecode(message, out var m, out _, out var error) != System.Buffers.OperationStatus.Done)
+        {
+            LogUnknown("partial sum", error.ToString());
+            return;
+        }
+        var (slot, sequence) = WriteLog.FromLinkId(m!.RecordId);
+        if (!WriteLog.StoreMirroredSum(slot, sequence, m.Array, m.Stripe, m.Row, m.Unchanged, m.Sum))
+            LogUnknown("partial sum", $"of a record not held here (slot {slot}, sequence {sequence}) or beyond the {2 * Nvram.Layout.PpSlots} kept");
+    }
 
     void IArrayWriteLog.SupersedePartialParity(int slot, long stripe, int row)
     {
@@ -229,7 +302,14 @@ public sealed partial class Controller : IArrayWriteLog
         if (Shelf is null) return;
         // A record lost on the way would be a hole the shelf's record must keep covering: the pairing fails instead.
         foreach (var (slot, record) in WriteLog.Live())
+        {
             await Link.PostAsync(IclSignal.Message, Nvram.Epoch, StartedBytes(slot, record), default);
+            // Its partial sums too, if its array has a member that cannot be read now.
+            if (!IsDegraded(record.Array)) continue;
+            foreach (var (meta, sum) in WriteLog.PartialParityOf(slot))
+                await Link.PostAsync(IclSignal.Message, Nvram.Epoch, DuetFrame.ToArray(new PartialSumCheckpoint(
+                    WriteLog.LinkId(slot, record.Sequence), record.Array, meta.Stripe, meta.Row, meta.Unchanged, sum)), default);
+        }
         // Every record opened before the hello is in the peer's copy now (the hello emptied it, these refilled it);
         // a hole counted since then keeps the shelf's record.
         Interlocked.Exchange(ref _logHolesAtSync, holesBefore);
@@ -250,6 +330,7 @@ public sealed partial class Controller : IArrayWriteLog
         var kind = MessageClassifier.Classify(message);
         if (kind == MessageKind.WriteCheckpoint) OnWriteCheckpoint(message);
         else if (kind == MessageKind.WriteCheckpointsDone) OnWriteCheckpointsDone(message);
+        else if (kind == MessageKind.PartialSum) OnPartialSum(message);
         else return;
         Interlocked.Increment(ref _checkpointsSalvaged);
         LogCheckpointSalvaged(kind.ToString());
@@ -371,12 +452,17 @@ public sealed partial class Controller : IArrayWriteLog
     int MarkPeerCheckpoints(HashSet<byte> numbers, List<PeerSettle> work)
     {
         int marked = 0;
+        // The peer's partial sums, by array: a stripe is settled whole, so it gets the sums of every write that may
+        // have torn it (the latest that covers a lost block is the one used), as a start settles its own.
+        var sums = new Dictionary<byte, List<Duet.Raid.PartialParity>>();
+        foreach (byte number in numbers)
+            sums[number] = [.. WriteLog.MirroredPartialParity(number).Select(x => new Duet.Raid.PartialParity(x.Meta.Stripe, x.Meta.Row, x.Meta.Unchanged, x.Sum, x.Meta.Sequence))];
         foreach (var (slot, r) in WriteLog.Mirrored())
         {
             if (!numbers.Contains(r.Array)) continue;
             var raid = Arrays.ServedArrays.FirstOrDefault(a => Arrays.NumberOf(a) == r.Array);
             if (raid is null) continue;
-            raid.MarkUnsettled(r.FirstBlock, r.BlockCount);
+            raid.MarkUnsettled(r.FirstBlock, r.BlockCount, sums[r.Array]);
             if (!work.Any(w => w.Slot == slot && w.Record.Sequence == r.Sequence)) work.Add(new PeerSettle(slot, r, raid, Own: false));
             marked++;
         }

@@ -386,6 +386,9 @@ public sealed partial class Controller : IAsyncDisposable
             case MessageKind.WriteCheckpointsDone:
                 OnWriteCheckpointsDone(t.Message.Span);
                 return;
+            case MessageKind.PartialSum:
+                OnPartialSum(t.Message.Span);
+                return;
             case MessageKind.ArrayTableUpdate:
                 OnArrayTableUpdate(t.Message.Span);
                 _ = RescanAsync();

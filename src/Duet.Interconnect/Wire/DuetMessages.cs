@@ -230,6 +230,58 @@ public sealed record WriteCheckpointsDone(IReadOnlyList<ulong> Ids) : IDuetMessa
 }
 
 /// <summary>
+/// AW-4 with AW-3: a partial sum the sender stored beside its write-log record (the "started" checkpoint
+/// <see cref="RecordId"/>) before that write touched a drive, sent while the array has a member that cannot
+/// be read, so that a takeover can rebuild that member's blocks of the rows the write may have torn. Body:
+/// 0-7 record id, 8 array number, 9-11 zero, 12-15 row, 16-23 stripe, 24-31 unchanged data indexes (bit i:
+/// data block i of the row is not written by the record's write; not zero), 32-35 CRC32C of the sum, 36-39
+/// zero, 40-4135 the sum (4 KiB).
+/// </summary>
+public sealed record PartialSumCheckpoint(ulong RecordId, byte Array, long Stripe, int Row, ulong Unchanged, byte[] Sum)
+    : IDuetMessage<PartialSumCheckpoint>
+{
+    const int Fixed = 40;
+    public const int SumBytes = 4096;
+    public static ushort MessageType => MirrorWire.TypePartialSum;
+    public int BodyBytes => Fixed + SumBytes;
+
+    public static bool TryReadBody(ReadOnlySpan<byte> b, [MaybeNullWhen(false)] out PartialSumCheckpoint value, out WireError error)
+    {
+        value = null;
+        if (b.Length != Fixed + SumBytes) return DuetFrame.Fail(out error, WireError.BadLength);
+        if (b[9] != 0 || b[10] != 0 || b[11] != 0 || BinaryPrimitives.ReadUInt32BigEndian(b[36..]) != 0) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
+        int row = BinaryPrimitives.ReadInt32BigEndian(b[12..]);
+        long stripe = BinaryPrimitives.ReadInt64BigEndian(b[16..]);
+        ulong unchanged = BinaryPrimitives.ReadUInt64BigEndian(b[24..]);
+        if (row < 0 || stripe < 0 || unchanged == 0) return DuetFrame.Fail(out error, WireError.BadLba);
+        var sum = b.Slice(Fixed, SumBytes);
+        if (BinaryPrimitives.ReadUInt32BigEndian(b[32..]) != Duet.Core.Crc32C.Compute(sum)) return DuetFrame.Fail(out error, WireError.BadChecksum);
+        value = new PartialSumCheckpoint(BinaryPrimitives.ReadUInt64BigEndian(b), b[8], stripe, row, unchanged, sum.ToArray());
+        error = WireError.None;
+        return true;
+    }
+
+    public void WriteBody(Span<byte> b)
+    {
+        Duet.Core.Invariant.Assert(Sum.Length == SumBytes && Stripe >= 0 && Row >= 0 && Unchanged != 0);
+        b[..Fixed].Clear();
+        BinaryPrimitives.WriteUInt64BigEndian(b, RecordId);
+        b[8] = Array;
+        BinaryPrimitives.WriteInt32BigEndian(b[12..], Row);
+        BinaryPrimitives.WriteInt64BigEndian(b[16..], Stripe);
+        BinaryPrimitives.WriteUInt64BigEndian(b[24..], Unchanged);
+        BinaryPrimitives.WriteUInt32BigEndian(b[32..], Duet.Core.Crc32C.Compute(Sum));
+        Sum.CopyTo(b[Fixed..]);
+    }
+
+    public bool Equals(PartialSumCheckpoint? other) => other is not null && (RecordId, Array, Stripe, Row, Unchanged) == (other.RecordId, other.Array, other.Stripe, other.Row, other.Unchanged) && Sum.AsSpan().SequenceEqual(other.Sum);
+    public override int GetHashCode() => HashCode.Combine(RecordId, Stripe, Row);
+
+    public static OperationStatus TryDecode(ReadOnlySpan<byte> source, out PartialSumCheckpoint? value, out int consumed, out WireError error) => DuetFrame.TryDecode<PartialSumCheckpoint>(source, out value, out consumed, out error);
+    public int Encode(Span<byte> destination) => DuetFrame.Encode(this, destination);
+}
+
+/// <summary>
 /// The owner wrote these cache elements to the drives; the peer may drop their mirrors.
 /// Body: 0-3 count, then count x u32 cache element index (NVRAM offset within region / 512).
 /// </summary>

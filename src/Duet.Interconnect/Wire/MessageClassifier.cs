@@ -24,13 +24,14 @@ public enum MessageKind
     HostTagEntries,
     WriteCheckpointsDone,
     HandshakeBatch,
+    PartialSum,
 }
 
 /// <summary>
 /// The dispatch rule: which codec reads a transfer, from its first bytes only. The families
 /// are disjoint by construction (see <see cref="MirrorWire"/>): a single first byte names the
 /// SCSI-style commands (0x3C, 0xA0, 0xB0, 0x3B), and a big-endian u16 type names the rest
-/// (0x0001 metadata, 0x0002 status, 0x0101-0x010C Duet). A data mirror message has no header
+/// (0x0001 metadata, 0x0002 status, 0x0101-0x010F Duet). A data mirror message has no header
 /// and is never classified: the link's signal identifier says it is data. Classifying does
 /// not validate; the codec does.
 /// </summary>
@@ -64,6 +65,7 @@ public static class MessageClassifier
             MirrorWire.TypeHostTagEntries => MessageKind.HostTagEntries,
             MirrorWire.TypeWriteCheckpointsDone => MessageKind.WriteCheckpointsDone,
             MirrorWire.TypeHandshakeBatch => MessageKind.HandshakeBatch,
+            MirrorWire.TypePartialSum => MessageKind.PartialSum,
             _ => MessageKind.Unknown,
         };
     }

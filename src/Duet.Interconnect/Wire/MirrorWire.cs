@@ -185,6 +185,8 @@ public static class MirrorWire
     public const ushort TypeWriteCheckpointsDone = 0x010D;
     /// <summary>FO-4: several handshake steps (ready, ready, ack, completed without data) in one compact message (<see cref="HandshakeBatch"/>).</summary>
     public const ushort TypeHandshakeBatch = 0x010E;
+    /// <summary>AW-4 with AW-3: a partial sum of a write to an array with a member missing (<see cref="PartialSumCheckpoint"/>).</summary>
+    public const ushort TypePartialSum = 0x010F;
 
     /// <summary>The array table maps to 8-bit volume numbers: at most 256 arrays (MR-5).</summary>
     public const int ArrayTableEntriesMax = 256;
@@ -244,4 +246,6 @@ public enum WireError
     OutOfOrder,
     /// <summary>An LBA field holds a value no volume has (a forwarded answer's error LBA at or above 2^63, not all ones).</summary>
     BadLba,
+    /// <summary>A payload fails the CRC32C the message carries for it.</summary>
+    BadChecksum,
 }

@@ -107,6 +107,44 @@ public sealed class WriteLogTests
     }
 
     [Fact]
+    [Trait("Claim", "AW-4")]
+    public void The_peers_partial_sums_are_kept_only_for_its_records_and_go_with_them()
+    {
+        var nvram = NvramFile.OpenOrCreate(NvramStore.For(Sample.Small), Sample.Small, "B", Sample.Pair);
+        var log = new WriteLog(nvram);
+        var sum = new byte[NvramLayout.PpBlockBytes];
+        log.StoreMirrored(3, new WriteLogRecord(1, 64, 16, 10));
+        log.StoreMirrored(9, new WriteLogRecord(2, 0, 4, 11));
+        Assert.True(log.StoreMirroredSum(3, 10, 1, 4, 0, 0b10, sum));
+        Assert.True(log.StoreMirroredSum(3, 10, 1, 4, 1, 0b10, sum));
+        Assert.True(log.StoreMirroredSum(9, 11, 2, 0, 0, 0b1, sum));
+        // Refused: no such record, an older sequence of the slot, another array than the record's.
+        Assert.False(log.StoreMirroredSum(4, 10, 1, 4, 0, 0b10, sum));
+        Assert.False(log.StoreMirroredSum(3, 9, 1, 4, 0, 0b10, sum));
+        Assert.False(log.StoreMirroredSum(3, 10, 2, 4, 0, 0b10, sum));
+        Assert.Equal(3, log.PeerPartialSums);
+        Assert.Equal(3, log.PeerPartialSumsRefused);
+        Assert.Equal([(4L, 0, 10UL), (4L, 1, 10UL)], log.MirroredPartialParity(1).Select(x => (x.Meta.Stripe, x.Meta.Row, x.Meta.Sequence)).Order());
+        Assert.Single(log.MirroredPartialParity(2));
+
+        log.ClearMirrored(3, 9); // not the record the slot holds: nothing goes
+        Assert.Equal(3, log.PeerPartialSums);
+        log.ClearMirrored(3, 10);
+        Assert.Empty(log.MirroredPartialParity(1));
+        log.StoreMirrored(9, new WriteLogRecord(2, 8, 4, 12)); // the slot's next record: the old one's sums go
+        Assert.Empty(log.MirroredPartialParity(2));
+        Assert.True(log.StoreMirroredSum(9, 12, 2, 1, 0, 0b1, sum));
+        log.ClearAllMirrored();
+        Assert.Equal(0, log.PeerPartialSums);
+
+        // At most twice our own pool's entries.
+        log.StoreMirrored(5, new WriteLogRecord(1, 0, 1, 20));
+        int kept = 0;
+        for (int i = 0; i < 2 * nvram.Layout.PpSlots + 3; i++) if (log.StoreMirroredSum(5, 20, 1, i, 0, 1, sum)) kept++;
+        Assert.Equal(2 * nvram.Layout.PpSlots, kept);
+    }
+
+    [Fact]
     public void The_link_id_carries_slot_and_sequence()
     {
         Assert.Equal((511, 123456789UL), WriteLog.FromLinkId(WriteLog.LinkId(511, 123456789)));
