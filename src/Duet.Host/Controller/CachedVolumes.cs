@@ -81,20 +81,32 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
 
     sealed class RecordGuard(IArrayWriteLog log, int slot, byte array, RaidBacking backing) : IPartialParitySink
     {
-        bool _toPeer;
+        /// <summary>Posts of sums to the peer, per stripe, not yet waited for.</summary>
+        readonly Dictionary<long, List<Task<bool>>> _posts = [];
 
-        // With a member that cannot be read (as the write found the array: its reads may just have failed one), the
-        // sums go to the peer too, before the drive writes: a takeover rebuilds that member's blocks of the rows this
-        // write may tear from them.
+        // With a member that cannot be read (as the write finds the array: its reads may just have failed one), the
+        // sums go to the peer too, before the stripe's drive writes: a takeover rebuilds that member's blocks of the
+        // rows this write may tear from them.
         public bool Store(long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum)
         {
-            bool toPeer = backing.Unreadable() > 0;
-            _toPeer |= toPeer;
-            return log.StorePartialParity(slot, stripe, row, unchanged, sum, toPeer);
+            bool stored = log.StorePartialParity(slot, stripe, row, unchanged, sum);
+            if (stored && backing.Unreadable() > 0 && log.PostPartialSum(slot, stripe, row, unchanged, sum) is { } post)
+                lock (_posts)
+                {
+                    if (!_posts.TryGetValue(stripe, out var list)) _posts[stripe] = list = [];
+                    list.Add(post);
+                }
+            return stored;
         }
 
         public void Supersede(long stripe, int row) => log.SupersedePartialParity(slot, stripe, row);
-        public ValueTask StoredAsync() => _toPeer ? log.PartialSumsSentAsync(slot) : ValueTask.CompletedTask;
+
+        public ValueTask StoredAsync(long stripe)
+        {
+            List<Task<bool>>? posts;
+            lock (_posts) _posts.Remove(stripe, out posts);
+            return posts is null ? ValueTask.CompletedTask : log.PartialSumsPostedAsync(posts);
+        }
         public IReadOnlyList<PartialParity> Held(long stripe, int rowLo, int rowCount) => log.HeldPartialParity(array, stripe, rowLo, rowCount);
     }
 
@@ -134,10 +146,12 @@ public interface IArrayWriteLog
     ValueTask<int> StartedAsync(byte array, long firstBlock, long blockCount, int partialSums, CancellationToken ct);
     /// <summary>Keeps the partial parity of a row the record's write changes in part (in NVRAM, whole when this
     /// returns true; false if there is no room); freed with the record.</summary>
-    bool StorePartialParity(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum, bool toPeer = false);
-    /// <summary>Completes once the sums stored with <c>toPeer</c> for the record are with the peer (or could not get
-    /// there within the checkpoint limit: counted).</summary>
-    ValueTask PartialSumsSentAsync(int slot) => ValueTask.CompletedTask;
+    bool StorePartialParity(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum);
+    /// <summary>Sends a sum the record stored to the peer (its array has a member that cannot be read); null if
+    /// checkpoints do not flow now. The post completes true once the sum is in the peer's window.</summary>
+    Task<bool>? PostPartialSum(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum) => null;
+    /// <summary>Completes once <paramref name="posts"/> are with the peer, or their time limit passed (those are counted).</summary>
+    ValueTask PartialSumsPostedAsync(IReadOnlyList<Task<bool>> posts) => ValueTask.CompletedTask;
     /// <summary>The record's write is about to change a row: other records' sums for it are stale.</summary>
     void SupersedePartialParity(int slot, long stripe, int row);
     /// <summary>The write returned; its record waits for the next flush of the array (<paramref name="failed"/>: and,

@@ -176,10 +176,10 @@ public sealed partial class Controller : IArrayWriteLog
     // While an array has a member that cannot be read, a torn row's block on that member lives only in the partial
     // sums of the write that tore it; a takeover settles the peer's logged writes, so it needs them as much as a
     // restart does. Each sum such a write stores goes to the peer after its record's "started" and before the
-    // stripe's drive writes (the write waits for the posts, each at most the post limit, as it waits for "started").
+    // stripe's drive writes (the stripe waits for its posts, together at most the post limit, as a write waits for its
+    // "started").
     // A healthy array's sums stay here: a takeover recomputes parity from whole data, and 4 KiB more on the link
     // for most small writes is not worth a member failing in the window between a tear and its settle.
-    readonly Dictionary<int, List<Task<bool>>> _sumPosts = [];
     long _sumsPosted, _sumsLost;
 
     /// <summary>Partial sums posted to the peer (writes to arrays with a member that cannot be read).</summary>
@@ -188,41 +188,26 @@ public sealed partial class Controller : IArrayWriteLog
     /// <summary>Partial sums that did not reach the peer's window before their write went on (link down, or late).</summary>
     public long PartialSumsLost => Interlocked.Read(ref _sumsLost);
 
-    bool IArrayWriteLog.StorePartialParity(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum, bool toPeer)
+    bool IArrayWriteLog.StorePartialParity(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum) =>
+        !_options.PlantedNoPartialParity && WriteLog.StorePartialParity(slot, stripe, row, unchanged, sum);
+
+    Task<bool>? IArrayWriteLog.PostPartialSum(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum)
     {
-        if (_options.PlantedNoPartialParity) return false;
-        bool stored = WriteLog.StorePartialParity(slot, stripe, row, unchanged, sum);
-        if (stored && toPeer && CheckpointsFlow)
-        {
-            var r = WriteLog.OpenRecord(slot);
-            var message = DuetFrame.ToArray(new PartialSumCheckpoint(WriteLog.LinkId(slot, r.Sequence), r.Array, stripe, row, unchanged, sum.ToArray()));
-            Interlocked.Increment(ref _sumsPosted);
-            var post = PostCheckpointAsync(message);
-            lock (_sumPosts)
-            {
-                if (!_sumPosts.TryGetValue(slot, out var posts)) _sumPosts[slot] = posts = [];
-                posts.Add(post);
-            }
-        }
-        return stored;
+        if (!CheckpointsFlow) return null;
+        var r = WriteLog.OpenRecord(slot);
+        Interlocked.Increment(ref _sumsPosted);
+        return PostCheckpointAsync(DuetFrame.ToArray(new PartialSumCheckpoint(WriteLog.LinkId(slot, r.Sequence), r.Array, stripe, row, unchanged, sum.ToArray())));
     }
 
-    async ValueTask IArrayWriteLog.PartialSumsSentAsync(int slot)
+    async ValueTask IArrayWriteLog.PartialSumsPostedAsync(IReadOnlyList<Task<bool>> posts)
     {
-        List<Task<bool>>? posts;
-        lock (_sumPosts) _sumPosts.Remove(slot, out posts);
-        if (posts is null) return;
-        foreach (var post in posts)
-        {
-            bool heard;
-            try { heard = await Waits.WithTimeout(post, CheckpointPostLimit, _options.Time); }
-            catch (TimeoutException) { heard = false; }
-            if (!heard)
-            {
-                Interlocked.Increment(ref _sumsLost);
-                LogSumLost();
-            }
-        }
+        // One limit for the stripe's posts together, as for a "started".
+        try { await Waits.WithTimeout(Task.WhenAll(posts), CheckpointPostLimit, _options.Time); }
+        catch (TimeoutException) { }
+        int lost = posts.Count(p => !p.IsCompletedSuccessfully || !p.Result);
+        if (lost == 0) return;
+        Interlocked.Add(ref _sumsLost, lost);
+        LogSumLost();
     }
 
     [LoggerMessage(EventId = 7079, Level = LogLevel.Warning, Message = "write log: a partial sum of a write to an array with a member missing did not reach the peer before the write went on; a takeover in it could not rebuild that member's blocks of the torn rows (AW-4)")]
