@@ -95,6 +95,52 @@ public sealed class HostTagsInProcessTests
         }
     }
 
+    /// <summary>
+    /// Recorders take their sequence under the table's lock and join the post queue under another, so on several
+    /// threads they join it out of order. The message must still carry its entries in sequence order: the pump once
+    /// broke that invariant, died, and left every later command waiting out the 100 ms post limit, with the peer's
+    /// copy of the table never hearing of them (a path-failover takeover under fio ran at ~180 writes/s for minutes).
+    /// In one process the race is rare: the next test pins the order itself.
+    /// </summary>
+    [Fact]
+    [Trait("Claim", "AW-1")]
+    public async Task Entries_recorded_on_many_threads_all_reach_the_peers_copy()
+    {
+        var shelf = await TwoArrayShelfAsync();
+        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
+        var (linkA, linkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 }, TimeProvider.System);
+        var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);
+        var b = await StartControllerAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB, Pair);
+        try
+        {
+            await Until(() => a.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && b.Mirror.Mode == Duet.Cache.MirrorMode.Healthy, "the pair to form");
+            long before = b.HostTags.Mirrored;
+            const int Threads = 8, Each = 400;
+            var table = (IFinishedCommandTable)a;
+            await Task.WhenAll(Enumerable.Range(0, Threads).Select(t => Task.Run(async () =>
+            {
+                for (int i = 0; i < Each; i++)
+                    await table.RecordAsync(new FinishedCommandRecord(new HostCommandKey(0, 100 + (ulong)t, (ulong)i + 1), 0xD1, HostStatus.Ok));
+            })));
+            await Until(() => b.HostTags.Mirrored - before >= Threads * Each, $"all {Threads * Each} entries in B's copy (it has {b.HostTags.Mirrored - before})");
+        }
+        finally
+        {
+            await b.DisposeAsync();
+            await a.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    [Trait("Claim", "AW-1")]
+    public void A_host_tag_message_carries_its_entries_in_sequence_order_whatever_order_they_were_queued_in()
+    {
+        var entries = new ulong[] { 12, 10, 11 }.Select(seq => new Duet.Cache.HostTagEntry(new Duet.Cache.HostTagKey(0, 5, seq), 1, 0, seq)).ToList();
+        var bytes = PairController.HostTagBytes(entries, resend: false);
+        Assert.Equal(System.Buffers.OperationStatus.Done, Duet.Interconnect.Wire.HostTagEntries.TryDecode(bytes, out var m, out _, out _));
+        Assert.Equal([10UL, 11, 12], m!.Entries.Select(e => e.Sequence));
+    }
+
     [Fact]
     [Trait("Claim", "AW-1")]
     public async Task APairingSendsEachControllerItsPeersTable()
