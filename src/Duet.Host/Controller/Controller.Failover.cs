@@ -892,8 +892,30 @@ public sealed partial class Controller
     /// <summary>This standby session registered at the shelf again (its fence had been lifted); see BeatAsync.</summary>
     volatile bool _joinedWhileStandby;
 
-    /// <summary>The owner's side of a standby's return: a hello from a new session of a fenced peer lifts the fence.</summary>
+    /// <summary>The owner's side of a standby's return: a hello from a new session of a fenced peer lifts the fence.
+    /// Hellos that come while it is being lifted wait for the same lifting (two ran it twice: two unfences, two log lines).</summary>
     async Task UnfencePeerAsync()
+    {
+        TaskCompletionSource? mine = null;
+        Task? running;
+        lock (_unfenceLock)
+        {
+            running = _unfencing is { IsCompleted: false } r ? r : null;
+            if (running is null) _unfencing = (mine = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
+        }
+        if (running is not null)
+        {
+            await running;
+            return;
+        }
+        try { await UnfencePeerCoreAsync(); }
+        finally { mine!.SetResult(); }
+    }
+
+    readonly Lock _unfenceLock = new();
+    Task? _unfencing;
+
+    async Task UnfencePeerCoreAsync()
     {
         if (Shelf is null || !_peerFenced) return;
         try

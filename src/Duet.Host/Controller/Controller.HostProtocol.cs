@@ -134,9 +134,15 @@ public sealed partial class Controller
                 await Link.PostAsync(IclSignal.Message, Nvram.Epoch, bytes, default);
                 foreach (var r in run) r.Posted.TrySetResult();
             }
-            catch (Exception e) when (e is not InvariantViolationException)
+            catch (Exception e)
             {
                 foreach (var r in run) r.Posted.TrySetException(e);
+                if (e is InvariantViolationException)
+                {
+                    // A broken invariant ends the pump; the next sender starts another rather than wait for ever.
+                    lock (_handshakeSendLock) _handshakePumping = false;
+                    throw;
+                }
             }
         }
     }
