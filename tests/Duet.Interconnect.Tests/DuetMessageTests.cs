@@ -364,7 +364,8 @@ public class MessageClassifierTests
     [InlineData("010c", MessageKind.HostTagEntries)]
     [InlineData("010d", MessageKind.WriteCheckpointsDone)]
     [InlineData("010e", MessageKind.HandshakeBatch)]
-    [InlineData("010f", MessageKind.Unknown)]
+    [InlineData("010f", MessageKind.PartialSum)]
+    [InlineData("0110", MessageKind.Unknown)]
     [InlineData("a1", MessageKind.Unknown)]
     [InlineData("ff ff", MessageKind.Unknown)]
     public void Classifies_by_first_bytes(string hex, MessageKind expected) =>
