@@ -29,11 +29,6 @@ public interface IPartialParitySink
     /// stored for it are stale from now on (what they changed there is on the drives: the array flushed first).</summary>
     void Supersede(long stripe, int row);
 
-    /// <summary>After the stores for <paramref name="stripe"/>, before its drive writes: completes once what was stored
-    /// is wherever else it must be before a drive is touched (a controller pair: with the peer, while the array has
-    /// a member that cannot be read). The stripes of one write run at once, so each waits for its own.</summary>
-    ValueTask StoredAsync(long stripe) => ValueTask.CompletedTask;
-
     /// <summary>Sums that writes which failed part-way (and may have torn these rows) still hold for rows
     /// [<paramref name="rowLo"/>, +<paramref name="rowCount"/>) of <paramref name="stripe"/>: a block there on a
     /// member that cannot be read is taken from them, not rebuilt from parity the failure may have torn.</summary>

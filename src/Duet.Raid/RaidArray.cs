@@ -947,7 +947,6 @@ public sealed partial class RaidArray
                 // Sums other writes stored for these rows go stale once this write changes them.
                 for (int r = plan.RowLo; r < plan.RowLo + plan.RowCount; r++) guard.Supersede(stripe, r);
                 StorePartialParity(ws, chunks, newData, plan.RowLo, guard, stored!);
-                await guard.StoredAsync(stripe);
             }
             bool writeP = p >= 0 && Writable(p), writeQ = q >= 0 && Writable(q);
             if (g.ParityMembers > 0 && (writeP || writeQ))

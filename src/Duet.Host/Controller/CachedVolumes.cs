@@ -81,32 +81,17 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
 
     sealed class RecordGuard(IArrayWriteLog log, int slot, byte array, RaidBacking backing) : IPartialParitySink
     {
-        /// <summary>Posts of sums to the peer, per stripe, not yet waited for.</summary>
-        readonly Dictionary<long, List<Task<bool>>> _posts = [];
-
         // With a member that cannot be read (as the write finds the array: its reads may just have failed one), the
-        // sums go to the peer too, before the stripe's drive writes: a takeover rebuilds that member's blocks of the
-        // rows this write may tear from them.
+        // sums go to the peer too, posted before the stripe's drive writes: a takeover rebuilds that member's blocks
+        // of the rows this write may tear from them.
         public bool Store(long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum)
         {
             bool stored = log.StorePartialParity(slot, stripe, row, unchanged, sum);
-            if (stored && backing.Unreadable() > 0 && log.PostPartialSum(slot, stripe, row, unchanged, sum) is { } post)
-                lock (_posts)
-                {
-                    if (!_posts.TryGetValue(stripe, out var list)) _posts[stripe] = list = [];
-                    list.Add(post);
-                }
+            if (stored && backing.Unreadable() > 0) log.PostPartialSum(slot, stripe, row, unchanged, sum);
             return stored;
         }
 
         public void Supersede(long stripe, int row) => log.SupersedePartialParity(slot, stripe, row);
-
-        public ValueTask StoredAsync(long stripe)
-        {
-            List<Task<bool>>? posts;
-            lock (_posts) _posts.Remove(stripe, out posts);
-            return posts is null ? ValueTask.CompletedTask : log.PartialSumsPostedAsync(posts);
-        }
         public IReadOnlyList<PartialParity> Held(long stripe, int rowLo, int rowCount) => log.HeldPartialParity(array, stripe, rowLo, rowCount);
     }
 
@@ -147,11 +132,9 @@ public interface IArrayWriteLog
     /// <summary>Keeps the partial parity of a row the record's write changes in part (in NVRAM, whole when this
     /// returns true; false if there is no room); freed with the record.</summary>
     bool StorePartialParity(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum);
-    /// <summary>Sends a sum the record stored to the peer (its array has a member that cannot be read); null if
-    /// checkpoints do not flow now. The post completes true once the sum is in the peer's window.</summary>
-    Task<bool>? PostPartialSum(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum) => null;
-    /// <summary>Completes once <paramref name="posts"/> are with the peer, or their time limit passed (those are counted).</summary>
-    ValueTask PartialSumsPostedAsync(IReadOnlyList<Task<bool>> posts) => ValueTask.CompletedTask;
+    /// <summary>Posts a sum the record stored to the peer (its array has a member that cannot be read), if checkpoints
+    /// flow now; a post the link drops is counted.</summary>
+    void PostPartialSum(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum) { }
     /// <summary>The record's write is about to change a row: other records' sums for it are stale.</summary>
     void SupersedePartialParity(int slot, long stripe, int row);
     /// <summary>The write returned; its record waits for the next flush of the array (<paramref name="failed"/>: and,
