@@ -528,7 +528,6 @@ public sealed class WriteLog
         return n;
     }
 
-    /// <summary>Every record of the own log (for a pairing: the peer's mirror of them starts empty).</summary>
     /// <summary>The record of the write in flight in <paramref name="slot"/> (its write holds the slot, so it stays).</summary>
     public WriteLogRecord OpenRecord(int slot)
     {
@@ -539,6 +538,7 @@ public sealed class WriteLog
         }
     }
 
+    /// <summary>Every record of the own log (for a pairing: the peer's mirror of them starts empty).</summary>
     public IReadOnlyList<(int Slot, WriteLogRecord Record)> Live()
     {
         var live = new List<(int, WriteLogRecord)>();

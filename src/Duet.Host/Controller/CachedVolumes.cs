@@ -35,7 +35,7 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
         // Failed or not, the record waits for the next flush: a write that failed part-way leaves its
         // elements dirty and marked for a recovery write, which settles the rows it tore. The rows the
         // write changes in part keep their partial parity beside the record until then.
-        var guard = new RecordGuard(log, slot, ArrayNumber, this);
+        var guard = new RecordGuard(log, slot, this);
         bool done = false;
         try
         {
@@ -79,7 +79,7 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
         return n;
     }
 
-    sealed class RecordGuard(IArrayWriteLog log, int slot, byte array, RaidBacking backing) : IPartialParitySink
+    sealed class RecordGuard(IArrayWriteLog log, int slot, RaidBacking backing) : IPartialParitySink
     {
         // With a member that cannot be read (as the write finds the array: its reads may just have failed one), the
         // sums go to the peer too, posted before the stripe's drive writes: a takeover rebuilds that member's blocks
@@ -92,7 +92,7 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
         }
 
         public void Supersede(long stripe, int row) => log.SupersedePartialParity(slot, stripe, row);
-        public IReadOnlyList<PartialParity> Held(long stripe, int rowLo, int rowCount) => log.HeldPartialParity(array, stripe, rowLo, rowCount);
+        public IReadOnlyList<PartialParity> Held(long stripe, int rowLo, int rowCount) => log.HeldPartialParity(backing.ArrayNumber, stripe, rowLo, rowCount);
     }
 
     /// <summary>Flushes the drives; the log records of every write that returned before the flush started are then cleared.</summary>

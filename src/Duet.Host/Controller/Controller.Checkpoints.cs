@@ -199,7 +199,7 @@ public sealed partial class Controller : IArrayWriteLog
         // in at once), so before the stripe's drive writes. A write that waited for every post, up to the post limit
         // with its stripe locked, changed the schedule of the simulator's power,fail-drive campaign so that seed 74
         // lost blocks (listed bad) at a restart's settle; not understood yet (docs/internals/write-log.md).
-        var post = PostCheckpointAsync(DuetFrame.ToArray(new PartialSumCheckpoint(WriteLog.LinkId(slot, r.Sequence), r.Array, stripe, row, unchanged, sum.ToArray())));
+        var post = PostCheckpointAsync(SumBytes(slot, r, stripe, row, unchanged, sum.ToArray()));
         if (post.IsCompletedSuccessfully && post.Result) return;
         _ = CountSumPostAsync(post);
     }
@@ -263,6 +263,9 @@ public sealed partial class Controller : IArrayWriteLog
         }
     }
 
+    static byte[] SumBytes(int slot, WriteLogRecord r, long stripe, int row, ulong unchanged, byte[] sum) =>
+        DuetFrame.ToArray(new PartialSumCheckpoint(WriteLog.LinkId(slot, r.Sequence), r.Array, stripe, row, unchanged, sum));
+
     static byte[] StartedBytes(int slot, WriteLogRecord r) =>
         DuetFrame.ToArray(new WriteCheckpoint(CheckpointPhase.Started, WriteLog.LinkId(slot, r.Sequence), r.Array, (ulong)r.FirstBlock, (uint)r.BlockCount));
 
@@ -296,8 +299,7 @@ public sealed partial class Controller : IArrayWriteLog
             // Its partial sums too, if its array has a member that cannot be read now.
             if (!IsDegraded(record.Array)) continue;
             foreach (var (meta, sum) in WriteLog.PartialParityOf(slot))
-                await Link.PostAsync(IclSignal.Message, Nvram.Epoch, DuetFrame.ToArray(new PartialSumCheckpoint(
-                    WriteLog.LinkId(slot, record.Sequence), record.Array, meta.Stripe, meta.Row, meta.Unchanged, sum)), default);
+                await Link.PostAsync(IclSignal.Message, Nvram.Epoch, SumBytes(slot, record, meta.Stripe, meta.Row, meta.Unchanged, sum), default);
         }
         // Every record opened before the hello is in the peer's copy now (the hello emptied it, these refilled it);
         // a hole counted since then keeps the shelf's record.

@@ -56,37 +56,33 @@ public sealed partial class Controller : IFinishedCommandTable
     async Task PumpHostTagsAsync()
     {
         await Task.Yield();
-        bool idle = false;
-        try
+        while (true)
         {
-            while (true)
+            List<(HostTagEntry Entry, TaskCompletionSource Posted)> run;
+            lock (_hostTagSendLock)
             {
-                List<(HostTagEntry Entry, TaskCompletionSource Posted)> run;
-                lock (_hostTagSendLock)
+                if (_hostTagSends.Count == 0)
                 {
-                    if (_hostTagSends.Count == 0)
-                    {
-                        _hostTagPumping = false;
-                        idle = true;
-                        return;
-                    }
-                    int n = Math.Min(_hostTagSends.Count, HostTagEntries.EntriesMax);
-                    run = _hostTagSends.GetRange(0, n);
-                    _hostTagSends.RemoveRange(0, n);
+                    _hostTagPumping = false;
+                    return;
                 }
-                try { await PostOrDropAsync(IclSignal.Message, HostTagBytes(run.Select(r => r.Entry), resend: false)); }
-                catch (Exception e) when (e is not InvariantViolationException) { LogUnknown("host tag entries post", e.Message); }
-                finally
-                {
-                    foreach (var r in run) r.Posted.TrySetResult();
-                }
+                int n = Math.Min(_hostTagSends.Count, HostTagEntries.EntriesMax);
+                run = _hostTagSends.GetRange(0, n);
+                _hostTagSends.RemoveRange(0, n);
             }
-        }
-        finally
-        {
-            // A pump that ends any other way (a broken invariant) must not leave the next entries without one: they
-            // would each wait out the post limit, and the peer's copy of the table would never hear of them again.
-            if (!idle) lock (_hostTagSendLock) _hostTagPumping = false;
+            try { await PostOrDropAsync(IclSignal.Message, HostTagBytes(run.Select(r => r.Entry), resend: false)); }
+            catch (Exception e) when (e is not InvariantViolationException) { LogUnknown("host tag entries post", e.Message); }
+            catch (InvariantViolationException)
+            {
+                // A broken invariant ends the pump; the next writer starts another. Left set, the flag made every later
+                // writer wait out the post limit, and the peer's copy of the table never heard of them again.
+                lock (_hostTagSendLock) _hostTagPumping = false;
+                throw;
+            }
+            finally
+            {
+                foreach (var r in run) r.Posted.TrySetResult();
+            }
         }
     }
 
