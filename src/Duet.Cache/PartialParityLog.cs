@@ -201,6 +201,24 @@ internal sealed class PartialParityPool
         return found;
     }
 
+    /// <summary>Frees the entries the record in <paramref name="logSlot"/> holds for <paramref name="stripe"/> (its write
+    /// there is on the drives and flushed); returns how many.</summary>
+    public int ReleaseStripe(int logSlot, long stripe)
+    {
+        if (!_bySlot.TryGetValue(logSlot, out var list)) return 0;
+        int n = 0;
+        for (int i = list.Count - 1; i >= 0; i--)
+        {
+            int e = list[i];
+            if (_meta[e]!.Value.Stripe != stripe) continue;
+            list.RemoveAt(i);
+            FreeEntry(e);
+            n++;
+        }
+        if (list.Count == 0) _bySlot.Remove(logSlot);
+        return n;
+    }
+
     /// <summary>Frees the entries of the record in <paramref name="logSlot"/> (it was cleared, retired or dropped).</summary>
     public void Release(int logSlot)
     {

@@ -104,7 +104,14 @@ public sealed class WriteLog
     readonly PartialParityPool _pp;
     /// <summary>Pool entries promised to each open record (its write's estimate), and their total.</summary>
     readonly int[] _reservedFor = new int[NvramLayout.LogSlots];
-    int _reserved;
+    /// <summary>Entries each open record's stripes claimed for the sums they are about to store
+    /// (<see cref="TryClaimPartialSums"/>); counted in <see cref="_reserved"/> too.</summary>
+    readonly int[] _claimedFor = new int[NvramLayout.LogSlots];
+    int _reserved, _claimedTotal;
+    /// <summary>Stripes that open records claimed sums for and finished writing: once their array is flushed, their
+    /// sums may go (<see cref="ReleaseStripeSums"/>).</summary>
+    readonly List<(int Slot, ulong Sequence, byte Array, long Stripe)> _stripesWritten = [];
+    long _claimWaits, _stripeSumsReleased;
     ulong _sequence;
     long _opened, _closed, _waits, _ppStored, _ppUnguarded;
 
@@ -156,7 +163,14 @@ public sealed class WriteLog
         {
             Invariant.Assert(_state[slot] == SlotState.Open, "partial parity belongs to a write in flight");
             var r = _records[slot];
-            if (_reservedFor[slot] > 0)
+            bool claimed = _claimedFor[slot] > 0;
+            if (claimed)
+            {
+                _claimedFor[slot]--;
+                _claimedTotal--;
+                _reserved--;
+            }
+            else if (_reservedFor[slot] > 0)
             {
                 _reservedFor[slot]--;
                 _reserved--;
@@ -166,7 +180,8 @@ public sealed class WriteLog
                 Interlocked.Increment(ref _ppUnguarded);
                 return false;
             }
-            if (!_pp.TryReserve(out e))
+            // What is left is claimed by stripes about to store (a claim does not respect promises; see TryClaimPartialSums).
+            if (!claimed && _pp.Free <= _claimedTotal || !_pp.TryReserve(out e))
             {
                 Interlocked.Increment(ref _ppUnguarded);
                 return false;
@@ -412,8 +427,10 @@ public sealed class WriteLog
 
     void ReleasePromiseLocked(int slot)
     {
-        _reserved -= _reservedFor[slot];
+        _reserved -= _reservedFor[slot] + _claimedFor[slot];
+        _claimedTotal -= _claimedFor[slot];
         _reservedFor[slot] = 0;
+        _claimedFor[slot] = 0;
         Invariant.Assert(_reserved >= 0);
         SignalPoolLocked();
     }
@@ -441,6 +458,83 @@ public sealed class WriteLog
             return _poolFreed.Task;
         }
     }
+
+    /// <summary>
+    /// A stripe of the open record in <paramref name="slot"/> is about to store <paramref name="sums"/> sums: true
+    /// once that many free entries are set aside for them, so none of its stores is refused. A claim takes the
+    /// record's own promise first; it does not respect what other records were promised but have not claimed (a
+    /// write waiting for a stripe's lock held by a write waiting here would hold its promise for ever), only other
+    /// claims, which are stored at once. False with <paramref name="room"/>, which completes when entries may have
+    /// been freed. False with <paramref name="never"/> if the pool, less what recovered records hold, is smaller than
+    /// the need: the stripe goes on and a refused sum is counted unguarded, as before.
+    /// </summary>
+    public bool TryClaimPartialSums(int slot, int sums, out Task? room, out bool never)
+    {
+        lock (_lock)
+        {
+            Invariant.Assert(_state[slot] == SlotState.Open, "sums are claimed by a write in flight");
+            room = null;
+            never = sums > _pp.Capacity - _heldByRecovered;
+            if (never) return false;
+            if (_pp.Free - _claimedTotal >= sums)
+            {
+                int fromOwn = Math.Min(sums, _reservedFor[slot]);
+                _reservedFor[slot] -= fromOwn;
+                _claimedFor[slot] += sums;
+                _claimedTotal += sums;
+                _reserved += sums - fromOwn;
+                return true;
+            }
+            Interlocked.Increment(ref _claimWaits);
+            _pressed = true;
+            _poolFreed ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            room = _poolFreed.Task;
+            return false;
+        }
+    }
+
+    /// <summary>The write of the open record in <paramref name="slot"/>, which claimed sums for
+    /// <paramref name="stripe"/>, finished writing it: kept until <see cref="TakeStripesWritten"/>; a waiter for room
+    /// is woken.</summary>
+    public void StripeWritten(int slot, long stripe)
+    {
+        lock (_lock)
+        {
+            if (_state[slot] != SlotState.Open) return;
+            _stripesWritten.Add((slot, _records[slot].Sequence, _records[slot].Array, stripe));
+            SignalPoolLocked();
+        }
+    }
+
+    /// <summary>Before a flush: the stripes written so far whose sums may go once their arrays are flushed.</summary>
+    public List<(int Slot, ulong Sequence, byte Array, long Stripe)> TakeStripesWritten()
+    {
+        lock (_lock)
+        {
+            var taken = new List<(int, ulong, byte, long)>(_stripesWritten);
+            _stripesWritten.Clear();
+            return taken;
+        }
+    }
+
+    /// <summary>After a flush of their arrays: frees the sums the stripes <paramref name="written"/> (taken before the
+    /// flush started) stored, for the records still open.</summary>
+    public void ReleaseStripeSums(List<(int Slot, ulong Sequence, byte Array, long Stripe)> written)
+    {
+        lock (_lock)
+        {
+            int n = 0;
+            foreach (var (slot, sequence, _, stripe) in written)
+                if (_state[slot] == SlotState.Open && _records[slot].Sequence == sequence) n += _pp.ReleaseStripe(slot, stripe);
+            _stripeSumsReleased += n;
+            if (n > 0) SignalPoolLocked();
+        }
+    }
+
+    /// <summary>Times a stripe waited for room for its sums (<see cref="TryClaimPartialSums"/>).</summary>
+    public long ClaimWaits => Interlocked.Read(ref _claimWaits);
+    /// <summary>Sums freed early: their stripes were written and flushed while their write went on.</summary>
+    public long StripeSumsReleased { get { lock (_lock) return _stripeSumsReleased; } }
 
     /// <summary>Times a write waited for room in the partial-parity pool.</summary>
     public long PoolWaits => Interlocked.Read(ref _poolWaits);
@@ -569,6 +663,7 @@ public sealed class WriteLog
         WriteLogRecord.Clear(_nvram.Own.LogRecord(slot));
         _pp.Release(slot);
         ReleasePromiseLocked(slot);
+        if (_stripesWritten.Count > 0) _stripesWritten.RemoveAll(x => x.Slot == slot);
         SignalPoolLocked();
         _state[slot] = SlotState.Free;
         _records[slot] = default;

@@ -29,6 +29,14 @@ public interface IPartialParitySink
     /// stored for it are stale from now on (what they changed there is on the drives: the array flushed first).</summary>
     void Supersede(long stripe, int row);
 
+    /// <summary>Before the write stores <paramref name="sums"/> sums for <paramref name="stripe"/>: waits, if the sink
+    /// guards this array that way, until the pool holds room for all of them (so none is refused).</summary>
+    ValueTask RoomAsync(long stripe, int sums, CancellationToken ct) => ValueTask.CompletedTask;
+
+    /// <summary>The write's drive writes to <paramref name="stripe"/> completed: once the array is flushed, the sums it
+    /// stored for that stripe may go (a write waiting for room frees them that way).</summary>
+    void StripeWritten(long stripe) { }
+
     /// <summary>Sums that writes which failed part-way (and may have torn these rows) still hold for rows
     /// [<paramref name="rowLo"/>, +<paramref name="rowCount"/>) of <paramref name="stripe"/>: a block there on a
     /// member that cannot be read is taken from them, not rebuilt from parity the failure may have torn.</summary>

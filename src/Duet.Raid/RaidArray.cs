@@ -686,6 +686,7 @@ public sealed partial class RaidArray
         await RetryOnMemberFailure(() => Geometry.IsMirrored
             ? WriteMirrorStripeAsync(stripe, sectorLo, sectorHi, source, hole, recovery, ct)
             : WriteParityStripeAsync(stripe, sectorLo, sectorHi, source, hole, recovery, ct, guard, stored));
+        guard?.StripeWritten(stripe);
         // AW-5: the sectors just written are good again (after the data, never before: a listed block
         // that is not listed any more must hold what a host wrote, not the fill).
         long origin = stripe * Geometry.StripeDataBlocks * Units.SectorsPerBlock;
@@ -946,6 +947,10 @@ public sealed partial class RaidArray
                 }
                 // Sums other writes stored for these rows go stale once this write changes them.
                 for (int r = plan.RowLo; r < plan.RowLo + plan.RowCount; r++) guard.Supersede(stripe, r);
+                // Room for every sum first (with a member that cannot be read, a row torn without its sum can lose
+                // that member's block at a single cut: the sink waits for the pool rather than leave it unguarded).
+                int sums = StorePartialParity(ws, chunks, newData, plan.RowLo, guard, stored!, countOnly: true);
+                if (sums > 0) await guard.RoomAsync(stripe, sums, ct);
                 StorePartialParity(ws, chunks, newData, plan.RowLo, guard, stored!);
             }
             bool writeP = p >= 0 && Writable(p), writeQ = q >= 0 && Writable(q);
@@ -1023,27 +1028,30 @@ public sealed partial class RaidArray
     /// can be computed for (P cannot be read and an unchanged block was not) is not stored: with P lost a cut
     /// leaves nothing to reconstruct from anyway.
     /// </summary>
-    void StorePartialParity(Workspace ws, StripePlanner.ChunkWrite[] chunks, byte[]?[] newData, int bufRowLo, IPartialParitySink guard, HashSet<int> stored)
+    int StorePartialParity(Workspace ws, StripePlanner.ChunkWrite[] chunks, byte[]?[] newData, int bufRowLo, IPartialParitySink guard, HashSet<int> stored,
+        bool countOnly = false)
     {
         var g = Geometry;
         long stripe = ws.Stripe;
         int p = g.PMember(stripe);
         Invariant.Assert(g.DataMembers <= 64);
-        var sum = BlockBuffers.Rent(Units.BlockBytes);
+        int stores = 0;
+        var sum = countOnly ? null : BlockBuffers.Rent(Units.BlockBytes);
         try
         {
-            var block = sum.AsSpan(0, Units.BlockBytes);
+            var block = countOnly ? default : sum!.AsSpan(0, Units.BlockBytes);
             for (int r = ws.RowLo; r < ws.RowLo + ws.RowCount; r++)
             {
                 if (stored.Contains(r)) continue;
-                stored.Add(r);
+                if (!countOnly) stored.Add(r);
                 for (int i = 0; i < g.DataMembers; i++)
                 {
                     var c = chunks[i];
                     if (c.IsEmpty || r < c.Lo || r >= c.Hi) continue;
                     bool partial = c.PartialFirst && r == c.Lo || c.PartialLast && r == c.Hi - 1;
-                    if (partial || !Readable(g.DataMember(stripe, i), stripe))
-                        guard.Store(stripe, r, 1UL << i, newData[i].AsSpan((r - bufRowLo) * Units.BlockBytes, Units.BlockBytes));
+                    if (!partial && Readable(g.DataMember(stripe, i), stripe)) continue;
+                    stores++;
+                    if (!countOnly) guard.Store(stripe, r, 1UL << i, newData[i].AsSpan((r - bufRowLo) * Units.BlockBytes, Units.BlockBytes));
                 }
                 ulong unchanged = 0;
                 bool fromUnchanged = true, fromParity = p >= 0 && ws.RowState(p, r) == Workspace.Ok;
@@ -1061,6 +1069,8 @@ public sealed partial class RaidArray
                 }
                 if (unchanged == 0 || unchanged == (g.DataMembers == 64 ? ulong.MaxValue : (1UL << g.DataMembers) - 1)) continue;
                 if (!fromUnchanged && !fromParity) continue;
+                stores++;
+                if (countOnly) continue;
                 // The first term is copied rather than XORed into a cleared block: one pass less.
                 bool first = true;
                 if (!fromUnchanged)
@@ -1081,8 +1091,9 @@ public sealed partial class RaidArray
         }
         finally
         {
-            BlockBuffers.Return(sum);
+            if (sum is not null) BlockBuffers.Return(sum);
         }
+        return stores;
     }
 
     async ValueTask WriteMirrorStripeAsync(long stripe, long sectorLo, long sectorHi, ReadOnlyMemory<byte> source, bool hole, bool recovery, CancellationToken ct)

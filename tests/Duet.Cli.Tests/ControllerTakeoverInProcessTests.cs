@@ -391,6 +391,47 @@ public sealed class ControllerTakeoverInProcessTests
         }
     }
 
+    [Fact]
+    [Trait("Claim", "AW-4")]
+    public async Task A_degraded_arrays_write_whose_sums_outrun_the_pool_waits_for_room_and_leaves_no_row_unguarded()
+    {
+        var faulty = new Dictionary<string, Duet.Drives.Faults.FaultyDrive>(StringComparer.Ordinal);
+        var (_, a, b) = await FormPairAsync(faulty: faulty);
+        try
+        {
+            var (raid, number) = await DrainedArr0Async(a, b);
+            var g = raid.Geometry;
+            string lostDrive = raid.Member(g.DataMember(0, 1))!.Drive.Name;
+            faulty[lostDrive].Fail();
+            await a.Arrays.FailDriveAsync(lostDrive);
+
+            // Whole stripes: each row whose block lies on the missing member keeps that block's new content as a sum
+            // (nothing else could give it back if a cut tore the row). Twice the pool's worth of them, in one write.
+            int capacity = a.WriteLog.PartialParityCapacity;
+            int stripes = 2 * (2 * capacity / g.ChunkBlocks + 1);
+            Assert.True(stripes * g.StripeDataBlocks <= g.CapacityBlocks, "the write fits the array");
+            var data = new byte[stripes * g.StripeDataBlocks * Units.BlockBytes];
+            new System.Random(5).NextBytes(data);
+            long unguarded = a.WriteLog.PartialParityUnguarded, stored = a.WriteLog.PartialParityStored;
+            var backing = new RaidBacking(raid, number, ArrayManager.SerialOf(raid.Uuid), a);
+            await backing.WriteAsync(0, data, recovery: false, default);
+
+            // Every sum found room: the stripes that ran out waited while the array was flushed and the sums of the
+            // stripes already written went. (Before, the write was promised the pool and the rest went unguarded.)
+            Assert.Equal(unguarded, a.WriteLog.PartialParityUnguarded);
+            Assert.True(a.WriteLog.PartialParityStored - stored > capacity);
+            Assert.True(a.WriteLog.ClaimWaits > 0);
+            Assert.True(a.WriteLog.StripeSumsReleased > 0);
+            var back = new byte[data.Length];
+            await raid.ReadAsync(0, back);
+            Assert.Equal(data, back);
+        }
+        finally
+        {
+            await b.DisposeAsync();
+        }
+    }
+
     /// <summary>A's arr0 and its number, once A's cache is drained and B has cleared the records of that destage.</summary>
     static async Task<(RaidArray Raid, byte Number)> DrainedArr0Async(PairController a, PairController b)
     {

@@ -58,19 +58,7 @@ public sealed partial class Controller : IArrayWriteLog
                 await (poolShort ? WriteLog.PoolRoomAsync(partialSums) : WriteLog.SlotFreedAsync());
                 continue;
             }
-            foreach (var a in waiting)
-            {
-                RaidBacking? backing;
-                lock (_backings) _backings.TryGetValue(a, out backing);
-                if (backing is not null && Arrays.ServedArrays.Contains(backing.Array)) await backing.FlushToFreeLogAsync(ct);
-                else
-                {
-                    // Not served here any more (moved, deleted, taken): nothing of ours writes there now, and
-                    // its stripes are its owner's to check.
-                    int dropped = WriteLog.Abandon(a);
-                    if (dropped > 0) LogAbandoned(a, dropped);
-                }
-            }
+            await FlushToFreeLogAsync(waiting, ct);
         }
         if (Shelf is null) return slot; // no shelf, no peer that could take us over
         bool heard = false;
@@ -95,6 +83,50 @@ public sealed partial class Controller : IArrayWriteLog
         if (!heard) await MarkLogStaleAsync(slot, hole: true);
         return slot;
     }
+
+    /// <summary>Flushes <paramref name="arrays"/> from inside a write, so that the records (and sums) their flush makes
+    /// durable free their log slots and pool entries.</summary>
+    async Task FlushToFreeLogAsync(IEnumerable<byte> arrays, CancellationToken ct)
+    {
+        foreach (var a in arrays)
+        {
+            RaidBacking? backing;
+            lock (_backings) _backings.TryGetValue(a, out backing);
+            if (backing is not null && Arrays.ServedArrays.Contains(backing.Array)) await backing.FlushToFreeLogAsync(ct);
+            else
+            {
+                // Not served here any more (moved, deleted, taken): nothing of ours writes there now, and
+                // its stripes are its owner's to check.
+                int dropped = WriteLog.Abandon(a);
+                if (dropped > 0) LogAbandoned(a, dropped);
+            }
+        }
+    }
+
+    /// <summary>
+    /// A stripe of a degraded array's write needs room for its sums before it touches a drive. While the pool has
+    /// none: flush the arrays of the stripes open writes finished (their sums can then go) and of the writes that
+    /// returned (their records go), or, with neither, wait for a write in flight to finish a stripe or return.
+    /// </summary>
+    async ValueTask IArrayWriteLog.ClaimPartialSumsAsync(int slot, int sums, CancellationToken ct)
+    {
+        if (_options.PlantedNoPartialParity) return; // stores nothing: a claim would only hold the pool
+        while (!WriteLog.TryClaimPartialSums(slot, sums, out var room, out bool never))
+        {
+            if (never) return;
+            var written = WriteLog.TakeStripesWritten();
+            var arrays = written.Select(x => x.Array).Concat(WriteLog.ArraysWaitingForFlush()).Distinct().ToList();
+            if (arrays.Count == 0)
+            {
+                await room!; // no WaitAsync(ct): see StartedAsync
+                continue;
+            }
+            await FlushToFreeLogAsync(arrays, ct);
+            WriteLog.ReleaseStripeSums(written);
+        }
+    }
+
+    void IArrayWriteLog.StripeWritten(int slot, long stripe) => WriteLog.StripeWritten(slot, stripe);
 
     // ---- the peer's copy of our log, incomplete (AW-3) -------------------------------------------------------
     // A drive write whose "started" is not in the peer's window (the link down, the peer fenced, the post dropped or

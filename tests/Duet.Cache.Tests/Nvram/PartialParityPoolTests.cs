@@ -115,6 +115,57 @@ public sealed class PartialParityPoolTests
     }
 
     [Fact]
+    public void A_stripe_claims_room_for_its_sums_before_it_stores_them_and_the_sums_of_stripes_written_and_flushed_go_early()
+    {
+        var log = new WriteLog(NvramFile.OpenOrCreate(NvramStore.For(Sample.Small), Sample.Small, "A", Sample.Pair));
+        Assert.Equal(32, log.PartialParityCapacity);
+        Assert.True(log.TryOpen(1, 0, 64, out int a, out _, partialSums: 16, out _));
+        Assert.True(log.TryOpen(2, 0, 64, out int b, out _, partialSums: 16, out _));
+        Assert.Equal(32, log.PartialParityReserved);
+
+        // A claim takes its record's promise first; past it, what others were promised but have not claimed (B may
+        // be waiting for a stripe lock A's waiting stripe holds): only claims are kept apart.
+        Assert.True(log.TryClaimPartialSums(a, 20, out _, out bool never));
+        Assert.False(never);
+        for (int r = 0; r < 16; r++) Assert.True(log.StorePartialParity(a, 0, r, 1, Sum((byte)r)));
+        for (int r = 0; r < 4; r++) Assert.True(log.StorePartialParity(a, 1, r, 1, Sum((byte)r)));
+        Assert.Equal(12, log.PartialParityFree);
+        // B's promise is worth 12 entries now; a claim of 13 waits.
+        Assert.False(log.TryClaimPartialSums(b, 13, out var room, out never));
+        Assert.False(never);
+        Assert.NotNull(room);
+        Assert.False(room!.IsCompleted);
+        Assert.Equal(1L, log.ClaimWaits);
+        // An unclaimed store does not take what a claim set aside.
+        Assert.True(log.TryClaimPartialSums(b, 12, out _, out _));
+        Assert.False(log.StorePartialParity(a, 2, 0, 1, Sum(7)));
+        Assert.Equal(1L, log.PartialParityUnguarded);
+        for (int r = 0; r < 12; r++) Assert.True(log.StorePartialParity(b, 0, r, 1, Sum((byte)r)));
+
+        // A's stripe 0 is written: once the array is flushed, its 16 sums go (its record stays open, with stripe 1's).
+        log.StripeWritten(a, 0);
+        Assert.True(room.IsCompleted);
+        var written = log.TakeStripesWritten();
+        Assert.Equal([(a, 1UL, (byte)1, 0L)], written.Select(x => (x.Slot, x.Sequence, x.Array, x.Stripe)));
+        log.ReleaseStripeSums(written);
+        Assert.Equal(16L, log.StripeSumsReleased);
+        Assert.Equal(16, log.PartialParityFree); // A's 4 of stripe 1 and B's 12 stay
+        Assert.True(log.TryClaimPartialSums(b, 13, out _, out _));
+
+        // A need larger than the whole pool is never met: the stripe goes on, a refused sum counted unguarded.
+        Assert.False(log.TryClaimPartialSums(a, 33, out room, out never));
+        Assert.True(never);
+        Assert.Null(room);
+
+        log.Written(a);
+        log.Written(b);
+        Assert.Equal(0, log.PartialParityReserved);
+        log.Close(log.TakeWritten(1));
+        log.Close(log.TakeWritten(2));
+        Assert.Equal(32, log.PartialParityFree);
+    }
+
+    [Fact]
     public void A_newer_write_of_a_row_frees_the_sums_older_records_hold_for_it_and_keeps_its_own()
     {
         var store = NvramStore.For(Sample.Small, "nvram-A");
