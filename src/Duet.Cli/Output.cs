@@ -74,6 +74,8 @@ sealed class Output(TextWriter writer, TextWriter error, bool json, bool isTermi
         w.WriteLine($"  mirror: {c.MirroredWrites} writes mirrored ({c.Batches} batches, {c.SmallWrites} small, {c.LargeWrites} large); " +
                     $"{c.Doorbells} doorbells rung, {c.LinkMessageBytes + c.LinkDataBytes} link bytes sent ({(double)c.Doorbells / writes:0.##} doorbells per write)");
         w.WriteLine($"  forwarded: {c.ForwardedRequests} requests to {c.Peer}, {c.ForwardedServed} served for {c.Peer}; refused link transfers {c.RefusedTransfers}");
+        if (c.InvariantViolations > 0)
+            w.WriteLine($"  INVARIANT VIOLATIONS: {c.InvariantViolations} (the controller's own state was found wrong; the latest: {c.LastInvariantViolation}); see its log, event 7080");
         if (c.Failback is { } f)
             w.WriteLine($"  failback {f.Mode} (settle {f.SettleMs / 1000:0.#} s): {f.State}" +
                         (f.Pending.Count > 0 ? $" [{string.Join(", ", f.Pending)} to {c.Peer}]" : "") +

@@ -27,8 +27,40 @@ public static class Invariant
     }
 
     [DoesNotReturn, MethodImpl(MethodImplOptions.NoInlining)]
-    public static void Fail(string? expression) =>
-        throw new InvariantViolationException($"invariant violated: {expression}");
+    public static void Fail(string? expression) => throw Violation($"invariant violated: {expression}");
+
+    /// <summary>
+    /// Counts a violation and tells <see cref="Violated"/>, then returns the exception to throw. Every violation
+    /// goes through here, so none is silent even when whoever awaits it is gone: a fire-and-forget task that ends
+    /// on one leaves an unobserved task and nothing else (the host-tag pump of 2026-12-07 died that way, and every
+    /// host command waited out a time limit for as long as the process ran).
+    /// </summary>
+    public static InvariantViolationException Violation(string message)
+    {
+        Interlocked.Increment(ref s_violations);
+        Volatile.Write(ref s_last, message);
+        if (t_violations++ == 0) t_first = message;
+        try { Violated?.Invoke(message); }
+        catch { /* a failing listener must not hide the violation */ }
+        return new InvariantViolationException(message);
+    }
+
+    static long s_violations;
+    static string? s_last;
+    [ThreadStatic] static long t_violations;
+    [ThreadStatic] static string? t_first;
+
+    /// <summary>Violations in this process so far, caught or not.</summary>
+    public static long Violations => Interlocked.Read(ref s_violations);
+    /// <summary>The latest violation's message, or null.</summary>
+    public static string? LastViolation => Volatile.Read(ref s_last);
+    /// <summary>Violations on this thread so far, and the first one's message (the simulator runs a seed on one thread).</summary>
+    public static (long Count, string? First) ViolationsOnThisThread => (t_violations, t_first);
+    /// <summary>Starts this thread's count again (the simulator, before a seed).</summary>
+    public static void ResetThisThread() => (t_violations, t_first) = (0, null);
+
+    /// <summary>Told each violation's message before it is thrown (a controller process logs it as critical).</summary>
+    public static event Action<string>? Violated;
 
     /// <summary>Builds an assertion's message only when its condition failed.</summary>
     [InterpolatedStringHandler]

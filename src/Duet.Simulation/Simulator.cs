@@ -165,6 +165,7 @@ public sealed partial class Simulator
     public static SimResult Run(ulong seed, SimOptions options)
     {
         var previous = SynchronizationContext.Current;
+        Invariant.ResetThisThread();
         try
         {
             var sim = new Simulator(seed, options);
@@ -188,6 +189,10 @@ public sealed partial class Simulator
                 ? "deadlock: nothing is ready and no timer is armed, but the run has not finished"
                 : $"the run did not finish within its step or time budget; host operations still waiting: {string.Join("; ", _inflight.Values.Take(6))}; {string.Join("; ", _sides.Select(DescribeState))}");
         foreach (var e in _scheduler.Escaped) Fail($"an exception escaped a work item: {e}");
+        // Every seed runs on this thread: a violation some catch (or an unobserved fire-and-forget task) swallowed
+        // still fails the seed.
+        var (violations, first) = Invariant.ViolationsOnThisThread;
+        if (violations > 0) Fail($"{violations} invariant violations during the run (caught or not); the first: {first}");
         if (_scheduler.ForeignPosts > 0) Fail($"{_scheduler.ForeignPosts} work items were posted from another thread (real time or threads leaked into the simulation); the first: {_scheduler.FirstForeignPost}");
         var stats = new SimStats(_writes, _writesAcked, _reads, _readsOk, _flushes, _moves, _movesDone, _creates, _deletes, _crashes, _partitions,
             _wire.Dropped, _failedDrives, _scheduler.Steps, _scheduler.Elapsed) { Hangs = _hangs, Takeovers = _takeovers, FailBacks = _failBacks, PowerCuts = _powerCuts, BlocksRolledBack = _blocksRolledBack,

@@ -23,6 +23,37 @@ public sealed class InvariantTests
     }
 
     [Fact]
+    public async Task A_violation_is_counted_and_told_even_when_something_swallows_it()
+    {
+        var told = new List<string>();
+        void Listen(string m) { lock (told) told.Add(m); }
+        Invariant.Violated += Listen;
+        try
+        {
+            // On a thread of its own, so that this thread's count is this test's alone.
+            var (after, first) = await Task.Factory.StartNew(() =>
+            {
+                Invariant.ResetThisThread();
+                // A fire-and-forget task that ends on a violation: nothing observes the exception.
+                _ = Task.Run(() => Invariant.Assert(1 > 2, $"the first {1}"));
+                try { Invariant.Assert(false, $"the second {2}"); } catch (InvariantViolationException) { }
+                return (Invariant.ViolationsOnThisThread.Count, Invariant.ViolationsOnThisThread.First);
+            }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+            Assert.Equal(1, after); // the task ran on another thread: counted there, not here
+            Assert.Equal("invariant violated: the second 2", first);
+            for (int i = 0; i < 500 && !told.Contains("invariant violated: the first 1"); i++) await Task.Delay(10);
+            lock (told)
+            {
+                Assert.Contains("invariant violated: the first 1", told);
+                Assert.Contains("invariant violated: the second 2", told);
+            }
+            Assert.True(Invariant.Violations >= 2);
+            Assert.NotNull(Invariant.LastViolation);
+        }
+        finally { Invariant.Violated -= Listen; }
+    }
+
+    [Fact]
     public void A_plain_assertion_names_its_expression()
     {
         int pins = 0;

@@ -112,6 +112,7 @@ public sealed class PairProcessTests(ITestOutputHelper log) : IAsyncLifetime
         Assert.True(s.Controller!.ForwardedRequests > 0 && s.PeerController!.ForwardedRequests > 0);
         Assert.True(s.Controller.MirroredWrites > 0 && s.PeerController.MirroredWrites > 0);
         Assert.Equal(0, s.Controller.RefusedTransfers + s.PeerController.RefusedTransfers);
+        Assert.Equal(0, s.Controller.InvariantViolations + s.PeerController.InvariantViolations);
     }
 
     [Fact]

@@ -725,8 +725,18 @@ public sealed partial class Controller : IAsyncDisposable
             Mirror.DownReason, _options.Mirror.ToString().ToLowerInvariant(), Cache.ElementCount, cc.Dirty, cc.Hits, cc.Misses, cc.DestagedElements,
             cc.WriteThroughs, cc.Mirrored, mc.Batches, mc.SmallWrites, mc.LargeWrites, lc.DoorbellsRung, lc.MessageBytesSent, lc.DataBytesSent,
             Forwarding.Forwarded, Interlocked.Read(ref ForwardingServer.Served), Receiver.Refused) { Failover = FailoverState(), PoweringDown = _poweringDown, Failback = FailbackState(),
-              LinkBytesByType = lc.SentByType.ToDictionary(kv => kv.Key, kv => kv.Value.MessageBytes + kv.Value.DataBytes) };
+              LinkBytesByType = lc.SentByType.ToDictionary(kv => kv.Key, kv => kv.Value.MessageBytes + kv.Value.DataBytes),
+              InvariantViolations = Invariant.Violations, LastInvariantViolation = Invariant.LastViolation };
     }
+
+    /// <summary>Logs a violation where it happens, whoever catches it (or nobody: a fire-and-forget task). The process
+    /// host (<see cref="ControllerServer"/>) hands it every violation of its process: they are all this controller's.
+    /// (Not subscribed by the controller itself: the simulator abandons crashed controllers, and a static event would
+    /// keep each alive.)</summary>
+    internal void OnInvariantViolated(string message) => LogInvariantViolated(message, Environment.StackTrace);
+
+    [LoggerMessage(EventId = 7080, Level = LogLevel.Critical, Message = "{Message}: this controller's own state is wrong; the operation stopped there (the stack: {Stack})")]
+    partial void LogInvariantViolated(string message, string stack);
 
     /// <summary>
     /// Stops the controller and disposes its parts. The orderly stop destages the whole cache first (the

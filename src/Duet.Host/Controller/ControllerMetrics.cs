@@ -44,6 +44,8 @@ public sealed class ControllerMetrics : IDisposable
         _meter.CreateObservableCounter("duet.raid.bad_blocks_cleared", () => PerArray(a => a.BadBlocksCleared));
         _meter.CreateObservableCounter("duet.raid.bad_blocks_refused", () => PerArray(a => a.BadBlocksRefused),
             description: "Unrecoverable blocks the full bad-block list could not take");
+        _meter.CreateObservableCounter("duet.invariant.violations", () => new Measurement<long>(Duet.Core.Invariant.Violations, tag),
+            description: "Assertions on Duet's own state that failed in this process, caught or not (log event 7080)");
         _meter.CreateObservableGauge("duet.mirror.error_recovery", () => new Measurement<int>(c.Mirror.Mode == MirrorMode.Healthy ? 0 : 1, tag),
             description: "1 while the peer is gone and writes go through to the drives");
     }

@@ -96,6 +96,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
         _options = options;
         _logger = loggers.CreateLogger($"Duet.Controller.{options.Name}");
         Controller = controller;
+        Duet.Core.Invariant.Violated += controller.OnInvariantViolated;
     }
 
     public static async Task<ControllerServer> StartAsync(ControllerOptions options, ILoggerFactory loggers, CancellationToken ct = default)
@@ -322,6 +323,7 @@ public sealed partial class ControllerServer : IAsyncDisposable
     /// destaged), or after a power-fail window without destaging.</summary>
     public async ValueTask DisposeAsync()
     {
+        Duet.Core.Invariant.Violated -= Controller.OnInvariantViolated;
         if (Volatile.Read(ref _frontEndsStopped) is { } stopping) await stopping;
         foreach (var unit in HostUnits) await unit.DisposeAsync();
         await Nbd.DisposeAsync();

@@ -248,7 +248,7 @@ public sealed partial class ScsiDevice : IScsiDevice, IDisposable
             Op.Release6 or Op.Release10 => Spc2Async(lu, nexus, reserve: false),
             Op.PersistentReserveIn => Done(PersistentReserveIn(lu, info.ServiceAction, Be16(cdb, 7))),
             Op.PersistentReserveOut => PersistentReserveOutAsync(lu, command, info.ServiceAction),
-            _ => throw new InvariantViolationException($"opcode 0x{op:X2} is in the command table but has no handler"),
+            _ => throw Invariant.Violation($"opcode 0x{op:X2} is in the command table but has no handler"),
         };
     }
 

@@ -128,6 +128,10 @@ public sealed record ControllerInfo(
     public FailbackInfo? Failback { get; init; }
     /// <summary>Bytes (message + data) this controller posted on the link, by message type ("Data": data-only transfers).</summary>
     public IReadOnlyDictionary<string, long>? LinkBytesByType { get; init; }
+    /// <summary>Assertions on the controller's own state that failed in its process since it started, caught or not
+    /// (each is logged as critical, event 7080), and the latest one's message.</summary>
+    public long InvariantViolations { get; init; }
+    public string? LastInvariantViolation { get; init; }
 }
 
 /// <summary>
