@@ -519,16 +519,23 @@ public sealed class WriteLog
 
     /// <summary>After a flush of their arrays: frees the sums the stripes <paramref name="written"/> (taken before the
     /// flush started) stored, for the records still open.</summary>
-    public void ReleaseStripeSums(List<(int Slot, ulong Sequence, byte Array, long Stripe)> written)
+    /// Returns the stripes whose sums went (the peer holds copies of them: they are released there too).
+    public List<(int Slot, ulong Sequence, byte Array, long Stripe)> ReleaseStripeSums(List<(int Slot, ulong Sequence, byte Array, long Stripe)> written)
     {
+        var released = new List<(int, ulong, byte, long)>();
         lock (_lock)
         {
             int n = 0;
-            foreach (var (slot, sequence, _, stripe) in written)
-                if (_state[slot] == SlotState.Open && _records[slot].Sequence == sequence) n += _pp.ReleaseStripe(slot, stripe);
+            foreach (var w in written)
+                if (_state[w.Slot] == SlotState.Open && _records[w.Slot].Sequence == w.Sequence && _pp.ReleaseStripe(w.Slot, w.Stripe) is var k and > 0)
+                {
+                    n += k;
+                    released.Add(w);
+                }
             _stripeSumsReleased += n;
             if (n > 0) SignalPoolLocked();
         }
+        return released;
     }
 
     /// <summary>Times a stripe waited for room for its sums (<see cref="TryClaimPartialSums"/>).</summary>
@@ -741,6 +748,19 @@ public sealed class WriteLog
             held.Sums.Add((new PartialParityEntry(array, slot, sequence, stripe, row, unchanged), sum));
             _peerSumCount++;
             return true;
+        }
+    }
+
+    /// <summary>The peer freed the sums its record (<paramref name="slot"/>, <paramref name="sequence"/>) holds for
+    /// <paramref name="stripe"/> (that stripe is written and flushed); drops our copies. Returns how many.</summary>
+    public int DropMirroredStripe(int slot, ulong sequence, byte array, long stripe)
+    {
+        lock (_lock)
+        {
+            if (!_peerSums.TryGetValue(slot, out var held) || held.Sequence != sequence) return 0;
+            int n = held.Sums.RemoveAll(x => x.Meta.Array == array && x.Meta.Stripe == stripe);
+            _peerSumCount -= n;
+            return n;
         }
     }
 

@@ -422,6 +422,11 @@ public sealed class ControllerTakeoverInProcessTests
             Assert.True(a.WriteLog.PartialParityStored - stored > capacity);
             Assert.True(a.WriteLog.ClaimWaits > 0);
             Assert.True(a.WriteLog.StripeSumsReleased > 0);
+            // B holds copies of the sums (the array is degraded): it dropped those A freed, and so kept every one A
+            // still holds (without the releases, more than it keeps would have come and the rest been refused).
+            await Until(() => b.WriteLog.PeerPartialSums == a.WriteLog.PartialParityCapacity - a.WriteLog.PartialParityFree, "B to drop the sums A freed");
+            Assert.Equal(0, b.WriteLog.PeerPartialSumsRefused);
+            Assert.Equal(0, a.PartialSumsLost);
             var back = new byte[data.Length];
             await raid.ReadAsync(0, back);
             Assert.Equal(data, back);

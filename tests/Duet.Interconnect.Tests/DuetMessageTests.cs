@@ -95,6 +95,29 @@ public class DuetMessageTests
     }
 
     [Fact]
+    [Trait("Claim", "AW-4")]
+    public void Partial_sums_released_has_the_documented_layout_round_trips_and_rejects_bad_fields()
+    {
+        var m = new PartialSumsReleased(0x0000_0001_0002_0003, 7, 0x0102030405);
+        var b = Encode(m);
+        Assert.Equal("0110 0000 00000020 0000000100020003 07 00000000000000 0000000102030405".Replace(" ", "", StringComparison.Ordinal), ToHex(b));
+        Assert.Equal(m, RoundTrip(m));
+        Assert.Equal(MessageKind.PartialSumsReleased, MessageClassifier.Classify(b));
+        Assert.Equal(new PartialSumsReleased(ulong.MaxValue, 0xFF, long.MaxValue), RoundTrip(new PartialSumsReleased(ulong.MaxValue, 0xFF, long.MaxValue)));
+
+        static WireError Decode(byte[] bytes) => PartialSumsReleased.TryDecode(bytes, out _, out _, out var e) == OperationStatus.Done ? WireError.None : e;
+        var reserved = b.ToArray();
+        reserved[8 + 15] = 1;
+        Assert.Equal(WireError.NonZeroReserved, Decode(reserved));
+        var negative = b.ToArray();
+        negative[8 + 16] = 0x80;
+        Assert.Equal(WireError.BadLba, Decode(negative));
+        var shortBody = b.AsSpan(0, b.Length - 1).ToArray();
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(shortBody.AsSpan(4), (uint)shortBody.Length);
+        Assert.Equal(WireError.BadLength, Decode(shortBody));
+    }
+
+    [Fact]
     [Trait("Claim", "FO-4")]
     public void Handshake_batch_has_the_documented_layout_and_round_trips_every_phase_and_field_extreme()
     {
@@ -365,7 +388,8 @@ public class MessageClassifierTests
     [InlineData("010d", MessageKind.WriteCheckpointsDone)]
     [InlineData("010e", MessageKind.HandshakeBatch)]
     [InlineData("010f", MessageKind.PartialSum)]
-    [InlineData("0110", MessageKind.Unknown)]
+    [InlineData("0110", MessageKind.PartialSumsReleased)]
+    [InlineData("0111", MessageKind.Unknown)]
     [InlineData("a1", MessageKind.Unknown)]
     [InlineData("ff ff", MessageKind.Unknown)]
     public void Classifies_by_first_bytes(string hex, MessageKind expected) =>

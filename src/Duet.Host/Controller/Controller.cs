@@ -389,6 +389,9 @@ public sealed partial class Controller : IAsyncDisposable
             case MessageKind.PartialSum:
                 OnPartialSum(t.Message.Span);
                 return;
+            case MessageKind.PartialSumsReleased:
+                OnPartialSumsReleased(t.Message.Span);
+                return;
             case MessageKind.ArrayTableUpdate:
                 OnArrayTableUpdate(t.Message.Span);
                 _ = RescanAsync();

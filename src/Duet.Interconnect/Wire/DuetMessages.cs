@@ -282,6 +282,42 @@ public sealed record PartialSumCheckpoint(ulong RecordId, byte Array, long Strip
 }
 
 /// <summary>
+/// AW-4 with AW-3: the sums the record <see cref="RecordId"/> sent for <see cref="Stripe"/> may go: the record's
+/// write finished that stripe and the array was flushed since, while the write goes on (it freed them to make
+/// room in its pool). Body: 0-7 record id, 8 array number, 9-15 zero, 16-23 stripe.
+/// </summary>
+public sealed record PartialSumsReleased(ulong RecordId, byte Array, long Stripe) : IDuetMessage<PartialSumsReleased>
+{
+    const int Fixed = 24;
+    public static ushort MessageType => MirrorWire.TypePartialSumsReleased;
+    public int BodyBytes => Fixed;
+
+    public static bool TryReadBody(ReadOnlySpan<byte> b, [MaybeNullWhen(false)] out PartialSumsReleased value, out WireError error)
+    {
+        value = null;
+        if (b.Length != Fixed) return DuetFrame.Fail(out error, WireError.BadLength);
+        if (b[9..16].IndexOfAnyExcept((byte)0) >= 0) return DuetFrame.Fail(out error, WireError.NonZeroReserved);
+        long stripe = BinaryPrimitives.ReadInt64BigEndian(b[16..]);
+        if (stripe < 0) return DuetFrame.Fail(out error, WireError.BadLba);
+        value = new PartialSumsReleased(BinaryPrimitives.ReadUInt64BigEndian(b), b[8], stripe);
+        error = WireError.None;
+        return true;
+    }
+
+    public void WriteBody(Span<byte> b)
+    {
+        Duet.Core.Invariant.Assert(Stripe >= 0);
+        b[..Fixed].Clear();
+        BinaryPrimitives.WriteUInt64BigEndian(b, RecordId);
+        b[8] = Array;
+        BinaryPrimitives.WriteInt64BigEndian(b[16..], Stripe);
+    }
+
+    public static OperationStatus TryDecode(ReadOnlySpan<byte> source, out PartialSumsReleased? value, out int consumed, out WireError error) => DuetFrame.TryDecode<PartialSumsReleased>(source, out value, out consumed, out error);
+    public int Encode(Span<byte> destination) => DuetFrame.Encode(this, destination);
+}
+
+/// <summary>
 /// The owner wrote these cache elements to the drives; the peer may drop their mirrors.
 /// Body: 0-3 count, then count x u32 cache element index (NVRAM offset within region / 512).
 /// </summary>

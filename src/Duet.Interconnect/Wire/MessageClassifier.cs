@@ -25,13 +25,14 @@ public enum MessageKind
     WriteCheckpointsDone,
     HandshakeBatch,
     PartialSum,
+    PartialSumsReleased,
 }
 
 /// <summary>
 /// The dispatch rule: which codec reads a transfer, from its first bytes only. The families
 /// are disjoint by construction (see <see cref="MirrorWire"/>): a single first byte names the
 /// SCSI-style commands (0x3C, 0xA0, 0xB0, 0x3B), and a big-endian u16 type names the rest
-/// (0x0001 metadata, 0x0002 status, 0x0101-0x010F Duet). A data mirror message has no header
+/// (0x0001 metadata, 0x0002 status, 0x0101-0x0110 Duet). A data mirror message has no header
 /// and is never classified: the link's signal identifier says it is data. Classifying does
 /// not validate; the codec does.
 /// </summary>
@@ -66,6 +67,7 @@ public static class MessageClassifier
             MirrorWire.TypeWriteCheckpointsDone => MessageKind.WriteCheckpointsDone,
             MirrorWire.TypeHandshakeBatch => MessageKind.HandshakeBatch,
             MirrorWire.TypePartialSum => MessageKind.PartialSum,
+            MirrorWire.TypePartialSumsReleased => MessageKind.PartialSumsReleased,
             _ => MessageKind.Unknown,
         };
     }

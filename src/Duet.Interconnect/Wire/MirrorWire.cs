@@ -187,6 +187,8 @@ public static class MirrorWire
     public const ushort TypeHandshakeBatch = 0x010E;
     /// <summary>AW-4 with AW-3: a partial sum of a write to an array with a member missing (<see cref="PartialSumCheckpoint"/>).</summary>
     public const ushort TypePartialSum = 0x010F;
+    /// <summary>AW-4 with AW-3: the partial sums a record sent for one stripe may go (<see cref="PartialSumsReleased"/>).</summary>
+    public const ushort TypePartialSumsReleased = 0x0110;
 
     /// <summary>The array table maps to 8-bit volume numbers: at most 256 arrays (MR-5).</summary>
     public const int ArrayTableEntriesMax = 256;

@@ -129,6 +129,13 @@ public sealed class WriteLogTests
 
         log.ClearMirrored(3, 9); // not the record the slot holds: nothing goes
         Assert.Equal(3, log.PeerPartialSums);
+        // The peer freed its record's sums of one stripe (written and flushed while the write went on): only those go.
+        Assert.True(log.StoreMirroredSum(3, 10, 1, 5, 0, 0b10, sum));
+        Assert.Equal(0, log.DropMirroredStripe(3, 9, 1, 5));  // another record of the slot
+        Assert.Equal(0, log.DropMirroredStripe(9, 11, 2, 5)); // another record's stripe
+        Assert.Equal(1, log.DropMirroredStripe(3, 10, 1, 5));
+        Assert.Equal(3, log.PeerPartialSums);
+        Assert.Equal([4L, 4L], log.MirroredPartialParity(1).Select(x => x.Meta.Stripe));
         log.ClearMirrored(3, 10);
         Assert.Empty(log.MirroredPartialParity(1));
         log.StoreMirrored(9, new WriteLogRecord(2, 8, 4, 12)); // the slot's next record: the old one's sums go
