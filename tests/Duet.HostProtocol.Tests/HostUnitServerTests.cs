@@ -104,6 +104,9 @@ public class HostUnitServerTests
 
         var sender = controller == 'A' ? tcp.Pair.A : tcp.Pair.B;
         var partner = controller == 'A' ? tcp.Pair.B : tcp.Pair.A;
+        // The sender counts a forward once its send returned, which may be after the partner ran the command and
+        // the host had its answer: wait for the counts, then check there were no more.
+        await tcp.Pair.UntilAsync(() => sender.Counters.ForwardedFramesSent >= 2 && partner.Counters.ForwardedFramesReceived >= 2, "both forwards counted");
         Assert.Equal(2, sender.Counters.ForwardedFramesSent);
         Assert.Equal(2, partner.Counters.ForwardedFramesReceived);
         await tcp.Pair.UntilAsync(() => tcp.Pair.A.QueuedCount == 0 && tcp.Pair.B.QueuedCount == 0, "both queues empty");
