@@ -437,6 +437,44 @@ public sealed class ControllerTakeoverInProcessTests
         }
     }
 
+    [Fact]
+    [Trait("Claim", "AW-4")]
+    public async Task A_stripe_waiting_for_room_for_its_sums_gets_it_when_a_returned_write_is_flushed_and_goes_on_without_it_after_its_limit()
+    {
+        var (_, a, b) = await FormPairAsync();
+        try
+        {
+            var (_, number) = await DrainedArr0Async(a, b);
+            var log = (IArrayWriteLog)a;
+            int slot = await log.StartedAsync(number, 0, 1, 0, default);
+            // Another write of the array holds the whole pool.
+            Assert.True(a.WriteLog.TryOpen(number, 64, 1, out int filler, out _));
+            var sum = new byte[Units.BlockBytes];
+            for (int r = 0; a.WriteLog.PartialParityFree > 0; r++) Assert.True(a.WriteLog.StorePartialParity(filler, 100, r, 1, sum));
+
+            // It returns: the waiting stripe flushes the array, its record goes with its sums, and the claim is met.
+            var claim = log.ClaimPartialSumsAsync(slot, 4, default).AsTask();
+            Assert.False(claim.IsCompleted);
+            a.WriteLog.Written(filler);
+            await claim;
+            Assert.Equal(0, a.PartialSumClaimsGivenUp);
+            Assert.Equal(a.WriteLog.PartialParityCapacity, a.WriteLog.PartialParityFree);
+            for (int r = 0; r < 4; r++) Assert.True(a.WriteLog.StorePartialParity(slot, 0, r, 1, sum)); // the stripe's sums
+
+            // Nothing frees what holds the pool: after its limit the stripe goes on without the claim.
+            Assert.True(a.WriteLog.TryOpen(number, 64, 1, out filler, out _));
+            for (int r = 0; a.WriteLog.PartialParityFree > 0; r++) Assert.True(a.WriteLog.StorePartialParity(filler, 100, r, 1, sum));
+            await log.ClaimPartialSumsAsync(slot, 4, default);
+            Assert.Equal(1, a.PartialSumClaimsGivenUp);
+            a.WriteLog.Written(filler);
+            log.Written(slot);
+        }
+        finally
+        {
+            await b.DisposeAsync();
+        }
+    }
+
     /// <summary>A's arr0 and its number, once A's cache is drained and B has cleared the records of that destage.</summary>
     static async Task<(RaidArray Raid, byte Number)> DrainedArr0Async(PairController a, PairController b)
     {

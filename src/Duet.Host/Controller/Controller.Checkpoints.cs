@@ -118,7 +118,17 @@ public sealed partial class Controller : IArrayWriteLog
             var arrays = written.Select(x => x.Array).Concat(WriteLog.ArraysWaitingForFlush()).Distinct().ToList();
             if (arrays.Count == 0)
             {
-                await room!; // no WaitAsync(ct): see StartedAsync
+                // Bounded: the pool may be held by failed writes' records, which later writes of their blocks settle
+                // (this one's among them) and which are given back only while no write is open. A stripe that waited
+                // its limit with nothing freed goes on as it did before claims: a sum the pool refuses is counted
+                // unguarded. (Waits.WithTimeout, not WaitAsync(ct): see StartedAsync.)
+                try { await Waits.WithTimeout(room!, ClaimWaitLimit, _options.Time); }
+                catch (TimeoutException)
+                {
+                    Interlocked.Increment(ref _claimsGivenUp);
+                    LogClaimGivenUp(sums, WriteLog.PartialParityFree, WriteLog.PartialParityCapacity);
+                    return;
+                }
                 continue;
             }
             await FlushToFreeLogAsync(arrays, ct);
@@ -132,6 +142,17 @@ public sealed partial class Controller : IArrayWriteLog
     }
 
     void IArrayWriteLog.StripeWritten(int slot, long stripe) => WriteLog.StripeWritten(slot, stripe);
+
+    /// <summary>How long a stripe waits for room for its sums with nothing freed before it goes on without the claim.</summary>
+    static readonly TimeSpan ClaimWaitLimit = TimeSpan.FromSeconds(1);
+    long _claimsGivenUp;
+
+    /// <summary>Stripes of degraded arrays that waited <see cref="ClaimWaitLimit"/> for room for their sums with
+    /// nothing freed, and went on without the claim (a refused sum is then counted unguarded).</summary>
+    public long PartialSumClaimsGivenUp => Interlocked.Read(ref _claimsGivenUp);
+
+    [LoggerMessage(EventId = 7081, Level = LogLevel.Warning, Message = "write log: a stripe of an array with a member missing waited 1 s for room for its {Sums} partial sums ({Free} of {Capacity} entries free) and goes on without it; a sum the pool refuses leaves its row unguarded (AW-4)")]
+    partial void LogClaimGivenUp(int sums, int free, int capacity);
 
     // ---- the peer's copy of our log, incomplete (AW-3) -------------------------------------------------------
     // A drive write whose "started" is not in the peer's window (the link down, the peer fenced, the post dropped or
