@@ -33,6 +33,10 @@ public interface IPartialParitySink
     /// guards this array that way, until the pool holds room for all of them (so none is refused).</summary>
     ValueTask RoomAsync(long stripe, int sums, CancellationToken ct) => ValueTask.CompletedTask;
 
+    /// <summary>After the write stored its sums for <paramref name="stripe"/>, before its drive writes there: waits for
+    /// whatever else must hold them first (their copies at the peer).</summary>
+    ValueTask SumsStoredAsync(long stripe, CancellationToken ct) => ValueTask.CompletedTask;
+
     /// <summary>The write's drive writes to <paramref name="stripe"/> completed: once the array is flushed, the sums it
     /// stored for that stripe may go (a write waiting for room frees them that way).</summary>
     void StripeWritten(long stripe) { }

@@ -952,6 +952,7 @@ public sealed partial class RaidArray
                 int sums = StorePartialParity(ws, chunks, newData, plan.RowLo, guard, stored!, countOnly: true);
                 if (sums > 0) await guard.RoomAsync(stripe, sums, ct);
                 StorePartialParity(ws, chunks, newData, plan.RowLo, guard, stored!);
+                if (sums > 0) await guard.SumsStoredAsync(stripe, ct);
             }
             bool writeP = p >= 0 && Writable(p), writeQ = q >= 0 && Writable(q);
             if (g.ParityMembers > 0 && (writeP || writeQ))

@@ -475,6 +475,68 @@ public sealed class ControllerTakeoverInProcessTests
         }
     }
 
+    [Fact]
+    [Trait("Claim", "AW-4")]
+    [Trait("Claim", "AW-3")]
+    public async Task A_degraded_stripes_sums_that_wait_for_room_in_the_peers_window_are_waited_for_before_its_drive_writes_within_the_post_limit()
+    {
+        var faulty = new Dictionary<string, Duet.Drives.Faults.FaultyDrive>(StringComparer.Ordinal);
+        var shelf = await TwoArrayShelfAsync(faulty);
+        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
+        var window = IclWindowOptions.Default with { QueueEntries = 8, ReplyQueueEntries = 8, ReplyDataBufferBytes = 4 << 20 };
+        var (linkA, linkB) = InMemoryIclTransport.CreatePair(window, TimeProvider.System, "A", "B", manualDelivery: true);
+        using var stop = new CancellationTokenSource();
+        var bReads = new StrongBox<bool>(true);
+        async Task PumpAsync(InMemoryIclLink link, StrongBox<bool> reads)
+        {
+            while (!stop.IsCancellationRequested)
+                if (!reads.Value || !await link.PumpOnceAsync()) await Task.Delay(1);
+        }
+        var pumps = new[] { PumpAsync(linkA, new StrongBox<bool>(true)), PumpAsync(linkB, bReads) };
+        var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);
+        var b = await StartControllerAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB, Pair);
+        try
+        {
+            await Until(() => a.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && b.Mirror.Mode == Duet.Cache.MirrorMode.Healthy, "the pair to form");
+            var (raid, number) = await DrainedArr0Async(a, b);
+            var g = raid.Geometry;
+            string lostDrive = raid.Member(g.DataMember(0, 1))!.Drive.Name;
+            faulty[lostDrive].Fail();
+            await a.Arrays.FailDriveAsync(lostDrive);
+
+            // B stops reading its window; A's "started" posts fill it.
+            bReads.Value = false;
+            int started = 0;
+            while (!a.LogMarkedStale && started < 32)
+                ((IArrayWriteLog)a).Written(await ((IArrayWriteLog)a).StartedAsync(number, g.CapacityBlocks - 1 - started++, 1, 0, default));
+            Assert.True(a.LogMarkedStale);
+
+            // A write of one block of row 0 (its block on the missing member is left as it is: a sum). Its sum cannot get
+            // into B's window: the stripe waits for it up to the post limit, then goes on, the sum counted as not there in
+            // time. (Before, the write went on at once and the post waited on its own, counted only if it failed.)
+            var fresh = new byte[Units.BlockBytes];
+            new System.Random(21).NextBytes(fresh);
+            var backing = new RaidBacking(raid, number, ArrayManager.SerialOf(raid.Uuid), a);
+            await backing.WriteAsync(0, fresh, recovery: false, default);
+            Assert.True(a.PartialSumsPosted >= 1);
+            Assert.True(a.PartialSumsLost >= 1);
+            var back = new byte[Units.BlockBytes];
+            await raid.ReadAsync(0, back);
+            Assert.Equal(fresh, back);
+
+            // B reads again: the late sum still arrives, and B keeps it with A's record.
+            bReads.Value = true;
+            await Until(() => b.WriteLog.PeerPartialSums >= 1, "the late sum to reach B");
+        }
+        finally
+        {
+            await a.DisposeAsync();
+            await b.DisposeAsync();
+            stop.Cancel();
+            await Task.WhenAll(pumps);
+        }
+    }
+
     /// <summary>A's arr0 and its number, once A's cache is drained and B has cleared the records of that destage.</summary>
     static async Task<(RaidArray Raid, byte Number)> DrainedArr0Async(PairController a, PairController b)
     {

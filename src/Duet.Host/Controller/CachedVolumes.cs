@@ -81,14 +81,32 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
 
     sealed class RecordGuard(IArrayWriteLog log, int slot, RaidBacking backing) : IPartialParitySink
     {
+        /// <summary>Posts of a stripe's sums the link has not taken in yet, by stripe.</summary>
+        readonly Dictionary<long, List<Task<bool>>> _posts = [];
+
         // With a member that cannot be read (as the write finds the array: its reads may just have failed one), the
-        // sums go to the peer too, posted before the stripe's drive writes: a takeover rebuilds that member's blocks
-        // of the rows this write may tear from them.
+        // sums go to the peer too, before the stripe's drive writes: a takeover rebuilds that member's blocks of the
+        // rows this write may tear from them.
         public bool Store(long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum)
         {
             bool stored = log.StorePartialParity(slot, stripe, row, unchanged, sum);
-            if (stored && backing.Unreadable() > 0) log.PostPartialSum(slot, stripe, row, unchanged, sum);
+            if (stored && backing.Unreadable() > 0 && log.PostPartialSum(slot, stripe, row, unchanged, sum) is { } post &&
+                !(post.IsCompletedSuccessfully && post.Result))
+                lock (_posts)
+                {
+                    if (!_posts.TryGetValue(stripe, out var list)) _posts[stripe] = list = [];
+                    list.Add(post);
+                }
             return stored;
+        }
+
+        // With room in the peer's window a post is taken in at once; one that waits for room is waited for here, before
+        // the stripe's drive writes (within the post limit, as a "started" is).
+        public ValueTask SumsStoredAsync(long stripe, CancellationToken ct)
+        {
+            List<Task<bool>>? posts;
+            lock (_posts) _posts.Remove(stripe, out posts);
+            return posts is null ? ValueTask.CompletedTask : log.PartialSumsPostedAsync(posts);
         }
 
         public void Supersede(long stripe, int row) => log.SupersedePartialParity(slot, stripe, row);
@@ -156,7 +174,10 @@ public interface IArrayWriteLog
     bool StorePartialParity(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum);
     /// <summary>Posts a sum the record stored to the peer (its array has a member that cannot be read), if checkpoints
     /// flow now; a post the link drops is counted.</summary>
-    void PostPartialSum(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum) { }
+    Task<bool>? PostPartialSum(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum) => null;
+    /// <summary>Waits, within the post limit, for posts of a stripe's sums that were not taken in at once; counts those
+    /// that did not make it.</summary>
+    ValueTask PartialSumsPostedAsync(IReadOnlyList<Task<bool>> posts) => ValueTask.CompletedTask;
     /// <summary>Waits until <paramref name="sums"/> pool entries are set aside for a stripe of the record's write
     /// (<see cref="Duet.Cache.WriteLog.TryClaimPartialSums"/>), flushing arrays to free entries meanwhile.</summary>
     ValueTask ClaimPartialSumsAsync(int slot, int sums, CancellationToken ct) => ValueTask.CompletedTask;

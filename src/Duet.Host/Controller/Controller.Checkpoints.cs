@@ -248,31 +248,30 @@ public sealed partial class Controller : IArrayWriteLog
     bool IArrayWriteLog.StorePartialParity(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum) =>
         !_options.PlantedNoPartialParity && WriteLog.StorePartialParity(slot, stripe, row, unchanged, sum);
 
-    void IArrayWriteLog.PostPartialSum(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum)
+    Task<bool>? IArrayWriteLog.PostPartialSum(int slot, long stripe, int row, ulong unchanged, ReadOnlySpan<byte> sum)
     {
-        if (!CheckpointsFlow) return;
+        if (!CheckpointsFlow) return null;
         var r = WriteLog.OpenRecord(slot);
         Interlocked.Increment(ref _sumsPosted);
-        // Not waited for: with room in the peer's window the post is there before this returns (the link copies it
-        // in at once), so before the stripe's drive writes. A write that waited for every post, up to the post limit
-        // with its stripe locked, moved the simulator's power,fail-drive seed 74 onto a degraded write whose sums
-        // outran the pool, torn unguarded at a cut (closed since: a stripe claims room for its sums first).
-        var post = PostCheckpointAsync(SumBytes(slot, r, stripe, row, unchanged, sum.ToArray()));
-        if (post.IsCompletedSuccessfully && post.Result) return;
-        _ = CountSumPostAsync(post);
+        return PostCheckpointAsync(SumBytes(slot, r, stripe, row, unchanged, sum.ToArray()));
     }
 
-    async Task CountSumPostAsync(Task<bool> post)
+    // A stripe's posts that were not taken in at once (the peer's window full) are waited for before its drive writes,
+    // together within the post limit, as a write waits for its "started". (A first version that waited, in the
+    // session that added these posts, moved the simulator's power,fail-drive seed 74 onto a degraded write whose sums
+    // outran the pool and tore unguarded at a cut; the posts then went unwaited until stripes claimed their room.)
+    async ValueTask IArrayWriteLog.PartialSumsPostedAsync(IReadOnlyList<Task<bool>> posts)
     {
-        bool heard;
-        try { heard = await post; }
-        catch (Exception) { heard = false; } // the link disposed under it (a stop)
-        if (heard) return;
-        Interlocked.Increment(ref _sumsLost);
+        try { await Waits.WithTimeout(Task.WhenAll(posts), CheckpointPostLimit, _options.Time); }
+        catch (TimeoutException) { }
+        catch (Exception) { } // a post the link failed under a stop: counted below
+        int lost = posts.Count(p => !p.IsCompletedSuccessfully || !p.Result);
+        if (lost == 0) return;
+        Interlocked.Add(ref _sumsLost, lost);
         LogSumLost();
     }
 
-    [LoggerMessage(EventId = 7079, Level = LogLevel.Warning, Message = "write log: a partial sum of a write to an array with a member missing did not reach the peer; a takeover in that write could not rebuild that member's blocks of the torn rows (AW-4)")]
+    [LoggerMessage(EventId = 7079, Level = LogLevel.Warning, Message = "write log: a partial sum of a write to an array with a member missing did not reach the peer before the write went on; a takeover in that write could not rebuild that member's blocks of the torn rows (AW-4)")]
     partial void LogSumLost();
 
     /// <summary>Whether array <paramref name="number"/>, served here, has a member that cannot be read now.</summary>
