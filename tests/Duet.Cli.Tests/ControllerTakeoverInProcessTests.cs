@@ -167,48 +167,24 @@ public sealed class ControllerTakeoverInProcessTests
     [Trait("Claim", "AW-3")]
     public async Task A_started_checkpoint_that_waits_past_its_limit_is_covered_by_the_shelfs_record_until_it_arrives()
     {
-        // Both ends deliver only when pumped, so B can stop reading its window (hung) while A goes on.
-        var shelf = await TwoArrayShelfAsync();
-        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
-        var window = IclWindowOptions.Default with { QueueEntries = 8, ReplyQueueEntries = 8, ReplyDataBufferBytes = 4 << 20 };
-        var (linkA, linkB) = InMemoryIclTransport.CreatePair(window, TimeProvider.System, "A", "B", manualDelivery: true);
-        using var stop = new CancellationTokenSource();
-        var bReads = new StrongBox<bool>(true);
-        async Task PumpAsync(InMemoryIclLink link, StrongBox<bool> reads)
-        {
-            while (!stop.IsCancellationRequested)
-                if (!reads.Value || !await link.PumpOnceAsync()) await Task.Delay(1);
-        }
-        var pumps = new[] { PumpAsync(linkA, new StrongBox<bool>(true)), PumpAsync(linkB, bReads) };
-        var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);
-        var b = await StartControllerAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB, Pair);
-        try
-        {
-            await Until(() => a.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && b.Mirror.Mode == Duet.Cache.MirrorMode.Healthy, "the pair to form");
-            var (raid, number) = await DrainedArr0Async(a, b);
+        await using var pair = await PumpedPair.StartAsync(await TwoArrayShelfAsync());
+        var (shelf, a, b, bReads) = (pair.Shelf, pair.A, pair.B, pair.BReads);
+        var (raid, number) = await DrainedArr0Async(a, b);
 
-            // B stops reading; A's writes fill B's command queue, and then a "started" waits for room past its limit:
-            // the shelf records A's log copy incomplete before that write goes on.
-            bReads.Value = false;
-            int started = 0;
-            while (!a.LogMarkedStale && started < 32)
-                await ((IArrayWriteLog)a).StartedAsync(number, started++, 1, 0, default);
-            Assert.True(a.LogMarkedStale);
-            Assert.True(shelf.Status().Port("A").LogStale);
+        // B stops reading; A's writes fill B's command queue, and then a "started" waits for room past its limit:
+        // the shelf records A's log copy incomplete before that write goes on.
+        bReads.Value = false;
+        int started = 0;
+        while (!a.LogMarkedStale && started < 32)
+            await ((IArrayWriteLog)a).StartedAsync(number, started++, 1, 0, default);
+        Assert.True(a.LogMarkedStale);
+        Assert.True(shelf.Status().Port("A").LogStale);
 
-            // B reads again: the late posts arrive, nothing was lost, and the record goes.
-            bReads.Value = true;
-            await Until(() => !shelf.Status().Port("A").LogStale, "the late checkpoints to arrive and the shelf's record to be cleared");
-            await Until(() => b.PeerOpenCheckpoints == started, "B to hold every record A started");
-            Assert.False(a.LogMarkedStale);
-        }
-        finally
-        {
-            await a.DisposeAsync();
-            await b.DisposeAsync();
-            stop.Cancel();
-            await Task.WhenAll(pumps);
-        }
+        // B reads again: the late posts arrive, nothing was lost, and the record goes.
+        bReads.Value = true;
+        await Until(() => !shelf.Status().Port("A").LogStale, "the late checkpoints to arrive and the shelf's record to be cleared");
+        await Until(() => b.PeerOpenCheckpoints == started, "B to hold every record A started");
+        Assert.False(a.LogMarkedStale);
     }
 
     [Fact]
@@ -481,59 +457,76 @@ public sealed class ControllerTakeoverInProcessTests
     public async Task A_degraded_stripes_sums_that_wait_for_room_in_the_peers_window_are_waited_for_before_its_drive_writes_within_the_post_limit()
     {
         var faulty = new Dictionary<string, Duet.Drives.Faults.FaultyDrive>(StringComparer.Ordinal);
-        var shelf = await TwoArrayShelfAsync(faulty);
-        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
-        var window = IclWindowOptions.Default with { QueueEntries = 8, ReplyQueueEntries = 8, ReplyDataBufferBytes = 4 << 20 };
-        var (linkA, linkB) = InMemoryIclTransport.CreatePair(window, TimeProvider.System, "A", "B", manualDelivery: true);
-        using var stop = new CancellationTokenSource();
-        var bReads = new StrongBox<bool>(true);
+        await using var pair = await PumpedPair.StartAsync(await TwoArrayShelfAsync(faulty));
+        var (a, b, bReads) = (pair.A, pair.B, pair.BReads);
+        var (raid, number) = await DrainedArr0Async(a, b);
+        var g = raid.Geometry;
+        string lostDrive = raid.Member(g.DataMember(0, 1))!.Drive.Name;
+        faulty[lostDrive].Fail();
+        await a.Arrays.FailDriveAsync(lostDrive);
+
+        // B stops reading its window; A's "started" posts fill it.
+        bReads.Value = false;
+        int started = 0;
+        while (!a.LogMarkedStale && started < 32)
+            ((IArrayWriteLog)a).Written(await ((IArrayWriteLog)a).StartedAsync(number, g.CapacityBlocks - 1 - started++, 1, 0, default));
+        Assert.True(a.LogMarkedStale);
+
+        // A write of one block of row 0 (its block on the missing member is left as it is: a sum). Its sum cannot get
+        // into B's window: the stripe waits for it up to the post limit, then goes on, the sum counted as not there in
+        // time. (Before, the write went on at once and the post waited on its own, counted only if it failed.)
+        var fresh = new byte[Units.BlockBytes];
+        new System.Random(21).NextBytes(fresh);
+        var backing = new RaidBacking(raid, number, ArrayManager.SerialOf(raid.Uuid), a);
+        await backing.WriteAsync(0, fresh, recovery: false, default);
+        Assert.True(a.PartialSumsPosted >= 1);
+        Assert.True(a.PartialSumsLost >= 1);
+        var back = new byte[Units.BlockBytes];
+        await raid.ReadAsync(0, back);
+        Assert.Equal(fresh, back);
+
+        // B reads again: the late sum still arrives, and B keeps it with A's record.
+        bReads.Value = true;
+        await Until(() => b.WriteLog.PeerPartialSums >= 1, "the late sum to reach B");
+    }
+
+    /// <summary>A formed pair whose links deliver only when pumped, so that B can stop reading its window (hung) while A
+    /// goes on (<see cref="BReads"/>).</summary>
+    sealed class PumpedPair : IAsyncDisposable
+    {
+        public required Duet.Shelf.Shelf Shelf { get; init; }
+        public required PairController A { get; init; }
+        public required PairController B { get; init; }
+        public StrongBox<bool> BReads { get; } = new(true);
+        readonly CancellationTokenSource _stop = new();
+        Task[] _pumps = [];
+
+        public static async Task<PumpedPair> StartAsync(Duet.Shelf.Shelf shelf)
+        {
+            var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
+            var window = IclWindowOptions.Default with { QueueEntries = 8, ReplyQueueEntries = 8, ReplyDataBufferBytes = 4 << 20 };
+            var (linkA, linkB) = InMemoryIclTransport.CreatePair(window, TimeProvider.System, "A", "B", manualDelivery: true);
+            var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);
+            var b = await StartControllerAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB, Pair);
+            var pair = new PumpedPair { Shelf = shelf, A = a, B = b };
+            pair._pumps = [pair.PumpAsync(linkA, new StrongBox<bool>(true)), pair.PumpAsync(linkB, pair.BReads)];
+            await Until(() => a.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && b.Mirror.Mode == Duet.Cache.MirrorMode.Healthy, "the pair to form");
+            return pair;
+        }
+
         async Task PumpAsync(InMemoryIclLink link, StrongBox<bool> reads)
         {
-            while (!stop.IsCancellationRequested)
+            while (!_stop.IsCancellationRequested)
                 if (!reads.Value || !await link.PumpOnceAsync()) await Task.Delay(1);
         }
-        var pumps = new[] { PumpAsync(linkA, new StrongBox<bool>(true)), PumpAsync(linkB, bReads) };
-        var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);
-        var b = await StartControllerAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB, Pair);
-        try
+
+        public async ValueTask DisposeAsync()
         {
-            await Until(() => a.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && b.Mirror.Mode == Duet.Cache.MirrorMode.Healthy, "the pair to form");
-            var (raid, number) = await DrainedArr0Async(a, b);
-            var g = raid.Geometry;
-            string lostDrive = raid.Member(g.DataMember(0, 1))!.Drive.Name;
-            faulty[lostDrive].Fail();
-            await a.Arrays.FailDriveAsync(lostDrive);
-
-            // B stops reading its window; A's "started" posts fill it.
-            bReads.Value = false;
-            int started = 0;
-            while (!a.LogMarkedStale && started < 32)
-                ((IArrayWriteLog)a).Written(await ((IArrayWriteLog)a).StartedAsync(number, g.CapacityBlocks - 1 - started++, 1, 0, default));
-            Assert.True(a.LogMarkedStale);
-
-            // A write of one block of row 0 (its block on the missing member is left as it is: a sum). Its sum cannot get
-            // into B's window: the stripe waits for it up to the post limit, then goes on, the sum counted as not there in
-            // time. (Before, the write went on at once and the post waited on its own, counted only if it failed.)
-            var fresh = new byte[Units.BlockBytes];
-            new System.Random(21).NextBytes(fresh);
-            var backing = new RaidBacking(raid, number, ArrayManager.SerialOf(raid.Uuid), a);
-            await backing.WriteAsync(0, fresh, recovery: false, default);
-            Assert.True(a.PartialSumsPosted >= 1);
-            Assert.True(a.PartialSumsLost >= 1);
-            var back = new byte[Units.BlockBytes];
-            await raid.ReadAsync(0, back);
-            Assert.Equal(fresh, back);
-
-            // B reads again: the late sum still arrives, and B keeps it with A's record.
-            bReads.Value = true;
-            await Until(() => b.WriteLog.PeerPartialSums >= 1, "the late sum to reach B");
-        }
-        finally
-        {
-            await a.DisposeAsync();
-            await b.DisposeAsync();
-            stop.Cancel();
-            await Task.WhenAll(pumps);
+            await A.DisposeAsync();
+            await B.DisposeAsync();
+            _stop.Cancel();
+            await Task.WhenAll(_pumps);
+            _stop.Dispose();
         }
     }
 
