@@ -519,7 +519,7 @@ public sealed class WriteLog
 
     /// <summary>After a flush of their arrays: frees the sums the stripes <paramref name="written"/> (taken before the
     /// flush started) stored, for the records still open.</summary>
-    /// Returns the stripes whose sums went (the peer holds copies of them: they are released there too).
+    /// <returns>The stripes whose sums went (the peer holds copies of them: they are released there too).</returns>
     public List<(int Slot, ulong Sequence, byte Array, long Stripe)> ReleaseStripeSums(List<(int Slot, ulong Sequence, byte Array, long Stripe)> written)
     {
         var released = new List<(int, ulong, byte, long)>();

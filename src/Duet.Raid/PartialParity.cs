@@ -29,8 +29,12 @@ public interface IPartialParitySink
     /// stored for it are stale from now on (what they changed there is on the drives: the array flushed first).</summary>
     void Supersede(long stripe, int row);
 
-    /// <summary>Before the write stores <paramref name="sums"/> sums for <paramref name="stripe"/>: waits, if the sink
-    /// guards this array that way, until the pool holds room for all of them (so none is refused).</summary>
+    /// <summary>Whether the write must claim room for a stripe's sums (<see cref="RoomAsync"/>) before it stores them;
+    /// only then does it count them first.</summary>
+    bool ClaimsRoom => false;
+
+    /// <summary>Before the write stores <paramref name="sums"/> sums for <paramref name="stripe"/> (with
+    /// <see cref="ClaimsRoom"/>): waits until the pool holds room for all of them (so none is refused).</summary>
     ValueTask RoomAsync(long stripe, int sums, CancellationToken ct) => ValueTask.CompletedTask;
 
     /// <summary>After the write stored its sums for <paramref name="stripe"/>, before its drive writes there: waits for

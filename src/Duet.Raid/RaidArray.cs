@@ -949,10 +949,11 @@ public sealed partial class RaidArray
                 for (int r = plan.RowLo; r < plan.RowLo + plan.RowCount; r++) guard.Supersede(stripe, r);
                 // Room for every sum first (with a member that cannot be read, a row torn without its sum can lose
                 // that member's block at a single cut: the sink waits for the pool rather than leave it unguarded).
-                int sums = StorePartialParity(ws, chunks, newData, plan.RowLo, guard, stored!, countOnly: true);
-                if (sums > 0) await guard.RoomAsync(stripe, sums, ct);
+                // Counted only where the sink claims room: the healthy write path does not pay for the count.
+                if (guard.ClaimsRoom && StorePartialParity(ws, chunks, newData, plan.RowLo, guard, stored!, countOnly: true) is var sums and > 0)
+                    await guard.RoomAsync(stripe, sums, ct);
                 StorePartialParity(ws, chunks, newData, plan.RowLo, guard, stored!);
-                if (sums > 0) await guard.SumsStoredAsync(stripe, ct);
+                await guard.SumsStoredAsync(stripe, ct);
             }
             bool writeP = p >= 0 && Writable(p), writeQ = q >= 0 && Writable(q);
             if (g.ParityMembers > 0 && (writeP || writeQ))

@@ -83,6 +83,8 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
     {
         /// <summary>Posts of a stripe's sums the link has not taken in yet, by stripe.</summary>
         readonly Dictionary<long, List<Task<bool>>> _posts = [];
+        /// <summary>Stripes that claimed room for their sums and have not finished writing.</summary>
+        readonly HashSet<long> _claimed = [];
 
         // With a member that cannot be read (as the write finds the array: its reads may just have failed one), the
         // sums go to the peer too, before the stripe's drive writes: a takeover rebuilds that member's blocks of the
@@ -105,23 +107,22 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
         public ValueTask SumsStoredAsync(long stripe, CancellationToken ct)
         {
             List<Task<bool>>? posts;
-            lock (_posts) _posts.Remove(stripe, out posts);
-            return posts is null ? ValueTask.CompletedTask : log.PartialSumsPostedAsync(posts);
+            lock (_posts)
+                if (!_posts.Remove(stripe, out posts)) return ValueTask.CompletedTask;
+            return log.PartialSumsPostedAsync(posts);
         }
 
         public void Supersede(long stripe, int row) => log.SupersedePartialParity(slot, stripe, row);
-
-        /// <summary>Stripes that claimed room for their sums and have not finished writing.</summary>
-        readonly HashSet<long> _claimed = [];
 
         // With a member that cannot be read, a row this write tears without its sum loses that member's block at a
         // single cut (nothing else holds it): the stripe waits for room instead (simulator seed 74 under a schedule
         // variant: a degraded RAID 5 write of four stripes whose sums outran its promise, torn by a power cut). A
         // healthy array's row needs a second failure to lose anything, so there a sum the pool refuses is counted
-        // unguarded, as before, and nothing waits.
+        // unguarded, as before, and nothing waits (nor counts).
+        public bool ClaimsRoom => backing.Unreadable() > 0;
+
         public async ValueTask RoomAsync(long stripe, int sums, CancellationToken ct)
         {
-            if (backing.Unreadable() == 0) return;
             await log.ClaimPartialSumsAsync(slot, sums, ct);
             lock (_claimed) _claimed.Add(stripe);
         }
