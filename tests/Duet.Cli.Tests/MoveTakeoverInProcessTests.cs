@@ -55,7 +55,7 @@ public sealed class MoveTakeoverInProcessTests
     }
 
     [Fact]
-    [Trait("Claim", "FO-2")]
+    [Trait("Claim", "FO-7")]
     [Trait("Claim", "MR-1")]
     public async Task A_takeover_of_the_peer_while_a_move_hands_it_an_array_takes_that_array_too()
     {
