@@ -654,16 +654,9 @@ public sealed partial class Controller
             LogTakingOver(reason);
             if (resume is null)
             {
-                // Not while a move hands an array to the peer (_handOverOrFence, Controller.cs).
-                await _handOverOrFence.WaitAsync(CancellationToken.None);
-                try
-                {
-                    try { await Shelf!.FenceAsync(PeerName); }
-                    catch (ShelfException e) when (e.Error == ShelfError.Fenced) { StepDown("fenced at the shelf while taking over: the peer took over first"); return; }
-                    catch (ShelfException e) { LogTakeoverFailed(e.Message); return; }
-                    _peerFenced = true;
-                }
-                finally { _handOverOrFence.Release(); }
+                try { await Shelf!.FenceAsync(PeerName); }
+                catch (ShelfException e) when (e.Error == ShelfError.Fenced) { StepDown("fenced at the shelf while taking over: the peer took over first"); return; }
+                catch (ShelfException e) { LogTakeoverFailed(e.Message); return; }
             }
             _peerFenced = true;
             // FO-7's proof, asked as soon as the peer is fenced (the lease wait below uses it): the link proves the

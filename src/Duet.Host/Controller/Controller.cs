@@ -530,39 +530,16 @@ public sealed partial class Controller : IAsyncDisposable
         // drives, and the commands for it waited here as secondary until the peer stepped down (simulator seed 5159
         // of --faults failover,multicast --ops 300: answers 3.3 s late). Refused, the held requests go back to the
         // array here.
-        // From that check to the shelf's claim naming the peer, the hand-over excludes a takeover's fence
-        // (_handOverOrFence): a fence that landed while the superblocks were being written found the array still ours
-        // in the table, so the takeover left it out, and the move then named the fenced peer: served by nobody.
-        bool handing = false;
-        try
-        {
-            var info = await GiveUpArrayAsync(array, async () =>
-                {
-                    await _handOverOrFence.WaitAsync(ct);
-                    handing = true;
-                    CheckPeerMayTake(array, to, " (it changed while the move drained the cache)");
-                    return await Arrays.HandOverAsync(array, to, ct);
-                },
-                // Held requests were admitted (and are counted) by their CachedVolume: no second count.
-                v => new ForwardedVolume(v.Name, v.SizeBytes, Forwarding), () => HandOverClaimAsync(to, serial), ct);
-            LogMoved(array, to);
-            return info;
-        }
-        finally
-        {
-            if (handing) _handOverOrFence.Release();
-        }
+        var info = await GiveUpArrayAsync(array, () =>
+            {
+                CheckPeerMayTake(array, to, " (it changed while the move drained the cache)");
+                return Arrays.HandOverAsync(array, to, ct);
+            },
+            // Held requests were admitted (and are counted) by their CachedVolume: no second count.
+            v => new ForwardedVolume(v.Name, v.SizeBytes, Forwarding), () => HandOverClaimAsync(to, serial), ct);
+        LogMoved(array, to);
+        return info;
     }
-
-    /// <summary>
-    /// A move's hand-over (its last check that the peer may take the array, the superblocks, the cache's elements of
-    /// the array, the shelf's claim) and a takeover's fence (through <c>_peerFenced</c> being set) run one at a time.
-    /// Either the fence comes first, and the move's check refuses the fenced peer; or the hand-over does, and the
-    /// takeover finds the array the peer's and takes it with the rest. A takeover waits for a hand-over under way:
-    /// superblock writes, the peer's status of the array's invalidations (its mirror's status timeout at most) and the
-    /// claim.
-    /// </summary>
-    readonly AsyncGate _handOverOrFence = new(1, 1);
 
     /// <summary>Refuses a move to a peer that cannot take the array now: fenced, not registered at the shelf, or not paired.</summary>
     void CheckPeerMayTake(string array, string to, string when)
