@@ -269,8 +269,18 @@ public sealed partial class Controller : IAsyncDisposable
         // Nor in a power-fail window: the pair is stopping, not forming.
         if (_poweringDown) return;
         Interlocked.Increment(ref _pairing);
+        // One pairing at a time. Each link-up starts one, and one can outlast the link it began on (waiting for the
+        // shelf to record our mirror stale). Two at once let the later hello empty the peer's copy of us under a
+        // mirror the earlier one had just made healthy: a write mirrored before that hello and acknowledged after it
+        // (its acknowledgement waited for the stale record to clear) was nowhere but here, and the shelf no longer
+        // said our copy was stale (simulator seed 9162 of `--ops 1000`).
+        await _pairGate.WaitAsync(CancellationToken.None);
         try
         {
+            // Whatever started this was handled by the pairing we waited for: the mirror is whole. (A link that went
+            // down since failed the mirror, and a standby keeps saying hello until the owner lifts its fence.)
+            if (Mirror.Mode == MirrorMode.Healthy && !_standby) return;
+            if (Volatile.Read(ref _takingOver) != 0 || _poweringDown) return;
             // The peer answers our hello (on its reply queue) once it has cleared its mirror of us;
             // only then does the resynchronisation go out. A hello lost on the way would otherwise
             // leave the peer's stale copies under the new ones.
@@ -301,8 +311,14 @@ public sealed partial class Controller : IAsyncDisposable
         {
             OnPeerLost($"pairing failed: {e.Message}");
         }
-        finally { Interlocked.Decrement(ref _pairing); }
+        finally
+        {
+            _pairGate.Release();
+            Interlocked.Decrement(ref _pairing);
+        }
     }
+
+    readonly AsyncGate _pairGate = new(1, 1);
 
     TaskCompletionSource? _helloAck;
     /// <summary>The session id of the peer's last hello, and of the peer when we fenced it (0: none).</summary>
