@@ -202,6 +202,7 @@ public sealed partial class Controller : IAsyncDisposable
         }
         Link.UpChanged += up =>
         {
+            if (up) Interlocked.Increment(ref _linkUps);
             if (up) _ = PairAsync();
             else OnPeerLost("the link to the peer went down");
             RaiseAccessChanged();
@@ -274,12 +275,15 @@ public sealed partial class Controller : IAsyncDisposable
         // mirror the earlier one had just made healthy: a write mirrored before that hello and acknowledged after it
         // (its acknowledgement waited for the stale record to clear) was nowhere but here, and the shelf no longer
         // said our copy was stale (simulator seed 9162 of `--ops 1000`).
-        await _pairGate.WaitAsync(CancellationToken.None);
+        // (A standby's hellos, which ask the owner to lift its fence, are not held behind one another: it owns no
+        // dirty data whose copy a hello could empty.)
+        bool gated = !_standby;
+        if (gated) await _pairGate.WaitAsync(CancellationToken.None);
         try
         {
-            // Whatever started this was handled by the pairing we waited for: the mirror is whole. (A link that went
-            // down since failed the mirror, and a standby keeps saying hello until the owner lifts its fence.)
-            if (Mirror.Mode == MirrorMode.Healthy && !_standby) return;
+            // Whatever started this was handled by the pairing we waited for: the mirror is whole, resynchronised after
+            // a hello on this very link. (A standby keeps saying hello until the owner lifts its fence.)
+            if (Mirror.Mode == MirrorMode.Healthy && !_standby && Volatile.Read(ref _pairedOnLink) == Volatile.Read(ref _linkUps)) return;
             if (Volatile.Read(ref _takingOver) != 0 || _poweringDown) return;
             // The peer answers our hello (on its reply queue) once it has cleared its mirror of us;
             // only then does the resynchronisation go out. A hello lost on the way would otherwise
@@ -292,6 +296,7 @@ public sealed partial class Controller : IAsyncDisposable
             long holes = Interlocked.Read(ref _logHoles);
             var ack = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             Volatile.Write(ref _helloAck, ack);
+            long link = Volatile.Read(ref _linkUps);
             await Link.PostAsync(IclSignal.Message, Nvram.Epoch, HelloBytes(), default);
             await Waits.WithTimeout(ack.Task, _options.PairTimeout, _options.Time);
             // A standby's hello is what makes the owner lift its fence.
@@ -301,9 +306,13 @@ public sealed partial class Controller : IAsyncDisposable
             await NotifyPeerArraysChangedAsync();
             await SendReservationSyncAsync();
             await SendOpenCheckpointsAsync(holes);
+            // The peer heard our hello on the link the resynchronisation goes on (one that came up since did not
+            // carry it: its own pairing, waiting for this one, says hello there).
+            if (Volatile.Read(ref _linkUps) != link) throw new IclLinkDownException("the link went down and up again while pairing");
             await Cache.ResyncMirrorAsync(Mirror.Resume);
             await SendHostTagsAsync();
             await ClearStaleAsync();
+            Volatile.Write(ref _pairedOnLink, link);
             Interlocked.Increment(ref _pairGeneration);
             LogPaired(_options.PeerName);
         }
@@ -313,12 +322,14 @@ public sealed partial class Controller : IAsyncDisposable
         }
         finally
         {
-            _pairGate.Release();
+            if (gated) _pairGate.Release();
             Interlocked.Decrement(ref _pairing);
         }
     }
 
     readonly AsyncGate _pairGate = new(1, 1);
+    /// <summary>Link-ups seen, and the one the last pairing said hello and resynchronised on.</summary>
+    long _linkUps, _pairedOnLink = -1;
 
     TaskCompletionSource? _helloAck;
     /// <summary>The session id of the peer's last hello, and of the peer when we fenced it (0: none).</summary>
