@@ -468,11 +468,15 @@ public sealed class SimulatorTests
     //                at its first forward tick, after the old owner had run it (an acknowledged write lost).
     // 5159:          a move whose cache drain waited out a lost shelf path handed the array to the peer this controller
     //                had fenced meanwhile (FO-5): served by nobody, its commands answered 3.3 s late.
+    // 9509 (1,000 operations): a fenced controller with its shelf path down dropped its arrays' members ("port
+    //                fenced") until the arrays failed; a write forwarded to it was answered NoSuchVolume, final for the
+    //                host (now Unavailable without a lease, or while the shelf cannot say whether we are fenced).
     [Theory]
     [Trait("Claim", "FO-5")]
     [InlineData("multicast", 4UL, 300)]
     [InlineData("multicast", 6UL, 300)]
     [InlineData("multicast", 1UL, 300)]
+    [InlineData("failover,multicast", 9509UL, 1000)]
     [InlineData("failover,multicast", 24UL, 300)]
     [InlineData("failover,multicast", 33UL, 300)]
     [InlineData("failover,multicast", 149UL, 300)]

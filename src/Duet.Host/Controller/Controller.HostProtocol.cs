@@ -55,16 +55,21 @@ public sealed partial class Controller
     /// <summary>Runs a host command against <see cref="Volumes"/>. An error from a controller whose port the shelf
     /// has fenced (the peer took over; we learn it at our next heartbeat) is not the volume's: its drives refused
     /// us, and the survivor serves the volume. The host is told Unavailable (try again, on the other unit), not an
-    /// I/O error that would be final for it.</summary>
+    /// I/O error that would be final for it. The same for an answer about what this controller serves (an I/O or
+    /// medium error, no such volume) given without a lease, or while the shelf cannot say whether we are fenced:
+    /// a fenced controller whose shelf path is down drops its arrays' members one by one ("port fenced") until the
+    /// arrays fail and their volumes leave its catalog, and "no such volume" was final for a multicast write the
+    /// survivor serves (simulator `failover,multicast --ops 1000` seed 9509).</summary>
     async ValueTask<HostCompletion> ExecuteHostCommandAsync(HostCommand command, CancellationToken ct)
     {
         var completion = await HostCommandExecutor.ExecuteAsync(Volumes, command, ct);
         if (completion.Status is HostStatus.Ok or HostStatus.Unavailable || Shelf is null) return completion;
-        bool fenced = _steppedDown;
+        bool servesAnswer = completion.Status is HostStatus.IoError or HostStatus.MediumError or HostStatus.NoSuchVolume;
+        bool fenced = _steppedDown || (servesAnswer && !HoldsLease);
         if (!fenced)
         {
             try { fenced = (await Shelf.StatusAsync(ct)).Port(Name).Fenced; }
-            catch (ShelfException) { }
+            catch (ShelfException) { fenced = servesAnswer; }
         }
         return fenced ? HostCompletion.Error(command.Request.HostTag, HostStatus.Unavailable) : completion;
     }
