@@ -177,6 +177,18 @@ internal sealed class PartialParityPool
         return n;
     }
 
+    /// <summary>How many entries other records than <paramref name="logSlot"/>'s hold for rows [<paramref name="rowLo"/>,
+    /// +<paramref name="rowCount"/>) of a stripe (what <see cref="Supersede"/> of those rows would free).</summary>
+    public int CountOthers(byte array, long stripe, int rowLo, int rowCount, int logSlot)
+    {
+        int n = 0;
+        for (int row = rowLo; row < rowLo + rowCount; row++)
+            if (_byRow.TryGetValue((array, stripe, row), out var entries))
+                foreach (int e in entries)
+                    if (_meta[e]!.Value.LogSlot != logSlot) n++;
+        return n;
+    }
+
     /// <summary>How many entries the record in <paramref name="logSlot"/> holds.</summary>
     public int CountOf(int logSlot) => _bySlot.TryGetValue(logSlot, out var list) ? list.Count : 0;
 

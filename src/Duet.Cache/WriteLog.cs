@@ -370,7 +370,13 @@ public sealed class WriteLog
     }
 
     /// <summary>A write waits for a slot or for pool room, and nothing but failed records holds them (no write in
-    /// flight, none written and waiting for a flush): only giving those back lets the writes that settle them open.</summary>
+    /// flight, none written and waiting for a flush): the writes that would settle them cannot open a record, so their
+    /// rows are settled from their sums instead (<see cref="FailedRecords"/>, <see cref="FailedSettled"/>).</summary>
+    public bool OnlyFailedHold { get { lock (_lock) return OnlyFailedHoldLocked(); } }
+
+    /// <summary>Whether a failed record is kept (a hint, read without the lock).</summary>
+    public bool AnyFailed => Volatile.Read(ref _failedCount) > 0;
+
     bool OnlyFailedHoldLocked()
     {
         if (!_pressed || _failedCount == 0) return false;
@@ -407,6 +413,42 @@ public sealed class WriteLog
         _failedCount--;
         Interlocked.Increment(ref _failedSettled);
     }
+
+    /// <summary>
+    /// The failed records (of <paramref name="array"/>, or of every array) with the block ranges later writes have
+    /// not written again: the rows there may be torn, and a block of them on a member that cannot be read is known only
+    /// from the record's sums. Settling those rows with the sums (<see cref="HeldPartialParity"/>) and then
+    /// <see cref="FailedSettled"/> lets the record go without losing what its sums hold.
+    /// </summary>
+    public List<(int Slot, ulong Sequence, byte Array, List<(long First, long End)> Unsettled)> FailedRecords(byte? array = null)
+    {
+        var found = new List<(int, ulong, byte, List<(long, long)>)>();
+        lock (_lock)
+        {
+            if (_failedCount == 0) return found;
+            for (int s = 0; s < _state.Length; s++)
+                if (_state[s] == SlotState.Failed && (array is null || _records[s].Array == array))
+                    found.Add((s, _records[s].Sequence, _records[s].Array, [.. _unsettled[s]!]));
+        }
+        return found;
+    }
+
+    /// <summary>The rows the failed record (<paramref name="slot"/>, <paramref name="sequence"/>) may have torn were
+    /// settled from its sums: it waits for the next flush of its array, as a written record does, and goes with it.</summary>
+    public void FailedSettled(int slot, ulong sequence)
+    {
+        lock (_lock)
+            if (_state[slot] == SlotState.Failed && _records[slot].Sequence == sequence)
+            {
+                ToWrittenLocked(slot);
+                Interlocked.Increment(ref _failedSettledBySettle);
+            }
+    }
+
+    long _failedSettledBySettle;
+
+    /// <summary>Failed records whose rows were settled from their own sums (<see cref="FailedSettled"/>) rather than by later writes.</summary>
+    public long FailedSettledBySettle => Interlocked.Read(ref _failedSettledBySettle);
 
     /// <summary>Writes that failed with partial sums kept (<see cref="Written"/>), and how many of them later writes settled.</summary>
     public (long Failed, long Settled, int Held) FailedWrites { get { lock (_lock) return (Interlocked.Read(ref _failedWrites), Interlocked.Read(ref _failedSettled), _failedCount); } }
@@ -467,8 +509,12 @@ public sealed class WriteLog
     /// claims, which are stored at once. False with <paramref name="room"/>, which completes when entries may have
     /// been freed. False with <paramref name="never"/> if the pool, less what recovered records hold, is smaller than
     /// the need: the stripe goes on and a refused sum is counted unguarded, as before.
+    /// With <paramref name="rows"/> (the rows of the stripe the write changes), the entries other records hold for those
+    /// rows count as room, and a claim that succeeds frees them then (<see cref="SupersedePartialParity"/>), not before:
+    /// superseded by a write that then fails before it stores its own sums (its claim cut by a flush the drives did not
+    /// answer), a failed write's sums for rows it may have torn would be lost.
     /// </summary>
-    public bool TryClaimPartialSums(int slot, int sums, out Task? room, out bool never)
+    public bool TryClaimPartialSums(int slot, int sums, out Task? room, out bool never, (long Stripe, int RowLo, int RowCount)? rows = null)
     {
         lock (_lock)
         {
@@ -476,8 +522,12 @@ public sealed class WriteLog
             room = null;
             never = sums > _pp.Capacity - _heldByRecovered;
             if (never) return false;
-            if (_pp.Free - _claimedTotal >= sums)
+            byte array = _records[slot].Array;
+            int stale = rows is { } rs ? _pp.CountOthers(array, rs.Stripe, rs.RowLo, rs.RowCount, slot) : 0;
+            if (_pp.Free + stale - _claimedTotal >= sums)
             {
+                if (rows is { } rw)
+                    for (int r = rw.RowLo; r < rw.RowLo + rw.RowCount; r++) _pp.Supersede(array, rw.Stripe, r, slot);
                 int fromOwn = Math.Min(sums, _reservedFor[slot]);
                 _reservedFor[slot] -= fromOwn;
                 _claimedFor[slot] += sums;
@@ -551,26 +601,19 @@ public sealed class WriteLog
     {
         var arrays = new List<byte>();
         lock (_lock)
-        {
-            bool giveBack = OnlyFailedHoldLocked();
             for (int s = 0; s < _state.Length; s++)
-                if ((_state[s] == SlotState.Written || _state[s] == SlotState.Failed && giveBack) && !arrays.Contains(_records[s].Array))
+                if (_state[s] == SlotState.Written && !arrays.Contains(_records[s].Array))
                     arrays.Add(_records[s].Array);
-        }
         return arrays;
     }
 
     /// <summary>Before a flush of <paramref name="array"/>: takes its written records (their writes
     /// returned before the flush starts, so the flush covers them). Failed records stay, with their sums (see
-    /// <see cref="Written"/>) — unless a write waits for a slot or for pool room that only they hold: then they are
-    /// taken too, or the recovery writes that would settle them could never open a record.</summary>
+    /// <see cref="Written"/>), until later writes or a settle of their rows (<see cref="FailedSettled"/>) settle them.</summary>
     public int[] TakeWritten(byte array)
     {
         lock (_lock)
         {
-            if (OnlyFailedHoldLocked())
-                for (int s = 0; s < _state.Length; s++)
-                    if (_state[s] == SlotState.Failed && _records[s].Array == array) ToWrittenLocked(s);
             int n = 0;
             for (int s = 0; s < _state.Length; s++)
                 if (_state[s] == SlotState.Written && _records[s].Array == array) n++;

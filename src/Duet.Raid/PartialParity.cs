@@ -33,9 +33,11 @@ public interface IPartialParitySink
     /// only then does it count them first.</summary>
     bool ClaimsRoom => false;
 
-    /// <summary>Before the write stores <paramref name="sums"/> sums for <paramref name="stripe"/> (with
-    /// <see cref="ClaimsRoom"/>): waits until the pool holds room for all of them (so none is refused).</summary>
-    ValueTask RoomAsync(long stripe, int sums, CancellationToken ct) => ValueTask.CompletedTask;
+    /// <summary>Before the write stores <paramref name="sums"/> sums for rows [<paramref name="rowLo"/>, +<paramref name="rowCount"/>)
+    /// of <paramref name="stripe"/> (with <see cref="ClaimsRoom"/>): waits until the pool holds room for all of them (so
+    /// none is refused), counting the entries other writes hold for those rows, which it then supersedes. Until it
+    /// returns, nothing is superseded: a write that fails here leaves earlier writes' sums as they were.</summary>
+    ValueTask RoomAsync(long stripe, int rowLo, int rowCount, int sums, CancellationToken ct) => ValueTask.CompletedTask;
 
     /// <summary>After the write stored its sums for <paramref name="stripe"/>, before its drive writes there: waits for
     /// whatever else must hold them first (their copies at the peer).</summary>

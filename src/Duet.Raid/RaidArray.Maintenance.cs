@@ -197,7 +197,15 @@ public sealed partial class RaidArray
     /// as it was, on a member that cannot be read, is computed from it instead of from parity the cut may have torn,
     /// and the row's parity is then recomputed from the data.
     /// </summary>
-    public async Task<ScrubResult> SettleStripesAsync(long firstBlock, long blockCount, IReadOnlyList<PartialParity>? partial, CancellationToken ct = default)
+    public Task<ScrubResult> SettleStripesAsync(long firstBlock, long blockCount, IReadOnlyList<PartialParity>? partial, CancellationToken ct = default) =>
+        SettleStripesAsync(firstBlock, blockCount, partial is null ? null : s => partial.Where(x => x.Stripe == s).ToList(), ct);
+
+    /// <summary>
+    /// As <see cref="SettleStripesAsync(long, long, IReadOnlyList{PartialParity}?, CancellationToken)"/>, with the sums
+    /// of each stripe asked for under its lock (<paramref name="sumsOf"/>): while writes go on, a sum a write has
+    /// superseded since (it rewrote the row) must not rebuild a block, and writes supersede under the stripe lock.
+    /// </summary>
+    public async Task<ScrubResult> SettleStripesAsync(long firstBlock, long blockCount, Func<long, IReadOnlyList<PartialParity>>? sumsOf, CancellationToken ct = default)
     {
         var g = Geometry;
         var result = new ScrubResult();
@@ -208,7 +216,7 @@ public sealed partial class RaidArray
         {
             using (await LockStripeAsync(s, ct))
             {
-                var rows = partial?.Where(x => x.Stripe == s).ToList();
+                var rows = sumsOf?.Invoke(s);
                 await RetryOnMemberFailure(() => ScrubStripeAsync(s, repair: true, result, BadBlockSource.Settle, ct, rows));
             }
             Interlocked.Increment(ref result.StripesChecked);

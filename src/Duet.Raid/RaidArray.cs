@@ -945,13 +945,15 @@ public sealed partial class RaidArray
                     Interlocked.Increment(ref _flushesBeforeSums);
                     await FlushCoreAsync(awaitFailures: false, ct);
                 }
-                // Sums other writes stored for these rows go stale once this write changes them.
-                for (int r = plan.RowLo; r < plan.RowLo + plan.RowCount; r++) guard.Supersede(stripe, r);
                 // Room for every sum first (with a member that cannot be read, a row torn without its sum can lose
                 // that member's block at a single cut: the sink waits for the pool rather than leave it unguarded).
                 // Counted only where the sink claims room: the healthy write path does not pay for the count.
                 if (guard.ClaimsRoom && StorePartialParity(ws, chunks, newData, plan.RowLo, guard, stored!, countOnly: true) is var sums and > 0)
-                    await guard.RoomAsync(stripe, sums, ct);
+                    await guard.RoomAsync(stripe, plan.RowLo, plan.RowCount, sums, ct);
+                // Sums other writes stored for these rows go stale once this write changes them; superseded only now,
+                // with nothing left to wait for before this write's own are stored (a write that failed in its claim
+                // would have taken a failed write's sums for rows that write may have torn with it).
+                for (int r = plan.RowLo; r < plan.RowLo + plan.RowCount; r++) guard.Supersede(stripe, r);
                 StorePartialParity(ws, chunks, newData, plan.RowLo, guard, stored!);
                 await guard.SumsStoredAsync(stripe, ct);
             }

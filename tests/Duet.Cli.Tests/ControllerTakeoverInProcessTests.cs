@@ -429,7 +429,7 @@ public sealed class ControllerTakeoverInProcessTests
             for (int r = 0; a.WriteLog.PartialParityFree > 0; r++) Assert.True(a.WriteLog.StorePartialParity(filler, 100, r, 1, sum));
 
             // It returns: the waiting stripe flushes the array, its record goes with its sums, and the claim is met.
-            var claim = log.ClaimPartialSumsAsync(slot, 4, default).AsTask();
+            var claim = log.ClaimPartialSumsAsync(slot, 4, null, default).AsTask();
             Assert.False(claim.IsCompleted);
             a.WriteLog.Written(filler);
             await claim;
@@ -440,7 +440,7 @@ public sealed class ControllerTakeoverInProcessTests
             // Nothing frees what holds the pool: after its limit the stripe goes on without the claim.
             Assert.True(a.WriteLog.TryOpen(number, 64, 1, out filler, out _));
             for (int r = 0; a.WriteLog.PartialParityFree > 0; r++) Assert.True(a.WriteLog.StorePartialParity(filler, 100, r, 1, sum));
-            await log.ClaimPartialSumsAsync(slot, 4, default);
+            await log.ClaimPartialSumsAsync(slot, 4, null, default);
             Assert.Equal(1, a.PartialSumClaimsGivenUp);
             a.WriteLog.Written(filler);
             log.Written(slot);
@@ -527,6 +527,84 @@ public sealed class ControllerTakeoverInProcessTests
             _stop.Cancel();
             await Task.WhenAll(_pumps);
             _stop.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// A write of A's that failed part-way on arr0 (RAID 5) kept its record and its sum of row 0 of stripe 0 (it
+    /// changed data block 0 and left data block 1: the sum is block 1), and tore the row: block 0 landed, parity did
+    /// not. Then data block 1's drive fails. The sum is in A's NVRAM only (the array was healthy at the write). Before
+    /// the record may go, A settles the row with it: on a move before the hand-over, or at its next write. B (after the
+    /// move) or A (after the write) then reads block 1 as it was; rebuilt from the torn parity instead, it read wrong.
+    /// </summary>
+    [Theory]
+    [Trait("Claim", "AW-4")]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task A_failed_writes_torn_row_is_settled_with_its_sum_before_a_move_or_at_the_next_write(bool move)
+    {
+        var faulty = new Dictionary<string, Duet.Drives.Faults.FaultyDrive>(StringComparer.Ordinal);
+        var (_, a, b) = await FormPairAsync(faulty: faulty);
+        try
+        {
+            var (raid, number) = await DrainedArr0Async(a, b);
+            var g = raid.Geometry;
+            int m0 = g.DataMember(0, 0), m1 = g.DataMember(0, 1);
+            var old = new byte[2 * g.ChunkBlocks * Units.BlockBytes];
+            new System.Random(21).NextBytes(old);
+            await raid.WriteAsync(0, old); // stripe 0, both data chunks
+            await raid.FlushAsync();
+            var block1 = old.AsSpan(g.ChunkBlocks * Units.BlockBytes, Units.BlockBytes).ToArray();
+
+            // The failed write's record and sum, as RaidBacking leaves them, and the tear it left on the drives.
+            Assert.True(a.WriteLog.TryOpen(number, 0, 1, out int slot, out _, 1));
+            Assert.True(a.WriteLog.StorePartialParity(slot, 0, 0, 0b10, block1));
+            a.WriteLog.Written(slot, failed: true);
+            var fresh = new byte[Units.BlockBytes];
+            new System.Random(22).NextBytes(fresh);
+            await raid.Member(m0)!.WriteAsync(0, fresh);
+            string lostDrive = raid.Member(m1)!.Drive.Name;
+            faulty[lostDrive].Fail();
+            await a.Arrays.FailDriveAsync(lostDrive);
+            Assert.True(a.WriteLog.AnyFailed);
+
+            RaidArray reader;
+            if (move)
+            {
+                // Refused (Conflict) until A has seen B registered at the shelf: asked again until then.
+                var until = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+                while (true)
+                {
+                    try
+                    {
+                        await a.MoveArrayAsync("arr0", "B", CancellationToken.None);
+                        break;
+                    }
+                    catch (ManagementException e) when (e.Kind == ManagementErrorKind.Conflict && DateTime.UtcNow < until) { await Task.Delay(50); }
+                }
+                await Until(() => b.Arrays.ServedArrays.Any(r => r.Name == "arr0"), "B to serve arr0");
+                reader = b.Arrays.ServedArrays.Single(r => r.Name == "arr0");
+            }
+            else
+            {
+                // Any logged write settles it first: here one of another stripe.
+                var backing = new RaidBacking(raid, number, ArrayManager.SerialOf(raid.Uuid), a);
+                var other = new byte[Units.BlockBytes];
+                await backing.WriteAsync(g.StripeDataBlocks * Units.SectorsPerBlock, other, recovery: false, default);
+                reader = raid;
+            }
+            Assert.Equal(1, a.WriteLog.FailedSettledBySettle);
+            Assert.False(a.WriteLog.AnyFailed);
+            var first = new byte[Units.BlockBytes];
+            await reader.ReadAsync(0, first);
+            Assert.Equal(fresh, first);
+            var second = new byte[Units.BlockBytes];
+            await reader.ReadAsync((long)g.ChunkBlocks * Units.SectorsPerBlock, second);
+            Assert.Equal(block1, second);
+        }
+        finally
+        {
+            await b.DisposeAsync();
         }
     }
 

@@ -121,9 +121,9 @@ public sealed class RaidBacking(RaidArray array, byte number, ulong serial, IArr
         // unguarded, as before, and nothing waits (nor counts).
         public bool ClaimsRoom => backing.Unreadable() > 0;
 
-        public async ValueTask RoomAsync(long stripe, int sums, CancellationToken ct)
+        public async ValueTask RoomAsync(long stripe, int rowLo, int rowCount, int sums, CancellationToken ct)
         {
-            await log.ClaimPartialSumsAsync(slot, sums, ct);
+            await log.ClaimPartialSumsAsync(slot, sums, (stripe, rowLo, rowCount), ct);
             lock (_claimed) _claimed.Add(stripe);
         }
 
@@ -181,7 +181,7 @@ public interface IArrayWriteLog
     ValueTask PartialSumsPostedAsync(IReadOnlyList<Task<bool>> posts) => ValueTask.CompletedTask;
     /// <summary>Waits until <paramref name="sums"/> pool entries are set aside for a stripe of the record's write
     /// (<see cref="Duet.Cache.WriteLog.TryClaimPartialSums"/>), flushing arrays to free entries meanwhile.</summary>
-    ValueTask ClaimPartialSumsAsync(int slot, int sums, CancellationToken ct) => ValueTask.CompletedTask;
+    ValueTask ClaimPartialSumsAsync(int slot, int sums, (long Stripe, int RowLo, int RowCount)? rows, CancellationToken ct) => ValueTask.CompletedTask;
     /// <summary>A stripe that claimed room for its sums finished writing (<see cref="Duet.Cache.WriteLog.StripeWritten"/>).</summary>
     void StripeWritten(int slot, long stripe) { }
     /// <summary>The record's write is about to change a row: other records' sums for it are stale.</summary>

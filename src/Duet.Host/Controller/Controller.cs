@@ -557,10 +557,15 @@ public sealed partial class Controller : IAsyncDisposable
         // drives, and the commands for it waited here as secondary until the peer stepped down (simulator seed 5159
         // of --faults failover,multicast --ops 300: answers 3.3 s late). Refused, the held requests go back to the
         // array here.
-        var info = await GiveUpArrayAsync(array, () =>
+        var info = await GiveUpArrayAsync(array, async () =>
             {
+                // Rows our failed writes may have torn are settled from their sums first: the sums are in our NVRAM
+                // only, and the next owner, finding such a row with a member missing, could not rebuild that member's
+                // block (simulator seed 9385: a failed write-through of a host write tore a RAID 6 row, a drive failed,
+                // and after the move the new owner listed the block as lost).
+                await SettleFailedWritesAsync(Arrays.NumberOf(Arrays.ServedArrays.First(a => a.Name == array)), ct);
                 CheckPeerMayTake(array, to, " (it changed while the move drained the cache)");
-                return Arrays.HandOverAsync(array, to, ct);
+                return await Arrays.HandOverAsync(array, to, ct);
             },
             // Held requests were admitted (and are counted) by their CachedVolume: no second count.
             v => new ForwardedVolume(v.Name, v.SizeBytes, Forwarding), () => HandOverClaimAsync(to, serial), ct);

@@ -226,24 +226,66 @@ public sealed class PartialParityPoolTests
     }
 
     [Fact]
-    public void Failed_records_give_their_sums_back_when_only_they_hold_the_room_a_write_waits_for()
+    public void A_claim_counts_the_sums_others_hold_for_its_rows_as_room_and_supersedes_them_only_when_it_succeeds()
+    {
+        var log = new WriteLog(NvramFile.OpenOrCreate(NvramStore.For(Sample.Small), Sample.Small, "A", Sample.Pair));
+        // A failed write holds sums for rows 0-9 of stripe 5 (rows it may have torn); 22 entries are free.
+        Assert.True(log.TryOpen(1, 0, 64, out int failed, out _));
+        for (int r = 0; r < 10; r++) Assert.True(log.StorePartialParity(failed, 5, r, 0b10, Sum((byte)r)));
+        log.Written(failed, failed: true);
+        Assert.True(log.TryOpen(1, 0, 64, out int retry, out _));
+        // The retry changes rows 0-3 and needs 24: with only the free entries it waits, and supersedes nothing.
+        Assert.False(log.TryClaimPartialSums(retry, 24, out var room, out bool never));
+        Assert.False(never);
+        Assert.NotNull(room);
+        Assert.Equal(22, log.PartialParityFree);
+        // Named with its rows, the 4 entries the failed write holds there count as room, and go when the claim is made.
+        Assert.Equal(4, log.HeldPartialParity(1, 5, 0, 4).Count);
+        Assert.True(log.TryClaimPartialSums(retry, 24, out _, out _, (5, 0, 4)));
+        Assert.Empty(log.HeldPartialParity(1, 5, 0, 4));
+        Assert.Equal(6, log.HeldPartialParity(1, 5, 4, 6).Count);   // its other rows keep theirs
+        Assert.Equal(26, log.PartialParityFree);
+        // A claim that fails supersedes nothing.
+        Assert.True(log.TryOpen(1, 0, 64, out int third, out _));
+        Assert.False(log.TryClaimPartialSums(third, 10, out _, out _, (5, 4, 2)));
+        Assert.Equal(6, log.HeldPartialParity(1, 5, 4, 6).Count);
+    }
+
+    [Fact]
+    public void Failed_records_that_alone_hold_the_room_a_write_waits_for_are_named_for_a_settle_and_keep_their_sums_until_it()
     {
         var store = NvramStore.For(Sample.Small, "nvram-A");
         var log = new WriteLog(NvramFile.OpenOrCreate(store, Sample.Small, "A", Sample.Pair));
-        Assert.True(log.TryOpen(3, 0, 64, out int failed, out _));
+        Assert.True(log.TryOpen(3, 0, 64, out int failed, out var failedRecord));
         for (int r = 0; r < 20; r++) Assert.True(log.StorePartialParity(failed, r / 16, r % 16, 0b10, Sum((byte)r)));
         log.Written(failed, failed: true);
         Assert.True(log.TryOpen(3, 500, 1, out int inFlight, out _));
-        // 12 entries free; a write asking for 16 waits. A write in flight may still free room: nothing is given back.
+        // 12 entries free; a write asking for 16 waits. A write in flight may still free room: no settle yet.
         Assert.False(log.TryOpen(3, 600, 64, out _, out _, 16, out bool poolShort));
         Assert.True(poolShort);
+        Assert.False(log.OnlyFailedHold);
         Assert.Empty(log.ArraysWaitingForFlush());
         log.Written(inFlight);
         Assert.Equal([inFlight], log.TakeWritten(3));
         log.Close([inFlight]);
         Assert.False(log.TryOpen(3, 600, 64, out _, out _, 16, out poolShort));
-        // Now only the failed record holds it: the next flush takes it, or the write waits for good.
-        Assert.Equal([(byte)3], log.ArraysWaitingForFlush());
+        // Now only the failed record holds it. A flush does not take it (its sums are all that holds the blocks of a
+        // member that cannot be read in the rows it may have tore): its rows are to be settled from its sums first.
+        Assert.True(log.OnlyFailedHold);
+        Assert.Empty(log.ArraysWaitingForFlush());
+        Assert.Empty(log.TakeWritten(3));
+        Assert.Equal(20, log.HeldPartialParity(3, 0, 0, 16).Count + log.HeldPartialParity(3, 1, 0, 16).Count);
+        Assert.True(log.AnyFailed);
+        var (slot, sequence, array, unsettled) = Assert.Single(log.FailedRecords());
+        Assert.Equal((failed, failedRecord.Sequence, (byte)3), (slot, sequence, array));
+        Assert.Equal([(0L, 64L)], unsettled);
+        Assert.Empty(log.FailedRecords(4));
+        log.FailedSettled(slot, sequence + 1);              // not that record: nothing happens
+        Assert.Single(log.FailedRecords(3));
+        log.FailedSettled(slot, sequence);
+        Assert.Empty(log.FailedRecords(3));
+        Assert.False(log.AnyFailed);
+        Assert.Equal(1, log.FailedSettledBySettle);
         Assert.Equal([failed], log.TakeWritten(3));
         log.Close([failed]);
         Assert.True(log.TryOpen(3, 600, 64, out _, out _, 16, out _));
