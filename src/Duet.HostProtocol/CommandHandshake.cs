@@ -776,12 +776,15 @@ public sealed class CommandHandshake
         var answer = remembered.Completion;
         if (answer is null && (command.Request.Opcode != HostOpcode.Read || remembered.Status != HostStatus.Ok))
             answer = HostCompletion.Error(key.HostTag, remembered.Status);
-        if (answer is not null && route is not null && await route.TrySendAsync(answer))
-            Notify(HandshakeEventKind.AnsweredHost, key);
-        // The partner forwarded its copy because it still holds the command (our "completed" did not reach
-        // it): tell it again, with the answer when we know it (its host may be attached there only).
-        if (route is null && (command.Request.Flags & HostRequestFlags.Forwarded) != 0)
-            await TrySendAsync(command, HandshakePhase.Completed, answer is null ? ReadOnlyMemory<byte>.Empty : HostCodec.EncodeCompletion(answer),
+        bool answered = answer is not null && route is not null && await route.TrySendAsync(answer);
+        if (answered) Notify(HandshakeEventKind.AnsweredHost, key);
+        // The partner may hold the command: it forwarded its copy because our "completed" did not reach it, or the
+        // host multicast this copy to it too (a retry of a command we ran while the partner was down or unreachable:
+        // it never heard our "completed"). Tell it, with the answer when no host heard it from us. Told only of a
+        // forwarded copy, a secondary held the multicast retry, took us over at its limit and ran it again
+        // (simulator seed 9734 of --faults failover,multicast --ops 1000).
+        if ((command.Request.Flags & (HostRequestFlags.Multicast | HostRequestFlags.Forwarded)) != 0)
+            await TrySendAsync(command, HandshakePhase.Completed, answered || answer is null ? ReadOnlyMemory<byte>.Empty : HostCodec.EncodeCompletion(answer),
                 HandshakeEventKind.CompletedSent, remembered.Status);
     }
 

@@ -155,6 +155,33 @@ public class CommandHandshakeTests
         Assert.Equal(0, pair.B.Counters.LimitsReached);
     }
 
+    [Fact, Trait("Claim", "FO-4")]
+    public async Task A_multicast_retry_the_primary_remembers_is_reported_ended_to_the_secondary_whose_copy_then_never_runs()
+    {
+        var pair = new TestPair();
+        var data = Pattern(1024, 43);
+        var request = Write(43, pair.NowMicros, 0, data, HostRequestFlags.Multicast);
+        // The first run: the partner hears nothing of it (it was down), so it never gets A's "completed".
+        pair.LinkUp = false;
+        var first = new RecordingRoute();
+        await pair.A.SubmitAsync(Command(request), first);
+        Assert.Equal([HostCompletion.Ok(43)], first.Answers);
+        pair.LinkUp = true;
+
+        // The host retries the tag, multicast: B holds its copy as secondary, A answers its copy from memory and tells B.
+        var (routeA, routeB) = (new RecordingRoute(), new RecordingRoute());
+        var onB = pair.B.SubmitAsync(Command(request), routeB);
+        await pair.A.SubmitAsync(Command(request), routeA);
+        Assert.Equal([HostCompletion.Ok(43)], routeA.Answers);
+        Assert.Contains("A: Completed", pair.MessageLog());
+        // Without that, B held it to its limit, fenced A and ran it a second time.
+        await onB.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal([HostCompletion.Ok(43)], routeB.Answers);
+        Assert.Equal(0, pair.B.QueuedCount);
+        Assert.Equal(0, pair.B.Counters.LimitsReached);
+        Assert.Equal(0, pair.FenceCalls);
+    }
+
     [Fact, Trait("Claim", "FO-6")]
     public async Task Multicast_copy_lost_on_the_way_to_the_primary_is_forwarded_by_the_secondary_and_run_without_a_fence()
     {

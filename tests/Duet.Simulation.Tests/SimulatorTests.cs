@@ -491,12 +491,15 @@ public sealed class SimulatorTests
     // 9509 (1,000 operations): a fenced controller with its shelf path down dropped its arrays' members ("port
     //                fenced") until the arrays failed; a write forwarded to it was answered NoSuchVolume, final for the
     //                host (now Unavailable without a lease, or while the shelf cannot say whether we are fenced).
+    // 9734 (1,000 operations): a write B ran while A was down was retried multicast after A rejoined; B answered its
+    //                copy from memory without telling A, which held its copy, took B over at its limit and ran it again.
     [Theory]
     [Trait("Claim", "FO-5")]
     [InlineData("multicast", 4UL, 300)]
     [InlineData("multicast", 6UL, 300)]
     [InlineData("multicast", 1UL, 300)]
     [InlineData("failover,multicast", 9509UL, 1000)]
+    [InlineData("failover,multicast", 9734UL, 1000)]
     [InlineData("failover,multicast", 24UL, 300)]
     [InlineData("failover,multicast", 33UL, 300)]
     [InlineData("failover,multicast", 149UL, 300)]
