@@ -435,13 +435,19 @@ public sealed class WriteLog
 
     /// <summary>The rows the failed record (<paramref name="slot"/>, <paramref name="sequence"/>) may have torn were
     /// settled from its sums: it waits for the next flush of its array, as a written record does, and goes with it.</summary>
-    public void FailedSettled(int slot, ulong sequence)
+    public void FailedSettled(int slot, ulong sequence) => EndFailed(slot, sequence, settled: true);
+
+    /// <summary>The failed record's rows cannot be settled (its array has failed: more members lost than it survives):
+    /// it waits for the next flush as a written record does, and its sums go with it.</summary>
+    public void FailedGivenUp(int slot, ulong sequence) => EndFailed(slot, sequence, settled: false);
+
+    void EndFailed(int slot, ulong sequence, bool settled)
     {
         lock (_lock)
             if (_state[slot] == SlotState.Failed && _records[slot].Sequence == sequence)
             {
                 ToWrittenLocked(slot);
-                Interlocked.Increment(ref _failedSettledBySettle);
+                if (settled) Interlocked.Increment(ref _failedSettledBySettle);
             }
     }
 

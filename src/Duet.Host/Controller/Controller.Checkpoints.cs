@@ -173,43 +173,59 @@ public sealed partial class Controller : IArrayWriteLog
     internal async Task SettleFailedWritesAsync(byte? array, CancellationToken ct)
     {
         await _failedSettles.WaitAsync(ct);
+        // One array's settle that fails (its drives out of reach) does not keep the others' records: the first
+        // failure is thrown once every array had its turn.
+        BlockIoException? failure = null;
         try
         {
             foreach (var group in WriteLog.FailedRecords(array).GroupBy(x => x.Array))
             {
-                RaidBacking? backing;
-                lock (_backings) _backings.TryGetValue(group.Key, out backing);
-                if (backing is null || !Arrays.ServedArrays.Contains(backing.Array))
-                {
-                    int dropped = WriteLog.Abandon(group.Key);
-                    if (dropped > 0) LogAbandoned(group.Key, dropped);
-                    continue;
-                }
-                var raid = backing.Array;
-                byte number = group.Key;
-                int rows = raid.Geometry.ChunkBlocks;
-                // Each stripe's sums are asked for under its lock: a write may have rewritten a row (and superseded the
-                // failed write's sum for it) since, and a stale sum must not rebuild a block.
-                IReadOnlyList<Duet.Raid.PartialParity> SumsOf(long stripe) =>
-                    [.. WriteLog.HeldPartialParity(number, stripe, 0, rows).Select(x => new Duet.Raid.PartialParity(x.Meta.Stripe, x.Meta.Row, x.Meta.Unchanged, x.Sum, x.Meta.Sequence))];
-                foreach (var (slot, sequence, _, unsettled) in group)
-                {
-                    long repaired = 0, unrepairable = 0;
-                    foreach (var (first, end) in unsettled)
-                    {
-                        var result = await raid.SettleStripesAsync(first, end - first, SumsOf, ct);
-                        repaired += result.Repaired;
-                        unrepairable += result.Unrepairable;
-                    }
-                    WriteLog.FailedSettled(slot, sequence);
-                    var (lo, hi) = (unsettled.Min(x => x.First), unsettled.Max(x => x.End));
-                    LogFailedWriteSettled(raid.Name, lo, (uint)(hi - lo), repaired, unrepairable);
-                }
-                // What the settle wrote is made durable, and the records go with it.
-                await backing.FlushToFreeLogAsync(ct);
+                try { await SettleFailedWritesOfAsync(group.Key, [.. group.Select(x => (x.Slot, x.Sequence, x.Unsettled))], ct); }
+                catch (BlockIoException e) { failure ??= e; }
             }
         }
         finally { _failedSettles.Release(); }
+        if (failure is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
+    }
+
+    /// <summary>Settles the failed records of array <paramref name="number"/> (<see cref="SettleFailedWritesAsync"/>).</summary>
+    async Task SettleFailedWritesOfAsync(byte number, List<(int Slot, ulong Sequence, List<(long First, long End)> Unsettled)> records, CancellationToken ct)
+    {
+        RaidBacking? backing;
+        lock (_backings) _backings.TryGetValue(number, out backing);
+        if (backing is null || !Arrays.ServedArrays.Contains(backing.Array))
+        {
+            int dropped = WriteLog.Abandon(number);
+            if (dropped > 0) LogAbandoned(number, dropped);
+            return;
+        }
+        var raid = backing.Array;
+        if (raid.IsFailed)
+        {
+            // Nothing settles a failed array's rows; kept, its records would hold the log for every other array.
+            foreach (var (slot, sequence, _) in records) WriteLog.FailedGivenUp(slot, sequence);
+            return;
+        }
+        int rows = raid.Geometry.ChunkBlocks;
+        // Each stripe's sums are asked for under its lock: a write may have rewritten a row (and superseded the
+        // failed write's sum for it) since, and a stale sum must not rebuild a block.
+        IReadOnlyList<Duet.Raid.PartialParity> SumsOf(long stripe) =>
+            [.. WriteLog.HeldPartialParity(number, stripe, 0, rows).Select(x => new Duet.Raid.PartialParity(x.Meta.Stripe, x.Meta.Row, x.Meta.Unchanged, x.Sum, x.Meta.Sequence))];
+        foreach (var (slot, sequence, unsettled) in records)
+        {
+            long repaired = 0, unrepairable = 0;
+            foreach (var (first, end) in unsettled)
+            {
+                var result = await raid.SettleStripesAsync(first, end - first, SumsOf, ct);
+                repaired += result.Repaired;
+                unrepairable += result.Unrepairable;
+            }
+            WriteLog.FailedSettled(slot, sequence);
+            var (lo, hi) = (unsettled.Min(x => x.First), unsettled.Max(x => x.End));
+            LogFailedWriteSettled(raid.Name, lo, (uint)(hi - lo), repaired, unrepairable);
+        }
+        // What the settle wrote is made durable, and the records go with it.
+        await backing.FlushToFreeLogAsync(ct);
     }
 
     readonly AsyncGate _failedSettles = new(1, 1);

@@ -290,4 +290,20 @@ public sealed class PartialParityPoolTests
         log.Close([failed]);
         Assert.True(log.TryOpen(3, 600, 64, out _, out _, 16, out _));
     }
+
+    [Fact]
+    public void A_failed_record_of_a_failed_array_is_given_up_and_goes_with_the_next_flush_uncounted_as_settled()
+    {
+        var log = new WriteLog(NvramFile.OpenOrCreate(NvramStore.For(Sample.Small, "nvram-A"), Sample.Small, "A", Sample.Pair));
+        Assert.True(log.TryOpen(5, 0, 8, out int failed, out var record));
+        Assert.True(log.StorePartialParity(failed, 0, 0, 0b10, Sum(1)));
+        log.Written(failed, failed: true);
+        Assert.Empty(log.TakeWritten(5));
+        log.FailedGivenUp(failed, record.Sequence);
+        Assert.False(log.AnyFailed);
+        Assert.Equal(0, log.FailedSettledBySettle);
+        Assert.Equal([failed], log.TakeWritten(5));
+        log.Close([failed]);
+        Assert.Equal(32, log.PartialParityFree);
+    }
 }
