@@ -108,18 +108,19 @@ public sealed partial class Controller : IArrayWriteLog
     async Task FlushToFreeLogAsync(IEnumerable<byte> arrays, CancellationToken ct)
     {
         foreach (var a in arrays)
-        {
-            RaidBacking? backing;
-            lock (_backings) _backings.TryGetValue(a, out backing);
-            if (backing is not null && Arrays.ServedArrays.Contains(backing.Array)) await backing.FlushToFreeLogAsync(ct);
-            else
-            {
-                // Not served here any more (moved, deleted, taken): nothing of ours writes there now, and
-                // its stripes are its owner's to check.
-                int dropped = WriteLog.Abandon(a);
-                if (dropped > 0) LogAbandoned(a, dropped);
-            }
-        }
+            if (ServedBackingOrAbandon(a) is { } backing) await backing.FlushToFreeLogAsync(ct);
+    }
+
+    /// <summary>The backing of array <paramref name="number"/> if this controller serves it; else its records are dropped
+    /// (moved, deleted, taken: nothing of ours writes there now, and its stripes are its owner's to check) and null.</summary>
+    RaidBacking? ServedBackingOrAbandon(byte number)
+    {
+        RaidBacking? backing;
+        lock (_backings) _backings.TryGetValue(number, out backing);
+        if (backing is not null && Arrays.ServedArrays.Contains(backing.Array)) return backing;
+        int dropped = WriteLog.Abandon(number);
+        if (dropped > 0) LogAbandoned(number, dropped);
+        return null;
     }
 
     /// <summary>
@@ -191,14 +192,7 @@ public sealed partial class Controller : IArrayWriteLog
     /// <summary>Settles the failed records of array <paramref name="number"/> (<see cref="SettleFailedWritesAsync"/>).</summary>
     async Task SettleFailedWritesOfAsync(byte number, List<(int Slot, ulong Sequence, List<(long First, long End)> Unsettled)> records, CancellationToken ct)
     {
-        RaidBacking? backing;
-        lock (_backings) _backings.TryGetValue(number, out backing);
-        if (backing is null || !Arrays.ServedArrays.Contains(backing.Array))
-        {
-            int dropped = WriteLog.Abandon(number);
-            if (dropped > 0) LogAbandoned(number, dropped);
-            return;
-        }
+        if (ServedBackingOrAbandon(number) is not { } backing) return;
         var raid = backing.Array;
         if (raid.IsFailed)
         {
@@ -209,8 +203,7 @@ public sealed partial class Controller : IArrayWriteLog
         int rows = raid.Geometry.ChunkBlocks;
         // Each stripe's sums are asked for under its lock: a write may have rewritten a row (and superseded the
         // failed write's sum for it) since, and a stale sum must not rebuild a block.
-        IReadOnlyList<Duet.Raid.PartialParity> SumsOf(long stripe) =>
-            [.. WriteLog.HeldPartialParity(number, stripe, 0, rows).Select(x => new Duet.Raid.PartialParity(x.Meta.Stripe, x.Meta.Row, x.Meta.Unchanged, x.Sum, x.Meta.Sequence))];
+        IReadOnlyList<Duet.Raid.PartialParity> SumsOf(long stripe) => ((IArrayWriteLog)this).HeldPartialParity(number, stripe, 0, rows);
         foreach (var (slot, sequence, unsettled) in records)
         {
             long repaired = 0, unrepairable = 0;
