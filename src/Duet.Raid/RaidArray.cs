@@ -1009,6 +1009,27 @@ public sealed partial class RaidArray
             }
             foreach (var (m, r) in tornOutside)
                 if (Writable(m)) writes.Add((m, stripe * g.ChunkBlocks + r, ws.Rows(m, r, 1), false));
+            if (needSolve)
+            {
+                // Data blocks outside the write that failed their tags and were reconstructed: the new parity is
+                // computed over what they were rebuilt to, so they are rewritten to that (as a read repairs). Left as
+                // found, parity and the drive disagree there, and with a member missing the next write or read of
+                // the row has two unknowns: it kept the torn block as read and rebuilt the missing member's block
+                // from it, wrong (simulator seed 9834 of `--faults all --ops 1000`).
+                for (int i = 0; i < g.DataMembers; i++)
+                {
+                    int m = g.DataMember(stripe, i);
+                    if (!Writable(m)) continue;
+                    var c = chunks[i];
+                    for (int r = plan.RowLo; r < plan.RowLo + plan.RowCount; r++)
+                    {
+                        if (!c.IsEmpty && r >= c.Lo && r < c.Hi) continue;
+                        if (!ws.FoundBad[m][r - plan.RowLo] || ws.RowState(m, r) != Workspace.Ok || tornOutside.Contains((m, r))) continue;
+                        writes.Add((m, stripe * g.ChunkBlocks + r, ws.Rows(m, r, 1), false));
+                        LogRepaired(Name, stripe, r, m, _members[m]!.Drive.Name);
+                    }
+                }
+            }
             if (writeP) writes.Add((p, stripe * g.ChunkBlocks + plan.RowLo, ws.Rows(p, plan.RowLo, plan.RowCount), false));
             if (writeQ) writes.Add((q, stripe * g.ChunkBlocks + plan.RowLo, ws.Rows(q, plan.RowLo, plan.RowCount), false));
             try { await WriteAllAsync(writes, ct); }

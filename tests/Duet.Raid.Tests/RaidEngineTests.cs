@@ -169,6 +169,29 @@ public class RaidEngineTests
     }
 
     [Fact]
+    [Trait("Claim", "AW-4")]
+    public async Task A_write_that_rebuilt_a_bad_block_beside_it_rewrites_that_block_so_parity_and_drive_agree()
+    {
+        // RAID 5 on 3: a one-block write to data index 1 reads the row's other data block (reconstruct-write).
+        var h = new ArrayHarness(RaidLevel.Raid5, 3, seed: 21);
+        await h.RandomWritesAsync(100);
+        var g = h.Geometry;
+        int d0 = g.DataMember(0, 0), d1 = g.DataMember(0, 1);
+        await h.CorruptAsync(d0, 1);
+        var block = new byte[Units.BlockBytes];
+        new System.Random(5).NextBytes(block);
+        long sector = (long)(g.ChunkBlocks + 1) * Units.SectorsPerBlock;
+        await h.Array.WriteAsync(sector, block);
+        block.CopyTo(h.Model, (int)(sector * Units.SectorBytes));
+        var result = new ScrubResult();
+        await h.Array.ScrubAsync(false, result, new PassProgress { TotalStripes = g.Stripes }, default);
+        Assert.Equal(0, result.ChecksumErrors);
+        // The damage it would have left: with the other data member gone, that row has two unknowns.
+        await h.Array.FailMember(d1, "test");
+        await h.VerifyAllAsync();
+    }
+
+    [Fact]
     public async Task StaleParityIsFoundByScrubWithEveryChecksumGood()
     {
         var h = new ArrayHarness(RaidLevel.Raid5, 4, seed: 13);
