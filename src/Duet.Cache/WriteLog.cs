@@ -369,6 +369,22 @@ public sealed class WriteLog
         }
     }
 
+    /// <summary>
+    /// The write of <paramref name="slot"/> did not start (nothing of it reached a drive): its record waits for the
+    /// array's next flush like a written one, but it settles nothing: a write that never ran has not written a failed
+    /// record's blocks again. (Taken for written, it let a failed write's sums go with its torn rows unsettled:
+    /// simulator seed 9834.)
+    /// </summary>
+    public void NotStarted(int slot)
+    {
+        lock (_lock)
+        {
+            Invariant.Assert(_state[slot] == SlotState.Open, "a write-log record is written once, after it was opened");
+            ReleasePromiseLocked(slot);
+            _state[slot] = SlotState.Written;
+        }
+    }
+
     /// <summary>A write waits for a slot or for pool room, and nothing but failed records holds them (no write in
     /// flight, none written and waiting for a flush): the writes that would settle them cannot open a record, so their
     /// rows are settled from their sums instead (<see cref="FailedRecords"/>, <see cref="FailedSettled"/>).</summary>

@@ -288,7 +288,7 @@ public sealed partial class Controller : IArrayWriteLog
         }
         catch (ShelfException e)
         {
-            WriteLog.Written(slot);
+            WriteLog.NotStarted(slot);
             throw new BlockIoException(BlockErrorKind.Unavailable,
                 $"controller {Name} cannot record at the shelf that its peer's copy of its write log is incomplete, so the array write does not start: {e.Message}");
         }

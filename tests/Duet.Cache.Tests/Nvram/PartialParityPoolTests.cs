@@ -226,6 +226,29 @@ public sealed class PartialParityPoolTests
     }
 
     [Fact]
+    public void A_later_write_that_never_started_settles_nothing_of_a_failed_record()
+    {
+        var store = NvramStore.For(Sample.Small, "nvram-A");
+        var log = new WriteLog(NvramFile.OpenOrCreate(store, Sample.Small, "A", Sample.Pair));
+        Assert.True(log.TryOpen(1, 100, 8, out int failed, out _));
+        Assert.True(log.StorePartialParity(failed, 12, 4, 0b10, Sum(7)));
+        log.Written(failed, failed: true);
+        // A recovery write of every block of it opens its record, but the shelf cannot record the peer's log copy
+        // stale, so it does not start: the failed record keeps its range unsettled and its sum.
+        Assert.True(log.TryOpen(1, 96, 24, out int refused, out _));
+        log.NotStarted(refused);
+        Assert.Equal((1L, 0L, 1), log.FailedWrites);
+        Assert.Equal((100L, 108L), Assert.Single(Assert.Single(log.FailedRecords(1)).Unsettled));
+        Assert.Equal([refused], log.TakeWritten(1));
+        log.Close([refused]);
+        Assert.Single(log.HeldPartialParity(1, 12, 0, 16));
+        // The same write started and returned well settles it.
+        Assert.True(log.TryOpen(1, 96, 24, out int wrote, out _));
+        log.Written(wrote);
+        Assert.Equal((1L, 1L, 0), log.FailedWrites);
+    }
+
+    [Fact]
     public void A_claim_counts_the_sums_others_hold_for_its_rows_as_room_and_supersedes_them_only_when_it_succeeds()
     {
         var log = new WriteLog(NvramFile.OpenOrCreate(NvramStore.For(Sample.Small), Sample.Small, "A", Sample.Pair));
