@@ -150,6 +150,7 @@ public sealed class ControllerTakeoverInProcessTests
             Assert.Equal(["arr0"], b.LastTakeover!.SettledWhole);
             await b.Cache.DrainAsync();
             await Until(() => b.PeerSettlesPending == 0, "B to settle the whole of arr0 behind the takeover");
+            await Until(() => !b.Arrays.SettleOwed("arr0"), "B to clear the whole settle its takeover wrote into arr0's superblocks");
             var arr0OnB = b.Arrays.ServedArrays.Single(r => r.Name == "arr0");
             Assert.Equal(0, arr0OnB.UnsettledStripes);
             var scrub = new ScrubResult();
@@ -160,6 +161,53 @@ public sealed class ControllerTakeoverInProcessTests
         {
             await a.DisposeAsync();
             await b.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    [Trait("Claim", "AW-3")]
+    public async Task A_whole_settle_a_stop_cut_is_owed_in_the_superblocks_and_the_next_start_does_it_and_clears_them()
+    {
+        var shelf = await TwoArrayShelfAsync();
+        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
+        var storeA = NvramStore.For(layout, "nvram-A");
+        var (linkA, linkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 }, TimeProvider.System);
+        var a = await StartControllerAsync("A", 1, shelf, storeA, layout, linkA, Pair);
+        var b = await StartControllerAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB, Pair);
+        await Until(() => a.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && b.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && a.HoldsLease, "the pair to form");
+        var (raid, _) = await DrainedArr0Async(a, b);
+        await b.DisposeAsync();
+
+        // A takeover of arr0 from a peer whose log copy was incomplete named A owner and owed a whole settle in the
+        // same superblock update; the stop came before the settle reached the torn stripe (P disagrees with its data).
+        await a.Arrays.SetSettleOwedAsync("arr0", true);
+        Assert.True(a.Arrays.SettleOwed("arr0"));
+        await raid.FlushAsync();
+        var (lastStripe, _, _, memberBlock) = raid.Geometry.Map(raid.Geometry.CapacityBlocks - 1);
+        var garbage = new byte[Units.BlockBytes];
+        new System.Random(13).NextBytes(garbage);
+        await raid.Member(raid.Geometry.PMember(lastStripe))!.WriteAsync(memberBlock, garbage);
+        var before = new ScrubResult();
+        await raid.ScrubAsync(false, before, new PassProgress(), default);
+        Assert.Equal(1L, before.ParityMismatches);
+        await a.DisposeAsync();
+
+        var (linkA2, _) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 }, TimeProvider.System);
+        // (No takeover of B's array while the test looks: a takeover would settle arr0 itself.)
+        var again = await StartControllerAsync("A", 3, shelf, storeA, layout, linkA2, Pair,
+            new FailoverOptions { HeartbeatTimeout = TimeSpan.FromHours(1), StartGrace = TimeSpan.FromHours(1), HostCommandTimeLimit = TimeSpan.FromHours(1) });
+        try
+        {
+            await Until(() => !again.Arrays.SettleOwed("arr0"), "the start to settle the whole of arr0 and clear its superblocks");
+            var arr0 = again.Arrays.ServedArrays.Single(r => r.Name == "arr0");
+            Assert.Equal(0, arr0.UnsettledStripes);
+            var scrub = new ScrubResult();
+            await arr0.ScrubAsync(false, scrub, new PassProgress(), default);
+            Assert.Equal((0L, 0L), (scrub.ChecksumErrors, scrub.ParityMismatches));
+        }
+        finally
+        {
+            await again.DisposeAsync();
         }
     }
 

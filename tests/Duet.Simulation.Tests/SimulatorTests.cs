@@ -209,6 +209,18 @@ public sealed class SimulatorTests
         Assert.True(r.Passed, string.Join("\n", r.Failures));
     }
 
+    // 9758 of `--faults all --from 9700 --ops 1000`: B took A's arrays over while the shelf said A's log copy was
+    // incomplete, named itself owner in r1's superblocks, and crashed before it settled r1 whole; the finished takeover
+    // no longer counted r1 as A's, and a RAID 1 row A's interrupted recovery write tore stayed torn (the two copies
+    // differed at the final scrub). The superblocks now keep the whole settle owed until it is done.
+    [Fact]
+    [Trait("Claim", "AW-3")]
+    public void A_whole_settle_a_crash_cut_regression_seed_passes()
+    {
+        var r = Simulator.Run(9758, new SimOptions { Operations = 1000, AllowedFaults = FaultKind.All });
+        Assert.True(r.Passed, string.Join("\n", r.Failures));
+    }
+
     // 9162 of `--seeds 400 --from 9000 --ops 1000`: two pairings at once (one started on a link that went down while
     // it waited for the shelf, one on the next link-up). The later hello emptied the peer's copy of B's cache under
     // the mirror the earlier one had just made healthy: a write mirrored before that hello and acknowledged after it

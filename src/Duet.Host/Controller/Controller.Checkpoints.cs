@@ -621,22 +621,57 @@ public sealed partial class Controller : IArrayWriteLog
     /// owed a settle, settled behind the takeover in pieces (slot -1: no record of ours to clear) or first by the
     /// request that reaches it. Returns the arrays.
     /// </summary>
-    List<string> MarkWholeArrays(HashSet<byte> numbers, List<PeerSettle> work)
+    List<string> MarkWholeArrays(Func<Duet.Raid.RaidArray, bool> which, List<PeerSettle> work, bool own)
     {
         var names = new List<string>();
         foreach (var raid in Arrays.ServedArrays)
         {
+            if (!which(raid)) continue;
             byte number = Arrays.NumberOf(raid);
-            if (!numbers.Contains(number)) continue;
             long capacity = raid.Geometry.CapacityBlocks;
             raid.MarkUnsettled(0, capacity);
             long piece = WholeSettlePieceStripes * raid.Geometry.StripeDataBlocks;
             for (long first = 0; first < capacity; first += piece)
-                work.Add(new PeerSettle(-1, new WriteLogRecord(number, first, (int)Math.Min(piece, capacity - first), 0), raid, Own: false));
+                work.Add(new PeerSettle(-1, new WriteLogRecord(number, first, (int)Math.Min(piece, capacity - first), 0), raid, Own: own));
             names.Add(raid.Name);
         }
         return names;
     }
+
+    /// <summary>Arrays registered here (<see cref="RegisterServedArrays"/>) whose superblocks say a whole settle is
+    /// owed (<see cref="Duet.Raid.Superblock.SettleOwed"/>) and that no settle has started for yet.</summary>
+    readonly HashSet<string> _owedWhole = new(StringComparer.Ordinal);
+
+    HashSet<string> TakeOwedWhole()
+    {
+        lock (_volumesLock)
+        {
+            var names = new HashSet<string>(_owedWhole, StringComparer.Ordinal);
+            _owedWhole.Clear();
+            return names;
+        }
+    }
+
+    /// <summary>
+    /// AW-3: arrays this controller began to serve (a start, a rescan) whose superblocks say a takeover owed them a
+    /// whole settle that a stop cut: every stripe is marked owed (a request settles the one it reaches first) and
+    /// settled behind, and the superblocks are cleared once it is done. A takeover in progress takes them itself,
+    /// after the peer's logged writes are marked with their partial sums.
+    /// </summary>
+    void StartOwedWholeSettles()
+    {
+        if (Volatile.Read(ref _takingOver) != 0) return;
+        var owed = TakeOwedWhole();
+        if (owed.Count == 0) return;
+        var work = new List<PeerSettle>();
+        var names = MarkWholeArrays(raid => owed.Contains(raid.Name), work, own: true);
+        if (names.Count == 0) return;
+        LogOwedWhole(string.Join(", ", names));
+        _ = SettleLoggedWritesAsync(work);
+    }
+
+    [LoggerMessage(EventId = 7084, Level = LogLevel.Warning, Message = "arrays {Arrays}: a takeover owed them a whole settle and was cut before it was done (their superblocks say so): settling them whole behind the start (AW-3)")]
+    partial void LogOwedWhole(string arrays);
 
     /// <summary>Stripes in one piece of a whole-array settle: the lanes take pieces in turn.</summary>
     const int WholeSettlePieceStripes = 1024;
@@ -670,6 +705,7 @@ public sealed partial class Controller : IArrayWriteLog
     {
         if (work.Count == 0) return;
         bool peer = !work[0].Own;
+        var whole = work.Where(w => w.Slot < 0).Select(w => w.Raid.Name).Distinct(StringComparer.Ordinal).ToList();
         long start = _options.Time.GetTimestamp();
         int total = work.Count;
         var raids = work.Select(w => w.Raid).Distinct().ToList();
@@ -712,6 +748,15 @@ public sealed partial class Controller : IArrayWriteLog
             if (peer) Interlocked.Exchange(ref _peerSettlesPending, work.Count);
             if (work.Count == 0)
             {
+                // Every stripe of those arrays settled and flushed: their superblocks no longer owe it.
+                foreach (var name in whole)
+                {
+                    try { await Arrays.SetSettleOwedAsync(name, false, _stopping.Token); }
+                    catch (Exception e) when (e is BlockIoException or Duet.Raid.Management.ManagementException or OperationCanceledException)
+                    {
+                        LogSettleFailed(name, 0, 0, $"the array is settled, but its superblocks could not be told (the next controller to serve it settles it again): {e.Message}");
+                    }
+                }
                 LogLoggedWritesSettled(total, peer ? "of the peer settled behind the takeover" : "of this controller's last run settled behind its start",
                     _options.Time.GetElapsedTime(start).TotalMilliseconds, raids.Sum(r => r.StripesSettledOnAccess) - onAccessBefore);
                 break;

@@ -706,7 +706,8 @@ public sealed partial class Controller
                     var epoch = Math.Max(Math.Max(Nvram.Epoch, claims.Select(c => c.Epoch).DefaultIfEmpty(0UL).Max()), status.EpochCounter);
                     Nvram.Epoch = epoch;
                     _epochFloor = epoch;
-                    taken = [.. taken.Concat(await Arrays.TakeOverAsync(PeerName)).Distinct()];
+                    bool logStale = status.Port(PeerName).LogStale;
+                    taken = [.. taken.Concat(await Arrays.TakeOverAsync(PeerName, settleWhole: logStale)).Distinct()];
                     RegisterServedArrays();
                     lock (_volumesLock) _forwarded.Clear();
                     double before = Since(heard).TotalMilliseconds;
@@ -714,9 +715,15 @@ public sealed partial class Controller
                     double afterAdopt = Since(heard).TotalMilliseconds;
                     settled = MarkPeerCheckpoints(numbers, settle);
                     // The shelf's record was final at the fence: a fenced port can set nothing, and writes nothing.
-                    if (status.Port(PeerName).LogStale && settledWhole.Count == 0)
+                    // The superblocks keep the settle owed until it is done (the arrays the peer's superblocks named
+                    // were marked as they were taken; those the shelf gave it are marked here).
+                    if (logStale && settledWhole.Count == 0)
+                        foreach (var raid in Arrays.ServedArrays)
+                            if (numbers.Contains(Arrays.NumberOf(raid))) await Arrays.SetSettleOwedAsync(raid.Name, true);
+                    var owed = TakeOwedWhole();
+                    if ((logStale || owed.Count > 0) && settledWhole.Count == 0)
                     {
-                        settledWhole = MarkWholeArrays(numbers, settle);
+                        settledWhole = MarkWholeArrays(raid => owed.Contains(raid.Name) || (logStale && numbers.Contains(Arrays.NumberOf(raid))), settle, own: false);
                         LogSettlingWhole(PeerName, string.Join(", ", settledWhole));
                     }
                     LogTakeoverPhases(before, afterAdopt - before, settled);

@@ -191,6 +191,9 @@ public sealed partial class Controller : IAsyncDisposable
         if (dropped > 0) LogReplayDropped(dropped);
         // AW-4: before anything of ours writes to an array again.
         await SettleRecoveredWritesAsync();
+        // AW-3: a takeover a stop cut after the superblocks named us left its whole settle owed (after our own
+        // records: those are settled with their partial sums, which a whole settle does not have).
+        StartOwedWholeSettles();
         Cache.Start();
         // A takeover of ours that a stop cut after the fence is finished first: before the link can bring a hello of
         // the peer (which would empty region 2) and before a request reaches those arrays.
@@ -255,7 +258,11 @@ public sealed partial class Controller : IAsyncDisposable
     {
         foreach (var raid in Arrays.ServedArrays)
         {
-            lock (_volumesLock) if (!_cachedArrays.Add(raid.Name)) continue;
+            lock (_volumesLock)
+            {
+                if (!_cachedArrays.Add(raid.Name)) continue;
+                if (Arrays.SettleOwed(raid.Name)) _owedWhole.Add(raid.Name);
+            }
             Cache.AddArray(NewBacking(raid));
         }
     }
@@ -507,6 +514,7 @@ public sealed partial class Controller : IAsyncDisposable
             return;
         }
         RegisterServedArrays();
+        StartOwedWholeSettles();
         lock (_volumesLock) _forwarded.Clear();
     }
 

@@ -434,6 +434,27 @@ public sealed partial class ArrayManager
     /// <summary>Whether this controller serves the array now.</summary>
     public bool Serves(string array) => _view.Arrays.ContainsKey(array);
 
+    /// <summary>Whether the served array <paramref name="array"/> is owed a whole settle (<see cref="Superblock.SettleOwed"/>).</summary>
+    public bool SettleOwed(string array) => _view.Arrays.TryGetValue(array, out var a) && a.Current.SettleOwed;
+
+    /// <summary>Records in the superblocks of the served array <paramref name="name"/> that it is owed a whole settle
+    /// (<paramref name="owed"/>), or that it is settled. Nothing is written if they say so already; an array no longer
+    /// served here is left alone.</summary>
+    public Task SetSettleOwedAsync(string name, bool owed, CancellationToken ct = default) => Locked(async () =>
+    {
+        if (!_arrays.TryGetValue(name, out var a) || a.Current.SettleOwed == owed) return;
+        var before = a.Current;
+        a.Current = a.Current with { SettleOwed = owed };
+        try { await PersistAsync(a, ct); }
+        catch (Exception e) when (e is BlockIoException or OperationCanceledException)
+        {
+            // Cut part-way, the members may disagree (an assembly takes the newest): a failed mark fails the caller's
+            // step, which tries again; a failed clear leaves the array owed, settled again by the next to serve it.
+            a.Current = a.Current with { SettleOwed = before.SettleOwed };
+            throw;
+        }
+    }, ct);
+
     /// <summary>Waits for any rebuild and scrub now running (tests, shutdown).</summary>
     public async Task WaitForBackgroundAsync()
     {

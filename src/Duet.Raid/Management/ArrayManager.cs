@@ -324,13 +324,14 @@ public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDis
 
     bool OwnedHere(Superblock sb) => _options.Controller is null || (sb.Owner == _options.Controller && _options.MayServe?.Invoke(sb) != false);
 
-    async Task AssembleGroupsAsync(List<DriveEntry> drives, CancellationToken ct, string? takeFrom = null)
+    async Task AssembleGroupsAsync(List<DriveEntry> drives, CancellationToken ct, string? takeFrom = null, bool settleWhole = false)
     {
         foreach (var group in drives.GroupBy(d => d.Superblock!.ArrayUuid))
         {
             var auth = group.MaxBy(d => d.Superblock!.Generation)!.Superblock!;
             // A takeover: the peer's arrays become ours (assembly persists the new owner).
-            if (takeFrom is not null && auth.Owner == takeFrom && _options.Controller is not null) auth = auth with { Owner = Me };
+            if (takeFrom is not null && auth.Owner == takeFrom && _options.Controller is not null)
+                auth = auth with { Owner = Me, SettleOwed = auth.SettleOwed || settleWhole };
             if (!OwnedHere(auth))
             {
                 _peerArrays[auth.Name] = auth;
@@ -352,7 +353,7 @@ public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDis
     /// created, changed or deleted, and arrays handed over to this controller (which are then
     /// assembled and served). Called when the peer says its arrays changed.
     /// </summary>
-    public Task RescanAsync(CancellationToken ct = default) => RescanAsync(null, ct);
+    public Task RescanAsync(CancellationToken ct = default) => RescanAsync(null, false, ct);
 
     /// <summary>
     /// Failover (FO-2): assembles every array controller <paramref name="from"/> owns as this
@@ -360,17 +361,19 @@ public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDis
     /// at the shelf first: nothing of the peer's can reach the drives any more). Returns the names of
     /// the arrays taken.
     /// </summary>
-    public async Task<IReadOnlyList<string>> TakeOverAsync(string from, CancellationToken ct = default)
+    /// <paramref name="settleWhole"/>: the peer wrote while its write log's copy here was incomplete; each array taken
+    /// is marked owed a whole settle (<see cref="Superblock.SettleOwed"/>) in the superblocks that name this controller.
+    public async Task<IReadOnlyList<string>> TakeOverAsync(string from, bool settleWhole = false, CancellationToken ct = default)
     {
         if (from == Me) throw new ArgumentException($"controller {Me} cannot take over from itself", nameof(from));
         var before = _view.Arrays.Keys.ToHashSet(StringComparer.Ordinal);
-        await RescanAsync(from, ct);
+        await RescanAsync(from, settleWhole, ct);
         var taken = _view.Arrays.Keys.Where(n => !before.Contains(n)).Order(StringComparer.Ordinal).ToList();
         foreach (var name in taken) LogTakenOver(name, from);
         return taken;
     }
 
-    async Task RescanAsync(string? takeFrom, CancellationToken ct)
+    async Task RescanAsync(string? takeFrom, bool settleWhole, CancellationToken ct)
     {
         await LockAsync(ct);
         try
@@ -403,7 +406,7 @@ public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDis
                 d.Superblock = sb;
                 if (sb is not null) loose.Add(d);
             }
-            await AssembleGroupsAsync(loose, ct, takeFrom);
+            await AssembleGroupsAsync(loose, ct, takeFrom, settleWhole);
             await SettleLunsAsync(ct);
             RefreshVolumes();
         }
