@@ -137,25 +137,15 @@ public sealed class ControllerTakeoverInProcessTests
             Assert.Equal(0, b.PeerOpenCheckpoints);
 
             // A dies in the middle of that write: P of the last stripe disagrees with its data.
-            await raid.FlushAsync();
-            var (lastStripe, _, _, memberBlock) = raid.Geometry.Map(raid.Geometry.CapacityBlocks - 1);
-            var garbage = new byte[Units.BlockBytes];
-            new System.Random(11).NextBytes(garbage);
-            await raid.Member(raid.Geometry.PMember(lastStripe))!.WriteAsync(memberBlock, garbage);
-            var before = new ScrubResult();
-            await raid.ScrubAsync(false, before, new PassProgress(), default);
-            Assert.Equal(1L, before.ParityMismatches); // what a takeover told only of B's log copy would leave
+            // (The scrub in it finds the torn row: what a takeover told only of B's log copy would leave.)
+            await TearLastStripesParityAsync(raid, 11);
 
             await b.TakeOverAsync("test: A died with its link down");
             Assert.Equal(["arr0"], b.LastTakeover!.SettledWhole);
             await b.Cache.DrainAsync();
             await Until(() => b.PeerSettlesPending == 0, "B to settle the whole of arr0 behind the takeover");
             await Until(() => !b.Arrays.SettleOwed("arr0"), "B to clear the whole settle its takeover wrote into arr0's superblocks");
-            var arr0OnB = b.Arrays.ServedArrays.Single(r => r.Name == "arr0");
-            Assert.Equal(0, arr0OnB.UnsettledStripes);
-            var scrub = new ScrubResult();
-            await arr0OnB.ScrubAsync(false, scrub, new PassProgress(), default);
-            Assert.Equal((0L, 0L), (scrub.ChecksumErrors, scrub.ParityMismatches));
+            await AssertSettledAsync(b.Arrays.ServedArrays.Single(r => r.Name == "arr0"));
         }
         finally
         {
@@ -168,13 +158,9 @@ public sealed class ControllerTakeoverInProcessTests
     [Trait("Claim", "AW-3")]
     public async Task A_whole_settle_a_stop_cut_is_owed_in_the_superblocks_and_the_next_start_does_it_and_clears_them()
     {
-        var shelf = await TwoArrayShelfAsync();
         var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
         var storeA = NvramStore.For(layout, "nvram-A");
-        var (linkA, linkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 }, TimeProvider.System);
-        var a = await StartControllerAsync("A", 1, shelf, storeA, layout, linkA, Pair);
-        var b = await StartControllerAsync("B", 2, shelf, NvramStore.For(layout, "nvram-B"), layout, linkB, Pair);
-        await Until(() => a.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && b.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && a.HoldsLease, "the pair to form");
+        var (shelf, a, b) = await FormPairAsync(storeA: storeA);
         var (raid, _) = await DrainedArr0Async(a, b);
         await b.DisposeAsync();
 
@@ -182,14 +168,7 @@ public sealed class ControllerTakeoverInProcessTests
         // same superblock update; the stop came before the settle reached the torn stripe (P disagrees with its data).
         await a.Arrays.SetSettleOwedAsync("arr0", true);
         Assert.True(a.Arrays.SettleOwed("arr0"));
-        await raid.FlushAsync();
-        var (lastStripe, _, _, memberBlock) = raid.Geometry.Map(raid.Geometry.CapacityBlocks - 1);
-        var garbage = new byte[Units.BlockBytes];
-        new System.Random(13).NextBytes(garbage);
-        await raid.Member(raid.Geometry.PMember(lastStripe))!.WriteAsync(memberBlock, garbage);
-        var before = new ScrubResult();
-        await raid.ScrubAsync(false, before, new PassProgress(), default);
-        Assert.Equal(1L, before.ParityMismatches);
+        await TearLastStripesParityAsync(raid, 13);
         await a.DisposeAsync();
 
         var (linkA2, _) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 }, TimeProvider.System);
@@ -199,11 +178,7 @@ public sealed class ControllerTakeoverInProcessTests
         try
         {
             await Until(() => !again.Arrays.SettleOwed("arr0"), "the start to settle the whole of arr0 and clear its superblocks");
-            var arr0 = again.Arrays.ServedArrays.Single(r => r.Name == "arr0");
-            Assert.Equal(0, arr0.UnsettledStripes);
-            var scrub = new ScrubResult();
-            await arr0.ScrubAsync(false, scrub, new PassProgress(), default);
-            Assert.Equal((0L, 0L), (scrub.ChecksumErrors, scrub.ParityMismatches));
+            await AssertSettledAsync(again.Arrays.ServedArrays.Single(r => r.Name == "arr0"));
         }
         finally
         {
@@ -665,13 +640,36 @@ public sealed class ControllerTakeoverInProcessTests
         return (raid, a.Arrays.NumberOf(raid));
     }
 
+    /// <summary>A drained controller's array arr0 with the parity block of its last stripe overwritten (a write the
+    /// stop tore there): a scrub finds exactly that row's parity disagreeing with its data.</summary>
+    static async Task TearLastStripesParityAsync(RaidArray raid, int seed)
+    {
+        await raid.FlushAsync();
+        var (lastStripe, _, _, memberBlock) = raid.Geometry.Map(raid.Geometry.CapacityBlocks - 1);
+        var garbage = new byte[Units.BlockBytes];
+        new System.Random(seed).NextBytes(garbage);
+        await raid.Member(raid.Geometry.PMember(lastStripe))!.WriteAsync(memberBlock, garbage);
+        var before = new ScrubResult();
+        await raid.ScrubAsync(false, before, new PassProgress(), default);
+        Assert.Equal(1L, before.ParityMismatches);
+    }
+
+    /// <summary>No stripe of <paramref name="raid"/> is owed a settle, and a scrub finds nothing to repair.</summary>
+    static async Task AssertSettledAsync(RaidArray raid)
+    {
+        Assert.Equal(0, raid.UnsettledStripes);
+        var scrub = new ScrubResult();
+        await raid.ScrubAsync(false, scrub, new PassProgress(), default);
+        Assert.Equal((0L, 0L), (scrub.ChecksumErrors, scrub.ParityMismatches));
+    }
+
     static async Task<(Duet.Shelf.Shelf Shelf, PairController A, PairController B)> FormPairAsync(NvramStore? storeB = null,
-        Dictionary<string, Duet.Drives.Faults.FaultyDrive>? faulty = null)
+        Dictionary<string, Duet.Drives.Faults.FaultyDrive>? faulty = null, NvramStore? storeA = null)
     {
         var shelf = await TwoArrayShelfAsync(faulty);
         var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
         var (linkA, linkB) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default with { ReplyDataBufferBytes = 4 << 20 }, TimeProvider.System);
-        var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);
+        var a = await StartControllerAsync("A", 1, shelf, storeA ?? NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);
         var b = await StartControllerAsync("B", 2, shelf, storeB ?? NvramStore.For(layout, "nvram-B"), layout, linkB, Pair);
         await Until(() => a.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && b.Mirror.Mode == Duet.Cache.MirrorMode.Healthy && a.HoldsLease, "the pair to form");
         return (shelf, a, b);
