@@ -221,6 +221,18 @@ public sealed class SimulatorTests
         Assert.True(r.Passed, string.Join("\n", r.Failures));
     }
 
+    // 10005 of `--faults all --exact --ops 500`: B restarted with its shelf path down, so its array table lacked r6
+    // (its drives unreadable); its takeover of A then took r1 and r5 only, dropped region 2's copies of r6 at the fence
+    // as "not taken", and A, fenced, discarded its NVRAM: an acknowledged write to r6 read back old. The takeover now
+    // keeps copies of arrays its table does not name and reads the drives again before deciding what to take.
+    [Fact]
+    [Trait("Claim", "FO-2")]
+    public void A_takeover_with_an_incomplete_array_table_regression_seed_passes()
+    {
+        var r = Simulator.Run(10005, new SimOptions { Operations = 500, AllowedFaults = FaultKind.All, ForcedFaults = FaultKind.All });
+        Assert.True(r.Passed, string.Join("\n", r.Failures));
+    }
+
     // 9162 of `--seeds 400 --from 9000 --ops 1000`: two pairings at once (one started on a link that went down while
     // it waited for the shelf, one on the next link-up). The later hello emptied the peer's copy of B's cache under
     // the mirror the earlier one had just made healthy: a write mirrored before that hello and acknowledged after it
