@@ -739,12 +739,13 @@ public sealed partial class Controller
                     settled = MarkPeerCheckpoints(numbers, settle);
                     // The shelf's record was final at the fence: a fenced port can set nothing, and writes nothing.
                     // The superblocks keep the settle owed until it is done (the arrays the peer's superblocks named
-                    // were marked as they were taken; those the shelf gave it are marked here).
-                    if (logStale && settledWhole.Count == 0)
+                    // were marked as they were taken; those the shelf gave it are marked here). This step ends the
+                    // loop once it marks, so it marks once.
+                    if (logStale)
                         foreach (var raid in Arrays.ServedArrays)
                             if (numbers.Contains(Arrays.NumberOf(raid))) await Arrays.SetSettleOwedAsync(raid.Name, true);
                     var owed = TakeOwedWhole();
-                    if ((logStale || owed.Count > 0) && settledWhole.Count == 0)
+                    if (logStale || owed.Count > 0)
                     {
                         settledWhole = MarkWholeArrays(raid => owed.Contains(raid.Name) || (logStale && numbers.Contains(Arrays.NumberOf(raid))), settle, own: false);
                         LogSettlingWhole(PeerName, string.Join(", ", settledWhole));
