@@ -274,7 +274,7 @@ public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDis
         {
             IBlockDevice device;
             try { device = _shelf.Open(name); }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            catch (Exception e) when ((e is IOException or UnauthorizedAccessException) && !IsPathDown(e))
             {
                 LogDriveUnreadable(name, e.Message);
                 continue;
@@ -310,17 +310,20 @@ public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDis
 
     string Me => _options.Controller ?? "A";
 
-    /// <summary>The shelf's drives; none if the shelf cannot be reached now (its path is down: the controller
-    /// rescans when it is back).</summary>
+    /// <summary>The shelf's drives; none if the shelf cannot list them. A path to the shelf that is down throws
+    /// (<see cref="BlockErrorKind.PathDown"/>), as a superblock read does: assembling or rescanning then would find no
+    /// drive at all, and the caller must know to look again when the path is back.</summary>
     IReadOnlyList<string> ListShelf()
     {
         try { return _shelf.List(); }
-        catch (IOException e)
+        catch (IOException e) when (!IsPathDown(e))
         {
             LogDriveUnreadable("(the shelf)", e.Message);
             return [];
         }
     }
+
+    static bool IsPathDown(Exception e) => e is BlockIoException { Kind: BlockErrorKind.PathDown };
 
     bool OwnedHere(Superblock sb) => _options.Controller is null || (sb.Owner == _options.Controller && _options.MayServe?.Invoke(sb) != false);
 
@@ -383,7 +386,7 @@ public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDis
             {
                 if (_drives.ContainsKey(name)) continue;
                 try { _drives[name] = new DriveEntry { Name = name, Device = _shelf.Open(name) }; }
-                catch (Exception e) when (e is IOException or UnauthorizedAccessException) { LogDriveUnreadable(name, e.Message); }
+                catch (Exception e) when ((e is IOException or UnauthorizedAccessException) && !IsPathDown(e)) { LogDriveUnreadable(name, e.Message); }
             }
             // Read every loose drive's superblock before changing anything: with the path to the shelf
             // down, the rescan stops here (PathDown) and the view stays as it was, rather than losing
