@@ -221,6 +221,19 @@ public sealed class SimulatorTests
         Assert.True(r.Passed, string.Join("\n", r.Failures));
     }
 
+    // 10664 of `--faults all --ops 1000`: B, serving with a healthy mirror, lifted the fence of a returning A with
+    // dirty elements; its stale mark found the mirror whole and recorded nothing, but the finished task stayed as the
+    // episode's mark. The next error-recovery episode's writes found it done and were acknowledged through to the
+    // drives with the shelf still saying A's copy of B's cache was whole; A's takeover adopted that older copy over
+    // them (several acknowledged writes read back old). Each episode now records its own mark.
+    [Fact]
+    [Trait("Claim", "MR-4")]
+    public void A_stale_mark_the_pairing_made_needless_regression_seed_passes()
+    {
+        var r = Simulator.Run(10664, new SimOptions { Operations = 1000, AllowedFaults = FaultKind.All });
+        Assert.True(r.Passed, string.Join("\n", r.Failures));
+    }
+
     // 10005 of `--faults all --exact --ops 500`: B restarted with its shelf path down, so its array table lacked r6
     // (its drives unreadable); its takeover of A then took r1 and r5 only, dropped region 2's copies of r6 at the fence
     // as "not taken", and A, fenced, discarded its NVRAM: an acknowledged write to r6 read back old. The takeover now

@@ -542,21 +542,33 @@ public sealed partial class Controller
 
     async Task MarkStaleCoreAsync()
     {
-        await Cache.DestageCurrentAsync();
-        await _staleGate.WaitAsync(CancellationToken.None);
-        _marking = true;
-        try
+        while (true)
         {
-            // Re-paired meanwhile: the peer's copy is whole again; nothing to record.
-            if (Mirror.Mode == MirrorMode.Healthy) return;
-            await UntilShelfAnswersAsync(() => Shelf!.SetMirrorStaleAsync(true));
-            _markedStale = true;
-            LogMirrorStale(true);
-        }
-        finally
-        {
-            _marking = false;
-            _staleGate.Release();
+            await Cache.DestageCurrentAsync();
+            await _staleGate.WaitAsync(CancellationToken.None);
+            _marking = true;
+            try
+            {
+                if (Mirror.Mode == MirrorMode.Healthy)
+                {
+                    // Re-paired meanwhile: the peer's copy is whole again; nothing to record. This task then records
+                    // nothing, so it must not stand for the next episode's mark: a later error-recovery episode whose
+                    // writes found it done acknowledged write-through writes with the shelf still saying the copy was
+                    // whole, and the peer's takeover adopted it over them (simulator seed 10664, --faults all --ops 1000).
+                    lock (_volumesLock) _staleMark = null;
+                    if (Mirror.Mode == MirrorMode.Healthy) return;
+                    continue; // down again before the line above: a write may hold this task; destage again, then mark
+                }
+                await UntilShelfAnswersAsync(() => Shelf!.SetMirrorStaleAsync(true));
+                _markedStale = true;
+                LogMirrorStale(true);
+                return;
+            }
+            finally
+            {
+                _marking = false;
+                _staleGate.Release();
+            }
         }
     }
 
@@ -700,7 +712,7 @@ public sealed partial class Controller
                 try
                 {
                     // Region 2 may hold writes of an array our table does not name: its drives could not be read when
-                    // we last looked (our shelf path was down at our start). They are read again before deciding what
+                    // we last looked (a superblock unreadable then). They are read again before deciding what
                     // to take; the copies were kept at the fence. Taken without them, the fenced peer discards its
                     // NVRAM and those acknowledged writes are nowhere (simulator seed 10005 of `--faults all --exact`).
                     if (UnknownPeerCopies() > 0)
