@@ -988,6 +988,15 @@ public sealed partial class WriteBackCache : IAsyncDisposable
     /// </summary>
     public void DestageForRoomOnly() => _destageForRoomOnly = true;
 
+    /// <summary>Ends <see cref="DestageForRoomOnly"/> before the window stops destage altogether: idle, watermark and
+    /// drain rounds run again (tests keep elements dirty with the one and destage them with the other).</summary>
+    public void DestageAsUsual()
+    {
+        if (_destageStopped) throw new InvalidOperationException("the power-fail window stopped destage");
+        _destageForRoomOnly = false;
+        Kick();
+    }
+
     /// <summary>
     /// The power-fail window's stop (AW-6): no destage round starts from now on; a round already writing
     /// finishes, with its flush. Completes once no round is running. Writers that need room, and drains,

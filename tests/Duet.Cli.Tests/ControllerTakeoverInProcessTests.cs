@@ -631,6 +631,49 @@ public sealed class ControllerTakeoverInProcessTests
         }
     }
 
+    [Fact]
+    [Trait("Claim", "FO-2")]
+    public async Task A_takeover_does_not_wait_for_mirrored_writes_of_an_array_the_peer_deleted_while_the_link_was_down()
+    {
+        var (shelf, a, b) = await FormPairAsync();
+        try
+        {
+            // A acknowledges a write once B's region 2 holds it, and keeps it dirty.
+            a.Cache.DestageForRoomOnly();
+            Assert.True(a.Volumes.TryGetVolume("vol0", out var vol0));
+            var data = new byte[64 << 10];
+            new System.Random(31).NextBytes(data);
+            await vol0.WriteAsync(0, data, fua: false);
+            Assert.Contains(b.Nvram.Peer.ReplayOrder(), x => x.Descriptor.Dirty);
+
+            // With the link down, A deletes arr0: its cache destages and drops the elements, but B's copies stay, and
+            // B, reading the drives again, no longer knows the array they are of.
+            ((InMemoryIclLink)a.Link).Cut();
+            await Until(() => !a.Link.IsUp, "A to see its link down");
+            a.Cache.DestageAsUsual();
+            await a.Arrays.DeleteVolumeAsync("vol0");
+            await a.DeleteArrayAsync("arr0", CancellationToken.None);
+            await b.RescanAsync();
+            Assert.DoesNotContain(b.Arrays.ArrayTable.Values, e => e.Name == "arr0");
+            int orphans = b.Nvram.Peer.ReplayOrder().Count(x => x.Descriptor.Dirty);
+            Assert.True(orphans > 0);
+            Assert.Equal(0, b.Arrays.UnreadableDrives);
+
+            // Every drive on the shelf was read: no array there is theirs. The takeover neither adopts them nor reads
+            // the drives again and again for them (the peer's arrays served by nobody meanwhile) before it gives up.
+            await b.TakeOverAsync("test: A died after it deleted arr0 with the link down");
+            Assert.Equal(orphans, b.LastTakeover!.OrphanCopies);
+            Assert.Equal(0, b.LastTakeover.AdoptedElements);
+            Assert.Empty(b.Nvram.Peer.ReplayOrder());
+            Assert.Equal(["arr1"], b.Arrays.ServedArrays.Select(r => r.Name));
+        }
+        finally
+        {
+            await a.DisposeAsync();
+            await b.DisposeAsync();
+        }
+    }
+
     /// <summary>A's arr0 and its number, once A's cache is drained and B has cleared the records of that destage.</summary>
     static async Task<(RaidArray Raid, byte Number)> DrainedArr0Async(PairController a, PairController b)
     {

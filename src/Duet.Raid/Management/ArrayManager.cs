@@ -52,6 +52,7 @@ public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDis
         public required IBlockDevice Device;
         public Superblock? Superblock;
         public string? Problem; // why the drive is foreign or unreadable
+        public bool Unreadable; // its superblock could not be read (an I/O error) when we last looked
         public string? PeerArray; // a member or spare of an array the peer controller owns
         public ArrayEntry? Array;
         public bool IsSpare;
@@ -270,6 +271,7 @@ public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDis
 
     async Task AssembleAsync(CancellationToken ct)
     {
+        int unopened = 0;
         foreach (var name in ListShelf())
         {
             IBlockDevice device;
@@ -277,6 +279,7 @@ public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDis
             catch (Exception e) when ((e is IOException or UnauthorizedAccessException) && !IsPathDown(e))
             {
                 LogDriveUnreadable(name, e.Message);
+                unopened++;
                 continue;
             }
             var entry = new DriveEntry { Name = name, Device = device };
@@ -299,14 +302,25 @@ public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDis
             catch (BlockIoException e)
             {
                 entry.Problem = $"superblock unreadable: {e.Message}";
+                entry.Unreadable = true;
                 LogDriveUnreadable(name, entry.Problem);
             }
         }
 
         await AssembleGroupsAsync(_drives.Values.Where(d => d.Superblock is not null).ToList(), ct);
         await SettleLunsAsync(ct);
+        CountUnreadable(unopened);
         RefreshVolumes();
     }
+
+    int _unreadable;
+
+    /// <summary>Drives on the shelf whose superblock the last assembly or rescan could not read or open (an I/O error,
+    /// not a foreign or blank superblock): what they hold of any array is unknown here until a later look.</summary>
+    public int UnreadableDrives => Volatile.Read(ref _unreadable);
+
+    void CountUnreadable(int unopened) =>
+        Volatile.Write(ref _unreadable, unopened + _drives.Values.Count(d => d.Array is null && d.Unreadable));
 
     string Me => _options.Controller ?? "A";
 
@@ -382,35 +396,38 @@ public sealed partial class ArrayManager : IArrayService, ILunCatalog, IAsyncDis
         try
         {
             // Drives the peer added since we last looked.
+            int unopened = 0;
             foreach (var name in ListShelf())
             {
                 if (_drives.ContainsKey(name)) continue;
                 try { _drives[name] = new DriveEntry { Name = name, Device = _shelf.Open(name) }; }
-                catch (Exception e) when ((e is IOException or UnauthorizedAccessException) && !IsPathDown(e)) { LogDriveUnreadable(name, e.Message); }
+                catch (Exception e) when ((e is IOException or UnauthorizedAccessException) && !IsPathDown(e)) { LogDriveUnreadable(name, e.Message); unopened++; }
             }
             // Read every loose drive's superblock before changing anything: with the path to the shelf
             // down, the rescan stops here (PathDown) and the view stays as it was, rather than losing
             // sight of the peer's arrays until the next rescan.
-            var read = new List<(DriveEntry Drive, Superblock? Superblock, string? Problem)>();
+            var read = new List<(DriveEntry Drive, Superblock? Superblock, string? Problem, bool Unreadable)>();
             foreach (var d in _drives.Values)
             {
                 if (d.Array is not null) continue;
-                try { read.Add((d, await ReadSuperblockAsync(d.Device, ct), null)); }
+                try { read.Add((d, await ReadSuperblockAsync(d.Device, ct), null, false)); }
                 catch (BlockIoException e) when (e.Kind == BlockErrorKind.PathDown) { throw; }
-                catch (Exception e) when (e is SuperblockException or BlockIoException) { read.Add((d, null, e.Message)); }
+                catch (Exception e) when (e is SuperblockException or BlockIoException) { read.Add((d, null, e.Message, e is BlockIoException)); }
             }
             _peerArrays.Clear();
             var loose = new List<DriveEntry>();
-            foreach (var (d, sb, problem) in read)
+            foreach (var (d, sb, problem, unreadable) in read)
             {
                 d.PeerArray = null;
                 d.Problem = problem;
+                d.Unreadable = unreadable;
                 if (problem is not null) continue;
                 d.Superblock = sb;
                 if (sb is not null) loose.Add(d);
             }
             await AssembleGroupsAsync(loose, ct, takeFrom, settleWhole);
             await SettleLunsAsync(ct);
+            CountUnreadable(unopened);
             RefreshVolumes();
         }
         finally { Unlock(); }

@@ -203,6 +203,10 @@ public sealed record TakeoverInfo(string Reason, IReadOnlyList<string> Arrays, i
     /// <summary>FO-7: the peer's process was proven gone, with no later one there (the shared-memory ICL sees both on
     /// one host), so the takeover served without waiting out the lease the peer might still have held.</summary>
     public bool PeerProcessGone { get; init; }
+
+    /// <summary>FO-2: the peer's mirrored writes of arrays no drive on the shelf holds any more (the peer deleted them and
+    /// the link lost their invalidations), not adopted, and not waited for.</summary>
+    public int OrphanCopies { get; init; }
 }
 
 public sealed record StatusInfo(IReadOnlyList<ArrayInfo> Arrays, IReadOnlyList<VolumeInfo> Volumes, IReadOnlyList<DriveInfo> Drives, ControllerInfo? Controller = null)
