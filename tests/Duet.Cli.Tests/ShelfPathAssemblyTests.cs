@@ -22,14 +22,7 @@ public sealed class ShelfPathAssemblyTests
     [Fact]
     public async Task A_start_while_the_path_to_the_shelf_is_down_waits_for_it_and_then_serves_its_arrays()
     {
-        var bay = new MemoryShelf();
-        for (int i = 0; i < 3; i++) bay.Insert($"d{i}", DriveBytes);
-        await using (var setup = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = bay, Controller = "A" }))
-        {
-            await setup.CreateArrayAsync(new CreateArrayRequest("arr0", 5, ["d0", "d1", "d2"], Owner: "A"));
-            await setup.CreateVolumeAsync(new CreateVolumeRequest("vol0", "arr0", 4L << 20));
-        }
-        var shelf = new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore());
+        var (_, shelf) = await Arr0ShelfAsync();
         var port = (LocalShelfPort)shelf.Port("A");
         var time = new ManualTimeProvider();
         var claims = new ShelfClaims("A");
@@ -54,11 +47,7 @@ public sealed class ShelfPathAssemblyTests
     [Fact]
     public async Task A_rescan_while_the_path_to_the_shelf_is_down_says_so_and_the_next_one_finds_the_peers_new_array()
     {
-        var bay = new MemoryShelf();
-        for (int i = 0; i < 3; i++) bay.Insert($"d{i}", DriveBytes);
-        await using (var setup = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = bay, Controller = "A" }))
-            await setup.CreateArrayAsync(new CreateArrayRequest("arr0", 5, ["d0", "d1", "d2"], Owner: "A"));
-        var shelf = new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore());
+        var (bay, shelf) = await Arr0ShelfAsync();
         var portA = (LocalShelfPort)shelf.Port("A");
         bool lost = false;
         portA.PathLost = () => lost;
@@ -85,6 +74,19 @@ public sealed class ShelfPathAssemblyTests
         await a.RescanAsync();
         Assert.Contains(a.ArrayTable.Values, e => e.Name == "arr1" && e.Owner == "B");
         Assert.Equal(["arr0"], a.ServedArrays.Select(r => r.Name));
+    }
+
+    /// <summary>Three drives holding arr0 (RAID 5, A's) with a 4 MiB vol0, behind a shelf core.</summary>
+    static async Task<(MemoryShelf Bay, Duet.Shelf.Shelf Shelf)> Arr0ShelfAsync()
+    {
+        var bay = new MemoryShelf();
+        for (int i = 0; i < 3; i++) bay.Insert($"d{i}", DriveBytes);
+        await using (var setup = await ArrayManager.OpenAsync(new ArrayManagerOptions { Shelf = bay, Controller = "A" }))
+        {
+            await setup.CreateArrayAsync(new CreateArrayRequest("arr0", 5, ["d0", "d1", "d2"], Owner: "A"));
+            await setup.CreateVolumeAsync(new CreateVolumeRequest("vol0", "arr0", 4L << 20));
+        }
+        return (bay, new Duet.Shelf.Shelf(bay, new MemoryShelfStateStore()));
     }
 
     static async Task TickAsync(ManualTimeProvider time)
