@@ -1,4 +1,5 @@
 using Duet.Core;
+using Duet.Interconnect.Wire;
 using static Duet.HostProtocol.Tests.TestPair;
 
 namespace Duet.HostProtocol.Tests;
@@ -180,6 +181,39 @@ public class CommandHandshakeTests
         Assert.Equal(0, pair.B.QueuedCount);
         Assert.Equal(0, pair.B.Counters.LimitsReached);
         Assert.Equal(0, pair.FenceCalls);
+    }
+
+    [Fact, Trait("Claim", "FO-4")]
+    public async Task A_partners_unavailable_for_a_command_running_here_does_not_end_it_and_a_later_copy_joins_the_run()
+    {
+        var pair = new TestPair { HoldA = new(TaskCreationOptions.RunContinuationsAsynchronously) };
+        var data = Pattern(1024, 44);
+        var request = Write(44, pair.NowMicros, 0, data, HostRequestFlags.Multicast);
+        var key = Command(request).Key;
+        var first = new RecordingRoute();
+        var onA = pair.A.SubmitAsync(Command(request), first);
+        var onB = pair.B.SubmitAsync(Command(request), new RecordingRoute());
+        await pair.UntilAsync(() => pair.A.Counters.ExecutedAsPrimary == 1, "A executes (and its drives hang)");
+
+        // The partner reports the command ended "Unavailable": it did not run it (say, an earlier copy it refused).
+        await pair.A.ReceiveAsync(new HandshakeMessage(HandshakePhase.Completed, key.Unit, key.HostId, key.HostTag,
+            request.HostTimestampMicros, TestPair.VolumeName, ReadOnlyMemory<byte>.Empty) { Status = (byte)HostStatus.Unavailable });
+        Assert.True(pair.A.Holds(key));
+        Assert.Empty(first.Answers);
+
+        // The host sends the tag again: the copy joins the run under way, which answers both; it does not run twice.
+        var again = new RecordingRoute();
+        var onAgain = pair.A.SubmitAsync(Command(request), again);
+        pair.HoldA.SetResult();
+        await onA.WaitAsync(TimeSpan.FromSeconds(10));
+        await onAgain.WaitAsync(TimeSpan.FromSeconds(10));
+        await onB.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal(1, pair.A.Counters.ExecutedAsPrimary);
+        Assert.Equal([HostCompletion.Ok(44)], first.Answers);
+        Assert.Equal([HostCompletion.Ok(44)], again.Answers);
+        var back = new byte[1024];
+        await pair.Volume.ReadAsync(0, back);
+        Assert.Equal(data, back);
     }
 
     [Fact, Trait("Claim", "FO-6")]

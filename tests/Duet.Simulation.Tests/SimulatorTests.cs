@@ -538,6 +538,8 @@ public sealed class SimulatorTests
     [InlineData("multicast", 1UL, 300)]
     [InlineData("failover,multicast", 9509UL, 1000)]
     [InlineData("failover,multicast", 9734UL, 1000)]
+    [InlineData("failover,multicast", 10457UL, 1000)]
+    [InlineData("failover,multicast", 10386UL, 1000)]
     [InlineData("failover,multicast", 24UL, 300)]
     [InlineData("failover,multicast", 33UL, 300)]
     [InlineData("failover,multicast", 149UL, 300)]
