@@ -221,19 +221,6 @@ public sealed class SimulatorTests
         Assert.True(r.Passed, string.Join("\n", r.Failures));
     }
 
-    // 10664 of `--faults all --ops 1000`: B, serving with a healthy mirror, lifted the fence of a returning A with
-    // dirty elements; its stale mark found the mirror whole and recorded nothing, but the finished task stayed as the
-    // episode's mark. The next error-recovery episode's writes found it done and were acknowledged through to the
-    // drives with the shelf still saying A's copy of B's cache was whole; A's takeover adopted that older copy over
-    // them (several acknowledged writes read back old). Each episode now records its own mark.
-    [Fact]
-    [Trait("Claim", "MR-4")]
-    public void A_stale_mark_the_pairing_made_needless_regression_seed_passes()
-    {
-        var r = Simulator.Run(10664, new SimOptions { Operations = 1000, AllowedFaults = FaultKind.All });
-        Assert.True(r.Passed, string.Join("\n", r.Failures));
-    }
-
     // 10005 of `--faults all --exact --ops 500`: B restarted with its shelf path down, so its array table lacked r6
     // (its drives unreadable); its takeover of A then took r1 and r5 only, dropped region 2's copies of r6 at the fence
     // as "not taken", and A, fenced, discarded its NVRAM: an acknowledged write to r6 read back old. The takeover now
@@ -246,16 +233,24 @@ public sealed class SimulatorTests
         Assert.True(r.Passed, string.Join("\n", r.Failures));
     }
 
-    // 9162 of `--seeds 400 --from 9000 --ops 1000`: two pairings at once (one started on a link that went down while
-    // it waited for the shelf, one on the next link-up). The later hello emptied the peer's copy of B's cache under
-    // the mirror the earlier one had just made healthy: a write mirrored before that hello and acknowledged after it
-    // was held by B alone, with the shelf saying B's copy was whole ("acknowledged by B before the peer held it").
-    // Pairings now run one at a time, and one that finds the mirror healthy again leaves it.
-    [Fact]
+    // Mirror (MR-4) seeds of `--faults all --ops 1000`:
+    // 9162 (`--seeds 400 --from 9000`): two pairings at once (one started on a link that went down while it waited for
+    //      the shelf, one on the next link-up). The later hello emptied the peer's copy of B's cache under the mirror the
+    //      earlier one had just made healthy: a write mirrored before that hello and acknowledged after it was held by B
+    //      alone, with the shelf saying B's copy was whole ("acknowledged by B before the peer held it"). Pairings now
+    //      run one at a time, and one that finds the mirror healthy again leaves it.
+    // 10664: B, serving with a healthy mirror, lifted the fence of a returning A with dirty elements; its stale mark
+    //      found the mirror whole and recorded nothing, but the finished task stayed as the episode's mark. The next
+    //      error-recovery episode's writes found it done and were acknowledged through to the drives with the shelf
+    //      still saying A's copy of B's cache was whole; A's takeover adopted that older copy over them (several
+    //      acknowledged writes read back old). Each episode now records its own mark.
+    [Theory]
     [Trait("Claim", "MR-4")]
-    public void Two_pairings_at_once_regression_seed_passes()
+    [InlineData(9162UL)]
+    [InlineData(10664UL)]
+    public void Mirror_regression_seeds_with_every_fault_pass(ulong seed)
     {
-        var r = Simulator.Run(9162, new SimOptions { Operations = 1000, AllowedFaults = FaultKind.All });
+        var r = Simulator.Run(seed, new SimOptions { Operations = 1000, AllowedFaults = FaultKind.All });
         Assert.True(r.Passed, string.Join("\n", r.Failures));
     }
 
