@@ -758,7 +758,7 @@ public sealed partial class Controller
                     double before = Since(heard).TotalMilliseconds;
                     adopted += await AdoptPeerElementsAsync(numbers);
                     double afterAdopt = Since(heard).TotalMilliseconds;
-                    settled = MarkPeerCheckpoints(numbers, settle);
+                    settled = MarkPeerCheckpoints(numbers, settle, logStale);
                     // The shelf's record was final at the fence: a fenced port can set nothing, and writes nothing.
                     // The superblocks keep the settle owed until it is done (the arrays the peer's superblocks named
                     // were marked as they were taken; those the shelf gave it are marked here). This step ends the
