@@ -197,6 +197,44 @@ public sealed class HostTagsInProcessTests
         }
     }
 
+    /// <summary>
+    /// After A fenced B, B's messages fall below A's epoch floor and count for nothing, except the entries of B's
+    /// table of finished host writes: each says a write B ran whole before the fence (after it, B's drive writes
+    /// fail and its mirror writes are dropped). A looks a command it held as secondary up there before it runs it
+    /// after the takeover; dropping them let a write B finished in the instant of the fence run twice
+    /// (simulator seed 10376 of --faults failover,multicast --ops 1000). B is a raw link end here.
+    /// </summary>
+    [Fact]
+    [Trait("Claim", "FO-5")]
+    [Trait("Claim", "AW-1")]
+    public async Task A_fenced_peers_table_entries_still_reach_the_survivors_copy_below_its_epoch_floor()
+    {
+        var shelf = await TwoArrayShelfAsync();
+        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
+        var (linkA, peer) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default, TimeProvider.System);
+        var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);
+        try
+        {
+            peer.Start(_ => ValueTask.CompletedTask);
+            await a.TakeOverAsync("test: B stopped answering");
+            Assert.True(shelf.Status().Port("B").Fenced);
+            Assert.True(a.Nvram.Epoch > 0, "the takeover raises A's epoch floor above B's old epoch 0");
+            var key = new Duet.Cache.HostTagKey(1, Host7, 42);
+            var entry = new Duet.Cache.HostTagEntry(key, Digest: 0xC0FFEE, Status: (byte)HostStatus.Ok, Sequence: 5);
+            long dropped = a.StaleTransfersDropped;
+            await peer.PostAsync(IclSignal.Message, 0, PairController.HostTagBytes([entry], resend: false), default);
+            await Until(() => a.HostTags.TryFind(key, out _, out _), "A to store the fenced B's entry");
+            Assert.True(a.HostTags.TryFind(key, out var stored, out bool peers));
+            Assert.True(peers, "the entry is in A's copy of B's table, not A's own");
+            Assert.Equal((0xC0FFEEu, (byte)HostStatus.Ok), (stored.Digest, stored.Status));
+            Assert.Equal(dropped, a.StaleTransfersDropped);
+        }
+        finally
+        {
+            await a.DisposeAsync();
+        }
+    }
+
     /// <summary>The command to both controllers' handshakes, as a host multicasting to unit 0 of each;
     /// returns what the primary's connection was answered.</summary>
     static async Task<IReadOnlyList<HostCompletion>> MulticastAsync(PairController primary, PairController secondary, HostCommand command)

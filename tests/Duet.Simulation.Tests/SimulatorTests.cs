@@ -542,6 +542,13 @@ public sealed class SimulatorTests
     //                host (now Unavailable without a lease, or while the shelf cannot say whether we are fenced).
     // 9734 (1,000 operations): a write B ran while A was down was retried multicast after A rejoined; B answered its
     //                copy from memory without telling A, which held its copy, took B over at its limit and ran it again.
+    // 10652 (1,000 operations): A ran two writes while B, fenced, was still paired with it (their table entries flow
+    //                only to an unfenced peer); lifting B's fence sent B none of them, so B, taking A over later, ran the
+    //                re-issued tags a second time. Lifting the fence now sends the whole table.
+    // 10524 (1,000 operations): the same, with A's mirror down when it lifted the fence, and A hung before its pairing
+    //                sent the table: the table now goes whenever the link is up.
+    // 10376 (1,000 operations): B finished and answered a write in the instant A's limit fenced it; B's table entry
+    //                fell below A's epoch floor and was dropped, and A ran its copy. A fenced peer's entries are kept.
     [Theory]
     [Trait("Claim", "FO-5")]
     [InlineData("multicast", 4UL, 300)]
@@ -551,6 +558,9 @@ public sealed class SimulatorTests
     [InlineData("failover,multicast", 9734UL, 1000)]
     [InlineData("failover,multicast", 10457UL, 1000)]
     [InlineData("failover,multicast", 10386UL, 1000)]
+    [InlineData("failover,multicast", 10652UL, 1000)]
+    [InlineData("failover,multicast", 10524UL, 1000)]
+    [InlineData("failover,multicast", 10376UL, 1000)]
     [InlineData("failover,multicast", 24UL, 300)]
     [InlineData("failover,multicast", 33UL, 300)]
     [InlineData("failover,multicast", 149UL, 300)]

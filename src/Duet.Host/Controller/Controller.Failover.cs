@@ -1007,6 +1007,11 @@ public sealed partial class Controller
             _peerSlotChangedAt = Now;
             LogUnfenced(PeerName);
             RaiseAccessChanged();
+            // Host writes finished while the peer was fenced went into our table only (HostTagsFlow): the peer, which
+            // may take us over from now on, gets the whole table now, even before our pairing (which sends it again),
+            // or it would run a re-issued tag a second time (simulator seeds 10652 and 10524 of
+            // --faults failover,multicast --ops 1000: in 10524 we hung before our pairing and the peer took us over).
+            if (Link.IsUp) await SendHostTagsAsync();
         }
         catch (ShelfException e) { LogTakeoverFailed($"could not lift the fence of {PeerName}: {e.Message}"); }
     }

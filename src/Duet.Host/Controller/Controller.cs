@@ -383,14 +383,24 @@ public sealed partial class Controller : IAsyncDisposable
 
     async ValueTask DispatchAsync(IclTransfer t)
     {
+        var kind = t.Message.IsEmpty ? MessageKind.Unknown : MessageClassifier.Classify(t.Message.Span);
         if (t.Epoch < _epochFloor)
         {
             // From a session of the peer we fenced (it was hung, and woke up): its heartbeats, mirror
-            // writes, hellos and answers count for nothing.
+            // writes, hellos and answers count for nothing. Except the entries of its table of finished host
+            // writes: each says a write ran whole before the fence cut it off (after the fence its drive
+            // writes fail, and its mirror writes are dropped here, so it can finish none). A command we hold
+            // as secondary is looked up there before it runs after the takeover: an entry dropped here let a
+            // write the fenced primary finished and answered run a second time (simulator seed 10376 of
+            // --faults failover,multicast --ops 1000: the primary finished it in the instant we fenced it).
+            if (kind == MessageKind.HostTagEntries && t.Signal == IclSignal.Message)
+            {
+                OnHostTagEntries(t.Message.Span);
+                return;
+            }
             Interlocked.Increment(ref _staleDropped);
             return;
         }
-        var kind = t.Message.IsEmpty ? MessageKind.Unknown : MessageClassifier.Classify(t.Message.Span);
         if (kind == MessageKind.Heartbeat)
         {
             OnPeerHeartbeat(t.Message.Span, t.Signal == IclSignal.Reply);
