@@ -177,10 +177,7 @@ public sealed class HostTagsInProcessTests
     [Trait("Claim", "CC-1")]
     public async Task AControllerRefusesToPairWithAPeerWhoseNvramIsOfAnotherFormat()
     {
-        var shelf = await TwoArrayShelfAsync();
-        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
-        var (linkA, peer) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default, TimeProvider.System);
-        var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);
+        var (shelf, layout, a, peer) = await ControllerWithARawPeerAsync();
         try
         {
             // A peer of an older format (2: no host tag tables, no partial-parity pool) with an NVRAM of the same size and element count.
@@ -209,10 +206,7 @@ public sealed class HostTagsInProcessTests
     [Trait("Claim", "AW-1")]
     public async Task A_fenced_peers_table_entries_still_reach_the_survivors_copy_below_its_epoch_floor()
     {
-        var shelf = await TwoArrayShelfAsync();
-        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
-        var (linkA, peer) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default, TimeProvider.System);
-        var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);
+        var (shelf, _, a, peer) = await ControllerWithARawPeerAsync();
         try
         {
             peer.Start(_ => ValueTask.CompletedTask);
@@ -233,6 +227,16 @@ public sealed class HostTagsInProcessTests
         {
             await a.DisposeAsync();
         }
+    }
+
+    /// <summary>Controller A on the two-array shelf, its link's other end left to the test (no controller B).</summary>
+    static async Task<(Duet.Shelf.Shelf Shelf, NvramLayout Layout, PairController A, IIclLink Peer)> ControllerWithARawPeerAsync()
+    {
+        var shelf = await TwoArrayShelfAsync();
+        var layout = NvramLayout.For(NvramLayout.MinTotalBytes);
+        var (linkA, peer) = InMemoryIclTransport.CreatePair(IclWindowOptions.Default, TimeProvider.System);
+        var a = await StartControllerAsync("A", 1, shelf, NvramStore.For(layout, "nvram-A"), layout, linkA, Pair);
+        return (shelf, layout, a, peer);
     }
 
     /// <summary>The command to both controllers' handshakes, as a host multicasting to unit 0 of each;

@@ -233,6 +233,13 @@ public sealed class SimulatorTests
         Assert.True(r.Passed, string.Join("\n", r.Failures));
     }
 
+    /// <summary>A regression seed of `duet sim --faults all --ops 1000` (or <paramref name="operations"/>) passes.</summary>
+    static void AssertEveryFaultSeedPasses(ulong seed, int operations = 1000)
+    {
+        var r = Simulator.Run(seed, new SimOptions { Operations = operations, AllowedFaults = FaultKind.All });
+        Assert.True(r.Passed, string.Join("\n", r.Failures));
+    }
+
     // Mirror (MR-4) seeds of `--faults all --ops 1000`:
     // 9162 (`--seeds 400 --from 9000`): two pairings at once (one started on a link that went down while it waited for
     //      the shelf, one on the next link-up). The later hello emptied the peer's copy of B's cache under the mirror the
@@ -249,10 +256,7 @@ public sealed class SimulatorTests
     [InlineData(9162UL)]
     [InlineData(10664UL)]
     public void Mirror_regression_seeds_with_every_fault_pass(ulong seed)
-    {
-        var r = Simulator.Run(seed, new SimOptions { Operations = 1000, AllowedFaults = FaultKind.All });
-        Assert.True(r.Passed, string.Join("\n", r.Failures));
-    }
+        => AssertEveryFaultSeedPasses(seed);
 
     // Found with --faults all --ops 1000 (seeds 9000-9399): a RAID 6 block listed lost after the faults healed.
     // 9059, 9269: destage rounds of a degraded RAID 6 failed part-way while the shelf was out of reach, each keeping
@@ -270,10 +274,7 @@ public sealed class SimulatorTests
     [InlineData(9385UL)]
     [InlineData(9834UL)] // a write that never started was taken for one that wrote; then, a write left a block it rebuilt torn
     public void Failed_writes_sums_are_settled_before_they_go_regression_seeds_pass(ulong seed)
-    {
-        var r = Simulator.Run(seed, new SimOptions { Operations = 1000, AllowedFaults = FaultKind.All });
-        Assert.True(r.Passed, string.Join("\n", r.Failures));
-    }
+        => AssertEveryFaultSeedPasses(seed);
 
     // Found with --faults all --ops 1000 (seeds 11400-11699): 11492 and 11676. A owned a RAID 5 with a member missing
     // and wrote it through while the link was down, superseding in its own log the partial sums of an earlier write to
@@ -286,10 +287,7 @@ public sealed class SimulatorTests
     [InlineData(11492UL)]
     [InlineData(11676UL)]
     public void A_stale_log_copys_sums_are_not_used_regression_seeds_pass(ulong seed)
-    {
-        var r = Simulator.Run(seed, new SimOptions { Operations = 1000, AllowedFaults = FaultKind.All });
-        Assert.True(r.Passed, string.Join("\n", r.Failures));
-    }
+        => AssertEveryFaultSeedPasses(seed);
 
     // Found with --faults all --ops 1000 (seeds 11700-11999): 11710 and 11997. A move's drain waited out a lost shelf
     // path; meanwhile a rescan assembled the array again (a new RaidArray), and a request the peer forwarded got a
@@ -301,10 +299,7 @@ public sealed class SimulatorTests
     [InlineData(11710UL)]
     [InlineData(11997UL)]
     public void A_volume_made_during_a_move_is_held_too_regression_seeds_pass(ulong seed)
-    {
-        var r = Simulator.Run(seed, new SimOptions { Operations = 1000, AllowedFaults = FaultKind.All });
-        Assert.True(r.Passed, string.Join("\n", r.Failures));
-    }
+        => AssertEveryFaultSeedPasses(seed);
 
     [Fact]
     public void The_checkers_catch_a_write_acknowledged_before_the_mirror_status()
