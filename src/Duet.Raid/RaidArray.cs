@@ -850,6 +850,93 @@ public sealed partial class RaidArray
         }
     }
 
+    /// <summary>
+    /// For a recovery write on RAID 6 (see <see cref="WriteParityStripeAsync"/>): row <paramref name="r"/> with exactly one
+    /// data block on a member that cannot be read, every other block read whole and checked. Each other data block has
+    /// one or two versions (as read; as this write brings it, if it writes there), and P and Q may each cover either
+    /// (the write this one repeats was cut with some of its blocks landed). The missing block is computed from P and
+    /// from Q under every choice of versions; if exactly one value comes from both, it is put in the workspace.
+    /// Otherwise nothing changes (the row is solved from P as before).
+    /// </summary>
+    bool SettleMissingBlockByVersions(Workspace ws, StripePlanner.ChunkWrite[] chunks, int r, long sectorLo, ReadOnlySpan<byte> source)
+    {
+        var g = Geometry;
+        long stripe = ws.Stripe;
+        int p = g.PMember(stripe), q = g.QMember(stripe);
+        if (ws.RowState(p, r) != Workspace.Ok || ws.RowState(q, r) != Workspace.Ok) return true;
+        int x = -1;
+        for (int i = 0; i < g.DataMembers; i++)
+        {
+            int m = g.DataMember(stripe, i);
+            if (!Readable(m, stripe))
+            {
+                if (x >= 0) return true;
+                x = i;
+            }
+            else if (ws.RowState(m, r) != Workspace.Ok) return true;
+        }
+        if (x < 0) return true;
+        var versions = new List<byte[]>[g.DataMembers];
+        int combos = 1;
+        long chunkSectors = (long)g.ChunkBlocks * Units.SectorsPerBlock;
+        long sectorHi = sectorLo + source.Length / Units.SectorBytes;
+        for (int i = 0; i < g.DataMembers; i++)
+        {
+            if (i == x) continue;
+            var asRead = ws.Block(g.DataMember(stripe, i), r).ToArray();
+            versions[i] = [asRead];
+            var c = chunks[i];
+            if (c.IsEmpty || r < c.Lo || r >= c.Hi) continue;
+            var brought = asRead.ToArray();
+            long blockFirst = i * chunkSectors + (long)r * Units.SectorsPerBlock;
+            long from = Math.Max(blockFirst, sectorLo), to = Math.Min(blockFirst + Units.SectorsPerBlock, sectorHi);
+            source.Slice((int)((from - sectorLo) * Units.SectorBytes), (int)((to - from) * Units.SectorBytes)).CopyTo(brought.AsSpan((int)((from - blockFirst) * Units.SectorBytes)));
+            if (!brought.AsSpan().SequenceEqual(asRead)) versions[i].Add(brought);
+            combos *= versions[i].Count;
+        }
+        if (combos > 64) return true;
+        var fromP = new List<byte[]>(combos);
+        var fromQ = new List<byte[]>(combos);
+        var choice = new int[g.DataMembers];
+        for (int n = 0; n < combos; n++)
+        {
+            int rest = n;
+            for (int i = 0; i < g.DataMembers; i++)
+            {
+                if (i == x) continue;
+                choice[i] = rest % versions[i].Count;
+                rest /= versions[i].Count;
+            }
+            var dp = ws.Block(p, r).ToArray();
+            var sq = ws.Block(q, r).ToArray();
+            for (int i = 0; i < g.DataMembers; i++)
+            {
+                if (i == x) continue;
+                var v = versions[i][choice[i]];
+                Parity.Parity.XorInto(v, dp);
+                Parity.Parity.MulXorInto(Gf256.Pow2(i), v, sq);
+            }
+            var dq = new byte[Units.BlockBytes];
+            Parity.Parity.MulInto(Gf256.Pow2(-x), sq, dq);
+            fromP.Add(dp);
+            fromQ.Add(dq);
+        }
+        byte[]? found = null;
+        foreach (var a in fromP)
+        {
+            if (!fromQ.Any(b => b.AsSpan().SequenceEqual(a))) continue;
+            if (found is not null && !found.AsSpan().SequenceEqual(a)) return true; // two values: nothing to tell them apart (solved from P as before)
+            found = a;
+        }
+        if (found is null) return false;
+        int mx = g.DataMember(stripe, x);
+        found.CopyTo(ws.Block(mx, r));
+        ws.SetState(mx, r, Workspace.Ok);
+        ws.Reconstructed[mx][r - ws.RowLo] = true;
+        ws.Vouched[mx][r - ws.RowLo] = true;
+        return true;
+    }
+
     async ValueTask WriteParityStripeAsync(long stripe, long sectorLo, long sectorHi, ReadOnlyMemory<byte> source, bool hole, bool recovery, CancellationToken ct,
         IPartialParitySink? guard = null, HashSet<int>? stored = null)
     {
@@ -880,6 +967,33 @@ public sealed partial class RaidArray
                 await ReadMemberAsync(ws, read.Member, read.RowLo, read.RowCount, ct);
                 for (int r = read.RowLo; r < read.RowLo + read.RowCount; r++) needSolve |= ws.RowState(read.Member, r) == Workspace.Bad;
             }
+        HashSet<int>? disagree = null; // rows whose parities give the missing block no common value
+        if (recovery && held.Count == 0 && g.ParityMembers == 2 && DataMemberUnreadable(stripe))
+        {
+            // A recovery write repeats a write a crash may have cut after some of its parity landed and before its data
+            // did (the data block keeps its old content and tag: nothing says it is torn). With a data member that cannot
+            // be read, that member's block exists only in the parity: a read-modify-write over such a row, or a
+            // reconstruction from P alone, gave it the old data block's content xor the new (simulator seed 10943 of
+            // --faults all --exact). So every row is read whole, and the missing block is taken as the one value P and Q
+            // both give under some versions of the row's other data blocks (as the drives hold them, or as this write
+            // brings them); then parity is computed afresh.
+            for (int m = 0; m < g.MemberCount; m++)
+            {
+                if (!Readable(m, stripe)) continue;
+                int r = plan.RowLo;
+                while (r < plan.RowLo + plan.RowCount)
+                {
+                    if (ws.RowState(m, r) != Workspace.Unknown) { r++; continue; }
+                    int end = r;
+                    while (end < plan.RowLo + plan.RowCount && ws.RowState(m, end) == Workspace.Unknown) end++;
+                    await ReadMemberAsync(ws, m, r, end - r, ct);
+                    r = end;
+                }
+            }
+            for (int r = plan.RowLo; r < plan.RowLo + plan.RowCount; r++)
+                if (!SettleMissingBlockByVersions(ws, chunks, r, sectorLo, source.Span)) (disagree ??= []).Add(r);
+            needSolve = true;
+        }
         var strategy = plan.Strategy;
         // Torn blocks a recovery write keeps that lie outside the write: rewritten whole as read.
         var tornOutside = new List<(int Member, int Row)>();
@@ -887,6 +1001,15 @@ public sealed partial class RaidArray
         {
             // A block we needed is unreadable: read every row in full, reconstruct, and write whole rows.
             var unsolved = await FillAndSolveAsync(ws, ct);
+            if (disagree is not null)
+                foreach (int r in disagree)
+                {
+                    // P alone "solved" it; P and Q say the row does not add up under any version of its blocks: lost (AW-5),
+                    // not the value one parity gives.
+                    for (int i = 0; i < g.DataMembers; i++)
+                        if (!Readable(g.DataMember(stripe, i), stripe)) ws.SetState(g.DataMember(stripe, i), r, Workspace.Bad);
+                    if (!unsolved.Contains(r)) unsolved.Add(r);
+                }
             if (unsolved.Count > 0 && recovery)
             {
                 await KeepTornBlocksAsync(ws, chunks, unsolved, tornOutside, ct);

@@ -573,4 +573,80 @@ public class MemberFailureOrderingTests
         await array.ScrubAsync(false, result, new PassProgress { TotalStripes = g.Stripes }, default);
         Assert.Equal((0L, 0L), (result.ChecksumErrors, result.ParityMismatches));
     }
+
+    /// <summary>
+    /// The state of simulator seed 10943 (`--faults all --exact`): a crash cut a write of data block 0 of a RAID 6 on
+    /// four drives (two data members) with some of its blocks landed and others not; a drive then failed: the member
+    /// of chunk 1, whose block of row 0 now exists only in the parity. The takeover's recovery write of the same block
+    /// (the write adopted from the peer's mirror) must not take the parity as whole: a read-modify-write (P ^= old ^
+    /// new) turned chunk 1's block into the old data block's content xor the new one's.
+    /// With the data block not landed (<paramref name="dataLanded"/> false: old content, old tag), each parity covers
+    /// either version of it (as the drives hold it, or as the write brings it), and the missing block is the one value
+    /// both parities give: it is kept. With the data block landed and a parity not, the old version is on no drive:
+    /// P and Q agree under no version, and nothing tells which one to believe. The missing block is then listed lost
+    /// (AW-5: a read fails with a medium error) instead of taking the value P alone gives.
+    /// </summary>
+    [Theory]
+    [InlineData(false, true, false)]
+    [InlineData(false, false, true)]
+    [InlineData(false, true, true)]
+    [InlineData(false, false, false)]
+    [InlineData(true, true, true)]
+    [InlineData(true, true, false)]
+    [InlineData(true, false, true)]
+    [InlineData(true, false, false)]
+    [Trait("Claim", "AW-5")]
+    public async Task ARecoveryWriteOfADegradedRaid6RowATornWriteLeftKeepsTheMissingBlockOrListsIt(bool dataLanded, bool newP, bool newQ)
+    {
+        var h = new ArrayHarness(RaidLevel.Raid6, 4, chunkBlocks: 4, seed: 51);
+        var g = h.Geometry;
+        var data = new byte[h.Model.Length];
+        new System.Random(52).NextBytes(data);
+        await h.Array.WriteAsync(0, data);
+        data.CopyTo(h.Model, 0);
+
+        async Task<byte[]> ImageAsync(int m)
+        {
+            var image = new byte[h.Drives[m].BlockCount * Units.BlockBytes];
+            await h.Drives[m].ReadAsync(0, image);
+            return image;
+        }
+        int d0 = g.DataMember(0, 0), p = g.PMember(0), q = g.QMember(0);
+        var (d0Image, pImage, qImage) = (await ImageAsync(d0), await ImageAsync(p), await ImageAsync(q));
+        var newBlock0 = new byte[Units.BlockBytes];
+        new System.Random(53).NextBytes(newBlock0);
+        await h.Array.WriteAsync(0, newBlock0);
+        // What the crash did not land: the data block (content and tag) and the parity the case leaves old.
+        if (!dataLanded) await h.Drives[d0].WriteAsync(0, d0Image);
+        if (!newP) await h.Drives[p].WriteAsync(0, pImage);
+        if (!newQ) await h.Drives[q].WriteAsync(0, qImage);
+
+        int missing = g.DataMember(0, 1);
+        var disks = h.Drives.Select((d, i) => i == missing ? null : (MemberDisk?)new MemberDisk(d, i, h.Uuid, g.MemberBlocks)).ToArray();
+        var status = Enumerable.Range(0, 4).Select(i => i == missing ? MemberStatus.Missing : MemberStatus.Active).ToArray();
+        var array = new RaidArray("t", h.Uuid, g, disks, status, TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+
+        await array.RecoveryWriteAsync(0, newBlock0);
+        newBlock0.CopyTo(h.Model, 0);
+        long chunk1 = g.ChunkBlocks; // array block of chunk 1, row 0: on the missing member
+        bool ambiguous = dataLanded && !(newP && newQ);
+        if (ambiguous)
+        {
+            Assert.Equal([(chunk1, BadBlockEntry.AllSectors)], array.BadBlocks.Entries.Select(e => (e.ArrayBlock, e.BadSectors)));
+            var e = await Assert.ThrowsAsync<BlockIoException>(async () => await array.ReadAsync(chunk1 * Units.SectorsPerBlock, new byte[Units.BlockBytes]));
+            Assert.Equal(BlockErrorKind.Medium, e.Kind);
+        }
+        else Assert.Empty(array.BadBlocks.Entries);
+        // Every block but a listed one reads as the model has it (chunk 1's block of row 0 as it was before the crash).
+        for (long b = 0; b < h.Model.Length / Units.BlockBytes; b++)
+        {
+            if (ambiguous && b == chunk1) continue;
+            var back = new byte[Units.BlockBytes];
+            await array.ReadAsync(b * Units.SectorsPerBlock, back);
+            Assert.True(back.AsSpan().SequenceEqual(h.Model.AsSpan((int)b * Units.BlockBytes, Units.BlockBytes)), $"block {b} differs");
+        }
+        var result = new ScrubResult();
+        await array.ScrubAsync(false, result, new PassProgress { TotalStripes = g.Stripes }, default);
+        Assert.Equal((0L, 0L), (result.ChecksumErrors, result.ParityMismatches));
+    }
 }

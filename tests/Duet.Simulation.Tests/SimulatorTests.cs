@@ -233,10 +233,13 @@ public sealed class SimulatorTests
         Assert.True(r.Passed, string.Join("\n", r.Failures));
     }
 
-    /// <summary>A regression seed of `duet sim --faults all --ops 1000` (or <paramref name="operations"/>) passes.</summary>
-    static void AssertEveryFaultSeedPasses(ulong seed, int operations = 1000)
+    /// <summary>A regression seed of `duet sim --faults all --ops 1000` (or <paramref name="operations"/>; with
+    /// <paramref name="exact"/>, `--exact`: every fault forced) passes.</summary>
+    static void AssertEveryFaultSeedPasses(ulong seed, int operations = 1000, bool exact = false)
     {
-        var r = Simulator.Run(seed, new SimOptions { Operations = operations, AllowedFaults = FaultKind.All });
+        var options = new SimOptions { Operations = operations, AllowedFaults = FaultKind.All };
+        if (exact) options = options with { ForcedFaults = FaultKind.All };
+        var r = Simulator.Run(seed, options);
         Assert.True(r.Passed, string.Join("\n", r.Failures));
     }
 
@@ -300,6 +303,15 @@ public sealed class SimulatorTests
     [InlineData(11997UL)]
     public void A_volume_made_during_a_move_is_held_too_regression_seeds_pass(ulong seed)
         => AssertEveryFaultSeedPasses(seed);
+
+    // Found with --faults all --exact --ops 500 (seeds 10900-11199): 10943. A crash cut a write of a RAID 6 row (some of
+    // its blocks landed) and a drive then failed before anything settled the row. The takeover's recovery write of the
+    // same data took the row's parity as whole (a read-modify-write): the failed member's block read back as the other
+    // data block's content. Now its value is the one P and Q both give under some versions of the row's blocks, or,
+    // where none exists, the block is listed lost (AW-5) instead of silently wrong.
+    [Fact]
+    [Trait("Claim", "AW-5")]
+    public void A_recovery_write_of_a_torn_degraded_raid6_row_regression_seed_passes() => AssertEveryFaultSeedPasses(10943, 500, exact: true);
 
     [Fact]
     public void The_checkers_catch_a_write_acknowledged_before_the_mirror_status()
