@@ -435,20 +435,24 @@ public sealed partial class RaidArray
 
     /// <summary>Reads every member's rows that are still Unknown, then solves every row with Bad blocks.
     /// Returns the rows that could not be solved.</summary>
+    /// <summary>Reads member <paramref name="m"/>'s rows of [<paramref name="rowLo"/>, +<paramref name="rowCount"/>) not
+    /// read yet, a run of them at a time.</summary>
+    async ValueTask ReadUnknownRowsAsync(Workspace ws, int m, int rowLo, int rowCount, CancellationToken ct)
+    {
+        int r = rowLo;
+        while (r < rowLo + rowCount)
+        {
+            if (ws.RowState(m, r) != Workspace.Unknown) { r++; continue; }
+            int end = r;
+            while (end < rowLo + rowCount && ws.RowState(m, end) == Workspace.Unknown) end++;
+            await ReadMemberAsync(ws, m, r, end - r, ct);
+            r = end;
+        }
+    }
+
     async ValueTask<List<int>> FillAndSolveAsync(Workspace ws, CancellationToken ct)
     {
-        for (int m = 0; m < Geometry.MemberCount; m++)
-        {
-            int r = ws.RowLo;
-            while (r < ws.RowLo + ws.RowCount)
-            {
-                if (ws.RowState(m, r) != Workspace.Unknown) { r++; continue; }
-                int end = r;
-                while (end < ws.RowLo + ws.RowCount && ws.RowState(m, end) == Workspace.Unknown) end++;
-                await ReadMemberAsync(ws, m, r, end - r, ct);
-                r = end;
-            }
-        }
+        for (int m = 0; m < Geometry.MemberCount; m++) await ReadUnknownRowsAsync(ws, m, ws.RowLo, ws.RowCount, ct);
         var unsolved = new List<int>();
         for (int r = ws.RowLo; r < ws.RowLo + ws.RowCount; r++)
             if (!ws.SolveRow(r)) unsolved.Add(r);
@@ -831,23 +835,27 @@ public sealed partial class RaidArray
     /// <summary>Fills chunk c's new blocks: whole blocks from the source, partial ones merged into the old block.</summary>
     void MergeNewData(Workspace oldWs, int oldMember, byte[] newBuf, int bufRowLo, StripePlanner.ChunkWrite c, long sectorLo, ReadOnlySpan<byte> source)
     {
-        long chunkSectors = (long)Geometry.ChunkBlocks * Units.SectorsPerBlock;
-        long chunkStart = c.DataIndex * chunkSectors;
-        long sectorHi = sectorLo + source.Length / Units.SectorBytes;
         for (int r = c.Lo; r < c.Hi; r++)
         {
             var dst = newBuf.AsSpan((r - bufRowLo) * Units.BlockBytes, Units.BlockBytes);
-            long blockFirst = chunkStart + (long)r * Units.SectorsPerBlock;
-            long from = Math.Max(blockFirst, sectorLo);
-            long to = Math.Min(blockFirst + Units.SectorsPerBlock, sectorHi);
-            if (to - from < Units.SectorsPerBlock)
+            if (!c.Replaces(r))
             {
                 Invariant.Assert(oldWs.RowState(oldMember, r) == Workspace.Ok);
                 oldWs.Block(oldMember, r).CopyTo(dst);
             }
-            source.Slice((int)((from - sectorLo) * Units.SectorBytes), (int)((to - from) * Units.SectorBytes))
-                .CopyTo(dst[(int)((from - blockFirst) * Units.SectorBytes)..]);
+            CopyWrittenSectors(c.DataIndex, r, sectorLo, source, dst);
         }
+    }
+
+    /// <summary>Copies the sectors of a write of stripe-relative sectors from <paramref name="sectorLo"/> that fall in row
+    /// <paramref name="r"/> of data chunk <paramref name="dataIndex"/> into <paramref name="block"/> (that block's 4 KiB).</summary>
+    void CopyWrittenSectors(int dataIndex, int r, long sectorLo, ReadOnlySpan<byte> source, Span<byte> block)
+    {
+        long blockFirst = dataIndex * (long)Geometry.ChunkBlocks * Units.SectorsPerBlock + (long)r * Units.SectorsPerBlock;
+        long from = Math.Max(blockFirst, sectorLo);
+        long to = Math.Min(blockFirst + Units.SectorsPerBlock, sectorLo + source.Length / Units.SectorBytes);
+        source.Slice((int)((from - sectorLo) * Units.SectorBytes), (int)((to - from) * Units.SectorBytes))
+            .CopyTo(block[(int)((from - blockFirst) * Units.SectorBytes)..]);
     }
 
     /// <summary>
@@ -855,8 +863,10 @@ public sealed partial class RaidArray
     /// data block on a member that cannot be read, every other block read whole and checked. Each other data block has
     /// one or two versions (as read; as this write brings it, if it writes there), and P and Q may each cover either
     /// (the write this one repeats was cut with some of its blocks landed). The missing block is computed from P and
-    /// from Q under every choice of versions; if exactly one value comes from both, it is put in the workspace.
-    /// Otherwise nothing changes (the row is solved from P as before).
+    /// from Q under every choice of versions; if exactly one value comes from both, it is put in the workspace. False if
+    /// none does: the row does not add up whatever the versions (the old version of a block the cut write landed is on
+    /// no drive), and nothing tells the missing block (AW-5). Otherwise true, with nothing else changed (the row is
+    /// solved from P as before).
     /// </summary>
     bool SettleMissingBlockByVersions(Workspace ws, StripePlanner.ChunkWrite[] chunks, int r, long sectorLo, ReadOnlySpan<byte> source)
     {
@@ -878,8 +888,6 @@ public sealed partial class RaidArray
         if (x < 0) return true;
         var versions = new List<byte[]>[g.DataMembers];
         int combos = 1;
-        long chunkSectors = (long)g.ChunkBlocks * Units.SectorsPerBlock;
-        long sectorHi = sectorLo + source.Length / Units.SectorBytes;
         for (int i = 0; i < g.DataMembers; i++)
         {
             if (i == x) continue;
@@ -888,9 +896,7 @@ public sealed partial class RaidArray
             var c = chunks[i];
             if (c.IsEmpty || r < c.Lo || r >= c.Hi) continue;
             var brought = asRead.ToArray();
-            long blockFirst = i * chunkSectors + (long)r * Units.SectorsPerBlock;
-            long from = Math.Max(blockFirst, sectorLo), to = Math.Min(blockFirst + Units.SectorsPerBlock, sectorHi);
-            source.Slice((int)((from - sectorLo) * Units.SectorBytes), (int)((to - from) * Units.SectorBytes)).CopyTo(brought.AsSpan((int)((from - blockFirst) * Units.SectorBytes)));
+            CopyWrittenSectors(i, r, sectorLo, source, brought);
             if (!brought.AsSpan().SequenceEqual(asRead)) versions[i].Add(brought);
             combos *= versions[i].Count;
         }
@@ -978,18 +984,7 @@ public sealed partial class RaidArray
             // both give under some versions of the row's other data blocks (as the drives hold them, or as this write
             // brings them); then parity is computed afresh.
             for (int m = 0; m < g.MemberCount; m++)
-            {
-                if (!Readable(m, stripe)) continue;
-                int r = plan.RowLo;
-                while (r < plan.RowLo + plan.RowCount)
-                {
-                    if (ws.RowState(m, r) != Workspace.Unknown) { r++; continue; }
-                    int end = r;
-                    while (end < plan.RowLo + plan.RowCount && ws.RowState(m, end) == Workspace.Unknown) end++;
-                    await ReadMemberAsync(ws, m, r, end - r, ct);
-                    r = end;
-                }
-            }
+                if (Readable(m, stripe)) await ReadUnknownRowsAsync(ws, m, plan.RowLo, plan.RowCount, ct);
             for (int r = plan.RowLo; r < plan.RowLo + plan.RowCount; r++)
                 if (!SettleMissingBlockByVersions(ws, chunks, r, sectorLo, source.Span)) (disagree ??= []).Add(r);
             needSolve = true;

@@ -481,6 +481,35 @@ public class MemberFailureOrderingTests
         Assert.Equal((0L, 0L), (result.ChecksumErrors, result.ParityMismatches));
     }
 
+    /// <summary>A RAID 6 of <paramref name="members"/> drives (chunks of 4 blocks) written whole with random data (seeded
+    /// <paramref name="seed"/> + 1), which the model holds too.</summary>
+    static async Task<ArrayHarness> FilledRaid6Async(int members, int seed)
+    {
+        var h = new ArrayHarness(RaidLevel.Raid6, members, chunkBlocks: 4, seed: seed);
+        var data = new byte[h.Model.Length];
+        new System.Random(seed + 1).NextBytes(data);
+        await h.Array.WriteAsync(0, data);
+        data.CopyTo(h.Model, 0);
+        return h;
+    }
+
+    /// <summary>The harness's array opened afresh over its drives (a restart) with member <paramref name="missing"/> missing.</summary>
+    static RaidArray ReopenedWithoutMember(ArrayHarness h, int missing)
+    {
+        var g = h.Geometry;
+        var disks = h.Drives.Select((d, i) => i == missing ? null : (MemberDisk?)new MemberDisk(d, i, h.Uuid, g.MemberBlocks)).ToArray();
+        var status = Enumerable.Range(0, g.MemberCount).Select(i => i == missing ? MemberStatus.Missing : MemberStatus.Active).ToArray();
+        return new RaidArray("t", h.Uuid, g, disks, status, TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+    }
+
+    /// <summary>The whole of drive <paramref name="m"/> (data and tag blocks), to put back what a crash did not land.</summary>
+    static async Task<byte[]> DriveImageAsync(ArrayHarness h, int m)
+    {
+        var image = new byte[h.Drives[m].BlockCount * Units.BlockBytes];
+        await h.Drives[m].ReadAsync(0, image);
+        return image;
+    }
+
     /// <summary>
     /// The state a crash left in degraded RAID 6 (simulator seed 55): a destage of sectors 1-2 of array
     /// block 0 landed the data block's new tag but not its new data, and only one of P and Q (the other
@@ -491,21 +520,11 @@ public class MemberFailureOrderingTests
     /// </summary>
     static async Task<(RaidArray Array, ArrayHarness H, byte[] Element, byte[] NewBlock0)> DegradedRaid6TornAsync(bool newQ, bool rotted)
     {
-        var h = new ArrayHarness(RaidLevel.Raid6, 6, chunkBlocks: 4, seed: 41);
+        var h = await FilledRaid6Async(6, 41);
         var g = h.Geometry;
-        var data = new byte[h.Model.Length];
-        new System.Random(42).NextBytes(data);
-        await h.Array.WriteAsync(0, data);
-        data.CopyTo(h.Model, 0);
 
         int d0 = g.DataMember(0, 0), stale = newQ ? g.PMember(0) : g.QMember(0);
-        async Task<byte[]> ImageAsync(int m)
-        {
-            var image = new byte[h.Drives[m].BlockCount * Units.BlockBytes];
-            await h.Drives[m].ReadAsync(0, image);
-            return image;
-        }
-        var staleImage = await ImageAsync(stale);
+        var staleImage = await DriveImageAsync(h, stale);
         var oldBlock0 = h.Model.AsSpan(0, Units.BlockBytes).ToArray();
 
         var element = new byte[2 * Units.SectorBytes];
@@ -520,9 +539,7 @@ public class MemberFailureOrderingTests
         await h.Drives[stale].WriteAsync(0, staleImage);
 
         int missing = g.DataMember(0, 1);
-        var disks = h.Drives.Select((d, i) => i == missing ? null : (MemberDisk?)new MemberDisk(d, i, h.Uuid, g.MemberBlocks)).ToArray();
-        var status = Enumerable.Range(0, 6).Select(i => i == missing ? MemberStatus.Missing : MemberStatus.Active).ToArray();
-        var array = new RaidArray("t", h.Uuid, g, disks, status, TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        var array = ReopenedWithoutMember(h, missing);
         return (array, h, element, newBlock0);
     }
 
@@ -598,21 +615,11 @@ public class MemberFailureOrderingTests
     [Trait("Claim", "AW-5")]
     public async Task ARecoveryWriteOfADegradedRaid6RowATornWriteLeftKeepsTheMissingBlockOrListsIt(bool dataLanded, bool newP, bool newQ)
     {
-        var h = new ArrayHarness(RaidLevel.Raid6, 4, chunkBlocks: 4, seed: 51);
+        var h = await FilledRaid6Async(4, 51);
         var g = h.Geometry;
-        var data = new byte[h.Model.Length];
-        new System.Random(52).NextBytes(data);
-        await h.Array.WriteAsync(0, data);
-        data.CopyTo(h.Model, 0);
 
-        async Task<byte[]> ImageAsync(int m)
-        {
-            var image = new byte[h.Drives[m].BlockCount * Units.BlockBytes];
-            await h.Drives[m].ReadAsync(0, image);
-            return image;
-        }
         int d0 = g.DataMember(0, 0), p = g.PMember(0), q = g.QMember(0);
-        var (d0Image, pImage, qImage) = (await ImageAsync(d0), await ImageAsync(p), await ImageAsync(q));
+        var (d0Image, pImage, qImage) = (await DriveImageAsync(h, d0), await DriveImageAsync(h, p), await DriveImageAsync(h, q));
         var newBlock0 = new byte[Units.BlockBytes];
         new System.Random(53).NextBytes(newBlock0);
         await h.Array.WriteAsync(0, newBlock0);
@@ -622,9 +629,7 @@ public class MemberFailureOrderingTests
         if (!newQ) await h.Drives[q].WriteAsync(0, qImage);
 
         int missing = g.DataMember(0, 1);
-        var disks = h.Drives.Select((d, i) => i == missing ? null : (MemberDisk?)new MemberDisk(d, i, h.Uuid, g.MemberBlocks)).ToArray();
-        var status = Enumerable.Range(0, 4).Select(i => i == missing ? MemberStatus.Missing : MemberStatus.Active).ToArray();
-        var array = new RaidArray("t", h.Uuid, g, disks, status, TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        var array = ReopenedWithoutMember(h, missing);
 
         await array.RecoveryWriteAsync(0, newBlock0);
         newBlock0.CopyTo(h.Model, 0);

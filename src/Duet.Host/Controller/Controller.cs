@@ -672,7 +672,6 @@ public sealed partial class Controller : IAsyncDisposable
             {
                 _cachedArrays.Remove(array);
                 foreach (var v in volumes) _cached.Remove(v.Name);
-                _holding.Remove(array);
             }
             if (then is not null) await then();
             return result;
